@@ -1,0 +1,20 @@
+"""landscape-jax: loss landscapes of neural networks as pure JAX functions over pytrees.
+
+Implements Li et al. 2018 (filter-normalised surfaces), Garipov et al. 2018 (mode connectivity,
+fast geometric ensembling), Brea et al. 2019 / Ainsworth et al. 2023 (permutation symmetry and
+weight matching) and PyHessian-style curvature. The public API is re-exported here.
+"""
+
+from landscape_jax import data, models, trees
+from landscape_jax.data import Dataset, load
+from landscape_jax.evaluation import (
+  cross_entropy,
+  device_split,
+  evaluate,
+  evaluate_split,
+  make_loss_fn,
+  make_metric_fn,
+)
+from landscape_jax.models import get_model, model_names
+
+__version__ = "0.1.0"
