@@ -18,3 +18,7 @@ from landscape_jax.evaluation import (
 from landscape_jax.models import get_model, model_names
 
 __version__ = "0.1.0"
+
+# Figures and reports (matplotlib Figure API only; no pyplot, no display needed).
+from landscape_jax import plotting, report
+from landscape_jax.report import write_report

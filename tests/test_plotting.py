@@ -50,6 +50,28 @@ def check_files(files, exts=(".png", ".pdf")):
 # Paths and formats
 
 
+def test_no_pyplot_import():
+  """The plotting code never imports pyplot (global state, needs a backend): it builds
+  matplotlib.figure.Figure objects directly, which works headless and in threads."""
+  import ast
+
+  import landscape_jax.report
+
+  files = [os.path.join(os.path.dirname(P.__file__), f)
+           for f in os.listdir(os.path.dirname(P.__file__)) if f.endswith(".py")]
+  files.append(landscape_jax.report.__file__)
+  for f in files:
+    with open(f, encoding="utf-8") as fh:
+      tree = ast.parse(fh.read())
+    for node in ast.walk(tree):
+      names = []
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        names = [f"{node.module}.{a.name}" for a in node.names]
+      assert not any("pyplot" in n or n.endswith("pylab") for n in names), (f, names)
+
+
 def test_output_paths(tmp_path):
   base = str(tmp_path / "a" / "fig")
   assert _base.output_paths(base, ("png", "pdf")) == [base + ".png", base + ".pdf"]
@@ -322,11 +344,12 @@ def test_plot_curve_metrics(tmp_path, kind):
 # Curvature and trajectories
 
 
-@pytest.mark.parametrize("kind", ["plain", "several", "nan", "all_nan"])
+@pytest.mark.parametrize("kind", ["plain", "several", "runs", "nan", "all_nan"])
 def test_plot_spectrum(tmp_path, kind):
   grid = np.linspace(-2, 20, 200)
   dens = np.exp(-(grid - 1) ** 2 / 0.1) + 1e-3 * np.exp(-(grid - 15) ** 2)
   dens = {"plain": dens, "several": {"epoch 1": dens, "epoch 2": dens[::-1]},
+          "runs": np.stack([dens, np.where(grid > 10, np.nan, dens)]),
           "nan": np.where(grid > 18, np.nan, dens), "all_nan": np.full_like(grid, np.nan)}[kind]
   files = P.plot_spectrum(tmp_path / "sp", grid, dens, eigenvalues=[0.9, 1.1, 15.0], dpi=DPI,
                           formats=formats_for(kind))

@@ -58,8 +58,9 @@ def plot_spectrum(
     path: output path, with or without extension (writes PNG and PDF by default).
     grid: (n,) eigenvalue grid.
     density: (n,) density values on the grid (e.g. stochastic Lanczos quadrature smoothed with a
-      Gaussian kernel of variance 1e-5), or {label: (n,) density} to overlay several. Values <= 0
-      and non-finite values are masked (the log axis cannot show them).
+      Gaussian kernel of variance 1e-5), a (runs, n) array (averaged over runs), or
+      {label: density} to overlay several. Values <= 0 and non-finite values are masked (the log
+      axis cannot show them).
     eigenvalues: optional Ritz values (any shape, flattened), shown as ticks along the x axis.
     dynamic_range: the y axis shows at most [dynamic_range * max, max] (the Gaussian tails of a
       smoothed density reach 1e-100 and below, which would squash the peaks).
@@ -74,7 +75,10 @@ def plot_spectrum(
   ax = fig.add_subplot()
   any_finite = False
   for name, d in curves.items():
-    d = mask_nonpositive(masked(as_float(f"density[{name!r}]" if name else "density", d, 1)))
+    d = as_float(f"density[{name!r}]" if name else "density", d, (1, 2))
+    if d.ndim == 2:  # several SLQ runs: their average is the density estimate
+      d = np.ma.masked_invalid(d).mean(axis=0).filled(np.nan)
+    d = mask_nonpositive(masked(d))
     if d.shape != grid.shape:
       raise ValueError(f"density has {d.size} values but grid has {grid.size}: one per grid point.")
     any_finite |= has_finite(d)

@@ -167,6 +167,8 @@ def plot_bars(
   for rect, val, ok in zip(bars, v, ~np.ma.getmaskarray(vm), strict=True):
     if not ok:
       rect.set_visible(False)
+      if not has_finite(vm):
+        continue  # the axes-wide message says it all
     text = value_format.format(val) if ok else "n/a"
     ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height() if ok else 0.0),
                 xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8)
