@@ -58,25 +58,50 @@ def format_value(value: Any) -> str:
 
 
 def _config_text(config: Any) -> str:
-  """The configuration as readable text: JSON for dicts / ConfigDicts, str() otherwise."""
+  """The configuration as YAML-like text (nested dicts indented, lists of scalars on one line)."""
   if config is None:
     return ""
   if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
     config = config.to_dict()
-  if isinstance(config, Mapping):
-    return json.dumps(_jsonable(config), indent=2, sort_keys=True)
-  return str(config)
+  if not isinstance(config, Mapping):
+    return str(config)
+  return "\n".join(_config_lines(_jsonable(config), 0))
+
+
+def _config_lines(d: Mapping[str, Any], depth: int) -> list[str]:
+  pad = "  " * depth
+  lines = []
+  for k, v in d.items():
+    if isinstance(v, Mapping) and v:
+      lines.append(f"{pad}{k}:")
+      lines.extend(_config_lines(v, depth + 1))
+    elif isinstance(v, list) and any(isinstance(x, Mapping | list) for x in v):
+      lines.append(f"{pad}{k}: {json.dumps(v)}")
+    else:
+      lines.append(f"{pad}{k}: {_scalar_text(v)}")
+  return lines
+
+
+def _scalar_text(v: Any) -> str:
+  if isinstance(v, list):
+    return "[" + ", ".join(_scalar_text(x) for x in v) + "]"
+  if isinstance(v, Mapping):
+    return "{}"
+  if v is None or isinstance(v, bool):
+    return str(v)
+  if isinstance(v, str):
+    return v if v and v.strip() == v else repr(v)
+  return repr(v) if isinstance(v, float) else str(v)
 
 
 def _jsonable(x: Any) -> Any:
+  """Plain Python values: dicts, lists, str, int, float, bool, None (arrays become lists)."""
   if isinstance(x, Mapping):
     return {str(k): _jsonable(v) for k, v in x.items()}
   if isinstance(x, list | tuple):
     return [_jsonable(v) for v in x]
-  if isinstance(x, bool | int | str) or x is None:
+  if isinstance(x, bool | int | float | str) or x is None:
     return x
-  if isinstance(x, float):
-    return x if math.isfinite(x) else str(x)
   if hasattr(x, "tolist"):
     return _jsonable(x.tolist())
   return str(x)

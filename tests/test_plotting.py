@@ -236,6 +236,21 @@ def test_contour_levels():
   np.testing.assert_allclose(_base.contour_levels(z, [1.0, 0.5]), [0.5, 1.0])
 
 
+def test_plot_2d_all(tmp_path):
+  files = P.plot_2d_all(tmp_path / "res_train_loss.png", XS, YS, with_nan(Z), label="train loss",
+                        dpi=DPI, formats="png")
+  names = sorted(os.path.basename(f) for f in files)
+  assert names == ["res_train_loss.vtp", "res_train_loss_2dcontour.png",
+                   "res_train_loss_2dcontourf.png", "res_train_loss_2dheatmap.png",
+                   "res_train_loss_3dsurface.png"]
+  for f in files:
+    assert os.path.getsize(f) > 1000
+  # All NaN: figures with a message, no VTK file (nothing to export).
+  files = P.plot_2d_all(tmp_path / "nan", XS, YS, np.full_like(Z, np.nan), dpi=DPI,
+                        formats="png")
+  assert len(files) == 4
+
+
 def test_points_are_marked(tmp_path):
   files = P.plot_contour(tmp_path / "c", XS, YS, Z, points={"min": (X_MIN, Y_MIN)}, dpi=DPI,
                          formats="png")

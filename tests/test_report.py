@@ -94,7 +94,8 @@ def test_report_contents(run_dir):
   assert [i["src"] for i in c.imgs] == ["figures/surface.png", "figures/curve.png"]
   assert "figures/surface.pdf" in c.links
   # The configuration in a <pre> block.
-  assert "<pre>" in raw and '"model": "mlp_small"' in raw and "a&lt;b" in raw
+  assert "<pre>" in raw and "model: mlp_small" in raw and "note: a&lt;b" in raw
+  assert "grid:\n  xs: [-1.0, 1.0, 21]" in raw and "lr: 0.1" in raw
   # Paragraphs.
   assert raw.count("<p>") >= 2
 
@@ -118,13 +119,21 @@ def test_report_config_dict_like_and_missing_figure(run_dir):
 
   path = report.write_report(run_dir / "c.html", title="t", sections=[], config=Cfg())
   raw = open(path, encoding="utf-8").read()
-  assert '"seed": 0' in raw and '"shape": [' in raw
+  assert "seed: 0" in raw and "shape: [2, 3]" in raw
   with pytest.raises(FileNotFoundError, match="relative to the report"):
     report.write_report(run_dir / "m.html", title="t",
                         sections=[{"title": "x", "figures": ["nope.png"]}])
   path = report.write_report(run_dir / "m.html", title="t", check_figures=False,
                              sections=[{"title": "x", "figures": ["nope.png"]}])
   assert os.path.exists(path)
+
+
+def test_report_ml_collections_config(run_dir):
+  ml_collections = pytest.importorskip("ml_collections")
+  cfg = ml_collections.ConfigDict({"model": "mlp", "grid": {"num": 21, "range": (-1.0, 1.0)}})
+  path = report.write_report(run_dir / "mc.html", title="t", sections=[], config=cfg)
+  raw = open(path, encoding="utf-8").read()
+  assert "grid:\n  num: 21\n  range: [-1.0, 1.0]\nmodel: mlp" in raw
 
 
 def test_report_bad_sections(run_dir):

@@ -8,7 +8,7 @@ z[i, j] = f(xs[i], ys[j]) as `surface_grid` returns them.
 
   plot_1d, plot_interpolation                       Li et al. 2018, 1-D curves / two-model path
   plot_contour, plot_contourf, plot_heatmap,
-  plot_surface_3d, export_vtp                       Li et al. 2018, 2-D surfaces (+ ParaView)
+  plot_surface_3d, export_vtp, plot_2d_all          Li et al. 2018, 2-D surfaces (+ ParaView)
   plot_curve_plane, plot_curve_metrics              Garipov et al. 2018, curves in a plane
   plot_spectrum, plot_eigen_ratio, plot_trajectory  Hessian density, |l_min/l_max|, PCA path
   plot_barriers, plot_bars                          permutation alignment, ensembles
@@ -26,6 +26,7 @@ from landscape_jax.plotting.ensembles import path_barrier, plot_barriers, plot_b
 from landscape_jax.plotting.surfaces import (
   export_vtp,
   plot_1d,
+  plot_2d_all,
   plot_contour,
   plot_contourf,
   plot_heatmap,
@@ -42,6 +43,7 @@ __all__ = [
   "output_paths",
   "path_barrier",
   "plot_1d",
+  "plot_2d_all",
   "plot_bars",
   "plot_barriers",
   "plot_contour",

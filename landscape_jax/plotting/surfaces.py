@@ -690,3 +690,46 @@ def export_vtp(
   ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
   return [path]
 
+
+
+def plot_2d_all(
+  path,
+  xs,
+  ys,
+  z,
+  *,
+  levels=None,
+  log: bool = False,
+  label: str = "loss",
+  vtp: bool = True,
+  vtp_log: bool = True,
+  zmax: float | None = None,
+  title: str | None = None,
+  xlabel: str = "x (direction 1)",
+  ylabel: str = "y (direction 2)",
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """All the standard 2-D figures of one metric, as the reference plot_2D of Li et al. 2018 makes:
+  `path`_2dcontour, `path`_2dcontourf, `path`_2dheatmap, `path`_3dsurface (each PNG + PDF) and,
+  with `vtp`, `path`.vtp for ParaView (log(z + 0.1) heights when `vtp_log`, clipped at `zmax`).
+
+  Args:
+    path: common prefix of the output files (a figure extension on it is dropped).
+    xs, ys, z: the grid, z[i, j] = f(xs[i], ys[j]).
+    levels, log, label, title, xlabel, ylabel, dpi, formats: as in `plot_contour`.
+    zmax: clipping for the 3-D surface and the VTK file.
+
+  Returns:
+    All written files.
+  """
+  stem = _base.output_paths(path, "png")[0][: -len(".png")]
+  common = dict(label=label, title=title, xlabel=xlabel, ylabel=ylabel, dpi=dpi, formats=formats)
+  files = plot_contour(f"{stem}_2dcontour", xs, ys, z, levels=levels, log=log, **common)
+  files += plot_contourf(f"{stem}_2dcontourf", xs, ys, z, levels=levels, log=log, **common)
+  files += plot_heatmap(f"{stem}_2dheatmap", xs, ys, z, log=log, **common)
+  common.update(xlabel=xlabel.split(" (")[0], ylabel=ylabel.split(" (")[0])
+  files += plot_surface_3d(f"{stem}_3dsurface", xs, ys, z, log=log, zmax=zmax, **common)
+  if vtp and np.isfinite(np.asarray(z, dtype=np.float64)).any():
+    files += export_vtp(stem, xs, ys, z, log=vtp_log, zmax=zmax, name=label.replace(" ", "_"))
+  return files
