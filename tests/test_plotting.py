@@ -52,7 +52,7 @@ def check_files(files, exts=(".png", ".pdf")):
 
 def test_no_pyplot_import():
   """The plotting code never imports pyplot (global state, needs a backend): it builds
-  matplotlib.figure.Figure objects directly, which works headless and in threads."""
+  matplotlib.figure.Figure objects directly, which works headless."""
   import ast
 
   import landscape_jax.report

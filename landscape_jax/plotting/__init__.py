@@ -1,7 +1,7 @@
 """Matplotlib figures of loss landscapes, mode-connecting curves, curvature and alignment.
 
 Every function takes numpy arrays (never JAX state: pass `np.asarray(x)` or results of the
-library), draws on a backend-free `matplotlib.figure.Figure` (no pyplot, no display, thread-safe),
+library), draws on a backend-free `matplotlib.figure.Figure` (no pyplot, no display needed),
 masks NaN / inf values, labels its axes, adds colour bars, writes `path.png` and `path.pdf` (or the
 `formats=` given) and returns the list of written files. Grid results are indexed
 z[i, j] = f(xs[i], ys[j]) as `surface_grid` returns them.

@@ -1,16 +1,15 @@
 """Shared helpers of the plotting package: figures, saving, masking, grids and contour levels.
 
 Everything here works on numpy arrays and `matplotlib.figure.Figure` objects created directly
-(no `pyplot`, no global state, no display): safe in threads, on headless machines and in tests.
+(no `pyplot`, no global figure state, no display): it works on headless machines and in tests.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
 import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
@@ -63,10 +62,9 @@ def save(fig: Figure, path, formats=DEFAULT_FORMATS, *, dpi: float = DEFAULT_DPI
 
 
 def as_float(name: str, x: Any, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
-  """`x` as a float64 numpy array, checking its number of dimensions.
+  """`x` as a float64 numpy array (lists, numpy or JAX arrays, ...), checking its dimensions.
 
-  Raises a clear error for jax arrays that live on an accelerator only through `np.asarray` (which
-  works for them too) and for wrong shapes.
+  Raises an error naming the argument for non-numeric input and for a wrong number of dimensions.
   """
   try:
     a = np.asarray(x, dtype=np.float64)
@@ -83,7 +81,7 @@ def as_float(name: str, x: Any, ndim: int | tuple[int, ...] | None = None) -> np
 
 def masked(x: Any) -> np.ma.MaskedArray:
   """Float masked array with NaN and +-inf masked (diverged grid points are left blank)."""
-  return np.ma.masked_invalid(np.asarray(x, dtype=np.float64))
+  return np.ma.masked_invalid(np.ma.asarray(x, dtype=np.float64))
 
 
 def mask_nonpositive(x: np.ma.MaskedArray) -> np.ma.MaskedArray:
@@ -187,17 +185,6 @@ def contour_levels(
   return np.linspace(lo, hi, count)
 
 
-def log_norm(z: np.ma.MaskedArray):
-  """LogNorm over the positive finite range of `z` (None if it has no positive values)."""
-  zp = mask_nonpositive(z)
-  if not has_finite(zp):
-    return None
-  lo, hi = finite_range(zp)
-  if hi <= lo:
-    hi = lo * 10.0
-  return matplotlib.colors.LogNorm(vmin=lo, vmax=hi)
-
-
 def finish(ax, *, title=None, xlabel=None, ylabel=None) -> None:
   if title:
     ax.set_title(title)
@@ -206,6 +193,3 @@ def finish(ax, *, title=None, xlabel=None, ylabel=None) -> None:
   if ylabel is not None:
     ax.set_ylabel(ylabel)
 
-
-def iter_items(x: Mapping[str, Any] | Iterable[tuple[str, Any]]):
-  return list(x.items()) if isinstance(x, Mapping) else list(x)
