@@ -22,13 +22,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.mark_flags_as_required(["config", "workdir"])
-# Keep orbax's per-save INFO lines out of the progress bar (--verbosity=0 shows them).
-flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines out of the bar
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   data_dir = config.get("data_dir")
   train_ds = lj.load(config.dataset, "train", data_dir=data_dir,
@@ -36,12 +36,11 @@ def main(argv):
   test_ds = lj.load(config.dataset, "test", data_dir=data_dir)
   model = lj.get_model(config.model, num_classes=train_ds.num_classes,
                        **dict(config.get("model_kwargs") or {}))
-  logging.info("Training %s on %s (%d images) with %d device(s).", config.model, config.dataset,
-               len(train_ds), len(training.make_mesh().devices.flat))
+  print(f"Training {config.model} on {config.dataset} ({len(train_ds)} images) with "
+        f"{training.make_mesh().size} device(s); workdir {_WORKDIR.value}.")
   _, records = training.train(model, train_ds, test_ds, config=config, workdir=_WORKDIR.value,
                               progress=_PROGRESS.value)
   if records:
-    logging.info("Final: %s", records[-1])
     print(f"final test accuracy {records[-1].get('test_accuracy', float('nan')):.4f} "
           f"after {records[-1]['epoch']} epochs")
 

@@ -18,3 +18,18 @@ from landscape_jax.evaluation import (
 from landscape_jax.models import get_model, model_names
 
 __version__ = "0.1.0"
+
+# Training and checkpoints (training.py, checkpoints.py).
+from landscape_jax import checkpoints, training
+from landscape_jax.checkpoints import load_trajectory, load_variables
+from landscape_jax.training import (
+  TrainState,
+  create_train_state,
+  eval_step,
+  garipov_schedule,
+  make_mesh,
+  make_optimizer,
+  step_schedule,
+  train,
+  train_step,
+)

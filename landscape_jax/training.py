@@ -556,9 +556,9 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
       _append_metrics(workdir, record)
       if (epoch + 1) % ckpt_every == 0 or epoch + 1 == num_epochs:
         checkpoints.save(ckpt_dir, step, state)
-      bar.set_postfix({k: f"{v:.4f}" for k, v in record.items()
-                       if k in ("train_loss", "train_accuracy", "test_accuracy")}
-                      | {"img_s": f"{record['images_per_sec']:.0f}"})
+      bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.4f}",
+                      test_acc=f"{record.get('test_accuracy', float('nan')):.4f}",
+                      img_s=f"{record['images_per_sec']:.0f}")
       _say(progress, "epoch {epoch}: {summary}".format(epoch=epoch + 1, summary=", ".join(
         f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "time"))))
       if callback is not None:
