@@ -27,7 +27,6 @@ from landscape_jax.training import (
   create_train_state,
   eval_step,
   garipov_schedule,
-  make_mesh,
   make_optimizer,
   step_schedule,
   train,

@@ -336,8 +336,11 @@ def _evaluate(model, variables, split, mean, std):
 
 def evaluate_state(model: nn.Module, state: TrainState, data: Dataset, *, batch_size: int = 1000,
                    mesh: Mesh | None = None) -> dict[str, float]:
-  """Exact loss and accuracy of `state` over a whole split (inference mode), as Python floats."""
-  split = _device_split(data, batch_size, mesh)
+  """Exact loss and accuracy of `state` over a whole split (inference mode), as Python floats.
+
+  With a 1-D `mesh` the batches are sharded over its devices (the state should be replicated).
+  """
+  split = _device_split(data, batch_size, mesh, mesh.axis_names[0] if mesh else "data")
   out = _evaluate(model, state.variables, split, jnp.asarray(data.mean), jnp.asarray(data.std))
   return {k: float(v) for k, v in out.items()}
 
@@ -351,14 +354,14 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(devices, ("data",))
 
 
-def _device_split(data: Dataset, batch_size: int, mesh: Mesh | None):
-  n, ndev = len(data), (1 if mesh is None else mesh.size)
+def _device_split(data: Dataset, batch_size: int, mesh: Mesh | None, axis: str = "data"):
+  n, ndev = len(data), (1 if mesh is None else mesh.shape[axis])
   if mesh is None or n < ndev:
     return device_split(data.images, data.labels, batch_size=batch_size)
   # Batches must split evenly over the devices: a multiple of the mesh size, at most n.
   batch_size = max(ndev, min(batch_size, n) // ndev * ndev)
   return device_split(data.images, data.labels, batch_size=batch_size,
-                      sharding=NamedSharding(mesh, P(None, "data")))
+                      sharding=NamedSharding(mesh, P(None, axis)))
 
 
 # --------------------------------------------------------------------------------- loop
@@ -382,6 +385,8 @@ def _check_config(workdir: str, config: dict, resuming: bool) -> None:
       raise ValueError(
         f"{workdir} holds checkpoints of a run with a different configuration ({details}). "
         "Resuming would mix two runs: use a fresh --workdir, or restore the old settings.")
+  if jax.process_index() != 0:
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(config, f, indent=2, sort_keys=True)
@@ -404,6 +409,8 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def _rewrite_metrics(workdir: str, records: list[dict]) -> None:
+  if jax.process_index() != 0:
+    return
   path = os.path.join(workdir, METRICS_FILE)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -413,6 +420,8 @@ def _rewrite_metrics(workdir: str, records: list[dict]) -> None:
 
 
 def _append_metrics(workdir: str, record: dict) -> None:
+  if jax.process_index() != 0:
+    return
   with open(os.path.join(workdir, METRICS_FILE), "a") as f:
     f.write(json.dumps(record) + "\n")
     f.flush()
@@ -454,7 +463,8 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
     config: a `ml_collections.ConfigDict` or mapping with the fields of `DEFAULTS`.
     workdir: output directory. If it holds checkpoints, training resumes from the latest one
       (after checking that ``config.json`` matches) and ``metrics.jsonl`` is cut back to it.
-    mesh: 1-D device mesh with axis ``"data"`` (default: all devices, `make_mesh`).
+    mesh: the devices to shard each batch over: a 1-D mesh (any axis name, e.g. `make_mesh()`
+      or ``lj.make_mesh()``) or a mesh with a ``"data"`` axis (default: every device).
     progress: show a tqdm progress bar.
     callback: called as ``callback(epoch, state, record)`` after each epoch's record is written.
 
@@ -467,8 +477,12 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
       a different run.
   """
   mesh = make_mesh() if mesh is None else mesh
-  if "data" not in mesh.axis_names:
-    raise ValueError(f"train needs a mesh with a 'data' axis, got axes {mesh.axis_names}.")
+  if len(mesh.axis_names) == 1:
+    axis = mesh.axis_names[0]
+  elif "data" in mesh.axis_names:
+    axis = "data"
+  else:
+    raise ValueError(f"train needs a 1-D mesh or one with a 'data' axis, got {mesh.axis_names}.")
   cfg = {k: _cfg(config, k) for k in DEFAULTS}
   batch_size, num_epochs, seed = int(cfg["batch_size"]), int(cfg["num_epochs"]), int(cfg["seed"])
   n = len(train_ds)
@@ -476,10 +490,11 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
     raise ValueError(f"batch_size and num_epochs must be positive, got {batch_size}, {num_epochs}.")
   if batch_size > n:
     raise ValueError(f"batch_size {batch_size} is larger than the training split ({n} examples).")
-  if batch_size % mesh.size:
+  ndev = mesh.shape[axis]
+  if batch_size % ndev:
     raise ValueError(
-      f"batch_size {batch_size} is not divisible by the {mesh.size} devices of the mesh; use a "
-      f"multiple of {mesh.size} or pass mesh=make_mesh(jax.devices()[:k]).")
+      f"batch_size {batch_size} is not divisible by the {ndev} devices of the mesh; use a "
+      f"multiple of {ndev} or pass mesh=make_mesh(jax.devices()[:k]).")
   ckpt_every = max(1, int(cfg["checkpoint_every_epochs"]))
   eval_every = max(1, int(cfg["eval_every_epochs"]))
   log_every = max(1, int(cfg["log_every_steps"]))
@@ -489,7 +504,7 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   os.makedirs(workdir, exist_ok=True)
   ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
   replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
+  batch_sharding = NamedSharding(mesh, P(axis))
 
   init_key, base_key = jax.random.split(jax.random.key(seed))
   state = create_train_state(model, init_key, train_ds.images[:1], tx)
@@ -516,7 +531,7 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   images = jax.device_put(train_ds.images, replicated)
   labels = jax.device_put(train_ds.labels, replicated)
   test_split = None if test_ds is None else _device_split(test_ds, int(cfg["eval_batch_size"]),
-                                                          mesh)
+                                                          mesh, axis)
   step_kwargs = dict(model=model, tx=tx, mean=jnp.asarray(train_ds.mean),
                      std=jnp.asarray(train_ds.std), augment=bool(cfg["augment"]),
                      pad=int(cfg["augment_pad"]), flip=bool(cfg["augment_flip"]))

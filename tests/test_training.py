@@ -255,6 +255,10 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, digits_train, digits_
   strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "images_per_sec")}
                       for r in rs]
   assert strip(resumed_records) == strip(full_records)
+  # The recorded test metrics are those of an exact sharded evaluation of the final state.
+  ev = training.evaluate_state(model, full_state, digits_test, batch_size=100, mesh=mesh)
+  np.testing.assert_allclose(ev["accuracy"], full_records[-1]["test_accuracy"])
+  np.testing.assert_allclose(ev["loss"], full_records[-1]["test_loss"], rtol=1e-6)
   # A different configuration refuses to resume in the same workdir.
   config.learning_rate = 0.2
   with pytest.raises(ValueError, match="learning_rate: 0.1 -> 0.2"):
