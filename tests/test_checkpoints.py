@@ -80,16 +80,20 @@ def test_incomplete_checkpoints_are_ignored(tmp_path, trained_state):
   checkpoints.save(tmp_path, 10, later)
   # What a save killed half-way leaves: orbax's temporary directory, and a step directory without
   # the commit marker (e.g. a copy interrupted on a filesystem without atomic rename).
-  os.makedirs(tmp_path / "20.orbax-checkpoint-tmp-1700000000" / "default")
+  os.makedirs(tmp_path / "20.orbax-checkpoint-tmp" / "default")
+  (tmp_path / "20.orbax-checkpoint-tmp" / "default" / "junk").write_text("half written")
   os.makedirs(tmp_path / "30" / "default")
   (tmp_path / "30" / "default" / "junk").write_text("half written")
   assert checkpoints.list_steps(tmp_path) == [5, 10]
   assert checkpoints.latest_step(tmp_path) == 10
   restored = checkpoints.restore(tmp_path, state)
   assert int(restored.step) == int(later.step)
-  # Saving over the incomplete step 30 replaces it; an existing complete step needs overwrite.
+  # Saving a step whose earlier save was interrupted works; an existing complete step needs
+  # overwrite=True.
+  checkpoints.save(tmp_path, 20, state)
   checkpoints.save(tmp_path, 30, state)
-  assert checkpoints.list_steps(tmp_path) == [5, 10, 30]
+  assert checkpoints.list_steps(tmp_path) == [5, 10, 20, 30]
+  assert sorted(os.listdir(tmp_path)) == ["10", "20", "30", "5"]
   with pytest.raises(ValueError, match="already exists"):
     checkpoints.save(tmp_path, 30, state)
   checkpoints.save(tmp_path, 30, later, overwrite=True)

@@ -287,7 +287,7 @@ def _train_cmd(workdir):
   return [sys.executable, os.path.join(REPO, "experiments", "train.py"),
           "--config=" + os.path.join(REPO, "experiments", "configs", "digits_mlp.py"),
           f"--workdir={workdir}", "--noprogress", "--config.model=mlp_small",
-          "--config.num_epochs=10", "--config.checkpoint_every_epochs=1", "--config.augment=True",
+          "--config.num_epochs=12", "--config.checkpoint_every_epochs=1", "--config.augment=True",
           "--config.augment_pad=1"]
 
 
@@ -315,7 +315,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
   while not checkpoints.latest_step(ckpt) and proc.poll() is None:  # the first epoch's checkpoint
     assert time.monotonic() < deadline, "no checkpoint appeared"
     time.sleep(0.005)
-  time.sleep(rng.uniform(0.0, 0.5))
+  time.sleep(rng.uniform(0.0, 0.3))
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
@@ -325,11 +325,62 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
   subprocess.run(_train_cmd(cut), env=_env(), check=True, capture_output=True, timeout=600)
 
   steps = checkpoints.list_steps(full / "checkpoints")
-  assert steps == checkpoints.list_steps(ckpt) == list(range(0, 211, 21))
+  assert steps == checkpoints.list_steps(ckpt) == list(range(0, 253, 21))
   a = checkpoints.restore(full / "checkpoints")
   b = checkpoints.restore(ckpt)
   assert _leaves_equal(a, b)
   strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "images_per_sec")}
                       for r in rs]
   assert strip(training.read_metrics(cut)) == strip(training.read_metrics(full))
-  assert len(training.read_metrics(full)) == 10
+  assert len(training.read_metrics(full)) == 12
+
+
+# ------------------------------------------------------------------------------ configs
+
+CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
+TRAIN_CONFIGS = sorted(f for f in os.listdir(CONFIG_DIR)
+                       if f.startswith(("digits_", "cifar10_")) and f.endswith(".py"))
+
+
+def _load_config(name, arg=None):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIG_DIR, name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+@pytest.mark.parametrize("name", TRAIN_CONFIGS)
+def test_training_configs_are_complete(name):
+  config = _load_config(name)
+  assert set(training.DEFAULTS) <= set(config), sorted(set(training.DEFAULTS) - set(config))
+  assert config.schedule in training.SCHEDULES and config.optimizer in training.OPTIMIZERS
+  tx, schedule = training.optimizer_from_config(config, 10)
+  assert float(schedule(0)) == pytest.approx(config.learning_rate)
+  shape = (1, 8, 8, 1) if config.dataset == "digits" else (1, 32, 32, 3)
+  try:
+    model = lj.get_model(config.model, num_classes=10, **config.model_kwargs)
+  except ValueError as e:
+    pytest.skip(f"model of {name} not available on this branch: {e}")
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape),
+                                                train=False))
+  jax.eval_shape(tx.init, variables["params"])
+
+
+def test_cifar10_configs_follow_the_papers():
+  li = _load_config("cifar10_resnet56.py")
+  assert (li.model, li.num_epochs, li.batch_size, li.learning_rate, li.momentum, li.nesterov,
+          li.weight_decay, tuple(li.lr_boundaries), li.lr_decay, li.augment) == (
+    "resnet56", 300, 128, 0.1, 0.9, True, 5e-4, (150, 225, 275), 0.1, True)
+  assert _load_config("cifar10_resnet56.py", "resnet110_noshort").model == "resnet110_noshort"
+  big = _load_config("cifar10_vgg9.py", "bs8192,wd0")
+  assert (big.batch_size, big.weight_decay, big.learning_rate) == (8192, 0.0, 0.1)
+  with pytest.raises(ValueError, match="Unknown cifar10_vgg9 options"):
+    _load_config("cifar10_vgg9.py", "bs4096")
+  for name, lr, wd, epochs in [("cifar10_vgg16.py", 0.05, 5e-4, 200),
+                               ("cifar10_preresnet164.py", 0.1, 3e-4, 150),
+                               ("cifar10_wrn28_10.py", 0.1, 5e-4, 200)]:
+    c = _load_config(name)
+    assert (c.schedule, c.learning_rate, c.weight_decay, c.num_epochs, c.momentum, c.nesterov,
+            c.batch_size) == ("garipov", lr, wd, epochs, 0.9, False, 128), name
