@@ -22,3 +22,16 @@ __version__ = "0.1.0"
 # Figures and reports (matplotlib Figure API only; no pyplot, no display needed).
 from landscape_jax import plotting, report
 from landscape_jax.report import write_report
+# Training and checkpoints (training.py, checkpoints.py).
+from landscape_jax import checkpoints, training
+from landscape_jax.checkpoints import load_trajectory, load_variables
+from landscape_jax.training import (
+  TrainState,
+  create_train_state,
+  eval_step,
+  garipov_schedule,
+  make_optimizer,
+  step_schedule,
+  train,
+  train_step,
+)
