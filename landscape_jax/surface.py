@@ -358,3 +358,46 @@ __all__ = [
   "grid_coordinates",
   "surface_grid",
 ]
+
+
+def default_config(**overrides):
+  """`ml_collections.ConfigDict` read by experiments/surface.py (Li et al. 2018 defaults).
+
+  Fields: ``mode`` ("random" | "interpolation" | "plane"), ``runs`` (training workdirs, or
+  ``"init:<model>"``), ``labels``, ``step`` (None: latest checkpoint), ``dataset`` (for ``init:``
+  runs), ``data_dir``, ``dim`` (1 or 2), ``x`` / ``y`` ((min, max, num); Li et al.: 51 points on
+  [-1, 1]), ``norm`` ("filter"), ``ignore`` ("biasbn"), ``seed``, ``same_direction``,
+  ``orthogonal``, ``bn`` ("center": the centre's statistics as Li et al.; "recompute": per point
+  on the training split), ``splits`` (("train", "test")), ``eval_subset`` (None: whole splits),
+  ``eval_batch_size``, ``chunk_size`` (None: from device memory), ``map_mode`` (None: per
+  platform). Unknown override names are an error.
+  """
+  import ml_collections
+  from ml_collections import config_dict
+
+  c = ml_collections.ConfigDict()
+  c.mode = "random"
+  c.runs = ("init:mlp",)
+  c.labels = config_dict.placeholder(tuple)
+  c.step = config_dict.placeholder(int)
+  c.dataset = "digits"
+  c.data_dir = config_dict.placeholder(str)
+  c.dim = 2
+  c.x = (-1.0, 1.0, 51)
+  c.y = (-1.0, 1.0, 51)
+  c.norm = "filter"
+  c.ignore = "biasbn"
+  c.seed = 0
+  c.same_direction = False
+  c.orthogonal = False
+  c.bn = "center"
+  c.splits = ("train", "test")
+  c.eval_subset = config_dict.placeholder(int)
+  c.eval_batch_size = 1000
+  c.chunk_size = config_dict.placeholder(int)
+  c.map_mode = config_dict.placeholder(str)
+  for k, v in overrides.items():
+    if k not in c:
+      raise ValueError(f"Unknown surface config field '{k}'. Known: {', '.join(sorted(c))}.")
+    c[k] = v
+  return c
