@@ -110,3 +110,76 @@ def test_bad_grids_and_arguments(setup):
     lj.surface_grid(metric_fn, params, (d1,), good, map_mode="pmap", progress=False)
   with pytest.raises(ValueError, match="multiple of batch_size"):
     lj.surface_grid(metric_fn, params, (d1,), good, batch_size=2, chunk_size=3, progress=False)
+
+
+def test_point_fn_hook_and_auto_map_mode():
+  """point_fn maps each point to the metric's input (e.g. per-point BatchNorm statistics)."""
+  center = {"w": jnp.linspace(0.0, 1.0, 6).reshape(2, 3)}
+  d1, d2 = {"w": jnp.ones((2, 3))}, {"w": jnp.eye(2, 3)}
+
+  def metric(v):
+    return {"loss": jnp.sum(v["params"]["w"] ** 2) + v["stats"], "acc": v["stats"]}
+
+  def point_fn(p):  # "recompute" statistics from the point itself
+    return {"params": p, "stats": jnp.mean(p["w"])}
+
+  xs, ys = np.linspace(-1, 1, 3), np.linspace(0, 1, 2)
+  res = lj.surface_grid(metric, center, (d1, d2), xs, ys, point_fn=point_fn, map_mode="auto",
+                        progress=False)
+  for i in range(3):
+    for j in range(2):
+      direct = metric(point_fn(lj.plane_point(center, d1, d2, xs[i], ys[j])))
+      np.testing.assert_allclose(res["loss"][i, j], direct["loss"], rtol=1e-6)
+      np.testing.assert_allclose(res["acc"][i, j], direct["acc"], rtol=1e-6, atol=1e-7)
+  rates = lj.surface.benchmark_map_modes(metric, center, (d1, d2), chunk_size=2, repeats=1,
+                                         point_fn=point_fn)
+  assert set(rates) == {"map", "vmap"} and all(r > 0 for r in rates.values())
+
+
+class _FakeDevice:
+  platform = "gpu"
+
+  def __init__(self, limit):
+    self.limit = limit
+
+  def memory_stats(self):
+    return {"bytes_limit": self.limit, "bytes_in_use": 0}
+
+
+def test_auto_chunk_size_from_device_memory(monkeypatch):
+  center = {"w": jnp.zeros((64, 64))}
+  d = ({"w": jnp.ones((64, 64))},)
+  fn = Partial(lambda p: {"loss": jnp.sum(jnp.tanh(p["w"] @ p["w"]))})
+  cpu = lj.surface.auto_chunk_size(fn, center, d, num_devices=8, map_mode="map")
+  assert cpu == 16 * 8
+  sizes = []
+  for limit in (2_000_000, 8_000_000, 10**12):
+    monkeypatch.setattr(jax, "local_devices", lambda limit=limit: [_FakeDevice(limit)])
+    sizes.append(lj.surface.auto_chunk_size(fn, center, d, num_devices=4, map_mode="vmap"))
+  assert all(s % 4 == 0 for s in sizes)
+  assert sizes[0] < sizes[1] <= sizes[2] == 256 * 4  # grows with memory, capped per device
+  assert lj.surface.auto_chunk_size(fn, center, d, num_devices=2, map_mode="vmap",
+                                    batch_size=3) % 3 == 0
+
+
+@pytest.mark.slow
+def test_experiment_script_runs(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, os.path.join(root, "experiments", "surface.py"),
+         "--config=" + os.path.join(root, "experiments", "configs", "surface_2d.py") + ":quick",
+         "--config.runs=('init:mlp_small',)", "--config.x=(-1.0, 1.0, 3)",
+         "--config.y=(-1.0, 1.0, 2)", "--config.eval_subset=64", f"--workdir={tmp_path}",
+         "--noprogress"]
+  env = {**os.environ, "PYTHONPATH": root, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["results"]["init:mlp_small"]["train_loss"]["num_nonfinite"] == 0
+  state = lj.store.read(tmp_path / "init_mlp_small" / "store")
+  assert state.done.shape == (3, 2) and state.done.all()
+  assert state.config["metadata"]["norm"] == "filter"
