@@ -74,9 +74,18 @@ def make_metric(model, variables, dataset, data_dir, config):
     train = lj.load(dataset, "train", data_dir=data_dir)
     return make_recompute_metric_fn(model, splits, train_data=train, batch_stats=stats,
                                     batch_size=config.eval_batch_size)
+  if config.get("error_tol") is not None:
+    fns = {k: lj.surface.make_error_controlled_metric_fn(
+      model, ds, tol=config.error_tol, batch_size=config.eval_batch_size, batch_stats=stats)
+      for k, ds in splits.items()}
+    return jax.tree_util.Partial(_prefixed, fns)
   if config.bn not in ("center", "recompute"):
     raise ValueError(f"config.bn must be 'center' or 'recompute', got {config.bn!r}.")
   return lj.make_metric_fn(model, splits, batch_stats=stats, batch_size=config.eval_batch_size)
+
+
+def _prefixed(fns, params):
+  return {f"{k}_{m}": v for k, fn in fns.items() for m, v in fn(params).items()}
 
 
 def _axis(spec):
@@ -145,6 +154,7 @@ def main(argv):
             progress=_PROGRESS.value)
   loaded = [load_run(r, i, config) for i, r in enumerate(runs)]
   base_meta = {"mode": config.mode, "runs": runs, "step": config.get("step"), "bn": config.bn,
+               "error_tol": config.get("error_tol"),
                "splits": list(config.splits), "eval_subset": config.get("eval_subset")}
   xs = _axis(config.x)
   ys = _axis(config.y) if config.mode != "interpolation" and config.dim == 2 else None

@@ -183,3 +183,32 @@ def test_experiment_script_runs(tmp_path):
   state = lj.store.read(tmp_path / "init_mlp_small" / "store")
   assert state.done.shape == (3, 2) and state.done.all()
   assert state.config["metadata"]["norm"] == "filter"
+
+
+def test_error_controlled_metric(tiny_mlp, digits_test):
+  model, variables = tiny_mlp
+  params = variables["params"]
+  data = digits_test.subset(slice(0, 200))
+  exact = lj.make_metric_fn(model, data, batch_size=50)(params)
+  full = lj.surface.make_error_controlled_metric_fn(model, data, tol=0.0, batch_size=50)(params)
+  assert float(full["num_examples"]) == 200
+  np.testing.assert_allclose(full["loss"], exact["loss"], rtol=1e-5)
+  np.testing.assert_allclose(full["accuracy"], exact["accuracy"], rtol=1e-6)
+  # a loose tolerance stops after min_batches: the estimate is the first shuffled batch's mean
+  fn = lj.surface.make_error_controlled_metric_fn(model, data, tol=1e3, batch_size=50, seed=3,
+                                                  min_batches=2)
+  est = fn(params)
+  assert float(est["num_examples"]) == 100
+  order = np.random.default_rng(3).permutation(200)[:100]
+  logits = model.apply(variables, lj.data.normalize_images(data.images[order], data.mean,
+                                                            data.std))
+  losses = np.asarray(lj.cross_entropy(logits, data.labels[order]), np.float64)
+  np.testing.assert_allclose(est["loss"], losses.mean(), rtol=1e-5)
+  np.testing.assert_allclose(est["loss_sem"], losses.std(ddof=1) / 10.0, rtol=1e-3)
+  # on a grid, the standard error and the subset size are stored next to the loss
+  d = lj.random_directions(jax.random.key(0), params, num=1)
+  res = lj.surface_grid(fn, params, d, [-1.0, 0.0], progress=False)
+  assert set(res) == {"loss", "loss_sem", "accuracy", "num_examples"}
+  np.testing.assert_allclose(res["loss"][1], est["loss"], rtol=1e-5)
+  with pytest.raises(ValueError, match="tol"):
+    lj.surface.make_error_controlled_metric_fn(model, data, tol=-1.0)
