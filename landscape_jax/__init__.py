@@ -18,3 +18,16 @@ from landscape_jax.evaluation import (
 from landscape_jax.models import get_model, model_names
 
 __version__ = "0.1.0"
+
+# Mode connectivity, BatchNorm recomputation and ensembles (Garipov et al. 2018).
+from landscape_jax import batchnorm, curves
+from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
+from landscape_jax.curves import (
+  bezier_coefficients,
+  curve_coefficients,
+  curve_loss,
+  curve_lr_schedule,
+  curve_point,
+  init_curve,
+  polychain_coefficients,
+)
