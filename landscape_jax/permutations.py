@@ -625,8 +625,9 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
 def _verify_spec(model, variables, x, spec, kwargs) -> None:
   perm = random_permutation(jax.random.key(0), spec)
   permuted = apply_permutation(spec, perm, variables)
-  y0 = model.apply(variables, x, **kwargs)
-  y1 = model.apply(permuted, x, **kwargs)
+  fwd = jax.jit(lambda v, x: model.apply(v, x, **kwargs))
+  y0 = fwd(variables, x)
+  y1 = fwd(permuted, x)
   scale = float(jnp.max(jnp.abs(y0))) + 1e-6
   err = float(jnp.max(jnp.abs(y0 - y1)))
   if not err <= 1e-4 * scale + 1e-5:
@@ -635,36 +636,53 @@ def _verify_spec(model, variables, x, spec, kwargs) -> None:
 
 
 def spec_for(name: str, variables: PyTree, *, num_classes: int | None = None,
-             input_shape: tuple[int, ...] | None = None, **overrides) -> PermutationSpec:
-  """The `PermutationSpec` of a bundled model (``lj.get_model(name, ...)``) by tracing it.
+             input_shape: tuple[int, ...] | None = None, verify: bool = True,
+             **overrides) -> PermutationSpec:
+  """The `PermutationSpec` of a bundled model (``lj.get_model(name, ...)``), by tracing it.
+
+  Works for every bundled family: MLP, VGG (with and without BatchNorm), CIFAR ResNet (one shared
+  permutation per residual stream with conv shortcuts; with ``shortcut="pad"`` the streams are
+  zero-padded, so only the inner block units are permuted), Wide-ResNet, ConvFC, PreResNet, and
+  DenseNet (its concatenated feature maps are fixed; the bottleneck units inside each dense layer
+  are permuted). See `spec_from_model` for any other linen model.
 
   Args:
-    name: bundled model name, e.g. "mlp", "resnet20", "vgg16_bn", "wrn", "convfc".
-    variables: the model's variables (their shapes fix the widths and the input size).
-    num_classes: defaults to the size of the last layer's output.
-    input_shape: (H, W, C) of the inputs; defaults to (8, 8, 1) for MLPs (digits) and is
-      otherwise inferred from the first kernel ((8, 8, C) unless given).
-    **overrides: model overrides passed to `get_model` (e.g. ``width=2``).
+    name: bundled model name, e.g. "mlp", "resnet20", "vgg16_bn", "wrn16_4", "convfc".
+    variables: the model's variables (their shapes fix the widths).
+    num_classes: defaults to the output size of the last parameter leaf.
+    input_shape: (H, W, C) of the inputs the model was initialised with (it matters for heads
+      that flatten a feature map, e.g. ConvFC); by default the first size among 8, 32, 28, 16
+      that the parameters accept.
+    verify: check numerically that a random permutation leaves the outputs unchanged.
+    **overrides: model overrides passed to `get_model` (e.g. ``width=0.5``).
   """
   from landscape_jax.models import get_model
 
-  params = _as_variables(variables)[0]["params"]
   variables = _as_variables(variables)[0]
+  params = variables["params"]
   flat = jax.tree.leaves(params)
   if num_classes is None:
     num_classes = int(np.shape(flat[-1])[-1]) if flat else 10
   model = get_model(name, num_classes=num_classes, **overrides)
-  if input_shape is None:
+  if input_shape is not None:
+    shapes = [tuple(input_shape)]
+  else:
     first = next(iter(_iter_kernels(params)), None)
     if first is not None and np.ndim(first) == 2:
-      d = int(np.shape(first)[0])
-      input_shape = (8, 8, d // 64) if d % 64 == 0 else (1, 1, d)
+      shapes = [(1, 1, int(np.shape(first)[0]))]
     else:
       c = int(np.shape(first)[-2]) if first is not None else 1
-      input_shape = (8, 8, c)
-  x = jnp.zeros((2, *input_shape), jnp.float32) + jax.random.normal(jax.random.key(1),
-                                                                      (2, *input_shape))
-  return spec_from_model(model, variables, x)
+      shapes = [(h, h, c) for h in (8, 32, 28, 16)]
+  for shape in shapes:
+    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    try:
+      jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    except Exception as e:  # any shape error means: try the next input size
+      err = e
+      continue
+    return spec_from_model(model, variables, x, verify=verify)
+  raise ValueError(f"Could not run model '{name}' with these variables on inputs of shape "
+                   f"{shapes}: {err}. Pass input_shape=(H, W, C) and the model overrides used.")
 
 
 def _iter_kernels(params):
@@ -842,7 +860,8 @@ def swap_path(variables: PyTree, layer: str, i: int, j: int, s, *,
   if not (0 <= i < n and 0 <= j < n) or i == j:
     raise ValueError(f"Units must be two different indices in [0, {n}); got i={i}, j={j}.")
   swapped = swap_units(variables, layer, i, j, spec=spec)
-  return jax.tree.map(lambda a, b: a + s * (b - a), variables, swapped)
+  # (1 - s) a + s b (not a + s (b - a)) makes the two units bitwise equal at s = 1/2.
+  return jax.tree.map(lambda a, b: (1 - s) * a + s * b, variables, swapped)
 
 
 @functools.partial(jax.jit, static_argnames=("layer", "i", "j", "spec"))
