@@ -52,7 +52,9 @@ def _selected(final, mask):
   leaves = jax.tree.leaves(final)
   if mask is None:
     return [True] * len(leaves)
-  check_same_structure(final, mask, names=("final", "mask"), check_dtype=False)
+  if jax.tree.structure(final) != jax.tree.structure(mask):
+    raise ValueError("mask must have the pytree structure of final (e.g. "
+                     f"trees.mask_by_ndim(final)); got {jax.tree.structure(mask)}.")
   return [bool(m) for m in jax.tree.leaves(mask)]
 
 
@@ -89,11 +91,11 @@ def pca_directions(trajectory: Sequence[PyTree], final: PyTree, *, num_component
   t = len(trajectory)
   if t < 2:
     raise ValueError(f"pca_directions needs at least 2 snapshots, got {t}; save more checkpoints.")
+  for j, snap in enumerate(trajectory):
+    check_same_structure(final, snap, names=("final", f"trajectory[{j}]"), check_dtype=False)
   if not 1 <= num_components <= t - 1:
     raise ValueError(f"num_components must lie in [1, T-1={t - 1}] for T={t} snapshots, got "
                      f"{num_components}.")
-  for j, snap in enumerate(trajectory):
-    check_same_structure(final, snap, names=("final", f"trajectory[{j}]"), check_dtype=False)
   selected = _selected(final, mask)
   traj_leaves = [jax.tree.leaves(snap) for snap in trajectory]
   final_leaves = jax.tree.leaves(final)

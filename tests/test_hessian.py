@@ -22,7 +22,7 @@ def problem():
   params = model.init(jax.random.key(1), jnp.zeros((1, 4, 4, 1)))["params"]
   loss_fn = lj.make_loss_fn(model, mean=0.5, std=0.25)
   flat, unravel = ravel_pytree(params)
-  dense = jax.hessian(lambda f: loss_fn(unravel(f), (x, y)))(flat)
+  dense = jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), (x, y))))(flat)
   dense = np.asarray(dense, np.float64)
   dense = (dense + dense.T) / 2
   return {"x": x, "y": y, "params": params, "loss_fn": loss_fn, "unravel": unravel,
@@ -183,7 +183,7 @@ def test_density_from_quadrature_on_a_given_grid():
 
 def test_curvature_metric_fn_matches_dense_and_vmaps(problem):
   p = problem
-  metric_fn = hs.make_curvature_metric_fn(p["loss_fn"], (p["x"], p["y"]), num_steps=60)
+  metric_fn = hs.make_curvature_metric_fn(p["loss_fn"], (p["x"], p["y"]), num_steps=40)
   out = jax.jit(lambda f, q: f(q))(metric_fn, p["params"])
   evals = p["evals"]
   np.testing.assert_allclose(out["lambda_max"], evals[-1], rtol=1e-4)
@@ -193,7 +193,7 @@ def test_curvature_metric_fn_matches_dense_and_vmaps(problem):
   shifted = jax.tree.map(lambda w: w * 1.1, p["params"])
   both = jax.jit(jax.vmap(lambda f, q: f(q), in_axes=(None, 0)))(
     metric_fn, trees.stack([p["params"], shifted]))
-  single = metric_fn(shifted)
+  single = jax.jit(lambda f, q: f(q))(metric_fn, shifted)
   np.testing.assert_allclose(both["lambda_max"][0], out["lambda_max"], rtol=1e-5)
   np.testing.assert_allclose(both["lambda_max"][1], single["lambda_max"], rtol=1e-5)
   np.testing.assert_allclose(both["lambda_min"][1], single["lambda_min"], rtol=1e-4)
