@@ -515,24 +515,26 @@ def density_from_quadrature(nodes, weights, *, grid=None, num_bins: int = 10000,
   """Smooths SLQ nodes and weights into a density on a grid (PyHessian's ``density_generate``).
 
   ``rho(t) = mean_probes sum_i w_i N(t; theta_i, s2)``, then normalised so that its trapezoid
-  integral over the grid is one. The default grid spans ``[min theta - overhead,
-  max theta + overhead]`` with ``num_bins`` points, and as in PyHessian the variance is
-  ``s2 = sigma2 * max(1, grid width)`` (``scale_sigma=False`` keeps ``sigma2`` as given).
+  integral over the grid is one. As in PyHessian the variance is ``s2 = sigma2 * max(1, grid
+  width)`` (``scale_sigma=False`` keeps ``sigma2`` as given). The default grid has ``num_bins``
+  points over ``[min theta - pad, max theta + pad]`` with ``pad = overhead + 5 sqrt(s2)`` (PyHessian
+  pads by ``overhead`` only, which cuts the outermost peaks in half).
 
   Returns:
     ``(grid, density, s2)``.
   """
   nodes = np.atleast_2d(np.asarray(nodes, np.float64))
   weights = np.atleast_2d(np.asarray(weights, np.float64))
+  if sigma2 <= 0:
+    raise ValueError(f"sigma2 must be positive, got {sigma2}.")
   if grid is None:
-    lo, hi = nodes.min() - overhead, nodes.max() + overhead
-    grid = np.linspace(lo, hi, num_bins)
+    width = nodes.max() - nodes.min() + 2 * overhead
+    pad = overhead + 5 * np.sqrt(sigma2 * max(1.0, width) if scale_sigma else sigma2)
+    grid = np.linspace(nodes.min() - pad, nodes.max() + pad, num_bins)
   grid = np.asarray(grid, np.float64)
   if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
     raise ValueError("grid must be a 1-D increasing array of at least two points.")
   s2 = sigma2 * max(1.0, grid[-1] - grid[0]) if scale_sigma else sigma2
-  if s2 <= 0:
-    raise ValueError(f"sigma2 must be positive, got {sigma2}.")
   density = np.zeros_like(grid)
   for th, w in zip(nodes, weights, strict=True):  # probe by probe: memory G x m
     kern = np.exp(-(grid[:, None] - th[None, :]) ** 2 / (2 * s2)) / np.sqrt(2 * np.pi * s2)
