@@ -100,6 +100,7 @@ def main(argv):
 
       plotting.plot_trajectory(os.path.join(workdir, "trajectory"), xs, ys, res[key],
                                pca.coords, explained_variance=ev, label=key,
+                               log=bool(config.get("log_contours")),
                                title=f"{tc['model']} on {tc['dataset']}: PCA of the trajectory")
     except Exception as e:  # a figure must never cost the computed results
       logging.warning("Trajectory plot failed: %s", e)

@@ -28,6 +28,7 @@ def get_config(arg=None):
   c.data_dir = config_dict.placeholder(str)
   c.ignore = "biasbn"
   c.num_points = 51
+  c.log_contours = False  # Li et al.: levels 0.1, 0.6, ...
   c.margin = 0.2
   c.splits = ("train",)
   c.eval_subset = config_dict.placeholder(int)

@@ -22,6 +22,7 @@ def get_config(arg=None):
   c.data_dir = config_dict.placeholder(str)
   c.ignore = ""  # "biasbn": biases and BatchNorm parameters left out of the PCA (Li et al. option)
   c.num_points = 7 if quick else 21
+  c.log_contours = True  # the loss spans three decades
   c.margin = 0.2  # grid extends the path's bounding box by this fraction on each side
   c.splits = ("train",)
   c.eval_subset = config_dict.placeholder(int)
