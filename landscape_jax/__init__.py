@@ -78,3 +78,20 @@ from landscape_jax.ensembles import (
   swa_average,
   train_sgd,
 )
+# Curvature (hessian.py) and trajectory PCA (pca.py, kept apart from directions.py).
+from landscape_jax import hessian, pca
+from landscape_jax.hessian import (
+  HessianEigenvalues,
+  SpectralDensity,
+  SplitBatches,
+  TraceEstimate,
+  density_from_quadrature,
+  hessian_eigenvalues,
+  hessian_trace,
+  hvp,
+  lanczos,
+  make_batches,
+  make_curvature_metric_fn,
+  spectral_density,
+)
+from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
