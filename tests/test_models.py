@@ -150,6 +150,14 @@ def test_forward_shapes_every_family(name, shape):
     trees.check_same_structure(variables["batch_stats"], state["batch_stats"])
 
 
+@pytest.mark.parametrize("name", sorted(set(TINY) - {"mlp_small"}))
+def test_bfloat16_compute_float32_params_and_logits(name):
+  model = lj.get_model(name, num_classes=3, dtype=jnp.bfloat16, **TINY[name])
+  variables, logits, _ = abstract_forward(model, (2, 8, 8, 1), train=False)
+  assert logits.dtype == jnp.float32
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+
+
 @pytest.mark.parametrize("name", ["resnet8", "vgg9_bn"])
 def test_forward_numbers(name):
   """Real forward passes (one compilation each): finite logits, train/eval modes differ, and the

@@ -18,6 +18,13 @@ Names (see `model_names`; every model takes ``num_classes=`` and its attributes 
     ``width``, ``dropout_rate``.
   * ``densenet_bc_{L}_{k}`` (``densenet_bc_100_12``), ``densenet_cifar`` (Li et al.'s 4 blocks).
   * ``convfc`` (Garipov et al.).
+
+Parameter names are explicit and stable (each model's docstring lists them): the classifier is
+always ``linear``; residual nets name blocks ``layer{stage}_{block}`` (stages from 1, blocks from
+0) with ``conv1, bn1, conv2, bn2, ...`` inside; plain stacks number layers ``conv_{i}``,
+``bn_{i}``, ``fc_{j}``. Convolution kernels are HWIO, Dense kernels (in, out). Every model
+accepts ``dtype=`` (computation dtype, e.g. ``jnp.bfloat16``; parameters stay float32, logits are
+float32).
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ class ConvFC(nn.Module):
   """Garipov et al.'s ConvFC, any input from 8x8 up.
 
   Parameter naming: ``conv_{0,1,2}/{kernel,bias}`` (5x5), ``fc_{0,1}/{kernel,bias}`` (hidden
-  Dense layers) and ``linear/{kernel,bias}`` (classifier). No BatchNorm.
+  Dense layers) and ``linear/{kernel,bias}`` (classifier). No BatchNorm. ``fc_0/kernel`` has
+  ``H * W * 128`` rows in NHWC flatten order (channel fastest): permuting ``conv_2``'s channels by
+  ``perm`` permutes them as ``kernel.reshape(H * W, 128, -1)[:, perm]``.
 
   Attributes:
     num_classes: number of logits.

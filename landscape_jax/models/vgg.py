@@ -37,7 +37,9 @@ class VGG(nn.Module):
     fc_{j}/{kernel,bias}, fc_bn_{j}/{scale,bias}    hidden Dense layers (fc_bn_* with fc_batch_norm)
     linear/{kernel,bias}                            classifier
 
-  ``batch_stats`` mirrors the ``bn_*`` and ``fc_bn_*`` names.
+  ``batch_stats`` mirrors the ``bn_*`` and ``fc_bn_*`` names. ``fc_0/kernel`` has
+  ``H * W * C`` rows in NHWC flatten order (channel fastest), so permuting the last conv's channels
+  by ``perm`` permutes its rows as ``kernel.reshape(H * W, C, -1)[:, perm]``.
 
   Attributes:
     stages: conv channels per stage; a 2x2 max pooling follows each stage.
