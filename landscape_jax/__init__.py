@@ -20,36 +20,25 @@ from landscape_jax.models import get_model, model_names
 __version__ = "0.1.0"
 
 # Figures and reports (matplotlib Figure API only; no pyplot, no display needed).
-from landscape_jax import plotting, report
-from landscape_jax.report import write_report
 # Training and checkpoints (training.py, checkpoints.py).
-from landscape_jax import checkpoints, training
-from landscape_jax.checkpoints import load_trajectory, load_variables
-from landscape_jax.training import (
-  TrainState,
-  create_train_state,
-  eval_step,
-  garipov_schedule,
-  make_optimizer,
-  step_schedule,
-  train,
-  train_step,
-)
 # Li et al. 2018 surfaces: directions, paths, grids, resumable stores, sharding helpers.
-from landscape_jax import sharding, store
-from landscape_jax.directions import (
-  directions_from_models,
-  normalize_directions,
-  orthogonalize,
-  random_direction,
-  random_directions,
-)
-from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
-from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import surface_grid
 # Mode connectivity, BatchNorm recomputation and ensembles (Garipov et al. 2018).
-from landscape_jax import batchnorm, curves, ensembles
+# Curvature (hessian.py) and trajectory PCA (pca.py, kept apart from directions.py).
+from landscape_jax import (
+  batchnorm,
+  checkpoints,
+  curves,
+  ensembles,
+  hessian,
+  pca,
+  plotting,
+  report,
+  sharding,
+  store,
+  training,
+)
 from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
+from landscape_jax.checkpoints import load_trajectory, load_variables
 from landscape_jax.curves import (
   Plane,
   bezier_coefficients,
@@ -69,6 +58,13 @@ from landscape_jax.curves import (
   split_curve,
   train_curve,
 )
+from landscape_jax.directions import (
+  directions_from_models,
+  normalize_directions,
+  orthogonalize,
+  random_direction,
+  random_directions,
+)
 from landscape_jax.ensembles import (
   cyclic_schedule,
   evaluate_ensemble,
@@ -78,8 +74,6 @@ from landscape_jax.ensembles import (
   swa_average,
   train_sgd,
 )
-# Curvature (hessian.py) and trajectory PCA (pca.py, kept apart from directions.py).
-from landscape_jax import hessian, pca
 from landscape_jax.hessian import (
   HessianEigenvalues,
   SpectralDensity,
@@ -94,4 +88,18 @@ from landscape_jax.hessian import (
   make_curvature_metric_fn,
   spectral_density,
 )
+from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
 from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
+from landscape_jax.report import write_report
+from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
+from landscape_jax.surface import surface_grid
+from landscape_jax.training import (
+  TrainState,
+  create_train_state,
+  eval_step,
+  garipov_schedule,
+  make_optimizer,
+  step_schedule,
+  train,
+  train_step,
+)

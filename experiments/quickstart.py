@@ -1,0 +1,394 @@
+r"""The landscape-jax tour: every method of the library on the embedded `digits` data.
+
+  python experiments/quickstart.py --workdir=runs/quickstart          # a few minutes on a CPU
+  python experiments/quickstart.py --workdir=/tmp/qs --tiny           # seconds (used by the tests)
+
+Trains two small ResNets from different seeds, then, each step with its figures and numbers:
+ 1. 1-D filter-normalised plot around model A and the two-model interpolation (Li et al. 2018);
+ 2. a 2-D filter-normalised surface (contour, filled contour, heat map, 3-D, VTK);
+ 3. a Bezier curve between A and B, its loss against the straight line's, and the plane through
+    its three control points (Garipov et al. 2018);
+ 4. weight matching of B to A and the barrier before and after (Ainsworth et al. 2023);
+ 5. the Hessian's top eigenvalues, trace and spectral density at A (PyHessian);
+ 6. a Fast Geometric Ensemble from A against its members (Garipov et al. 2018);
+ 7. the PCA plane of A's training trajectory with the path over the loss contours (Li et al.).
+
+Writes every figure (PNG + PDF), ``results/<step>.json`` and ``report.html`` into --workdir.
+Each finished step is kept: a rerun (e.g. after an interruption) reuses it, long steps resume
+from their own stores, and a rerun with a different configuration is refused.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+import landscape_jax as lj
+from landscape_jax import (
+  batchnorm,
+  checkpoints,
+  curves,
+  ensembles,
+  permutations,
+  plotting,
+  training,
+)
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Output directory.")
+_TINY = flags.DEFINE_bool("tiny", False, "Tiny sizes (seconds; for tests).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+
+def get_config(tiny: bool) -> ml_collections.ConfigDict:
+  """Sizes of every step; `tiny` shrinks them so that the tour runs in well under a minute."""
+  c = ml_collections.ConfigDict()
+  c.model = "resnet8"
+  c.model_kwargs = {"width": 1} if not tiny else {"width": 0.5}
+  c.seeds = (0, 1)
+  c.epochs = 3 if tiny else 12
+  c.batch_size = 64
+  c.learning_rate = 0.05
+  c.weight_decay = 5e-4
+  c.eval_subset = 128 if tiny else 0          # 0: whole splits
+  c.points_1d = 7 if tiny else 41             # Li et al.: 51 points on [-1, 1]
+  c.points_interp = 9 if tiny else 61         # Li et al.: 401 points on [-0.5, 1.5]
+  c.points_2d = 5 if tiny else 25             # Li et al.: 51 x 51 on [-1, 1]^2
+  c.curve_epochs = 2 if tiny else 20
+  c.curve_points = 7 if tiny else 31          # Garipov et al.: 61
+  c.plane_points = 5 if tiny else 15          # Garipov et al.: 21 on [-0.2, 1.2]
+  c.lanczos_steps = 10 if tiny else 60
+  c.trace_probes = 8 if tiny else 50
+  c.fge_cycles = 2 if tiny else 4
+  c.fge_cycle_epochs = 2
+  c.pca_points = 5 if tiny else 21
+  return c
+
+
+class Tour:
+  """Runs the steps, caching each one's numbers in ``results/<name>.json``."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, progress: bool):
+    self.workdir, self.c, self.progress = workdir, config, progress
+    self.sections: list[dict] = []
+    os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
+    self._check_config()
+    self.train_ds = lj.load("digits", "train")
+    self.test_ds = lj.load("digits", "test")
+    self.model = lj.get_model(config.model, num_classes=10, **dict(config.model_kwargs))
+    n = config.eval_subset
+    self.eval_splits = {"train": self.train_ds.subset(slice(0, n or None)),
+                        "test": self.test_ds.subset(slice(0, n or None))}
+
+  def _check_config(self):
+    path = os.path.join(self.workdir, "config.json")
+    current = json.loads(self.c.to_json())
+    if os.path.exists(path):
+      with open(path) as f:
+        saved = json.load(f)
+      if saved != current:
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise ValueError(
+          f"{self.workdir} holds a tour run with another configuration (differs in {diff}). "
+          "Use a new --workdir (or delete the old one) instead of mixing results.")
+    else:
+      with open(path, "w") as f:
+        json.dump(current, f, indent=1)
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def step(self, name: str, title: str, text: str, fn):
+    """Runs `fn() -> (numbers, figures)` unless ``results/<name>.json`` exists; adds a section."""
+    result_path = self.path("results", f"{name}.json")
+    if os.path.exists(result_path):
+      with open(result_path) as f:
+        out = json.load(f)
+      print(f"[{name}] reusing finished results")
+    else:
+      print(f"[{name}] {title}")
+      start = time.time()
+      numbers, figures = fn()
+      out = {"numbers": lj.store.jsonable(numbers), "figures": figures,
+             "seconds": round(time.time() - start, 1)}
+      tmp = result_path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(out, f, indent=1)
+      os.replace(tmp, result_path)
+    for k, v in out["numbers"].items():
+      print(f"    {k}: {v:.4g}" if isinstance(v, float) else f"    {k}: {v}")
+    self.sections.append({"title": title, "text": text, "figures": out["figures"],
+                          "table": {**out["numbers"], "time (s)": out["seconds"]}})
+    return out["numbers"]
+
+  # -- the models -------------------------------------------------------------------------------
+  def train_models(self):
+    def run():
+      numbers = {}
+      for seed, tag in zip(self.c.seeds, "ab", strict=True):
+        config = training.default_config(
+          model=self.c.model, model_kwargs=dict(self.c.model_kwargs), seed=seed,
+          num_epochs=self.c.epochs, batch_size=self.c.batch_size,
+          learning_rate=self.c.learning_rate, weight_decay=self.c.weight_decay,
+          schedule="cosine", momentum=0.9, nesterov=True, checkpoint_every_epochs=1)
+        _, records = training.train(self.model, self.train_ds, self.test_ds, config=config,
+                                    workdir=self.path(f"model_{tag}"), progress=self.progress)
+        numbers[f"model {tag.upper()} test accuracy"] = records[-1]["test_accuracy"]
+        numbers[f"model {tag.upper()} train loss"] = records[-1]["train_loss"]
+      return numbers, []
+
+    self.step("train", "Two ResNets from different seeds",
+              f"{self.c.model} trained on digits (seeds {list(self.c.seeds)}) with SGD, Nesterov "
+              "momentum and a cosine schedule; checkpoints after every epoch form the trajectory.",
+              run)
+    self.var_a = checkpoints.load_variables(self.path("model_a", "checkpoints"))
+    self.var_b = checkpoints.load_variables(self.path("model_b", "checkpoints"))
+    self.bn_template = self.var_a.get("batch_stats")
+
+  def metric_fn(self, recompute_bn: bool, batch_stats=None):
+    """Train/test loss and accuracy; BN statistics of the centre, or recomputed per point."""
+    if recompute_bn and self.bn_template is not None:
+      return batchnorm.make_recompute_metric_fn(
+        self.model, self.eval_splits, train_data=self.train_ds, batch_stats=self.bn_template,
+        batch_size=256, bn_batch_size=128)
+    return lj.make_metric_fn(self.model, self.eval_splits, batch_stats=batch_stats,
+                             batch_size=256)
+
+  # -- 1. Li et al.: 1-D plots and interpolation ------------------------------------------------
+  def one_d(self):
+    def run():
+      params = self.var_a["params"]
+      (d,) = lj.random_directions(jax.random.key(0), params, num=1, norm="filter",
+                                  ignore="biasbn")
+      xs = np.linspace(-1, 1, self.c.points_1d)
+      res = lj.surface_grid(self.metric_fn(False, self.var_a.get("batch_stats")), params, d, xs,
+                            store=self.path("stores", "line_1d"), progress=self.progress,
+                            metadata={"direction_seed": 0, "norm": "filter"})
+      plotting.plot_1d(self.path("line_1d"), xs, res, title="Model A, filter-normalised direction",
+                       xlabel="step along d")
+      alphas = np.linspace(-0.5, 1.5, self.c.points_interp)
+      interp = lj.linear_path(self.metric_fn(True), self.var_a["params"], self.var_b["params"],
+                              alphas, store=self.path("stores", "interpolation"),
+                              progress=self.progress)
+      plotting.plot_interpolation(self.path("interpolation"), alphas, interp,
+                                  labels=("A", "B"), title="Straight line from A to B")
+      b = lj.barriers(interp["train_loss"], alphas)
+      mid = len(xs) // 2
+      return ({"train loss at A": float(res["train_loss"][mid]),
+               "train loss at x=+1": float(res["train_loss"][-1]),
+               "interpolation barrier (train loss)": b["frankle"],
+               "interpolation max test error": float(1 - np.nanmin(
+                 interp["test_accuracy"][(alphas >= 0) & (alphas <= 1)]))},
+              ["line_1d.png", "interpolation.png"])
+
+    self.step("line", "1-D plots: filter-normalised direction and two-model interpolation",
+              "f(a) = L(A + a d) with a filter-normalised Gaussian direction (Li et al. 2018), "
+              "and L((1 - a) A + a B) on [-0.5, 1.5] with BatchNorm statistics recomputed at "
+              "every point.", run)
+
+  # -- 2. Li et al.: 2-D surface ----------------------------------------------------------------
+  def two_d(self):
+    def run():
+      params = self.var_a["params"]
+      d1, d2 = lj.random_directions(jax.random.key(1), params, num=2, norm="filter",
+                                    ignore="biasbn")
+      xs = ys = np.linspace(-1, 1, self.c.points_2d)
+      res = lj.surface_grid(self.metric_fn(False, self.var_a.get("batch_stats")), params,
+                            (d1, d2), xs, ys, mesh=lj.make_mesh(),
+                            store=self.path("stores", "surface_2d"), progress=self.progress,
+                            metadata={"direction_seed": 1, "norm": "filter"})
+      plotting.plot_2d_all(self.path("surface"), xs, ys, res["train_loss"],
+                           title="Model A: train loss")
+      return ({"min train loss": float(np.nanmin(res["train_loss"])),
+               "max train loss": float(np.nanmax(res["train_loss"])),
+               "grid points": int(res["train_loss"].size)},
+              ["surface_2dcontour.png", "surface_2dcontourf.png", "surface_3dsurface.png"])
+
+    self.step("surface", "2-D filter-normalised surface",
+              "f(a, b) = L(A + a d1 + b d2) on a grid, evaluated in compiled, sharded chunks and "
+              "stored resumably; also exported as surface.vtp for ParaView.", run)
+
+  # -- 3. Garipov et al.: Bezier curve ----------------------------------------------------------
+  def curve(self):
+    def run():
+      loss_fn = lj.make_loss_fn(self.model, mean=self.train_ds.mean, std=self.train_ds.std,
+                                batch_stats=self.bn_template, train=self.bn_template is not None)
+      curve, _ = curves.train_curve(
+        loss_fn, self.var_a["params"], self.var_b["params"], self.train_ds,
+        epochs=self.c.curve_epochs, num_bends=3, kind="bezier", batch_size=self.c.batch_size,
+        lr=0.03, weight_decay=self.c.weight_decay, workdir=self.path("curve_training"),
+        progress=self.progress)
+      metric_fn = self.metric_fn(True)
+      res = curves.evaluate_curve(metric_fn, curve, kind="bezier",
+                                  num_points=self.c.curve_points,
+                                  store=self.path("stores", "curve"), progress=self.progress)
+      plotting.plot_curve_metrics(self.path("curve_metrics"), res["t"], res["curve"], res["line"])
+      w0, w1, w2 = (lj.trees.index(curve, i) for i in range(3))
+      plane = curves.plane_basis(w0, w1, w2)
+      grid = np.linspace(-0.2, 1.2, self.c.plane_points)
+      pres = curves.evaluate_plane(metric_fn, plane, alphas=grid, betas=grid,
+                                   store=self.path("stores", "plane"), progress=self.progress)
+      proj = np.stack([np.asarray(curves.project_to_plane(plane, w)) for w in (w0, w1, w2)])
+      plotting.plot_curve_plane(self.path("curve_plane"), pres["x"], pres["y"],
+                                pres["train_loss"], curve_xy=curves.curve_in_plane(plane, curve),
+                                endpoints_xy=proj[[0, 2]], bend_xy=proj[1], chord_xy=proj[[0, 2]],
+                                label="train loss")
+      s = res["summary"]
+      return ({"curve max train loss": s["curve"]["train_loss"]["max"],
+               "line max train loss": s["line"]["train_loss"]["max"],
+               "curve barrier (train loss)": s["curve"]["train_loss"]["barrier"],
+               "line barrier (train loss)": s["line"]["train_loss"]["barrier"],
+               "curve max test error": s["curve"]["test_error"]["max"],
+               "line max test error": s["line"]["test_error"]["max"]},
+              ["curve_metrics.png", "curve_plane.png"])
+
+    self.step("curve", "Mode connectivity: a Bezier curve from A to B",
+              "phi(t) = (1-t)^2 A + 2t(1-t) theta + t^2 B trained with the endpoints fixed "
+              "(Garipov et al. 2018); BatchNorm statistics recomputed at every t; the plane "
+              "through A, theta and B.", run)
+
+  # -- 4. Ainsworth et al.: weight matching -----------------------------------------------------
+  def align(self):
+    def run():
+      spec = permutations.spec_for(self.c.model, self.var_a, num_classes=10,
+                                   input_shape=self.train_ds.image_shape,
+                                   **dict(self.c.model_kwargs))
+      result = permutations.weight_matching(jax.random.key(0), spec, self.var_a, self.var_b)
+      aligned = permutations.apply_permutation(spec, result.perm, self.var_b)
+      alphas = np.linspace(0, 1, self.c.points_interp)
+      metric_fn = self.metric_fn(True)
+      before = lj.linear_path(metric_fn, self.var_a["params"], self.var_b["params"], alphas,
+                              progress=self.progress)
+      after = lj.linear_path(metric_fn, self.var_a["params"], aligned["params"], alphas,
+                             progress=self.progress)
+      plotting.plot_barriers(self.path("alignment"), alphas,
+                             {"B as trained": before["train_loss"],
+                              "B permuted to match A": after["train_loss"]},
+                             title="Interpolation A -> B before and after weight matching")
+      bb, ba = lj.barriers(before["train_loss"], alphas), lj.barriers(after["train_loss"], alphas)
+      return ({"barrier before (train loss)": bb["frankle"],
+               "barrier after (train loss)": ba["frankle"],
+               "weight-matching sweeps": int(result.num_sweeps),
+               "permutation groups": len(result.perm)},
+              ["alignment.png"])
+
+    self.step("align", "Permutation symmetry: weight matching",
+              "B's hidden units are permuted (one permutation per residual stream) to maximise "
+              "sum <W_A, P W_B> by coordinate descent with linear assignment (Ainsworth et al. "
+              "2023); the function of B is unchanged, the barrier to A drops.", run)
+
+  # -- 5. Hessian -------------------------------------------------------------------------------
+  def hessian(self):
+    def run():
+      params = self.var_a["params"]
+      loss_fn = lj.make_loss_fn(self.model, mean=self.train_ds.mean, std=self.train_ds.std,
+                                batch_stats=self.var_a.get("batch_stats"), train=False)
+      data = self.eval_splits["train"]
+      batches = lj.make_batches(data, batch_size=256)
+      mask = lj.trees.mask_by_ndim(params)
+      k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+      eig = lj.hessian_eigenvalues(loss_fn, params, batches, top_k=3,
+                                   num_steps=self.c.lanczos_steps, key=k1, mask=mask)
+      trace = lj.hessian_trace(k2, loss_fn, params, batches, num_probes=self.c.trace_probes,
+                               mask=mask)
+      sd = lj.spectral_density(k3, loss_fn, params, batches, num_probes=1,
+                               num_steps=self.c.lanczos_steps, mask=mask)
+      plotting.plot_spectrum(self.path("spectrum"), sd.grid, sd.density, eigenvalues=sd.nodes,
+                             title="Hessian spectral density at A (SLQ)")
+      return ({"top eigenvalue": float(eig.top[0]), "2nd eigenvalue": float(eig.top[1]),
+               "smallest eigenvalue": float(eig.smallest),
+               "|min/max| ratio": abs(float(eig.smallest) / float(eig.top[0])),
+               "trace": float(trace.mean), "trace std. error": float(trace.stderr)},
+              ["spectrum.png"])
+
+    self.step("hessian", "Curvature at A: eigenvalues, trace, spectral density",
+              "Lanczos with full reorthogonalisation on Hessian-vector products (forward over "
+              "reverse), Hutchinson's trace with Rademacher probes, stochastic Lanczos quadrature "
+              "(weights, not BatchNorm parameters, as Li et al.).", run)
+
+  # -- 6. FGE -----------------------------------------------------------------------------------
+  def fge(self):
+    def run():
+      loss_fn = lj.make_loss_fn(self.model, mean=self.train_ds.mean, std=self.train_ds.std,
+                                batch_stats=self.bn_template, train=self.bn_template is not None)
+      members, _ = ensembles.fast_geometric_ensemble(
+        loss_fn, self.var_a["params"], self.train_ds, cycles=self.c.fge_cycles,
+        cycle_epochs=self.c.fge_cycle_epochs, lr1=0.05, lr2=1e-3,
+        batch_size=self.c.batch_size, weight_decay=self.c.weight_decay, seed=0,
+        progress=self.progress)
+      stats = None
+      if self.bn_template is not None:
+        stats = ensembles.stack_members([
+          lj.recompute_batch_stats(self.model, p, self.bn_template, self.train_ds,
+                                   batch_size=128) for p in lj.trees.unstack(members)])
+      res = ensembles.evaluate_ensemble(self.model, members, self.test_ds, batch_stats=stats)
+      member_acc = np.asarray(res["member_accuracy"])
+      size_acc = np.asarray(res["size_accuracy"])
+      names = [f"member {i + 1}" for i in range(len(member_acc))] + ["ensemble"]
+      plotting.plot_bars(self.path("fge"), names, [*member_acc, size_acc[-1]],
+                         ylabel="test accuracy", highlight=["ensemble"],
+                         title="Fast Geometric Ensembling from A")
+      return ({"best member test accuracy": float(member_acc.max()),
+               "ensemble test accuracy": float(size_acc[-1]),
+               "members": len(member_acc)},
+              ["fge.png"])
+
+    self.step("fge", "Fast Geometric Ensembling",
+              "A cyclic learning rate from A with a snapshot at each cycle's lowest rate; the "
+              "ensemble averages the members' softmax probabilities (Garipov et al. 2018).", run)
+
+  # -- 7. PCA trajectory ------------------------------------------------------------------------
+  def trajectory(self):
+    def run():
+      ckpt = self.path("model_a", "checkpoints")
+      trajectory = checkpoints.load_trajectory(ckpt)
+      final = trajectory[-1]
+      pca = lj.pca_directions(trajectory, final, num_components=2,
+                              mask=lj.trees.mask_by_ndim(final))
+      lo, hi = pca.coords.min(0), pca.coords.max(0)
+      span = np.maximum(hi - lo, 1e-6)
+      xs = np.linspace(lo[0] - 0.2 * span[0], hi[0] + 0.2 * span[0], self.c.pca_points)
+      ys = np.linspace(lo[1] - 0.2 * span[1], hi[1] + 0.2 * span[1], self.c.pca_points)
+      res = lj.surface_grid(self.metric_fn(False, self.var_a.get("batch_stats")), final,
+                            tuple(pca.directions), xs, ys, store=self.path("stores", "pca"),
+                            progress=self.progress)
+      ev = pca.explained_variance_ratio
+      plotting.plot_trajectory(self.path("trajectory"), xs, ys, res["train_loss"], pca.coords,
+                               explained_variance=ev, label="train loss",
+                               title="Training trajectory of A in its PCA plane")
+      return ({"snapshots": len(trajectory), "1st PC explained variance": float(ev[0]),
+               "2nd PC explained variance": float(ev[1])},
+              ["trajectory.png"])
+
+    self.step("trajectory", "Optimisation trajectory in its PCA plane",
+              "Principal components of t_i - t_final over A's per-epoch checkpoints (Gram matrix "
+              "of the snapshots); the path drawn over the loss contours of that plane "
+              "(Li et al. 2018, Sec. 7).", run)
+
+  def report(self):
+    path = lj.write_report(self.path("report.html"), title="landscape-jax quickstart tour",
+                           sections=self.sections, config=self.c.to_dict())
+    print(f"Report: {path}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  start = time.time()
+  tour = Tour(_WORKDIR.value, get_config(_TINY.value), _PROGRESS.value)
+  tour.train_models()
+  for step in (tour.one_d, tour.two_d, tour.curve, tour.align, tour.hessian, tour.fge,
+               tour.trajectory):
+    step()
+  tour.report()
+  print(f"Tour finished in {time.time() - start:.0f} s; open {tour.path('report.html')}")
+
+
+if __name__ == "__main__":
+  jnp.zeros(())  # initialise the backend before absl parses flags (clearer errors)
+  app.run(main)

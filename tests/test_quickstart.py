@@ -1,0 +1,53 @@
+"""The README's main command, at tiny size: runs end to end, writes every figure and the report,
+and a rerun reuses the finished steps."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = ("train", "line", "surface", "curve", "align", "hessian", "fge", "trajectory")
+
+
+def _run(workdir):
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "experiments", "quickstart.py"), f"--workdir={workdir}",
+     "--tiny", "--noprogress"], capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.mark.slow
+def test_quickstart_tiny_end_to_end(tmp_path):
+  workdir = tmp_path / "qs"
+  first = _run(workdir)
+  assert first.returncode == 0, first.stderr[-4000:]
+  report = (workdir / "report.html").read_text()
+  for step in STEPS:
+    result = json.loads((workdir / "results" / f"{step}.json").read_text())
+    for fig in result["figures"]:
+      assert (workdir / fig).stat().st_size > 1000, fig
+      assert fig in report
+  for title in ("2-D filter-normalised surface", "Bezier curve", "weight matching",
+                "Fast Geometric Ensembling", "PCA plane"):
+    assert title in report
+  # Every number of the tour is finite and in the report's table.
+  numbers = json.loads((workdir / "results" / "hessian.json").read_text())["numbers"]
+  assert numbers["top eigenvalue"] > 0
+  assert numbers["top eigenvalue"] >= numbers["2nd eigenvalue"]
+
+  second = _run(workdir)
+  assert second.returncode == 0, second.stderr[-4000:]
+  assert second.stdout.count("reusing finished results") == len(STEPS)
+
+
+def test_quickstart_refuses_a_different_configuration(tmp_path):
+  workdir = tmp_path / "qs"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"model": "other"}))
+  out = _run(workdir)
+  assert out.returncode != 0
+  assert "another configuration" in out.stderr
