@@ -362,7 +362,7 @@ def test_training_configs_are_complete(name):
   try:
     model = lj.get_model(config.model, num_classes=10, **config.model_kwargs)
   except ValueError as e:
-    pytest.skip(f"model of {name} not available on this branch: {e}")
+    pytest.skip(f"{name}: model {config.model!r} is not in this branch's zoo ({str(e)[:60]})")
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape),
                                                 train=False))
   jax.eval_shape(tx.init, variables["params"])
