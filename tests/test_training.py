@@ -265,6 +265,12 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, digits_train, digits_
     run(tmp_path / "cut")
 
 
+def test_torn_metrics_line_is_skipped(tmp_path):
+  (tmp_path / training.METRICS_FILE).write_text('{"epoch": 1, "step": 21}\n{"epoch": 2, "st')
+  assert training.read_metrics(tmp_path) == [{"epoch": 1, "step": 21}]
+  assert training.read_metrics(tmp_path / "missing") == []
+
+
 def test_train_errors(tmp_path, digits_train):
   model = lj.get_model("mlp_small", num_classes=10)
   mesh = training.make_mesh(jax.devices()[:4])
@@ -362,7 +368,7 @@ def test_training_configs_are_complete(name):
   try:
     model = lj.get_model(config.model, num_classes=10, **config.model_kwargs)
   except ValueError as e:
-    pytest.skip(f"model of {name} not available on this branch: {e}")
+    pytest.skip(f"{name}: model {config.model!r} is not in this branch's zoo ({str(e)[:60]})")
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape),
                                                 train=False))
   jax.eval_shape(tx.init, variables["params"])
