@@ -13,6 +13,14 @@ can be read back without the Python classes that wrote it. Restoring into a `tar
 saved structure, shapes and dtypes against the target first and raises a `ValueError` naming the
 first differing leaf path (e.g. ``params/Dense_0/kernel: shape (64, 64) vs (64, 32)``).
 
+Integrity: orbax compresses the arrays without a checksum, so a flipped bit in a data file would
+restore silently wrong numbers. `save` therefore writes ``<directory>/<step>/sha256.json`` (the
+sha256 of every leaf, written atomically once orbax has committed the step; a step without it,
+e.g. one killed in between, is restored unverified) and `restore` verifies the restored arrays
+against it; a mismatch, or metadata that orbax cannot read, raises
+`CheckpointCorruptError` naming the leaf, and the files are left untouched (earlier steps still
+restore). Checkpoints of arrays that span several processes are not checksummed.
+
 Trajectories (Li et al. 2018, Sec. 7, PCA of the optimisation path): `training.train` saves the
 initial point (step 0) and a checkpoint every k epochs; ``load_trajectory(dir)`` returns their
 parameters in step order, ready for ``directions.pca_directions``.
@@ -20,6 +28,8 @@ parameters in step order, ready for ``directions.pca_directions``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -34,7 +44,70 @@ from landscape_jax import trees
 
 PyTree = Any
 COMMIT_FILE = "commit_success.txt"
+CHECKSUM_FILE = "sha256.json"
 _STEP_RE = re.compile(r"^\d+$")
+
+
+class CheckpointCorruptError(ValueError):
+  """A complete checkpoint whose metadata or array data is truncated or corrupt."""
+
+
+def _checksum_path(directory: str, step: int) -> str:
+  return os.path.join(_step_dir(directory, step), CHECKSUM_FILE)
+
+
+def _leaf_digests(state: PyTree) -> dict[str, str] | None:
+  """sha256 of (dtype, shape, bytes) of every leaf by path; None if a leaf spans processes."""
+  out = {}
+  for p, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return None
+    a = np.asarray(x)
+    # as a restore places it (int64 -> int32 without jax_enable_x64)
+    a = np.ascontiguousarray(a.astype(jax.dtypes.canonicalize_dtype(a.dtype)))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    out[trees.path_str(p)] = h.hexdigest()
+  return out
+
+
+def _write_checksums(directory: str, step: int, state: PyTree) -> None:
+  if jax.process_index() != 0:
+    return
+  path = _checksum_path(directory, step)
+  digests = _leaf_digests(state)
+  if digests is None:
+    if os.path.exists(path):
+      os.unlink(path)
+    return
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(digests, f, indent=0, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _verify_checksums(directory: str, step: int, path: str, restored: PyTree) -> None:
+  sidecar = _checksum_path(directory, step)
+  if not os.path.exists(sidecar):
+    return  # written by an older version, or by several processes
+  hint = (f"The files were not modified; restore an earlier step (complete steps: "
+          f"{list_steps(directory)}) or retrain.")
+  try:
+    with open(sidecar) as f:
+      expected = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointCorruptError(f"Checksums {sidecar} of checkpoint {path} are unreadable "
+                                 f"({e!r}). {hint}") from e
+  got = _leaf_digests(restored)
+  if got is None:
+    return
+  for leaf in sorted(set(expected) | set(got)):
+    if expected.get(leaf) != got.get(leaf):
+      raise CheckpointCorruptError(
+        f"Checkpoint {path} is corrupt: the data of {leaf} does not match its checksum in "
+        f"{sidecar} (a truncated or damaged file). {hint}")
 
 
 def _handler() -> ocp.Checkpointer:
@@ -96,6 +169,7 @@ def save(directory: str, step: int, tree: PyTree, *, overwrite: bool = False) ->
   state = flax.serialization.to_state_dict(tree)
   state = jax.tree.map(lambda x: np.asarray(x) if np.isscalar(x) else x, state)
   _handler().save(os.path.abspath(path), args=ocp.args.StandardSave(state))
+  _write_checksums(directory, step, state)
   return path
 
 
@@ -119,7 +193,12 @@ def saved_structure(directory: str, step: int | None = None) -> PyTree:
   meta = _handler().metadata(os.path.abspath(path))
   meta = getattr(meta, "item_metadata", meta)
   meta = getattr(meta, "tree", meta)
-  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), meta)
+  out = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), meta)
+  if not jax.tree.leaves(out):
+    raise CheckpointCorruptError(
+      f"Checkpoint {path} has no readable metadata: it is truncated or corrupt. The files were not "
+      f"modified; restore an earlier step (complete steps: {list_steps(directory)}) or retrain.")
+  return out
 
 
 def _abstract(x) -> jax.ShapeDtypeStruct:
@@ -146,6 +225,8 @@ def restore(directory: str, target: PyTree | None = None, *, step: int | None = 
   Raises:
     FileNotFoundError: no complete checkpoint (or not that step).
     ValueError: the checkpoint does not match `target`; the message names the first differing leaf.
+    CheckpointCorruptError: the checkpoint's metadata is unreadable or an array does not match its
+      checksum (a `ValueError` too).
   """
   step = _resolve_step(directory, step)
   path = os.path.abspath(_step_dir(directory, step))
@@ -154,7 +235,9 @@ def restore(directory: str, target: PyTree | None = None, *, step: int | None = 
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                             saved)
-    return _handler().restore(path, args=ocp.args.StandardRestore(abstract))
+    restored = _read(directory, path, abstract)
+    _verify_checksums(directory, step, path, restored)
+    return restored
   wanted = flax.serialization.to_state_dict(target)
   abstract = jax.tree.map(_abstract, wanted)
   diff = trees.first_difference(saved, abstract)
@@ -163,8 +246,19 @@ def restore(directory: str, target: PyTree | None = None, *, step: int | None = 
       f"Checkpoint {path} does not match the target: {diff} (first is the checkpoint, second the "
       "target). Build the target from the same model/optimizer configuration that wrote the "
       "checkpoint, or restore without a target to inspect it.")
-  restored = _handler().restore(path, args=ocp.args.StandardRestore(abstract))
+  restored = _read(directory, path, abstract)
+  _verify_checksums(directory, step, path, restored)
   return flax.serialization.from_state_dict(target, restored)
+
+
+def _read(directory: str, path: str, abstract: PyTree) -> PyTree:
+  try:
+    return _handler().restore(path, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # tensorstore/orbax raise plain Exceptions for unreadable data
+    raise CheckpointCorruptError(
+      f"Checkpoint {path} could not be read, it is truncated or corrupt ({str(e)[:300]}). The "
+      f"files were not modified; restore an earlier step (complete steps: "
+      f"{list_steps(directory)}) or retrain.") from e
 
 
 def load_variables(directory: str, *, step: int | None = None) -> dict[str, PyTree]:

@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import os
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -372,6 +373,7 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     raise ValueError("train_curve needs at least one interior bend (num_bends >= 3).")
   ends, interior = split_curve(curve)
   trees.check_same_structure(jax.tree.map(lambda e: e[0], ends), start, names=("curve", "start"))
+  trees.check_finite(curve, name="curve control points (endpoints and initial bends)")
   n_train = len(data)
   steps_per_epoch = n_train // batch_size
   if steps_per_epoch == 0:
@@ -429,9 +431,11 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     record = {"epoch": epoch, "loss": loss, "lr": lr_now}
     history.append(record)
     if manager is not None:
+      # History first: a kill between the two writes leaves a record past the checkpoint, which
+      # the resume drops (the other order would lose the record of the checkpointed epoch).
+      _atomic_write_text(os.path.join(workdir, "curve_history.json"), json.dumps(history))
       manager.save(epoch + 1, args=ocp.args.StandardSave({"state": state}))
       manager.wait_until_finished()
-      _atomic_write_text(os.path.join(workdir, "curve_history.json"), json.dumps(history))
     if hasattr(bar, "set_postfix"):
       bar.set_postfix(loss=f"{loss:.4f}")
     if callback is not None:
@@ -520,26 +524,60 @@ def _store_paths(store: str) -> tuple[str, str]:
 
 
 def _load_store(store: str, meta: dict) -> tuple[dict, int]:
+  """Reads a curve/plane store; a truncated or corrupt one raises `StoreCorruptError`.
+
+  Checks: the JSON parses and has ``meta`` and ``done``; the .npz is a valid zip whose members
+  pass their CRC-32 checksums (`zipfile` verifies them on read); every array has one row per
+  point and ``0 <= done <= points``. The files are never modified here.
+  """
+  from landscape_jax.store import StoreCorruptError
+
   npz, js = _store_paths(store)
   if not os.path.exists(js):
     return {}, 0
-  with open(js) as f:
-    saved = json.load(f)
-  if saved["meta"] != json.loads(json.dumps(meta)):
+  hint = (f"The files were not modified; move {npz} and {js} away (or pass another store path) "
+          "to recompute.")
+  try:
+    with open(js) as f:
+      saved = json.load(f)
+    saved_meta, done = saved["meta"], int(saved["done"])
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    raise StoreCorruptError(f"{js} is truncated or corrupt ({e!r}). {hint}") from e
+  if saved_meta != json.loads(json.dumps(meta)):
     raise ValueError(f"{js} holds results of a different evaluation (other points, curve or "
                      "metric); pass another store path or delete the files to recompute.")
-  with np.load(npz, allow_pickle=False) as z:
-    results = {k: z[k] for k in z.files}
-  return results, int(saved["done"])
+  num = len(meta["ts"]) * (2 if meta.get("line") else 1) if meta.get("what") == "curve" else (
+    len(meta.get("alphas", ())) * len(meta.get("betas", ())))
+  try:
+    with np.load(npz, allow_pickle=False) as z:
+      results = {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    raise StoreCorruptError(f"{npz} is truncated or corrupt ({e!r}). {hint}") from e
+  if not 0 <= done <= num or (done and not results) or any(
+      v.ndim < 1 or v.shape[0] != num for v in results.values()):
+    raise StoreCorruptError(f"{npz} does not hold {num} points (done={done}, shapes "
+                            f"{ {k: v.shape for k, v in results.items()} }). {hint}")
+  return results, done
 
 
 def _save_store(store: str, meta: dict, results: dict, done: int) -> None:
+  """Writes the arrays, then the JSON (each atomically); a failure leaves the previous files."""
+  from landscape_jax.store import StoreWriteError
+
   npz, js = _store_paths(store)
-  os.makedirs(os.path.dirname(os.path.abspath(npz)), exist_ok=True)
   tmp = f"{npz}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **results)
-  os.replace(tmp, npz)
-  _atomic_write_text(js, json.dumps({"meta": meta, "done": done}))
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(npz)), exist_ok=True)
+    np.savez(tmp, **results)
+    os.replace(tmp, npz)
+    _atomic_write_text(js, json.dumps({"meta": meta, "done": done}))
+  except OSError as e:
+    for t in (tmp, f"{js}.tmp{os.getpid()}"):
+      if os.path.exists(t):
+        os.unlink(t)
+    raise StoreWriteError(
+      f"Could not write results to {npz}: {e}. The previous state on disk is intact; free disk "
+      "space or choose a writable directory, then rerun to resume.") from e
 
 
 def _curve_point_fn(kind):
@@ -600,6 +638,7 @@ def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve
   if ts.ndim != 1 or ts.size == 0:
     raise ValueError("ts must be a non-empty 1-D array of curve parameters in [0, 1].")
   n = bend_count(curve)
+  trees.check_finite(curve, name="curve control points")
   stacked = [curve]
   if line:
     ends, _ = split_curve(curve)

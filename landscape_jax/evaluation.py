@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -127,6 +128,45 @@ def inference_apply(model: nn.Module) -> ApplyFn:
   return functools.partial(model.apply, train=False)
 
 
+_MISFIT = (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError)
+
+
+def _apply_checked(model: nn.Module, num_classes: int | None, variables, x, train: bool = False,
+                   **kwargs):
+  """``model.apply(variables, x, train=train)`` with clear errors for inputs that do not fit.
+
+  Checked while tracing (shapes are static, nothing is added to the compiled program): images
+  whose size or channels do not fit the parameters, parameters of another model, and (with
+  `num_classes`) a model with fewer logits than the dataset has classes, whose cross-entropy
+  would otherwise be NaN for the labels out of its range.
+  """
+  try:
+    logits = model.apply(variables, x, train=train, **kwargs)
+  except _MISFIT as e:
+    raise ValueError(
+      f"The parameters do not fit {type(model).__name__} applied to images of shape "
+      f"{tuple(x.shape[1:])} (H, W, C): {str(e).split(' (https')[0]}. Either the images do not "
+      "match the input the model was initialised for (image size or number of channels: use the "
+      "dataset it was built for), or the parameters come from another model (a checkpoint of "
+      "another architecture or width).") from e
+  out = logits[0] if isinstance(logits, tuple) else logits
+  if num_classes is not None and out.shape[-1] < num_classes:
+    raise ValueError(
+      f"{type(model).__name__} outputs {out.shape[-1]} logits but the dataset has labels "
+      f"0..{num_classes - 1} ({num_classes} classes): labels out of the model's range would give a "
+      f"NaN loss. Build the model with num_classes={num_classes}.")
+  return logits
+
+
+def check_model_fits(model: nn.Module, variables: PyTree, data: Dataset) -> None:
+  """Raises a ValueError if `data` does not fit the model (image size/channels, classes).
+
+  Abstract evaluation only (`jax.eval_shape` of one image): no computation, no device memory.
+  """
+  x = jax.ShapeDtypeStruct((1, *data.image_shape), jnp.float32)
+  jax.eval_shape(functools.partial(_apply_checked, model, data.num_classes), variables, x)
+
+
 def _variables(params, batch_stats):
   return {"params": params} if batch_stats is None else {"params": params,
                                                           "batch_stats": batch_stats}
@@ -156,9 +196,9 @@ def _loss(model, train, mean, std, batch_stats, params, batch):
   x = normalize_images(images, mean, std)
   variables = _variables(params, batch_stats)
   if train and batch_stats is not None:
-    logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits, _ = _apply_checked(model, None, variables, x, train=True, mutable=["batch_stats"])
   else:
-    logits = model.apply(variables, x, train=train)
+    logits = _apply_checked(model, None, variables, x, train=train)
   return jnp.mean(cross_entropy(logits, labels))
 
 
@@ -185,8 +225,9 @@ def make_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
     raise ValueError("make_metric_fn needs at least one dataset.")
   splits = {k: device_split(d.images, d.labels, batch_size=batch_size) for k, d in datasets.items()}
   norms = {k: (jnp.asarray(d.mean), jnp.asarray(d.std)) for k, d in datasets.items()}
-  return jax.tree_util.Partial(functools.partial(_metrics, inference_apply(model)),
-                               splits, norms, batch_stats)
+  num_classes = max(int(d.num_classes) for d in datasets.values())
+  apply_fn = functools.partial(_apply_checked, model, num_classes)
+  return jax.tree_util.Partial(functools.partial(_metrics, apply_fn), splits, norms, batch_stats)
 
 
 def _metrics(apply_fn, splits, norms, batch_stats, params):

@@ -276,6 +276,10 @@ def surface_grid(metric_fn: Callable[[PyTree], dict], center: PyTree, directions
   metric_fn = _as_partial(metric_fn)
   point_fn = _as_partial(point_fn)
   dirs = _as_directions(directions, center)
+  # NaN parameters at the centre (or in a direction) are an error; NaN losses far out are values.
+  trees.check_finite(center, name="center parameters")
+  for k, d in enumerate(dirs):
+    trees.check_finite(d, name=f"direction {k + 1}")
   xs = check_grid(xs, name="xs")
   if len(dirs) == 2:
     if ys is None:

@@ -47,7 +47,13 @@ from jax.sharding import PartitionSpec as P
 from landscape_jax import checkpoints
 from landscape_jax.data import Dataset, normalize_images
 from landscape_jax.data import augment as augment_images
-from landscape_jax.evaluation import correct, cross_entropy, device_split, evaluate_split
+from landscape_jax.evaluation import (
+  check_model_fits,
+  correct,
+  cross_entropy,
+  device_split,
+  evaluate_split,
+)
 
 PyTree = Any
 log = logging.getLogger(__name__)
@@ -508,6 +514,8 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
 
   init_key, base_key = jax.random.split(jax.random.key(seed))
   state = create_train_state(model, init_key, train_ds.images[:1], tx)
+  for ds in (train_ds, test_ds) if test_ds is not None else (train_ds,):
+    check_model_fits(model, state.variables, ds)  # image shape and number of classes
   state = jax.device_put(state, replicated)
   resume_step = checkpoints.latest_step(ckpt_dir)
   full_config = _config_dict({**_config_dict(config), **cfg})
