@@ -96,8 +96,9 @@ class Tour:
           f"{self.workdir} holds a tour run with another configuration (differs in {diff}). "
           "Use a new --workdir (or delete the old one) instead of mixing results.")
     else:
-      with open(path, "w") as f:
+      with open(path + ".tmp", "w") as f:  # atomic: a kill never leaves a torn config.json
         json.dump(current, f, indent=1)
+      os.replace(path + ".tmp", path)
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)

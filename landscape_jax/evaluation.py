@@ -218,6 +218,10 @@ def make_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
   `jax.tree_util.Partial`: the uint8 splits are pytree leaves, so a jitted function that takes the
   metric_fn as an argument receives the data as device buffers instead of baking it into the
   compiled program as constants (write your own metric_fn the same way for large datasets).
+
+  Calling (or tracing) it raises a ValueError when the images do not fit the parameters (image
+  size or channels, or parameters of another model) or when the model has fewer logits than the
+  datasets have classes (see `check_model_fits`).
   """
   single = isinstance(data, Dataset)
   datasets = {"": data} if single else dict(data)
