@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import hypothesis.extra.numpy as hnp
@@ -78,7 +79,7 @@ def _kill_at_random(procs_and_files, rng):
     for kind, (proc, marker) in list(pending.items()):
       if os.path.exists(marker) or proc.poll() is not None:
         if proc.poll() is None:
-          time.sleep(rng.uniform(0.0, 1.5))
+          time.sleep(rng.uniform(0.0, 0.8))
           proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == -signal.SIGKILL, (
@@ -106,13 +107,26 @@ def test_sigkill_surface_curve_eval_curve_train_then_resume_equals_uninterrupted
   markers = {"surface": os.path.join(paths["surface"], "meta.json"),
              "curve_eval": paths["curve_eval"] + ".json",
              "curve_train": os.path.join(paths["curve_train"], "curve_history.json")}
-  procs = {k: (_start_worker(k, paths[k], 1.0), markers[k]) for k in paths}
+  procs = {k: (_start_worker(k, paths[k], 0.5), markers[k]) for k in paths}
+  outcome = {}
+
+  def killer():
+    try:
+      outcome["reported"] = _kill_at_random(procs, rng)
+    except BaseException as e:  # re-raised in the test's thread
+      outcome["error"] = e
+
+  thread = threading.Thread(target=killer, daemon=True)
+  thread.start()
   try:
-    # The uninterrupted references, computed here while the workers start.
+    # The uninterrupted references, computed here while the workers start and get killed.
     ref_surface = rw.run_surface(None, metric_fn, a)
     ref_eval = rw.run_curve_eval(None, metric_fn, a, b)
     ref_curve, ref_hist = rw.run_curve_train(None, loss_fn, a, b, data)
-    reported = _kill_at_random(procs, rng)
+    thread.join(timeout=600)
+    if "error" in outcome:
+      raise outcome["error"]
+    reported = outcome["reported"]
   finally:
     for proc, _ in procs.values():
       if proc.poll() is None:
