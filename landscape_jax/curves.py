@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape_jax import trees
+from landscape_jax import checkpoints, trees
 from landscape_jax.data import Dataset, augment
 
 PyTree = Any
@@ -407,7 +407,14 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     last = manager.latest_step()
     if last is not None:
       target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"state": state})
-      restored = manager.restore(last, args=ocp.args.StandardRestore(target))
+      step_dir = os.path.join(workdir, "curve_ckpt", str(last))
+      try:
+        restored = manager.restore(last, args=ocp.args.StandardRestore(target))
+      except Exception as e:  # tensorstore/orbax raise plain Exceptions for unreadable data
+        raise checkpoints.CheckpointCorruptError(
+          f"Curve checkpoint {step_dir} could not be read, it is truncated or corrupt "
+          f"({str(e)[:300]}). Move it away to resume from the previous epoch.") from e
+      _verify_leaf_digests(step_dir, restored["state"])
       s = restored["state"]
       state = CurveTrainState(s[0], s[1], jax.tree.unflatten(jax.tree.structure(state.opt_state),
                                                              jax.tree.leaves(s[2])))
@@ -436,6 +443,7 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
       _atomic_write_text(os.path.join(workdir, "curve_history.json"), json.dumps(history))
       manager.save(epoch + 1, args=ocp.args.StandardSave({"state": state}))
       manager.wait_until_finished()
+      _write_leaf_digests(os.path.join(workdir, "curve_ckpt", str(epoch + 1)), state)
     if hasattr(bar, "set_postfix"):
       bar.set_postfix(loss=f"{loss:.4f}")
     if callback is not None:
@@ -443,6 +451,35 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
   if manager is not None:
     manager.close()
   return join_curve(ends, state.interior), history
+
+
+def _write_leaf_digests(step_dir: str, state: PyTree) -> None:
+  """sha256 of every leaf (in leaf order) next to an orbax step: its compression has no checksum."""
+  digests = checkpoints._leaf_digests(state)
+  if digests is not None and os.path.isdir(step_dir):
+    _atomic_write_text(os.path.join(step_dir, checkpoints.CHECKSUM_FILE),
+                       json.dumps(list(digests.values())))
+
+
+def _verify_leaf_digests(step_dir: str, restored: PyTree) -> None:
+  path = os.path.join(step_dir, checkpoints.CHECKSUM_FILE)
+  if not os.path.exists(path):
+    return  # killed between the orbax commit and this file: restored unverified
+  try:
+    with open(path) as f:
+      expected = json.load(f)
+  except (OSError, ValueError) as e:
+    raise checkpoints.CheckpointCorruptError(f"Checksums {path} are unreadable ({e!r}).") from e
+  got = checkpoints._leaf_digests(restored)
+  if got is not None and list(got.values()) != expected:
+    names = list(got)
+    bad = next((i for i, (g, x) in enumerate(zip(got.values(), expected, strict=False)) if g != x),
+               min(len(names), len(expected)))
+    leaf = names[bad] if bad < len(names) else f"#{bad}"
+    raise checkpoints.CheckpointCorruptError(
+      f"Curve checkpoint {step_dir} is corrupt: leaf {leaf} does not match its checksum "
+      "(a truncated or damaged file). The files were not modified; move this step away to resume "
+      "from the previous epoch.")
 
 
 def _progress(iterable, enabled: bool, desc: str, **kwargs):

@@ -288,6 +288,27 @@ def test_corrupt_checkpoint_detected_never_overwritten_previous_kept(tmp_path, p
     checkpoints.restore(good, step=2)
 
 
+def test_corrupt_curve_checkpoint_is_detected(problem, tmp_path):
+  """A flipped byte in the latest curve-training checkpoint: the rerun raises
+  CheckpointCorruptError instead of continuing from wrong bends; nothing is modified."""
+  _, data, a, b, _, loss_fn = problem
+  kw = {**rw.TRAIN_KW, "epochs": 2}
+  work = str(tmp_path / "curve")
+  curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+  step = os.path.join(work, "curve_ckpt", "2")
+  assert os.path.exists(os.path.join(step, checkpoints.CHECKSUM_FILE))
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step) for f in fs
+           if os.path.basename(r) == "d"]
+  largest = max(files, key=os.path.getsize)
+  data_bytes = bytearray(open(largest, "rb").read())
+  data_bytes[len(data_bytes) // 2] ^= 0xFF
+  open(largest, "wb").write(bytes(data_bytes))
+  before = _snapshot(work)
+  with pytest.raises(checkpoints.CheckpointCorruptError, match="curve_ckpt/2"):
+    curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+  assert _snapshot(work) == before
+
+
 # =============================================================================== bad input
 
 
