@@ -482,6 +482,12 @@ def _verify_leaf_digests(step_dir: str, restored: PyTree) -> None:
       "from the previous epoch.")
 
 
+def _check_grid(values, *, name: str) -> np.ndarray:
+  """Non-empty, finite, strictly increasing 1-D coordinates (`surface.check_grid`)."""
+  from landscape_jax.surface import check_grid
+  return check_grid(values, name=name)
+
+
 def _progress(iterable, enabled: bool, desc: str, **kwargs):
   if not enabled:
     return iterable
@@ -674,6 +680,7 @@ def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve
   ts = np.linspace(0.0, 1.0, num_points) if ts is None else np.asarray(ts, np.float64)
   if ts.ndim != 1 or ts.size == 0:
     raise ValueError("ts must be a non-empty 1-D array of curve parameters in [0, 1].")
+  ts = _check_grid(ts, name="ts")
   n = bend_count(curve)
   trees.check_finite(curve, name="curve control points")
   stacked = [curve]
@@ -766,8 +773,8 @@ def evaluate_plane(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], plane
   ``x = a scale_u``, ``y = b scale_v`` (the units of `project_to_plane`). Chunked, vmapped,
   sharded and resumable like `evaluate_curve`.
   """
-  alphas = np.linspace(-0.2, 1.2, 21) if alphas is None else np.asarray(alphas, np.float64)
-  betas = np.linspace(-0.2, 1.2, 21) if betas is None else np.asarray(betas, np.float64)
+  alphas = np.linspace(-0.2, 1.2, 21) if alphas is None else _check_grid(alphas, name="alphas")
+  betas = np.linspace(-0.2, 1.2, 21) if betas is None else _check_grid(betas, name="betas")
   aa, bb = np.meshgrid(alphas, betas, indexing="ij")
   coords = np.stack([aa.ravel(), bb.ravel()], 1)
   meta = {"what": "plane", "alphas": [float(a) for a in alphas],

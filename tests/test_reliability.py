@@ -368,6 +368,16 @@ def test_bad_grids_and_curve_points():
   c = curves.init_curve(center, d)
   with pytest.raises(ValueError, match="non-empty 1-D"):
     curves.evaluate_curve(f, c, ts=[], progress=False)
+  with pytest.raises(ValueError, match="ts contains non-finite"):
+    curves.evaluate_curve(f, c, ts=[0.0, np.nan], progress=False)
+  with pytest.raises(ValueError, match="ts must be strictly increasing"):
+    curves.evaluate_curve(f, c, ts=[1.0, 0.0], progress=False)
+  plane = curves.plane_basis(center, jax.tree.map(lambda x: x + 1.0, d),
+                             jax.tree.map(lambda x: x * 0.0 + 3.0, d))
+  with pytest.raises(ValueError, match="alphas must be strictly increasing"):
+    curves.evaluate_plane(f, plane, alphas=[1.0, -1.0], progress=False)
+  with pytest.raises(ValueError, match="betas has no points"):
+    curves.evaluate_plane(f, plane, betas=[], progress=False)
 
 
 def test_zero_direction_under_layer_normalisation():
