@@ -30,4 +30,8 @@ from landscape_jax.directions import (
 )
 from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
 from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import surface_grid
+from landscape_jax.surface import (
+  benchmark_map_modes,
+  make_error_controlled_metric_fn,
+  surface_grid,
+)
