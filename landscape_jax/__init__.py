@@ -102,4 +102,8 @@ from landscape_jax.training import (
   step_schedule,
   train,
   train_step,
+from landscape_jax.surface import (
+  benchmark_map_modes,
+  make_error_controlled_metric_fn,
+  surface_grid,
 )
