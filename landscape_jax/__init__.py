@@ -19,11 +19,7 @@ from landscape_jax.models import get_model, model_names
 
 __version__ = "0.1.0"
 
-# Figures and reports (matplotlib Figure API only; no pyplot, no display needed).
-# Training and checkpoints (training.py, checkpoints.py).
-# Li et al. 2018 surfaces: directions, paths, grids, resumable stores, sharding helpers.
-# Mode connectivity, BatchNorm recomputation and ensembles (Garipov et al. 2018).
-# Curvature (hessian.py) and trajectory PCA (pca.py, kept apart from directions.py).
+# Submodules (plotting and report use matplotlib's Figure API only: no pyplot, no display).
 from landscape_jax import (
   batchnorm,
   checkpoints,
@@ -31,12 +27,15 @@ from landscape_jax import (
   ensembles,
   hessian,
   pca,
+  permutations,
   plotting,
   report,
   sharding,
   store,
   training,
 )
+
+# Garipov et al. 2018: BatchNorm along curves, curves and planes, ensembles.
 from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
 from landscape_jax.checkpoints import load_trajectory, load_variables
 from landscape_jax.curves import (
@@ -58,6 +57,8 @@ from landscape_jax.curves import (
   split_curve,
   train_curve,
 )
+
+# Li et al. 2018: directions, paths and surfaces.
 from landscape_jax.directions import (
   directions_from_models,
   normalize_directions,
@@ -74,6 +75,8 @@ from landscape_jax.ensembles import (
   swa_average,
   train_sgd,
 )
+
+# Curvature (PyHessian conventions) and trajectory PCA.
 from landscape_jax.hessian import (
   HessianEigenvalues,
   SpectralDensity,
@@ -90,9 +93,28 @@ from landscape_jax.hessian import (
 )
 from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
 from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
+
+# Permutation symmetry (Brea et al. 2019; Ainsworth et al. 2023).
+from landscape_jax.permutations import (
+  PermutationSpec,
+  apply_permutation,
+  compose_permutations,
+  identity_permutation,
+  invert_permutation,
+  random_permutation,
+  spec_for,
+  swap_path,
+  weight_matching,
+)
 from landscape_jax.report import write_report
 from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import surface_grid
+from landscape_jax.surface import (
+  benchmark_map_modes,
+  make_error_controlled_metric_fn,
+  surface_grid,
+)
+
+# Training and checkpoints.
 from landscape_jax.training import (
   TrainState,
   create_train_state,
@@ -102,8 +124,4 @@ from landscape_jax.training import (
   step_schedule,
   train,
   train_step,
-from landscape_jax.surface import (
-  benchmark_map_modes,
-  make_error_controlled_metric_fn,
-  surface_grid,
 )
