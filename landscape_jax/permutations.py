@@ -155,6 +155,9 @@ def _check_perm(spec: PermutationSpec, perm: Mapping[str, Any]) -> None:
 
 def _take(x, idx, axis: int, repeat: int, xp=jnp):
   """``x`` with axis `axis`, read as (repeat, n), re-indexed by `idx` on the inner factor."""
+  if xp is _HostTake:
+    y = _take(np.asarray(x), np.asarray(idx), axis, repeat, np)
+    return jax.device_put(y, x.sharding) if isinstance(x, jax.Array) else y
   if repeat == 1:
     return xp.take(x, idx, axis=axis)
   shape = x.shape
@@ -188,8 +191,20 @@ def apply_permutation(spec: PermutationSpec, perm: Mapping[str, Any], variables:
   _check_perm(spec, perm)
   wrapped_vars, wrapped = _as_variables(variables)
   check_spec(spec, variables)
-  out = _permute_leaves(wrapped_vars, spec.leaf_axes(), perm)
+  leaves = jax.tree.leaves((wrapped_vars, dict(perm)))
+  if any(isinstance(x, jax.core.Tracer) for x in leaves):
+    out = _permute_leaves(wrapped_vars, spec.leaf_axes(), perm)
+  else:  # concrete values: gather on the host (no compilation), back to the leaves' devices
+    host_perm = {k: np.asarray(perm[k]) for k in spec.names}
+    out = _permute_leaves(wrapped_vars, spec.leaf_axes(), host_perm, xp=_HostTake)
   return out["params"] if wrapped else out
+
+
+class _HostTake:
+  """Marker for `_take`: gather on the host, return a leaf of the input's kind (a jax.Array on
+  its own sharding)."""
+
+
 
 
 def identity_permutation(spec: PermutationSpec) -> Permutation:
@@ -198,10 +213,21 @@ def identity_permutation(spec: PermutationSpec) -> Permutation:
 
 
 def random_permutation(key: jax.Array, spec: PermutationSpec) -> Permutation:
-  """Independent uniformly random permutations, one per name, from `key` (deterministic)."""
-  keys = jax.random.split(key, len(spec.sizes))
-  return {k: jax.random.permutation(kk, n).astype(jnp.int32)
-          for kk, (k, n) in zip(keys, spec.sizes.items(), strict=True)}
+  """Independent uniformly random permutations, one per name, a deterministic function of `key`.
+
+  Drawn on the host by a numpy Generator seeded with the key's data (no compilation per width;
+  not traceable: call it outside `jax.jit`).
+  """
+  rng = _host_rng(key)
+  return {k: jnp.asarray(rng.permutation(n), jnp.int32) for k, n in spec.sizes.items()}
+
+
+def _host_rng(key: jax.Array) -> np.random.Generator:
+  if isinstance(key, jax.core.Tracer):
+    raise ValueError("random_permutation / weight_matching run on the host; call them outside "
+                     "jax.jit with a concrete key.")
+  data = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel()
+  return np.random.default_rng(data.tolist())
 
 
 def compose_permutations(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> Permutation:
@@ -674,7 +700,7 @@ def spec_for(name: str, variables: PyTree, *, num_classes: int | None = None,
       c = int(np.shape(first)[-2]) if first is not None else 1
       shapes = [(h, h, c) for h in (8, 32, 28, 16)]
   for shape in shapes:
-    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    x = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
     try:
       jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     except Exception as e:  # any shape error means: try the next input size
@@ -771,8 +797,7 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
   else:
     _check_perm(spec, init_perm)
     perm = {k: np.asarray(v, np.int64) for k, v in init_perm.items()}
-  seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel()
-  rng = np.random.default_rng(seed.tolist())
+  rng = _host_rng(key)
 
   def objective():
     pb = _permute_leaves(b, leaf_axes, perm, xp=np)
