@@ -525,18 +525,9 @@ def _trace_jaxpr(uf: _Axes, jaxpr, in_nodes: list[list[int]]) -> list[list[int]]
   return [read(v) for v in jaxpr.outvars]
 
 
-def _module_order(params: Mapping) -> list[str]:
-  """Module paths of a params dict in definition (insertion) order."""
-  out = []
-
-  def walk(d, prefix):
-    for k, v in d.items():
-      if isinstance(v, Mapping):
-        walk(v, f"{prefix}{k}/")
-      else:
-        out.append(prefix.rstrip("/"))
-  walk(params, "")
-  return list(dict.fromkeys(out))
+def _module_of(path: str) -> str:
+  """``"params/layer1_0/conv1/kernel"`` -> ``"layer1_0/conv1"``."""
+  return path.split("/", 1)[1].rsplit("/", 1)[0] if "/" in path else path
 
 
 def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None = None,
@@ -578,8 +569,17 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
   paths = trees.leaf_paths(variables)
   var_nodes = [[uf.new(s) for s in np.shape(v)] for v in leaves]
 
+  first_use: dict[str, int] = {}
+
   def trace(fn, n_out_vars: int):
     closed = jax.make_jaxpr(fn)(variables, x)
+    if not first_use:  # module order = order of first use in the program (dicts may be sorted)
+      var_index = {v: i for i, v in enumerate(closed.jaxpr.invars[:len(paths)])}
+      for k, eqn in enumerate(closed.jaxpr.eqns):
+        for v in eqn.invars:
+          if not isinstance(v, jex.Literal) and v in var_index:
+            module = _module_of(paths[var_index[v]])
+            first_use.setdefault(module, k)
     x_nodes = [[uf.new(s) for s in np.shape(v)] for v in jax.tree.leaves(x)]
     outs = _trace_jaxpr(uf, closed.jaxpr, var_nodes + x_nodes)
     for nodes in x_nodes + outs[:len(outs) - n_out_vars]:
@@ -620,17 +620,15 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
       "hidden axis reaches a concatenation, padding, slicing or an unsupported operation). "
       "Weight matching and swap paths need a model with permutable hidden units.")
 
-  order = {m: i for i, m in enumerate(_module_order(variables["params"]))}
+  order = {m: i for i, m in enumerate(sorted(first_use, key=first_use.get))}
   named: list[tuple[int, str, int, tuple[PermAxis, ...]]] = []
   for r, entries in classes.items():
     producers = [e for e in entries if e.path.startswith("params/")
                  and e.axis == len(np.shape(leaves[paths.index(e.path)])) - 1
                  and np.ndim(leaves[paths.index(e.path)]) >= 2]
     cands = producers or [e for e in entries if e.path.startswith("params/")] or entries
-    mods = sorted(cands, key=lambda e: order.get(e.path[len("params/"):].rsplit("/", 1)[0],
-                                                 len(order)))
-    first = mods[0]
-    mod = first.path[len("params/"):].rsplit("/", 1)[0] if first.path.startswith("params/") \
+    first = min(cands, key=lambda e: (order.get(_module_of(e.path), len(order)), e))
+    mod = _module_of(first.path) if first.path.startswith("params/") \
       else f"{first.path}:{first.axis}"
     named.append((order.get(mod, len(order)), mod, uf.size[r], tuple(entries)))
   named.sort(key=lambda t: (t[0], t[1]))
@@ -675,49 +673,45 @@ def spec_for(name: str, variables: PyTree, *, num_classes: int | None = None,
   Args:
     name: bundled model name, e.g. "mlp", "resnet20", "vgg16_bn", "wrn16_4", "convfc".
     variables: the model's variables (their shapes fix the widths).
-    num_classes: defaults to the output size of the last parameter leaf.
+    num_classes: defaults to the output width of the last layer.
     input_shape: (H, W, C) of the inputs the model was initialised with (it matters for heads
-      that flatten a feature map, e.g. ConvFC); by default the first size among 8, 32, 28, 16
-      that the parameters accept.
+      that flatten a feature map, e.g. ConvFC); by default the first square size among 8, 32,
+      28, 16 (with a channel count of a conv kernel) that the parameters accept.
     verify: check numerically that a random permutation leaves the outputs unchanged.
     **overrides: model overrides passed to `get_model` (e.g. ``width=0.5``).
   """
   from landscape_jax.models import get_model
 
   variables = _as_variables(variables)[0]
-  params = variables["params"]
-  flat = jax.tree.leaves(params)
-  if num_classes is None:
-    num_classes = int(np.shape(flat[-1])[-1]) if flat else 10
-  model = get_model(name, num_classes=num_classes, **overrides)
+  kernels = [np.shape(x) for p, x in zip(trees.leaf_paths(variables["params"]),
+                                         jax.tree.leaves(variables["params"]), strict=True)
+             if p.endswith("kernel")]
+  dense = [k for k in kernels if len(k) == 2]
+  if num_classes is not None:
+    class_options = [num_classes]
+  else:  # the classifier is a Dense layer: try the output widths of the Dense kernels
+    class_options = list(dict.fromkeys(k[-1] for k in reversed(dense))) or [10]
   if input_shape is not None:
     shapes = [tuple(input_shape)]
+  elif len(dense) == len(kernels):  # an MLP: flattened inputs of one of the Dense input widths
+    shapes = [(1, 1, d) for d in dict.fromkeys(k[0] for k in dense)]
   else:
-    first = next(iter(_iter_kernels(params)), None)
-    if first is not None and np.ndim(first) == 2:
-      shapes = [(1, 1, int(np.shape(first)[0]))]
-    else:
-      c = int(np.shape(first)[-2]) if first is not None else 1
-      shapes = [(h, h, c) for h in (8, 32, 28, 16)]
-  for shape in shapes:
-    x = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
-    try:
-      jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-    except Exception as e:  # any shape error means: try the next input size
-      err = e
-      continue
-    return spec_from_model(model, variables, x, verify=verify)
-  raise ValueError(f"Could not run model '{name}' with these variables on inputs of shape "
-                   f"{shapes}: {err}. Pass input_shape=(H, W, C) and the model overrides used.")
-
-
-def _iter_kernels(params):
-  for m in _module_order(params):
-    node = params
-    for k in m.split("/"):
-      node = node[k]
-    if "kernel" in node:
-      yield node["kernel"]
+    channels = dict.fromkeys(k[-2] for k in kernels if len(k) == 4)
+    shapes = [(h, h, c) for c in channels for h in (8, 32, 28, 16)]
+  err = None
+  for classes in class_options:
+    model = get_model(name, num_classes=classes, **overrides)
+    for shape in shapes:
+      x = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
+      try:
+        jax.eval_shape(lambda v, x, m=model: m.apply(v, x, train=False), variables, x)
+      except Exception as e:  # any shape error means: try the next candidate
+        err = e
+        continue
+      return spec_from_model(model, variables, x, verify=verify)
+  raise ValueError(f"Could not run model '{name}' with these variables (tried num_classes in "
+                   f"{class_options}, inputs of shape {shapes}): {err}. Pass num_classes, "
+                   "input_shape=(H, W, C) and the model overrides used.")
 
 
 # ------------------------------------------------------------------------------------------------
