@@ -736,7 +736,7 @@ class WeightMatchingResult(NamedTuple):
 
 
 def _flat_numpy(params) -> dict[str, np.ndarray]:
-  return {f"params/{p}": np.asarray(x, np.float64)
+  return {f"params/{p}": np.asarray(x, np.float32)
           for p, x in zip(trees.leaf_paths(params), jax.tree.leaves(params), strict=True)}
 
 
@@ -755,20 +755,21 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
 
   Maximises ``sum_l <W_a^l, P_l W_b^l P_{l-1}^T>`` over the permutations by coordinate descent:
   each sweep visits the permutations in a random order (from `key`); for permutation p with the
-  others fixed the objective is ``sum_{i} C[i, pi(i)]`` with
+  others fixed, the objective is ``sum_{i} C[i, pi(i)]`` with
   ``C = sum over the weights w touched by p of A_w @ B_w^T``, where A_w (B_w) is w_a (w_b with the
   other permutations applied) with p's axis moved to the front and the rest flattened; the best
-  pi is a linear assignment (`scipy.optimize.linear_sum_assignment`, maximize=True). A new pi is
-  taken only if it gains more than `tol`; the descent stops after a sweep without gain or after
-  `max_iter` sweeps. Only ``params`` enter the objective (running statistics follow the permutation
-  in `apply_permutation`). Computed on the host in float64.
+  pi is a linear assignment (`scipy.optimize.linear_sum_assignment`, maximize=True). A new pi
+  is taken only if it gains more than `tol` (relative); the descent stops after a sweep without
+  gain or after `max_iter` sweeps. Only ``params`` enter the objective (running statistics
+  follow the permutation in `apply_permutation`). Computed on the host: float32 products
+  (BLAS) accumulated into a float64 cost matrix; objectives summed in float64.
 
   Args:
     key: PRNG key for the visiting order (the result is a deterministic function of it).
     spec: the model's `PermutationSpec`.
     variables_a, variables_b: variables dicts or bare params trees of the same model.
     max_iter: maximum number of sweeps.
-    tol: minimum gain for a permutation to be updated.
+    tol: minimum gain, relative to ``max(1, |objective of p|)``, for p to be updated.
     init_perm: starting permutation (default identity).
     progress: show a tqdm bar over sweeps.
 
@@ -795,9 +796,11 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
 
   def objective():
     pb = _permute_leaves(b, leaf_axes, perm, xp=np)
-    return float(sum(np.vdot(a[p], pb[p]) for p in a))
+    return float(sum(np.einsum("i,i->", a[p].ravel(), pb[p].ravel(), dtype=np.float64)
+                     for p in a))
 
   objectives = [objective()]
+  a_units: dict[tuple[str, int], np.ndarray] = {}  # a's unit matrices do not change
   converged, sweeps = False, 0
   bar = range(max_iter)
   if progress:
@@ -817,12 +820,14 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
         for axis, other, repeat in leaf_axes[e.path]:
           if axis != e.axis:
             wb = _take(wb, perm[other], axis, repeat, np)
-        cost += _unit_matrix(a[e.path], e.axis, e.repeat) @ _unit_matrix(wb, e.axis, e.repeat).T
+        if (e.path, e.axis) not in a_units:
+          a_units[(e.path, e.axis)] = _unit_matrix(a[e.path], e.axis, e.repeat)
+        cost += a_units[(e.path, e.axis)] @ _unit_matrix(wb, e.axis, e.repeat).T
       rows, cols = scipy.optimize.linear_sum_assignment(cost, maximize=True)
       new = cols[np.argsort(rows)]
       old_val = cost[np.arange(n), perm[name]].sum()
       new_val = cost[np.arange(n), new].sum()
-      if new_val - old_val > tol:
+      if new_val - old_val > tol * max(1.0, abs(old_val)):
         perm[name] = new
         improved = True
     objectives.append(objective())
