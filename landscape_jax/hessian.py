@@ -436,10 +436,9 @@ class TraceEstimate(NamedTuple):
   samples: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _trace_samples(loss_fn, params, data, key, num_probes, mask, probe_batch):
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch):
   op = _operator(loss_fn, params, data, mask)
-  keys = jax.random.split(key, num_probes)
 
   def one(k):
     z = jax.random.rademacher(k, op.x0.shape, op.x0.dtype)
@@ -448,9 +447,33 @@ def _trace_samples(loss_fn, params, data, key, num_probes, mask, probe_batch):
   return jax.lax.map(one, keys, batch_size=probe_batch)
 
 
+def _chunked_probes(fn, key, num_probes, chunk, progress, desc):
+  """Runs ``fn(keys)`` over ``split(key, num_probes)`` in chunks (padded to one compiled shape).
+
+  Probe i always uses ``split(key, num_probes)[i]``: results do not depend on the chunk size.
+  """
+  keys = jax.random.split(key, num_probes)
+  chunk = max(1, min(int(chunk), num_probes))
+  starts = range(0, num_probes, chunk)
+  if progress:
+    from tqdm.auto import tqdm
+
+    starts = tqdm(starts, desc=desc, unit="chunk")
+  outs = []
+  for start in starts:
+    part = keys[start:start + chunk]
+    pad = chunk - part.shape[0]
+    if pad:
+      part = jnp.concatenate([part, keys[:pad]])
+    out = jax.tree.map(np.asarray, fn(part))
+    outs.append(jax.tree.map(lambda x, n=chunk - pad: x[:n], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
 def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                   num_probes: int = 100, mask: PyTree | None = None,
-                  probe_batch_size: int | None = None) -> TraceEstimate:
+                  probe_batch_size: int | None = None, chunk_size: int | None = None,
+                  progress: bool = False) -> TraceEstimate:
   """Hutchinson's estimate of ``tr H`` with Rademacher probes (PyHessian), and its error bar.
 
   ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
@@ -461,14 +484,19 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     loss_fn, params, data, mask: as in `hvp`.
     num_probes: number of probe vectors (at least 2 for a standard error).
     probe_batch_size: probes evaluated together with `vmap` (default 1: sequential, least memory).
+    chunk_size: probes per compiled call (default: all in one call); smaller chunks give a
+      progress bar that moves. The result does not depend on it.
+    progress: show a tqdm bar over the chunks.
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
   """
   if num_probes < 2:
     raise ValueError(f"num_probes must be at least 2 to give a standard error, got {num_probes}.")
-  s = _trace_samples(_as_partial(loss_fn), params, data, key, int(num_probes),
-                     _mask_tuple(params, mask), probe_batch_size)
+  loss_fn, mask_t = _as_partial(loss_fn), _mask_tuple(params, mask)
+  s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
+                                                probe_batch_size),
+                      key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
   s = np.asarray(s, np.float64)
   return TraceEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), s)
 
@@ -495,10 +523,9 @@ class SpectralDensity(NamedTuple):
   sigma2: float
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _slq_jit(loss_fn, params, data, key, num_probes, num_steps, mask):
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _slq_chunk(loss_fn, params, data, keys, num_steps, mask):
   op = _operator(loss_fn, params, data, mask)
-  keys = jax.random.split(key, num_probes)
 
   def one(k):
     k_start, k_restart = jax.random.split(k)
@@ -550,7 +577,7 @@ def density_from_quadrature(nodes, weights, *, grid=None, num_bins: int = 10000,
 def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                      num_probes: int = 1, num_steps: int = 100, grid=None,
                      num_bins: int = 10000, sigma2: float = 1e-5, scale_sigma: bool = True,
-                     mask: PyTree | None = None) -> SpectralDensity:
+                     mask: PyTree | None = None, progress: bool = False) -> SpectralDensity:
   """Spectral density of the Hessian by stochastic Lanczos quadrature (PyHessian, Ghorbani 2019).
 
   For each of ``num_probes`` Rademacher start vectors ``v`` (unit-normalised), ``num_steps``
@@ -566,6 +593,7 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     grid: optional (G,) increasing grid; default ``num_bins`` points over the Ritz values.
     sigma2: Gaussian kernel variance (PyHessian: 1e-5, times the spectrum width if
       ``scale_sigma``).
+    progress: show a tqdm bar over the probes (one compiled call per probe).
 
   Returns:
     A `SpectralDensity`.
@@ -574,8 +602,10 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     raise ValueError(f"num_probes must be at least 1, got {num_probes}.")
   mask_t = _mask_tuple(params, mask)
   m = _check_steps(num_steps, num_curvature_params(params, mask=mask))
-  alphas, betas = _slq_jit(_as_partial(loss_fn), params, data, key, int(num_probes), m, mask_t)
-  alphas, betas = np.asarray(alphas), np.asarray(betas)
+  loss_fn = _as_partial(loss_fn)
+  alphas, betas = _chunked_probes(
+    lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t), key, int(num_probes),
+    1 if progress else num_probes, progress, "Lanczos probes")
   nodes, weights = [], []
   for a, b in zip(alphas, betas, strict=True):
     evals, evecs = _host_eigh(a, b)

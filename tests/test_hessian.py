@@ -148,6 +148,10 @@ def test_trace_agrees_within_its_error_bar(problem):
   theory = np.sqrt(2 * np.sum(off**2) / 200)
   assert 0.6 * theory < est.stderr < 1.5 * theory
   np.testing.assert_allclose(est.stderr, est.samples.std(ddof=1) / np.sqrt(200))
+  # Chunking (for progress bars) does not change the probes.
+  chunked = hs.hessian_trace(jax.random.key(1), p["loss_fn"], p["params"], (p["x"], p["y"]),
+                             num_probes=200, chunk_size=64, probe_batch_size=8)
+  np.testing.assert_allclose(chunked.samples, est.samples, rtol=1e-4, atol=1e-5)
 
 
 def test_spectral_density_is_normalised_and_sits_on_dense_eigenvalues(problem):
