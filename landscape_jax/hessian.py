@@ -86,7 +86,11 @@ def make_batches(data: Any, *, batch_size: int, sharding=None) -> SplitBatches:
     data: a `landscape_jax.data.Dataset`, or any pytree of arrays sharing the leading (example)
       axis, such as ``(uint8 images, int labels)``; its batches are what ``loss_fn`` receives.
     batch_size: examples per batch (clipped to the split size).
-    sharding: optional `jax.sharding.Sharding` for the arrays (default: the default device).
+    sharding: optional `jax.sharding.Sharding` for the stacked full batches, e.g.
+      ``NamedSharding(mesh, P(None, "data"))`` to split every batch over the devices of a mesh
+      (the HVPs then run data-parallel under `jax.jit`). For a `NamedSharding` the remainder
+      batch gets the same spec without its leading entry; it must divide evenly too. Default:
+      the default device.
 
   Returns:
     A `SplitBatches` with ``N // batch_size`` full batches and one remainder batch when
@@ -108,10 +112,18 @@ def make_batches(data: Any, *, batch_size: int, sharding=None) -> SplitBatches:
   batch_size = min(int(batch_size), n)
   num_full = n // batch_size
   cut = num_full * batch_size
-  put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
-  full = jax.tree.map(
-    lambda x: put(np.asarray(x)[:cut].reshape(num_full, batch_size, *np.shape(x)[1:])), data)
-  rest = jax.tree.map(lambda x: put(np.asarray(x)[cut:]), data) if cut < n else None
+  rest_sharding = sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    rest_sharding = jax.sharding.NamedSharding(sharding.mesh,
+                                               jax.sharding.PartitionSpec(*sharding.spec[1:]))
+
+  def put(a, where):
+    return jnp.asarray(a) if where is None else jax.device_put(a, where)
+
+  full = jax.tree.map(lambda x: put(
+    np.asarray(x)[:cut].reshape(num_full, batch_size, *np.shape(x)[1:]), sharding), data)
+  rest = jax.tree.map(lambda x: put(np.asarray(x)[cut:], rest_sharding), data) if cut < n \
+    else None
   return SplitBatches(full=full, rest=rest)
 
 

@@ -217,3 +217,22 @@ def test_bad_inputs_give_clear_errors(problem):
     hs.hvp(p["loss_fn"], p["params"], (p["x"], p["y"]), {"a": jnp.zeros(3)})
   with pytest.raises(ValueError, match="leading example axis"):
     hs.make_batches((p["x"], p["y"][:3]), batch_size=4)
+
+
+@pytest.mark.multidevice
+def test_split_hvp_sharded_over_devices(problem):
+  """Batches split over a mesh of the (simulated) devices give the same H v."""
+  p = problem
+  devices = np.asarray(jax.devices()[:8])
+  if devices.size < 2:
+    pytest.skip("needs several devices (tests/conftest.py simulates 8 CPU devices)")
+  mesh = jax.sharding.Mesh(devices, ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+  k = devices.size
+  batches = hs.make_batches((p["x"], p["y"]), batch_size=3 * k, sharding=sharding)
+  assert jax.tree.leaves(batches.full)[0].sharding.spec == sharding.spec
+  v = p["unravel"](jax.random.normal(jax.random.key(6), (p["dense"].shape[0],)))
+  if batches.rest is not None and batches.rest[0].shape[0] % k:
+    pytest.skip("remainder not divisible by the device count")
+  hv = _flat(hs.hvp(p["loss_fn"], p["params"], batches, v))
+  np.testing.assert_allclose(hv, p["dense"] @ _flat(v), rtol=1e-4, atol=1e-5)
