@@ -352,6 +352,14 @@ def _host_eigh(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
   return np.linalg.eigh(t)
 
 
+def _check_finite(name: str, *arrays) -> None:
+  if not all(np.all(np.isfinite(np.asarray(a))) for a in arrays):
+    raise FloatingPointError(
+      f"{name}: the Hessian-vector products are not finite (NaN/inf). Check that the loss is "
+      "finite at these parameters (lj.trees.check_finite(params); evaluate loss_fn once) and "
+      "that the data are normalised.")
+
+
 def _start_vector(key, dim, dtype):
   return jax.random.normal(key, (dim,), dtype)
 
@@ -423,6 +431,7 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
     raise ValueError(f"top_k must lie in [1, num_steps={m}], got {top_k}; raise num_steps.")
   key = jax.random.key(0) if key is None else key
   res = _lanczos_jit(loss_fn, params, data, key, m, mask_t)
+  _check_finite("hessian_eigenvalues", res.alphas, res.betas)
   evals, evecs = _host_eigh(res.alphas, res.betas)
   top = evals[::-1][:top_k]
   vecs = None
@@ -510,6 +519,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                                                 probe_batch_size),
                       key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
   s = np.asarray(s, np.float64)
+  _check_finite("hessian_trace", s)
   return TraceEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), s)
 
 
@@ -618,6 +628,7 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
   alphas, betas = _chunked_probes(
     lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t), key, int(num_probes),
     1 if progress else num_probes, progress, "Lanczos probes")
+  _check_finite("spectral_density", alphas, betas)
   nodes, weights = [], []
   for a, b in zip(alphas, betas, strict=True):
     evals, evecs = _host_eigh(a, b)

@@ -215,6 +215,9 @@ def test_bad_inputs_give_clear_errors(problem):
                      num_probes=1)
   with pytest.raises(ValueError, match="same pytree structure"):
     hs.hvp(p["loss_fn"], p["params"], (p["x"], p["y"]), {"a": jnp.zeros(3)})
+  bad = jax.tree.map(lambda w: w * jnp.nan, p["params"])
+  with pytest.raises(FloatingPointError, match="not finite"):
+    hs.hessian_eigenvalues(p["loss_fn"], bad, (p["x"], p["y"]), num_steps=3)
   with pytest.raises(ValueError, match="leading example axis"):
     hs.make_batches((p["x"], p["y"][:3]), batch_size=4)
 
