@@ -36,3 +36,16 @@ from landscape_jax.hessian import (
   spectral_density,
 )
 from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
+# Training and checkpoints (training.py, checkpoints.py).
+from landscape_jax import checkpoints, training
+from landscape_jax.checkpoints import load_trajectory, load_variables
+from landscape_jax.training import (
+  TrainState,
+  create_train_state,
+  eval_step,
+  garipov_schedule,
+  make_optimizer,
+  step_schedule,
+  train,
+  train_step,
+)

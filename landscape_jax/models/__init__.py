@@ -3,22 +3,94 @@
 Every model is called as ``model.apply(variables, x, train=...)`` on normalised float images;
 models with BatchNorm keep running statistics in the ``"batch_stats"`` collection and need
 ``mutable=["batch_stats"]`` when ``train=True``.
+
+Names (see `model_names`; every model takes ``num_classes=`` and its attributes as overrides):
+  * ``mlp``, ``mlp_small``: fully connected nets.
+  * ``resnet{d}`` / ``resnet{d}_noshort``: CIFAR ResNet of depth d = 6n + 2 (Li et al. 2018),
+    e.g. ``resnet20``, ``resnet56_noshort``; ``resnet8`` is a tiny one for tests. Overrides:
+    ``width``, ``shortcut`` (``"conv"`` default, ``"pad"``, ``"none"``), ``dtype``.
+  * ``wrn{d}_{k}``: Wide-ResNet. Depth 6n + 4 (``wrn28_10``, ``wrn16_4``): Zagoruyko & Komodakis's
+    pre-activation WRN as in Garipov et al.; depth 6n + 2 (``wrn56_2``, ``wrn56_4_noshort``):
+    Li et al.'s widened CIFAR ResNet, i.e. ``resnet{d}`` with ``width=k``.
+  * ``preresnet{d}``: pre-activation ResNet of Garipov et al. (``preresnet110``, ``preresnet164``;
+    bottleneck blocks for depth >= 44).
+  * ``vgg9``, ``vgg9_bn`` (Li et al.), ``vgg16``, ``vgg16_bn`` (Garipov et al.); override
+    ``width``, ``dropout_rate``.
+  * ``densenet_bc_{L}_{k}`` (``densenet_bc_100_12``), ``densenet_cifar`` (Li et al.'s 4 blocks).
+  * ``convfc`` (Garipov et al.).
+
+Parameter names are explicit and stable (each model's docstring lists them): the classifier is
+always ``linear``; residual nets name blocks ``layer{stage}_{block}`` (stages from 1, blocks from
+0) with ``conv1, bn1, conv2, bn2, ...`` inside; plain stacks number layers ``conv_{i}``,
+``bn_{i}``, ``fc_{j}``. Convolution kernels are HWIO, Dense kernels (in, out). Every model
+accepts ``dtype=`` (computation dtype, e.g. ``jnp.bfloat16``; parameters stay float32, logits are
+float32).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 
 import flax.linen as nn
 
+from landscape_jax.models.convfc import ConvFC
+from landscape_jax.models.densenet import DenseNet, densenet_bc
 from landscape_jax.models.mlp import MLP
+from landscape_jax.models.preresnet import PreActBlock, PreResNet
+from landscape_jax.models.resnet import BasicBlock, ResNet
+from landscape_jax.models.vgg import VGG, vgg9, vgg16
+from landscape_jax.models.wide_resnet import WideBasic, WideResNet
 
 # name -> factory(num_classes=..., **overrides) -> nn.Module
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
   "mlp": functools.partial(MLP, features=(64, 64)),
   "mlp_small": functools.partial(MLP, features=(32,)),
+  "vgg9": functools.partial(vgg9, batch_norm=False),
+  "vgg9_bn": functools.partial(vgg9, batch_norm=True),
+  "vgg16": functools.partial(vgg16, batch_norm=False),
+  "vgg16_bn": functools.partial(vgg16, batch_norm=True),
+  "convfc": ConvFC,
+  "preresnet110": functools.partial(PreResNet, depth=110),
+  "preresnet164": functools.partial(PreResNet, depth=164),
+  "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
+  "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
+  "densenet_bc_100_12": functools.partial(densenet_bc, depth=100, growth_rate=12),
+  "densenet_cifar": functools.partial(DenseNet, num_layers=(6, 12, 24, 16), growth_rate=12),
 }
+for _d in (8, 20, 32, 44, 56, 110):
+  _REGISTRY[f"resnet{_d}"] = functools.partial(ResNet, depth=_d)
+  _REGISTRY[f"resnet{_d}_noshort"] = functools.partial(ResNet, depth=_d, shortcut="none")
+for _k in (2, 4, 8):
+  _REGISTRY[f"wrn56_{_k}"] = functools.partial(ResNet, depth=56, width=float(_k))
+  _REGISTRY[f"wrn56_{_k}_noshort"] = functools.partial(ResNet, depth=56, width=float(_k),
+                                                       shortcut="none")
+
+
+def _resnet_pattern(m: re.Match) -> Callable[..., nn.Module]:
+  return functools.partial(ResNet, depth=int(m[1]), shortcut="none" if m[2] else "conv")
+
+
+def _wrn_pattern(m: re.Match) -> Callable[..., nn.Module]:
+  depth, k, noshort = int(m[1]), int(m[2]), bool(m[3])
+  if (depth - 4) % 6 == 0 and not noshort:
+    return functools.partial(WideResNet, depth=depth, widen_factor=k)
+  if (depth - 2) % 6 == 0:
+    return functools.partial(ResNet, depth=depth, width=float(k),
+                             shortcut="none" if noshort else "conv")
+  raise ValueError(f"Wide-ResNet depth must be 6n + 4 (Zagoruyko & Komodakis) or 6n + 2 (Li et "
+                   f"al.'s widened ResNet), got {depth}.")
+
+
+# Parametric names: regex -> factory builder; tried after the explicit registry.
+_PATTERNS: list[tuple[str, Callable[[re.Match], Callable[..., nn.Module]]]] = [
+  (r"resnet(\d+)(_noshort)?", _resnet_pattern),
+  (r"wrn(\d+)_(\d+)(_noshort)?", _wrn_pattern),
+  (r"preresnet(\d+)", lambda m: functools.partial(PreResNet, depth=int(m[1]))),
+  (r"densenet_bc_(\d+)_(\d+)",
+   lambda m: functools.partial(densenet_bc, depth=int(m[1]), growth_rate=int(m[2]))),
+]
 
 
 def register(name: str, factory: Callable[..., nn.Module]) -> None:
@@ -27,18 +99,42 @@ def register(name: str, factory: Callable[..., nn.Module]) -> None:
 
 
 def model_names() -> list[str]:
-  """The names `get_model` accepts."""
+  """The explicit names `get_model` accepts (parametric names like ``wrn40_4`` work too)."""
   return sorted(_REGISTRY)
 
 
+def _factory(name: str) -> Callable[..., nn.Module]:
+  if name in _REGISTRY:
+    return _REGISTRY[name]
+  for pattern, build in _PATTERNS:
+    m = re.fullmatch(pattern, name)
+    if m:
+      return build(m)
+  raise ValueError(
+    f"Unknown model '{name}'. Known models: {', '.join(model_names())}; parametric names: "
+    "resnet{6n+2}[_noshort], wrn{depth}_{k}[_noshort], preresnet{depth}, densenet_bc_{L}_{k}.")
+
+
 def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
-  """Builds a bundled model by name, e.g. ``get_model("resnet20", num_classes=10, width=2)``."""
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown model '{name}'. Known models: {', '.join(model_names())}.")
+  """Builds a bundled model by name, e.g. ``get_model("resnet20", num_classes=10, width=2)``.
+
+  Args:
+    name: a name from `model_names` or a parametric one (``resnet{d}``, ``wrn{d}_{k}``, ...).
+    num_classes: number of output logits.
+    **overrides: model attributes to change (``width``, ``shortcut``, ``dtype``, ...).
+
+  Returns:
+    An unbound flax linen module; ``model.init(key, x)`` and ``model.apply(variables, x,
+    train=...)``.
+  """
+  factory = _factory(name)
   try:
-    return _REGISTRY[name](num_classes=num_classes, **overrides)
+    return factory(num_classes=num_classes, **overrides)
   except TypeError as e:
     raise TypeError(f"Bad overrides {sorted(overrides)} for model '{name}': {e}") from e
 
 
-__all__ = ["MLP", "get_model", "model_names", "register"]
+__all__ = [
+  "MLP", "VGG", "BasicBlock", "ConvFC", "DenseNet", "PreActBlock", "PreResNet", "ResNet",
+  "WideBasic", "WideResNet", "densenet_bc", "get_model", "model_names", "register", "vgg9", "vgg16",
+]
