@@ -61,3 +61,6 @@ from landscape_jax.directions import (
 from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
 from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
 from landscape_jax.surface import surface_grid
+# Figures and reports (matplotlib Figure API only; no pyplot, no display needed).
+from landscape_jax import plotting, report
+from landscape_jax.report import write_report
