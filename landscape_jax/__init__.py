@@ -19,8 +19,18 @@ from landscape_jax.models import get_model, model_names
 
 __version__ = "0.1.0"
 
-# Curvature (hessian.py) and trajectory PCA (pca.py, kept apart from directions.py).
-from landscape_jax import hessian, pca
+# Li et al. 2018 surfaces (directions, paths, grids, resumable stores, sharding helpers); training
+# and checkpoints; curvature (hessian.py) and trajectory PCA (pca.py, kept apart from
+# directions.py); figures and reports (matplotlib Figure API only; no pyplot, no display needed).
+from landscape_jax import checkpoints, hessian, pca, plotting, report, sharding, store, training
+from landscape_jax.checkpoints import load_trajectory, load_variables
+from landscape_jax.directions import (
+  directions_from_models,
+  normalize_directions,
+  orthogonalize,
+  random_direction,
+  random_directions,
+)
 from landscape_jax.hessian import (
   HessianEigenvalues,
   SpectralDensity,
@@ -35,10 +45,11 @@ from landscape_jax.hessian import (
   make_curvature_metric_fn,
   spectral_density,
 )
+from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
 from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
-# Training and checkpoints (training.py, checkpoints.py).
-from landscape_jax import checkpoints, training
-from landscape_jax.checkpoints import load_trajectory, load_variables
+from landscape_jax.report import write_report
+from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
+from landscape_jax.surface import surface_grid
 from landscape_jax.training import (
   TrainState,
   create_train_state,
@@ -49,18 +60,3 @@ from landscape_jax.training import (
   train,
   train_step,
 )
-# Li et al. 2018 surfaces: directions, paths, grids, resumable stores, sharding helpers.
-from landscape_jax import sharding, store
-from landscape_jax.directions import (
-  directions_from_models,
-  normalize_directions,
-  orthogonalize,
-  random_direction,
-  random_directions,
-)
-from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
-from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import surface_grid
-# Figures and reports (matplotlib Figure API only; no pyplot, no display needed).
-from landscape_jax import plotting, report
-from landscape_jax.report import write_report
