@@ -265,6 +265,12 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, digits_train, digits_
     run(tmp_path / "cut")
 
 
+def test_torn_metrics_line_is_skipped(tmp_path):
+  (tmp_path / training.METRICS_FILE).write_text('{"epoch": 1, "step": 21}\n{"epoch": 2, "st')
+  assert training.read_metrics(tmp_path) == [{"epoch": 1, "step": 21}]
+  assert training.read_metrics(tmp_path / "missing") == []
+
+
 def test_train_errors(tmp_path, digits_train):
   model = lj.get_model("mlp_small", num_classes=10)
   mesh = training.make_mesh(jax.devices()[:4])
