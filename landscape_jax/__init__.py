@@ -18,3 +18,87 @@ from landscape_jax.evaluation import (
 from landscape_jax.models import get_model, model_names
 
 __version__ = "0.1.0"
+
+# Mode connectivity, BatchNorm recomputation and ensembles (Garipov et al. 2018).
+# Li et al. 2018 surfaces (directions, paths, grids, resumable stores, sharding helpers); training
+# and checkpoints; curvature (hessian.py) and trajectory PCA (pca.py, kept apart from
+# directions.py); figures and reports (matplotlib Figure API only; no pyplot, no display needed).
+from landscape_jax import (
+  batchnorm,
+  checkpoints,
+  curves,
+  ensembles,
+  hessian,
+  pca,
+  plotting,
+  report,
+  sharding,
+  store,
+  training,
+)
+from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
+from landscape_jax.checkpoints import load_trajectory, load_variables
+from landscape_jax.curves import (
+  Plane,
+  bezier_coefficients,
+  curve_coefficients,
+  curve_in_plane,
+  curve_loss,
+  curve_lr_schedule,
+  curve_point,
+  curve_summary,
+  evaluate_curve,
+  evaluate_plane,
+  init_curve,
+  plane_basis,
+  plane_grid_point,
+  polychain_coefficients,
+  project_to_plane,
+  split_curve,
+  train_curve,
+)
+from landscape_jax.directions import (
+  directions_from_models,
+  normalize_directions,
+  orthogonalize,
+  random_direction,
+  random_directions,
+)
+from landscape_jax.ensembles import (
+  cyclic_schedule,
+  evaluate_ensemble,
+  fast_geometric_ensemble,
+  fge_snapshot_epochs,
+  stack_members,
+  swa_average,
+  train_sgd,
+)
+from landscape_jax.hessian import (
+  HessianEigenvalues,
+  SpectralDensity,
+  SplitBatches,
+  TraceEstimate,
+  density_from_quadrature,
+  hessian_eigenvalues,
+  hessian_trace,
+  hvp,
+  lanczos,
+  make_batches,
+  make_curvature_metric_fn,
+  spectral_density,
+)
+from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
+from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
+from landscape_jax.report import write_report
+from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
+from landscape_jax.surface import surface_grid
+from landscape_jax.training import (
+  TrainState,
+  create_train_state,
+  eval_step,
+  garipov_schedule,
+  make_optimizer,
+  step_schedule,
+  train,
+  train_step,
+)

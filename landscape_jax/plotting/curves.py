@@ -1,0 +1,246 @@
+"""Mode-connectivity figures of Garipov et al. 2018 ("Loss Surfaces, Mode Connectivity, and Fast
+Ensembling of DNNs"): the loss over the plane through the two endpoints and a bend, with the curve
+and the straight chord projected onto it, and the metrics along t for the curve vs the line.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.colors as mcolors
+import numpy as np
+
+from landscape_jax.plotting import _base
+from landscape_jax.plotting._base import (
+  DEFAULT_DPI,
+  DEFAULT_FORMATS,
+  as_float,
+  check_grid,
+  empty_message,
+  finish,
+  has_finite,
+  masked,
+  mesh,
+  new_figure,
+  save,
+)
+from landscape_jax.plotting.surfaces import _metric_kind, _metric_style
+
+CURVE_COLOR = "tab:blue"
+LINE_COLOR = "tab:orange"
+
+
+def curve_levels(
+  z, *, num: int = 7, log_alpha: float = -5.0, vmax: float | None = None
+) -> np.ndarray | None:
+  """Log-spaced contour levels above the minimum (Garipov et al. 2018, plane figures).
+
+  With m = min z and M = max z (after clipping at `vmax`): levels = m + exp(log_alpha + k g) for
+  k = 0..num, g = (log(M - m) - log_alpha) / num, then the first level is set to m and the last to
+  M. Levels crowd near the minimum, where the low-loss valley is. Returns None when z has fewer
+  than two distinct finite values.
+  """
+  zm = masked(z)
+  if vmax is not None:
+    zm = np.ma.minimum(zm, vmax)
+  if not has_finite(zm):
+    return None
+  lo, hi = _base.finite_range(zm)
+  if not hi > lo:
+    return None
+  span = hi - lo
+  if np.log(span) <= log_alpha:
+    return np.linspace(lo, hi, num + 1)
+  levels = lo + np.exp(np.linspace(log_alpha, np.log(span), num + 1))
+  levels[0], levels[-1] = lo, hi
+  return np.unique(levels)
+
+
+def _points(name, a, allow_single=False):
+  a = as_float(name, a)
+  if allow_single and a.ndim == 1:
+    a = a[None, :]
+  if a.ndim != 2 or a.shape[1] != 2:
+    raise ValueError(f"`{name}` must be (k, 2) plane coordinates (x, y), got shape {a.shape}.")
+  return a
+
+
+def plot_curve_plane(
+  path,
+  grid_xs,
+  grid_ys,
+  z,
+  *,
+  curve_xy,
+  endpoints_xy,
+  chord_xy=None,
+  bend_xy=None,
+  levels=None,
+  num_levels: int = 7,
+  vmax: float | None = None,
+  label: str = "train loss",
+  cmap: str = "viridis",
+  title: str | None = None,
+  xlabel: str = r"$u$ (along $w_2 - w_0$)",
+  ylabel: str = r"$v$ (orthogonal, towards the bend)",
+  figsize: tuple[float, float] | None = None,
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """The loss over the plane through the endpoints and the bend, with the curve on top
+  (Garipov et al. 2018, Fig. 1 and 2).
+
+  Filled and line contours on log-spaced levels (`curve_levels`), one colour per band; the
+  endpoints are circles, the bend(s) diamonds, the curve a solid line and the straight chord
+  between the endpoints a dashed line.
+
+  Args:
+    path: output path, with or without extension (writes PNG and PDF by default).
+    grid_xs, grid_ys: (n,) and (m,) plane coordinates of the grid (the reference uses
+      linspace(-0.2, 1.2, 21) times the lengths of the plane's axes).
+    z: (n, m) values, z[i, j] at (grid_xs[i], grid_ys[j]); NaN / inf are masked.
+    curve_xy: (T, 2) projections of curve points phi(t) onto the plane.
+    endpoints_xy: (2, 2) projections of the two endpoints.
+    chord_xy: optional (K, 2) projections of the straight line; default: the segment between the
+      endpoints.
+    bend_xy: optional (2,) or (k, 2) projections of the bend(s).
+    levels: explicit contour levels (default: `curve_levels(z, num=num_levels, vmax=vmax)`).
+    vmax: clip values above it before choosing levels (values above get the top colour).
+    label: colour-bar label.
+    figsize: default fits the plane's aspect ratio (the axes have equal scales).
+
+  Returns:
+    The list of written files.
+  """
+  xs, ys, z = check_grid(grid_xs, grid_ys, z)
+  curve = _points("curve_xy", curve_xy)
+  ends = _points("endpoints_xy", endpoints_xy)
+  chord = ends if chord_xy is None else _points("chord_xy", chord_xy)
+  bends = None if bend_xy is None else _points("bend_xy", bend_xy, allow_single=True)
+  zm = masked(z)
+  lv = curve_levels(zm, num=num_levels, vmax=vmax) if levels is None else np.unique(
+    as_float("levels", levels, 1)
+  )
+
+  if figsize is None:  # equal aspect: size the figure to the plane so the colour bar fits it
+    width = 4.8
+    height = float(np.clip(width * np.ptp(ys) / np.ptp(xs), 2.4, 6.0))
+    figsize = (width + 1.7, height + 1.0)
+  fig = new_figure(figsize)
+  ax = fig.add_subplot()
+  ax.set_xlim(float(xs.min()), float(xs.max()))
+  ax.set_ylim(float(ys.min()), float(ys.max()))
+  if lv is None or len(lv) < 2:
+    empty_message(ax, _base.EMPTY_MESSAGE if not has_finite(zm) else "constant values: no contours")
+  else:
+    cm = matplotlib.colormaps[cmap]
+    # One colour per band; values above the top level (beyond `vmax`) take the "over" colour.
+    norm = mcolors.BoundaryNorm(lv, cm.N, extend="max")
+    x_mesh, y_mesh, z_t = mesh(xs, ys, zm)
+    cf = ax.contourf(
+      x_mesh, y_mesh, z_t, levels=lv, cmap=cm, norm=norm, alpha=0.65, zorder=0, extend="max"
+    )
+    ax.contour(x_mesh, y_mesh, z_t, levels=lv, cmap=cm, norm=norm, linewidths=1.5, zorder=1)
+    cb = fig.colorbar(cf, ax=ax, label=label, format="%.3g", ticks=lv)
+    cb.ax.tick_params(labelsize=8)
+  ax.plot(chord[:, 0], chord[:, 1], "--", color="k", linewidth=1.8, dashes=(4, 3),
+          label="straight line", zorder=3)
+  ax.plot(curve[:, 0], curve[:, 1], "-", color="k", linewidth=2.5, label="curve", zorder=3)
+  ax.plot(ends[:, 0], ends[:, 1], "o", color="k", markersize=9, markeredgecolor="w",
+          label="endpoints", zorder=4, linestyle="none")
+  if bends is not None:
+    ax.plot(bends[:, 0], bends[:, 1], "D", color="k", markersize=8, markeredgecolor="w",
+            label="bend", zorder=4, linestyle="none")
+  ax.set_aspect("equal", adjustable="box")
+  ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
+  finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
+  return save(fig, path, formats, dpi=dpi)
+
+
+def _as_metrics(name, x) -> dict:
+  if isinstance(x, dict):
+    return dict(x)
+  return {"loss": x}
+
+
+def _error_percent(name: str, v: np.ma.MaskedArray) -> np.ma.MaskedArray:
+  """Error in % from an accuracy or error metric, either as a fraction in [0, 1] or in %."""
+  finite = np.ma.compressed(v)
+  frac = finite.size == 0 or finite.max() <= 1.0
+  if _metric_kind(name) == "accuracy":
+    return (1.0 - v) * 100.0 if frac else 100.0 - v
+  return v * 100.0 if frac else v
+
+
+def plot_curve_metrics(
+  path,
+  ts,
+  curve,
+  line,
+  *,
+  line_ts=None,
+  log: bool = False,
+  title: str | None = None,
+  xlabel: str = "t",
+  figsize: tuple[float, float] = (9.0, 3.8),
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """Loss and error along t for the curve phi(t) vs the straight line (1 - t) w_0 + t w_1
+  (Garipov et al. 2018, Fig. 3).
+
+  Left panel: losses; right panel: error in % (accuracies a are shown as 100 (1 - a) when they are
+  fractions). Curve in blue, line in orange; train solid, test dashed.
+
+  Args:
+    path: output path (see `plot_1d`).
+    ts: (T,) curve parameters in [0, 1] for `curve` (and `line` unless `line_ts` is given).
+    curve, line: {metric: (T,) array} (e.g. "train_loss", "test_accuracy"), or one loss array.
+    line_ts: optional parameters of the line values if they differ from `ts`.
+    log: logarithmic loss axis.
+
+  Returns:
+    The list of written files.
+  """
+  ts = as_float("ts", ts, 1)
+  lts = ts if line_ts is None else as_float("line_ts", line_ts, 1)
+  groups = [("curve", ts, _as_metrics("curve", curve), CURVE_COLOR),
+            ("line", lts, _as_metrics("line", line), LINE_COLOR)]
+  has_err = any(_metric_kind(k) != "loss" for _, _, m, _ in groups for k in m)
+  fig = new_figure(figsize if has_err else (figsize[0] * 0.55, figsize[1]))
+  ax_loss = fig.add_subplot(1, 2 if has_err else 1, 1)
+  ax_err = fig.add_subplot(1, 2, 2) if has_err else None
+  any_loss = any_err = False
+  for gname, gts, metrics, color in groups:
+    for key, values in metrics.items():
+      v = masked(as_float(f"{gname}[{key!r}]", values, 1))
+      if v.shape != gts.shape:
+        raise ValueError(
+          f"{gname}[{key!r}] has {v.size} values but its t values have {gts.size};"
+          f" pass line_ts= when the line is sampled at other t."
+        )
+      style = _metric_style(key)
+      if _metric_kind(key) == "loss":
+        if log:
+          v = _base.mask_nonpositive(v)
+        any_loss |= has_finite(v)
+        ax_loss.plot(gts, v, style, color=color, label=f"{gname}: {key}", linewidth=1.8)
+      else:
+        v = _error_percent(key, v)
+        any_err |= has_finite(v)
+        label = f"{gname}: {key.replace('accuracy', 'error')}"
+        ax_err.plot(gts, v, style, color=color, label=label, linewidth=1.8)
+  for ax, ok, ylabel in ((ax_loss, any_loss, "loss"), (ax_err, any_err, "error (%)")):
+    if ax is None:
+      continue
+    if not ok:
+      empty_message(ax)
+    elif ylabel == "loss" and log:
+      ax.set_yscale("log")
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+    if ts.min() >= 0 and ts.max() <= 1:
+      ax.set_xlim(0.0, 1.0)
+    finish(ax, xlabel=xlabel, ylabel=ylabel)
+  if title:
+    fig.suptitle(title)
+  return save(fig, path, formats, dpi=dpi)

@@ -1,0 +1,190 @@
+"""Figures for permutation alignment and ensembles: loss barriers along linear interpolation before
+and after aligning hidden units (Ainsworth et al. 2023, Fig. 2; Entezari et al. 2022), and bar
+charts such as fast geometric ensembling vs its members (Garipov et al. 2018, Table 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from landscape_jax.plotting._base import (
+  DEFAULT_DPI,
+  DEFAULT_FORMATS,
+  as_float,
+  empty_message,
+  finish,
+  has_finite,
+  masked,
+  new_figure,
+  save,
+)
+
+
+def path_barrier(values, alphas=None) -> float:
+  """Loss barrier max_{0<=a<=1} v(a) - (v(0) + v(1)) / 2 of one path, from its finite values.
+
+  The barrier of Frankle et al. 2020 / Ainsworth et al. 2023 (the formula of `lj.barrier`),
+  computed on numpy values for figure legends. Without `alphas` the first and last values are the
+  endpoints; with `alphas` extending beyond [0, 1] (e.g. the reference's [-0.5, 1.5]), v(0) and v(1)
+  are interpolated and the maximum is taken over [0, 1] only. NaN when nothing finite is left.
+  """
+  v = np.asarray(values, dtype=np.float64).ravel()
+  a = np.linspace(0.0, 1.0, v.size) if alphas is None else np.asarray(alphas, np.float64).ravel()
+  if a.shape != v.shape:
+    raise ValueError(f"{v.size} values but {a.size} alphas: give one value per alpha.")
+  ok = np.isfinite(v) & np.isfinite(a)
+  a, v = a[ok], v[ok]
+  order = np.argsort(a)
+  a, v = a[order], v[order]
+  inside = (a >= 0.0) & (a <= 1.0)
+  if not inside.any():
+    return float("nan")
+  lo, hi = max(0.0, a[0]), min(1.0, a[-1])
+  ends = np.interp([lo, hi], a, v)
+  return float(max(v[inside].max(), ends.max()) - ends.mean())
+
+
+def plot_barriers(
+  path,
+  alphas,
+  runs,
+  *,
+  ylabel: str = "loss",
+  show_barrier: bool = True,
+  title: str | None = None,
+  xlabel: str = r"$\alpha$ in $(1-\alpha)\,\theta_A + \alpha\,\pi(\theta_B)$",
+  figsize: tuple[float, float] = (6.0, 4.2),
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """Metric along linear interpolation between two models, one line per variant (e.g. "naive" vs
+  "weight matching"), with the endpoints marked and the barrier in the legend.
+
+  Args:
+    path: output path, with or without extension (writes PNG and PDF by default).
+    alphas: (n,) interpolation coefficients.
+    runs: {name: values}, values of shape (n,) or (k, n) for k repeats (drawn as the mean with a
+      min-max band); NaN / inf are masked.
+    ylabel: what the values are ("loss", "test accuracy", ...).
+    show_barrier: append the barrier max_[0,1] - mean(endpoints) of the (mean) curve to each label
+      (see `path_barrier`).
+
+  Returns:
+    The list of written files.
+  """
+  alphas = as_float("alphas", alphas, 1)
+  if not runs:
+    raise ValueError("`runs` is empty: give {name: values along alphas}.")
+  fig = new_figure(figsize)
+  ax = fig.add_subplot()
+  any_finite = False
+  for k, (name, values) in enumerate(runs.items()):
+    v = as_float(f"runs[{name!r}]", values, (1, 2))
+    if v.shape[-1] != alphas.size:
+      raise ValueError(
+        f"runs[{name!r}] has {v.shape[-1]} values along alpha but alphas has {alphas.size}."
+      )
+    color = f"C{k}"
+    if v.ndim == 2:
+      vm = masked(v)
+      mean = vm.mean(axis=0)
+      ax.fill_between(alphas, vm.min(axis=0).filled(np.nan), vm.max(axis=0).filled(np.nan),
+                      color=color, alpha=0.2, linewidth=0)
+    else:
+      mean = masked(v)
+    any_finite |= has_finite(mean)
+    label = str(name)
+    if show_barrier:
+      b = path_barrier(np.ma.filled(mean, np.nan), alphas)
+      label += f" (barrier {b:.3g})" if np.isfinite(b) else " (barrier n/a)"
+    ax.plot(alphas, mean, "-", color=color, linewidth=1.8, label=label)
+  for a in (0.0, 1.0):
+    if alphas.min() <= a <= alphas.max():
+      ax.axvline(a, color="0.5", linestyle=":", linewidth=1)
+  if alphas.size >= 2 and np.ptp(alphas) > 0:
+    ax.set_xlim(float(alphas.min()), float(alphas.max()))
+  if any_finite:
+    ax.legend(fontsize=8)
+  else:
+    empty_message(ax)
+  finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
+  return save(fig, path, formats, dpi=dpi)
+
+
+def plot_bars(
+  path,
+  names: Sequence[str],
+  values,
+  *,
+  ylabel: str,
+  errors=None,
+  highlight: Sequence[str] | None = None,
+  ylim: tuple[float, float] | None = None,
+  value_format: str = "{:.4g}",
+  title: str | None = None,
+  figsize: tuple[float, float] | None = None,
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """Bar chart with the value written on each bar, e.g. FGE ensemble vs member accuracies.
+
+  Args:
+    path: output path (see `plot_barriers`).
+    names: bar labels.
+    values: one value per name; non-finite values leave an "n/a" gap.
+    ylabel: axis label (say the unit: "test accuracy" in [0, 1], "error (%)").
+    errors: optional error-bar half-widths, one per name.
+    highlight: names drawn in a contrasting colour (e.g. ["FGE ensemble"]).
+    ylim: y range (default: from 0, or around the values when they are all close together).
+    value_format: format of the numbers written on the bars.
+
+  Returns:
+    The list of written files.
+  """
+  names = [str(n) for n in names]
+  v = as_float("values", values, 1)
+  if v.size != len(names):
+    raise ValueError(f"{len(names)} names but {v.size} values: give one value per name.")
+  if not names:
+    raise ValueError("`names` is empty: nothing to plot.")
+  err = None if errors is None else as_float("errors", errors, 1)
+  if err is not None and err.size != v.size:
+    raise ValueError(f"{err.size} errors for {v.size} values: give one error per value.")
+  hl = set(highlight or ())
+  unknown = hl - set(names)
+  if unknown:
+    raise ValueError(f"highlight names {sorted(unknown)} are not among the bar names {names}.")
+  if figsize is None:
+    figsize = (max(4.0, 0.7 * len(names) + 2.0), 4.0)
+  fig = new_figure(figsize)
+  ax = fig.add_subplot()
+  vm = masked(v)
+  colors = ["tab:orange" if n in hl else "tab:blue" for n in names]
+  x = np.arange(len(names))
+  bars = ax.bar(x, vm.filled(0.0), color=colors, yerr=None if err is None else err, capsize=3)
+  for rect, val, ok in zip(bars, v, ~np.ma.getmaskarray(vm), strict=True):
+    if not ok:
+      rect.set_visible(False)
+      if not has_finite(vm):
+        continue  # the axes-wide message says it all
+    text = value_format.format(val) if ok else "n/a"
+    ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height() if ok else 0.0),
+                xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+  ax.set_xticks(x, names, rotation=30 if max(len(n) for n in names) > 8 else 0, ha="right"
+                if max(len(n) for n in names) > 8 else "center")
+  if ylim is not None:
+    ax.set_ylim(*ylim)
+  elif has_finite(vm):
+    lo, hi = float(vm.min()), float(vm.max())
+    if lo > 0 and (hi - lo) < 0.1 * hi:  # values close together: zoom in so differences show
+      pad = max(hi - lo, 0.01 * hi)
+      ax.set_ylim(lo - 2 * pad, hi + pad)
+    elif hi > lo or hi != 0:
+      top, bottom = max(0.0, hi) * 1.12, min(0.0, lo) * 1.12
+      ax.set_ylim(bottom, top if top > bottom else bottom + 1.0)
+  else:
+    empty_message(ax)
+  finish(ax, title=title, ylabel=ylabel)
+  return save(fig, path, formats, dpi=dpi)

@@ -1,0 +1,735 @@
+"""Loss-surface figures of Li et al. 2018 ("Visualizing the Loss Landscape of Neural Nets"):
+1-D curves f(a) = L(t* + a d) on twin loss / accuracy axes, two-model interpolation
+L((1 - a) t_A + a t_B), 2-D contours, filled contours, heat maps and 3-D surfaces of
+f(a, b) = L(t* + a d1 + b d2), and a VTK PolyData export for ParaView.
+
+Grid results follow the library convention z[i, j] = f(xs[i], ys[j]) (shape (len(xs), len(ys)));
+matplotlib's contour(X, Y, Z) indexes Z[j, i], so the figures draw z.T on a meshgrid(xs, ys).
+NaN and inf values (diverged far-away grid points) are masked: they are left blank, never drawn
+as zeros, and a figure with no finite value at all says so instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from landscape_jax.plotting import _base
+from landscape_jax.plotting._base import (
+  DEFAULT_DPI,
+  DEFAULT_FORMATS,
+  as_float,
+  check_grid,
+  contour_levels,
+  empty_message,
+  finish,
+  has_finite,
+  mask_nonpositive,
+  masked,
+  mesh,
+  new_figure,
+  save,
+)
+
+ALPHA_LABEL = r"$\alpha$ (step along the direction)"
+INTERP_LABEL = r"$\alpha$ in $(1-\alpha)\,\theta_A + \alpha\,\theta_B$"
+LOSS_COLOR = "tab:blue"
+ACC_COLOR = "tab:red"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-D curves
+
+
+def _normalize_runs(curves: Any) -> dict[str, dict[str, Any]]:
+  """{run: {metric: array}} from a dict of runs, a single {metric: array} dict, or one array."""
+  if isinstance(curves, Mapping):
+    if not curves:
+      raise ValueError("`curves` is empty: give {metric: values} or {run: {metric: values}}.")
+    nested = [isinstance(v, Mapping) for v in curves.values()]
+    if all(nested):
+      return {str(k): dict(v) for k, v in curves.items()}
+    if any(nested):
+      raise ValueError(
+        "`curves` mixes runs (dicts) and metrics (arrays) at the same level; give either"
+        " {metric: values} for one run or {run: {metric: values}} for several."
+      )
+    return {"": dict(curves)}
+  return {"": {"loss": curves}}
+
+
+def _metric_kind(name: str) -> str:
+  """'accuracy', 'error' (right axis) or 'loss' (left axis, anything else) from a metric name."""
+  n = name.lower()
+  if "acc" in n:
+    return "accuracy"
+  if "err" in n:
+    return "error"
+  return "loss"
+
+
+def _metric_style(name: str) -> str:
+  n = name.lower()
+  if "train" in n:
+    return "-"
+  if "test" in n or "val" in n:
+    return "--"
+  return "-."
+
+
+def _left_label(names: list[str]) -> str:
+  if all("loss" in n.lower() for n in names):
+    return "loss"
+  stripped = []
+  for n in names:
+    s = n
+    for prefix in ("train_", "test_", "val_", "validation_"):
+      if s.lower().startswith(prefix):
+        s = s[len(prefix) :]
+    if s not in stripped:
+      stripped.append(s)
+  return " / ".join(stripped)
+
+
+def draw_1d(
+  fig,
+  ax,
+  xs,
+  curves,
+  *,
+  log: bool = False,
+  endpoints: tuple[float, float] | None = None,
+  endpoint_labels: tuple[str, str] = ("A", "B"),
+  legend: bool = True,
+):
+  """Draws 1-D metric curves on `ax` (loss, left) and a twin axis (accuracy / error, right).
+
+  Returns (ax_left, ax_right or None). See `plot_1d` for the accepted forms of `curves`.
+  """
+  xs = as_float("xs", xs, 1)
+  runs = _normalize_runs(curves)
+  many = len(runs) > 1
+  left_names, right_names, any_finite = [], [], False
+  right_values = []
+  ax2 = None
+  handles = []
+  for r, (run, metrics) in enumerate(runs.items()):
+    for name, values in metrics.items():
+      v = masked(as_float(f"curves[{run!r}][{name!r}]" if run else f"curves[{name!r}]", values, 1))
+      if v.shape != xs.shape:
+        raise ValueError(
+          f"Metric {name!r}{f' of run {run!r}' if run else ''} has {v.size} values but xs has"
+          f" {xs.size}: give one value per x."
+        )
+      kind = _metric_kind(name)
+      if kind == "loss" and log:
+        v = mask_nonpositive(v)
+      any_finite |= has_finite(v)
+      if kind == "loss":
+        target, color = ax, (f"C{r}" if many else LOSS_COLOR)
+        if name not in left_names:
+          left_names.append(name)
+        extra = {"linewidth": 1.8}
+      else:
+        if ax2 is None:
+          ax2 = ax.twinx()
+        target, color = ax2, (f"C{r}" if many else ACC_COLOR)
+        if name not in right_names:
+          right_names.append(name)
+        right_values.append(v)
+        extra = {"linewidth": 1.2}
+        if many:
+          extra.update(marker="o", markersize=3, markevery=max(1, xs.size // 12))
+      label = f"{run}: {name}" if run else name
+      (h,) = target.plot(xs, v, _metric_style(name), color=color, label=label, **extra)
+      handles.append(h)
+      if endpoints is not None:
+        _mark_endpoints(target, xs, v, endpoints, color)
+  if xs.size >= 2 and xs[0] != xs[-1]:
+    ax.set_xlim(float(np.min(xs)), float(np.max(xs)))
+  if left_names:
+    ax.set_ylabel(_left_label(left_names), color="k" if many else LOSS_COLOR)
+    if log and any_finite:
+      ax.set_yscale("log")
+  elif ax2 is not None:
+    ax.set_yticks([])
+  if ax2 is not None:
+    kinds = sorted({_metric_kind(n) for n in right_names})
+    ax2.set_ylabel(" / ".join(kinds), color="k" if many else ACC_COLOR)
+    finite = [np.ma.compressed(v) for v in right_values]
+    finite = np.concatenate(finite) if finite else np.zeros(0)
+    if finite.size and finite.min() >= 0 and finite.max() <= 1:
+      ax2.set_ylim(-0.02, 1.02)  # accuracy / error in [0, 1] (the library's convention)
+  if endpoints is not None:
+    for a, lab in zip(endpoints, endpoint_labels, strict=True):
+      ax.axvline(a, color="0.5", linestyle=":", linewidth=1)
+      ax.annotate(
+        lab, (a, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+        textcoords="offset points", ha="center", va="bottom", fontsize=9,
+      )
+  if not any_finite:
+    empty_message(ax)
+  if legend and handles:
+    longest = max(len(h.get_label()) for h in handles)
+    ncols = max(1, min(len(handles), 64 // (longest + 8)))
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
+  return ax, ax2
+
+
+def _mark_endpoints(ax, xs, v, endpoints, color):
+  ok = ~np.ma.getmaskarray(v)
+  if ok.sum() < 1:
+    return
+  xf, vf = xs[ok], np.ma.compressed(v)
+  order = np.argsort(xf)
+  xf, vf = xf[order], vf[order]
+  pts = [a for a in endpoints if xf[0] <= a <= xf[-1]]
+  if pts:
+    ax.plot(pts, np.interp(pts, xf, vf), "o", color=color, markersize=5, markeredgecolor="k")
+
+
+def plot_1d(
+  path,
+  xs,
+  curves,
+  *,
+  log: bool = False,
+  title: str | None = None,
+  xlabel: str = ALPHA_LABEL,
+  figsize: tuple[float, float] = (6.4, 4.6),
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """Plots 1-D landscape curves f(a) = L(t* + a d) (Li et al. 2018, Fig. 2-3 style).
+
+  Loss on the left axis, accuracy (or error) on a twin right axis; train metrics solid, test
+  metrics dashed. Several runs are overlaid with one colour per run.
+
+  Args:
+    path: output path, with or without extension; writes `path.png` and `path.pdf` by default.
+    xs: (n,) step sizes a.
+    curves: one of
+      * an (n,) array: a single loss curve;
+      * {metric: (n,) array}, e.g. the result of a 1-D `surface_grid` ({"train_loss": ...,
+        "train_accuracy": ..., "test_loss": ..., "test_accuracy": ...});
+      * {run: {metric: (n,) array}} to overlay several runs (e.g. batch sizes 128 vs 8192).
+      Metric names containing "acc" or "err" go on the right axis, the others on the left.
+    log: logarithmic loss axis (non-positive values are masked).
+    title, xlabel: text.
+    figsize, dpi: figure size in inches and raster resolution.
+    formats: file formats to write (None: the extension of `path`, else PNG and PDF).
+
+  Returns:
+    The list of written files.
+  """
+  fig = new_figure(figsize)
+  ax = fig.add_subplot()
+  draw_1d(fig, ax, xs, curves, log=log)
+  finish(ax, title=title, xlabel=xlabel)
+  return save(fig, path, formats, dpi=dpi)
+
+
+def plot_interpolation(
+  path,
+  alphas,
+  metrics,
+  *,
+  log: bool = False,
+  labels: tuple[str, str] = (r"$\theta_A$", r"$\theta_B$"),
+  title: str | None = None,
+  xlabel: str = INTERP_LABEL,
+  figsize: tuple[float, float] = (6.4, 4.6),
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """Plots metrics along the two-model interpolation L((1 - a) t_A + a t_B) (Li et al. 2018, §3;
+  Goodfellow et al. 2015), with the endpoints a = 0 and a = 1 marked.
+
+  Args:
+    path: output path (see `plot_1d`).
+    alphas: (n,) interpolation coefficients (the reference uses 401 points on [-0.5, 1.5]).
+    metrics: {metric: (n,) array} (e.g. the result of `linear_path`), {run: {metric: array}}
+      or a single (n,) loss array, as in `plot_1d`.
+    log: logarithmic loss axis.
+    labels: names of the two models, written above a = 0 and a = 1.
+
+  Returns:
+    The list of written files.
+  """
+  fig = new_figure(figsize)
+  ax = fig.add_subplot()
+  draw_1d(fig, ax, alphas, metrics, log=log, endpoints=(0.0, 1.0), endpoint_labels=labels)
+  finish(ax, title=title, xlabel=xlabel)
+  return save(fig, path, formats, dpi=dpi)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-D surfaces
+
+
+def _grid_message(z: np.ma.MaskedArray, label: str) -> str:
+  if not has_finite(z):
+    return _base.EMPTY_MESSAGE
+  lo, hi = _base.finite_range(z)
+  if lo == hi:
+    return f"constant {label} = {lo:.4g}:\nnothing to contour"
+  return f"no positive {label} values\nfor a logarithmic scale"
+
+
+def _prepare(xs, ys, z, *, log: bool):
+  xs, ys, z = check_grid(xs, ys, z)
+  zm = masked(z)
+  if log:
+    zm = mask_nonpositive(zm)
+  return xs, ys, zm
+
+
+def _set_limits(ax, xs, ys):
+  ax.set_xlim(float(xs.min()), float(xs.max()))
+  ax.set_ylim(float(ys.min()), float(ys.max()))
+
+
+def _mark_points(ax, points: Mapping[str, Sequence[float]] | None):
+  if not points:
+    return
+  for name, (px, py) in points.items():
+    ax.plot([px], [py], marker="*", color="k", markersize=10, linestyle="none", zorder=5)
+    ax.annotate(name, (px, py), xytext=(5, 5), textcoords="offset points", fontsize=9, zorder=5)
+
+
+def _norm_for(levels, log):
+  if not log:
+    return None
+  import matplotlib.colors as mcolors
+
+  return mcolors.LogNorm(vmin=float(levels[0]), vmax=float(levels[-1]))
+
+
+def draw_contour(
+  fig,
+  ax,
+  xs,
+  ys,
+  z,
+  *,
+  levels=None,
+  log: bool = False,
+  cmap: str = "summer",
+  label: str = "loss",
+  colorbar: bool = True,
+  clabel: bool = True,
+  linewidths: float = 1.0,
+  points=None,
+):
+  """Draws contour lines of z (z[i, j] at (xs[i], ys[j])) on `ax`; returns the ContourSet/None."""
+  xs, ys, zm = _prepare(xs, ys, z, log=log)
+  lv = contour_levels(zm, levels, log=log)
+  _set_limits(ax, xs, ys)
+  cs = None
+  if lv is None:
+    empty_message(ax, _grid_message(zm, label))
+  else:
+    x_mesh, y_mesh, z_t = mesh(xs, ys, zm)
+    cs = ax.contour(
+      x_mesh, y_mesh, z_t, levels=lv, cmap=cmap, norm=_norm_for(lv, log), linewidths=linewidths
+    )
+    if clabel and len(cs.levels):
+      ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
+    if colorbar:
+      fig.colorbar(cs, ax=ax, label=label, format="%.3g")
+  _mark_points(ax, points)
+  return cs
+
+
+def _extend(zm, lv) -> str:
+  lo, hi = _base.finite_range(zm)
+  below, above = lo < lv[0], hi > lv[-1]
+  return {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
+    (below, above), "both"
+  )
+
+
+def draw_contourf(
+  fig, ax, xs, ys, z, *, levels=None, log=False, cmap="viridis", label="loss", colorbar=True,
+  points=None,
+):
+  """Draws filled contours of z on `ax`; values beyond the levels get the end colours."""
+  xs, ys, zm = _prepare(xs, ys, z, log=log)
+  lv = contour_levels(zm, levels, log=log, num=20)
+  _set_limits(ax, xs, ys)
+  cs = None
+  if lv is not None and len(lv) < 2:
+    lv = None
+  if lv is None:
+    empty_message(ax, _grid_message(zm, label))
+  else:
+    x_mesh, y_mesh, z_t = mesh(xs, ys, zm)
+    cs = ax.contourf(
+      x_mesh, y_mesh, z_t, levels=lv, cmap=cmap, norm=_norm_for(lv, log), extend=_extend(zm, lv)
+    )
+    if colorbar:
+      fig.colorbar(cs, ax=ax, label=label, format="%.3g")
+  _mark_points(ax, points)
+  return cs
+
+
+def draw_heatmap(
+  fig, ax, xs, ys, z, *, log=False, vmin=None, vmax=None, cmap="viridis", label="loss",
+  colorbar=True, points=None,
+):
+  """Draws z as cells centred on the grid points (masked cells show the grey background)."""
+  xs, ys, zm = _prepare(xs, ys, z, log=log)
+  ax.set_facecolor("0.85")
+  if not has_finite(zm):
+    _set_limits(ax, xs, ys)
+    empty_message(ax, _grid_message(zm, label))
+    _mark_points(ax, points)
+    return None
+  norm = None
+  if log:
+    import matplotlib.colors as mcolors
+
+    lo, hi = _base.finite_range(zm)
+    norm = mcolors.LogNorm(vmin=vmin or lo, vmax=vmax or max(hi, lo * 1.0001))
+    vmin = vmax = None
+  x_mesh, y_mesh, z_t = mesh(xs, ys, zm)
+  qm = ax.pcolormesh(
+    x_mesh, y_mesh, z_t, shading="nearest", cmap=cmap, norm=norm, vmin=vmin, vmax=vmax
+  )
+  if colorbar:
+    fig.colorbar(qm, ax=ax, label=label, format="%.3g")
+  _mark_points(ax, points)
+  return qm
+
+
+def _plot_2d(draw, path, xs, ys, z, *, title, xlabel, ylabel, figsize, dpi, formats, **kw):
+  fig = new_figure(figsize)
+  ax = fig.add_subplot()
+  draw(fig, ax, xs, ys, z, **kw)
+  finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
+  return save(fig, path, formats, dpi=dpi)
+
+
+def plot_contour(
+  path,
+  xs,
+  ys,
+  z,
+  *,
+  levels=None,
+  log: bool = False,
+  label: str = "loss",
+  cmap: str = "summer",
+  points: Mapping[str, Sequence[float]] | None = None,
+  title: str | None = None,
+  xlabel: str = "x (direction 1)",
+  ylabel: str = "y (direction 2)",
+  figsize: tuple[float, float] = (5.6, 4.6),
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """Contour lines, with labelled levels, of a 2-D landscape f(a, b) = L(t* + a d1 + b d2)
+  (Li et al. 2018, Fig. 1, 5, 6).
+
+  Args:
+    path: output path, with or without extension (writes PNG and PDF by default).
+    xs, ys: (n,) and (m,) grid coordinates.
+    z: (n, m) values with z[i, j] = f(xs[i], ys[j]) (the `surface_grid` convention); NaN / inf
+      are masked.
+    levels: contour levels (a sequence, or a count). Default: the reference levels
+      arange(0.1, 10, 0.5) inside the data range, or 15 automatic levels when fewer than 3 of
+      them fall inside it; with `log`, log-spaced levels.
+    log: log-spaced levels and a logarithmic colour scale (non-positive values masked).
+    label: colour-bar label (name of the metric).
+    cmap: colour map (the reference uses "summer").
+    points: optional {name: (x, y)} points to mark, e.g. {"minimum": (0, 0)}.
+    title, xlabel, ylabel, figsize, dpi, formats: as in `plot_1d`.
+
+  Returns:
+    The list of written files.
+  """
+  return _plot_2d(
+    draw_contour, path, xs, ys, z, levels=levels, log=log, label=label, cmap=cmap, points=points,
+    title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize, dpi=dpi, formats=formats,
+  )
+
+
+def plot_contourf(
+  path,
+  xs,
+  ys,
+  z,
+  *,
+  levels=None,
+  log: bool = False,
+  label: str = "loss",
+  cmap: str = "viridis",
+  points: Mapping[str, Sequence[float]] | None = None,
+  title: str | None = None,
+  xlabel: str = "x (direction 1)",
+  ylabel: str = "y (direction 2)",
+  figsize: tuple[float, float] = (5.6, 4.6),
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """Filled contours of a 2-D landscape (z[i, j] = f(xs[i], ys[j])), with a colour bar.
+
+  Same arguments as `plot_contour`; values outside the levels take the end colours (the colour bar
+  shows arrows), masked (non-finite) values stay blank.
+  """
+  return _plot_2d(
+    draw_contourf, path, xs, ys, z, levels=levels, log=log, label=label, cmap=cmap,
+    points=points, title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize, dpi=dpi,
+    formats=formats,
+  )
+
+
+def plot_heatmap(
+  path,
+  xs,
+  ys,
+  z,
+  *,
+  log: bool = False,
+  vmin: float | None = None,
+  vmax: float | None = None,
+  label: str = "loss",
+  cmap: str = "viridis",
+  points: Mapping[str, Sequence[float]] | None = None,
+  title: str | None = None,
+  xlabel: str = "x (direction 1)",
+  ylabel: str = "y (direction 2)",
+  figsize: tuple[float, float] = (5.6, 4.6),
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """Heat map of a 2-D landscape: one cell per grid point, centred on it (the reference draws a
+  seaborn heat map with vmin=0.1, vmax=10). Non-finite cells are grey.
+
+  Args:
+    vmin, vmax: colour range (default: the finite data range).
+    Others as in `plot_contour`.
+
+  Returns:
+    The list of written files.
+  """
+  return _plot_2d(
+    draw_heatmap, path, xs, ys, z, log=log, vmin=vmin, vmax=vmax, label=label, cmap=cmap,
+    points=points, title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize, dpi=dpi,
+    formats=formats,
+  )
+
+
+def plot_surface_3d(
+  path,
+  xs,
+  ys,
+  z,
+  *,
+  log: bool = False,
+  zmax: float | None = None,
+  label: str = "loss",
+  cmap: str = "coolwarm",
+  elev: float = 30.0,
+  azim: float = -60.0,
+  title: str | None = None,
+  xlabel: str = "x",
+  ylabel: str = "y",
+  figsize: tuple[float, float] = (6.4, 5.0),
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """3-D surface plot of a 2-D landscape (Li et al. 2018, Fig. 1 and 5), with a colour bar.
+
+  Args:
+    log: draw log10(z) (non-positive values masked); the z axis is labelled accordingly.
+    zmax: clip values above `zmax` first (tames diverged far points; the reference VTK export does
+      the same).
+    elev, azim: viewing angles in degrees.
+    Others as in `plot_contour`. Non-finite values leave holes in the surface.
+
+  Returns:
+    The list of written files.
+  """
+  xs, ys, zm = _prepare(xs, ys, z, log=log)
+  if zmax is not None:
+    zm = np.ma.minimum(zm, zmax)
+  zlabel = label
+  if log:
+    zm = np.ma.log10(zm)
+    zlabel = f"log10({label})"
+  fig = new_figure(figsize)
+  ax = fig.add_subplot(projection="3d")
+  x_mesh, y_mesh, z_t = mesh(xs, ys, zm)
+  if has_finite(zm):
+    lo, hi = _base.finite_range(zm)
+    surf = ax.plot_surface(
+      x_mesh, y_mesh, np.ma.filled(z_t, np.nan), cmap=cmap, vmin=lo, vmax=hi, linewidth=0,
+      antialiased=False, rstride=1, cstride=1,
+    )
+    fig.colorbar(surf, ax=ax, shrink=0.6, aspect=12, pad=0.1, label=zlabel, format="%.3g")
+  else:
+    ax.text2D(0.5, 0.5, _base.EMPTY_MESSAGE, transform=ax.transAxes, ha="center", va="center")
+  ax.view_init(elev=elev, azim=azim)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_zlabel(zlabel)
+  if title:
+    ax.set_title(title)
+  return save(fig, path, formats, dpi=dpi)
+
+
+# ---------------------------------------------------------------------------------------------
+# VTK export
+
+
+def vtp_values(z, *, log: bool = False, zmax: float | None = None) -> np.ndarray:
+  """The heights written by `export_vtp`: clip at zmax, then log(z + 0.1) when `log`.
+
+  Follows the reference h52vtp of Li et al. 2018 (clip first, then log(z + 0.1)). Non-finite
+  values (diverged points) become the largest finite value after clipping, so the surface stays
+  closed; values with z + 0.1 <= 0 become the smallest finite log value.
+  """
+  v = np.array(z, dtype=np.float64)
+  finite = np.isfinite(v)
+  if not finite.any():
+    raise ValueError(
+      "export_vtp: every value is NaN or inf; there is no surface to export. Check the grid"
+      " range (shrink it) or the model."
+    )
+  if zmax is not None:
+    v = np.where(finite, np.minimum(v, zmax), v)
+  v = np.where(finite, v, v[finite].max())
+  if log:
+    ok = v + 0.1 > 0
+    if not ok.any():
+      raise ValueError("export_vtp(log=True): every value is <= -0.1; use log=False.")
+    logged = np.log(np.where(ok, v + 0.1, 1.0))
+    v = np.where(ok, logged, logged[ok].min())
+  return v
+
+
+def export_vtp(
+  path,
+  xs,
+  ys,
+  z,
+  *,
+  log: bool = False,
+  zmax: float | None = None,
+  name: str = "loss",
+) -> list[str]:
+  """Writes a 2-D landscape as a VTK PolyData XML file (.vtp, ASCII) for ParaView.
+
+  Point (i, j) has index i * len(ys) + j and coordinates (xs[i], ys[j], h[i, j]) with
+  h = `vtp_values(z, log=log, zmax=zmax)` (clip at `zmax`, then log(z + 0.1) when `log`, as the
+  reference h52vtp of Li et al. 2018); the heights are also stored as point data `name`. Every
+  grid cell is one quad polygon (points (i, j), (i+1, j), (i+1, j+1), (i, j+1)).
+
+  Args:
+    path: output file; ".vtp" is appended when missing.
+    xs, ys, z: the grid, z[i, j] = f(xs[i], ys[j]).
+    log, zmax: see above.
+    name: name of the scalar point array.
+
+  Returns:
+    [path of the written .vtp file].
+  """
+  xs, ys, z = check_grid(xs, ys, z)
+  h = vtp_values(z, log=log, zmax=zmax)
+  n, m = z.shape
+  xx, yy = np.meshgrid(xs, ys, indexing="ij")
+  points = np.stack([xx.ravel(), yy.ravel(), h.ravel()], axis=1)
+  ii, jj = np.meshgrid(np.arange(n - 1), np.arange(m - 1), indexing="ij")
+  base = (ii * m + jj).ravel()
+  quads = np.stack([base, base + m, base + m + 1, base + 1], axis=1)
+  offsets = 4 * np.arange(1, quads.shape[0] + 1)
+
+  def array_text(a, fmt, per_line):
+    flat = a.ravel()
+    starts = range(0, flat.size, per_line)
+    rows = [" ".join(fmt % v for v in flat[k : k + per_line]) for k in starts]
+    return "\n" + "\n".join(rows) + "\n"
+
+  root = ET.Element(
+    "VTKFile", type="PolyData", version="1.0", byte_order="LittleEndian", header_type="UInt64"
+  )
+  poly = ET.SubElement(root, "PolyData")
+  piece = ET.SubElement(
+    poly, "Piece", NumberOfPoints=str(n * m), NumberOfVerts="0", NumberOfLines="0",
+    NumberOfStrips="0", NumberOfPolys=str(quads.shape[0]),
+  )
+  pdata = ET.SubElement(piece, "PointData", Scalars=name)
+  arr = ET.SubElement(
+    pdata, "DataArray", type="Float64", Name=name, NumberOfComponents="1", format="ascii",
+    RangeMin=repr(float(h.min())), RangeMax=repr(float(h.max())),
+  )
+  arr.text = array_text(h, "%.9g", 6)
+  pts = ET.SubElement(piece, "Points")
+  arr = ET.SubElement(
+    pts, "DataArray", type="Float64", Name="Points", NumberOfComponents="3", format="ascii"
+  )
+  arr.text = array_text(points, "%.9g", 3)
+  polys = ET.SubElement(piece, "Polys")
+  arr = ET.SubElement(polys, "DataArray", type="Int64", Name="connectivity", format="ascii")
+  arr.text = array_text(quads, "%d", 4)
+  arr = ET.SubElement(polys, "DataArray", type="Int64", Name="offsets", format="ascii")
+  arr.text = array_text(offsets, "%d", 8)
+
+  path = os.fspath(path)
+  if not path.lower().endswith(".vtp"):
+    path += ".vtp"
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  ET.indent(root, space="  ")
+  ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+  return [path]
+
+
+
+def plot_2d_all(
+  path,
+  xs,
+  ys,
+  z,
+  *,
+  levels=None,
+  log: bool = False,
+  label: str = "loss",
+  vtp: bool = True,
+  vtp_log: bool = True,
+  zmax: float | None = None,
+  title: str | None = None,
+  xlabel: str = "x (direction 1)",
+  ylabel: str = "y (direction 2)",
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """All the standard 2-D figures of one metric, as the reference plot_2D of Li et al. 2018 makes:
+  `path`_2dcontour, `path`_2dcontourf, `path`_2dheatmap, `path`_3dsurface (each PNG + PDF) and,
+  with `vtp`, `path`.vtp for ParaView (log(z + 0.1) heights when `vtp_log`, clipped at `zmax`).
+
+  Args:
+    path: common prefix of the output files (a figure extension on it is dropped).
+    xs, ys, z: the grid, z[i, j] = f(xs[i], ys[j]).
+    levels, log, label, title, xlabel, ylabel, dpi, formats: as in `plot_contour`.
+    zmax: clipping for the 3-D surface and the VTK file.
+
+  Returns:
+    All written files.
+  """
+  stem = _base.output_paths(path, "png")[0][: -len(".png")]
+  common = dict(label=label, title=title, xlabel=xlabel, ylabel=ylabel, dpi=dpi, formats=formats)
+  files = plot_contour(f"{stem}_2dcontour", xs, ys, z, levels=levels, log=log, **common)
+  files += plot_contourf(f"{stem}_2dcontourf", xs, ys, z, levels=levels, log=log, **common)
+  files += plot_heatmap(f"{stem}_2dheatmap", xs, ys, z, log=log, **common)
+  common.update(xlabel=xlabel.split(" (")[0], ylabel=ylabel.split(" (")[0])
+  files += plot_surface_3d(f"{stem}_3dsurface", xs, ys, z, log=log, zmax=zmax, **common)
+  if vtp and np.isfinite(np.asarray(z, dtype=np.float64)).any():
+    files += export_vtp(stem, xs, ys, z, log=vtp_log, zmax=zmax, name=label.replace(" ", "_"))
+  return files

@@ -1,0 +1,445 @@
+"""Tests of landscape_jax.plotting: every figure is written as a valid PNG and PDF for ordinary,
+NaN-containing and all-NaN inputs; grid orientation z[i, j] = (xs[i], ys[j]) on non-square grids;
+contour levels, barriers and the VTK export against hand computations."""
+
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from landscape_jax import plotting as P
+from landscape_jax.plotting import _base, curvature, surfaces
+
+DPI = 80
+MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF"}
+
+# A non-square grid whose minimum (0.6, -0.4) is off-centre and asymmetric, so a transposed
+# plot would put it at a visibly different place (and fail on the shape).
+XS = np.linspace(-1.0, 1.0, 17)
+YS = np.linspace(-1.0, 0.5, 11)
+XX, YY = np.meshgrid(XS, YS, indexing="ij")
+Z = 0.05 + 2.0 * (XX - 0.6) ** 2 + (YY + 0.4) ** 2
+X_MIN, Y_MIN = 0.6, -0.4
+
+
+def with_nan(z):
+  z = z.copy()
+  z[-2:, :3] = np.nan
+  z[0, -1] = np.inf
+  return z
+
+
+def formats_for(kind):
+  """PNG and PDF for ordinary inputs; edge cases (all NaN, constant, ...) as PNG only, to save time
+  (every function's PDF output is checked by its ordinary case)."""
+  return ("png", "pdf") if kind in ("plain", "nan", "metrics", "array", "runs") else ("png",)
+
+
+def check_files(files, exts=(".png", ".pdf")):
+  if isinstance(exts, tuple) and exts and not exts[0].startswith("."):
+    exts = ["." + f for f in exts]
+  assert sorted(os.path.splitext(f)[1] for f in files) == sorted(exts)
+  for f in files:
+    assert os.path.getsize(f) > 1000, f
+    with open(f, "rb") as fh:
+      assert fh.read(8).startswith(MAGIC[os.path.splitext(f)[1]]), f
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and formats
+
+
+def test_no_pyplot_import():
+  """The plotting code never imports pyplot (global state, needs a backend): it builds
+  matplotlib.figure.Figure objects directly, which works headless."""
+  import ast
+
+  import landscape_jax.report
+
+  files = [os.path.join(os.path.dirname(P.__file__), f)
+           for f in os.listdir(os.path.dirname(P.__file__)) if f.endswith(".py")]
+  files.append(landscape_jax.report.__file__)
+  for f in files:
+    with open(f, encoding="utf-8") as fh:
+      tree = ast.parse(fh.read())
+    for node in ast.walk(tree):
+      names = []
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        names = [f"{node.module}.{a.name}" for a in node.names]
+      assert not any("pyplot" in n or n.endswith("pylab") for n in names), (f, names)
+
+
+def test_output_paths(tmp_path):
+  base = str(tmp_path / "a" / "fig")
+  assert _base.output_paths(base, ("png", "pdf")) == [base + ".png", base + ".pdf"]
+  assert _base.output_paths(base + ".png", ("png", "pdf")) == [base + ".png", base + ".pdf"]
+  assert _base.output_paths(base + ".pdf", None) == [base + ".pdf"]
+  assert _base.output_paths(base, None) == [base + ".png", base + ".pdf"]
+  # A dot that is not a figure extension stays part of the name.
+  assert _base.output_paths(base + ".lr0.1", "png") == [base + ".lr0.1.png"]
+  with pytest.raises(ValueError, match="Unknown figure format"):
+    _base.output_paths(base, ("bmpx",))
+
+
+def test_formats_argument_and_folder_creation(tmp_path):
+  files = P.plot_1d(tmp_path / "new" / "dir" / "one.pdf", XS, Z[:, 0], formats="png", dpi=DPI)
+  assert files == [str(tmp_path / "new" / "dir" / "one.png")]
+  check_files(files, (".png",))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-D
+
+
+def metrics_1d(a):
+  return {
+    "train_loss": 0.1 + a**2,
+    "test_loss": 0.2 + a**2,
+    "train_accuracy": 1 - 0.3 * np.abs(a),
+    "test_accuracy": 0.9 - 0.3 * np.abs(a),
+  }
+
+
+@pytest.mark.parametrize(
+  "kind,log",
+  [("array", False), ("metrics", False), ("runs", True), ("nan", True), ("all_nan", False),
+   ("all_nan", True)],
+)
+def test_plot_1d(tmp_path, kind, log):
+  a = np.linspace(-1, 1, 21)
+  if kind == "array":
+    curves = 0.1 + a**2
+  elif kind == "metrics":
+    curves = metrics_1d(a)
+  elif kind == "runs":
+    curves = {"bs 128": metrics_1d(a), "bs 8192": metrics_1d(2 * a)}
+  elif kind == "nan":
+    curves = metrics_1d(a)
+    curves["train_loss"][[0, 5]] = [np.nan, np.inf]
+    curves["test_accuracy"][-3:] = np.nan
+  else:
+    curves = {k: np.full_like(a, np.nan) for k in metrics_1d(a)}
+  files = P.plot_1d(tmp_path / "f", a, curves, log=log, title="t", dpi=DPI,
+                    formats=formats_for(kind))
+  check_files(files, formats_for(kind))
+
+
+def test_plot_1d_twin_axes_and_styles():
+  fig = _base.new_figure()
+  ax = fig.add_subplot()
+  a = np.linspace(-1, 1, 11)
+  ax1, ax2 = surfaces.draw_1d(fig, ax, a, metrics_1d(a))
+  left = {line.get_label(): line.get_linestyle() for line in ax1.get_lines()}
+  right = {line.get_label(): line.get_linestyle() for line in ax2.get_lines()}
+  assert left == {"train_loss": "-", "test_loss": "--"}
+  assert right == {"train_accuracy": "-", "test_accuracy": "--"}
+  assert ax1.get_ylabel() == "loss" and ax2.get_ylabel() == "accuracy"
+  assert ax2.get_ylim()[0] <= 0 and ax2.get_ylim()[1] >= 1
+
+
+def test_plot_1d_bad_input(tmp_path):
+  a = np.linspace(-1, 1, 5)
+  with pytest.raises(ValueError, match="one value per x"):
+    P.plot_1d(tmp_path / "f", a, {"loss": np.ones(4)})
+  with pytest.raises(ValueError, match="mixes runs"):
+    P.plot_1d(tmp_path / "f", a, {"loss": np.ones(5), "run": {"loss": np.ones(5)}})
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_plot_interpolation(tmp_path, nan):
+  al = np.linspace(-0.5, 1.5, 21)
+  m = {"train_loss": 0.2 + np.sin(np.pi * al) ** 2, "test_accuracy": 0.9 - 0.2 * al**2}
+  if nan:
+    m["train_loss"][:3] = np.nan
+  check_files(P.plot_interpolation(tmp_path / "i", al, m, dpi=DPI))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-D
+
+
+def plot_eigen_ratio(path, xs, ys, z, **kw):
+  return P.plot_eigen_ratio(path, xs, ys, z / np.nanmax(np.where(np.isfinite(z), z, 0)), **kw)
+
+
+PLOTS_2D = [P.plot_contour, P.plot_contourf, P.plot_heatmap, P.plot_surface_3d, plot_eigen_ratio]
+
+
+@pytest.mark.parametrize("plot", PLOTS_2D, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kind", ["plain", "nan", "all_nan", "constant"])
+def test_plots_2d(tmp_path, plot, kind):
+  z = {"plain": Z, "nan": with_nan(Z), "all_nan": np.full_like(Z, np.nan),
+       "constant": np.full_like(Z, 0.7)}[kind]
+  files = plot(tmp_path / "s", XS, YS, z, dpi=DPI, formats=formats_for(kind))
+  check_files(files, formats_for(kind))
+
+
+@pytest.mark.parametrize("plot", [P.plot_contour, P.plot_contourf, P.plot_heatmap,
+                                  P.plot_surface_3d], ids=lambda f: f.__name__)
+def test_plots_2d_log(tmp_path, plot):
+  z = with_nan(Z)
+  z[0, 0] = 0.0  # non-positive: masked on a log scale
+  check_files(plot(tmp_path / "s", XS, YS, z, log=True, dpi=DPI, formats="png"), [".png"])
+
+
+def test_contour_orientation_non_square_grid():
+  """The innermost contour surrounds the true minimum (x=0.6, y=-0.4), not its transpose."""
+  fig = _base.new_figure()
+  ax = fig.add_subplot()
+  cs = surfaces.draw_contour(fig, ax, XS, YS, Z, levels=[0.06, 0.1, 0.3, 0.6])
+  inner = cs.get_paths()[0].vertices
+  assert inner.shape[0] > 3
+  cx, cy = inner.mean(axis=0)
+  assert abs(cx - X_MIN) < 0.05 and abs(cy - Y_MIN) < 0.05, (cx, cy)
+  assert ax.get_xlim() == (XS[0], XS[-1]) and ax.get_ylim() == (YS[0], YS[-1])
+
+
+def test_heatmap_and_contourf_orientation():
+  fig = _base.new_figure()
+  ax = fig.add_subplot()
+  qm = surfaces.draw_heatmap(fig, ax, XS, YS, Z)
+  shown = np.asarray(qm.get_array()).reshape(YS.size, XS.size)  # rows = y, columns = x
+  np.testing.assert_allclose(shown, Z.T)
+  j, i = np.unravel_index(np.argmin(shown), shown.shape)
+  assert (XS[i], YS[j]) == (X_MIN, Y_MIN) or (abs(XS[i] - X_MIN) < 0.07 and
+                                              abs(YS[j] - Y_MIN) < 0.08)
+  fig = _base.new_figure()
+  ax = fig.add_subplot()
+  cs = surfaces.draw_contourf(fig, ax, XS, YS, Z, levels=[0.05, 0.1, 0.5, 1, 5])
+  lowest = cs.get_paths()[0].vertices
+  assert abs(lowest[:, 0].mean() - X_MIN) < 0.05 and abs(lowest[:, 1].mean() - Y_MIN) < 0.05
+
+
+def test_grid_shape_errors(tmp_path):
+  with pytest.raises(ValueError, match=r"pass z\.T"):
+    P.plot_contour(tmp_path / "c", XS, YS, Z.T)
+  with pytest.raises(ValueError, match="plot_1d"):
+    P.plot_contour(tmp_path / "c", XS, YS, Z[:, 0])
+  with pytest.raises(ValueError, match="at least 2 points"):
+    P.plot_heatmap(tmp_path / "c", XS, YS[:1], Z[:, :1])
+
+
+def test_contour_levels():
+  # Reference levels arange(0.1, 10, 0.5) inside the data range.
+  z = np.ma.masked_invalid(np.array([[0.0, 2.0], [np.nan, 3.0]]))
+  np.testing.assert_allclose(_base.contour_levels(z), [0.1, 0.6, 1.1, 1.6, 2.1, 2.6])
+  # Flat low losses: fewer than 3 reference levels inside, so automatic levels.
+  flat = np.ma.masked_invalid(np.array([[0.010, 0.020], [0.030, 0.040]]))
+  lv = _base.contour_levels(flat)
+  assert lv.size >= 3 and lv.min() <= 0.02 and lv.max() >= 0.03
+  # Log-spaced.
+  np.testing.assert_allclose(_base.contour_levels(z, 3, log=True), [2.0, np.sqrt(6.0), 3.0])
+  assert _base.contour_levels(np.ma.masked_invalid(np.full((2, 2), np.nan))) is None
+  np.testing.assert_allclose(_base.contour_levels(z, [1.0, 0.5]), [0.5, 1.0])
+
+
+def test_plot_2d_all(tmp_path):
+  files = P.plot_2d_all(tmp_path / "res_train_loss.png", XS, YS, with_nan(Z), label="train loss",
+                        dpi=DPI, formats="png")
+  names = sorted(os.path.basename(f) for f in files)
+  assert names == ["res_train_loss.vtp", "res_train_loss_2dcontour.png",
+                   "res_train_loss_2dcontourf.png", "res_train_loss_2dheatmap.png",
+                   "res_train_loss_3dsurface.png"]
+  for f in files:
+    assert os.path.getsize(f) > 1000
+  # All NaN: figures with a message, no VTK file (nothing to export).
+  files = P.plot_2d_all(tmp_path / "nan", XS, YS, np.full_like(Z, np.nan), dpi=DPI,
+                        formats="png")
+  assert len(files) == 4
+
+
+def test_points_are_marked(tmp_path):
+  files = P.plot_contour(tmp_path / "c", XS, YS, Z, points={"min": (X_MIN, Y_MIN)}, dpi=DPI,
+                         formats="png")
+  check_files(files, [".png"])
+
+
+# ---------------------------------------------------------------------------------------------
+# VTK
+
+
+def test_export_vtp(tmp_path):
+  z = with_nan(Z) * 10
+  (path,) = P.export_vtp(tmp_path / "surf", XS, YS, z, log=True, zmax=8.0)
+  assert path.endswith("surf.vtp")
+  root = ET.parse(path).getroot()
+  assert root.tag == "VTKFile" and root.get("type") == "PolyData"
+  piece = root.find("PolyData/Piece")
+  n, m = z.shape
+  assert int(piece.get("NumberOfPoints")) == n * m
+  assert int(piece.get("NumberOfPolys")) == (n - 1) * (m - 1)
+  pts = np.array(piece.find("Points/DataArray").text.split(), float).reshape(-1, 3)
+  assert pts.shape == (n * m, 3)
+  conn = np.array(piece.find("Polys/DataArray[@Name='connectivity']").text.split(), int)
+  offs = np.array(piece.find("Polys/DataArray[@Name='offsets']").text.split(), int)
+  assert conn.size == 4 * (n - 1) * (m - 1) and offs[-1] == conn.size and conn.max() == n * m - 1
+  scal = np.array(piece.find("PointData/DataArray").text.split(), float)
+  np.testing.assert_allclose(scal, pts[:, 2])
+  # Point i * m + j is (xs[i], ys[j], log(min(z, zmax) + 0.1)); non-finite -> the top value.
+  i, j = 3, 7
+  k = i * m + j
+  np.testing.assert_allclose(pts[k], [XS[i], YS[j], np.log(min(z[i, j], 8.0) + 0.1)], rtol=1e-7)
+  top = np.log(8.0 + 0.1)
+  np.testing.assert_allclose(pts[(n - 1) * m + 0, 2], top, rtol=1e-7)  # a NaN point
+  assert np.all(np.isfinite(pts))
+  # First quad: (0,0), (1,0), (1,1), (0,1).
+  np.testing.assert_array_equal(conn[:4], [0, m, m + 1, 1])
+
+
+def test_export_vtp_plain_values_and_errors(tmp_path):
+  (path,) = P.export_vtp(tmp_path / "plain.vtp", XS, YS, Z)
+  piece = ET.parse(path).getroot().find("PolyData/Piece")
+  pts = np.array(piece.find("Points/DataArray").text.split(), float).reshape(-1, 3)
+  np.testing.assert_allclose(pts[:, 2], Z.ravel(), rtol=1e-8)
+  with pytest.raises(ValueError, match="every value is NaN"):
+    P.export_vtp(tmp_path / "x", XS, YS, np.full_like(Z, np.nan))
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves (Garipov et al. 2018)
+
+
+def test_curve_levels_by_hand():
+  z = np.array([[1.0, 2.0], [1.5, 1.0 + np.e**2]])
+  lv = P.curve_levels(z, num=4, log_alpha=-2.0)
+  # levels = min + exp(-2 + k g), g = (log(e^2) + 2) / 4 = 1; first = min, last = max.
+  expected = 1.0 + np.exp(-2.0 + np.arange(5))
+  expected[0], expected[-1] = 1.0, 1.0 + np.e**2
+  np.testing.assert_allclose(lv, expected)
+  assert np.all(np.diff(np.log(lv[1:] - 1.0)) > 0)
+  assert P.curve_levels(np.full((2, 2), np.nan)) is None
+  np.testing.assert_allclose(P.curve_levels(z, num=4, log_alpha=-2.0, vmax=3.0)[-1], 3.0)
+
+
+def plane_data():
+  gx = np.linspace(-0.2, 1.2, 11) * 3.0
+  gy = np.linspace(-0.2, 1.2, 9) * 2.0
+  ts = np.linspace(0, 1, 21)
+  curve = np.stack([3 * ts, 4 * ts * (1 - ts)], 1)
+  gxx, gyy = np.meshgrid(gx, gy, indexing="ij")
+  d2 = (gxx[..., None] - curve[:, 0]) ** 2 + (gyy[..., None] - curve[:, 1]) ** 2
+  return gx, gy, 0.02 + d2.min(-1), ts, curve
+
+
+@pytest.mark.parametrize("kind", ["plain", "nan", "all_nan"])
+def test_plot_curve_plane(tmp_path, kind):
+  gx, gy, z, _, curve = plane_data()
+  z = {"plain": z, "nan": with_nan(z), "all_nan": np.full_like(z, np.nan)}[kind]
+  files = P.plot_curve_plane(
+    tmp_path / "plane", gx, gy, z, curve_xy=curve, endpoints_xy=[[0, 0], [3, 0]],
+    bend_xy=[1.5, 2.0], dpi=DPI, formats=formats_for(kind),
+  )
+  check_files(files, formats_for(kind))
+
+
+def test_plot_curve_plane_bad_points(tmp_path):
+  gx, gy, z, _, curve = plane_data()
+  with pytest.raises(ValueError, match=r"\(k, 2\)"):
+    P.plot_curve_plane(tmp_path / "p", gx, gy, z, curve_xy=curve[:, 0], endpoints_xy=[[0, 0]])
+
+
+@pytest.mark.parametrize("kind", ["metrics", "arrays", "nan"])
+def test_plot_curve_metrics(tmp_path, kind):
+  ts = np.linspace(0, 1, 11)
+  bump = np.sin(np.pi * ts)
+  if kind == "arrays":
+    curve, line = 0.1 + 0.05 * bump, 0.1 + 2 * bump
+  else:
+    curve = {"train_loss": 0.1 + 0.05 * bump, "test_accuracy": 0.93 - 0.01 * bump}
+    line = {"train_loss": 0.1 + 2 * bump, "test_error": 0.07 + 0.5 * bump}
+    if kind == "nan":
+      line["train_loss"][4:6] = np.nan
+  check_files(P.plot_curve_metrics(tmp_path / "cm", ts, curve, line, dpi=DPI))
+
+
+# ---------------------------------------------------------------------------------------------
+# Curvature and trajectories
+
+
+@pytest.mark.parametrize("kind", ["plain", "several", "runs", "nan", "all_nan"])
+def test_plot_spectrum(tmp_path, kind):
+  grid = np.linspace(-2, 20, 200)
+  dens = np.exp(-(grid - 1) ** 2 / 0.1) + 1e-3 * np.exp(-(grid - 15) ** 2)
+  dens = {"plain": dens, "several": {"epoch 1": dens, "epoch 2": dens[::-1]},
+          "runs": np.stack([dens, np.where(grid > 10, np.nan, dens)]),
+          "nan": np.where(grid > 18, np.nan, dens), "all_nan": np.full_like(grid, np.nan)}[kind]
+  files = P.plot_spectrum(tmp_path / "sp", grid, dens, eigenvalues=[0.9, 1.1, 15.0], dpi=DPI,
+                          formats=formats_for(kind))
+  check_files(files, formats_for(kind))
+
+
+def test_eigen_ratio():
+  r = P.eigen_ratio([-1.0, 2.0, -3.0, 1.0], [4.0, 4.0, 0.0, np.nan])
+  np.testing.assert_allclose(r, [0.25, 0.5, np.nan, np.nan])
+
+
+@pytest.mark.parametrize("kind", ["plain", "nan"])
+def test_plot_trajectory_labels(tmp_path, monkeypatch, kind):
+  figs = []
+  real_save = curvature.save
+  monkeypatch.setattr(curvature, "save", lambda fig, *a, **k: figs.append(fig) or
+                      real_save(fig, *a, **k))
+  traj = np.stack([np.linspace(-0.9, 0.0, 8), np.linspace(0.3, 0.0, 8)], 1)
+  z = Z if kind == "plain" else with_nan(Z)
+  if kind == "nan":
+    traj[2] = np.nan
+  files = P.plot_trajectory(tmp_path / "tr", XS, YS, z, traj,
+                            explained_variance=(0.62314, 0.1502), dpi=DPI)
+  check_files(files)
+  ax = figs[0].axes[0]
+  assert ax.get_xlabel() == "1st PC: 62.31 %"
+  assert ax.get_ylabel() == "2nd PC: 15.02 %"
+  with pytest.raises(ValueError, match="ratios in"):
+    P.plot_trajectory(tmp_path / "tr", XS, YS, Z, traj, explained_variance=(62.3, 15.0))
+
+
+def test_plot_trajectory_all_nan(tmp_path):
+  traj = np.full((5, 2), np.nan)
+  z = np.full_like(Z, np.nan)
+  check_files(P.plot_trajectory(tmp_path / "tr", XS, YS, z, traj, dpi=DPI, formats="png"), ("png",))
+
+
+# ---------------------------------------------------------------------------------------------
+# Alignment and ensembles
+
+
+def test_path_barrier_by_hand():
+  assert P.path_barrier([1.0, 3.0, 2.0]) == pytest.approx(3.0 - 1.5)
+  # alphas beyond [0, 1]: endpoints interpolated at 0 and 1, max over [0, 1] only.
+  al = np.array([-0.5, 0.0, 0.5, 1.0, 1.5])
+  assert P.path_barrier([9.0, 1.0, 2.0, 3.0, 9.0], al) == pytest.approx(3.0 - 2.0)
+  assert P.path_barrier([np.nan, 1.0, 5.0, 1.0, np.nan], al) == pytest.approx(4.0)
+  assert np.isnan(P.path_barrier([np.nan, np.nan]))
+
+
+@pytest.mark.parametrize("kind", ["plain", "repeats", "nan", "all_nan"])
+def test_plot_barriers(tmp_path, kind):
+  al = np.linspace(0, 1, 11)
+  bump = np.sin(np.pi * al)
+  runs = {"naive": 0.2 + bump, "weight matching": 0.2 + 0.1 * bump}
+  if kind == "repeats":
+    runs["weight matching"] = np.stack([0.2 + 0.1 * bump, 0.25 + 0.05 * bump])
+  elif kind == "nan":
+    runs["naive"][3] = np.nan
+  elif kind == "all_nan":
+    runs = {"naive": np.full_like(al, np.nan)}
+  check_files(P.plot_barriers(tmp_path / "b", al, runs, dpi=DPI, formats=formats_for(kind)),
+              formats_for(kind))
+
+
+@pytest.mark.parametrize("values", [[0.91, 0.915, 0.93], [0.5, np.nan, 0.9], [np.nan] * 3,
+                                    [0.0, 0.0, 0.0]])
+def test_plot_bars(tmp_path, values):
+  files = P.plot_bars(tmp_path / "bars", ["member 1", "member 2", "FGE ensemble"], values,
+                      ylabel="test accuracy", highlight=["FGE ensemble"], dpi=DPI)
+  check_files(files)
+
+
+def test_plot_bars_errors(tmp_path):
+  with pytest.raises(ValueError, match="one value per name"):
+    P.plot_bars(tmp_path / "b", ["a", "b"], [1.0], ylabel="x")
+  with pytest.raises(ValueError, match="not among the bar names"):
+    P.plot_bars(tmp_path / "b", ["a"], [1.0], ylabel="x", highlight=["c"])
