@@ -102,3 +102,24 @@ from landscape_jax.training import (
   train,
   train_step,
 )
+
+# isort: split
+# Permutation symmetry: specs, weight matching, swap paths (Brea 2019; Ainsworth 2023).
+from landscape_jax import permutations
+from landscape_jax.permutations import (
+  PermAxis,
+  PermutationSpec,
+  WeightMatchingResult,
+  apply_permutation,
+  compose_permutations,
+  identity_permutation,
+  invert_permutation,
+  mlp_spec,
+  random_permutation,
+  spec_for,
+  spec_from_model,
+  swap_path,
+  swap_path_metrics,
+  swap_units,
+  weight_matching,
+)
