@@ -365,7 +365,12 @@ _ELEMENTWISE = frozenset("""
 add sub mul div max min neg abs sign exp exp2 log log1p expm1 tanh logistic sqrt rsqrt cbrt square
 integer_pow pow erf erfc erf_inv sin cos tan atan2 floor ceil round is_finite select_n clamp
 convert_element_type copy copy_p reduce_precision nextafter rem and or not xor eq ne lt le gt ge
-add_any stop_gradient real imag
+add_any stop_gradient real imag shift_right_logical shift_right_arithmetic shift_left
+bitcast_convert_type population_count
+""".split())
+# Random-number primitives (dropout masks): their outputs are fresh values tied to nothing.
+_RANDOM = frozenset("""
+random_bits random_seed random_fold_in random_split random_wrap random_unwrap threefry2x32
 """.split())
 _REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or".split())
 _WINDOWED = frozenset("reduce_window_sum reduce_window_max reduce_window_min".split())
@@ -420,6 +425,8 @@ def _trace_eqn(uf: _Axes, eqn, ins: list[list[int]], outs: list[list[int]]) -> N
         if len(io) == len(o):
           for a, b in zip(o, io, strict=True):
             unify(a, b)
+  elif name in _RANDOM:
+    handled.update(a for nodes in outs for a in nodes)
   elif name in _ELEMENTWISE:
     out = outs[0]
     for nodes in ins:
@@ -431,6 +438,9 @@ def _trace_eqn(uf: _Axes, eqn, ins: list[list[int]], outs: list[list[int]]) -> N
     for i, d in enumerate(p["broadcast_dimensions"]):
       if uf.size[ins[0][i]] == uf.size[outs[0][d]]:
         unify(ins[0][i], outs[0][d])
+    # The result is constant along every broadcast (new or size-1) axis: any permutation of
+    # such an axis leaves it unchanged, so those axes are free.
+    handled.update(outs[0])
   elif name == "reshape" and p.get("dimensions") is None:
     a_shape = tuple(uf.size[x] for x in ins[0])
     b_shape = tuple(uf.size[x] for x in outs[0])
@@ -591,8 +601,10 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
   if has_stats and "train" in kwargs:
     train_kwargs = {**kwargs, "train": True}
     stats_paths = trees.leaf_paths({"batch_stats": variables["batch_stats"]})
+    rngs = {"dropout": jax.random.key(0)}  # dropout masks are random values, tied to nothing
     new_stats = trace(lambda v, x: jax.tree.leaves(
-      model.apply(v, x, mutable=["batch_stats"], **train_kwargs)[1]), len(stats_paths))
+      model.apply(v, x, mutable=["batch_stats"], rngs=rngs, **train_kwargs)[1]),
+      len(stats_paths))
     index = {p: i for i, p in enumerate(paths)}
     for p, nodes in zip(stats_paths, new_stats, strict=True):
       for a, b in zip(var_nodes[index[p]], nodes, strict=True):

@@ -132,6 +132,13 @@ def test_derived_specs_have_the_expected_structure():
   pad = lj.get_model("resnet20", num_classes=10, shortcut="pad")
   assert len(P.spec_for("resnet20", _init(pad, 0), verify=False, shortcut="pad").names) == 9
 
+  # Dropout masks (training mode) are random values tied to nothing: same spec as without.
+  vgg = lj.get_model("vgg9_bn", num_classes=10, width=0.125)
+  vgg_drop = lj.get_model("vgg9_bn", num_classes=10, width=0.125, dropout_rate=0.5)
+  v = jax.eval_shape(vgg.init, jax.random.key(0), X)
+  assert (P.spec_from_model(vgg_drop, v, X, verify=False)
+          == P.spec_from_model(vgg, v, X, verify=False))
+
   # conv-to-dense flatten: the Dense input axis is (H * W, C) with C permuted.
   model = _ConvBNHead()
   v = _init(model, 0)
