@@ -166,11 +166,9 @@ def _take(x, idx, axis: int, repeat: int, xp=jnp):
   return xp.take(y, idx, axis=axis + 1).reshape(shape)
 
 
-def _permute_leaves(variables: dict, leaf_axes, perm, xp=jnp, skip=None) -> dict:
+def _permute_leaves(variables: dict, leaf_axes, perm, xp=jnp) -> dict:
   def f(path, x):
     for axis, name, repeat in leaf_axes.get(path, ()):
-      if skip is not None and (path, axis) == skip:
-        continue
       x = _take(x, perm[name], axis, repeat, xp)
     return x
   return trees.map_with_path(f, variables)
@@ -558,6 +556,7 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
     model: a linen module called as ``model.apply(variables, x, **apply_kwargs)``.
     variables: its variables (``{"params": ..., "batch_stats": ...}``).
     x: an example input batch (only shapes matter for the trace; values for `verify`).
+      `variables` may be `jax.eval_shape` structures (then `verify` is skipped).
     apply_kwargs: extra keyword arguments; default ``{"train": False}`` for the bundled models
       (training mode adds ``train=True``).
     verify: also checks numerically that a random permutation leaves ``model.apply`` unchanged.
@@ -653,7 +652,8 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
     sizes[name] = n
     axes[name] = entries
   spec = PermutationSpec(sizes, axes)
-  if verify:
+  abstract = any(isinstance(v, jax.ShapeDtypeStruct) for v in leaves)
+  if verify and not abstract:  # (`jax.eval_shape` variables: nothing to evaluate)
     _verify_spec(model, variables, x, spec, kwargs)
   return spec
 
