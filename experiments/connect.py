@@ -30,6 +30,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Keep orbax's per-save INFO lines out of the progress bar (--verbosity=0 shows them).
+flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 
 def _endpoints(config, model, train_ds, loss_fn_train):

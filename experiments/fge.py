@@ -18,7 +18,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 import landscape_jax as lj
@@ -28,6 +28,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Keep orbax's per-save INFO lines out of the progress bar (--verbosity=0 shows them).
+flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 
 def main(argv):

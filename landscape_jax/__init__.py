@@ -96,14 +96,20 @@ from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
 
 # Permutation symmetry (Brea et al. 2019; Ainsworth et al. 2023).
 from landscape_jax.permutations import (
+  PermAxis,
   PermutationSpec,
+  WeightMatchingResult,
   apply_permutation,
   compose_permutations,
   identity_permutation,
   invert_permutation,
+  mlp_spec,
   random_permutation,
   spec_for,
+  spec_from_model,
   swap_path,
+  swap_path_metrics,
+  swap_units,
   weight_matching,
 )
 from landscape_jax.report import write_report

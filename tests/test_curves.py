@@ -163,6 +163,7 @@ def trained_curve(mlp_setup, endpoints, digits_train):
   return c, hist
 
 
+@pytest.mark.slow
 def test_trained_bezier_curve_halves_the_barrier(mlp_setup, endpoints, trained_curve):
   _, _, metric_fn = mlp_setup
   c, hist = trained_curve
@@ -188,6 +189,7 @@ def test_trained_bezier_curve_halves_the_barrier(mlp_setup, endpoints, trained_c
   np.testing.assert_allclose(res["line"]["test_loss"][10], metric_fn(mid)["test_loss"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_curve_training_resumes_exactly(mlp_setup, endpoints, digits_train, tmp_path):
   _, loss_fn, _ = mlp_setup
   kw = dict(epochs=4, batch_size=128, lr=0.05, weight_decay=1e-4, num_bends=4, seed=3,
@@ -292,6 +294,7 @@ class _ConvBN(nn.Module):
     return nn.Dense(10)(x.reshape((x.shape[0], -1)))
 
 
+@pytest.mark.slow
 def test_curve_with_batchnorm_model(digits_train, digits_test):
   model = _ConvBN()
   v = [model.init(jax.random.key(s), jnp.zeros((1, 8, 8, 1))) for s in (0, 1)]
