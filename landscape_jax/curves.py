@@ -429,9 +429,10 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     record = {"epoch": epoch, "loss": loss, "lr": lr_now}
     history.append(record)
     if manager is not None:
+      # history first: a record newer than the last checkpoint is dropped on resume
+      _atomic_write_text(os.path.join(workdir, "curve_history.json"), json.dumps(history))
       manager.save(epoch + 1, args=ocp.args.StandardSave({"state": state}))
       manager.wait_until_finished()
-      _atomic_write_text(os.path.join(workdir, "curve_history.json"), json.dumps(history))
     if hasattr(bar, "set_postfix"):
       bar.set_postfix(loss=f"{loss:.4f}")
     if callback is not None:
