@@ -357,3 +357,26 @@ def test_curve_training_resumes_after_sigkill(mlp_setup, endpoints, digits_train
   ref, ref_hist = curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train, **kw)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
   assert [h["epoch"] for h in hist] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("num_ts", [1, 3])
+def test_curve_train_step_matches_gradient_of_curve_loss(num_ts):
+  import optax
+
+  start, end = _tree(jax.random.key(0)), _tree(jax.random.key(1))
+  c = curves.init_curve(start, end, 4, bends=[_tree(jax.random.key(2)), _tree(jax.random.key(3))])
+  ends, interior = curves.split_curve(c)
+  opt = optax.sgd(0.1)
+  state = curves.CurveTrainState(jnp.zeros((), jnp.int32), interior, opt.init(interior))
+  key = jax.random.key(7)
+  new, loss = curves.curve_train_step(_quadratic_loss, opt, state, ends, 0.5, key,
+                                      kind="polychain", weight_decay=1e-2, num_ts=num_ts)
+  ts = jax.random.uniform(key, () if num_ts == 1 else (num_ts,))
+  g = jax.grad(curves.curve_loss, argnums=1)(_quadratic_loss, c, 0.5, ts, "polychain",
+                                             weight_decay=1e-2)
+  expected = jax.tree.map(lambda w, gw: w - 0.1 * gw[1:-1], interior, g)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), new.interior,
+               expected)
+  np.testing.assert_allclose(loss, curves.curve_loss(_quadratic_loss, c, 0.5, ts, "polychain"),
+                             rtol=1e-5)
+  assert int(new.step) == 1
