@@ -334,8 +334,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
                 momentum: float = 0.9, weight_decay: float = 5e-4,
                 optimizer: optax.GradientTransformation | None = None, num_ts: int = 1,
                 augment_images: bool = False, seed: int = 0, workdir: str | None = None,
-                progress: bool = True, callback: Callable | None = None,
-                ) -> tuple[PyTree, list[dict]]:
+                checkpoint_every: int = 1, progress: bool = True,
+                callback: Callable | None = None) -> tuple[PyTree, list[dict]]:
   """Trains the interior bends of a curve between two fixed minima (Garipov et al. 2018).
 
   The objective is ``E_{t ~ U(0,1)} [L(phi(t)) + 0.5 wd ||phi(t)||^2]`` with one t per minibatch
@@ -359,6 +359,7 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     workdir: if given, an orbax checkpoint is written after every epoch (atomically) with the
       configuration; a rerun resumes from the last completed epoch and gives the same result as an
       uninterrupted run; a different configuration in the same workdir raises.
+    checkpoint_every: save every this many epochs (and after the last one).
     progress: tqdm progress bar over epochs. callback: ``callback(epoch, curve, record)`` after
       every epoch (after the checkpoint).
 
@@ -366,6 +367,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     ``(curve, history)``: the full control points and one ``{"epoch", "loss", "lr"}`` per epoch.
   """
   _check_kind(kind)
+  if checkpoint_every <= 0:
+    raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}.")
   curve = init if init is not None else init_curve(start, end, num_bends)
   num_bends = bend_count(curve)
   if num_bends < 3:
@@ -428,7 +431,7 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
                                "the learning rate.")
     record = {"epoch": epoch, "loss": loss, "lr": lr_now}
     history.append(record)
-    if manager is not None:
+    if manager is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
       # history first: a record newer than the last checkpoint is dropped on resume
       _atomic_write_text(os.path.join(workdir, "curve_history.json"), json.dumps(history))
       manager.save(epoch + 1, args=ocp.args.StandardSave({"state": state}))
