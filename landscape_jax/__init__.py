@@ -20,7 +20,8 @@ from landscape_jax.models import get_model, model_names
 __version__ = "0.1.0"
 
 # Mode connectivity, BatchNorm recomputation and ensembles (Garipov et al. 2018).
-from landscape_jax import batchnorm, curves, ensembles
+# Li et al. 2018 surfaces: directions, paths, grids, resumable stores, sharding helpers.
+from landscape_jax import batchnorm, curves, ensembles, sharding, store
 from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
 from landscape_jax.curves import (
   CurveTrainState,
@@ -45,6 +46,13 @@ from landscape_jax.curves import (
   split_curve,
   train_curve,
 )
+from landscape_jax.directions import (
+  directions_from_models,
+  normalize_directions,
+  orthogonalize,
+  random_direction,
+  random_directions,
+)
 from landscape_jax.ensembles import (
   cyclic_schedule,
   evaluate_ensemble,
@@ -53,4 +61,11 @@ from landscape_jax.ensembles import (
   stack_members,
   swa_average,
   train_sgd,
+)
+from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
+from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
+from landscape_jax.surface import (
+  benchmark_map_modes,
+  make_error_controlled_metric_fn,
+  surface_grid,
 )
