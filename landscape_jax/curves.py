@@ -681,29 +681,27 @@ def curve_in_plane(plane: Plane, curve: PyTree, *, kind: str = "bezier", num_poi
   return np.asarray(jax.vmap(lambda t: project_to_plane(plane, curve_point(curve, t, kind)))(ts))
 
 
-def _plane_point(plane, coord):
-  return plane_grid_point(plane, coord[0], coord[1])
-
-
 def evaluate_plane(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], plane: Plane, *,
                    alphas=None, betas=None, chunk_size: int | None = None, mesh=None,
-                   store: str | None = None, progress: bool = True) -> dict:
+                   store: str | None = None, progress: bool = True, **surface_kwargs) -> dict:
   """Metrics on the grid ``p(a_i, b_j)`` of the plane, ``res[k][i, j]`` (Garipov et al.).
 
-  Default ``a, b = linspace(-0.2, 1.2, 21)``. Returns the metric grids and the plot coordinates
-  ``x = a scale_u``, ``y = b scale_v`` (the units of `project_to_plane`). Chunked, vmapped,
-  sharded and resumable like `evaluate_curve`.
+  Default ``a, b = linspace(-0.2, 1.2, 21)``. Evaluated by `landscape_jax.surface.surface_grid`
+  with centre w0 and directions ``(scale_u u, scale_v v)`` (so it is chunked, vmapped, sharded
+  over `mesh` and resumable in the `store` directory like any surface; further keyword arguments
+  go to `surface_grid`). For BatchNorm models pass a `make_recompute_metric_fn` metric_fn.
+  Returns the metric grids and the plot coordinates ``x = a scale_u``, ``y = b scale_v`` (the
+  units of `project_to_plane`).
   """
+  from landscape_jax.surface import surface_grid
+
   alphas = np.linspace(-0.2, 1.2, 21) if alphas is None else np.asarray(alphas, np.float64)
   betas = np.linspace(-0.2, 1.2, 21) if betas is None else np.asarray(betas, np.float64)
-  aa, bb = np.meshgrid(alphas, betas, indexing="ij")
-  coords = np.stack([aa.ravel(), bb.ravel()], 1)
-  meta = {"what": "plane", "alphas": [float(a) for a in alphas],
-          "betas": [float(b) for b in betas], "fingerprint": _fingerprint(plane.origin),
-          "scales": [round(float(plane.scale_u), 5), round(float(plane.scale_v), 5)]}
-  res = _evaluate_coords(metric_fn, _plane_point, plane, coords, chunk_size=chunk_size, mesh=mesh,
-                         store=store, meta=meta, progress=progress, desc="plane points")
-  out = {k: v.reshape(len(alphas), len(betas), *v.shape[1:]) for k, v in res.items()}
+  d1 = optax.tree.scale(plane.scale_u, plane.u)
+  d2 = optax.tree.scale(plane.scale_v, plane.v)
+  out = surface_grid(metric_fn, plane.origin, (d1, d2), alphas, betas, chunk_size=chunk_size,
+                     mesh=mesh, store=store, progress=progress, **surface_kwargs)
+  out = dict(out)
   out["alphas"], out["betas"] = alphas, betas
   out["x"] = alphas * float(plane.scale_u)
   out["y"] = betas * float(plane.scale_v)
