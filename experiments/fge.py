@@ -28,13 +28,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["config", "workdir"])
-# Keep orbax's per-save INFO lines out of the progress bar (--verbosity=0 shows them).
-flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines quiet
+    logging.set_verbosity(logging.WARNING)
   c, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   train_ds = lj.load(c.dataset, "train", data_dir=c.get("data_dir"))

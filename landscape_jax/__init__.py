@@ -39,7 +39,9 @@ from landscape_jax import (
 from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
 from landscape_jax.checkpoints import load_trajectory, load_variables
 from landscape_jax.curves import (
+  CurveTrainState,
   Plane,
+  bend_count,
   bezier_coefficients,
   curve_coefficients,
   curve_in_plane,
@@ -47,9 +49,11 @@ from landscape_jax.curves import (
   curve_lr_schedule,
   curve_point,
   curve_summary,
+  curve_train_step,
   evaluate_curve,
   evaluate_plane,
   init_curve,
+  join_curve,
   plane_basis,
   plane_grid_point,
   polychain_coefficients,
