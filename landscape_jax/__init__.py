@@ -49,7 +49,11 @@ from landscape_jax.paths import barrier, barriers, interpolate, linear_path, pla
 from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
 from landscape_jax.report import write_report
 from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import surface_grid
+from landscape_jax.surface import (
+  benchmark_map_modes,
+  make_error_controlled_metric_fn,
+  surface_grid,
+)
 from landscape_jax.training import (
   TrainState,
   create_train_state,
