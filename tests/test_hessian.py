@@ -185,7 +185,7 @@ def test_density_from_quadrature_on_a_given_grid():
     hs.density_from_quadrature([[0.0]], [[1.0]], grid=[1.0, 0.0])
 
 
-def test_curvature_metric_fn_matches_dense_and_vmaps(problem):
+def test_curvature_metric_fn_matches_dense_at_the_centre(problem):
   p = problem
   metric_fn = hs.make_curvature_metric_fn(p["loss_fn"], (p["x"], p["y"]), num_steps=40)
   out = jax.jit(lambda f, q: f(q))(metric_fn, p["params"])
@@ -193,14 +193,6 @@ def test_curvature_metric_fn_matches_dense_and_vmaps(problem):
   np.testing.assert_allclose(out["lambda_max"], evals[-1], rtol=1e-4)
   np.testing.assert_allclose(out["lambda_min"], evals[0], rtol=1e-4)
   np.testing.assert_allclose(out["ratio"], abs(evals[0] / evals[-1]), rtol=2e-4)
-  # vmap over two points (as surface_grid does) equals two separate evaluations.
-  shifted = jax.tree.map(lambda w: w * 1.1, p["params"])
-  both = jax.jit(jax.vmap(lambda f, q: f(q), in_axes=(None, 0)))(
-    metric_fn, trees.stack([p["params"], shifted]))
-  single = jax.jit(lambda f, q: f(q))(metric_fn, shifted)
-  np.testing.assert_allclose(both["lambda_max"][0], out["lambda_max"], rtol=1e-5)
-  np.testing.assert_allclose(both["lambda_max"][1], single["lambda_max"], rtol=1e-5)
-  np.testing.assert_allclose(both["lambda_min"][1], single["lambda_min"], rtol=1e-4)
 
 
 def test_bad_inputs_give_clear_errors(problem):
@@ -242,7 +234,8 @@ def test_split_hvp_sharded_over_devices(problem):
 
 
 def test_ratio_map_through_surface_grid(problem):
-  """surface_grid evaluates the curvature metric_fn; one off-centre point against the dense H."""
+  """surface_grid (vmapped, chunked) evaluates the curvature metric_fn; an off-centre point
+  against the dense Hessian there, and the centre against the dense Hessian at the centre."""
   p = problem
   metric_fn = hs.make_curvature_metric_fn(p["loss_fn"], (p["x"], p["y"]), num_steps=40)
   d1, d2 = lj.random_directions(jax.random.key(7), p["params"], num=2)
