@@ -3,8 +3,13 @@
 Times, side by side and interleaved, the jitted gradient ``jax.grad(loss_fn)`` and the jitted
 forward-over-reverse HVP ``jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]`` (as
 `landscape_jax.hvp` computes it), plus the flattened HVP that Lanczos calls (`hessian._operator`),
-on one digits-sized batch. Prints the ratio and appends a dated line (machine, versions) to
-``benchmarks/RESULTS.md``.
+on one digits-sized batch, call after call in alternation (medians over `--repeats` rounds; the
+ratio of the fastest calls is printed too). Prints the ratio and appends a dated line (machine,
+versions) to ``benchmarks/RESULTS.md``.
+
+In multiply-adds a forward-over-reverse HVP costs about 3 gradients for dense and convolutional
+layers (each matmul of the gradient gains two tangent terms), so ~3x is the expected ratio for
+compute-bound models; small memory-bound models come in lower.
 
   PYTHONPATH=. python benchmarks/bench_hvp.py --model=mlp --batch_size=128
 """
@@ -33,14 +38,17 @@ _RESULTS = flags.DEFINE_string("results", os.path.join(os.path.dirname(__file__)
                                "Markdown file that gets one appended line ('' to skip).")
 
 
-def _median_time(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+def _interleaved_times(fns, args, *, repeats):
+  """Calls every function once per round, round after round, so that load hits all alike."""
+  for fn, a in zip(fns, args, strict=True):
+    jax.block_until_ready(fn(*a))  # compile + warm up
+  times = np.zeros((repeats, len(fns)))
+  for r in range(repeats):
+    for i, (fn, a) in enumerate(zip(fns, args, strict=True)):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(*a))
+      times[r, i] = time.perf_counter() - t
+  return times
 
 
 def main(argv):
@@ -63,24 +71,26 @@ def main(argv):
     return op.matvec(u)
 
   u = jax.random.normal(jax.random.key(2), (lj.trees.num_params(params),))
-  rounds = []
-  for _ in range(3):  # interleave so that background load hits both alike
-    rounds.append((_median_time(grad, loss_fn, params, batch, repeats=_REPEATS.value),
-                   _median_time(hvp, loss_fn, params, batch, v, repeats=_REPEATS.value),
-                   _median_time(flat_hvp, loss_fn, params, batch, u, repeats=_REPEATS.value)))
-  t_grad, t_hvp, t_flat = np.min(np.asarray(rounds), axis=0)
+  times = _interleaved_times(
+    (grad, hvp, flat_hvp),
+    ((loss_fn, params, batch), (loss_fn, params, batch, v), (loss_fn, params, batch, u)),
+    repeats=_REPEATS.value)
+  t_grad, t_hvp, t_flat = np.median(times, axis=0)
+  best = times.min(axis=0)
   device = jax.devices()[0]
   machine = f"{device.platform}:{device.device_kind} ({platform.machine()}, {os.cpu_count()} cpus)"
   num = lj.trees.num_params(params)
   print(f"model={_MODEL.value} params={num} batch={_BATCH.value} on {machine}")
   print(f"grad      {t_grad * 1e3:8.3f} ms")
-  print(f"hvp       {t_hvp * 1e3:8.3f} ms   ratio hvp/grad = {t_hvp / t_grad:.2f}")
+  print(f"hvp       {t_hvp * 1e3:8.3f} ms   ratio hvp/grad = {t_hvp / t_grad:.2f} "
+        f"(fastest calls: {best[1] / best[0]:.2f})")
   print(f"flat hvp  {t_flat * 1e3:8.3f} ms   ratio flat/grad = {t_flat / t_grad:.2f}")
   if _RESULTS.value:
     line = (f"- {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC bench_hvp: "
             f"{_MODEL.value} ({num} params), digits batch {_BATCH.value}: grad "
             f"{t_grad * 1e3:.3f} ms, hvp {t_hvp * 1e3:.3f} ms (ratio {t_hvp / t_grad:.2f}), "
-            f"flattened hvp {t_flat * 1e3:.3f} ms (ratio {t_flat / t_grad:.2f}); {machine}; "
+            f"flattened hvp {t_flat * 1e3:.3f} ms (ratio {t_flat / t_grad:.2f}), medians of "
+            f"{_REPEATS.value} interleaved calls; {machine}; "
             f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}\n")
     new = not os.path.exists(_RESULTS.value)
     with open(_RESULTS.value, "a") as fh:

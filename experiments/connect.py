@@ -57,6 +57,8 @@ def _endpoints(config, model, train_ds, loss_fn_train):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines quiet
+    logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   data_dir = config.get("data_dir")
@@ -76,7 +78,7 @@ def main(argv):
     num_bends=config.num_bends, kind=config.kind, batch_size=config.batch_size, lr=config.lr,
     momentum=config.momentum, weight_decay=config.weight_decay, num_ts=config.num_ts,
     augment_images=config.augment, seed=config.seed, workdir=os.path.join(workdir, "curve"),
-    progress=_PROGRESS.value)
+    checkpoint_every=config.get("checkpoint_every", 1), progress=_PROGRESS.value)
   splits = {"train": train_ds, "test": test_ds}
   if bs is None:
     metric_fn = lj.make_metric_fn(model, splits, batch_size=config.eval_batch_size)

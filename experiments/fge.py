@@ -18,7 +18,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 import landscape_jax as lj
@@ -33,6 +33,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines quiet
+    logging.set_verbosity(logging.WARNING)
   c, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   train_ds = lj.load(c.dataset, "train", data_dir=c.get("data_dir"))

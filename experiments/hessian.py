@@ -89,9 +89,9 @@ def main(argv):
   eig = lj.hessian_eigenvalues(loss_fn, params, batches, top_k=config.top_k,
                                num_steps=config.num_steps, key=k_eig, mask=mask)
   trace = lj.hessian_trace(k_trace, loss_fn, params, batches, num_probes=config.trace_probes,
-                           mask=mask)
+                           mask=mask, chunk_size=10, progress=_PROGRESS.value)
   sd = lj.spectral_density(k_density, loss_fn, params, batches, num_probes=config.density_probes,
-                           num_steps=config.density_steps, mask=mask)
+                           num_steps=config.density_steps, mask=mask, progress=_PROGRESS.value)
   summary = {"config": json.loads(config.to_json_best_effort()), "run": run,
              "num_params": dim, "num_examples": len(data),
              "top_eigenvalues": eig.top.tolist(), "smallest_eigenvalue": eig.smallest,

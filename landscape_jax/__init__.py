@@ -19,11 +19,7 @@ from landscape_jax.models import get_model, model_names
 
 __version__ = "0.1.0"
 
-# Figures and reports (matplotlib Figure API only; no pyplot, no display needed).
-# Training and checkpoints (training.py, checkpoints.py).
-# Li et al. 2018 surfaces: directions, paths, grids, resumable stores, sharding helpers.
-# Mode connectivity, BatchNorm recomputation and ensembles (Garipov et al. 2018).
-# Curvature (hessian.py) and trajectory PCA (pca.py, kept apart from directions.py).
+# Submodules (plotting and report use matplotlib's Figure API only: no pyplot, no display).
 from landscape_jax import (
   batchnorm,
   checkpoints,
@@ -31,16 +27,21 @@ from landscape_jax import (
   ensembles,
   hessian,
   pca,
+  permutations,
   plotting,
   report,
   sharding,
   store,
   training,
 )
+
+# Garipov et al. 2018: BatchNorm along curves, curves and planes, ensembles.
 from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
 from landscape_jax.checkpoints import load_trajectory, load_variables
 from landscape_jax.curves import (
+  CurveTrainState,
   Plane,
+  bend_count,
   bezier_coefficients,
   curve_coefficients,
   curve_in_plane,
@@ -48,9 +49,11 @@ from landscape_jax.curves import (
   curve_lr_schedule,
   curve_point,
   curve_summary,
+  curve_train_step,
   evaluate_curve,
   evaluate_plane,
   init_curve,
+  join_curve,
   plane_basis,
   plane_grid_point,
   polychain_coefficients,
@@ -58,6 +61,8 @@ from landscape_jax.curves import (
   split_curve,
   train_curve,
 )
+
+# Li et al. 2018: directions, paths and surfaces.
 from landscape_jax.directions import (
   directions_from_models,
   normalize_directions,
@@ -74,6 +79,8 @@ from landscape_jax.ensembles import (
   swa_average,
   train_sgd,
 )
+
+# Curvature (PyHessian conventions) and trajectory PCA.
 from landscape_jax.hessian import (
   HessianEigenvalues,
   SpectralDensity,
@@ -90,9 +97,34 @@ from landscape_jax.hessian import (
 )
 from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
 from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
+
+# Permutation symmetry (Brea et al. 2019; Ainsworth et al. 2023).
+from landscape_jax.permutations import (
+  PermAxis,
+  PermutationSpec,
+  WeightMatchingResult,
+  apply_permutation,
+  compose_permutations,
+  identity_permutation,
+  invert_permutation,
+  mlp_spec,
+  random_permutation,
+  spec_for,
+  spec_from_model,
+  swap_path,
+  swap_path_metrics,
+  swap_units,
+  weight_matching,
+)
 from landscape_jax.report import write_report
 from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import surface_grid
+from landscape_jax.surface import (
+  benchmark_map_modes,
+  make_error_controlled_metric_fn,
+  surface_grid,
+)
+
+# Training and checkpoints.
 from landscape_jax.training import (
   TrainState,
   create_train_state,

@@ -335,8 +335,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
                 momentum: float = 0.9, weight_decay: float = 5e-4,
                 optimizer: optax.GradientTransformation | None = None, num_ts: int = 1,
                 augment_images: bool = False, seed: int = 0, workdir: str | None = None,
-                progress: bool = True, callback: Callable | None = None,
-                ) -> tuple[PyTree, list[dict]]:
+                checkpoint_every: int = 1, progress: bool = True,
+                callback: Callable | None = None) -> tuple[PyTree, list[dict]]:
   """Trains the interior bends of a curve between two fixed minima (Garipov et al. 2018).
 
   The objective is ``E_{t ~ U(0,1)} [L(phi(t)) + 0.5 wd ||phi(t)||^2]`` with one t per minibatch
@@ -360,6 +360,7 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     workdir: if given, an orbax checkpoint is written after every epoch (atomically) with the
       configuration; a rerun resumes from the last completed epoch and gives the same result as an
       uninterrupted run; a different configuration in the same workdir raises.
+    checkpoint_every: save every this many epochs (and after the last one).
     progress: tqdm progress bar over epochs. callback: ``callback(epoch, curve, record)`` after
       every epoch (after the checkpoint).
 
@@ -367,6 +368,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     ``(curve, history)``: the full control points and one ``{"epoch", "loss", "lr"}`` per epoch.
   """
   _check_kind(kind)
+  if checkpoint_every <= 0:
+    raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}.")
   curve = init if init is not None else init_curve(start, end, num_bends)
   num_bends = bend_count(curve)
   if num_bends < 3:
@@ -437,9 +440,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
                                "the learning rate.")
     record = {"epoch": epoch, "loss": loss, "lr": lr_now}
     history.append(record)
-    if manager is not None:
-      # History first: a kill between the two writes leaves a record past the checkpoint, which
-      # the resume drops (the other order would lose the record of the checkpointed epoch).
+    if manager is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+      # history first: a record newer than the last checkpoint is dropped on resume
       _atomic_write_text(os.path.join(workdir, "curve_history.json"), json.dumps(history))
       manager.save(epoch + 1, args=ocp.args.StandardSave({"state": state}))
       manager.wait_until_finished()
@@ -534,7 +536,7 @@ def _evaluate_coords(metric_fn: Callable, point_fn: Callable, args: PyTree, coor
   results: dict[str, np.ndarray] = {}
   done = 0
   if store is not None:
-    results, done = _load_store(store, meta)
+    results, done = _load_store(store, meta, num)
   sharding = None
   if mesh is not None:
     from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -566,8 +568,8 @@ def _store_paths(store: str) -> tuple[str, str]:
   return base + ".npz", base + ".json"
 
 
-def _load_store(store: str, meta: dict) -> tuple[dict, int]:
-  """Reads a curve/plane store; a truncated or corrupt one raises `StoreCorruptError`.
+def _load_store(store: str, meta: dict, num: int) -> tuple[dict, int]:
+  """Reads the store of a `num`-point curve evaluation; raises `StoreCorruptError` if damaged.
 
   Checks: the JSON parses and has ``meta`` and ``done``; the .npz is a valid zip whose members
   pass their CRC-32 checksums (`zipfile` verifies them on read); every array has one row per
@@ -589,8 +591,6 @@ def _load_store(store: str, meta: dict) -> tuple[dict, int]:
   if saved_meta != json.loads(json.dumps(meta)):
     raise ValueError(f"{js} holds results of a different evaluation (other points, curve or "
                      "metric); pass another store path or delete the files to recompute.")
-  num = len(meta["ts"]) * (2 if meta.get("line") else 1) if meta.get("what") == "curve" else (
-    len(meta.get("alphas", ())) * len(meta.get("betas", ())))
   try:
     with np.load(npz, allow_pickle=False) as z:
       results = {k: z[k] for k in z.files}
@@ -760,29 +760,27 @@ def curve_in_plane(plane: Plane, curve: PyTree, *, kind: str = "bezier", num_poi
   return np.asarray(jax.vmap(lambda t: project_to_plane(plane, curve_point(curve, t, kind)))(ts))
 
 
-def _plane_point(plane, coord):
-  return plane_grid_point(plane, coord[0], coord[1])
-
-
 def evaluate_plane(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], plane: Plane, *,
                    alphas=None, betas=None, chunk_size: int | None = None, mesh=None,
-                   store: str | None = None, progress: bool = True) -> dict:
+                   store: str | None = None, progress: bool = True, **surface_kwargs) -> dict:
   """Metrics on the grid ``p(a_i, b_j)`` of the plane, ``res[k][i, j]`` (Garipov et al.).
 
-  Default ``a, b = linspace(-0.2, 1.2, 21)``. Returns the metric grids and the plot coordinates
-  ``x = a scale_u``, ``y = b scale_v`` (the units of `project_to_plane`). Chunked, vmapped,
-  sharded and resumable like `evaluate_curve`.
+  Default ``a, b = linspace(-0.2, 1.2, 21)``. Evaluated by `landscape_jax.surface.surface_grid`
+  with centre w0 and directions ``(scale_u u, scale_v v)`` (so it is chunked, vmapped, sharded
+  over `mesh` and resumable in the `store` directory like any surface; further keyword arguments
+  go to `surface_grid`). For BatchNorm models pass a `make_recompute_metric_fn` metric_fn.
+  Returns the metric grids and the plot coordinates ``x = a scale_u``, ``y = b scale_v`` (the
+  units of `project_to_plane`).
   """
+  from landscape_jax.surface import surface_grid
+
   alphas = np.linspace(-0.2, 1.2, 21) if alphas is None else _check_grid(alphas, name="alphas")
   betas = np.linspace(-0.2, 1.2, 21) if betas is None else _check_grid(betas, name="betas")
-  aa, bb = np.meshgrid(alphas, betas, indexing="ij")
-  coords = np.stack([aa.ravel(), bb.ravel()], 1)
-  meta = {"what": "plane", "alphas": [float(a) for a in alphas],
-          "betas": [float(b) for b in betas], "fingerprint": _fingerprint(plane.origin),
-          "scales": [round(float(plane.scale_u), 5), round(float(plane.scale_v), 5)]}
-  res = _evaluate_coords(metric_fn, _plane_point, plane, coords, chunk_size=chunk_size, mesh=mesh,
-                         store=store, meta=meta, progress=progress, desc="plane points")
-  out = {k: v.reshape(len(alphas), len(betas), *v.shape[1:]) for k, v in res.items()}
+  d1 = optax.tree.scale(plane.scale_u, plane.u)
+  d2 = optax.tree.scale(plane.scale_v, plane.v)
+  out = surface_grid(metric_fn, plane.origin, (d1, d2), alphas, betas, chunk_size=chunk_size,
+                     mesh=mesh, store=store, progress=progress, **surface_kwargs)
+  out = dict(out)
   out["alphas"], out["betas"] = alphas, betas
   out["x"] = alphas * float(plane.scale_u)
   out["y"] = betas * float(plane.scale_v)

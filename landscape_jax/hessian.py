@@ -86,7 +86,11 @@ def make_batches(data: Any, *, batch_size: int, sharding=None) -> SplitBatches:
     data: a `landscape_jax.data.Dataset`, or any pytree of arrays sharing the leading (example)
       axis, such as ``(uint8 images, int labels)``; its batches are what ``loss_fn`` receives.
     batch_size: examples per batch (clipped to the split size).
-    sharding: optional `jax.sharding.Sharding` for the arrays (default: the default device).
+    sharding: optional `jax.sharding.Sharding` for the stacked full batches, e.g.
+      ``NamedSharding(mesh, P(None, "data"))`` to split every batch over the devices of a mesh
+      (the HVPs then run data-parallel under `jax.jit`). For a `NamedSharding` the remainder
+      batch gets the same spec without its leading entry; it must divide evenly too. Default:
+      the default device.
 
   Returns:
     A `SplitBatches` with ``N // batch_size`` full batches and one remainder batch when
@@ -108,10 +112,18 @@ def make_batches(data: Any, *, batch_size: int, sharding=None) -> SplitBatches:
   batch_size = min(int(batch_size), n)
   num_full = n // batch_size
   cut = num_full * batch_size
-  put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
-  full = jax.tree.map(
-    lambda x: put(np.asarray(x)[:cut].reshape(num_full, batch_size, *np.shape(x)[1:])), data)
-  rest = jax.tree.map(lambda x: put(np.asarray(x)[cut:]), data) if cut < n else None
+  rest_sharding = sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    rest_sharding = jax.sharding.NamedSharding(sharding.mesh,
+                                               jax.sharding.PartitionSpec(*sharding.spec[1:]))
+
+  def put(a, where):
+    return jnp.asarray(a) if where is None else jax.device_put(a, where)
+
+  full = jax.tree.map(lambda x: put(
+    np.asarray(x)[:cut].reshape(num_full, batch_size, *np.shape(x)[1:]), sharding), data)
+  rest = jax.tree.map(lambda x: put(np.asarray(x)[cut:], rest_sharding), data) if cut < n \
+    else None
   return SplitBatches(full=full, rest=rest)
 
 
@@ -340,6 +352,14 @@ def _host_eigh(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
   return np.linalg.eigh(t)
 
 
+def _check_finite(name: str, *arrays) -> None:
+  if not all(np.all(np.isfinite(np.asarray(a))) for a in arrays):
+    raise FloatingPointError(
+      f"{name}: the Hessian-vector products are not finite (NaN/inf). Check that the loss is "
+      "finite at these parameters (lj.trees.check_finite(params); evaluate loss_fn once) and "
+      "that the data are normalised.")
+
+
 def _start_vector(key, dim, dtype):
   return jax.random.normal(key, (dim,), dtype)
 
@@ -411,6 +431,7 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
     raise ValueError(f"top_k must lie in [1, num_steps={m}], got {top_k}; raise num_steps.")
   key = jax.random.key(0) if key is None else key
   res = _lanczos_jit(loss_fn, params, data, key, m, mask_t)
+  _check_finite("hessian_eigenvalues", res.alphas, res.betas)
   evals, evecs = _host_eigh(res.alphas, res.betas)
   top = evals[::-1][:top_k]
   vecs = None
@@ -436,10 +457,9 @@ class TraceEstimate(NamedTuple):
   samples: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _trace_samples(loss_fn, params, data, key, num_probes, mask, probe_batch):
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch):
   op = _operator(loss_fn, params, data, mask)
-  keys = jax.random.split(key, num_probes)
 
   def one(k):
     z = jax.random.rademacher(k, op.x0.shape, op.x0.dtype)
@@ -448,9 +468,33 @@ def _trace_samples(loss_fn, params, data, key, num_probes, mask, probe_batch):
   return jax.lax.map(one, keys, batch_size=probe_batch)
 
 
+def _chunked_probes(fn, key, num_probes, chunk, progress, desc):
+  """Runs ``fn(keys)`` over ``split(key, num_probes)`` in chunks (padded to one compiled shape).
+
+  Probe i always uses ``split(key, num_probes)[i]``: results do not depend on the chunk size.
+  """
+  keys = jax.random.split(key, num_probes)
+  chunk = max(1, min(int(chunk), num_probes))
+  starts = range(0, num_probes, chunk)
+  if progress:
+    from tqdm.auto import tqdm
+
+    starts = tqdm(starts, desc=desc, unit="chunk")
+  outs = []
+  for start in starts:
+    part = keys[start:start + chunk]
+    pad = chunk - part.shape[0]
+    if pad:
+      part = jnp.concatenate([part, keys[:pad]])
+    out = jax.tree.map(np.asarray, fn(part))
+    outs.append(jax.tree.map(lambda x, n=chunk - pad: x[:n], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
 def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                   num_probes: int = 100, mask: PyTree | None = None,
-                  probe_batch_size: int | None = None) -> TraceEstimate:
+                  probe_batch_size: int | None = None, chunk_size: int | None = None,
+                  progress: bool = False) -> TraceEstimate:
   """Hutchinson's estimate of ``tr H`` with Rademacher probes (PyHessian), and its error bar.
 
   ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
@@ -461,15 +505,21 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     loss_fn, params, data, mask: as in `hvp`.
     num_probes: number of probe vectors (at least 2 for a standard error).
     probe_batch_size: probes evaluated together with `vmap` (default 1: sequential, least memory).
+    chunk_size: probes per compiled call (default: all in one call); smaller chunks give a
+      progress bar that moves. The result does not depend on it.
+    progress: show a tqdm bar over the chunks.
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
   """
   if num_probes < 2:
     raise ValueError(f"num_probes must be at least 2 to give a standard error, got {num_probes}.")
-  s = _trace_samples(_as_partial(loss_fn), params, data, key, int(num_probes),
-                     _mask_tuple(params, mask), probe_batch_size)
+  loss_fn, mask_t = _as_partial(loss_fn), _mask_tuple(params, mask)
+  s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
+                                                probe_batch_size),
+                      key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
   s = np.asarray(s, np.float64)
+  _check_finite("hessian_trace", s)
   return TraceEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), s)
 
 
@@ -495,10 +545,9 @@ class SpectralDensity(NamedTuple):
   sigma2: float
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _slq_jit(loss_fn, params, data, key, num_probes, num_steps, mask):
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _slq_chunk(loss_fn, params, data, keys, num_steps, mask):
   op = _operator(loss_fn, params, data, mask)
-  keys = jax.random.split(key, num_probes)
 
   def one(k):
     k_start, k_restart = jax.random.split(k)
@@ -550,7 +599,7 @@ def density_from_quadrature(nodes, weights, *, grid=None, num_bins: int = 10000,
 def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                      num_probes: int = 1, num_steps: int = 100, grid=None,
                      num_bins: int = 10000, sigma2: float = 1e-5, scale_sigma: bool = True,
-                     mask: PyTree | None = None) -> SpectralDensity:
+                     mask: PyTree | None = None, progress: bool = False) -> SpectralDensity:
   """Spectral density of the Hessian by stochastic Lanczos quadrature (PyHessian, Ghorbani 2019).
 
   For each of ``num_probes`` Rademacher start vectors ``v`` (unit-normalised), ``num_steps``
@@ -566,6 +615,7 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     grid: optional (G,) increasing grid; default ``num_bins`` points over the Ritz values.
     sigma2: Gaussian kernel variance (PyHessian: 1e-5, times the spectrum width if
       ``scale_sigma``).
+    progress: show a tqdm bar over the probes (one compiled call per probe).
 
   Returns:
     A `SpectralDensity`.
@@ -574,8 +624,11 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     raise ValueError(f"num_probes must be at least 1, got {num_probes}.")
   mask_t = _mask_tuple(params, mask)
   m = _check_steps(num_steps, num_curvature_params(params, mask=mask))
-  alphas, betas = _slq_jit(_as_partial(loss_fn), params, data, key, int(num_probes), m, mask_t)
-  alphas, betas = np.asarray(alphas), np.asarray(betas)
+  loss_fn = _as_partial(loss_fn)
+  alphas, betas = _chunked_probes(
+    lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t), key, int(num_probes),
+    1 if progress else num_probes, progress, "Lanczos probes")
+  _check_finite("spectral_density", alphas, betas)
   nodes, weights = [], []
   for a, b in zip(alphas, betas, strict=True):
     evals, evecs = _host_eigh(a, b)

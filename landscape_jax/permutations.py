@@ -155,6 +155,9 @@ def _check_perm(spec: PermutationSpec, perm: Mapping[str, Any]) -> None:
 
 def _take(x, idx, axis: int, repeat: int, xp=jnp):
   """``x`` with axis `axis`, read as (repeat, n), re-indexed by `idx` on the inner factor."""
+  if xp is _HostTake:
+    y = _take(np.asarray(x), np.asarray(idx), axis, repeat, np)
+    return jax.device_put(y, x.sharding) if isinstance(x, jax.Array) else y
   if repeat == 1:
     return xp.take(x, idx, axis=axis)
   shape = x.shape
@@ -163,11 +166,9 @@ def _take(x, idx, axis: int, repeat: int, xp=jnp):
   return xp.take(y, idx, axis=axis + 1).reshape(shape)
 
 
-def _permute_leaves(variables: dict, leaf_axes, perm, xp=jnp, skip=None) -> dict:
+def _permute_leaves(variables: dict, leaf_axes, perm, xp=jnp) -> dict:
   def f(path, x):
     for axis, name, repeat in leaf_axes.get(path, ()):
-      if skip is not None and (path, axis) == skip:
-        continue
       x = _take(x, perm[name], axis, repeat, xp)
     return x
   return trees.map_with_path(f, variables)
@@ -188,8 +189,20 @@ def apply_permutation(spec: PermutationSpec, perm: Mapping[str, Any], variables:
   _check_perm(spec, perm)
   wrapped_vars, wrapped = _as_variables(variables)
   check_spec(spec, variables)
-  out = _permute_leaves(wrapped_vars, spec.leaf_axes(), perm)
+  leaves = jax.tree.leaves((wrapped_vars, dict(perm)))
+  if any(isinstance(x, jax.core.Tracer) for x in leaves):
+    out = _permute_leaves(wrapped_vars, spec.leaf_axes(), perm)
+  else:  # concrete values: gather on the host (no compilation), back to the leaves' devices
+    host_perm = {k: np.asarray(perm[k]) for k in spec.names}
+    out = _permute_leaves(wrapped_vars, spec.leaf_axes(), host_perm, xp=_HostTake)
   return out["params"] if wrapped else out
+
+
+class _HostTake:
+  """Marker for `_take`: gather on the host, return a leaf of the input's kind (a jax.Array on
+  its own sharding)."""
+
+
 
 
 def identity_permutation(spec: PermutationSpec) -> Permutation:
@@ -198,10 +211,21 @@ def identity_permutation(spec: PermutationSpec) -> Permutation:
 
 
 def random_permutation(key: jax.Array, spec: PermutationSpec) -> Permutation:
-  """Independent uniformly random permutations, one per name, from `key` (deterministic)."""
-  keys = jax.random.split(key, len(spec.sizes))
-  return {k: jax.random.permutation(kk, n).astype(jnp.int32)
-          for kk, (k, n) in zip(keys, spec.sizes.items(), strict=True)}
+  """Independent uniformly random permutations, one per name, a deterministic function of `key`.
+
+  Drawn on the host by a numpy Generator seeded with the key's data (no compilation per width;
+  not traceable: call it outside `jax.jit`).
+  """
+  rng = _host_rng(key)
+  return {k: jnp.asarray(rng.permutation(n), jnp.int32) for k, n in spec.sizes.items()}
+
+
+def _host_rng(key: jax.Array) -> np.random.Generator:
+  if isinstance(key, jax.core.Tracer):
+    raise ValueError("random_permutation / weight_matching run on the host; call them outside "
+                     "jax.jit with a concrete key.")
+  data = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel()
+  return np.random.default_rng(data.tolist())
 
 
 def compose_permutations(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> Permutation:
@@ -339,7 +363,12 @@ _ELEMENTWISE = frozenset("""
 add sub mul div max min neg abs sign exp exp2 log log1p expm1 tanh logistic sqrt rsqrt cbrt square
 integer_pow pow erf erfc erf_inv sin cos tan atan2 floor ceil round is_finite select_n clamp
 convert_element_type copy copy_p reduce_precision nextafter rem and or not xor eq ne lt le gt ge
-add_any stop_gradient real imag
+add_any stop_gradient real imag shift_right_logical shift_right_arithmetic shift_left
+bitcast_convert_type population_count
+""".split())
+# Random-number primitives (dropout masks): their outputs are fresh values tied to nothing.
+_RANDOM = frozenset("""
+random_bits random_seed random_fold_in random_split random_wrap random_unwrap threefry2x32
 """.split())
 _REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or".split())
 _WINDOWED = frozenset("reduce_window_sum reduce_window_max reduce_window_min".split())
@@ -394,6 +423,8 @@ def _trace_eqn(uf: _Axes, eqn, ins: list[list[int]], outs: list[list[int]]) -> N
         if len(io) == len(o):
           for a, b in zip(o, io, strict=True):
             unify(a, b)
+  elif name in _RANDOM:
+    handled.update(a for nodes in outs for a in nodes)
   elif name in _ELEMENTWISE:
     out = outs[0]
     for nodes in ins:
@@ -405,6 +436,9 @@ def _trace_eqn(uf: _Axes, eqn, ins: list[list[int]], outs: list[list[int]]) -> N
     for i, d in enumerate(p["broadcast_dimensions"]):
       if uf.size[ins[0][i]] == uf.size[outs[0][d]]:
         unify(ins[0][i], outs[0][d])
+    # The result is constant along every broadcast (new or size-1) axis: any permutation of
+    # such an axis leaves it unchanged, so those axes are free.
+    handled.update(outs[0])
   elif name == "reshape" and p.get("dimensions") is None:
     a_shape = tuple(uf.size[x] for x in ins[0])
     b_shape = tuple(uf.size[x] for x in outs[0])
@@ -499,18 +533,9 @@ def _trace_jaxpr(uf: _Axes, jaxpr, in_nodes: list[list[int]]) -> list[list[int]]
   return [read(v) for v in jaxpr.outvars]
 
 
-def _module_order(params: Mapping) -> list[str]:
-  """Module paths of a params dict in definition (insertion) order."""
-  out = []
-
-  def walk(d, prefix):
-    for k, v in d.items():
-      if isinstance(v, Mapping):
-        walk(v, f"{prefix}{k}/")
-      else:
-        out.append(prefix.rstrip("/"))
-  walk(params, "")
-  return list(dict.fromkeys(out))
+def _module_of(path: str) -> str:
+  """``"params/layer1_0/conv1/kernel"`` -> ``"layer1_0/conv1"``."""
+  return path.split("/", 1)[1].rsplit("/", 1)[0] if "/" in path else path
 
 
 def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None = None,
@@ -531,6 +556,7 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
     model: a linen module called as ``model.apply(variables, x, **apply_kwargs)``.
     variables: its variables (``{"params": ..., "batch_stats": ...}``).
     x: an example input batch (only shapes matter for the trace; values for `verify`).
+      `variables` may be `jax.eval_shape` structures (then `verify` is skipped).
     apply_kwargs: extra keyword arguments; default ``{"train": False}`` for the bundled models
       (training mode adds ``train=True``).
     verify: also checks numerically that a random permutation leaves ``model.apply`` unchanged.
@@ -552,8 +578,17 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
   paths = trees.leaf_paths(variables)
   var_nodes = [[uf.new(s) for s in np.shape(v)] for v in leaves]
 
+  first_use: dict[str, int] = {}
+
   def trace(fn, n_out_vars: int):
     closed = jax.make_jaxpr(fn)(variables, x)
+    if not first_use:  # module order = order of first use in the program (dicts may be sorted)
+      var_index = {v: i for i, v in enumerate(closed.jaxpr.invars[:len(paths)])}
+      for k, eqn in enumerate(closed.jaxpr.eqns):
+        for v in eqn.invars:
+          if not isinstance(v, jex.Literal) and v in var_index:
+            module = _module_of(paths[var_index[v]])
+            first_use.setdefault(module, k)
     x_nodes = [[uf.new(s) for s in np.shape(v)] for v in jax.tree.leaves(x)]
     outs = _trace_jaxpr(uf, closed.jaxpr, var_nodes + x_nodes)
     for nodes in x_nodes + outs[:len(outs) - n_out_vars]:
@@ -565,8 +600,10 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
   if has_stats and "train" in kwargs:
     train_kwargs = {**kwargs, "train": True}
     stats_paths = trees.leaf_paths({"batch_stats": variables["batch_stats"]})
+    rngs = {"dropout": jax.random.key(0)}  # dropout masks are random values, tied to nothing
     new_stats = trace(lambda v, x: jax.tree.leaves(
-      model.apply(v, x, mutable=["batch_stats"], **train_kwargs)[1]), len(stats_paths))
+      model.apply(v, x, mutable=["batch_stats"], rngs=rngs, **train_kwargs)[1]),
+      len(stats_paths))
     index = {p: i for i, p in enumerate(paths)}
     for p, nodes in zip(stats_paths, new_stats, strict=True):
       for a, b in zip(var_nodes[index[p]], nodes, strict=True):
@@ -594,17 +631,15 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
       "hidden axis reaches a concatenation, padding, slicing or an unsupported operation). "
       "Weight matching and swap paths need a model with permutable hidden units.")
 
-  order = {m: i for i, m in enumerate(_module_order(variables["params"]))}
+  order = {m: i for i, m in enumerate(sorted(first_use, key=first_use.get))}
   named: list[tuple[int, str, int, tuple[PermAxis, ...]]] = []
   for r, entries in classes.items():
     producers = [e for e in entries if e.path.startswith("params/")
                  and e.axis == len(np.shape(leaves[paths.index(e.path)])) - 1
                  and np.ndim(leaves[paths.index(e.path)]) >= 2]
     cands = producers or [e for e in entries if e.path.startswith("params/")] or entries
-    mods = sorted(cands, key=lambda e: order.get(e.path[len("params/"):].rsplit("/", 1)[0],
-                                                 len(order)))
-    first = mods[0]
-    mod = first.path[len("params/"):].rsplit("/", 1)[0] if first.path.startswith("params/") \
+    first = min(cands, key=lambda e: (order.get(_module_of(e.path), len(order)), e))
+    mod = _module_of(first.path) if first.path.startswith("params/") \
       else f"{first.path}:{first.axis}"
     named.append((order.get(mod, len(order)), mod, uf.size[r], tuple(entries)))
   named.sort(key=lambda t: (t[0], t[1]))
@@ -617,7 +652,8 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
     sizes[name] = n
     axes[name] = entries
   spec = PermutationSpec(sizes, axes)
-  if verify:
+  abstract = any(isinstance(v, jax.ShapeDtypeStruct) for v in leaves)
+  if verify and not abstract:  # (`jax.eval_shape` variables: nothing to evaluate)
     _verify_spec(model, variables, x, spec, kwargs)
   return spec
 
@@ -649,49 +685,45 @@ def spec_for(name: str, variables: PyTree, *, num_classes: int | None = None,
   Args:
     name: bundled model name, e.g. "mlp", "resnet20", "vgg16_bn", "wrn16_4", "convfc".
     variables: the model's variables (their shapes fix the widths).
-    num_classes: defaults to the output size of the last parameter leaf.
+    num_classes: defaults to the output width of the last layer.
     input_shape: (H, W, C) of the inputs the model was initialised with (it matters for heads
-      that flatten a feature map, e.g. ConvFC); by default the first size among 8, 32, 28, 16
-      that the parameters accept.
+      that flatten a feature map, e.g. ConvFC); by default the first square size among 8, 32,
+      28, 16 (with a channel count of a conv kernel) that the parameters accept.
     verify: check numerically that a random permutation leaves the outputs unchanged.
     **overrides: model overrides passed to `get_model` (e.g. ``width=0.5``).
   """
   from landscape_jax.models import get_model
 
   variables = _as_variables(variables)[0]
-  params = variables["params"]
-  flat = jax.tree.leaves(params)
-  if num_classes is None:
-    num_classes = int(np.shape(flat[-1])[-1]) if flat else 10
-  model = get_model(name, num_classes=num_classes, **overrides)
+  kernels = [np.shape(x) for p, x in zip(trees.leaf_paths(variables["params"]),
+                                         jax.tree.leaves(variables["params"]), strict=True)
+             if p.endswith("kernel")]
+  dense = [k for k in kernels if len(k) == 2]
+  if num_classes is not None:
+    class_options = [num_classes]
+  else:  # the classifier is a Dense layer: try the output widths of the Dense kernels
+    class_options = list(dict.fromkeys(k[-1] for k in reversed(dense))) or [10]
   if input_shape is not None:
     shapes = [tuple(input_shape)]
+  elif len(dense) == len(kernels):  # an MLP: flattened inputs of one of the Dense input widths
+    shapes = [(1, 1, d) for d in dict.fromkeys(k[0] for k in dense)]
   else:
-    first = next(iter(_iter_kernels(params)), None)
-    if first is not None and np.ndim(first) == 2:
-      shapes = [(1, 1, int(np.shape(first)[0]))]
-    else:
-      c = int(np.shape(first)[-2]) if first is not None else 1
-      shapes = [(h, h, c) for h in (8, 32, 28, 16)]
-  for shape in shapes:
-    x = jax.random.normal(jax.random.key(1), (2, *shape))
-    try:
-      jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-    except Exception as e:  # any shape error means: try the next input size
-      err = e
-      continue
-    return spec_from_model(model, variables, x, verify=verify)
-  raise ValueError(f"Could not run model '{name}' with these variables on inputs of shape "
-                   f"{shapes}: {err}. Pass input_shape=(H, W, C) and the model overrides used.")
-
-
-def _iter_kernels(params):
-  for m in _module_order(params):
-    node = params
-    for k in m.split("/"):
-      node = node[k]
-    if "kernel" in node:
-      yield node["kernel"]
+    channels = dict.fromkeys(k[-2] for k in kernels if len(k) == 4)
+    shapes = [(h, h, c) for c in channels for h in (8, 32, 28, 16)]
+  err = None
+  for classes in class_options:
+    model = get_model(name, num_classes=classes, **overrides)
+    for shape in shapes:
+      x = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
+      try:
+        jax.eval_shape(lambda v, x, m=model: m.apply(v, x, train=False), variables, x)
+      except Exception as e:  # any shape error means: try the next candidate
+        err = e
+        continue
+      return spec_from_model(model, variables, x, verify=verify)
+  raise ValueError(f"Could not run model '{name}' with these variables (tried num_classes in "
+                   f"{class_options}, inputs of shape {shapes}): {err}. Pass num_classes, "
+                   "input_shape=(H, W, C) and the model overrides used.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -716,7 +748,7 @@ class WeightMatchingResult(NamedTuple):
 
 
 def _flat_numpy(params) -> dict[str, np.ndarray]:
-  return {f"params/{p}": np.asarray(x, np.float64)
+  return {f"params/{p}": np.asarray(x, np.float32)
           for p, x in zip(trees.leaf_paths(params), jax.tree.leaves(params), strict=True)}
 
 
@@ -735,20 +767,21 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
 
   Maximises ``sum_l <W_a^l, P_l W_b^l P_{l-1}^T>`` over the permutations by coordinate descent:
   each sweep visits the permutations in a random order (from `key`); for permutation p with the
-  others fixed the objective is ``sum_{i} C[i, pi(i)]`` with
+  others fixed, the objective is ``sum_{i} C[i, pi(i)]`` with
   ``C = sum over the weights w touched by p of A_w @ B_w^T``, where A_w (B_w) is w_a (w_b with the
   other permutations applied) with p's axis moved to the front and the rest flattened; the best
-  pi is a linear assignment (`scipy.optimize.linear_sum_assignment`, maximize=True). A new pi is
-  taken only if it gains more than `tol`; the descent stops after a sweep without gain or after
-  `max_iter` sweeps. Only ``params`` enter the objective (running statistics follow the permutation
-  in `apply_permutation`). Computed on the host in float64.
+  pi is a linear assignment (`scipy.optimize.linear_sum_assignment`, maximize=True). A new pi
+  is taken only if it gains more than `tol` (relative); the descent stops after a sweep without
+  gain or after `max_iter` sweeps. Only ``params`` enter the objective (running statistics
+  follow the permutation in `apply_permutation`). Computed on the host: float32 products
+  (BLAS) accumulated into a float64 cost matrix; objectives summed in float64.
 
   Args:
     key: PRNG key for the visiting order (the result is a deterministic function of it).
     spec: the model's `PermutationSpec`.
     variables_a, variables_b: variables dicts or bare params trees of the same model.
     max_iter: maximum number of sweeps.
-    tol: minimum gain for a permutation to be updated.
+    tol: minimum gain, relative to ``max(1, |objective of p|)``, for p to be updated.
     init_perm: starting permutation (default identity).
     progress: show a tqdm bar over sweeps.
 
@@ -771,14 +804,15 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
   else:
     _check_perm(spec, init_perm)
     perm = {k: np.asarray(v, np.int64) for k, v in init_perm.items()}
-  seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel()
-  rng = np.random.default_rng(seed.tolist())
+  rng = _host_rng(key)
 
   def objective():
     pb = _permute_leaves(b, leaf_axes, perm, xp=np)
-    return float(sum(np.vdot(a[p], pb[p]) for p in a))
+    return float(sum(np.einsum("i,i->", a[p].ravel(), pb[p].ravel(), dtype=np.float64)
+                     for p in a))
 
   objectives = [objective()]
+  a_units: dict[tuple[str, int], np.ndarray] = {}  # a's unit matrices do not change
   converged, sweeps = False, 0
   bar = range(max_iter)
   if progress:
@@ -798,12 +832,14 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
         for axis, other, repeat in leaf_axes[e.path]:
           if axis != e.axis:
             wb = _take(wb, perm[other], axis, repeat, np)
-        cost += _unit_matrix(a[e.path], e.axis, e.repeat) @ _unit_matrix(wb, e.axis, e.repeat).T
+        if (e.path, e.axis) not in a_units:
+          a_units[(e.path, e.axis)] = _unit_matrix(a[e.path], e.axis, e.repeat)
+        cost += a_units[(e.path, e.axis)] @ _unit_matrix(wb, e.axis, e.repeat).T
       rows, cols = scipy.optimize.linear_sum_assignment(cost, maximize=True)
       new = cols[np.argsort(rows)]
       old_val = cost[np.arange(n), perm[name]].sum()
       new_val = cost[np.arange(n), new].sum()
-      if new_val - old_val > tol:
+      if new_val - old_val > tol * max(1.0, abs(old_val)):
         perm[name] = new
         improved = True
     objectives.append(objective())

@@ -18,6 +18,13 @@ How it runs:
 * with ``store=path`` the results are written atomically after every chunk (`landscape_jax.store`);
   a rerun resumes and computes only the missing points, a different configuration is refused;
 * non-finite losses (far from the minimum) are recorded as they are, never fatal.
+
+BatchNorm: by default `metric_fn` evaluates every point with the centre's running statistics
+(Li et al.). To recompute them at every point on the training split, pass a metric that does so,
+e.g. ``batchnorm.make_recompute_metric_fn(model, splits, train_data=..., batch_stats=...)``, or
+use the ``point_fn`` hook (``point_fn(params) -> metric_fn input``, e.g. ``{"params": p,
+"batch_stats": recompute(p)}``). Opt-in error-controlled surfaces:
+`make_error_controlled_metric_fn` (growing random subsets until the loss SEM is below a tolerance).
 """
 
 from __future__ import annotations

@@ -37,11 +37,12 @@ def bn_model(digits_train):
 def _per_batch_stats(params, bs, data, batch_size):
   """Batch statistics of each batch, read from flax's own update with momentum 0."""
   model0 = ConvBN(momentum=0.0)
+  apply = jax.jit(lambda v, x: model0.apply(v, x, train=True, mutable=["batch_stats"],
+                                            rngs={"dropout": jax.random.key(1)}))
   out = []
   for start in range(0, len(data), batch_size):
     x = normalize_images(data.images[start:start + batch_size], data.mean, data.std)
-    _, upd = model0.apply({"params": params, "batch_stats": bs}, x, train=True,
-                          mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+    _, upd = apply({"params": params, "batch_stats": bs}, x)
     out.append((x.shape[0], upd["batch_stats"]))
   return out
 

@@ -163,6 +163,7 @@ def trained_curve(mlp_setup, endpoints, digits_train):
   return c, hist
 
 
+@pytest.mark.slow
 def test_trained_bezier_curve_halves_the_barrier(mlp_setup, endpoints, trained_curve):
   _, _, metric_fn = mlp_setup
   c, hist = trained_curve
@@ -188,6 +189,7 @@ def test_trained_bezier_curve_halves_the_barrier(mlp_setup, endpoints, trained_c
   np.testing.assert_allclose(res["line"]["test_loss"][10], metric_fn(mid)["test_loss"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_curve_training_resumes_exactly(mlp_setup, endpoints, digits_train, tmp_path):
   _, loss_fn, _ = mlp_setup
   kw = dict(epochs=4, batch_size=128, lr=0.05, weight_decay=1e-4, num_bends=4, seed=3,
@@ -292,6 +294,7 @@ class _ConvBN(nn.Module):
     return nn.Dense(10)(x.reshape((x.shape[0], -1)))
 
 
+@pytest.mark.slow
 def test_curve_with_batchnorm_model(digits_train, digits_test):
   model = _ConvBN()
   v = [model.init(jax.random.key(s), jnp.zeros((1, 8, 8, 1))) for s in (0, 1)]
@@ -309,3 +312,71 @@ def test_curve_with_batchnorm_model(digits_train, digits_test):
                     digits_test.images, digits_test.labels, mean=digits_test.mean,
                     std=digits_test.std)
   np.testing.assert_allclose(res["curve"]["test_loss"][1], ref["loss"], rtol=1e-5)
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+import jax, numpy as np
+import landscape_jax as lj
+from landscape_jax import curves
+z = np.load(sys.argv[1])
+ends = [{k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(f"{i}/")} for i in (0, 1)]
+ends = [{"Dense_0": {"kernel": e["Dense_0/kernel"], "bias": e["Dense_0/bias"]},
+         "Dense_1": {"kernel": e["Dense_1/kernel"], "bias": e["Dense_1/bias"]}} for e in ends]
+tr = lj.load("digits", "train")
+model = lj.get_model("mlp", num_classes=10, features=(32,))
+loss_fn = lj.make_loss_fn(model, mean=tr.mean, std=tr.std)
+def kill(epoch, curve, record):
+  if epoch == 1:
+    os.kill(os.getpid(), signal.SIGKILL)
+curves.train_curve(loss_fn, ends[0], ends[1], tr, epochs=3, batch_size=128, lr=0.05,
+                   weight_decay=1e-4, seed=5, progress=False, workdir=sys.argv[2], callback=kill)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_curve_training_resumes_after_sigkill(mlp_setup, endpoints, digits_train, tmp_path):
+  import os
+  import subprocess
+  import sys
+
+  _, loss_fn, _ = mlp_setup
+  flat = {f"{i}/{lj.trees.path_str(p)}": np.asarray(x) for i, e in enumerate(endpoints)
+          for p, x in jax.tree_util.tree_flatten_with_path(e)[0]}
+  np.savez(tmp_path / "ends.npz", **flat)
+  script = tmp_path / "kill.py"
+  script.write_text(_KILL_SCRIPT)
+  env = {**os.environ, "PYTHONPATH": os.getcwd(), "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ends.npz"),
+                         str(tmp_path / "run")], env=env, capture_output=True, timeout=300)
+  assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+  kw = dict(epochs=3, batch_size=128, lr=0.05, weight_decay=1e-4, seed=5, progress=False)
+  got, hist = curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
+                                 workdir=str(tmp_path / "run"), **kw)
+  ref, ref_hist = curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train, **kw)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
+  assert [h["epoch"] for h in hist] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("num_ts", [1, 3])
+def test_curve_train_step_matches_gradient_of_curve_loss(num_ts):
+  import optax
+
+  start, end = _tree(jax.random.key(0)), _tree(jax.random.key(1))
+  c = curves.init_curve(start, end, 4, bends=[_tree(jax.random.key(2)), _tree(jax.random.key(3))])
+  ends, interior = curves.split_curve(c)
+  opt = optax.sgd(0.1)
+  state = curves.CurveTrainState(jnp.zeros((), jnp.int32), interior, opt.init(interior))
+  key = jax.random.key(7)
+  new, loss = curves.curve_train_step(_quadratic_loss, opt, state, ends, 0.5, key,
+                                      kind="polychain", weight_decay=1e-2, num_ts=num_ts)
+  ts = jax.random.uniform(key, () if num_ts == 1 else (num_ts,))
+  g = jax.grad(curves.curve_loss, argnums=1)(_quadratic_loss, c, 0.5, ts, "polychain",
+                                             weight_decay=1e-2)
+  expected = jax.tree.map(lambda w, gw: w - 0.1 * gw[1:-1], interior, g)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), new.interior,
+               expected)
+  np.testing.assert_allclose(loss, curves.curve_loss(_quadratic_loss, c, 0.5, ts, "polychain"),
+                             rtol=1e-5)
+  assert int(new.step) == 1

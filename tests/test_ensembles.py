@@ -60,6 +60,7 @@ def test_swa_average():
   np.testing.assert_allclose(ensembles.swa_average(members)["w"], [4.0, 5.0, 6.0, 7.0])
 
 
+@pytest.mark.slow
 def test_fge_ensemble_beats_its_best_member(digits_train, digits_test):
   model = lj.get_model("mlp", num_classes=10, features=(32,))
   loss_fn = lj.make_loss_fn(model, mean=digits_train.mean, std=digits_train.std)

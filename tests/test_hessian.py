@@ -148,6 +148,10 @@ def test_trace_agrees_within_its_error_bar(problem):
   theory = np.sqrt(2 * np.sum(off**2) / 200)
   assert 0.6 * theory < est.stderr < 1.5 * theory
   np.testing.assert_allclose(est.stderr, est.samples.std(ddof=1) / np.sqrt(200))
+  # Chunking (for progress bars) does not change the probes.
+  chunked = hs.hessian_trace(jax.random.key(1), p["loss_fn"], p["params"], (p["x"], p["y"]),
+                             num_probes=200, chunk_size=64, probe_batch_size=8)
+  np.testing.assert_allclose(chunked.samples, est.samples, rtol=1e-4, atol=1e-5)
 
 
 def test_spectral_density_is_normalised_and_sits_on_dense_eigenvalues(problem):
@@ -181,7 +185,7 @@ def test_density_from_quadrature_on_a_given_grid():
     hs.density_from_quadrature([[0.0]], [[1.0]], grid=[1.0, 0.0])
 
 
-def test_curvature_metric_fn_matches_dense_and_vmaps(problem):
+def test_curvature_metric_fn_matches_dense_at_the_centre(problem):
   p = problem
   metric_fn = hs.make_curvature_metric_fn(p["loss_fn"], (p["x"], p["y"]), num_steps=40)
   out = jax.jit(lambda f, q: f(q))(metric_fn, p["params"])
@@ -189,14 +193,6 @@ def test_curvature_metric_fn_matches_dense_and_vmaps(problem):
   np.testing.assert_allclose(out["lambda_max"], evals[-1], rtol=1e-4)
   np.testing.assert_allclose(out["lambda_min"], evals[0], rtol=1e-4)
   np.testing.assert_allclose(out["ratio"], abs(evals[0] / evals[-1]), rtol=2e-4)
-  # vmap over two points (as surface_grid does) equals two separate evaluations.
-  shifted = jax.tree.map(lambda w: w * 1.1, p["params"])
-  both = jax.jit(jax.vmap(lambda f, q: f(q), in_axes=(None, 0)))(
-    metric_fn, trees.stack([p["params"], shifted]))
-  single = jax.jit(lambda f, q: f(q))(metric_fn, shifted)
-  np.testing.assert_allclose(both["lambda_max"][0], out["lambda_max"], rtol=1e-5)
-  np.testing.assert_allclose(both["lambda_max"][1], single["lambda_max"], rtol=1e-5)
-  np.testing.assert_allclose(both["lambda_min"][1], single["lambda_min"], rtol=1e-4)
 
 
 def test_bad_inputs_give_clear_errors(problem):
@@ -211,5 +207,74 @@ def test_bad_inputs_give_clear_errors(problem):
                      num_probes=1)
   with pytest.raises(ValueError, match="same pytree structure"):
     hs.hvp(p["loss_fn"], p["params"], (p["x"], p["y"]), {"a": jnp.zeros(3)})
+  bad = jax.tree.map(lambda w: w * jnp.nan, p["params"])
+  with pytest.raises(FloatingPointError, match="not finite"):
+    hs.hessian_eigenvalues(p["loss_fn"], bad, (p["x"], p["y"]), num_steps=3)
   with pytest.raises(ValueError, match="leading example axis"):
     hs.make_batches((p["x"], p["y"][:3]), batch_size=4)
+
+
+@pytest.mark.multidevice
+def test_split_hvp_sharded_over_devices(problem):
+  """Batches split over a mesh of the (simulated) devices give the same H v."""
+  p = problem
+  devices = np.asarray(jax.devices()[:8])
+  if devices.size < 2:
+    pytest.skip("needs several devices (tests/conftest.py simulates 8 CPU devices)")
+  mesh = jax.sharding.Mesh(devices, ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+  k = devices.size
+  batches = hs.make_batches((p["x"], p["y"]), batch_size=3 * k, sharding=sharding)
+  assert jax.tree.leaves(batches.full)[0].sharding.spec == sharding.spec
+  v = p["unravel"](jax.random.normal(jax.random.key(6), (p["dense"].shape[0],)))
+  if batches.rest is not None and batches.rest[0].shape[0] % k:
+    pytest.skip("remainder not divisible by the device count")
+  hv = _flat(hs.hvp(p["loss_fn"], p["params"], batches, v))
+  np.testing.assert_allclose(hv, p["dense"] @ _flat(v), rtol=1e-4, atol=1e-5)
+
+
+def test_ratio_map_through_surface_grid(problem):
+  """surface_grid (vmapped, chunked) evaluates the curvature metric_fn; an off-centre point
+  against the dense Hessian there, and the centre against the dense Hessian at the centre."""
+  p = problem
+  metric_fn = hs.make_curvature_metric_fn(p["loss_fn"], (p["x"], p["y"]), num_steps=40)
+  d1, d2 = lj.random_directions(jax.random.key(7), p["params"], num=2)
+  xs, ys = np.array([0.0, 0.5]), np.array([-0.3, 0.0])
+  res = lj.surface_grid(metric_fn, p["params"], (d1, d2), xs, ys, chunk_size=2, progress=False)
+  assert res["ratio"].shape == (2, 2)
+  point = lj.plane_point(p["params"], d1, d2, 0.5, -0.3)
+  flat = ravel_pytree(point)[0]
+  dense = jax.jit(jax.hessian(lambda f: p["loss_fn"](p["unravel"](f), (p["x"], p["y"]))))(flat)
+  evals = np.linalg.eigvalsh(np.asarray(dense, np.float64))
+  np.testing.assert_allclose(res["lambda_max"][1, 0], evals[-1], rtol=1e-4)
+  np.testing.assert_allclose(res["lambda_min"][1, 0], evals[0], rtol=1e-4)
+  np.testing.assert_allclose(res["ratio"][1, 0], abs(evals[0] / evals[-1]), rtol=2e-4)
+  np.testing.assert_allclose(res["lambda_max"][0, 1], p["evals"][-1], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_hessian_experiment_script_runs(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, os.path.join(root, "experiments", "hessian.py"),
+         "--config=" + os.path.join(root, "experiments", "configs", "hessian_digits.py") + ":quick",
+         "--config.train.num_epochs=1", "--config.subset=256",
+         "--config.ratio_map.x=(-1.0, 1.0, 2)", "--config.ratio_map.y=(-1.0, 1.0, 2)",
+         "--config.ratio_map.subset=64",
+         f"--workdir={tmp_path}", "--noprogress"]
+  env = {**os.environ, "PYTHONPATH": root, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  top = summary["top_eigenvalues"]
+  assert len(top) == 5 and top == sorted(top, reverse=True)
+  assert summary["smallest_eigenvalue"] <= top[-1] and summary["trace_stderr"] > 0
+  assert summary["ratio_map"]["max"] is not None
+  spectrum = np.load(tmp_path / "spectrum.npz")
+  np.testing.assert_allclose(np.trapezoid(spectrum["density"], spectrum["grid"]), 1.0, rtol=1e-6)
+  assert (tmp_path / "spectrum.png").exists()
+  assert (tmp_path / "ratio_map" / "eigen_ratio.png").exists()

@@ -95,3 +95,27 @@ def test_pca_errors():
     pca.pca_directions(line, line[-1], num_components=2)
   with pytest.raises(ValueError, match="do not move"):
     pca.pca_directions([snaps[0], snaps[0]], snaps[0], num_components=1)
+
+
+@pytest.mark.slow
+def test_trajectory_experiment_script_runs(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, os.path.join(root, "experiments", "trajectory.py"),
+         "--config=" + os.path.join(root, "experiments", "configs", "trajectory_digits.py")
+         + ":quick", "--config.train.num_epochs=3", "--config.num_points=3",
+         "--config.eval_subset=128", f"--workdir={tmp_path}", "--noprogress"]
+  env = {**os.environ, "PYTHONPATH": root, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["num_snapshots"] == 4  # the initial point and three epochs
+  assert summary["path_end"] == [0.0, 0.0]
+  assert 0 < sum(summary["explained_variance_ratio"]) <= 1 + 1e-9
+  pcs = np.load(tmp_path / "pca.npz")
+  assert pcs["train_loss"].shape == (3, 3)
+  assert (tmp_path / "trajectory.png").exists()

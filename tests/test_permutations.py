@@ -75,17 +75,14 @@ def _init(model, seed):
   """Random variables of the model's shapes (no compiled init): normal weights, BN scale, bias
   and running means, running variances in [0.5, 1.5], so that a wrong BN entry shows."""
   shapes = jax.eval_shape(model.init, jax.random.key(0), X)
-  leaves, treedef = jax.tree.flatten(shapes)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  paths = jax.tree_util.tree_flatten_with_path(shapes)[0]
-  out = []
-  for k, (path, s) in zip(keys, paths, strict=True):
-    fan_in = max(int(np.prod(s.shape[:-1])), 1)
-    x = jax.random.normal(k, s.shape, s.dtype) / np.sqrt(fan_in if len(s.shape) > 1 else 4.0)
-    if lj.trees.path_str(path).endswith("var"):
-      x = 1.0 + 0.5 * jax.random.uniform(k, s.shape, s.dtype, -1, 1)
-    out.append(x)
-  return jax.tree.unflatten(treedef, out)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, s):
+    if path.endswith("var"):
+      return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype)
+    fan_in = max(int(np.prod(s.shape[:-1])), 1) if len(s.shape) > 1 else 4
+    return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(fan_in), s.dtype)
+  return lj.trees.map_with_path(draw, shapes)
 
 
 def _check_invariance(model, variables, spec, key=1):
@@ -134,6 +131,13 @@ def test_derived_specs_have_the_expected_structure():
   # Zero-padded shortcuts tie the streams to the padding: only the 9 inner units remain.
   pad = lj.get_model("resnet20", num_classes=10, shortcut="pad")
   assert len(P.spec_for("resnet20", _init(pad, 0), verify=False, shortcut="pad").names) == 9
+
+  # Dropout masks (training mode) are random values tied to nothing: same spec as without.
+  vgg = lj.get_model("vgg9_bn", num_classes=10, width=0.125)
+  vgg_drop = lj.get_model("vgg9_bn", num_classes=10, width=0.125, dropout_rate=0.5)
+  v = jax.eval_shape(vgg.init, jax.random.key(0), X)
+  assert (P.spec_from_model(vgg_drop, v, X, verify=False)
+          == P.spec_from_model(vgg, v, X, verify=False))
 
   # conv-to-dense flatten: the Dense input axis is (H * W, C) with C permuted.
   model = _ConvBNHead()

@@ -9,14 +9,17 @@ from jax.tree_util import Partial
 
 import landscape_jax as lj
 
+# One compiled direct evaluation of metric_fn(params) (the independent computation to compare to).
+direct_eval = jax.jit(lambda f, p: f(p))
+
 
 @pytest.fixture(scope="module")
 def setup(tiny_mlp, digits_train, digits_test):
   model, variables = tiny_mlp
   params = variables["params"]
-  small_tr = digits_train.subset(slice(0, 200))
-  small_te = digits_test.subset(slice(0, 100))
-  metric_fn = lj.make_metric_fn(model, {"train": small_tr, "test": small_te}, batch_size=128)
+  small_tr = digits_train.subset(slice(0, 120))
+  small_te = digits_test.subset(slice(0, 60))
+  metric_fn = lj.make_metric_fn(model, {"train": small_tr, "test": small_te}, batch_size=64)
   d1, d2 = lj.random_directions(jax.random.key(1), params)
   return metric_fn, params, d1, d2
 
@@ -29,11 +32,12 @@ def test_2d_grid_equals_direct_evaluation_non_square(setup):
   assert set(res) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy"}
   assert res["train_loss"].shape == (5, 3)  # [i, j] = (xs[i], ys[j]), not transposed
   for i, j in [(0, 0), (4, 0), (1, 2), (3, 1), (2, 1)]:
-    direct = metric_fn(lj.plane_point(params, d1, d2, xs[i], ys[j]))
+    direct = direct_eval(metric_fn, lj.plane_point(params, d1, d2, xs[i], ys[j]))
     for k in res:
       np.testing.assert_allclose(res[k][i, j], direct[k], rtol=2e-5, atol=1e-6, err_msg=k)
   # at (0, 0) the point is the centre itself
-  np.testing.assert_allclose(res["test_loss"][2, 1], metric_fn(params)["test_loss"], rtol=1e-6)
+  np.testing.assert_allclose(res["test_loss"][2, 1], direct_eval(metric_fn, params)["test_loss"],
+                             rtol=1e-6)
 
 
 def test_1d_and_modes_agree(setup):
@@ -42,7 +46,7 @@ def test_1d_and_modes_agree(setup):
   res = lj.surface_grid(metric_fn, params, d1, xs, progress=False)
   assert res["train_loss"].shape == (5,)
   for i in (0, 3):
-    direct = metric_fn(lj.plane_point(params, d1, None, xs[i]))
+    direct = direct_eval(metric_fn, lj.plane_point(params, d1, None, xs[i]))
     np.testing.assert_allclose(res["train_loss"][i], direct["train_loss"], rtol=2e-5)
   vm = lj.surface_grid(metric_fn, params, (d1,), xs, map_mode="vmap", chunk_size=3,
                        progress=False)

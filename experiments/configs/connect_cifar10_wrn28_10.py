@@ -30,6 +30,7 @@ def get_config(arg=None):
   c.num_ts = 1
   c.augment = True
   c.seed = 0
+  c.checkpoint_every = 5
   c.num_points = 61
   c.chunk_size = 1
   c.eval_batch_size = 1000
