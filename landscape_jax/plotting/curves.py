@@ -106,7 +106,8 @@ def plot_curve_plane(
     levels: explicit contour levels (default: `curve_levels(z, num=num_levels, vmax=vmax)`).
     vmax: clip values above it before choosing levels (values above get the top colour).
     label: colour-bar label.
-    figsize: default fits the plane's aspect ratio (the axes have equal scales).
+    figsize: default fits the plane's aspect ratio (the axes have equal scales unless one axis
+      spans more than 3 times the other).
 
   Returns:
     The list of written files.
@@ -121,10 +122,14 @@ def plot_curve_plane(
     as_float("levels", levels, 1)
   )
 
-  if figsize is None:  # equal aspect: size the figure to the plane so the colour bar fits it
+  # Equal scales show the plane's true geometry, unless the plane is so elongated (a bend close to
+  # the chord) that equal scales would flatten the picture into a strip.
+  ratio = float(np.ptp(ys) / np.ptp(xs))
+  equal = 1 / 3 <= ratio <= 3
+  if figsize is None:  # size the figure to the plane so the colour bar fits it
     width = 4.8
-    height = float(np.clip(width * np.ptp(ys) / np.ptp(xs), 2.4, 6.0))
-    figsize = (width + 1.7, height + 1.0)
+    height = float(np.clip(width * ratio, 2.4, 6.0)) if equal else 3.8
+    figsize = (width + 1.7, height + 1.6)
   fig = new_figure(figsize)
   ax = fig.add_subplot()
   ax.set_xlim(float(xs.min()), float(xs.max()))
@@ -150,8 +155,9 @@ def plot_curve_plane(
   if bends is not None:
     ax.plot(bends[:, 0], bends[:, 1], "D", color="k", markersize=8, markeredgecolor="w",
             label="bend", zorder=4, linestyle="none")
-  ax.set_aspect("equal", adjustable="box")
-  ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
+  if equal:
+    ax.set_aspect("equal", adjustable="box")
+  ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=8, frameon=False)
   finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
   return save(fig, path, formats, dpi=dpi)
 
