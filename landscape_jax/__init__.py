@@ -18,3 +18,16 @@ from landscape_jax.evaluation import (
 from landscape_jax.models import get_model, model_names
 
 __version__ = "0.1.0"
+
+# Li et al. 2018 surfaces: directions, paths, grids, resumable stores, sharding helpers.
+from landscape_jax import sharding, store
+from landscape_jax.directions import (
+  directions_from_models,
+  normalize_directions,
+  orthogonalize,
+  random_direction,
+  random_directions,
+)
+from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
+from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
+from landscape_jax.surface import surface_grid

@@ -1,0 +1,217 @@
+r"""Li et al. (2018) loss-landscape plots around trained checkpoints: 1-D, 2-D, two-model
+interpolation, plane through three models; resumable, sharded over every device.
+
+  # train first (experiments/train.py writes <workdir>/config.json and <workdir>/checkpoints/)
+  python experiments/train.py --config=experiments/configs/digits_mlp.py --workdir=runs/mlp
+  # 2-D filter-normalised surface around it (51 x 51 on [-1, 1]^2), then a quick 11 x 11 one
+  python experiments/surface.py --config=experiments/configs/surface_2d.py \
+      --config.runs="('runs/mlp',)" --workdir=runs/mlp_surface2d
+  python experiments/surface.py --config=experiments/configs/surface_2d.py:quick \
+      --config.runs="('runs/mlp',)" --workdir=runs/mlp_surface2d_quick
+  # no checkpoint at hand: "init:<model>" is a freshly initialised model (seed = its position)
+  python experiments/surface.py --config=experiments/configs/surface_1d.py \
+      --config.runs="('init:mlp_small',)" --workdir=/tmp/s1d
+
+Modes (``config.mode``): ``random`` (one surface per run along seeded random directions, several
+runs overlaid in the 1-D plot), ``interpolation`` (runs[0] -> runs[1], barriers in summary.json),
+``plane`` (x = t2 - t1, y = t3 - t1). Writes ``<workdir>/<name>/store`` (resumable results: rerun
+the same command after an interruption), ``summary.json`` and figures (when
+`landscape_jax.plotting` is available). Multi-host: start the same command on every host; they
+join through `jax.distributed` and process 0 writes.
+"""
+
+import json
+import os
+import re
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import landscape_jax as lj
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Surface config file (.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (stores, figures, summary).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def load_run(spec: str, index: int, config):
+  """(model, variables, dataset name, data_dir) of a training workdir or ``init:<model>``."""
+  if spec.startswith("init:"):
+    name, dataset = spec[5:], config.dataset
+    ds = lj.load(dataset, "train", data_dir=config.get("data_dir"))
+    model = lj.get_model(name, num_classes=ds.num_classes)
+    variables = model.init(jax.random.key(index), ds.images[:2].astype(np.float32))
+    return model, dict(variables), dataset, config.get("data_dir")
+  with open(os.path.join(spec, "config.json")) as f:
+    train_cfg = json.load(f)
+  from landscape_jax import checkpoints
+
+  variables = checkpoints.load_variables(os.path.join(spec, "checkpoints"),
+                                         step=config.get("step"))
+  dataset = train_cfg["dataset"]
+  data_dir = config.get("data_dir") or train_cfg.get("data_dir")
+  num_classes = lj.load(dataset, "test", data_dir=data_dir).num_classes
+  model = lj.get_model(train_cfg["model"], num_classes=num_classes,
+                       **dict(train_cfg.get("model_kwargs") or {}))
+  return model, dict(variables), dataset, data_dir
+
+
+def make_metric(model, variables, dataset, data_dir, config):
+  """metric_fn over the configured splits, with the centre's or recomputed BN statistics."""
+  splits = {}
+  for split in config.splits:
+    ds = lj.load(dataset, split, data_dir=data_dir)
+    if config.get("eval_subset"):
+      ds = ds.subset(slice(0, config.eval_subset))
+    splits[split] = ds
+  stats = variables.get("batch_stats")
+  if stats is not None and config.bn == "recompute":
+    from landscape_jax.batchnorm import make_recompute_metric_fn
+
+    train = lj.load(dataset, "train", data_dir=data_dir)
+    return make_recompute_metric_fn(model, splits, train_data=train, batch_stats=stats,
+                                    batch_size=config.eval_batch_size)
+  if config.get("error_tol") is not None:
+    fns = {k: lj.surface.make_error_controlled_metric_fn(
+      model, ds, tol=config.error_tol, batch_size=config.eval_batch_size, batch_stats=stats)
+      for k, ds in splits.items()}
+    return jax.tree_util.Partial(_prefixed, fns)
+  if config.bn not in ("center", "recompute"):
+    raise ValueError(f"config.bn must be 'center' or 'recompute', got {config.bn!r}.")
+  return lj.make_metric_fn(model, splits, batch_stats=stats, batch_size=config.eval_batch_size)
+
+
+def _prefixed(fns, params):
+  return {f"{k}_{m}": v for k, fn in fns.items() for m, v in fn(params).items()}
+
+
+def _axis(spec):
+  lo, hi, num = spec
+  return np.linspace(float(lo), float(hi), int(num))
+
+
+def _plot(kind, path, *args, **kwargs):
+  try:
+    from landscape_jax import plotting
+  except ImportError:
+    return
+  fn = getattr(plotting, kind, None)
+  if fn is None:
+    return
+  try:
+    fn(path, *args, **kwargs)
+  except Exception as e:  # a figure must never cost the computed results
+    logging.warning("Plot %s failed: %s", kind, e)
+
+
+def _plot_2d(path, xs, ys, res, title, points=None):
+  for key in ("train_loss", "test_loss", "loss"):
+    if key in res:
+      z = res[key]
+      extra = {"points": points} if points else {}
+      _plot("plot_contour", f"{path}_{key}_contour", xs, ys, z, title=title, **extra)
+      _plot("plot_contourf", f"{path}_{key}_contourf", xs, ys, z, title=title, **extra)
+      _plot("plot_heatmap", f"{path}_{key}_heatmap", xs, ys, z, title=title, **extra)
+      _plot("plot_surface_3d", f"{path}_{key}_3d", xs, ys, z, title=title)
+
+
+def _safe(label: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+def _summary(res):
+  out = {}
+  for k, v in res.items():
+    finite = v[np.isfinite(v)]
+    out[k] = {"min": float(finite.min()) if finite.size else None,
+              "max": float(finite.max()) if finite.size else None,
+              "num_nonfinite": int(v.size - finite.size)}
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  lj.sharding.initialize_distributed()
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  runs = list(config.runs)
+  labels = list(config.get("labels") or [os.path.basename(r.rstrip("/")) or r for r in runs])
+  if len(set(labels)) < len(labels):
+    labels = [f"{label} {i}" for i, label in enumerate(labels)]
+  need = {"interpolation": 2, "plane": 3}.get(config.mode)
+  if config.mode not in ("random", "interpolation", "plane"):
+    raise ValueError(f"config.mode must be random, interpolation or plane, got {config.mode!r}.")
+  if not runs or (need and len(runs) != need):
+    raise ValueError(f"mode {config.mode!r} needs {need or 'at least 1'} runs in config.runs; "
+                     f"got {runs}.")
+  main_process = lj.is_main_process()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = lj.make_mesh()
+  kw = dict(mesh=mesh, chunk_size=config.get("chunk_size"), map_mode=config.get("map_mode"),
+            progress=_PROGRESS.value)
+  loaded = [load_run(r, i, config) for i, r in enumerate(runs)]
+  base_meta = {"mode": config.mode, "runs": runs, "step": config.get("step"), "bn": config.bn,
+               "error_tol": config.get("error_tol"),
+               "splits": list(config.splits), "eval_subset": config.get("eval_subset")}
+  xs = _axis(config.x)
+  ys = _axis(config.y) if config.mode != "interpolation" and config.dim == 2 else None
+  summary = {"config": json.loads(config.to_json_best_effort()), "results": {}}
+  curves = {}
+
+  if config.mode == "random":
+    for label, (model, variables, dataset, data_dir), run in zip(labels, loaded, runs,
+                                                                 strict=True):
+      params = variables["params"]
+      metric_fn = make_metric(model, variables, dataset, data_dir, config)
+      dirs = lj.random_directions(jax.random.key(config.seed), params, num=config.dim,
+                                  norm=config.norm or None, ignore=config.ignore or None,
+                                  same_direction=config.same_direction,
+                                  orthogonal=config.orthogonal)
+      meta = {**base_meta, "run": run, "dataset": dataset, "seed": config.seed,
+              "norm": config.norm, "ignore": config.ignore,
+              "same_direction": config.same_direction, "orthogonal": config.orthogonal}
+      res = lj.surface_grid(metric_fn, params, dirs, xs, ys,
+                            store=os.path.join(workdir, _safe(label), "store"), metadata=meta,
+                            **kw)
+      summary["results"][label] = _summary(res)
+      curves[label] = res
+      if main_process and ys is not None:
+        _plot_2d(os.path.join(workdir, _safe(label), "surface"), xs, ys, res,
+                 f"{label}: {config.norm}-normalised")
+    if main_process and ys is None:
+      _plot("plot_1d", os.path.join(workdir, "surface_1d"), xs,
+            curves if len(curves) > 1 else curves[labels[0]], title=f"{config.norm}-normalised")
+  else:
+    (model, variables, dataset, data_dir) = loaded[0]
+    metric_fn = make_metric(model, variables, dataset, data_dir, config)
+    params = [v[1]["params"] for v in loaded]
+    dirs = lj.directions_from_models(*params)  # checks that the models have the same structure
+    meta = {**base_meta, "dataset": dataset, "directions": "models (x = t2 - t1, y = t3 - t1)"}
+    store = os.path.join(workdir, config.mode, "store")
+    if config.mode == "interpolation":
+      res = lj.linear_path(metric_fn, params[0], params[1], xs, store=store, metadata=meta, **kw)
+      summary["results"]["interpolation"] = _summary(res)
+      summary["barriers"] = {k: lj.barriers(v, xs) for k, v in res.items() if "loss" in k}
+      if main_process:
+        _plot("plot_interpolation", os.path.join(workdir, "interpolation"), xs, res,
+              labels=tuple(labels), title="linear interpolation")
+    else:
+      res = lj.surface_grid(metric_fn, params[0], dirs, xs, ys, store=store, metadata=meta, **kw)
+      summary["results"]["plane"] = _summary(res)
+      if main_process:
+        points = {labels[0]: (0.0, 0.0), labels[1]: (1.0, 0.0), labels[2]: (0.0, 1.0)}
+        _plot_2d(os.path.join(workdir, "plane"), xs, ys, res, "plane through three models",
+                 points=points)
+  if main_process:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=1, default=str)
+    print(json.dumps(summary["results"], indent=1))
+    if "barriers" in summary:
+      print(json.dumps(summary["barriers"], indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)

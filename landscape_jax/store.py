@@ -1,0 +1,270 @@
+"""Resumable result files: arrays with a done-mask plus JSON metadata, written atomically.
+
+A store is a directory::
+
+  meta.json              {"format", "config", "shape", "keys", "arrays_file", "sha256", ...}
+  arrays-000012.npz      "done" (bool, shape) and one float array per metric ("m:<key>")
+
+Writing is crash-safe: the arrays go to a new generation file (tmp file, fsync, `os.replace`),
+then ``meta.json`` (which names that file and its sha256) is replaced the same way; only then are
+older generations deleted. A kill at any moment leaves either the previous or the new state, never
+a mix. Reading checks the structure and the checksum: a truncated or corrupt store raises
+`StoreCorruptError` and is never written to. A rerun with a different configuration raises a
+ValueError that lists the differing keys, and never overwrites. A failing write (full disk,
+read-only directory) raises `StoreWriteError` and leaves the previous state intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+import numpy as np
+
+FORMAT = "landscape_jax.store/1"
+META = "meta.json"
+_ARRAYS_RE = re.compile(r"^arrays-(\d{6,})\.npz$")
+
+
+class StoreCorruptError(RuntimeError):
+  """The store on disk is truncated, corrupt or not a landscape-jax store."""
+
+
+class StoreWriteError(OSError):
+  """Writing the store failed; the previous state on disk is intact."""
+
+
+@dataclasses.dataclass
+class StoreState:
+  """The content of a store: `values[key]` and the `done` mask share the grid `shape`."""
+
+  config: dict
+  values: dict[str, np.ndarray]
+  done: np.ndarray
+  generation: int = 0
+
+  @property
+  def num_done(self) -> int:
+    return int(np.sum(self.done))
+
+
+def jsonable(obj: Any) -> Any:
+  """Converts numpy scalars/arrays, tuples and nested dicts into plain JSON types."""
+  if isinstance(obj, dict):
+    return {str(k): jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [jsonable(v) for v in obj]
+  if isinstance(obj, np.ndarray) or hasattr(obj, "__array__") and hasattr(obj, "shape"):
+    return jsonable(np.asarray(obj).tolist())
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if obj is None or isinstance(obj, (bool, int, float, str)):
+    return obj
+  return str(obj)
+
+
+def normalize_config(config: dict) -> dict:
+  """The configuration as it reads back from JSON (so that comparisons are exact)."""
+  return json.loads(json.dumps(jsonable(config), sort_keys=True, allow_nan=True))
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """Keys (dotted for nested dicts) whose values differ between two configurations."""
+  out = []
+  for k in sorted(set(old) | set(new)):
+    if k not in old or k not in new:
+      out.append(f"{k} (only in {'stored' if k in old else 'new'} configuration)")
+    elif isinstance(old[k], dict) and isinstance(new[k], dict):
+      out.extend(f"{k}.{d}" for d in config_differences(old[k], new[k]))
+    elif old[k] != new[k] and not (_is_nan(old[k]) and _is_nan(new[k])):
+      out.append(k)
+  return out
+
+
+def _is_nan(x) -> bool:
+  return isinstance(x, float) and x != x
+
+
+def exists(path: str | os.PathLike) -> bool:
+  """True if `path` holds a store (or something that claims to be one)."""
+  return os.path.exists(os.path.join(path, META))
+
+
+def _fsync_dir(path: str) -> None:
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+  directory = os.path.dirname(path) or "."
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path), suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  _fsync_dir(directory)
+
+
+def _key_name(key: str) -> str:
+  return "m:" + key
+
+
+def read(path: str | os.PathLike) -> StoreState:
+  """Reads and validates a store (structure, shapes, checksum).
+
+  Raises:
+    FileNotFoundError: no store at `path`.
+    StoreCorruptError: the store is truncated or corrupt (it is left untouched).
+  """
+  path = os.fspath(path)
+  meta_path = os.path.join(path, META)
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"No result store at {path} (missing {META}).")
+  hint = (f"The store at {path} was not modified. Move it away (or pass another path) to start "
+          "over, or restore it from a backup.")
+  try:
+    with open(meta_path, "rb") as f:
+      meta = json.loads(f.read().decode("utf-8"))
+    if meta.get("format") != FORMAT:
+      raise StoreCorruptError(f"{meta_path} is not a landscape-jax store (format "
+                              f"{meta.get('format')!r}, expected {FORMAT!r}). {hint}")
+    shape = tuple(int(s) for s in meta["shape"])
+    keys = list(meta["keys"])
+    arrays_file = str(meta["arrays_file"])
+    digest = str(meta["sha256"])
+    generation = int(meta["generation"])
+    config = meta["config"]
+  except StoreCorruptError:
+    raise
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    raise StoreCorruptError(f"{meta_path} is truncated or corrupt ({e!r}). {hint}") from e
+  if not _ARRAYS_RE.match(arrays_file):
+    raise StoreCorruptError(f"{meta_path} names an invalid arrays file {arrays_file!r}. {hint}")
+  arrays_path = os.path.join(path, arrays_file)
+  try:
+    with open(arrays_path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise StoreCorruptError(f"{arrays_path} cannot be read ({e}). {hint}") from e
+  if hashlib.sha256(data).hexdigest() != digest:
+    raise StoreCorruptError(f"{arrays_path} is truncated or corrupt (sha256 mismatch). {hint}")
+  try:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+      done = np.asarray(npz["done"], bool)
+      values = {k: np.asarray(npz[_key_name(k)]) for k in keys}
+  except (ValueError, KeyError, OSError) as e:
+    raise StoreCorruptError(f"{arrays_path} has a bad structure ({e!r}). {hint}") from e
+  if done.shape != shape or any(v.shape != shape for v in values.values()):
+    raise StoreCorruptError(f"{arrays_path}: array shapes do not match {shape}. {hint}")
+  return StoreState(config=config, values=values, done=done, generation=generation)
+
+
+def write(path: str | os.PathLike, state: StoreState) -> StoreState:
+  """Writes a new generation of the store atomically and returns the state with it recorded.
+
+  Raises:
+    StoreWriteError: the write failed (full disk, read-only directory, ...); the previous state on
+      disk is intact.
+  """
+  path = os.fspath(path)
+  generation = state.generation + 1
+  arrays_file = f"arrays-{generation:06d}.npz"
+  shape = state.done.shape
+  try:
+    os.makedirs(path, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, done=np.asarray(state.done, bool),
+             **{_key_name(k): np.asarray(v) for k, v in state.values.items()})
+    data = buf.getvalue()
+    _atomic_write_bytes(os.path.join(path, arrays_file), data)
+    meta = {
+      "format": FORMAT,
+      "shape": list(shape),
+      "keys": list(state.values),
+      "arrays_file": arrays_file,
+      "sha256": hashlib.sha256(data).hexdigest(),
+      "generation": generation,
+      "num_done": int(np.sum(state.done)),
+      "num_points": int(np.prod(shape)),
+      "config": normalize_config(state.config),
+    }
+    text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=True).encode("utf-8")
+    _atomic_write_bytes(os.path.join(path, META), text)
+  except OSError as e:
+    raise StoreWriteError(
+      f"Could not write results to {path}: {e}. The previous state on disk is intact; free disk "
+      "space or choose a writable directory, then rerun to resume.") from e
+  for name in os.listdir(path):
+    if _ARRAYS_RE.match(name) and name != arrays_file:
+      try:
+        os.unlink(os.path.join(path, name))
+      except OSError:
+        pass
+  return dataclasses.replace(state, generation=generation)
+
+
+def open_or_create(path: str | os.PathLike, *, config: dict, shape: tuple[int, ...],
+                   keys: dict[str, Any], create: bool = True) -> StoreState:
+  """Opens the store at `path` for resuming, or creates an empty one.
+
+  Args:
+    path: the store directory.
+    config: everything that defines the result (grid, directions, normalisation, checkpoint,
+      dataset, ...). It must equal the stored configuration.
+    shape: grid shape of every array.
+    keys: metric name -> dtype.
+    create: write the empty store now (False on processes that must not write).
+
+  Raises:
+    ValueError: the stored configuration differs (the message lists the keys).
+    StoreCorruptError: the store is corrupt.
+  """
+  config = normalize_config(config)
+  if exists(path):
+    state = read(path)
+    diffs = config_differences(state.config, config)
+    if diffs:
+      raise ValueError(
+        f"The result store at {os.fspath(path)} was computed with a different configuration; "
+        f"differing keys: {', '.join(diffs)}. Refusing to mix results: use another path (workdir) "
+        "or delete the store to recompute.")
+    if state.done.shape != tuple(shape) or set(state.values) != set(keys):
+      raise ValueError(
+        f"The result store at {os.fspath(path)} has shape {state.done.shape} and metrics "
+        f"{sorted(state.values)}, expected {tuple(shape)} and {sorted(keys)}. Use another path.")
+    return state
+  values = {k: np.full(shape, np.nan, dtype=np.dtype(dt)) for k, dt in keys.items()}
+  state = StoreState(config=config, values=values, done=np.zeros(shape, bool))
+  return write(path, state) if create else state
+
+
+__all__ = [
+  "StoreCorruptError",
+  "StoreState",
+  "StoreWriteError",
+  "config_differences",
+  "exists",
+  "open_or_create",
+  "read",
+  "write",
+]

@@ -1,0 +1,99 @@
+"""Helper process for the resume and multi-process tests of test_store.py / test_sharding.py.
+
+Usage:
+  python tests/surface_worker.py interrupt STORE KILL_AT_WRITE
+      runs a toy surface with a store and SIGKILLs itself in the middle of the given file write
+      (after the arrays file of a chunk, before its meta.json) to simulate a crash;
+  python tests/surface_worker.py distributed STORE PORT PROCESS_ID OUT_NPZ
+      one of two `jax.distributed` processes on localhost (2 simulated CPU devices each) computing
+      the MLP surface of `mlp_problem` on a 4-device mesh; every process saves what it returned.
+"""
+
+import os
+import signal
+import sys
+
+if __name__ == "__main__":
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + (
+    "2" if sys.argv[1] == "distributed" else "1")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TOY_XS = np.linspace(-1.0, 1.0, 7)
+TOY_YS = np.linspace(-0.5, 1.0, 4)
+TOY_CHUNK = 5
+TOY_META = {"direction_seed": 0, "norm": "none", "checkpoint": "toy", "dataset": "none"}
+
+
+def toy_problem():
+  center = {"w": jnp.arange(6.0).reshape(2, 3) / 6.0, "b": jnp.ones(3)}
+  d1 = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+  d2 = {"w": jnp.eye(2, 3), "b": jnp.ones(3)}
+  return center, (d1, d2)
+
+
+def toy_metric(p):
+  loss = jnp.sum(jnp.sin(p["w"]) ** 2) + jnp.sum((p["b"] - 2.0) ** 2)
+  return {"loss": loss, "acc": jnp.tanh(loss)}
+
+
+MLP_XS = np.linspace(-1.0, 1.0, 5)
+MLP_YS = np.linspace(-1.0, 0.5, 3)
+
+
+def mlp_problem():
+  import landscape_jax as lj
+
+  tr = lj.load("digits", "train").subset(slice(0, 160))
+  te = lj.load("digits", "test").subset(slice(0, 80))
+  model = lj.get_model("mlp_small", num_classes=10)
+  params = model.init(jax.random.key(0), tr.images[:2].astype(np.float32))["params"]
+  metric_fn = lj.make_metric_fn(model, {"train": tr, "test": te}, batch_size=64)
+  dirs = lj.random_directions(jax.random.key(1), params)
+  return metric_fn, params, dirs
+
+
+def _interrupt(store, kill_at):
+  from jax.tree_util import Partial
+
+  import landscape_jax as lj
+  from landscape_jax import store as store_lib
+
+  original = store_lib._atomic_write_bytes
+  calls = [0]
+
+  def crashing(path, data):
+    calls[0] += 1
+    original(path, data)
+    if calls[0] == kill_at:
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  store_lib._atomic_write_bytes = crashing
+  center, dirs = toy_problem()
+  lj.surface_grid(Partial(toy_metric), center, dirs, TOY_XS, TOY_YS, chunk_size=TOY_CHUNK,
+                  store=store, metadata=TOY_META, progress=False)
+
+
+def _distributed(store, port, process_id, out):
+  import landscape_jax as lj
+
+  lj.sharding.initialize_distributed(f"127.0.0.1:{port}", num_processes=2,
+                                     process_id=process_id)
+  metric_fn, params, dirs = mlp_problem()
+  mesh = lj.make_mesh()
+  assert mesh.devices.size == 4 and len(jax.local_devices()) == 2
+  res = lj.surface_grid(metric_fn, params, dirs, MLP_XS, MLP_YS, mesh=mesh, chunk_size=8,
+                        store=store, metadata={"test": "distributed"}, progress=False)
+  np.savez(out, **res)
+  lj.sharding.sync("done")
+
+
+if __name__ == "__main__":
+  if sys.argv[1] == "interrupt":
+    _interrupt(sys.argv[2], int(sys.argv[3]))
+  else:
+    _distributed(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

@@ -1,0 +1,175 @@
+"""Directions and their normalisation against hand computations (Li et al. 2018)."""
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import landscape_jax as lj
+
+
+def _params(key=0):
+  k = jax.random.split(jax.random.key(key), 5)
+  return {
+    "Conv_0": {"kernel": jax.random.normal(k[0], (3, 3, 2, 4)),
+               "bias": jax.random.normal(k[1], (4,))},
+    "BatchNorm_0": {"scale": jnp.ones(4) * 1.5, "bias": jnp.full(4, 0.2)},
+    "Dense_0": {"kernel": jax.random.normal(k[2], (36, 5)), "bias": jax.random.normal(k[3], (5,))},
+  }
+
+
+def _hand_filter(d, w, with_w=True):
+  """Per output unit f (last axis): d[..., f] * ||w[..., f]|| / (||d[..., f]|| + 1e-10)."""
+  d, w = np.asarray(d, np.float64), np.asarray(w, np.float64)
+  out = np.empty_like(d)
+  for f in range(d.shape[-1]):
+    wf = np.linalg.norm(w[..., f].ravel()) if with_w else 1.0
+    out[..., f] = d[..., f] * wf / (np.linalg.norm(d[..., f].ravel()) + 1e-10)
+  return out
+
+
+def test_random_direction_structure_and_independence():
+  p = _params()
+  d = lj.random_direction(jax.random.key(1), p)
+  assert jax.tree.structure(d) == jax.tree.structure(p)
+  for a, b in zip(jax.tree.leaves(d), jax.tree.leaves(p), strict=True):
+    assert a.shape == b.shape and a.dtype == b.dtype
+  big = lj.random_direction(jax.random.key(2), {"w": jnp.zeros((200, 100))})["w"]
+  assert abs(float(big.mean())) < 0.02 and abs(float(big.std()) - 1) < 0.02
+  with pytest.raises(ValueError, match="floating-point"):
+    lj.random_direction(jax.random.key(0), {"step": jnp.zeros((), jnp.int32)})
+
+
+@pytest.mark.parametrize("layer", ["Conv_0", "Dense_0"])
+def test_filter_norm_matches_hand_computation(layer):
+  p = _params()
+  d = lj.random_direction(jax.random.key(3), p)
+  n = lj.normalize_directions(d, p, norm="filter", ignore="biasbn")
+  np.testing.assert_allclose(n[layer]["kernel"], _hand_filter(d[layer]["kernel"],
+                                                              p[layer]["kernel"]), rtol=1e-5)
+  # each output unit now has the norm of the corresponding filter of w
+  w = np.asarray(p[layer]["kernel"])
+  got = np.asarray(n[layer]["kernel"])
+  for f in range(w.shape[-1]):
+    np.testing.assert_allclose(np.linalg.norm(got[..., f]), np.linalg.norm(w[..., f]), rtol=1e-5)
+  nd = lj.normalize_directions(d, p, norm="dfilter", ignore="biasbn")
+  np.testing.assert_allclose(nd[layer]["kernel"],
+                             _hand_filter(d[layer]["kernel"], p[layer]["kernel"], False), rtol=1e-5)
+
+
+def test_layer_weight_dlayer_none_norms():
+  p = _params()
+  d = lj.random_direction(jax.random.key(4), p)
+  for layer in ("Conv_0", "Dense_0"):
+    dk, wk = np.asarray(d[layer]["kernel"], np.float64), np.asarray(p[layer]["kernel"], np.float64)
+    got = lj.normalize_directions(d, p, norm="layer")[layer]["kernel"]
+    np.testing.assert_allclose(got, dk * np.linalg.norm(wk) / np.linalg.norm(dk), rtol=1e-5)
+    got = lj.normalize_directions(d, p, norm="dlayer")[layer]["kernel"]
+    np.testing.assert_allclose(got, dk / np.linalg.norm(dk), rtol=1e-5)
+    got = lj.normalize_directions(d, p, norm="weight")[layer]["kernel"]
+    np.testing.assert_allclose(got, dk * wk, rtol=1e-6)
+    got = lj.normalize_directions(d, p, norm=None)[layer]["kernel"]
+    np.testing.assert_array_equal(got, d[layer]["kernel"])
+
+
+@pytest.mark.parametrize("norm", ["filter", "layer", "weight", "dfilter", "dlayer", None])
+def test_biasbn_zeroes_exactly_the_1d_leaves(norm):
+  p = _params()
+  d = lj.random_direction(jax.random.key(5), p)
+  n = lj.normalize_directions(d, p, norm=norm, ignore="biasbn")
+  for path, leaf in zip(lj.trees.leaf_paths(n), jax.tree.leaves(n), strict=True):
+    if leaf.ndim <= 1:
+      assert not np.any(np.asarray(leaf)), path
+    else:
+      assert np.all(np.asarray(leaf) != 0), path
+  # ignore=None copies w into the 1-D leaves (as the reference code does)
+  keep = lj.normalize_directions(d, p, norm=norm, ignore=None)
+  np.testing.assert_array_equal(keep["BatchNorm_0"]["scale"], p["BatchNorm_0"]["scale"])
+  np.testing.assert_array_equal(keep["Dense_0"]["bias"], p["Dense_0"]["bias"])
+
+
+def test_bad_inputs():
+  p = _params()
+  d = lj.random_direction(jax.random.key(6), p)
+  with pytest.raises(ValueError, match="Unknown norm"):
+    lj.normalize_directions(d, p, norm="filters")
+  with pytest.raises(ValueError, match="Unknown ignore"):
+    lj.normalize_directions(d, p, ignore="bn")
+  with pytest.raises(ValueError, match="same pytree structure"):
+    lj.normalize_directions({"Dense_0": d["Dense_0"]}, p)
+  zero = jax.tree.map(jnp.zeros_like, d)
+  with pytest.raises(ValueError, match="direction is zero"):
+    lj.normalize_directions(zero, p, norm="layer")
+  # filter normalisation has an epsilon: a zero direction stays zero, no NaN
+  z = lj.normalize_directions(zero, p, norm="filter")
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(z))
+
+
+def test_orthogonalize_and_random_directions_options():
+  p = _params()
+  d1, d2 = lj.random_directions(jax.random.key(7), p, orthogonal=True)
+  flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]).astype(np.float64)
+  # raw draws were orthogonalised, then filter-normalised: check Gram-Schmidt directly instead
+  a, b = (lj.random_direction(jax.random.key(k), p) for k in (8, 9))
+  o = lj.orthogonalize(b, a)
+  assert abs(flat(o) @ flat(a)) < 1e-4 * np.linalg.norm(flat(a)) * np.linalg.norm(flat(o))
+  np.testing.assert_allclose(np.linalg.norm(flat(o)), np.linalg.norm(flat(b)), rtol=1e-5)
+  r = lj.orthogonalize(b, a, normalize_to="none")
+  fa, fb = flat(a), flat(b)
+  np.testing.assert_allclose(flat(r), fb - (fb @ fa) / (fa @ fa) * fa, rtol=1e-4, atol=1e-5)
+  s1, s2 = lj.random_directions(jax.random.key(7), p, same_direction=True)
+  np.testing.assert_array_equal(flat(s1), flat(s2))
+  (one,) = lj.random_directions(jax.random.key(7), p, num=1)
+  np.testing.assert_array_equal(flat(one), flat(s1))  # the 1-D direction is the 2-D x direction
+  assert np.all(np.isfinite(flat(d1))) and np.all(np.isfinite(flat(d2)))
+  with pytest.raises(ValueError, match="zero"):
+    lj.orthogonalize(b, jax.tree.map(jnp.zeros_like, a))
+
+
+def test_directions_from_models():
+  t1, t2, t3 = _params(0), _params(1), _params(2)
+  x, y = lj.directions_from_models(t1, t2, t3)
+  got = lj.plane_point(t1, x, y, 1.0, 0.0)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(t2), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  got = lj.plane_point(t1, x, y, 0.0, 1.0)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(t3), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="same pytree structure"):
+    lj.directions_from_models(t1, {"Dense_0": t2["Dense_0"]})
+
+
+_shapes = hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=5)
+_floats = st.floats(-10, 10, allow_nan=False, width=32)
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data(), shape=_shapes)
+def test_property_filter_norm_scale_invariance(data, shape):
+  """Filter normalisation: unit norms match w's; invariant to scaling d; w scaled -> d scaled."""
+  w = data.draw(hnp.arrays(np.float32, shape, elements=_floats))
+  d = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(0.5, 2.0, width=32)))
+  n = np.asarray(lj.normalize_directions({"k": d}, {"k": w}, norm="filter")["k"], np.float64)
+  for f in range(shape[-1]):
+    np.testing.assert_allclose(np.linalg.norm(n[..., f]), np.linalg.norm(w[..., f]),
+                               rtol=1e-4, atol=1e-6)
+  n3 = lj.normalize_directions({"k": 3 * d}, {"k": w}, norm="filter")["k"]
+  np.testing.assert_allclose(n3, n, rtol=1e-4, atol=1e-6)
+  n2 = lj.normalize_directions({"k": d}, {"k": 2 * w}, norm="filter")["k"]
+  np.testing.assert_allclose(n2, 2 * n, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data(), shape=_shapes)
+def test_property_orthogonalize(data, shape):
+  a = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(0.5, 2.0, width=32)))
+  b = data.draw(hnp.arrays(np.float32, shape, elements=_floats))
+  o = np.asarray(lj.orthogonalize({"k": b}, {"k": a}, normalize_to="none")["k"], np.float64)
+  a64 = a.astype(np.float64)
+  assert abs(o.ravel() @ a64.ravel()) <= 1e-4 * (np.linalg.norm(a64) * np.linalg.norm(b) + 1e-3)
+  # orthogonalising twice changes nothing more
+  o2 = lj.orthogonalize({"k": o.astype(np.float32)}, {"k": a}, normalize_to="none")["k"]
+  np.testing.assert_allclose(o2, o, atol=1e-3 * (np.linalg.norm(b) + 1))
