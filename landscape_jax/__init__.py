@@ -31,3 +31,16 @@ from landscape_jax.directions import (
 from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
 from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
 from landscape_jax.surface import surface_grid
+# Training and checkpoints (training.py, checkpoints.py).
+from landscape_jax import checkpoints, training
+from landscape_jax.checkpoints import load_trajectory, load_variables
+from landscape_jax.training import (
+  TrainState,
+  create_train_state,
+  eval_step,
+  garipov_schedule,
+  make_optimizer,
+  step_schedule,
+  train,
+  train_step,
+)

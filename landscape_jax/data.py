@@ -7,7 +7,7 @@ units) used for normalisation. Normalisation happens inside compiled functions
 
 Sources:
   * ``digits``: scikit-learn's bundled 8x8 grey digits (1797 images, 16 grey levels scaled to
-    0..255), split deterministically into 1347 train / 450 test images. No network needed.
+    0..255), split deterministically into 1348 train / 449 test images. No network needed.
   * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``svhn_cropped``: through
     `tensorflow_datasets` (``tfds.load(name, split=..., batch_size=-1)``), which downloads on a
     connected machine or reads a prepared copy from ``data_dir``. TensorFlow is imported lazily and

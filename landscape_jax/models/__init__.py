@@ -12,6 +12,19 @@ Names (see `model_names`; every model takes ``num_classes=`` and its attributes 
   * ``wrn{d}_{k}``: Wide-ResNet. Depth 6n + 4 (``wrn28_10``, ``wrn16_4``): Zagoruyko & Komodakis's
     pre-activation WRN as in Garipov et al.; depth 6n + 2 (``wrn56_2``, ``wrn56_4_noshort``):
     Li et al.'s widened CIFAR ResNet, i.e. ``resnet{d}`` with ``width=k``.
+  * ``preresnet{d}``: pre-activation ResNet of Garipov et al. (``preresnet110``, ``preresnet164``;
+    bottleneck blocks for depth >= 44).
+  * ``vgg9``, ``vgg9_bn`` (Li et al.), ``vgg16``, ``vgg16_bn`` (Garipov et al.); override
+    ``width``, ``dropout_rate``.
+  * ``densenet_bc_{L}_{k}`` (``densenet_bc_100_12``), ``densenet_cifar`` (Li et al.'s 4 blocks).
+  * ``convfc`` (Garipov et al.).
+
+Parameter names are explicit and stable (each model's docstring lists them): the classifier is
+always ``linear``; residual nets name blocks ``layer{stage}_{block}`` (stages from 1, blocks from
+0) with ``conv1, bn1, conv2, bn2, ...`` inside; plain stacks number layers ``conv_{i}``,
+``bn_{i}``, ``fc_{j}``. Convolution kernels are HWIO, Dense kernels (in, out). Every model
+accepts ``dtype=`` (computation dtype, e.g. ``jnp.bfloat16``; parameters stay float32, logits are
+float32).
 """
 
 from __future__ import annotations
@@ -22,13 +35,29 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from landscape_jax.models.convfc import ConvFC
+from landscape_jax.models.densenet import DenseNet, densenet_bc
 from landscape_jax.models.mlp import MLP
+from landscape_jax.models.preresnet import PreActBlock, PreResNet
 from landscape_jax.models.resnet import BasicBlock, ResNet
+from landscape_jax.models.vgg import VGG, vgg9, vgg16
+from landscape_jax.models.wide_resnet import WideBasic, WideResNet
 
 # name -> factory(num_classes=..., **overrides) -> nn.Module
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
   "mlp": functools.partial(MLP, features=(64, 64)),
   "mlp_small": functools.partial(MLP, features=(32,)),
+  "vgg9": functools.partial(vgg9, batch_norm=False),
+  "vgg9_bn": functools.partial(vgg9, batch_norm=True),
+  "vgg16": functools.partial(vgg16, batch_norm=False),
+  "vgg16_bn": functools.partial(vgg16, batch_norm=True),
+  "convfc": ConvFC,
+  "preresnet110": functools.partial(PreResNet, depth=110),
+  "preresnet164": functools.partial(PreResNet, depth=164),
+  "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
+  "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
+  "densenet_bc_100_12": functools.partial(densenet_bc, depth=100, growth_rate=12),
+  "densenet_cifar": functools.partial(DenseNet, num_layers=(6, 12, 24, 16), growth_rate=12),
 }
 for _d in (8, 20, 32, 44, 56, 110):
   _REGISTRY[f"resnet{_d}"] = functools.partial(ResNet, depth=_d)
@@ -45,6 +74,8 @@ def _resnet_pattern(m: re.Match) -> Callable[..., nn.Module]:
 
 def _wrn_pattern(m: re.Match) -> Callable[..., nn.Module]:
   depth, k, noshort = int(m[1]), int(m[2]), bool(m[3])
+  if (depth - 4) % 6 == 0 and not noshort:
+    return functools.partial(WideResNet, depth=depth, widen_factor=k)
   if (depth - 2) % 6 == 0:
     return functools.partial(ResNet, depth=depth, width=float(k),
                              shortcut="none" if noshort else "conv")
@@ -56,6 +87,9 @@ def _wrn_pattern(m: re.Match) -> Callable[..., nn.Module]:
 _PATTERNS: list[tuple[str, Callable[[re.Match], Callable[..., nn.Module]]]] = [
   (r"resnet(\d+)(_noshort)?", _resnet_pattern),
   (r"wrn(\d+)_(\d+)(_noshort)?", _wrn_pattern),
+  (r"preresnet(\d+)", lambda m: functools.partial(PreResNet, depth=int(m[1]))),
+  (r"densenet_bc_(\d+)_(\d+)",
+   lambda m: functools.partial(densenet_bc, depth=int(m[1]), growth_rate=int(m[2]))),
 ]
 
 
@@ -78,7 +112,7 @@ def _factory(name: str) -> Callable[..., nn.Module]:
       return build(m)
   raise ValueError(
     f"Unknown model '{name}'. Known models: {', '.join(model_names())}; parametric names: "
-    "resnet{6n+2}[_noshort], wrn{depth}_{k}[_noshort].")
+    "resnet{6n+2}[_noshort], wrn{depth}_{k}[_noshort], preresnet{depth}, densenet_bc_{L}_{k}.")
 
 
 def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
@@ -100,4 +134,7 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
     raise TypeError(f"Bad overrides {sorted(overrides)} for model '{name}': {e}") from e
 
 
-__all__ = ["MLP", "BasicBlock", "ResNet", "get_model", "model_names", "register"]
+__all__ = [
+  "MLP", "VGG", "BasicBlock", "ConvFC", "DenseNet", "PreActBlock", "PreResNet", "ResNet",
+  "WideBasic", "WideResNet", "densenet_bc", "get_model", "model_names", "register", "vgg9", "vgg16",
+]

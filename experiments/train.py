@@ -1,0 +1,49 @@
+r"""Trains a model from a config file, checkpointing (and resuming) in --workdir.
+
+  python experiments/train.py --config=experiments/configs/digits_resnet.py --workdir=runs/dr
+  python experiments/train.py --config=experiments/configs/digits_resnet.py:resnet8 \
+      --workdir=runs/dr8 --config.num_epochs=5
+  python experiments/train.py --config=experiments/configs/cifar10_resnet56.py \
+      --workdir=runs/cifar10_resnet56 --config.data_dir=/path/to/tensorflow_datasets
+
+Writes <workdir>/config.json, <workdir>/metrics.jsonl (one JSON record per epoch) and
+<workdir>/checkpoints/<step> (orbax; the initial point, every `checkpoint_every_epochs` epochs and
+the last one). Rerunning the same command after an interruption resumes from the last checkpoint.
+The batch is sharded over every visible device.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import landscape_jax as lj
+from landscape_jax import training
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines out of the bar
+    logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  data_dir = config.get("data_dir")
+  train_ds = lj.load(config.dataset, "train", data_dir=data_dir,
+                     subset=config.get("train_subset"))
+  test_ds = lj.load(config.dataset, "test", data_dir=data_dir)
+  model = lj.get_model(config.model, num_classes=train_ds.num_classes,
+                       **dict(config.get("model_kwargs") or {}))
+  print(f"Training {config.model} on {config.dataset} ({len(train_ds)} images) with "
+        f"{training.make_mesh().size} device(s); workdir {_WORKDIR.value}.")
+  _, records = training.train(model, train_ds, test_ds, config=config, workdir=_WORKDIR.value,
+                              progress=_PROGRESS.value)
+  if records:
+    print(f"final test accuracy {records[-1].get('test_accuracy', float('nan')):.4f} "
+          f"after {records[-1]['epoch']} epochs")
+
+
+if __name__ == "__main__":
+  app.run(main)

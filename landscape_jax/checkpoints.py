@@ -1,0 +1,211 @@
+"""Checkpoints with orbax: atomic saves, structure-checked restores, and training trajectories.
+
+A checkpoint directory holds one sub-directory per saved step, ``<directory>/<step>/``, written by
+orbax's `StandardCheckpointHandler`. Orbax writes into ``<step>.orbax-checkpoint-tmp-*`` and renames
+the directory only once every file (and ``commit_success.txt``) is on disk, so a save interrupted at
+any moment (even by SIGKILL) leaves either the previous set of complete steps or the new one; a
+half-written directory is never listed by `list_steps` and never restored.
+
+Any pytree can be saved (a `training.TrainState`, ``{"params": ..., "batch_stats": ...}``, a curve,
+...). It is stored as its Flax state dict (`flax.serialization.to_state_dict`: NamedTuples and
+dataclasses become dicts of their fields, sequences dicts keyed ``"0", "1", ...``), so a checkpoint
+can be read back without the Python classes that wrote it. Restoring into a `target` checks the
+saved structure, shapes and dtypes against the target first and raises a `ValueError` naming the
+first differing leaf path (e.g. ``params/Dense_0/kernel: shape (64, 64) vs (64, 32)``).
+
+Trajectories (Li et al. 2018, Sec. 7, PCA of the optimisation path): `training.train` saves the
+initial point (step 0) and a checkpoint every k epochs; ``load_trajectory(dir)`` returns their
+parameters in step order, ready for ``directions.pca_directions``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from typing import Any
+
+import flax.serialization
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from landscape_jax import trees
+
+PyTree = Any
+COMMIT_FILE = "commit_success.txt"
+_STEP_RE = re.compile(r"^\d+$")
+
+
+def _handler() -> ocp.Checkpointer:
+  # Synchronous: `save` returns once the step directory has been renamed into place.
+  return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+
+
+def _step_dir(directory: str, step: int) -> str:
+  return os.path.join(os.fspath(directory), str(int(step)))
+
+
+def _is_complete(path: str) -> bool:
+  return os.path.isdir(path) and os.path.exists(os.path.join(path, COMMIT_FILE))
+
+
+def list_steps(directory: str) -> list[int]:
+  """Sorted steps of the *complete* checkpoints under `directory` ([] if there is none).
+
+  Temporary directories of an interrupted save (``<step>.orbax-checkpoint-tmp-*``) and step
+  directories without orbax's commit marker are ignored.
+  """
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if _STEP_RE.match(name) and _is_complete(os.path.join(directory, name)))
+
+
+def latest_step(directory: str) -> int | None:
+  """The largest complete step under `directory`, or None."""
+  steps = list_steps(directory)
+  return steps[-1] if steps else None
+
+
+def save(directory: str, step: int, tree: PyTree, *, overwrite: bool = False) -> str:
+  """Saves `tree` as ``<directory>/<step>`` atomically and returns that path.
+
+  Args:
+    directory: the checkpoint directory (created if missing).
+    step: a non-negative integer (the optimizer step for training checkpoints).
+    tree: any pytree of arrays; stored as its Flax state dict.
+    overwrite: replace an existing complete checkpoint of the same step (otherwise a ValueError).
+
+  An incomplete leftover directory of the same step (not written by a finished orbax save) is
+  removed first.
+  """
+  step = int(step)
+  if step < 0:
+    raise ValueError(f"Checkpoint step must be non-negative, got {step}.")
+  path = _step_dir(directory, step)
+  if os.path.exists(path):
+    if _is_complete(path) and not overwrite:
+      raise ValueError(
+        f"A checkpoint for step {step} already exists at {path}; pass overwrite=True to replace it "
+        "or use a fresh directory.")
+    if jax.process_index() == 0:
+      shutil.rmtree(path)
+  os.makedirs(os.fspath(directory), exist_ok=True)
+  state = flax.serialization.to_state_dict(tree)
+  state = jax.tree.map(lambda x: np.asarray(x) if np.isscalar(x) else x, state)
+  _handler().save(os.path.abspath(path), args=ocp.args.StandardSave(state))
+  return path
+
+
+def _resolve_step(directory: str, step: int | None) -> int:
+  steps = list_steps(directory)
+  if not steps:
+    raise FileNotFoundError(
+      f"No complete checkpoint under {directory}. Train first (experiments/train.py writes "
+      "<workdir>/checkpoints) or check the path.")
+  if step is None:
+    return steps[-1]
+  if int(step) not in steps:
+    raise FileNotFoundError(f"No complete checkpoint for step {step} under {directory}; "
+                            f"available steps: {steps}.")
+  return int(step)
+
+
+def saved_structure(directory: str, step: int | None = None) -> PyTree:
+  """The saved state dict of a checkpoint as `jax.ShapeDtypeStruct` leaves (reads no arrays)."""
+  path = _step_dir(directory, _resolve_step(directory, step))
+  meta = _handler().metadata(os.path.abspath(path))
+  meta = getattr(meta, "item_metadata", meta)
+  meta = getattr(meta, "tree", meta)
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), meta)
+
+
+def _abstract(x) -> jax.ShapeDtypeStruct:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  x = np.asarray(x)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def restore(directory: str, target: PyTree | None = None, *, step: int | None = None) -> PyTree:
+  """Restores a checkpoint (the latest complete one by default).
+
+  Args:
+    directory: the checkpoint directory given to `save`.
+    target: a pytree of the expected structure (arrays or `jax.ShapeDtypeStruct`s). The saved
+      structure, shapes and dtypes must match it exactly; arrays are placed with the target's
+      shardings (jax.Array leaves), so a replicated or sharded target restores sharded. The result
+      has the target's Python structure (NamedTuples, dataclasses). Without a target the saved
+      state dict (nested dicts of arrays on the default device) is returned.
+    step: which step to restore (default: the latest complete one).
+
+  Raises:
+    FileNotFoundError: no complete checkpoint (or not that step).
+    ValueError: the checkpoint does not match `target`; the message names the first differing leaf.
+  """
+  step = _resolve_step(directory, step)
+  path = os.path.abspath(_step_dir(directory, step))
+  saved = saved_structure(directory, step)
+  if target is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                            saved)
+    return _handler().restore(path, args=ocp.args.StandardRestore(abstract))
+  wanted = flax.serialization.to_state_dict(target)
+  abstract = jax.tree.map(_abstract, wanted)
+  diff = trees.first_difference(saved, abstract)
+  if diff is not None:
+    raise ValueError(
+      f"Checkpoint {path} does not match the target: {diff} (first is the checkpoint, second the "
+      "target). Build the target from the same model/optimizer configuration that wrote the "
+      "checkpoint, or restore without a target to inspect it.")
+  restored = _handler().restore(path, args=ocp.args.StandardRestore(abstract))
+  return flax.serialization.from_state_dict(target, restored)
+
+
+def load_variables(directory: str, *, step: int | None = None) -> dict[str, PyTree]:
+  """``{"params": ..., "batch_stats": ...}`` of a training checkpoint (model variables).
+
+  ``batch_stats`` is omitted for models without BatchNorm, so the result can be passed straight
+  to ``model.apply``.
+  """
+  state = restore(directory, step=step)
+  if "params" not in state:
+    raise ValueError(f"Checkpoint under {directory} has no 'params' entry (keys: {sorted(state)}); "
+                     "it was not written by training.train.")
+  out = {"params": state["params"]}
+  if state.get("batch_stats"):
+    out["batch_stats"] = state["batch_stats"]
+  return out
+
+
+def load_trajectory(directory: str, *, key: str = "params",
+                    steps: list[int] | None = None) -> list[PyTree]:
+  """The parameters saved along a training run, in step order (Li et al. 2018, Sec. 7).
+
+  Args:
+    directory: a checkpoint directory written by `training.train` (``<workdir>/checkpoints``),
+      which holds the initial point (step 0) and a checkpoint every ``checkpoint_every_epochs``.
+    key: which entry of each checkpoint to return (``"params"``; ``"batch_stats"`` also works).
+    steps: restrict to these steps (default: every complete step; see `list_steps` for the steps).
+
+  Returns:
+    A list of pytrees (nested dicts of arrays), one per step; ``trajectory[-1]`` is the final
+    point. For the PCA plot: rows ``t_i - t_final``, e.g.
+    ``lj.pca_directions(trajectory[:-1], trajectory[-1])``.
+  """
+  steps = list_steps(directory) if steps is None else list(steps)
+  if not steps:
+    raise FileNotFoundError(f"No complete checkpoint under {directory} to build a trajectory from.")
+  out = []
+  for s in steps:
+    state = restore(directory, step=s)
+    if key not in state:
+      raise ValueError(f"Checkpoint step {s} under {directory} has no entry '{key}' "
+                       f"(keys: {sorted(state)}).")
+    out.append(state[key])
+  return out
