@@ -43,4 +43,34 @@ from landscape_jax.training import (
   step_schedule,
   train,
   train_step,
+# Mode connectivity, BatchNorm recomputation and ensembles (Garipov et al. 2018).
+from landscape_jax import batchnorm, curves, ensembles
+from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
+from landscape_jax.curves import (
+  Plane,
+  bezier_coefficients,
+  curve_coefficients,
+  curve_in_plane,
+  curve_loss,
+  curve_lr_schedule,
+  curve_point,
+  curve_summary,
+  evaluate_curve,
+  evaluate_plane,
+  init_curve,
+  plane_basis,
+  plane_grid_point,
+  polychain_coefficients,
+  project_to_plane,
+  split_curve,
+  train_curve,
+)
+from landscape_jax.ensembles import (
+  cyclic_schedule,
+  evaluate_ensemble,
+  fast_geometric_ensemble,
+  fge_snapshot_epochs,
+  stack_members,
+  swa_average,
+  train_sgd,
 )

@@ -1,0 +1,121 @@
+r"""Connects two trained models with a low-loss curve (Garipov et al. 2018) and evaluates it.
+
+  python experiments/connect.py --config=experiments/configs/connect_digits.py --workdir=runs/conn
+  python experiments/connect.py --config=experiments/configs/connect_cifar10_vgg16.py \
+      --workdir=runs/conn_vgg16 --config.endpoints=runs/vgg16_a,runs/vgg16_b
+
+Endpoints are two training checkpoints (``experiments/train.py`` workdirs) given in
+``config.endpoints``; when it is empty (the digits config) two models are trained here from
+different seeds. Then the interior bends of the curve are trained (checkpointed every epoch,
+resumable), the curve and the straight line are evaluated at ``config.num_points`` points (BatchNorm
+statistics recomputed at every point; resumable), and, for a 3-point curve, the loss on the plane
+through the endpoints and the bend is computed and plotted. Writes into --workdir:
+``summary.json`` (min / max / mean and barrier of every metric along curve and line),
+``curve_eval.npz``, ``plane.npz``, ``plane_<metric>.png/pdf`` and ``curve_metrics.png/pdf``.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import landscape_jax as lj
+from landscape_jax import batchnorm, curves, ensembles
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _endpoints(config, model, train_ds, loss_fn_train):
+  """Loads the two endpoint checkpoints, or trains them when config.endpoints is empty."""
+  if config.endpoints:
+    from landscape_jax import checkpoints
+    dirs = [d.strip() for d in (config.endpoints.split(",") if isinstance(config.endpoints, str)
+                                else config.endpoints)]
+    if len(dirs) != 2:
+      raise ValueError(f"config.endpoints needs two checkpoint directories, got {dirs}.")
+    return [checkpoints.load_variables(os.path.join(d, "checkpoints")
+                                       if os.path.isdir(os.path.join(d, "checkpoints")) else d)
+            for d in dirs]
+  out = []
+  for seed in config.endpoint_seeds:
+    v = model.init(jax.random.key(seed), jnp.zeros((1, *train_ds.image_shape)))
+    p, _, _ = ensembles.train_sgd(
+      loss_fn_train(v.get("batch_stats")), v["params"], train_ds, epochs=config.endpoint_epochs,
+      batch_size=config.batch_size, lr=config.endpoint_lr, weight_decay=config.weight_decay,
+      seed=seed, augment_images=config.augment, progress=_PROGRESS.value, desc=f"endpoint {seed}")
+    out.append({**v, "params": p})
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  data_dir = config.get("data_dir")
+  train_ds = lj.load(config.dataset, "train", data_dir=data_dir)
+  test_ds = lj.load(config.dataset, "test", data_dir=data_dir)
+  model = lj.get_model(config.model, num_classes=train_ds.num_classes,
+                       **dict(config.get("model_kwargs") or {}))
+
+  def loss_fn_train(bs):
+    return lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std, batch_stats=bs,
+                           train=bs is not None)
+
+  ends = _endpoints(config, model, train_ds, loss_fn_train)
+  bs = ends[0].get("batch_stats")
+  curve, history = curves.train_curve(
+    loss_fn_train(bs), ends[0]["params"], ends[1]["params"], train_ds, epochs=config.epochs,
+    num_bends=config.num_bends, kind=config.kind, batch_size=config.batch_size, lr=config.lr,
+    momentum=config.momentum, weight_decay=config.weight_decay, num_ts=config.num_ts,
+    augment_images=config.augment, seed=config.seed, workdir=os.path.join(workdir, "curve"),
+    progress=_PROGRESS.value)
+  splits = {"train": train_ds, "test": test_ds}
+  if bs is None:
+    metric_fn = lj.make_metric_fn(model, splits, batch_size=config.eval_batch_size)
+  else:
+    metric_fn = batchnorm.make_recompute_metric_fn(
+      model, splits, train_data=train_ds, batch_stats=bs, batch_size=config.eval_batch_size,
+      bn_batch_size=config.bn_batch_size)
+  res = curves.evaluate_curve(metric_fn, curve, kind=config.kind, num_points=config.num_points,
+                              chunk_size=config.get("chunk_size"),
+                              store=os.path.join(workdir, "curve_eval"), progress=_PROGRESS.value)
+  summary = {"curve_training": history[-1] if history else None, **res["summary"]}
+  for which in ("curve", "line"):
+    s = res["summary"][which]
+    print(f"{which:5s}: max train loss {s['train_loss']['max']:.4f} "
+          f"(barrier {s['train_loss']['barrier']:.4f}), max test error "
+          f"{100 * s['test_error']['max']:.2f} % (endpoints {100 * s['test_error']['start']:.2f} / "
+          f"{100 * s['test_error']['end']:.2f} %)")
+  from landscape_jax import plotting
+  plotting.plot_curve_metrics(os.path.join(workdir, "curve_metrics"), res["t"],
+                              {k: res["curve"][k] for k in res["curve"]},
+                              {k: res["line"][k] for k in res["line"]})
+  if config.num_bends == 3 and config.plane_points > 0:
+    w0, w1, w2 = (lj.trees.index(curve, i) for i in range(3))
+    plane = curves.plane_basis(w0, w1, w2)
+    grid = np.linspace(config.plane_min, config.plane_max, config.plane_points)
+    pres = curves.evaluate_plane(metric_fn, plane, alphas=grid, betas=grid,
+                                 chunk_size=config.get("chunk_size"),
+                                 store=os.path.join(workdir, "plane"), progress=_PROGRESS.value)
+    proj = np.stack([np.asarray(curves.project_to_plane(plane, w)) for w in (w0, w1, w2)])
+    xy = curves.curve_in_plane(plane, curve, kind=config.kind, num_points=config.num_points)
+    for metric in config.plane_metrics:
+      plotting.plot_curve_plane(os.path.join(workdir, f"plane_{metric}"), pres["x"], pres["y"],
+                                pres[metric], curve_xy=xy, endpoints_xy=proj[[0, 2]],
+                                bend_xy=proj[1], label=metric.replace("_", " "))
+    summary["plane"] = {"scale_u": float(plane.scale_u), "scale_v": float(plane.scale_v)}
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  logging.info("Wrote %s", workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

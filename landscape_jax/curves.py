@@ -1,0 +1,706 @@
+"""Mode connectivity (Garipov et al. 2018): parametric curves between two minima.
+
+A curve with ``n = num_bends`` control points ``w_0 .. w_{n-1}`` is
+
+    phi(t) = sum_k c_k(t) w_k,   t in [0, 1],
+
+with ``w_0`` and ``w_{n-1}`` the two fixed endpoints (trained minima) and the interior bends
+trained to minimise ``E_{t ~ U(0, 1)} L(phi(t))``. Two bases are provided:
+
+* Bezier: ``c_k(t) = C(n-1, k) t^k (1-t)^(n-1-k)`` (one bend: ``(1-t)^2 w_0 + 2t(1-t) theta +
+  t^2 w_2``);
+* polygonal chain: ``c_k(t) = max(0, 1 - |t (n-1) - k|)`` (the chain passes through every bend, at
+  ``t = k / (n-1)``).
+
+The control points are one pytree whose leaves carry a leading bend axis of size ``n`` (built with
+`init_curve`). `curve_point` evaluates phi(t) as a weighted sum over that axis (one `tensordot` per
+leaf), so a curve training step costs one forward/backward pass of the model plus O(n P) for the
+combination; several ts per minibatch go through `jax.vmap` only when asked.
+
+Training (`train_curve`) uses Optax, keeps the endpoints fixed (only interior bends are optimised),
+adds the L2 term ``0.5 wd ||phi(t)||^2`` on the sampled point, follows the reference learning-rate
+schedule (`curve_lr_schedule`), checkpoints every epoch with orbax and resumes bit-for-bit (the
+shuffling and the sampled ts depend only on ``(seed, epoch, step)``). `evaluate_curve` measures a
+`metric_fn` at 61 points (BatchNorm statistics recomputed per point when the metric_fn does so; see
+`landscape_jax.batchnorm.make_recompute_metric_fn`), and compares with the straight line.
+`plane_basis`, `plane_grid_point`, `project_to_plane` and `evaluate_plane` give the plane through
+three points of the paper's figures.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from landscape_jax import trees
+from landscape_jax.data import Dataset, augment
+
+PyTree = Any
+KINDS = ("bezier", "polychain")
+
+
+# ----------------------------------------------------------------------------- bases and points
+
+
+def _check_kind(kind: str) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"Unknown curve kind '{kind}'; use one of {KINDS}.")
+
+
+def bezier_coefficients(t, num_bends: int) -> jax.Array:
+  """Bernstein coefficients ``c_k(t) = C(n-1, k) t^k (1-t)^(n-1-k)``, k = 0..n-1 (Garipov et al.).
+
+  Integer powers are used, so ``t = 0`` and ``t = 1`` give exactly one-hot coefficients. The
+  coefficients sum to one for every t. Returns an array of shape ``(*t.shape, num_bends)``.
+  """
+  if num_bends < 2:
+    raise ValueError(f"A curve needs at least 2 control points (the endpoints), got {num_bends}.")
+  t = jnp.asarray(t, jnp.float32)[..., None]
+  deg = num_bends - 1
+  k = np.arange(num_bends)
+  binom = jnp.asarray([math.comb(deg, int(i)) for i in k], jnp.float32)
+  return binom * jnp.power(t, k) * jnp.power(1.0 - t, deg - k)
+
+
+def polychain_coefficients(t, num_bends: int) -> jax.Array:
+  """Polygonal-chain coefficients ``c_k(t) = max(0, 1 - |t (n-1) - k|)`` (Garipov et al.).
+
+  Linear interpolation between consecutive bends; at ``t = k / (n-1)`` the chain is exactly at
+  bend k. Returns an array of shape ``(*t.shape, num_bends)``.
+  """
+  if num_bends < 2:
+    raise ValueError(f"A curve needs at least 2 control points (the endpoints), got {num_bends}.")
+  t = jnp.asarray(t, jnp.float32)[..., None]
+  k = jnp.arange(num_bends, dtype=jnp.float32)
+  return jnp.maximum(0.0, 1.0 - jnp.abs(t * (num_bends - 1) - k))
+
+
+def curve_coefficients(t, num_bends: int, kind: str = "bezier") -> jax.Array:
+  """The basis coefficients of `kind` ("bezier" | "polychain") at t, shape ``(*t.shape, n)``."""
+  _check_kind(kind)
+  fn = bezier_coefficients if kind == "bezier" else polychain_coefficients
+  return fn(t, num_bends)
+
+
+def bend_count(curve: PyTree) -> int:
+  """Number of control points (the size of the leading axis of every leaf)."""
+  leaves = jax.tree.leaves(curve)
+  if not leaves:
+    raise ValueError("The curve has no leaves; build it with init_curve(start, end, num_bends).")
+  sizes = {int(np.shape(x)[0]) if np.ndim(x) else None for x in leaves}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(f"Every curve leaf needs the same leading bend axis; got sizes {sizes}. "
+                     "Build the curve with init_curve(start, end, num_bends).")
+  return sizes.pop()
+
+
+def init_curve(start: PyTree, end: PyTree, num_bends: int = 3, *,
+               bends: PyTree | Sequence[PyTree] | None = None) -> PyTree:
+  """Control points stacked on a leading axis, interior bends on the straight line.
+
+  ``w_j = (1 - j/(n-1)) w_0 + (j/(n-1)) w_{n-1}`` (Garipov et al., initialisation of the curve).
+
+  Args:
+    start, end: the endpoint parameter pytrees (same structure, shapes, dtypes).
+    num_bends: total number of control points n >= 2, endpoints included (3 = one bend).
+    bends: optional interior bends to start from instead of the straight line: a list of
+      ``num_bends - 2`` pytrees (or a single pytree when ``num_bends == 3``).
+
+  Returns:
+    A pytree like `start` whose leaves have shape ``(num_bends, *leaf.shape)``.
+  """
+  if num_bends < 2:
+    raise ValueError(f"num_bends counts the endpoints and must be >= 2, got {num_bends}.")
+  trees.check_same_structure(start, end, names=("start", "end"))
+  if bends is None:
+    fracs = [j / (num_bends - 1) for j in range(1, num_bends - 1)]
+    inner = [jax.tree.map(lambda a, b, f=f: ((1 - f) * a + f * b).astype(a.dtype), start, end)
+             for f in fracs]
+  else:
+    inner = [bends] if (num_bends == 3 and not isinstance(bends, list | tuple)) else list(bends)
+    if len(inner) != num_bends - 2:
+      raise ValueError(f"bends must hold num_bends - 2 = {num_bends - 2} pytrees, "
+                       f"got {len(inner)}.")
+    for i, b in enumerate(inner):
+      trees.check_same_structure(start, b, names=("start", f"bends[{i}]"))
+  return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), start, *inner, end)
+
+
+def _combine(coeffs: jax.Array, curve: PyTree) -> PyTree:
+  return jax.tree.map(lambda w: jnp.tensordot(coeffs.astype(w.dtype), w, axes=1), curve)
+
+
+def curve_point(curve: PyTree, t, kind: str = "bezier") -> PyTree:
+  """phi(t) = sum_k c_k(t) w_k, one weighted sum over the leading bend axis of every leaf.
+
+  At ``t = 0`` and ``t = 1`` the result is exactly the start and end point.
+  """
+  coeffs = curve_coefficients(t, bend_count(curve), kind)
+  if coeffs.ndim != 1:
+    raise ValueError("curve_point takes a scalar t; use jax.vmap over t for several points.")
+  return _combine(coeffs, curve)
+
+
+def split_curve(curve: PyTree) -> tuple[PyTree, PyTree]:
+  """Splits control points into ``(endpoints, interior)``: leading axes of size 2 and n - 2."""
+  n = bend_count(curve)
+  ends = jax.tree.map(lambda w: jnp.stack([w[0], w[-1]]), curve)
+  interior = jax.tree.map(lambda w: w[1:n - 1], curve)
+  return ends, interior
+
+
+def join_curve(ends: PyTree, interior: PyTree) -> PyTree:
+  """Inverse of `split_curve`."""
+  return jax.tree.map(lambda e, w: jnp.concatenate([e[:1], w, e[1:]]), ends, interior)
+
+
+def _point_from_parts(ends: PyTree, interior: PyTree, coeffs: jax.Array) -> PyTree:
+  """phi from fixed endpoints and trainable interior bends (gradients reach only the interior)."""
+  def leaf(e, w):
+    c = coeffs.astype(w.dtype)
+    return c[0] * e[0] + c[-1] * e[1] + jnp.tensordot(c[1:-1], w, axes=1)
+  return jax.tree.map(leaf, ends, interior)
+
+
+def _l2(params: PyTree) -> jax.Array:
+  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(params))
+
+
+def curve_loss(loss_fn: Callable[[PyTree, Any], jax.Array], curve: PyTree, batch, ts,
+               kind: str = "bezier", *, weight_decay: float = 0.0,
+               fix_endpoints: bool = True) -> jax.Array:
+  """Mean of ``loss_fn(phi(t), batch) + 0.5 wd ||phi(t)||^2`` over the ts (Garipov et al.).
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar`` minibatch objective (for BatchNorm models use
+      training-mode statistics, e.g. ``make_loss_fn(..., train=True)``).
+    curve: control points from `init_curve`.
+    batch: the minibatch passed to `loss_fn`.
+    ts: a scalar t (one point per minibatch, as the reference code) or a 1-D array of ts (the
+      losses are averaged over them with `jax.vmap`; lower variance, more compute).
+    kind: "bezier" or "polychain".
+    weight_decay: coefficient of the L2 term on the sampled point phi(t).
+    fix_endpoints: stop the gradient at the endpoints, so that only interior bends receive one.
+  """
+  n = bend_count(curve)
+  ends, interior = split_curve(curve)
+  if fix_endpoints:
+    ends = jax.lax.stop_gradient(ends)
+  def one(t):
+    p = _point_from_parts(ends, interior, curve_coefficients(t, n, kind))
+    loss = loss_fn(p, batch)
+    return loss + 0.5 * weight_decay * _l2(p) if weight_decay else loss
+  ts = jnp.asarray(ts, jnp.float32)
+  if ts.ndim == 0:
+    return one(ts)
+  if ts.ndim != 1:
+    raise ValueError(f"ts must be a scalar or a 1-D array, got shape {ts.shape}.")
+  return jnp.mean(jax.vmap(one)(ts))
+
+
+def curve_lr_schedule(base_lr: float, *, total_epochs: int, steps_per_epoch: int,
+                      ) -> optax.Schedule:
+  """Reference learning-rate schedule of Garipov et al. (constant within an epoch).
+
+  With ``a = epoch / total_epochs``: factor 1 for ``a <= 0.5``, ``1 - 0.99 (a - 0.5) / 0.4`` for
+  ``0.5 < a <= 0.9`` (linear down to 0.01), and 0.01 afterwards; lr = base_lr * factor.
+  """
+  if total_epochs <= 0 or steps_per_epoch <= 0:
+    raise ValueError("total_epochs and steps_per_epoch must be positive.")
+
+  def schedule(step):
+    a = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32) / total_epochs
+    factor = jnp.where(a <= 0.5, 1.0, jnp.where(a <= 0.9, 1.0 - (a - 0.5) / 0.4 * 0.99, 0.01))
+    return base_lr * factor
+
+  return schedule
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class CurveTrainState(NamedTuple):
+  """Trainable state of a curve: the interior bends (leading axis n - 2) and the optimiser."""
+
+  step: jax.Array
+  interior: PyTree
+  opt_state: optax.OptState
+
+
+def curve_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
+                     state: CurveTrainState, ends: PyTree, batch, key: jax.Array, *,
+                     kind: str = "bezier", weight_decay: float = 0.0, num_ts: int = 1,
+                     ) -> tuple[CurveTrainState, jax.Array]:
+  """One optimiser step on ``E_t [L(phi(t)) + 0.5 wd ||phi(t)||^2]`` (Garipov et al.).
+
+  ``t ~ U(0, 1)`` drawn from `key` (``num_ts`` of them, averaged with `jax.vmap`, when > 1).
+  Only the interior bends are differentiated and updated; the endpoints `ends` (leading axis 2,
+  see `split_curve`) stay fixed. phi(t) is one weighted sum over the bend axis, so the step costs
+  one forward/backward pass of the model plus O(num_bends x params).
+
+  Returns:
+    The new state and the mean data loss (without the L2 term) at the sampled ts.
+  """
+  n = bend_count(state.interior) + 2
+  ts = jax.random.uniform(key, () if num_ts == 1 else (num_ts,))
+
+  def objective(interior):
+    def one(t):
+      p = _point_from_parts(ends, interior, curve_coefficients(t, n, kind))
+      loss = loss_fn(p, batch)
+      reg = 0.5 * weight_decay * _l2(p) if weight_decay else 0.0
+      return loss + reg, loss
+    if num_ts == 1:
+      return one(ts)
+    obj, loss = jax.vmap(one)(ts)
+    return jnp.mean(obj), jnp.mean(loss)
+
+  (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(state.interior)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.interior)
+  interior = optax.apply_updates(state.interior, updates)
+  return CurveTrainState(state.step + 1, interior, opt_state), loss
+
+
+def _epoch_indices(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+  """(steps, batch_size) shuffled indices of one epoch; a function of (seed, epoch) only."""
+  if batch_size > n:
+    raise ValueError(f"batch_size {batch_size} is larger than the split ({n} examples).")
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  steps = n // batch_size
+  return perm[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def make_epoch_fn(step_fn: Callable, *, augment_images: bool = False) -> Callable:
+  """Jitted ``epoch(fn_args, state, images, labels, indices, key) -> (state, mean loss)``.
+
+  Walks one epoch with `lax.scan` on device-resident uint8 data; batch i uses ``indices[i]`` and
+  the key ``fold_in(key, state.step)`` (split for the augmentation), so results depend only on
+  (seed, epoch, step) and a resumed run repeats an uninterrupted one exactly. `step_fn` is
+  ``step_fn(fn_args, state, batch, key) -> (state, loss)``.
+  """
+
+  @jax.jit
+  def epoch(fn_args, state, images, labels, indices, key):
+    def body(st, idx):
+      k = jax.random.fold_in(key, st.step)
+      k_step, k_aug = jax.random.split(k)
+      x = images[idx]
+      if augment_images:
+        x = augment(k_aug, x)
+      st, loss = step_fn(fn_args, st, (x, labels[idx]), k_step)
+      return st, loss
+    state, losses = jax.lax.scan(body, state, indices)
+    return state, jnp.mean(losses)
+
+  return epoch
+
+
+def _fingerprint(tree: PyTree) -> list[float]:
+  return [round(float(jnp.sum(jnp.square(x.astype(jnp.float32)))), 4)
+          for x in jax.tree.leaves(tree)]
+
+
+def _check_or_write_config(path: str, config: dict) -> None:
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != json.loads(json.dumps(config)):
+      changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+      raise ValueError(f"{path} was written by a run with a different configuration (differs in "
+                       f"{changed}); use another workdir or delete it to start afresh.")
+    return
+  _atomic_write_text(path, json.dumps(config, indent=1))
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end: PyTree,
+                data: Dataset, *, epochs: int, num_bends: int = 3, kind: str = "bezier",
+                init: PyTree | None = None, batch_size: int = 128, lr: float = 0.015,
+                momentum: float = 0.9, weight_decay: float = 5e-4,
+                optimizer: optax.GradientTransformation | None = None, num_ts: int = 1,
+                augment_images: bool = False, seed: int = 0, workdir: str | None = None,
+                progress: bool = True, callback: Callable | None = None,
+                ) -> tuple[PyTree, list[dict]]:
+  """Trains the interior bends of a curve between two fixed minima (Garipov et al. 2018).
+
+  The objective is ``E_{t ~ U(0,1)} [L(phi(t)) + 0.5 wd ||phi(t)||^2]`` with one t per minibatch
+  (``num_ts`` > 1 averages several). The default optimiser is the reference recipe: SGD with
+  momentum and `curve_lr_schedule` (lr constant for half of the training, linear down to 1 % at
+  90 %). For BatchNorm models pass a training-mode `loss_fn` (``make_loss_fn(..., train=True)``):
+  every step uses the statistics of its batch, and the running statistics are recomputed at
+  evaluation (`landscape_jax.batchnorm`).
+
+  Args:
+    loss_fn: ``loss_fn(params, (uint8 images, labels)) -> scalar``.
+    start, end: the two endpoints (fixed).
+    data: training split (uint8 images are kept on the device).
+    epochs: number of epochs; num_bends: control points incl. endpoints; kind: curve basis.
+    init: optional initial control points (default: `init_curve` on the straight line).
+    batch_size, lr, momentum, weight_decay: the reference hyperparameters (lr 0.015-0.03,
+      wd 3e-4..5e-4); `optimizer` replaces SGD + schedule entirely (weight_decay still gives the
+      L2 term of the loss).
+    num_ts: ts sampled per minibatch. augment_images: random crop + flip (CIFAR).
+    seed: shuffling and t sampling depend only on (seed, epoch, step).
+    workdir: if given, an orbax checkpoint is written after every epoch (atomically) with the
+      configuration; a rerun resumes from the last completed epoch and gives the same result as an
+      uninterrupted run; a different configuration in the same workdir raises.
+    progress: tqdm progress bar over epochs. callback: ``callback(epoch, curve, record)`` after
+      every epoch (after the checkpoint).
+
+  Returns:
+    ``(curve, history)``: the full control points and one ``{"epoch", "loss", "lr"}`` per epoch.
+  """
+  _check_kind(kind)
+  curve = init if init is not None else init_curve(start, end, num_bends)
+  num_bends = bend_count(curve)
+  if num_bends < 3:
+    raise ValueError("train_curve needs at least one interior bend (num_bends >= 3).")
+  ends, interior = split_curve(curve)
+  trees.check_same_structure(jax.tree.map(lambda e: e[0], ends), start, names=("curve", "start"))
+  n_train = len(data)
+  steps_per_epoch = n_train // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size {batch_size} is larger than the split ({n_train} examples).")
+  schedule = curve_lr_schedule(lr, total_epochs=epochs, steps_per_epoch=steps_per_epoch)
+  opt = optimizer if optimizer is not None else optax.sgd(schedule, momentum=momentum)
+  state = CurveTrainState(jnp.zeros((), jnp.int32), interior, opt.init(interior))
+  loss_fn = loss_fn if isinstance(loss_fn, jax.tree_util.Partial) else jax.tree_util.Partial(
+    loss_fn)
+
+  def step_fn(fn_args, st, batch, key):
+    lf, e = fn_args
+    return curve_train_step(lf, opt, st, e, batch, key, kind=kind, weight_decay=weight_decay,
+                            num_ts=num_ts)
+
+  epoch_fn = make_epoch_fn(step_fn, augment_images=augment_images)
+  history: list[dict] = []
+  first_epoch = 0
+  manager = None
+  if workdir is not None:
+    import orbax.checkpoint as ocp
+    os.makedirs(workdir, exist_ok=True)
+    _check_or_write_config(os.path.join(workdir, "curve_config.json"), {
+      "kind": kind, "num_bends": num_bends, "epochs": epochs, "batch_size": batch_size,
+      "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "num_ts": num_ts,
+      "augment": augment_images, "seed": seed, "custom_optimizer": optimizer is not None,
+      "num_examples": n_train, "endpoints": _fingerprint(ends)})
+    manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "curve_ckpt")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    last = manager.latest_step()
+    if last is not None:
+      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"state": state})
+      restored = manager.restore(last, args=ocp.args.StandardRestore(target))
+      s = restored["state"]
+      state = CurveTrainState(s[0], s[1], jax.tree.unflatten(jax.tree.structure(state.opt_state),
+                                                             jax.tree.leaves(s[2])))
+      first_epoch = last
+      hist_path = os.path.join(workdir, "curve_history.json")
+      if os.path.exists(hist_path):
+        with open(hist_path) as f:
+          history = [h for h in json.load(f) if h["epoch"] < first_epoch]
+  images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
+  key = jax.random.key(seed)
+  bar = _progress(range(first_epoch, epochs), progress, "curve", initial=first_epoch,
+                  total=epochs)
+  for epoch in bar:
+    idx = jnp.asarray(_epoch_indices(n_train, batch_size, seed, epoch))
+    lr_now = float(schedule(epoch * steps_per_epoch)) if optimizer is None else None
+    state, loss = epoch_fn((loss_fn, ends), state, images, labels, idx, key)
+    loss = float(loss)
+    if not math.isfinite(loss):
+      raise FloatingPointError(f"Curve training diverged at epoch {epoch} (loss {loss}); lower "
+                               "the learning rate.")
+    record = {"epoch": epoch, "loss": loss, "lr": lr_now}
+    history.append(record)
+    if manager is not None:
+      manager.save(epoch + 1, args=ocp.args.StandardSave({"state": state}))
+      manager.wait_until_finished()
+      _atomic_write_text(os.path.join(workdir, "curve_history.json"), json.dumps(history))
+    if hasattr(bar, "set_postfix"):
+      bar.set_postfix(loss=f"{loss:.4f}")
+    if callback is not None:
+      callback(epoch, join_curve(ends, state.interior), record)
+  if manager is not None:
+    manager.close()
+  return join_curve(ends, state.interior), history
+
+
+def _progress(iterable, enabled: bool, desc: str, **kwargs):
+  if not enabled:
+    return iterable
+  from tqdm.auto import tqdm
+  return tqdm(iterable, desc=desc, **kwargs)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def map_points(metric_fn: Callable, point_fn: Callable, args: PyTree, chunks: jax.Array) -> dict:
+  """``metric_fn(point_fn(args, c))`` for every c of ``chunks`` (num_chunks, chunk, k).
+
+  `lax.map` over the chunks, `jax.vmap` within a chunk (the chunk axis may be sharded over a
+  mesh). Returns each metric with shape (num_chunks * chunk, ...).
+  """
+  def chunk(cs):
+    return jax.vmap(lambda c: metric_fn(point_fn(args, c)))(cs)
+
+  out = jax.lax.map(chunk, chunks)
+  return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _jit_map_points(metric_fn, point_fn, args, chunks):
+  return map_points(metric_fn, point_fn, args, chunks)
+
+
+def _evaluate_coords(metric_fn: Callable, point_fn: Callable, args: PyTree, coords: np.ndarray, *,
+                     chunk_size: int | None, mesh, store: str | None, meta: dict,
+                     progress: bool, desc: str) -> dict[str, np.ndarray]:
+  """Evaluates all rows of coords in blocks; resumable through an .npz + .json store."""
+  coords = np.asarray(coords, np.float32)
+  num = coords.shape[0]
+  devices = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
+  chunk = int(chunk_size) if chunk_size else devices
+  if chunk <= 0:
+    raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+  if chunk % devices:
+    raise ValueError(f"chunk_size {chunk} must be a multiple of the {devices} devices of the mesh.")
+  block = chunk * max(1, min(8, -(-num // chunk)))  # points per compiled call (and per save)
+  metric_fn = metric_fn if isinstance(metric_fn, jax.tree_util.Partial) else \
+    jax.tree_util.Partial(metric_fn)
+  results: dict[str, np.ndarray] = {}
+  done = 0
+  if store is not None:
+    results, done = _load_store(store, meta)
+  sharding = None
+  if mesh is not None:
+    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+    # Auto axes: the compiler propagates the sharding of the chunk axis through the vmap.
+    auto = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    sharding = NamedSharding(auto, PartitionSpec(None, mesh.axis_names))
+  bar = _progress(range(done, num, block), progress, desc, total=-(-num // block),
+                  initial=done // block)
+  for lo in bar:
+    hi = min(lo + block, num)
+    part = coords[lo:hi]
+    pad = (-len(part)) % chunk
+    part = np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part
+    part = part.reshape(-1, chunk, *part.shape[1:])
+    part = jax.device_put(part, sharding) if sharding is not None else jnp.asarray(part)
+    out = _jit_map_points(metric_fn, point_fn, args, part)
+    out = {k: np.asarray(v)[:hi - lo] for k, v in out.items()}
+    for k, v in out.items():
+      if k not in results:
+        results[k] = np.full((num, *v.shape[1:]), np.nan, v.dtype)
+      results[k][lo:hi] = v
+    if store is not None:
+      _save_store(store, meta, results, hi)
+  return results
+
+
+def _store_paths(store: str) -> tuple[str, str]:
+  base = store[:-4] if store.endswith(".npz") else store
+  return base + ".npz", base + ".json"
+
+
+def _load_store(store: str, meta: dict) -> tuple[dict, int]:
+  npz, js = _store_paths(store)
+  if not os.path.exists(js):
+    return {}, 0
+  with open(js) as f:
+    saved = json.load(f)
+  if saved["meta"] != json.loads(json.dumps(meta)):
+    raise ValueError(f"{js} holds results of a different evaluation (other points, curve or "
+                     "metric); pass another store path or delete the files to recompute.")
+  with np.load(npz, allow_pickle=False) as z:
+    results = {k: z[k] for k in z.files}
+  return results, int(saved["done"])
+
+
+def _save_store(store: str, meta: dict, results: dict, done: int) -> None:
+  npz, js = _store_paths(store)
+  os.makedirs(os.path.dirname(os.path.abspath(npz)), exist_ok=True)
+  tmp = f"{npz}.tmp{os.getpid()}.npz"
+  np.savez(tmp, **results)
+  os.replace(tmp, npz)
+  _atomic_write_text(js, json.dumps({"meta": meta, "done": done}))
+
+
+def _curve_point_fn(kind):
+  def point(args, coord):
+    which, t = coord[0].astype(jnp.int32), coord[1]
+    c = jax.tree.map(lambda x: x[which], args)
+    return curve_point(c, t, kind)
+  return point
+
+
+@functools.cache
+def _cached_point_fn(kind):
+  return _curve_point_fn(kind)
+
+
+def curve_summary(values: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+  """min / max / mean of every metric along a path, and the barrier of loss-like metrics.
+
+  barrier = max_t v(t) - (v(0) + v(1)) / 2 (Frankle et al. 2020), for losses and for errors
+  (``1 - accuracy``, reported under ``"<split>_error"``).
+  """
+  out = {}
+  for k, v in values.items():
+    v = np.asarray(v, np.float64)
+    stats = {"min": float(np.min(v)), "max": float(np.max(v)), "mean": float(np.mean(v)),
+             "start": float(v[0]), "end": float(v[-1])}
+    if "loss" in k:
+      stats["barrier"] = float(np.max(v) - 0.5 * (v[0] + v[-1]))
+    out[k] = stats
+    if k.endswith("accuracy"):
+      err = 1.0 - v
+      out[k[:-len("accuracy")] + "error"] = {
+        "min": float(err.min()), "max": float(err.max()), "mean": float(err.mean()),
+        "start": float(err[0]), "end": float(err[-1]),
+        "barrier": float(err.max() - 0.5 * (err[0] + err[-1]))}
+  return out
+
+
+def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve: PyTree, *,
+                   kind: str = "bezier", num_points: int = 61, ts=None, line: bool = True,
+                   chunk_size: int | None = None, mesh=None, store: str | None = None,
+                   progress: bool = True) -> dict:
+  """Metrics along the curve (and along the straight line between its endpoints).
+
+  Evaluates ``metric_fn(phi(t))`` at ``t = linspace(0, 1, num_points)`` (61 in Garipov et al.)
+  inside one compiled function per block of points: `lax.map` over chunks of `chunk_size` points,
+  `jax.vmap` within a chunk, the chunk axis sharded over `mesh` when given. For BatchNorm models
+  use ``make_recompute_metric_fn``: the statistics are then recomputed on the training split at
+  every t, as the reference does. With `store` (a file path) results are written after every
+  block, atomically, and a rerun continues where it stopped; a store of another evaluation raises.
+
+  Returns:
+    ``{"t": ts, "curve": {metric: (T,)}, "line": {metric: (T,)}, "summary": {"curve": ...,
+    "line": ...}}`` with summaries from `curve_summary` (min, max, mean, barrier per metric).
+  """
+  _check_kind(kind)
+  ts = np.linspace(0.0, 1.0, num_points) if ts is None else np.asarray(ts, np.float64)
+  if ts.ndim != 1 or ts.size == 0:
+    raise ValueError("ts must be a non-empty 1-D array of curve parameters in [0, 1].")
+  n = bend_count(curve)
+  stacked = [curve]
+  if line:
+    ends, _ = split_curve(curve)
+    stacked.append(init_curve(jax.tree.map(lambda e: e[0], ends),
+                              jax.tree.map(lambda e: e[1], ends), n))
+  pair = jax.tree.map(lambda *xs: jnp.stack(xs), *stacked)
+  coords = np.concatenate([np.stack([np.full_like(ts, i), ts], 1) for i in range(len(stacked))])
+  meta = {"what": "curve", "kind": kind, "ts": [float(t) for t in ts], "line": line,
+          "num_bends": n, "fingerprint": _fingerprint(curve),
+          "shapes": [list(np.shape(x)) for x in jax.tree.leaves(curve)]}
+  res = _evaluate_coords(metric_fn, _cached_point_fn(kind), pair, coords, chunk_size=chunk_size,
+                         mesh=mesh, store=store, meta=meta, progress=progress, desc="curve points")
+  m = len(ts)
+  out = {"t": ts, "curve": {k: v[:m] for k, v in res.items()}}
+  out["summary"] = {"curve": curve_summary(out["curve"])}
+  if line:
+    out["line"] = {k: v[m:] for k, v in res.items()}
+    out["summary"]["line"] = curve_summary(out["line"])
+  return out
+
+
+# ----------------------------------------------------------------------------- plane
+
+
+class Plane(NamedTuple):
+  """Plane through three points: ``p(a, b) = origin + a scale_u u + b scale_v v``.
+
+  ``u``, ``v`` are orthonormal pytrees; ``scale_u = ||w2 - w0||``, ``scale_v`` = the norm of the
+  component of ``w1 - w0`` orthogonal to u. In these units w0 = (0, 0), w2 = (1, 0) and w1 has
+  b = 1.
+  """
+
+  origin: PyTree
+  u: PyTree
+  v: PyTree
+  scale_u: jax.Array
+  scale_v: jax.Array
+
+
+def plane_basis(w0: PyTree, w1: PyTree, w2: PyTree) -> Plane:
+  """Orthonormal basis of the plane through w0, w1, w2 (Garipov et al., Figure 1).
+
+  ``u = (w2 - w0) / ||w2 - w0||``, ``v = (w1 - w0 - <w1 - w0, u> u) / ||.||`` (Gram-Schmidt).
+  With a 3-point curve: w0, w2 the endpoints and w1 the bend.
+  """
+  trees.check_same_structure(w0, w1, w2, names=("w0", "w1", "w2"))
+  du = optax.tree.sub(w2, w0)
+  su = optax.tree.norm(du)
+  u = optax.tree.scale(1.0 / su, du)
+  dv = optax.tree.sub(w1, w0)
+  dv = optax.tree.add_scale(dv, -optax.tree.vdot(dv, u), u)
+  sv = optax.tree.norm(dv)
+  if float(su) == 0.0 or float(sv) < 1e-12 * float(su):
+    raise ValueError("The three points are (nearly) collinear or coincide; no plane through them.")
+  v = optax.tree.scale(1.0 / sv, dv)
+  return Plane(w0, u, v, su, sv)
+
+
+def plane_grid_point(plane: Plane, a, b) -> PyTree:
+  """``origin + a scale_u u + b scale_v v`` (a, b in units where w2 = (1, 0))."""
+  return jax.tree.map(lambda o, u, v: o + (a * plane.scale_u) * u + (b * plane.scale_v) * v,
+                      plane.origin, plane.u, plane.v)
+
+
+def project_to_plane(plane: Plane, w: PyTree) -> jax.Array:
+  """Coordinates ``(<w - w0, u>, <w - w0, v>)`` of w in the plane, in parameter-space units."""
+  d = optax.tree.sub(w, plane.origin)
+  return jnp.stack([optax.tree.vdot(d, plane.u), optax.tree.vdot(d, plane.v)])
+
+
+def curve_in_plane(plane: Plane, curve: PyTree, *, kind: str = "bezier", num_points: int = 61,
+                   ) -> np.ndarray:
+  """(num_points, 2) projections of phi(t) onto the plane (a 3-point curve lies in it)."""
+  ts = jnp.linspace(0.0, 1.0, num_points)
+  return np.asarray(jax.vmap(lambda t: project_to_plane(plane, curve_point(curve, t, kind)))(ts))
+
+
+def _plane_point(plane, coord):
+  return plane_grid_point(plane, coord[0], coord[1])
+
+
+def evaluate_plane(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], plane: Plane, *,
+                   alphas=None, betas=None, chunk_size: int | None = None, mesh=None,
+                   store: str | None = None, progress: bool = True) -> dict:
+  """Metrics on the grid ``p(a_i, b_j)`` of the plane, ``res[k][i, j]`` (Garipov et al.).
+
+  Default ``a, b = linspace(-0.2, 1.2, 21)``. Returns the metric grids and the plot coordinates
+  ``x = a scale_u``, ``y = b scale_v`` (the units of `project_to_plane`). Chunked, vmapped,
+  sharded and resumable like `evaluate_curve`.
+  """
+  alphas = np.linspace(-0.2, 1.2, 21) if alphas is None else np.asarray(alphas, np.float64)
+  betas = np.linspace(-0.2, 1.2, 21) if betas is None else np.asarray(betas, np.float64)
+  aa, bb = np.meshgrid(alphas, betas, indexing="ij")
+  coords = np.stack([aa.ravel(), bb.ravel()], 1)
+  meta = {"what": "plane", "alphas": [float(a) for a in alphas],
+          "betas": [float(b) for b in betas], "fingerprint": _fingerprint(plane.origin),
+          "scales": [round(float(plane.scale_u), 5), round(float(plane.scale_v), 5)]}
+  res = _evaluate_coords(metric_fn, _plane_point, plane, coords, chunk_size=chunk_size, mesh=mesh,
+                         store=store, meta=meta, progress=progress, desc="plane points")
+  out = {k: v.reshape(len(alphas), len(betas), *v.shape[1:]) for k, v in res.items()}
+  out["alphas"], out["betas"] = alphas, betas
+  out["x"] = alphas * float(plane.scale_u)
+  out["y"] = betas * float(plane.scale_v)
+  return out

@@ -1,0 +1,81 @@
+"""Fast Geometric Ensembling, SWA and ensemble metrics (Garipov et al. 2018)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import landscape_jax as lj
+from landscape_jax import ensembles
+
+
+def _reference_lr(epoch, i, n, *, lr1, lr2, c):
+  """The formula of the reference code (utils.cyclic_learning_rate), written out."""
+  s = ((epoch % c) + i / n) / c
+  if s < 0.5:
+    return lr1 * (1.0 - 2.0 * s) + lr2 * 2.0 * s
+  return lr1 * (2.0 * s - 1.0) + lr2 * (2.0 - 2.0 * s)
+
+
+@pytest.mark.parametrize("c", [2, 4, 6])
+def test_cyclic_schedule_matches_formula(c):
+  n = 7
+  sched = ensembles.cyclic_schedule(lr1=0.05, lr2=1e-4, cycle_epochs=c, steps_per_epoch=n)
+  steps = np.arange(3 * c * n)
+  got = np.asarray(jax.vmap(sched)(steps))
+  ref = np.array([_reference_lr(s // n, s % n, n, lr1=0.05, lr2=1e-4, c=c) for s in steps])
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-8)
+  assert got[0] == pytest.approx(0.05)
+  # a snapshot is taken after the epoch that ends where lr reaches lr_2 (mid-cycle)
+  snaps = ensembles.fge_snapshot_epochs(3 * c, c)
+  assert snaps == [k * c + c // 2 - 1 for k in range(3)]
+  for e in snaps:
+    end_of_epoch = _reference_lr(e + 1, 0, n, lr1=0.05, lr2=1e-4, c=c)
+    assert end_of_epoch == pytest.approx(1e-4)
+  with pytest.raises(ValueError, match="even"):
+    ensembles.cyclic_schedule(cycle_epochs=3, steps_per_epoch=n)
+
+
+def test_evaluate_ensemble_is_mean_of_probabilities(tiny_mlp, digits_test):
+  model, variables = tiny_mlp
+  members = ensembles.stack_members([
+    jax.tree.map(lambda x, k=k: x * (1.0 + 0.3 * k), variables["params"]) for k in range(3)])
+  res = ensembles.evaluate_ensemble(model, members, digits_test, batch_size=100)
+  x = lj.data.normalize_images(digits_test.images, digits_test.mean, digits_test.std)
+  probs = np.stack([np.asarray(jax.nn.softmax(model.apply({"params": p}, x), -1), np.float64)
+                    for p in lj.trees.unstack(members)])
+  y = digits_test.labels
+  for k in range(1, 4):
+    mean_p = probs[:k].mean(0)
+    np.testing.assert_allclose(res["size_loss"][k - 1],
+                               -np.mean(np.log(mean_p[np.arange(len(y)), y])), rtol=1e-4)
+    np.testing.assert_allclose(res["size_accuracy"][k - 1], np.mean(mean_p.argmax(-1) == y))
+  member_loss = -np.log(probs[:, np.arange(len(y)), y]).mean(-1)
+  np.testing.assert_allclose(res["member_loss"], member_loss, rtol=1e-4)
+  np.testing.assert_allclose(res["loss"], res["size_loss"][-1])
+
+
+def test_swa_average():
+  members = {"w": jnp.arange(12.0).reshape(3, 4)}
+  np.testing.assert_allclose(ensembles.swa_average(members)["w"], [4.0, 5.0, 6.0, 7.0])
+
+
+def test_fge_ensemble_beats_its_best_member(digits_train, digits_test):
+  model = lj.get_model("mlp", num_classes=10, features=(32,))
+  loss_fn = lj.make_loss_fn(model, mean=digits_train.mean, std=digits_train.std)
+  p = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  p, _, _ = ensembles.train_sgd(loss_fn, p, digits_train, epochs=20, batch_size=64, lr=0.05,
+                                weight_decay=5e-4, seed=0, progress=False)
+  members, hist = ensembles.fast_geometric_ensemble(
+    loss_fn, p, digits_train, cycles=6, cycle_epochs=4, lr1=0.2, lr2=1e-3, batch_size=64,
+    weight_decay=5e-4, progress=False)
+  assert jax.tree.leaves(members)[0].shape[0] == 6 and len(hist) == 24
+  res = ensembles.evaluate_ensemble(model, members, digits_test)
+  assert res["loss"] < res["member_loss"].min()
+  assert res["accuracy"] >= res["member_accuracy"].mean()
+  # SWA: the average of the snapshots is a good model too
+  swa_params = ensembles.swa_average(members)
+  swa = lj.evaluate(lj.evaluation.inference_apply(model), {"params": swa_params},
+                    digits_test.images, digits_test.labels, mean=digits_test.mean,
+                    std=digits_test.std)
+  assert swa["loss"] < res["member_loss"].mean()
