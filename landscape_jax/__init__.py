@@ -43,6 +43,7 @@ from landscape_jax.training import (
   step_schedule,
   train,
   train_step,
+)
 # Mode connectivity, BatchNorm recomputation and ensembles (Garipov et al. 2018).
 from landscape_jax import batchnorm, curves, ensembles
 from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
