@@ -20,33 +20,23 @@ from landscape_jax.models import get_model, model_names
 __version__ = "0.1.0"
 
 # Li et al. 2018 surfaces: directions, paths, grids, resumable stores, sharding helpers.
-from landscape_jax import sharding, store
-from landscape_jax.directions import (
-  directions_from_models,
-  normalize_directions,
-  orthogonalize,
-  random_direction,
-  random_directions,
-)
-from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
-from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import surface_grid
 # Training and checkpoints (training.py, checkpoints.py).
-from landscape_jax import checkpoints, training
-from landscape_jax.checkpoints import load_trajectory, load_variables
-from landscape_jax.training import (
-  TrainState,
-  create_train_state,
-  eval_step,
-  garipov_schedule,
-  make_optimizer,
-  step_schedule,
-  train,
-  train_step,
-)
 # Mode connectivity, BatchNorm recomputation and ensembles (Garipov et al. 2018).
-from landscape_jax import batchnorm, curves, ensembles
+# Inference speed: BatchNorm folding and batch-size choice (benchmarks/, issue #8).
+from landscape_jax import (
+  autotune,
+  batchnorm,
+  checkpoints,
+  curves,
+  ensembles,
+  fused,
+  sharding,
+  store,
+  training,
+)
+from landscape_jax.autotune import choose_batch_size
 from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
+from landscape_jax.checkpoints import load_trajectory, load_variables
 from landscape_jax.curves import (
   Plane,
   bezier_coefficients,
@@ -66,6 +56,13 @@ from landscape_jax.curves import (
   split_curve,
   train_curve,
 )
+from landscape_jax.directions import (
+  directions_from_models,
+  normalize_directions,
+  orthogonalize,
+  random_direction,
+  random_directions,
+)
 from landscape_jax.ensembles import (
   cyclic_schedule,
   evaluate_ensemble,
@@ -74,4 +71,18 @@ from landscape_jax.ensembles import (
   stack_members,
   swa_average,
   train_sgd,
+)
+from landscape_jax.fused import fuse_batchnorm, make_fused_metric_fn
+from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
+from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
+from landscape_jax.surface import surface_grid
+from landscape_jax.training import (
+  TrainState,
+  create_train_state,
+  eval_step,
+  garipov_schedule,
+  make_optimizer,
+  step_schedule,
+  train,
+  train_step,
 )
