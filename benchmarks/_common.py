@@ -230,6 +230,18 @@ class PeakMemory:
     return False
 
 
+def program_memory_mb(lowered) -> float:
+  """Memory of a compiled XLA program in MiB: arguments + outputs + scratch (``temp``), from
+  ``lowered.compile().memory_analysis()``; NaN where the backend does not report it."""
+  try:
+    m = lowered.compile().memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - getattr(m, "alias_size_in_bytes", 0))
+    return total / 2 ** 20
+  except Exception:
+    return float("nan")
+
+
 # --------------------------------------------------------------------------------------- results
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   def fmt(v):

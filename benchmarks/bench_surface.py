@@ -37,6 +37,22 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
+
+def _host_device_flag():
+  """``--host_devices N`` must reach XLA before jax starts (only when run as a script)."""
+  n = 2
+  for i, a in enumerate(sys.argv):
+    if a.startswith("--host_devices"):
+      n = int(a.split("=", 1)[1] if "=" in a else sys.argv[i + 1])
+  flags = os.environ.get("XLA_FLAGS", "")
+  if n > 1 and "host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+if __name__ == "__main__":
+  _host_device_flag()
+
+
 import _common as C  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -125,7 +141,9 @@ def run_jax_reference(model, variables, dirs, data, coords, *, batch_size=128, d
     t = time.perf_counter()
     vals = [point(x, y) for x, y in coords]
     seconds = time.perf_counter() - t
-  return _result(coords, vals, seconds, compile_s=first - seconds / len(coords), mem=mem)
+  r = _result(coords, vals, seconds, compile_s=first - seconds / len(coords), mem=mem)
+  r["program_mb"] = C.program_memory_mb(evaluate.lower(center, bs, split, mean, std))
+  return r
 
 
 def run_recompiling(model, variables, dirs, data, coords, *, batch_size=128):
@@ -150,7 +168,8 @@ def run_recompiling(model, variables, dirs, data, coords, *, batch_size=128):
 def _result(coords, vals, seconds, *, compile_s, mem):
   vals = np.asarray(vals, np.float64)
   return {"points": len(coords), "seconds": seconds, "loss": vals[:, 0], "accuracy": vals[:, 1],
-          "coords": np.asarray(coords), "compile_s": compile_s, "peak_mb": mem.peak_mb}
+          "coords": np.asarray(coords), "compile_s": compile_s, "peak_mb": mem.peak_mb,
+          "program_mb": float("nan")}
 
 
 # ---------------------------------------------------------------------------------- PyTorch
@@ -286,11 +305,13 @@ def run_torch_reference(variables, dirs, data, coords, *, depth, width, batch_si
 
 # ------------------------------------------------------------------------------ surface_grid
 def run_surface(metric_fn, center, dirs, xs, ys, *, map_mode="map", chunk_size=None,
-                point_batch=None):
+                point_batch=None, mesh=None):
   """`surface_grid` on xs x ys: compile on a warm-up grid of one chunk, then time the grid."""
   n = len(xs) * len(ys)
-  chunk = chunk_size or n
-  kw = dict(map_mode=map_mode, chunk_size=chunk, batch_size=point_batch, progress=False)
+  k = 1 if mesh is None else mesh.devices.size
+  chunk = chunk_size or -(-n // k) * k
+  kw = dict(map_mode=map_mode, chunk_size=chunk, batch_size=point_batch, progress=False,
+            mesh=mesh)
   t = time.perf_counter()
   lj.surface_grid(metric_fn, center, dirs, np.linspace(-1, 1, chunk), np.zeros(1), **kw)
   warm = time.perf_counter() - t
@@ -299,9 +320,14 @@ def run_surface(metric_fn, center, dirs, xs, ys, *, map_mode="map", chunk_size=N
     res = lj.surface_grid(metric_fn, center, dirs, xs, ys, **kw)
     seconds = time.perf_counter() - t
   coords = lj.surface.grid_coordinates(xs, ys)
+  prog = float("nan")
+  if mesh is None:  # the compiled chunk program (a cache hit of surface_grid's own)
+    fn = lj.surface._chunk_fn(None, None, map_mode, point_batch)
+    prog = C.program_memory_mb(fn.lower(metric_fn, None, center, tuple(dirs),
+                                        jnp.zeros((chunk, 2), jnp.float32)))
   return {"points": n, "seconds": seconds, "loss": res["loss"].reshape(-1),
           "accuracy": res["accuracy"].reshape(-1), "coords": coords,
-          "compile_s": warm - seconds * chunk / n, "peak_mb": mem.peak_mb}
+          "compile_s": warm - seconds * chunk / n, "peak_mb": mem.peak_mb, "program_mb": prog}
 
 
 # ------------------------------------------------------------------------------------- report
@@ -323,24 +349,25 @@ class Report:
     row = {"section": section, "variant": name, "points": r["points"], "s": r["seconds"],
            "points/s": pps, "images/s": pps * self.images, "GFLOP/s": gflops,
            "% peak": 100 * gflops / self.peak, "compile s": r["compile_s"],
-           "peak MB": r["peak_mb"], "max |dloss|": dev}
+           "peak MB": r["peak_mb"], "program MB": r["program_mb"], "max |dloss|": dev}
     self.rows.append(row)
     print(f"  {name:<44} {r['points']:4d} pts {r['seconds']:7.2f} s  {pps:7.3f} pts/s  "
           f"{gflops:7.1f} GFLOP/s ({row['% peak']:.0f} % peak)  compile {r['compile_s']:.1f} s  "
-          f"peak {r['peak_mb']:.0f} MB  max|dloss| {dev:.2g}", flush=True)
+          f"RSS +{r['peak_mb']:.0f} MB  program {r['program_mb']:.0f} MB  max|dloss| {dev:.2g}",
+          flush=True)
     return row
 
   def table(self, section: str) -> str:
     rows = [r for r in self.rows if r["section"] == section]
     header = ["variant", "points", "s", "points/s", "images/s", "GFLOP/s", "% peak"]
     header += [f"x {b}" for b in self.baselines]
-    header += ["compile s", "peak MB", "max abs dloss"]
+    header += ["compile s", "RSS peak +MB", "XLA program MB", "max abs dloss"]
     body = []
     for r in rows:
       line = [r["variant"], r["points"], r["s"], r["points/s"], r["images/s"], r["GFLOP/s"],
               r["% peak"]]
       line += [r["points/s"] / v for v in self.baselines.values()]
-      line += [r["compile s"], r["peak MB"], r["max |dloss|"]]
+      line += [r["compile s"], r["peak MB"], r["program MB"], r["max |dloss|"]]
       body.append(line)
     return C.markdown_table(header, body)
 
@@ -443,6 +470,9 @@ def parse_args(argv=None):
   p.add_argument("--error_batch", type=int, default=250)
   p.add_argument("--error_train_steps", type=int, default=300)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--host_devices", type=int, default=2,
+                 help="CPU only: simulated host devices for the mesh variants (set before jax "
+                      "starts; 1 disables them)")
   args = p.parse_args(argv)
   if args.tiny:
     args.model, args.model56, args.width = "resnet8", "resnet14", 0.5
@@ -520,13 +550,22 @@ def main(argv=None):
   print(f"\n{args.model} {args.grid} x {args.grid}, {args.images} images:", flush=True)
   metric = make_metric(best_b)
   fused_metric = fused.make_fused_metric_fn(model, data, batch_stats=bs, batch_size=best_b)
-  # Decide fused vs unfused on one row, then run the whole grid with the faster.
+  # Candidates timed on --sweep_rows rows; the fastest evaluates the whole grid. On the CPU, a mesh
+  # of host devices (--host_devices) runs points concurrently (inter-op instead of intra-op).
   sub = g[: args.sweep_rows]
-  r_unf = run_surface(metric, center, dirs, g, sub)
-  r_fus = run_surface(fused_metric, center, dirs, g, sub)
-  use_fused = r_fus["seconds"] < r_unf["seconds"]
-  main_name = f"surface_grid map, b={best_b}{', BN folded' if use_fused else ''}, whole grid"
-  main = run_surface(fused_metric if use_fused else metric, center, dirs, g, g)
+  k = min(args.host_devices, jax.device_count())
+  mesh = lj.make_mesh(k) if k > 1 else None
+  configs = {f"b={best_b}": (metric, None), f"b={best_b}, BN folded": (fused_metric, None)}
+  if mesh is not None:
+    configs[f"b={best_b}, {k}-device mesh"] = (metric, mesh)
+    configs[f"b={best_b}, BN folded, {k}-device mesh"] = (fused_metric, mesh)
+  row_runs = {name: run_surface(m, center, dirs, g, sub, mesh=ms)
+              for name, (m, ms) in configs.items()}
+  best_cfg = min(row_runs, key=lambda n: row_runs[n]["seconds"])
+  use_fused = "folded" in best_cfg
+  best_metric, best_mesh = configs[best_cfg]
+  main_name = f"surface_grid map, {best_cfg}, whole grid"
+  main = run_surface(best_metric, center, dirs, g, g, mesh=best_mesh)
   ref_vals = values_by_coord(main)
 
   baselines = {}
@@ -544,9 +583,8 @@ def main(argv=None):
   for k, v in baselines.items():
     rep.add(sec, f"{k}: per-point loop, b=128", v, ref_values=ref_vals)
   rep.add(sec, main_name, main, ref_values=ref_vals)
-  rep.add(sec, f"surface_grid map, b={best_b}, {len(sub)} row(s)", r_unf, ref_values=ref_vals)
-  rep.add(sec, f"surface_grid map, b={best_b}, BN folded, {len(sub)} row(s)", r_fus,
-          ref_values=ref_vals)
+  for name, r in row_runs.items():
+    rep.add(sec, f"surface_grid map, {name}, {len(sub)} row(s)", r, ref_values=ref_vals)
 
   if "surface" in sections:
     for b in cands:
@@ -555,7 +593,7 @@ def main(argv=None):
       r = run_surface(make_metric(b), center, dirs, g, sub)
       rep.add(sec, f"surface_grid map, b={b}", r, ref_values=ref_vals)
     m_best = fused_metric if use_fused else metric
-    tag = f"b={best_b}{', folded' if use_fused else ''}"
+    tag = f"b={best_b}{', folded' if use_fused else ''}"  # single device
     r = run_surface(m_best, center, dirs, g, sub, chunk_size=1)
     rep.add(sec, f"surface_grid map, {tag}, chunk 1 (sync per point)", r, ref_values=ref_vals)
     r = run_surface(m_best, center, dirs, g[: 2 * args.vmap_chunk], sub[:1], map_mode="map",
@@ -588,7 +626,7 @@ def main(argv=None):
     make56 = (functools.partial(fused.make_fused_metric_fn, m56, data) if use_fused
               else functools.partial(lj.make_metric_fn, m56, data))
     main56 = run_surface(make56(batch_stats=v56["batch_stats"], batch_size=b56), v56["params"],
-                         dirs56, g56, g56)
+                         dirs56, g56, g56, mesh=best_mesh)
     ref56 = values_by_coord(main56)
     base56 = {}
     coords = lj.surface.grid_coordinates(g56, g56[:1])
@@ -600,8 +638,8 @@ def main(argv=None):
     rep56.baselines = {k: v["points"] / v["seconds"] for k, v in base56.items()}
     for k, v in base56.items():
       rep56.add(sec56, f"{k}: per-point loop, b=128", v, ref_values=ref56)
-    rep56.add(sec56, f"surface_grid map, b={b56}{', BN folded' if use_fused else ''}", main56,
-              ref_values=ref56)
+    tag56 = best_cfg.replace(f"b={best_b}", f"b={b56}")
+    rep56.add(sec56, f"surface_grid map, {tag56}", main56, ref_values=ref56)
     notes.append(f"{args.model56}: {flops56 / 1e6:.1f} MFLOP per image; choose_batch_size: "
                  + ", ".join(f"{b}: {s:.2f} s" for b, s in bt56.items()))
 
