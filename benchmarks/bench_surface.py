@@ -306,10 +306,14 @@ def run_torch_reference(variables, dirs, data, coords, *, depth, width, batch_si
 # ------------------------------------------------------------------------------ surface_grid
 def run_surface(metric_fn, center, dirs, xs, ys, *, map_mode="map", chunk_size=None,
                 point_batch=None, mesh=None):
-  """`surface_grid` on xs x ys: compile on a warm-up grid of one chunk, then time the grid."""
+  """`surface_grid` on xs x ys: compile on a warm-up grid of one chunk, then time the grid.
+
+  The default chunk is one point per device: with `lax.map` on the CPU the chunk size does not
+  change the speed (one host round trip per ~second of compute), and the warm-up stays short.
+  """
   n = len(xs) * len(ys)
   k = 1 if mesh is None else mesh.devices.size
-  chunk = chunk_size or -(-n // k) * k
+  chunk = chunk_size or k
   kw = dict(map_mode=map_mode, chunk_size=chunk, batch_size=point_batch, progress=False,
             mesh=mesh)
   t = time.perf_counter()
@@ -455,7 +459,7 @@ def parse_args(argv=None):
   p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--grid", type=int, default=11)
   p.add_argument("--grid56", type=int, default=5)
-  p.add_argument("--baseline_rows", type=int, default=2,
+  p.add_argument("--baseline_rows", type=int, default=1,
                  help="grid rows (of --grid points) timed for the per-point baselines")
   p.add_argument("--sweep_rows", type=int, default=1, help="grid rows per sweep variant")
   p.add_argument("--batch_sizes", default="32,64,128,256")
@@ -555,11 +559,12 @@ def main(argv=None):
   sub = g[: args.sweep_rows]
   k = min(args.host_devices, jax.device_count())
   mesh = lj.make_mesh(k) if k > 1 else None
+  gx = g[: max(k, len(g) // k * k)]  # rows of a multiple of k points: no padded chunk
   configs = {f"b={best_b}": (metric, None), f"b={best_b}, BN folded": (fused_metric, None)}
   if mesh is not None:
     configs[f"b={best_b}, {k}-device mesh"] = (metric, mesh)
     configs[f"b={best_b}, BN folded, {k}-device mesh"] = (fused_metric, mesh)
-  row_runs = {name: run_surface(m, center, dirs, g, sub, mesh=ms)
+  row_runs = {name: run_surface(m, center, dirs, gx, sub, mesh=ms)
               for name, (m, ms) in configs.items()}
   best_cfg = min(row_runs, key=lambda n: row_runs[n]["seconds"])
   use_fused = "folded" in best_cfg
@@ -590,19 +595,18 @@ def main(argv=None):
     for b in cands:
       if b == best_b:
         continue
-      r = run_surface(make_metric(b), center, dirs, g, sub)
-      rep.add(sec, f"surface_grid map, b={b}", r, ref_values=ref_vals)
+      r = run_surface(make_metric(b), center, dirs, gx, sub)
+      rep.add(sec, f"surface_grid map, b={b} (1 device, not folded)", r, ref_values=ref_vals)
     m_best = fused_metric if use_fused else metric
-    tag = f"b={best_b}{', folded' if use_fused else ''}"  # single device
-    r = run_surface(m_best, center, dirs, g, sub, chunk_size=1)
-    rep.add(sec, f"surface_grid map, {tag}, chunk 1 (sync per point)", r, ref_values=ref_vals)
+    tag = f"b={best_b}{', folded' if use_fused else ''}, 1 device"
+    r = run_surface(m_best, center, dirs, gx, sub, chunk_size=len(gx) * len(sub))
+    rep.add(sec, f"surface_grid map, {tag}, one chunk per row(s)", r, ref_values=ref_vals)
     r = run_surface(m_best, center, dirs, g[: 2 * args.vmap_chunk], sub[:1], map_mode="map",
                     chunk_size=2, point_batch=2)
     rep.add(sec, f"surface_grid map, {tag}, lax.map batch_size=2", r, ref_values=ref_vals)
-    r = run_surface(metric, center, dirs, g[: 2 * args.vmap_chunk], sub[:1], map_mode="vmap",
+    r = run_surface(m_best, center, dirs, g[: 2 * args.vmap_chunk], sub[:1], map_mode="vmap",
                     chunk_size=args.vmap_chunk)
-    rep.add(sec, f"surface_grid vmap, b={best_b}, chunk {args.vmap_chunk}", r,
-            ref_values=ref_vals)
+    rep.add(sec, f"surface_grid vmap, {tag}, chunk {args.vmap_chunk}", r, ref_values=ref_vals)
     if "reference" in sections:
       coords = lj.surface.grid_coordinates(g, g[:1])
       r = run_jax_reference(model, variables, dirs, data, coords, donate=True)
@@ -622,7 +626,7 @@ def main(argv=None):
     rep56 = Report(flops=flops56, images=args.images, peak=peak)
     b56, bt56 = autotune.choose_batch_size(
       lambda b: lj.make_metric_fn(m56, data, batch_stats=v56["batch_stats"], batch_size=b),
-      v56["params"], candidates=cands)
+      v56["params"], candidates=[b for b in cands if b >= 64] or cands, repeats=1)
     make56 = (functools.partial(fused.make_fused_metric_fn, m56, data) if use_fused
               else functools.partial(lj.make_metric_fn, m56, data))
     main56 = run_surface(make56(batch_stats=v56["batch_stats"], batch_size=b56), v56["params"],
