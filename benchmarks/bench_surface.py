@@ -376,6 +376,61 @@ class Report:
     return C.markdown_table(header, body)
 
 
+def gains(rep: Report, *, best_b: int, cands, k: int, sub_rows: int) -> list[str]:
+  """Ratios of points/s between variants that differ in one choice (rows missing are skipped)."""
+  pps = {r["variant"]: r["points/s"] for r in rep.rows}
+  row = f", {sub_rows} row(s)"
+
+  def get(name):
+    return pps.get(name) or pps.get(name + row)
+
+  one = {b: get(f"surface_grid map, b={b} (1 device, not folded)") for b in cands}
+  one[best_b] = get(f"surface_grid map, b={best_b}")
+  out = []
+  have = {b: v for b, v in one.items() if v}
+  if len(have) > 1:
+    worst = min(have, key=have.get)
+    out.append(f"batch size {best_b} (chosen by choose_batch_size) vs {worst} (worst): "
+               f"{have[best_b] / have[worst]:.2f}x; vs 128: "
+               f"{have[best_b] / have.get(128, have[best_b]):.2f}x")
+  pairs = [
+    ("BatchNorm folded into the convolutions", f"surface_grid map, b={best_b}, BN folded",
+     f"surface_grid map, b={best_b}"),
+    (f"{k}-device host mesh (points in parallel)", f"surface_grid map, b={best_b}, {k}-device mesh",
+     f"surface_grid map, b={best_b}"),
+  ]
+  for label, a, b in pairs:
+    if get(a) and get(b):
+      out.append(f"{label}: {get(a) / get(b):.2f}x")
+  tag_rows = [n for n in pps if n.endswith("one chunk per row(s)")]
+  if tag_rows and get(f"surface_grid map, b={best_b}"):
+    single = get("surface_grid map, b=" + tag_rows[0].split("b=", 1)[1].split(", 1 device")[0]
+                 .replace(", folded", ", BN folded"))
+    if single:
+      out.append(f"one chunk per row instead of one point per chunk (fewer host round trips): "
+                 f"{pps[tag_rows[0]] / single:.2f}x")
+  ref = pps.get("JAX ref: per-point loop, b=128")
+  if ref:
+    b128 = one.get(128)
+    if b128:
+      out.append(f"surface_grid (one compiled evaluation, no per-point dispatch or transfer) vs "
+                 f"the JAX per-point loop, both b=128: {b128 / ref:.2f}x")
+    for name, label in (("JAX ref, jitted in-place (donated) assignment",
+                         "donated in-place weight assignment in the loop"),
+                        ("JAX ref, coordinates baked in (recompiles per point)",
+                         "recompiling per point (anti-pattern)")):
+      if name in pps:
+        out.append(f"{label}: {pps[name] / ref:.2f}x the plain loop")
+  vm = [n for n in pps if n.startswith("surface_grid vmap")]
+  lm = [n for n in pps if "lax.map batch_size=2" in n]
+  base = max((v for v in have.values()), default=None)
+  if vm and base:
+    out.append(f"vmap over points instead of lax.map: {pps[vm[0]] / base:.2f}x")
+  if lm and base:
+    out.append(f"lax.map(batch_size=2) (2 points vmapped per step): {pps[lm[0]] / base:.2f}x")
+  return out
+
+
 def values_by_coord(r) -> dict:
   return {tuple(np.round(c, 6)): float(v) for c, v in zip(r["coords"], r["loss"], strict=True)}
 
@@ -557,13 +612,13 @@ def main(argv=None):
   # Candidates timed on --sweep_rows rows; the fastest evaluates the whole grid. On the CPU, a mesh
   # of host devices (--host_devices) runs points concurrently (inter-op instead of intra-op).
   sub = g[: args.sweep_rows]
-  k = min(args.host_devices, jax.device_count())
-  mesh = lj.make_mesh(k) if k > 1 else None
-  gx = g[: max(k, len(g) // k * k)]  # rows of a multiple of k points: no padded chunk
+  ndev = min(args.host_devices, jax.device_count())
+  mesh = lj.make_mesh(ndev) if ndev > 1 else None
+  gx = g[: max(ndev, len(g) // ndev * ndev)]  # rows of a multiple of ndev points: no padding
   configs = {f"b={best_b}": (metric, None), f"b={best_b}, BN folded": (fused_metric, None)}
   if mesh is not None:
-    configs[f"b={best_b}, {k}-device mesh"] = (metric, mesh)
-    configs[f"b={best_b}, BN folded, {k}-device mesh"] = (fused_metric, mesh)
+    configs[f"b={best_b}, {ndev}-device mesh"] = (metric, mesh)
+    configs[f"b={best_b}, BN folded, {ndev}-device mesh"] = (fused_metric, mesh)
   row_runs = {name: run_surface(m, center, dirs, gx, sub, mesh=ms)
               for name, (m, ms) in configs.items()}
   best_cfg = min(row_runs, key=lambda n: row_runs[n]["seconds"])
@@ -670,6 +725,11 @@ def main(argv=None):
     summary.append(f"{main_row['points/s'] / v:.2f}x the {k} strategy")
   lines += ["", "; ".join(summary) + "."]
   print("\n" + "; ".join(summary) + ".", flush=True)
+  bought = gains(rep, best_b=best_b, cands=cands, k=ndev, sub_rows=len(sub))
+  if bought:
+    lines += ["", "What each choice bought (ratio of points/s, same run):", "",
+              *[f"- {b}" for b in bought]]
+    print("\n".join(bought), flush=True)
 
   if "error" in sections:
     error_controlled_section(args, lines)
