@@ -21,10 +21,12 @@ __version__ = "0.1.0"
 
 # Submodules (plotting and report use matplotlib's Figure API only: no pyplot, no display).
 from landscape_jax import (
+  autotune,
   batchnorm,
   checkpoints,
   curves,
   ensembles,
+  fused,
   hessian,
   pca,
   permutations,
@@ -34,6 +36,9 @@ from landscape_jax import (
   store,
   training,
 )
+
+# Inference-time speed-ups: BatchNorm folded into convolutions, batch-size selection.
+from landscape_jax.autotune import choose_batch_size
 
 # Garipov et al. 2018: BatchNorm along curves, curves and planes, ensembles.
 from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
@@ -79,6 +84,9 @@ from landscape_jax.ensembles import (
   swa_average,
   train_sgd,
 )
+
+# Curvature (PyHessian conventions) and trajectory PCA.
+from landscape_jax.fused import fuse_batchnorm, make_fused_metric_fn
 
 # Curvature (PyHessian conventions) and trajectory PCA.
 from landscape_jax.hessian import (

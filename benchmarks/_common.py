@@ -1,0 +1,265 @@
+"""Shared benchmark helpers: machine and version info, the measured fp32 matmul peak, FLOP counts,
+timing, peak memory and appending results to ``benchmarks/RESULTS.md``."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+# --------------------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def version(pkg: str) -> str:
+  try:
+    return importlib.metadata.version(pkg)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def machine_info() -> dict[str, Any]:
+  """Date, machine, load, accelerator and package versions (recorded with every result)."""
+  dev = jax.devices()[0]
+  try:
+    load = os.getloadavg()
+  except OSError:
+    load = (float("nan"),) * 3
+  return {
+    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    "cpu": f"{cpu_model()} ({os.cpu_count()} cores)",
+    "load": "{:.2f} {:.2f} {:.2f}".format(*load),
+    "device": f"{dev.platform}: {getattr(dev, 'device_kind', dev.platform)} x{jax.device_count()}",
+    "python": platform.python_version(),
+    "versions": ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", "flax", "numpy", "torch")),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def format_info(info: dict[str, Any]) -> str:
+  return "\n".join(f"- {k}: {v}" for k, v in info.items() if v != "")
+
+
+# ------------------------------------------------------------------------------------------ time
+def block(x):
+  return jax.block_until_ready(x)
+
+
+def best_time(fn: Callable[[], Any], *, repeats: int = 3, min_time: float = 0.0) -> float:
+  """Minimum wall time of ``fn()`` (its result blocked on) over `repeats` runs (>= 1)."""
+  best = float("inf")
+  start = time.perf_counter()
+  n = 0
+  while n < repeats or (time.perf_counter() - start < min_time and n < 100):
+    t = time.perf_counter()
+    block(fn())
+    best = min(best, time.perf_counter() - t)
+    n += 1
+  return best
+
+
+def matmul_peak(*, n: int = 2048, dtype=jnp.float32, repeats: int = 5, precision=None
+                ) -> float:
+  """Measured matmul throughput in GFLOP/s: best of `repeats` jitted ``(n, n) @ (n, n)``.
+
+  Several multiplications per call (a `lax.fori_loop` over 4 products) amortise the dispatch, so
+  the figure is the machine's practical dense-matmul peak for `dtype` (2 n^3 FLOPs each).
+  """
+  k1, k2 = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
+  b = (jax.random.normal(k2, (n, n), jnp.float32) / np.sqrt(n)).astype(dtype)
+  inner = 4
+
+  @jax.jit
+  def f(a, b):
+    def body(_, c):
+      return jnp.dot(c, b, precision=precision)
+    return jax.lax.fori_loop(0, inner, body, a)
+
+  block(f(a, b))
+  t = best_time(lambda: f(a, b), repeats=repeats)
+  return inner * 2 * n ** 3 / t / 1e9
+
+
+def torch_matmul_peak(*, n: int = 2048, repeats: int = 5) -> float | None:
+  """The same measurement with PyTorch on its default device (None without torch)."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  a = torch.randn(n, n, device=dev)
+  b = torch.randn(n, n, device=dev) / n ** 0.5
+  best = float("inf")
+  for _ in range(repeats + 1):
+    t = time.perf_counter()
+    c = a
+    for _ in range(4):
+      c = c @ b
+    if dev == "cuda":
+      torch.cuda.synchronize()
+    best = min(best, time.perf_counter() - t)
+  return 4 * 2 * n ** 3 / best / 1e9
+
+
+# ----------------------------------------------------------------------------------------- FLOPs
+def _sub_jaxprs(params: dict):
+  for v in params.values():
+    vs = v if isinstance(v, (tuple, list)) else (v,)
+    for u in vs:
+      if isinstance(u, jax.extend.core.ClosedJaxpr):
+        yield u.jaxpr
+      elif isinstance(u, jax.extend.core.Jaxpr):
+        yield u
+
+
+def jaxpr_flops(jaxpr) -> float:
+  """Analytic FLOPs of the convolutions and matrix products of a jaxpr (2 per multiply-add).
+
+  conv: ``2 * prod(out.shape) * C_in/groups * prod(kernel window)``; dot_general:
+  ``2 * prod(out.shape) * prod(contracted sizes)``; scans multiply their body by the length.
+  Elementwise work (BatchNorm, ReLU, softmax) is not counted, as is customary for model FLOPs.
+  """
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      out = eqn.outvars[0].aval
+      rhs = eqn.invars[1].aval
+      spec = eqn.params["dimension_numbers"].rhs_spec  # (out feat, in feat, spatial...)
+      window = np.prod([rhs.shape[d] for d in spec[2:]])
+      total += 2.0 * np.prod(out.shape) * rhs.shape[spec[1]] * window
+    elif name == "dot_general":
+      out = eqn.outvars[0].aval
+      lhs = eqn.invars[0].aval
+      (lc, _), _ = eqn.params["dimension_numbers"]
+      total += 2.0 * np.prod(out.shape) * np.prod([lhs.shape[d] for d in lc])
+    else:
+      mult = eqn.params.get("length", 1) if name == "scan" else 1
+      for sub in _sub_jaxprs(eqn.params):
+        total += mult * jaxpr_flops(sub)
+  return float(total)
+
+
+def model_flops_per_example(apply_fn: Callable, variables, x) -> float:
+  """Analytic forward FLOPs per example of ``apply_fn(variables, x)`` (x a batch)."""
+  jaxpr = jax.make_jaxpr(apply_fn)(variables, x)
+  return jaxpr_flops(jaxpr.jaxpr) / x.shape[0]
+
+
+def xla_flops(fn: Callable, *args) -> float | None:
+  """FLOPs that XLA's cost analysis reports for ``jax.jit(fn)(*args)`` (None if unavailable).
+
+  Loops (``while``, ``lax.map``, ``lax.scan``) count their body once, so call it on loop-free code.
+  """
+  try:
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  except Exception:
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return None if not cost else float(cost.get("flops", float("nan")))
+
+
+# ---------------------------------------------------------------------------------------- memory
+def _rss_bytes() -> int:
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  except OSError:
+    return 0
+
+
+class PeakMemory:
+  """Context manager: peak memory while its block runs.
+
+  On accelerators, the device allocator's ``peak_bytes_in_use`` (a running maximum over the
+  process); on the CPU, the peak resident set size sampled every 5 ms, minus the size on entry
+  (``.peak_mb``).
+  """
+
+  def __init__(self, interval: float = 0.005):
+    self.interval = interval
+    self.peak_mb = float("nan")
+
+  def __enter__(self):
+    dev = jax.devices()[0]
+    self._device = dev if dev.platform != "cpu" else None
+    self._start = _rss_bytes()
+    self._peak = self._start
+    self._stop = threading.Event()
+    if self._device is None:
+      self._thread = threading.Thread(target=self._sample, daemon=True)
+      self._thread.start()
+    return self
+
+  def _sample(self):
+    while not self._stop.is_set():
+      self._peak = max(self._peak, _rss_bytes())
+      time.sleep(self.interval)
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    if self._device is None:
+      self._thread.join()
+      self._peak = max(self._peak, _rss_bytes())
+      self.peak_mb = (self._peak - self._start) / 2 ** 20
+    else:
+      stats = self._device.memory_stats() or {}
+      self.peak_mb = stats.get("peak_bytes_in_use", float("nan")) / 2 ** 20
+    return False
+
+
+def program_memory_mb(lowered) -> float:
+  """Memory of a compiled XLA program in MiB: arguments + outputs + scratch (``temp``), from
+  ``lowered.compile().memory_analysis()``; NaN where the backend does not report it."""
+  try:
+    m = lowered.compile().memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - getattr(m, "alias_size_in_bytes", 0))
+    return total / 2 ** 20
+  except Exception:
+    return float("nan")
+
+
+# --------------------------------------------------------------------------------------- results
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  def fmt(v):
+    if isinstance(v, float):
+      if v != v:
+        return "-"
+      return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def append_results(title: str, body: str, *, path: str = RESULTS) -> None:
+  """Appends a ``## title`` section to RESULTS.md (created with a heading if missing)."""
+  new = not os.path.exists(path)
+  with open(path, "a") as f:
+    if new:
+      f.write("# Benchmark results\n\nAppended by the scripts in this folder; newest last.\n")
+    f.write(f"\n## {title}\n\n{body.rstrip()}\n")
