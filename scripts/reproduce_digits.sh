@@ -7,7 +7,8 @@
 # Runs go to $RUNS (default runs/, gitignored). Every step resumes: train.py restarts from its last
 # checkpoint, surface.py / connect.py / trajectory.py from their stores, so an interrupted run is
 # finished by rerunning the same command. Grids are smaller than the papers' (31 points in 1-D,
-# 15 x 15 in 2-D) to fit a CPU; pass N1=51 N2=51 for Li et al.'s resolution.
+# 15 x 15 in 2-D, 11 x 11 train loss only for the width and depth-56 pairs) to fit a CPU;
+# pass N1=51 N2=51 N2S=51 for Li et al.'s resolution.
 # At the end, the numbers of docs/reproductions.md are printed (scripts/reproduction_numbers.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,10 +17,13 @@ PY=${PY:-python}
 RUNS=${RUNS:-runs}
 N1=${N1:-31}
 N2=${N2:-15}
+N2S=${N2S:-11}  # the width and depth-56 comparisons: an 11 x 11 grid of the train loss only
 STEPS=${*:-batch shortcuts20 curve fge hessian trajectory width shortcuts56 numbers}
 CMP=experiments/configs/surface_digits_comparisons.py
 GRID1=(--config.x="(-1.0,1.0,$N1)")
 GRID2=(--config.dim=2 --config.x="(-1.0,1.0,$N2)" --config.y="(-1.0,1.0,$N2)")
+GRID2S=(--config.dim=2 --config.x="(-1.0,1.0,$N2S)" --config.y="(-1.0,1.0,$N2S)"
+        --config.splits="('train',)")
 mkdir -p "$RUNS"
 
 train() {  # train <config> <workdir> [flags...]
@@ -42,6 +46,15 @@ for step in $STEPS; do
           --config.runs="('$RUNS/digits_mlp_bs32','$RUNS/${c#*:}')" \
           --workdir="$RUNS/cmp_${c%%:*}" --noprogress > "$RUNS/cmp_${c%%:*}.log"
       done
+      # batch 1024 makes one step per epoch: 20 epochs leave it far from a minimum (train loss
+      # 0.43). The same number of epochs is Li et al.'s protocol; 400 epochs (400 steps, still
+      # fewer than batch 32's 840) let it converge, which separates sharpness from underfitting.
+      train experiments/configs/digits_mlp.py digits_mlp_bs1024_e400 --config.batch_size=1024 \
+        --config.num_epochs=400 --config.eval_every_epochs=50 --config.checkpoint_every_epochs=100
+      "$PY" experiments/surface.py --config="$CMP:batch" "${GRID1[@]}" \
+        --config.runs="('$RUNS/digits_mlp_bs32','$RUNS/digits_mlp_bs1024_e400')" \
+        --config.labels="('batch 32, 20 epochs','batch 1024, 400 epochs')" \
+        --workdir="$RUNS/cmp_batch_e400" --noprogress > "$RUNS/cmp_batch_e400.log"
       # weight decay 0 for both batch sizes (Li et al. Fig. 3 top row)
       "$PY" experiments/surface.py --config="$CMP:batch" "${GRID1[@]}" \
         --config.runs="('$RUNS/digits_mlp_wd0','$RUNS/digits_mlp_bs1024_wd0')" \
@@ -58,7 +71,7 @@ for step in $STEPS; do
     shortcuts56)  # Li et al. Fig. 5: the same at depth 56
       train experiments/configs/digits_resnet.py:resnet56 digits_resnet56
       train experiments/configs/digits_resnet.py:resnet56_noshort digits_resnet56_noshort
-      "$PY" experiments/surface.py --config="$CMP:shortcuts" "${GRID2[@]}" \
+      "$PY" experiments/surface.py --config="$CMP:shortcuts" "${GRID2S[@]}" \
         --config.runs="('$RUNS/digits_resnet56','$RUNS/digits_resnet56_noshort')" \
         --config.labels="('ResNet-56','ResNet-56 no shortcuts')" \
         --workdir="$RUNS/cmp_shortcuts56" --noprogress > "$RUNS/cmp_shortcuts56.log"
@@ -66,7 +79,7 @@ for step in $STEPS; do
     width)  # Li et al. Fig. 6: ResNet-20 at width 1 (resnet20) vs 2 (wrn20_2)
       train experiments/configs/digits_resnet.py:resnet20 digits_resnet20
       train experiments/configs/digits_resnet.py:wrn20_2 digits_wrn20_2
-      "$PY" experiments/surface.py --config="$CMP:shortcuts" "${GRID2[@]}" \
+      "$PY" experiments/surface.py --config="$CMP:shortcuts" "${GRID2S[@]}" \
         --config.runs="('$RUNS/digits_resnet20','$RUNS/digits_wrn20_2')" \
         --config.labels="('ResNet-20 k=1','ResNet-20 k=2')" \
         --workdir="$RUNS/cmp_width" --noprogress > "$RUNS/cmp_width.log"

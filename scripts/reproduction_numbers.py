@@ -23,9 +23,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from landscape_jax import store
 
 TRAIN_RUNS = ("digits_mlp_bs32", "digits_mlp_bs1024", "digits_mlp_wd0", "digits_mlp_bs1024_wd0",
+              "digits_mlp_bs1024_e400",
               "digits_resnet20", "digits_resnet20_noshort", "digits_resnet56",
               "digits_resnet56_noshort", "digits_wrn20_2")
-ONE_D = ("cmp_batch", "cmp_batch_wd0", "cmp_weight_decay", "cmp_normalization")
+ONE_D = ("cmp_batch", "cmp_batch_e400", "cmp_batch_wd0", "cmp_weight_decay", "cmp_normalization")
 TWO_D = ("cmp_shortcuts20", "cmp_shortcuts56", "cmp_width")
 
 
