@@ -8,6 +8,8 @@ Wide-ResNet-56 k=2/4/8 5.07/4.34/3.93 %.
 Pick another network of the paper after the colon:
 ``cifar10_resnet56.py:resnet20``, ``:resnet110``, ``:resnet56_noshort``, ``:wrn56_4`` ...
 Checkpoints every 10 epochs (Li et al.'s save_epoch) give the PCA trajectory.
+Compute (estimate, one A100/H100-class GPU; table in cifar10_li2018.py): ResNet-56 (0.23
+GFLOP/image) ~1 GPU-hour; ResNet-20 ~0.7, ResNet-110 ~2, WRN-56 k=2/4/8 ~1/2/7 GPU-hours.
 """
 
 from landscape_jax.training import default_config

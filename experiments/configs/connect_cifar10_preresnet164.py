@@ -5,6 +5,8 @@ Endpoints: two runs of experiments/train.py with configs/cifar10_preresnet164.py
 given as --config.endpoints=runs/a,runs/b (or as the config argument). Reference recipe: Bezier,
 3 bends, 600 epochs, batch 128, SGD momentum 0.9, lr 0.03, wd 3e-4, crop + flip; evaluation at
 61 points. Hours on one GPU.
+Compute (estimate, A100/H100 class): two endpoints ~3 GPU-hours, the 600-epoch curve ~4, the
+61-point evaluation with BN recomputation ~0.2: ~7 GPU-hours in all.
 """
 
 import ml_collections

@@ -5,6 +5,8 @@ Endpoints: two runs of experiments/train.py with configs/cifar10_vgg16.py (diffe
 given as --config.endpoints=runs/a,runs/b (or as the config argument). Reference recipe: Bezier,
 3 bends, 600 epochs, batch 128, SGD momentum 0.9, lr 0.015, wd 5e-4, crop + flip; evaluation at
 61 points. Hours on one GPU.
+Compute (estimate, A100/H100 class): two endpoints ~1 GPU-hour, the 600-epoch curve ~45 PFLOP
+(~1.5 GPU-hours), the 61-point evaluation minutes: ~2.5 GPU-hours in all.
 """
 
 import ml_collections

@@ -6,6 +6,8 @@ Paper test accuracy (%) for 1/2/3 budgets of 200 epochs:
 independent 72.5/74.8/75.6 vs FGE 74.6/76.1/76.6.
 Start from a 200-epoch model of experiments/train.py (--config.start=runs/...), FGE with 4-epoch
 cycles, lr_1 = 0.05, lr_2 = 1e-4, wd 5e-4, batch 128, crop + flip. Hours on one GPU.
+Compute (estimate, A100/H100 class): three independent 200-epoch budgets ~1.5 GPU-hours plus the
+FGE cycles (up to 400 more epochs) ~1: ~2.5 GPU-hours in all.
 """
 
 import ml_collections

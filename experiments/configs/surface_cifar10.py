@@ -9,6 +9,9 @@ Options (train the run first with experiments/configs/cifar10_*.py into runs/cif
   wrn56_2 | wrn56_8 (Fig. 6: width),
   vgg9 (Fig. 3-4: 1-D, batch 128 vs 8192 overlaid; runs/cifar10_vgg9_bs128, _bs8192),
   interpolation (vgg9 batch 128 -> 8192, 401 points on [-0.5, 1.5], Fig. 3).
+Compute (estimate, one A100/H100-class GPU): a 51 x 51 surface evaluates 60,000 images at 2601
+points: ResNet-56 ~36 PFLOP (0.5-1 GPU-hour), ResNet-110 ~1-2, WRN-56-8 ~2.3 EFLOP (6-25);
+the 51-point VGG-9 plots and the 401-point interpolation take minutes.
 """
 
 from landscape_jax.surface import default_config
