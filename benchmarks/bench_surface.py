@@ -59,7 +59,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
-from landscape_jax import autotune, fused  # noqa: E402
+from landscape_jax import autotune  # noqa: E402
 from landscape_jax.evaluation import evaluate_split, inference_apply  # noqa: E402
 
 try:
@@ -334,6 +334,49 @@ def run_surface(metric_fn, center, dirs, xs, ys, *, map_mode="map", chunk_size=N
           "compile_s": warm - seconds * chunk / n, "peak_mb": mem.peak_mb, "program_mb": prog}
 
 
+# ------------------------------------------------------------------------------- head to head
+def head_to_head(variants: dict, *, rounds: int, peak_fn) -> tuple[dict[str, list], list[float]]:
+  """Runs every variant once per round, in turn, and measures the matmul peak at each round."""
+  runs = {name: [] for name in variants}
+  peaks = []
+  for r in range(rounds):
+    peaks.append(peak_fn())
+    for name, fn in variants.items():
+      runs[name].append(fn())
+      res = runs[name][-1]
+      print(f"  round {r + 1}: {name:<44} {res['seconds'] / res['points']:.3f} s/point",
+            flush=True)
+  return runs, peaks
+
+
+def median_run(results: list[dict]) -> dict:
+  """The round with the median time (its values and memory figures)."""
+  order = np.argsort([r["seconds"] for r in results])
+  return results[order[len(order) // 2]]
+
+
+def head_to_head_table(runs: dict, peaks: list[float], *, flops: float, images: int) -> list[str]:
+  """Median seconds per point over rounds; ratios of medians and the range of per-round ratios."""
+  spp = {k: np.array([r["seconds"] / r["points"] for r in v]) for k, v in runs.items()}
+  peak = float(np.median(peaks))
+  base = [k for k in ("PyTorch", "JAX ref") if k in spp]
+  header = ["variant", "s/point (median)", "points/s", "GFLOP/s", "% peak"]
+  header += [f"x {b} (median; rounds min-max)" for b in base]
+  body = []
+  for k, t in spp.items():
+    med = float(np.median(t))
+    gflops = images * flops / med / 1e9
+    line = [k, med, 1 / med, gflops, 100 * gflops / peak]
+    for b in base:
+      per_round = spp[b] / t
+      line.append(f"{np.median(spp[b]) / med:.2f} ({per_round.min():.2f}-{per_round.max():.2f})")
+    body.append(line)
+  return [f"Head to head ({len(peaks)} rounds; each round runs every variant once on the same "
+          f"{runs[next(iter(runs))][0]['points']} grid points, in turn, after measuring the fp32 "
+          f"matmul peak: {', '.join(f'{p:.0f}' for p in peaks)} GFLOP/s, median {peak:.0f}):",
+          "", C.markdown_table(header, body)]
+
+
 # ------------------------------------------------------------------------------------- report
 class Report:
   def __init__(self, *, flops: float, images: int, peak: float):
@@ -384,8 +427,8 @@ def gains(rep: Report, *, best_b: int, cands, k: int, sub_rows: int) -> list[str
   def get(name):
     return pps.get(name) or pps.get(name + row)
 
-  one = {b: get(f"surface_grid map, b={b} (1 device, not folded)") for b in cands}
-  one[best_b] = get(f"surface_grid map, b={best_b}")
+  one = {b: get(f"surface_grid map, b={b} (1 device, BN folded)") for b in cands}
+  one[best_b] = get(f"surface_grid map, b={best_b}, BN folded")
   out = []
   have = {b: v for b, v in one.items() if v}
   if len(have) > 1:
@@ -437,7 +480,7 @@ def values_by_coord(r) -> dict:
 
 # ------------------------------------------------------------------------------ error control
 def error_controlled_section(args, out_lines):
-  """51 x 51 surface of a small trained MLP: exact vs error-controlled at tolerance `tol`."""
+  """51 x 51 surface of a small trained MLP: exact vs error-controlled (plain, anchored)."""
   import optax
 
   base = lj.load("digits", "train")
@@ -468,34 +511,50 @@ def error_controlled_section(args, out_lines):
                                        ignore="biasbn") for k in (k1, k2))
   g = np.linspace(-1, 1, args.error_grid)
   exact_fn = lj.make_metric_fn(model, data, batch_size=args.error_batch)
-  tol_fn = lj.surface.make_error_controlled_metric_fn(model, data, tol=args.error_tol,
-                                                      batch_size=args.error_batch)
-  chunk = min(args.error_grid ** 2, 256)
+  kw = dict(map_mode="map", chunk_size=min(args.error_grid ** 2, 256), progress=False)
+
+  def plain():
+    return lj.make_error_controlled_metric_fn(model, data, tol=args.error_tol,
+                                              batch_size=args.error_batch)
+
+  def anchored():  # the anchors' exact passes are part of the timed work
+    return lj.make_error_controlled_metric_fn(
+      model, data, tol=args.error_tol, batch_size=args.error_batch, progress=False,
+      anchors=lj.anchor_plane(params, dirs, g, g, stride=args.error_anchor_stride))
+
+  variants = {"exact": lambda: exact_fn, f"plain, tol {args.error_tol}": plain,
+              f"anchored (stride {args.error_anchor_stride}), tol {args.error_tol}": anchored}
   res = {}
-  for name, fn in (("exact", exact_fn), (f"tol {args.error_tol}", tol_fn)):
-    kw = dict(map_mode="map", chunk_size=chunk, progress=False)
-    lj.surface_grid(fn, params, dirs, np.linspace(-1, 1, chunk), np.zeros(1), **kw)  # compile
+  for name, make in variants.items():
+    fn = make()  # compile on a small grid first (the anchors of the warm-up are not timed)
+    lj.surface_grid(fn, params, dirs, g[:3], g[:1], **kw)
     t = time.perf_counter()
+    fn = make()
     res[name] = (lj.surface_grid(fn, params, dirs, g, g, **kw), time.perf_counter() - t)
-  (ex, t_ex), (est, t_est) = res["exact"], res[f"tol {args.error_tol}"]
-  dev = np.abs(est["loss"] - ex["loss"])
-  speedup = t_ex / t_est
-  n_used = est["num_examples"]
+  ex, t_ex = res.pop("exact")
+  rows, verdicts = [], []
+  for name, (est, t_est) in res.items():
+    dev = np.abs(est["loss"] - ex["loss"])
+    n_used = est["num_examples"]
+    rows.append([name, t_ex, t_est, t_ex / t_est, float(dev.max()),
+                 float(dev.max() / args.error_tol), float(n_used.mean()),
+                 float(est["loss_sem"].max()), int(np.sum(n_used >= len(data)))])
+    fast, close = t_ex / t_est >= 10, dev.max() <= 3 * args.error_tol
+    verdicts.append(f"{name}: speed-up >= 10 {'met' if fast else 'NOT met'}, "
+                    f"max deviation <= 3 tol {'met' if close else 'NOT met'}")
+  n_anchor = len(lj.error_control.anchor_axis(g, stride=args.error_anchor_stride)) ** 2
   lines = [
     f"Error-controlled surface ({args.error_grid} x {args.error_grid}, MLP trained "
     f"{args.error_train_steps} Adam steps on digits, {args.error_images} noisy digits, batches of "
-    f"{args.error_batch}; `make_error_controlled_metric_fn(tol={args.error_tol})` vs exact "
-    "`make_metric_fn`, both `surface_grid(map_mode='map')`):",
+    f"at most {args.error_batch}; `make_error_controlled_metric_fn(tol={args.error_tol})` plain "
+    f"and with anchored control variates ({n_anchor} anchors, their exact passes included in the "
+    "time) vs exact `make_metric_fn`, all `surface_grid(map_mode='map')`):",
     "",
     C.markdown_table(
-      ["exact s", "error-controlled s", "speed-up", "max abs dloss", "max / tol",
-       "mean examples/point", "max loss_sem", "points using the whole split"],
-      [[t_ex, t_est, speedup, float(dev.max()), float(dev.max() / args.error_tol),
-        float(n_used.mean()), float(est["loss_sem"].max()),
-        int(np.sum(n_used >= len(data)))]]),
+      ["variant", "exact s", "estimated s", "speed-up", "max abs dloss", "max / tol",
+       "mean examples/point", "max loss_sem", "points using the whole split"], rows),
     "",
-    f"Targets: speed-up >= 10: {'met' if speedup >= 10 else 'NOT met'}; max deviation <= 3 tol: "
-    f"{'met' if dev.max() <= 3 * args.error_tol else 'NOT met'}.",
+    "Targets: " + "; ".join(verdicts) + ".",
   ]
   print("\n".join(lines), flush=True)
   out_lines += ["", *lines]
@@ -517,6 +576,8 @@ def parse_args(argv=None):
   p.add_argument("--baseline_rows", type=int, default=1,
                  help="grid rows (of --grid points) timed for the per-point baselines")
   p.add_argument("--sweep_rows", type=int, default=1, help="grid rows per sweep variant")
+  p.add_argument("--rounds", type=int, default=3,
+                 help="head-to-head rounds (baselines and surface_grid in turn; medians)")
   p.add_argument("--batch_sizes", default="32,64,128,256")
   p.add_argument("--vmap_chunk", type=int, default=4)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -527,6 +588,8 @@ def parse_args(argv=None):
   p.add_argument("--error_tol", type=float, default=0.01)
   p.add_argument("--error_images", type=int, default=20000)
   p.add_argument("--error_batch", type=int, default=250)
+  p.add_argument("--error_anchor_stride", type=int, default=4,
+                 help="anchors of the control variate on every k-th grid line")
   p.add_argument("--error_train_steps", type=int, default=300)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--host_devices", type=int, default=1,
@@ -538,7 +601,7 @@ def parse_args(argv=None):
     args.images, args.image_size, args.grid, args.grid56 = 48, 16, 3, 2
     args.baseline_rows, args.sweep_rows, args.batch_sizes, args.vmap_chunk = 1, 1, "16,32", 3
     args.error_grid, args.error_images, args.error_batch = 5, 2000, 100
-    args.error_train_steps, args.error_tol = 20, 0.05
+    args.error_train_steps, args.error_tol, args.rounds = 20, 0.05, 2
   if args.record is None:
     args.record = not args.tiny
   return args
@@ -596,8 +659,8 @@ def main(argv=None):
   # -- batch size chosen by measurement (also the batch sweep's data)
   cands = [int(b) for b in args.batch_sizes.split(",")]
 
-  def make_metric(b):
-    return lj.make_metric_fn(model, data, batch_stats=bs, batch_size=b)
+  def make_metric(b, fold=True):
+    return lj.make_metric_fn(model, data, batch_stats=bs, batch_size=b, fold_batchnorm=fold)
 
   t = time.perf_counter()
   best_b, btimes = autotune.choose_batch_size(make_metric, center, candidates=cands)
@@ -607,8 +670,8 @@ def main(argv=None):
 
   # -- main surface: the whole grid, lax.map, chosen batch size, BN folded or not (best of both)
   print(f"\n{args.model} {args.grid} x {args.grid}, {args.images} images:", flush=True)
-  metric = make_metric(best_b)
-  fused_metric = fused.make_fused_metric_fn(model, data, batch_stats=bs, batch_size=best_b)
+  metric = make_metric(best_b, fold=False)
+  fused_metric = make_metric(best_b)  # make_metric_fn's default: BatchNorm folded
   # Candidates timed on --sweep_rows rows; the fastest evaluates the whole grid. On the CPU, a mesh
   # of host devices (--host_devices) runs points concurrently (inter-op instead of intra-op).
   sub = g[: args.sweep_rows]
@@ -628,20 +691,32 @@ def main(argv=None):
   main = run_surface(best_metric, center, dirs, g, g, mesh=best_mesh)
   ref_vals = values_by_coord(main)
 
-  baselines = {}
+  # -- head to head: the baselines and surface_grid on the same grid row(s), in turn, round after
+  # round (with the matmul peak), so that a change of machine load hits every variant alike.
+  rows = g[: args.baseline_rows]
+  coords = lj.surface.grid_coordinates(g, rows)
+  variants = {}
   if "reference" in sections:
-    rows = g[: args.baseline_rows]
-    coords = lj.surface.grid_coordinates(g, rows)
-    r_ref = run_jax_reference(model, variables, dirs, data, coords)
-    baselines["JAX ref"] = r_ref
+    variants["JAX ref"] = lambda: run_jax_reference(model, variables, dirs, data, coords)
   if torch_ok:
-    coords = lj.surface.grid_coordinates(g, g[: args.baseline_rows])
-    r_torch = run_torch_reference(variables, dirs, data, coords, depth=depth, width=args.width)
-    baselines["PyTorch"] = r_torch
+    variants["PyTorch"] = lambda: run_torch_reference(variables, dirs, data, coords, depth=depth,
+                                                      width=args.width)
+  h2h_names = {f"surface_grid, b={best_b}, BN folded (default)": fused_metric,
+               f"surface_grid, b={best_b}, not folded": metric}
+  for name, m in h2h_names.items():
+    variants[name] = functools.partial(run_surface, m, center, dirs, g, rows)
+  print(f"\nhead to head, {args.rounds} rounds of {len(coords)} points each:", flush=True)
+  runs, peaks = head_to_head(variants, rounds=args.rounds,
+                             peak_fn=lambda: C.matmul_peak(n=512 if args.tiny else 2048))
+  h2h_lines = head_to_head_table(runs, peaks, flops=flops, images=args.images)
+  print("\n".join(h2h_lines), flush=True)
+  baselines = {k: median_run(runs[k]) for k in ("JAX ref", "PyTorch") if k in runs}
   rep.baselines = {k: v["points"] / v["seconds"] for k, v in baselines.items()}
   sec = "resnet"
   for k, v in baselines.items():
-    rep.add(sec, f"{k}: per-point loop, b=128", v, ref_values=ref_vals)
+    rep.add(sec, f"{k}: per-point loop, b=128 (median round)", v, ref_values=ref_vals)
+  for name in h2h_names:
+    rep.add(sec, f"{name} (median round)", median_run(runs[name]), ref_values=ref_vals)
   rep.add(sec, main_name, main, ref_values=ref_vals)
   for name, r in row_runs.items():
     rep.add(sec, f"surface_grid map, {name}, {len(sub)} row(s)", r, ref_values=ref_vals)
@@ -651,7 +726,7 @@ def main(argv=None):
       if b == best_b:
         continue
       r = run_surface(make_metric(b), center, dirs, gx, sub)
-      rep.add(sec, f"surface_grid map, b={b} (1 device, not folded)", r, ref_values=ref_vals)
+      rep.add(sec, f"surface_grid map, b={b} (1 device, BN folded)", r, ref_values=ref_vals)
     m_best = fused_metric if use_fused else metric
     tag = f"b={best_b}{', folded' if use_fused else ''}, 1 device"
     r = run_surface(m_best, center, dirs, gx, sub, chunk_size=len(gx) * len(sub))
@@ -682,10 +757,9 @@ def main(argv=None):
     b56, bt56 = autotune.choose_batch_size(
       lambda b: lj.make_metric_fn(m56, data, batch_stats=v56["batch_stats"], batch_size=b),
       v56["params"], candidates=[b for b in cands if b >= 64] or cands, repeats=1)
-    make56 = (functools.partial(fused.make_fused_metric_fn, m56, data) if use_fused
-              else functools.partial(lj.make_metric_fn, m56, data))
-    main56 = run_surface(make56(batch_stats=v56["batch_stats"], batch_size=b56), v56["params"],
-                         dirs56, g56, g56, mesh=best_mesh)
+    main56 = run_surface(lj.make_metric_fn(m56, data, batch_stats=v56["batch_stats"],
+                                           batch_size=b56, fold_batchnorm=use_fused),
+                         v56["params"], dirs56, g56, g56, mesh=best_mesh)
     ref56 = values_by_coord(main56)
     base56 = {}
     coords = lj.surface.grid_coordinates(g56, g56[:1])
@@ -713,7 +787,7 @@ def main(argv=None):
            f" Baselines timed on {args.baseline_rows} grid row(s), sweeps on {args.sweep_rows}.",
            f"choose_batch_size: best {best_b} ("
            + ", ".join(f"{b}: {s:.3f} s" for b, s in btimes.items()) + f"), {tune_s:.1f} s.",
-           "", rep.table(sec)]
+           "", *h2h_lines, "", "All variants:", "", rep.table(sec)]
   if sec56:
     lines += ["", f"{args.model56}, {args.grid56} x {args.grid56} (baselines on one row):", "",
               rep56.table(sec56)]

@@ -59,8 +59,12 @@ def load_run(spec: str, index: int, config):
   return model, dict(variables), dataset, data_dir
 
 
-def make_metric(model, variables, dataset, data_dir, config):
-  """metric_fn over the configured splits, with the centre's or recomputed BN statistics."""
+def make_metric(model, variables, dataset, data_dir, config, plane=None):
+  """metric_fn over the configured splits, with the centre's or recomputed BN statistics.
+
+  With ``config.error_tol``: error-controlled estimates; with ``config.error_anchor_stride`` and
+  ``plane = (center, directions, xs, ys)`` anchored on every k-th grid line of the surface.
+  """
   splits = {}
   for split in config.splits:
     ds = lj.load(dataset, split, data_dir=data_dir)
@@ -75,9 +79,12 @@ def make_metric(model, variables, dataset, data_dir, config):
     return make_recompute_metric_fn(model, splits, train_data=train, batch_stats=stats,
                                     batch_size=config.eval_batch_size)
   if config.get("error_tol") is not None:
-    fns = {k: lj.surface.make_error_controlled_metric_fn(
-      model, ds, tol=config.error_tol, batch_size=config.eval_batch_size, batch_stats=stats)
-      for k, ds in splits.items()}
+    anchors = None
+    if plane is not None and config.get("error_anchor_stride"):
+      anchors = lj.anchor_plane(*plane, stride=config.error_anchor_stride)
+    fns = {k: lj.make_error_controlled_metric_fn(
+      model, ds, tol=config.error_tol, batch_size=config.eval_batch_size, batch_stats=stats,
+      anchors=anchors) for k, ds in splits.items()}
     return jax.tree_util.Partial(_prefixed, fns)
   if config.bn not in ("center", "recompute"):
     raise ValueError(f"config.bn must be 'center' or 'recompute', got {config.bn!r}.")
@@ -155,6 +162,7 @@ def main(argv):
   loaded = [load_run(r, i, config) for i, r in enumerate(runs)]
   base_meta = {"mode": config.mode, "runs": runs, "step": config.get("step"), "bn": config.bn,
                "error_tol": config.get("error_tol"),
+               "error_anchor_stride": config.get("error_anchor_stride"),
                "splits": list(config.splits), "eval_subset": config.get("eval_subset")}
   xs = _axis(config.x)
   ys = _axis(config.y) if config.mode != "interpolation" and config.dim == 2 else None
@@ -165,11 +173,12 @@ def main(argv):
     for label, (model, variables, dataset, data_dir), run in zip(labels, loaded, runs,
                                                                  strict=True):
       params = variables["params"]
-      metric_fn = make_metric(model, variables, dataset, data_dir, config)
       dirs = lj.random_directions(jax.random.key(config.seed), params, num=config.dim,
                                   norm=config.norm or None, ignore=config.ignore or None,
                                   same_direction=config.same_direction,
                                   orthogonal=config.orthogonal)
+      metric_fn = make_metric(model, variables, dataset, data_dir, config,
+                              plane=(params, dirs, xs, ys))
       meta = {**base_meta, "run": run, "dataset": dataset, "seed": config.seed,
               "norm": config.norm, "ignore": config.ignore,
               "same_direction": config.same_direction, "orthogonal": config.orthogonal}
@@ -186,9 +195,10 @@ def main(argv):
             curves if len(curves) > 1 else curves[labels[0]], title=f"{config.norm}-normalised")
   else:
     (model, variables, dataset, data_dir) = loaded[0]
-    metric_fn = make_metric(model, variables, dataset, data_dir, config)
     params = [v[1]["params"] for v in loaded]
     dirs = lj.directions_from_models(*params)  # checks that the models have the same structure
+    metric_fn = make_metric(model, variables, dataset, data_dir, config,
+                            plane=(params[0], dirs[:1] if ys is None else dirs, xs, ys))
     meta = {**base_meta, "dataset": dataset, "directions": "models (x = t2 - t1, y = t3 - t1)"}
     store = os.path.join(workdir, config.mode, "store")
     if config.mode == "interpolation":

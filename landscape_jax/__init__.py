@@ -85,8 +85,11 @@ from landscape_jax.ensembles import (
   train_sgd,
 )
 
-# Curvature (PyHessian conventions) and trajectory PCA.
-from landscape_jax.fused import fuse_batchnorm, make_fused_metric_fn
+# Error-controlled surfaces (opt-in): growing subsets, anchored control variates.
+from landscape_jax.error_control import anchor_plane, make_error_controlled_metric_fn
+
+# BatchNorm folding at inference (make_metric_fn folds by default).
+from landscape_jax.fused import fuse_batchnorm
 
 # Curvature (PyHessian conventions) and trajectory PCA.
 from landscape_jax.hessian import (
@@ -126,11 +129,7 @@ from landscape_jax.permutations import (
 )
 from landscape_jax.report import write_report
 from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import (
-  benchmark_map_modes,
-  make_error_controlled_metric_fn,
-  surface_grid,
-)
+from landscape_jax.surface import benchmark_map_modes, surface_grid
 
 # Training and checkpoints.
 from landscape_jax.training import (

@@ -16,8 +16,8 @@ float rounding, and it skips one elementwise pass (scale and shift) per BatchNor
 
 A BatchNorm is folded only when its input is, as traced, exactly the output of a `nn.Conv` or
 `nn.Dense` (no activation or other op in between); that layer's output must have no other
-consumer (true of every bundled model). Use `make_fused_metric_fn` to get a `metric_fn` for
-`surface_grid` with the folded model.
+consumer (true of every bundled model). `evaluation.make_metric_fn` folds by default
+(``fold_batchnorm=True``), so every surface, interpolation and curve evaluation gets it.
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.tree_util import Partial
-
-from landscape_jax.data import Dataset
-from landscape_jax.evaluation import device_split, evaluate_split
 
 PyTree = Any
 Path = tuple[str, ...]
@@ -80,7 +76,9 @@ def _trace_pairs(model, variables, x) -> list[tuple[tuple[Path, Path], float]]:
     with nn.intercept_methods(interceptor):
       return model.apply(v, x, train=False)
 
-  jax.eval_shape(run, variables, x)
+  spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
+                      (variables, x))
+  jax.eval_shape(run, *spec)  # also inside a trace: shapes only
   return pairs
 
 
@@ -167,33 +165,4 @@ def fuse_batchnorm(model: nn.Module, variables: PyTree, x):
   return functools.partial(_fused_apply, model, pairs, epsilons)
 
 
-def make_fused_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
-                         batch_stats: PyTree, batch_size: int = 256) -> Partial:
-  """`evaluation.make_metric_fn` with BatchNorm folded into the convolutions (same values).
-
-  ``metric_fn(params) -> {"loss", "accuracy"}`` (keys prefixed ``"{split}_"`` for a mapping of
-  datasets), exact over each split, evaluated in inference mode with `batch_stats`.
-  """
-  single = isinstance(data, Dataset)
-  datasets = {"": data} if single else dict(data)
-  if not datasets:
-    raise ValueError("make_fused_metric_fn needs at least one dataset.")
-  first = next(iter(datasets.values()))
-  x = jnp.zeros((2, *first.image_shape), jnp.float32)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))["params"]
-  apply_fn = fuse_batchnorm(model, {"params": params, "batch_stats": batch_stats}, x)
-  splits = {k: device_split(d.images, d.labels, batch_size=batch_size) for k, d in datasets.items()}
-  norms = {k: (jnp.asarray(d.mean), jnp.asarray(d.std)) for k, d in datasets.items()}
-  return Partial(functools.partial(_fused_metrics, apply_fn), splits, norms, batch_stats)
-
-
-def _fused_metrics(apply_fn, splits, norms, batch_stats, params):
-  out = {}
-  variables = {"params": params, "batch_stats": batch_stats}
-  for k, split in splits.items():
-    res = evaluate_split(apply_fn, variables, split, *norms[k])
-    out.update({(f"{k}_{m}" if k else m): v for m, v in res.items()})
-  return out
-
-
-__all__ = ["batchnorm_pairs", "fold_batchnorm", "fuse_batchnorm", "make_fused_metric_fn"]
+__all__ = ["batchnorm_pairs", "fold_batchnorm", "fuse_batchnorm"]

@@ -24,7 +24,8 @@ BatchNorm: by default `metric_fn` evaluates every point with the centre's runnin
 e.g. ``batchnorm.make_recompute_metric_fn(model, splits, train_data=..., batch_stats=...)``, or
 use the ``point_fn`` hook (``point_fn(params) -> metric_fn input``, e.g. ``{"params": p,
 "batch_stats": recompute(p)}``). Opt-in error-controlled surfaces:
-`make_error_controlled_metric_fn` (growing random subsets until the loss SEM is below a tolerance).
+`landscape_jax.error_control.make_error_controlled_metric_fn` (growing random subsets until the
+loss's standard error is below a tolerance, with anchored control variates).
 """
 
 from __future__ import annotations
@@ -48,8 +49,7 @@ from tqdm.auto import tqdm
 from landscape_jax import sharding as shd
 from landscape_jax import store as store_lib
 from landscape_jax import trees
-from landscape_jax.data import normalize_images
-from landscape_jax.evaluation import correct, cross_entropy, device_split, inference_apply
+from landscape_jax.error_control import make_error_controlled_metric_fn
 from landscape_jax.paths import plane_point
 
 PyTree = Any
@@ -431,71 +431,6 @@ __all__ = [
 ]
 
 
-def make_error_controlled_metric_fn(model, data, *, tol: float, batch_size: int = 256,
-                                    batch_stats: PyTree | None = None, seed: int = 0,
-                                    min_batches: int = 1) -> Partial:
-  """An opt-in metric whose loss is estimated on a growing random subset of the split.
-
-  The split is shuffled once (`seed`) and walked in batches with `lax.while_loop`; after each
-  batch the standard error of the mean cross-entropy is
-  ``sem = sqrt(sum_i (l_i - mean)^2 / (n - 1)) / sqrt(n)`` over the ``n`` examples seen, and the
-  walk stops once ``sem <= tol`` (after at least `min_batches`) or when the whole split is used.
-  ``metric_fn(params) -> {"loss", "loss_sem", "accuracy", "num_examples"}``; `surface_grid` stores
-  the standard error and the number of examples used next to every value. ``tol=0`` evaluates the
-  whole split exactly (equal to `make_metric_fn`). Never the default: a surface of estimates is
-  noisier than an exact one, but far points with large losses stop after a few batches.
-
-  Args:
-    model: a linen model evaluated in inference mode (``model.apply(v, x, train=False)``).
-    data: a `Dataset` (one split).
-    tol: target standard error of the mean loss (>= 0).
-    batch_size: examples per batch (the growth step).
-    batch_stats: BatchNorm statistics (the centre's).
-    seed: shuffling seed (the same subset order at every grid point).
-    min_batches: batches evaluated before the first stopping test.
-  """
-  if not tol >= 0 or not math.isfinite(tol):
-    raise ValueError(f"tol must be a finite number >= 0, got {tol}.")
-  if min_batches < 1:
-    raise ValueError(f"min_batches must be >= 1, got {min_batches}.")
-  order = np.random.default_rng(seed).permutation(len(data))
-  split = device_split(data.images[order], data.labels[order], batch_size=batch_size)
-  return Partial(functools.partial(_error_controlled, inference_apply(model), float(tol),
-                                   int(min_batches)),
-                 split, jnp.asarray(data.mean), jnp.asarray(data.std), batch_stats)
-
-
-def _error_controlled(apply_fn, tol, min_batches, split, mean, std, batch_stats, params):
-  variables = {"params": params} if batch_stats is None else {"params": params,
-                                                               "batch_stats": batch_stats}
-  num_batches = split.mask.shape[0]
-
-  def stats(carry):
-    _, n, s, s2, _ = carry
-    mean_loss = s / jnp.maximum(n, 1.0)
-    var = jnp.maximum(s2 - n * mean_loss ** 2, 0.0) / jnp.maximum(n - 1.0, 1.0)
-    return mean_loss, jnp.sqrt(var / jnp.maximum(n, 1.0))
-
-  def cond(carry):
-    b = carry[0]
-    _, sem = stats(carry)
-    return (b < num_batches) & ((b < min_batches) | ~(sem <= tol))
-
-  def body(carry):
-    b, n, s, s2, c = carry
-    x, y, m = split.images[b], split.labels[b], split.mask[b]
-    logits = apply_fn(variables, normalize_images(x, mean, std))
-    losses = cross_entropy(logits, y)
-    return (b + 1, n + jnp.sum(m), s + jnp.sum(losses * m), s2 + jnp.sum(losses ** 2 * m),
-            c + jnp.sum(correct(logits, y) * m))
-
-  zero = jnp.zeros((), jnp.float32)
-  carry = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), zero, zero, zero, zero))
-  mean_loss, sem = stats(carry)
-  n = carry[1]
-  return {"loss": mean_loss, "loss_sem": sem, "accuracy": carry[4] / n, "num_examples": n}
-
-
 def default_config(**overrides):
   """`ml_collections.ConfigDict` read by experiments/surface.py (Li et al. 2018 defaults).
 
@@ -507,7 +442,8 @@ def default_config(**overrides):
   on the training split), ``splits`` (("train", "test")), ``eval_subset`` (None: whole splits),
   ``eval_batch_size``, ``chunk_size`` (None: from device memory), ``map_mode`` (None: per
   platform), ``error_tol`` (None: exact metrics; a number: `make_error_controlled_metric_fn`
-  with that standard error). Unknown override names are an error.
+  with that standard error), ``error_anchor_stride`` (4: anchored control variates on every 4th
+  grid line; 0: plain estimates). Unknown override names are an error.
   """
   import ml_collections
   from ml_collections import config_dict
@@ -534,6 +470,7 @@ def default_config(**overrides):
   c.chunk_size = config_dict.placeholder(int)
   c.map_mode = config_dict.placeholder(str)
   c.error_tol = config_dict.placeholder(float)
+  c.error_anchor_stride = 4
   for k, v in overrides.items():
     if k not in c:
       raise ValueError(f"Unknown surface config field '{k}'. Known: {', '.join(sorted(c))}.")

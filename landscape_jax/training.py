@@ -364,9 +364,9 @@ def _device_split(data: Dataset, batch_size: int, mesh: Mesh | None, axis: str =
   n, ndev = len(data), (1 if mesh is None else mesh.shape[axis])
   if mesh is None or n < ndev:
     return device_split(data.images, data.labels, batch_size=batch_size)
-  # Batches must split evenly over the devices: a multiple of the mesh size, at most n.
+  # Batches must split evenly over the devices: a multiple of the mesh size.
   batch_size = max(ndev, min(batch_size, n) // ndev * ndev)
-  return device_split(data.images, data.labels, batch_size=batch_size,
+  return device_split(data.images, data.labels, batch_size=batch_size, multiple_of=ndev,
                       sharding=NamedSharding(mesh, P(None, axis)))
 
 

@@ -1,5 +1,7 @@
 """BatchNorm folding: the fused model computes the unfused model's logits and metrics."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -75,15 +77,26 @@ def test_fold_with_own_bias_and_dense():
                              atol=1e-5)
 
 
-def test_fused_metric_fn_matches_make_metric_fn(resnet8, digits_test):
+def test_metric_fn_folds_batchnorm_by_default(resnet8, digits_test):
+  """make_metric_fn's folded default equals unfolded inference, also inside vmap over points."""
   model, _, _ = resnet8
   data = digits_test.subset(slice(0, 100))
   x = jnp.zeros((2, 8, 8, 1))
   variables = _random_stats(jax.random.key(4), model.init(jax.random.key(0), x, train=False))
-  ref = lj.make_metric_fn(model, data, batch_stats=variables["batch_stats"], batch_size=32)
-  new = fused.make_fused_metric_fn(model, data, batch_stats=variables["batch_stats"],
-                                   batch_size=32)
+  ref = lj.make_metric_fn(model, data, batch_stats=variables["batch_stats"], batch_size=32,
+                          fold_batchnorm=False)
+  new = lj.make_metric_fn(model, data, batch_stats=variables["batch_stats"], batch_size=32)
   a = jax.jit(lambda f, p: f(p))(ref, variables["params"])
   b = jax.jit(lambda f, p: f(p))(new, variables["params"])
   np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
   np.testing.assert_allclose(b["accuracy"], a["accuracy"])
+  # the folded program scales no activations: no multiply of a (batch, 8, 8, C) tensor left
+  def activation_multiplies(f):
+    text = jax.jit(lambda f, p: f(p)).lower(f, variables["params"]).as_text()
+    return len(re.findall(r"stablehlo.multiply .*tensor<\d+x8x8x\d+xf32>", text))
+
+  assert activation_multiplies(ref) > 0
+  assert activation_multiplies(new) == 0
+  stacked = jax.tree.map(lambda a: jnp.stack([a, 1.1 * a]), variables["params"])
+  v = jax.jit(jax.vmap(lambda p: new(p)))(stacked)
+  np.testing.assert_allclose(v["loss"][0], b["loss"], rtol=1e-5)

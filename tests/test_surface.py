@@ -167,7 +167,10 @@ def test_auto_chunk_size_from_device_memory(monkeypatch):
 
 
 @pytest.mark.slow
-def test_experiment_script_runs(tmp_path):
+@pytest.mark.parametrize(
+  "extra", [[], ["--config.error_tol=0.05", "--config.error_anchor_stride=2"]],
+  ids=["exact", "error-controlled"])
+def test_experiment_script_runs(tmp_path, extra):
   import json
   import os
   import subprocess
@@ -178,7 +181,7 @@ def test_experiment_script_runs(tmp_path):
          "--config=" + os.path.join(root, "experiments", "configs", "surface_2d.py") + ":quick",
          "--config.runs=('init:mlp_small',)", "--config.x=(-1.0, 1.0, 3)",
          "--config.y=(-1.0, 1.0, 2)", "--config.eval_subset=64", f"--workdir={tmp_path}",
-         "--noprogress"]
+         "--noprogress", *extra]
   env = {**os.environ, "PYTHONPATH": root, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=root)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -187,6 +190,8 @@ def test_experiment_script_runs(tmp_path):
   state = lj.store.read(tmp_path / "init_mlp_small" / "store")
   assert state.done.shape == (3, 2) and state.done.all()
   assert state.config["metadata"]["norm"] == "filter"
+  if extra:  # the standard error and the examples used are stored next to every estimate
+    assert "train_loss_sem" in state.values and "test_num_examples" in state.values
 
 
 def test_error_controlled_metric(tiny_mlp, digits_test):
@@ -208,7 +213,8 @@ def test_error_controlled_metric(tiny_mlp, digits_test):
                                                             data.std))
   losses = np.asarray(lj.cross_entropy(logits, data.labels[order]), np.float64)
   np.testing.assert_allclose(est["loss"], losses.mean(), rtol=1e-5)
-  np.testing.assert_allclose(est["loss_sem"], losses.std(ddof=1) / 10.0, rtol=1e-3)
+  fpc = np.sqrt((200 - 100) / (200 - 1))  # sampling without replacement
+  np.testing.assert_allclose(est["loss_sem"], losses.std(ddof=1) / 10.0 * fpc, rtol=1e-3)
   # on a grid, the standard error and the subset size are stored next to the loss
   d = lj.random_directions(jax.random.key(0), params, num=1)
   res = lj.surface_grid(fn, params, d, [-1.0, 0.0], progress=False)
