@@ -3,8 +3,9 @@
 Plain step: `lj.train_step` (SGD momentum 0.9, BatchNorm in training mode, batch 128) on ResNet-20.
 Curve step: `lj.curves.curve_train_step` on a 3-bend Bezier curve between two ResNet-20s (one
 t ~ U(0, 1) per minibatch as Garipov et al.; phi(t) is one weighted sum over the bend axis, then
-one forward/backward pass), and with 4 ts per minibatch (vmapped). Also each step with its state
-buffers donated (``donate_argnums``: the update is written in place of the old state).
+one forward/backward pass), and with 4 ts per minibatch (evaluated in turn, unrolled). Also
+each step with its state buffers donated (``donate_argnums``: the update is written in place of
+the old state).
 Timings are the median of `--steps` steps after compiling; the batch is fixed and on the device.
 
 Run: ``python benchmarks/bench_curve_step.py`` (about a minute on 2 CPU cores; appends to

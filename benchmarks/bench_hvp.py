@@ -70,12 +70,21 @@ def main(argv):
     op = hs._operator(f, p, b, None)
     return op.matvec(u)
 
+  # Lanczos with linearize=True: the gradient is linearised once, each product re-runs the
+  # tangent pass only (the linear function is a pytree of residuals, passed as an argument).
+  linear = jax.jit(lambda f, p, b: hs._operator(f, p, b, None, linearize=True).matvec)(
+    loss_fn, params, batch)
+  lin_hvp = jax.jit(lambda op, u: op(u))
+
   u = jax.random.normal(jax.random.key(2), (lj.trees.num_params(params),))
   times = _interleaved_times(
-    (grad, hvp, flat_hvp),
-    ((loss_fn, params, batch), (loss_fn, params, batch, v), (loss_fn, params, batch, u)),
+    (grad, hvp, flat_hvp, lin_hvp),
+    ((loss_fn, params, batch), (loss_fn, params, batch, v), (loss_fn, params, batch, u),
+     (linear, u)),
     repeats=_REPEATS.value)
-  t_grad, t_hvp, t_flat = np.median(times, axis=0)
+  np.testing.assert_allclose(lin_hvp(linear, u), flat_hvp(loss_fn, params, batch, u),
+                             rtol=1e-3, atol=1e-4)
+  t_grad, t_hvp, t_flat, t_lin = np.median(times, axis=0)
   best = times.min(axis=0)
   device = jax.devices()[0]
   machine = f"{device.platform}:{device.device_kind} ({platform.machine()}, {os.cpu_count()} cpus)"
@@ -85,11 +94,14 @@ def main(argv):
   print(f"hvp       {t_hvp * 1e3:8.3f} ms   ratio hvp/grad = {t_hvp / t_grad:.2f} "
         f"(fastest calls: {best[1] / best[0]:.2f})")
   print(f"flat hvp  {t_flat * 1e3:8.3f} ms   ratio flat/grad = {t_flat / t_grad:.2f}")
+  print(f"linearized hvp {t_lin * 1e3:8.3f} ms   ratio = {t_lin / t_grad:.2f} "
+        "(hessian_eigenvalues(..., linearize=True), after one linearisation)")
   if _RESULTS.value:
     line = (f"- {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC bench_hvp: "
             f"{_MODEL.value} ({num} params), digits batch {_BATCH.value}: grad "
             f"{t_grad * 1e3:.3f} ms, hvp {t_hvp * 1e3:.3f} ms (ratio {t_hvp / t_grad:.2f}), "
-            f"flattened hvp {t_flat * 1e3:.3f} ms (ratio {t_flat / t_grad:.2f}), medians of "
+            f"flattened hvp {t_flat * 1e3:.3f} ms (ratio {t_flat / t_grad:.2f}), linearized hvp "
+            f"{t_lin * 1e3:.3f} ms (ratio {t_lin / t_grad:.2f}), medians of "
             f"{_REPEATS.value} interleaved calls; {machine}; "
             f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}\n")
     new = not os.path.exists(_RESULTS.value)

@@ -586,9 +586,9 @@ def parse_args(argv=None):
   p.add_argument("--sections", default="reference,torch,surface,resnet56,error")
   p.add_argument("--error_grid", type=int, default=51)
   p.add_argument("--error_tol", type=float, default=0.01)
-  p.add_argument("--error_images", type=int, default=20000)
+  p.add_argument("--error_images", type=int, default=50000)
   p.add_argument("--error_batch", type=int, default=250)
-  p.add_argument("--error_anchor_stride", type=int, default=4,
+  p.add_argument("--error_anchor_stride", type=int, default=5,
                  help="anchors of the control variate on every k-th grid line")
   p.add_argument("--error_train_steps", type=int, default=300)
   p.add_argument("--seed", type=int, default=0)

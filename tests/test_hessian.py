@@ -278,3 +278,18 @@ def test_hessian_experiment_script_runs(tmp_path):
   np.testing.assert_allclose(np.trapezoid(spectrum["density"], spectrum["grid"]), 1.0, rtol=1e-6)
   assert (tmp_path / "spectrum.png").exists()
   assert (tmp_path / "ratio_map" / "eigen_ratio.png").exists()
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one batch", "split"])
+def test_linearized_operator_matches_dense(problem, batched):
+  """linearize=True: the gradient linearised once gives the same products and eigenvalues."""
+  p = problem
+  data = hs.make_batches((p["x"], p["y"]), batch_size=24) if batched else (p["x"], p["y"])
+  v = jax.random.normal(jax.random.key(6), (p["dense"].shape[0],))
+  op = hs._operator(p["loss_fn"], p["params"], data, None, linearize=True)
+  np.testing.assert_allclose(np.asarray(jax.jit(op.matvec)(v), np.float64),
+                             p["dense"] @ np.asarray(v, np.float64), rtol=1e-4, atol=1e-5)
+  res = hs.hessian_eigenvalues(p["loss_fn"], p["params"], data, top_k=2, num_steps=40,
+                               linearize=True)
+  np.testing.assert_allclose(res.top, p["evals"][::-1][:2], rtol=1e-4)
+  np.testing.assert_allclose(res.smallest, p["evals"][0], rtol=1e-4)
