@@ -72,23 +72,38 @@ def make_metric(model, variables, dataset, data_dir, config, plane=None):
       ds = ds.subset(slice(0, config.eval_subset))
     splits[split] = ds
   stats = variables.get("batch_stats")
+  batch_size = config.get("eval_batch_size") or _fastest_batch_size(model, variables, splits)
   if stats is not None and config.bn == "recompute":
     from landscape_jax.batchnorm import make_recompute_metric_fn
 
     train = lj.load(dataset, "train", data_dir=data_dir)
     return make_recompute_metric_fn(model, splits, train_data=train, batch_stats=stats,
-                                    batch_size=config.eval_batch_size)
+                                    batch_size=batch_size)
   if config.get("error_tol") is not None:
     anchors = None
     if plane is not None and config.get("error_anchor_stride"):
       anchors = lj.anchor_plane(*plane, stride=config.error_anchor_stride)
     fns = {k: lj.make_error_controlled_metric_fn(
-      model, ds, tol=config.error_tol, batch_size=config.eval_batch_size, batch_stats=stats,
+      model, ds, tol=config.error_tol, batch_size=batch_size, batch_stats=stats,
       anchors=anchors) for k, ds in splits.items()}
     return jax.tree_util.Partial(_prefixed, fns)
   if config.bn not in ("center", "recompute"):
     raise ValueError(f"config.bn must be 'center' or 'recompute', got {config.bn!r}.")
-  return lj.make_metric_fn(model, splits, batch_stats=stats, batch_size=config.eval_batch_size)
+  return lj.make_metric_fn(model, splits, batch_stats=stats, batch_size=batch_size)
+
+
+def _fastest_batch_size(model, variables, splits, *, max_examples: int = 2048) -> int:
+  """`lj.choose_batch_size` on the first split's first `max_examples` examples (speed per example
+  is what is compared; the batch size does not change the values)."""
+  ds = next(iter(splits.values()))
+  ds = ds.subset(slice(0, min(len(ds), max_examples)))
+  cands = sorted({min(b, len(ds)) for b in (32, 64, 128, 256, 512)})
+  best, times = lj.choose_batch_size(
+    lambda b: lj.make_metric_fn(model, ds, batch_stats=variables.get("batch_stats"),
+                                batch_size=b), variables["params"], candidates=cands, repeats=1)
+  logging.info("eval_batch_size: %d (measured: %s)", best,
+               ", ".join(f"{b}: {t * 1e3:.0f} ms" for b, t in times.items()))
+  return best
 
 
 def _prefixed(fns, params):

@@ -440,7 +440,8 @@ def default_config(**overrides):
   [-1, 1]), ``norm`` ("filter"), ``ignore`` ("biasbn"), ``seed``, ``same_direction``,
   ``orthogonal``, ``bn`` ("center": the centre's statistics as Li et al.; "recompute": per point
   on the training split), ``splits`` (("train", "test")), ``eval_subset`` (None: whole splits),
-  ``eval_batch_size``, ``chunk_size`` (None: from device memory), ``map_mode`` (None: per
+  ``eval_batch_size`` (None: the fastest of 32-512 measured by `choose_batch_size`),
+  ``chunk_size`` (None: from device memory), ``map_mode`` (None: per
   platform), ``error_tol`` (None: exact metrics; a number: `make_error_controlled_metric_fn`
   with that standard error), ``error_anchor_stride`` (4: anchored control variates on every 4th
   grid line; 0: plain estimates). Unknown override names are an error.
@@ -466,7 +467,7 @@ def default_config(**overrides):
   c.bn = "center"
   c.splits = ("train", "test")
   c.eval_subset = config_dict.placeholder(int)
-  c.eval_batch_size = 1000
+  c.eval_batch_size = config_dict.placeholder(int)
   c.chunk_size = config_dict.placeholder(int)
   c.map_mode = config_dict.placeholder(str)
   c.error_tol = config_dict.placeholder(float)
