@@ -387,16 +387,20 @@ class Report:
   def add(self, section: str, name: str, r: dict, *, ref_values: dict | None = None):
     pps = r["points"] / r["seconds"]
     gflops = pps * self.images * self.flops / 1e9
-    dev = float("nan")
+    dev = rel = float("nan")
     if ref_values is not None:
-      common = [ref_values[tuple(np.round(c, 6))] - lo for c, lo in zip(r["coords"], r["loss"],
+      pairs = [(ref_values[tuple(np.round(c, 6))], lo) for c, lo in zip(r["coords"], r["loss"],
                                                                          strict=True)
-                if tuple(np.round(c, 6)) in ref_values]
-      dev = float(np.max(np.abs(common))) if common else float("nan")
+               if tuple(np.round(c, 6)) in ref_values]
+      if pairs:
+        ref, lo = np.asarray(pairs, np.float64).T
+        dev = float(np.max(np.abs(ref - lo)))
+        rel = float(np.max(np.abs(ref - lo) / np.maximum(np.abs(ref), 1.0)))
     row = {"section": section, "variant": name, "points": r["points"], "s": r["seconds"],
            "points/s": pps, "images/s": pps * self.images, "GFLOP/s": gflops,
            "% peak": 100 * gflops / self.peak, "compile s": r["compile_s"],
-           "peak MB": r["peak_mb"], "program MB": r["program_mb"], "max |dloss|": dev}
+           "peak MB": r["peak_mb"], "program MB": r["program_mb"], "max |dloss|": dev,
+           "max rel dloss": rel}
     self.rows.append(row)
     print(f"  {name:<44} {r['points']:4d} pts {r['seconds']:7.2f} s  {pps:7.3f} pts/s  "
           f"{gflops:7.1f} GFLOP/s ({row['% peak']:.0f} % peak)  compile {r['compile_s']:.1f} s  "
@@ -408,13 +412,15 @@ class Report:
     rows = [r for r in self.rows if r["section"] == section]
     header = ["variant", "points", "s", "points/s", "images/s", "GFLOP/s", "% peak"]
     header += [f"x {b}" for b in self.baselines]
-    header += ["compile s", "RSS peak +MB", "XLA program MB", "max abs dloss"]
+    header += ["compile s", "RSS peak +MB", "XLA program MB", "max abs dloss",
+               "max rel dloss"]
     body = []
     for r in rows:
       line = [r["variant"], r["points"], r["s"], r["points/s"], r["images/s"], r["GFLOP/s"],
               r["% peak"]]
       line += [r["points/s"] / v for v in self.baselines.values()]
-      line += [r["compile s"], r["peak MB"], r["program MB"], r["max |dloss|"]]
+      line += [r["compile s"], r["peak MB"], r["program MB"], r["max |dloss|"],
+               r["max rel dloss"]]
       body.append(line)
     return C.markdown_table(header, body)
 
@@ -761,18 +767,30 @@ def main(argv=None):
                                            batch_size=b56, fold_batchnorm=use_fused),
                          v56["params"], dirs56, g56, g56, mesh=best_mesh)
     ref56 = values_by_coord(main56)
-    base56 = {}
+    # head to head on the first grid row, as for the main model
     coords = lj.surface.grid_coordinates(g56, g56[:1])
+    var56 = {}
     if "reference" in sections:
-      base56["JAX ref"] = run_jax_reference(m56, v56, dirs56, data, coords)
+      var56["JAX ref"] = lambda: run_jax_reference(m56, v56, dirs56, data, coords)
     if torch_ok:
-      base56["PyTorch"] = run_torch_reference(v56, dirs56, data, coords, depth=depth_of(
+      var56["PyTorch"] = lambda: run_torch_reference(v56, dirs56, data, coords, depth=depth_of(
         args.model56), width=args.width)
+    tag56 = best_cfg.replace(f"b={best_b}", f"b={b56}")
+    var56[f"surface_grid, {tag56}"] = functools.partial(
+      run_surface, lj.make_metric_fn(m56, data, batch_stats=v56["batch_stats"], batch_size=b56,
+                                     fold_batchnorm=use_fused), v56["params"], dirs56, g56,
+      g56[:1])
+    print(f"\nhead to head ({args.model56}), {args.rounds} rounds of {len(coords)} points each:",
+          flush=True)
+    runs56, peaks56 = head_to_head(var56, rounds=args.rounds,
+                                   peak_fn=lambda: C.matmul_peak(n=512 if args.tiny else 2048))
+    h2h56 = head_to_head_table(runs56, peaks56, flops=flops56, images=args.images)
+    print("\n".join(h2h56), flush=True)
+    base56 = {k: median_run(runs56[k]) for k in ("JAX ref", "PyTorch") if k in runs56}
     rep56.baselines = {k: v["points"] / v["seconds"] for k, v in base56.items()}
     for k, v in base56.items():
-      rep56.add(sec56, f"{k}: per-point loop, b=128", v, ref_values=ref56)
-    tag56 = best_cfg.replace(f"b={best_b}", f"b={b56}")
-    rep56.add(sec56, f"surface_grid map, {tag56}", main56, ref_values=ref56)
+      rep56.add(sec56, f"{k}: per-point loop, b=128 (median round)", v, ref_values=ref56)
+    rep56.add(sec56, f"surface_grid map, {tag56}, whole grid", main56, ref_values=ref56)
     notes.append(f"{args.model56}: {flops56 / 1e6:.1f} MFLOP per image; choose_batch_size: "
                  + ", ".join(f"{b}: {s:.2f} s" for b, s in bt56.items()))
 
@@ -789,7 +807,7 @@ def main(argv=None):
            + ", ".join(f"{b}: {s:.3f} s" for b, s in btimes.items()) + f"), {tune_s:.1f} s.",
            "", *h2h_lines, "", "All variants:", "", rep.table(sec)]
   if sec56:
-    lines += ["", f"{args.model56}, {args.grid56} x {args.grid56} (baselines on one row):", "",
+    lines += ["", f"{args.model56}, {args.grid56} x {args.grid56}:", "", *h2h56, "",
               rep56.table(sec56)]
   lines += ["", *notes]
   main_row = next(r for r in rep.rows if r["variant"] == main_name)
