@@ -762,7 +762,7 @@ def main(argv=None):
     rep56 = Report(flops=flops56, images=args.images, peak=peak)
     b56, bt56 = autotune.choose_batch_size(
       lambda b: lj.make_metric_fn(m56, data, batch_stats=v56["batch_stats"], batch_size=b),
-      v56["params"], candidates=[b for b in cands if b >= 64] or cands, repeats=1)
+      v56["params"], candidates=[b for b in cands if b >= 64] or cands, repeats=2)
     main56 = run_surface(lj.make_metric_fn(m56, data, batch_stats=v56["batch_stats"],
                                            batch_size=b56, fold_batchnorm=use_fused),
                          v56["params"], dirs56, g56, g56, mesh=best_mesh)

@@ -35,7 +35,11 @@ def choose_batch_size(make_metric: Callable[[int], Callable[[PyTree], dict]], pa
       ``lambda b: lj.make_metric_fn(model, data, batch_stats=bs, batch_size=b)``.
     params: the parameters to evaluate at (e.g. the centre of the surface).
     candidates: batch sizes to try (positive integers).
-    repeats: timed evaluations per candidate after compiling (the minimum is kept).
+    repeats: timed evaluations per candidate after compiling, in rounds over the candidates (the
+      minimum is kept).
+
+  The candidates' metric functions are alive together (each holds its copy of the data): time a
+  subset of a large split (speed per example is what is compared).
 
   Returns:
     ``(best batch size, {batch size: seconds per evaluation})``.
@@ -45,18 +49,19 @@ def choose_batch_size(make_metric: Callable[[int], Callable[[PyTree], dict]], pa
     raise ValueError(f"candidates must be positive batch sizes, got {candidates}.")
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1, got {repeats}.")
-  times: dict[int, float] = {}
+  fns = {}
   for b in candidates:
     metric_fn = make_metric(b)
     if not isinstance(metric_fn, jax.tree_util.Partial):
       metric_fn = jax.tree_util.Partial(metric_fn)
     jax.block_until_ready(_jit_call(metric_fn, params))  # compile
-    best = float("inf")
-    for _ in range(repeats):
+    fns[b] = metric_fn
+  times = {b: float("inf") for b in fns}
+  for _ in range(repeats):  # round robin: a change of machine load hits every candidate alike
+    for b, metric_fn in fns.items():
       t = time.perf_counter()
       jax.block_until_ready(_jit_call(metric_fn, params))
-      best = min(best, time.perf_counter() - t)
-    times[b] = best
+      times[b] = min(times[b], time.perf_counter() - t)
   return min(times, key=times.get), times
 
 
