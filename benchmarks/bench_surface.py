@@ -134,14 +134,7 @@ def run_jax_reference(model, variables, dirs, data, coords, *, batch_size=128, d
     out = evaluate(assign(float(x), float(y)), bs, split, mean, std)
     return float(out["loss"]), float(out["accuracy"])
 
-  t = time.perf_counter()
-  point(*coords[0])
-  first = time.perf_counter() - t
-  with C.PeakMemory() as mem:
-    t = time.perf_counter()
-    vals = [point(x, y) for x, y in coords]
-    seconds = time.perf_counter() - t
-  r = _result(coords, vals, seconds, compile_s=first - seconds / len(coords), mem=mem)
+  r = _time_points(point, coords)
   r["program_mb"] = C.program_memory_mb(evaluate.lower(center, bs, split, mean, std))
   return r
 
@@ -163,6 +156,18 @@ def run_recompiling(model, variables, dirs, data, coords, *, batch_size=128):
       vals.append((float(out["loss"]), float(out["accuracy"])))
     seconds = time.perf_counter() - t
   return _result(coords, vals, seconds, compile_s=float("nan"), mem=mem)
+
+
+def _time_points(point, coords) -> dict:
+  """Times ``point(x, y) -> (loss, accuracy)`` over `coords` after a first (compiling) call."""
+  t = time.perf_counter()
+  point(*coords[0])
+  first = time.perf_counter() - t
+  with C.PeakMemory() as mem:
+    t = time.perf_counter()
+    vals = [point(x, y) for x, y in coords]
+    seconds = time.perf_counter() - t
+  return _result(coords, vals, seconds, compile_s=first - seconds / len(coords), mem=mem)
 
 
 def _result(coords, vals, seconds, *, compile_s, mem):
@@ -293,14 +298,7 @@ def run_torch_reference(variables, dirs, data, coords, *, depth, width, batch_si
         n += yb.shape[0]
     return loss / n, correct / n
 
-  t = time.perf_counter()
-  point(*coords[0])
-  first = time.perf_counter() - t
-  with C.PeakMemory() as mem:
-    t = time.perf_counter()
-    vals = [point(x, y) for x, y in coords]
-    seconds = time.perf_counter() - t
-  return _result(coords, vals, seconds, compile_s=first - seconds / len(coords), mem=mem)
+  return _time_points(point, coords)
 
 
 # ------------------------------------------------------------------------------ surface_grid

@@ -43,7 +43,13 @@ from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
 from landscape_jax.data import Dataset, normalize_images
-from landscape_jax.evaluation import _apply_checked, correct, cross_entropy, device_split
+from landscape_jax.evaluation import (
+  _apply_checked,
+  _variables,
+  correct,
+  cross_entropy,
+  device_split,
+)
 from landscape_jax.paths import plane_point
 
 PyTree = Any
@@ -124,11 +130,6 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, batch_s
 
 
 # ------------------------------------------------------------------------------------ anchors
-def _variables(params, batch_stats):
-  return {"params": params} if batch_stats is None else {"params": params,
-                                                          "batch_stats": batch_stats}
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords):
   """Per-example losses and correctness ``(C, B, b)`` at the anchors ``coords`` (C, k)."""
