@@ -51,9 +51,23 @@ def machine_info() -> dict[str, Any]:
     "load": "{:.2f} {:.2f} {:.2f}".format(*load),
     "device": f"{dev.platform}: {getattr(dev, 'device_kind', dev.platform)} x{jax.device_count()}",
     "python": platform.python_version(),
-    "versions": ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", "flax", "numpy", "torch")),
+    "versions": ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", "flax", "numpy", "torch",
+                                                         "onednn-cpu-gomp")),
+    "cpu convolutions": onednn_info(),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
+
+
+def onednn_info() -> str:
+  """Which convolutions `make_metric_fn` uses here by default ("auto"), and why."""
+  if jax.default_backend() != "cpu":
+    return ""
+  from landscape_jax import onednn
+
+  if not onednn.available():
+    return f"XLA ({onednn.unavailable_reason()})"
+  impl = onednn.implementation((128, 32, 32, 16), (3, 3, 16, 16), padding=1)
+  return f"oneDNN ({impl} for ResNet-20's 3x3 16-channel layers)"
 
 
 def format_info(info: dict[str, Any]) -> str:

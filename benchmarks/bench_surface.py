@@ -14,7 +14,8 @@ the ratios to the two baselines:
      Flax weights copied in (logits checked to agree to 1e-4);
   3. ``lj.surface_grid`` with ``lax.map`` and ``vmap`` over points, several chunk and batch
      sizes, BatchNorm folded into the convolutions (`landscape_jax.fused`), the batch size chosen
-     by `landscape_jax.autotune.choose_batch_size`.
+     by `landscape_jax.autotune.choose_batch_size`, and on the CPU oneDNN's convolutions
+     (`landscape_jax.onednn`, make_metric_fn's default there) against XLA's ("XLA convs").
 
 Also: ResNet-56 on a 5 x 5 grid, compile times, peak memory, and an error-controlled surface
 (`make_error_controlled_metric_fn`, 51 x 51, tolerance 0.01) against the exact one. Every
@@ -443,6 +444,9 @@ def gains(rep: Report, *, best_b: int, cands, k: int, sub_rows: int) -> list[str
   pairs = [
     ("BatchNorm folded into the convolutions", f"surface_grid map, b={best_b}, BN folded",
      f"surface_grid map, b={best_b}"),
+    ("oneDNN convolutions instead of XLA's (landscape_jax.onednn)",
+     f"surface_grid map, b={best_b}, BN folded",
+     f"surface_grid map, b={best_b}, BN folded, XLA convs"),
     (f"{k}-device host mesh (points in parallel)", f"surface_grid map, b={best_b}, {k}-device mesh",
      f"surface_grid map, b={best_b}"),
   ]
@@ -663,8 +667,9 @@ def main(argv=None):
   # -- batch size chosen by measurement (also the batch sweep's data)
   cands = [int(b) for b in args.batch_sizes.split(",")]
 
-  def make_metric(b, fold=True):
-    return lj.make_metric_fn(model, data, batch_stats=bs, batch_size=b, fold_batchnorm=fold)
+  def make_metric(b, fold=True, convs="auto"):
+    return lj.make_metric_fn(model, data, batch_stats=bs, batch_size=b, fold_batchnorm=fold,
+                             cpu_convolutions=convs)
 
   t = time.perf_counter()
   best_b, btimes = autotune.choose_batch_size(make_metric, center, candidates=cands)
@@ -675,14 +680,16 @@ def main(argv=None):
   # -- main surface: the whole grid, lax.map, chosen batch size, BN folded or not (best of both)
   print(f"\n{args.model} {args.grid} x {args.grid}, {args.images} images:", flush=True)
   metric = make_metric(best_b, fold=False)
-  fused_metric = make_metric(best_b)  # make_metric_fn's default: BatchNorm folded
+  fused_metric = make_metric(best_b)  # make_metric_fn's default: BatchNorm folded, oneDNN on CPU
+  xla_metric = make_metric(best_b, convs="xla")  # BatchNorm folded, XLA's convolutions
   # Candidates timed on --sweep_rows rows; the fastest evaluates the whole grid. On the CPU, a mesh
   # of host devices (--host_devices) runs points concurrently (inter-op instead of intra-op).
   sub = g[: args.sweep_rows]
   ndev = min(args.host_devices, jax.device_count())
   mesh = lj.make_mesh(ndev) if ndev > 1 else None
   gx = g[: max(ndev, len(g) // ndev * ndev)]  # rows of a multiple of ndev points: no padding
-  configs = {f"b={best_b}": (metric, None), f"b={best_b}, BN folded": (fused_metric, None)}
+  configs = {f"b={best_b}": (metric, None), f"b={best_b}, BN folded": (fused_metric, None),
+             f"b={best_b}, BN folded, XLA convs": (xla_metric, None)}
   if mesh is not None:
     configs[f"b={best_b}, {ndev}-device mesh"] = (metric, mesh)
     configs[f"b={best_b}, BN folded, {ndev}-device mesh"] = (fused_metric, mesh)
@@ -706,6 +713,7 @@ def main(argv=None):
     variants["PyTorch"] = lambda: run_torch_reference(variables, dirs, data, coords, depth=depth,
                                                       width=args.width)
   h2h_names = {f"surface_grid, b={best_b}, BN folded (default)": fused_metric,
+               f"surface_grid, b={best_b}, BN folded, XLA convs": xla_metric,
                f"surface_grid, b={best_b}, not folded": metric}
   for name, m in h2h_names.items():
     variants[name] = functools.partial(run_surface, m, center, dirs, g, rows)
@@ -774,10 +782,11 @@ def main(argv=None):
       var56["PyTorch"] = lambda: run_torch_reference(v56, dirs56, data, coords, depth=depth_of(
         args.model56), width=args.width)
     tag56 = best_cfg.replace(f"b={best_b}", f"b={b56}")
-    var56[f"surface_grid, {tag56}"] = functools.partial(
-      run_surface, lj.make_metric_fn(m56, data, batch_stats=v56["batch_stats"], batch_size=b56,
-                                     fold_batchnorm=use_fused), v56["params"], dirs56, g56,
-      g56[:1])
+    for convs, suffix in (("auto", ""), ("xla", ", XLA convs")):
+      var56[f"surface_grid, {tag56}{suffix}"] = functools.partial(
+        run_surface, lj.make_metric_fn(m56, data, batch_stats=v56["batch_stats"], batch_size=b56,
+                                       fold_batchnorm=use_fused, cpu_convolutions=convs),
+        v56["params"], dirs56, g56, g56[:1])
     print(f"\nhead to head ({args.model56}), {args.rounds} rounds of {len(coords)} points each:",
           flush=True)
     runs56, peaks56 = head_to_head(var56, rounds=args.rounds,

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from landscape_jax.data import Dataset, normalize_images
 from landscape_jax.evaluation import (
   _apply_checked,
+  _use_onednn,
   _variables,
   correct,
   cross_entropy,
@@ -90,8 +91,8 @@ def anchor_plane(center: PyTree, directions, xs, ys=None, *, stride: int = 4) ->
 def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, batch_size: int = 256,
                                     batch_stats: PyTree | None = None, seed: int = 0,
                                     min_batches: int = 1, anchors: AnchorPlane | None = None,
-                                    fold_batchnorm: bool = True, progress: bool = True,
-                                    ) -> Partial:
+                                    fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
+                                    progress: bool = True) -> Partial:
   """A metric whose loss is estimated on a growing random subset of the split (opt-in).
 
   The split is shuffled once (`seed`) and walked in batches with `lax.while_loop`; after each
@@ -111,6 +112,7 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, batch_s
     anchors: an `AnchorPlane` (see `anchor_plane`) for the anchored control variate; its
       per-example table is computed here, one exact pass per anchor.
     fold_batchnorm: fold BatchNorm into the preceding layers (`landscape_jax.fused`).
+    cpu_convolutions: ``"auto"``, ``"onednn"`` or ``"xla"`` (see `make_metric_fn`).
     progress: a progress bar while the anchors are evaluated.
   """
   if not tol >= 0 or not math.isfinite(tol):
@@ -120,7 +122,8 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, batch_s
   order = np.random.default_rng(seed).permutation(len(data))
   split = device_split(data.images[order], data.labels[order], batch_size=batch_size)
   apply_fn = functools.partial(_apply_checked, model, int(data.num_classes),
-                               fold_batchnorm=bool(fold_batchnorm))
+                               fold_batchnorm=bool(fold_batchnorm),
+                               onednn=_use_onednn(cpu_convolutions))
   mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
   control = None
   if anchors is not None:

@@ -1,0 +1,184 @@
+// oneDNN 2-D convolution as an XLA FFI custom call for the CPU (see landscape_jax/onednn.py).
+//
+//   y[n, i, j, o] = sum_{a, b, c} xp[n, i * sh + a * dh, j * sw + b * dw, c] * w[a, b, c, o],
+//
+// x: (N, H, W, C) float32 (NHWC), w: (KH, KW, C, O) float32 (HWIO), y: (N, OH, OW, O) (NHWC),
+// xp = x zero-padded by `padding` = (top, bottom, left, right); `strides` = (sh, sw);
+// `dilation` = (dh, dw) is the kernel dilation of lax.conv_general_dilated (1 = none).
+//
+// Forward inference with oneDNN's own choice of weight layout (the weights are reordered into it
+// on every call: they change from call to call, e.g. from one grid point to the next); the
+// activations stay NHWC, which oneDNN's brgemm convolutions read and write directly. Primitives
+// are cached per shape; scratchpads are per thread, so concurrent calls (several XLA CPU devices)
+// are safe.
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kKeySize = 17;
+
+struct Key {
+  int64_t v[kKeySize];
+  bool operator==(const Key& o) const {
+    for (int i = 0; i < kKeySize; ++i) {
+      if (v[i] != o.v[i]) return false;
+    }
+    return true;
+  }
+};
+
+struct KeyHash {
+  size_t operator()(const Key& k) const {
+    size_t h = 1469598103934665603ull;
+    for (int i = 0; i < kKeySize; ++i) h = (h ^ static_cast<size_t>(k.v[i])) * 1099511628211ull;
+    return h;
+  }
+};
+
+struct Entry {
+  dnnl::convolution_forward conv;
+  dnnl::memory::desc user_weights;
+  dnnl::memory::desc weights;
+  bool reorder_weights = false;
+  dnnl::reorder weights_reorder;
+  size_t scratchpad_bytes = 0;
+  std::string impl;
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// 64-byte aligned, per-thread buffer that only grows.
+struct Buffer {
+  void* data = nullptr;
+  size_t size = 0;
+  ~Buffer() { std::free(data); }
+  void* Get(size_t bytes) {
+    if (bytes > size) {
+      std::free(data);
+      size = (bytes + 63) / 64 * 64;
+      data = std::aligned_alloc(64, size);
+    }
+    return data;
+  }
+};
+
+std::shared_ptr<Entry> MakeEntry(const Key& k) {
+  using tag = dnnl::memory::format_tag;
+  using dt = dnnl::memory::data_type;
+  const int64_t* v = k.v;
+  // v: n, ih, iw, ic, kh, kw, oc, oh, ow, sh, sw, dh, dw, pt, pb, pl, pr
+  dnnl::memory::dims src{v[0], v[3], v[1], v[2]};
+  dnnl::memory::dims wts{v[6], v[3], v[4], v[5]};
+  dnnl::memory::dims dst{v[0], v[6], v[7], v[8]};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto pd = dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+      dnnl::memory::desc(src, dt::f32, tag::nhwc), dnnl::memory::desc(wts, dt::f32, tag::any),
+      dnnl::memory::desc(dst, dt::f32, tag::nhwc), {v[9], v[10]}, {v[11] - 1, v[12] - 1},
+      {v[13], v[15]}, {v[14], v[16]}, attr);
+  auto e = std::make_shared<Entry>();
+  e->conv = dnnl::convolution_forward(pd);
+  e->user_weights = dnnl::memory::desc(wts, dt::f32, tag::hwio);
+  e->weights = pd.weights_desc();
+  e->scratchpad_bytes = pd.scratchpad_desc().get_size();
+  e->impl = pd.impl_info_str();
+  if (e->weights != e->user_weights) {
+    e->reorder_weights = true;
+    e->weights_reorder = dnnl::reorder(
+        dnnl::reorder::primitive_desc(Engine(), e->user_weights, Engine(), e->weights));
+  }
+  return e;
+}
+
+std::shared_ptr<Entry> Lookup(const Key& k) {
+  static std::mutex mu;
+  static std::unordered_map<Key, std::shared_ptr<Entry>, KeyHash> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(k);
+  if (it != cache.end()) return it->second;
+  auto e = MakeEntry(k);
+  cache.emplace(k, e);
+  return e;
+}
+
+ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                ffi::Span<const int64_t> dilation) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  auto yd = y->dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || strides.size() != 2 ||
+      padding.size() != 4 || dilation.size() != 2) {
+    return ffi::Error::InvalidArgument("onednn_conv: expects NHWC x, HWIO w, 2 strides, 4 pads.");
+  }
+  if (wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0]) {
+    return ffi::Error::InvalidArgument("onednn_conv: channel or batch sizes do not match.");
+  }
+  Key k{{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], strides[0], strides[1],
+         dilation[0], dilation[1], padding[0], padding[1], padding[2], padding[3]}};
+  try {
+    std::shared_ptr<Entry> e = Lookup(k);
+    thread_local Buffer scratch, weights;
+    dnnl::stream stream(Engine());
+    dnnl::memory wu(e->user_weights, Engine(), w.typed_data());
+    dnnl::memory wm = wu;
+    if (e->reorder_weights) {
+      wm = dnnl::memory(e->weights, Engine(), weights.Get(e->weights.get_size()));
+      e->weights_reorder.execute(stream, wu, wm);
+    }
+    using tag = dnnl::memory::format_tag;
+    using dt = dnnl::memory::data_type;
+    dnnl::memory src(dnnl::memory::desc({xd[0], xd[3], xd[1], xd[2]}, dt::f32, tag::nhwc),
+                     Engine(), x.typed_data());
+    dnnl::memory dst(dnnl::memory::desc({yd[0], yd[3], yd[1], yd[2]}, dt::f32, tag::nhwc),
+                     Engine(), y->typed_data());
+    dnnl::memory pad(dnnl::memory::desc({static_cast<int64_t>(e->scratchpad_bytes)}, dt::u8, tag::a),
+                     Engine(), scratch.Get(e->scratchpad_bytes + 64));
+    e->conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst},
+                             {DNNL_ARG_SCRATCHPAD, pad}});
+    stream.wait();
+  } catch (const dnnl::error& err) {
+    return ffi::Error::Internal(std::string("onednn_conv: oneDNN error: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LandscapeJaxOnednnConv, Conv,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<ffi::Span<const int64_t>>("dilation"));
+
+// The oneDNN implementation chosen for a shape (e.g. "brgconv:avx512_core"), for diagnostics.
+// Returns an empty string when oneDNN has none. Same argument order as the cache key.
+extern "C" const char* LandscapeJaxOnednnConvImpl(const int64_t* key) {
+  thread_local std::string name;
+  Key k;
+  for (int i = 0; i < kKeySize; ++i) k.v[i] = key[i];
+  try {
+    name = Lookup(k)->impl;
+  } catch (const dnnl::error&) {
+    name.clear();
+  }
+  return name.c_str();
+}

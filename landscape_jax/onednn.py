@@ -1,0 +1,369 @@
+"""oneDNN convolutions for XLA:CPU: the inference convolutions of any JAX model, 1.4-5x faster.
+
+XLA's CPU backend runs 2-D convolutions through Eigen at about half of a CPU's matmul peak
+(ResNet-20's 3x3 layers: ~100 GFLOP/s on 2 Zen 4 cores); oneDNN's brgemm convolutions, which read
+and write the same NHWC layout, reach 180-240 GFLOP/s on them (`benchmarks/bench_surface.py`).
+This module routes convolutions through oneDNN as an XLA FFI custom call:
+
+* `conv` computes one NHWC/HWIO convolution,
+  ``y[n,i,j,o] = sum_{a,b,c} xp[n, i s_h + a d_h, j s_w + b d_w, c] w[a,b,c,o]`` (``xp`` the
+  zero-padded input), with a `jax.custom_jvp` whose tangents use `lax.conv_general_dilated` (so
+  `jax.grad`/`jax.jvp` work) and a `jax.custom_batching.custom_vmap` rule that falls back to
+  XLA under `vmap`;
+* `with_onednn_convolutions(fn)` traces ``fn`` once and evaluates its jaxpr with every
+  ``conv_general_dilated`` that oneDNN supports replaced by `conv` (float32, 2 spatial
+  dimensions, any dimension numbers, strides, padding >= 0, kernel dilation, one feature group;
+  top level and inside nested `jax.jit`; convolutions inside `scan`/`cond`/`while` bodies or
+  custom-derivative rules are left to XLA). The result is the same function up to float rounding.
+
+`evaluation.make_metric_fn` uses it by default on the CPU (``cpu_convolutions="auto"``), so every
+surface, interpolation, curve and ensemble evaluation gets it; training does not (backward
+convolutions would still be XLA's).
+
+The kernel (``csrc/onednn_conv.cc``) is compiled on first use with the system's C++ compiler
+against the oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (installed
+with landscape-jax on Linux x86-64) and cached in ``$LANDSCAPE_JAX_CACHE_DIR`` (default
+``~/.cache/landscape_jax``). ``LANDSCAPE_JAX_ONEDNN_ROOT`` points at another oneDNN (a folder
+with ``include/`` and ``lib/``); ``LANDSCAPE_JAX_ONEDNN=0`` turns it off. Where it cannot be built
+(no compiler, another platform) `available()` is False, `unavailable_reason()` says why and
+``"auto"`` uses XLA's convolutions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.extend.core as jex
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["available", "conv", "implementation", "resolve", "unavailable_reason",
+           "with_onednn_convolutions"]
+
+_SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
+_TARGET = "landscape_jax_onednn_conv"
+_JIT_PRIMITIVES = ("jit", "pjit")
+
+
+class OnednnUnavailable(RuntimeError):
+  """oneDNN convolutions cannot be used here; the message says why and what to do."""
+
+
+def _cache_dir() -> pathlib.Path:
+  if d := os.environ.get("LANDSCAPE_JAX_CACHE_DIR"):
+    return pathlib.Path(d)
+  base = os.environ.get("XDG_CACHE_HOME")
+  return (pathlib.Path(base) if base else pathlib.Path.home() / ".cache") / "landscape_jax"
+
+
+def _dist_file(dist: str, suffix: str) -> pathlib.Path | None:
+  """The installed file of distribution `dist` whose path ends with `suffix`."""
+  try:
+    files = importlib.metadata.distribution(dist).files or ()
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  for f in files:
+    path = pathlib.Path(f.locate()).resolve()  # RECORD paths may be relative ("../../lib...")
+    if path.as_posix().endswith(suffix) and path.exists():
+      return path
+  return None
+
+
+def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
+  """(include dir, path of libdnnl.so.3)."""
+  if root := os.environ.get("LANDSCAPE_JAX_ONEDNN_ROOT"):
+    inc, lib = pathlib.Path(root, "include"), pathlib.Path(root, "lib", "libdnnl.so.3")
+    if not (inc / "oneapi" / "dnnl" / "dnnl.hpp").exists() or not lib.exists():
+      raise OnednnUnavailable(f"LANDSCAPE_JAX_ONEDNN_ROOT={root} has no include/oneapi/dnnl/"
+                              "dnnl.hpp and lib/libdnnl.so.3.")
+    return inc, lib
+  header = _dist_file("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
+  lib = _dist_file("onednn-cpu-gomp", "lib/libdnnl.so.3")
+  if header is None or lib is None:
+    raise OnednnUnavailable(
+      "oneDNN is not installed: pip install onednn-cpu-gomp==2023.2.0 "
+      "onednn-devel-cpu-gomp==2023.2.0 (Linux x86-64), or set LANDSCAPE_JAX_ONEDNN_ROOT.")
+  return header.parents[2], lib
+
+
+def _compile(out: pathlib.Path, compiler: str, include: pathlib.Path, lib: pathlib.Path) -> None:
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    tmp_out = pathlib.Path(tmp) / out.name
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(_SOURCE), "-o",
+           str(tmp_out), f"-I{include}", f"-I{jax.ffi.include_dir()}", str(lib),
+           f"-Wl,-rpath,{lib.parent}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      raise OnednnUnavailable(f"Compiling {_SOURCE.name} failed ({' '.join(cmd)}):\n"
+                              f"{proc.stderr[-2000:]}")
+    os.replace(tmp_out, out)  # atomic: concurrent builds (test workers) never see half a file
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+  """Builds (once per machine and version) and loads the kernel; registers the FFI target."""
+  if os.environ.get("LANDSCAPE_JAX_ONEDNN", "1") == "0":
+    raise OnednnUnavailable("turned off by LANDSCAPE_JAX_ONEDNN=0.")
+  if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    raise OnednnUnavailable(f"only built on Linux x86-64 (this is {platform.system()} "
+                            f"{platform.machine()}).")
+  include, lib = _find_onednn()
+  compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+  if compiler is None:
+    raise OnednnUnavailable("no C++ compiler found (install g++ or set CXX).")
+  key = hashlib.sha256(b"\0".join([
+    _SOURCE.read_bytes(), jax.__version__.encode(), str(lib).encode(),
+    str(lib.stat().st_size).encode(), compiler.encode()])).hexdigest()[:16]
+  path = _cache_dir() / f"onednn_conv_{key}.so"
+  if not path.exists():
+    _compile(path, compiler, include, lib)
+  try:
+    handle = ctypes.CDLL(str(path))
+  except OSError as e:
+    raise OnednnUnavailable(f"Loading {path} failed: {e}") from e
+  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handle.LandscapeJaxOnednnConv),
+                              platform="cpu")
+  handle.LandscapeJaxOnednnConvImpl.restype = ctypes.c_char_p
+  handle.LandscapeJaxOnednnConvImpl.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+  return handle
+
+
+def available() -> bool:
+  """Whether oneDNN convolutions can be used (builds the kernel on the first call)."""
+  return unavailable_reason() is None
+
+
+def unavailable_reason() -> str | None:
+  """None when `available()`, else why not and what to do."""
+  try:
+    _library()
+  except OnednnUnavailable as e:
+    return str(e)
+  return None
+
+
+CPU_CONVOLUTIONS = ("auto", "onednn", "xla")
+
+
+def resolve(cpu_convolutions: str = "auto") -> bool:
+  """Whether to use oneDNN for a ``cpu_convolutions`` option (`evaluation.make_metric_fn`).
+
+  ``"xla"``: never. ``"onednn"``: always (raises `OnednnUnavailable` where it cannot be built).
+  ``"auto"``: when the default backend is the CPU and `available()`; warns once, with the reason,
+  when it is not available on Linux x86-64 (where it should be).
+  """
+  if cpu_convolutions not in CPU_CONVOLUTIONS:
+    raise ValueError(f"cpu_convolutions must be one of {CPU_CONVOLUTIONS}, got "
+                     f"{cpu_convolutions!r}.")
+  if cpu_convolutions == "xla":
+    return False
+  if cpu_convolutions == "onednn":
+    _library()
+    return True
+  if jax.default_backend() != "cpu":
+    return False
+  reason = unavailable_reason()
+  if reason is not None:
+    _warn_once(reason)
+  return reason is None
+
+
+@functools.cache
+def _warn_once(reason: str) -> None:
+  if (platform.system() == "Linux" and platform.machine() == "x86_64"
+      and os.environ.get("LANDSCAPE_JAX_ONEDNN", "1") != "0"):
+    warnings.warn(f"landscape_jax.onednn: using XLA's CPU convolutions (about half as fast): "
+                  f"{reason} (LANDSCAPE_JAX_ONEDNN=0 silences this).", stacklevel=3)
+
+
+def _out_size(size: int, k: int, stride: int, dilation: int, lo: int, hi: int) -> int:
+  return (size + lo + hi - (k - 1) * dilation - 1) // stride + 1
+
+
+def _pairs(v, n: int = 2) -> tuple[int, ...]:
+  return (int(v),) * n if np.ndim(v) == 0 else tuple(int(a) for a in v)
+
+
+def _xla_nhwc(x, w, strides, padding, dilation):
+  return jax.lax.conv_general_dilated(
+    x, w, strides, ((padding[0], padding[1]), (padding[2], padding[3])),
+    rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _ffi_nhwc(x, w, strides, padding, dilation):
+  n, h, wd, _ = x.shape
+  kh, kw, _, o = w.shape
+  out = jax.ShapeDtypeStruct(
+    (n, _out_size(h, kh, strides[0], dilation[0], padding[0], padding[1]),
+     _out_size(wd, kw, strides[1], dilation[1], padding[2], padding[3]), o), jnp.float32)
+  _library()
+  return jax.ffi.ffi_call(_TARGET, out)(
+    x, w, strides=np.asarray(strides, np.int64), padding=np.asarray(padding, np.int64),
+    dilation=np.asarray(dilation, np.int64))
+
+
+@functools.cache
+def _conv_fn(strides, padding, dilation):
+  """The custom_jvp(custom_vmap(ffi call)) for one static configuration."""
+
+  @jax.custom_batching.custom_vmap
+  def unbatched(x, w):
+    return _ffi_nhwc(x, w, strides, padding, dilation)
+
+  @unbatched.def_vmap
+  def _batched(axis_size, in_batched, x, w):  # under vmap: XLA's (batched) convolution
+    x = x if in_batched[0] else jnp.broadcast_to(x, (axis_size, *x.shape))
+    w = w if in_batched[1] else jnp.broadcast_to(w, (axis_size, *w.shape))
+    y = jax.vmap(lambda a, b: _xla_nhwc(a, b, strides, padding, dilation))(x, w)
+    return y, True
+
+  @jax.custom_jvp
+  def f(x, w):
+    return unbatched(x, w)
+
+  @f.defjvp
+  def _jvp(primals, tangents):  # bilinear: d(x * w) = dx * w + x * dw, in XLA (transposable)
+    (x, w), (dx, dw) = primals, tangents
+    return f(x, w), (_xla_nhwc(dx, w, strides, padding, dilation)
+               + _xla_nhwc(x, dw, strides, padding, dilation))
+
+  return f
+
+
+def conv(x: jax.Array, w: jax.Array, *, strides: int | Sequence[int] = 1,
+         padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1) -> jax.Array:
+  """A 2-D float32 convolution (cross-correlation) computed by oneDNN on the CPU.
+
+  ``y[n,i,j,o] = sum_{a,b,c} xp[n, i*s_h + a*d_h, j*s_w + b*d_w, c] * w[a,b,c,o]``, where ``xp``
+  is ``x`` zero-padded by ``padding``; the same as ``lax.conv_general_dilated(x, w, strides,
+  ((top, bottom), (left, right)), rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO",
+  "NHWC"))`` up to float rounding. Differentiable (tangents via XLA) and vmappable (XLA under
+  `vmap`).
+
+  Args:
+    x: (N, H, W, C) float32 images, NHWC.
+    w: (KH, KW, C, O) float32 kernel, HWIO (a Flax ``nn.Conv`` kernel).
+    strides: (s_h, s_w) or one int.
+    padding: (top, bottom, left, right) or one int for all four; each >= 0.
+    dilation: kernel dilation (d_h, d_w) or one int (1 = none).
+
+  Raises:
+    OnednnUnavailable: where oneDNN cannot be built (see `unavailable_reason`).
+    ValueError: for other dtypes, ranks or negative padding.
+  """
+  strides, dilation = _pairs(strides), _pairs(dilation)
+  padding = _pairs(padding, 4)
+  if x.ndim != 4 or w.ndim != 4 or x.shape[3] != w.shape[2]:
+    raise ValueError(f"conv needs NHWC x and HWIO w with matching channels; got {x.shape} and "
+                     f"{w.shape}.")
+  if x.dtype != jnp.float32 or w.dtype != jnp.float32:
+    raise ValueError(f"conv is float32 only; got {x.dtype} and {w.dtype}.")
+  if len(strides) != 2 or len(dilation) != 2 or len(padding) != 4 or min(padding) < 0 or min(
+      strides + dilation) < 1:
+    raise ValueError(f"conv needs 2 strides >= 1, 2 dilations >= 1 and 4 paddings >= 0; got "
+                     f"strides={strides}, dilation={dilation}, padding={padding}.")
+  return _conv_fn(strides, padding, dilation)(x, w)
+
+
+def implementation(x_shape: Sequence[int], w_shape: Sequence[int], *, strides=1, padding=0,
+                   dilation=1) -> str:
+  """The oneDNN implementation used for a shape, e.g. ``"brgconv:avx512_core"`` (diagnostics)."""
+  strides, dilation, padding = _pairs(strides), _pairs(dilation), _pairs(padding, 4)
+  n, h, w, c = (int(a) for a in x_shape)
+  kh, kw, _, o = (int(a) for a in w_shape)
+  key = (n, h, w, c, kh, kw, o, _out_size(h, kh, strides[0], dilation[0], *padding[:2]),
+         _out_size(w, kw, strides[1], dilation[1], *padding[2:]), *strides, *dilation, *padding)
+  return _library().LandscapeJaxOnednnConvImpl((ctypes.c_int64 * len(key))(*key)).decode()
+
+
+# ----------------------------------------------------------------------------- jaxpr rewriting
+
+
+def _supported(eqn) -> bool:
+  p = eqn.params
+  lhs, rhs = (v.aval for v in eqn.invars)
+  return (lhs.ndim == 4 and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+          and p["preferred_element_type"] in (None, jnp.float32)
+          and all(d == 1 for d in p["lhs_dilation"])
+          and p["feature_group_count"] == 1 and p["batch_group_count"] == 1
+          and all(lo >= 0 and hi >= 0 for lo, hi in p["padding"])
+          and all(s > 0 for s in lhs.shape))
+
+
+def _conv_eqn(eqn, x, w):
+  """A conv_general_dilated equation computed by `conv`, in its own dimension numbers."""
+  p = eqn.params
+  lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+  x = jnp.transpose(x, (lhs_spec[0], lhs_spec[2], lhs_spec[3], lhs_spec[1]))  # -> NHWC
+  w = jnp.transpose(w, (rhs_spec[2], rhs_spec[3], rhs_spec[1], rhs_spec[0]))  # -> HWIO
+  (t, b), (lft, r) = p["padding"]
+  y = conv(x, w, strides=p["window_strides"], padding=(t, b, lft, r), dilation=p["rhs_dilation"])
+  perm = [0] * 4  # NHWC -> the equation's output layout
+  for nhwc_axis, out_axis in zip((0, 3, 1, 2), out_spec, strict=True):
+    perm[out_axis] = nhwc_axis
+  return jnp.transpose(y, perm)
+
+
+def _eval(jaxpr, consts, args) -> list:
+  env: dict = {}
+
+  def read(v):
+    return v.val if isinstance(v, jex.Literal) else env[v]
+
+  for v, a in zip(jaxpr.constvars, consts, strict=True):
+    env[v] = a
+  for v, a in zip(jaxpr.invars, args, strict=True):
+    env[v] = a
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    name = eqn.primitive.name
+    if name == "conv_general_dilated" and _supported(eqn):
+      outs = [_conv_eqn(eqn, *invals)]
+    elif name in _JIT_PRIMITIVES:
+      sub = eqn.params["jaxpr"]
+      outs = _eval(sub.jaxpr, sub.consts, invals)
+    else:
+      params = eqn.primitive.get_bind_params(eqn.params)
+      subfuns, params = params if isinstance(params, tuple) else ((), params)  # jax < 0.8: a pair
+      outs = eqn.primitive.bind(*subfuns, *invals, **params)
+      if not eqn.primitive.multiple_results:
+        outs = [outs]
+    for v, o in zip(eqn.outvars, outs, strict=True):
+      env[v] = o
+  return [read(v) for v in jaxpr.outvars]
+
+
+def with_onednn_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``fn`` with its float32 2-D convolutions computed by oneDNN (see the module docstring).
+
+  ``fn`` takes pytrees of arrays (positional arguments only) and returns a pytree of arrays; the
+  wrapped function traces it once per call (inside `jax.jit`: once per compilation) and
+  evaluates the traced program with each supported ``conv_general_dilated`` replaced by `conv`.
+  Use it inside `jax.jit`; it computes the same function up to float rounding.
+
+  Raises:
+    OnednnUnavailable: where oneDNN cannot be built (see `unavailable_reason`).
+  """
+  _library()
+
+  @functools.wraps(fn)
+  def wrapped(*args):
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    out = _eval(closed.jaxpr, closed.consts, jax.tree.leaves(args))
+    return jax.tree.unflatten(jax.tree.structure(out_shape), out)
+
+  return wrapped

@@ -1,0 +1,194 @@
+"""oneDNN convolutions (landscape_jax.onednn): against a direct NumPy convolution, against XLA's
+for every supported configuration, under grad / vmap / jit, inside make_metric_fn and on a mesh."""
+
+import platform
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import landscape_jax as lj
+from landscape_jax import onednn
+
+# Where the wheels exist (Linux x86-64) the kernel must build: a failure to build fails the tests.
+pytestmark = pytest.mark.skipif(
+  platform.system() != "Linux" or platform.machine() != "x86_64",
+  reason="oneDNN wheels exist for Linux x86-64 only")
+
+_TARGET = "landscape_jax_onednn_conv"
+
+
+def _numpy_conv(x, w, strides, padding, dilation):
+  """y[n,i,j,o] = sum_{a,b,c} xp[n, i s0 + a d0, j s1 + b d1, c] w[a,b,c,o], in float64."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  t, b, lft, r = padding
+  xp = np.pad(x, ((0, 0), (t, b), (lft, r), (0, 0)))
+  kh, kw = w.shape[:2]
+  oh = (xp.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
+  ow = (xp.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+  y = np.zeros((x.shape[0], oh, ow, w.shape[3]))
+  for a in range(kh):
+    for c in range(kw):
+      win = xp[:, a * dilation[0]: a * dilation[0] + (oh - 1) * strides[0] + 1: strides[0],
+               c * dilation[1]: c * dilation[1] + (ow - 1) * strides[1] + 1: strides[1], :]
+      y += np.einsum("nhwc,co->nhwo", win, w[a, c])
+  return y
+
+
+def _hlo(fn, *args) -> str:
+  return jax.jit(fn).lower(*args).as_text()
+
+
+def test_available():
+  assert onednn.available(), onednn.unavailable_reason()
+  assert onednn.implementation((8, 16, 16, 16), (3, 3, 16, 16), padding=1)  # e.g. brgconv:avx2
+
+
+@pytest.mark.parametrize("strides,padding,dilation,kernel", [
+  ((1, 1), (1, 1, 1, 1), (1, 1), (3, 3)),
+  ((2, 2), (1, 1, 1, 1), (1, 1), (3, 3)),
+  ((2, 1), (0, 2, 1, 0), (2, 1), (3, 2)),
+  ((1, 2), (0, 0, 0, 0), (1, 1), (1, 1)),
+  ((3, 3), (2, 2, 2, 2), (1, 2), (5, 3)),
+])
+def test_conv_matches_direct_numpy(strides, padding, dilation, kernel):
+  kx, kw = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (3, 11, 10, 5))
+  w = jax.random.normal(kw, (*kernel, 5, 7))
+  y = jax.jit(lambda x, w: onednn.conv(x, w, strides=strides, padding=padding,
+                                       dilation=dilation))(x, w)
+  ref = _numpy_conv(x, w, strides, padding, dilation)
+  assert y.shape == ref.shape
+  np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-4)
+  assert _TARGET in _hlo(lambda x, w: onednn.conv(x, w, strides=strides, padding=padding,
+                                                  dilation=dilation), x, w)
+
+
+def test_conv_grad_and_vmap_match_xla():
+  kx, kw = jax.random.split(jax.random.key(1))
+  x, w = jax.random.normal(kx, (2, 6, 6, 3)), jax.random.normal(kw, (3, 3, 3, 4))
+  ours = lambda x, w: onednn.conv(x, w, strides=2, padding=(1, 0, 1, 0))
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 0), (1, 0)),
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  ws = jnp.stack([w, -2 * w])
+  np.testing.assert_allclose(jax.jit(jax.vmap(ours, (None, 0)))(x, ws),
+                             jax.vmap(ref, (None, 0))(x, ws), rtol=1e-5, atol=1e-5)
+
+
+def test_with_onednn_convolutions_any_dimension_numbers_and_nested_jit():
+  kx, kw = jax.random.split(jax.random.key(2))
+  x = jax.random.normal(kx, (2, 3, 9, 8))  # NCHW
+  w = jax.random.normal(kw, (4, 3, 3, 3))  # OIHW
+
+  def net(x, w):
+    y = jax.nn.relu(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                 dimension_numbers=("NCHW", "OIHW", "NCHW")))
+    inner = jax.jit(lambda y: jax.lax.conv_general_dilated(
+      y, jnp.ones((2, 2, 4, 5)), (2, 1), "VALID", dimension_numbers=("NCHW", "HWIO", "NHWC")))
+    return {"out": inner(y), "sum": jnp.sum(y)}
+
+  wrapped = onednn.with_onednn_convolutions(net)
+  got, want = jax.jit(wrapped)(x, w), net(x, w)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-4)
+  assert _hlo(wrapped, x, w).count(_TARGET) == 2
+
+
+def test_unsupported_convolutions_stay_with_xla():
+  x = jax.random.normal(jax.random.key(3), (2, 8, 8, 4))
+
+  def net(x):
+    grouped = jax.lax.conv_general_dilated(x, jnp.ones((3, 3, 2, 4)), (1, 1), "SAME",
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                           feature_group_count=2)
+    bf16 = jnp.bfloat16
+    half = jax.lax.conv_general_dilated(x.astype(bf16), jnp.ones((1, 1, 4, 2), bf16), (1, 1),
+                                        "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    one_d = jax.lax.conv_general_dilated(x[:, 0], jnp.ones((3, 4, 2)), (1,), "SAME",
+                                         dimension_numbers=("NWC", "WIO", "NWC"))
+    return grouped, half, one_d
+
+  wrapped = onednn.with_onednn_convolutions(net)
+  assert _TARGET not in _hlo(wrapped, x)
+  for a, b in zip(jax.jit(wrapped)(x), net(x), strict=True):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_bad_input_and_options():
+  with pytest.raises(ValueError, match="float32"):
+    onednn.conv(jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16))
+  with pytest.raises(ValueError, match="matching channels"):
+    onednn.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 3, 2)))
+  with pytest.raises(ValueError, match="paddings >= 0"):
+    onednn.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), padding=-1)
+  with pytest.raises(ValueError, match="cpu_convolutions must be one of"):
+    onednn.resolve("mkl")
+  assert onednn.resolve("xla") is False
+  assert onednn.resolve("onednn") is True
+
+
+def test_turned_off_by_environment(monkeypatch):
+  monkeypatch.setenv("LANDSCAPE_JAX_ONEDNN", "0")
+  onednn._library.cache_clear()
+  try:
+    assert "LANDSCAPE_JAX_ONEDNN=0" in onednn.unavailable_reason()
+    assert onednn.resolve("auto") is False
+    with pytest.raises(onednn.OnednnUnavailable, match="turned off"):
+      onednn.resolve("onednn")
+  finally:
+    monkeypatch.delenv("LANDSCAPE_JAX_ONEDNN")
+    onednn._library.cache_clear()
+  assert onednn.available()
+
+
+def test_missing_onednn_root_says_what_is_missing(monkeypatch, tmp_path):
+  monkeypatch.setenv("LANDSCAPE_JAX_ONEDNN_ROOT", str(tmp_path))
+  onednn._library.cache_clear()
+  try:
+    assert "include/oneapi/dnnl/dnnl.hpp" in onednn.unavailable_reason()
+  finally:
+    monkeypatch.delenv("LANDSCAPE_JAX_ONEDNN_ROOT")
+    onednn._library.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def resnet8_digits(digits_train):
+  model = lj.get_model("resnet8", num_classes=10)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
+  stats = jax.tree.map(lambda s: s + 0.1, variables["batch_stats"])
+  data = lj.data.Dataset(digits_train.images[:300], digits_train.labels[:300], 10,
+                         digits_train.mean, digits_train.std)
+  return model, variables["params"], stats, data
+
+
+def test_metric_fn_onednn_equals_xla(resnet8_digits):
+  model, params, stats, data = resnet8_digits
+  fns = {mode: lj.make_metric_fn(model, data, batch_stats=stats, batch_size=64,
+                                 cpu_convolutions=mode) for mode in ("onednn", "xla")}
+  assert _TARGET in _hlo(fns["onednn"], params)
+  assert _TARGET not in _hlo(fns["xla"], params)
+  got, want = jax.jit(fns["onednn"])(params), jax.jit(fns["xla"])(params)
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+  np.testing.assert_allclose(got["accuracy"], want["accuracy"])
+
+
+@pytest.mark.multidevice
+def test_surface_on_a_mesh_onednn_equals_xla(resnet8_digits):
+  model, params, stats, data = resnet8_digits
+  d1, d2 = lj.random_directions(jax.random.key(1), params, num=2)
+  xs, ys = np.linspace(-1, 1, 4), np.linspace(-1, 1, 2)
+  out = {}
+  for mode in ("onednn", "xla"):
+    fn = lj.make_metric_fn(model, data, batch_stats=stats, batch_size=100, cpu_convolutions=mode)
+    out[mode] = lj.surface_grid(fn, params, (d1, d2), xs, ys, mesh=lj.make_mesh(4),
+                                progress=False)
+  np.testing.assert_allclose(out["onednn"]["loss"], out["xla"]["loss"], rtol=1e-5)
+  vm = lj.surface_grid(lj.make_metric_fn(model, data, batch_stats=stats, batch_size=100,
+                                         cpu_convolutions="onednn"),
+                       params, (d1, d2), xs, ys, map_mode="vmap", progress=False)
+  np.testing.assert_allclose(vm["loss"], out["xla"]["loss"], rtol=1e-5)
