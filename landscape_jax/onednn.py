@@ -1,32 +1,36 @@
-"""oneDNN convolutions for XLA:CPU: the inference convolutions of any JAX model, 1.4-5x faster.
+"""oneDNN convolutions for XLA:CPU: the inference convolutions of any JAX model, 1.5x faster.
 
 XLA's CPU backend runs 2-D convolutions through Eigen at about half of a CPU's matmul peak
 (ResNet-20's 3x3 layers: ~100 GFLOP/s on 2 Zen 4 cores); oneDNN's brgemm convolutions, which read
 and write the same NHWC layout, reach 180-240 GFLOP/s on them (`benchmarks/bench_surface.py`).
 This module routes convolutions through oneDNN as an XLA FFI custom call:
 
-* `conv` computes one NHWC/HWIO convolution,
-  ``y[n,i,j,o] = sum_{a,b,c} xp[n, i s_h + a d_h, j s_w + b d_w, c] w[a,b,c,o]`` (``xp`` the
-  zero-padded input), with a `jax.custom_jvp` whose tangents use `lax.conv_general_dilated` (so
-  `jax.grad`/`jax.jvp` work) and a `jax.custom_batching.custom_vmap` rule that falls back to
-  XLA under `vmap`;
+* `conv` computes one NHWC/HWIO convolution with an optional epilogue,
+  ``y = relu(conv(x, w) + bias + residual)``, where
+  ``conv(x, w)[n,i,j,o] = sum_{a,b,c} xp[n, i s_h + a d_h, j s_w + b d_w, c] w[a,b,c,o]``
+  (``xp`` the zero-padded input); bias, residual and ReLU are oneDNN post-ops applied while the
+  output tile is in cache. A `jax.custom_jvp` gives it XLA's derivatives (`jax.grad` works) and a
+  `jax.custom_batching.custom_vmap` rule XLA's computation under `vmap`;
 * `with_onednn_convolutions(fn)` traces ``fn`` once and evaluates its jaxpr with every
   ``conv_general_dilated`` that oneDNN supports replaced by `conv` (float32, 2 spatial
   dimensions, any dimension numbers, strides, padding >= 0, kernel dilation, one feature group;
   top level and inside nested `jax.jit`; convolutions inside `scan`/`cond`/`while` bodies or
-  custom-derivative rules are left to XLA). The result is the same function up to float rounding.
+  custom-derivative rules are left to XLA). A convolution whose output only feeds ``+ bias``
+  (per channel), then ``+ residual``, then ``relu`` (each optional) is fused with them: after
+  BatchNorm folding (`landscape_jax.fused`) that is every convolution of a ResNet. The result is
+  the same function up to float rounding.
 
 `evaluation.make_metric_fn` uses it by default on the CPU (``cpu_convolutions="auto"``), so every
 surface, interpolation, curve and ensemble evaluation gets it; training does not (backward
 convolutions would still be XLA's).
 
-The kernel (``csrc/onednn_conv.cc``) is compiled on first use with the system's C++ compiler
-against the oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (installed
-with landscape-jax on Linux x86-64) and cached in ``$LANDSCAPE_JAX_CACHE_DIR`` (default
-``~/.cache/landscape_jax``). ``LANDSCAPE_JAX_ONEDNN_ROOT`` points at another oneDNN (a folder
-with ``include/`` and ``lib/``); ``LANDSCAPE_JAX_ONEDNN=0`` turns it off. Where it cannot be built
-(no compiler, another platform) `available()` is False, `unavailable_reason()` says why and
-``"auto"`` uses XLA's convolutions.
+The kernel (``csrc/onednn_conv.cc``) is compiled on first use (a few seconds) with the system's
+C++ compiler against the oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels
+(installed with landscape-jax on Linux x86-64) and cached in ``$LANDSCAPE_JAX_CACHE_DIR``
+(default ``~/.cache/landscape_jax``). ``LANDSCAPE_JAX_ONEDNN_ROOT`` points at another oneDNN (a
+folder with ``include/`` and ``lib/``); ``LANDSCAPE_JAX_ONEDNN=0`` turns it off. Where it cannot
+be built (no compiler, another platform) `available()` is False, `unavailable_reason()` says why
+and ``"auto"`` uses XLA's convolutions (with a warning on Linux x86-64).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.extend.core as jex
@@ -204,55 +208,79 @@ def _xla_nhwc(x, w, strides, padding, dilation):
     rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _ffi_nhwc(x, w, strides, padding, dilation):
+class _Config(NamedTuple):
+  strides: tuple[int, int]
+  padding: tuple[int, int, int, int]
+  dilation: tuple[int, int]
+  bias: bool
+  residual: bool
+  relu: bool
+
+
+def _reference(cfg: _Config, x, w, *rest):
+  """The same computation in XLA: relu(conv(x, w) + bias + residual)."""
+  y = _xla_nhwc(x, w, cfg.strides, cfg.padding, cfg.dilation)
+  rest = list(rest)
+  if cfg.bias:
+    y = y + rest.pop(0)
+  if cfg.residual:
+    y = y + rest.pop(0)
+  return jax.nn.relu(y) if cfg.relu else y
+
+
+def _ffi(cfg: _Config, x, w, *rest):
   n, h, wd, _ = x.shape
   kh, kw, _, o = w.shape
   out = jax.ShapeDtypeStruct(
-    (n, _out_size(h, kh, strides[0], dilation[0], padding[0], padding[1]),
-     _out_size(wd, kw, strides[1], dilation[1], padding[2], padding[3]), o), jnp.float32)
+    (n, _out_size(h, kh, cfg.strides[0], cfg.dilation[0], *cfg.padding[:2]),
+     _out_size(wd, kw, cfg.strides[1], cfg.dilation[1], *cfg.padding[2:]), o), jnp.float32)
   _library()
   return jax.ffi.ffi_call(_TARGET, out)(
-    x, w, strides=np.asarray(strides, np.int64), padding=np.asarray(padding, np.int64),
-    dilation=np.asarray(dilation, np.int64))
+    x, w, *rest, strides=np.asarray(cfg.strides, np.int64),
+    padding=np.asarray(cfg.padding, np.int64), dilation=np.asarray(cfg.dilation, np.int64),
+    bias=cfg.bias, residual=cfg.residual, relu=cfg.relu)
 
 
 @functools.cache
-def _conv_fn(strides, padding, dilation):
-  """The custom_jvp(custom_vmap(ffi call)) for one static configuration."""
+def _conv_fn(cfg: _Config):
+  """custom_jvp(custom_vmap(FFI call)) for one static configuration: the derivative and the
+  batched (vmap) computation are `_reference`'s, in XLA."""
+  ref = functools.partial(_reference, cfg)
 
   @jax.custom_batching.custom_vmap
-  def unbatched(x, w):
-    return _ffi_nhwc(x, w, strides, padding, dilation)
+  def unbatched(*args):
+    return _ffi(cfg, *args)
 
   @unbatched.def_vmap
-  def _batched(axis_size, in_batched, x, w):  # under vmap: XLA's (batched) convolution
-    x = x if in_batched[0] else jnp.broadcast_to(x, (axis_size, *x.shape))
-    w = w if in_batched[1] else jnp.broadcast_to(w, (axis_size, *w.shape))
-    y = jax.vmap(lambda a, b: _xla_nhwc(a, b, strides, padding, dilation))(x, w)
-    return y, True
+  def _batched(axis_size, in_batched, *args):  # under vmap: XLA's (batched) convolution
+    args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+            for a, b in zip(args, in_batched, strict=True)]
+    return jax.vmap(ref)(*args), True
 
   @jax.custom_jvp
-  def f(x, w):
-    return unbatched(x, w)
+  def f(*args):
+    return unbatched(*args)
 
   @f.defjvp
-  def _jvp(primals, tangents):  # bilinear: d(x * w) = dx * w + x * dw, in XLA (transposable)
-    (x, w), (dx, dw) = primals, tangents
-    return f(x, w), (_xla_nhwc(dx, w, strides, padding, dilation)
-               + _xla_nhwc(x, dw, strides, padding, dilation))
+  def _jvp(primals, tangents):
+    return f(*primals), jax.jvp(ref, primals, tangents)[1]
 
   return f
 
 
 def conv(x: jax.Array, w: jax.Array, *, strides: int | Sequence[int] = 1,
-         padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1) -> jax.Array:
+         padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
+         bias: jax.Array | None = None, residual: jax.Array | None = None,
+         relu: bool = False) -> jax.Array:
   """A 2-D float32 convolution (cross-correlation) computed by oneDNN on the CPU.
 
-  ``y[n,i,j,o] = sum_{a,b,c} xp[n, i*s_h + a*d_h, j*s_w + b*d_w, c] * w[a,b,c,o]``, where ``xp``
-  is ``x`` zero-padded by ``padding``; the same as ``lax.conv_general_dilated(x, w, strides,
-  ((top, bottom), (left, right)), rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO",
-  "NHWC"))`` up to float rounding. Differentiable (tangents via XLA) and vmappable (XLA under
-  `vmap`).
+  ``z[n,i,j,o] = sum_{a,b,c} xp[n, i*s_h + a*d_h, j*s_w + b*d_w, c] * w[a,b,c,o] (+ bias[o])
+  (+ residual[n,i,j,o])`` and ``y = max(z, 0)`` if `relu` else ``z``, where ``xp`` is ``x``
+  zero-padded by ``padding``: ``lax.conv_general_dilated(x, w, strides, ((top, bottom), (left,
+  right)), rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))`` followed by the
+  additions and the ReLU, up to float rounding. Bias, residual and ReLU are applied by oneDNN
+  while each output tile is in cache (post-ops), which saves XLA a pass over the activations.
+  Differentiable and vmappable: derivatives and the batched computation are XLA's.
 
   Args:
     x: (N, H, W, C) float32 images, NHWC.
@@ -260,33 +288,48 @@ def conv(x: jax.Array, w: jax.Array, *, strides: int | Sequence[int] = 1,
     strides: (s_h, s_w) or one int.
     padding: (top, bottom, left, right) or one int for all four; each >= 0.
     dilation: kernel dilation (d_h, d_w) or one int (1 = none).
+    bias: optional (O,) float32 added per output channel.
+    residual: optional float32 array of the output's shape, added.
+    relu: apply ``max(., 0)`` last.
 
   Raises:
     OnednnUnavailable: where oneDNN cannot be built (see `unavailable_reason`).
-    ValueError: for other dtypes, ranks or negative padding.
+    ValueError: for other dtypes, ranks or shapes, or negative padding.
   """
   strides, dilation = _pairs(strides), _pairs(dilation)
   padding = _pairs(padding, 4)
   if x.ndim != 4 or w.ndim != 4 or x.shape[3] != w.shape[2]:
     raise ValueError(f"conv needs NHWC x and HWIO w with matching channels; got {x.shape} and "
                      f"{w.shape}.")
-  if x.dtype != jnp.float32 or w.dtype != jnp.float32:
-    raise ValueError(f"conv is float32 only; got {x.dtype} and {w.dtype}.")
+  rest = [a for a in (bias, residual) if a is not None]
+  if any(a.dtype != jnp.float32 for a in (x, w, *rest)):
+    raise ValueError(f"conv is float32 only; got {[a.dtype.name for a in (x, w, *rest)]}.")
   if len(strides) != 2 or len(dilation) != 2 or len(padding) != 4 or min(padding) < 0 or min(
       strides + dilation) < 1:
     raise ValueError(f"conv needs 2 strides >= 1, 2 dilations >= 1 and 4 paddings >= 0; got "
                      f"strides={strides}, dilation={dilation}, padding={padding}.")
-  return _conv_fn(strides, padding, dilation)(x, w)
+  if bias is not None and bias.shape != (w.shape[3],):
+    raise ValueError(f"bias must have shape ({w.shape[3]},), got {bias.shape}.")
+  cfg = _Config(strides, padding, dilation, bias is not None, residual is not None, bool(relu))
+  if residual is not None:
+    out_shape = jax.eval_shape(functools.partial(_reference, cfg._replace(residual=False,
+                                                                          bias=False)), x, w)
+    if residual.shape != out_shape.shape:
+      raise ValueError(f"residual must have the output's shape {out_shape.shape}, got "
+                       f"{residual.shape}.")
+  return _conv_fn(cfg)(x, w, *rest)
 
 
 def implementation(x_shape: Sequence[int], w_shape: Sequence[int], *, strides=1, padding=0,
-                   dilation=1) -> str:
+                   dilation=1, bias: bool = False, residual: bool = False,
+                   relu: bool = False) -> str:
   """The oneDNN implementation used for a shape, e.g. ``"brgconv:avx512_core"`` (diagnostics)."""
   strides, dilation, padding = _pairs(strides), _pairs(dilation), _pairs(padding, 4)
   n, h, w, c = (int(a) for a in x_shape)
   kh, kw, _, o = (int(a) for a in w_shape)
   key = (n, h, w, c, kh, kw, o, _out_size(h, kh, strides[0], dilation[0], *padding[:2]),
-         _out_size(w, kw, strides[1], dilation[1], *padding[2:]), *strides, *dilation, *padding)
+         _out_size(w, kw, strides[1], dilation[1], *padding[2:]), *strides, *dilation, *padding,
+         int(bias), int(residual), int(relu))
   return _library().LandscapeJaxOnednnConvImpl((ctypes.c_int64 * len(key))(*key)).decode()
 
 
@@ -304,18 +347,89 @@ def _supported(eqn) -> bool:
           and all(s > 0 for s in lhs.shape))
 
 
-def _conv_eqn(eqn, x, w):
-  """A conv_general_dilated equation computed by `conv`, in its own dimension numbers."""
+def _conv_eqn(eqn, x, w, bias=None, residual=None, relu=False):
+  """A conv_general_dilated equation computed by `conv`, in its own dimension numbers (with the
+  epilogue of a `_Fusion`: only planned for NHWC outputs)."""
   p = eqn.params
   lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
   x = jnp.transpose(x, (lhs_spec[0], lhs_spec[2], lhs_spec[3], lhs_spec[1]))  # -> NHWC
   w = jnp.transpose(w, (rhs_spec[2], rhs_spec[3], rhs_spec[1], rhs_spec[0]))  # -> HWIO
   (t, b), (lft, r) = p["padding"]
-  y = conv(x, w, strides=p["window_strides"], padding=(t, b, lft, r), dilation=p["rhs_dilation"])
+  y = conv(x, w, strides=p["window_strides"], padding=(t, b, lft, r), dilation=p["rhs_dilation"],
+           bias=None if bias is None else jnp.reshape(bias, (-1,)), residual=residual, relu=relu)
   perm = [0] * 4  # NHWC -> the equation's output layout
   for nhwc_axis, out_axis in zip((0, 3, 1, 2), out_spec, strict=True):
     perm[out_axis] = nhwc_axis
   return jnp.transpose(y, perm)
+
+
+class _Fusion(NamedTuple):
+  """A convolution and its epilogue ``relu(conv + bias + residual)``, evaluated at `last`."""
+  conv: Any  # the conv_general_dilated equation
+  bias: Any  # jaxpr atoms (or None)
+  residual: Any
+  relu: bool
+  out: Any  # the variable the fused call defines
+  last: int  # index of the last absorbed equation
+
+
+def _is_relu(eqn) -> bool:
+  """``max(v, 0)``, or `jax.nn.relu` (a custom_jvp_call of it)."""
+  if eqn.primitive.name in ("custom_jvp_call", *_JIT_PRIMITIVES):
+    inner = eqn.params["call_jaxpr" if eqn.primitive.name == "custom_jvp_call" else "jaxpr"].jaxpr
+    return len(inner.eqns) == 1 and len(eqn.invars) == 1 and _is_relu(inner.eqns[0])
+  return eqn.primitive.name == "max" and any(
+    isinstance(v, jex.Literal) and np.ndim(v.val) == 0 and v.val == 0 for v in eqn.invars)
+
+
+def _plan_fusions(jaxpr) -> tuple[dict[int, _Fusion], set[int]]:
+  """Finds ``conv -> [+ per-channel bias] -> [+ residual] -> [relu]`` chains whose intermediate
+  values have no other use. Returns {index to evaluate at: fusion} and the absorbed indices."""
+  consumers: dict = {}
+  for i, e in enumerate(jaxpr.eqns):
+    for v in e.invars:
+      if not isinstance(v, jex.Literal):
+        consumers.setdefault(v, []).append(i)
+  outputs = {v for v in jaxpr.outvars if not isinstance(v, jex.Literal)}
+
+  def only_consumer(v):  # (equation, index) of v's single use, if not claimed by another chain
+    uses = consumers.get(v, [])
+    if len(uses) != 1 or v in outputs or uses[0] in absorbed:
+      return None, -1
+    return jaxpr.eqns[uses[0]], uses[0]
+
+  def other_operand(e, v):
+    if e.primitive.name != "add" or len(e.invars) != 2 or list(e.invars).count(v) != 1:
+      return None
+    return e.invars[1] if e.invars[0] is v else e.invars[0]
+
+  plans, absorbed = {}, set()
+  for i, e in enumerate(jaxpr.eqns):
+    if (e.primitive.name != "conv_general_dilated" or not _supported(e)
+        or tuple(e.params["dimension_numbers"].out_spec) != (0, 3, 1, 2)):
+      continue
+    cur, shape = e.outvars[0], e.outvars[0].aval.shape
+    bias = residual = None
+    relu, last, chain = False, i, []
+    nxt, j = only_consumer(cur)
+    o = other_operand(nxt, cur) if nxt is not None else None
+    if o is not None and o.aval.dtype == jnp.float32 and o.aval.shape in (
+        (shape[-1],), (1, 1, 1, shape[-1])):
+      bias, cur, last = o, nxt.outvars[0], j
+      chain.append(j)
+      nxt, j = only_consumer(cur)
+      o = other_operand(nxt, cur) if nxt is not None else None
+    if o is not None and o.aval.dtype == jnp.float32 and o.aval.shape == shape:
+      residual, cur, last = o, nxt.outvars[0], j
+      chain.append(j)
+      nxt, j = only_consumer(cur)
+    if nxt is not None and _is_relu(nxt):
+      relu, cur, last = True, nxt.outvars[0], j
+      chain.append(j)
+    if chain:
+      plans[last] = _Fusion(e, bias, residual, relu, cur, last)
+      absorbed.update([i, *chain])
+  return plans, absorbed
 
 
 def _eval(jaxpr, consts, args) -> list:
@@ -328,7 +442,17 @@ def _eval(jaxpr, consts, args) -> list:
     env[v] = a
   for v, a in zip(jaxpr.invars, args, strict=True):
     env[v] = a
-  for eqn in jaxpr.eqns:
+  plans, absorbed = _plan_fusions(jaxpr)
+  for i, eqn in enumerate(jaxpr.eqns):
+    if i in plans:  # a convolution with its epilogue, now that all its operands exist
+      f = plans[i]
+      env[f.out] = _conv_eqn(f.conv, *(read(v) for v in f.conv.invars),
+                             bias=None if f.bias is None else read(f.bias),
+                             residual=None if f.residual is None else read(f.residual),
+                             relu=f.relu)
+      continue
+    if i in absorbed:
+      continue
     invals = [read(v) for v in eqn.invars]
     name = eqn.primitive.name
     if name == "conv_general_dilated" and _supported(eqn):

@@ -65,6 +65,59 @@ def test_conv_matches_direct_numpy(strides, padding, dilation, kernel):
                                                   dilation=dilation), x, w)
 
 
+@pytest.mark.parametrize("bias,residual,relu", [(True, False, False), (False, True, False),
+                                                 (False, False, True), (True, True, True)])
+def test_conv_epilogue_matches_direct_numpy(bias, residual, relu):
+  k = jax.random.split(jax.random.key(4), 4)
+  x, w = jax.random.normal(k[0], (2, 7, 6, 4)), jax.random.normal(k[1], (3, 3, 4, 5))
+  b = jax.random.normal(k[2], (5,)) if bias else None
+  r = jax.random.normal(k[3], (2, 4, 3, 5)) if residual else None
+  kw = dict(strides=2, padding=1, bias=b, residual=r, relu=relu)
+  y = jax.jit(lambda x, w: onednn.conv(x, w, **kw))(x, w)
+  ref = _numpy_conv(x, w, (2, 2), (1, 1, 1, 1), (1, 1))
+  ref = ref + (np.asarray(b) if bias else 0) + (np.asarray(r) if residual else 0)
+  ref = np.maximum(ref, 0) if relu else ref
+  np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-4)
+  if relu:
+    assert (np.asarray(y) == 0).mean() > 0.2  # the ReLU did cut
+  # derivatives and vmap are XLA's: they agree with the unfused composition
+  loss = lambda x, w: jnp.sum(jnp.sin(onednn.conv(x, w, **kw)))
+
+  def unfused(x, w):
+    z = jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    z = z + (b if bias else 0) + (r if residual else 0)
+    return jnp.sum(jnp.sin(jax.nn.relu(z) if relu else z))
+
+  for a, c in zip(jax.grad(loss, (0, 1))(x, w), jax.grad(unfused, (0, 1))(x, w), strict=True):
+    np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(jax.vmap(lambda w: onednn.conv(x, w, **kw))(jnp.stack([w, -w])),
+                             np.stack([y, onednn.conv(x, -w, **kw)]), rtol=1e-5, atol=1e-4)
+
+
+def test_rewrite_fuses_bias_residual_relu_of_a_resnet_block():
+  k = jax.random.split(jax.random.key(5), 4)
+  x = jax.random.normal(k[0], (2, 8, 8, 6))
+  w1, w2 = jax.random.normal(k[1], (3, 3, 6, 6)), jax.random.normal(k[2], (3, 3, 6, 6))
+  b = jax.random.normal(k[3], (6,))
+
+  def block(x):
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.nn.relu(conv(x, w1) + b)
+    h = conv(h, w2) + b.reshape(1, 1, 1, 6)
+    z = jnp.maximum(h + x, 0.0)
+    return z, conv(z, w1) * 2  # the last convolution is used twice: not fused
+
+  wrapped = onednn.with_onednn_convolutions(block)
+  plans, absorbed = onednn._plan_fusions(jax.make_jaxpr(block)(x).jaxpr)
+  got = sorted((f.bias is not None, f.residual is not None, f.relu) for f in plans.values())
+  assert got == [(True, False, True), (True, True, True)]
+  assert _hlo(wrapped, x).count(_TARGET) == 3
+  for a, c in zip(jax.jit(wrapped)(x), block(x), strict=True):
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-3)
+
+
 def test_conv_grad_and_vmap_match_xla():
   kx, kw = jax.random.split(jax.random.key(1))
   x, w = jax.random.normal(kx, (2, 6, 6, 3)), jax.random.normal(kw, (3, 3, 3, 4))

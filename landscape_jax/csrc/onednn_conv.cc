@@ -1,10 +1,14 @@
 // oneDNN 2-D convolution as an XLA FFI custom call for the CPU (see landscape_jax/onednn.py).
 //
-//   y[n, i, j, o] = sum_{a, b, c} xp[n, i * sh + a * dh, j * sw + b * dw, c] * w[a, b, c, o],
+//   z[n, i, j, o] = sum_{a, b, c} xp[n, i * sh + a * dh, j * sw + b * dw, c] * w[a, b, c, o]
+//                   (+ bias[o]) (+ residual[n, i, j, o]),   y = relu(z) if `relu` else z,
 //
 // x: (N, H, W, C) float32 (NHWC), w: (KH, KW, C, O) float32 (HWIO), y: (N, OH, OW, O) (NHWC),
 // xp = x zero-padded by `padding` = (top, bottom, left, right); `strides` = (sh, sw);
 // `dilation` = (dh, dw) is the kernel dilation of lax.conv_general_dilated (1 = none).
+// The optional operands follow x and w: bias (O,) if `bias`, then residual (N, OH, OW, O) if
+// `residual`; bias, residual and ReLU are applied by oneDNN while the output tile is in cache
+// (its bias argument, a binary-add post-op and an eltwise post-op).
 //
 // Forward inference with oneDNN's own choice of weight layout (the weights are reordered into it
 // on every call: they change from call to call, e.g. from one grid point to the next); the
@@ -26,7 +30,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kKeySize = 17;
+constexpr int kKeySize = 20;
 
 struct Key {
   int64_t v[kKeySize];
@@ -80,17 +84,30 @@ std::shared_ptr<Entry> MakeEntry(const Key& k) {
   using tag = dnnl::memory::format_tag;
   using dt = dnnl::memory::data_type;
   const int64_t* v = k.v;
-  // v: n, ih, iw, ic, kh, kw, oc, oh, ow, sh, sw, dh, dw, pt, pb, pl, pr
+  // v: n, ih, iw, ic, kh, kw, oc, oh, ow, sh, sw, dh, dw, pt, pb, pl, pr, bias, residual, relu
   dnnl::memory::dims src{v[0], v[3], v[1], v[2]};
   dnnl::memory::dims wts{v[6], v[3], v[4], v[5]};
   dnnl::memory::dims dst{v[0], v[6], v[7], v[8]};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  auto pd = dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-      dnnl::memory::desc(src, dt::f32, tag::nhwc), dnnl::memory::desc(wts, dt::f32, tag::any),
-      dnnl::memory::desc(dst, dt::f32, tag::nhwc), {v[9], v[10]}, {v[11] - 1, v[12] - 1},
-      {v[13], v[15]}, {v[14], v[16]}, attr);
+  dnnl::post_ops post;
+  auto dst_md = dnnl::memory::desc(dst, dt::f32, tag::nhwc);
+  if (v[18]) post.append_binary(dnnl::algorithm::binary_add, dst_md);
+  if (v[19]) post.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  attr.set_post_ops(post);
+  auto src_md = dnnl::memory::desc(src, dt::f32, tag::nhwc);
+  auto wts_md = dnnl::memory::desc(wts, dt::f32, tag::any);
+  dnnl::memory::dims strides{v[9], v[10]}, dilates{v[11] - 1, v[12] - 1};
+  dnnl::memory::dims pad_l{v[13], v[15]}, pad_r{v[14], v[16]};
+  auto fwd = dnnl::prop_kind::forward_inference;
+  auto algo = dnnl::algorithm::convolution_direct;
+  auto pd = v[17] ? dnnl::convolution_forward::primitive_desc(
+                        Engine(), fwd, algo, src_md, wts_md,
+                        dnnl::memory::desc({v[6]}, dt::f32, tag::a), dst_md, strides, dilates,
+                        pad_l, pad_r, attr)
+                  : dnnl::convolution_forward::primitive_desc(
+                        Engine(), fwd, algo, src_md, wts_md, dst_md, strides, dilates, pad_l,
+                        pad_r, attr);
   auto e = std::make_shared<Entry>();
   e->conv = dnnl::convolution_forward(pd);
   e->user_weights = dnnl::memory::desc(wts, dt::f32, tag::hwio);
@@ -116,9 +133,10 @@ std::shared_ptr<Entry> Lookup(const Key& k) {
   return e;
 }
 
-ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
-                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-                ffi::Span<const int64_t> dilation) {
+ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::RemainingArgs rest,
+                ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation, bool bias,
+                bool residual, bool relu) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
   auto yd = y->dimensions();
@@ -129,8 +147,28 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuf
   if (wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0]) {
     return ffi::Error::InvalidArgument("onednn_conv: channel or batch sizes do not match.");
   }
+  if (rest.size() != static_cast<size_t>(bias) + static_cast<size_t>(residual)) {
+    return ffi::Error::InvalidArgument("onednn_conv: operands do not match bias / residual.");
+  }
+  float* bias_data = nullptr;
+  float* residual_data = nullptr;
+  if (bias) {
+    auto b = rest.get<ffi::Buffer<ffi::F32>>(0);
+    if (!b.has_value() || b->element_count() != static_cast<size_t>(wd[3])) {
+      return ffi::Error::InvalidArgument("onednn_conv: bias must be float32 (O,).");
+    }
+    bias_data = b->typed_data();
+  }
+  if (residual) {
+    auto r = rest.get<ffi::Buffer<ffi::F32>>(bias ? 1 : 0);
+    if (!r.has_value() || r->element_count() != y->element_count()) {
+      return ffi::Error::InvalidArgument("onednn_conv: residual must be float32 like the output.");
+    }
+    residual_data = r->typed_data();
+  }
   Key k{{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], strides[0], strides[1],
-         dilation[0], dilation[1], padding[0], padding[1], padding[2], padding[3]}};
+         dilation[0], dilation[1], padding[0], padding[1], padding[2], padding[3], bias, residual,
+         relu}};
   try {
     std::shared_ptr<Entry> e = Lookup(k);
     thread_local Buffer scratch, weights;
@@ -149,8 +187,18 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuf
                      Engine(), y->typed_data());
     dnnl::memory pad(dnnl::memory::desc({static_cast<int64_t>(e->scratchpad_bytes)}, dt::u8, tag::a),
                      Engine(), scratch.Get(e->scratchpad_bytes + 64));
-    e->conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst},
-                             {DNNL_ARG_SCRATCHPAD, pad}});
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst},
+        {DNNL_ARG_SCRATCHPAD, pad}};
+    if (bias_data != nullptr) {
+      args.emplace(DNNL_ARG_BIAS, dnnl::memory(dnnl::memory::desc({yd[3]}, dt::f32, tag::a),
+                                               Engine(), bias_data));
+    }
+    if (residual_data != nullptr) {
+      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+                   dnnl::memory(dst.get_desc(), Engine(), residual_data));
+    }
+    e->conv.execute(stream, args);
     stream.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error::Internal(std::string("onednn_conv: oneDNN error: ") + err.what());
@@ -164,10 +212,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LandscapeJaxOnednnConv, Conv,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding")
-                                  .Attr<ffi::Span<const int64_t>>("dilation"));
+                                  .Attr<ffi::Span<const int64_t>>("dilation")
+                                  .Attr<bool>("bias")
+                                  .Attr<bool>("residual")
+                                  .Attr<bool>("relu"));
 
 // The oneDNN implementation chosen for a shape (e.g. "brgconv:avx512_core"), for diagnostics.
 // Returns an empty string when oneDNN has none. Same argument order as the cache key.
