@@ -134,7 +134,11 @@ def _library() -> ctypes.CDLL:
     str(lib.stat().st_size).encode(), compiler.encode()])).hexdigest()[:16]
   path = _cache_dir() / f"onednn_conv_{key}.so"
   if not path.exists():
-    _compile(path, compiler, include, lib)
+    try:
+      _compile(path, compiler, include, lib)
+    except OSError as e:  # e.g. a read-only home directory
+      raise OnednnUnavailable(f"Cannot build the kernel in {path.parent} ({e}); set "
+                              "LANDSCAPE_JAX_CACHE_DIR to a writable folder.") from e
   try:
     handle = ctypes.CDLL(str(path))
   except OSError as e:
@@ -432,7 +436,7 @@ def _plan_fusions(jaxpr) -> tuple[dict[int, _Fusion], set[int]]:
   return plans, absorbed
 
 
-def _eval(jaxpr, consts, args) -> list:
+def _eval(jaxpr, consts, args, fuse: bool = True) -> list:
   env: dict = {}
 
   def read(v):
@@ -442,7 +446,7 @@ def _eval(jaxpr, consts, args) -> list:
     env[v] = a
   for v, a in zip(jaxpr.invars, args, strict=True):
     env[v] = a
-  plans, absorbed = _plan_fusions(jaxpr)
+  plans, absorbed = _plan_fusions(jaxpr) if fuse else ({}, set())
   for i, eqn in enumerate(jaxpr.eqns):
     if i in plans:  # a convolution with its epilogue, now that all its operands exist
       f = plans[i]
@@ -459,7 +463,7 @@ def _eval(jaxpr, consts, args) -> list:
       outs = [_conv_eqn(eqn, *invals)]
     elif name in _JIT_PRIMITIVES:
       sub = eqn.params["jaxpr"]
-      outs = _eval(sub.jaxpr, sub.consts, invals)
+      outs = _eval(sub.jaxpr, sub.consts, invals, fuse)
     else:
       params = eqn.primitive.get_bind_params(eqn.params)
       subfuns, params = params if isinstance(params, tuple) else ((), params)  # jax < 0.8: a pair
@@ -471,13 +475,19 @@ def _eval(jaxpr, consts, args) -> list:
   return [read(v) for v in jaxpr.outvars]
 
 
-def with_onednn_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
+def with_onednn_convolutions(fn: Callable[..., Any], *,
+                             fuse_epilogues: bool = True) -> Callable[..., Any]:
   """``fn`` with its float32 2-D convolutions computed by oneDNN (see the module docstring).
 
   ``fn`` takes pytrees of arrays (positional arguments only) and returns a pytree of arrays; the
   wrapped function traces it once per call (inside `jax.jit`: once per compilation) and
   evaluates the traced program with each supported ``conv_general_dilated`` replaced by `conv`.
   Use it inside `jax.jit`; it computes the same function up to float rounding.
+
+  Args:
+    fn: the function.
+    fuse_epilogues: fuse ``+ bias``, ``+ residual`` and ``relu`` that follow a convolution into
+      it (oneDNN post-ops); False leaves them to XLA (for comparison).
 
   Raises:
     OnednnUnavailable: where oneDNN cannot be built (see `unavailable_reason`).
@@ -487,7 +497,7 @@ def with_onednn_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
   @functools.wraps(fn)
   def wrapped(*args):
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    out = _eval(closed.jaxpr, closed.consts, jax.tree.leaves(args))
+    out = _eval(closed.jaxpr, closed.consts, jax.tree.leaves(args), fuse_epilogues)
     return jax.tree.unflatten(jax.tree.structure(out_shape), out)
 
   return wrapped

@@ -114,8 +114,13 @@ def test_rewrite_fuses_bias_residual_relu_of_a_resnet_block():
   got = sorted((f.bias is not None, f.residual is not None, f.relu) for f in plans.values())
   assert got == [(True, False, True), (True, True, True)]
   assert _hlo(wrapped, x).count(_TARGET) == 3
-  for a, c in zip(jax.jit(wrapped)(x), block(x), strict=True):
+  unfused = onednn.with_onednn_convolutions(block, fuse_epilogues=False)
+  assert _hlo(unfused, x).count(_TARGET) == 3
+  assert _hlo(wrapped, x).count("relu = true") == 2
+  assert "relu = true" not in _hlo(unfused, x) and "residual = true" not in _hlo(unfused, x)
+  for a, c, d in zip(jax.jit(wrapped)(x), block(x), jax.jit(unfused)(x), strict=True):
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(d, c, rtol=1e-5, atol=1e-3)
 
 
 def test_conv_grad_and_vmap_match_xla():
@@ -245,3 +250,16 @@ def test_surface_on_a_mesh_onednn_equals_xla(resnet8_digits):
                                          cpu_convolutions="onednn"),
                        params, (d1, d2), xs, ys, map_mode="vmap", progress=False)
   np.testing.assert_allclose(vm["loss"], out["xla"]["loss"], rtol=1e-5)
+
+
+def test_unwritable_cache_dir_says_what_to_do(monkeypatch, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  monkeypatch.setenv("LANDSCAPE_JAX_CACHE_DIR", str(blocker / "cache"))
+  onednn._library.cache_clear()
+  try:
+    assert "LANDSCAPE_JAX_CACHE_DIR" in onednn.unavailable_reason()
+  finally:
+    monkeypatch.delenv("LANDSCAPE_JAX_CACHE_DIR")
+    onednn._library.cache_clear()
+  assert onednn.available()
