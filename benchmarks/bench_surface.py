@@ -249,7 +249,7 @@ def to_torch_state(*trees) -> dict[str, np.ndarray]:
 def build_torch(depth, width, variables, data, device):
   net = torch_resnet(depth, width=width, num_classes=data.num_classes,
                      in_channels=data.image_shape[-1])
-  state = {k: torch.from_numpy(v) for k, v in to_torch_state(variables["params"],
+  state = {k: torch.from_numpy(np.array(v)) for k, v in to_torch_state(variables["params"],
                                                               variables["batch_stats"]).items()}
   missing, unexpected = net.load_state_dict(state, strict=False)
   missing = [k for k in missing if not k.endswith("num_batches_tracked")]

@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from landscape_jax import checkpoints, trees
 from landscape_jax.data import Dataset, augment
@@ -516,9 +518,21 @@ def map_points(metric_fn: Callable, point_fn: Callable, args: PyTree, chunks: ja
   return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _jit_map_points(metric_fn, point_fn, args, chunks):
-  return map_points(metric_fn, point_fn, args, chunks)
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def _jit_map_points(metric_fn, point_fn, args, chunks, mesh=None):
+  """`map_points`; with `mesh`, the chunk axis is split over all its axes by `jax.shard_map` (each
+  device evaluates its points locally, so custom calls such as `landscape_jax.onednn`'s are never
+  partitioned by the compiler) and the metrics keep their (num_chunks, chunk) axes."""
+  if mesh is None:
+    return map_points(metric_fn, point_fn, args, chunks)
+
+  def local(metric_fn, args, chunks):
+    out = map_points(metric_fn, point_fn, args, chunks)
+    return jax.tree.map(lambda x: x.reshape(chunks.shape[0], -1, *x.shape[1:]), out)
+
+  spec = P(None, mesh.axis_names)  # (num_chunks, chunk, ...): flattened on the host
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), spec), out_specs=spec,
+                       check_vma=False)(metric_fn, args, chunks)
 
 
 def _evaluate_coords(metric_fn: Callable, point_fn: Callable, args: PyTree, coords: np.ndarray, *,
@@ -540,12 +554,7 @@ def _evaluate_coords(metric_fn: Callable, point_fn: Callable, args: PyTree, coor
   done = 0
   if store is not None:
     results, done = _load_store(store, meta, num)
-  sharding = None
-  if mesh is not None:
-    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-    # Auto axes: the compiler propagates the sharding of the chunk axis through the vmap.
-    auto = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-    sharding = NamedSharding(auto, PartitionSpec(None, mesh.axis_names))
+  sharding = None if mesh is None else NamedSharding(mesh, P(None, mesh.axis_names))
   bar = _progress(range(done, num, block), progress, desc, total=-(-num // block),
                   initial=done // block)
   for lo in bar:
@@ -555,8 +564,9 @@ def _evaluate_coords(metric_fn: Callable, point_fn: Callable, args: PyTree, coor
     part = np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part
     part = part.reshape(-1, chunk, *part.shape[1:])
     part = jax.device_put(part, sharding) if sharding is not None else jnp.asarray(part)
-    out = _jit_map_points(metric_fn, point_fn, args, part)
-    out = {k: np.asarray(v)[:hi - lo] for k, v in out.items()}
+    out = _jit_map_points(metric_fn, point_fn, args, part, mesh)
+    out = {k: np.asarray(v).reshape(-1, *v.shape[2 if mesh is not None else 1:])[:hi - lo]
+           for k, v in out.items()}
     for k, v in out.items():
       if k not in results:
         results[k] = np.full((num, *v.shape[1:]), np.nan, v.dtype)

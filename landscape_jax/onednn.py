@@ -10,7 +10,8 @@ This module routes convolutions through oneDNN as an XLA FFI custom call:
   ``conv(x, w)[n,i,j,o] = sum_{a,b,c} xp[n, i s_h + a d_h, j s_w + b d_w, c] w[a,b,c,o]``
   (``xp`` the zero-padded input); bias, residual and ReLU are oneDNN post-ops applied while the
   output tile is in cache. A `jax.custom_jvp` gives it XLA's derivatives (`jax.grad` works) and a
-  `jax.custom_batching.custom_vmap` rule XLA's computation under `vmap`;
+  `jax.custom_batching.custom_vmap` rule keeps it on oneDNN under `vmap` (per-item weights, e.g.
+  one grid point each, become a sequential `lax.map`: XLA's grouped convolution is 10-15x slower);
 * `with_onednn_convolutions(fn)` traces ``fn`` once and evaluates its jaxpr with every
   ``conv_general_dilated`` that oneDNN supports replaced by `conv` (float32, 2 spatial
   dimensions, any dimension numbers, strides, padding >= 0, kernel dilation, one feature group;
@@ -245,10 +246,37 @@ def _ffi(cfg: _Config, x, w, *rest):
     bias=cfg.bias, residual=cfg.residual, relu=cfg.relu)
 
 
+def _batched_call(fn, cfg: _Config, axis_size: int, in_batched, args):
+  """``vmap(fn)`` of a convolution ``fn(x, w, [bias], [residual])`` with FFI calls only.
+
+  One vmapped item: squeezed. Weights (and bias) shared by the batch: the batch axis is folded
+  into the images' (what XLA's batching of a convolution does too). Weights per item (e.g. one
+  grid point each): a sequential `lax.map` over the items, one oneDNN convolution each; XLA
+  would turn this into one grouped convolution, which its CPU backend runs 10-15x slower than
+  the same convolutions one after another.
+  """
+  is_weight = [False, True] + [True] * cfg.bias + [False] * cfg.residual  # x, w, bias, residual
+  if axis_size == 1:
+    return fn(*[a[0] if b else a for a, b in zip(args, in_batched, strict=True)])[None]
+  if not any(b for b, wt in zip(in_batched, is_weight, strict=True) if wt):
+    folded = [a if wt else  # images and residual: (B, N, ...) -> (B N, ...)
+              (a if b else jnp.broadcast_to(a, (axis_size, *a.shape))).reshape(-1, *a.shape[-3:])
+              for a, b, wt in zip(args, in_batched, is_weight, strict=True)]
+    y = fn(*folded)
+    return y.reshape(axis_size, -1, *y.shape[1:])
+  mapped = [a for a, b in zip(args, in_batched, strict=True) if b]
+
+  def one(items):
+    items = iter(items)
+    return fn(*[next(items) if b else a for a, b in zip(args, in_batched, strict=True)])
+
+  return jax.lax.map(one, mapped)
+
+
 @functools.cache
 def _conv_fn(cfg: _Config):
-  """custom_jvp(custom_vmap(FFI call)) for one static configuration: the derivative and the
-  batched (vmap) computation are `_reference`'s, in XLA."""
+  """custom_jvp(custom_vmap(FFI call)) for one static configuration: the derivative is
+  `_reference`'s, in XLA; under `vmap` the FFI call is batched by `_batched_call`."""
   ref = functools.partial(_reference, cfg)
 
   @jax.custom_batching.custom_vmap
@@ -256,10 +284,8 @@ def _conv_fn(cfg: _Config):
     return _ffi(cfg, *args)
 
   @unbatched.def_vmap
-  def _batched(axis_size, in_batched, *args):  # under vmap: XLA's (batched) convolution
-    args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-            for a, b in zip(args, in_batched, strict=True)]
-    return jax.vmap(ref)(*args), True
+  def _batched(axis_size, in_batched, *args):
+    return _batched_call(unbatched, cfg, axis_size, in_batched, args), True
 
   @jax.custom_jvp
   def f(*args):
@@ -284,7 +310,8 @@ def conv(x: jax.Array, w: jax.Array, *, strides: int | Sequence[int] = 1,
   right)), rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))`` followed by the
   additions and the ReLU, up to float rounding. Bias, residual and ReLU are applied by oneDNN
   while each output tile is in cache (post-ops), which saves XLA a pass over the activations.
-  Differentiable and vmappable: derivatives and the batched computation are XLA's.
+  Differentiable (XLA's derivatives) and vmappable: under `vmap` shared weights fold the batch
+  into the images, per-item weights run the items one after another (`lax.map`).
 
   Args:
     x: (N, H, W, C) float32 images, NHWC.

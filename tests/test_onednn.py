@@ -138,6 +138,36 @@ def test_conv_grad_and_vmap_match_xla():
                              jax.vmap(ref, (None, 0))(x, ws), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [1, 3])
+@pytest.mark.parametrize("batched", ["x", "w", "x w", "x w bias residual", "residual", "bias"])
+def test_vmap_stays_on_onednn_and_matches_xla(size, batched):
+  k = jax.random.split(jax.random.key(size), 4)
+  args = {"x": jax.random.normal(k[0], (2, 6, 6, 3)), "w": jax.random.normal(k[1], (3, 3, 3, 4)),
+          "bias": jax.random.normal(k[2], (4,)), "residual": jax.random.normal(k[3], (2, 3, 3, 4))}
+  axes = {n: 0 if n in batched.split() else None for n in args}
+  args = {n: jnp.stack([a * (1 + i) for i in range(size)]) if axes[n] == 0 else a
+          for n, a in args.items()}
+  kw = dict(strides=2, padding=(1, 0, 1, 0))
+  ours = jax.vmap(lambda a: onednn.conv(a["x"], a["w"], bias=a["bias"], residual=a["residual"],
+                                        relu=True, **kw), (axes,))
+  ref = jax.vmap(lambda a: jax.nn.relu(jax.lax.conv_general_dilated(
+    a["x"], a["w"], (2, 2), ((1, 0), (1, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    + a["bias"] + a["residual"]), (axes,))
+  hlo = _hlo(ours, args)
+  assert _TARGET in hlo and "convolution" not in hlo  # no XLA (grouped) convolution
+  np.testing.assert_allclose(jax.jit(ours)(args), ref(args), rtol=1e-5, atol=1e-4)
+
+
+def test_nested_vmap_of_conv():
+  kx, kw = jax.random.split(jax.random.key(3))
+  xs, ws = jax.random.normal(kx, (2, 3, 2, 5, 5, 3)), jax.random.normal(kw, (3, 3, 3, 3, 4))
+  conv = lambda x, w: onednn.conv(x, w, padding=1)
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  nest = lambda f: jax.vmap(jax.vmap(f, (0, 0)), (0, None))  # (2, 3) images x 3 kernels
+  np.testing.assert_allclose(jax.jit(nest(conv))(xs, ws), nest(ref)(xs, ws), rtol=1e-5, atol=1e-4)
+
+
 def test_with_onednn_convolutions_any_dimension_numbers_and_nested_jit():
   kx, kw = jax.random.split(jax.random.key(2))
   x = jax.random.normal(kx, (2, 3, 9, 8))  # NCHW
@@ -263,3 +293,22 @@ def test_unwritable_cache_dir_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.delenv("LANDSCAPE_JAX_CACHE_DIR")
     onednn._library.cache_clear()
   assert onednn.available()
+
+
+def test_vmapped_metric_and_curve_on_a_mesh_use_onednn(resnet8_digits):
+  model, params, stats, data = resnet8_digits
+  d1, _ = lj.random_directions(jax.random.key(2), params, num=2)
+  end = jax.tree.map(lambda p, e: p + 0.5 * e, params, d1)
+  fns = {mode: lj.make_metric_fn(model, data, batch_stats=stats, batch_size=100,
+                                 cpu_convolutions=mode) for mode in ("onednn", "xla")}
+  two = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, end)
+  hlo = jax.jit(jax.vmap(fns["onednn"])).lower(two).as_text()
+  assert _TARGET in hlo and "convolution" not in hlo  # per-point weights: no grouped XLA conv
+  c = lj.curves.init_curve(params, end, 3)
+  out = {mode: lj.curves.evaluate_curve(fn, c, num_points=5, chunk_size=4, mesh=lj.make_mesh(2),
+                                        line=False, progress=False)["curve"]
+         for mode, fn in fns.items()}
+  for k in out["xla"]:
+    np.testing.assert_allclose(out["onednn"][k], out["xla"][k], rtol=1e-5, atol=1e-6)
+  direct = jax.vmap(fns["xla"])(two)
+  np.testing.assert_allclose(out["onednn"]["loss"][[0, -1]], direct["loss"], rtol=1e-5)
