@@ -35,7 +35,7 @@ import numpy as np
 
 from landscape_jax import trees
 from landscape_jax.data import Dataset, normalize_images
-from landscape_jax.evaluation import device_split, evaluate_split, inference_apply
+from landscape_jax.evaluation import _apply_checked, _use_onednn, device_split, evaluate_split
 
 PyTree = Any
 VARIANCES = ("pooled", "reference")
@@ -110,7 +110,8 @@ def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
 
 
 def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree,
-                         split: StatsSplit, mean, std, *, variance: str = "pooled") -> PyTree:
+                         split: StatsSplit, mean, std, *, variance: str = "pooled",
+                         onednn: bool = False) -> PyTree:
   """Pure, traceable core of `recompute_batch_stats` (see the module docstring for the formulas).
 
   Args:
@@ -122,13 +123,19 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
     mean, std: input normalisation (see `data.normalize_images`).
     variance: "pooled" (exact variance over the split) or "reference" (mean of unbiased per-batch
       variances, as PyTorch's ``update_bn``).
+    onednn: run the convolutions of the pass on oneDNN (`landscape_jax.onednn`; CPU only).
   """
   if variance not in VARIANCES:
     raise ValueError(f"Unknown variance '{variance}'; use one of {VARIANCES}.")
   variables = {"params": params, "batch_stats": template}
+  batch_moments = functools.partial(_batch_moments, apply_train)
+  if onednn:
+    from landscape_jax import onednn as onednn_lib  # imported on use: it may compile its kernel
+
+    batch_moments = onednn_lib.with_onednn_convolutions(batch_moments)
 
   def moments(images):
-    return _batch_moments(apply_train, variables, normalize_images(images, mean, std))
+    return batch_moments(variables, normalize_images(images, mean, std))
 
   # (count, mean, M2) per batch: scan over the full batches, then the remainder batch.
   counts, means, m2s = {}, {}, {}
@@ -174,7 +181,8 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
 
 
 def recompute_batch_stats(model: nn.Module, params: PyTree, batch_stats: PyTree, data: Dataset, *,
-                          batch_size: int = 256, variance: str = "pooled") -> PyTree:
+                          batch_size: int = 256, variance: str = "pooled",
+                          cpu_convolutions: str = "auto") -> PyTree:
   """Exact BatchNorm statistics of `params` over a split (Garipov et al.'s ``update_bn``).
 
   One training-mode pass over `data` (dropout off) in batches of `batch_size`; every BatchNorm
@@ -189,28 +197,41 @@ def recompute_batch_stats(model: nn.Module, params: PyTree, batch_stats: PyTree,
     data: the training split (uint8 images, normalised with its mean and std).
     batch_size: examples per batch (statistics of the deeper layers depend on it, as in the
       reference, because training-mode BatchNorm normalises with the batch statistics).
+    variance: see `batch_stats_on_split`.
+    cpu_convolutions: as in `make_metric_fn` (oneDNN's convolutions on the CPU by default).
 
   Returns:
     A batch_stats pytree with the same structure as `batch_stats`.
   """
   split = stats_split(data.images, batch_size=batch_size)
   return _jit_stats(train_apply(model), params, batch_stats, split, jnp.asarray(data.mean),
-                    jnp.asarray(data.std), variance)
+                    jnp.asarray(data.std), variance, _use_onednn(cpu_convolutions))
 
 
 def train_apply(model: nn.Module) -> Callable:
-  """``model.apply(variables, x, train=True, mutable=["batch_stats"])`` (hashable for jit)."""
+  """``model.apply(variables, x, train=True, mutable=["batch_stats"])`` (hashable for jit; the
+  same object for equal models, so jitted callers compile once per model)."""
+  try:
+    return _train_apply(model)
+  except TypeError:  # an unhashable model
+    return functools.partial(model.apply, train=True, mutable=["batch_stats"])
+
+
+@functools.lru_cache(maxsize=64)
+def _train_apply(model: nn.Module) -> Callable:
   return functools.partial(model.apply, train=True, mutable=["batch_stats"])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def _jit_stats(apply_train, params, template, split, mean, std, variance):
-  return batch_stats_on_split(apply_train, params, template, split, mean, std, variance=variance)
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
+def _jit_stats(apply_train, params, template, split, mean, std, variance, onednn):
+  return batch_stats_on_split(apply_train, params, template, split, mean, std, variance=variance,
+                              onednn=onednn)
 
 
 def make_recompute_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
                              train_data: Dataset, batch_stats: PyTree, batch_size: int = 256,
                              bn_batch_size: int = 128, variance: str = "pooled",
+                             fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
                              ) -> Callable[[PyTree], dict[str, jax.Array]]:
   """Like `make_metric_fn`, but recomputes the BatchNorm statistics of every point first.
 
@@ -226,6 +247,9 @@ def make_recompute_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Data
     batch_stats: a batch_stats pytree of the model (structure only).
     batch_size: evaluation batch size; bn_batch_size: batch size of the statistics pass.
     variance: see `batch_stats_on_split`.
+    fold_batchnorm, cpu_convolutions: as in `make_metric_fn` (the recomputed statistics folded
+      into the convolutions for the evaluation; oneDNN's convolutions on the CPU, in the
+      statistics pass too).
   """
   if variance not in VARIANCES:
     raise ValueError(f"Unknown variance '{variance}'; use one of {VARIANCES}.")
@@ -235,14 +259,19 @@ def make_recompute_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Data
   norms = {k: (jnp.asarray(d.mean), jnp.asarray(d.std)) for k, d in datasets.items()}
   sp = stats_split(train_data.images, batch_size=bn_batch_size)
   train_norm = (jnp.asarray(train_data.mean), jnp.asarray(train_data.std))
+  onednn = _use_onednn(cpu_convolutions)
+  apply_fn = functools.partial(_apply_checked, model, max(int(d.num_classes) for d in
+                                                          datasets.values()),
+                               fold_batchnorm=bool(fold_batchnorm), onednn=onednn)
   return jax.tree_util.Partial(
-    functools.partial(_recompute_metrics, inference_apply(model), train_apply(model), variance),
+    functools.partial(_recompute_metrics, apply_fn, train_apply(model), variance, onednn),
     splits, norms, sp, train_norm, batch_stats)
 
 
-def _recompute_metrics(apply_fn, apply_train, variance, splits, norms, sp, train_norm, template,
-                       params):
-  stats = batch_stats_on_split(apply_train, params, template, sp, *train_norm, variance=variance)
+def _recompute_metrics(apply_fn, apply_train, variance, onednn, splits, norms, sp, train_norm,
+                       template, params):
+  stats = batch_stats_on_split(apply_train, params, template, sp, *train_norm, variance=variance,
+                               onednn=onednn)
   variables = {"params": params, "batch_stats": stats}
   out = {}
   for k, split in splits.items():

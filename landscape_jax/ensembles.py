@@ -33,7 +33,13 @@ import optax
 
 from landscape_jax.curves import _epoch_indices, _progress, make_epoch_fn
 from landscape_jax.data import Dataset
-from landscape_jax.evaluation import cross_entropy, device_split, inference_apply, normalize_images
+from landscape_jax.evaluation import (
+  _apply_checked,
+  _use_onednn,
+  cross_entropy,
+  device_split,
+  normalize_images,
+)
 
 PyTree = Any
 
@@ -187,6 +193,7 @@ def swa_average(members: PyTree) -> PyTree:
 
 def evaluate_ensemble(model: nn.Module, members: PyTree, data: Dataset, *,
                       batch_stats: PyTree | None = None, batch_size: int = 256,
+                      fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
                       ) -> dict[str, np.ndarray]:
   """Ensemble of members = mean of their softmax probabilities, then argmax.
 
@@ -196,6 +203,9 @@ def evaluate_ensemble(model: nn.Module, members: PyTree, data: Dataset, *,
     data: the split to evaluate on.
     batch_stats: None, or per-member statistics stacked on a leading axis (recomputed for each
       member with `recompute_batch_stats`).
+    batch_size: the largest number of examples per scanned batch.
+    fold_batchnorm, cpu_convolutions: as in `make_metric_fn` (BatchNorm folded into the
+      convolutions; oneDNN's convolutions on the CPU, the members one after another).
 
   Returns:
     ``loss`` / ``accuracy`` of the full ensemble (loss = mean of ``-log mean_k p_k[y]``),
@@ -203,9 +213,18 @@ def evaluate_ensemble(model: nn.Module, members: PyTree, data: Dataset, *,
     ensemble of the first k members for k = 1..K.
   """
   split = device_split(data.images, data.labels, batch_size=batch_size)
-  out = _jit_ensemble(inference_apply(model), members, batch_stats, split,
+  apply_fn = _ensemble_apply(model, data.num_classes, bool(fold_batchnorm),
+                             _use_onednn(cpu_convolutions))
+  out = _jit_ensemble(apply_fn, members, batch_stats, split,
                       jnp.asarray(data.mean), jnp.asarray(data.std))
   return {k: np.asarray(v) for k, v in out.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _ensemble_apply(model: nn.Module, num_classes: int, fold_batchnorm: bool, onednn: bool):
+  """One apply function per configuration, so that `_jit_ensemble` compiles once for it."""
+  return functools.partial(_apply_checked, model, num_classes, fold_batchnorm=fold_batchnorm,
+                           onednn=onednn)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -21,9 +21,11 @@ This module routes convolutions through oneDNN as an XLA FFI custom call:
   BatchNorm folding (`landscape_jax.fused`) that is every convolution of a ResNet. The result is
   the same function up to float rounding.
 
-`evaluation.make_metric_fn` uses it by default on the CPU (``cpu_convolutions="auto"``), so every
-surface, interpolation, curve and ensemble evaluation gets it; training does not (backward
-convolutions would still be XLA's).
+`evaluation.make_metric_fn`, `batchnorm.make_recompute_metric_fn` / `recompute_batch_stats` (the
+statistics pass too) and `ensembles.evaluate_ensemble` use it by default on the CPU
+(``cpu_convolutions="auto"``), so every surface, interpolation, curve and ensemble evaluation
+gets it, vmapped over points or members or not; training does not (backward convolutions would
+still be XLA's).
 
 The kernel (``csrc/onednn_conv.cc``) is compiled on first use (a few seconds) with the system's
 C++ compiler against the oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels

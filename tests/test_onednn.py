@@ -312,3 +312,37 @@ def test_vmapped_metric_and_curve_on_a_mesh_use_onednn(resnet8_digits):
     np.testing.assert_allclose(out["onednn"][k], out["xla"][k], rtol=1e-5, atol=1e-6)
   direct = jax.vmap(fns["xla"])(two)
   np.testing.assert_allclose(out["onednn"]["loss"][[0, -1]], direct["loss"], rtol=1e-5)
+
+
+def test_ensemble_onednn_equals_xla_and_per_member_metrics(resnet8_digits):
+  model, params, stats, data = resnet8_digits
+  d1, _ = lj.random_directions(jax.random.key(3), params, num=2)
+  end = jax.tree.map(lambda p, e: p + 0.3 * e, params, d1)
+  members = lj.ensembles.stack_members([params, end])
+  bstats = lj.ensembles.stack_members([stats, jax.tree.map(lambda s: 1.5 * s, stats)])
+  res = {mode: lj.ensembles.evaluate_ensemble(model, members, data, batch_stats=bstats,
+                                              batch_size=128, cpu_convolutions=mode)
+         for mode in ("onednn", "xla")}
+  for k in res["xla"]:
+    np.testing.assert_allclose(res["onednn"][k], res["xla"][k], rtol=1e-5, atol=1e-6)
+  for i, (p, s) in enumerate([(params, stats), (end, jax.tree.map(lambda s: 1.5 * s, stats))]):
+    one = lj.make_metric_fn(model, data, batch_stats=s, cpu_convolutions="xla",
+                            fold_batchnorm=False)(p)
+    np.testing.assert_allclose(res["onednn"]["member_loss"][i], one["loss"], rtol=1e-5)
+
+
+def test_recomputed_batchnorm_onednn_equals_xla(resnet8_digits):
+  model, params, stats, data = resnet8_digits
+  got = {mode: lj.recompute_batch_stats(model, params, stats, data, batch_size=64,
+                                        cpu_convolutions=mode) for mode in ("onednn", "xla")}
+  for a, b in zip(jax.tree.leaves(got["onednn"]), jax.tree.leaves(got["xla"]), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  fns = {mode: lj.make_recompute_metric_fn(model, data, train_data=data, batch_stats=stats,
+                                           bn_batch_size=64, cpu_convolutions=mode)
+         for mode in ("onednn", "xla")}
+  hlo = _hlo(fns["onednn"], params)
+  assert _TARGET in hlo and "convolution" not in hlo  # the statistics pass too
+  direct = lj.make_metric_fn(model, data, batch_stats=got["xla"], cpu_convolutions="xla",
+                             fold_batchnorm=False)(params)
+  for k, v in direct.items():
+    np.testing.assert_allclose(jax.jit(fns["onednn"])(params)[k], v, rtol=1e-4, atol=1e-6)
