@@ -60,7 +60,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
-from landscape_jax import autotune  # noqa: E402
+from landscape_jax import autotune, onednn  # noqa: E402
 from landscape_jax.evaluation import evaluate_split, inference_apply  # noqa: E402
 
 try:
@@ -472,7 +472,11 @@ def gains(rep: Report, *, best_b: int, cands, k: int, sub_rows: int) -> list[str
                          "recompiling per point (anti-pattern)")):
       if name in pps:
         out.append(f"{label}: {pps[name] / ref:.2f}x the plain loop")
-  vm = [n for n in pps if n.startswith("surface_grid vmap")]
+  vm = [n for n in pps if n.startswith("surface_grid vmap") and "XLA convs" not in n]
+  vx = [n for n in pps if n.startswith("surface_grid vmap") and "XLA convs" in n]
+  if vm and vx:
+    out.append(f"vmapped points kept on oneDNN (a lax.map of per-point convolutions) instead of "
+               f"XLA's grouped convolutions: {pps[vm[0]] / pps[vx[0]]:.2f}x")
   lm = [n for n in pps if "lax.map batch_size=2" in n]
   base = max((v for v in have.values()), default=None)
   if vm and base:
@@ -749,6 +753,11 @@ def main(argv=None):
     r = run_surface(m_best, center, dirs, g[: 2 * args.vmap_chunk], sub[:1], map_mode="vmap",
                     chunk_size=args.vmap_chunk)
     rep.add(sec, f"surface_grid vmap, {tag}, chunk {args.vmap_chunk}", r, ref_values=ref_vals)
+    if use_fused and onednn.resolve("auto"):  # vmapped convolutions on XLA: grouped convs
+      r = run_surface(xla_metric, center, dirs, g[: 2 * args.vmap_chunk], sub[:1], map_mode="vmap",
+                      chunk_size=args.vmap_chunk)
+      rep.add(sec, f"surface_grid vmap, {tag}, XLA convs, chunk {args.vmap_chunk}", r,
+              ref_values=ref_vals)
     if "reference" in sections:
       coords = lj.surface.grid_coordinates(g, g[:1])
       r = run_jax_reference(model, variables, dirs, data, coords, donate=True)
