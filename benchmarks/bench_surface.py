@@ -357,7 +357,7 @@ def median_run(results: list[dict]) -> dict:
 def head_to_head_table(runs: dict, peaks: list[float], *, flops: float, images: int) -> list[str]:
   """Median seconds per point over rounds; ratios of medians and the range of per-round ratios."""
   spp = {k: np.array([r["seconds"] / r["points"] for r in v]) for k, v in runs.items()}
-  peak = float(np.median(peaks))
+  peak = float(np.max(peaks))  # the best measurement: the conservative denominator
   base = [k for k in ("PyTorch", "JAX ref") if k in spp]
   header = ["variant", "s/point (median)", "points/s", "GFLOP/s", "% peak"]
   header += [f"x {b} (median; rounds min-max)" for b in base]
@@ -372,7 +372,8 @@ def head_to_head_table(runs: dict, peaks: list[float], *, flops: float, images: 
     body.append(line)
   return [f"Head to head ({len(peaks)} rounds; each round runs every variant once on the same "
           f"{runs[next(iter(runs))][0]['points']} grid points, in turn, after measuring the fp32 "
-          f"matmul peak: {', '.join(f'{p:.0f}' for p in peaks)} GFLOP/s, median {peak:.0f}):",
+          f"matmul peak: {', '.join(f'{p:.0f}' for p in peaks)} GFLOP/s; % of the best, "
+          f"{peak:.0f}):",
           "", C.markdown_table(header, body)]
 
 
@@ -724,6 +725,7 @@ def main(argv=None):
   print(f"\nhead to head, {args.rounds} rounds of {len(coords)} points each:", flush=True)
   runs, peaks = head_to_head(variants, rounds=args.rounds,
                              peak_fn=lambda: C.matmul_peak(n=512 if args.tiny else 2048))
+  peak = rep.peak = max(peak, *peaks)  # every "% peak" below: of the best measurement in the run
   h2h_lines = head_to_head_table(runs, peaks, flops=flops, images=args.images)
   print("\n".join(h2h_lines), flush=True)
   baselines = {k: median_run(runs[k]) for k in ("JAX ref", "PyTorch") if k in runs}
@@ -801,6 +803,7 @@ def main(argv=None):
     runs56, peaks56 = head_to_head(var56, rounds=args.rounds,
                                    peak_fn=lambda: C.matmul_peak(n=512 if args.tiny else 2048))
     h2h56 = head_to_head_table(runs56, peaks56, flops=flops56, images=args.images)
+    rep56.peak = max(peak, *peaks56)
     print("\n".join(h2h56), flush=True)
     base56 = {k: median_run(runs56[k]) for k in ("JAX ref", "PyTorch") if k in runs56}
     rep56.baselines = {k: v["points"] / v["seconds"] for k, v in base56.items()}
@@ -812,7 +815,8 @@ def main(argv=None):
 
   # -- summary
   lines = [C.format_info(info), "",
-           f"Measured fp32 matmul peak (same run): JAX {peak:.1f} GFLOP/s"
+           f"Measured fp32 matmul peak (same run, best of {1 + len(peaks)} measurements; the "
+           f"{args.model} tables' % peak is of it): JAX {peak:.1f} GFLOP/s"
            + (f", PyTorch {peak_torch:.1f} GFLOP/s" if peak_torch else "") + ".",
            f"Workload: {args.model} (width {args.width}), {args.grid} x {args.grid} grid, "
            f"{args.images} synthetic {args.image_size}x{args.image_size}x3 images, "
