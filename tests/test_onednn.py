@@ -234,14 +234,20 @@ def test_turned_off_by_environment(monkeypatch):
   assert onednn.available()
 
 
-def test_missing_onednn_root_says_what_is_missing(monkeypatch, tmp_path):
-  monkeypatch.setenv("LANDSCAPE_JAX_ONEDNN_ROOT", str(tmp_path))
+def _reason_with(monkeypatch, name: str, value: str) -> str | None:
+  """`onednn.unavailable_reason()` with environment variable `name` set (the kernel rebuilt)."""
+  monkeypatch.setenv(name, value)
   onednn._library.cache_clear()
   try:
-    assert "include/oneapi/dnnl/dnnl.hpp" in onednn.unavailable_reason()
+    return onednn.unavailable_reason()
   finally:
-    monkeypatch.delenv("LANDSCAPE_JAX_ONEDNN_ROOT")
+    monkeypatch.delenv(name)
     onednn._library.cache_clear()
+
+
+def test_missing_onednn_root_says_what_is_missing(monkeypatch, tmp_path):
+  assert "include/oneapi/dnnl/dnnl.hpp" in _reason_with(monkeypatch, "LANDSCAPE_JAX_ONEDNN_ROOT",
+                                                         str(tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -285,13 +291,8 @@ def test_surface_on_a_mesh_onednn_equals_xla(resnet8_digits):
 def test_unwritable_cache_dir_says_what_to_do(monkeypatch, tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")
-  monkeypatch.setenv("LANDSCAPE_JAX_CACHE_DIR", str(blocker / "cache"))
-  onednn._library.cache_clear()
-  try:
-    assert "LANDSCAPE_JAX_CACHE_DIR" in onednn.unavailable_reason()
-  finally:
-    monkeypatch.delenv("LANDSCAPE_JAX_CACHE_DIR")
-    onednn._library.cache_clear()
+  assert "LANDSCAPE_JAX_CACHE_DIR" in _reason_with(monkeypatch, "LANDSCAPE_JAX_CACHE_DIR",
+                                                    str(blocker / "cache"))
   assert onednn.available()
 
 
