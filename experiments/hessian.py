@@ -35,7 +35,7 @@ flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 def load_or_train(config, workdir):
   """(model, variables, train Dataset) of ``config.run``, or of a run trained into workdir/train."""
-  from landscape_jax import checkpoints, training
+  from landscape_jax import training
 
   run = config.get("run")
   if not run:
@@ -46,13 +46,8 @@ def load_or_train(config, workdir):
     model = lj.get_model(tc.model, num_classes=train_ds.num_classes,
                          **dict(tc.get("model_kwargs") or {}))
     training.train(model, train_ds, test_ds, config=tc, workdir=run, progress=_PROGRESS.value)
-  with open(os.path.join(run, "config.json")) as f:
-    tc = json.load(f)
-  data_dir = config.get("data_dir") or tc.get("data_dir")
-  train_ds = lj.load(tc["dataset"], "train", data_dir=data_dir)
-  model = lj.get_model(tc["model"], num_classes=train_ds.num_classes,
-                       **dict(tc.get("model_kwargs") or {}))
-  variables = checkpoints.load_variables(os.path.join(run, "checkpoints"), step=config.get("step"))
+  model, variables, train_ds, _ = training.load_run(run, step=config.get("step"),
+                                                    data_dir=config.get("data_dir"))
   return model, variables, train_ds, run
 
 

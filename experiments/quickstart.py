@@ -90,8 +90,7 @@ class Tour:
     path = os.path.join(self.workdir, "config.json")
     current = json.loads(self.c.to_json())
     if os.path.exists(path):
-      with open(path) as f:
-        saved = json.load(f)
+      saved = lj.store.read_json(path, remedy="Restore it or use a new --workdir.")
       if saved != current:
         diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise ValueError(
@@ -109,8 +108,8 @@ class Tour:
     """Runs `fn() -> (numbers, figures)` unless ``results/<name>.json`` exists; adds a section."""
     result_path = self.path("results", f"{name}.json")
     if os.path.exists(result_path):
-      with open(result_path) as f:
-        out = json.load(f)
+      out = lj.store.read_json(result_path, remedy="Move it away to recompute this step (the "
+                               "other steps' results are kept).")
       print(f"[{name}] reusing finished results")
     else:
       print(f"[{name}] {title}")

@@ -45,18 +45,11 @@ def load_run(spec: str, index: int, config):
     model = lj.get_model(name, num_classes=ds.num_classes)
     variables = model.init(jax.random.key(index), ds.images[:2].astype(np.float32))
     return model, dict(variables), dataset, config.get("data_dir")
-  with open(os.path.join(spec, "config.json")) as f:
-    train_cfg = json.load(f)
-  from landscape_jax import checkpoints
+  from landscape_jax import training
 
-  variables = checkpoints.load_variables(os.path.join(spec, "checkpoints"),
-                                         step=config.get("step"))
-  dataset = train_cfg["dataset"]
-  data_dir = config.get("data_dir") or train_cfg.get("data_dir")
-  num_classes = lj.load(dataset, "test", data_dir=data_dir).num_classes
-  model = lj.get_model(train_cfg["model"], num_classes=num_classes,
-                       **dict(train_cfg.get("model_kwargs") or {}))
-  return model, dict(variables), dataset, data_dir
+  model, variables, _, train_cfg = training.load_run(spec, step=config.get("step"), split="test",
+                                                     data_dir=config.get("data_dir"))
+  return model, variables, train_cfg["dataset"], config.get("data_dir") or train_cfg.get("data_dir")
 
 
 def make_metric(model, variables, dataset, data_dir, config, plane=None):

@@ -54,19 +54,14 @@ def main(argv):
                          **dict(tc.get("model_kwargs") or {}))
     training.train(model, train_ds, lj.load(tc.dataset, "test", data_dir=tc.get("data_dir")),
                    config=tc, workdir=run, progress=_PROGRESS.value)
-  with open(os.path.join(run, "config.json")) as f:
-    tc = json.load(f)
+  model, final_vars, train_ds, tc = training.load_run(run, data_dir=config.get("data_dir"))
   data_dir = config.get("data_dir") or tc.get("data_dir")
-  train_ds = lj.load(tc["dataset"], "train", data_dir=data_dir)
-  model = lj.get_model(tc["model"], num_classes=train_ds.num_classes,
-                       **dict(tc.get("model_kwargs") or {}))
 
   # (2) PCA of the saved snapshots.
   ckpt_dir = os.path.join(run, "checkpoints")
   steps = checkpoints.list_steps(ckpt_dir)
   trajectory = checkpoints.load_trajectory(ckpt_dir, steps=steps)
   final = trajectory[-1]
-  final_vars = checkpoints.load_variables(ckpt_dir, step=steps[-1])
   mask = lj.trees.mask_by_ndim(final) if config.ignore == "biasbn" else None
   pca = lj.pca_directions(trajectory, final, num_components=2, mask=mask)
   ev = pca.explained_variance_ratio

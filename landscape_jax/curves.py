@@ -46,6 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from landscape_jax import checkpoints, trees
 from landscape_jax.data import Dataset, augment
+from landscape_jax.store import StoreCorruptError, StoreWriteError, read_json
 
 PyTree = Any
 KINDS = ("bezier", "polychain")
@@ -317,8 +318,8 @@ def _fingerprint(tree: PyTree) -> list[float]:
 
 def _check_or_write_config(path: str, config: dict) -> None:
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    old = read_json(path, remedy="Restore it (it must match the checkpoints beside it) or use "
+                    "another workdir.")
     if old != json.loads(json.dumps(config)):
       changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
       raise ValueError(f"{path} was written by a run with a different configuration (differs in "
@@ -429,8 +430,9 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
       first_epoch = last
       hist_path = os.path.join(workdir, "curve_history.json")
       if os.path.exists(hist_path):
-        with open(hist_path) as f:
-          history = [h for h in json.load(f) if h["epoch"] < first_epoch]
+        saved = read_json(hist_path, remedy="Move it away to resume without the records of the "
+                          "finished epochs (the checkpoints are intact).")
+        history = [h for h in saved if h["epoch"] < first_epoch]
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
   key = jax.random.key(seed)
   bar = _progress(range(first_epoch, epochs), progress, "curve", initial=first_epoch,
@@ -588,7 +590,6 @@ def _load_store(store: str, meta: dict, num: int) -> tuple[dict, int]:
   pass their CRC-32 checksums (`zipfile` verifies them on read); every array has one row per
   point and ``0 <= done <= points``. The files are never modified here.
   """
-  from landscape_jax.store import StoreCorruptError
 
   npz, js = _store_paths(store)
   if not os.path.exists(js):
@@ -618,7 +619,6 @@ def _load_store(store: str, meta: dict, num: int) -> tuple[dict, int]:
 
 def _save_store(store: str, meta: dict, results: dict, done: int) -> None:
   """Writes the arrays, then the JSON (each atomically); a failure leaves the previous files."""
-  from landscape_jax.store import StoreWriteError
 
   npz, js = _store_paths(store)
   tmp = f"{npz}.tmp{os.getpid()}.npz"

@@ -40,6 +40,25 @@ class StoreWriteError(OSError):
   """Writing the store failed; the previous state on disk is intact."""
 
 
+def read_json(path: str, *, remedy: str) -> Any:
+  """The JSON value in `path`; a damaged file raises `StoreCorruptError` naming it and `remedy`.
+
+  For the small side files that runs write atomically and read back (configurations, histories,
+  finished steps): a kill cannot tear them, so a damaged one was edited or broken by other means,
+  and the caller's `remedy` says what to do. The file is never modified.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    StoreCorruptError: `path` is not valid UTF-8 JSON.
+  """
+  try:
+    with open(path, "rb") as f:
+      return json.loads(f.read().decode("utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    raise StoreCorruptError(f"{path} is damaged: it is not valid JSON ({e}). The file was not "
+                            f"modified. {remedy}") from e
+
+
 @dataclasses.dataclass
 class StoreState:
   """The content of a store: `values[key]` and the `done` mask share the grid `shape`."""

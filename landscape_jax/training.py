@@ -44,7 +44,7 @@ import tqdm.auto as tqdm
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from landscape_jax import checkpoints
+from landscape_jax import checkpoints, store
 from landscape_jax.data import Dataset, normalize_images
 from landscape_jax.data import augment as augment_images
 from landscape_jax.evaluation import (
@@ -382,8 +382,8 @@ def _config_dict(config) -> dict:
 def _check_config(workdir: str, config: dict, resuming: bool) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   if resuming and os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    old = store.read_json(path, remedy="Restore it (it must match the checkpoints beside it) or "
+                          "use a fresh --workdir.")
     keys = sorted((set(old) | set(config)) - set(_RESUME_FREE))
     diff = [k for k in keys if old.get(k) != config.get(k)]
     if diff:
@@ -397,6 +397,44 @@ def _check_config(workdir: str, config: dict, resuming: bool) -> None:
   with open(tmp, "w") as f:
     json.dump(config, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def read_config(workdir: str) -> dict:
+  """The configuration ``<workdir>/config.json`` that `train` wrote for the run in `workdir`.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no training run.
+    StoreCorruptError: the file is damaged (it is left as it is).
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} holds no training run (no {CONFIG_FILE}): pass the "
+                            "--workdir of a run of experiments/train.py.")
+  return store.read_json(path, remedy="Restore it from a copy, or retrain into a fresh workdir.")
+
+
+def load_run(workdir: str, *, step: int | None = None, data_dir: str | None = None,
+             split: str = "train") -> tuple[nn.Module, dict[str, PyTree], Dataset, dict]:
+  """``(model, variables, dataset, config)`` of a training run written by experiments/train.py.
+
+  The model is rebuilt from the run's ``model`` / ``model_kwargs`` and its `split` of ``dataset``
+  loaded (from `data_dir` if given, else the run's own ``data_dir``); the variables are those of
+  checkpoint `step` (default: the latest complete one, verified against its checksums).
+  """
+  from landscape_jax.data import load
+  from landscape_jax.models import get_model
+
+  config = read_config(workdir)
+  missing = [k for k in ("dataset", "model") if k not in config]
+  if missing:
+    raise ValueError(f"{os.path.join(workdir, CONFIG_FILE)} names no {' or '.join(missing)}: "
+                     "it was written by `training.train` directly. Rebuild the model and load "
+                     "the variables with `checkpoints.load_variables` instead.")
+  data = load(config["dataset"], split, data_dir=data_dir or config.get("data_dir"))
+  model = get_model(config["model"], num_classes=data.num_classes,
+                    **dict(config.get("model_kwargs") or {}))
+  variables = checkpoints.load_variables(os.path.join(workdir, CHECKPOINT_DIR), step=step)
+  return model, dict(variables), data, config
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -310,6 +310,32 @@ def test_corrupt_curve_checkpoint_is_detected(problem, tmp_path):
   assert _snapshot(work) == before
 
 
+def test_damaged_json_side_files_are_named_with_the_remedy(problem, tmp_path):
+  """The small JSON files a run reads back (here curve training's configuration and history):
+  damaged by hand, the rerun stops with StoreCorruptError naming the file and what to do, and
+  changes nothing; following the remedy resumes."""
+  _, data, a, b, _, loss_fn = problem
+  kw = {**rw.TRAIN_KW, "epochs": 1}
+  work = str(tmp_path / "curve")
+  bends, history = curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+  for name, remedy in (("curve_config.json", "Restore it"), ("curve_history.json", "Move it away")):
+    path = os.path.join(work, name)
+    good = open(path, "rb").read()
+    open(path, "wb").write(good[:-3])
+    before = _snapshot(work)
+    with pytest.raises(store_lib.StoreCorruptError, match=f"{name} is damaged.*{remedy}"):
+      curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+    assert _snapshot(work) == before
+    if name == "curve_config.json":
+      open(path, "wb").write(good)
+  os.remove(os.path.join(work, "curve_history.json"))  # the remedy: resumes, loses the records
+  resumed, resumed_history = curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+  _equal(resumed, bends)
+  assert resumed_history == []
+  with pytest.raises(FileNotFoundError):
+    store_lib.read_json(os.path.join(work, "missing.json"), remedy="")
+
+
 # =============================================================================== bad input
 
 

@@ -170,16 +170,25 @@ def test_auto_chunk_size_from_device_memory(monkeypatch):
 @pytest.mark.parametrize(
   "extra", [[], ["--config.error_tol=0.05", "--config.error_anchor_stride=2"]],
   ids=["exact", "error-controlled"])
-def test_experiment_script_runs(tmp_path, extra):
+def test_experiment_script_runs(tmp_path, extra, digits_train):
   import json
   import os
   import subprocess
   import sys
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  runs = "'init:mlp_small'"
+  if not extra:  # also a run of experiments/train.py, read back with training.load_run
+    train_dir = tmp_path / "runs" / "mlp_run"
+    lj.training.train(lj.get_model("mlp_small", num_classes=10), digits_train,
+                      config=lj.training.default_config(model="mlp_small", num_epochs=1,
+                                                        batch_size=64),
+                      workdir=str(train_dir), mesh=lj.training.make_mesh(jax.devices()[:1]),
+                      progress=False)
+    runs += f", '{train_dir}'"
   cmd = [sys.executable, os.path.join(root, "experiments", "surface.py"),
          "--config=" + os.path.join(root, "experiments", "configs", "surface_2d.py") + ":quick",
-         "--config.runs=('init:mlp_small',)", "--config.x=(-1.0, 1.0, 3)",
+         f"--config.runs=({runs},)", "--config.x=(-1.0, 1.0, 3)",
          "--config.y=(-1.0, 1.0, 2)", "--config.eval_subset=64", f"--workdir={tmp_path}",
          "--noprogress", *extra]
   env = {**os.environ, "PYTHONPATH": root, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -192,6 +201,10 @@ def test_experiment_script_runs(tmp_path, extra):
   assert state.config["metadata"]["norm"] == "filter"
   if extra:  # the standard error and the examples used are stored next to every estimate
     assert "train_loss_sem" in state.values and "test_num_examples" in state.values
+  else:
+    assert summary["results"]["mlp_run"]["train_loss"]["num_nonfinite"] == 0
+    trained = lj.store.read(tmp_path / "mlp_run" / "store")
+    assert trained.done.all() and trained.config["metadata"]["run"] == str(train_dir)
 
 
 def test_error_controlled_metric(tiny_mlp, digits_test):

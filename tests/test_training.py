@@ -271,6 +271,38 @@ def test_torn_metrics_line_is_skipped(tmp_path):
   assert training.read_metrics(tmp_path / "missing") == []
 
 
+def test_load_run_rebuilds_the_run_and_damaged_configs_are_named(tmp_path, digits_train):
+  model = lj.get_model("mlp_small", num_classes=10)
+  config = training.default_config(model="mlp_small", num_epochs=1, batch_size=64,
+                                   checkpoint_every_epochs=1)
+  mesh = training.make_mesh(jax.devices()[:1])
+  state, _ = training.train(model, digits_train, config=config, workdir=str(tmp_path), mesh=mesh,
+                            progress=False)
+  loaded, variables, data, cfg = training.load_run(str(tmp_path), split="test")
+  assert _leaves_equal(variables, state.variables)
+  assert (cfg["model"], data.name, data.num_classes) == ("mlp_small", "digits", 10)
+  x = jnp.asarray(data.images[:8], jnp.float32)
+  np.testing.assert_array_equal(loaded.apply(variables, x), model.apply(state.variables, x))
+  first = training.load_run(str(tmp_path), step=0)[1]
+  assert not _leaves_equal(first, state.variables)
+
+  with pytest.raises(FileNotFoundError, match="holds no training run.*experiments/train.py"):
+    training.load_run(str(tmp_path / "elsewhere"))
+  path = tmp_path / training.CONFIG_FILE
+  good = path.read_bytes()
+  path.write_bytes(good[: len(good) // 2])  # damaged by hand: neither loading nor resuming use it
+  for attempt in (lambda: training.load_run(str(tmp_path)),
+                  lambda: training.train(model, digits_train, config=config, workdir=str(tmp_path),
+                                         mesh=mesh, progress=False)):
+    with pytest.raises(lj.store.StoreCorruptError, match="config.json is damaged.*not modified"
+                       ".*Restore it"):
+      attempt()
+    assert path.read_bytes() == good[: len(good) // 2]
+  path.write_text(json.dumps({k: v for k, v in json.loads(good).items() if k != "dataset"}))
+  with pytest.raises(ValueError, match="names no dataset.*checkpoints.load_variables"):
+    training.load_run(str(tmp_path))
+
+
 def test_train_errors(tmp_path, digits_train):
   model = lj.get_model("mlp_small", num_classes=10)
   mesh = training.make_mesh(jax.devices()[:4])
