@@ -798,3 +798,51 @@ def evaluate_plane(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], plane
   out["x"] = alphas * float(plane.scale_u)
   out["y"] = betas * float(plane.scale_v)
   return out
+
+
+def default_config(**overrides):
+  """`ml_collections.ConfigDict` read by experiments/connect.py (small digits defaults).
+
+  Fields: ``dataset``, ``data_dir``, ``model``, ``model_kwargs``; the endpoints: ``endpoints``
+  (two experiments/train.py workdirs as ``"a,b"``; empty: train two here), ``endpoint_seeds``,
+  ``endpoint_epochs``, ``endpoint_lr``; the curve (Garipov et al. 2018: SGD momentum 0.9, L2 on
+  phi(t), the reference's learning-rate schedule): ``num_bends``, ``kind`` ("bezier" |
+  "polychain"), ``epochs``, ``lr``, ``momentum``, ``weight_decay``, ``batch_size``, ``num_ts``
+  (ts per minibatch), ``augment`` (crop + flip), ``seed``, ``checkpoint_every``; the evaluation:
+  ``num_points`` (61 in the paper), ``chunk_size``, ``eval_batch_size``, ``bn_batch_size``, and
+  the plane through the endpoints and the bend: ``plane_points`` per side over
+  [``plane_min``, ``plane_max``], ``plane_metrics``. Unknown override names are an error.
+  """
+  import ml_collections
+
+  from landscape_jax.training import override_config
+
+  c = ml_collections.ConfigDict()
+  c.dataset = "digits"
+  c.data_dir = None
+  c.model = "mlp"
+  c.model_kwargs = {"features": (32,)}
+  c.endpoints = ""
+  c.endpoint_seeds = (1, 2)
+  c.endpoint_epochs = 30
+  c.endpoint_lr = 0.05
+  c.num_bends = 3
+  c.kind = "bezier"
+  c.epochs = 30
+  c.lr = 0.05
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  c.batch_size = 64
+  c.num_ts = 1
+  c.augment = False
+  c.seed = 0
+  c.checkpoint_every = 10
+  c.num_points = 61
+  c.chunk_size = 8
+  c.eval_batch_size = 512
+  c.bn_batch_size = 128
+  c.plane_points = 21
+  c.plane_min = -0.2
+  c.plane_max = 1.2
+  c.plane_metrics = ("train_loss", "test_loss")
+  return override_config(c, overrides, what="connect config")

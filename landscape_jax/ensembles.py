@@ -257,3 +257,40 @@ def _jit_ensemble(apply_fn, members, batch_stats, split, mean, std):
   mem_loss, mem_acc, size_loss, size_acc = (s / total for s in sums)
   return {"loss": size_loss[-1], "accuracy": size_acc[-1], "member_loss": mem_loss,
           "member_accuracy": mem_acc, "size_loss": size_loss, "size_accuracy": size_acc}
+
+
+def default_config(**overrides):
+  """`ml_collections.ConfigDict` read by experiments/fge.py (small digits defaults).
+
+  Fields: ``dataset``, ``data_dir``, ``model``, ``model_kwargs``; ``start`` (an
+  experiments/train.py workdir to start FGE from; empty: train the first model here);
+  ``budget_epochs`` (one training budget), ``lr``, ``weight_decay``, ``batch_size``, ``augment``
+  (crop + flip), ``seeds`` and ``num_independent`` (the independently trained ensemble compared
+  at equal budget); FGE (Garipov et al. 2018): ``cycles`` of ``cycle_epochs`` epochs with the
+  cyclic rate between ``lr1`` and ``lr2``; ``eval_batch_size``, ``bn_batch_size``. Unknown
+  override names are an error.
+  """
+  import ml_collections
+
+  from landscape_jax.training import override_config
+
+  c = ml_collections.ConfigDict()
+  c.dataset = "digits"
+  c.data_dir = None
+  c.model = "mlp"
+  c.model_kwargs = {"features": (32,)}
+  c.start = ""
+  c.budget_epochs = 20
+  c.lr = 0.05
+  c.weight_decay = 5e-4
+  c.batch_size = 64
+  c.augment = False
+  c.seeds = (0, 1, 2, 3)
+  c.num_independent = 3
+  c.cycles = 6
+  c.cycle_epochs = 4
+  c.lr1 = 0.2
+  c.lr2 = 1e-3
+  c.eval_batch_size = 512
+  c.bn_batch_size = 128
+  return override_config(c, overrides, what="FGE config")

@@ -449,6 +449,8 @@ def default_config(**overrides):
   import ml_collections
   from ml_collections import config_dict
 
+  from landscape_jax.training import override_config
+
   c = ml_collections.ConfigDict()
   c.mode = "random"
   c.runs = ("init:mlp",)
@@ -472,8 +474,4 @@ def default_config(**overrides):
   c.map_mode = config_dict.placeholder(str)
   c.error_tol = config_dict.placeholder(float)
   c.error_anchor_stride = 4
-  for k, v in overrides.items():
-    if k not in c:
-      raise ValueError(f"Unknown surface config field '{k}'. Known: {', '.join(sorted(c))}.")
-    c[k] = v
-  return c
+  return override_config(c, overrides, what="surface config")

@@ -228,11 +228,23 @@ def default_config(**overrides) -> Any:
   c.model_kwargs = ml_collections.ConfigDict()
   for k, v in DEFAULTS.items():
     c[k] = v
+  return override_config(c, overrides)
+
+
+def override_config(config, overrides: Mapping[str, Any], *, what: str = "config"):
+  """`config` (a ConfigDict) with the fields in `overrides` replaced; unknown names are an error.
+
+  The defaults functions of the experiments (`training.default_config`,
+  `surface.default_config`, `curves.default_config`, `ensembles.default_config`) use it so that a
+  typo in a config file fails at once, naming the known fields. Mapping values become ConfigDicts.
+  """
+  import ml_collections
+
   for k, v in overrides.items():
-    if k not in c:
-      raise ValueError(f"Unknown config field '{k}'. Known: {', '.join(sorted(c))}.")
-    c[k] = ml_collections.ConfigDict(v) if isinstance(v, Mapping) else v
-  return c
+    if k not in config:
+      raise ValueError(f"Unknown {what} field '{k}'. Known: {', '.join(sorted(config))}.")
+    config[k] = ml_collections.ConfigDict(v) if isinstance(v, Mapping) else v
+  return config
 
 
 def _cfg(config, name):

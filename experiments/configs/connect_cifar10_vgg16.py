@@ -9,36 +9,11 @@ Compute (estimate, A100/H100 class): two endpoints ~1 GPU-hour, the 600-epoch cu
 (~1.5 GPU-hours), the 61-point evaluation minutes: ~2.5 GPU-hours in all.
 """
 
-import ml_collections
+from landscape_jax.curves import default_config
 
 
 def get_config(arg=None):
-  c = ml_collections.ConfigDict()
-  c.dataset = "cifar10"
-  c.data_dir = None
-  c.model = "vgg16"
-  c.model_kwargs = {}
-  c.endpoints = arg or ""
-  c.endpoint_seeds = (1, 2)
-  c.endpoint_epochs = 200
-  c.endpoint_lr = 0.05
-  c.num_bends = 3
-  c.kind = "bezier"
-  c.epochs = 600
-  c.lr = 0.015
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.batch_size = 128
-  c.num_ts = 1
-  c.augment = True
-  c.seed = 0
-  c.checkpoint_every = 5
-  c.num_points = 61
-  c.chunk_size = 1
-  c.eval_batch_size = 1000
-  c.bn_batch_size = 128
-  c.plane_points = 21
-  c.plane_min = -0.2
-  c.plane_max = 1.2
-  c.plane_metrics = ("train_loss", "test_loss")
-  return c
+  return default_config(
+    dataset="cifar10", model="vgg16", model_kwargs={}, endpoints=arg or "",
+    endpoint_epochs=200, epochs=600, lr=0.015, weight_decay=5e-4, batch_size=128, augment=True,
+    checkpoint_every=5, chunk_size=1, eval_batch_size=1000)

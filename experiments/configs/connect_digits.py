@@ -5,39 +5,9 @@ error up to 13.8 %; trained curve barrier 0.03 and test error at most 3.1 % (end
 2.2 %). ``connect_digits.py:resnet8`` uses a BatchNorm ResNet (statistics recomputed per point).
 """
 
-import ml_collections
+from landscape_jax.curves import default_config
 
 
 def get_config(arg=None):
-  c = ml_collections.ConfigDict()
-  c.dataset = "digits"
-  c.data_dir = None
-  c.model = arg or "mlp"
-  c.model_kwargs = {"features": (32,)} if c.model == "mlp" else {}
-  # endpoints: two checkpoint directories ("a,b"), or empty to train them here
-  c.endpoints = ""
-  c.endpoint_seeds = (1, 2)
-  c.endpoint_epochs = 30
-  c.endpoint_lr = 0.05
-  # curve (Garipov et al.: SGD momentum 0.9, L2 on phi(t), lr schedule of the reference)
-  c.num_bends = 3
-  c.kind = "bezier"
-  c.epochs = 30
-  c.lr = 0.05
-  c.momentum = 0.9
-  c.weight_decay = 1e-4
-  c.batch_size = 64
-  c.num_ts = 1
-  c.augment = False
-  c.seed = 0
-  c.checkpoint_every = 10
-  # evaluation
-  c.num_points = 61
-  c.chunk_size = 8
-  c.eval_batch_size = 512
-  c.bn_batch_size = 128
-  c.plane_points = 21
-  c.plane_min = -0.2
-  c.plane_max = 1.2
-  c.plane_metrics = ("train_loss", "test_loss")
-  return c
+  model = arg or "mlp"
+  return default_config(model=model, model_kwargs={"features": (32,)} if model == "mlp" else {})

@@ -10,27 +10,12 @@ Compute (estimate, A100/H100 class): three independent budgets ~5 GPU-hours plus
 ~3: ~8 GPU-hours in all.
 """
 
-import ml_collections
+from landscape_jax.ensembles import default_config
 
 
 def get_config(arg=None):
-  c = ml_collections.ConfigDict()
-  c.dataset = "cifar100"
-  c.data_dir = None
-  c.model = "preresnet164"
-  c.model_kwargs = {}
-  c.start = arg or ""
-  c.budget_epochs = 200
-  c.lr = 0.1
-  c.weight_decay = 3e-4
-  c.batch_size = 128
-  c.augment = True
-  c.seeds = (0, 1, 2)
-  c.num_independent = 3
-  c.cycles = 10  # 40 epochs of FGE, as the reference run
-  c.cycle_epochs = 4
-  c.lr1 = 0.05
-  c.lr2 = 1e-4
-  c.eval_batch_size = 1000
-  c.bn_batch_size = 128
-  return c
+  return default_config(
+    dataset="cifar100", model="preresnet164", model_kwargs={}, start=arg or "", budget_epochs=200,
+    lr=0.1, weight_decay=3e-4, batch_size=128, augment=True, seeds=(0, 1, 2),
+    cycles=10,  # 40 epochs of FGE, as the reference run
+    lr1=0.05, lr2=1e-4, eval_batch_size=1000)
