@@ -6,12 +6,13 @@ r"""Connects two trained models with a low-loss curve (Garipov et al. 2018) and 
 
 Endpoints are two training checkpoints (``experiments/train.py`` workdirs) given in
 ``config.endpoints``; when it is empty (the digits config) two models are trained here from
-different seeds. Then the interior bends of the curve are trained (checkpointed every epoch,
-resumable), the curve and the straight line are evaluated at ``config.num_points`` points (BatchNorm
-statistics recomputed at every point; resumable), and, for a 3-point curve, the loss on the plane
-through the endpoints and the bend is computed and plotted. Writes into --workdir:
-``summary.json`` (min / max / mean and barrier of every metric along curve and line),
-``curve_eval.npz``, ``plane.npz``, ``plane_<metric>.png/pdf`` and ``curve_metrics.png/pdf``.
+different seeds (checkpointed under ``endpoint_seed<s>/``, resumable). Then the interior bends of
+the curve are trained (checkpointed every epoch, resumable), the curve and the straight line are
+evaluated at ``config.num_points`` points (BatchNorm statistics recomputed at every point;
+resumable), and, for a 3-point curve, the loss on the plane through the endpoints and the bend is
+computed and plotted. Writes into --workdir: ``summary.json`` (min / max / mean and barrier of
+every metric along curve and line), ``curve_eval.npz``, ``plane.npz``, ``plane_<metric>.png/pdf``
+and ``curve_metrics.png/pdf``.
 """
 
 import json
@@ -32,7 +33,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _endpoints(config, model, train_ds, loss_fn_train):
+def _endpoints(config, model, train_ds, loss_fn_train, workdir):
   """Loads the two endpoint checkpoints, or trains them when config.endpoints is empty."""
   if config.endpoints:
     from landscape_jax import checkpoints
@@ -49,7 +50,8 @@ def _endpoints(config, model, train_ds, loss_fn_train):
     p, _, _ = ensembles.train_sgd(
       loss_fn_train(v.get("batch_stats")), v["params"], train_ds, epochs=config.endpoint_epochs,
       batch_size=config.batch_size, lr=config.endpoint_lr, weight_decay=config.weight_decay,
-      seed=seed, augment_images=config.augment, progress=_PROGRESS.value, desc=f"endpoint {seed}")
+      seed=seed, augment_images=config.augment, progress=_PROGRESS.value, desc=f"endpoint {seed}",
+      workdir=os.path.join(workdir, f"endpoint_seed{seed}"))
     out.append({**v, "params": p})
   return out
 
@@ -71,7 +73,7 @@ def main(argv):
     return lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std, batch_stats=bs,
                            train=bs is not None)
 
-  ends = _endpoints(config, model, train_ds, loss_fn_train)
+  ends = _endpoints(config, model, train_ds, loss_fn_train, workdir)
   bs = ends[0].get("batch_stats")
   curve, history = curves.train_curve(
     loss_fn_train(bs), ends[0]["params"], ends[1]["params"], train_ds, epochs=config.epochs,

@@ -8,9 +8,12 @@ Starts from a trained checkpoint (``config.start``, an experiments/train.py work
 here for ``config.budget_epochs`` epochs; runs FGE (cyclic learning rate, a snapshot at every
 cycle's lowest rate); trains ``config.num_independent`` models from other seeds with the same
 budget each; averages the FGE snapshots (SWA). BatchNorm statistics are recomputed for every
-snapshot and for the SWA average. Writes ``<workdir>/summary.json`` with the test loss / accuracy
-of the ensembles of the first k members and their cost in training epochs (a budget is
-``budget_epochs``), and prints a table.
+snapshot and for the SWA average. Every training run is checkpointed every epoch under
+``<workdir>/model_seed<s>/`` and ``<workdir>/fge/``, so rerunning the command after an
+interruption resumes where it stopped. Writes ``<workdir>/summary.json`` with the test loss /
+accuracy of the ensembles of the first k members and their cost in training epochs (a budget is
+``budget_epochs``), ``fge.png/pdf`` (test error against training epochs, as Garipov et al.
+Table 2), and prints a table.
 """
 
 import json
@@ -28,6 +31,21 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _plot_budget(path, summary, c):
+  """Test error against training epochs: independent ensembles, FGE, SWA (Garipov et al. Tab. 2)."""
+  try:
+    from landscape_jax import plotting
+
+    series = {name: ([r["epochs"] for r in summary[key]],
+                     [100 * (1 - r["accuracy"]) for r in summary[key]])
+              for key, name in (("independent", "independent ensemble"), ("fge", "FGE"))}
+    series["SWA"] = ([summary["swa"]["epochs"]], [100 * (1 - summary["swa"]["accuracy"])])
+    plotting.plot_budget(path, series, title=f"{c.model} on {c.dataset}: ensembles at equal "
+                         f"budget ({summary['budget_epochs']} epochs each)")
+  except Exception as e:  # a figure must never cost the computed results
+    logging.warning("Plot %s failed: %s", path, e)
 
 
 def main(argv):
@@ -54,7 +72,8 @@ def main(argv):
     p, _, _ = ensembles.train_sgd(
       loss_fn, init(seed)["params"], train_ds, epochs=c.budget_epochs, batch_size=c.batch_size,
       lr=sched, weight_decay=c.weight_decay, seed=seed, augment_images=c.augment,
-      progress=_PROGRESS.value, desc=f"model {seed}")
+      progress=_PROGRESS.value, desc=f"model {seed}",
+      workdir=os.path.join(workdir, f"model_seed{seed}"))
     return p
 
   if c.start:
@@ -65,7 +84,7 @@ def main(argv):
   members, _ = ensembles.fast_geometric_ensemble(
     loss_fn, start, train_ds, cycles=c.cycles, cycle_epochs=c.cycle_epochs, lr1=c.lr1, lr2=c.lr2,
     batch_size=c.batch_size, weight_decay=c.weight_decay, seed=c.seeds[0],
-    augment_images=c.augment, progress=_PROGRESS.value)
+    augment_images=c.augment, progress=_PROGRESS.value, workdir=os.path.join(workdir, "fge"))
   independent = ensembles.stack_members(
     [start] + [train(s) for s in c.seeds[1:c.num_independent]])
 
@@ -95,6 +114,7 @@ def main(argv):
   }
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
+  _plot_budget(os.path.join(workdir, "fge"), summary, c)
   print(f"{'method':12s} {'members':>7s} {'epochs':>7s} {'test loss':>9s} {'test acc':>8s}")
   for name in ("independent", "fge"):
     for r in summary[name]:

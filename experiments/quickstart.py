@@ -322,7 +322,7 @@ class Tour:
         loss_fn, self.var_a["params"], self.train_ds, cycles=self.c.fge_cycles,
         cycle_epochs=self.c.fge_cycle_epochs, lr1=self.c.fge_lr1, lr2=1e-3,
         batch_size=self.c.batch_size, weight_decay=self.c.weight_decay, seed=0,
-        progress=self.progress)
+        workdir=self.path("fge_training"), progress=self.progress)
       stats = None
       if self.bn_template is not None:
         stats = ensembles.stack_members([

@@ -401,38 +401,14 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
   epoch_fn = make_epoch_fn(step_fn, augment_images=augment_images)
   history: list[dict] = []
   first_epoch = 0
-  manager = None
+  saver = None
   if workdir is not None:
-    import orbax.checkpoint as ocp
-    os.makedirs(workdir, exist_ok=True)
-    _check_or_write_config(os.path.join(workdir, "curve_config.json"), {
+    saver = EpochCheckpoints(workdir, "curve", {
       "kind": kind, "num_bends": num_bends, "epochs": epochs, "batch_size": batch_size,
       "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "num_ts": num_ts,
       "augment": augment_images, "seed": seed, "custom_optimizer": optimizer is not None,
       "num_examples": n_train, "endpoints": _fingerprint(ends)})
-    manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "curve_ckpt")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    last = manager.latest_step()
-    if last is not None:
-      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"state": state})
-      step_dir = os.path.join(workdir, "curve_ckpt", str(last))
-      try:
-        restored = manager.restore(last, args=ocp.args.StandardRestore(target))
-      except Exception as e:  # tensorstore/orbax raise plain Exceptions for unreadable data
-        raise checkpoints.CheckpointCorruptError(
-          f"Curve checkpoint {step_dir} could not be read, it is truncated or corrupt "
-          f"({str(e)[:300]}). Move it away to resume from the previous epoch.") from e
-      _verify_leaf_digests(step_dir, restored["state"])
-      s = restored["state"]
-      state = CurveTrainState(s[0], s[1], jax.tree.unflatten(jax.tree.structure(state.opt_state),
-                                                             jax.tree.leaves(s[2])))
-      first_epoch = last
-      hist_path = os.path.join(workdir, "curve_history.json")
-      if os.path.exists(hist_path):
-        saved = read_json(hist_path, remedy="Move it away to resume without the records of the "
-                          "finished epochs (the checkpoints are intact).")
-        history = [h for h in saved if h["epoch"] < first_epoch]
+    state, first_epoch, history = saver.restore(state)
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
   key = jax.random.key(seed)
   bar = _progress(range(first_epoch, epochs), progress, "curve", initial=first_epoch,
@@ -447,19 +423,78 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
                                "the learning rate.")
     record = {"epoch": epoch, "loss": loss, "lr": lr_now}
     history.append(record)
-    if manager is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-      # history first: a record newer than the last checkpoint is dropped on resume
-      _atomic_write_text(os.path.join(workdir, "curve_history.json"), json.dumps(history))
-      manager.save(epoch + 1, args=ocp.args.StandardSave({"state": state}))
-      manager.wait_until_finished()
-      _write_leaf_digests(os.path.join(workdir, "curve_ckpt", str(epoch + 1)), state)
+    if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+      saver.save(epoch + 1, state, history)
     if hasattr(bar, "set_postfix"):
       bar.set_postfix(loss=f"{loss:.4f}")
     if callback is not None:
       callback(epoch, join_curve(ends, state.interior), record)
-  if manager is not None:
-    manager.close()
+  if saver is not None:
+    saver.close()
   return join_curve(ends, state.interior), history
+
+
+class EpochCheckpoints:
+  """Per-epoch checkpoints of a training loop in `workdir`, resumed exactly.
+
+  Files (``<name>`` is e.g. "curve" or "sgd"): ``<name>_config.json`` (the run's configuration;
+  a rerun with another one is refused), ``<name>_ckpt/<epochs done>/`` (an orbax manager keeping
+  the latest two, each with the sha256 of every leaf, verified on restore) and
+  ``<name>_history.json`` (the per-epoch records, written before each checkpoint, so a record
+  newer than the last checkpoint is dropped on resume). Used by `train_curve` and
+  `ensembles.train_sgd`.
+  """
+
+  def __init__(self, workdir: str, name: str, config: dict):
+    import orbax.checkpoint as ocp
+
+    self._ocp = ocp
+    self.workdir = workdir
+    self.name = name
+    os.makedirs(workdir, exist_ok=True)
+    _check_or_write_config(os.path.join(workdir, f"{name}_config.json"), config)
+    self.manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, f"{name}_ckpt")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+  def _step_dir(self, epochs_done: int) -> str:
+    return os.path.join(self.workdir, f"{self.name}_ckpt", str(epochs_done))
+
+  def restore(self, state: PyTree) -> tuple[PyTree, int, list[dict]]:
+    """``(state, epochs done, history)`` of the latest checkpoint (`state` unchanged if none)."""
+    last = self.manager.latest_step()
+    if last is None:
+      return state, 0, []
+    ocp = self._ocp
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"state": state})
+    step_dir = self._step_dir(last)
+    try:
+      restored = self.manager.restore(last, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # tensorstore/orbax raise plain Exceptions for unreadable data
+      raise checkpoints.CheckpointCorruptError(
+        f"Checkpoint {step_dir} could not be read, it is truncated or corrupt "
+        f"({str(e)[:300]}). Move it away to resume from the previous epoch.") from e
+    _verify_leaf_digests(step_dir, restored["state"])
+    # orbax returns NamedTuples (optax states too) as lists; the leaf order is the same
+    state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(restored["state"]))
+    history = []
+    hist_path = os.path.join(self.workdir, f"{self.name}_history.json")
+    if os.path.exists(hist_path):
+      saved = read_json(hist_path, remedy="Move it away to resume without the records of the "
+                        "finished epochs (the checkpoints are intact).")
+      history = [h for h in saved if h["epoch"] < last]
+    return state, last, history
+
+  def save(self, epochs_done: int, state: PyTree, history: list[dict]) -> None:
+    """History first, then the state (orbax, atomic), then its sha256 file."""
+    _atomic_write_text(os.path.join(self.workdir, f"{self.name}_history.json"),
+                       json.dumps(history))
+    self.manager.save(epochs_done, args=self._ocp.args.StandardSave({"state": state}))
+    self.manager.wait_until_finished()
+    _write_leaf_digests(self._step_dir(epochs_done), state)
+
+  def close(self) -> None:
+    self.manager.close()
 
 
 def _write_leaf_digests(step_dir: str, state: PyTree) -> None:
@@ -486,7 +521,7 @@ def _verify_leaf_digests(step_dir: str, restored: PyTree) -> None:
                min(len(names), len(expected)))
     leaf = names[bad] if bad < len(names) else f"#{bad}"
     raise checkpoints.CheckpointCorruptError(
-      f"Curve checkpoint {step_dir} is corrupt: leaf {leaf} does not match its checksum "
+      f"Checkpoint {step_dir} is corrupt: leaf {leaf} does not match its checksum "
       "(a truncated or damaged file). The files were not modified; move this step away to resume "
       "from the previous epoch.")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -31,7 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape_jax.curves import _epoch_indices, _progress, make_epoch_fn
+from landscape_jax import checkpoints
+from landscape_jax.curves import (
+  EpochCheckpoints,
+  _epoch_indices,
+  _fingerprint,
+  _progress,
+  make_epoch_fn,
+)
 from landscape_jax.data import Dataset
 from landscape_jax.evaluation import (
   _apply_checked,
@@ -100,7 +108,8 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
               lr: optax.ScalarOrSchedule = 0.05, momentum: float = 0.9,
               weight_decay: float = 5e-4, seed: int = 0, augment_images: bool = False,
               snapshot_epochs: Sequence[int] = (), progress: bool = True, desc: str = "train",
-              ) -> tuple[PyTree, list[PyTree], list[dict]]:
+              workdir: str | None = None, checkpoint_every: int = 1,
+              callback: Callable | None = None) -> tuple[PyTree, list[PyTree], list[dict]]:
   """Minibatch training of `params` with Optax (default `sgd`), one `lax.scan` per epoch.
 
   Args:
@@ -112,10 +121,21 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
     seed: shuffling (numpy, per epoch) and per-step keys depend only on (seed, epoch, step).
     augment_images: random crop + flip.
     snapshot_epochs: 0-based epochs after which a copy of the parameters is kept.
+    workdir: if given, the state is checkpointed every `checkpoint_every` epochs (and after the
+      last) with `curves.EpochCheckpoints` (``sgd_config.json``, ``sgd_ckpt/``,
+      ``sgd_history.json``) and every snapshot as ``sgd_snapshots/<epoch>``; a rerun resumes
+      from the last checkpoint and returns what an uninterrupted run returns, and a rerun with
+      another configuration (or other initial parameters) in the same workdir raises.
+    callback: ``callback(epoch, params, record)`` after every epoch (after its checkpoint).
 
   Returns:
     ``(params, snapshots, history)`` with one ``{"epoch", "loss"}`` per epoch.
   """
+  if checkpoint_every <= 0:
+    raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}.")
+  steps_per_epoch = len(data) // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size {batch_size} is larger than the split ({len(data)} examples).")
   opt = optimizer if optimizer is not None else sgd(lr, momentum=momentum,
                                                     weight_decay=weight_decay)
   loss_fn = loss_fn if isinstance(loss_fn, jax.tree_util.Partial) else jax.tree_util.Partial(
@@ -133,15 +153,39 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
   key = jax.random.key(seed)
   snaps, history = [], []
   wanted = set(snapshot_epochs)
-  for epoch in _progress(range(epochs), progress, desc):
+  first_epoch, saver = 0, None
+  if workdir is not None:
+    total = max(epochs * steps_per_epoch - 1, 0)
+    lr_config = (float(lr) if not callable(lr) else
+                 [float(lr(s)) for s in sorted({0, total // 4, total // 2, 3 * total // 4, total})])
+    saver = EpochCheckpoints(workdir, "sgd", {
+      "epochs": epochs, "batch_size": batch_size, "lr": lr_config, "momentum": momentum,
+      "weight_decay": weight_decay, "seed": seed, "augment": augment_images,
+      "custom_optimizer": optimizer is not None, "num_examples": len(data),
+      "snapshot_epochs": sorted(int(e) for e in wanted), "init": _fingerprint(params)})
+    state, first_epoch, history = saver.restore(state)
+    snap_dir = os.path.join(workdir, "sgd_snapshots")
+    for e in sorted(e for e in wanted if e < first_epoch):
+      snaps.append(checkpoints.restore(snap_dir, params, step=e))
+  bar = _progress(range(first_epoch, epochs), progress, desc, initial=first_epoch, total=epochs)
+  for epoch in bar:
     idx = jnp.asarray(_epoch_indices(len(data), batch_size, seed, epoch))
     state, loss = epoch_fn(loss_fn, state, images, labels, idx, key)
     loss = float(loss)
     if not math.isfinite(loss):
       raise FloatingPointError(f"Training diverged at epoch {epoch} (loss {loss}); lower lr.")
-    history.append({"epoch": epoch, "loss": loss})
+    record = {"epoch": epoch, "loss": loss}
+    history.append(record)
     if epoch in wanted:
       snaps.append(state.params)
+      if saver is not None:  # a rerun of this epoch writes the same snapshot again
+        checkpoints.save(snap_dir, epoch, state.params, overwrite=True)
+    if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+      saver.save(epoch + 1, state, history)
+    if callback is not None:
+      callback(epoch, state.params, record)
+  if saver is not None:
+    saver.close()
   return state.params, snaps, history
 
 
@@ -150,11 +194,13 @@ def fast_geometric_ensemble(loss_fn: Callable[[PyTree, Any], jax.Array], params:
                             lr1: float = 0.05, lr2: float = 1e-4, batch_size: int = 128,
                             momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
                             augment_images: bool = False, progress: bool = True,
+                            workdir: str | None = None, checkpoint_every: int = 1,
                             ) -> tuple[PyTree, list[dict]]:
   """Fast Geometric Ensembling (Garipov et al. 2018) from trained `params`.
 
   Runs ``cycles * cycle_epochs`` epochs of SGD with `cyclic_schedule` and takes a snapshot at
-  every cycle's lowest learning rate (`fge_snapshot_epochs`).
+  every cycle's lowest learning rate (`fge_snapshot_epochs`). With `workdir` the run is
+  checkpointed and resumable (`train_sgd`).
 
   Returns:
     ``(members, history)``: the snapshots stacked on a leading axis (``cycles`` members), and
@@ -167,9 +213,9 @@ def fast_geometric_ensemble(loss_fn: Callable[[PyTree, Any], jax.Array], params:
   epochs = cycles * cycle_epochs
   _, snaps, history = train_sgd(
     loss_fn, params, data, epochs=epochs, batch_size=batch_size,
-    optimizer=sgd(schedule, momentum=momentum, weight_decay=weight_decay), seed=seed,
+    lr=schedule, momentum=momentum, weight_decay=weight_decay, seed=seed,
     augment_images=augment_images, snapshot_epochs=fge_snapshot_epochs(epochs, cycle_epochs),
-    progress=progress, desc="fge")
+    progress=progress, desc="fge", workdir=workdir, checkpoint_every=checkpoint_every)
   return stack_members(snaps), history
 
 

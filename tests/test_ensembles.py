@@ -80,3 +80,47 @@ def test_fge_ensemble_beats_its_best_member(digits_train, digits_test):
                     digits_test.images, digits_test.labels, mean=digits_test.mean,
                     std=digits_test.std)
   assert swa["loss"] < res["member_loss"].mean()
+
+
+class _Killed(Exception):
+  pass
+
+
+@pytest.mark.parametrize("kill_after", [2, 4])  # between snapshots / right after a snapshot
+def test_fge_resumes_exactly_with_its_snapshots(digits_train, tmp_path, kill_after):
+  """An FGE run interrupted after some epochs and rerun in the same workdir returns the same
+  members and history, bit for bit, as an uninterrupted run; the finished snapshots are read back
+  (checkpoints every 2 epochs, so epochs after the last checkpoint are redone)."""
+  model = lj.get_model("mlp", num_classes=10, features=(16,))
+  loss_fn = lj.make_loss_fn(model, mean=digits_train.mean, std=digits_train.std)
+  p = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  kw = dict(cycles=3, cycle_epochs=2, lr1=0.1, lr2=1e-3, batch_size=128, weight_decay=5e-4,
+            seed=1, progress=False)
+  ref, ref_hist = ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, **kw)
+
+  def kill(epoch, params, record):
+    if epoch + 1 == kill_after + 1:  # one epoch past a checkpoint: that epoch is redone
+      raise _Killed
+
+  work = str(tmp_path / "fge")
+  with pytest.raises(_Killed):
+    ensembles.train_sgd(
+      loss_fn, p, digits_train, epochs=6, batch_size=128, weight_decay=5e-4, seed=1,
+      lr=ensembles.cyclic_schedule(lr1=0.1, lr2=1e-3, cycle_epochs=2,
+                                   steps_per_epoch=len(digits_train) // 128),
+      snapshot_epochs=ensembles.fge_snapshot_epochs(6, 2), progress=False, desc="fge",
+      workdir=work, checkpoint_every=2, callback=kill)
+  assert lj.checkpoints.list_steps(f"{work}/sgd_snapshots") == [
+    e for e in ensembles.fge_snapshot_epochs(6, 2) if e <= kill_after]
+  got, hist = ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, workdir=work,
+                                                checkpoint_every=2, **kw)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
+  assert hist == ref_hist
+  # another configuration, or other starting parameters, in the same workdir is refused
+  with pytest.raises(ValueError, match="different configuration.*lr"):
+    ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, workdir=work, checkpoint_every=2,
+                                      **{**kw, "lr1": 0.2})
+  other = jax.tree.map(lambda x: x + 1.0, p)
+  with pytest.raises(ValueError, match="different configuration.*init"):
+    ensembles.fast_geometric_ensemble(loss_fn, other, digits_train, workdir=work,
+                                      checkpoint_every=2, **kw)

@@ -443,3 +443,23 @@ def test_plot_bars_errors(tmp_path):
     P.plot_bars(tmp_path / "b", ["a", "b"], [1.0], ylabel="x")
   with pytest.raises(ValueError, match="not among the bar names"):
     P.plot_bars(tmp_path / "b", ["a"], [1.0], ylabel="x", highlight=["c"])
+
+
+def test_plot_budget_draws_the_given_points(tmp_path):
+  import matplotlib.figure
+
+  series = {"independent": ([20, 40, 60], [6.1, 5.2, 4.9]), "FGE": ([24, 28], [5.5, np.nan]),
+            "SWA": ([28], [5.0]), "broken": ([10], [np.nan])}
+  ax = matplotlib.figure.Figure().add_subplot()
+  P.draw_budget(ax, series)
+  lines = {ln.get_label(): ln for ln in ax.get_lines()}
+  assert sorted(lines) == ["FGE", "SWA", "independent"]  # an all-NaN series is left out
+  np.testing.assert_array_equal(lines["independent"].get_xdata(), [20, 40, 60])
+  np.testing.assert_array_equal(lines["independent"].get_ydata(), [6.1, 5.2, 4.9])
+  assert lines["SWA"].get_marker() == "*"
+  assert [t.get_text() for t in ax.texts] == ["1", "2", "3", "1"]  # members; the NaN unlabelled
+  check_files(P.plot_budget(tmp_path / "budget", series, dpi=DPI))
+  with pytest.raises(ValueError, match="FGE: 2 epochs but 1 values"):
+    P.plot_budget(tmp_path / "b", {"FGE": ([1, 2], [3.0])})
+  with pytest.raises(ValueError, match="nothing to plot"):
+    P.plot_budget(tmp_path / "b", {})

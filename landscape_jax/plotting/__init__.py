@@ -11,7 +11,7 @@ z[i, j] = f(xs[i], ys[j]) as `surface_grid` returns them.
   plot_surface_3d, export_vtp, plot_2d_all          Li et al. 2018, 2-D surfaces (+ ParaView)
   plot_curve_plane, plot_curve_metrics              Garipov et al. 2018, curves in a plane
   plot_spectrum, plot_eigen_ratio, plot_trajectory  Hessian density, |l_min/l_max|, PCA path
-  plot_barriers, plot_bars                          permutation alignment, ensembles
+  plot_barriers, plot_bars, plot_budget             permutation alignment, ensembles
 """
 
 from landscape_jax.plotting._base import contour_levels, output_paths
@@ -22,7 +22,13 @@ from landscape_jax.plotting.curvature import (
   plot_trajectory,
 )
 from landscape_jax.plotting.curves import curve_levels, plot_curve_metrics, plot_curve_plane
-from landscape_jax.plotting.ensembles import path_barrier, plot_barriers, plot_bars
+from landscape_jax.plotting.ensembles import (
+  draw_budget,
+  path_barrier,
+  plot_barriers,
+  plot_bars,
+  plot_budget,
+)
 from landscape_jax.plotting.surfaces import (
   export_vtp,
   plot_1d,
@@ -37,6 +43,7 @@ from landscape_jax.plotting.surfaces import (
 
 __all__ = [
   "contour_levels",
+  "draw_budget",
   "curve_levels",
   "eigen_ratio",
   "export_vtp",
@@ -46,6 +53,7 @@ __all__ = [
   "plot_2d_all",
   "plot_bars",
   "plot_barriers",
+  "plot_budget",
   "plot_contour",
   "plot_contourf",
   "plot_curve_metrics",

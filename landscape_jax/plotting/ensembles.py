@@ -1,11 +1,12 @@
 """Figures for permutation alignment and ensembles: loss barriers along linear interpolation before
 and after aligning hidden units (Ainsworth et al. 2023, Fig. 2; Entezari et al. 2022), and bar
-charts such as fast geometric ensembling vs its members (Garipov et al. 2018, Table 2).
+charts such as fast geometric ensembling vs its members, and ensembles against their training
+budget (Garipov et al. 2018, Table 2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -187,4 +188,73 @@ def plot_bars(
   else:
     empty_message(ax)
   finish(ax, title=title, ylabel=ylabel)
+  return save(fig, path, formats, dpi=dpi)
+
+
+def draw_budget(ax, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+                annotate: bool = True) -> None:
+  """Draws one line per method of (training epochs, value), e.g. test error of ensembles.
+
+  A method with one point (SWA) is a star. With `annotate`, each point of a multi-point series is
+  labelled with its number of members (1, 2, ...), as Garipov et al. 2018 compare ensembles of
+  FGE snapshots and of independently trained networks at equal training budget (Table 2).
+  """
+  markers = iter(["o", "s", "^", "D", "v", "P"])
+  drawn = False
+  for name, (epochs, values) in series.items():
+    x = as_float(f"{name} epochs", epochs, 1)
+    y = masked(as_float(f"{name} values", values, 1))
+    if x.size != y.size:
+      raise ValueError(f"{name}: {x.size} epochs but {y.size} values: give one value per epoch.")
+    if x.size == 0:
+      raise ValueError(f"{name}: no points to plot.")
+    if not has_finite(y):
+      continue
+    drawn = True
+    if x.size == 1:
+      ax.plot(x, y, "*", markersize=14, label=name)
+      continue
+    (line,) = ax.plot(x, y, marker=next(markers, "o"), label=name)
+    if annotate:
+      for k, (xi, yi) in enumerate(zip(x, y.filled(np.nan), strict=True)):
+        if np.isfinite(yi):
+          ax.annotate(str(k + 1), (xi, yi), xytext=(3, 3), textcoords="offset points",
+                      fontsize=7, color=line.get_color())
+  if drawn:
+    ax.legend()
+  else:
+    empty_message(ax)
+
+
+def plot_budget(
+  path,
+  series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+  *,
+  ylabel: str = "test error (%)",
+  xlabel: str = "training epochs",
+  title: str | None = None,
+  annotate: bool = True,
+  figsize: tuple[float, float] = (6.0, 4.2),
+  dpi: float = DEFAULT_DPI,
+  formats=DEFAULT_FORMATS,
+) -> list[str]:
+  """A metric against training cost for several ensembling methods (`draw_budget`).
+
+  Args:
+    path: output path without extension (see `plot_barriers`).
+    series: ``{method: (epochs, values)}``, e.g. ``{"independent": ([200, 400], [7.1, 6.0]),
+      "FGE": ([204, 208], [6.9, 6.2]), "SWA": ([240], [6.4])}``; non-finite values are gaps.
+    ylabel, xlabel, title: axis labels (say the unit) and title.
+    annotate: label the points with their number of members.
+
+  Returns:
+    The list of written files.
+  """
+  if not series:
+    raise ValueError("`series` is empty: nothing to plot.")
+  fig = new_figure(figsize)
+  ax = fig.add_subplot()
+  draw_budget(ax, series, annotate=annotate)
+  ax.grid(alpha=0.3)
+  finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
   return save(fig, path, formats, dpi=dpi)

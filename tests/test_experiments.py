@@ -1,0 +1,76 @@
+"""The Garipov et al. experiment scripts (experiments/connect.py, experiments/fge.py) end to end
+on tiny digits settings: outputs checked against their own summaries, and a rerun after a
+finished or interrupted run resumes from the checkpoints instead of training again."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import landscape_jax as lj
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def _run(script, config, workdir, *overrides):
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", script),
+         "--config=" + os.path.join(ROOT, "experiments", "configs", config),
+         f"--workdir={workdir}", "--noprogress", *overrides]
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def _mtimes(directory):
+  return {os.path.join(r, f): os.path.getmtime(os.path.join(r, f))
+          for r, _, fs in os.walk(directory) for f in fs}
+
+
+def test_connect_script_trains_evaluates_and_resumes(tmp_path):
+  tiny = ["--config.endpoint_epochs=2", "--config.epochs=2", "--config.num_points=5",
+          "--config.plane_points=5"]
+  _run("connect.py", "connect_digits.py", tmp_path, *tiny)
+  summary = json.load(open(tmp_path / "summary.json"))
+  with np.load(tmp_path / "curve_eval.npz") as z:
+    curve_eval = {k: z[k] for k in z.files}
+  # the store holds the 5 curve points, then the 5 line points; t = 0 and 1 are the endpoints of
+  # both, so the curve and the straight line agree there
+  curve, line = curve_eval["train_loss"][:5], curve_eval["train_loss"][5:]
+  np.testing.assert_allclose([curve[0], curve[-1]], [line[0], line[-1]], rtol=1e-6)
+  assert summary["curve"]["train_loss"]["max"] == pytest.approx(curve.max(), rel=1e-6)
+  assert summary["line"]["train_loss"]["max"] == pytest.approx(line.max(), rel=1e-6)
+  assert summary["curve"]["train_loss"]["barrier"] < summary["line"]["train_loss"]["barrier"]
+  for name in ("curve_metrics.png", "plane_train_loss.png", "plane_test_loss.png"):
+    assert os.path.getsize(tmp_path / name) > 1000, name
+  for seed in (1, 2):
+    assert lj.checkpoints.list_steps(tmp_path / f"endpoint_seed{seed}" / "sgd_ckpt") == [1, 2]
+  before = _mtimes(tmp_path / "endpoint_seed1") | _mtimes(tmp_path / "curve")
+  _run("connect.py", "connect_digits.py", tmp_path, *tiny)  # nothing is trained again
+  assert (_mtimes(tmp_path / "endpoint_seed1") | _mtimes(tmp_path / "curve")) == before
+  assert json.load(open(tmp_path / "summary.json")) == summary
+
+
+def test_fge_script_compares_ensembles_and_resumes(tmp_path):
+  tiny = ["--config.budget_epochs=2", "--config.cycles=2", "--config.cycle_epochs=2",
+          "--config.seeds=(0, 1)", "--config.num_independent=2"]
+  out = _run("fge.py", "fge_digits.py", tmp_path, *tiny)
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert [r["epochs"] for r in summary["fge"]] == [4, 6]
+  assert [r["epochs"] for r in summary["independent"]] == [2, 4]
+  assert summary["swa"]["epochs"] == 6
+  assert f"{100 * summary['fge'][-1]['accuracy']:7.2f}%" in out
+  assert os.path.getsize(tmp_path / "fge.png") > 1000
+  # an FGE run stopped after its first cycle: the rerun trains only what is missing
+  ckpt = tmp_path / "fge" / "sgd_ckpt"
+  os.rename(ckpt / "4", tmp_path / "moved_away")
+  kept = _mtimes(tmp_path / "model_seed0") | _mtimes(tmp_path / "model_seed1") | _mtimes(ckpt / "3")
+  _run("fge.py", "fge_digits.py", tmp_path, *tiny)
+  assert (_mtimes(tmp_path / "model_seed0") | _mtimes(tmp_path / "model_seed1")
+          | _mtimes(ckpt / "3")) == kept
+  assert lj.checkpoints.list_steps(ckpt) == [3, 4]
+  assert json.load(open(tmp_path / "summary.json")) == summary
