@@ -463,3 +463,20 @@ def test_plot_budget_draws_the_given_points(tmp_path):
     P.plot_budget(tmp_path / "b", {"FGE": ([1, 2], [3.0])})
   with pytest.raises(ValueError, match="nothing to plot"):
     P.plot_budget(tmp_path / "b", {})
+
+
+def test_contour_labels_every_kth_level_in_a_readable_colour():
+  """Dense levels (a basin's steep rim) get at most MAX_LABELLED_LEVELS labelled levels, every
+  k-th one, in dark grey (pale level colours were unreadable and labels printed over each other)."""
+  fig = _base.new_figure()
+  ax = fig.add_subplot()
+  levels = np.linspace(0.05, 1.5, 30)
+  cs = surfaces.draw_contour(fig, ax, XS, YS, Z, levels=levels)
+  labelled = sorted({float(t.get_text()) for t in ax.texts})
+  k = -(-len(cs.levels) // surfaces.MAX_LABELLED_LEVELS)
+  allowed = {float(f"{v:.3g}") for v in cs.levels[::k]}
+  assert 2 <= len(labelled) <= surfaces.MAX_LABELLED_LEVELS and set(labelled) <= allowed
+  import matplotlib.colors
+
+  assert {matplotlib.colors.to_hex(t.get_color()) for t in ax.texts} == {
+    matplotlib.colors.to_hex("0.15")}

@@ -301,6 +301,9 @@ def _mark_points(ax, points: Mapping[str, Sequence[float]] | None):
     ax.annotate(name, (px, py), xytext=(5, 5), textcoords="offset points", fontsize=9, zorder=5)
 
 
+MAX_LABELLED_LEVELS = 8
+
+
 def _norm_for(levels, log):
   if not log:
     return None
@@ -338,7 +341,11 @@ def draw_contour(
       x_mesh, y_mesh, z_t, levels=lv, cmap=cmap, norm=_norm_for(lv, log), linewidths=linewidths
     )
     if clabel and len(cs.levels):
-      ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
+      # every k-th level, at most MAX_LABELLED_LEVELS, in dark grey: dense levels (the steep rim
+      # of a basin) otherwise print labels on top of each other, pale ones unreadable
+      step = -(-len(cs.levels) // MAX_LABELLED_LEVELS)
+      ax.clabel(cs, cs.levels[::step], inline=True, inline_spacing=3, fontsize=7, fmt="%.3g",
+                colors="0.15")
     if colorbar:
       fig.colorbar(cs, ax=ax, label=label, format="%.3g")
   _mark_points(ax, points)
