@@ -6,7 +6,10 @@ Usage:
       (after the arrays file of a chunk, before its meta.json) to simulate a crash;
   python tests/surface_worker.py distributed STORE PORT PROCESS_ID OUT_NPZ
       one of two `jax.distributed` processes on localhost (2 simulated CPU devices each) computing
-      the MLP surface of `mlp_problem` on a 4-device mesh; every process saves what it returned.
+      the MLP surface of `mlp_problem` on a 4-device mesh; every process saves what it returned;
+  python tests/surface_worker.py train WORKDIR PORT PROCESS_ID OUT_NPZ
+      the same two processes running `training.train` (data parallel over the 4 devices, with
+      checkpoints and metrics in WORKDIR); every process saves its final parameters.
 """
 
 import os
@@ -16,7 +19,7 @@ import sys
 if __name__ == "__main__":
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + (
-    "2" if sys.argv[1] == "distributed" else "1")
+    "2" if sys.argv[1] in ("distributed", "train") else "1")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
@@ -92,8 +95,39 @@ def _distributed(store, port, process_id, out):
   lj.sharding.sync("done")
 
 
+TRAIN_CONFIG = dict(model="mlp_small", num_epochs=2, batch_size=32, learning_rate=0.1,
+                    nesterov=True, weight_decay=5e-4, schedule="cosine", augment=True,
+                    augment_pad=1, augment_flip=False, checkpoint_every_epochs=1)
+
+
+def train_problem():
+  import landscape_jax as lj
+
+  return (lj.get_model("mlp_small", num_classes=10), lj.load("digits", "train").subset(
+    slice(0, 320)), lj.load("digits", "test").subset(slice(0, 96)))
+
+
+def _train(workdir, port, process_id, out):
+  import landscape_jax as lj
+  from landscape_jax import training
+
+  lj.sharding.initialize_distributed(f"127.0.0.1:{port}", num_processes=2,
+                                     process_id=process_id)
+  model, train_ds, test_ds = train_problem()
+  mesh = training.make_mesh()
+  assert mesh.devices.size == 4 and len(jax.local_devices()) == 2
+  state, records = training.train(model, train_ds, test_ds, workdir=workdir, mesh=mesh,
+                                  config=training.default_config(**TRAIN_CONFIG), progress=False)
+  flat = {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+  np.savez(out, test_accuracy=records[-1]["test_accuracy"], **flat)
+  lj.sharding.sync("done")
+
+
 if __name__ == "__main__":
   if sys.argv[1] == "interrupt":
     _interrupt(sys.argv[2], int(sys.argv[3]))
+  elif sys.argv[1] == "train":
+    _train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
   else:
     _distributed(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

@@ -56,16 +56,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.multidevice
-@pytest.mark.slow
-def test_two_process_distributed_equals_one_device(mlp_reference, tmp_path):
-  """Two processes x 2 CPU devices on localhost (gloo collectives): process 0 writes the store."""
-  _, ref = mlp_reference
-  store = str(tmp_path / "surface")
+def _run_two_processes(mode, path, tmp_path):
+  """Runs tests/surface_worker.py MODE in two `jax.distributed` processes; returns their outputs."""
   port = str(_free_port())
   script = os.path.join(ROOT, "tests", "surface_worker.py")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-  procs = [subprocess.Popen([sys.executable, script, "distributed", store, port, str(i),
+  procs = [subprocess.Popen([sys.executable, script, mode, path, port, str(i),
                              str(tmp_path / f"out{i}.npz")], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
@@ -76,14 +72,60 @@ def test_two_process_distributed_equals_one_device(mlp_reference, tmp_path):
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
-      pytest.fail("distributed workers timed out")
+      pytest.fail(f"distributed {mode} workers timed out")
   for p, log in zip(procs, logs, strict=True):
     assert p.returncode == 0, log[-3000:]
+  outs = []
+  for i in range(2):
+    with np.load(tmp_path / f"out{i}.npz") as z:
+      outs.append({k: z[k] for k in z.files})
+  return outs
+
+
+@pytest.mark.multidevice
+@pytest.mark.slow
+def test_two_process_distributed_equals_one_device(mlp_reference, tmp_path):
+  """Two processes x 2 CPU devices on localhost (gloo collectives): process 0 writes the store."""
+  _, ref = mlp_reference
+  store = str(tmp_path / "surface")
+  outs = _run_two_processes("distributed", store, tmp_path)
   stored = lj.store.read(store)
   assert stored.done.all()
-  for i in range(2):
-    with np.load(tmp_path / f"out{i}.npz") as out:
-      for k in ref:
-        np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=f"{i} {k}")
+  for i, out in enumerate(outs):
+    for k in ref:
+      np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=f"{i} {k}")
   for k in ref:
     np.testing.assert_allclose(stored.values[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.multidevice
+@pytest.mark.slow
+def test_two_process_training_equals_one_process(tmp_path):
+  """`training.train` data parallel over two processes x 2 CPU devices: both processes end with
+  the parameters of a one-process run on 4 devices, process 0 alone writes the metrics, and the
+  checkpoints restore to the same state."""
+  if len(jax.devices()) < 4:
+    pytest.skip("needs 4 simulated CPU devices (tests/conftest.py sets XLA_FLAGS)")
+  from landscape_jax import checkpoints, training
+
+  workdir = tmp_path / "distributed"
+  outs = _run_two_processes("train", str(workdir), tmp_path)
+  model, train_ds, test_ds = w.train_problem()
+  state, records = training.train(model, train_ds, test_ds, workdir=str(tmp_path / "single"),
+                                  mesh=training.make_mesh(jax.devices()[:4]),
+                                  config=training.default_config(**w.TRAIN_CONFIG),
+                                  progress=False)
+  flat = {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+  for i, out in enumerate(outs):
+    assert set(out) - {"test_accuracy"} == set(flat)
+    for k, v in flat.items():
+      np.testing.assert_allclose(out[k], v, rtol=2e-5, atol=2e-6, err_msg=f"process {i} {k}")
+    assert float(out["test_accuracy"]) == pytest.approx(records[-1]["test_accuracy"], abs=1e-6)
+  written = training.read_metrics(workdir)
+  assert [r["epoch"] for r in written] == [1, 2]  # one line per epoch: process 0 only
+  assert checkpoints.list_steps(workdir / "checkpoints") == [0, 10, 20]
+  restored = checkpoints.restore(workdir / "checkpoints")["params"]
+  for k, v in jax.tree_util.tree_leaves_with_path(restored):
+    np.testing.assert_allclose(np.asarray(v), flat[jax.tree_util.keystr(k)], rtol=2e-5,
+                               atol=2e-6)
