@@ -8,8 +8,9 @@ Trains two models on the same data from different seeds, evaluates loss and accu
 test, whole splits) along the straight line theta(alpha) = (1 - alpha) theta_a + alpha theta_b
 before and after permuting theta_b onto theta_a with `weight_matching`, and writes
 ``<workdir>/summary.json`` (barrier table: Frankle and Entezari barriers of the train and test
-loss, accuracies of the endpoints, matching objective per sweep), ``path.npz`` (all curves) and
-``align.png``. The barrier table is also printed as Markdown.
+loss, accuracies of the endpoints, matching objective per sweep), ``path.npz`` (all curves),
+``align_loss.png/pdf`` (the four loss curves, barriers in the legend) and
+``align_accuracy.png/pdf``. The barrier table is also printed as Markdown.
 """
 
 import json
@@ -24,9 +25,11 @@ from ml_collections import config_flags
 
 import landscape_jax as lj
 from landscape_jax import permutations as P
+from landscape_jax import plotting
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Alignment config file (.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,10 +57,13 @@ def train(model, ds, seed, config):
   return run(variables["params"], jax.random.key(1000 + seed))
 
 
-def main(_):
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  ds_train, ds_test = lj.load(config.dataset, "train"), lj.load(config.dataset, "test")
+  ds_train, ds_test = (lj.load(config.dataset, split, data_dir=config.get("data_dir"))
+                       for split in ("train", "test"))
   model = lj.get_model(config.model, num_classes=ds_train.num_classes, **dict(config.model_kwargs))
   a, b = (train(model, ds_train, s, config) for s in config.seeds)
   metric_fn = lj.make_metric_fn(model, {"train": ds_train, "test": ds_test})
@@ -65,15 +71,15 @@ def main(_):
   spec = P.spec_from_model(model, {"params": a}, x)
   logging.info("%s", spec)
   res = P.weight_matching(jax.random.key(config.matching_seed), spec, a, b,
-                          max_iter=config.max_iter, progress=True)
+                          max_iter=config.max_iter, progress=_PROGRESS.value)
   b_aligned = P.apply_permutation(spec, res.perm, b)
   alphas = np.linspace(0.0, 1.0, config.num_alphas)
-  paths = {"naive": P._path_metrics(metric_fn, a, b, alphas),
-           "aligned": P._path_metrics(metric_fn, a, b_aligned, alphas)}
+  paths = {name: lj.linear_path(metric_fn, a, end, alphas, progress=_PROGRESS.value)
+           for name, end in (("naive", b), ("aligned", b_aligned))}
   table = {}
   for name, path in paths.items():
     for split in ("train", "test"):
-      bar = P._barriers(path[f"{split}_loss"], alphas)
+      bar = lj.barriers(path[f"{split}_loss"], alphas)
       table[f"{name}/{split}"] = {
         "frankle": bar["frankle"], "entezari": bar["entezari"],
         "max_loss": float(np.max(path[f"{split}_loss"])),
@@ -95,27 +101,12 @@ def main(_):
   for k, v in table.items():
     print(f"| {k} | {v['frankle']:.4f} | {v['entezari']:.4f} | {v['max_loss']:.4f} | "
           f"{v['min_accuracy']:.4f} |")
-  plot(alphas, paths, os.path.join(workdir, "align.png"))
-
-
-def plot(alphas, paths, filename):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-  for name, style in (("naive", "--"), ("aligned", "-")):
-    for split, color in (("train", "C0"), ("test", "C1")):
-      axes[0].plot(alphas, paths[name][f"{split}_loss"], style, color=color,
-                   label=f"{name}, {split}")
-      axes[1].plot(alphas, paths[name][f"{split}_accuracy"], style, color=color)
-  axes[0].set(xlabel="alpha", ylabel="loss", title="(1 - alpha) theta_a + alpha theta_b")
-  axes[1].set(xlabel="alpha", ylabel="accuracy")
-  axes[0].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(filename, dpi=120)
-  plt.close(fig)
+  for metric, label in (("loss", "loss"), ("accuracy", "accuracy")):
+    runs = {f"{name}, {split}": paths[name][f"{split}_{metric}"]
+            for split in ("train", "test") for name in ("naive", "aligned")}
+    plotting.plot_barriers(os.path.join(workdir, f"align_{metric}"), alphas, runs, ylabel=label,
+                           show_barrier=metric == "loss",
+                           title=f"{config.model}: B as trained (naive) vs permuted onto A")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ point s = 1/2 (units i and j identical): the gradient norm, the norm of its anti
 d = sigma_ij(theta) - theta, and the smallest eigenvalues of the dense Hessian (jax.hessian +
 eigh, exact for this ~1.2k-parameter model; also the smallest Ritz value of
 `lj.hessian_eigenvalues`). Then a quadratic Bezier curve from theta to sigma_ij(theta) is trained
-(`lj.init_curve`, `lj.curve_loss`, `lj.curve_point`) to find the low-loss valley; its bend stays a
-permutation point (the curve is symmetric under the swap). Writes ``summary.json``,
-``paths.npz`` and ``saddle.png`` to the workdir.
+(`lj.init_curve`, `lj.curve_loss`, `lj.curve_point`) to find the low-loss valley. It starts at the
+permutation point; the objective is symmetric under the swap, but training with sampled ts need not
+keep the bend there, and ``bend_units_max_abs_difference`` in the summary says how far units i and
+j of the bend moved apart (0: the bend is still a permutation point). Writes ``summary.json``,
+``paths.npz``, ``saddle_paths.png/pdf`` (the swap paths, barriers in the legend) and
+``saddle_valley.png/pdf`` (straight swap path vs trained curve) to the workdir.
 """
 
 import json
@@ -23,16 +26,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm.auto as tqdm
 from absl import app, flags
 from jax.flatten_util import ravel_pytree
 from ml_collections import config_flags
 
 import landscape_jax as lj
 from landscape_jax import permutations as P
+from landscape_jax import plotting
 from landscape_jax.models import MLP
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Saddle config file (.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over the unit pairs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -98,16 +104,19 @@ def valley(loss_fn, batch, theta, swapped, config):
   return run(curve, jax.random.key(7))
 
 
-def main(_):
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  ds = lj.load(config.dataset, "train")
+  ds = lj.load(config.dataset, "train", data_dir=config.get("data_dir"))
   model = MLP(features=tuple(config.features), num_classes=ds.num_classes)
   loss_fn = lj.make_loss_fn(model, mean=ds.mean, std=ds.std)
   images, labels = jnp.asarray(ds.images), jnp.asarray(ds.labels)
   batch = (images, labels)  # the whole training split: exact loss, gradient and Hessian
   theta = train(model, loss_fn, images, labels, config)
-  metric_fn = lj.make_metric_fn(model, {"train": ds, "test": lj.load(config.dataset, "test")})
+  metric_fn = lj.make_metric_fn(model, {"train": ds, "test": lj.load(
+    config.dataset, "test", data_dir=config.get("data_dir"))})
   spec = P.mlp_spec(theta)
   layer = config.layer
   ss = np.linspace(0.0, 1.0, config.num_s)
@@ -117,7 +126,7 @@ def main(_):
   ev = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)))
   at_theta["smallest_eigenvalues"] = ev[:config.num_eigenvalues].tolist()
   results, paths = [], {}
-  for i, j in config.pairs:
+  for i, j in tqdm.tqdm(config.pairs, desc="unit pairs", disable=not _PROGRESS.value):
     path = P.swap_path_metrics(metric_fn, theta, layer, i, j, ss, spec=spec)
     mid = P.swap_path(theta, layer, i, j, 0.5, spec=spec)
     swapped = P.swap_units(theta, layer, i, j, spec=spec)
@@ -150,27 +159,23 @@ def main(_):
     json.dump(summary, f, indent=2)
   np.savez(os.path.join(workdir, "paths.npz"), s=ss, curve_t=ts, curve_loss=curve_loss,
            **{f"swap_{k}": v for k, v in paths.items()})
-  plot(ss, paths, ts, curve_loss, (i, j), os.path.join(workdir, "saddle.png"))
+  plot(ss, paths, ts, curve_loss, (i, j), workdir)
 
 
-def plot(ss, paths, ts, curve_loss, pair, filename):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-  for k, v in paths.items():
-    axes[0].plot(ss, v, label=f"units {k.replace('_', ', ')}")
-  axes[0].set(xlabel="s", ylabel="train loss", title="swap paths (midpoint: permutation point)")
-  axes[0].legend(fontsize=8)
-  axes[1].plot(ss, paths[f"{pair[0]}_{pair[1]}"], "--", label="straight swap path")
-  axes[1].plot(ts, curve_loss, label="trained Bezier curve")
-  axes[1].set(xlabel="t", ylabel="train loss", title=f"valley theta -> swap{pair}")
-  axes[1].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(filename, dpi=120)
-  plt.close(fig)
+def plot(ss, paths, ts, curve_loss, pair, workdir):
+  """``saddle_paths.png/pdf`` (every swap path) and ``saddle_valley.png/pdf`` (path vs curve)."""
+  plotting.plot_barriers(os.path.join(workdir, "saddle_paths"), ss,
+                         {f"units {k.replace('_', ', ')}": v for k, v in paths.items()},
+                         ylabel="train loss",
+                         xlabel=r"$s$ in $(1-s)\,\theta + s\,\sigma_{ij}(\theta)$",
+                         title="Swap paths (midpoint: a permutation point)")
+  if not np.array_equal(ss, ts):
+    raise ValueError("the swap path and the curve must share their grid for the valley figure.")
+  plotting.plot_barriers(os.path.join(workdir, "saddle_valley"), ss,
+                         {"straight swap path": paths[f"{pair[0]}_{pair[1]}"],
+                          "trained Bezier curve": curve_loss},
+                         ylabel="train loss", xlabel="s (path), t (curve)",
+                         title=f"Valley from theta to its swap of units {pair}")
 
 
 if __name__ == "__main__":

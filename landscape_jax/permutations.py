@@ -926,32 +926,3 @@ def swap_path_metrics(metric_fn: Callable, params: PyTree, layer: str, i: int, j
                       j=int(j), spec=spec)
   return {k: np.asarray(v) for k, v in out.items()}
 
-
-# ------------------------------------------------------------------------------------------------
-# Straight-line interpolation and barriers (private; landscape_jax.paths provides the public ones)
-
-
-@jax.jit
-def _path_metrics_jit(metric_fn, a, b, alphas):
-  return jax.lax.map(lambda t: metric_fn(jax.tree.map(lambda x, y: x + t * (y - x), a, b)), alphas)
-
-
-def _path_metrics(metric_fn, a, b, alphas) -> dict[str, np.ndarray]:
-  """``metric_fn((1 - alpha) a + alpha b)`` for each alpha (one jitted `lax.map`)."""
-  if not isinstance(metric_fn, jax.tree_util.Partial):
-    metric_fn = jax.tree_util.Partial(metric_fn)
-  out = _path_metrics_jit(metric_fn, a, b, jnp.asarray(alphas, jnp.float32))
-  return {k: np.asarray(v) for k, v in out.items()}
-
-
-def _barriers(values, alphas) -> dict[str, float]:
-  """Barriers of a path of losses ``values[k] = L(alphas[k])`` with alphas from 0 to 1.
-
-  Frankle et al. 2020: ``max_alpha L(alpha) - (L(0) + L(1)) / 2``; Entezari et al. 2021:
-  ``max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]``.
-  """
-  v = np.asarray(values, np.float64)
-  t = np.asarray(alphas, np.float64)
-  return {"frankle": float(v.max() - (v[0] + v[-1]) / 2),
-          "entezari": float(np.max(v - ((1 - t) * v[0] + t * v[-1]))),
-          "num_alphas": len(t)}

@@ -74,3 +74,52 @@ def test_fge_script_compares_ensembles_and_resumes(tmp_path):
           | _mtimes(ckpt / "3")) == kept
   assert lj.checkpoints.list_steps(ckpt) == [3, 4]
   assert json.load(open(tmp_path / "summary.json")) == summary
+
+
+def test_align_script_lowers_the_barrier(tmp_path):
+  """experiments/align.py (Ainsworth et al. Fig. 2) on its quick digits setting: the barriers in
+  summary.json are those of the stored curves, permuting B leaves its function unchanged, and
+  weight matching lowers the barrier."""
+  out = _run("align.py", "align_digits.py:quick", tmp_path)
+  summary = json.load(open(tmp_path / "summary.json"))
+  table = summary["barriers"]
+  with np.load(tmp_path / "path.npz") as z:
+    paths = {k: z[k] for k in z.files}
+  for key, row in table.items():
+    name, split = key.split("/")
+    loss = paths[f"{name}_{split}_loss"]
+    assert row["frankle"] == pytest.approx(loss.max() - (loss[0] + loss[-1]) / 2, abs=1e-6)
+    assert f"| {key} | {row['frankle']:.4f} |" in out
+  for split in ("train", "test"):  # alpha = 1 is B, permuted or not: the same function
+    np.testing.assert_allclose(paths[f"aligned_{split}_loss"][[0, -1]],
+                               paths[f"naive_{split}_loss"][[0, -1]], rtol=1e-4, atol=1e-6)
+  assert table["aligned/train"]["frankle"] < 0.5 * table["naive/train"]["frankle"]
+  assert summary["matching"]["objectives"][-1] >= summary["matching"]["objectives"][0]
+  for name in ("align_loss.png", "align_accuracy.png", "align_loss.pdf"):
+    assert os.path.getsize(tmp_path / name) > 1000, name
+
+
+def test_saddle_script_finds_permutation_saddles(tmp_path):
+  """experiments/saddle.py (Brea et al. 2019), shortened: facts that hold whatever the training
+  did. The swap path is symmetric about s = 1/2, the gradient at the permutation point has no
+  antisymmetric part, the dense Hessian's smallest eigenvalue is at most the curvature along the
+  swap direction (a Rayleigh quotient) and matches Lanczos, and the trained curve ends at theta."""
+  _run("saddle.py", "align_saddle.py:quick", tmp_path, "--config.steps=300",
+       "--config.curve_steps=100", "--config.num_s=11", "--config.pairs=((0, 1), (2, 7))")
+  summary = json.load(open(tmp_path / "summary.json"))
+  with np.load(tmp_path / "paths.npz") as z:
+    paths = {k: z[k] for k in z.files}
+  for info in summary["pairs"]:
+    i, j = info["pair"]
+    loss = paths[f"swap_{i}_{j}"]
+    np.testing.assert_allclose(loss, loss[::-1], rtol=1e-5)
+    assert loss[0] == pytest.approx(summary["theta"]["train_loss"], rel=1e-5)
+    assert info["grad_antisymmetric_norm"] < 1e-5 * max(info["grad_norm"], 1.0)
+    assert info["smallest_eigenvalues"][0] <= info["swap_curvature"] + 1e-6
+    assert info["lanczos_smallest"] == pytest.approx(info["smallest_eigenvalues"][0], rel=1e-3,
+                                                     abs=1e-5)
+  curve = paths["curve_loss"]
+  assert curve[0] == pytest.approx(summary["theta"]["train_loss"], rel=1e-4)
+  assert curve[-1] == pytest.approx(summary["theta"]["train_loss"], rel=1e-4)
+  for name in ("saddle_paths.png", "saddle_valley.png", "saddle_valley.pdf"):
+    assert os.path.getsize(tmp_path / name) > 1000, name

@@ -237,6 +237,10 @@ def two_mlps(digits_train, digits_test):
   return model, a, b, metric_fn
 
 
+def _path(metric_fn, a, b, alphas):
+  return lj.linear_path(metric_fn, a, b, alphas, progress=False)["train_loss"]
+
+
 def test_alignment_lowers_the_barrier_and_permuted_copy_has_zero_barrier(two_mlps):
   model, a, b, metric_fn = two_mlps
   spec = P.mlp_spec(a)
@@ -244,27 +248,21 @@ def test_alignment_lowers_the_barrier_and_permuted_copy_has_zero_barrier(two_mlp
   assert float(metric_fn(a)["train_accuracy"]) > 0.95
   # A permuted copy of a: after matching, the straight line is constant (barrier exactly 0).
   copy = P.apply_permutation(spec, P.random_permutation(jax.random.key(7), spec), a)
-  raw = P._path_metrics(metric_fn, a, copy, alphas)["train_loss"]
+  raw = _path(metric_fn, a, copy, alphas)
   res = P.weight_matching(jax.random.key(0), spec, a, copy)
-  aligned = P._path_metrics(metric_fn, a, P.apply_permutation(spec, res.perm, copy), alphas)
-  assert P._barriers(raw, alphas)["frankle"] > 0.1
-  b0 = P._barriers(aligned["train_loss"], alphas)
+  aligned = _path(metric_fn, a, P.apply_permutation(spec, res.perm, copy), alphas)
+  assert lj.barriers(raw, alphas)["frankle"] > 0.1
+  b0 = lj.barriers(aligned, alphas)
   assert abs(b0["frankle"]) < 1e-6 and abs(b0["entezari"]) < 1e-6
   # Two independently trained models: alignment lowers the barrier.
-  before = P._barriers(P._path_metrics(metric_fn, a, b, alphas)["train_loss"], alphas)
+  before = lj.barriers(_path(metric_fn, a, b, alphas), alphas)
   res = P.weight_matching(jax.random.key(0), spec, a, b)
   b_aligned = P.apply_permutation(spec, res.perm, b)
-  after = P._barriers(P._path_metrics(metric_fn, a, b_aligned, alphas)["train_loss"], alphas)
+  after = lj.barriers(_path(metric_fn, a, b_aligned, alphas), alphas)
   assert after["frankle"] < 0.5 * before["frankle"], (before, after)
   assert after["entezari"] < before["entezari"]
   assert res.objectives[-1] > res.objectives[0]
   _close(metric_fn(b_aligned), metric_fn(b), 1e-4)  # same function
-
-
-def test_barrier_helper_hand_computed():
-  b = P._barriers([1.0, 3.0, 2.0], [0.0, 0.5, 1.0])
-  assert b["frankle"] == pytest.approx(1.5) and b["entezari"] == pytest.approx(1.5)
-  assert b["num_alphas"] == 3
 
 
 def test_swap_path_midpoint_is_a_permutation_point(two_mlps, digits_train):
