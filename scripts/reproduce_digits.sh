@@ -18,7 +18,7 @@ RUNS=${RUNS:-runs}
 N1=${N1:-31}
 N2=${N2:-15}
 N2S=${N2S:-11}  # the width and depth-56 comparisons: an 11 x 11 grid of the train loss only
-STEPS=${*:-batch shortcuts20 curve fge hessian trajectory width shortcuts56 numbers}
+STEPS=${*:-batch shortcuts20 curve fge align saddle hessian trajectory width shortcuts56 numbers}
 CMP=experiments/configs/surface_digits_comparisons.py
 GRID1=(--config.x="(-1.0,1.0,$N1)")
 GRID2=(--config.dim=2 --config.x="(-1.0,1.0,$N2)" --config.y="(-1.0,1.0,$N2)")
@@ -91,6 +91,14 @@ for step in $STEPS; do
     fge)  # Garipov et al. Table 2: FGE vs independent ensembles at equal budget
       "$PY" experiments/fge.py --config=experiments/configs/fge_digits.py \
         --workdir="$RUNS/fge_digits" --noprogress > "$RUNS/fge_digits.log"
+      ;;
+    align)  # Ainsworth et al. 2023 Fig. 2: barrier before and after weight matching
+      "$PY" experiments/align.py --config=experiments/configs/align_digits.py \
+        --workdir="$RUNS/align_digits" --noprogress > "$RUNS/align_digits.log"
+      ;;
+    saddle)  # Brea et al. 2019: swap paths, permutation points, valleys
+      "$PY" experiments/saddle.py --config=experiments/configs/align_saddle.py \
+        --workdir="$RUNS/saddle_digits" --noprogress > "$RUNS/saddle_digits.log"
       ;;
     hessian)  # Li et al. Fig. 7 / PyHessian: top eigenvalues, trace, |lmin/lmax| map
       "$PY" experiments/hessian.py --config=experiments/configs/hessian_digits.py \

@@ -108,7 +108,8 @@ def main():
         res = one_d(st, xs) if kind == "1-D" else two_d(st, xs, _grid(cfg, "y"))
         print(f"{name} / {label}: {_fmt(res)}")
 
-  for name in ("connect_digits", "fge_digits", "hessian_digits", "trajectory_digits"):
+  for name in ("connect_digits", "fge_digits", "align_digits", "saddle_digits", "hessian_digits",
+               "trajectory_digits"):
     summ = os.path.join(runs, name, "summary.json")
     if not os.path.exists(summ):
       continue
