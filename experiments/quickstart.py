@@ -281,7 +281,8 @@ class Tour:
     self.step("align", "Permutation symmetry: weight matching",
               "B's hidden units are permuted (one permutation per residual stream) to maximise "
               "sum <W_A, P W_B> by coordinate descent with linear assignment (Ainsworth et al. "
-              "2023); the function of B is unchanged, the barrier to A drops.", run)
+              "2023); the function of B is unchanged, the barrier to A drops (partly for this "
+              "narrow ResNet; to near zero for the wider MLPs of docs/reproductions.md).", run)
 
   # -- 5. Hessian -------------------------------------------------------------------------------
   def hessian(self):
