@@ -45,6 +45,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from landscape_jax import checkpoints, trees
+from landscape_jax.convolutions import canonicalize_convolutions
 from landscape_jax.data import Dataset, augment
 from landscape_jax.store import StoreCorruptError, StoreWriteError, read_json
 
@@ -292,8 +293,11 @@ def make_epoch_fn(step_fn: Callable, *, augment_images: bool = False) -> Callabl
   Walks one epoch with `lax.scan` on device-resident uint8 data; batch i uses ``indices[i]`` and
   the key ``fold_in(key, state.step)`` (split for the augmentation), so results depend only on
   (seed, epoch, step) and a resumed run repeats an uninterrupted one exactly. `step_fn` is
-  ``step_fn(fn_args, state, batch, key) -> (state, loss)``.
+  ``step_fn(fn_args, state, batch, key) -> (state, loss)``; on the CPU its convolutions are put
+  in the canonical layout (`convolutions.canonicalize_convolutions`: XLA:CPU's backward
+  convolutions inside a scan are otherwise several times slower).
   """
+  step_fn = canonicalize_convolutions(step_fn)
 
   @jax.jit
   def epoch(fn_args, state, images, labels, indices, key):

@@ -38,6 +38,13 @@ def test_bench_curve_step_tiny():
   assert all(v > 0 for v in res.values())
 
 
+@pytest.mark.slow
+def test_bench_loops_tiny():
+  """Every variant computes the same products and the same SGD epoch (float rounding only)."""
+  res = _load("bench_loops").main(["--tiny", "--no-record"])
+  assert len(res) == 6 and all(v > 0 for v in res.values())
+
+
 def test_flop_count_matches_hand_count():
   common = _load("_common")
   import jax
