@@ -27,13 +27,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.extend.core as jex
 from jax import lax
 
+from landscape_jax._jaxpr import evaluate, rewritten
+
 __all__ = ["canonical_dimension_numbers", "canonicalize_convolutions"]
-
-_JIT_PRIMITIVES = ("jit", "pjit")
-
 
 def canonical_dimension_numbers(num_spatial: int) -> lax.ConvDimensionNumbers:
   """``NHWC x HWIO -> NHWC`` (for 2 spatial dimensions) as `lax.ConvDimensionNumbers`.
@@ -68,33 +66,10 @@ def _canonical_conv(params: dict, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
   return lax.transpose(out, tuple(perm))
 
 
-def _eval(jaxpr, consts, args) -> list:
-  env: dict = {}
-
-  def read(v):
-    return v.val if isinstance(v, jex.Literal) else env[v]
-
-  for v, a in zip(jaxpr.constvars, consts, strict=True):
-    env[v] = a
-  for v, a in zip(jaxpr.invars, args, strict=True):
-    env[v] = a
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
-    name = eqn.primitive.name
-    if name == "conv_general_dilated":
-      outs = [_canonical_conv(eqn.params, *invals)]
-    elif name in _JIT_PRIMITIVES:
-      sub = eqn.params["jaxpr"]
-      outs = _eval(sub.jaxpr, sub.consts, invals)
-    else:
-      params = eqn.primitive.get_bind_params(eqn.params)
-      subfuns, params = params if isinstance(params, tuple) else ((), params)  # jax < 0.8: a pair
-      outs = eqn.primitive.bind(*subfuns, *invals, **params)
-      if not eqn.primitive.multiple_results:
-        outs = [outs]
-    for v, o in zip(eqn.outvars, outs, strict=True):
-      env[v] = o
-  return [read(v) for v in jaxpr.outvars]
+def _replace(eqn, invals):
+  if eqn.primitive.name == "conv_general_dilated":
+    return [_canonical_conv(eqn.params, *invals)]
+  return None
 
 
 def canonicalize_convolutions(fn: Callable[..., Any], *,
@@ -114,17 +89,4 @@ def canonicalize_convolutions(fn: Callable[..., Any], *,
   """
   if (backend or jax.default_backend()) != "cpu":
     return fn
-
-  @functools.wraps(fn)
-  def wrapped(*args, **kwargs):
-    leaves, tree = jax.tree.flatten((args, kwargs))
-
-    def flat_fn(*flat):
-      a, k = jax.tree.unflatten(tree, flat)
-      return fn(*a, **k)
-
-    closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*leaves)
-    out = _eval(closed.jaxpr, closed.consts, leaves)
-    return jax.tree.unflatten(jax.tree.structure(out_shape), out)
-
-  return wrapped
+  return rewritten(fn, functools.partial(evaluate, replace=_replace))

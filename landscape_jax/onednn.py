@@ -57,12 +57,13 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from landscape_jax._jaxpr import JIT_PRIMITIVES, Environment, bind, rewritten
+
 __all__ = ["available", "conv", "implementation", "resolve", "unavailable_reason",
            "with_onednn_convolutions"]
 
 _SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
 _TARGET = "landscape_jax_onednn_conv"
-_JIT_PRIMITIVES = ("jit", "pjit")
 
 
 class OnednnUnavailable(RuntimeError):
@@ -408,7 +409,7 @@ class _Fusion(NamedTuple):
 
 def _is_relu(eqn) -> bool:
   """``max(v, 0)``, or `jax.nn.relu` (a custom_jvp_call of it)."""
-  if eqn.primitive.name in ("custom_jvp_call", *_JIT_PRIMITIVES):
+  if eqn.primitive.name in ("custom_jvp_call", *JIT_PRIMITIVES):
     inner = eqn.params["call_jaxpr" if eqn.primitive.name == "custom_jvp_call" else "jaxpr"].jaxpr
     return len(inner.eqns) == 1 and len(eqn.invars) == 1 and _is_relu(inner.eqns[0])
   return eqn.primitive.name == "max" and any(
@@ -466,23 +467,16 @@ def _plan_fusions(jaxpr) -> tuple[dict[int, _Fusion], set[int]]:
 
 
 def _eval(jaxpr, consts, args, fuse: bool = True) -> list:
-  env: dict = {}
-
-  def read(v):
-    return v.val if isinstance(v, jex.Literal) else env[v]
-
-  for v, a in zip(jaxpr.constvars, consts, strict=True):
-    env[v] = a
-  for v, a in zip(jaxpr.invars, args, strict=True):
-    env[v] = a
+  env = Environment(jaxpr, consts, args)
+  read = env.read
   plans, absorbed = _plan_fusions(jaxpr) if fuse else ({}, set())
   for i, eqn in enumerate(jaxpr.eqns):
     if i in plans:  # a convolution with its epilogue, now that all its operands exist
       f = plans[i]
-      env[f.out] = _conv_eqn(f.conv, *(read(v) for v in f.conv.invars),
+      env.write([f.out], [_conv_eqn(f.conv, *(read(v) for v in f.conv.invars),
                              bias=None if f.bias is None else read(f.bias),
                              residual=None if f.residual is None else read(f.residual),
-                             relu=f.relu)
+                             relu=f.relu)])
       continue
     if i in absorbed:
       continue
@@ -490,17 +484,12 @@ def _eval(jaxpr, consts, args, fuse: bool = True) -> list:
     name = eqn.primitive.name
     if name == "conv_general_dilated" and _supported(eqn):
       outs = [_conv_eqn(eqn, *invals)]
-    elif name in _JIT_PRIMITIVES:
+    elif name in JIT_PRIMITIVES:
       sub = eqn.params["jaxpr"]
       outs = _eval(sub.jaxpr, sub.consts, invals, fuse)
     else:
-      params = eqn.primitive.get_bind_params(eqn.params)
-      subfuns, params = params if isinstance(params, tuple) else ((), params)  # jax < 0.8: a pair
-      outs = eqn.primitive.bind(*subfuns, *invals, **params)
-      if not eqn.primitive.multiple_results:
-        outs = [outs]
-    for v, o in zip(eqn.outvars, outs, strict=True):
-      env[v] = o
+      outs = bind(eqn, invals)
+    env.write(eqn.outvars, outs)
   return [read(v) for v in jaxpr.outvars]
 
 
@@ -508,8 +497,8 @@ def with_onednn_convolutions(fn: Callable[..., Any], *,
                              fuse_epilogues: bool = True) -> Callable[..., Any]:
   """``fn`` with its float32 2-D convolutions computed by oneDNN (see the module docstring).
 
-  ``fn`` takes pytrees of arrays (positional arguments only) and returns a pytree of arrays; the
-  wrapped function traces it once per call (inside `jax.jit`: once per compilation) and
+  ``fn`` takes pytrees of arrays (positional or keyword arguments) and returns a pytree of
+  arrays; the wrapped function traces it once per call (inside `jax.jit`: once per compilation) and
   evaluates the traced program with each supported ``conv_general_dilated`` replaced by `conv`.
   Use it inside `jax.jit`; it computes the same function up to float rounding.
 
@@ -523,10 +512,4 @@ def with_onednn_convolutions(fn: Callable[..., Any], *,
   """
   _library()
 
-  @functools.wraps(fn)
-  def wrapped(*args):
-    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    out = _eval(closed.jaxpr, closed.consts, jax.tree.leaves(args), fuse_epilogues)
-    return jax.tree.unflatten(jax.tree.structure(out_shape), out)
-
-  return wrapped
+  return rewritten(fn, functools.partial(_eval, fuse=fuse_epilogues))

@@ -81,14 +81,21 @@ def _interrupt(store, kill_at):
                   store=store, metadata=TOY_META, progress=False)
 
 
-def _distributed(store, port, process_id, out):
+def _join(port, process_id):
+  """Joins the two-process group on localhost; checks the 2 x 2 simulated devices."""
   import landscape_jax as lj
 
   lj.sharding.initialize_distributed(f"127.0.0.1:{port}", num_processes=2,
                                      process_id=process_id)
+  assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+
+
+def _distributed(store, port, process_id, out):
+  import landscape_jax as lj
+
+  _join(port, process_id)
   metric_fn, params, dirs = mlp_problem()
   mesh = lj.make_mesh()
-  assert mesh.devices.size == 4 and len(jax.local_devices()) == 2
   res = lj.surface_grid(metric_fn, params, dirs, MLP_XS, MLP_YS, mesh=mesh, chunk_size=8,
                         store=store, metadata={"test": "distributed"}, progress=False)
   np.savez(out, **res)
@@ -111,11 +118,9 @@ def _train(workdir, port, process_id, out):
   import landscape_jax as lj
   from landscape_jax import training
 
-  lj.sharding.initialize_distributed(f"127.0.0.1:{port}", num_processes=2,
-                                     process_id=process_id)
+  _join(port, process_id)
   model, train_ds, test_ds = train_problem()
   mesh = training.make_mesh()
-  assert mesh.devices.size == 4 and len(jax.local_devices()) == 2
   state, records = training.train(model, train_ds, test_ds, workdir=workdir, mesh=mesh,
                                   config=training.default_config(**TRAIN_CONFIG), progress=False)
   flat = {jax.tree_util.keystr(k): np.asarray(v)
