@@ -65,14 +65,7 @@ def _timed(fn, repeats):
   t = time.perf_counter()
   out = C.block(fn())
   first = time.perf_counter() - t
-  best = min(_once(fn) for _ in range(1 if first > 20 else repeats))
-  return first, best, out
-
-
-def _once(fn):
-  t = time.perf_counter()
-  C.block(fn())
-  return time.perf_counter() - t
+  return first, C.best_time(fn, repeats=1 if first > 20 else repeats), out
 
 
 def main(argv=None):

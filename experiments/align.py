@@ -101,10 +101,10 @@ def main(argv):
   for k, v in table.items():
     print(f"| {k} | {v['frankle']:.4f} | {v['entezari']:.4f} | {v['max_loss']:.4f} | "
           f"{v['min_accuracy']:.4f} |")
-  for metric, label in (("loss", "loss"), ("accuracy", "accuracy")):
+  for metric in ("loss", "accuracy"):
     runs = {f"{name}, {split}": paths[name][f"{split}_{metric}"]
             for split in ("train", "test") for name in ("naive", "aligned")}
-    plotting.plot_barriers(os.path.join(workdir, f"align_{metric}"), alphas, runs, ylabel=label,
+    plotting.plot_barriers(os.path.join(workdir, f"align_{metric}"), alphas, runs, ylabel=metric,
                            show_barrier=metric == "loss",
                            title=f"{config.model}: B as trained (naive) vs permuted onto A")
 

@@ -143,9 +143,8 @@ def main(argv):
   i, j = config.pairs[0]
   swapped = P.swap_units(theta, layer, i, j, spec=spec)
   curve = valley(loss_fn, batch, theta, swapped, config)
-  ts = np.linspace(0.0, 1.0, config.num_s)
-  curve_loss = np.asarray(jax.jit(jax.vmap(
-    lambda t: loss_fn(lj.curve_point(curve, t), batch)))(jnp.asarray(ts)))
+  curve_loss = np.asarray(jax.jit(jax.vmap(  # on the swap paths' grid: t = s
+    lambda t: loss_fn(lj.curve_point(curve, t), batch)))(jnp.asarray(ss)))
   bend = jax.tree.map(lambda x: x[1], curve)
   bend_gap = float(jnp.max(jnp.abs(bend[layer]["kernel"][:, i] - bend[layer]["kernel"][:, j])))
   val = {"pair": [i, j], "max_loss_on_curve": float(curve_loss.max()),
@@ -157,20 +156,18 @@ def main(argv):
   summary = {"config": config.to_dict(), "theta": at_theta, "pairs": results, "valley": val}
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-  np.savez(os.path.join(workdir, "paths.npz"), s=ss, curve_t=ts, curve_loss=curve_loss,
+  np.savez(os.path.join(workdir, "paths.npz"), s=ss, curve_t=ss, curve_loss=curve_loss,
            **{f"swap_{k}": v for k, v in paths.items()})
-  plot(ss, paths, ts, curve_loss, (i, j), workdir)
+  plot(ss, paths, curve_loss, (i, j), workdir)
 
 
-def plot(ss, paths, ts, curve_loss, pair, workdir):
+def plot(ss, paths, curve_loss, pair, workdir):
   """``saddle_paths.png/pdf`` (every swap path) and ``saddle_valley.png/pdf`` (path vs curve)."""
   plotting.plot_barriers(os.path.join(workdir, "saddle_paths"), ss,
                          {f"units {k.replace('_', ', ')}": v for k, v in paths.items()},
                          ylabel="train loss",
                          xlabel=r"$s$ in $(1-s)\,\theta + s\,\sigma_{ij}(\theta)$",
                          title="Swap paths (midpoint: a permutation point)")
-  if not np.array_equal(ss, ts):
-    raise ValueError("the swap path and the curve must share their grid for the valley figure.")
   plotting.plot_barriers(os.path.join(workdir, "saddle_valley"), ss,
                          {"straight swap path": paths[f"{pair[0]}_{pair[1]}"],
                           "trained Bezier curve": curve_loss},

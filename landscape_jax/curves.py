@@ -629,7 +629,6 @@ def _load_store(store: str, meta: dict, num: int) -> tuple[dict, int]:
   pass their CRC-32 checksums (`zipfile` verifies them on read); every array has one row per
   point and ``0 <= done <= points``. The files are never modified here.
   """
-
   npz, js = _store_paths(store)
   if not os.path.exists(js):
     return {}, 0
@@ -658,7 +657,6 @@ def _load_store(store: str, meta: dict, num: int) -> tuple[dict, int]:
 
 def _save_store(store: str, meta: dict, results: dict, done: int) -> None:
   """Writes the arrays, then the JSON (each atomically); a failure leaves the previous files."""
-
   npz, js = _store_paths(store)
   tmp = f"{npz}.tmp{os.getpid()}.npz"
   try:

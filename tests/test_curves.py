@@ -381,36 +381,3 @@ def test_curve_train_step_matches_gradient_of_curve_loss(num_ts):
                              rtol=1e-5)
   assert int(new.step) == 1
 
-
-def _experiment_config(name, arg=None):
-  import importlib.util
-  import os
-
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                      "configs", name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def test_connect_and_fge_configs_follow_garipov_et_al():
-  """The recipes of Garipov et al. 2018 (and timgaripov/dnn-mode-connectivity's README)."""
-  for name, lr, wd in [("vgg16", 0.015, 5e-4), ("preresnet164", 0.03, 3e-4),
-                       ("wrn28_10", 0.03, 5e-4)]:
-    c = _experiment_config(f"connect_cifar10_{name}.py", "runs/a,runs/b")
-    assert (c.dataset, c.model, c.kind, c.num_bends, c.epochs, c.lr, c.weight_decay, c.momentum,
-            c.batch_size, c.augment, c.num_points, c.endpoints) == (
-      "cifar10", name, "bezier", 3, 600, lr, wd, 0.9, 128, True, 61, "runs/a,runs/b"), name
-  for name, lr, wd in [("vgg16", 0.05, 5e-4), ("preresnet164", 0.1, 3e-4)]:
-    c = _experiment_config(f"fge_cifar100_{name}.py")
-    assert (c.dataset, c.model, c.budget_epochs, c.lr, c.weight_decay, c.cycle_epochs, c.lr1,
-            c.lr2, c.batch_size, c.augment) == (
-      "cifar100", name, 200, lr, wd, 4, 0.05, 1e-4, 128, True), name
-  digits = _experiment_config("connect_digits.py", "resnet8")
-  assert (digits.model, dict(digits.model_kwargs)) == ("resnet8", {})
-  assert dict(_experiment_config("fge_digits.py").model_kwargs) == {"features": (32,)}
-  with pytest.raises(ValueError, match="Unknown connect config field 'epoch'. Known: .*epochs"):
-    curves.default_config(epoch=3)
-  with pytest.raises(ValueError, match="Unknown FGE config field 'cycle'. Known: .*cycles"):
-    ensembles.default_config(cycle=3)

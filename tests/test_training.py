@@ -422,3 +422,25 @@ def test_cifar10_configs_follow_the_papers():
     c = _load_config(name)
     assert (c.schedule, c.learning_rate, c.weight_decay, c.num_epochs, c.momentum, c.nesterov,
             c.batch_size) == ("garipov", lr, wd, epochs, 0.9, False, 128), name
+
+
+def test_connect_and_fge_configs_follow_garipov_et_al():
+  """The recipes of Garipov et al. 2018 (and timgaripov/dnn-mode-connectivity's README)."""
+  for name, lr, wd in [("vgg16", 0.015, 5e-4), ("preresnet164", 0.03, 3e-4),
+                       ("wrn28_10", 0.03, 5e-4)]:
+    c = _load_config(f"connect_cifar10_{name}.py", "runs/a,runs/b")
+    assert (c.dataset, c.model, c.kind, c.num_bends, c.epochs, c.lr, c.weight_decay, c.momentum,
+            c.batch_size, c.augment, c.num_points, c.endpoints) == (
+      "cifar10", name, "bezier", 3, 600, lr, wd, 0.9, 128, True, 61, "runs/a,runs/b"), name
+  for name, lr, wd in [("vgg16", 0.05, 5e-4), ("preresnet164", 0.1, 3e-4)]:
+    c = _load_config(f"fge_cifar100_{name}.py")
+    assert (c.dataset, c.model, c.budget_epochs, c.lr, c.weight_decay, c.cycle_epochs, c.lr1,
+            c.lr2, c.batch_size, c.augment) == (
+      "cifar100", name, 200, lr, wd, 4, 0.05, 1e-4, 128, True), name
+  digits = _load_config("connect_digits.py", "resnet8")
+  assert (digits.model, dict(digits.model_kwargs)) == ("resnet8", {})
+  assert dict(_load_config("fge_digits.py").model_kwargs) == {"features": (32,)}
+  with pytest.raises(ValueError, match="Unknown connect config field 'epoch'. Known: .*epochs"):
+    lj.curves.default_config(epoch=3)
+  with pytest.raises(ValueError, match="Unknown FGE config field 'cycle'. Known: .*cycles"):
+    lj.ensembles.default_config(cycle=3)
