@@ -59,3 +59,10 @@ def test_flop_count_matches_hand_count():
   x = jnp.zeros((2, 6, 6, 4))
   expected = 2 * (6 * 6 * 8 * 3 * 3 * 4) + 2 * (6 * 6 * 8 * 5)
   assert common.model_flops_per_example(f, w, x) == expected
+
+
+@pytest.mark.slow
+def test_bench_identity_tiny():
+  """The identity/engine overhead benchmark runs; its hand-written loop evaluates the same grid."""
+  res = _load("bench_identity").main(["--tiny", "--no-record", "--repeats", "1"])
+  assert all(np.isfinite(v) and v > 0 for v in res.values()), res
