@@ -11,8 +11,9 @@ the curve are trained (checkpointed every epoch, resumable), the curve and the s
 evaluated at ``config.num_points`` points (BatchNorm statistics recomputed at every point;
 resumable), and, for a 3-point curve, the loss on the plane through the endpoints and the bend is
 computed and plotted. Writes into --workdir: ``summary.json`` (min / max / mean and barrier of
-every metric along curve and line), ``curve_eval.npz``, ``plane.npz``, ``plane_<metric>.png/pdf``
-and ``curve_metrics.png/pdf``.
+every metric along curve and line), the result stores ``curve_eval/`` (curve points, then line
+points) and ``plane/`` (`landscape_jax.store`), ``plane_<metric>.png/pdf`` and
+``curve_metrics.png/pdf``.
 """
 
 import json
