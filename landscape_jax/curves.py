@@ -44,10 +44,11 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from landscape_jax import checkpoints, trees
+from landscape_jax import checkpoints, paths, trees
 from landscape_jax.convolutions import canonicalize_convolutions
 from landscape_jax.data import Dataset, augment
 from landscape_jax.store import StoreCorruptError, StoreWriteError, read_json
+from landscape_jax.training import garipov_schedule
 
 PyTree = Any
 KINDS = ("bezier", "polychain")
@@ -218,18 +219,17 @@ def curve_lr_schedule(base_lr: float, *, total_epochs: int, steps_per_epoch: int
                       ) -> optax.Schedule:
   """Reference learning-rate schedule of Garipov et al. (constant within an epoch).
 
-  With ``a = epoch / total_epochs``: factor 1 for ``a <= 0.5``, ``1 - 0.99 (a - 0.5) / 0.4`` for
-  ``0.5 < a <= 0.9`` (linear down to 0.01), and 0.01 afterwards; lr = base_lr * factor.
+  ``training.garipov_schedule(base_lr, total_epochs * steps_per_epoch, steps_per_epoch=...)``:
+  with ``a = (e + 1) / total_epochs`` for the 0-based epoch e (the reference's train.py counts
+  epochs from 1 and uses ``a = epoch / total``), factor 1 for ``a <= 0.5``,
+  ``1 - 0.99 (a - 0.5) / 0.4`` for ``0.5 < a <= 0.9`` (linear down to 0.01), and 0.01
+  afterwards; lr = base_lr * factor.
   """
   if total_epochs <= 0 or steps_per_epoch <= 0:
-    raise ValueError("total_epochs and steps_per_epoch must be positive.")
-
-  def schedule(step):
-    a = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32) / total_epochs
-    factor = jnp.where(a <= 0.5, 1.0, jnp.where(a <= 0.9, 1.0 - (a - 0.5) / 0.4 * 0.99, 0.01))
-    return base_lr * factor
-
-  return schedule
+    raise ValueError(f"total_epochs and steps_per_epoch must be positive, got {total_epochs} "
+                     f"and {steps_per_epoch}.")
+  return garipov_schedule(base_lr, total_epochs * steps_per_epoch,
+                          steps_per_epoch=steps_per_epoch)
 
 
 # ----------------------------------------------------------------------------- training
