@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
+from landscape_jax import curves
 from landscape_jax import hessian as hs
 
 pytestmark = pytest.mark.reliability
@@ -70,4 +71,105 @@ def test_non_finite_products_of_a_finite_loss():
     hs.hessian_eigenvalues(loss_fn, params, batch, num_steps=2)
   with pytest.raises(FloatingPointError, match="hessian_trace: the Hessian-vector products"):
     hs.hessian_trace(jax.random.key(0), loss_fn, params, batch, num_probes=2)
+
+
+# ------------------------------------------------------------------------- curves and planes
+
+
+def _tree(key, dtype=jnp.float32):
+  k1, k2 = jax.random.split(key)
+  return {"a": {"kernel": jax.random.normal(k1, (30, 20), dtype)},
+          "b": jax.random.normal(k2, (20,), dtype)}
+
+
+@pytest.mark.parametrize("kind", ["bezier", "polychain"])
+def test_curve_point_refuses_t_outside_the_unit_interval(kind):
+  c = curves.init_curve(_tree(jax.random.key(0)), _tree(jax.random.key(1)), 4)
+  for bad in (-0.1, 1.0 + 1e-6, 2.0, np.nan, np.float32(-1.0), jnp.asarray(1.5),
+              np.asarray(np.nan)):
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\].*got t = "):
+      curves.curve_point(c, bad, kind)
+  # the ends and interior points are fine, as Python, numpy and JAX scalars
+  for t in (0.0, 1.0, 0.3, np.float32(0.7), jnp.asarray(0.5)):
+    curves.curve_point(c, t, kind)
+  # traced t is not checked (documented): under jit a polychain gives an all-zero network at t=2
+  out = jax.jit(lambda t: curves.curve_point(c, t, kind))(2.0)
+  if kind == "polychain":
+    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(out))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_plane_basis_refuses_exactly_collinear_points(dtype):
+  with jax.enable_x64(dtype == jnp.float64):
+    w0, w2 = _tree(jax.random.key(0), dtype), _tree(jax.random.key(1), dtype)
+    w1 = jax.tree.map(lambda a, b: a + 0.3 * (b - a), w0, w2)  # on the line, up to rounding
+    assert jax.tree.leaves(w1)[0].dtype == dtype
+    with pytest.raises(ValueError, match=r"collinear.*below sqrt\(eps\)"):
+      curves.plane_basis(w0, w1, w2)
+    # a bend well off the line is accepted, and v is then orthogonal to u
+    off = jax.tree.map(lambda x, d: x + 1e-2 * d, w1, _tree(jax.random.key(2), dtype))
+    plane = curves.plane_basis(w0, off, w2)
+    uv = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(plane.u),
+                                                   jax.tree.leaves(plane.v), strict=True))
+    assert abs(uv) < 1e-5
+
+
+def test_plane_basis_refuses_coincident_and_non_finite_points():
+  w0, w1 = _tree(jax.random.key(0)), _tree(jax.random.key(1))
+  with pytest.raises(ValueError, match="w0 and w2 coincide"):
+    curves.plane_basis(w0, w1, w0)
+  bad = jax.tree.map(lambda x: x.at[0].set(jnp.nan), w1)
+  with pytest.raises(ValueError, match="plane_basis: w2 contain non-finite values at a/kernel"):
+    curves.plane_basis(w0, w1, bad)
+
+
+def test_curve_summary_takes_the_endpoints_at_t0_and_t1():
+  """The barrier of `paths.barrier`: endpoints at t = 0 and 1, maximum over [0, 1] only (the
+  former inline formula took the first and last values and the maximum over all of them)."""
+  ts = np.array([-0.25, 0.0, 0.5, 1.0, 1.25])
+  loss = np.array([9.0, 1.0, 2.0, 3.0, 9.0])
+  acc = np.array([0.1, 0.9, 0.5, 0.8, 0.1])
+  s = curves.curve_summary({"train_loss": loss, "train_accuracy": acc}, ts)
+  assert s["train_loss"]["barrier"] == pytest.approx(3.0 - 2.0)
+  assert (s["train_loss"]["start"], s["train_loss"]["end"]) == (1.0, 3.0)
+  assert s["train_loss"]["barrier"] == lj.barrier(loss, ts)
+  assert s["train_error"]["barrier"] == pytest.approx(0.5 - 0.5 * (0.1 + 0.2))
+  assert "barrier" not in s["train_accuracy"]
+  assert (s["train_loss"]["min"], s["train_loss"]["max"]) == (1.0, 9.0)
+  # default ts: linspace(0, 1, T)
+  d = curves.curve_summary({"loss": [1.0, 4.0, 2.0]})
+  assert d["loss"]["barrier"] == pytest.approx(4.0 - 1.5)
+  # a NaN inside [0, 1] gives a NaN barrier (and min / max / mean); outside [0, 1] it is ignored
+  n = curves.curve_summary({"loss": [1.0, np.nan, 2.0]})
+  assert np.isnan(n["loss"]["barrier"]) and np.isnan(n["loss"]["max"])
+  out = curves.curve_summary({"loss": [np.nan, 1.0, 4.0, 2.0]}, [-0.5, 0.0, 0.5, 1.0])
+  assert out["loss"]["barrier"] == pytest.approx(4.0 - 1.5)
+  with pytest.raises(ValueError, match="one value per t"):
+    curves.curve_summary({"loss": [1.0, 2.0]}, [0.0, 0.5, 1.0])
+
+
+def test_curve_summary_without_an_endpoint_has_no_barrier():
+  with pytest.warns(UserWarning, match="do not include both t = 0 and t = 1"):
+    s = curves.curve_summary({"loss": [1.0, 4.0, 2.0], "accuracy": [0.5, 0.4, 0.6]},
+                             [0.0, 0.25, 0.5])
+  for k in ("loss", "error"):
+    assert not {"barrier", "start", "end"} & set(s[k]), s[k]
+    assert set(s[k]) == {"min", "max", "mean"}
+  # evaluate_curve passes its ts
+  c = curves.init_curve(_tree(jax.random.key(0)), _tree(jax.random.key(1)), 3)
+  f = lambda p: {"loss": jnp.sum(jnp.square(p["b"]))}
+  with pytest.warns(UserWarning, match="no start, end or barrier"):
+    res = curves.evaluate_curve(f, c, ts=[0.0, 0.25, 0.5], progress=False)
+  assert "barrier" not in res["summary"]["curve"]["loss"]
+  full = curves.evaluate_curve(f, c, ts=[0.0, 0.5, 1.0], progress=False)
+  assert full["summary"]["line"]["loss"]["barrier"] == lj.barrier(full["line"]["loss"])
+
+
+def test_barrier_alphas_must_be_finite_and_hit_the_endpoints():
+  with pytest.raises(ValueError, match="alphas contain NaN/inf"):
+    lj.barrier([1.0, 2.0, 1.0], [0.0, np.nan, 1.0])
+  # an alpha 1e-6 short of 1 is not the endpoint (the tolerance is 1e-9, absolute)
+  with pytest.raises(ValueError, match="alpha = 0 and alpha = 1"):
+    lj.barrier([1.0, 2.0, 1.0], [0.0, 0.5, 1.0 - 1e-6])
+  assert lj.barrier([1.0, 2.0, 1.0], [0.0, 0.5, 1.0 - 1e-12]) == pytest.approx(1.0)
 
