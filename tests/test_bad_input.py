@@ -173,3 +173,35 @@ def test_barrier_alphas_must_be_finite_and_hit_the_endpoints():
     lj.barrier([1.0, 2.0, 1.0], [0.0, 0.5, 1.0 - 1e-6])
   assert lj.barrier([1.0, 2.0, 1.0], [0.0, 0.5, 1.0 - 1e-12]) == pytest.approx(1.0)
 
+
+# ------------------------------------------------------------------------- data normalisation
+
+
+@pytest.mark.parametrize("std, msg", [(0.0, "std must be > 0"), (-0.2, "std must be > 0"),
+                                      (np.nan, "std contains NaN"), (np.inf, "std contains NaN")])
+def test_zero_or_non_finite_std_is_refused(digits_train, std, msg):
+  data = digits_train.subset(slice(0, 16))
+  with pytest.raises(ValueError, match=f"Dataset digits:train: {msg}"):
+    lj.data.Dataset(images=data.images, labels=data.labels, num_classes=10, mean=data.mean,
+                    std=np.array([std], np.float32), name="digits", split="train")
+  with pytest.raises(ValueError, match=msg):
+    lj.data.normalize_images(data.images, data.mean, np.float32(std))
+  # a loss function built with it fails at its first (eager) call instead of returning NaN
+  model = lj.get_model("mlp_small", num_classes=10)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  loss_fn = lj.make_loss_fn(model, mean=data.mean, std=np.array([std], np.float32))
+  with pytest.raises(ValueError, match=msg):
+    loss_fn(params, (data.images, data.labels))
+
+
+def test_mean_and_std_must_match_the_channels(digits_train):
+  data = digits_train.subset(slice(0, 16))
+  with pytest.raises(ValueError, match=r"std must be a scalar or have shape \(1,\)"):
+    lj.data.Dataset(images=data.images, labels=data.labels, num_classes=10, mean=data.mean,
+                    std=np.ones(3, np.float32))
+  with pytest.raises(ValueError, match=r"mean must be a scalar or have shape \(1,\)"):
+    lj.data.normalize_images(data.images, np.zeros(3), np.ones(1))
+  # under jit the values are traced and cannot be checked (documented): NaN, not an error
+  out = jax.jit(lj.data.normalize_images)(data.images, data.mean, np.zeros(1, np.float32))
+  assert not np.all(np.isfinite(np.asarray(out)))
+
