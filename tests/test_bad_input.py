@@ -205,3 +205,36 @@ def test_mean_and_std_must_match_the_channels(digits_train):
   out = jax.jit(lj.data.normalize_images)(data.images, data.mean, np.zeros(1, np.float32))
   assert not np.all(np.isfinite(np.asarray(out)))
 
+
+# ------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("name, overrides, msg", [
+  ("resnet7", {}, r"Invalid model 'resnet7': CIFAR ResNet depth must be 6n \+ 2.*got 7"),
+  ("resnet21_noshort", {}, r"depth must be 6n \+ 2.*got 21"),
+  ("resnet20", {"shortcut": "projection"}, r"shortcut must be one of"),
+  ("resnet20", {"depth": 19}, r"depth must be 6n \+ 2.*got 19"),
+  ("preresnet50", {}, r"bottleneck blocks.*9n \+ 2.*got 50"),
+  ("wrn28_10", {"depth": 27}, r"Wide-ResNet depth must be 6n \+ 4.*got 27"),
+  ("wrn12_2", {}, r"Invalid model name 'wrn12_2'.*6n \+ 4.*6n \+ 2"),
+  ("densenet_bc_15_4", {}, r"Invalid model 'densenet_bc_15_4': DenseNet-BC depth must be 6n"),
+  ("vgg11", {}, r"Unknown model 'vgg11'"),
+])
+def test_get_model_validates_names_and_depths_when_building(name, overrides, msg):
+  with pytest.raises(ValueError, match=msg) as info:
+    lj.get_model(name, num_classes=10, **overrides)
+  assert "Known models: " in str(info.value) and "resnet20" in str(info.value)
+  assert "resnet{6n+2}" in str(info.value)
+
+
+@pytest.mark.parametrize("num_classes", [0, -1, 2.5, True, "10"])
+def test_get_model_refuses_a_non_positive_number_of_classes(num_classes):
+  with pytest.raises(ValueError, match=r"num_classes must be a positive integer"):
+    lj.get_model("mlp_small", num_classes=num_classes)
+
+
+def test_get_model_still_builds_the_valid_ones():
+  assert lj.get_model("resnet8", num_classes=np.int64(3)).num_classes == 3
+  assert lj.get_model("resnet14_noshort", num_classes=1).shortcut == "none"
+  assert lj.get_model("preresnet47", num_classes=10).depth == 47
+  assert lj.get_model("wrn10_1", num_classes=10).depth == 10
