@@ -238,3 +238,57 @@ def test_get_model_still_builds_the_valid_ones():
   assert lj.get_model("resnet14_noshort", num_classes=1).shortcut == "none"
   assert lj.get_model("preresnet47", num_classes=10).depth == 47
   assert lj.get_model("wrn10_1", num_classes=10).depth == 10
+
+
+# ------------------------------------------------------------------------- permutations
+
+
+def _mlp_params():
+  model = lj.get_model("mlp", num_classes=10, features=(6, 5))
+  return model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+
+
+@pytest.mark.parametrize("bad, msg", [
+  ([0, 1, 1, 3, 4, 5], r"repeated indices \[1\] and missing \[2\]"),
+  ([0, 1, 2, 3, 4, 6], r"indices out of range \[0, 6\): \[6\]"),
+  ([0, 1, 2, 3, 4, -1], r"indices out of range \[0, 6\): \[-1\]"),
+  ([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "must hold integer indices"),
+  ([0, 1, 2, 3, 4], r"must have shape \(6,\), got \(5,\)"),
+])
+def test_apply_permutation_refuses_a_non_permutation(bad, msg):
+  from landscape_jax import permutations as P
+
+  params = _mlp_params()
+  spec = P.mlp_spec(params)
+  perm = P.identity_permutation(spec)
+  perm["Dense_0"] = np.asarray(bad)
+  acts = r"params/Dense_0/bias\[0\], params/Dense_0/kernel\[1\], params/Dense_1/kernel\[0\]"
+  with pytest.raises(ValueError,
+                     match=r"Permutation 'Dense_0' \(acting on " + acts + r"\).*" + msg):
+    P.apply_permutation(spec, perm, params)
+  with pytest.raises(ValueError, match="Permutation 'Dense_0'"):
+    P.weight_matching(jax.random.key(0), spec, params, params, init_perm=perm)
+  # a real permutation still goes through, also as a traced argument under jit
+  good = P.random_permutation(jax.random.key(1), spec)
+  eager = P.apply_permutation(spec, good, params)
+  traced = jax.jit(lambda p: P.apply_permutation(spec, p, params))(good)
+  jax.tree.map(np.testing.assert_array_equal, eager, traced)
+
+
+@pytest.mark.parametrize("which", ["variables_a", "variables_b"])
+def test_weight_matching_names_the_non_finite_leaf(which):
+  from landscape_jax import permutations as P
+
+  a = _mlp_params()
+  b = jax.tree.map(lambda x: x + 0.1, a)
+  bad = jax.tree.map(lambda x: x, a if which == "variables_a" else b)
+  bad["Dense_1"]["kernel"] = bad["Dense_1"]["kernel"].at[2, 3].set(jnp.nan)
+  args = (bad, b) if which == "variables_a" else (a, bad)
+  with pytest.raises(ValueError, match=f"weight_matching: {which} has NaN/inf values at "
+                                       r"params/Dense_1/kernel \(1 of 30 entries\)"):
+    P.weight_matching(jax.random.key(0), P.mlp_spec(a), *args)
+  # a leaf no permutation acts on (the classifier's bias): it used to give NaN objectives only
+  inf = jax.tree.map(lambda x: x, a)
+  inf["Dense_2"]["bias"] = inf["Dense_2"]["bias"].at[0].set(jnp.inf)
+  with pytest.raises(ValueError, match="variables_b has NaN/inf values at params/Dense_2/bias"):
+    P.weight_matching(jax.random.key(0), P.mlp_spec(a), {"params": a}, {"params": inf})
