@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import os
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -723,8 +724,6 @@ def curve_summary(values: Mapping[str, np.ndarray], ts=None) -> dict[str, dict[s
     `UserWarning` says so. A NaN value inside [0, 1] gives a NaN barrier (and NaN min / max /
     mean): nothing is silently dropped.
   """
-  import warnings
-
   out = {}
   keys = list(values)
   n = len(np.asarray(values[keys[0]])) if keys else 0
@@ -740,10 +739,10 @@ def curve_summary(values: Mapping[str, np.ndarray], ts=None) -> dict[str, dict[s
     v = np.asarray(v, np.float64)
     if v.shape != ts.shape:
       raise ValueError(f"curve_summary: {v.shape} values but {ts.shape} ts; give one value per t.")
-    out = {"min": float(np.min(v)), "max": float(np.max(v)), "mean": float(np.mean(v))}
+    summary = {"min": float(np.min(v)), "max": float(np.max(v)), "mean": float(np.mean(v))}
     if has_ends:
-      out.update(start=float(v[ends[0]]), end=float(v[ends[1]]))
-    return v, out
+      summary.update(start=float(v[ends[0]]), end=float(v[ends[1]]))
+    return v, summary
 
   for k in keys:
     v, out[k] = stats(values[k])
