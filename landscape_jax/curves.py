@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -41,12 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape_jax import checkpoints, engine, trees
+from landscape_jax import checkpoints, engine, paths, trees
 from landscape_jax.convolutions import canonicalize_convolutions
 from landscape_jax.data import Dataset, augment
 from landscape_jax.engine import check_grid
 from landscape_jax.store import read_json
 from landscape_jax.surface import surface_grid
+from landscape_jax.training import garipov_schedule
 
 PyTree = Any
 KINDS = ("bezier", "polychain")
@@ -143,11 +145,29 @@ def _combine(coeffs: jax.Array, curve: PyTree) -> PyTree:
   return jax.tree.map(lambda w: jnp.tensordot(coeffs.astype(w.dtype), w, axes=1), curve)
 
 
+def _check_t(t) -> None:
+  """ValueError for a concrete t outside [0, 1] or NaN; traced ts (jit, vmap) pass unchecked."""
+  if isinstance(t, jax.core.Tracer):
+    return
+  value = np.asarray(t, np.float64)
+  if value.ndim == 0 and not 0.0 <= float(value) <= 1.0:
+    raise ValueError(
+      f"curve_point: t must lie in [0, 1] (t = 0 is the start, t = 1 the end of the curve), got "
+      f"t = {float(value)}. Outside [0, 1] the Bezier basis extrapolates and the polygonal "
+      "chain's coefficients are all zero (an all-zero network); clip or rescale t.")
+
+
 def curve_point(curve: PyTree, t, kind: str = "bezier") -> PyTree:
   """phi(t) = sum_k c_k(t) w_k, one weighted sum over the leading bend axis of every leaf.
 
   At ``t = 0`` and ``t = 1`` the result is exactly the start and end point.
+
+  Raises:
+    ValueError: for a concrete `t` outside [0, 1] or NaN. A traced t (inside `jax.jit`,
+      `jax.vmap`, `jax.grad`) cannot be checked: there the caller must keep t in [0, 1]
+      (outside it a polychain gives an all-zero network, a Bezier curve extrapolates).
   """
+  _check_t(t)
   coeffs = curve_coefficients(t, bend_count(curve), kind)
   if coeffs.ndim != 1:
     raise ValueError("curve_point takes a scalar t; use jax.vmap over t for several points.")
@@ -217,18 +237,17 @@ def curve_lr_schedule(base_lr: float, *, total_epochs: int, steps_per_epoch: int
                       ) -> optax.Schedule:
   """Reference learning-rate schedule of Garipov et al. (constant within an epoch).
 
-  With ``a = epoch / total_epochs``: factor 1 for ``a <= 0.5``, ``1 - 0.99 (a - 0.5) / 0.4`` for
-  ``0.5 < a <= 0.9`` (linear down to 0.01), and 0.01 afterwards; lr = base_lr * factor.
+  ``training.garipov_schedule(base_lr, total_epochs * steps_per_epoch, steps_per_epoch=...)``:
+  with ``a = (e + 1) / total_epochs`` for the 0-based epoch e (the reference's train.py counts
+  epochs from 1 and uses ``a = epoch / total``), factor 1 for ``a <= 0.5``,
+  ``1 - 0.99 (a - 0.5) / 0.4`` for ``0.5 < a <= 0.9`` (linear down to 0.01), and 0.01
+  afterwards; lr = base_lr * factor.
   """
   if total_epochs <= 0 or steps_per_epoch <= 0:
-    raise ValueError("total_epochs and steps_per_epoch must be positive.")
-
-  def schedule(step):
-    a = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32) / total_epochs
-    factor = jnp.where(a <= 0.5, 1.0, jnp.where(a <= 0.9, 1.0 - (a - 0.5) / 0.4 * 0.99, 0.01))
-    return base_lr * factor
-
-  return schedule
+    raise ValueError(f"total_epochs and steps_per_epoch must be positive, got {total_epochs} "
+                     f"and {steps_per_epoch}.")
+  return garipov_schedule(base_lr, total_epochs * steps_per_epoch,
+                          steps_per_epoch=steps_per_epoch)
 
 
 # ----------------------------------------------------------------------------- training
@@ -565,26 +584,54 @@ def check_ts(ts, *, name: str = "ts") -> np.ndarray:
   return ts
 
 
-def curve_summary(values: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def curve_summary(values: Mapping[str, np.ndarray], ts=None) -> dict[str, dict[str, float]]:
   """min / max / mean of every metric along a path, and the barrier of loss-like metrics.
 
-  barrier = max_t v(t) - (v(0) + v(1)) / 2 (Frankle et al. 2020), for losses and for errors
-  (``1 - accuracy``, reported under ``"<split>_error"``).
+  ``barrier = max_{t in [0, 1]} v(t) - (v(0) + v(1)) / 2`` (Frankle et al. 2020), computed by
+  `landscape_jax.paths.barrier` (the one implementation), for losses and for errors
+  (``1 - accuracy``, reported under ``"<split>_error"``). ``start`` and ``end`` are the values at
+  ``t = 0`` and ``t = 1``.
+
+  Args:
+    values: ``{metric: (T,) values}`` along the path.
+    ts: the T curve parameters of the values (default ``linspace(0, 1, T)``, as
+      `evaluate_curve`'s default grid).
+
+  Returns:
+    ``{metric: {"min", "max", "mean", "start", "end"[, "barrier"]}}``. When the ts omit t = 0 or
+    t = 1, the endpoints are unknown: ``start``, ``end`` and ``barrier`` are left out and a
+    `UserWarning` says so. A NaN value inside [0, 1] gives a NaN barrier (and NaN min / max /
+    mean): nothing is silently dropped.
   """
   out = {}
-  for k, v in values.items():
+  keys = list(values)
+  n = len(np.asarray(values[keys[0]])) if keys else 0
+  ts = np.linspace(0.0, 1.0, n) if ts is None else np.asarray(ts, np.float64)
+  ends = paths.endpoint_indices(ts)  # the endpoints exactly as paths.barrier finds them
+  has_ends = ends is not None
+  if not has_ends and keys:
+    warnings.warn("curve_summary: the ts do not include both t = 0 and t = 1, so the summary has "
+                  "no start, end or barrier (the barrier needs the endpoint values); evaluate "
+                  "the curve on a grid that includes its endpoints.", UserWarning, stacklevel=2)
+
+  def stats(v):
     v = np.asarray(v, np.float64)
-    stats = {"min": float(np.min(v)), "max": float(np.max(v)), "mean": float(np.mean(v)),
-             "start": float(v[0]), "end": float(v[-1])}
-    if "loss" in k:
-      stats["barrier"] = float(np.max(v) - 0.5 * (v[0] + v[-1]))
-    out[k] = stats
+    if v.shape != ts.shape:
+      raise ValueError(f"curve_summary: {v.shape} values but {ts.shape} ts; give one value per t.")
+    summary = {"min": float(np.min(v)), "max": float(np.max(v)), "mean": float(np.mean(v))}
+    if has_ends:
+      summary.update(start=float(v[ends[0]]), end=float(v[ends[1]]))
+    return v, summary
+
+  for k in keys:
+    v, out[k] = stats(values[k])
+    if "loss" in k and has_ends:
+      out[k]["barrier"] = paths.barrier(v, ts)
     if k.endswith("accuracy"):
-      err = 1.0 - v
-      out[k[:-len("accuracy")] + "error"] = {
-        "min": float(err.min()), "max": float(err.max()), "mean": float(err.mean()),
-        "start": float(err[0]), "end": float(err[-1]),
-        "barrier": float(err.max() - 0.5 * (err[0] + err[-1]))}
+      err, e = stats(1.0 - v)
+      if has_ends:
+        e["barrier"] = paths.barrier(err, ts)
+      out[k[:-len("accuracy")] + "error"] = e
   return out
 
 
@@ -640,10 +687,10 @@ def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve
                                desc=engine_kwargs.pop("desc", "curve points"), **engine_kwargs)
   m = len(ts)
   out = {"t": ts, "curve": {k: v[:m] for k, v in res.items()}}
-  out["summary"] = {"curve": curve_summary(out["curve"])}
+  out["summary"] = {"curve": curve_summary(out["curve"], ts)}
   if line:
     out["line"] = {k: v[m:] for k, v in res.items()}
-    out["summary"]["line"] = curve_summary(out["line"])
+    out["summary"]["line"] = curve_summary(out["line"], ts)
   return out
 
 
@@ -670,16 +717,33 @@ def plane_basis(w0: PyTree, w1: PyTree, w2: PyTree) -> Plane:
 
   ``u = (w2 - w0) / ||w2 - w0||``, ``v = (w1 - w0 - <w1 - w0, u> u) / ||.||`` (Gram-Schmidt).
   With a 3-point curve: w0, w2 the endpoints and w1 the bend.
+
+  Raises:
+    ValueError: if a point is not finite, if w0 == w2, or if the three points are collinear to
+      the precision of their dtype: ``scale_v < sqrt(eps) * scale_u`` (eps of the least precise
+      leaf dtype, e.g. 3.5e-4 for float32), below which rounding alone can make up ``v``.
   """
   trees.check_same_structure(w0, w1, w2, names=("w0", "w1", "w2"))
+  for name, w in (("w0", w0), ("w1", w1), ("w2", w2)):
+    trees.check_finite(w, name=f"plane_basis: {name}")
+  eps = max((float(jnp.finfo(jnp.result_type(x)).eps) for x in jax.tree.leaves((w0, w1, w2))
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)),
+            default=float(jnp.finfo(jnp.float32).eps))
   du = optax.tree.sub(w2, w0)
   su = optax.tree.norm(du)
+  if float(su) == 0.0:
+    raise ValueError("plane_basis: w0 and w2 coincide, so no plane is defined; pass three "
+                     "distinct, non-collinear points (e.g. two endpoints and the bend).")
   u = optax.tree.scale(1.0 / su, du)
   dv = optax.tree.sub(w1, w0)
   dv = optax.tree.add_scale(dv, -optax.tree.vdot(dv, u), u)
   sv = optax.tree.norm(dv)
-  if float(su) == 0.0 or float(sv) < 1e-12 * float(su):
-    raise ValueError("The three points are (nearly) collinear or coincide; no plane through them.")
+  if float(sv) < math.sqrt(eps) * float(su):
+    raise ValueError(
+      f"plane_basis: the points are collinear: w1 lies on the line through w0 and w2 (its "
+      f"distance from the line is {float(sv):.3g}, {float(sv) / float(su):.2g} of |w2 - w0|, "
+      f"below sqrt(eps) = {math.sqrt(eps):.2g} for this dtype), so no plane is defined; pass a "
+      "bend that is off the straight line (e.g. a trained curve's middle control point).")
   v = optax.tree.scale(1.0 / sv, dv)
   return Plane(w0, u, v, su, sv)
 

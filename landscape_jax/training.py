@@ -161,18 +161,29 @@ def garipov_schedule(base_lr: float, total_steps: int, *,
   """Garipov et al. 2018 schedule: ``base_lr * factor(a)`` with a the fraction of training done.
 
   factor(a) = 1 for a <= 0.5; 1 - 0.99 (a - 0.5) / 0.4 for 0.5 < a <= 0.9; 0.01 after.
-  With `steps_per_epoch` the lr is set once per epoch as in the reference code
-  (a = (epoch + 1) / num_epochs for 0-based epochs); otherwise a = step / total_steps.
+  With `steps_per_epoch` the lr is set once per epoch exactly as the reference code
+  (``learning_rate_schedule(base_lr, epoch, total)`` of timgaripov/dnn-mode-connectivity's
+  train.py, called at the start of epochs ``1..total``): ``a = (e + 1) / num_epochs`` for the
+  0-based epoch ``e = step // steps_per_epoch``, so the first epoch already has
+  ``a = 1 / num_epochs`` and the last one ``a = 1``. Otherwise ``a = step / total_steps``.
+  This is the one implementation; `landscape_jax.curves.curve_lr_schedule` (curve training and
+  the FGE budget runs) uses it.
   """
   if total_steps <= 0:
     raise ValueError(f"garipov_schedule needs total_steps > 0, got {total_steps}.")
+  if steps_per_epoch is not None and steps_per_epoch <= 0:
+    raise ValueError(f"garipov_schedule needs steps_per_epoch > 0 (or None), got "
+                     f"{steps_per_epoch}.")
 
   def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
+    step = jnp.asarray(step)
     if steps_per_epoch:
-      alpha = (jnp.floor(step / steps_per_epoch) + 1.0) * steps_per_epoch / total_steps
+      # integer epoch index (float division could round step / spe up near an epoch's end)
+      epoch = (step // steps_per_epoch if jnp.issubdtype(step.dtype, jnp.integer)
+               else jnp.floor(step / steps_per_epoch))
+      alpha = ((epoch + 1).astype(jnp.float32) * steps_per_epoch) / total_steps
     else:
-      alpha = step / total_steps
+      alpha = step.astype(jnp.float32) / total_steps
     factor = jnp.where(alpha <= 0.5, 1.0,
                        jnp.where(alpha <= 0.9, 1.0 - (alpha - 0.5) / 0.4 * 0.99, 0.01))
     return base_lr * factor
