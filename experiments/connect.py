@@ -16,7 +16,6 @@ points) and ``plane/`` (`landscape_jax.store`), ``plane_<metric>.png/pdf`` and
 ``curve_metrics.png/pdf``.
 """
 
-import json
 import os
 
 import jax
@@ -117,8 +116,7 @@ def main(argv):
                                 pres[metric], curve_xy=xy, endpoints_xy=proj[[0, 2]],
                                 bend_xy=proj[1], label=metric.replace("_", " "))
     summary["plane"] = {"scale_u": float(plane.scale_u), "scale_v": float(plane.scale_v)}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=1)
   logging.info("Wrote %s", workdir)
 
 

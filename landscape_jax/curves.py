@@ -42,11 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape_jax import checkpoints, engine, paths, trees
+from landscape_jax import checkpoints, engine, fileio, paths, trees
+from landscape_jax import identity as identity_lib
 from landscape_jax.convolutions import canonicalize_convolutions
 from landscape_jax.data import Dataset, augment
 from landscape_jax.engine import check_grid
-from landscape_jax.store import read_json
+from landscape_jax.store import check_or_write_config, read_json
 from landscape_jax.surface import surface_grid
 from landscape_jax.training import garipov_schedule
 
@@ -333,28 +334,26 @@ def make_epoch_fn(step_fn: Callable, *, augment_images: bool = False) -> Callabl
   return epoch
 
 
-def _fingerprint(tree: PyTree) -> list[float]:
-  return [round(float(jnp.sum(jnp.square(x.astype(jnp.float32)))), 4)
-          for x in jax.tree.leaves(tree)]
+def _data_digest(data: Dataset) -> str:
+  """sha256 of a split's images and labels (`identity.tree_digest`): the data a run trained on."""
+  return identity_lib.tree_digest({"images": data.images, "labels": data.labels})
 
 
-def _check_or_write_config(path: str, config: dict) -> None:
-  if os.path.exists(path):
-    old = read_json(path, remedy="Restore it (it must match the checkpoints beside it) or use "
-                    "another workdir.")
-    if old != json.loads(json.dumps(config)):
-      changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-      raise ValueError(f"{path} was written by a run with a different configuration (differs in "
-                       f"{changed}); use another workdir or delete it to start afresh.")
-    return
-  _atomic_write_text(path, json.dumps(config, indent=1))
+def _loss_fn_identity(loss_fn: Callable, identity_name: str | None) -> dict:
+  """`identity.callable_identity` of a training run's `loss_fn`, with a remedy if it cannot be
+  determined (pass ``identity=`` to the training function)."""
+  try:
+    return identity_lib.callable_identity(loss_fn, identity=identity_name, name="loss_fn")
+  except identity_lib.IdentityError as e:
+    raise identity_lib.IdentityError(
+      f"A resumable training run (workdir given) records the exact identity of its loss_fn, and "
+      f"this one cannot be determined: {e} Pass identity='<a name you guarantee identifies "
+      "loss_fn and what it holds>' to the training function (train_curve, train_sgd, "
+      "fast_geometric_ensemble), or run without a workdir.") from e
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+_CONFIG_REMEDY = ("To start fresh, use another workdir or move this one away; to resume, rerun "
+                  "with exactly the inputs that computed it.")
 
 
 def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end: PyTree,
@@ -364,7 +363,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
                 optimizer: optax.GradientTransformation | None = None, num_ts: int = 1,
                 augment_images: bool = False, seed: int = 0, workdir: str | None = None,
                 checkpoint_every: int = 1, progress: bool = True,
-                callback: Callable | None = None) -> tuple[PyTree, list[dict]]:
+                callback: Callable | None = None,
+                identity: str | None = None) -> tuple[PyTree, list[dict]]:
   """Trains the interior bends of a curve between two fixed minima (Garipov et al. 2018).
 
   The objective is ``E_{t ~ U(0,1)} [L(phi(t)) + 0.5 wd ||phi(t)||^2]`` with one t per minibatch
@@ -387,10 +387,17 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     seed: shuffling and t sampling depend only on (seed, epoch, step).
     workdir: if given, an orbax checkpoint is written after every epoch (atomically) with the
       configuration; a rerun resumes from the last completed epoch and gives the same result as an
-      uninterrupted run; a different configuration in the same workdir raises.
+      uninterrupted run. The configuration records the hyperparameters and exact identities:
+      sha256 digests (`identity.tree_digest`) of `start` and `end` (in order), of `init` (when
+      given) and of the data (images and labels), and `identity.callable_identity` of `loss_fn`
+      (its code and the arrays it holds). A rerun that differs in any of them (swapped or
+      permuted endpoints, other data, another model or BatchNorm statistics) raises
+      `store.StoreMismatchError` listing what differs.
     checkpoint_every: save every this many epochs (and after the last one).
     progress: tqdm progress bar over epochs. callback: ``callback(epoch, curve, record)`` after
       every epoch (after the checkpoint).
+    identity: with `workdir`, a name you guarantee identifies `loss_fn` where its content cannot
+      be inspected (`identity.callable_identity` raises `IdentityError` without it).
 
   Returns:
     ``(curve, history)``: the full control points and one ``{"epoch", "loss", "lr"}`` per epoch.
@@ -404,6 +411,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     raise ValueError("train_curve needs at least one interior bend (num_bends >= 3).")
   ends, interior = split_curve(curve)
   trees.check_same_structure(jax.tree.map(lambda e: e[0], ends), start, names=("curve", "start"))
+  if workdir is not None:  # before wrapping: the caller's function is what is identified
+    recorded_loss_fn = _loss_fn_identity(loss_fn, identity)
   trees.check_finite(curve, name="curve control points (endpoints and initial bends)")
   n_train = len(data)
   steps_per_epoch = n_train // batch_size
@@ -429,7 +438,10 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
       "kind": kind, "num_bends": num_bends, "epochs": epochs, "batch_size": batch_size,
       "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "num_ts": num_ts,
       "augment": augment_images, "seed": seed, "custom_optimizer": optimizer is not None,
-      "num_examples": n_train, "endpoints": _fingerprint(ends)})
+      "num_examples": n_train, "start_sha256": identity_lib.tree_digest(start),
+      "end_sha256": identity_lib.tree_digest(end),
+      "init_sha256": None if init is None else identity_lib.tree_digest(init),
+      "data_sha256": _data_digest(data), "loss_fn": recorded_loss_fn})
     state, first_epoch, history = saver.restore(state)
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
   key = jax.random.key(seed)
@@ -459,8 +471,9 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
 class EpochCheckpoints:
   """Per-epoch checkpoints of a training loop in `workdir`, resumed exactly.
 
-  Files (``<name>`` is e.g. "curve" or "sgd"): ``<name>_config.json`` (the run's configuration;
-  a rerun with another one is refused), ``<name>_ckpt/<epochs done>/`` (an orbax manager keeping
+  Files (``<name>`` is e.g. "curve" or "sgd"): ``<name>_config.json`` (the run's configuration
+  with the exact identities of its inputs; a rerun with another one is refused by
+  `store.check_or_write_config`), ``<name>_ckpt/<epochs done>/`` (an orbax manager keeping
   the latest two, each with the sha256 of every leaf, verified on restore) and
   ``<name>_history.json`` (the per-epoch records, written before each checkpoint, so a record
   newer than the last checkpoint is dropped on resume). Used by `train_curve` and
@@ -474,7 +487,9 @@ class EpochCheckpoints:
     self.workdir = workdir
     self.name = name
     os.makedirs(workdir, exist_ok=True)
-    _check_or_write_config(os.path.join(workdir, f"{name}_config.json"), config)
+    check_or_write_config(os.path.join(workdir, f"{name}_config.json"), config,
+                          what=f"the checkpoints of a {name} training run",
+                          remedy=_CONFIG_REMEDY)
     self.manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, f"{name}_ckpt")),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
@@ -509,8 +524,8 @@ class EpochCheckpoints:
 
   def save(self, epochs_done: int, state: PyTree, history: list[dict]) -> None:
     """History first, then the state (orbax, atomic), then its sha256 file."""
-    _atomic_write_text(os.path.join(self.workdir, f"{self.name}_history.json"),
-                       json.dumps(history))
+    fileio.atomic_write_json(os.path.join(self.workdir, f"{self.name}_history.json"), history,
+                             indent=None)
     self.manager.save(epochs_done, args=self._ocp.args.StandardSave({"state": state}))
     self.manager.wait_until_finished()
     _write_leaf_digests(self._step_dir(epochs_done), state)
@@ -523,8 +538,8 @@ def _write_leaf_digests(step_dir: str, state: PyTree) -> None:
   """sha256 of every leaf (in leaf order) next to an orbax step: its compression has no checksum."""
   digests = checkpoints._leaf_digests(state)
   if digests is not None and os.path.isdir(step_dir):
-    _atomic_write_text(os.path.join(step_dir, checkpoints.CHECKSUM_FILE),
-                       json.dumps(list(digests.values())))
+    fileio.atomic_write_json(os.path.join(step_dir, checkpoints.CHECKSUM_FILE),
+                             list(digests.values()), indent=None)
 
 
 def _verify_leaf_digests(step_dir: str, restored: PyTree) -> None:

@@ -146,6 +146,6 @@ def test_fge_resumes_exactly_with_its_snapshots(digits_train, tmp_path, kill_aft
     ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, workdir=work, checkpoint_every=2,
                                       **{**kw, "lr1": 0.2})
   other = jax.tree.map(lambda x: x + 1.0, p)
-  with pytest.raises(ValueError, match="different configuration.*init"):
+  with pytest.raises(ValueError, match="different configuration.*init_sha256"):
     ensembles.fast_geometric_ensemble(loss_fn, other, digits_train, workdir=work,
                                       checkpoint_every=2, **kw)

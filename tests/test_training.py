@@ -261,7 +261,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, digits_train, digits_
   np.testing.assert_allclose(ev["loss"], full_records[-1]["test_loss"], rtol=1e-6)
   # A different configuration refuses to resume in the same workdir.
   config.learning_rate = 0.2
-  with pytest.raises(ValueError, match="learning_rate: 0.1 -> 0.2"):
+  with pytest.raises(lj.store.StoreMismatchError, match="learning_rate: 0.1 -> 0.2"):
     run(tmp_path / "cut")
 
 
