@@ -592,6 +592,9 @@ def check_ts(ts, *, name: str = "ts") -> np.ndarray:
   Outside [0, 1] a curve is not defined (a polygonal chain there is the all-zero network, a
   Bezier curve an extrapolation), so such ts are an error rather than a number that looks right.
   """
+  if np.size(ts) == 0:
+    raise ValueError(f"{name} must be a non-empty 1-D array of curve parameters in [0, 1]; use "
+                     "e.g. np.linspace(0, 1, 61).")
   ts = check_grid(ts, name=name)
   if ts[0] < 0.0 or ts[-1] > 1.0:
     raise ValueError(f"{name} must lie in [0, 1] (the curve's parameter range); got values from "

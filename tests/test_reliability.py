@@ -252,17 +252,17 @@ def test_read_only_directory_is_a_clear_error(tmp_path, monkeypatch):
   """A read-only results directory (simulated: tests may run as root) -> StoreWriteError."""
   from tests import surface_worker as w
 
-  real_mkstemp = store_lib.tempfile.mkstemp
+  real_mkstemp = lj.fileio.tempfile.mkstemp
 
   def read_only(*args, **kwargs):
     raise PermissionError(errno.EROFS, "Read-only file system")
 
-  monkeypatch.setattr(store_lib.tempfile, "mkstemp", read_only)
+  monkeypatch.setattr(lj.fileio.tempfile, "mkstemp", read_only)
   center, dirs = w.toy_problem()
   with pytest.raises(store_lib.StoreWriteError, match="Read-only file system.*intact"):
     lj.surface_grid(Partial(w.toy_metric), center, dirs[0], w.TOY_XS, store=str(tmp_path / "s"),
                     progress=False)
-  monkeypatch.setattr(store_lib.tempfile, "mkstemp", real_mkstemp)
+  monkeypatch.setattr(lj.fileio.tempfile, "mkstemp", real_mkstemp)
 
 
 def test_corrupt_checkpoint_detected_never_overwritten_previous_kept(tmp_path, problem):
