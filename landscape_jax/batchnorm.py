@@ -248,8 +248,8 @@ def make_recompute_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Data
     batch_size: evaluation batch size; bn_batch_size: batch size of the statistics pass.
     variance: see `batch_stats_on_split`.
     fold_batchnorm, cpu_convolutions: as in `make_metric_fn` (the recomputed statistics folded
-      into the convolutions for the evaluation; oneDNN's convolutions on the CPU, in the
-      statistics pass too).
+      into the convolutions for the evaluation where that is exact; oneDNN's convolutions on the
+      CPU, in the statistics pass too).
   """
   if variance not in VARIANCES:
     raise ValueError(f"Unknown variance '{variance}'; use one of {VARIANCES}.")

@@ -265,7 +265,8 @@ def evaluate_ensemble(model: nn.Module, members: PyTree, data: Dataset, *,
       member with `recompute_batch_stats`).
     batch_size: the largest number of examples per scanned batch.
     fold_batchnorm, cpu_convolutions: as in `make_metric_fn` (BatchNorm folded into the
-      convolutions; oneDNN's convolutions on the CPU, the members one after another).
+      convolutions where that is exact; oneDNN's convolutions on the CPU, the members one after
+      another).
 
   Returns:
     ``loss`` / ``accuracy`` of the full ensemble (loss = mean of ``-log mean_k p_k[y]``),

@@ -111,7 +111,8 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, batch_s
     min_batches: batches evaluated before the first stopping test.
     anchors: an `AnchorPlane` (see `anchor_plane`) for the anchored control variate; its
       per-example table is computed here, one exact pass per anchor.
-    fold_batchnorm: fold BatchNorm into the preceding layers (`landscape_jax.fused`).
+    fold_batchnorm: fold BatchNorm into the preceding layers where that is exact (as in
+      `make_metric_fn`; `landscape_jax.fused`).
     cpu_convolutions: ``"auto"``, ``"onednn"`` or ``"xla"`` (see `make_metric_fn`).
     progress: a progress bar while the anchors are evaluated.
   """

@@ -150,8 +150,9 @@ def _apply_checked(model: nn.Module, num_classes: int | None, variables, x, trai
   whose size or channels do not fit the parameters, parameters of another model, and (with
   `num_classes`) a model with fewer logits than the dataset has classes, whose cross-entropy
   would otherwise be NaN for the labels out of its range. With `fold_batchnorm` (inference only)
-  every BatchNorm that follows a conv/dense layer is folded into it (`landscape_jax.fused`); with
-  `onednn` (inference only) the convolutions run on oneDNN (`landscape_jax.onednn`).
+  each BatchNorm that is the only consumer of a conv/dense output is folded into that layer, if the
+  build-time check agrees (`landscape_jax.fused.fuse_batchnorm`); with `onednn` (inference only)
+  the convolutions run on oneDNN (`landscape_jax.onednn`).
   """
   inference = not train and not kwargs
   try:
@@ -239,10 +240,15 @@ def make_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
     batch_stats: the running statistics evaluated with (Li et al.: the centre's statistics).
     batch_size: the largest number of examples per scanned batch (batches are balanced, see
       `device_split`).
-    fold_batchnorm: fold each BatchNorm into the conv/dense layer before it, inside the compiled
-      function (``W s``, ``beta + (b - mu) s`` with ``s = gamma / sqrt(var + eps)``; Ioffe &
-      Szegedy 2015): the same function up to float rounding, one elementwise pass less per
-      BatchNorm (see `landscape_jax.fused`). Without `batch_stats` there is nothing to fold.
+    fold_batchnorm: fold each BatchNorm whose input is a conv/dense output read by nothing else
+      into that layer, inside the compiled function (``W s``, ``beta + (b - mu) s`` with
+      ``s = gamma / sqrt(var + eps)``; Ioffe & Szegedy 2015), one elementwise pass less per
+      folded BatchNorm. BatchNorms whose layer output also feeds a shortcut or a concatenation
+      (the stem of pre-activation nets and DenseNets) are left unfolded, and a build-time check
+      on random statistics falls back to unfolded inference, with a logged warning, if the
+      folded model differs beyond float rounding: the same function up to float rounding for
+      any linen model (see `landscape_jax.fused`). Without `batch_stats` there is nothing to
+      fold.
     cpu_convolutions: ``"auto"`` (default: oneDNN's convolutions when the default backend is the
       CPU and they can be built, else XLA's), ``"onednn"`` or ``"xla"``; see
       `landscape_jax.onednn` (the same function up to float rounding, 1.4-5x faster
