@@ -343,7 +343,8 @@ def refine(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], ranges, *, 
 
   Args:
     evaluate: ``evaluate(coords, round_index) -> {metric: (N,)}`` for coords (N, d); called once
-      per round with that round's new points (in a fixed, reproducible order).
+      per round with that round's new points (in row-major lattice order: increasing t in
+      1-D, so an evaluator that needs sorted parameters, e.g. `curves.evaluate_curve`, fits).
     ranges: ``((lo, hi),)`` or ``((x_lo, x_hi), (y_lo, y_hi))``.
     tol: interpolation tolerance in the units of the metric `key` (> 0).
     initial: points per axis of the initial regular grid (>= 2; an int or one per axis).
@@ -472,7 +473,8 @@ def refine(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], ranges, *, 
       break
     r += 1
     if new_points:
-      run(np.array(new_points, np.int64).reshape(-1, d), r)
+      new = np.array(new_points, np.int64).reshape(-1, d)
+      run(new[np.lexsort(new.T[::-1])], r)  # row-major (increasing t in 1-D)
     cells = _split(cells, np.array(sorted(split)), d)
     history.append({"round": r, "points": lat.shape[0] + len(new_points),
                     "new_points": len(new_points),
