@@ -325,8 +325,9 @@ def run_surface(metric_fn, center, dirs, xs, ys, *, map_mode="map", chunk_size=N
   coords = lj.surface.grid_coordinates(xs, ys)
   prog = float("nan")
   if mesh is None:  # the compiled chunk program (a cache hit of surface_grid's own)
-    fn = lj.surface._chunk_fn(None, None, map_mode, point_batch)
-    prog = C.program_memory_mb(fn.lower(metric_fn, None, center, tuple(dirs),
+    fn = lj.engine.chunk_fn(None, None, map_mode, point_batch)
+    prog = C.program_memory_mb(fn.lower(lj.engine.as_partial(metric_fn),
+                                        lj.plane_point_fn(center, tuple(dirs)),
                                         jnp.zeros((chunk, 2), jnp.float32)))
   return {"points": n, "seconds": seconds, "loss": res["loss"].reshape(-1),
           "accuracy": res["accuracy"].reshape(-1), "coords": coords,

@@ -26,9 +26,12 @@ from landscape_jax import (
   batchnorm,
   checkpoints,
   curves,
+  engine,
   ensembles,
+  fileio,
   fused,
   hessian,
+  identity,
   pca,
   permutations,
   plotting,
@@ -85,6 +88,9 @@ from landscape_jax.directions import (
   random_direction,
   random_directions,
 )
+
+# The point-evaluation engine behind every surface, path and curve, and exact identities.
+from landscape_jax.engine import evaluate_points
 from landscape_jax.ensembles import (
   cyclic_schedule,
   evaluate_ensemble,
@@ -116,7 +122,15 @@ from landscape_jax.hessian import (
   make_curvature_metric_fn,
   spectral_density,
 )
-from landscape_jax.paths import barrier, barriers, interpolate, linear_path, plane_point
+from landscape_jax.identity import IdentityError, callable_identity, tree_digest
+from landscape_jax.paths import (
+  barrier,
+  barriers,
+  interpolate,
+  linear_path,
+  plane_point,
+  plane_point_fn,
+)
 from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
 
 # Permutation symmetry (Brea et al. 2019; Ainsworth et al. 2023).
@@ -139,7 +153,7 @@ from landscape_jax.permutations import (
 )
 from landscape_jax.report import write_report
 from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import benchmark_map_modes, surface_grid
+from landscape_jax.surface import benchmark_map_modes, surface_grid, surface_points
 
 # Training and checkpoints.
 from landscape_jax.training import (

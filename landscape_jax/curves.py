@@ -33,7 +33,6 @@ import functools
 import json
 import math
 import os
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -41,13 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from landscape_jax import checkpoints, trees
+from landscape_jax import checkpoints, engine, trees
 from landscape_jax.convolutions import canonicalize_convolutions
 from landscape_jax.data import Dataset, augment
-from landscape_jax.store import StoreCorruptError, StoreWriteError, read_json
+from landscape_jax.engine import check_grid
+from landscape_jax.store import read_json
+from landscape_jax.surface import surface_grid
 
 PyTree = Any
 KINDS = ("bezier", "polychain")
@@ -530,12 +529,6 @@ def _verify_leaf_digests(step_dir: str, restored: PyTree) -> None:
       "from the previous epoch.")
 
 
-def _check_grid(values, *, name: str) -> np.ndarray:
-  """Non-empty, finite, strictly increasing 1-D coordinates (`surface.check_grid`)."""
-  from landscape_jax.surface import check_grid
-  return check_grid(values, name=name)
-
-
 def _progress(iterable, enabled: bool, desc: str, **kwargs):
   if not enabled:
     return iterable
@@ -546,144 +539,30 @@ def _progress(iterable, enabled: bool, desc: str, **kwargs):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def map_points(metric_fn: Callable, point_fn: Callable, args: PyTree, chunks: jax.Array) -> dict:
-  """``metric_fn(point_fn(args, c))`` for every c of ``chunks`` (num_chunks, chunk, k).
-
-  `lax.map` over the chunks, `jax.vmap` within a chunk (the chunk axis may be sharded over a
-  mesh). Returns each metric with shape (num_chunks * chunk, ...).
-  """
-  def chunk(cs):
-    return jax.vmap(lambda c: metric_fn(point_fn(args, c)))(cs)
-
-  out = jax.lax.map(chunk, chunks)
-  return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 4))
-def _jit_map_points(metric_fn, point_fn, args, chunks, mesh=None):
-  """`map_points`; with `mesh`, the chunk axis is split over all its axes by `jax.shard_map` (each
-  device evaluates its points locally, so custom calls such as `landscape_jax.onednn`'s are never
-  partitioned by the compiler) and the metrics keep their (num_chunks, chunk) axes."""
-  if mesh is None:
-    return map_points(metric_fn, point_fn, args, chunks)
-
-  def local(metric_fn, args, chunks):
-    out = map_points(metric_fn, point_fn, args, chunks)
-    return jax.tree.map(lambda x: x.reshape(chunks.shape[0], -1, *x.shape[1:]), out)
-
-  spec = P(None, mesh.axis_names)  # (num_chunks, chunk, ...): flattened on the host
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), spec), out_specs=spec,
-                       check_vma=False)(metric_fn, args, chunks)
-
-
-def _evaluate_coords(metric_fn: Callable, point_fn: Callable, args: PyTree, coords: np.ndarray, *,
-                     chunk_size: int | None, mesh, store: str | None, meta: dict,
-                     progress: bool, desc: str) -> dict[str, np.ndarray]:
-  """Evaluates all rows of coords in blocks; resumable through an .npz + .json store."""
-  coords = np.asarray(coords, np.float32)
-  num = coords.shape[0]
-  devices = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
-  chunk = int(chunk_size) if chunk_size else devices
-  if chunk <= 0:
-    raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
-  if chunk % devices:
-    raise ValueError(f"chunk_size {chunk} must be a multiple of the {devices} devices of the mesh.")
-  block = chunk * max(1, min(8, -(-num // chunk)))  # points per compiled call (and per save)
-  metric_fn = metric_fn if isinstance(metric_fn, jax.tree_util.Partial) else \
-    jax.tree_util.Partial(metric_fn)
-  results: dict[str, np.ndarray] = {}
-  done = 0
-  if store is not None:
-    results, done = _load_store(store, meta, num)
-  sharding = None if mesh is None else NamedSharding(mesh, P(None, mesh.axis_names))
-  bar = _progress(range(done, num, block), progress, desc, total=-(-num // block),
-                  initial=done // block)
-  for lo in bar:
-    hi = min(lo + block, num)
-    part = coords[lo:hi]
-    pad = (-len(part)) % chunk
-    part = np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part
-    part = part.reshape(-1, chunk, *part.shape[1:])
-    part = jax.device_put(part, sharding) if sharding is not None else jnp.asarray(part)
-    out = _jit_map_points(metric_fn, point_fn, args, part, mesh)
-    out = {k: np.asarray(v).reshape(-1, *v.shape[2 if mesh is not None else 1:])[:hi - lo]
-           for k, v in out.items()}
-    for k, v in out.items():
-      if k not in results:
-        results[k] = np.full((num, *v.shape[1:]), np.nan, v.dtype)
-      results[k][lo:hi] = v
-    if store is not None:
-      _save_store(store, meta, results, hi)
-  return results
-
-
-def _store_paths(store: str) -> tuple[str, str]:
-  base = store[:-4] if store.endswith(".npz") else store
-  return base + ".npz", base + ".json"
-
-
-def _load_store(store: str, meta: dict, num: int) -> tuple[dict, int]:
-  """Reads the store of a `num`-point curve evaluation; raises `StoreCorruptError` if damaged.
-
-  Checks: the JSON parses and has ``meta`` and ``done``; the .npz is a valid zip whose members
-  pass their CRC-32 checksums (`zipfile` verifies them on read); every array has one row per
-  point and ``0 <= done <= points``. The files are never modified here.
-  """
-  npz, js = _store_paths(store)
-  if not os.path.exists(js):
-    return {}, 0
-  hint = (f"The files were not modified; move {npz} and {js} away (or pass another store path) "
-          "to recompute.")
-  try:
-    with open(js) as f:
-      saved = json.load(f)
-    saved_meta, done = saved["meta"], int(saved["done"])
-  except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-    raise StoreCorruptError(f"{js} is truncated or corrupt ({e!r}). {hint}") from e
-  if saved_meta != json.loads(json.dumps(meta)):
-    raise ValueError(f"{js} holds results of a different evaluation (other points, curve or "
-                     "metric); pass another store path or delete the files to recompute.")
-  try:
-    with np.load(npz, allow_pickle=False) as z:
-      results = {k: z[k] for k in z.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-    raise StoreCorruptError(f"{npz} is truncated or corrupt ({e!r}). {hint}") from e
-  if not 0 <= done <= num or (done and not results) or any(
-      v.ndim < 1 or v.shape[0] != num for v in results.values()):
-    raise StoreCorruptError(f"{npz} does not hold {num} points (done={done}, shapes "
-                            f"{ {k: v.shape for k, v in results.items()} }). {hint}")
-  return results, done
-
-
-def _save_store(store: str, meta: dict, results: dict, done: int) -> None:
-  """Writes the arrays, then the JSON (each atomically); a failure leaves the previous files."""
-  npz, js = _store_paths(store)
-  tmp = f"{npz}.tmp{os.getpid()}.npz"
-  try:
-    os.makedirs(os.path.dirname(os.path.abspath(npz)), exist_ok=True)
-    np.savez(tmp, **results)
-    os.replace(tmp, npz)
-    _atomic_write_text(js, json.dumps({"meta": meta, "done": done}))
-  except OSError as e:
-    for t in (tmp, f"{js}.tmp{os.getpid()}"):
-      if os.path.exists(t):
-        os.unlink(t)
-    raise StoreWriteError(
-      f"Could not write results to {npz}: {e}. The previous state on disk is intact; free disk "
-      "space or choose a writable directory, then rerun to resume.") from e
-
-
-def _curve_point_fn(kind):
-  def point(args, coord):
-    which, t = coord[0].astype(jnp.int32), coord[1]
-    c = jax.tree.map(lambda x: x[which], args)
-    return curve_point(c, t, kind)
-  return point
+def _stacked_curve_point(kind, curves, c):
+  """phi_c[0](c[1]): the point at t = c[1] of curve number c[0] of a stack of curves."""
+  which, t = c[0].astype(jnp.int32), c[1]
+  curve = jax.tree.map(lambda x: x[which], curves)
+  return _combine(curve_coefficients(t, bend_count(curve), kind), curve)
 
 
 @functools.cache
-def _cached_point_fn(kind):
-  return _curve_point_fn(kind)
+def _stacked_point(kind: str):
+  # one function object per kind, so that the engine's jitted evaluator is compiled once per kind
+  return functools.partial(_stacked_curve_point, kind)
+
+
+def check_ts(ts, *, name: str = "ts") -> np.ndarray:
+  """Validates curve parameters: non-empty, finite, strictly increasing, inside [0, 1].
+
+  Outside [0, 1] a curve is not defined (a polygonal chain there is the all-zero network, a
+  Bezier curve an extrapolation), so such ts are an error rather than a number that looks right.
+  """
+  ts = check_grid(ts, name=name)
+  if ts[0] < 0.0 or ts[-1] > 1.0:
+    raise ValueError(f"{name} must lie in [0, 1] (the curve's parameter range); got values from "
+                     f"{ts[0]} to {ts[-1]}. Use e.g. np.linspace(0, 1, 61).")
+  return ts
 
 
 def curve_summary(values: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -711,26 +590,40 @@ def curve_summary(values: Mapping[str, np.ndarray]) -> dict[str, dict[str, float
 
 def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve: PyTree, *,
                    kind: str = "bezier", num_points: int = 61, ts=None, line: bool = True,
-                   chunk_size: int | None = None, mesh=None, store: str | None = None,
-                   progress: bool = True) -> dict:
+                   store: str | None = None, metadata: dict | None = None,
+                   **engine_kwargs) -> dict:
   """Metrics along the curve (and along the straight line between its endpoints).
 
   Evaluates ``metric_fn(phi(t))`` at ``t = linspace(0, 1, num_points)`` (61 in Garipov et al.)
-  inside one compiled function per block of points: `lax.map` over chunks of `chunk_size` points,
-  `jax.vmap` within a chunk, the chunk axis sharded over `mesh` when given. For BatchNorm models
-  use ``make_recompute_metric_fn``: the statistics are then recomputed on the training split at
-  every t, as the reference does. With `store` (a file path) results are written after every
-  block, atomically, and a rerun continues where it stopped; a store of another evaluation raises.
+  with the point-evaluation engine (`engine.evaluate_points`: chunked, compiled once, sharded over
+  ``mesh``, resumable in ``store``, keyed on the exact bytes of the control points, the ts and
+  the metric function). For BatchNorm models use ``make_recompute_metric_fn``: the statistics are
+  then recomputed on the training split at every t, as the reference does.
+
+  Args:
+    metric_fn: ``metric_fn(params) -> dict[str, scalar]``.
+    curve: control points (`init_curve`), finite.
+    kind: "bezier" or "polychain".
+    num_points: number of equally spaced ts on [0, 1] (ignored when `ts` is given).
+    ts: explicit curve parameters: strictly increasing, inside [0, 1].
+    line: also evaluate the straight line between the endpoints at the same ts.
+    store: a store directory (`landscape_jax.store`); a rerun continues where it stopped, and a
+      store of any other evaluation is refused.
+    metadata: extra JSON-able configuration recorded in the store.
+    **engine_kwargs: ``chunk_size``, ``mesh``, ``map_mode``, ``batch_size``, ``identity``,
+      ``progress`` (see `engine.evaluate_points`).
 
   Returns:
     ``{"t": ts, "curve": {metric: (T,)}, "line": {metric: (T,)}, "summary": {"curve": ...,
     "line": ...}}`` with summaries from `curve_summary` (min, max, mean, barrier per metric).
   """
   _check_kind(kind)
-  ts = np.linspace(0.0, 1.0, num_points) if ts is None else np.asarray(ts, np.float64)
-  if ts.ndim != 1 or ts.size == 0:
-    raise ValueError("ts must be a non-empty 1-D array of curve parameters in [0, 1].")
-  ts = _check_grid(ts, name="ts")
+  if ts is None:
+    if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or (
+        num_points < 2):
+      raise ValueError(f"num_points must be an integer >= 2, got {num_points!r}.")
+    ts = np.linspace(0.0, 1.0, num_points)
+  ts = check_ts(ts)
   n = bend_count(curve)
   trees.check_finite(curve, name="curve control points")
   stacked = [curve]
@@ -740,11 +633,11 @@ def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve
                               jax.tree.map(lambda e: e[1], ends), n))
   pair = jax.tree.map(lambda *xs: jnp.stack(xs), *stacked)
   coords = np.concatenate([np.stack([np.full_like(ts, i), ts], 1) for i in range(len(stacked))])
-  meta = {"what": "curve", "kind": kind, "ts": [float(t) for t in ts], "line": line,
-          "num_bends": n, "fingerprint": _fingerprint(curve),
-          "shapes": [list(np.shape(x)) for x in jax.tree.leaves(curve)]}
-  res = _evaluate_coords(metric_fn, _cached_point_fn(kind), pair, coords, chunk_size=chunk_size,
-                         mesh=mesh, store=store, meta=meta, progress=progress, desc="curve points")
+  if store is not None:
+    metadata = {"what": "curve", "kind": kind, "line": line, **(metadata or {})}
+  point_fn = jax.tree_util.Partial(_stacked_point(kind), pair)
+  res = engine.evaluate_points(metric_fn, point_fn, coords, store=store, metadata=metadata,
+                               desc=engine_kwargs.pop("desc", "curve points"), **engine_kwargs)
   m = len(ts)
   out = {"t": ts, "curve": {k: v[:m] for k, v in res.items()}}
   out["summary"] = {"curve": curve_summary(out["curve"])}
@@ -822,10 +715,8 @@ def evaluate_plane(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], plane
   Returns the metric grids and the plot coordinates ``x = a scale_u``, ``y = b scale_v`` (the
   units of `project_to_plane`).
   """
-  from landscape_jax.surface import surface_grid
-
-  alphas = np.linspace(-0.2, 1.2, 21) if alphas is None else _check_grid(alphas, name="alphas")
-  betas = np.linspace(-0.2, 1.2, 21) if betas is None else _check_grid(betas, name="betas")
+  alphas = np.linspace(-0.2, 1.2, 21) if alphas is None else check_grid(alphas, name="alphas")
+  betas = np.linspace(-0.2, 1.2, 21) if betas is None else check_grid(betas, name="betas")
   d1 = optax.tree.scale(plane.scale_u, plane.u)
   d2 = optax.tree.scale(plane.scale_v, plane.v)
   out = surface_grid(metric_fn, plane.origin, (d1, d2), alphas, betas, chunk_size=chunk_size,

@@ -2,7 +2,9 @@
 
 * `interpolate`: ``(1 - alpha) a + alpha b`` (Goodfellow et al. 2015; Li et al. 2018, Sec. 3);
 * `plane_point`: ``center + x d1 + y d2`` (Li et al. 2018), always rebuilt from the centre;
-* `linear_path`: metrics at ``interpolate(a, b, alpha)`` for many alphas, in one compiled call;
+* `plane_point_fn`: the same as a `jax.tree_util.Partial` of coordinates, for the point-evaluation
+  engine (`landscape_jax.engine`);
+* `linear_path`: metrics at ``interpolate(a, b, alpha)`` for many alphas, through the engine;
 * `barrier`: the loss barrier along a path, with the definitions of Frankle et al. 2020
   (``max_alpha L(alpha) - (L(0) + L(1)) / 2``) and Entezari et al. 2021
   (``max_alpha L(alpha) - ((1 - alpha) L(0) + alpha L(1))``).
@@ -16,8 +18,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
-from landscape_jax import trees
+from landscape_jax import engine, trees
+from landscape_jax.engine import as_partial
+from landscape_jax.identity import tree_digest
 
 PyTree = Any
 
@@ -40,22 +45,69 @@ def plane_point(center: PyTree, d1: PyTree, d2: PyTree | None = None, x=0.0, y=0
                       center, d1, d2)
 
 
-def linear_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree, alphas, **kwargs
-                ) -> dict[str, np.ndarray]:
+def as_directions(directions, center) -> tuple[PyTree, ...]:
+  """One direction (a pytree like `center`) or a tuple/list of one or two of them."""
+  center_def = jax.tree.structure(center)
+  if isinstance(directions, (tuple, list)) and len(directions) in (1, 2) and all(
+      jax.tree.structure(d) == center_def for d in directions):
+    dirs = tuple(directions)
+  elif jax.tree.structure(directions) == center_def:
+    dirs = (directions,)
+  else:
+    if isinstance(directions, (tuple, list)) and len(directions) > 2:
+      raise ValueError(f"A plane takes one or two directions, got {len(directions)}.")
+    dirs = tuple(directions) if isinstance(directions, (tuple, list)) else (directions,)
+  names = ("center",) + tuple(f"direction {k + 1}" for k in range(len(dirs)))
+  trees.check_same_structure(center, *dirs, names=names)
+  return dirs
+
+
+def _plane_point(center, dirs, hook, c):
+  """``hook(center + c[0] d1 + c[1] d2)`` (no hook: the point), as `plane_point` computes it."""
+  def leaf(x, *ds):
+    y = x
+    for k, d in enumerate(ds):
+      y = y + c[k] * d
+    return y.astype(jnp.result_type(x))
+  p = jax.tree.map(leaf, center, *dirs)
+  return p if hook is None else hook(p)
+
+
+def plane_point_fn(center: PyTree, directions, point_fn: Callable | None = None) -> Partial:
+  """``c -> center + c[0] d1 (+ c[1] d2)`` as a `Partial` over its arrays, for `evaluate_points`.
+
+  Args:
+    center: the origin of the plane.
+    directions: one direction or a tuple of one or two (pytrees like `center`).
+    point_fn: optional hook applied to every point (``point_fn(params) -> metric_fn input``).
+  """
+  dirs = as_directions(directions, center)
+  return Partial(_plane_point, center, dirs, as_partial(point_fn, name="point_fn"))
+
+
+def linear_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree, alphas, *,
+                store=None, metadata: dict | None = None, **kwargs) -> dict[str, np.ndarray]:
   """Metrics along the straight line ``interpolate(a, b, alpha)`` for every alpha.
 
-  Implemented as a 1-D `surface.surface_grid` centred at `a` along ``b - a`` (so alpha = 0 is `a`
-  and alpha = 1 is `b` exactly up to rounding); `kwargs` go to `surface_grid` (``chunk_size``,
-  ``mesh``, ``store``, ``map_mode``, ``progress``, ...). Li et al. 2018 use 401 alphas on
-  [-0.5, 1.5].
+  Evaluated by the point-evaluation engine (`engine.evaluate_points`) at ``a + alpha (b - a)``
+  (alpha = 0 is `a` and alpha = 1 is `b` exactly up to rounding); `kwargs` go to the engine
+  (``chunk_size``, ``mesh``, ``map_mode``, ``identity``, ``progress``, ...). With `store` the
+  results are resumable and keyed on the exact bytes of `a` and `b`, the alphas and `metric_fn`.
+  Li et al. 2018 use 401 alphas on [-0.5, 1.5].
 
   Returns:
     ``{metric: array of shape (len(alphas),)}``.
   """
-  from landscape_jax.surface import surface_grid
   trees.check_same_structure(a, b, names=("a", "b"))
+  trees.check_finite(a, name="a")
+  trees.check_finite(b, name="b")
+  alphas = engine.check_grid(alphas, name="alphas")
   direction = jax.tree.map(lambda x, y: y - x, a, b)
-  return surface_grid(metric_fn, a, (direction,), alphas, None, **kwargs)
+  if store is not None:
+    metadata = {"a_sha256": tree_digest(a), "b_sha256": tree_digest(b), **(metadata or {})}
+  return engine.evaluate_points(metric_fn, plane_point_fn(a, (direction,)), alphas[:, None],
+                                store=store, metadata=metadata, desc=kwargs.pop("desc", "path"),
+                                **kwargs)
 
 
 def _endpoint_values(values, alphas):
@@ -110,4 +162,12 @@ def barriers(values, alphas=None) -> dict[str, float]:
           "num_alphas": int(np.sum(inside))}
 
 
-__all__ = ["barrier", "barriers", "interpolate", "linear_path", "plane_point"]
+__all__ = [
+  "as_directions",
+  "barrier",
+  "barriers",
+  "interpolate",
+  "linear_path",
+  "plane_point",
+  "plane_point_fn",
+]

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from landscape_jax import trees
+from landscape_jax import engine, trees
 
 PyTree = Any
 Permutation = dict[str, jax.Array]
@@ -900,29 +900,56 @@ def swap_path(variables: PyTree, layer: str, i: int, j: int, s, *,
   return jax.tree.map(lambda a, b: (1 - s) * a + s * b, variables, swapped)
 
 
-@functools.partial(jax.jit, static_argnames=("layer", "i", "j", "spec"))
-def _swap_metrics(metric_fn, params, ss, *, layer, i, j, spec):
-  return jax.lax.map(lambda s: metric_fn(swap_path(params, layer, i, j, s, spec=spec)), ss)
+def _swap_point(layer, i, j, spec, params, c):
+  return swap_path(params, layer, i, j, c[0], spec=spec)
+
+
+@functools.lru_cache(maxsize=256)
+def _swap_point_fn(layer: str, i: int, j: int, spec: PermutationSpec):
+  # one function object per (layer, units, spec): the engine's evaluator compiles once for them
+  return functools.partial(_swap_point, layer, i, j, spec)
 
 
 def swap_path_metrics(metric_fn: Callable, params: PyTree, layer: str, i: int, j: int, ss, *,
-                      spec: PermutationSpec | None = None) -> dict[str, np.ndarray]:
-  """``metric_fn(swap_path(params, layer, i, j, s))`` for every s in `ss`, in one jitted map.
+                      spec: PermutationSpec | None = None, store=None, metadata: dict | None = None,
+                      **engine_kwargs) -> dict[str, np.ndarray]:
+  """``metric_fn(swap_path(params, layer, i, j, s))`` for every s in `ss` (Brea et al. 2019).
+
+  Evaluated by the point-evaluation engine (`engine.evaluate_points`: chunked, compiled once,
+  sharded over ``mesh``, resumable in ``store`` keyed on the exact bytes of `params`, the ss and
+  the metric function).
 
   Args:
     metric_fn: ``metric_fn(params) -> dict`` (e.g. `lj.make_metric_fn`); a plain function is
       wrapped in `jax.tree_util.Partial`.
     params: the parameters passed to metric_fn (the path is taken in this tree).
-    ss: 1-D array of positions in [0, 1].
+    layer, i, j: the permutation and the two units exchanged along the path.
+    ss: 1-D array of positions in [0, 1], strictly increasing.
+    spec: the model's spec; default `mlp_spec(params)`.
+    store, metadata: see `engine.evaluate_points`.
+    **engine_kwargs: ``chunk_size``, ``mesh``, ``map_mode``, ``identity``, ``progress``.
 
   Returns:
     ``{metric: array (len(ss),)}``; the loss is symmetric about s = 1/2.
   """
   if spec is None:
     spec = mlp_spec(params)
-  if not isinstance(metric_fn, jax.tree_util.Partial):
-    metric_fn = jax.tree_util.Partial(metric_fn)
-  out = _swap_metrics(metric_fn, params, jnp.asarray(ss, jnp.float32), layer=layer, i=int(i),
-                      j=int(j), spec=spec)
-  return {k: np.asarray(v) for k, v in out.items()}
+  _layer_axes(spec, layer)
+  n = spec.sizes[layer]
+  i, j = int(i), int(j)
+  if not (0 <= i < n and 0 <= j < n) or i == j:
+    raise ValueError(f"Units must be two different indices in [0, {n}); got i={i}, j={j}.")
+  ss = engine.check_grid(ss, name="ss")
+  if ss[0] < 0.0 or ss[-1] > 1.0:
+    raise ValueError(f"ss must lie in [0, 1] (0: the parameters, 1: the swapped copy); got "
+                     f"{ss[0]} to {ss[-1]}.")
+  if store is not None:
+    metadata = {"what": "swap path", "layer": layer, "units": [i, j], **(metadata or {})}
+  point_fn = jax.tree_util.Partial(_swap_point_fn(layer, i, j, spec), params)
+  engine_kwargs.setdefault("progress", False)
+  return engine.evaluate_points(metric_fn, point_fn, ss[:, None], store=store, metadata=metadata,
+                                desc=engine_kwargs.pop("desc", "swap path"), **engine_kwargs)
+
+
+
 

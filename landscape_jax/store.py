@@ -1,17 +1,25 @@
 """Resumable result files: arrays with a done-mask plus JSON metadata, written atomically.
 
-A store is a directory::
+The one store format of the library: every point evaluation (`landscape_jax.engine`: surfaces,
+lines, curves, planes, swap paths) writes its results here. A store is a directory::
 
   meta.json              {"format", "config", "shape", "keys", "arrays_file", "sha256", ...}
   arrays-000012.npz      "done" (bool, shape) and one float array per metric ("m:<key>")
 
-Writing is crash-safe: the arrays go to a new generation file (tmp file, fsync, `os.replace`),
-then ``meta.json`` (which names that file and its sha256) is replaced the same way; only then are
-older generations deleted. A kill at any moment leaves either the previous or the new state, never
-a mix. Reading checks the structure and the checksum: a truncated or corrupt store raises
-`StoreCorruptError` and is never written to. A rerun with a different configuration raises a
-ValueError that lists the differing keys, and never overwrites. A failing write (full disk,
-read-only directory) raises `StoreWriteError` and leaves the previous state intact.
+``config`` holds the exact identity of what computed the results (digests of the coordinates, of
+the parameters and directions or curve, of the metric function's code and of the arrays it holds;
+`landscape_jax.identity`) and the caller's metadata.
+
+Writing is crash-safe: the arrays go to a new generation file (`fileio.atomic_write_bytes`: temp
+file, fsync, `os.replace`, the user's umask), then ``meta.json`` (which names that file and its
+sha256) is replaced the same way; only then are older generations deleted. A kill at any moment
+leaves either the previous or the new state, never a mix; its temporary files are removed by the
+next successful write. Reading checks the structure and the checksum: a truncated or corrupt
+store raises `StoreCorruptError` and is never written to, and so does a folder whose arrays are
+there without their ``meta.json`` (nothing is deleted). A rerun with a different configuration
+raises `StoreMismatchError` (a ValueError) that lists what differs, and never overwrites. A
+failing write (full disk, read-only directory) raises `StoreWriteError` and leaves the previous
+state intact.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ import io
 import json
 import os
 import re
-import tempfile
 from typing import Any
 
 import numpy as np
+
+from landscape_jax.fileio import atomic_write_bytes
+from landscape_jax.identity import describe_differences
 
 FORMAT = "landscape_jax.store/1"
 META = "meta.json"
@@ -38,6 +48,10 @@ class StoreCorruptError(RuntimeError):
 
 class StoreWriteError(OSError):
   """Writing the store failed; the previous state on disk is intact."""
+
+
+class StoreMismatchError(ValueError):
+  """The store holds results of another computation (other inputs, functions or data)."""
 
 
 def read_json(path: str, *, remedy: str) -> Any:
@@ -115,33 +129,11 @@ def exists(path: str | os.PathLike) -> bool:
   return os.path.exists(os.path.join(path, META))
 
 
-def _fsync_dir(path: str) -> None:
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  directory = os.path.dirname(path) or "."
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  _fsync_dir(directory)
+def _orphaned_arrays(path: str) -> list[str]:
+  """Arrays files of a store whose meta.json is missing (e.g. after a partial copy)."""
+  if not os.path.isdir(path):
+    return []
+  return sorted(n for n in os.listdir(path) if _ARRAYS_RE.match(n))
 
 
 def _key_name(key: str) -> str:
@@ -164,6 +156,9 @@ def read(path: str | os.PathLike) -> StoreState:
   try:
     with open(meta_path, "rb") as f:
       meta = json.loads(f.read().decode("utf-8"))
+    if not isinstance(meta, dict):
+      raise StoreCorruptError(f"{meta_path} holds a JSON {type(meta).__name__}, not a store's "
+                              f"description. {hint}")
     if meta.get("format") != FORMAT:
       raise StoreCorruptError(f"{meta_path} is not a landscape-jax store (format "
                               f"{meta.get('format')!r}, expected {FORMAT!r}). {hint}")
@@ -215,7 +210,7 @@ def write(path: str | os.PathLike, state: StoreState) -> StoreState:
     np.savez(buf, done=np.asarray(state.done, bool),
              **{_key_name(k): np.asarray(v) for k, v in state.values.items()})
     data = buf.getvalue()
-    _atomic_write_bytes(os.path.join(path, arrays_file), data)
+    atomic_write_bytes(os.path.join(path, arrays_file), data)
     meta = {
       "format": FORMAT,
       "shape": list(shape),
@@ -228,7 +223,7 @@ def write(path: str | os.PathLike, state: StoreState) -> StoreState:
       "config": normalize_config(state.config),
     }
     text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=True).encode("utf-8")
-    _atomic_write_bytes(os.path.join(path, META), text)
+    atomic_write_bytes(os.path.join(path, META), text)
   except OSError as e:
     raise StoreWriteError(
       f"Could not write results to {path}: {e}. The previous state on disk is intact; free disk "
@@ -255,20 +250,29 @@ def open_or_create(path: str | os.PathLike, *, config: dict, shape: tuple[int, .
     create: write the empty store now (False on processes that must not write).
 
   Raises:
-    ValueError: the stored configuration differs (the message lists the keys).
-    StoreCorruptError: the store is corrupt.
+    StoreMismatchError: the stored configuration differs (the message lists what differs).
+    StoreCorruptError: the store is corrupt, or its arrays are there without their meta.json
+      (nothing is deleted).
   """
   config = normalize_config(config)
+  path = os.fspath(path)
+  if not exists(path) and _orphaned_arrays(path):
+    raise StoreCorruptError(
+      f"{path} holds computed results ({', '.join(_orphaned_arrays(path))}) but no {META} "
+      "(a partial copy, or the file was removed), so they cannot be checked or resumed. Nothing "
+      f"was modified or deleted. Copy {META} back from where the store came from to resume, or "
+      "move the folder away (or pass another path) to start over.")
   if exists(path):
     state = read(path)
     diffs = config_differences(state.config, config)
     if diffs:
-      raise ValueError(
-        f"The result store at {os.fspath(path)} was computed with a different configuration; "
-        f"differing keys: {', '.join(diffs)}. Refusing to mix results: use another path (workdir) "
-        "or delete the store to recompute.")
+      raise StoreMismatchError(
+        f"The result store at {path} was computed by something else; what differs: "
+        f"{describe_differences(diffs)}. Refusing to mix or reuse results. To start fresh, pass "
+        "another store path (workdir) or move this one away; to resume it, call again with "
+        "exactly the inputs that computed it.")
     if state.done.shape != tuple(shape) or set(state.values) != set(keys):
-      raise ValueError(
+      raise StoreMismatchError(
         f"The result store at {os.fspath(path)} has shape {state.done.shape} and metrics "
         f"{sorted(state.values)}, expected {tuple(shape)} and {sorted(keys)}. Use another path.")
     return state
@@ -279,6 +283,7 @@ def open_or_create(path: str | os.PathLike, *, config: dict, shape: tuple[int, .
 
 __all__ = [
   "StoreCorruptError",
+  "StoreMismatchError",
   "StoreState",
   "StoreWriteError",
   "config_differences",

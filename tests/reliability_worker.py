@@ -86,7 +86,7 @@ def main(kind, path, delay):
   from landscape_jax import store as store_lib
 
   _, data, a, b, metric_fn, loss_fn = problem()
-  if kind == "surface":
+  if kind in ("surface", "curve_eval"):
     write = _slow(store_lib.write, delay)
 
     def reporting(p, state):
@@ -95,16 +95,10 @@ def main(kind, path, delay):
       return out
 
     store_lib.write = reporting
-    run_surface(path, metric_fn, a)
-  elif kind == "curve_eval":
-    save = _slow(curves._save_store, delay)
-
-    def reporting(store, meta, results, done):
-      save(store, meta, results, done)
-      print(f"saved {done}", flush=True)
-
-    curves._save_store = reporting
-    run_curve_eval(path, metric_fn, a, b)
+    if kind == "surface":
+      run_surface(path, metric_fn, a)
+    else:
+      run_curve_eval(path, metric_fn, a, b)
   elif kind == "curve_train":
     curves._atomic_write_text = _slow(curves._atomic_write_text, delay)
     run_curve_train(path, loss_fn, a, b, data,

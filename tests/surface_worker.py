@@ -66,7 +66,7 @@ def _interrupt(store, kill_at):
   import landscape_jax as lj
   from landscape_jax import store as store_lib
 
-  original = store_lib._atomic_write_bytes
+  original = store_lib.atomic_write_bytes
   calls = [0]
 
   def crashing(path, data):
@@ -75,7 +75,7 @@ def _interrupt(store, kill_at):
     if calls[0] == kill_at:
       os.kill(os.getpid(), signal.SIGKILL)
 
-  store_lib._atomic_write_bytes = crashing
+  store_lib.atomic_write_bytes = crashing
   center, dirs = toy_problem()
   lj.surface_grid(Partial(toy_metric), center, dirs, TOY_XS, TOY_YS, chunk_size=TOY_CHUNK,
                   store=store, metadata=TOY_META, progress=False)

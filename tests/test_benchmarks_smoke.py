@@ -59,3 +59,18 @@ def test_flop_count_matches_hand_count():
   x = jnp.zeros((2, 6, 6, 4))
   expected = 2 * (6 * 6 * 8 * 3 * 3 * 4) + 2 * (6 * 6 * 8 * 5)
   assert common.model_flops_per_example(f, w, x) == expected
+
+
+@pytest.mark.slow
+def test_bench_identity_tiny():
+  """The identity/engine overhead benchmark runs; its hand-written loop evaluates the same grid."""
+  res = _load("bench_identity").main(["--tiny", "--no-record", "--repeats", "1"])
+  assert all(np.isfinite(v) and v > 0 for v in res.values()), res
+
+
+@pytest.mark.slow
+def test_bench_versus_commit_tiny():
+  """Both trees compute the same surface (compared against HEAD itself: same code)."""
+  res = _load("bench_versus_commit").main(["--tiny", "--no-record", "--rounds", "1",
+                                           "--ref", "HEAD"])
+  assert res["dloss"] == 0.0 and res["speed_ratio"] > 0

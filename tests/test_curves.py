@@ -1,6 +1,5 @@
 """Tests of the curves of Garipov et al. 2018: bases, points, loss, training, evaluation, plane."""
 
-import json
 import math
 
 import flax.linen as nn
@@ -216,29 +215,37 @@ def test_curve_training_resumes_exactly(mlp_setup, endpoints, digits_train, tmp_
                        **{**kw, "lr": 0.1})
 
 
-def test_evaluate_curve_store_resumes_and_refuses_mixing(mlp_setup, trained_curve, tmp_path):
-  _, _, metric_fn = mlp_setup
+def test_evaluate_curve_store_resumes_and_refuses_mixing(mlp_setup, trained_curve, tmp_path,
+                                                         digits_test):
+  model, _, metric_fn = mlp_setup
   c, _ = trained_curve
   store = str(tmp_path / "curve_eval")
   kw = dict(num_points=9, chunk_size=2, progress=False, store=store)
   full = curves.evaluate_curve(metric_fn, c, **kw)
-  # pretend the run stopped after the first block of 8 points
-  with open(store + ".json") as f:
-    saved = json.load(f)
-  saved["done"] = 8
-  with open(store + ".json", "w") as f:
-    json.dump(saved, f)
-  with np.load(store + ".npz") as z:
-    arrays = {k: z[k].copy() for k in z.files}
-  for v in arrays.values():
+  # pretend the run stopped after the first 8 points (of 9 curve + 9 line points)
+  state = lj.store.read(store)
+  state.done[8:] = False
+  for v in state.values.values():
     v[8:] = np.nan
-  np.savez(store + ".npz", **arrays)
+  lj.store.write(store, state)
   again = curves.evaluate_curve(metric_fn, c, **kw)
   for k in full["curve"]:
     np.testing.assert_allclose(again["curve"][k], full["curve"][k], rtol=1e-6)
     np.testing.assert_allclose(again["line"][k], full["line"][k], rtol=1e-6)
-  with pytest.raises(ValueError, match="different evaluation"):
+  before = lj.store.read(store)
+  # anything else than what computed the store is refused, and the store is left as it was
+  swapped = jax.tree.map(lambda w: w[::-1], c)  # the same curve walked backwards
+  with pytest.raises(lj.store.StoreMismatchError, match="point_fn.arrays"):
+    curves.evaluate_curve(metric_fn, swapped, **kw)
+  other_data = lj.make_metric_fn(model, {"train": digits_test.subset(slice(0, 100)),
+                                         "test": digits_test})
+  with pytest.raises(lj.store.StoreMismatchError, match="metric_fn"):
+    curves.evaluate_curve(other_data, c, **kw)
+  with pytest.raises(lj.store.StoreMismatchError, match="coords_sha256"):
     curves.evaluate_curve(metric_fn, c, **{**kw, "num_points": 5})
+  after = lj.store.read(store)
+  assert after.generation == before.generation
+  np.testing.assert_array_equal(after.values["train_loss"], before.values["train_loss"])
 
 
 def test_sharded_evaluation_matches(mlp_setup, trained_curve):

@@ -7,7 +7,6 @@ resume in this process and compare with an uninterrupted run.
 """
 
 import errno
-import json
 import os
 import random
 import re
@@ -28,8 +27,8 @@ from jax.tree_util import Partial
 
 import landscape_jax as lj
 from landscape_jax import checkpoints, curves, trees
+from landscape_jax import engine as engine_lib
 from landscape_jax import store as store_lib
-from landscape_jax import surface as surface_lib
 from tests import reliability_worker as rw
 
 pytestmark = pytest.mark.reliability
@@ -105,7 +104,7 @@ def test_sigkill_surface_curve_eval_curve_train_then_resume_equals_uninterrupted
   paths = {"surface": str(tmp_path / "surface"), "curve_eval": str(tmp_path / "curve_eval"),
            "curve_train": str(tmp_path / "curve_train")}
   markers = {"surface": os.path.join(paths["surface"], "meta.json"),
-             "curve_eval": paths["curve_eval"] + ".json",
+             "curve_eval": os.path.join(paths["curve_eval"], "meta.json"),
              "curve_train": os.path.join(paths["curve_train"], "curve_history.json")}
   procs = {k: (_start_worker(k, paths[k], 0.5), markers[k]) for k in paths}
   outcome = {}
@@ -139,24 +138,23 @@ def test_sigkill_surface_curve_eval_curve_train_then_resume_equals_uninterrupted
   state = store_lib.read(paths["surface"])
   assert state.num_done >= (reported["surface"] or 0), msg
   seen = []
-  original = surface_lib._evaluate_missing
+  original = engine_lib._evaluate_missing
 
-  def spy(metric_fn, point_fn, center, dirs, coords, missing, *args, **kwargs):
+  def spy(metric_fn, point_fn, coords, missing, *args, **kwargs):
     seen.append(missing.size)
-    return original(metric_fn, point_fn, center, dirs, coords, missing, *args, **kwargs)
+    return original(metric_fn, point_fn, coords, missing, *args, **kwargs)
 
-  surface_lib._evaluate_missing = spy
+  engine_lib._evaluate_missing = spy
   try:
     resumed = rw.run_surface(paths["surface"], metric_fn, a)
   finally:
-    surface_lib._evaluate_missing = original
+    engine_lib._evaluate_missing = original
   assert sum(seen) == 9 - state.num_done, msg
   for k in ref_surface:
     np.testing.assert_array_equal(resumed[k], ref_surface[k], err_msg=msg)
 
   # Curve evaluation: the store's "done" is at least the last block reported.
-  with open(markers["curve_eval"]) as f:
-    done = json.load(f)["done"]
+  done = store_lib.read(paths["curve_eval"]).num_done
   assert done >= (reported["curve_eval"] or 0), msg
   resumed = rw.run_curve_eval(paths["curve_eval"], metric_fn, a, b)
   for part in ("curve", "line"):
@@ -177,32 +175,44 @@ def test_sigkill_surface_curve_eval_curve_train_then_resume_equals_uninterrupted
 # ======================================================================= faults: corrupt files
 
 
+def _store_files(store):
+  return sorted(os.path.join(store, n) for n in os.listdir(store))
+
+
 def test_curve_store_corruption_detected_and_never_overwritten(problem, tmp_path):
   _, _, a, b, metric_fn, _ = problem
   store = str(tmp_path / "eval")
   c = rw.curve_of(a, b)
   kw = dict(num_points=3, line=False, chunk_size=1, store=store, progress=False)
   good = curves.evaluate_curve(metric_fn, c, **kw)
-  npz, js = store + ".npz", store + ".json"
+  meta = os.path.join(store, "meta.json")
+  (npz,) = [p for p in _store_files(store) if p.endswith(".npz")]
   full = open(npz, "rb").read()
-  m = len(full) // 2  # inside a member: its CRC-32 no longer matches
+  m = len(full) // 2
   cases = {
     "truncated arrays": (npz, full[: len(full) // 2]),
     "flipped byte in arrays": (npz, full[:m] + bytes([full[m] ^ 0xFF]) + full[m + 1:]),
-    "truncated json": (js, open(js, "rb").read()[:20]),
-    "json without done": (js, json.dumps({"meta": json.load(open(js))["meta"]}).encode()),
+    "truncated meta": (meta, open(meta, "rb").read()[:20]),
+    "meta holding null": (meta, b"null"),
   }
-  original = {p: open(p, "rb").read() for p in (npz, js)}
+  original = {p: open(p, "rb").read() for p in (npz, meta)}
   for name, (path, data) in cases.items():
     with open(path, "wb") as f:
       f.write(data)
-    before = _snapshot(npz, js)
+    before = _snapshot(*_store_files(store))
     with pytest.raises(store_lib.StoreCorruptError, match="not modified") as e:
       curves.evaluate_curve(metric_fn, c, **kw)
     assert os.path.basename(path) in str(e.value), name
-    assert _snapshot(npz, js) == before, f"{name}: the store was modified"
+    assert _snapshot(*_store_files(store)) == before, f"{name}: the store was modified"
     with open(path, "wb") as f:
       f.write(original[path])
+  # meta.json missing (a partial copy): the computed arrays are reported and never deleted
+  os.rename(meta, meta + ".away")
+  with pytest.raises(store_lib.StoreCorruptError, match="no meta.json") as e:
+    curves.evaluate_curve(metric_fn, c, **kw)
+  assert os.path.basename(npz) in str(e.value) and os.path.exists(npz)
+  assert open(npz, "rb").read() == original[npz]
+  os.rename(meta + ".away", meta)
   again = curves.evaluate_curve(metric_fn, c, **kw)  # the good state still resumes (no work)
   np.testing.assert_array_equal(again["curve"]["train_loss"], good["curve"]["train_loss"])
 
@@ -213,7 +223,7 @@ def test_curve_store_failing_write_keeps_previous_state(problem, tmp_path, monke
   c = rw.curve_of(a, b)
   curves.evaluate_curve(metric_fn, c, num_points=3, line=False, chunk_size=1, store=store,
                         progress=False)
-  before = _snapshot(store + ".npz", store + ".json")
+  before = _snapshot(*_store_files(store))
   real_replace = os.replace
 
   def full_disk(src, dst):
@@ -224,10 +234,12 @@ def test_curve_store_failing_write_keeps_previous_state(problem, tmp_path, monke
     curves.evaluate_curve(metric_fn, c, num_points=5, line=False, chunk_size=1,
                           store=str(tmp_path / "other"), progress=False)
   with pytest.raises(store_lib.StoreWriteError, match="No space left"):
-    curves._save_store(store, {"x": 1}, {"a": np.zeros(3)}, 3)
+    store_lib.write(store, store_lib.read(store))
   monkeypatch.setattr(os, "replace", real_replace)
-  assert _snapshot(store + ".npz", store + ".json") == before
-  assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+  assert _snapshot(*_store_files(store)) == before
+  leftovers = [n for d in (store, str(tmp_path / "other")) if os.path.isdir(d)
+               for n in os.listdir(d) if n.endswith(".tmp")]
+  assert not leftovers
   # a store under a regular file cannot be created: a clear error, nothing half-written
   blocker = tmp_path / "file"
   blocker.write_text("x")

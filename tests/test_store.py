@@ -11,8 +11,8 @@ import pytest
 from jax.tree_util import Partial
 
 import landscape_jax as lj
+from landscape_jax import engine as engine_lib
 from landscape_jax import store as store_lib
-from landscape_jax import surface as surface_lib
 from tests import surface_worker as w
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,13 +41,16 @@ def test_store_roundtrip_and_resume_without_work(reference, monkeypatch):
   state = store_lib.read(path)
   assert state.done.all() and state.done.shape == (7, 4)
   np.testing.assert_array_equal(state.values["loss"], res["loss"])
-  assert state.config["metadata"] == w.TOY_META
-  assert state.config["grid"]["xs"] == list(w.TOY_XS)
+  assert {k: state.config["metadata"][k] for k in w.TOY_META} == w.TOY_META
+  coords = lj.surface.grid_coordinates(w.TOY_XS, w.TOY_YS)
+  assert state.config["coords_sha256"] == lj.identity.tree_digest(coords)
+  center, dirs = w.toy_problem()
+  assert state.config["metadata"]["center_sha256"] == lj.identity.tree_digest(center)
   center, (d1, d2) = w.toy_problem()
   direct = w.toy_metric(lj.plane_point(center, d1, d2, w.TOY_XS[5], w.TOY_YS[2]))
   np.testing.assert_allclose(res["loss"][5, 2], direct["loss"], rtol=1e-6)
   # a complete store: a rerun evaluates nothing and writes nothing
-  monkeypatch.setattr(surface_lib, "_evaluate_missing",
+  monkeypatch.setattr(engine_lib, "_evaluate_missing",
                       lambda *a, **k: pytest.fail("nothing should be recomputed"))
   before = _snapshot(path)
   again = _run_toy(path)
@@ -66,13 +69,13 @@ def test_killed_run_resumes_only_missing_points(reference, tmp_path, monkeypatch
   state = store_lib.read(path)  # the previous good state: chunk 1 only
   assert state.num_done == w.TOY_CHUNK
   seen = []
-  original = surface_lib._evaluate_missing
+  original = engine_lib._evaluate_missing
 
-  def spy(metric_fn, point_fn, center, dirs, coords, missing, *args, **kwargs):
+  def spy(metric_fn, point_fn, coords, missing, *args, **kwargs):
     seen.append(np.array(missing))
-    return original(metric_fn, point_fn, center, dirs, coords, missing, *args, **kwargs)
+    return original(metric_fn, point_fn, coords, missing, *args, **kwargs)
 
-  monkeypatch.setattr(surface_lib, "_evaluate_missing", spy)
+  monkeypatch.setattr(engine_lib, "_evaluate_missing", spy)
   resumed = _run_toy(path)
   assert len(seen) == 1
   np.testing.assert_array_equal(seen[0], np.flatnonzero(~state.done.ravel()))
@@ -87,7 +90,7 @@ def test_killed_run_resumes_only_missing_points(reference, tmp_path, monkeypatch
 def test_mismatched_configuration_is_refused(reference):
   _, path = reference
   before = _snapshot(path)
-  with pytest.raises(ValueError, match=r"differing keys: .*metadata\.norm"):
+  with pytest.raises(ValueError, match=r"what differs: .*metadata\.norm"):
     _run_toy(path, metadata={**w.TOY_META, "norm": "filter"})
   center, dirs = w.toy_problem()
   with pytest.raises(ValueError, match=r"grid\.xs"):

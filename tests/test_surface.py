@@ -212,12 +212,13 @@ def test_error_controlled_metric(tiny_mlp, digits_test):
   params = variables["params"]
   data = digits_test.subset(slice(0, 200))
   exact = lj.make_metric_fn(model, data, batch_size=50)(params)
-  full = lj.surface.make_error_controlled_metric_fn(model, data, tol=0.0, batch_size=50)(params)
+  make = lj.error_control.make_error_controlled_metric_fn
+  full = make(model, data, tol=0.0, batch_size=50)(params)
   assert float(full["num_examples"]) == 200
   np.testing.assert_allclose(full["loss"], exact["loss"], rtol=1e-5)
   np.testing.assert_allclose(full["accuracy"], exact["accuracy"], rtol=1e-6)
   # a loose tolerance stops after min_batches: the estimate is the first shuffled batch's mean
-  fn = lj.surface.make_error_controlled_metric_fn(model, data, tol=1e3, batch_size=50, seed=3,
+  fn = lj.error_control.make_error_controlled_metric_fn(model, data, tol=1e3, batch_size=50, seed=3,
                                                   min_batches=2)
   est = fn(params)
   assert float(est["num_examples"]) == 100
@@ -234,4 +235,4 @@ def test_error_controlled_metric(tiny_mlp, digits_test):
   assert set(res) == {"loss", "loss_sem", "accuracy", "num_examples"}
   np.testing.assert_allclose(res["loss"][1], est["loss"], rtol=1e-5)
   with pytest.raises(ValueError, match="tol"):
-    lj.surface.make_error_controlled_metric_fn(model, data, tol=-1.0)
+    lj.error_control.make_error_controlled_metric_fn(model, data, tol=-1.0)
