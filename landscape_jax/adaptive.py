@@ -44,14 +44,14 @@ refinement would chase the noise: differences of ``~se`` between neighbours neve
 Evaluation. `refine_surface` and `refine_path` take ``evaluate(coords, round_index) -> {metric:
 (N,)}``, so any backend fits (tests use analytic numpy functions). `adaptive_surface` and
 `adaptive_path` evaluate each round's points with the library's compiled, chunked, sharded,
-resumable point evaluator, one store per round (``<store>/round-000``, ``round-001``, ...): a
-rerun recomputes nothing already stored and continues where it stopped, with identical results.
+resumable point-evaluation engine (`surface.surface_points`), one store per round
+(``<store>/round-000``, ``round-001``, ...): a rerun recomputes nothing already stored and
+continues where it stopped, with identical results.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -569,63 +569,10 @@ def refine_path(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], t_rang
 
 # ------------------------------------------------------------------------ engine-facing wrappers
 def _points_evaluator():
-  """The library's point evaluator: `surface.surface_points` when present, else `_points`."""
-  from landscape_jax import surface
+  """The library's point evaluator, `surface.surface_points` (one place to swap it in tests)."""
+  from landscape_jax.surface import surface_points
 
-  return getattr(surface, "surface_points", None) or _points
-
-
-def _points(metric_fn, center, directions, coords, *, store=None, metadata=None, identity=None,
-            chunk_size=None, mesh=None, map_mode=None, point_fn=None, progress=True):
-  """``{metric: (N,)}`` at ``center + coords[:, 0] d1 (+ coords[:, 1] d2)``, resumable.
-
-  A thin adapter over `surface_grid`'s compiled, chunked, sharded chunk evaluator for arbitrary
-  plane coordinates (N, 1 or 2), with the same `landscape_jax.store` semantics (written after
-  every chunk; a rerun computes only the missing points; another configuration is refused).
-  Single-process. `identity` (ignored when None) is stored with the configuration.
-  """
-  from landscape_jax import store as store_lib
-  from landscape_jax import surface, trees
-
-  metric_fn = surface._as_partial(metric_fn)
-  point_fn = surface._as_partial(point_fn)
-  dirs = surface._as_directions(directions, center)
-  trees.check_finite(center, name="center parameters")
-  coords = np.asarray(coords, np.float64)
-  if coords.ndim != 2 or coords.shape[1] != len(dirs):
-    raise ValueError(f"coords must have shape (N, {len(dirs)}) for {len(dirs)} direction(s), "
-                     f"got {coords.shape}.")
-  coords32 = coords.astype(np.float32)
-  shape = (coords.shape[0],)
-  map_mode = map_mode or surface.default_map_mode()
-  keys = surface._metric_keys(metric_fn, point_fn, center, dirs)
-  if store is not None:
-    config = {"points": {"count": shape[0],
-                         "sha256": hashlib.sha256(coords32.tobytes()).hexdigest()},
-              "num_directions": len(dirs), "metrics": sorted(keys),
-              "center_sha256": surface._fingerprint(center),
-              "directions_sha256": surface._fingerprint(dirs),
-              "metadata": metadata or {}, "identity": identity}
-    state = store_lib.open_or_create(store, config=config, shape=shape, keys=keys)
-  else:
-    state = store_lib.StoreState(
-      config={}, values={k: np.full(shape, np.nan, dt) for k, dt in keys.items()},
-      done=np.zeros(shape, bool))
-  missing = np.flatnonzero(~state.done)
-  if missing.size:
-    num_devices = 1 if mesh is None else mesh.devices.size
-    if chunk_size is None:
-      chunk_size = surface.auto_chunk_size(metric_fn, center, dirs, num_devices=num_devices,
-                                           map_mode=map_mode, point_fn=point_fn)
-      # a power of two per device at most: the few chunk shapes of small rounds compile once
-      per_dev = 1 << max(0, math.ceil(math.log2(-(-missing.size // num_devices))))
-      chunk_size = min(chunk_size, per_dev * num_devices)
-    surface._check_chunk_size(chunk_size, num_devices, None)
-    surface._evaluate_missing(metric_fn, point_fn, center, dirs, coords32, missing, state, store,
-                              chunk_size=chunk_size, mesh=mesh,
-                              axis=None if mesh is None else mesh.axis_names[0],
-                              map_mode=map_mode, batch_size=None, progress=progress)
-  return {k: np.array(v, copy=True) for k, v in state.values.items()}
+  return surface_points
 
 
 def _round_store(store, r):
@@ -638,16 +585,18 @@ def adaptive_surface(metric_fn: Callable[[PyTree], dict], center: PyTree, direct
                      key: str | None = None, levels=None, level_tol: float | None = None,
                      se_key: str | None = None, noise_k: float = 2.0,
                      max_value: float | None = None, max_rounds: int | None = None,
-                     metadata: dict | None = None, chunk_size: int | None = None, mesh=None,
-                     map_mode: str | None = None, point_fn=None, progress: bool = True
-                     ) -> AdaptiveResult:
+                     metadata: dict | None = None, identity: str | None = None,
+                     chunk_size: int | None = None, mesh=None, map_mode: str | None = None,
+                     point_fn=None, progress: bool = True) -> AdaptiveResult:
   """An adaptive loss surface ``metric_fn(center + x d1 + y d2)`` on ``x_range x y_range``.
 
-  Each round's new points are evaluated by the library's point evaluator (compiled chunks,
-  `mesh` sharding, `point_fn`, as `surface_grid`) with ``store=<store>/round-NNN``: a rerun with
-  the same arguments recomputes nothing already stored and continues where it stopped, with an
-  identical result. The refinement settings are part of every round's stored configuration, so a
-  rerun with other settings into the same store is refused. Refinement: see `refine`.
+  Each round's new points are evaluated by `surface.surface_points` (the point-evaluation engine:
+  compiled chunks, `mesh` sharding, `point_fn`, exact identities) with
+  ``store=<store>/round-NNN``: a rerun with the same arguments recomputes nothing already stored
+  and continues where it stopped, with an identical result. The refinement settings are part of
+  every round's stored metadata, so a rerun with other settings into the same store is refused.
+  `metadata`, `identity`, `chunk_size`, `mesh`, `map_mode`, `point_fn`, `progress`: as in
+  `surface_points`. Refinement arguments: see `refine`.
 
   Example::
 
@@ -665,8 +614,8 @@ def adaptive_surface(metric_fn: Callable[[PyTree], dict], center: PyTree, direct
               "key": key, "levels": levels, "level_tol": level_tol, "se_key": se_key,
               "noise_k": noise_k, "max_value": max_value}
   evaluate = _engine_evaluate(metric_fn, center, directions, store=store, metadata=metadata,
-                              settings=settings, chunk_size=chunk_size, mesh=mesh,
-                              map_mode=map_mode, point_fn=point_fn, progress=progress,
+                              settings=settings, identity=identity, chunk_size=chunk_size,
+                              mesh=mesh, map_mode=map_mode, point_fn=point_fn, progress=progress,
                               desc="adaptive surface")
   return refine(evaluate, (x_range, y_range), tol=tol, initial=initial, max_level=max_level,
                 max_points=max_points, key=key, levels=levels, level_tol=level_tol,
@@ -679,9 +628,9 @@ def adaptive_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree,
                   key: str | None = None, levels=None, level_tol: float | None = None,
                   se_key: str | None = None, noise_k: float = 2.0,
                   max_value: float | None = None, max_rounds: int | None = None,
-                  metadata: dict | None = None, chunk_size: int | None = None, mesh=None,
-                  map_mode: str | None = None, point_fn=None, progress: bool = True
-                  ) -> AdaptiveResult:
+                  metadata: dict | None = None, identity: str | None = None,
+                  chunk_size: int | None = None, mesh=None, map_mode: str | None = None,
+                  point_fn=None, progress: bool = True) -> AdaptiveResult:
   """Adaptive metrics along the line ``interpolate(a, b, t) = a + t (b - a)`` for t in `t_range`.
 
   As `linear_path` (Li et al. 2018 use t in [-0.5, 1.5]) with adaptive bisection of intervals;
@@ -697,16 +646,16 @@ def adaptive_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree,
               "key": key, "levels": levels, "level_tol": level_tol, "se_key": se_key,
               "noise_k": noise_k, "max_value": max_value}
   evaluate = _engine_evaluate(metric_fn, a, (direction,), store=store, metadata=metadata,
-                              settings=settings, chunk_size=chunk_size, mesh=mesh,
-                              map_mode=map_mode, point_fn=point_fn, progress=progress,
+                              settings=settings, identity=identity, chunk_size=chunk_size,
+                              mesh=mesh, map_mode=map_mode, point_fn=point_fn, progress=progress,
                               desc="adaptive path")
   return refine(evaluate, (t_range,), tol=tol, initial=initial, max_level=max_level,
                 max_points=max_points, key=key, levels=levels, level_tol=level_tol,
                 se_key=se_key, noise_k=noise_k, max_value=max_value, max_rounds=max_rounds)
 
 
-def _engine_evaluate(metric_fn, center, directions, *, store, metadata, settings, chunk_size,
-                     mesh, map_mode, point_fn, progress, desc):
+def _engine_evaluate(metric_fn, center, directions, *, store, metadata, settings, identity,
+                     chunk_size, mesh, map_mode, point_fn, progress, desc):
   points = _points_evaluator()
   from landscape_jax.store import jsonable
 
@@ -715,8 +664,9 @@ def _engine_evaluate(metric_fn, center, directions, *, store, metadata, settings
   def evaluate(coords, r):
     _log.info("%s: round %d, %d new points", desc, r, coords.shape[0])
     return points(metric_fn, center, directions, coords, store=_round_store(store, r),
-                  metadata=meta, chunk_size=chunk_size, mesh=mesh, map_mode=map_mode,
-                  point_fn=point_fn, progress=progress)
+                  metadata=meta, identity=identity, chunk_size=chunk_size, mesh=mesh,
+                  map_mode=map_mode, point_fn=point_fn, progress=progress,
+                  desc=f"{desc} round {r}")
 
   return evaluate
 

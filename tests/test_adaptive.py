@@ -14,6 +14,10 @@ XS = np.linspace(*BOX, 201)
 DENSE = XS.size ** 2
 
 
+class Killed(Exception):
+  """Stands for a kill (the process dies mid-run)."""
+
+
 def _grid(xs, ys):
   return np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
 
@@ -122,7 +126,7 @@ def test_killed_run_resumes_to_the_identical_result():
       if r in store:
         return store[r]
       if fail_at is not None and r >= fail_at:
-        raise KeyboardInterrupt("killed")
+        raise Killed("killed")
       calls.append(r)
       store[r] = _evaluate(fn)(coords, r)
       return store[r]
@@ -130,7 +134,7 @@ def test_killed_run_resumes_to_the_identical_result():
 
   kw = dict(tol=0.005, initial=9, max_level=4)
   first_calls, second_calls = [], []
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(Killed):
     adaptive.refine_surface(stored(saddle, first_calls, fail_at=3), BOX, BOX, **kw)
   assert first_calls == [0, 1, 2]
   resumed = adaptive.refine_surface(stored(saddle, second_calls), BOX, BOX, **kw)
@@ -274,11 +278,11 @@ def test_adaptive_surface_end_to_end_with_store(mlp_metric, tmp_path, monkeypatc
   def dying(*args, store=None, **kwargs):
     calls.append(store)
     if store.endswith("round-002"):
-      raise KeyboardInterrupt("killed")
+      raise Killed("killed")
     return real(*args, store=store, **kwargs)
 
   monkeypatch.setattr(adaptive, "_points_evaluator", lambda: dying)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(Killed):
     adaptive.adaptive_surface(metric_fn, params, dirs, (-1, 1), (-1, 1), store=store, **kw)
   monkeypatch.undo()
   assert (store / "round-000").is_dir() and (store / "round-001").is_dir()
