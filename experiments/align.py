@@ -13,7 +13,6 @@ loss, accuracies of the endpoints, matching objective per sweep), ``path.npz`` (
 ``align_accuracy.png/pdf``. The barrier table is also printed as Markdown.
 """
 
-import json
 import os
 
 import jax
@@ -91,8 +90,7 @@ def main(argv):
                           "converged": res.converged,
                           "moved_units": {k: int(np.sum(np.asarray(v) != np.arange(v.size)))
                                           for k, v in res.perm.items()}}}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
   np.savez(os.path.join(workdir, "path.npz"), alphas=alphas,
            **{f"{n}_{k}": v for n, p in paths.items() for k, v in p.items()})
   print(f"| path / split | barrier (Frankle) | barrier (Entezari) | max loss | min acc |  "

@@ -11,11 +11,11 @@ the curve are trained (checkpointed every epoch, resumable), the curve and the s
 evaluated at ``config.num_points`` points (BatchNorm statistics recomputed at every point;
 resumable), and, for a 3-point curve, the loss on the plane through the endpoints and the bend is
 computed and plotted. Writes into --workdir: ``summary.json`` (min / max / mean and barrier of
-every metric along curve and line), ``curve_eval.npz``, ``plane.npz``, ``plane_<metric>.png/pdf``
-and ``curve_metrics.png/pdf``.
+every metric along curve and line), the result stores ``curve_eval/`` (curve points, then line
+points) and ``plane/`` (`landscape_jax.store`), ``plane_<metric>.png/pdf`` and
+``curve_metrics.png/pdf``.
 """
 
-import json
 import os
 
 import jax
@@ -116,8 +116,7 @@ def main(argv):
                                 pres[metric], curve_xy=xy, endpoints_xy=proj[[0, 2]],
                                 bend_xy=proj[1], label=metric.replace("_", " "))
     summary["plane"] = {"scale_u": float(plane.scale_u), "scale_v": float(plane.scale_v)}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=1)
   logging.info("Wrote %s", workdir)
 
 

@@ -16,7 +16,6 @@ accuracy of the ensembles of the first k members and their cost in training epoc
 Table 2), and prints a table.
 """
 
-import json
 import os
 
 import jax
@@ -112,8 +111,7 @@ def main(argv):
     "swa": {"members": c.cycles, "epochs": b + c.cycles * c.cycle_epochs,
             "loss": float(swa["loss"]), "accuracy": float(swa["accuracy"])},
   }
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=1)
   _plot_budget(os.path.join(workdir, "fge"), summary, c)
   print(f"{'method':12s} {'members':>7s} {'epochs':>7s} {'test loss':>9s} {'test acc':>8s}")
   for name in ("independent", "fge"):

@@ -125,8 +125,8 @@ def main(argv):
       _plot("plot_eigen_ratio", os.path.join(workdir, "ratio_map", "eigen_ratio"), xs, ys,
             res["ratio"], title=r"$|\lambda_{min} / \lambda_{max}|$")
   if main_process:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=1, default=str)
+    lj.fileio.atomic_write_text(os.path.join(workdir, "summary.json"),
+                                json.dumps(summary, indent=1, default=str))
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
 
 

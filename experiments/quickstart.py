@@ -17,6 +17,17 @@ Trains two small ResNets from different seeds, then, each step with its figures 
 Writes every figure (PNG + PDF), ``results/<step>.json`` and ``report.html`` into --workdir.
 Each finished step is kept: a rerun (e.g. after an interruption) reuses it, long steps resume
 from their own stores, and a rerun with a different configuration is refused.
+
+What identifies a finished step: ``config.json`` records the configuration below plus the sha256
+digests (`identity.tree_digest`) of the images and labels of the `digits` splits the tour loads.
+Everything else a step computes from is determined by these: the models are trained from the
+configured seeds, every direction, curve, permutation, probe and FGE run is drawn from fixed keys,
+and each step's inputs are earlier steps' outputs kept in the same --workdir (the training runs,
+curve and FGE workdirs resume on their own exact identities). The embedded data are the only
+external input, hence their digests. Not recorded, by design: the library's own code version
+(as for every identity in landscape-jax); after changing it, use a new --workdir. The files are
+written with `fileio` (atomic, never through a planted symlink); a rerun with another
+configuration or other data is refused (`store.check_or_write_config`).
 """
 
 import json
@@ -35,6 +46,7 @@ from landscape_jax import (
   checkpoints,
   curves,
   ensembles,
+  fileio,
   permutations,
   plotting,
   training,
@@ -79,28 +91,21 @@ class Tour:
     self.workdir, self.c, self.progress = workdir, config, progress
     self.sections: list[dict] = []
     os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
-    self._check_config()
     self.train_ds = lj.load("digits", "train")
     self.test_ds = lj.load("digits", "test")
+    self._check_config()
     self.model = lj.get_model(config.model, num_classes=10, **dict(config.model_kwargs))
     n = config.eval_subset
     self.eval_splits = {"train": self.train_ds.subset(slice(0, n or None)),
                         "test": self.test_ds.subset(slice(0, n or None))}
 
   def _check_config(self):
-    path = os.path.join(self.workdir, "config.json")
-    current = json.loads(self.c.to_json())
-    if os.path.exists(path):
-      saved = lj.store.read_json(path, remedy="Restore it or use a new --workdir.")
-      if saved != current:
-        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        raise ValueError(
-          f"{self.workdir} holds a tour run with another configuration (differs in {diff}). "
-          "Use a new --workdir (or delete the old one) instead of mixing results.")
-    else:
-      with open(path + ".tmp", "w") as f:  # atomic: a kill never leaves a torn config.json
-        json.dump(current, f, indent=1)
-      os.replace(path + ".tmp", path)
+    digest = lambda ds: lj.identity.tree_digest({"images": ds.images, "labels": ds.labels})
+    current = {**json.loads(self.c.to_json()), "train_data_sha256": digest(self.train_ds),
+               "test_data_sha256": digest(self.test_ds)}
+    lj.store.check_or_write_config(
+      self.path("config.json"), current, what="a tour run",
+      remedy="Use a new --workdir (or move the old one away) instead of mixing results.")
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -118,10 +123,7 @@ class Tour:
       numbers, figures = fn()
       out = {"numbers": lj.store.jsonable(numbers), "figures": figures,
              "seconds": round(time.time() - start, 1)}
-      tmp = result_path + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-      os.replace(tmp, result_path)
+      fileio.atomic_write_json(result_path, out)
     for k, v in out["numbers"].items():
       print(f"    {k}: {v:.4g}" if isinstance(v, float) else f"    {k}: {v}")
     self.sections.append({"title": title, "text": text, "figures": out["figures"],

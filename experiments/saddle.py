@@ -19,7 +19,6 @@ j of the bend moved apart (0: the bend is still a permutation point). Writes ``s
 ``saddle_valley.png/pdf`` (straight swap path vs trained curve) to the workdir.
 """
 
-import json
 import os
 
 import jax
@@ -154,8 +153,7 @@ def main(argv):
         f"{val['max_loss_on_swap_path']:.4f} on the straight swap path; bend units differ by "
         f"{bend_gap:.1e}")
   summary = {"config": config.to_dict(), "theta": at_theta, "pairs": results, "valley": val}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
   np.savez(os.path.join(workdir, "paths.npz"), s=ss, curve_t=ss, curve_loss=curve_loss,
            **{f"swap_{k}": v for k, v in paths.items()})
   plot(ss, paths, curve_loss, (i, j), workdir)

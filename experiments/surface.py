@@ -224,8 +224,8 @@ def main(argv):
         _plot_2d(os.path.join(workdir, "plane"), xs, ys, res, "plane through three models",
                  points=points)
   if main_process:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=1, default=str)
+    lj.fileio.atomic_write_text(os.path.join(workdir, "summary.json"),
+                                json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary["results"], indent=1))
     if "barriers" in summary:
       print(json.dumps(summary["barriers"], indent=1))

@@ -105,8 +105,7 @@ def main(argv):
                "at_final": {k: float(v) for k, v in
                             jax.jit(lambda f, p: f(p))(metric_fn, final).items()},
                "loss_range": [float(np.nanmin(res[key])), float(np.nanmax(res[key]))]}
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=1)
+    lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=1)
     print(json.dumps(summary, indent=1))
 
 

@@ -40,7 +40,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from landscape_jax import trees
+from landscape_jax import fileio, trees
 
 PyTree = Any
 COMMIT_FILE = "commit_success.txt"
@@ -80,12 +80,7 @@ def _write_checksums(directory: str, step: int, state: PyTree) -> None:
     if os.path.exists(path):
       os.unlink(path)
     return
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(digests, f, indent=0, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  fileio.atomic_write_text(path, json.dumps(digests, indent=0, sort_keys=True))
 
 
 def _verify_checksums(directory: str, step: int, path: str, restored: PyTree) -> None:

@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -41,12 +42,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape_jax import checkpoints, engine, trees
+from landscape_jax import checkpoints, engine, fileio, paths, trees
+from landscape_jax import identity as identity_lib
 from landscape_jax.convolutions import canonicalize_convolutions
 from landscape_jax.data import Dataset, augment
 from landscape_jax.engine import check_grid
-from landscape_jax.store import read_json
+from landscape_jax.store import check_or_write_config, read_json
 from landscape_jax.surface import surface_grid
+from landscape_jax.training import garipov_schedule
 
 PyTree = Any
 KINDS = ("bezier", "polychain")
@@ -143,11 +146,29 @@ def _combine(coeffs: jax.Array, curve: PyTree) -> PyTree:
   return jax.tree.map(lambda w: jnp.tensordot(coeffs.astype(w.dtype), w, axes=1), curve)
 
 
+def _check_t(t) -> None:
+  """ValueError for a concrete t outside [0, 1] or NaN; traced ts (jit, vmap) pass unchecked."""
+  if isinstance(t, jax.core.Tracer):
+    return
+  value = np.asarray(t, np.float64)
+  if value.ndim == 0 and not 0.0 <= float(value) <= 1.0:
+    raise ValueError(
+      f"curve_point: t must lie in [0, 1] (t = 0 is the start, t = 1 the end of the curve), got "
+      f"t = {float(value)}. Outside [0, 1] the Bezier basis extrapolates and the polygonal "
+      "chain's coefficients are all zero (an all-zero network); clip or rescale t.")
+
+
 def curve_point(curve: PyTree, t, kind: str = "bezier") -> PyTree:
   """phi(t) = sum_k c_k(t) w_k, one weighted sum over the leading bend axis of every leaf.
 
   At ``t = 0`` and ``t = 1`` the result is exactly the start and end point.
+
+  Raises:
+    ValueError: for a concrete `t` outside [0, 1] or NaN. A traced t (inside `jax.jit`,
+      `jax.vmap`, `jax.grad`) cannot be checked: there the caller must keep t in [0, 1]
+      (outside it a polychain gives an all-zero network, a Bezier curve extrapolates).
   """
+  _check_t(t)
   coeffs = curve_coefficients(t, bend_count(curve), kind)
   if coeffs.ndim != 1:
     raise ValueError("curve_point takes a scalar t; use jax.vmap over t for several points.")
@@ -217,18 +238,17 @@ def curve_lr_schedule(base_lr: float, *, total_epochs: int, steps_per_epoch: int
                       ) -> optax.Schedule:
   """Reference learning-rate schedule of Garipov et al. (constant within an epoch).
 
-  With ``a = epoch / total_epochs``: factor 1 for ``a <= 0.5``, ``1 - 0.99 (a - 0.5) / 0.4`` for
-  ``0.5 < a <= 0.9`` (linear down to 0.01), and 0.01 afterwards; lr = base_lr * factor.
+  ``training.garipov_schedule(base_lr, total_epochs * steps_per_epoch, steps_per_epoch=...)``:
+  with ``a = (e + 1) / total_epochs`` for the 0-based epoch e (the reference's train.py counts
+  epochs from 1 and uses ``a = epoch / total``), factor 1 for ``a <= 0.5``,
+  ``1 - 0.99 (a - 0.5) / 0.4`` for ``0.5 < a <= 0.9`` (linear down to 0.01), and 0.01
+  afterwards; lr = base_lr * factor.
   """
   if total_epochs <= 0 or steps_per_epoch <= 0:
-    raise ValueError("total_epochs and steps_per_epoch must be positive.")
-
-  def schedule(step):
-    a = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32) / total_epochs
-    factor = jnp.where(a <= 0.5, 1.0, jnp.where(a <= 0.9, 1.0 - (a - 0.5) / 0.4 * 0.99, 0.01))
-    return base_lr * factor
-
-  return schedule
+    raise ValueError(f"total_epochs and steps_per_epoch must be positive, got {total_epochs} "
+                     f"and {steps_per_epoch}.")
+  return garipov_schedule(base_lr, total_epochs * steps_per_epoch,
+                          steps_per_epoch=steps_per_epoch)
 
 
 # ----------------------------------------------------------------------------- training
@@ -314,28 +334,26 @@ def make_epoch_fn(step_fn: Callable, *, augment_images: bool = False) -> Callabl
   return epoch
 
 
-def _fingerprint(tree: PyTree) -> list[float]:
-  return [round(float(jnp.sum(jnp.square(x.astype(jnp.float32)))), 4)
-          for x in jax.tree.leaves(tree)]
+def _data_digest(data: Dataset) -> str:
+  """sha256 of a split's images and labels (`identity.tree_digest`): the data a run trained on."""
+  return identity_lib.tree_digest({"images": data.images, "labels": data.labels})
 
 
-def _check_or_write_config(path: str, config: dict) -> None:
-  if os.path.exists(path):
-    old = read_json(path, remedy="Restore it (it must match the checkpoints beside it) or use "
-                    "another workdir.")
-    if old != json.loads(json.dumps(config)):
-      changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-      raise ValueError(f"{path} was written by a run with a different configuration (differs in "
-                       f"{changed}); use another workdir or delete it to start afresh.")
-    return
-  _atomic_write_text(path, json.dumps(config, indent=1))
+def _loss_fn_identity(loss_fn: Callable, identity_name: str | None) -> dict:
+  """`identity.callable_identity` of a training run's `loss_fn`, with a remedy if it cannot be
+  determined (pass ``identity=`` to the training function)."""
+  try:
+    return identity_lib.callable_identity(loss_fn, identity=identity_name, name="loss_fn")
+  except identity_lib.IdentityError as e:
+    raise identity_lib.IdentityError(
+      f"A resumable training run (workdir given) records the exact identity of its loss_fn, and "
+      f"this one cannot be determined: {e} Pass identity='<a name you guarantee identifies "
+      "loss_fn and what it holds>' to the training function (train_curve, train_sgd, "
+      "fast_geometric_ensemble), or run without a workdir.") from e
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+_CONFIG_REMEDY = ("To start fresh, use another workdir or move this one away; to resume, rerun "
+                  "with exactly the inputs that computed it.")
 
 
 def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end: PyTree,
@@ -345,7 +363,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
                 optimizer: optax.GradientTransformation | None = None, num_ts: int = 1,
                 augment_images: bool = False, seed: int = 0, workdir: str | None = None,
                 checkpoint_every: int = 1, progress: bool = True,
-                callback: Callable | None = None) -> tuple[PyTree, list[dict]]:
+                callback: Callable | None = None,
+                identity: str | None = None) -> tuple[PyTree, list[dict]]:
   """Trains the interior bends of a curve between two fixed minima (Garipov et al. 2018).
 
   The objective is ``E_{t ~ U(0,1)} [L(phi(t)) + 0.5 wd ||phi(t)||^2]`` with one t per minibatch
@@ -368,10 +387,17 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     seed: shuffling and t sampling depend only on (seed, epoch, step).
     workdir: if given, an orbax checkpoint is written after every epoch (atomically) with the
       configuration; a rerun resumes from the last completed epoch and gives the same result as an
-      uninterrupted run; a different configuration in the same workdir raises.
+      uninterrupted run. The configuration records the hyperparameters and exact identities:
+      sha256 digests (`identity.tree_digest`) of `start` and `end` (in order), of `init` (when
+      given) and of the data (images and labels), and `identity.callable_identity` of `loss_fn`
+      (its code and the arrays it holds). A rerun that differs in any of them (swapped or
+      permuted endpoints, other data, another model or BatchNorm statistics) raises
+      `store.StoreMismatchError` listing what differs.
     checkpoint_every: save every this many epochs (and after the last one).
     progress: tqdm progress bar over epochs. callback: ``callback(epoch, curve, record)`` after
       every epoch (after the checkpoint).
+    identity: with `workdir`, a name you guarantee identifies `loss_fn` where its content cannot
+      be inspected (`identity.callable_identity` raises `IdentityError` without it).
 
   Returns:
     ``(curve, history)``: the full control points and one ``{"epoch", "loss", "lr"}`` per epoch.
@@ -385,6 +411,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     raise ValueError("train_curve needs at least one interior bend (num_bends >= 3).")
   ends, interior = split_curve(curve)
   trees.check_same_structure(jax.tree.map(lambda e: e[0], ends), start, names=("curve", "start"))
+  if workdir is not None:  # before wrapping: the caller's function is what is identified
+    recorded_loss_fn = _loss_fn_identity(loss_fn, identity)
   trees.check_finite(curve, name="curve control points (endpoints and initial bends)")
   n_train = len(data)
   steps_per_epoch = n_train // batch_size
@@ -410,7 +438,10 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
       "kind": kind, "num_bends": num_bends, "epochs": epochs, "batch_size": batch_size,
       "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "num_ts": num_ts,
       "augment": augment_images, "seed": seed, "custom_optimizer": optimizer is not None,
-      "num_examples": n_train, "endpoints": _fingerprint(ends)})
+      "num_examples": n_train, "start_sha256": identity_lib.tree_digest(start),
+      "end_sha256": identity_lib.tree_digest(end),
+      "init_sha256": None if init is None else identity_lib.tree_digest(init),
+      "data_sha256": _data_digest(data), "loss_fn": recorded_loss_fn})
     state, first_epoch, history = saver.restore(state)
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
   key = jax.random.key(seed)
@@ -440,8 +471,9 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
 class EpochCheckpoints:
   """Per-epoch checkpoints of a training loop in `workdir`, resumed exactly.
 
-  Files (``<name>`` is e.g. "curve" or "sgd"): ``<name>_config.json`` (the run's configuration;
-  a rerun with another one is refused), ``<name>_ckpt/<epochs done>/`` (an orbax manager keeping
+  Files (``<name>`` is e.g. "curve" or "sgd"): ``<name>_config.json`` (the run's configuration
+  with the exact identities of its inputs; a rerun with another one is refused by
+  `store.check_or_write_config`), ``<name>_ckpt/<epochs done>/`` (an orbax manager keeping
   the latest two, each with the sha256 of every leaf, verified on restore) and
   ``<name>_history.json`` (the per-epoch records, written before each checkpoint, so a record
   newer than the last checkpoint is dropped on resume). Used by `train_curve` and
@@ -455,7 +487,9 @@ class EpochCheckpoints:
     self.workdir = workdir
     self.name = name
     os.makedirs(workdir, exist_ok=True)
-    _check_or_write_config(os.path.join(workdir, f"{name}_config.json"), config)
+    check_or_write_config(os.path.join(workdir, f"{name}_config.json"), config,
+                          what=f"the checkpoints of a {name} training run",
+                          remedy=_CONFIG_REMEDY)
     self.manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, f"{name}_ckpt")),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
@@ -490,8 +524,8 @@ class EpochCheckpoints:
 
   def save(self, epochs_done: int, state: PyTree, history: list[dict]) -> None:
     """History first, then the state (orbax, atomic), then its sha256 file."""
-    _atomic_write_text(os.path.join(self.workdir, f"{self.name}_history.json"),
-                       json.dumps(history))
+    fileio.atomic_write_json(os.path.join(self.workdir, f"{self.name}_history.json"), history,
+                             indent=None)
     self.manager.save(epochs_done, args=self._ocp.args.StandardSave({"state": state}))
     self.manager.wait_until_finished()
     _write_leaf_digests(self._step_dir(epochs_done), state)
@@ -504,8 +538,8 @@ def _write_leaf_digests(step_dir: str, state: PyTree) -> None:
   """sha256 of every leaf (in leaf order) next to an orbax step: its compression has no checksum."""
   digests = checkpoints._leaf_digests(state)
   if digests is not None and os.path.isdir(step_dir):
-    _atomic_write_text(os.path.join(step_dir, checkpoints.CHECKSUM_FILE),
-                       json.dumps(list(digests.values())))
+    fileio.atomic_write_json(os.path.join(step_dir, checkpoints.CHECKSUM_FILE),
+                             list(digests.values()), indent=None)
 
 
 def _verify_leaf_digests(step_dir: str, restored: PyTree) -> None:
@@ -558,6 +592,9 @@ def check_ts(ts, *, name: str = "ts") -> np.ndarray:
   Outside [0, 1] a curve is not defined (a polygonal chain there is the all-zero network, a
   Bezier curve an extrapolation), so such ts are an error rather than a number that looks right.
   """
+  if np.size(ts) == 0:
+    raise ValueError(f"{name} must be a non-empty 1-D array of curve parameters in [0, 1]; use "
+                     "e.g. np.linspace(0, 1, 61).")
   ts = check_grid(ts, name=name)
   if ts[0] < 0.0 or ts[-1] > 1.0:
     raise ValueError(f"{name} must lie in [0, 1] (the curve's parameter range); got values from "
@@ -565,26 +602,54 @@ def check_ts(ts, *, name: str = "ts") -> np.ndarray:
   return ts
 
 
-def curve_summary(values: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def curve_summary(values: Mapping[str, np.ndarray], ts=None) -> dict[str, dict[str, float]]:
   """min / max / mean of every metric along a path, and the barrier of loss-like metrics.
 
-  barrier = max_t v(t) - (v(0) + v(1)) / 2 (Frankle et al. 2020), for losses and for errors
-  (``1 - accuracy``, reported under ``"<split>_error"``).
+  ``barrier = max_{t in [0, 1]} v(t) - (v(0) + v(1)) / 2`` (Frankle et al. 2020), computed by
+  `landscape_jax.paths.barrier` (the one implementation), for losses and for errors
+  (``1 - accuracy``, reported under ``"<split>_error"``). ``start`` and ``end`` are the values at
+  ``t = 0`` and ``t = 1``.
+
+  Args:
+    values: ``{metric: (T,) values}`` along the path.
+    ts: the T curve parameters of the values (default ``linspace(0, 1, T)``, as
+      `evaluate_curve`'s default grid).
+
+  Returns:
+    ``{metric: {"min", "max", "mean", "start", "end"[, "barrier"]}}``. When the ts omit t = 0 or
+    t = 1, the endpoints are unknown: ``start``, ``end`` and ``barrier`` are left out and a
+    `UserWarning` says so. A NaN value inside [0, 1] gives a NaN barrier (and NaN min / max /
+    mean): nothing is silently dropped.
   """
   out = {}
-  for k, v in values.items():
+  keys = list(values)
+  n = len(np.asarray(values[keys[0]])) if keys else 0
+  ts = np.linspace(0.0, 1.0, n) if ts is None else np.asarray(ts, np.float64)
+  ends = paths.endpoint_indices(ts)  # the endpoints exactly as paths.barrier finds them
+  has_ends = ends is not None
+  if not has_ends and keys:
+    warnings.warn("curve_summary: the ts do not include both t = 0 and t = 1, so the summary has "
+                  "no start, end or barrier (the barrier needs the endpoint values); evaluate "
+                  "the curve on a grid that includes its endpoints.", UserWarning, stacklevel=2)
+
+  def stats(v):
     v = np.asarray(v, np.float64)
-    stats = {"min": float(np.min(v)), "max": float(np.max(v)), "mean": float(np.mean(v)),
-             "start": float(v[0]), "end": float(v[-1])}
-    if "loss" in k:
-      stats["barrier"] = float(np.max(v) - 0.5 * (v[0] + v[-1]))
-    out[k] = stats
+    if v.shape != ts.shape:
+      raise ValueError(f"curve_summary: {v.shape} values but {ts.shape} ts; give one value per t.")
+    summary = {"min": float(np.min(v)), "max": float(np.max(v)), "mean": float(np.mean(v))}
+    if has_ends:
+      summary.update(start=float(v[ends[0]]), end=float(v[ends[1]]))
+    return v, summary
+
+  for k in keys:
+    v, out[k] = stats(values[k])
+    if "loss" in k and has_ends:
+      out[k]["barrier"] = paths.barrier(v, ts)
     if k.endswith("accuracy"):
-      err = 1.0 - v
-      out[k[:-len("accuracy")] + "error"] = {
-        "min": float(err.min()), "max": float(err.max()), "mean": float(err.mean()),
-        "start": float(err[0]), "end": float(err[-1]),
-        "barrier": float(err.max() - 0.5 * (err[0] + err[-1]))}
+      err, e = stats(1.0 - v)
+      if has_ends:
+        e["barrier"] = paths.barrier(err, ts)
+      out[k[:-len("accuracy")] + "error"] = e
   return out
 
 
@@ -640,10 +705,10 @@ def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve
                                desc=engine_kwargs.pop("desc", "curve points"), **engine_kwargs)
   m = len(ts)
   out = {"t": ts, "curve": {k: v[:m] for k, v in res.items()}}
-  out["summary"] = {"curve": curve_summary(out["curve"])}
+  out["summary"] = {"curve": curve_summary(out["curve"], ts)}
   if line:
     out["line"] = {k: v[m:] for k, v in res.items()}
-    out["summary"]["line"] = curve_summary(out["line"])
+    out["summary"]["line"] = curve_summary(out["line"], ts)
   return out
 
 
@@ -670,16 +735,33 @@ def plane_basis(w0: PyTree, w1: PyTree, w2: PyTree) -> Plane:
 
   ``u = (w2 - w0) / ||w2 - w0||``, ``v = (w1 - w0 - <w1 - w0, u> u) / ||.||`` (Gram-Schmidt).
   With a 3-point curve: w0, w2 the endpoints and w1 the bend.
+
+  Raises:
+    ValueError: if a point is not finite, if w0 == w2, or if the three points are collinear to
+      the precision of their dtype: ``scale_v < sqrt(eps) * scale_u`` (eps of the least precise
+      leaf dtype, e.g. 3.5e-4 for float32), below which rounding alone can make up ``v``.
   """
   trees.check_same_structure(w0, w1, w2, names=("w0", "w1", "w2"))
+  for name, w in (("w0", w0), ("w1", w1), ("w2", w2)):
+    trees.check_finite(w, name=f"plane_basis: {name}")
+  eps = max((float(jnp.finfo(jnp.result_type(x)).eps) for x in jax.tree.leaves((w0, w1, w2))
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)),
+            default=float(jnp.finfo(jnp.float32).eps))
   du = optax.tree.sub(w2, w0)
   su = optax.tree.norm(du)
+  if float(su) == 0.0:
+    raise ValueError("plane_basis: w0 and w2 coincide, so no plane is defined; pass three "
+                     "distinct, non-collinear points (e.g. two endpoints and the bend).")
   u = optax.tree.scale(1.0 / su, du)
   dv = optax.tree.sub(w1, w0)
   dv = optax.tree.add_scale(dv, -optax.tree.vdot(dv, u), u)
   sv = optax.tree.norm(dv)
-  if float(su) == 0.0 or float(sv) < 1e-12 * float(su):
-    raise ValueError("The three points are (nearly) collinear or coincide; no plane through them.")
+  if float(sv) < math.sqrt(eps) * float(su):
+    raise ValueError(
+      f"plane_basis: the points are collinear: w1 lies on the line through w0 and w2 (its "
+      f"distance from the line is {float(sv):.3g}, {float(sv) / float(su):.2g} of |w2 - w0|, "
+      f"below sqrt(eps) = {math.sqrt(eps):.2g} for this dtype), so no plane is defined; pass a "
+      "bend that is off the straight line (e.g. a trained curve's middle control point).")
   v = optax.tree.scale(1.0 / sv, dv)
   return Plane(w0, u, v, su, sv)
 

@@ -40,7 +40,8 @@ class Dataset:
     labels: int32 array of shape (N,).
     num_classes: number of classes.
     mean: float32 per-channel mean of the training split, in [0, 1] units, shape (C,).
-    std: float32 per-channel standard deviation of the training split, shape (C,).
+    std: float32 per-channel standard deviation of the training split, shape (C,); must be
+      finite and > 0 (`check_normalization`, checked on construction).
     name: dataset name, e.g. ``"digits"``.
     split: split name, e.g. ``"train"``.
   """
@@ -66,6 +67,8 @@ class Dataset:
       raise ValueError(
         f"labels of {self.name}:{self.split} must lie in [0, {self.num_classes}); found "
         f"[{self.labels.min()}, {self.labels.max()}].")
+    check_normalization(self.mean, self.std, channels=self.images.shape[-1],
+                        where=f"Dataset {self.name}:{self.split}")
 
   def __len__(self) -> int:
     return int(self.images.shape[0])
@@ -181,8 +184,41 @@ def load(name: str, split: str = "train", *, data_dir: str | None = None,
                  num_classes=num_classes, mean=mean, std=std, name=name, split=split)
 
 
+def check_normalization(mean, std, *, channels: int | None = None,
+                        where: str = "normalisation") -> None:
+  """Raises ValueError unless `std` is finite and > 0 and `mean` finite (concrete values only).
+
+  A zero std divides by zero: every normalised pixel, hence every loss, is NaN or inf. `mean` and
+  `std` must be scalars or per-channel vectors of shape ``(channels,)`` (a vector of another length
+  would broadcast the images to the wrong number of channels). Traced values (inside `jax.jit`)
+  cannot be checked and pass.
+  """
+  if any(isinstance(x, jax.core.Tracer)
+         or (isinstance(x, jax.Array) and not x.is_fully_addressable) for x in (mean, std)):
+    return
+  for name, value in (("mean", mean), ("std", std)):
+    arr = np.asarray(value, np.float64)
+    if channels is not None and arr.shape not in ((), (1,), (channels,)):
+      raise ValueError(f"{where}: {name} must be a scalar or have shape ({channels},) (one value "
+                       f"per image channel), got shape {arr.shape}.")
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"{where}: {name} contains NaN/inf ({arr.tolist()}); use the per-channel "
+                       "statistics of the training split (data.channel_stats(images)).")
+  std_arr = np.asarray(std, np.float64)
+  if np.any(std_arr <= 0):
+    raise ValueError(f"{where}: std must be > 0 in every channel, got {std_arr.tolist()}; a zero "
+                     "std makes every normalised pixel and loss NaN/inf. Use "
+                     "data.channel_stats(images) (which floors a constant channel's std at 1e-6) "
+                     "or std=1 for no scaling.")
+
+
 def normalize_images(images: jax.Array, mean, std) -> jax.Array:
-  """(uint8 / 255 - mean) / std in float32; runs inside compiled functions."""
+  """(uint8 / 255 - mean) / std in float32; runs inside compiled functions.
+
+  Concrete `mean` / `std` are checked (`check_normalization`: std > 0, both finite); traced ones
+  (under `jax.jit`) cannot be.
+  """
+  check_normalization(mean, std, channels=images.shape[-1])
   x = images.astype(jnp.float32) / 255.0
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 

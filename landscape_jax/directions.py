@@ -150,6 +150,28 @@ def orthogonalize(direction: PyTree, *others: PyTree, normalize_to: str = "keep"
   return jax.tree.map(lambda r, d: r.astype(d.dtype), out, direction)
 
 
+def _orthogonal_leaf(d, d0, w, norm):
+  """`d` minus its component along `d0`, unit by unit, each unit's norm restored.
+
+  The units are those of the normalisation: every filter (output unit, last axis) for
+  ``"filter"`` / ``"dfilter"``, the whole leaf otherwise. Orthogonal units make orthogonal
+  leaves, and restoring each unit's norm keeps the normalisation of `d`.
+  """
+  if jnp.ndim(w) <= 1:  # not normalised: zeros (ignore="biasbn") or a copy of w
+    return d
+  axes = tuple(range(d.ndim - 1)) if norm in ("filter", "dfilter") else tuple(range(d.ndim))
+  x, x0 = d.astype(jnp.float32), d0.astype(jnp.float32)
+
+  def dot(a, b):
+    return jnp.sum(a * b, axis=axes, keepdims=True)
+
+  nn0 = dot(x0, x0)
+  r = x - jnp.where(nn0 > 0, dot(x, x0) / jnp.where(nn0 > 0, nn0, 1.0), 0.0) * x0
+  rn, dn = jnp.sqrt(dot(r, r)), jnp.sqrt(dot(x, x))
+  # a unit with nothing left after the projection (a 1-element filter, say) stays zero
+  return (r * jnp.where(rn > 0, dn / jnp.where(rn > 0, rn, 1.0), 0.0)).astype(d.dtype)
+
+
 def random_directions(key: jax.Array, params: PyTree, *, num: int = 2,
                       norm: str | None = "filter", ignore: str | None = "biasbn",
                       same_direction: bool = False, orthogonal: bool = False,
@@ -164,9 +186,15 @@ def random_directions(key: jax.Array, params: PyTree, *, num: int = 2,
     norm, ignore: see `normalize_directions`.
     same_direction: the second direction equals the first (the reference's ``--same_dir``; the 2-D
       plot then shows ``L(t* + (a + b) d)``).
-    orthogonal: make the second direction orthogonal to the first (Gram-Schmidt on the raw
-      Gaussian draws, then normalised). Random high-dimensional directions are nearly orthogonal
-      already (Li et al.), so this is off by default.
+    orthogonal: make the second direction exactly orthogonal to the first, keeping it
+      normalised: after normalisation, Gram-Schmidt is applied unit by unit (every filter for
+      ``"filter"`` / ``"dfilter"``, every leaf otherwise) and each unit's norm is restored, so
+      ``<d1, d2> = 0`` and, e.g., every filter of d2 still has the norm of the parameters'
+      filter. (Orthogonalising the raw draws and then rescaling every filter, as before, left
+      ``|cos(d1, d2)|`` as large as for independent draws.) With ``ignore=None`` the 1-D leaves
+      are copies of `params` in both directions and are not made orthogonal. The first direction
+      is unchanged. Random high-dimensional directions are nearly orthogonal already (Li et al.),
+      so this is off by default.
 
   Returns:
     A tuple of `num` directions.
@@ -177,12 +205,11 @@ def random_directions(key: jax.Array, params: PyTree, *, num: int = 2,
   raw = [random_direction(jax.random.fold_in(key, k), params) for k in range(num)]
   if num == 2 and same_direction:
     raw[1] = raw[0]
-  elif num == 2 and orthogonal:
-    # Orthogonalise only the leaves that survive normalisation (kernels).
-    mask = trees.mask_by_ndim(params, min_ndim=2) if ignore == "biasbn" else None
-    r0, r1 = (trees.apply_mask(r, mask) for r in raw) if mask is not None else raw
-    raw[1] = orthogonalize(r1, r0)
-  return tuple(normalize_directions(d, params, norm=norm, ignore=ignore) for d in raw)
+  out = [normalize_directions(d, params, norm=norm, ignore=ignore) for d in raw]
+  if num == 2 and orthogonal and not same_direction:
+    out[1] = jax.tree.map(lambda d, d0, w: _orthogonal_leaf(d, d0, w, norm), out[1], out[0],
+                          params)
+  return tuple(out)
 
 
 def directions_from_models(origin: PyTree, *others: PyTree) -> tuple[PyTree, ...]:

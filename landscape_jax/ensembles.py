@@ -33,10 +33,12 @@ import numpy as np
 import optax
 
 from landscape_jax import checkpoints
+from landscape_jax import identity as identity_lib
 from landscape_jax.curves import (
   EpochCheckpoints,
+  _data_digest,
   _epoch_indices,
-  _fingerprint,
+  _loss_fn_identity,
   _progress,
   make_epoch_fn,
 )
@@ -109,7 +111,8 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
               weight_decay: float = 5e-4, seed: int = 0, augment_images: bool = False,
               snapshot_epochs: Sequence[int] = (), progress: bool = True, desc: str = "train",
               workdir: str | None = None, checkpoint_every: int = 1,
-              callback: Callable | None = None) -> tuple[PyTree, list[PyTree], list[dict]]:
+              callback: Callable | None = None, identity: str | None = None,
+              ) -> tuple[PyTree, list[PyTree], list[dict]]:
   """Minibatch training of `params` with Optax (default `sgd`), one `lax.scan` per epoch.
 
   Args:
@@ -124,9 +127,15 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
     workdir: if given, the state is checkpointed every `checkpoint_every` epochs (and after the
       last) with `curves.EpochCheckpoints` (``sgd_config.json``, ``sgd_ckpt/``,
       ``sgd_history.json``) and every snapshot as ``sgd_snapshots/<epoch>``; a rerun resumes
-      from the last checkpoint and returns what an uninterrupted run returns, and a rerun with
-      another configuration (or other initial parameters) in the same workdir raises.
+      from the last checkpoint and returns what an uninterrupted run returns. The configuration
+      records the hyperparameters and exact identities: the sha256 digest
+      (`identity.tree_digest`) of the initial `params` and of the data (images and labels), and
+      `identity.callable_identity` of `loss_fn`; a rerun that differs in any of them (e.g.
+      permuted initial parameters, other data or BatchNorm statistics) raises
+      `store.StoreMismatchError` listing what differs.
     callback: ``callback(epoch, params, record)`` after every epoch (after its checkpoint).
+    identity: with `workdir`, a name you guarantee identifies `loss_fn` where its content cannot
+      be inspected (`identity.callable_identity` raises `IdentityError` without it).
 
   Returns:
     ``(params, snapshots, history)`` with one ``{"epoch", "loss"}`` per epoch.
@@ -138,6 +147,7 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
     raise ValueError(f"batch_size {batch_size} is larger than the split ({len(data)} examples).")
   opt = optimizer if optimizer is not None else sgd(lr, momentum=momentum,
                                                     weight_decay=weight_decay)
+  recorded_loss_fn = None if workdir is None else _loss_fn_identity(loss_fn, identity)
   loss_fn = loss_fn if isinstance(loss_fn, jax.tree_util.Partial) else jax.tree_util.Partial(
     loss_fn)
 
@@ -162,7 +172,9 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
       "epochs": epochs, "batch_size": batch_size, "lr": lr_config, "momentum": momentum,
       "weight_decay": weight_decay, "seed": seed, "augment": augment_images,
       "custom_optimizer": optimizer is not None, "num_examples": len(data),
-      "snapshot_epochs": sorted(int(e) for e in wanted), "init": _fingerprint(params)})
+      "snapshot_epochs": sorted(int(e) for e in wanted),
+      "init_sha256": identity_lib.tree_digest(params), "data_sha256": _data_digest(data),
+      "loss_fn": recorded_loss_fn})
     state, first_epoch, history = saver.restore(state)
     snap_dir = os.path.join(workdir, "sgd_snapshots")
     for e in sorted(e for e in wanted if e < first_epoch):
@@ -195,12 +207,13 @@ def fast_geometric_ensemble(loss_fn: Callable[[PyTree, Any], jax.Array], params:
                             momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
                             augment_images: bool = False, progress: bool = True,
                             workdir: str | None = None, checkpoint_every: int = 1,
-                            ) -> tuple[PyTree, list[dict]]:
+                            identity: str | None = None) -> tuple[PyTree, list[dict]]:
   """Fast Geometric Ensembling (Garipov et al. 2018) from trained `params`.
 
   Runs ``cycles * cycle_epochs`` epochs of SGD with `cyclic_schedule` and takes a snapshot at
   every cycle's lowest learning rate (`fge_snapshot_epochs`). With `workdir` the run is
-  checkpointed and resumable (`train_sgd`).
+  checkpointed and resumable, keyed on the exact identity of `params`, the data and `loss_fn`
+  (`train_sgd`; `identity` names a `loss_fn` whose content cannot be inspected).
 
   Returns:
     ``(members, history)``: the snapshots stacked on a leading axis (``cycles`` members), and
@@ -215,7 +228,8 @@ def fast_geometric_ensemble(loss_fn: Callable[[PyTree, Any], jax.Array], params:
     loss_fn, params, data, epochs=epochs, batch_size=batch_size,
     lr=schedule, momentum=momentum, weight_decay=weight_decay, seed=seed,
     augment_images=augment_images, snapshot_epochs=fge_snapshot_epochs(epochs, cycle_epochs),
-    progress=progress, desc="fge", workdir=workdir, checkpoint_every=checkpoint_every)
+    progress=progress, desc="fge", workdir=workdir, checkpoint_every=checkpoint_every,
+    identity=identity)
   return stack_members(snaps), history
 
 

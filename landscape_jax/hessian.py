@@ -29,6 +29,12 @@ keys are keyword-only (the trace and density take the key first, as `jax.random`
 `make_curvature_metric_fn` packages ``lambda_max``, ``lambda_min`` and ``|lambda_min/lambda_max|``
 as a jit- and vmap-compatible ``metric_fn(params)`` so that `surface_grid` evaluates
 eigenvalue-ratio maps with the same chunked, sharded, resumable machinery as loss surfaces.
+
+Non-finite input: `hessian_eigenvalues`, `hessian_trace` and `spectral_density` evaluate the loss
+once first (one forward pass over ``data``) and raise FloatingPointError if it is NaN/inf (a NaN
+cross-entropy, e.g. from labels beyond the model's classes, can have finite products and would
+otherwise give finite, meaningless eigenvalues), and again if the Lanczos or Hutchinson outputs
+are not finite. `hvp` and `lanczos` do not check.
 """
 
 from __future__ import annotations
@@ -370,9 +376,44 @@ def _host_eigh(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
 def _check_finite(name: str, *arrays) -> None:
   if not all(np.all(np.isfinite(np.asarray(a))) for a in arrays):
     raise FloatingPointError(
-      f"{name}: the Hessian-vector products are not finite (NaN/inf). Check that the loss is "
-      "finite at these parameters (lj.trees.check_finite(params); evaluate loss_fn once) and "
-      "that the data are normalised.")
+      f"{name}: the Hessian-vector products are not finite (NaN/inf) although the loss is finite; "
+      "the loss is not twice differentiable at these parameters (e.g. sqrt or log of 0) or "
+      "overflows in the products. Check loss_fn and the parameters "
+      "(lj.trees.check_finite(params)), and that the data are normalised.")
+
+
+def _mean_loss_impl(loss_fn, params, data):
+  """The loss at `params` over `data` (a `SplitBatches`: size-weighted mean over its batches)."""
+  if not isinstance(data, SplitBatches):
+    return jnp.asarray(loss_fn(params, data), jnp.float32)
+  total = jnp.zeros((), jnp.float32)
+  if data.full is not None:
+    size = jax.tree.leaves(data.full)[0].shape[1]
+    per_batch = jax.lax.map(lambda b: jnp.asarray(loss_fn(params, b), jnp.float32), data.full)
+    total = total + size * jnp.sum(per_batch)
+  if data.rest is not None:
+    total = total + (jax.tree.leaves(data.rest)[0].shape[0]
+                     * jnp.asarray(loss_fn(params, data.rest), jnp.float32))
+  return total / data.num_examples
+
+
+_mean_loss = jax.jit(_mean_loss_impl)
+
+
+def _check_loss(name: str, loss_fn, params, data) -> None:
+  """Raises FloatingPointError if the loss at `params` is not finite (one forward pass).
+
+  A NaN loss can have finite Hessian-vector products (e.g. cross-entropy of labels the model has
+  no logit for: the gather's gradient is zero), so the products alone would give finite, wrong
+  eigenvalues.
+  """
+  loss = np.asarray(_mean_loss(loss_fn, params, data))
+  if not np.all(np.isfinite(loss)):
+    raise FloatingPointError(
+      f"{name}: the loss at these parameters is {loss.ravel()[0]} (not finite), so its Hessian "
+      "means nothing. Common causes: a model with fewer classes than the labels (build it with "
+      "num_classes = the dataset's num_classes), NaN/inf parameters (lj.trees.check_finite("
+      "params)), or unnormalised data. Evaluate loss_fn(params, batch) to find out.")
 
 
 def _start_vector(key, dim, dtype):
@@ -440,6 +481,10 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
 
   Returns:
     A `HessianEigenvalues`.
+
+  Raises:
+    FloatingPointError: the loss at `params` over `data` is not finite (checked first, one
+      forward pass), or the Lanczos / Hutchinson outputs are not.
   """
   loss_fn = _as_partial(loss_fn)
   mask_t = _mask_tuple(params, mask)
@@ -448,6 +493,7 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   if not 1 <= top_k <= m:
     raise ValueError(f"top_k must lie in [1, num_steps={m}], got {top_k}; raise num_steps.")
   key = jax.random.key(0) if key is None else key
+  _check_loss("hessian_eigenvalues", loss_fn, params, data)
   res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize))
   _check_finite("hessian_eigenvalues", res.alphas, res.betas)
   evals, evecs = _host_eigh(res.alphas, res.betas)
@@ -529,10 +575,15 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
+
+  Raises:
+    FloatingPointError: the loss at `params` over `data` is not finite (checked first, one
+      forward pass), or the Lanczos / Hutchinson outputs are not.
   """
   if num_probes < 2:
     raise ValueError(f"num_probes must be at least 2 to give a standard error, got {num_probes}.")
   loss_fn, mask_t = _as_partial(loss_fn), _mask_tuple(params, mask)
+  _check_loss("hessian_trace", loss_fn, params, data)
   s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
                                                 probe_batch_size),
                       key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
@@ -637,12 +688,17 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
 
   Returns:
     A `SpectralDensity`.
+
+  Raises:
+    FloatingPointError: the loss at `params` over `data` is not finite (checked first, one
+      forward pass), or the Lanczos / Hutchinson outputs are not.
   """
   if num_probes < 1:
     raise ValueError(f"num_probes must be at least 1, got {num_probes}.")
   mask_t = _mask_tuple(params, mask)
   m = _check_steps(num_steps, num_curvature_params(params, mask=mask))
   loss_fn = _as_partial(loss_fn)
+  _check_loss("spectral_density", loss_fn, params, data)
   alphas, betas = _chunked_probes(
     lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t), key, int(num_probes),
     1 if progress else num_probes, progress, "Lanczos probes")
@@ -668,7 +724,9 @@ def _curvature_metrics(num_steps, mask, loss_fn, data, key, params):
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
   res = lanczos(op.matvec, v0, num_steps=min(num_steps, op.x0.shape[0]), key=k_restart)
   evals = jnp.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))
-  lmax, lmin = evals[-1], evals[0]
+  # a NaN loss can have finite products (see `_check_loss`): such points map to NaN
+  finite = jnp.all(jnp.isfinite(_mean_loss_impl(loss_fn, params, data)))
+  lmax, lmin = (jnp.where(finite, e, jnp.nan) for e in (evals[-1], evals[0]))
   return {"lambda_max": lmax, "lambda_min": lmin, "ratio": jnp.abs(lmin / lmax)}
 
 
@@ -682,7 +740,9 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
   one Lanczos run of ``num_steps`` steps (fixed start vector from ``key``), diagonalised with
   `jnp.linalg.eigvalsh`; the function is pure, jit- and vmap-compatible, and a
   `jax.tree_util.Partial` whose data (batches, loss_fn's leaves) are pytree leaves, so
-  ``surface_grid(metric_fn, center, (d1, d2), xs, ys)`` evaluates it at every grid point.
+  ``surface_grid(metric_fn, center, (d1, d2), xs, ys)`` evaluates it at every grid point. It
+  cannot raise inside a compiled map: at a point whose loss is not finite (one extra forward
+  pass checks it) or whose products are not, all three values are NaN.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar`` (inference mode, as Li et al.).

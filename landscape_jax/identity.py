@@ -34,7 +34,6 @@ import enum
 import functools
 import hashlib
 import inspect
-import marshal
 import types
 from typing import Any
 
@@ -86,6 +85,15 @@ def tree_digest(tree: PyTree) -> str:
 
 def _is_array(x) -> bool:
   return isinstance(x, (np.ndarray, np.generic, jax.Array))
+
+
+def _code_digest(code: types.CodeType) -> str:
+  """sha256 of a code object's bytecode, names and constants (nested code objects included)."""
+  h = hashlib.sha256(code.co_code)
+  h.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+  for const in code.co_consts:
+    h.update((_code_digest(const) if isinstance(const, types.CodeType) else repr(const)).encode())
+  return h.hexdigest()
 
 
 class _Walker:
@@ -210,7 +218,7 @@ class _Walker:
       source = inspect.getsource(fn)
       self.token("source", hashlib.sha256(source.encode()).hexdigest())
     except (OSError, TypeError):
-      self.token("bytecode", hashlib.sha256(marshal.dumps(fn.__code__)).hexdigest())
+      self.token("bytecode", _code_digest(fn.__code__))
     if fn.__defaults__:
       self.walk(fn.__defaults__, f"{where} defaults")
     if fn.__kwdefaults__:

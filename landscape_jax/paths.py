@@ -110,6 +110,17 @@ def linear_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree, alpha
                                 **kwargs)
 
 
+_ENDPOINT_ATOL = 1e-9  # alphas within this of 0 (1) are the endpoint 0 (1); [0, 1] widened by it
+
+
+def endpoint_indices(alphas) -> tuple[int, int] | None:
+  """Indices of the first alpha equal to 0 and to 1 (within 1e-9), or None if one is missing."""
+  alphas = np.asarray(alphas, np.float64)
+  i0 = np.flatnonzero(np.abs(alphas) <= _ENDPOINT_ATOL)
+  i1 = np.flatnonzero(np.abs(alphas - 1.0) <= _ENDPOINT_ATOL)
+  return (int(i0[0]), int(i1[0])) if i0.size and i1.size else None
+
+
 def _endpoint_values(values, alphas):
   values = np.asarray(values, np.float64)
   if values.ndim != 1 or values.size < 2:
@@ -119,13 +130,15 @@ def _endpoint_values(values, alphas):
   alphas = np.asarray(alphas, np.float64)
   if alphas.shape != values.shape:
     raise ValueError(f"alphas shape {alphas.shape} does not match values shape {values.shape}.")
-  i0 = np.flatnonzero(np.isclose(alphas, 0.0, atol=1e-9))
-  i1 = np.flatnonzero(np.isclose(alphas, 1.0, atol=1e-9))
-  if i0.size == 0 or i1.size == 0:
+  if not np.all(np.isfinite(alphas)):
+    raise ValueError("barrier: alphas contain NaN/inf; give the finite interpolation coefficient "
+                     "of every value.")
+  ends = endpoint_indices(alphas)
+  if ends is None:
     raise ValueError("barrier needs values at alpha = 0 and alpha = 1 (the two endpoints); "
                      "include them in the alphas.")
-  inside = (alphas >= -1e-9) & (alphas <= 1 + 1e-9)
-  return values, alphas, values[i0[0]], values[i1[0]], inside
+  inside = (alphas >= -_ENDPOINT_ATOL) & (alphas <= 1 + _ENDPOINT_ATOL)
+  return values, alphas, values[ends[0]], values[ends[1]], inside
 
 
 def barrier(values, alphas=None, *, kind: str = "frankle") -> float:
@@ -135,15 +148,25 @@ def barrier(values, alphas=None, *, kind: str = "frankle") -> float:
   * ``kind="entezari"`` (Entezari et al. 2021): ``max_alpha [L(alpha) - ((1 - alpha) L(0) +
     alpha L(1))]``.
 
+  The one barrier of the library: `curves.curve_summary` and the legends of
+  `plotting.plot_barriers` use it.
+
   Args:
     values: losses (or errors) along the path.
-    alphas: the interpolation coefficient of every value; default ``linspace(0, 1, len(values))``.
-      Values outside [0, 1] (e.g. Li et al.'s [-0.5, 1.5] plots) are ignored; alpha = 0 and 1 must
-      be present.
+    alphas: the interpolation coefficient of every value (finite); default
+      ``linspace(0, 1, len(values))``. Values outside [0, 1] (e.g. Li et al.'s [-0.5, 1.5] plots)
+      are ignored, NaN ones included; alpha = 0 and 1 must be present (within 1e-9; the first
+      such value is the endpoint).
     kind: ``"frankle"`` or ``"entezari"``.
 
   Returns:
-    The barrier as a Python float (NaN if a value in [0, 1] is non-finite).
+    The barrier as a Python float. NaN if a value with alpha in [0, 1] is NaN (the endpoints
+    included): a NaN is never skipped, since the maximum could hide behind it; +inf if one is
+    +inf.
+
+  Raises:
+    ValueError: alphas missing 0 or 1, non-finite alphas, shapes that do not match, fewer than
+      two values, or an unknown `kind`.
   """
   values, alphas, l0, l1, inside = _endpoint_values(values, alphas)
   if kind == "frankle":
@@ -166,6 +189,7 @@ __all__ = [
   "as_directions",
   "barrier",
   "barriers",
+  "endpoint_indices",
   "interpolate",
   "linear_path",
   "plane_point",

@@ -148,9 +148,26 @@ def _check_perm(spec: PermutationSpec, perm: Mapping[str, Any]) -> None:
     raise ValueError(f"Permutation keys do not match the spec: missing {missing}, unknown {extra}."
                      " Use random_permutation / identity_permutation(spec) to build one.")
   for k in spec.names:
-    if np.shape(perm[k]) != (spec.sizes[k],):
-      raise ValueError(f"Permutation '{k}' must have shape ({spec.sizes[k]},), got "
+    n = spec.sizes[k]
+    acts = ", ".join(f"{e.path}[{e.axis}]" for e in spec.axes[k])
+    if np.shape(perm[k]) != (n,):
+      raise ValueError(f"Permutation '{k}' (acting on {acts}) must have shape ({n},), got "
                        f"{np.shape(perm[k])}.")
+    if isinstance(perm[k], jax.core.Tracer):
+      continue  # traced (under jit): the values cannot be checked
+    p = np.asarray(perm[k])
+    if not np.issubdtype(p.dtype, np.integer):
+      raise ValueError(f"Permutation '{k}' (acting on {acts}) must hold integer indices, got "
+                       f"dtype {p.dtype}.")
+    if not np.array_equal(np.sort(p), np.arange(n)):
+      bad = sorted(set(p[(p < 0) | (p >= n)].tolist()))
+      counts = np.bincount(p[(p >= 0) & (p < n)], minlength=n)
+      detail = (f"indices out of range [0, {n}): {bad[:5]}" if bad else
+                f"repeated indices {np.flatnonzero(counts > 1)[:5].tolist()} and missing "
+                f"{np.flatnonzero(counts == 0)[:5].tolist()}")
+      raise ValueError(f"Permutation '{k}' (acting on {acts}) is not a permutation of "
+                       f"0..{n - 1}: {detail}. Use random_permutation / identity_permutation / "
+                       "weight_matching to build one.")
 
 
 def _take(x, idx, axis: int, repeat: int, xp=jnp):
@@ -185,6 +202,12 @@ def apply_permutation(spec: PermutationSpec, perm: Mapping[str, Any], variables:
 
   Returns:
     The permuted variables, same structure; the network function is unchanged (Brea et al. 2019).
+
+  Raises:
+    ValueError: `perm` lacks or adds a name of the spec, or an entry is not a permutation of
+      ``0..n-1`` (wrong length, repeated or out-of-range indices, non-integer dtype); the message
+      names the permutation and the leaf axes it acts on. Traced entries (under `jax.jit`) are
+      checked for shape only.
   """
   _check_perm(spec, perm)
   wrapped_vars, wrapped = _as_variables(variables)
@@ -787,6 +810,10 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
 
   Returns:
     A `WeightMatchingResult` (perm, objective per sweep, number of sweeps, converged).
+
+  Raises:
+    ValueError: a parameter of either model is not finite (the message names the model and the
+      leaf), `init_perm` is not a permutation, or the spec does not fit the variables.
   """
   va, _ = _as_variables(variables_a)
   vb, _ = _as_variables(variables_b)
@@ -797,6 +824,13 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
     raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
   a = _flat_numpy(va["params"])
   b = _flat_numpy(vb["params"])
+  for which, flat in (("variables_a", a), ("variables_b", b)):
+    for path, x in flat.items():
+      if not np.all(np.isfinite(x)):
+        raise ValueError(
+          f"weight_matching: {which} has NaN/inf values at {path} ({int(np.sum(~np.isfinite(x)))} "
+          f"of {x.size} entries); weight matching needs finite weights. Check that model's "
+          "checkpoint or training run (lj.trees.check_finite).")
   leaf_axes = {p: v for p, v in spec.leaf_axes().items() if p in a}
   names = list(spec.names)
   if init_perm is None:

@@ -17,9 +17,10 @@ leaves either the previous or the new state, never a mix; its temporary files ar
 next successful write. Reading checks the structure and the checksum: a truncated or corrupt
 store raises `StoreCorruptError` and is never written to, and so does a folder whose arrays are
 there without their ``meta.json`` (nothing is deleted). A rerun with a different configuration
-raises `StoreMismatchError` (a ValueError) that lists what differs, and never overwrites. A
-failing write (full disk, read-only directory) raises `StoreWriteError` and leaves the previous
-state intact.
+raises `StoreMismatchError` (a ValueError) that lists what differs, and never overwrites; the
+resumable training runs and the tour check their JSON configuration files the same way
+(`check_or_write_config`). A failing write (full disk, read-only directory) raises
+`StoreWriteError` and leaves the previous state intact.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ import io
 import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from landscape_jax.fileio import atomic_write_bytes
+from landscape_jax.fileio import atomic_write_bytes, atomic_write_json
 from landscape_jax.identity import describe_differences
 
 FORMAT = "landscape_jax.store/1"
@@ -122,6 +124,94 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 def _is_nan(x) -> bool:
   return isinstance(x, float) and x != x
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+  value: Any = config
+  for part in dotted.split("."):
+    if not isinstance(value, dict) or part not in value:
+      return None
+    value = value[part]
+  return value
+
+
+def _short(value: Any) -> bool:
+  return value is None or isinstance(value, (bool, int, float)) or (
+    isinstance(value, str) and len(value) <= 40)
+
+
+def explain_differences(old: dict, new: dict, differences: list[str]) -> str:
+  """What differs, for an error message: ``key: old -> new`` for short values, else the reason.
+
+  Digests and function identities (long strings) are named with `identity.describe_differences`
+  (e.g. ``end_sha256 (has other bytes)``, ``loss_fn.arrays (holds other arrays ...)``).
+  """
+  out = []
+  for d in differences:
+    if " (only in " not in d:
+      a, b = _lookup(old, d), _lookup(new, d)
+      if _short(a) and _short(b):
+        out.append(f"{d}: {a!r} -> {b!r}")
+        continue
+    out.append(describe_differences([d]))
+  return ", ".join(out)
+
+
+def mismatch_error(path: str, what: str, old: dict, new: dict, differences: list[str],
+                   remedy: str) -> StoreMismatchError:
+  """The one refusal of every resumable result whose recorded configuration differs."""
+  return StoreMismatchError(
+    f"{path} describes {what} computed with a different configuration; what differs: "
+    f"{explain_differences(old, new, differences)}. Refusing to resume or reuse it (that would "
+    f"mix two computations). {remedy}")
+
+
+def check_or_write_config(path: str | os.PathLike, config: dict, *, what: str, remedy: str,
+                          ignore: Sequence[str] = (), compare: bool = True, write: bool = True,
+                          rewrite: bool = False) -> dict:
+  """Refuses a configuration other than the one recorded in the JSON file `path`, or records it.
+
+  The one configuration check of the library's resumable runs (curve training, SGD / FGE,
+  `training.train`, the tour): both sides are compared as they read back from JSON
+  (`normalize_config`), key by key (`config_differences`), so exact identities (digests,
+  `identity.callable_identity`) recorded in `config` make a rerun on other inputs fail here.
+
+  Args:
+    path: the configuration file (written with `fileio.atomic_write_json`).
+    config: the run's configuration (JSON-able, or converted by `jsonable`).
+    what: what the results beside the file are, for the message (e.g. "curve training
+      checkpoints").
+    remedy: how to start fresh (e.g. "To start fresh, use another workdir or move this one away;
+      to resume, rerun with exactly the inputs that computed it.").
+    ignore: top-level keys allowed to differ (settings that do not change the results).
+    compare: False skips the comparison (a fresh run that may replace a stale file).
+    write: False never writes (e.g. processes other than the first).
+    rewrite: write `config` even when the file exists (after a successful comparison).
+
+  Returns:
+    The normalised configuration.
+
+  Raises:
+    StoreMismatchError: the recorded configuration differs (a ValueError; the message lists what
+      differs and `remedy`). The file is left as it is.
+    StoreCorruptError: the file is damaged (left as it is).
+  """
+  path = os.fspath(path)
+  config = normalize_config(config)
+  present = os.path.exists(path)
+  if present and compare:
+    old = read_json(path, remedy=f"Restore it (it must match the results beside it), or start "
+                    f"fresh. {remedy}")
+    if not isinstance(old, dict):
+      raise StoreCorruptError(f"{path} holds a JSON {type(old).__name__}, not a configuration. "
+                              f"The file was not modified. {remedy}")
+    diffs = [d for d in config_differences(old, config)
+             if d.split(".", 1)[0].split(" ", 1)[0] not in set(ignore)]
+    if diffs:
+      raise mismatch_error(path, what, old, config, diffs, remedy)
+  if write and (rewrite or not present):
+    atomic_write_json(path, config)
+  return config
 
 
 def exists(path: str | os.PathLike) -> bool:
@@ -286,7 +376,9 @@ __all__ = [
   "StoreMismatchError",
   "StoreState",
   "StoreWriteError",
+  "check_or_write_config",
   "config_differences",
+  "explain_differences",
   "exists",
   "open_or_create",
   "read",

@@ -44,7 +44,7 @@ import tqdm.auto as tqdm
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from landscape_jax import checkpoints, store
+from landscape_jax import checkpoints, fileio, identity, store
 from landscape_jax.data import Dataset, normalize_images
 from landscape_jax.data import augment as augment_images
 from landscape_jax.evaluation import (
@@ -161,18 +161,29 @@ def garipov_schedule(base_lr: float, total_steps: int, *,
   """Garipov et al. 2018 schedule: ``base_lr * factor(a)`` with a the fraction of training done.
 
   factor(a) = 1 for a <= 0.5; 1 - 0.99 (a - 0.5) / 0.4 for 0.5 < a <= 0.9; 0.01 after.
-  With `steps_per_epoch` the lr is set once per epoch as in the reference code
-  (a = (epoch + 1) / num_epochs for 0-based epochs); otherwise a = step / total_steps.
+  With `steps_per_epoch` the lr is set once per epoch exactly as the reference code
+  (``learning_rate_schedule(base_lr, epoch, total)`` of timgaripov/dnn-mode-connectivity's
+  train.py, called at the start of epochs ``1..total``): ``a = (e + 1) / num_epochs`` for the
+  0-based epoch ``e = step // steps_per_epoch``, so the first epoch already has
+  ``a = 1 / num_epochs`` and the last one ``a = 1``. Otherwise ``a = step / total_steps``.
+  This is the one implementation; `landscape_jax.curves.curve_lr_schedule` (curve training and
+  the FGE budget runs) uses it.
   """
   if total_steps <= 0:
     raise ValueError(f"garipov_schedule needs total_steps > 0, got {total_steps}.")
+  if steps_per_epoch is not None and steps_per_epoch <= 0:
+    raise ValueError(f"garipov_schedule needs steps_per_epoch > 0 (or None), got "
+                     f"{steps_per_epoch}.")
 
   def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
+    step = jnp.asarray(step)
     if steps_per_epoch:
-      alpha = (jnp.floor(step / steps_per_epoch) + 1.0) * steps_per_epoch / total_steps
+      # integer epoch index (float division could round step / spe up near an epoch's end)
+      epoch = (step // steps_per_epoch if jnp.issubdtype(step.dtype, jnp.integer)
+               else jnp.floor(step / steps_per_epoch))
+      alpha = ((epoch + 1).astype(jnp.float32) * steps_per_epoch) / total_steps
     else:
-      alpha = step / total_steps
+      alpha = step.astype(jnp.float32) / total_steps
     factor = jnp.where(alpha <= 0.5, 1.0,
                        jnp.where(alpha <= 0.9, 1.0 - (alpha - 0.5) / 0.4 * 0.99, 0.01))
     return base_lr * factor
@@ -391,24 +402,24 @@ def _config_dict(config) -> dict:
   return json.loads(json.dumps(dict(config), default=str))
 
 
+def _data_digests(train_ds: Dataset, test_ds: Dataset | None) -> dict[str, str | None]:
+  """sha256 (`identity.tree_digest`) of the images and labels of the splits a run uses."""
+  digest = lambda ds: identity.tree_digest({"images": ds.images, "labels": ds.labels})
+  return {"train_data_sha256": digest(train_ds),
+          "test_data_sha256": None if test_ds is None else digest(test_ds)}
+
+
 def _check_config(workdir: str, config: dict, resuming: bool) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if resuming and os.path.exists(path):
-    old = store.read_json(path, remedy="Restore it (it must match the checkpoints beside it) or "
-                          "use a fresh --workdir.")
-    keys = sorted((set(old) | set(config)) - set(_RESUME_FREE))
-    diff = [k for k in keys if old.get(k) != config.get(k)]
-    if diff:
-      details = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:5])
-      raise ValueError(
-        f"{workdir} holds checkpoints of a run with a different configuration ({details}). "
-        "Resuming would mix two runs: use a fresh --workdir, or restore the old settings.")
-  if jax.process_index() != 0:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  """Refuses to resume a run with another configuration or data; (re)writes ``config.json``.
+
+  A fresh run (no checkpoints) replaces the file; a resumed one compares everything but
+  `_RESUME_FREE` (`store.check_or_write_config`) and rewrites it with the new free settings.
+  """
+  store.check_or_write_config(
+    os.path.join(workdir, CONFIG_FILE), config, what="the checkpoints of a training run",
+    remedy="To start fresh, use another workdir (--workdir) or move this one away; to resume, "
+    "rerun with the old settings and data.", ignore=_RESUME_FREE, compare=resuming,
+    write=jax.process_index() == 0, rewrite=True)
 
 
 def read_config(workdir: str) -> dict:
@@ -467,12 +478,8 @@ def read_metrics(workdir: str) -> list[dict]:
 def _rewrite_metrics(workdir: str, records: list[dict]) -> None:
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, METRICS_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
+  fileio.atomic_write_text(os.path.join(workdir, METRICS_FILE),
+                           "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _append_metrics(workdir: str, record: dict) -> None:
@@ -518,7 +525,10 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
     train_ds, test_ds: `Dataset` splits (uint8 images); test_ds may be None.
     config: a `ml_collections.ConfigDict` or mapping with the fields of `DEFAULTS`.
     workdir: output directory. If it holds checkpoints, training resumes from the latest one
-      (after checking that ``config.json`` matches) and ``metrics.jsonl`` is cut back to it.
+      (after checking that ``config.json`` matches: the configuration and the sha256 digests of
+      the training and test splits' images and labels, ``train_data_sha256`` /
+      ``test_data_sha256``; the initial variables come from ``config.seed``) and
+      ``metrics.jsonl`` is cut back to it.
     mesh: the devices to shard each batch over: a 1-D mesh (any axis name, e.g. `make_mesh()`
       or ``lj.make_mesh()``) or a mesh with a ``"data"`` axis (default: every device).
     progress: show a tqdm progress bar.
@@ -530,7 +540,7 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   Raises:
     FloatingPointError: when the training loss becomes NaN/inf (lower the learning rate).
     ValueError: bad configuration, a batch size not divisible by the devices, or a workdir holding
-      a different run.
+      a different run (`store.StoreMismatchError`, listing what differs).
   """
   mesh = make_mesh() if mesh is None else mesh
   if len(mesh.axis_names) == 1:
@@ -568,7 +578,7 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
     check_model_fits(model, state.variables, ds)  # image shape and number of classes
   state = jax.device_put(state, replicated)
   resume_step = checkpoints.latest_step(ckpt_dir)
-  full_config = _config_dict({**_config_dict(config), **cfg})
+  full_config = _config_dict({**_config_dict(config), **cfg, **_data_digests(train_ds, test_ds)})
   _check_config(workdir, full_config, resuming=resume_step is not None)
   if resume_step is None:
     _rewrite_metrics(workdir, [])

@@ -1,9 +1,24 @@
 """Shared fixtures. Eight simulated CPU devices are set up before JAX is imported, so that
-sharding tests can build meshes of 1 to 8 devices in the same process."""
+sharding tests can build meshes of 1 to 8 devices in the same process.
+
+The device-count flag is appended to any XLA_FLAGS already set (other flags are kept); only an
+XLA_FLAGS that already gives a device count is left as it is. Tests marked ``multidevice`` fail,
+never skip, when fewer than `NUM_DEVICES` devices are there."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+NUM_DEVICES = 8
+_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def with_device_count(flags: str, count: int = NUM_DEVICES) -> str:
+  """`flags` plus ``--xla_force_host_platform_device_count=count`` unless it gives a count."""
+  if _COUNT_FLAG in flags:
+    return flags
+  return f"{flags} {_COUNT_FLAG}={count}".strip()
+
+
+os.environ["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -30,3 +45,16 @@ def tiny_mlp(digits_train):
   model = lj.get_model("mlp_small", num_classes=10)
   variables = model.init(jax.random.key(0), digits_train.images[:2].astype("float32"))
   return model, variables
+
+
+@pytest.fixture(autouse=True)
+def _multidevice_tests_need_the_devices(request):
+  """A ``multidevice`` test fails (not skips) without the simulated devices."""
+  if request.node.get_closest_marker("multidevice") is not None:
+    found = len(jax.devices())
+    if found < NUM_DEVICES:
+      pytest.fail(f"{request.node.nodeid} needs {NUM_DEVICES} devices, found {found} "
+                  f"(XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}, JAX_PLATFORMS="
+                  f"{os.environ.get('JAX_PLATFORMS')!r}). tests/conftest.py adds {_COUNT_FLAG}="
+                  f"{NUM_DEVICES} to XLA_FLAGS unless it already gives a device count: remove "
+                  "that count, or run on the CPU platform.", pytrace=False)

@@ -100,7 +100,8 @@ def main(kind, path, delay):
     else:
       run_curve_eval(path, metric_fn, a, b)
   elif kind == "curve_train":
-    curves._atomic_write_text = _slow(curves._atomic_write_text, delay)
+    # every file of a curve training run goes through fileio: slow down its per-epoch writes
+    curves.fileio.atomic_write_json = _slow(curves.fileio.atomic_write_json, delay)
     run_curve_train(path, loss_fn, a, b, data,
                     callback=lambda epoch, c, r: print(f"saved {epoch + 1}", flush=True))
   else:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import curves, ensembles
+from landscape_jax import curves, ensembles, training
 
 
 def _tree(key, scale=1.0):
@@ -117,17 +117,26 @@ def test_curve_loss_is_mean_over_ts_with_l2():
   np.testing.assert_allclose(one, _quadratic_loss(curves.curve_point(c, 0.5), 0.25), rtol=1e-6)
 
 
+# learning_rate_schedule(base_lr, epoch, total) of timgaripov/dnn-mode-connectivity's train.py,
+# called with epoch = 1..total (alpha = epoch / total), written out by hand for total = 10:
+# alpha 0.1..0.5 -> 1; 0.6 -> 1 - 0.1/0.4*0.99; 0.7 -> 1 - 0.2/0.4*0.99; 0.8 -> 1 - 0.3/0.4*0.99;
+# 0.9 and 1.0 -> 0.01. Index i is the 0-based epoch i (the reference's epoch i + 1).
+_REFERENCE_FACTORS_10 = [1.0, 1.0, 1.0, 1.0, 1.0, 0.7525, 0.505, 0.2575, 0.01, 0.01]
+
+
 def test_curve_lr_schedule_matches_reference():
-  sched = curves.curve_lr_schedule(0.03, total_epochs=100, steps_per_epoch=10)
-
-  def ref(epoch):
-    a = epoch / 100
-    f = 1.0 if a <= 0.5 else (1.0 - (a - 0.5) / 0.4 * 0.99 if a <= 0.9 else 0.01)
-    return 0.03 * f
-
-  for epoch in (0, 30, 50, 51, 70, 90, 91, 99):
-    for i in (0, 9):
-      np.testing.assert_allclose(sched(epoch * 10 + i), ref(epoch), rtol=1e-5)
+  spe = 7
+  sched = curves.curve_lr_schedule(0.03, total_epochs=10, steps_per_epoch=spe)
+  for epoch, factor in enumerate(_REFERENCE_FACTORS_10):
+    for step in (epoch * spe, epoch * spe + spe - 1):  # set once per epoch
+      np.testing.assert_allclose(sched(step), 0.03 * factor, rtol=1e-5, err_msg=f"epoch {epoch}")
+  # one implementation: the same function as the training schedule of a garipov config
+  gar = training.make_schedule(training.default_config(
+    schedule="garipov", learning_rate=0.03, num_epochs=10), spe)
+  steps = np.arange(10 * spe)
+  np.testing.assert_array_equal(jax.vmap(sched)(steps), jax.vmap(gar)(steps))
+  with pytest.raises(ValueError, match="total_epochs and steps_per_epoch"):
+    curves.curve_lr_schedule(0.03, total_epochs=0, steps_per_epoch=spe)
 
 
 # ----------------------------------------------------------------------------- training on digits

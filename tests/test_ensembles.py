@@ -60,8 +60,27 @@ def test_swa_average():
   np.testing.assert_allclose(ensembles.swa_average(members)["w"], [4.0, 5.0, 6.0, 7.0])
 
 
+def _direct_ensemble(model, members, data):
+  """Ensemble metrics computed independently: numpy softmax of every member's logits in float64,
+  mean of the probabilities, -log of the true class and argmax."""
+  x = lj.data.normalize_images(data.images, data.mean, data.std)
+  logits = np.stack([np.asarray(model.apply({"params": p}, x), np.float64)
+                     for p in lj.trees.unstack(members)])                       # (K, N, C)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  y, rows = data.labels, np.arange(len(data.labels))
+  mean_p = probs.mean(0)
+  return {"loss": -np.mean(np.log(mean_p[rows, y])),
+          "accuracy": np.mean(mean_p.argmax(-1) == y),
+          "member_loss": -np.log(probs[:, rows, y]).mean(-1),
+          "member_accuracy": (probs.argmax(-1) == y).mean(-1)}
+
+
 @pytest.mark.slow
-def test_fge_ensemble_beats_its_best_member(digits_train, digits_test):
+def test_fge_ensemble_loss_is_bounded_by_its_members(digits_train, digits_test):
+  """Jensen: -log of the mean probability is at most the mean of the members' -log p, example
+  by example, so the ensemble's cross-entropy is at most the MEAN member loss (nothing guarantees
+  that it beats the best member). The metrics are also checked against a direct computation."""
   model = lj.get_model("mlp", num_classes=10, features=(32,))
   loss_fn = lj.make_loss_fn(model, mean=digits_train.mean, std=digits_train.std)
   p = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
@@ -72,8 +91,14 @@ def test_fge_ensemble_beats_its_best_member(digits_train, digits_test):
     weight_decay=5e-4, progress=False)
   assert jax.tree.leaves(members)[0].shape[0] == 6 and len(hist) == 24
   res = ensembles.evaluate_ensemble(model, members, digits_test)
-  assert res["loss"] < res["member_loss"].min()
-  assert res["accuracy"] >= res["member_accuracy"].mean()
+  assert res["loss"] <= res["member_loss"].mean() + 1e-6
+  ref = _direct_ensemble(model, members, digits_test)
+  np.testing.assert_allclose(res["loss"], ref["loss"], rtol=1e-4)
+  np.testing.assert_allclose(res["accuracy"], ref["accuracy"], atol=1e-6)
+  np.testing.assert_allclose(res["member_loss"], ref["member_loss"], rtol=1e-4)
+  np.testing.assert_allclose(res["member_accuracy"], ref["member_accuracy"], atol=1e-6)
+  # the members differ (FGE snapshots), so the bound is not met trivially by equal members
+  assert np.ptp(ref["member_loss"]) > 0
   # SWA: the average of the snapshots is a good model too
   swa_params = ensembles.swa_average(members)
   swa = lj.evaluate(lj.evaluation.inference_apply(model), {"params": swa_params},
@@ -121,6 +146,6 @@ def test_fge_resumes_exactly_with_its_snapshots(digits_train, tmp_path, kill_aft
     ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, workdir=work, checkpoint_every=2,
                                       **{**kw, "lr1": 0.2})
   other = jax.tree.map(lambda x: x + 1.0, p)
-  with pytest.raises(ValueError, match="different configuration.*init"):
+  with pytest.raises(ValueError, match="different configuration.*init_sha256"):
     ensembles.fast_geometric_ensemble(loss_fn, other, digits_train, workdir=work,
                                       checkpoint_every=2, **kw)

@@ -36,8 +36,7 @@ def test_connect_script_trains_evaluates_and_resumes(tmp_path):
           "--config.plane_points=5"]
   _run("connect.py", "connect_digits.py", tmp_path, *tiny)
   summary = json.load(open(tmp_path / "summary.json"))
-  with np.load(tmp_path / "curve_eval.npz") as z:
-    curve_eval = {k: z[k] for k in z.files}
+  curve_eval = lj.store.read(tmp_path / "curve_eval").values
   # the store holds the 5 curve points, then the 5 line points; t = 0 and 1 are the endpoints of
   # both, so the curve and the straight line agree there
   curve, line = curve_eval["train_loss"][:5], curve_eval["train_loss"][5:]

@@ -14,8 +14,8 @@ from landscape_jax import permutations as P
 
 X = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
 
-# (model name, overrides); models not (yet) in the registry are skipped. The others compile two
-# forward passes each (slow on a shared CPU), so they are marked slow.
+# (model name, overrides); every one must be in the zoo (get_model errors fail the test). Most
+# compile two forward passes each (slow on a shared CPU), so they are marked slow.
 _SLOW = pytest.mark.slow
 ZOO = [
   pytest.param("mlp", {}, id="mlp"),
@@ -34,10 +34,7 @@ ZOO = [
 
 
 def _get(name, overrides):
-  try:
-    return lj.get_model(name, num_classes=10, **overrides)
-  except (ValueError, TypeError) as e:
-    pytest.skip(f"model {name} {overrides} not available here: {e}")
+  return lj.get_model(name, num_classes=10, **overrides)  # a missing model fails the test
 
 
 def _close(a, b, tol=2e-5):

@@ -406,13 +406,38 @@ def test_plot_trajectory_all_nan(tmp_path):
 # Alignment and ensembles
 
 
-def test_path_barrier_by_hand():
-  assert P.path_barrier([1.0, 3.0, 2.0]) == pytest.approx(3.0 - 1.5)
-  # alphas beyond [0, 1]: endpoints interpolated at 0 and 1, max over [0, 1] only.
+def _barrier_legend(monkeypatch, alphas, runs):
+  """The legend texts plot_barriers draws (the figure is captured instead of written)."""
+  from landscape_jax.plotting import ensembles
+
+  figs = []
+  monkeypatch.setattr(ensembles, "save", lambda fig, *a, **k: figs.append(fig) or [])
+  P.plot_barriers("unused", alphas, runs)
+  legend = figs[0].axes[0].get_legend()
+  return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+def test_barrier_legend_is_paths_barrier(monkeypatch):
+  """The legend shows landscape_jax.paths.barrier (one implementation): endpoints at alpha = 0 and
+  1, maximum over [0, 1] only, and "n/a" for a NaN inside [0, 1] (the former figure-only formula
+  skipped it, showing the barrier of the remaining points) or alphas without 0 or 1."""
+  from landscape_jax import paths
+
   al = np.array([-0.5, 0.0, 0.5, 1.0, 1.5])
-  assert P.path_barrier([9.0, 1.0, 2.0, 3.0, 9.0], al) == pytest.approx(3.0 - 2.0)
-  assert P.path_barrier([np.nan, 1.0, 5.0, 1.0, np.nan], al) == pytest.approx(4.0)
-  assert np.isnan(P.path_barrier([np.nan, np.nan]))
+  runs = {"a": [9.0, 1.0, 2.0, 3.0, 9.0], "b": [np.nan, 1.0, 5.0, 1.0, np.nan],
+          "nan inside": [0.0, 1.0, np.nan, 1.0, 0.0]}
+  assert paths.barrier(runs["a"], al) == pytest.approx(3.0 - 2.0)
+  assert paths.barrier(runs["b"], al) == pytest.approx(4.0)
+  assert np.isnan(paths.barrier(runs["nan inside"], al))
+  assert _barrier_legend(monkeypatch, al, runs) == [
+    "a (barrier 1)", "b (barrier 4)", "nan inside (barrier n/a)"]
+  no_end = np.array([0.0, 0.25, 0.5])
+  assert _barrier_legend(monkeypatch, no_end, {"c": [1.0, 2.0, 1.0]}) == ["c (barrier n/a)"]
+  # repeats: the barrier of the mean curve (NaN members are masked out of the mean)
+  rep = np.array([[1.0, 3.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, np.nan, 1.0]])
+  al2 = np.linspace(0.0, 1.0, 5)
+  assert _barrier_legend(monkeypatch, al2, {"r": rep}) == [
+    f"r (barrier {paths.barrier(np.array([1.0, 2.0, 1.0, 1.0, 1.0]), al2):.3g})"]
 
 
 @pytest.mark.parametrize("kind", ["plain", "repeats", "nan", "all_nan"])

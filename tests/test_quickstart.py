@@ -52,4 +52,4 @@ def test_quickstart_refuses_a_different_configuration(tmp_path):
   (workdir / "config.json").write_text(json.dumps({"model": "other"}))
   out = _run(workdir)
   assert out.returncode != 0
-  assert "another configuration" in out.stderr
+  assert "different configuration" in out.stderr and "model: 'other' -> 'resnet8'" in out.stderr

@@ -37,8 +37,6 @@ def test_make_mesh_and_process_share():
 @pytest.mark.multidevice
 @pytest.mark.parametrize("map_mode", ["map", "vmap"])
 def test_eight_devices_equal_one(mlp_reference, map_mode):
-  if len(jax.devices()) < 8:
-    pytest.skip("needs 8 simulated CPU devices (tests/conftest.py sets XLA_FLAGS)")
   (metric_fn, params, dirs), ref = mlp_reference
   mesh = lj.make_mesh(8)
   res = lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS, mesh=mesh, chunk_size=8,
@@ -104,8 +102,6 @@ def test_two_process_training_equals_one_process(tmp_path):
   """`training.train` data parallel over two processes x 2 CPU devices: both processes end with
   the parameters of a one-process run on 4 devices, process 0 alone writes the metrics, and the
   checkpoints restore to the same state."""
-  if len(jax.devices()) < 4:
-    pytest.skip("needs 4 simulated CPU devices (tests/conftest.py sets XLA_FLAGS)")
   from landscape_jax import checkpoints, training
 
   workdir = tmp_path / "distributed"
@@ -129,3 +125,29 @@ def test_two_process_training_equals_one_process(tmp_path):
   for k, v in jax.tree_util.tree_leaves_with_path(restored):
     np.testing.assert_allclose(np.asarray(v), flat[jax.tree_util.keystr(k)], rtol=2e-5,
                                atol=2e-6)
+
+
+def test_device_count_flag_is_added_to_any_xla_flags():
+  """tests/conftest.py keeps other XLA flags and adds the count (only a given count is kept), so
+  the multi-device tests always have their 8 devices (they used to skip when XLA_FLAGS was set)."""
+  import conftest
+
+  flag = "--xla_force_host_platform_device_count"
+  assert conftest.with_device_count("") == f"{flag}=8"
+  assert conftest.with_device_count("--xla_cpu_enable_fast_math=false") == (
+    f"--xla_cpu_enable_fast_math=false {flag}=8")
+  assert conftest.with_device_count(f"--a=1 {flag}=2") == f"--a=1 {flag}=2"
+  assert flag in os.environ["XLA_FLAGS"] and len(jax.devices()) == conftest.NUM_DEVICES
+
+
+@pytest.mark.slow
+def test_multidevice_tests_fail_without_the_devices():
+  """With a device count of 2 given in XLA_FLAGS, a multidevice test fails (not skips)."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "PYTHONPATH": ROOT}
+  test = "tests/test_training.py::test_sharded_step_equals_single_device_step"
+  out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider",
+                        "-q", test], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1, out.stdout + out.stderr  # a setup error fails the run
+  assert "1 error" in out.stdout and "skipped" not in out.stdout, out.stdout
+  assert "needs 8 devices, found 2" in out.stdout, out.stdout

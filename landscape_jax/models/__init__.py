@@ -34,7 +34,11 @@ import re
 from collections.abc import Callable
 
 import flax.linen as nn
+import numpy as np
 
+from landscape_jax.models import preresnet as _preresnet
+from landscape_jax.models import resnet as _resnet
+from landscape_jax.models import wide_resnet as _wide_resnet
 from landscape_jax.models.convfc import ConvFC
 from landscape_jax.models.densenet import DenseNet, densenet_bc
 from landscape_jax.models.mlp import MLP
@@ -103,16 +107,38 @@ def model_names() -> list[str]:
   return sorted(_REGISTRY)
 
 
+_PARAMETRIC = ("resnet{6n+2}[_noshort], wrn{6n+4}_{k} or wrn{6n+2}_{k}[_noshort], "
+               "preresnet{9n+2 or 6n+2}, densenet_bc_{6n+4}_{k}")
+
+
+def _known() -> str:
+  return f"Known models: {', '.join(model_names())}; parametric names: {_PARAMETRIC}."
+
+
 def _factory(name: str) -> Callable[..., nn.Module]:
   if name in _REGISTRY:
     return _REGISTRY[name]
   for pattern, build in _PATTERNS:
     m = re.fullmatch(pattern, name)
     if m:
-      return build(m)
-  raise ValueError(
-    f"Unknown model '{name}'. Known models: {', '.join(model_names())}; parametric names: "
-    "resnet{6n+2}[_noshort], wrn{depth}_{k}[_noshort], preresnet{depth}, densenet_bc_{L}_{k}.")
+      try:
+        return build(m)
+      except ValueError as e:
+        raise ValueError(f"Invalid model name '{name}': {e} {_known()}") from e
+  raise ValueError(f"Unknown model '{name}'. {_known()}")
+
+
+def _check_module(name: str, model: nn.Module) -> None:
+  """The depth/shortcut checks the models run when first called, run when they are built."""
+  try:
+    if isinstance(model, ResNet):
+      _resnet.check_config(model.depth, model.shortcut)
+    elif isinstance(model, PreResNet):
+      _preresnet.check_config(model.depth, model.bottleneck)
+    elif isinstance(model, WideResNet):
+      _wide_resnet.check_config(model.depth)
+  except ValueError as e:
+    raise ValueError(f"Invalid model '{name}': {e} {_known()}") from e
 
 
 def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
@@ -120,18 +146,32 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
 
   Args:
     name: a name from `model_names` or a parametric one (``resnet{d}``, ``wrn{d}_{k}``, ...).
-    num_classes: number of output logits.
+    num_classes: number of output logits, a positive integer.
     **overrides: model attributes to change (``width``, ``shortcut``, ``dtype``, ...).
 
   Returns:
     An unbound flax linen module; ``model.init(key, x)`` and ``model.apply(variables, x,
     train=...)``.
+
+  Raises:
+    ValueError: an unknown name, a depth the architecture cannot build (``resnet7``: CIFAR ResNets
+      have depth 6n + 2), an invalid ``shortcut``, or ``num_classes`` not a positive integer; the
+      message lists the valid names and depths. Checked here, not at ``model.init``.
+    TypeError: overrides the model does not have.
   """
+  if (isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer)
+      or num_classes < 1):
+    raise ValueError(f"get_model('{name}'): num_classes must be a positive integer (the number "
+                     f"of logits, e.g. the dataset's num_classes), got {num_classes!r}.")
   factory = _factory(name)
   try:
-    return factory(num_classes=num_classes, **overrides)
+    model = factory(num_classes=int(num_classes), **overrides)
   except TypeError as e:
     raise TypeError(f"Bad overrides {sorted(overrides)} for model '{name}': {e}") from e
+  except ValueError as e:  # factories that check their arguments (densenet_bc's depth)
+    raise ValueError(f"Invalid model '{name}': {e} {_known()}") from e
+  _check_module(name, model)
+  return model
 
 
 __all__ = [

@@ -23,6 +23,21 @@ import jax.numpy as jnp
 from landscape_jax.models.layers import batch_norm, conv, global_avg_pool, scaled
 
 
+def check_config(depth: int, bottleneck: bool | None = None) -> bool:
+  """Raises ValueError for a depth the block type cannot build; returns the block type.
+
+  Bottleneck blocks (the default for depth >= 44) need depth 9n + 2, basic blocks 6n + 2.
+  """
+  bottleneck = depth >= 44 if bottleneck is None else bottleneck
+  if bottleneck and (depth < 11 or (depth - 2) % 9):
+    raise ValueError(f"PreResNet with bottleneck blocks (the default for depth >= 44) needs "
+                     f"depth 9n + 2 (47, 56, 65, ..., 110, 164, ...), got {depth}.")
+  if not bottleneck and (depth < 8 or (depth - 2) % 6):
+    raise ValueError(f"PreResNet with basic blocks (the default for depth < 44) needs depth "
+                     f"6n + 2 (8, 14, 20, 26, 32, 38), got {depth}.")
+  return bottleneck
+
+
 class PreActBlock(nn.Module):
   """Pre-activation basic (``bottleneck=False``) or bottleneck block.
 
@@ -94,13 +109,7 @@ class PreResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bottleneck = self.depth >= 44 if self.bottleneck is None else self.bottleneck
-    if bottleneck and (self.depth < 11 or (self.depth - 2) % 9):
-      raise ValueError(f"PreResNet with bottleneck blocks (the default for depth >= 44) needs "
-                       f"depth 9n + 2 (47, 56, 110, 164, ...), got {self.depth}.")
-    if not bottleneck and (self.depth < 8 or (self.depth - 2) % 6):
-      raise ValueError(f"PreResNet with basic blocks (the default for depth < 44) needs depth "
-                       f"6n + 2 (8, 20, 32, 38), got {self.depth}.")
+    bottleneck = check_config(self.depth, self.bottleneck)
     n = (self.depth - 2) // (9 if bottleneck else 6)
     x = jnp.asarray(x, self.dtype)
     x = conv(scaled(16, self.width), 3, name="conv1", dtype=self.dtype)(x)

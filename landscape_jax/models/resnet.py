@@ -23,6 +23,15 @@ from landscape_jax.models.layers import batch_norm, conv, global_avg_pool, scale
 SHORTCUTS = ("conv", "pad", "none")
 
 
+def check_config(depth: int, shortcut: str = "conv") -> None:
+  """Raises ValueError unless depth = 6n + 2 (n >= 1) and `shortcut` is one of `SHORTCUTS`."""
+  if depth < 8 or (depth - 2) % 6:
+    raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, 26, 32, 44, 56, "
+                     f"110, ...), got {depth}.")
+  if shortcut not in SHORTCUTS:
+    raise ValueError(f"shortcut must be one of {SHORTCUTS}, got '{shortcut}'.")
+
+
 class BasicBlock(nn.Module):
   """Post-activation basic block (two 3x3 convolutions, BN after each).
 
@@ -97,11 +106,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.depth < 8 or (self.depth - 2) % 6:
-      raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 20, 32, 44, 56, 110), "
-                       f"got {self.depth}.")
-    if self.shortcut not in SHORTCUTS:
-      raise ValueError(f"shortcut must be one of {SHORTCUTS}, got '{self.shortcut}'.")
+    check_config(self.depth, self.shortcut)
     n = (self.depth - 2) // 6
     x = jnp.asarray(x, self.dtype)
     x = conv(scaled(16, self.width), 3, name="conv1", dtype=self.dtype)(x)

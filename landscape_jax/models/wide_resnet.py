@@ -24,6 +24,13 @@ import jax.numpy as jnp
 from landscape_jax.models.layers import batch_norm, conv, global_avg_pool
 
 
+def check_config(depth: int) -> None:
+  """Raises ValueError unless depth = 6n + 4 with n >= 1."""
+  if depth < 10 or (depth - 4) % 6:
+    raise ValueError(f"Wide-ResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40), got "
+                     f"{depth}.")
+
+
 class WideBasic(nn.Module):
   """Pre-activation wide block.
 
@@ -87,9 +94,7 @@ class WideResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.depth < 10 or (self.depth - 4) % 6:
-      raise ValueError(f"Wide-ResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40), got "
-                       f"{self.depth}.")
+    check_config(self.depth)
     n = (self.depth - 4) // 6
     k = self.widen_factor
     x = jnp.asarray(x, self.dtype)

@@ -24,7 +24,6 @@ from landscape_jax.plotting.curvature import (
 from landscape_jax.plotting.curves import curve_levels, plot_curve_metrics, plot_curve_plane
 from landscape_jax.plotting.ensembles import (
   draw_budget,
-  path_barrier,
   plot_barriers,
   plot_bars,
   plot_budget,
@@ -48,7 +47,6 @@ __all__ = [
   "eigen_ratio",
   "export_vtp",
   "output_paths",
-  "path_barrier",
   "plot_1d",
   "plot_2d_all",
   "plot_bars",

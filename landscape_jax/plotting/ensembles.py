@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from landscape_jax import paths
 from landscape_jax.plotting._base import (
   DEFAULT_DPI,
   DEFAULT_FORMATS,
@@ -21,30 +22,6 @@ from landscape_jax.plotting._base import (
   new_figure,
   save,
 )
-
-
-def path_barrier(values, alphas=None) -> float:
-  """Loss barrier max_{0<=a<=1} v(a) - (v(0) + v(1)) / 2 of one path, from its finite values.
-
-  The barrier of Frankle et al. 2020 / Ainsworth et al. 2023 (the formula of `lj.barrier`),
-  computed on numpy values for figure legends. Without `alphas` the first and last values are the
-  endpoints; with `alphas` extending beyond [0, 1] (e.g. the reference's [-0.5, 1.5]), v(0) and v(1)
-  are interpolated and the maximum is taken over [0, 1] only. NaN when nothing finite is left.
-  """
-  v = np.asarray(values, dtype=np.float64).ravel()
-  a = np.linspace(0.0, 1.0, v.size) if alphas is None else np.asarray(alphas, np.float64).ravel()
-  if a.shape != v.shape:
-    raise ValueError(f"{v.size} values but {a.size} alphas: give one value per alpha.")
-  ok = np.isfinite(v) & np.isfinite(a)
-  a, v = a[ok], v[ok]
-  order = np.argsort(a)
-  a, v = a[order], v[order]
-  inside = (a >= 0.0) & (a <= 1.0)
-  if not inside.any():
-    return float("nan")
-  lo, hi = max(0.0, a[0]), min(1.0, a[-1])
-  ends = np.interp([lo, hi], a, v)
-  return float(max(v[inside].max(), ends.max()) - ends.mean())
 
 
 def plot_barriers(
@@ -70,7 +47,8 @@ def plot_barriers(
       min-max band); NaN / inf are masked.
     ylabel: what the values are ("loss", "test accuracy", ...).
     show_barrier: append the barrier max_[0,1] - mean(endpoints) of the (mean) curve to each label
-      (see `path_barrier`).
+      (`landscape_jax.paths.barrier`, Frankle et al. 2020); "barrier n/a" when the alphas lack 0
+      or 1, or a value in [0, 1] is NaN / inf.
 
   Returns:
     The list of written files.
@@ -98,7 +76,8 @@ def plot_barriers(
     any_finite |= has_finite(mean)
     label = str(name)
     if show_barrier:
-      b = path_barrier(np.ma.filled(mean, np.nan), alphas)
+      b = (paths.barrier(np.ma.filled(mean, np.nan), alphas)
+           if paths.endpoint_indices(alphas) is not None else np.nan)
       label += f" (barrier {b:.3g})" if np.isfinite(b) else " (barrier n/a)"
     ax.plot(alphas, mean, "-", color=color, linewidth=1.8, label=label)
   for a in (0.0, 1.0):
