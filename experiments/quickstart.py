@@ -5,7 +5,8 @@ r"""The landscape-jax tour: every method of the library on the embedded `digits`
 
 Trains two small ResNets from different seeds, then, each step with its figures and numbers:
  1. 1-D filter-normalised plot around model A and the two-model interpolation (Li et al. 2018);
- 2. a 2-D filter-normalised surface (contour, filled contour, heat map, 3-D, VTK);
+ 2. a 2-D filter-normalised surface (contour, filled contour, heat map, 3-D, VTK), and the same
+    plane sampled adaptively (landscape_jax.adaptive) with the points each used;
  3. a Bezier curve between A and B, its loss against the straight line's, and the plane through
     its three control points (Garipov et al. 2018);
  4. weight matching of B to A and the barrier before and after (Ainsworth et al. 2023);
@@ -216,6 +217,54 @@ class Tour:
               "f(a, b) = L(A + a d1 + b d2) on a grid, evaluated in compiled, sharded chunks and "
               "stored resumably; also exported as surface.vtp for ParaView.", run)
 
+  # -- 2b. Adaptive surface: the same plane at a fraction of the points --------------------------
+  def adaptive_2d(self):
+    """The surface step's plane sampled adaptively (`lj.adaptive_surface`) against its dense grid.
+
+    Self-contained: reads the dense values from the surface step's store, and chooses the
+    adaptive lattice so that its finest level is that dense grid (every sample is a grid point).
+    """
+    from landscape_jax.plotting import _base as figures
+    from landscape_jax.plotting.surfaces import draw_contour
+
+    def run():
+      params = self.var_a["params"]
+      d1, d2 = lj.random_directions(jax.random.key(1), params, num=2, norm="filter",
+                                    ignore="biasbn")
+      n = self.c.points_2d
+      xs = ys = np.linspace(-1, 1, n)
+      dense = lj.store.read(self.path("stores", "surface_2d")).values["train_loss"]
+      initial, max_level = ((n - 1) // 4 + 1, 2) if (n - 1) % 4 == 0 else (n, 0)
+      tol = 0.05  # coarse on purpose: the tour's grid is small
+      res = lj.adaptive_surface(self.metric_fn(False, self.var_a.get("batch_stats")), params,
+                                (d1, d2), (-1, 1), (-1, 1), tol=tol, initial=initial,
+                                max_level=max_level, key="train_loss", mesh=lj.make_mesh(),
+                                store=self.path("stores", "adaptive_2d"),
+                                metadata={"direction_seed": 1, "norm": "filter"},
+                                progress=self.progress)
+      approx = res.to_grid(xs, ys, keys=["train_loss"])["train_loss"]
+      low = np.isfinite(dense) & (dense < 5)
+      fig = figures.new_figure((10.5, 4.4))
+      ax1, ax2 = fig.subplots(1, 2)
+      levels = plotting.contour_levels(np.ma.masked_invalid(dense), None)
+      draw_contour(fig, ax1, xs, ys, dense, levels=levels, label="train loss")
+      ax1.set_title(f"dense: {dense.size} points", fontsize=10)
+      draw_contour(fig, ax2, xs, ys, approx, levels=levels, label="train loss",
+                   samples=res.coords)
+      ax2.set_title(f"adaptive (tol {tol}): {res.num_points} points", fontsize=10)
+      figures.save(fig, self.path("surface_adaptive"), ("png", "pdf"))
+      return ({"dense grid points": int(dense.size), "adaptive points": res.num_points,
+               "adaptive rounds": len(res.history) - 1,
+               "max |train loss difference| where loss < 5": float(
+                 np.max(np.abs(approx - dense)[low])) if low.any() else float("nan")},
+              ["surface_adaptive.png"])
+
+    self.step("adaptive", "Adaptive surface: the same plane at a fraction of the points",
+              "The surface step's plane refined where the interpolation error is (quadtree "
+              "cells split while the bilinear and Clough-Tocher interpolants disagree by more "
+              "than the tolerance, landscape_jax.adaptive), against the dense grid; the dots are "
+              "the evaluated points.", run)
+
   # -- 3. Garipov et al.: Bezier curve ----------------------------------------------------------
   def curve(self):
     def run():
@@ -394,8 +443,8 @@ def main(argv):
   start = time.time()
   tour = Tour(_WORKDIR.value, get_config(_TINY.value), _PROGRESS.value)
   tour.train_models()
-  for step in (tour.one_d, tour.two_d, tour.curve, tour.align, tour.hessian, tour.fge,
-               tour.trajectory):
+  for step in (tour.one_d, tour.two_d, tour.adaptive_2d, tour.curve, tour.align, tour.hessian,
+               tour.fge, tour.trajectory):
     step()
   tour.report()
   print(f"Tour finished in {time.time() - start:.0f} s; open {tour.path('report.html')}")

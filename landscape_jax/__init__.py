@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 # Submodules (plotting and report use matplotlib's Figure API only: no pyplot, no display).
 from landscape_jax import (
+  adaptive,
   autotune,
   batchnorm,
   checkpoints,
@@ -38,6 +39,15 @@ from landscape_jax import (
   sharding,
   store,
   training,
+)
+
+# Adaptive surfaces and paths: quadtree / bisection refinement where the interpolation error is.
+from landscape_jax.adaptive import (
+  AdaptiveResult,
+  adaptive_path,
+  adaptive_surface,
+  refine_path,
+  refine_surface,
 )
 
 # Inference-time speed-ups: BatchNorm folded into convolutions, batch-size selection.

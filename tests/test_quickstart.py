@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = ("train", "line", "surface", "curve", "align", "hessian", "fge", "trajectory")
+STEPS = ("train", "line", "surface", "adaptive", "curve", "align", "hessian", "fge", "trajectory")
 
 
 def _run(workdir):
@@ -35,6 +35,8 @@ def test_quickstart_tiny_end_to_end(tmp_path):
                 "Fast Geometric Ensembling", "PCA plane"):
     assert title in report
   # Every number of the tour is finite and in the report's table.
+  adaptive = json.loads((workdir / "results" / "adaptive.json").read_text())["numbers"]
+  assert 0 < adaptive["adaptive points"] <= adaptive["dense grid points"]
   numbers = json.loads((workdir / "results" / "hessian.json").read_text())["numbers"]
   assert numbers["top eigenvalue"] > 0
   assert numbers["top eigenvalue"] >= numbers["2nd eigenvalue"]

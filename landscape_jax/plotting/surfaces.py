@@ -327,9 +327,15 @@ def draw_contour(
   clabel: bool = True,
   linewidths: float = 1.0,
   points=None,
+  samples=None,
 ):
-  """Draws contour lines of z (z[i, j] at (xs[i], ys[j])) on `ax`; returns the ContourSet/None."""
+  """Draws contour lines of z (z[i, j] at (xs[i], ys[j])) on `ax`; returns the ContourSet/None.
+
+  `samples`: optional (N, 2) coordinates of the evaluated points (e.g. `AdaptiveResult.coords`
+  of an adaptive surface), drawn as small dots over the contours.
+  """
   xs, ys, zm = _prepare(xs, ys, z, log=log)
+  samples = _check_samples(samples)
   lv = contour_levels(zm, levels, log=log)
   _set_limits(ax, xs, ys)
   cs = None
@@ -348,8 +354,22 @@ def draw_contour(
                 colors="0.15")
     if colorbar:
       fig.colorbar(cs, ax=ax, label=label, format="%.3g")
+  if samples is not None and samples.shape[0]:
+    ax.plot(samples[:, 0], samples[:, 1], ".", color="0.2", markersize=1.5, alpha=0.6,
+            linestyle="none", zorder=4)
   _mark_points(ax, points)
   return cs
+
+
+def _check_samples(samples):
+  """`samples` as an (N, 2) float array (or None); anything else is a clear error."""
+  if samples is None:
+    return None
+  arr = np.asarray(getattr(samples, "coords", samples), dtype=np.float64)
+  if arr.ndim != 2 or arr.shape[1] != 2:
+    raise ValueError(f"samples must be (N, 2) point coordinates (e.g. AdaptiveResult.coords), "
+                     f"got shape {arr.shape}.")
+  return arr
 
 
 def _extend(zm, lv) -> str:
@@ -432,6 +452,7 @@ def plot_contour(
   label: str = "loss",
   cmap: str = "summer",
   points: Mapping[str, Sequence[float]] | None = None,
+  samples=None,
   title: str | None = None,
   xlabel: str = "x (direction 1)",
   ylabel: str = "y (direction 2)",
@@ -454,6 +475,9 @@ def plot_contour(
     label: colour-bar label (name of the metric).
     cmap: colour map (the reference uses "summer").
     points: optional {name: (x, y)} points to mark, e.g. {"minimum": (0, 0)}.
+    samples: optional (N, 2) coordinates of the evaluated points, drawn as dots (e.g. the
+      `AdaptiveResult.coords` of `landscape_jax.adaptive.adaptive_surface`, whose `to_grid` gave
+      `z`), or the `AdaptiveResult` itself.
     title, xlabel, ylabel, figsize, dpi, formats: as in `plot_1d`.
 
   Returns:
@@ -461,7 +485,8 @@ def plot_contour(
   """
   return _plot_2d(
     draw_contour, path, xs, ys, z, levels=levels, log=log, label=label, cmap=cmap, points=points,
-    title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize, dpi=dpi, formats=formats,
+    samples=samples, title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize, dpi=dpi,
+    formats=formats,
   )
 
 
