@@ -75,3 +75,10 @@ def test_bench_versus_commit_tiny():
   res = _load("bench_versus_commit").main(["--tiny", "--no-record", "--rounds", "1",
                                            "--ref", "HEAD"])
   assert res["dloss"] == 0.0 and res["speed_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_bench_adaptive_tiny():
+  """The adaptive-vs-dense benchmark runs end to end at tiny size."""
+  out = _load("bench_adaptive").main(["--tiny", "--no-record"])
+  assert out is not None
