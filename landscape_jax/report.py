@@ -19,6 +19,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from landscape_jax import fileio
+
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 62em; padding: 0 1em; color: #222; line-height: 1.45; }
@@ -242,6 +244,5 @@ def write_report(
     "</html>",
     "",
   ])
-  with open(path_html, "w", encoding="utf-8") as f:
-    f.write(page)
+  fileio.atomic_write_text(path_html, page)
   return path_html

@@ -6,6 +6,7 @@ Everything here works on numpy arrays and `matplotlib.figure.Figure` objects cre
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
+
+from landscape_jax import fileio
 
 DEFAULT_FORMATS = ("png", "pdf")
 DEFAULT_DPI = 150
@@ -57,7 +60,9 @@ def save(fig: Figure, path, formats=DEFAULT_FORMATS, *, dpi: float = DEFAULT_DPI
     parent = os.path.dirname(f)
     if parent:
       os.makedirs(parent, exist_ok=True)
-    fig.savefig(f, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=os.path.splitext(f)[1][1:], dpi=dpi)
+    fileio.atomic_write_bytes(f, buf.getvalue())  # a killed save never leaves a torn figure
   return files
 
 

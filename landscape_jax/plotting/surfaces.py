@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from landscape_jax import fileio
 from landscape_jax.plotting import _base
 from landscape_jax.plotting._base import (
   DEFAULT_DPI,
@@ -719,7 +720,7 @@ def export_vtp(
   if parent:
     os.makedirs(parent, exist_ok=True)
   ET.indent(root, space="  ")
-  ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+  fileio.atomic_write_bytes(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
   return [path]
 
 
