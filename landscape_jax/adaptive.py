@@ -61,6 +61,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from landscape_jax import surface, trees
+from landscape_jax.store import jsonable
+
 PyTree = Any
 _log = logging.getLogger(__name__)
 METHODS = ("cubic", "linear")
@@ -570,9 +573,7 @@ def refine_path(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], t_rang
 # ------------------------------------------------------------------------ engine-facing wrappers
 def _points_evaluator():
   """The library's point evaluator, `surface.surface_points` (one place to swap it in tests)."""
-  from landscape_jax.surface import surface_points
-
-  return surface_points
+  return surface.surface_points
 
 
 def _round_store(store, r):
@@ -637,7 +638,6 @@ def adaptive_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree,
   stores and resume as `adaptive_surface`. For other 1-D paths (curves, swap paths) call
   `refine_path` with an `evaluate` that evaluates that path at given t.
   """
-  from landscape_jax import trees
 
   trees.check_same_structure(a, b, names=("a", "b"))
   direction = jax.tree.map(lambda x, y: y - x, a, b)
@@ -657,7 +657,6 @@ def adaptive_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree,
 def _engine_evaluate(metric_fn, center, directions, *, store, metadata, settings, identity,
                      chunk_size, mesh, map_mode, point_fn, progress, desc):
   points = _points_evaluator()
-  from landscape_jax.store import jsonable
 
   meta = {**(metadata or {}), "adaptive": jsonable(settings)}
 
