@@ -238,8 +238,8 @@ class Tour:
       tol = 0.05  # coarse on purpose: the tour's grid is small
       res = lj.adaptive_surface(self.metric_fn(False, self.var_a.get("batch_stats")), params,
                                 (d1, d2), (-1, 1), (-1, 1), tol=tol, initial=initial,
-                                max_level=max_level, key="train_loss", mesh=lj.make_mesh(),
-                                store=self.path("stores", "adaptive_2d"),
+                                max_level=max_level, key="train_loss", max_value=5.0,
+                                mesh=lj.make_mesh(), store=self.path("stores", "adaptive_2d"),
                                 metadata={"direction_seed": 1, "norm": "filter"},
                                 progress=self.progress)
       approx = res.to_grid(xs, ys, keys=["train_loss"])["train_loss"]
