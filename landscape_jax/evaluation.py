@@ -1,6 +1,6 @@
 """Exact evaluation over a device-resident split, and the `loss_fn` / `metric_fn` adapters.
 
-The core of the library works on two kinds of user function (DESIGN.md, principle 2):
+The core of the library works on two kinds of user function:
 
 * ``loss_fn(params, batch) -> scalar``: a minibatch objective, ``batch = (images, labels)``;
 * ``metric_fn(params) -> dict[str, scalar]``: a full evaluation, jit-able and vmappable.

@@ -3,12 +3,12 @@
   python experiments/train.py --config=experiments/configs/cifar10_li2018.py:wrn56_4 \
       --workdir=runs/cifar10_wrn56_4 --config.data_dir=/path/to/tensorflow_datasets
 
-Recipe (their cifar10/main.py, REFERENCES.md): SGD Nesterov momentum 0.9, lr 0.1 divided by 10
+Recipe (their cifar10/main.py): SGD Nesterov momentum 0.9, lr 0.1 divided by 10
 after epochs 150, 225, 275 of 300, batch 128 (8192 for ``vgg9_bs8192``), weight decay 5e-4 (0 for
 the ``_wd0`` names), random crop (4-pixel zero padding) + horizontal flip, a checkpoint every 10
 epochs (every epoch for VGG-9, whose trajectory figure uses every epoch).
 
-Expected CIFAR-10 test error (paper, REFERENCES.md) and compute of one training run. The compute is
+Expected CIFAR-10 test error (paper) and compute of one training run. The compute is
 an estimate, not a measurement: forward GFLOP per image from XLA's cost analysis of our models
 (multiply-add = 2), training = 3 x forward x 300 epochs x 50,000 images at an assumed sustained
 25 TFLOP/s on one A100/H100-class GPU, with a floor of about 8 s per epoch for the small models,
@@ -28,7 +28,7 @@ whose steps are bound by overheads rather than FLOPs.
   wrn56_2              5.07 %                0.92        ~1
   wrn56_4              4.34 %                3.65        ~2
   wrn56_8              3.93 %                14.6        ~7
-  densenet_cifar       (Fig. 5, no number in REFERENCES.md)  0.25   ~2 (concatenation-bound)
+  densenet_cifar       (Fig. 5, no number in the paper)  0.25   ~2 (concatenation-bound)
 
 Li et al.'s widths also come without shortcuts (``wrn56_4_noshort``, any ``wrn56_<k>[_noshort]``
 is accepted). ``densenet_cifar`` is our DenseNet with Li et al.'s four blocks (6, 12, 24, 16

@@ -109,7 +109,7 @@ def check_grid(xs, ys, z, *, name: str = "z") -> tuple[np.ndarray, np.ndarray, n
   """Validates a 2-D result: xs (n,), ys (m,) and z (n, m) with z[i, j] at (xs[i], ys[j]).
 
   Returns float arrays. The result arrays of `surface_grid` follow this [i, j] = (x_i, y_j)
-  convention (REFERENCES.md); matplotlib's contour(X, Y, Z) wants Z[j, i], so plots use z.T.
+  convention; matplotlib's contour(X, Y, Z) wants Z[j, i], so plots use z.T.
   """
   xs = as_float("xs", xs, 1)
   ys = as_float("ys", ys, 1)
