@@ -5,7 +5,7 @@ Reference: fge.py of timgaripov/dnn-mode-connectivity.
 Paper test accuracy (%) for 1/2/3 budgets of 200 epochs:
 independent 78.4/80.5/81.6 vs FGE 80.3/81.3/81.7.
 Start from a 200-epoch model of experiments/train.py (--config.start=runs/...), FGE with 4-epoch
-cycles, lr_1 = 0.05, lr_2 = 1e-4 (Garipov et al.), wd 3e-4, batch 128, crop + flip. Hours on one GPU.
+cycles, lr_1 = 0.05, lr_2 = 1e-4, wd 3e-4, batch 128, crop + flip. Hours on one GPU.
 Compute (estimate, A100/H100 class): three independent budgets ~5 GPU-hours plus the FGE cycles
 ~3: ~8 GPU-hours in all.
 """
