@@ -62,10 +62,10 @@ def onednn_info() -> str:
   """Which convolutions `make_metric_fn` uses here by default ("auto"), and why."""
   if jax.default_backend() != "cpu":
     return ""
-  from landscape_jax import onednn
+  from landscape_jax.backends.cpu import onednn, onednn_build
 
-  if not onednn.available():
-    return f"XLA ({onednn.unavailable_reason()})"
+  if not onednn_build.available():
+    return f"XLA ({onednn_build.unavailable_reason()})"
   impl = onednn.implementation((128, 32, 32, 16), (3, 3, 16, 16), padding=1)
   return f"oneDNN ({impl} for ResNet-20's 3x3 16-channel layers)"
 

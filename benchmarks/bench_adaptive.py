@@ -37,8 +37,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
-from landscape_jax import adaptive, training  # noqa: E402
-from landscape_jax.plotting import _base  # noqa: E402
+from landscape_jax.core import adaptive  # noqa: E402
+from landscape_jax.methods import training  # noqa: E402
+from landscape_jax.plotting import common  # noqa: E402
 from landscape_jax.plotting.surfaces import draw_contour  # noqa: E402
 
 FIGURES = os.path.join(os.path.dirname(_HERE), "docs", "figures")
@@ -76,7 +77,7 @@ def train_pair(name: str, args, workdir: str):
   model = lj.get_model(name, num_classes=10)
   out = []
   for seed in (0, 1):
-    config = training.default_config(
+    config = dict(
       model=name, seed=seed, num_epochs=args.epochs, batch_size=64, learning_rate=0.05,
       weight_decay=5e-4, schedule="cosine", momentum=0.9, nesterov=True)
     state, records = training.train(model, train_ds, test_ds, config=config,
@@ -92,8 +93,8 @@ def deviation(approx, dense, cap):
 
 
 def figure(path, xs, ys, dense, approx, samples, *, title, n_dense):
-  fig = _base.new_figure((11.0, 4.6))
-  levels = _base.contour_levels(np.ma.masked_invalid(dense), None)
+  fig = common.new_figure((11.0, 4.6))
+  levels = common.contour_levels(np.ma.masked_invalid(dense), None)
   ax1, ax2 = fig.subplots(1, 2)
   draw_contour(fig, ax1, xs, ys, dense, levels=levels, label="train loss")
   ax1.set_title(f"dense {len(xs)} x {len(ys)}: {n_dense} points", fontsize=10)
@@ -103,7 +104,7 @@ def figure(path, xs, ys, dense, approx, samples, *, title, n_dense):
     ax.set_xlabel("x (direction 1)")
     ax.set_ylabel("y (direction 2)")
   fig.suptitle(title, fontsize=11)
-  return _base.save(fig, path, ("png",), dpi=110)
+  return common.save(fig, path, ("png",), dpi=110)
 
 
 def run_model(name, args, workdir, rows, path_rows, files):

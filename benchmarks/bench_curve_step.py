@@ -1,7 +1,8 @@
 """Curve training step time relative to a plain training step (issue #8).
 
 Plain step: `lj.train_step` (SGD momentum 0.9, BatchNorm in training mode, batch 128) on ResNet-20.
-Curve step: `lj.curves.curve_train_step` on a 3-bend Bezier curve between two ResNet-20s (one
+Curve step: `lj.curve_training.curve_train_step` on a 3-bend Bezier curve between two ResNet-20s
+(one
 t ~ U(0, 1) per minibatch as Garipov et al.; phi(t) is one weighted sum over the bend axis, then
 one forward/backward pass), and with 4 ts per minibatch (evaluated in turn, unrolled). Also
 each step with its state buffers donated (``donate_argnums``: the update is written in place of
@@ -30,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
-from landscape_jax import curves, training  # noqa: E402
+from landscape_jax.methods import curve_training, training  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -85,7 +86,7 @@ def main(argv=None):
   rows = []
 
   def plain(donate):
-    fn = jax.jit(functools.partial(training._train_step, model=model, tx=tx, mean=mean,
+    fn = jax.jit(functools.partial(training.train_step.__wrapped__, model=model, tx=tx, mean=mean,
                                    std=std, augment=False, pad=4, flip=True),
                  donate_argnums=(0,) if donate else ())
     if not donate:  # the library's own jitted step
@@ -97,10 +98,10 @@ def main(argv=None):
   curve = lj.init_curve(s0.params, s1.params, num_bends=args.num_bends)
   ends, interior = lj.split_curve(curve)
   ctx = lj.make_optimizer(learning_rate=0.03, momentum=0.9)
-  cstate = curves.CurveTrainState(jnp.zeros((), jnp.int32), interior, ctx.init(interior))
+  cstate = curve_training.CurveTrainState(jnp.zeros((), jnp.int32), interior, ctx.init(interior))
 
   def curve_step(num_ts, donate):
-    fn = jax.jit(functools.partial(curves.curve_train_step, optimizer=ctx, kind="bezier",
+    fn = jax.jit(functools.partial(curve_training.curve_train_step, optimizer=ctx, kind="bezier",
                                    weight_decay=5e-4, num_ts=num_ts),
                  donate_argnames=("state",) if donate else ())
     return lambda s: fn(loss_fn, state=s, ends=ends, batch=batch, key=key)[0]

@@ -29,7 +29,7 @@ import optax
 from absl import app, flags
 
 import landscape_jax as lj
-from landscape_jax import hessian as hs
+from landscape_jax.core import hessian as hs
 
 _MODEL = flags.DEFINE_string("model", "mlp", "Model name for lj.get_model (e.g. mlp, resnet20).")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Examples per batch.")
@@ -67,12 +67,12 @@ def main(argv):
 
   @jax.jit
   def flat_hvp(f, p, b, u):
-    op = hs._operator(f, p, b, None)
+    op = hs.flat_hvp_operator(f, p, b, None)
     return op.matvec(u)
 
   # Lanczos with linearize=True: the gradient is linearised once, each product re-runs the
   # tangent pass only (the linear function is a pytree of residuals, passed as an argument).
-  linear = jax.jit(lambda f, p, b: hs._operator(f, p, b, None, linearize=True).matvec)(
+  linear = jax.jit(lambda f, p, b: hs.flat_hvp_operator(f, p, b, None, linearize=True).matvec)(
     loss_fn, params, batch)
   lin_hvp = jax.jit(lambda op, u: op(u))
 

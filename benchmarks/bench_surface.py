@@ -13,9 +13,12 @@ the ratios to the two baselines:
      per-point ``p.copy_(c + x d1 + y d2)``, ``DataLoader`` batches of 128, the same ResNet with the
      Flax weights copied in (logits checked to agree to 1e-4);
   3. ``lj.surface_grid`` with ``lax.map`` and ``vmap`` over points, several chunk and batch
-     sizes, BatchNorm folded into the convolutions (`landscape_jax.fused`), the batch size chosen
-     by `landscape_jax.autotune.choose_batch_size`, and on the CPU oneDNN's convolutions
-     (`landscape_jax.onednn`, make_metric_fn's default there) against XLA's ("XLA convs").
+     sizes, BatchNorm folded into the convolutions (`landscape_jax.adapters.folding`), the batch
+     size chosen
+     by `landscape_jax.backends.cpu.autotune.choose_batch_size`, and on the CPU oneDNN's
+     convolutions
+     (`landscape_jax.backends.cpu.onednn`,
+         make_metric_fn's default there) against XLA's ("XLA convs").
 
 Also: ResNet-56 on a 5 x 5 grid, compile times, peak memory, and an error-controlled surface
 (`make_error_controlled_metric_fn`, 51 x 51, tolerance 0.01) against the exact one. Every
@@ -60,8 +63,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
-from landscape_jax import autotune, onednn  # noqa: E402
-from landscape_jax.evaluation import evaluate_split, inference_apply  # noqa: E402
+from landscape_jax.adapters.evaluation import evaluate_split, inference_apply  # noqa: E402
+from landscape_jax.backends.cpu import autotune, onednn_build  # noqa: E402
 
 try:
   import torch
@@ -446,7 +449,7 @@ def gains(rep: Report, *, best_b: int, cands, k: int, sub_rows: int) -> list[str
   pairs = [
     ("BatchNorm folded into the convolutions", f"surface_grid map, b={best_b}, BN folded",
      f"surface_grid map, b={best_b}"),
-    ("oneDNN convolutions instead of XLA's (landscape_jax.onednn)",
+    ("oneDNN convolutions instead of XLA's (landscape_jax.backends.cpu.onednn)",
      f"surface_grid map, b={best_b}, BN folded",
      f"surface_grid map, b={best_b}, BN folded, XLA convs"),
     (f"{k}-device host mesh (points in parallel)", f"surface_grid map, b={best_b}, {k}-device mesh",
@@ -756,7 +759,7 @@ def main(argv=None):
     r = run_surface(m_best, center, dirs, g[: 2 * args.vmap_chunk], sub[:1], map_mode="vmap",
                     chunk_size=args.vmap_chunk)
     rep.add(sec, f"surface_grid vmap, {tag}, chunk {args.vmap_chunk}", r, ref_values=ref_vals)
-    if use_fused and onednn.resolve("auto"):  # vmapped convolutions on XLA: grouped convs
+    if use_fused and onednn_build.resolve("auto"):  # vmapped convolutions on XLA: grouped convs
       r = run_surface(xla_metric, center, dirs, g[: 2 * args.vmap_chunk], sub[:1], map_mode="vmap",
                       chunk_size=args.vmap_chunk)
       rep.add(sec, f"surface_grid vmap, {tag}, XLA convs, chunk {args.vmap_chunk}", r,

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 import landscape_jax as lj
-from landscape_jax import permutations as P
+from landscape_jax.core import permutations as P
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 

@@ -15,55 +15,35 @@ loss, accuracies of the endpoints, matching objective per sweep), ``path.npz`` (
 
 import os
 
+import _common
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
 import landscape_jax as lj
-from landscape_jax import permutations as P
-from landscape_jax import plotting
+from landscape_jax.core import permutations as P
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Alignment config file (.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Alignment config file (.py).")
 
 
 def train(model, ds, seed, config):
-  """Adam on random minibatches (one compiled `lax.scan`); returns params."""
-  loss_fn = lj.make_loss_fn(model, mean=ds.mean, std=ds.std)
-  images, labels = jnp.asarray(ds.images), jnp.asarray(ds.labels)
-  variables = model.init(jax.random.key(seed), images[:2].astype(jnp.float32))
+  """Adam from the initialisation of `seed` (`_common.train_adam`); returns params."""
+  variables = model.init(jax.random.key(seed), ds.images[:2].astype(np.float32))
   if "batch_stats" in variables:
     raise ValueError(f"align.py interpolates parameters only; model '{config.model}' has "
                      "BatchNorm. Use a model without BatchNorm (mlp, vgg9, convfc).")
-  opt = optax.adam(config.learning_rate)
-  n, b = images.shape[0], min(config.batch_size, images.shape[0])
-
-  @jax.jit
-  def run(params, key):
-    def step(carry, k):
-      p, s = carry
-      idx = jax.random.choice(k, n, (b,), replace=False)
-      u, s = opt.update(jax.grad(loss_fn)(p, (images[idx], labels[idx])), s, p)
-      return (optax.apply_updates(p, u), s), None
-    keys = jax.random.split(key, config.steps)
-    return jax.lax.scan(step, (params, opt.init(params)), keys)[0][0]
-
-  return run(variables["params"], jax.random.key(1000 + seed))
+  return _common.train_adam(lj.make_loss_fn(model, mean=ds.mean, std=ds.std),
+                            variables["params"], ds.images, ds.labels,
+                            learning_rate=config.learning_rate, batch_size=config.batch_size,
+                            steps=config.steps, seed=seed)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _common.check_argv(argv)
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  ds_train, ds_test = (lj.load(config.dataset, split, data_dir=config.get("data_dir"))
-                       for split in ("train", "test"))
-  model = lj.get_model(config.model, num_classes=ds_train.num_classes, **dict(config.model_kwargs))
+  ds_train, ds_test = _common.load_splits(config)
+  model = _common.build_model(config, ds_train.num_classes)
   a, b = (train(model, ds_train, s, config) for s in config.seeds)
   metric_fn = lj.make_metric_fn(model, {"train": ds_train, "test": ds_test})
   x = ds_train.images[:2].astype(np.float32)
@@ -90,21 +70,20 @@ def main(argv):
                           "converged": res.converged,
                           "moved_units": {k: int(np.sum(np.asarray(v) != np.arange(v.size)))
                                           for k, v in res.perm.items()}}}
-  lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
+  _common.write_summary(workdir, summary)
   np.savez(os.path.join(workdir, "path.npz"), alphas=alphas,
            **{f"{n}_{k}": v for n, p in paths.items() for k, v in p.items()})
-  print(f"| path / split | barrier (Frankle) | barrier (Entezari) | max loss | min acc |  "
-        f"({len(alphas)} alphas)")
-  print("|---|---|---|---|---|")
-  for k, v in table.items():
-    print(f"| {k} | {v['frankle']:.4f} | {v['entezari']:.4f} | {v['max_loss']:.4f} | "
-          f"{v['min_accuracy']:.4f} |")
+  print(f"Barriers along the straight line ({len(alphas)} alphas):")
+  _common.print_table(["path / split", "barrier (Frankle)", "barrier (Entezari)", "max loss",
+                       "min acc"],
+                      [[k, v["frankle"], v["entezari"], v["max_loss"], v["min_accuracy"]]
+                       for k, v in table.items()])
   for metric in ("loss", "accuracy"):
     runs = {f"{name}, {split}": paths[name][f"{split}_{metric}"]
             for split in ("train", "test") for name in ("naive", "aligned")}
-    plotting.plot_barriers(os.path.join(workdir, f"align_{metric}"), alphas, runs, ylabel=metric,
-                           show_barrier=metric == "loss",
-                           title=f"{config.model}: B as trained (naive) vs permuted onto A")
+    _common.plot("plot_barriers", os.path.join(workdir, f"align_{metric}"), alphas, runs,
+                 ylabel=metric, show_barrier=metric == "loss",
+                 title=f"{config.model}: B as trained (naive) vs permuted onto A")
 
 
 if __name__ == "__main__":

@@ -12,31 +12,29 @@ evaluated at ``config.num_points`` points (BatchNorm statistics recomputed at ev
 resumable), and, for a 3-point curve, the loss on the plane through the endpoints and the bend is
 computed and plotted. Writes into --workdir: ``summary.json`` (min / max / mean and barrier of
 every metric along curve and line), the result stores ``curve_eval/`` (curve points, then line
-points) and ``plane/`` (`landscape_jax.store`), ``plane_<metric>.png/pdf`` and
+points) and ``plane/`` (`landscape_jax.core.store`), ``plane_<metric>.png/pdf`` and
 ``curve_metrics.png/pdf``.
 """
 
 import os
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 import landscape_jax as lj
-from landscape_jax import batchnorm, curves, ensembles
+from landscape_jax.adapters import batchnorm
+from landscape_jax.core import curves
+from landscape_jax.methods import checkpoints, curve_training, ensembles
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Config file (.py).")
 
 
 def _endpoints(config, model, train_ds, loss_fn_train, workdir):
   """Loads the two endpoint checkpoints, or trains them when config.endpoints is empty."""
   if config.endpoints:
-    from landscape_jax import checkpoints
     dirs = [d.strip() for d in (config.endpoints.split(",") if isinstance(config.endpoints, str)
                                 else config.endpoints)]
     if len(dirs) != 2:
@@ -49,25 +47,22 @@ def _endpoints(config, model, train_ds, loss_fn_train, workdir):
     v = model.init(jax.random.key(seed), jnp.zeros((1, *train_ds.image_shape)))
     p, _, _ = ensembles.train_sgd(
       loss_fn_train(v.get("batch_stats")), v["params"], train_ds, epochs=config.endpoint_epochs,
-      batch_size=config.batch_size, lr=config.endpoint_lr, weight_decay=config.weight_decay,
-      seed=seed, augment_images=config.augment, progress=_PROGRESS.value, desc=f"endpoint {seed}",
+      batch_size=config.batch_size, learning_rate=config.endpoint_learning_rate,
+      weight_decay=config.weight_decay, seed=seed, augment=config.augment,
+      progress=_PROGRESS.value, desc=f"endpoint {seed}",
       workdir=os.path.join(workdir, f"endpoint_seed{seed}"))
     out.append({**v, "params": p})
   return out
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _common.check_argv(argv)
   if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines quiet
     logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  data_dir = config.get("data_dir")
-  train_ds = lj.load(config.dataset, "train", data_dir=data_dir)
-  test_ds = lj.load(config.dataset, "test", data_dir=data_dir)
-  model = lj.get_model(config.model, num_classes=train_ds.num_classes,
-                       **dict(config.get("model_kwargs") or {}))
+  train_ds, test_ds = _common.load_splits(config)
+  model = _common.build_model(config, train_ds.num_classes)
 
   def loss_fn_train(bs):
     return lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std, batch_stats=bs,
@@ -75,11 +70,12 @@ def main(argv):
 
   ends = _endpoints(config, model, train_ds, loss_fn_train, workdir)
   bs = ends[0].get("batch_stats")
-  curve, history = curves.train_curve(
+  curve, history = curve_training.train_curve(
     loss_fn_train(bs), ends[0]["params"], ends[1]["params"], train_ds, epochs=config.epochs,
-    num_bends=config.num_bends, kind=config.kind, batch_size=config.batch_size, lr=config.lr,
-    momentum=config.momentum, weight_decay=config.weight_decay, num_ts=config.num_ts,
-    augment_images=config.augment, seed=config.seed, workdir=os.path.join(workdir, "curve"),
+    num_bends=config.num_bends, kind=config.kind, batch_size=config.batch_size,
+    learning_rate=config.learning_rate, momentum=config.momentum,
+    weight_decay=config.weight_decay, num_ts=config.num_ts,
+    augment=config.augment, seed=config.seed, workdir=os.path.join(workdir, "curve"),
     checkpoint_every=config.get("checkpoint_every", 1), progress=_PROGRESS.value)
   splits = {"train": train_ds, "test": test_ds}
   if bs is None:
@@ -98,10 +94,8 @@ def main(argv):
           f"(barrier {s['train_loss']['barrier']:.4f}), max test error "
           f"{100 * s['test_error']['max']:.2f} % (endpoints {100 * s['test_error']['start']:.2f} / "
           f"{100 * s['test_error']['end']:.2f} %)")
-  from landscape_jax import plotting
-  plotting.plot_curve_metrics(os.path.join(workdir, "curve_metrics"), res["t"],
-                              {k: res["curve"][k] for k in res["curve"]},
-                              {k: res["line"][k] for k in res["line"]})
+  _common.plot("plot_curve_metrics", os.path.join(workdir, "curve_metrics"), res["t"],
+               dict(res["curve"]), dict(res["line"]))
   if config.num_bends == 3 and config.plane_points > 0:
     w0, w1, w2 = (lj.trees.index(curve, i) for i in range(3))
     plane = curves.plane_basis(w0, w1, w2)
@@ -112,11 +106,11 @@ def main(argv):
     proj = np.stack([np.asarray(curves.project_to_plane(plane, w)) for w in (w0, w1, w2)])
     xy = curves.curve_in_plane(plane, curve, kind=config.kind, num_points=config.num_points)
     for metric in config.plane_metrics:
-      plotting.plot_curve_plane(os.path.join(workdir, f"plane_{metric}"), pres["x"], pres["y"],
-                                pres[metric], curve_xy=xy, endpoints_xy=proj[[0, 2]],
-                                bend_xy=proj[1], label=metric.replace("_", " "))
+      _common.plot("plot_curve_plane", os.path.join(workdir, f"plane_{metric}"), pres["x"],
+                   pres["y"], pres[metric], curve_xy=xy, endpoints_xy=proj[[0, 2]],
+                   bend_xy=proj[1], label=metric.replace("_", " "))
     summary["plane"] = {"scale_u": float(plane.scale_u), "scale_v": float(plane.scale_v)}
-  lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=1)
+  _common.write_summary(workdir, summary)
   logging.info("Wrote %s", workdir)
 
 

@@ -18,45 +18,35 @@ Table 2), and prints a table.
 
 import os
 
+import _common
 import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 import landscape_jax as lj
-from landscape_jax import curves, ensembles
+from landscape_jax.methods import checkpoints, ensembles, schedules
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Config file (.py).")
 
 
 def _plot_budget(path, summary, c):
   """Test error against training epochs: independent ensembles, FGE, SWA (Garipov et al. Tab. 2)."""
-  try:
-    from landscape_jax import plotting
-
-    series = {name: ([r["epochs"] for r in summary[key]],
-                     [100 * (1 - r["accuracy"]) for r in summary[key]])
-              for key, name in (("independent", "independent ensemble"), ("fge", "FGE"))}
-    series["SWA"] = ([summary["swa"]["epochs"]], [100 * (1 - summary["swa"]["accuracy"])])
-    plotting.plot_budget(path, series, title=f"{c.model} on {c.dataset}: ensembles at equal "
-                         f"budget ({summary['budget_epochs']} epochs each)")
-  except Exception as e:  # a figure must never cost the computed results
-    logging.warning("Plot %s failed: %s", path, e)
+  series = {name: ([r["epochs"] for r in summary[key]],
+                   [100 * (1 - r["accuracy"]) for r in summary[key]])
+            for key, name in (("independent", "independent ensemble"), ("fge", "FGE"))}
+  series["SWA"] = ([summary["swa"]["epochs"]], [100 * (1 - summary["swa"]["accuracy"])])
+  _common.plot("plot_budget", path, series, title=f"{c.model} on {c.dataset}: ensembles at equal "
+               f"budget ({summary['budget_epochs']} epochs each)")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _common.check_argv(argv)
   if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines quiet
     logging.set_verbosity(logging.WARNING)
   c, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  train_ds = lj.load(c.dataset, "train", data_dir=c.get("data_dir"))
-  test_ds = lj.load(c.dataset, "test", data_dir=c.get("data_dir"))
-  model = lj.get_model(c.model, num_classes=train_ds.num_classes, **dict(c.model_kwargs or {}))
+  train_ds, test_ds = _common.load_splits(c)
+  model = _common.build_model(c, train_ds.num_classes)
   steps = len(train_ds) // c.batch_size
 
   def init(seed):
@@ -67,23 +57,23 @@ def main(argv):
                             train=template is not None)
 
   def train(seed):
-    sched = curves.curve_lr_schedule(c.lr, total_epochs=c.budget_epochs, steps_per_epoch=steps)
+    sched = schedules.curve_lr_schedule(c.learning_rate, total_epochs=c.budget_epochs,
+                                        steps_per_epoch=steps)
     p, _, _ = ensembles.train_sgd(
       loss_fn, init(seed)["params"], train_ds, epochs=c.budget_epochs, batch_size=c.batch_size,
-      lr=sched, weight_decay=c.weight_decay, seed=seed, augment_images=c.augment,
+      learning_rate=sched, weight_decay=c.weight_decay, seed=seed, augment=c.augment,
       progress=_PROGRESS.value, desc=f"model {seed}",
       workdir=os.path.join(workdir, f"model_seed{seed}"))
     return p
 
   if c.start:
-    from landscape_jax import checkpoints
     start = checkpoints.load_variables(os.path.join(c.start, "checkpoints"))["params"]
   else:
     start = train(c.seeds[0])
   members, _ = ensembles.fast_geometric_ensemble(
     loss_fn, start, train_ds, cycles=c.cycles, cycle_epochs=c.cycle_epochs, lr1=c.lr1, lr2=c.lr2,
     batch_size=c.batch_size, weight_decay=c.weight_decay, seed=c.seeds[0],
-    augment_images=c.augment, progress=_PROGRESS.value, workdir=os.path.join(workdir, "fge"))
+    augment=c.augment, progress=_PROGRESS.value, workdir=os.path.join(workdir, "fge"))
   independent = ensembles.stack_members(
     [start] + [train(s) for s in c.seeds[1:c.num_independent]])
 
@@ -111,16 +101,12 @@ def main(argv):
     "swa": {"members": c.cycles, "epochs": b + c.cycles * c.cycle_epochs,
             "loss": float(swa["loss"]), "accuracy": float(swa["accuracy"])},
   }
-  lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=1)
+  _common.write_summary(workdir, summary)
   _plot_budget(os.path.join(workdir, "fge"), summary, c)
-  print(f"{'method':12s} {'members':>7s} {'epochs':>7s} {'test loss':>9s} {'test acc':>8s}")
-  for name in ("independent", "fge"):
-    for r in summary[name]:
-      print(f"{name:12s} {r['members']:7d} {r['epochs']:7d} {r['loss']:9.4f} "
-            f"{100 * r['accuracy']:7.2f}%")
-  s = summary["swa"]
-  print(f"{'swa':12s} {s['members']:7d} {s['epochs']:7d} {s['loss']:9.4f} "
-        f"{100 * s['accuracy']:7.2f}%")
+  rows = [[name, r["members"], r["epochs"], r["loss"], f"{100 * r['accuracy']:.2f} %"]
+          for name in ("independent", "fge", "swa")
+          for r in (summary[name] if name != "swa" else [summary["swa"]])]
+  _common.print_table(["method", "members", "epochs", "test loss", "test accuracy"], rows)
 
 
 if __name__ == "__main__":

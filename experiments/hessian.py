@@ -6,7 +6,7 @@ r"""Hessian of a trained checkpoint: top eigenvalues, trace, spectral density, e
   python experiments/hessian.py --config=experiments/configs/hessian_cifar10.py \
       --config.run=runs/cifar10_resnet56 --workdir=runs/cifar10_resnet56_hessian
 
-PyHessian conventions (`landscape_jax.hessian`): Lanczos with full reorthogonalisation for the
+PyHessian conventions (`landscape_jax.core.hessian`): Lanczos with full reorthogonalisation for the
 top-k and smallest eigenvalues, Hutchinson (Rademacher) for the trace with its standard error,
 stochastic Lanczos quadrature for the density; the loss is the mean cross-entropy over
 ``config.split`` (batches weighted by size) in inference mode, restricted to weights with
@@ -19,54 +19,24 @@ command). Writes ``summary.json``, ``spectrum.npz``, ``ratio_map/store`` and fig
 import json
 import os
 
+import _common
 import jax
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 import landscape_jax as lj
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Hessian config file (.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Hessian config file (.py).")
 flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 
-def load_or_train(config, workdir):
-  """(model, variables, train Dataset) of ``config.run``, or of a run trained into workdir/train."""
-  from landscape_jax import training
-
-  run = config.get("run")
-  if not run:
-    run = os.path.join(workdir, "train")
-    tc = config.train
-    train_ds = lj.load(tc.dataset, "train", data_dir=tc.get("data_dir"))
-    test_ds = lj.load(tc.dataset, "test", data_dir=tc.get("data_dir"))
-    model = lj.get_model(tc.model, num_classes=train_ds.num_classes,
-                         **dict(tc.get("model_kwargs") or {}))
-    training.train(model, train_ds, test_ds, config=tc, workdir=run, progress=_PROGRESS.value)
-  model, variables, train_ds, _ = training.load_run(run, step=config.get("step"),
-                                                    data_dir=config.get("data_dir"))
-  return model, variables, train_ds, run
-
-
-def _plot(name, *args, **kwargs):
-  try:
-    from landscape_jax import plotting
-
-    getattr(plotting, name)(*args, **kwargs)
-  except Exception as e:  # a figure must never cost the computed results
-    logging.warning("Plot %s failed: %s", name, e)
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _common.check_argv(argv)
   lj.sharding.initialize_distributed()
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  model, variables, train_ds, run = load_or_train(config, workdir)
+  model, variables, train_ds, _, run = _common.load_or_train(config, workdir,
+                                                            progress=_PROGRESS.value)
   data = lj.load(train_ds.name, config.split, data_dir=config.get("data_dir")) \
     if config.split != "train" else train_ds
   if config.get("subset"):
@@ -96,8 +66,8 @@ def main(argv):
   if main_process:
     np.savez(os.path.join(workdir, "spectrum.npz"), grid=sd.grid, density=sd.density,
              nodes=sd.nodes, weights=sd.weights, ritz_values=eig.ritz_values)
-    _plot("plot_spectrum", os.path.join(workdir, "spectrum"), sd.grid, sd.density,
-          eigenvalues=sd.nodes, title=f"Hessian spectral density (P = {dim})")
+    _common.plot("plot_spectrum", os.path.join(workdir, "spectrum"), sd.grid, sd.density,
+                 eigenvalues=sd.nodes, title=f"Hessian spectral density (P = {dim})")
 
   if config.ratio_map.enabled:
     rc = config.ratio_map
@@ -122,11 +92,10 @@ def main(argv):
                             "at_center": float(res["ratio"][len(xs) // 2, len(ys) // 2])}
     if main_process:
       np.savez(os.path.join(workdir, "ratio_map", "ratio_map.npz"), xs=xs, ys=ys, **res)
-      _plot("plot_eigen_ratio", os.path.join(workdir, "ratio_map", "eigen_ratio"), xs, ys,
-            res["ratio"], title=r"$|\lambda_{min} / \lambda_{max}|$")
+      _common.plot("plot_eigen_ratio", os.path.join(workdir, "ratio_map", "eigen_ratio"), xs, ys,
+                   res["ratio"], title=r"$|\lambda_{min} / \lambda_{max}|$")
   if main_process:
-    lj.fileio.atomic_write_text(os.path.join(workdir, "summary.json"),
-                                json.dumps(summary, indent=1, default=str))
+    _common.write_summary(workdir, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
 
 

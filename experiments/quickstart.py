@@ -6,7 +6,7 @@ r"""The landscape-jax tour: every method of the library on the embedded `digits`
 Trains two small ResNets from different seeds, then, each step with its figures and numbers:
  1. 1-D filter-normalised plot around model A and the two-model interpolation (Li et al. 2018);
  2. a 2-D filter-normalised surface (contour, filled contour, heat map, 3-D, VTK), and the same
-    plane sampled adaptively (landscape_jax.adaptive) with the points each used;
+    plane sampled adaptively (landscape_jax.core.adaptive) with the points each used;
  3. a Bezier curve between A and B, its loss against the straight line's, and the plane through
     its three control points (Garipov et al. 2018);
  4. weight matching of B to A and the barrier before and after (Ainsworth et al. 2023);
@@ -39,11 +39,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from configs import defaults
 
 import landscape_jax as lj
 from landscape_jax import (
   batchnorm,
   checkpoints,
+  curve_training,
   curves,
   ensembles,
   fileio,
@@ -93,13 +95,13 @@ class Tour:
     os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
     self.train_ds = lj.load("digits", "train")
     self.test_ds = lj.load("digits", "test")
-    self._check_config()
+    self.check_config()
     self.model = lj.get_model(config.model, num_classes=10, **dict(config.model_kwargs))
     n = config.eval_subset
     self.eval_splits = {"train": self.train_ds.subset(slice(0, n or None)),
                         "test": self.test_ds.subset(slice(0, n or None))}
 
-  def _check_config(self):
+  def check_config(self):
     digest = lambda ds: lj.identity.tree_digest({"images": ds.images, "labels": ds.labels})
     current = {**json.loads(self.c.to_json()), "train_data_sha256": digest(self.train_ds),
                "test_data_sha256": digest(self.test_ds)}
@@ -135,7 +137,7 @@ class Tour:
     def run():
       numbers = {}
       for seed, tag in zip(self.c.seeds, "ab", strict=True):
-        config = training.default_config(
+        config = defaults.train(
           model=self.c.model, model_kwargs=dict(self.c.model_kwargs), seed=seed,
           num_epochs=self.c.epochs, batch_size=self.c.batch_size,
           learning_rate=self.c.learning_rate, weight_decay=self.c.weight_decay,
@@ -224,7 +226,7 @@ class Tour:
     Self-contained: reads the dense values from the surface step's store, and chooses the
     adaptive lattice so that its finest level is that dense grid (every sample is a grid point).
     """
-    from landscape_jax.plotting import _base as figures
+    from landscape_jax.plotting import common as figures
     from landscape_jax.plotting.surfaces import draw_contour
 
     def run():
@@ -262,7 +264,8 @@ class Tour:
     self.step("adaptive", "Adaptive surface: the same plane at a fraction of the points",
               "The surface step's plane refined where the interpolation error is (quadtree "
               "cells split while the bilinear and Clough-Tocher interpolants disagree by more "
-              "than the tolerance, landscape_jax.adaptive), against the dense grid; the dots are "
+              "than the tolerance, landscape_jax.core.adaptive), against the dense grid; the "
+              "dots are "
               "the evaluated points.", run)
 
   # -- 3. Garipov et al.: Bezier curve ----------------------------------------------------------
@@ -270,10 +273,10 @@ class Tour:
     def run():
       loss_fn = lj.make_loss_fn(self.model, mean=self.train_ds.mean, std=self.train_ds.std,
                                 batch_stats=self.bn_template, train=self.bn_template is not None)
-      curve, _ = curves.train_curve(
+      curve, _ = curve_training.train_curve(
         loss_fn, self.var_a["params"], self.var_b["params"], self.train_ds,
         epochs=self.c.curve_epochs, num_bends=3, kind="bezier", batch_size=self.c.batch_size,
-        lr=0.03, weight_decay=self.c.weight_decay, workdir=self.path("curve_training"),
+        learning_rate=0.03, weight_decay=self.c.weight_decay, workdir=self.path("curve_training"),
         progress=self.progress)
       metric_fn = self.metric_fn(True)
       res = curves.evaluate_curve(metric_fn, curve, kind="bezier",
@@ -307,7 +310,7 @@ class Tour:
   # -- 4. Ainsworth et al.: weight matching -----------------------------------------------------
   def align(self):
     def run():
-      spec = permutations.spec_for(self.c.model, self.var_a, num_classes=10,
+      spec = lj.spec_for(self.c.model, self.var_a, num_classes=10,
                                    input_shape=self.train_ds.image_shape,
                                    **dict(self.c.model_kwargs))
       result = permutations.weight_matching(jax.random.key(0), spec, self.var_a, self.var_b)

@@ -21,41 +21,21 @@ j of the bend moved apart (0: the bend is still a permutation point). Writes ``s
 
 import os
 
+import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm.auto as tqdm
-from absl import app, flags
+from absl import app
 from jax.flatten_util import ravel_pytree
-from ml_collections import config_flags
 
 import landscape_jax as lj
-from landscape_jax import permutations as P
-from landscape_jax import plotting
+from landscape_jax.core import permutations as P
 from landscape_jax.models import MLP
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Saddle config file (.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over the unit pairs.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def train(model, loss_fn, images, labels, config):
-  params = model.init(jax.random.key(config.seed), images[:2].astype(jnp.float32))["params"]
-  opt = optax.adam(config.learning_rate)
-  n, b = images.shape[0], min(config.batch_size, images.shape[0])
-
-  @jax.jit
-  def run(params, key):
-    def step(carry, k):
-      p, s = carry
-      idx = jax.random.choice(k, n, (b,), replace=False)
-      u, s = opt.update(jax.grad(loss_fn)(p, (images[idx], labels[idx])), s, p)
-      return (optax.apply_updates(p, u), s), None
-    return jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, config.steps))[0][0]
-
-  return run(params, jax.random.key(1000 + config.seed))
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags(
+  "Saddle config file (.py).", progress_help="Show a progress bar over the unit pairs.")
 
 
 def point_analysis(loss_fn, batch, theta, mid, swapped, layer, i, j, config):
@@ -104,8 +84,7 @@ def valley(loss_fn, batch, theta, swapped, config):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _common.check_argv(argv)
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   ds = lj.load(config.dataset, "train", data_dir=config.get("data_dir"))
@@ -113,7 +92,10 @@ def main(argv):
   loss_fn = lj.make_loss_fn(model, mean=ds.mean, std=ds.std)
   images, labels = jnp.asarray(ds.images), jnp.asarray(ds.labels)
   batch = (images, labels)  # the whole training split: exact loss, gradient and Hessian
-  theta = train(model, loss_fn, images, labels, config)
+  theta = _common.train_adam(
+    loss_fn, model.init(jax.random.key(config.seed), images[:2].astype(jnp.float32))["params"],
+    images, labels, learning_rate=config.learning_rate, batch_size=config.batch_size,
+    steps=config.steps, seed=config.seed)
   metric_fn = lj.make_metric_fn(model, {"train": ds, "test": lj.load(
     config.dataset, "test", data_dir=config.get("data_dir"))})
   spec = P.mlp_spec(theta)
@@ -153,7 +135,7 @@ def main(argv):
         f"{val['max_loss_on_swap_path']:.4f} on the straight swap path; bend units differ by "
         f"{bend_gap:.1e}")
   summary = {"config": config.to_dict(), "theta": at_theta, "pairs": results, "valley": val}
-  lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
+  _common.write_summary(workdir, summary)
   np.savez(os.path.join(workdir, "paths.npz"), s=ss, curve_t=ss, curve_loss=curve_loss,
            **{f"swap_{k}": v for k, v in paths.items()})
   plot(ss, paths, curve_loss, (i, j), workdir)
@@ -161,12 +143,12 @@ def main(argv):
 
 def plot(ss, paths, curve_loss, pair, workdir):
   """``saddle_paths.png/pdf`` (every swap path) and ``saddle_valley.png/pdf`` (path vs curve)."""
-  plotting.plot_barriers(os.path.join(workdir, "saddle_paths"), ss,
+  _common.plot("plot_barriers", os.path.join(workdir, "saddle_paths"), ss,
                          {f"units {k.replace('_', ', ')}": v for k, v in paths.items()},
                          ylabel="train loss",
                          xlabel=r"$s$ in $(1-s)\,\theta + s\,\sigma_{ij}(\theta)$",
                          title="Swap paths (midpoint: a permutation point)")
-  plotting.plot_barriers(os.path.join(workdir, "saddle_valley"), ss,
+  _common.plot("plot_barriers", os.path.join(workdir, "saddle_valley"), ss,
                          {"straight swap path": paths[f"{pair[0]}_{pair[1]}"],
                           "trained Bezier curve": curve_loss},
                          ylabel="train loss", xlabel="s (path), t (curve)",

@@ -24,52 +24,64 @@ import json
 import os
 import re
 
+import _common
 import jax
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
 import landscape_jax as lj
+from landscape_jax.methods import rundir
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Surface config file (.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (stores, figures, summary).")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Surface config file (.py).")
 
 
 def load_run(spec: str, index: int, config):
-  """(model, variables, dataset name, data_dir) of a training workdir or ``init:<model>``."""
+  """``(model, variables, dataset name, data_dir, loaded splits)`` of a training workdir or of
+  ``init:<model>`` (initialised with seed `index`); the splits loaded on the way (a dict) are
+  reused by `make_metric`."""
   if spec.startswith("init:"):
     name, dataset = spec[5:], config.dataset
     ds = lj.load(dataset, "train", data_dir=config.get("data_dir"))
     model = lj.get_model(name, num_classes=ds.num_classes)
     variables = model.init(jax.random.key(index), ds.images[:2].astype(np.float32))
-    return model, dict(variables), dataset, config.get("data_dir")
-  from landscape_jax import training
+    return model, dict(variables), dataset, config.get("data_dir"), {"train": ds}
+  split = config.splits[0]
+  model, variables, ds, train_cfg = rundir.load_run(spec, step=config.get("step"), split=split,
+                                                    data_dir=config.get("data_dir"))
+  data_dir = config.get("data_dir") or train_cfg.get("data_dir")
+  return model, variables, train_cfg["dataset"], data_dir, {split: ds}
 
-  model, variables, _, train_cfg = training.load_run(spec, step=config.get("step"), split="test",
-                                                     data_dir=config.get("data_dir"))
-  return model, variables, train_cfg["dataset"], config.get("data_dir") or train_cfg.get("data_dir")
+
+def check_config(config) -> None:
+  """Refuses settings that cannot be honoured, before anything is loaded or computed."""
+  if config.bn not in ("center", "recompute"):
+    raise ValueError(f"config.bn must be 'center' or 'recompute', got {config.bn!r}.")
+  if config.bn == "recompute" and config.get("error_tol") is not None:
+    raise ValueError("config.error_tol (error-controlled estimates) cannot be combined with "
+                     "config.bn='recompute' (statistics recomputed per point on the whole "
+                     "training split): set --config.error_tol=None for exact metrics with "
+                     "recomputed statistics, or --config.bn=center.")
 
 
-def make_metric(model, variables, dataset, data_dir, config, plane=None):
+def make_metric(model, variables, dataset, data_dir, config, loaded, plane=None):
   """metric_fn over the configured splits, with the centre's or recomputed BN statistics.
 
   With ``config.error_tol``: error-controlled estimates; with ``config.error_anchor_stride`` and
   ``plane = (center, directions, xs, ys)`` anchored on every k-th grid line of the surface.
+  `loaded` holds splits already loaded (reused, not loaded again).
   """
   splits = {}
   for split in config.splits:
-    ds = lj.load(dataset, split, data_dir=data_dir)
+    ds = loaded[split] if split in loaded else lj.load(dataset, split, data_dir=data_dir)
     if config.get("eval_subset"):
       ds = ds.subset(slice(0, config.eval_subset))
     splits[split] = ds
   stats = variables.get("batch_stats")
   batch_size = config.get("eval_batch_size") or _fastest_batch_size(model, variables, splits)
   if stats is not None and config.bn == "recompute":
-    from landscape_jax.batchnorm import make_recompute_metric_fn
+    from landscape_jax.adapters.batchnorm import make_recompute_metric_fn
 
-    train = lj.load(dataset, "train", data_dir=data_dir)
+    train = loaded["train"] if "train" in loaded else lj.load(dataset, "train", data_dir=data_dir)
     return make_recompute_metric_fn(model, splits, train_data=train, batch_stats=stats,
                                     batch_size=batch_size)
   if config.get("error_tol") is not None:
@@ -80,8 +92,6 @@ def make_metric(model, variables, dataset, data_dir, config, plane=None):
       model, ds, tol=config.error_tol, batch_size=batch_size, batch_stats=stats,
       anchors=anchors) for k, ds in splits.items()}
     return jax.tree_util.Partial(_prefixed, fns)
-  if config.bn not in ("center", "recompute"):
-    raise ValueError(f"config.bn must be 'center' or 'recompute', got {config.bn!r}.")
   return lj.make_metric_fn(model, splits, batch_stats=stats, batch_size=batch_size)
 
 
@@ -108,29 +118,15 @@ def _axis(spec):
   return np.linspace(float(lo), float(hi), int(num))
 
 
-def _plot(kind, path, *args, **kwargs):
-  try:
-    from landscape_jax import plotting
-  except ImportError:
-    return
-  fn = getattr(plotting, kind, None)
-  if fn is None:
-    return
-  try:
-    fn(path, *args, **kwargs)
-  except Exception as e:  # a figure must never cost the computed results
-    logging.warning("Plot %s failed: %s", kind, e)
-
-
 def _plot_2d(path, xs, ys, res, title, points=None):
   for key in ("train_loss", "test_loss", "loss"):
     if key in res:
       z = res[key]
       extra = {"points": points} if points else {}
-      _plot("plot_contour", f"{path}_{key}_contour", xs, ys, z, title=title, **extra)
-      _plot("plot_contourf", f"{path}_{key}_contourf", xs, ys, z, title=title, **extra)
-      _plot("plot_heatmap", f"{path}_{key}_heatmap", xs, ys, z, title=title, **extra)
-      _plot("plot_surface_3d", f"{path}_{key}_3d", xs, ys, z, title=title)
+      _common.plot("plot_contour", f"{path}_{key}_contour", xs, ys, z, title=title, **extra)
+      _common.plot("plot_contourf", f"{path}_{key}_contourf", xs, ys, z, title=title, **extra)
+      _common.plot("plot_heatmap", f"{path}_{key}_heatmap", xs, ys, z, title=title, **extra)
+      _common.plot("plot_surface_3d", f"{path}_{key}_3d", xs, ys, z, title=title)
 
 
 def _safe(label: str) -> str:
@@ -148,17 +144,15 @@ def _summary(res):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _common.check_argv(argv)
   lj.sharding.initialize_distributed()
   config, workdir = _CONFIG.value, _WORKDIR.value
+  check_config(config)
   runs = list(config.runs)
   labels = list(config.get("labels") or [os.path.basename(r.rstrip("/")) or r for r in runs])
   if len(set(labels)) < len(labels):
     labels = [f"{label} {i}" for i, label in enumerate(labels)]
   need = {"interpolation": 2, "plane": 3}.get(config.mode)
-  if config.mode not in ("random", "interpolation", "plane"):
-    raise ValueError(f"config.mode must be random, interpolation or plane, got {config.mode!r}.")
   if not runs or (need and len(runs) != need):
     raise ValueError(f"mode {config.mode!r} needs {need or 'at least 1'} runs in config.runs; "
                      f"got {runs}.")
@@ -178,14 +172,14 @@ def main(argv):
   curves = {}
 
   if config.mode == "random":
-    for label, (model, variables, dataset, data_dir), run in zip(labels, loaded, runs,
+    for label, (model, variables, dataset, data_dir, splits), run in zip(labels, loaded, runs,
                                                                  strict=True):
       params = variables["params"]
       dirs = lj.random_directions(jax.random.key(config.seed), params, num=config.dim,
                                   norm=config.norm or None, ignore=config.ignore or None,
                                   same_direction=config.same_direction,
                                   orthogonal=config.orthogonal)
-      metric_fn = make_metric(model, variables, dataset, data_dir, config,
+      metric_fn = make_metric(model, variables, dataset, data_dir, config, splits,
                               plane=(params, dirs, xs, ys))
       meta = {**base_meta, "run": run, "dataset": dataset, "seed": config.seed,
               "norm": config.norm, "ignore": config.ignore,
@@ -199,13 +193,13 @@ def main(argv):
         _plot_2d(os.path.join(workdir, _safe(label), "surface"), xs, ys, res,
                  f"{label}: {config.norm}-normalised")
     if main_process and ys is None:
-      _plot("plot_1d", os.path.join(workdir, "surface_1d"), xs,
+      _common.plot("plot_1d", os.path.join(workdir, "surface_1d"), xs,
             curves if len(curves) > 1 else curves[labels[0]], title=f"{config.norm}-normalised")
   else:
-    (model, variables, dataset, data_dir) = loaded[0]
+    model, variables, dataset, data_dir, splits = loaded[0]
     params = [v[1]["params"] for v in loaded]
     dirs = lj.directions_from_models(*params)  # checks that the models have the same structure
-    metric_fn = make_metric(model, variables, dataset, data_dir, config,
+    metric_fn = make_metric(model, variables, dataset, data_dir, config, splits,
                             plane=(params[0], dirs[:1] if ys is None else dirs, xs, ys))
     meta = {**base_meta, "dataset": dataset, "directions": "models (x = t2 - t1, y = t3 - t1)"}
     store = os.path.join(workdir, config.mode, "store")
@@ -214,7 +208,7 @@ def main(argv):
       summary["results"]["interpolation"] = _summary(res)
       summary["barriers"] = {k: lj.barriers(v, xs) for k, v in res.items() if "loss" in k}
       if main_process:
-        _plot("plot_interpolation", os.path.join(workdir, "interpolation"), xs, res,
+        _common.plot("plot_interpolation", os.path.join(workdir, "interpolation"), xs, res,
               labels=tuple(labels), title="linear interpolation")
     else:
       res = lj.surface_grid(metric_fn, params[0], dirs, xs, ys, store=store, metadata=meta, **kw)
@@ -224,8 +218,7 @@ def main(argv):
         _plot_2d(os.path.join(workdir, "plane"), xs, ys, res, "plane through three models",
                  points=points)
   if main_process:
-    lj.fileio.atomic_write_text(os.path.join(workdir, "summary.json"),
-                                json.dumps(summary, indent=1, default=str))
+    _common.write_summary(workdir, summary)
     print(json.dumps(summary["results"], indent=1))
     if "barriers" in summary:
       print(json.dumps(summary["barriers"], indent=1))

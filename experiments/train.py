@@ -12,32 +12,27 @@ the last one). Rerunning the same command after an interruption resumes from the
 The batch is sharded over every visible device.
 """
 
+import _common
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 import landscape_jax as lj
-from landscape_jax import training
+from landscape_jax.methods import training
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics).")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags(
+  "Training config file (.py).", progress_help="Show a progress bar.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _common.check_argv(argv)
   if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines out of the bar
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  data_dir = config.get("data_dir")
-  train_ds = lj.load(config.dataset, "train", data_dir=data_dir,
+  train_ds = lj.load(config.dataset, "train", data_dir=config.get("data_dir"),
                      subset=config.get("train_subset"))
-  test_ds = lj.load(config.dataset, "test", data_dir=data_dir)
-  model = lj.get_model(config.model, num_classes=train_ds.num_classes,
-                       **dict(config.get("model_kwargs") or {}))
+  (test_ds,) = _common.load_splits(config, ("test",))
+  model = _common.build_model(config, train_ds.num_classes)
   print(f"Training {config.model} on {config.dataset} ({len(train_ds)} images) with "
-        f"{training.make_mesh().size} device(s); workdir {_WORKDIR.value}.")
+        f"{lj.make_mesh().size} device(s); workdir {_WORKDIR.value}.")
   _, records = training.train(model, train_ds, test_ds, config=config, workdir=_WORKDIR.value,
                               progress=_PROGRESS.value)
   if records:

@@ -19,17 +19,15 @@ path, (4) `plotting.plot_trajectory` with axes "1st PC: xx.xx %". Writes ``pca.n
 import json
 import os
 
+import _common
 import jax
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 import landscape_jax as lj
+from landscape_jax.methods import checkpoints
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Trajectory config file (.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Trajectory config file (.py).")
 flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 
@@ -39,22 +37,13 @@ def _axis(lo, hi, margin, num):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from landscape_jax import checkpoints, training
-
+  _common.check_argv(argv)
   lj.sharding.initialize_distributed()
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  run = config.get("run")
-  if not run:  # (1) train with a snapshot every `checkpoint_every_epochs` epochs
-    run, tc = os.path.join(workdir, "train"), config.train
-    train_ds = lj.load(tc.dataset, "train", data_dir=tc.get("data_dir"))
-    model = lj.get_model(tc.model, num_classes=train_ds.num_classes,
-                         **dict(tc.get("model_kwargs") or {}))
-    training.train(model, train_ds, lj.load(tc.dataset, "test", data_dir=tc.get("data_dir")),
-                   config=tc, workdir=run, progress=_PROGRESS.value)
-  model, final_vars, train_ds, tc = training.load_run(run, data_dir=config.get("data_dir"))
+  # (1) train with a snapshot every `checkpoint_every_epochs` epochs (unless config.run is given)
+  model, final_vars, train_ds, tc, run = _common.load_or_train(config, workdir,
+                                                               progress=_PROGRESS.value)
   data_dir = config.get("data_dir") or tc.get("data_dir")
 
   # (2) PCA of the saved snapshots.
@@ -90,22 +79,17 @@ def main(argv):
              explained_variance_ratio=ev, singular_values=pca.singular_values, xs=xs, ys=ys,
              **res)
     key = f"{config.splits[0]}_loss"
-    try:
-      from landscape_jax import plotting
-
-      plotting.plot_trajectory(os.path.join(workdir, "trajectory"), xs, ys, res[key],
-                               pca.coords, explained_variance=ev, label=key,
-                               log=bool(config.get("log_contours")),
-                               title=f"{tc['model']} on {tc['dataset']}: PCA of the trajectory")
-    except Exception as e:  # a figure must never cost the computed results
-      logging.warning("Trajectory plot failed: %s", e)
+    _common.plot("plot_trajectory", os.path.join(workdir, "trajectory"), xs, ys, res[key],
+                 pca.coords, explained_variance=ev, label=key,
+                 log=bool(config.get("log_contours")),
+                 title=f"{tc['model']} on {tc['dataset']}: PCA of the trajectory")
     summary = {"run": run, "num_snapshots": len(trajectory), "steps": steps,
                "explained_variance_ratio": [float(r) for r in ev],
                "path_start": pca.coords[0].tolist(), "path_end": pca.coords[-1].tolist(),
                "at_final": {k: float(v) for k, v in
                             jax.jit(lambda f, p: f(p))(metric_fn, final).items()},
                "loss_range": [float(np.nanmin(res[key])), float(np.nanmax(res[key]))]}
-    lj.fileio.atomic_write_json(os.path.join(workdir, "summary.json"), summary, indent=1)
+    _common.write_summary(workdir, summary)
     print(json.dumps(summary, indent=1))
 
 

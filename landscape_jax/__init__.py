@@ -2,167 +2,230 @@
 
 Implements Li et al. 2018 (filter-normalised surfaces), Garipov et al. 2018 (mode connectivity,
 fast geometric ensembling), Brea et al. 2019 / Ainsworth et al. 2023 (permutation symmetry and
-weight matching) and PyHessian-style curvature. The public API is re-exported here.
+weight matching) and PyHessian-style curvature (Yao et al. 2020).
+
+The package is layered; each layer imports only the layers below it:
+
+* ``backends``: optional speed-ups for one platform (``backends.cpu``: oneDNN convolutions,
+  convolution canonicalisation, the jaxpr rewriter, batch-size autotuning);
+* ``core``: framework-agnostic maths over parameter pytrees (trees, directions, paths, the
+  point-evaluation engine and its store, surfaces, curves, curvature, PCA, permutations);
+* ``adapters`` and ``models``: what knows models and data (metric and loss functions, BatchNorm
+  recompute and folding, error control, datasets, the bundled Flax zoo);
+* ``methods``: what trains (optimisers and schedules, the training loop, run directories,
+  checkpoints, curve training, ensembles);
+* ``plotting``: figures and the HTML report.
+
+Everything listed in ``__all__`` is importable from here, and ``landscape_jax.<module>`` reaches
+each module by its short name (``lj.store``, ``lj.training``, ...). Both are imported on first
+use, so ``import landscape_jax`` itself loads neither matplotlib nor orbax nor scipy.
 """
 
-from landscape_jax import data, models, trees
-from landscape_jax.data import Dataset, load
-from landscape_jax.evaluation import (
-  cross_entropy,
-  device_split,
-  evaluate,
-  evaluate_split,
-  make_loss_fn,
-  make_metric_fn,
-)
-from landscape_jax.models import get_model, model_names
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-# Submodules (plotting and report use matplotlib's Figure API only: no pyplot, no display).
-from landscape_jax import (
-  adaptive,
-  autotune,
-  batchnorm,
-  checkpoints,
-  curves,
-  engine,
-  ensembles,
-  fileio,
-  fused,
-  hessian,
-  identity,
-  pca,
-  permutations,
-  plotting,
-  report,
-  sharding,
-  store,
-  training,
-)
+# Public name -> the module (relative to this package) that defines it.
+_NAMES: dict[str, str] = {
+  # core.identity
+  "callable_identity": "core.identity",
+  "IdentityError": "core.identity",
+  "tree_digest": "core.identity",
+  # core.engine
+  "evaluate_points": "core.engine",
+  # core.directions
+  "directions_from_models": "core.directions",
+  "normalize_directions": "core.directions",
+  "orthogonalize": "core.directions",
+  "random_direction": "core.directions",
+  "random_directions": "core.directions",
+  # core.paths
+  "barrier": "core.paths",
+  "barriers": "core.paths",
+  "interpolate": "core.paths",
+  "linear_path": "core.paths",
+  "plane_point": "core.paths",
+  "plane_point_fn": "core.paths",
+  # core.surface
+  "benchmark_map_modes": "core.surface",
+  "surface_grid": "core.surface",
+  "surface_points": "core.surface",
+  # core.adaptive
+  "adaptive_path": "core.adaptive",
+  "adaptive_surface": "core.adaptive",
+  "AdaptiveResult": "core.adaptive",
+  "refine_path": "core.adaptive",
+  "refine_surface": "core.adaptive",
+  # core.curves
+  "bend_count": "core.curves",
+  "bezier_coefficients": "core.curves",
+  "curve_coefficients": "core.curves",
+  "curve_in_plane": "core.curves",
+  "curve_loss": "core.curves",
+  "curve_point": "core.curves",
+  "curve_summary": "core.curves",
+  "evaluate_curve": "core.curves",
+  "evaluate_plane": "core.curves",
+  "init_curve": "core.curves",
+  "join_curve": "core.curves",
+  "Plane": "core.curves",
+  "plane_basis": "core.curves",
+  "plane_grid_point": "core.curves",
+  "polychain_coefficients": "core.curves",
+  "project_to_plane": "core.curves",
+  "split_curve": "core.curves",
+  # core.hessian
+  "density_from_quadrature": "core.hessian",
+  "hessian_eigenvalues": "core.hessian",
+  "hessian_trace": "core.hessian",
+  "HessianEigenvalues": "core.hessian",
+  "hvp": "core.hessian",
+  "lanczos": "core.hessian",
+  "make_batches": "core.hessian",
+  "make_curvature_metric_fn": "core.hessian",
+  "spectral_density": "core.hessian",
+  "SpectralDensity": "core.hessian",
+  "SplitBatches": "core.hessian",
+  "TraceEstimate": "core.hessian",
+  # core.pca
+  "pca_directions": "core.pca",
+  "PCADirections": "core.pca",
+  "project_trajectory": "core.pca",
+  # core.permutations
+  "apply_permutation": "core.permutations",
+  "compose_permutations": "core.permutations",
+  "identity_permutation": "core.permutations",
+  "invert_permutation": "core.permutations",
+  "mlp_spec": "core.permutations",
+  "PermAxis": "core.permutations",
+  "PermutationSpec": "core.permutations",
+  "random_permutation": "core.permutations",
+  "spec_from_model": "core.permutations",
+  "swap_path": "core.permutations",
+  "swap_path_metrics": "core.permutations",
+  "swap_units": "core.permutations",
+  "weight_matching": "core.permutations",
+  "WeightMatchingResult": "core.permutations",
+  # core.sharding
+  "initialize_distributed": "core.sharding",
+  "is_main_process": "core.sharding",
+  "make_mesh": "core.sharding",
+  # adapters.data
+  "Dataset": "adapters.data",
+  "load": "adapters.data",
+  # adapters.evaluation
+  "cross_entropy": "adapters.evaluation",
+  "device_split": "adapters.evaluation",
+  "evaluate": "adapters.evaluation",
+  "evaluate_split": "adapters.evaluation",
+  "make_loss_fn": "adapters.evaluation",
+  "make_metric_fn": "adapters.evaluation",
+  # adapters.batchnorm
+  "make_recompute_metric_fn": "adapters.batchnorm",
+  "recompute_batch_stats": "adapters.batchnorm",
+  # adapters.folding
+  "fuse_batchnorm": "adapters.folding",
+  # adapters.error_control
+  "anchor_plane": "adapters.error_control",
+  "make_error_controlled_metric_fn": "adapters.error_control",
+  # models
+  "get_model": "models",
+  "model_names": "models",
+  # models.specs
+  "spec_for": "models.specs",
+  # backends.cpu.autotune
+  "choose_batch_size": "backends.cpu.autotune",
+  # methods.schedules
+  "curve_lr_schedule": "methods.schedules",
+  "cyclic_schedule": "methods.schedules",
+  "garipov_schedule": "methods.schedules",
+  "make_optimizer": "methods.schedules",
+  "step_schedule": "methods.schedules",
+  # methods.training
+  "create_train_state": "methods.training",
+  "eval_step": "methods.training",
+  "evaluate_state": "methods.training",
+  "make_schedule": "methods.training",
+  "optimizer_from_config": "methods.training",
+  "train": "methods.training",
+  "train_step": "methods.training",
+  "TrainState": "methods.training",
+  # methods.rundir
+  "load_run": "methods.rundir",
+  "read_config": "methods.rundir",
+  "read_metrics": "methods.rundir",
+  # methods.checkpoints
+  "load_trajectory": "methods.checkpoints",
+  "load_variables": "methods.checkpoints",
+  # methods.curve_training
+  "curve_train_step": "methods.curve_training",
+  "CurveTrainState": "methods.curve_training",
+  "train_curve": "methods.curve_training",
+  # methods.ensembles
+  "evaluate_ensemble": "methods.ensembles",
+  "fast_geometric_ensemble": "methods.ensembles",
+  "fge_snapshot_epochs": "methods.ensembles",
+  "stack_members": "methods.ensembles",
+  "swa_average": "methods.ensembles",
+  "train_sgd": "methods.ensembles",
+  # plotting.report
+  "write_report": "plotting.report",
+}
 
-# Adaptive surfaces and paths: quadtree / bisection refinement where the interpolation error is.
-from landscape_jax.adaptive import (
-  AdaptiveResult,
-  adaptive_path,
-  adaptive_surface,
-  refine_path,
-  refine_surface,
-)
+# Short module names -> their place in the layers.
+_MODULES: dict[str, str] = {
+  "core": "core",
+  "adapters": "adapters",
+  "methods": "methods",
+  "backends": "backends",
+  "models": "models",
+  "plotting": "plotting",
+  "trees": "core.trees",
+  "identity": "core.identity",
+  "fileio": "core.fileio",
+  "store": "core.store",
+  "sharding": "core.sharding",
+  "engine": "core.engine",
+  "directions": "core.directions",
+  "paths": "core.paths",
+  "surface": "core.surface",
+  "adaptive": "core.adaptive",
+  "curves": "core.curves",
+  "hessian": "core.hessian",
+  "pca": "core.pca",
+  "permutations": "core.permutations",
+  "data": "adapters.data",
+  "evaluation": "adapters.evaluation",
+  "batchnorm": "adapters.batchnorm",
+  "folding": "adapters.folding",
+  "error_control": "adapters.error_control",
+  "schedules": "methods.schedules",
+  "training": "methods.training",
+  "rundir": "methods.rundir",
+  "checkpoints": "methods.checkpoints",
+  "curve_training": "methods.curve_training",
+  "ensembles": "methods.ensembles",
+  "report": "plotting.report",
+  "onednn": "backends.cpu.onednn",
+  "autotune": "backends.cpu.autotune",
+}
 
-# Inference-time speed-ups: BatchNorm folded into convolutions, batch-size selection.
-from landscape_jax.autotune import choose_batch_size
+__all__ = sorted([*_NAMES, *_MODULES, "__version__"])
 
-# Garipov et al. 2018: BatchNorm along curves, curves and planes, ensembles.
-from landscape_jax.batchnorm import make_recompute_metric_fn, recompute_batch_stats
-from landscape_jax.checkpoints import load_trajectory, load_variables
-from landscape_jax.curves import (
-  CurveTrainState,
-  Plane,
-  bend_count,
-  bezier_coefficients,
-  curve_coefficients,
-  curve_in_plane,
-  curve_loss,
-  curve_lr_schedule,
-  curve_point,
-  curve_summary,
-  curve_train_step,
-  evaluate_curve,
-  evaluate_plane,
-  init_curve,
-  join_curve,
-  plane_basis,
-  plane_grid_point,
-  polychain_coefficients,
-  project_to_plane,
-  split_curve,
-  train_curve,
-)
 
-# Li et al. 2018: directions, paths and surfaces.
-from landscape_jax.directions import (
-  directions_from_models,
-  normalize_directions,
-  orthogonalize,
-  random_direction,
-  random_directions,
-)
+def __getattr__(name: str) -> Any:
+  if name in _NAMES:
+    value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+  elif name in _MODULES:
+    value = importlib.import_module(f"{__name__}.{_MODULES[name]}")
+  else:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  globals()[name] = value  # later lookups skip this function
+  return value
 
-# The point-evaluation engine behind every surface, path and curve, and exact identities.
-from landscape_jax.engine import evaluate_points
-from landscape_jax.ensembles import (
-  cyclic_schedule,
-  evaluate_ensemble,
-  fast_geometric_ensemble,
-  fge_snapshot_epochs,
-  stack_members,
-  swa_average,
-  train_sgd,
-)
 
-# Error-controlled surfaces (opt-in): growing subsets, anchored control variates.
-from landscape_jax.error_control import anchor_plane, make_error_controlled_metric_fn
-
-# BatchNorm folding at inference (make_metric_fn folds by default).
-from landscape_jax.fused import fuse_batchnorm
-
-# Curvature (PyHessian conventions) and trajectory PCA.
-from landscape_jax.hessian import (
-  HessianEigenvalues,
-  SpectralDensity,
-  SplitBatches,
-  TraceEstimate,
-  density_from_quadrature,
-  hessian_eigenvalues,
-  hessian_trace,
-  hvp,
-  lanczos,
-  make_batches,
-  make_curvature_metric_fn,
-  spectral_density,
-)
-from landscape_jax.identity import IdentityError, callable_identity, tree_digest
-from landscape_jax.paths import (
-  barrier,
-  barriers,
-  interpolate,
-  linear_path,
-  plane_point,
-  plane_point_fn,
-)
-from landscape_jax.pca import PCADirections, pca_directions, project_trajectory
-
-# Permutation symmetry (Brea et al. 2019; Ainsworth et al. 2023).
-from landscape_jax.permutations import (
-  PermAxis,
-  PermutationSpec,
-  WeightMatchingResult,
-  apply_permutation,
-  compose_permutations,
-  identity_permutation,
-  invert_permutation,
-  mlp_spec,
-  random_permutation,
-  spec_for,
-  spec_from_model,
-  swap_path,
-  swap_path_metrics,
-  swap_units,
-  weight_matching,
-)
-from landscape_jax.report import write_report
-from landscape_jax.sharding import initialize_distributed, is_main_process, make_mesh
-from landscape_jax.surface import benchmark_map_modes, surface_grid, surface_points
-
-# Training and checkpoints.
-from landscape_jax.training import (
-  TrainState,
-  create_train_state,
-  eval_step,
-  garipov_schedule,
-  make_optimizer,
-  step_schedule,
-  train,
-  train_step,
-)
+def __dir__() -> list[str]:
+  return __all__

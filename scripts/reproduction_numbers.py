@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from landscape_jax import store
+from landscape_jax.core import store
 
 TRAIN_RUNS = ("digits_mlp_bs32", "digits_mlp_bs1024", "digits_mlp_wd0", "digits_mlp_bs1024_wd0",
               "digits_mlp_bs1024_e400",

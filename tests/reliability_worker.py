@@ -4,7 +4,7 @@ Usage:
   python tests/reliability_worker.py KIND PATH DELAY
 
 KIND is ``surface`` (a 3x3 MLP surface with a store, one point per chunk), ``curve_eval``
-(`curves.evaluate_curve` with a store) or ``curve_train`` (`curves.train_curve` with a workdir).
+(`curves.evaluate_curve` with a store) or ``curve_train`` (`train_curve` with a workdir).
 Every result write is slowed down by DELAY seconds (half before, half after the write) so that the
 test can kill the process at a random moment while work remains; after each completed write the
 worker prints ``saved <n>`` (points done, or epochs checkpointed) and flushes. The test resumes the
@@ -26,7 +26,8 @@ XS = np.linspace(-1.0, 1.0, 3)
 YS = np.linspace(-1.0, 1.0, 3)
 CURVE_POINTS = 13          # + the straight line: 26 points, blocks of 8 with chunk_size=1
 TRAIN_EPOCHS = 5
-TRAIN_KW = dict(epochs=TRAIN_EPOCHS, batch_size=64, lr=0.05, momentum=0.9, weight_decay=1e-4,
+TRAIN_KW = dict(epochs=TRAIN_EPOCHS, batch_size=64, learning_rate=0.05, momentum=0.9,
+    weight_decay=1e-4,
                 num_bends=3, seed=0, progress=False)
 
 
@@ -53,23 +54,24 @@ def run_surface(store, metric_fn, a, progress=False):
 
 
 def curve_of(a, b):
-  from landscape_jax import curves
+  from landscape_jax.core import curves
 
   bend = jax.tree.map(lambda x, y: 0.5 * (x + y) + 0.1, a, b)
   return curves.init_curve(a, b, 3, bends=bend)
 
 
 def run_curve_eval(store, metric_fn, a, b):
-  from landscape_jax import curves
+  from landscape_jax.core import curves
 
   return curves.evaluate_curve(metric_fn, curve_of(a, b), num_points=CURVE_POINTS, chunk_size=1,
                                store=store, progress=False)
 
 
 def run_curve_train(workdir, loss_fn, a, b, data, callback=None):
-  from landscape_jax import curves
+  from landscape_jax.methods import curve_training
 
-  return curves.train_curve(loss_fn, a, b, data, workdir=workdir, callback=callback, **TRAIN_KW)
+  return curve_training.train_curve(loss_fn, a, b, data, workdir=workdir, callback=callback,
+                                    **TRAIN_KW)
 
 
 def _slow(fn, delay):
@@ -82,8 +84,7 @@ def _slow(fn, delay):
 
 
 def main(kind, path, delay):
-  from landscape_jax import curves
-  from landscape_jax import store as store_lib
+  from landscape_jax.core import store as store_lib
 
   _, data, a, b, metric_fn, loss_fn = problem()
   if kind in ("surface", "curve_eval"):
@@ -101,7 +102,9 @@ def main(kind, path, delay):
       run_curve_eval(path, metric_fn, a, b)
   elif kind == "curve_train":
     # every file of a curve training run goes through fileio: slow down its per-epoch writes
-    curves.fileio.atomic_write_json = _slow(curves.fileio.atomic_write_json, delay)
+    from landscape_jax.core import fileio
+
+    fileio.atomic_write_json = _slow(fileio.atomic_write_json, delay)
     run_curve_train(path, loss_fn, a, b, data,
                     callback=lambda epoch, c, r: print(f"saved {epoch + 1}", flush=True))
   else:

@@ -64,7 +64,7 @@ def _interrupt(store, kill_at):
   from jax.tree_util import Partial
 
   import landscape_jax as lj
-  from landscape_jax import store as store_lib
+  from landscape_jax.core import store as store_lib
 
   original = store_lib.atomic_write_bytes
   calls = [0]
@@ -116,13 +116,13 @@ def train_problem():
 
 def _train(workdir, port, process_id, out):
   import landscape_jax as lj
-  from landscape_jax import training
+  from landscape_jax.methods import training
 
   _join(port, process_id)
   model, train_ds, test_ds = train_problem()
-  mesh = training.make_mesh()
+  mesh = lj.make_mesh()
   state, records = training.train(model, train_ds, test_ds, workdir=workdir, mesh=mesh,
-                                  config=training.default_config(**TRAIN_CONFIG), progress=False)
+                                  config=dict(**TRAIN_CONFIG), progress=False)
   flat = {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
   np.savez(out, test_accuracy=records[-1]["test_accuracy"], **flat)

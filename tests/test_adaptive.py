@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import adaptive
+from landscape_jax.core import adaptive
 
 BOX = (-1.5, 1.5)
 XS = np.linspace(*BOX, 201)
@@ -272,7 +272,7 @@ def test_adaptive_surface_end_to_end_with_store(mlp_metric, tmp_path, monkeypatc
   kw = dict(tol=0.002, initial=3, max_level=2, max_points=40, key="train_loss", progress=False)
   store = tmp_path / "adaptive"
   # a run killed in round 2 ...
-  real = adaptive._points_evaluator()
+  real = adaptive.points_evaluator()
   calls = []
 
   def dying(*args, store=None, **kwargs):
@@ -281,7 +281,7 @@ def test_adaptive_surface_end_to_end_with_store(mlp_metric, tmp_path, monkeypatc
       raise Killed("killed")
     return real(*args, store=store, **kwargs)
 
-  monkeypatch.setattr(adaptive, "_points_evaluator", lambda: dying)
+  monkeypatch.setattr(adaptive, "points_evaluator", lambda: dying)
   with pytest.raises(Killed):
     adaptive.adaptive_surface(metric_fn, params, dirs, (-1, 1), (-1, 1), store=store, **kw)
   monkeypatch.undo()

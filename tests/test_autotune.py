@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax.autotune import choose_batch_size
+from landscape_jax.backends.cpu.autotune import choose_batch_size
 
 
 def test_choose_batch_size(tiny_mlp, digits_test):

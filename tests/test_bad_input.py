@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import curves
-from landscape_jax import hessian as hs
+from landscape_jax.core import curves
+from landscape_jax.core import hessian as hs
 
 pytestmark = pytest.mark.reliability
 
@@ -256,7 +256,7 @@ def _mlp_params():
   ([0, 1, 2, 3, 4], r"must have shape \(6,\), got \(5,\)"),
 ])
 def test_apply_permutation_refuses_a_non_permutation(bad, msg):
-  from landscape_jax import permutations as P
+  from landscape_jax.core import permutations as P
 
   params = _mlp_params()
   spec = P.mlp_spec(params)
@@ -277,7 +277,7 @@ def test_apply_permutation_refuses_a_non_permutation(bad, msg):
 
 @pytest.mark.parametrize("which", ["variables_a", "variables_b"])
 def test_weight_matching_names_the_non_finite_leaf(which):
-  from landscape_jax import permutations as P
+  from landscape_jax.core import permutations as P
 
   a = _mlp_params()
   b = jax.tree.map(lambda x: x + 0.1, a)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import batchnorm
-from landscape_jax.data import normalize_images
+from landscape_jax.adapters import batchnorm
+from landscape_jax.adapters.data import normalize_images
 
 
 class ConvBN(nn.Module):

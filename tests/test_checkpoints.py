@@ -11,7 +11,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import landscape_jax as lj
-from landscape_jax import checkpoints, training
+from landscape_jax.methods import (
+  checkpoints,
+  schedules,
+  training,
+)
 
 
 def _assert_trees_equal(a, b):
@@ -24,7 +28,7 @@ def _assert_trees_equal(a, b):
 def trained_state(digits_train):
   """An MLP state after a few Nesterov steps (non-trivial optimizer state), plus its model/tx."""
   model = lj.get_model("mlp_small", num_classes=10)
-  tx = training.make_optimizer(learning_rate=optax.cosine_decay_schedule(0.1, 100), momentum=0.9,
+  tx = schedules.make_optimizer(learning_rate=optax.cosine_decay_schedule(0.1, 100), momentum=0.9,
                                nesterov=True, weight_decay=5e-4)
   state = training.create_train_state(model, jax.random.key(0), digits_train.images[:1], tx)
   for i in range(3):
@@ -132,7 +136,7 @@ def test_trajectory_and_variables(tmp_path, trained_state):
 def test_restore_places_arrays_with_target_sharding(tmp_path, trained_state):
   _, _, state = trained_state
   checkpoints.save(tmp_path, 0, state)
-  mesh = training.make_mesh(jax.devices()[:4])
+  mesh = lj.make_mesh(devices=jax.devices()[:4])
   replicated = NamedSharding(mesh, P())
   target = jax.device_put(state, replicated)
   restored = checkpoints.restore(tmp_path, target)

@@ -1,4 +1,4 @@
-"""landscape_jax.convolutions: the same convolutions in XLA:CPU's canonical layout."""
+"""landscape_jax.backends.cpu.convolutions: the same convolutions in XLA:CPU's canonical layout."""
 
 import functools
 import re
@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from landscape_jax.convolutions import canonical_dimension_numbers, canonicalize_convolutions
+from landscape_jax.backends.cpu.convolutions import (
+  canonical_dimension_numbers,
+  canonicalize_convolutions,
+)
 
 CASES = [  # (lhs spec, rhs spec, out spec, strides, padding, lhs dilation, rhs dilation, groups)
   ("NHWC", "HWIO", "NHWC", (1, 1), "SAME", (1, 1), (1, 1), 1),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import curves, ensembles, training
+from landscape_jax.core import curves
+from landscape_jax.methods import curve_training, ensembles, schedules, training
 
 
 def _tree(key, scale=1.0):
@@ -126,17 +127,17 @@ _REFERENCE_FACTORS_10 = [1.0, 1.0, 1.0, 1.0, 1.0, 0.7525, 0.505, 0.2575, 0.01, 0
 
 def test_curve_lr_schedule_matches_reference():
   spe = 7
-  sched = curves.curve_lr_schedule(0.03, total_epochs=10, steps_per_epoch=spe)
+  sched = schedules.curve_lr_schedule(0.03, total_epochs=10, steps_per_epoch=spe)
   for epoch, factor in enumerate(_REFERENCE_FACTORS_10):
     for step in (epoch * spe, epoch * spe + spe - 1):  # set once per epoch
       np.testing.assert_allclose(sched(step), 0.03 * factor, rtol=1e-5, err_msg=f"epoch {epoch}")
   # one implementation: the same function as the training schedule of a garipov config
-  gar = training.make_schedule(training.default_config(
+  gar = training.make_schedule(dict(
     schedule="garipov", learning_rate=0.03, num_epochs=10), spe)
   steps = np.arange(10 * spe)
   np.testing.assert_array_equal(jax.vmap(sched)(steps), jax.vmap(gar)(steps))
   with pytest.raises(ValueError, match="total_epochs and steps_per_epoch"):
-    curves.curve_lr_schedule(0.03, total_epochs=0, steps_per_epoch=spe)
+    schedules.curve_lr_schedule(0.03, total_epochs=0, steps_per_epoch=spe)
 
 
 # ----------------------------------------------------------------------------- training on digits
@@ -157,7 +158,8 @@ def endpoints(mlp_setup, digits_train):
   out = []
   for seed in (1, 2):
     p = model.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 1)))["params"]
-    p, _, _ = ensembles.train_sgd(loss_fn, p, digits_train, epochs=20, batch_size=64, lr=0.05,
+    p, _, _ = ensembles.train_sgd(loss_fn, p, digits_train, epochs=20, batch_size=64,
+        learning_rate=0.05,
                                   weight_decay=1e-4, seed=seed, progress=False)
     out.append(p)
   return out
@@ -166,8 +168,8 @@ def endpoints(mlp_setup, digits_train):
 @pytest.fixture(scope="module")
 def trained_curve(mlp_setup, endpoints, digits_train):
   _, loss_fn, _ = mlp_setup
-  c, hist = curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train, epochs=20,
-                               batch_size=64, lr=0.05, weight_decay=1e-4, progress=False)
+  c, hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train, epochs=20,
+                               batch_size=64, learning_rate=0.05, weight_decay=1e-4, progress=False)
   return c, hist
 
 
@@ -200,9 +202,10 @@ def test_trained_bezier_curve_halves_the_barrier(mlp_setup, endpoints, trained_c
 @pytest.mark.slow
 def test_curve_training_resumes_exactly(mlp_setup, endpoints, digits_train, tmp_path):
   _, loss_fn, _ = mlp_setup
-  kw = dict(epochs=4, batch_size=128, lr=0.05, weight_decay=1e-4, num_bends=4, seed=3,
+  kw = dict(epochs=4, batch_size=128, learning_rate=0.05, weight_decay=1e-4, num_bends=4, seed=3,
             progress=False)
-  ref, ref_hist = curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train, **kw)
+  ref, ref_hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
+      **kw)
 
   class Killed(Exception):
     pass
@@ -212,16 +215,18 @@ def test_curve_training_resumes_exactly(mlp_setup, endpoints, digits_train, tmp_
       raise Killed
 
   with pytest.raises(Killed):
-    curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train, workdir=str(tmp_path),
+    curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
+        workdir=str(tmp_path),
                        callback=kill, **kw)
-  got, hist = curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
+  got, hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
                                  workdir=str(tmp_path), **kw)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
   assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
   np.testing.assert_allclose([h["loss"] for h in hist], [h["loss"] for h in ref_hist])
   with pytest.raises(ValueError, match="different configuration"):
-    curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train, workdir=str(tmp_path),
-                       **{**kw, "lr": 0.1})
+    curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
+        workdir=str(tmp_path),
+                       **{**kw, "learning_rate": 0.1})
 
 
 def test_evaluate_curve_store_resumes_and_refuses_mixing(mlp_setup, trained_curve, tmp_path,
@@ -316,8 +321,9 @@ def test_curve_with_batchnorm_model(digits_train, digits_test):
   v = [model.init(jax.random.key(s), jnp.zeros((1, 8, 8, 1))) for s in (0, 1)]
   loss_fn = lj.make_loss_fn(model, mean=digits_train.mean, std=digits_train.std,
                             batch_stats=v[0]["batch_stats"], train=True)
-  c, hist = curves.train_curve(loss_fn, v[0]["params"], v[1]["params"], digits_train, epochs=2,
-                               batch_size=128, lr=0.05, progress=False)
+  c, hist = curve_training.train_curve(loss_fn, v[0]["params"], v[1]["params"], digits_train,
+      epochs=2,
+                               batch_size=128, learning_rate=0.05, progress=False)
   assert np.isfinite(hist[-1]["loss"])
   metric_fn = lj.make_recompute_metric_fn(model, {"test": digits_test}, train_data=digits_train,
                                           batch_stats=v[0]["batch_stats"], bn_batch_size=128)
@@ -334,7 +340,9 @@ _KILL_SCRIPT = """
 import os, signal, sys
 import jax, numpy as np
 import landscape_jax as lj
-from landscape_jax import curves
+from landscape_jax.core import curves
+from landscape_jax.methods import curve_training  # noqa: E402
+from landscape_jax.methods import schedules  # noqa: E402
 z = np.load(sys.argv[1])
 ends = [{k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(f"{i}/")} for i in (0, 1)]
 ends = [{"Dense_0": {"kernel": e["Dense_0/kernel"], "bias": e["Dense_0/bias"]},
@@ -345,7 +353,8 @@ loss_fn = lj.make_loss_fn(model, mean=tr.mean, std=tr.std)
 def kill(epoch, curve, record):
   if epoch == 1:
     os.kill(os.getpid(), signal.SIGKILL)
-curves.train_curve(loss_fn, ends[0], ends[1], tr, epochs=3, batch_size=128, lr=0.05,
+curve_training.train_curve(loss_fn, ends[0], ends[1], tr, epochs=3, batch_size=128,
+    learning_rate=0.05,
                    weight_decay=1e-4, seed=5, progress=False, workdir=sys.argv[2], callback=kill)
 """
 
@@ -367,10 +376,11 @@ def test_curve_training_resumes_after_sigkill(mlp_setup, endpoints, digits_train
   proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ends.npz"),
                          str(tmp_path / "run")], env=env, capture_output=True, timeout=300)
   assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-  kw = dict(epochs=3, batch_size=128, lr=0.05, weight_decay=1e-4, seed=5, progress=False)
-  got, hist = curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
+  kw = dict(epochs=3, batch_size=128, learning_rate=0.05, weight_decay=1e-4, seed=5, progress=False)
+  got, hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
                                  workdir=str(tmp_path / "run"), **kw)
-  ref, ref_hist = curves.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train, **kw)
+  ref, ref_hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
+      **kw)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
   assert [h["epoch"] for h in hist] == [0, 1, 2]
 
@@ -383,9 +393,9 @@ def test_curve_train_step_matches_gradient_of_curve_loss(num_ts):
   c = curves.init_curve(start, end, 4, bends=[_tree(jax.random.key(2)), _tree(jax.random.key(3))])
   ends, interior = curves.split_curve(c)
   opt = optax.sgd(0.1)
-  state = curves.CurveTrainState(jnp.zeros((), jnp.int32), interior, opt.init(interior))
+  state = curve_training.CurveTrainState(jnp.zeros((), jnp.int32), interior, opt.init(interior))
   key = jax.random.key(7)
-  new, loss = curves.curve_train_step(_quadratic_loss, opt, state, ends, 0.5, key,
+  new, loss = curve_training.curve_train_step(_quadratic_loss, opt, state, ends, 0.5, key,
                                       kind="polychain", weight_decay=1e-2, num_ts=num_ts)
   ts = jax.random.uniform(key, () if num_ts == 1 else (num_ts,))
   g = jax.grad(curves.curve_loss, argnums=1)(_quadratic_loss, c, 0.5, ts, "polychain",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import data
+from landscape_jax.adapters import data
 
 
 def write_tiny_tfds(name, data_dir, splits):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import ensembles
+from landscape_jax.methods import ensembles
 
 
 def _reference_lr(epoch, i, n, *, lr1, lr2, c):
@@ -84,7 +84,8 @@ def test_fge_ensemble_loss_is_bounded_by_its_members(digits_train, digits_test):
   model = lj.get_model("mlp", num_classes=10, features=(32,))
   loss_fn = lj.make_loss_fn(model, mean=digits_train.mean, std=digits_train.std)
   p = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
-  p, _, _ = ensembles.train_sgd(loss_fn, p, digits_train, epochs=20, batch_size=64, lr=0.05,
+  p, _, _ = ensembles.train_sgd(loss_fn, p, digits_train, epochs=20, batch_size=64,
+      learning_rate=0.05,
                                 weight_decay=5e-4, seed=0, progress=False)
   members, hist = ensembles.fast_geometric_ensemble(
     loss_fn, p, digits_train, cycles=6, cycle_epochs=4, lr1=0.2, lr2=1e-3, batch_size=64,
@@ -131,7 +132,7 @@ def test_fge_resumes_exactly_with_its_snapshots(digits_train, tmp_path, kill_aft
   with pytest.raises(_Killed):
     ensembles.train_sgd(
       loss_fn, p, digits_train, epochs=6, batch_size=128, weight_decay=5e-4, seed=1,
-      lr=ensembles.cyclic_schedule(lr1=0.1, lr2=1e-3, cycle_epochs=2,
+      learning_rate=ensembles.cyclic_schedule(lr1=0.1, lr2=1e-3, cycle_epochs=2,
                                    steps_per_epoch=len(digits_train) // 128),
       snapshot_epochs=ensembles.fge_snapshot_epochs(6, 2), progress=False, desc="fge",
       workdir=work, checkpoint_every=2, callback=kill)

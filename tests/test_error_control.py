@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import error_control as ec
+from landscape_jax.adapters import error_control as ec
 
 
 @pytest.fixture(scope="module")

@@ -122,3 +122,16 @@ def test_saddle_script_finds_permutation_saddles(tmp_path):
   assert curve[-1] == pytest.approx(summary["theta"]["train_loss"], rel=1e-4)
   for name in ("saddle_paths.png", "saddle_valley.png", "saddle_valley.pdf"):
     assert os.path.getsize(tmp_path / name) > 1000, name
+
+
+def test_surface_script_refuses_error_tol_with_recomputed_batchnorm(tmp_path):
+  """A setting the script cannot honour fails at once, before loading or computing anything
+  (it used to ignore error_tol silently with bn="recompute")."""
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "surface.py"),
+         "--config=" + os.path.join(ROOT, "experiments", "configs", "surface_2d.py") + ":quick",
+         f"--workdir={tmp_path}", "--config.bn=recompute", "--config.error_tol=0.01"]
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+  assert proc.returncode != 0
+  assert "error_tol" in proc.stderr and "bn='recompute'" in proc.stderr, proc.stderr[-2000:]
+  assert not os.listdir(tmp_path)  # nothing written

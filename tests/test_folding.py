@@ -1,4 +1,5 @@
-"""BatchNorm folding is exact (landscape_jax.fused): for every family of the model zoo and a user
+"""BatchNorm folding is exact (landscape_jax.adapters.folding): for every family of the model zoo
+and a user
 model whose shortcut reads a pre-BatchNorm tensor, with random BatchNorm statistics, every
 evaluation path that folds equals plain ``model.apply`` (loss and accuracy by hand from the
 logits); BatchNorms whose layer output has other consumers are not folded, the safe ones still
@@ -16,8 +17,8 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import fused
-from landscape_jax.data import normalize_images
+from landscape_jax.adapters import folding as fused
+from landscape_jax.adapters.data import normalize_images
 
 RTOL = 1e-5
 _ONEDNN = pytest.param("onednn", marks=pytest.mark.skipif(
@@ -264,18 +265,18 @@ def test_check_refuses_a_wrong_fold(monkeypatch, caplog, fresh_plans):
   """If the structural analysis were wrong (simulated: it also folds the skipped pairs, as the
   old code did), the build-time check on random statistics refuses to fold, logs why, and the
   metric equals unfolded inference."""
-  original = fused._trace_structure
+  original = fused.trace_structure
 
   def defective(model, spec):
     pairs, epsilons, skipped, rtol = original(model, spec)
     return (pairs + tuple((lin, bn) for lin, bn, _ in skipped),
             epsilons + tuple((bn, 1e-5) for _, bn, _ in skipped), (), rtol)
 
-  monkeypatch.setattr(fused, "_trace_structure", defective)
+  monkeypatch.setattr(fused, "trace_structure", defective)
   _, model, variables, stats, ref = build_case("preresnet8")
   data = eval_data()[0]
   x = jnp.zeros((2, 8, 8, 1))
-  with caplog.at_level(logging.WARNING, logger="landscape_jax.fused"):
+  with caplog.at_level(logging.WARNING, logger="landscape_jax.adapters.folding"):
     plan = fused.folding_plan(model, variables, x)
     assert len(plan.pairs) == 4 and plan.check is not None
     assert "differ from the unfolded ones" in plan.check
@@ -296,8 +297,8 @@ def test_check_runs_once_per_model_and_shape(monkeypatch, fresh_plans):
   """The build-time check is cached: two metric functions, traced under jit and under vmap over
   points, one check."""
   calls = []
-  original = fused._numerical_check
-  monkeypatch.setattr(fused, "_numerical_check",
+  original = fused.numerical_check
+  monkeypatch.setattr(fused, "numerical_check",
                       lambda *a, **k: calls.append(1) or original(*a, **k))
   _, model, variables, stats, _ = build_case("user_prebn_shortcut")
   data = eval_data()[0].subset(slice(0, 16))

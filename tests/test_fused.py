@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import fused
+from landscape_jax.adapters import folding as fused
 
 
 def _random_stats(key, variables):

@@ -7,8 +7,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import landscape_jax as lj
-from landscape_jax import hessian as hs
-from landscape_jax import trees
+from landscape_jax.core import hessian as hs
+from landscape_jax.core import trees
 from landscape_jax.models.mlp import MLP
 
 
@@ -283,7 +283,7 @@ def test_linearized_operator_matches_dense(problem, batched):
   p = problem
   data = hs.make_batches((p["x"], p["y"]), batch_size=24) if batched else (p["x"], p["y"])
   v = jax.random.normal(jax.random.key(6), (p["dense"].shape[0],))
-  op = hs._operator(p["loss_fn"], p["params"], data, None, linearize=True)
+  op = hs.flat_hvp_operator(p["loss_fn"], p["params"], data, None, linearize=True)
   np.testing.assert_allclose(np.asarray(jax.jit(op.matvec)(v), np.float64),
                              p["dense"] @ np.asarray(v, np.float64), rtol=1e-4, atol=1e-5)
   res = hs.hessian_eigenvalues(p["loss_fn"], p["params"], data, top_k=2, num_steps=40,

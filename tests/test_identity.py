@@ -1,4 +1,5 @@
-"""Exact identities (landscape_jax.identity) and the stores keyed on them (engine, surfaces)."""
+"""Exact identities (landscape_jax.core.identity) and the stores keyed on them (engine,
+surfaces)."""
 
 import functools
 import os
@@ -11,8 +12,8 @@ import pytest
 from jax.tree_util import Partial
 
 import landscape_jax as lj
-from landscape_jax import fileio
-from landscape_jax import identity as idl
+from landscape_jax.core import fileio
+from landscape_jax.core import identity as idl
 
 
 def _tree():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import trees
+from landscape_jax.core import trees
 from landscape_jax.models import layers
 from landscape_jax.models.resnet import BasicBlock
 

@@ -1,4 +1,5 @@
-"""oneDNN convolutions (landscape_jax.onednn): against a direct NumPy convolution, against XLA's
+"""oneDNN convolutions (landscape_jax.backends.cpu.onednn): against a direct NumPy convolution,
+against XLA's
 for every supported configuration, under grad / vmap / jit, inside make_metric_fn and on a mesh."""
 
 import platform
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import onednn
+from landscape_jax.backends.cpu import fusion, onednn, onednn_build
 
 # Where the wheels exist (Linux x86-64) the kernel must build: a failure to build fails the tests.
 pytestmark = pytest.mark.skipif(
@@ -41,7 +42,7 @@ def _hlo(fn, *args) -> str:
 
 
 def test_available():
-  assert onednn.available(), onednn.unavailable_reason()
+  assert onednn_build.available(), onednn_build.unavailable_reason()
   assert onednn.implementation((8, 16, 16, 16), (3, 3, 16, 16), padding=1)  # e.g. brgconv:avx2
 
 
@@ -109,12 +110,12 @@ def test_rewrite_fuses_bias_residual_relu_of_a_resnet_block():
     z = jnp.maximum(h + x, 0.0)
     return z, conv(z, w1) * 2  # the last convolution is used twice: not fused
 
-  wrapped = onednn.with_onednn_convolutions(block)
-  plans, absorbed = onednn._plan_fusions(jax.make_jaxpr(block)(x).jaxpr)
+  wrapped = fusion.with_onednn_convolutions(block)
+  plans, absorbed = fusion.plan_fusions(jax.make_jaxpr(block)(x).jaxpr)
   got = sorted((f.bias is not None, f.residual is not None, f.relu) for f in plans.values())
   assert got == [(True, False, True), (True, True, True)]
   assert _hlo(wrapped, x).count(_TARGET) == 3
-  unfused = onednn.with_onednn_convolutions(block, fuse_epilogues=False)
+  unfused = fusion.with_onednn_convolutions(block, fuse_epilogues=False)
   assert _hlo(unfused, x).count(_TARGET) == 3
   assert _hlo(wrapped, x).count("relu = true") == 2
   assert "relu = true" not in _hlo(unfused, x) and "residual = true" not in _hlo(unfused, x)
@@ -180,7 +181,7 @@ def test_with_onednn_convolutions_any_dimension_numbers_and_nested_jit():
       y, jnp.ones((2, 2, 4, 5)), (2, 1), "VALID", dimension_numbers=("NCHW", "HWIO", "NHWC")))
     return {"out": inner(y), "sum": jnp.sum(y)}
 
-  wrapped = onednn.with_onednn_convolutions(net)
+  wrapped = fusion.with_onednn_convolutions(net)
   got, want = jax.jit(wrapped)(x, w), net(x, w)
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-4)
@@ -201,7 +202,7 @@ def test_unsupported_convolutions_stay_with_xla():
                                          dimension_numbers=("NWC", "WIO", "NWC"))
     return grouped, half, one_d
 
-  wrapped = onednn.with_onednn_convolutions(net)
+  wrapped = fusion.with_onednn_convolutions(net)
   assert _TARGET not in _hlo(wrapped, x)
   for a, b in zip(jax.jit(wrapped)(x), net(x), strict=True):
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
@@ -215,34 +216,35 @@ def test_bad_input_and_options():
   with pytest.raises(ValueError, match="paddings >= 0"):
     onednn.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), padding=-1)
   with pytest.raises(ValueError, match="cpu_convolutions must be one of"):
-    onednn.resolve("mkl")
-  assert onednn.resolve("xla") is False
-  assert onednn.resolve("onednn") is True
+    onednn_build.resolve("mkl")
+  assert onednn_build.resolve("xla") is False
+  assert onednn_build.resolve("onednn") is True
 
 
 def test_turned_off_by_environment(monkeypatch):
   monkeypatch.setenv("LANDSCAPE_JAX_ONEDNN", "0")
-  onednn._library.cache_clear()
+  onednn_build.library.cache_clear()
   try:
-    assert "LANDSCAPE_JAX_ONEDNN=0" in onednn.unavailable_reason()
-    assert onednn.resolve("auto") is False
-    with pytest.raises(onednn.OnednnUnavailable, match="turned off"):
-      onednn.resolve("onednn")
+    assert "LANDSCAPE_JAX_ONEDNN=0" in onednn_build.unavailable_reason()
+    assert onednn_build.resolve("auto") is False
+    with pytest.raises(onednn_build.OnednnUnavailable, match="turned off"):
+      onednn_build.resolve("onednn")
   finally:
     monkeypatch.delenv("LANDSCAPE_JAX_ONEDNN")
-    onednn._library.cache_clear()
-  assert onednn.available()
+    onednn_build.library.cache_clear()
+  assert onednn_build.available()
 
 
 def _reason_with(monkeypatch, name: str, value: str) -> str | None:
-  """`onednn.unavailable_reason()` with environment variable `name` set (the kernel rebuilt)."""
+  """`onednn_build.unavailable_reason()` with environment variable `name` set (the kernel
+  rebuilt)."""
   monkeypatch.setenv(name, value)
-  onednn._library.cache_clear()
+  onednn_build.library.cache_clear()
   try:
-    return onednn.unavailable_reason()
+    return onednn_build.unavailable_reason()
   finally:
     monkeypatch.delenv(name)
-    onednn._library.cache_clear()
+    onednn_build.library.cache_clear()
 
 
 def test_missing_onednn_root_says_what_is_missing(monkeypatch, tmp_path):
@@ -293,7 +295,7 @@ def test_unwritable_cache_dir_says_what_to_do(monkeypatch, tmp_path):
   blocker.write_text("not a folder")
   assert "LANDSCAPE_JAX_CACHE_DIR" in _reason_with(monkeypatch, "LANDSCAPE_JAX_CACHE_DIR",
                                                     str(blocker / "cache"))
-  assert onednn.available()
+  assert onednn_build.available()
 
 
 def test_vmapped_metric_and_curve_on_a_mesh_use_onednn(resnet8_digits):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from landscape_jax import pca, trees
+from landscape_jax.core import pca, trees
 
 
 def _trajectory(num=8, seed=0):

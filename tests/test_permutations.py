@@ -10,7 +10,8 @@ import optax
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import permutations as P
+from landscape_jax.core import permutations as P
+from landscape_jax.models.specs import spec_for
 
 X = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
 
@@ -103,7 +104,7 @@ def _check_invariance(model, variables, spec, key=1):
 def test_random_permutation_leaves_outputs_unchanged(name, overrides):
   model = _get(name, overrides)
   variables = _init(model, 2)
-  spec = P.spec_for(name, variables, verify=False, **overrides)
+  spec = spec_for(name, variables, verify=False, **overrides)
   assert len(spec.names) >= 1
   P.check_spec(spec, variables)
   _check_invariance(model, variables, spec)
@@ -117,7 +118,7 @@ def test_derived_specs_have_the_expected_structure():
 
   model = lj.get_model("resnet20", num_classes=10)
   v = _init(model, 0)
-  spec = P.spec_for("resnet20", v, verify=False)
+  spec = spec_for("resnet20", v, verify=False)
   # 3 residual streams (one per stage, shared by all blocks writing into it) + 9 inner units.
   assert len(spec.names) == 12
   widths = sorted(spec.sizes.values())
@@ -127,7 +128,7 @@ def test_derived_specs_have_the_expected_structure():
   assert len(streams) == 3
   # Zero-padded shortcuts tie the streams to the padding: only the 9 inner units remain.
   pad = lj.get_model("resnet20", num_classes=10, shortcut="pad")
-  assert len(P.spec_for("resnet20", _init(pad, 0), verify=False, shortcut="pad").names) == 9
+  assert len(spec_for("resnet20", _init(pad, 0), verify=False, shortcut="pad").names) == 9
 
   # Dropout masks (training mode) are random values tied to nothing: same spec as without.
   vgg = lj.get_model("vgg9_bn", num_classes=10, width=0.125)
@@ -184,7 +185,7 @@ def test_compose_inverse_identity():
 def test_weight_matching_recovers_planted_permutation(name, overrides):
   model = _get(name, overrides)
   a = _init(model, 3)
-  spec = P.spec_for(name, a, verify=False, **overrides)
+  spec = spec_for(name, a, verify=False, **overrides)
   planted = P.random_permutation(jax.random.key(4), spec)
   b = P.apply_permutation(spec, planted, a)
   res = P.weight_matching(jax.random.key(5), spec, a, b)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from landscape_jax import plotting as P
-from landscape_jax.plotting import _base, curvature, surfaces
+from landscape_jax.plotting import common, curvature, surfaces
 
 DPI = 80
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF"}
@@ -55,11 +55,11 @@ def test_no_pyplot_import():
   matplotlib.figure.Figure objects directly, which works headless."""
   import ast
 
-  import landscape_jax.report
+  import landscape_jax.plotting.report
 
   files = [os.path.join(os.path.dirname(P.__file__), f)
            for f in os.listdir(os.path.dirname(P.__file__)) if f.endswith(".py")]
-  files.append(landscape_jax.report.__file__)
+  files.append(landscape_jax.plotting.report.__file__)
   for f in files:
     with open(f, encoding="utf-8") as fh:
       tree = ast.parse(fh.read())
@@ -74,14 +74,14 @@ def test_no_pyplot_import():
 
 def test_output_paths(tmp_path):
   base = str(tmp_path / "a" / "fig")
-  assert _base.output_paths(base, ("png", "pdf")) == [base + ".png", base + ".pdf"]
-  assert _base.output_paths(base + ".png", ("png", "pdf")) == [base + ".png", base + ".pdf"]
-  assert _base.output_paths(base + ".pdf", None) == [base + ".pdf"]
-  assert _base.output_paths(base, None) == [base + ".png", base + ".pdf"]
+  assert common.output_paths(base, ("png", "pdf")) == [base + ".png", base + ".pdf"]
+  assert common.output_paths(base + ".png", ("png", "pdf")) == [base + ".png", base + ".pdf"]
+  assert common.output_paths(base + ".pdf", None) == [base + ".pdf"]
+  assert common.output_paths(base, None) == [base + ".png", base + ".pdf"]
   # A dot that is not a figure extension stays part of the name.
-  assert _base.output_paths(base + ".lr0.1", "png") == [base + ".lr0.1.png"]
+  assert common.output_paths(base + ".lr0.1", "png") == [base + ".lr0.1.png"]
   with pytest.raises(ValueError, match="Unknown figure format"):
-    _base.output_paths(base, ("bmpx",))
+    common.output_paths(base, ("bmpx",))
 
 
 def test_formats_argument_and_folder_creation(tmp_path):
@@ -128,7 +128,7 @@ def test_plot_1d(tmp_path, kind, log):
 
 
 def test_plot_1d_twin_axes_and_styles():
-  fig = _base.new_figure()
+  fig = common.new_figure()
   ax = fig.add_subplot()
   a = np.linspace(-1, 1, 11)
   ax1, ax2 = surfaces.draw_1d(fig, ax, a, metrics_1d(a))
@@ -187,7 +187,7 @@ def test_plots_2d_log(tmp_path, plot):
 
 def test_contour_orientation_non_square_grid():
   """The innermost contour surrounds the true minimum (x=0.6, y=-0.4), not its transpose."""
-  fig = _base.new_figure()
+  fig = common.new_figure()
   ax = fig.add_subplot()
   cs = surfaces.draw_contour(fig, ax, XS, YS, Z, levels=[0.06, 0.1, 0.3, 0.6])
   inner = cs.get_paths()[0].vertices
@@ -198,7 +198,7 @@ def test_contour_orientation_non_square_grid():
 
 
 def test_heatmap_and_contourf_orientation():
-  fig = _base.new_figure()
+  fig = common.new_figure()
   ax = fig.add_subplot()
   qm = surfaces.draw_heatmap(fig, ax, XS, YS, Z)
   shown = np.asarray(qm.get_array()).reshape(YS.size, XS.size)  # rows = y, columns = x
@@ -206,7 +206,7 @@ def test_heatmap_and_contourf_orientation():
   j, i = np.unravel_index(np.argmin(shown), shown.shape)
   assert (XS[i], YS[j]) == (X_MIN, Y_MIN) or (abs(XS[i] - X_MIN) < 0.07 and
                                               abs(YS[j] - Y_MIN) < 0.08)
-  fig = _base.new_figure()
+  fig = common.new_figure()
   ax = fig.add_subplot()
   cs = surfaces.draw_contourf(fig, ax, XS, YS, Z, levels=[0.05, 0.1, 0.5, 1, 5])
   lowest = cs.get_paths()[0].vertices
@@ -225,15 +225,15 @@ def test_grid_shape_errors(tmp_path):
 def test_contour_levels():
   # Reference levels arange(0.1, 10, 0.5) inside the data range.
   z = np.ma.masked_invalid(np.array([[0.0, 2.0], [np.nan, 3.0]]))
-  np.testing.assert_allclose(_base.contour_levels(z), [0.1, 0.6, 1.1, 1.6, 2.1, 2.6])
+  np.testing.assert_allclose(common.contour_levels(z), [0.1, 0.6, 1.1, 1.6, 2.1, 2.6])
   # Flat low losses: fewer than 3 reference levels inside, so automatic levels.
   flat = np.ma.masked_invalid(np.array([[0.010, 0.020], [0.030, 0.040]]))
-  lv = _base.contour_levels(flat)
+  lv = common.contour_levels(flat)
   assert lv.size >= 3 and lv.min() <= 0.02 and lv.max() >= 0.03
   # Log-spaced.
-  np.testing.assert_allclose(_base.contour_levels(z, 3, log=True), [2.0, np.sqrt(6.0), 3.0])
-  assert _base.contour_levels(np.ma.masked_invalid(np.full((2, 2), np.nan))) is None
-  np.testing.assert_allclose(_base.contour_levels(z, [1.0, 0.5]), [0.5, 1.0])
+  np.testing.assert_allclose(common.contour_levels(z, 3, log=True), [2.0, np.sqrt(6.0), 3.0])
+  assert common.contour_levels(np.ma.masked_invalid(np.full((2, 2), np.nan))) is None
+  np.testing.assert_allclose(common.contour_levels(z, [1.0, 0.5]), [0.5, 1.0])
 
 
 def test_plot_2d_all(tmp_path):
@@ -418,10 +418,11 @@ def _barrier_legend(monkeypatch, alphas, runs):
 
 
 def test_barrier_legend_is_paths_barrier(monkeypatch):
-  """The legend shows landscape_jax.paths.barrier (one implementation): endpoints at alpha = 0 and
+  """The legend shows landscape_jax.core.paths.barrier (one implementation): endpoints at alpha =
+  0 and
   1, maximum over [0, 1] only, and "n/a" for a NaN inside [0, 1] (the former figure-only formula
   skipped it, showing the barrier of the remaining points) or alphas without 0 or 1."""
-  from landscape_jax import paths
+  from landscape_jax.core import paths
 
   al = np.array([-0.5, 0.0, 0.5, 1.0, 1.5])
   runs = {"a": [9.0, 1.0, 2.0, 3.0, 9.0], "b": [np.nan, 1.0, 5.0, 1.0, np.nan],
@@ -493,7 +494,7 @@ def test_plot_budget_draws_the_given_points(tmp_path):
 def test_contour_labels_every_kth_level_in_a_readable_colour():
   """Dense levels (a basin's steep rim) get at most MAX_LABELLED_LEVELS labelled levels, every
   k-th one, in dark grey (pale level colours were unreadable and labels printed over each other)."""
-  fig = _base.new_figure()
+  fig = common.new_figure()
   ax = fig.add_subplot()
   levels = np.linspace(0.05, 1.5, 30)
   cs = surfaces.draw_contour(fig, ax, XS, YS, Z, levels=levels)

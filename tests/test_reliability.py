@@ -26,9 +26,13 @@ from hypothesis import given, settings
 from jax.tree_util import Partial
 
 import landscape_jax as lj
-from landscape_jax import checkpoints, curves, trees
-from landscape_jax import engine as engine_lib
-from landscape_jax import store as store_lib
+from landscape_jax.core import curves, trees
+from landscape_jax.core import engine as engine_lib
+from landscape_jax.core import store as store_lib
+from landscape_jax.methods import (
+  checkpoints,
+  curve_training,
+)
 from tests import reliability_worker as rw
 
 pytestmark = pytest.mark.reliability
@@ -138,17 +142,17 @@ def test_sigkill_surface_curve_eval_curve_train_then_resume_equals_uninterrupted
   state = store_lib.read(paths["surface"])
   assert state.num_done >= (reported["surface"] or 0), msg
   seen = []
-  original = engine_lib._evaluate_missing
+  original = engine_lib.evaluate_missing
 
   def spy(metric_fn, point_fn, coords, missing, *args, **kwargs):
     seen.append(missing.size)
     return original(metric_fn, point_fn, coords, missing, *args, **kwargs)
 
-  engine_lib._evaluate_missing = spy
+  engine_lib.evaluate_missing = spy
   try:
     resumed = rw.run_surface(paths["surface"], metric_fn, a)
   finally:
-    engine_lib._evaluate_missing = original
+    engine_lib.evaluate_missing = original
   assert sum(seen) == 9 - state.num_done, msg
   for k in ref_surface:
     np.testing.assert_array_equal(resumed[k], ref_surface[k], err_msg=msg)
@@ -307,7 +311,7 @@ def test_corrupt_curve_checkpoint_is_detected(problem, tmp_path):
   _, data, a, b, _, loss_fn = problem
   kw = {**rw.TRAIN_KW, "epochs": 2}
   work = str(tmp_path / "curve")
-  curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+  curve_training.train_curve(loss_fn, a, b, data, workdir=work, **kw)
   step = os.path.join(work, "curve_ckpt", "2")
   assert os.path.exists(os.path.join(step, checkpoints.CHECKSUM_FILE))
   files = [os.path.join(r, f) for r, _, fs in os.walk(step) for f in fs
@@ -318,7 +322,7 @@ def test_corrupt_curve_checkpoint_is_detected(problem, tmp_path):
   open(largest, "wb").write(bytes(data_bytes))
   before = _snapshot(work)
   with pytest.raises(checkpoints.CheckpointCorruptError, match="curve_ckpt/2"):
-    curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+    curve_training.train_curve(loss_fn, a, b, data, workdir=work, **kw)
   assert _snapshot(work) == before
 
 
@@ -329,19 +333,19 @@ def test_damaged_json_side_files_are_named_with_the_remedy(problem, tmp_path):
   _, data, a, b, _, loss_fn = problem
   kw = {**rw.TRAIN_KW, "epochs": 1}
   work = str(tmp_path / "curve")
-  bends, history = curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+  bends, history = curve_training.train_curve(loss_fn, a, b, data, workdir=work, **kw)
   for name, remedy in (("curve_config.json", "Restore it"), ("curve_history.json", "Move it away")):
     path = os.path.join(work, name)
     good = open(path, "rb").read()
     open(path, "wb").write(good[:-3])
     before = _snapshot(work)
     with pytest.raises(store_lib.StoreCorruptError, match=f"{name} is damaged.*{remedy}"):
-      curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+      curve_training.train_curve(loss_fn, a, b, data, workdir=work, **kw)
     assert _snapshot(work) == before
     if name == "curve_config.json":
       open(path, "wb").write(good)
   os.remove(os.path.join(work, "curve_history.json"))  # the remedy: resumes, loses the records
-  resumed, resumed_history = curves.train_curve(loss_fn, a, b, data, workdir=work, **kw)
+  resumed, resumed_history = curve_training.train_curve(loss_fn, a, b, data, workdir=work, **kw)
   _equal(resumed, bends)
   assert resumed_history == []
   with pytest.raises(FileNotFoundError):
@@ -505,7 +509,7 @@ def test_nan_parameters_are_errors_but_nan_losses_far_out_are_values(problem):
   with pytest.raises(ValueError, match="curve control points contain non-finite"):
     curves.evaluate_curve(metric_fn, curves.init_curve(bad, b), num_points=3, progress=False)
   with pytest.raises(ValueError, match="non-finite values at Dense_1/kernel"):
-    curves.train_curve(loss_fn, bad, b, data, epochs=1, progress=False)
+    curve_training.train_curve(loss_fn, bad, b, data, epochs=1, progress=False)
   # Far grid points: the loss overflows to inf/NaN and is recorded as a value, not an error.
   res = lj.surface_grid(metric_fn, a, d, [0.0, 1e30], chunk_size=1, progress=False)
   assert np.isfinite(res["train_loss"][0])
@@ -611,8 +615,8 @@ def test_surfaces_and_curves_identical_across_reruns_and_device_counts(problem):
 def test_curve_training_bit_identical_across_reruns(problem):
   _, data, a, b, _, loss_fn = problem
   kw = {**rw.TRAIN_KW, "epochs": 2}
-  c1, h1 = curves.train_curve(loss_fn, a, b, data, **kw)
-  c2, h2 = curves.train_curve(loss_fn, a, b, data, **kw)
+  c1, h1 = curve_training.train_curve(loss_fn, a, b, data, **kw)
+  c2, h2 = curve_training.train_curve(loss_fn, a, b, data, **kw)
   _equal(c1, c2)
   assert h1 == h2
 

@@ -1,4 +1,5 @@
-"""Tests of landscape_jax.report.write_report: sections, figures, tables, config, escaping."""
+"""Tests of landscape_jax.plotting.report.write_report: sections, figures, tables, config,
+escaping."""
 
 import base64
 import html.parser
@@ -7,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from landscape_jax import report
+from landscape_jax.plotting import report
 
 PNG = base64.b64decode(
   "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax import curves, ensembles, permutations, store, training
+from landscape_jax.core import curves, permutations, store
+from landscape_jax.methods import (
+  curve_training,
+  ensembles,
+  rundir,
+  training,
+)
 
-KW = dict(epochs=1, batch_size=64, lr=0.05, weight_decay=1e-4, num_bends=3, seed=0,
+KW = dict(epochs=1, batch_size=64, learning_rate=0.05, weight_decay=1e-4, num_bends=3, seed=0,
           progress=False)
 
 
@@ -35,7 +41,7 @@ def curve_workdir(setup, tmp_path_factory):
   """A finished one-epoch curve training run: (workdir, its curve)."""
   _, data, loss_fn, a, b = setup
   work = str(tmp_path_factory.mktemp("curve"))
-  curve, _ = curves.train_curve(loss_fn, a, b, data, workdir=work, **KW)
+  curve, _ = curve_training.train_curve(loss_fn, a, b, data, workdir=work, **KW)
   return work, curve
 
 
@@ -49,7 +55,7 @@ def _refused(match, fn):
 def test_curve_rerun_with_the_same_inputs_resumes(setup, curve_workdir):
   _, data, loss_fn, a, b = setup
   work, curve = curve_workdir
-  again, hist = curves.train_curve(loss_fn, a, b, data, workdir=work, **KW)
+  again, hist = curve_training.train_curve(loss_fn, a, b, data, workdir=work, **KW)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), again,
                curve)
   assert [h["epoch"] for h in hist] == [0]
@@ -57,7 +63,7 @@ def test_curve_rerun_with_the_same_inputs_resumes(setup, curve_workdir):
 
 def test_curve_swapped_endpoints_refused(setup, curve_workdir):
   _, data, loss_fn, a, b = setup
-  msg = _refused("different configuration", lambda: curves.train_curve(
+  msg = _refused("different configuration", lambda: curve_training.train_curve(
     loss_fn, b, a, data, workdir=curve_workdir[0], **KW))
   assert "start_sha256" in msg and "end_sha256" in msg and "other bytes" in msg
 
@@ -71,7 +77,7 @@ def test_curve_permuted_endpoint_refused(setup, curve_workdir):
   # the same function, and the same per-leaf sums of squares, but other parameters
   np.testing.assert_allclose(model.apply({"params": b_perm}, x), model.apply({"params": b}, x),
                              rtol=1e-5, atol=1e-5)
-  msg = _refused("end_sha256", lambda: curves.train_curve(
+  msg = _refused("end_sha256", lambda: curve_training.train_curve(
     loss_fn, a, b_perm, data, workdir=curve_workdir[0], **KW))
   assert "start_sha256" not in msg
 
@@ -80,12 +86,13 @@ def test_curve_other_data_or_loss_fn_or_init_refused(setup, curve_workdir, digit
   model, data, loss_fn, a, b = setup
   work = curve_workdir[0]
   other = digits_train.subset(slice(128, 256))  # as many examples, other images and labels
-  _refused("data_sha256", lambda: curves.train_curve(loss_fn, a, b, other, workdir=work, **KW))
+  _refused("data_sha256", lambda: curve_training.train_curve(loss_fn, a, b, other, workdir=work,
+      **KW))
   other_loss = lj.make_loss_fn(model, mean=data.mean, std=2.0 * np.asarray(data.std))
-  _refused(r"loss_fn\.arrays \(holds other arrays", lambda: curves.train_curve(
+  _refused(r"loss_fn\.arrays \(holds other arrays", lambda: curve_training.train_curve(
     other_loss, a, b, data, workdir=work, **KW))
   init = curves.init_curve(a, b, 3, bends=jax.tree.map(lambda x, y: 0.5 * (x + y) + 0.01, a, b))
-  _refused("init_sha256", lambda: curves.train_curve(loss_fn, a, b, data, init=init,
+  _refused("init_sha256", lambda: curve_training.train_curve(loss_fn, a, b, data, init=init,
                                                      workdir=work, **KW))
 
 
@@ -101,17 +108,19 @@ def test_curve_uninspectable_loss_fn_needs_a_name(setup, tmp_path):
     return loss_fn(params, batch)
 
   with pytest.raises(ValueError, match="identity="):
-    curves.train_curve(held_loss, a, b, data, workdir=str(tmp_path), **KW)
-  curves.train_curve(held_loss, a, b, data, workdir=str(tmp_path), identity="opaque-v1", **KW)
+    curve_training.train_curve(held_loss, a, b, data, workdir=str(tmp_path), **KW)
+  curve_training.train_curve(held_loss, a, b, data, workdir=str(tmp_path), identity="opaque-v1",
+      **KW)
   cfg = store.read_json(os.path.join(tmp_path, "curve_config.json"), remedy="")
   assert cfg["loss_fn"]["identity"] == "opaque-v1"
-  _refused("loss_fn.identity", lambda: curves.train_curve(
+  _refused("loss_fn.identity", lambda: curve_training.train_curve(
     held_loss, a, b, data, workdir=str(tmp_path), identity="opaque-v2", **KW))
 
 
 def test_sgd_other_init_data_or_loss_fn_refused(setup, tmp_path, digits_train):
   model, data, loss_fn, a, b = setup
-  kw = dict(epochs=1, batch_size=64, lr=0.05, seed=0, progress=False, workdir=str(tmp_path))
+  kw = dict(epochs=1, batch_size=64, learning_rate=0.05, seed=0, progress=False,
+      workdir=str(tmp_path))
   p1, _, _ = ensembles.train_sgd(loss_fn, a, data, **kw)
   p2, _, _ = ensembles.train_sgd(loss_fn, a, data, **kw)  # resumes: the same result
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), p1, p2)
@@ -127,9 +136,9 @@ def test_sgd_other_init_data_or_loss_fn_refused(setup, tmp_path, digits_train):
 
 def test_training_on_other_data_refused(tmp_path, digits_train, digits_test):
   model = lj.get_model("mlp_small", num_classes=10)
-  config = training.default_config(model="mlp_small", num_epochs=2, batch_size=64,
+  config = dict(model="mlp_small", num_epochs=2, batch_size=64,
                                    checkpoint_every_epochs=1)
-  mesh = training.make_mesh(jax.devices()[:1])
+  mesh = lj.make_mesh(devices=jax.devices()[:1])
   data = digits_train.subset(slice(0, 128))
 
   class Stop(Exception):
@@ -167,16 +176,16 @@ def test_symlinks_at_old_temp_names_never_redirect_writes(setup, tmp_path, digit
   work.mkdir()
   _plant(work, [f"curve_config.json.tmp{pid}", f"curve_history.json.tmp{pid}",
                 "curve_config.json.tmp", "curve_history.json.tmp"], victim)
-  curves.train_curve(loss_fn, a, b, data, workdir=str(work), **KW)
+  curve_training.train_curve(loss_fn, a, b, data, workdir=str(work), **KW)
   assert victim.read_text() == "precious"
   assert not os.path.islink(work / "curve_config.json")
 
   run = tmp_path / "train"
   run.mkdir()
   _plant(run, ["config.json.tmp", "metrics.jsonl.tmp", f"config.json.tmp{pid}"], victim)
-  config = training.default_config(model="mlp_small", num_epochs=1, batch_size=64)
+  config = dict(model="mlp_small", num_epochs=1, batch_size=64)
   training.train(lj.get_model("mlp_small", num_classes=10), data, config=config,
-                 workdir=str(run), mesh=training.make_mesh(jax.devices()[:1]), progress=False)
+                 workdir=str(run), mesh=lj.make_mesh(devices=jax.devices()[:1]), progress=False)
   assert victim.read_text() == "precious"
   assert not os.path.islink(run / "config.json") and not os.path.islink(run / "metrics.jsonl")
-  assert training.read_config(str(run))["num_epochs"] == 1
+  assert rundir.read_config(str(run))["num_epochs"] == 1

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
+from landscape_jax.methods import rundir
 from tests import surface_worker as w
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,14 +103,14 @@ def test_two_process_training_equals_one_process(tmp_path):
   """`training.train` data parallel over two processes x 2 CPU devices: both processes end with
   the parameters of a one-process run on 4 devices, process 0 alone writes the metrics, and the
   checkpoints restore to the same state."""
-  from landscape_jax import checkpoints, training
+  from landscape_jax.methods import checkpoints, training
 
   workdir = tmp_path / "distributed"
   outs = _run_two_processes("train", str(workdir), tmp_path)
   model, train_ds, test_ds = w.train_problem()
   state, records = training.train(model, train_ds, test_ds, workdir=str(tmp_path / "single"),
-                                  mesh=training.make_mesh(jax.devices()[:4]),
-                                  config=training.default_config(**w.TRAIN_CONFIG),
+                                  mesh=lj.make_mesh(devices=jax.devices()[:4]),
+                                  config=dict(**w.TRAIN_CONFIG),
                                   progress=False)
   flat = {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
@@ -118,7 +119,7 @@ def test_two_process_training_equals_one_process(tmp_path):
     for k, v in flat.items():
       np.testing.assert_allclose(out[k], v, rtol=2e-5, atol=2e-6, err_msg=f"process {i} {k}")
     assert float(out["test_accuracy"]) == pytest.approx(records[-1]["test_accuracy"], abs=1e-6)
-  written = training.read_metrics(workdir)
+  written = rundir.read_metrics(workdir)
   assert [r["epoch"] for r in written] == [1, 2]  # one line per epoch: process 0 only
   assert checkpoints.list_steps(workdir / "checkpoints") == [0, 10, 20]
   restored = checkpoints.restore(workdir / "checkpoints")["params"]

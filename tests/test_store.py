@@ -11,8 +11,8 @@ import pytest
 from jax.tree_util import Partial
 
 import landscape_jax as lj
-from landscape_jax import engine as engine_lib
-from landscape_jax import store as store_lib
+from landscape_jax.core import engine as engine_lib
+from landscape_jax.core import store as store_lib
 from tests import surface_worker as w
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def test_store_roundtrip_and_resume_without_work(reference, monkeypatch):
   direct = w.toy_metric(lj.plane_point(center, d1, d2, w.TOY_XS[5], w.TOY_YS[2]))
   np.testing.assert_allclose(res["loss"][5, 2], direct["loss"], rtol=1e-6)
   # a complete store: a rerun evaluates nothing and writes nothing
-  monkeypatch.setattr(engine_lib, "_evaluate_missing",
+  monkeypatch.setattr(engine_lib, "evaluate_missing",
                       lambda *a, **k: pytest.fail("nothing should be recomputed"))
   before = _snapshot(path)
   again = _run_toy(path)
@@ -69,13 +69,13 @@ def test_killed_run_resumes_only_missing_points(reference, tmp_path, monkeypatch
   state = store_lib.read(path)  # the previous good state: chunk 1 only
   assert state.num_done == w.TOY_CHUNK
   seen = []
-  original = engine_lib._evaluate_missing
+  original = engine_lib.evaluate_missing
 
   def spy(metric_fn, point_fn, coords, missing, *args, **kwargs):
     seen.append(np.array(missing))
     return original(metric_fn, point_fn, coords, missing, *args, **kwargs)
 
-  monkeypatch.setattr(engine_lib, "_evaluate_missing", spy)
+  monkeypatch.setattr(engine_lib, "evaluate_missing", spy)
   resumed = _run_toy(path)
   assert len(seen) == 1
   np.testing.assert_array_equal(seen[0], np.flatnonzero(~state.done.ravel()))

@@ -178,12 +178,12 @@ def test_experiment_script_runs(tmp_path, extra, digits_train):
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   runs = "'init:mlp_small'"
-  if not extra:  # also a run of experiments/train.py, read back with training.load_run
+  if not extra:  # also a run of experiments/train.py, read back with rundir.load_run
     train_dir = tmp_path / "runs" / "mlp_run"
     lj.training.train(lj.get_model("mlp_small", num_classes=10), digits_train,
-                      config=lj.training.default_config(model="mlp_small", num_epochs=1,
+                      config=dict(model="mlp_small", num_epochs=1,
                                                         batch_size=64),
-                      workdir=str(train_dir), mesh=lj.training.make_mesh(jax.devices()[:1]),
+                      workdir=str(train_dir), mesh=lj.make_mesh(devices=jax.devices()[:1]),
                       progress=False)
     runs += f", '{train_dir}'"
   cmd = [sys.executable, os.path.join(root, "experiments", "surface.py"),

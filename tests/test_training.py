@@ -19,7 +19,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import landscape_jax as lj
-from landscape_jax import checkpoints, training
+from landscape_jax.methods import (
+  checkpoints,
+  rundir,
+  schedules,
+  training,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +65,7 @@ def test_sgd_matches_pytorch_update_rule(nesterov):
     m = {k: mu * m[k] + g[k] for k in w}
     w = {k: w[k] - lr * (g[k] + mu * m[k] if nesterov else m[k]) for k in w}
 
-  tx = training.make_optimizer(learning_rate=lr, momentum=mu, nesterov=nesterov, weight_decay=wd)
+  tx = schedules.make_optimizer(learning_rate=lr, momentum=mu, nesterov=nesterov, weight_decay=wd)
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), w0)
   opt_state = tx.init(params)
   for _ in range(5):
@@ -74,11 +79,9 @@ def test_sgd_matches_pytorch_update_rule(nesterov):
 
 def test_optimizer_errors():
   with pytest.raises(ValueError, match="Unknown optimizer 'rmsprop'"):
-    training.make_optimizer(learning_rate=0.1, name="rmsprop")
+    schedules.make_optimizer(learning_rate=0.1, name="rmsprop")
   with pytest.raises(ValueError, match="Unknown schedule 'linear'"):
     training.make_schedule({"schedule": "linear"}, 10)
-  with pytest.raises(ValueError, match="Unknown config field 'lr'"):
-    training.default_config(lr=0.1)
 
 
 def _garipov_reference(base_lr, epoch, total_epochs):
@@ -96,25 +99,25 @@ def _garipov_reference(base_lr, epoch, total_epochs):
 def test_schedules_match_the_references():
   spe, epochs = 7, 20
   # Li et al.: lr 0.1, /10 after epochs 150, 225, 275 (here scaled: 10, 15, 18).
-  li = training.make_schedule(training.default_config(
+  li = training.make_schedule(dict(
     schedule="step", learning_rate=0.1, lr_boundaries=(10, 15, 18), num_epochs=epochs), spe)
   for epoch in range(epochs):
     want = 0.1 * 0.1 ** sum(epoch >= e for e in (10, 15, 18))
     for s in (epoch * spe, epoch * spe + spe - 1):
       np.testing.assert_allclose(li(s), want, rtol=1e-6)
   # Garipov et al.: set once per epoch from (epoch + 1) / num_epochs.
-  gar = training.make_schedule(training.default_config(
+  gar = training.make_schedule(dict(
     schedule="garipov", learning_rate=0.05, num_epochs=epochs), spe)
   for epoch in range(epochs):
     want = _garipov_reference(0.05, epoch + 1, epochs)
     for s in range(epoch * spe, (epoch + 1) * spe):
       np.testing.assert_allclose(gar(s), want, rtol=1e-5)
-  per_step = training.garipov_schedule(1.0, 100)
+  per_step = schedules.garipov_schedule(1.0, 100)
   np.testing.assert_allclose([per_step(s) for s in (0, 50, 70, 90, 99)],
                              [1.0, 1.0, 1.0 - 0.2 / 0.4 * 0.99, 0.01, 0.01], rtol=1e-5)
-  cos = training.cosine_schedule(0.2, 100)
+  cos = schedules.cosine_schedule(0.2, 100)
   np.testing.assert_allclose([cos(0), cos(50), cos(100)], [0.2, 0.1, 0.0], atol=1e-7)
-  warm = training.make_schedule(training.default_config(
+  warm = training.make_schedule(dict(
     schedule="step", learning_rate=0.4, lr_boundaries=(5,), warmup_epochs=2, num_epochs=10), 10)
   np.testing.assert_allclose([warm(0), warm(10), warm(20), warm(49), warm(50)],
                              [0.0, 0.2, 0.4, 0.4, 0.04], rtol=1e-6)
@@ -175,7 +178,7 @@ def test_train_step_updates_batch_stats(digits_train):
 def test_sharded_step_equals_single_device_step(digits_train):
   assert len(jax.devices()) >= 8
   model = TinyBN()
-  tx = training.make_optimizer(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+  tx = schedules.make_optimizer(learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
   state = training.create_train_state(model, jax.random.key(0), digits_train.images[:1], tx)
   batch = (digits_train.images[:64], digits_train.labels[:64])
   kwargs = dict(model=model, tx=tx, mean=digits_train.mean, std=digits_train.std, augment=True,
@@ -186,7 +189,7 @@ def test_sharded_step_equals_single_device_step(digits_train):
   for _ in range(2):
     s1, m1 = training.train_step(jax.device_put(s1, one), jax.device_put(batch, one), key,
                                  **kwargs)
-  mesh = training.make_mesh(jax.devices()[:8])
+  mesh = lj.make_mesh(devices=jax.devices()[:8])
   s8 = jax.device_put(state, NamedSharding(mesh, P()))
   sharded_batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
   assert len(sharded_batch[0].sharding.device_set) == 8
@@ -203,11 +206,12 @@ def test_sharded_step_equals_single_device_step(digits_train):
 @pytest.mark.slow
 def test_resnet_reaches_95_percent_on_digits(tmp_path, digits_train, digits_test):
   model = lj.get_model("resnet8", num_classes=10)
-  config = training.default_config(
+  config = dict(
     model="resnet8", num_epochs=2, batch_size=64, learning_rate=0.1, momentum=0.9, nesterov=True,
     weight_decay=5e-4, schedule="cosine", checkpoint_every_epochs=1)
   state, records = training.train(model, digits_train, digits_test, config=config,
-                                  workdir=str(tmp_path), mesh=training.make_mesh(jax.devices()[:1]),
+                                  workdir=str(tmp_path),
+                                  mesh=lj.make_mesh(devices=jax.devices()[:1]),
                                   progress=False)
   assert [r["epoch"] for r in records] == [1, 2]
   assert records[-1]["test_accuracy"] >= 0.95, records
@@ -217,12 +221,12 @@ def test_resnet_reaches_95_percent_on_digits(tmp_path, digits_train, digits_test
   np.testing.assert_allclose(records[-1]["test_accuracy"], direct["accuracy"])
   np.testing.assert_allclose(records[-1]["test_loss"], direct["loss"], rtol=1e-5)
   # The trajectory: initial point + one checkpoint per epoch; the last is the final state.
-  ckpt = tmp_path / training.CHECKPOINT_DIR
+  ckpt = tmp_path / rundir.CHECKPOINT_DIR
   assert checkpoints.list_steps(ckpt) == [0, 21, 42]
   traj = checkpoints.load_trajectory(ckpt)
   assert _leaves_equal(traj[-1], state.params)
   assert set(checkpoints.load_variables(ckpt)) == {"params", "batch_stats"}
-  with open(tmp_path / training.METRICS_FILE) as f:
+  with open(tmp_path / rundir.METRICS_FILE) as f:
     assert [json.loads(line)["step"] for line in f] == [21, 42]
 
 
@@ -232,11 +236,11 @@ class _Interrupt(Exception):
 
 def test_interrupted_run_resumes_bit_identically(tmp_path, digits_train, digits_test):
   model = lj.get_model("mlp_small", num_classes=10)
-  config = training.default_config(
+  config = dict(
     model="mlp_small", num_epochs=4, batch_size=64, learning_rate=0.1, nesterov=True,
     weight_decay=5e-4, schedule="cosine", checkpoint_every_epochs=2, augment=True,
     augment_pad=1, augment_flip=False)
-  mesh = training.make_mesh(jax.devices()[:2])
+  mesh = lj.make_mesh(devices=jax.devices()[:2])
   run = lambda workdir, **kw: training.train(model, digits_train, digits_test, config=config,
                                              workdir=str(workdir), mesh=mesh, progress=False, **kw)
   full_state, full_records = run(tmp_path / "full")
@@ -249,7 +253,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, digits_train, digits_
     run(tmp_path / "cut", callback=interrupt)
   # Epoch 3 was recorded but not checkpointed: resuming redoes it (and drops its record first).
   assert checkpoints.list_steps(tmp_path / "cut" / "checkpoints") == [0, 42]
-  assert len(training.read_metrics(tmp_path / "cut")) == 3
+  assert len(rundir.read_metrics(tmp_path / "cut")) == 3
   resumed_state, resumed_records = run(tmp_path / "cut")
   assert _leaves_equal(resumed_state, full_state)
   strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "images_per_sec")}
@@ -266,32 +270,32 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, digits_train, digits_
 
 
 def test_torn_metrics_line_is_skipped(tmp_path):
-  (tmp_path / training.METRICS_FILE).write_text('{"epoch": 1, "step": 21}\n{"epoch": 2, "st')
-  assert training.read_metrics(tmp_path) == [{"epoch": 1, "step": 21}]
-  assert training.read_metrics(tmp_path / "missing") == []
+  (tmp_path / rundir.METRICS_FILE).write_text('{"epoch": 1, "step": 21}\n{"epoch": 2, "st')
+  assert rundir.read_metrics(tmp_path) == [{"epoch": 1, "step": 21}]
+  assert rundir.read_metrics(tmp_path / "missing") == []
 
 
 def test_load_run_rebuilds_the_run_and_damaged_configs_are_named(tmp_path, digits_train):
   model = lj.get_model("mlp_small", num_classes=10)
-  config = training.default_config(model="mlp_small", num_epochs=1, batch_size=64,
+  config = dict(model="mlp_small", num_epochs=1, batch_size=64,
                                    checkpoint_every_epochs=1)
-  mesh = training.make_mesh(jax.devices()[:1])
+  mesh = lj.make_mesh(devices=jax.devices()[:1])
   state, _ = training.train(model, digits_train, config=config, workdir=str(tmp_path), mesh=mesh,
                             progress=False)
-  loaded, variables, data, cfg = training.load_run(str(tmp_path), split="test")
+  loaded, variables, data, cfg = rundir.load_run(str(tmp_path), split="test")
   assert _leaves_equal(variables, state.variables)
   assert (cfg["model"], data.name, data.num_classes) == ("mlp_small", "digits", 10)
   x = jnp.asarray(data.images[:8], jnp.float32)
   np.testing.assert_array_equal(loaded.apply(variables, x), model.apply(state.variables, x))
-  first = training.load_run(str(tmp_path), step=0)[1]
+  first = rundir.load_run(str(tmp_path), step=0)[1]
   assert not _leaves_equal(first, state.variables)
 
   with pytest.raises(FileNotFoundError, match="holds no training run.*experiments/train.py"):
-    training.load_run(str(tmp_path / "elsewhere"))
-  path = tmp_path / training.CONFIG_FILE
+    rundir.load_run(str(tmp_path / "elsewhere"))
+  path = tmp_path / rundir.CONFIG_FILE
   good = path.read_bytes()
   path.write_bytes(good[: len(good) // 2])  # damaged by hand: neither loading nor resuming use it
-  for attempt in (lambda: training.load_run(str(tmp_path)),
+  for attempt in (lambda: rundir.load_run(str(tmp_path)),
                   lambda: training.train(model, digits_train, config=config, workdir=str(tmp_path),
                                          mesh=mesh, progress=False)):
     with pytest.raises(lj.store.StoreCorruptError, match="config.json is damaged.*not modified"
@@ -300,12 +304,12 @@ def test_load_run_rebuilds_the_run_and_damaged_configs_are_named(tmp_path, digit
     assert path.read_bytes() == good[: len(good) // 2]
   path.write_text(json.dumps({k: v for k, v in json.loads(good).items() if k != "dataset"}))
   with pytest.raises(ValueError, match="names no dataset.*checkpoints.load_variables"):
-    training.load_run(str(tmp_path))
+    rundir.load_run(str(tmp_path))
 
 
 def test_train_errors(tmp_path, digits_train):
   model = lj.get_model("mlp_small", num_classes=10)
-  mesh = training.make_mesh(jax.devices()[:4])
+  mesh = lj.make_mesh(devices=jax.devices()[:4])
   with pytest.raises(ValueError, match="not divisible by the 4 devices"):
     training.train(model, digits_train, config={"batch_size": 66}, workdir=str(tmp_path / "a"),
                    mesh=mesh, progress=False)
@@ -358,7 +362,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
   # At most the epoch in flight is lost: the records run at most one epoch past the checkpoint.
-  done = len(training.read_metrics(cut))
+  done = len(rundir.read_metrics(cut))
   assert 0 <= done - checkpoints.latest_step(ckpt) // 21 <= 1
   subprocess.run(_train_cmd(cut), env=_env(), check=True, capture_output=True, timeout=600)
 
@@ -369,8 +373,8 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
   assert _leaves_equal(a, b)
   strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "images_per_sec")}
                       for r in rs]
-  assert strip(training.read_metrics(cut)) == strip(training.read_metrics(full))
-  assert len(training.read_metrics(full)) == 12
+  assert strip(rundir.read_metrics(cut)) == strip(rundir.read_metrics(full))
+  assert len(rundir.read_metrics(full)) == 12
 
 
 # ------------------------------------------------------------------------------ configs
@@ -393,7 +397,7 @@ def _load_config(name, arg=None):
 def test_training_configs_are_complete(name):
   config = _load_config(name)
   assert set(training.DEFAULTS) <= set(config), sorted(set(training.DEFAULTS) - set(config))
-  assert config.schedule in training.SCHEDULES and config.optimizer in training.OPTIMIZERS
+  assert config.schedule in schedules.SCHEDULES and config.optimizer in schedules.OPTIMIZERS
   tx, schedule = training.optimizer_from_config(config, 10)
   assert float(schedule(0)) == pytest.approx(config.learning_rate)
   shape = (1, 8, 8, 1) if config.dataset == "digits" else (1, 32, 32, 3)
@@ -426,18 +430,32 @@ def test_connect_and_fge_configs_follow_garipov_et_al():
   for name, lr, wd in [("vgg16", 0.015, 5e-4), ("preresnet164", 0.03, 3e-4),
                        ("wrn28_10", 0.03, 5e-4)]:
     c = _load_config(f"connect_cifar10_{name}.py", "runs/a,runs/b")
-    assert (c.dataset, c.model, c.kind, c.num_bends, c.epochs, c.lr, c.weight_decay, c.momentum,
+    assert (c.dataset, c.model, c.kind, c.num_bends, c.epochs, c.learning_rate, c.weight_decay,
+            c.momentum,
             c.batch_size, c.augment, c.num_points, c.endpoints) == (
       "cifar10", name, "bezier", 3, 600, lr, wd, 0.9, 128, True, 61, "runs/a,runs/b"), name
   for name, lr, wd in [("vgg16", 0.05, 5e-4), ("preresnet164", 0.1, 3e-4)]:
     c = _load_config(f"fge_cifar100_{name}.py")
-    assert (c.dataset, c.model, c.budget_epochs, c.lr, c.weight_decay, c.cycle_epochs, c.lr1,
+    assert (c.dataset, c.model, c.budget_epochs, c.learning_rate, c.weight_decay, c.cycle_epochs,
+            c.lr1,
             c.lr2, c.batch_size, c.augment) == (
       "cifar100", name, 200, lr, wd, 4, 0.05, 1e-4, 128, True), name
   digits = _load_config("connect_digits.py", "resnet8")
   assert (digits.model, dict(digits.model_kwargs)) == ("resnet8", {})
   assert dict(_load_config("fge_digits.py").model_kwargs) == {"features": (32,)}
-  with pytest.raises(ValueError, match="Unknown connect config field 'epoch'. Known: .*epochs"):
-    lj.curves.default_config(epoch=3)
-  with pytest.raises(ValueError, match="Unknown FGE config field 'cycle'. Known: .*cycles"):
-    lj.ensembles.default_config(cycle=3)
+
+
+def test_experiment_defaults_are_locked():
+  """A misspelt field is refused by ml_collections itself, in every defaults function."""
+  from configs import defaults
+
+  for make, typo, near in [(defaults.train, "learning_rat", "learning_rate"),
+                           (defaults.surface, "chunksize", "chunk_size"),
+                           (defaults.connect, "epoch", "epochs"),
+                           (defaults.fge, "cycle", "cycles")]:
+    with pytest.raises(AttributeError, match=f'"{typo}" does not exist.*{near}'):
+      make(**{typo: 3})
+    c = make()
+    with pytest.raises(AttributeError, match="locked"):
+      setattr(c, typo, 3)
+  assert defaults.train(model_kwargs={"width": 2}).model_kwargs.width == 2  # free-form

@@ -23,7 +23,8 @@ def get_config(arg=None):
   c.pairs = ((0, 1), (2, 7), (3, 11), (5, 13))
   c.num_s = 21 if quick else 41
   c.num_eigenvalues = 5  # smallest eigenvalues of the dense Hessian at each permutation point
-  c.lanczos_steps = 100  # landscape_jax.hessian.hessian_eigenvalues, compared with the dense one
+  c.lanczos_steps = 100
+  # landscape_jax.core.hessian.hessian_eigenvalues, compared with the dense one
   c.curve_steps = 300 if quick else 1500  # Bezier valley between theta and its swapped copy
   c.curve_learning_rate = 1e-2
   c.curve_num_ts = 4

@@ -39,7 +39,7 @@ evaluation, about 0.5-1 GPU-hour; WRN-56-8's is ~2.3 EFLOP, 6-25 GPU-hours).
 
 import re
 
-from landscape_jax.training import default_config
+from configs import defaults
 
 _FIXED = ("vgg9_bs128", "vgg9_bs8192", "vgg9_bs128_wd0", "vgg9_bs8192_wd0", "densenet_cifar")
 _PATTERN = re.compile(r"(resnet(20|56|110)|wrn56_\d+)(_noshort)?$")
@@ -51,7 +51,7 @@ def get_config(arg=None):
     raise ValueError(f"Unknown Li et al. network {name!r}; use one of {', '.join(_FIXED)}, "
                      "resnet{20,56,110}[_noshort] or wrn56_<k>[_noshort].")
   vgg = name.startswith("vgg9")
-  return default_config(
+  return defaults.train(
     dataset="cifar10", model="vgg9_bn" if vgg else name, num_epochs=300,
     batch_size=8192 if "bs8192" in name else 128,
     optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,

@@ -7,11 +7,11 @@ Compute (estimate, cifar10_li2018.py explains it): 0.49 GFLOP/image forward, 150
 the 164 thin layers are overhead-bound: ~1.5 GPU-hours per endpoint (A100/H100 class).
 """
 
-from landscape_jax.training import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
-  return default_config(
+  return defaults.train(
     dataset="cifar10", model=arg or "preresnet164", num_epochs=150, batch_size=128,
     optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=3e-4,
     schedule="garipov", augment=True, augment_pad=4, augment_flip=True,

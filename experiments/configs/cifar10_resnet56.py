@@ -12,11 +12,11 @@ Compute (estimate, one A100/H100-class GPU; table in cifar10_li2018.py): ResNet-
 GFLOP/image) ~1 GPU-hour; ResNet-20 ~0.7, ResNet-110 ~2, WRN-56 k=2/4/8 ~1/2/7 GPU-hours.
 """
 
-from landscape_jax.training import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
-  return default_config(
+  return defaults.train(
     dataset="cifar10", model=arg or "resnet56", num_epochs=300, batch_size=128,
     optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="step", lr_boundaries=(150, 225, 275), lr_decay=0.1,

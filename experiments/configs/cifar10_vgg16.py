@@ -7,11 +7,11 @@ Compute (estimate, cifar10_li2018.py explains it): VGG16 is 0.50 GFLOP/image for
 ~15 PFLOP, ~0.5 GPU-hour per endpoint on one A100/H100-class GPU.
 """
 
-from landscape_jax.training import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
-  return default_config(
+  return defaults.train(
     dataset="cifar10", model=arg or "vgg16", num_epochs=200, batch_size=128,
     optimizer="sgd", learning_rate=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
     schedule="garipov", augment=True, augment_pad=4, augment_flip=True,

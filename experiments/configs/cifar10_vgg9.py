@@ -10,7 +10,7 @@ Compute (estimate, one A100/H100-class GPU; cifar10_li2018.py explains it): VGG-
 GFLOP/image forward; ~0.7 GPU-hour per batch-128 run, ~0.5 per batch-8192 run, ~2.5 for the four.
 """
 
-from landscape_jax.training import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
@@ -19,7 +19,7 @@ def get_config(arg=None):
   if unknown:
     raise ValueError(f"Unknown cifar10_vgg9 options {sorted(unknown)}; use bs128, bs8192, wd0, "
                      "nobn.")
-  return default_config(
+  return defaults.train(
     dataset="cifar10", model="vgg9" if "nobn" in opts else "vgg9_bn", num_epochs=300,
     batch_size=8192 if "bs8192" in opts else 128,
     optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,

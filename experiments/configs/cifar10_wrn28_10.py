@@ -6,11 +6,11 @@ Compute (estimate, cifar10_li2018.py explains it): 10.9 GFLOP/image forward, 200
 ~4 GPU-hours per endpoint at 25 TFLOP/s sustained (A100/H100 class).
 """
 
-from landscape_jax.training import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
-  return default_config(
+  return defaults.train(
     dataset="cifar10", model=arg or "wrn28_10", num_epochs=200, batch_size=128,
     optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
     schedule="garipov", augment=True, augment_pad=4, augment_flip=True,

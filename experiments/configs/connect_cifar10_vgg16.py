@@ -9,11 +9,12 @@ Compute (estimate, A100/H100 class): two endpoints ~1 GPU-hour, the 600-epoch cu
 (~1.5 GPU-hours), the 61-point evaluation minutes: ~2.5 GPU-hours in all.
 """
 
-from landscape_jax.curves import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
-  return default_config(
+  return defaults.connect(
     dataset="cifar10", model="vgg16", model_kwargs={}, endpoints=arg or "",
-    endpoint_epochs=200, epochs=600, lr=0.015, weight_decay=5e-4, batch_size=128, augment=True,
+    endpoint_epochs=200, epochs=600, learning_rate=0.015, weight_decay=5e-4, batch_size=128,
+        augment=True,
     checkpoint_every=5, chunk_size=1, eval_batch_size=1000)

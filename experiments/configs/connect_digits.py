@@ -5,9 +5,9 @@ error up to 13.8 %; trained curve barrier 0.03 and test error at most 3.1 % (end
 2.2 %). ``connect_digits.py:resnet8`` uses a BatchNorm ResNet (statistics recomputed per point).
 """
 
-from landscape_jax.curves import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
   model = arg or "mlp"
-  return default_config(model=model, model_kwargs={"features": (32,)} if model == "mlp" else {})
+  return defaults.connect(model=model, model_kwargs={"features": (32,)} if model == "mlp" else {})

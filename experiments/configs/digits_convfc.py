@@ -5,11 +5,11 @@ epochs on digits, so this fast config uses Adam (lr 1e-3, cosine). For CIFAR-10 
 al.'s SGD recipe (momentum 0.9, lr 0.05, wd 5e-4, `schedule="garipov"`).
 """
 
-from landscape_jax.training import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
-  return default_config(
+  return defaults.train(
     dataset="digits", model=arg or "convfc", num_epochs=12, batch_size=64,
     optimizer="adam", learning_rate=1e-3, weight_decay=0.0,
     schedule="cosine", augment=False, checkpoint_every_epochs=1, eval_batch_size=512,

@@ -6,11 +6,11 @@ A model name after the colon picks another CIFAR ResNet, e.g. ``digits_resnet.py
 ``digits_resnet.py:resnet56_noshort``.
 """
 
-from landscape_jax.training import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
-  return default_config(
+  return defaults.train(
     dataset="digits", model=arg or "resnet20", num_epochs=12, batch_size=64,
     optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
     schedule="step", lr_boundaries=(6, 9, 11), lr_decay=0.1, augment=False,

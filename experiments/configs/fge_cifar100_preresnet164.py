@@ -10,12 +10,12 @@ Compute (estimate, A100/H100 class): three independent budgets ~5 GPU-hours plus
 ~3: ~8 GPU-hours in all.
 """
 
-from landscape_jax.ensembles import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
-  return default_config(
+  return defaults.fge(
     dataset="cifar100", model="preresnet164", model_kwargs={}, start=arg or "", budget_epochs=200,
-    lr=0.1, weight_decay=3e-4, batch_size=128, augment=True, seeds=(0, 1, 2),
+    learning_rate=0.1, weight_decay=3e-4, batch_size=128, augment=True, seeds=(0, 1, 2),
     cycles=10,  # 40 epochs of FGE, as the reference run
     lr1=0.05, lr2=1e-4, eval_batch_size=1000)

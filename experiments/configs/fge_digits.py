@@ -3,9 +3,9 @@
 A budget is 20 epochs; FGE adds 4-epoch cycles (lr 0.2 -> 1e-3 -> 0.2) to one trained model.
 """
 
-from landscape_jax.ensembles import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
   model = arg or "mlp"
-  return default_config(model=model, model_kwargs={"features": (32,)} if model == "mlp" else {})
+  return defaults.fge(model=model, model_kwargs={"features": (32,)} if model == "mlp" else {})

@@ -14,7 +14,7 @@ Compute (estimate, one A100/H100-class GPU, ResNet-56): the ratio map is 441 x 2
 import ml_collections
 from ml_collections import config_dict
 
-from landscape_jax import training
+from configs import defaults
 
 
 def get_config(arg=None):
@@ -22,7 +22,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.run = config_dict.placeholder(str)  # required for full scale: a training workdir
   # Used only without --config.run (Li et al.'s ResNet-56 recipe: 300 epochs, a GPU/TPU job).
-  c.train = training.default_config(
+  c.train = defaults.train(
     dataset="cifar10", model="resnet56", num_epochs=300, batch_size=128, learning_rate=0.1,
     momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="step",
     lr_boundaries=(150, 225, 275), augment=True)

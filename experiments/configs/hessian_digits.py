@@ -7,7 +7,7 @@ Runs on a laptop CPU in a few minutes. Without ``--config.run`` the MLP is first
 import ml_collections
 from ml_collections import config_dict
 
-from landscape_jax import training
+from configs import defaults
 
 
 def get_config(arg=None):
@@ -16,7 +16,7 @@ def get_config(arg=None):
     raise ValueError(f"Unknown hessian_digits option {arg!r}; use 'quick' or nothing.")
   c = ml_collections.ConfigDict()
   c.run = config_dict.placeholder(str)  # a training workdir (config.json + checkpoints/)
-  c.train = training.default_config(dataset="digits", model="mlp",
+  c.train = defaults.train(dataset="digits", model="mlp",
                                     num_epochs=2 if quick else 10, batch_size=64,
                                     learning_rate=0.05, momentum=0.9)
   c.step = config_dict.placeholder(int)  # None: the latest checkpoint

@@ -4,8 +4,8 @@
 centre's statistics. Several runs overlay in one figure. ``surface_1d.py:quick`` uses 11 points.
 """
 
-from landscape_jax.surface import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
-  return default_config(mode="random", dim=1, x=(-1.0, 1.0, 11 if arg == "quick" else 51))
+  return defaults.surface(mode="random", dim=1, x=(-1.0, 1.0, 11 if arg == "quick" else 51))

@@ -5,7 +5,7 @@
 point on the training split instead). ``:quick`` uses an 11 x 11 grid. Options combine with commas.
 """
 
-from landscape_jax.surface import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
@@ -14,5 +14,5 @@ def get_config(arg=None):
   if unknown:
     raise ValueError(f"Unknown surface_2d options {sorted(unknown)}; use quick, recompute.")
   n = 11 if "quick" in opts else 51
-  return default_config(mode="random", dim=2, x=(-1.0, 1.0, n), y=(-1.0, 1.0, n),
+  return defaults.surface(mode="random", dim=2, x=(-1.0, 1.0, n), y=(-1.0, 1.0, n),
                         bn="recompute" if "recompute" in opts else "center")

@@ -14,7 +14,7 @@ points: ResNet-56 ~36 PFLOP (0.5-1 GPU-hour), ResNet-110 ~1-2, WRN-56-8 ~2.3 EFL
 the 51-point VGG-9 plots and the 401-point interpolation take minutes.
 """
 
-from landscape_jax.surface import default_config
+from configs import defaults
 
 _SURFACES = ("resnet20", "resnet56", "resnet56_noshort", "resnet110", "resnet110_noshort",
              "wrn56_2", "wrn56_8")
@@ -24,14 +24,14 @@ def get_config(arg=None):
   arg = arg or "resnet56"
   common = dict(dataset="cifar10", eval_batch_size=1000)
   if arg in _SURFACES:
-    return default_config(mode="random", dim=2, x=(-1.0, 1.0, 51), y=(-1.0, 1.0, 51),
+    return defaults.surface(mode="random", dim=2, x=(-1.0, 1.0, 51), y=(-1.0, 1.0, 51),
                           runs=(f"runs/cifar10_{arg}",), **common)
   if arg == "vgg9":
-    return default_config(mode="random", dim=1, x=(-1.0, 1.0, 51),
+    return defaults.surface(mode="random", dim=1, x=(-1.0, 1.0, 51),
                           runs=("runs/cifar10_vgg9_bs128", "runs/cifar10_vgg9_bs8192"),
                           labels=("batch 128", "batch 8192"), **common)
   if arg == "interpolation":
-    return default_config(mode="interpolation", dim=1, x=(-0.5, 1.5, 401),
+    return defaults.surface(mode="interpolation", dim=1, x=(-0.5, 1.5, 401),
                           runs=("runs/cifar10_vgg9_bs128", "runs/cifar10_vgg9_bs8192"),
                           labels=("batch 128", "batch 8192"), **common)
   known = (*_SURFACES, "vgg9", "interpolation")

@@ -22,7 +22,7 @@ Then: python experiments/surface.py --config=experiments/configs/surface_digits_
 --workdir=runs/cmp_batch
 """
 
-from landscape_jax.surface import default_config
+from configs import defaults
 
 _RUNS = {
   "batch": (("runs/digits_mlp_bs32", "runs/digits_mlp_bs1024"), ("batch 32", "batch 1024")),
@@ -39,5 +39,5 @@ def get_config(arg=None):
   if arg not in _RUNS:
     raise ValueError(f"Unknown comparison {arg!r}; choose one of {sorted(_RUNS)}.")
   runs, labels = _RUNS[arg]
-  return default_config(mode="random", dim=1, x=(-1.0, 1.0, 51), runs=runs, labels=labels,
+  return defaults.surface(mode="random", dim=1, x=(-1.0, 1.0, 51), runs=runs, labels=labels,
                         norm=None if arg == "normalization" else "filter")

@@ -6,7 +6,7 @@ models: ``:recompute`` recomputes the statistics at every alpha (recommended; "c
 first model's). ``:quick`` uses 41 points.
 """
 
-from landscape_jax.surface import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
@@ -14,7 +14,7 @@ def get_config(arg=None):
   unknown = opts - {"quick", "recompute"}
   if unknown:
     raise ValueError(f"Unknown surface_interpolation options {sorted(unknown)}.")
-  return default_config(mode="interpolation", dim=1,
+  return defaults.surface(mode="interpolation", dim=1,
                         x=(-0.5, 1.5, 41 if "quick" in opts else 401),
                         runs=("runs/digits_mlp_a", "runs/digits_mlp_b"),
                         bn="recompute" if "recompute" in opts else "center")

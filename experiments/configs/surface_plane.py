@@ -4,10 +4,10 @@
 41 x 41 on [-0.5, 1.5]^2 (``:quick``: 11 x 11). Set ``--config.runs="('a', 'b', 'c')"``.
 """
 
-from landscape_jax.surface import default_config
+from configs import defaults
 
 
 def get_config(arg=None):
   n = 11 if arg == "quick" else 41
-  return default_config(mode="plane", dim=2, x=(-0.5, 1.5, n), y=(-0.5, 1.5, n),
+  return defaults.surface(mode="plane", dim=2, x=(-0.5, 1.5, n), y=(-0.5, 1.5, n),
                         runs=("runs/digits_mlp_a", "runs/digits_mlp_b", "runs/digits_mlp_c"))

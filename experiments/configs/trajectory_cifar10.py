@@ -16,13 +16,13 @@ Compute (estimate, one A100/H100-class GPU, ResNet-56): the 300-epoch training ~
 import ml_collections
 from ml_collections import config_dict
 
-from landscape_jax import training
+from configs import defaults
 
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.run = config_dict.placeholder(str)
-  c.train = training.default_config(
+  c.train = defaults.train(
     dataset="cifar10", model=arg or "resnet56", num_epochs=300, batch_size=128,
     learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="step",
     lr_boundaries=(150, 225, 275), augment=True, checkpoint_every_epochs=1,

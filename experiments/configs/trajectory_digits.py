@@ -7,7 +7,7 @@ then a 21 x 21 loss grid over the PCA plane. ``:quick`` shrinks it for a smoke t
 import ml_collections
 from ml_collections import config_dict
 
-from landscape_jax import training
+from configs import defaults
 
 
 def get_config(arg=None):
@@ -16,7 +16,7 @@ def get_config(arg=None):
     raise ValueError(f"Unknown trajectory_digits option {arg!r}; use 'quick' or nothing.")
   c = ml_collections.ConfigDict()
   c.run = config_dict.placeholder(str)  # a training workdir with per-epoch checkpoints
-  c.train = training.default_config(dataset="digits", model="mlp",
+  c.train = defaults.train(dataset="digits", model="mlp",
                                     num_epochs=4 if quick else 20, batch_size=64,
                                     learning_rate=0.05, momentum=0.9, checkpoint_every_epochs=1)
   c.data_dir = config_dict.placeholder(str)

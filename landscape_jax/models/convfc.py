@@ -18,6 +18,10 @@ import jax.numpy as jnp
 
 from landscape_jax.models.layers import conv, max_pool, scaled
 
+__all__ = [
+  "ConvFC",
+]
+
 
 class ConvFC(nn.Module):
   """Garipov et al.'s ConvFC, any input from 8x8 up.

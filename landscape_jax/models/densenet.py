@@ -22,6 +22,12 @@ import jax.numpy as jnp
 
 from landscape_jax.models.layers import avg_pool, batch_norm, conv, global_avg_pool
 
+__all__ = [
+  "DenseLayer",
+  "DenseNet",
+  "densenet_bc",
+]
+
 
 class DenseLayer(nn.Module):
   """Bottleneck layer of a dense block: parameters ``bn1, conv1 (1x1), bn2, conv2 (3x3)``."""

@@ -17,6 +17,15 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+__all__ = [
+  "avg_pool",
+  "batch_norm",
+  "conv",
+  "global_avg_pool",
+  "max_pool",
+  "scaled",
+]
+
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 

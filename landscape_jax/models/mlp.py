@@ -7,6 +7,10 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+__all__ = [
+  "MLP",
+]
+
 
 class MLP(nn.Module):
   """Flattens NHWC images and applies Dense-ReLU layers, then a Dense classifier.

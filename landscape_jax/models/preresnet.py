@@ -22,6 +22,12 @@ import jax.numpy as jnp
 
 from landscape_jax.models.layers import batch_norm, conv, global_avg_pool, scaled
 
+__all__ = [
+  "check_config",
+  "PreActBlock",
+  "PreResNet",
+]
+
 
 def check_config(depth: int, bottleneck: bool | None = None) -> bool:
   """Raises ValueError for a depth the block type cannot build; returns the block type.

@@ -20,6 +20,13 @@ import jax.numpy as jnp
 
 from landscape_jax.models.layers import batch_norm, conv, global_avg_pool, scaled
 
+__all__ = [
+  "BasicBlock",
+  "check_config",
+  "ResNet",
+  "SHORTCUTS",
+]
+
 SHORTCUTS = ("conv", "pad", "none")
 
 

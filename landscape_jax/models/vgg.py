@@ -24,6 +24,14 @@ import jax.numpy as jnp
 
 from landscape_jax.models.layers import batch_norm, conv, max_pool, scaled
 
+__all__ = [
+  "VGG",
+  "vgg16",
+  "VGG16_STAGES",
+  "vgg9",
+  "VGG9_STAGES",
+]
+
 VGG9_STAGES = ((64, 64), (128, 128), (256, 256, 256))
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 

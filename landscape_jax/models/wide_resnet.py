@@ -23,6 +23,12 @@ import jax.numpy as jnp
 
 from landscape_jax.models.layers import batch_norm, conv, global_avg_pool
 
+__all__ = [
+  "check_config",
+  "WideBasic",
+  "WideResNet",
+]
+
 
 def check_config(depth: int) -> None:
   """Raises ValueError unless depth = 6n + 4 with n >= 1."""

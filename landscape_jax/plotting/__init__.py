@@ -14,7 +14,7 @@ z[i, j] = f(xs[i], ys[j]) as `surface_grid` returns them.
   plot_barriers, plot_bars, plot_budget             permutation alignment, ensembles
 """
 
-from landscape_jax.plotting._base import contour_levels, output_paths
+from landscape_jax.plotting.common import contour_levels, output_paths
 from landscape_jax.plotting.curvature import (
   eigen_ratio,
   plot_eigen_ratio,

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib import transforms
 
-from landscape_jax.plotting._base import (
+from landscape_jax.plotting.common import (
   DEFAULT_DPI,
   DEFAULT_FORMATS,
   as_float,
@@ -23,6 +23,13 @@ from landscape_jax.plotting._base import (
   save,
 )
 from landscape_jax.plotting.surfaces import draw_contour, draw_heatmap
+
+__all__ = [
+  "eigen_ratio",
+  "plot_eigen_ratio",
+  "plot_spectrum",
+  "plot_trajectory",
+]
 
 
 def eigen_ratio(lambda_min, lambda_max) -> np.ndarray:

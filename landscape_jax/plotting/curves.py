@@ -9,12 +9,12 @@ import matplotlib
 import matplotlib.colors as mcolors
 import numpy as np
 
-from landscape_jax.plotting import _base
-from landscape_jax.plotting._base import (
+from landscape_jax.plotting import common
+from landscape_jax.plotting.common import (
   DEFAULT_DPI,
   DEFAULT_FORMATS,
   as_float,
-  check_grid,
+  check_surface,
   empty_message,
   finish,
   has_finite,
@@ -23,7 +23,15 @@ from landscape_jax.plotting._base import (
   new_figure,
   save,
 )
-from landscape_jax.plotting.surfaces import _metric_kind, _metric_style
+from landscape_jax.plotting.surfaces import metric_kind, metric_style
+
+__all__ = [
+  "CURVE_COLOR",
+  "curve_levels",
+  "LINE_COLOR",
+  "plot_curve_metrics",
+  "plot_curve_plane",
+]
 
 CURVE_COLOR = "tab:blue"
 LINE_COLOR = "tab:orange"
@@ -44,7 +52,7 @@ def curve_levels(
     zm = np.ma.minimum(zm, vmax)
   if not has_finite(zm):
     return None
-  lo, hi = _base.finite_range(zm)
+  lo, hi = common.finite_range(zm)
   if not hi > lo:
     return None
   span = hi - lo
@@ -112,7 +120,7 @@ def plot_curve_plane(
   Returns:
     The list of written files.
   """
-  xs, ys, z = check_grid(grid_xs, grid_ys, z)
+  xs, ys, z = check_surface(grid_xs, grid_ys, z)
   curve = _points("curve_xy", curve_xy)
   ends = _points("endpoints_xy", endpoints_xy)
   chord = ends if chord_xy is None else _points("chord_xy", chord_xy)
@@ -135,7 +143,8 @@ def plot_curve_plane(
   ax.set_xlim(float(xs.min()), float(xs.max()))
   ax.set_ylim(float(ys.min()), float(ys.max()))
   if lv is None or len(lv) < 2:
-    empty_message(ax, _base.EMPTY_MESSAGE if not has_finite(zm) else "constant values: no contours")
+    empty_message(ax,
+        common.EMPTY_MESSAGE if not has_finite(zm) else "constant values: no contours")
   else:
     cm = matplotlib.colormaps[cmap]
     # One colour per band; values above the top level (beyond `vmax`) take the "over" colour.
@@ -172,7 +181,7 @@ def _error_percent(name: str, v: np.ma.MaskedArray) -> np.ma.MaskedArray:
   """Error in % from an accuracy or error metric, either as a fraction in [0, 1] or in %."""
   finite = np.ma.compressed(v)
   frac = finite.size == 0 or finite.max() <= 1.0
-  if _metric_kind(name) == "accuracy":
+  if metric_kind(name) == "accuracy":
     return (1.0 - v) * 100.0 if frac else 100.0 - v
   return v * 100.0 if frac else v
 
@@ -211,7 +220,7 @@ def plot_curve_metrics(
   lts = ts if line_ts is None else as_float("line_ts", line_ts, 1)
   groups = [("curve", ts, _as_metrics("curve", curve), CURVE_COLOR),
             ("line", lts, _as_metrics("line", line), LINE_COLOR)]
-  has_err = any(_metric_kind(k) != "loss" for _, _, m, _ in groups for k in m)
+  has_err = any(metric_kind(k) != "loss" for _, _, m, _ in groups for k in m)
   fig = new_figure(figsize if has_err else (figsize[0] * 0.55, figsize[1]))
   ax_loss = fig.add_subplot(1, 2 if has_err else 1, 1)
   ax_err = fig.add_subplot(1, 2, 2) if has_err else None
@@ -224,10 +233,10 @@ def plot_curve_metrics(
           f"{gname}[{key!r}] has {v.size} values but its t values have {gts.size};"
           f" pass line_ts= when the line is sampled at other t."
         )
-      style = _metric_style(key)
-      if _metric_kind(key) == "loss":
+      style = metric_style(key)
+      if metric_kind(key) == "loss":
         if log:
-          v = _base.mask_nonpositive(v)
+          v = common.mask_nonpositive(v)
         any_loss |= has_finite(v)
         ax_loss.plot(gts, v, style, color=color, label=f"{gname}: {key}", linewidth=1.8)
       else:

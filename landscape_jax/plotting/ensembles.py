@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from landscape_jax import paths
-from landscape_jax.plotting._base import (
+from landscape_jax.core import paths
+from landscape_jax.plotting.common import (
   DEFAULT_DPI,
   DEFAULT_FORMATS,
   as_float,
@@ -22,6 +22,13 @@ from landscape_jax.plotting._base import (
   new_figure,
   save,
 )
+
+__all__ = [
+  "draw_budget",
+  "plot_barriers",
+  "plot_bars",
+  "plot_budget",
+]
 
 
 def plot_barriers(
@@ -47,7 +54,7 @@ def plot_barriers(
       min-max band); NaN / inf are masked.
     ylabel: what the values are ("loss", "test accuracy", ...).
     show_barrier: append the barrier max_[0,1] - mean(endpoints) of the (mean) curve to each label
-      (`landscape_jax.paths.barrier`, Frankle et al. 2020); "barrier n/a" when the alphas lack 0
+      (`core.paths.barrier`, Frankle et al. 2020); "barrier n/a" when the alphas lack 0
       or 1, or a value in [0, 1] is NaN / inf.
 
   Returns:

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from landscape_jax import fileio
-from landscape_jax.plotting import _base
-from landscape_jax.plotting._base import (
+from landscape_jax.core import fileio
+from landscape_jax.plotting import common
+from landscape_jax.plotting.common import (
   DEFAULT_DPI,
   DEFAULT_FORMATS,
   as_float,
-  check_grid,
+  check_surface,
   contour_levels,
   empty_message,
   finish,
@@ -35,6 +35,29 @@ from landscape_jax.plotting._base import (
   new_figure,
   save,
 )
+
+__all__ = [
+  "ACC_COLOR",
+  "ALPHA_LABEL",
+  "draw_1d",
+  "draw_contour",
+  "draw_contourf",
+  "draw_heatmap",
+  "export_vtp",
+  "INTERP_LABEL",
+  "LOSS_COLOR",
+  "MAX_LABELLED_LEVELS",
+  "metric_kind",
+  "metric_style",
+  "plot_1d",
+  "plot_2d_all",
+  "plot_contour",
+  "plot_contourf",
+  "plot_heatmap",
+  "plot_interpolation",
+  "plot_surface_3d",
+  "vtp_values",
+]
 
 ALPHA_LABEL = r"$\alpha$ (step along the direction)"
 INTERP_LABEL = r"$\alpha$ in $(1-\alpha)\,\theta_A + \alpha\,\theta_B$"
@@ -63,7 +86,7 @@ def _normalize_runs(curves: Any) -> dict[str, dict[str, Any]]:
   return {"": {"loss": curves}}
 
 
-def _metric_kind(name: str) -> str:
+def metric_kind(name: str) -> str:
   """'accuracy', 'error' (right axis) or 'loss' (left axis, anything else) from a metric name."""
   n = name.lower()
   if "acc" in n:
@@ -73,7 +96,7 @@ def _metric_kind(name: str) -> str:
   return "loss"
 
 
-def _metric_style(name: str) -> str:
+def metric_style(name: str) -> str:
   n = name.lower()
   if "train" in n:
     return "-"
@@ -126,7 +149,7 @@ def draw_1d(
           f"Metric {name!r}{f' of run {run!r}' if run else ''} has {v.size} values but xs has"
           f" {xs.size}: give one value per x."
         )
-      kind = _metric_kind(name)
+      kind = metric_kind(name)
       if kind == "loss" and log:
         v = mask_nonpositive(v)
       any_finite |= has_finite(v)
@@ -146,7 +169,7 @@ def draw_1d(
         if many:
           extra.update(marker="o", markersize=3, markevery=max(1, xs.size // 12))
       label = f"{run}: {name}" if run else name
-      (h,) = target.plot(xs, v, _metric_style(name), color=color, label=label, **extra)
+      (h,) = target.plot(xs, v, metric_style(name), color=color, label=label, **extra)
       handles.append(h)
       if endpoints is not None:
         _mark_endpoints(target, xs, v, endpoints, color)
@@ -159,7 +182,7 @@ def draw_1d(
   elif ax2 is not None:
     ax.set_yticks([])
   if ax2 is not None:
-    kinds = sorted({_metric_kind(n) for n in right_names})
+    kinds = sorted({metric_kind(n) for n in right_names})
     ax2.set_ylabel(" / ".join(kinds), color="k" if many else ACC_COLOR)
     finite = [np.ma.compressed(v) for v in right_values]
     finite = np.concatenate(finite) if finite else np.zeros(0)
@@ -274,15 +297,15 @@ def plot_interpolation(
 
 def _grid_message(z: np.ma.MaskedArray, label: str) -> str:
   if not has_finite(z):
-    return _base.EMPTY_MESSAGE
-  lo, hi = _base.finite_range(z)
+    return common.EMPTY_MESSAGE
+  lo, hi = common.finite_range(z)
   if lo == hi:
     return f"constant {label} = {lo:.4g}:\nnothing to contour"
   return f"no positive {label} values\nfor a logarithmic scale"
 
 
 def _prepare(xs, ys, z, *, log: bool):
-  xs, ys, z = check_grid(xs, ys, z)
+  xs, ys, z = check_surface(xs, ys, z)
   zm = masked(z)
   if log:
     zm = mask_nonpositive(zm)
@@ -374,7 +397,7 @@ def _check_samples(samples):
 
 
 def _extend(zm, lv) -> str:
-  lo, hi = _base.finite_range(zm)
+  lo, hi = common.finite_range(zm)
   below, above = lo < lv[0], hi > lv[-1]
   return {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
     (below, above), "both"
@@ -421,7 +444,7 @@ def draw_heatmap(
   if log:
     import matplotlib.colors as mcolors
 
-    lo, hi = _base.finite_range(zm)
+    lo, hi = common.finite_range(zm)
     norm = mcolors.LogNorm(vmin=vmin or lo, vmax=vmax or max(hi, lo * 1.0001))
     vmin = vmax = None
   x_mesh, y_mesh, z_t = mesh(xs, ys, zm)
@@ -477,7 +500,7 @@ def plot_contour(
     cmap: colour map (the reference uses "summer").
     points: optional {name: (x, y)} points to mark, e.g. {"minimum": (0, 0)}.
     samples: optional (N, 2) coordinates of the evaluated points, drawn as dots (e.g. the
-      `AdaptiveResult.coords` of `landscape_jax.adaptive.adaptive_surface`, whose `to_grid` gave
+      `AdaptiveResult.coords` of `core.adaptive.adaptive_surface`, whose `to_grid` gave
       `z`), or the `AdaptiveResult` itself.
     title, xlabel, ylabel, figsize, dpi, formats: as in `plot_1d`.
 
@@ -599,14 +622,14 @@ def plot_surface_3d(
   ax = fig.add_subplot(projection="3d")
   x_mesh, y_mesh, z_t = mesh(xs, ys, zm)
   if has_finite(zm):
-    lo, hi = _base.finite_range(zm)
+    lo, hi = common.finite_range(zm)
     surf = ax.plot_surface(
       x_mesh, y_mesh, np.ma.filled(z_t, np.nan), cmap=cmap, vmin=lo, vmax=hi, linewidth=0,
       antialiased=False, rstride=1, cstride=1,
     )
     fig.colorbar(surf, ax=ax, shrink=0.6, aspect=12, pad=0.1, label=zlabel, format="%.3g")
   else:
-    ax.text2D(0.5, 0.5, _base.EMPTY_MESSAGE, transform=ax.transAxes, ha="center", va="center")
+    ax.text2D(0.5, 0.5, common.EMPTY_MESSAGE, transform=ax.transAxes, ha="center", va="center")
   ax.view_init(elev=elev, azim=azim)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
@@ -672,7 +695,7 @@ def export_vtp(
   Returns:
     [path of the written .vtp file].
   """
-  xs, ys, z = check_grid(xs, ys, z)
+  xs, ys, z = check_surface(xs, ys, z)
   h = vtp_values(z, log=log, zmax=zmax)
   n, m = z.shape
   xx, yy = np.meshgrid(xs, ys, indexing="ij")
@@ -756,13 +779,13 @@ def plot_2d_all(
   Returns:
     All written files.
   """
-  stem = _base.output_paths(path, "png")[0][: -len(".png")]
-  common = dict(label=label, title=title, xlabel=xlabel, ylabel=ylabel, dpi=dpi, formats=formats)
-  files = plot_contour(f"{stem}_2dcontour", xs, ys, z, levels=levels, log=log, **common)
-  files += plot_contourf(f"{stem}_2dcontourf", xs, ys, z, levels=levels, log=log, **common)
-  files += plot_heatmap(f"{stem}_2dheatmap", xs, ys, z, log=log, **common)
-  common.update(xlabel=xlabel.split(" (")[0], ylabel=ylabel.split(" (")[0])
-  files += plot_surface_3d(f"{stem}_3dsurface", xs, ys, z, log=log, zmax=zmax, **common)
+  stem = common.output_paths(path, "png")[0][: -len(".png")]
+  style = dict(label=label, title=title, xlabel=xlabel, ylabel=ylabel, dpi=dpi, formats=formats)
+  files = plot_contour(f"{stem}_2dcontour", xs, ys, z, levels=levels, log=log, **style)
+  files += plot_contourf(f"{stem}_2dcontourf", xs, ys, z, levels=levels, log=log, **style)
+  files += plot_heatmap(f"{stem}_2dheatmap", xs, ys, z, log=log, **style)
+  style.update(xlabel=xlabel.split(" (")[0], ylabel=ylabel.split(" (")[0])
+  files += plot_surface_3d(f"{stem}_3dsurface", xs, ys, z, log=log, zmax=zmax, **style)
   if vtp and np.isfinite(np.asarray(z, dtype=np.float64)).any():
     files += export_vtp(stem, xs, ys, z, log=vtp_log, zmax=zmax, name=label.replace(" ", "_"))
   return files

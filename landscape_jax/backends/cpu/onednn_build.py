@@ -1,0 +1,170 @@
+"""Building and loading the oneDNN convolution kernel (an XLA FFI custom call) for the CPU.
+
+The kernel (``csrc/onednn_conv.cc``) is compiled on first use (a few seconds) with the system's
+C++ compiler against the oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels and
+cached in ``$LANDSCAPE_JAX_CACHE_DIR`` (default ``~/.cache/landscape_jax``).
+``LANDSCAPE_JAX_ONEDNN_ROOT`` points at another oneDNN (a folder with ``include/`` and ``lib/``);
+``LANDSCAPE_JAX_ONEDNN=0`` turns it off. Where it cannot be built (no compiler, another platform)
+`available()` is False, `unavailable_reason()` says why and ``"auto"`` (`resolve`) uses XLA's
+convolutions (with a warning on Linux x86-64). The numerics are in `backends.cpu.onednn`, the
+jaxpr rewriter in `backends.cpu.fusion`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+
+__all__ = ["CPU_CONVOLUTIONS", "OnednnUnavailable", "TARGET", "available", "library",
+           "resolve", "unavailable_reason"]
+
+_SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
+TARGET = "landscape_jax_onednn_conv"
+
+
+class OnednnUnavailable(RuntimeError):
+  """oneDNN convolutions cannot be used here; the message says why and what to do."""
+
+
+def _cache_dir() -> pathlib.Path:
+  if d := os.environ.get("LANDSCAPE_JAX_CACHE_DIR"):
+    return pathlib.Path(d)
+  base = os.environ.get("XDG_CACHE_HOME")
+  return (pathlib.Path(base) if base else pathlib.Path.home() / ".cache") / "landscape_jax"
+
+
+def _dist_file(dist: str, suffix: str) -> pathlib.Path | None:
+  """The installed file of distribution `dist` whose path ends with `suffix`."""
+  try:
+    files = importlib.metadata.distribution(dist).files or ()
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  for f in files:
+    path = pathlib.Path(f.locate()).resolve()  # RECORD paths may be relative ("../../lib...")
+    if path.as_posix().endswith(suffix) and path.exists():
+      return path
+  return None
+
+
+def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
+  """(include dir, path of libdnnl.so.3)."""
+  if root := os.environ.get("LANDSCAPE_JAX_ONEDNN_ROOT"):
+    inc, lib = pathlib.Path(root, "include"), pathlib.Path(root, "lib", "libdnnl.so.3")
+    if not (inc / "oneapi" / "dnnl" / "dnnl.hpp").exists() or not lib.exists():
+      raise OnednnUnavailable(f"LANDSCAPE_JAX_ONEDNN_ROOT={root} has no include/oneapi/dnnl/"
+                              "dnnl.hpp and lib/libdnnl.so.3.")
+    return inc, lib
+  header = _dist_file("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
+  lib = _dist_file("onednn-cpu-gomp", "lib/libdnnl.so.3")
+  if header is None or lib is None:
+    raise OnednnUnavailable(
+      "oneDNN is not installed: pip install onednn-cpu-gomp==2023.2.0 "
+      "onednn-devel-cpu-gomp==2023.2.0 (Linux x86-64), or set LANDSCAPE_JAX_ONEDNN_ROOT.")
+  return header.parents[2], lib
+
+
+def _compile(out: pathlib.Path, compiler: str, include: pathlib.Path, lib: pathlib.Path) -> None:
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    tmp_out = pathlib.Path(tmp) / out.name
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(_SOURCE), "-o",
+           str(tmp_out), f"-I{include}", f"-I{jax.ffi.include_dir()}", str(lib),
+           f"-Wl,-rpath,{lib.parent}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      raise OnednnUnavailable(f"Compiling {_SOURCE.name} failed ({' '.join(cmd)}):\n"
+                              f"{proc.stderr[-2000:]}")
+    os.replace(tmp_out, out)  # atomic: concurrent builds (test workers) never see half a file
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+  """Builds (once per machine and version) and loads the kernel; registers the FFI target."""
+  if os.environ.get("LANDSCAPE_JAX_ONEDNN", "1") == "0":
+    raise OnednnUnavailable("turned off by LANDSCAPE_JAX_ONEDNN=0.")
+  if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    raise OnednnUnavailable(f"only built on Linux x86-64 (this is {platform.system()} "
+                            f"{platform.machine()}).")
+  include, lib = _find_onednn()
+  compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+  if compiler is None:
+    raise OnednnUnavailable("no C++ compiler found (install g++ or set CXX).")
+  key = hashlib.sha256(b"\0".join([
+    _SOURCE.read_bytes(), jax.__version__.encode(), str(lib).encode(),
+    str(lib.stat().st_size).encode(), compiler.encode()])).hexdigest()[:16]
+  path = _cache_dir() / f"onednn_conv_{key}.so"
+  if not path.exists():
+    try:
+      _compile(path, compiler, include, lib)
+    except OSError as e:  # e.g. a read-only home directory
+      raise OnednnUnavailable(f"Cannot build the kernel in {path.parent} ({e}); set "
+                              "LANDSCAPE_JAX_CACHE_DIR to a writable folder.") from e
+  try:
+    handle = ctypes.CDLL(str(path))
+  except OSError as e:
+    raise OnednnUnavailable(f"Loading {path} failed: {e}") from e
+  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handle.LandscapeJaxOnednnConv),
+                              platform="cpu")
+  handle.LandscapeJaxOnednnConvImpl.restype = ctypes.c_char_p
+  handle.LandscapeJaxOnednnConvImpl.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+  return handle
+
+
+def available() -> bool:
+  """Whether oneDNN convolutions can be used (builds the kernel on the first call)."""
+  return unavailable_reason() is None
+
+
+def unavailable_reason() -> str | None:
+  """None when `available()`, else why not and what to do."""
+  try:
+    library()
+  except OnednnUnavailable as e:
+    return str(e)
+  return None
+
+
+CPU_CONVOLUTIONS = ("auto", "onednn", "xla")
+
+
+def resolve(cpu_convolutions: str = "auto") -> bool:
+  """Whether to use oneDNN for a ``cpu_convolutions`` option (`evaluation.make_metric_fn`).
+
+  ``"xla"``: never. ``"onednn"``: always (raises `OnednnUnavailable` where it cannot be built).
+  ``"auto"``: when the default backend is the CPU and `available()`; warns once, with the reason,
+  when it is not available on Linux x86-64 (where it should be).
+  """
+  if cpu_convolutions not in CPU_CONVOLUTIONS:
+    raise ValueError(f"cpu_convolutions must be one of {CPU_CONVOLUTIONS}, got "
+                     f"{cpu_convolutions!r}.")
+  if cpu_convolutions == "xla":
+    return False
+  if cpu_convolutions == "onednn":
+    library()
+    return True
+  if jax.default_backend() != "cpu":
+    return False
+  reason = unavailable_reason()
+  if reason is not None:
+    _warn_once(reason)
+  return reason is None
+
+
+@functools.cache
+def _warn_once(reason: str) -> None:
+  if (platform.system() == "Linux" and platform.machine() == "x86_64"
+      and os.environ.get("LANDSCAPE_JAX_ONEDNN", "1") != "0"):
+    warnings.warn(f"landscape_jax.backends.cpu.onednn: using XLA's CPU convolutions (slower): "
+                  f"{reason} (LANDSCAPE_JAX_ONEDNN=0 silences this).", stacklevel=3)
+

@@ -1,0 +1,423 @@
+"""The point-evaluation engine: ``metric_fn(point_fn(c))`` for many coordinates c, resumably.
+
+Every evaluation of many points in parameter space goes through `evaluate_points`: the 1-D and
+2-D surfaces of Li et al. 2018 (`surface.surface_grid`, `surface.surface_points`), straight lines
+between models (`paths.linear_path`), curves and their planes (`curves.evaluate_curve`,
+`curves.evaluate_plane`, Garipov et al. 2018) and the swap paths of Brea et al. 2019
+(`permutations.swap_path_metrics`). Each of those only builds a `point_fn` (coordinates ->
+parameters) and the coordinates; the engine does the rest, the same way for all of them:
+
+* **compiled once**: points are evaluated in chunks of a fixed size inside one jitted function, by
+  `lax.map` (sequential, low memory; the default on CPU) or `vmap` (batched; the default on
+  GPU/TPU); the last chunk is padded, so no chunk recompiles. `metric_fn` and `point_fn` are
+  pytree arguments (`jax.tree_util.Partial`), so the data and parameters they hold stay on the
+  device as buffers instead of being baked into the program;
+* **sharded**: with a 1-D `Mesh`, each chunk's coordinates are split over the mesh axis by
+  `jax.shard_map` (every device evaluates its points locally, so custom calls are never
+  auto-partitioned) while the functions' arrays are replicated; in a multi-process run
+  (`jax.distributed`) every process evaluates its devices' share and process 0 writes;
+* **resumable and exact**: with ``store=directory`` the results are written atomically after every
+  chunk (`core.store`, one format for every result). The store records the exact identity
+  of what computed it (`core.identity`): a digest of the coordinates, the code and arrays
+  of `metric_fn` (its data, labels, BatchNorm statistics) and of `point_fn` (the centre and
+  directions, the curve, the endpoints). A rerun with the same identity computes only the missing
+  points; any difference is refused with a message that lists what differs;
+* **progress**: a tqdm bar with points/s and ETA on the main process;
+* non-finite metric values (far from a minimum) are recorded as they are, never fatal.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+from jax.tree_util import Partial
+from tqdm.auto import tqdm
+
+from landscape_jax.core import identity as identity_lib
+from landscape_jax.core import sharding as shd
+from landscape_jax.core import store as store_lib
+
+PyTree = Any
+MAP_MODES = ("map", "vmap")
+_log = logging.getLogger(__name__)
+
+
+def as_partial(fn, *, name: str = "metric_fn") -> Partial | None:
+  """`fn` as a `jax.tree_util.Partial` (a pytree whose arrays are jit arguments); None stays."""
+  if fn is None or isinstance(fn, Partial):
+    return fn
+  if not callable(fn):
+    raise TypeError(f"{name} must be a callable, got {type(fn).__name__}.")
+  return Partial(fn)
+
+
+def default_map_mode(platform: str | None = None) -> str:
+  """`lax.map` on CPU (no gain from batching points, lower memory), `vmap` on GPU/TPU."""
+  platform = platform or jax.devices()[0].platform
+  return "map" if platform == "cpu" else "vmap"
+
+
+def check_grid(values, *, name: str = "xs") -> np.ndarray:
+  """Validates grid coordinates: a non-empty, finite, strictly increasing 1-D sequence."""
+  try:
+    arr = np.asarray(values, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name} must be a 1-D sequence of numbers; got {values!r}.") from e
+  if arr.ndim == 0:
+    arr = arr[None]
+  if arr.ndim != 1:
+    raise ValueError(f"{name} must be 1-D, got shape {arr.shape}.")
+  if arr.size == 0:
+    raise ValueError(f"{name} has no points; use e.g. np.linspace(-1, 1, 51).")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{name} contains non-finite values ({arr[~np.isfinite(arr)][:3]}); grid "
+                     "bounds must be finite.")
+  if arr.size > 1 and not np.all(np.diff(arr) > 0):
+    raise ValueError(f"{name} must be strictly increasing (a reversed range or repeated values "
+                     f"were given: {arr[:4]}...); use np.linspace(lo, hi, n) with lo < hi.")
+  return arr
+
+
+def check_coords(coords, *, name: str = "coords") -> np.ndarray:
+  """Validates point coordinates: a non-empty (N, k) array (or (N,) for k = 1) of finite numbers."""
+  try:
+    arr = np.asarray(coords, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name} must be an array of numbers; got {type(coords).__name__}.") from e
+  if arr.ndim == 1:
+    arr = arr[:, None]
+  if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    raise ValueError(f"{name} must have shape (num_points, num_coordinates) with at least one "
+                     f"point, got shape {np.shape(coords)}.")
+  if not np.all(np.isfinite(arr)):
+    bad = np.argwhere(~np.isfinite(arr))[0]
+    raise ValueError(f"{name} contains non-finite values (first at row {bad[0]}: "
+                     f"{arr[bad[0]]}); every point must have finite coordinates.")
+  return arr
+
+
+def _as_metrics(out) -> dict:
+  if isinstance(out, dict):
+    return dict(out)
+  if isinstance(out, (tuple, list)):
+    raise ValueError(
+      f"metric_fn returned a {type(out).__name__} of {len(out)} values; it must return a dict of "
+      "scalars (e.g. {'loss': loss, 'accuracy': acc}) or a single scalar (stored as 'loss').")
+  return {"loss": out}
+
+
+def _point_metrics(metric_fn, point_fn, c):
+  return _as_metrics(metric_fn(point_fn(c)))
+
+
+def metric_dtypes(metric_fn, point_fn, num_coords: int) -> dict[str, type]:
+  """``{metric name: numpy dtype}`` of ``metric_fn(point_fn(c))`` by abstract evaluation.
+
+  Raises:
+    ValueError: the metric function returns a tuple, a non-scalar or an empty dict.
+  """
+  c = jax.ShapeDtypeStruct((num_coords,), jnp.float32)
+  try:
+    shapes = jax.eval_shape(_point_metrics, metric_fn, point_fn, c)
+  except TypeError as e:
+    if "JAX type" in str(e) or "not a valid JAX type" in str(e):
+      raise ValueError(f"metric_fn must return JAX arrays (a dict of scalars); {e}") from e
+    raise
+  keys = {}
+  for k, s in shapes.items():
+    if not hasattr(s, "shape"):
+      raise ValueError(f"metric_fn's '{k}' is a {type(s).__name__}, not an array; return a dict "
+                       "of scalars.")
+    if s.shape != ():
+      raise ValueError(f"metric_fn must return scalars; '{k}' has shape {s.shape} (reduce it over "
+                       "the examples, e.g. with jnp.mean, or return one key per entry).")
+    keys[str(k)] = np.float32 if s.dtype in (jnp.float32, jnp.bfloat16, jnp.float16) else (
+      np.float64)
+  if not keys:
+    raise ValueError("metric_fn returned an empty dict.")
+  return keys
+
+
+@functools.lru_cache(maxsize=64)
+def chunk_fn(mesh: Mesh | None, axis: str | None, map_mode: str, batch_size: int | None):
+  """The jitted chunk evaluator ``(metric_fn, point_fn, coords (C, k)) -> {metric: (C,)}``."""
+
+  def local(metric_fn, point_fn, coords):
+    one = functools.partial(_point_metrics, metric_fn, point_fn)
+    if map_mode == "vmap":
+      return jax.vmap(one)(coords)
+    return jax.lax.map(one, coords, batch_size=batch_size)
+
+  if mesh is None:
+    return jax.jit(local)
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis)), out_specs=P(axis),
+                          check_vma=False)
+  return jax.jit(sharded)
+
+
+def check_chunk_size(chunk_size, num_devices: int, batch_size: int | None = None) -> int:
+  """Validates `chunk_size`: a positive integer multiple of the devices (and of `batch_size`)."""
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+    raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+  if chunk_size < 1 or chunk_size % num_devices:
+    raise ValueError(f"chunk_size must be a positive multiple of the number of devices "
+                     f"({num_devices}), got {chunk_size}.")
+  if batch_size and (chunk_size // num_devices) % batch_size:
+    raise ValueError(f"chunk_size / num_devices ({chunk_size // num_devices}) must be a multiple "
+                     f"of batch_size ({batch_size}) so that lax.map needs no remainder.")
+  return int(chunk_size)
+
+
+def auto_chunk_size(metric_fn, point_fn, num_coords: int, *, num_devices: int, map_mode: str,
+                    batch_size: int | None = None, memory_fraction: float = 0.5,
+                    max_per_device: int = 256) -> int:
+  """Points per chunk (a multiple of `num_devices`) chosen from the device's free memory.
+
+  On GPU/TPU the per-point memory of the compiled evaluator is measured (XLA memory analysis of
+  one- and eight-point chunks, at least one copy of the parameters per point) and the chunk fills
+  `memory_fraction` of the free device memory; with ``map_mode="map"`` memory does not grow with
+  the chunk, which then holds `max_per_device` points per device (a store write every chunk). On
+  CPU (no memory statistics) 16 points per device.
+  """
+  device = jax.local_devices()[0]
+  try:
+    stats = device.memory_stats()
+  except (AttributeError, RuntimeError, NotImplementedError):
+    stats = None
+  mult = batch_size or 1
+  if not stats or "bytes_limit" not in stats:
+    per_device = 16
+  elif map_mode == "map":
+    per_device = max_per_device
+  else:
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    local = chunk_fn(None, None, map_mode, batch_size)
+    sizes = []
+    for n in (1, 8):
+      coords = jax.ShapeDtypeStruct((n, num_coords), jnp.float32)
+      mem = local.lower(metric_fn, point_fn, coords).compile().memory_analysis()
+      sizes.append(0 if mem is None else mem.temp_size_in_bytes + mem.output_size_in_bytes)
+    params = jax.eval_shape(point_fn, jax.ShapeDtypeStruct((num_coords,), jnp.float32))
+    param_bytes = sum(np.dtype(x.dtype).itemsize * math.prod(x.shape)
+                      for x in jax.tree.leaves(params))
+    per_point = max((sizes[1] - sizes[0]) // 7, param_bytes, 1)
+    per_device = int(min(max_per_device, max(1, memory_fraction * free // per_point)))
+  per_device = max(mult, per_device // mult * mult)
+  return per_device * num_devices
+
+
+def benchmark_map_modes(metric_fn, point_fn, num_coords: int, *, chunk_size: int = 16,
+                        mesh: Mesh | None = None, repeats: int = 3,
+                        modes: tuple[str, ...] = MAP_MODES) -> dict[str, float]:
+  """Points per second of each `map_mode` for this metric on this platform (after compiling).
+
+  Times `repeats` chunks of `chunk_size` points per mode (the median is reported) at coordinates
+  spread over [-1, 1], so that a user can pick ``map_mode`` for a long run
+  (``map_mode="auto"`` does this on the run's own chunk shape).
+  """
+  metric_fn = as_partial(metric_fn)
+  point_fn = as_partial(point_fn, name="point_fn")
+  num_devices = 1 if mesh is None else mesh.devices.size
+  check_chunk_size(chunk_size, num_devices)
+  axis = None if mesh is None else mesh.axis_names[0]
+  coords = np.linspace(-1.0, 1.0, chunk_size * num_coords, dtype=np.float32)
+  coords = coords.reshape(chunk_size, num_coords)
+  if mesh is not None:
+    metric_fn, point_fn = shd.replicate((metric_fn, point_fn), mesh)
+    coords = shd.shard_leading(coords, mesh, axis)
+  out = {}
+  for mode in modes:
+    fn = chunk_fn(mesh, axis, mode, None)
+    jax.block_until_ready(fn(metric_fn, point_fn, coords))
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(metric_fn, point_fn, coords))
+      times.append(time.perf_counter() - t0)
+    out[mode] = chunk_size / float(np.median(times))
+  return out
+
+
+def _pick_map_mode(metric_fn, point_fn, num_coords, chunk_size, mesh) -> str:
+  rates = benchmark_map_modes(metric_fn, point_fn, num_coords, chunk_size=chunk_size, mesh=mesh,
+                              repeats=1)
+  best = max(MAP_MODES, key=lambda m: rates[m])
+  # every process must compile the same program: process 0's choice wins
+  best = MAP_MODES[int(shd.broadcast_from_main(np.array([MAP_MODES.index(best)]))[0])]
+  _log.info("map_mode='auto': %s (points/s: %s)", best,
+            {m: round(r, 2) for m, r in rates.items()})
+  return best
+
+
+def identity_config(metric_fn, point_fn, coords: np.ndarray, *, identity: str | None,
+                    metadata: dict | None) -> dict:
+  """What a store records and compares on resume: exact digests of everything that computed it."""
+  return {
+    "num_points": int(coords.shape[0]),
+    "num_coordinates": int(coords.shape[1]),
+    "coords_sha256": identity_lib.tree_digest(coords),
+    "metric_fn": identity_lib.callable_identity(metric_fn, identity=identity, name="metric_fn"),
+    "point_fn": identity_lib.callable_identity(point_fn, identity=identity, name="point_fn"),
+    "metadata": metadata or {},
+  }
+
+
+def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax.Array], PyTree],
+                    coords, *, shape: tuple[int, ...] | None = None,
+                    store: str | os.PathLike | None = None, metadata: dict | None = None,
+                    identity: str | None = None, chunk_size: int | None = None,
+                    mesh: Mesh | None = None, map_mode: str | None = None,
+                    batch_size: int | None = None, progress: bool = True,
+                    desc: str = "points") -> dict[str, np.ndarray]:
+  """``res[k][i] = metric_fn(point_fn(coords[i]))[k]`` for every row of `coords`.
+
+  Args:
+    metric_fn: ``metric_fn(params) -> dict[str, scalar]`` (a scalar result is stored as
+      ``"loss"``); jit-able and vmappable. A plain function is wrapped in `jax.tree_util.Partial`:
+      build it as a Partial over its data (as `evaluation.make_metric_fn` does) so that large
+      datasets are arguments, not constants, of the compiled program.
+    point_fn: ``point_fn(c) -> params`` for one float32 coordinate vector ``c`` of length k, best a
+      `jax.tree_util.Partial` holding its arrays (e.g. ``Partial(plane_fn, center, directions)``).
+    coords: (N, k) coordinates (or (N,) for k = 1), finite.
+    shape: shape of every returned array (its size must be N; default ``(N,)``); row-major order.
+    store: directory for resumable results (`core.store`), written after every chunk; a
+      rerun computes only missing points and refuses results of anything else.
+    metadata: extra JSON-able configuration stored with the results and compared on resume.
+    identity: a name you guarantee identifies whatever the automatic identity cannot inspect in
+      `metric_fn` / `point_fn` (see `core.identity`); only needed with `store`.
+    chunk_size: points per compiled call (a multiple of the mesh size); default from the device's
+      memory (`auto_chunk_size`).
+    mesh: a 1-D `Mesh` (`sharding.make_mesh`); chunks are sharded over its axis.
+    map_mode: ``"map"`` (`lax.map`), ``"vmap"``, or ``"auto"`` (time one chunk of each with
+      `benchmark_map_modes` and keep the faster); default `default_map_mode()`.
+    batch_size: `lax.map` batch size (points vmapped together inside the sequential map).
+    progress: show a tqdm bar on the main process.
+    desc: the progress bar's label.
+
+  Returns:
+    ``{metric: numpy array of shape `shape`}``; non-finite values are kept (and logged).
+
+  Raises:
+    ValueError: bad coordinates, chunk size, map mode or metric outputs; a store computed by
+      anything else (`store.StoreMismatchError`, listing what differs).
+    identity.IdentityError: with `store`, something in the functions cannot be identified and no
+      `identity` name was given.
+    store.StoreCorruptError: the store on disk is damaged (it is left untouched).
+  """
+  metric_fn = as_partial(metric_fn)
+  point_fn = as_partial(point_fn, name="point_fn")
+  coords = check_coords(coords)
+  num_points, num_coords = coords.shape
+  shape = (num_points,) if shape is None else tuple(int(s) for s in shape)
+  if math.prod(shape) != num_points:
+    raise ValueError(f"shape {shape} does not hold the {num_points} points.")
+  map_mode = map_mode or default_map_mode()
+  if map_mode not in (*MAP_MODES, "auto"):
+    raise ValueError(f"map_mode must be one of {(*MAP_MODES, 'auto')}, got {map_mode!r}.")
+  if batch_size is not None and (map_mode != "map" or batch_size < 1):
+    raise ValueError("batch_size is a positive lax.map batch size; use it with map_mode='map'.")
+  if mesh is not None and len(mesh.axis_names) != 1:
+    raise ValueError(f"Point evaluation needs a 1-D mesh, got axes {mesh.axis_names}; use "
+                     "sharding.make_mesh.")
+  num_devices = 1 if mesh is None else mesh.devices.size
+  if chunk_size is not None:
+    check_chunk_size(chunk_size, num_devices, batch_size)
+  keys = metric_dtypes(metric_fn, point_fn, num_coords)
+  main = shd.is_main_process()
+
+  # Resume: every process reads the same state (process 0's done-mask wins), only process 0 writes.
+  if store is not None:
+    config = identity_config(metric_fn, point_fn, coords, identity=identity, metadata=metadata)
+    if not main:
+      shd.sync("landscape_jax.core.engine.store_created")
+    state = store_lib.open_or_create(store, config=config, shape=shape, keys=keys, create=main)
+    if main:
+      shd.sync("landscape_jax.core.engine.store_created")
+    done = shd.broadcast_from_main(state.done.ravel()).astype(bool)
+  else:
+    state = store_lib.StoreState(
+      config={}, values={k: np.full(shape, np.nan, dt) for k, dt in keys.items()},
+      done=np.zeros(shape, bool))
+    done = np.zeros(num_points, bool)
+
+  missing = np.flatnonzero(~done)
+  if missing.size:
+    if chunk_size is None:
+      chunk_size = auto_chunk_size(metric_fn, point_fn, num_coords, num_devices=num_devices,
+                                   map_mode="vmap" if map_mode == "auto" else map_mode,
+                                   batch_size=batch_size)
+      per_dev = -(-missing.size // num_devices)
+      if batch_size:
+        per_dev = -(-per_dev // batch_size) * batch_size
+      chunk_size = min(chunk_size, per_dev * num_devices)
+    if map_mode == "auto":
+      map_mode = _pick_map_mode(metric_fn, point_fn, num_coords, chunk_size, mesh)
+    state = evaluate_missing(metric_fn, point_fn, coords.astype(np.float32), missing, state,
+                              store, chunk_size=chunk_size, mesh=mesh, map_mode=map_mode,
+                              batch_size=batch_size, progress=progress and main, desc=desc)
+  values = {k: np.array(v, copy=True) for k, v in state.values.items()}
+  for k, v in values.items():
+    bad = int(np.sum(~np.isfinite(v)))
+    if bad:
+      _log.warning("%d of %d points have a non-finite %s (recorded as is; plots mask them).",
+                   bad, v.size, k)
+  return values
+
+
+def evaluate_missing(metric_fn, point_fn, coords, missing, state, store, *, chunk_size, mesh,
+                      map_mode, batch_size, progress, desc):
+  axis = None if mesh is None else mesh.axis_names[0]
+  fn = chunk_fn(mesh, axis, map_mode, batch_size)
+  if mesh is not None:
+    metric_fn, point_fn = shd.replicate((metric_fn, point_fn), mesh)
+  shape = state.done.shape
+  num_points = math.prod(shape)
+  flat_values = {k: v.reshape(-1) for k, v in state.values.items()}
+  flat_done = state.done.reshape(-1)
+  num_chunks = math.ceil(missing.size / chunk_size)
+  label = f"{desc} {'x'.join(map(str, shape))}" if len(shape) > 1 else desc
+  bar = tqdm(total=num_points, initial=num_points - missing.size, unit="pt", disable=not progress,
+             desc=label, dynamic_ncols=True)
+  try:
+    for c in range(num_chunks):
+      idx = missing[c * chunk_size:(c + 1) * chunk_size]
+      padded = np.concatenate([idx, np.full(chunk_size - idx.size, idx[-1], idx.dtype)])
+      chunk = coords[padded]
+      chunk = shd.shard_leading(chunk, mesh, axis) if mesh is not None else jnp.asarray(chunk)
+      out = fn(metric_fn, point_fn, chunk)
+      for k in flat_values:
+        flat_values[k][idx] = shd.to_host(out[k])[:idx.size]
+      flat_done[idx] = True
+      if store is not None and shd.is_main_process():
+        state = store_lib.write(store, state)
+      bar.update(idx.size)
+  finally:
+    bar.close()
+  return state
+
+
+__all__ = [
+  "MAP_MODES",
+  "as_partial",
+  "auto_chunk_size",
+  "benchmark_map_modes",
+  "check_chunk_size",
+  "check_coords",
+  "check_grid",
+  "chunk_fn",
+  "default_map_mode",
+  "evaluate_points",
+  "identity_config",
+  "metric_dtypes",
+]

@@ -1,0 +1,807 @@
+"""Curvature of the loss: Hessian-vector products, Lanczos, eigenvalues, trace, spectral density.
+
+Conventions follow PyHessian (Yao et al. 2020, "PyHessian: Neural networks through the lens of
+the Hessian") and the Hessian maps of Li et al. 2018 ("Visualizing the loss landscape of neural
+nets", Sec. 6):
+
+* ``hvp(loss_fn, params, data, v) = H v`` by forward-over-reverse differentiation,
+  ``jax.jvp(jax.grad(loss), (params,), (v,))[1]``; it costs a small multiple of one gradient
+  (``benchmarks/bench_hvp.py`` prints the ratio).
+* ``data`` is either one minibatch (whatever ``loss_fn(params, batch)`` takes) or a whole split
+  prepared by `make_batches`. Over a split the batches are weighted by their size,
+  ``H v = sum_b n_b H_b v / N`` with ``H_b`` the Hessian of the mean loss of batch ``b``, which is
+  the Hessian of the mean loss over the ``N`` examples (the Li et al. code sums per-batch means;
+  this module does not).
+* ``mask`` (a pytree of Python bools with the structure of ``params``, e.g.
+  ``trees.mask_by_ndim(params)`` for Li et al.'s "weights with ndim > 1") restricts the Hessian to
+  the selected leaves: the operator is ``H_SS``, the other parameters stay fixed.
+* Lanczos with full reorthogonalisation runs inside `lax.fori_loop` on the flattened parameter
+  vector (`jax.flatten_util.ravel_pytree`); memory is ``num_steps x P``. The Ritz values of the
+  tridiagonal matrix give the extreme eigenvalues (top-k and the smallest, directly, without the
+  shift ``H - 0.51 lambda_max I`` of the Li et al. code), and with the squared first components of
+  its eigenvectors the stochastic Lanczos quadrature (SLQ) of the spectral density (Ghorbani et
+  al. 2019; Lin, Saad & Yang 2016).
+* Trace by Hutchinson's estimator with Rademacher probes, ``tr H ~ mean_i z_i^T H z_i``, with its
+  standard error.
+
+Every random routine takes a `jax.random` key and is deterministic for that key; step counts and
+keys are keyword-only (the trace and density take the key first, as `jax.random` does).
+`make_curvature_metric_fn` packages ``lambda_max``, ``lambda_min`` and ``|lambda_min/lambda_max|``
+as a jit- and vmap-compatible ``metric_fn(params)`` so that `surface_grid` evaluates
+eigenvalue-ratio maps with the same chunked, sharded, resumable machinery as loss surfaces.
+
+Non-finite input: `hessian_eigenvalues`, `hessian_trace` and `spectral_density` evaluate the loss
+once first (one forward pass over ``data``) and raise FloatingPointError if it is NaN/inf (a NaN
+cross-entropy, e.g. from labels beyond the model's classes, can have finite products and would
+otherwise give finite, meaningless eigenvalues), and again if the Lanczos or Hutchinson outputs
+are not finite. `hvp` and `lanczos` do not check.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
+from landscape_jax.core.trees import check_same_structure
+
+PyTree = Any
+LossFn = Callable[[PyTree, Any], jax.Array]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: one minibatch or a whole split in batches.
+
+
+class SplitBatches(NamedTuple):
+  """A whole split cut into equal batches plus at most one smaller remainder batch.
+
+  Attributes:
+    full: the batches of size ``batch_size`` stacked on a leading axis: every leaf has shape
+      ``(num_full, batch_size, ...)``; None if the split is smaller than one batch.
+    rest: the last ``N mod batch_size`` examples as one ordinary batch, or None.
+
+  Built by `make_batches`. Curvature routines given a `SplitBatches` walk ``full`` with
+  `lax.scan` and weight every batch by its size, so the result is that of the mean loss over the
+  whole split.
+  """
+
+  full: PyTree | None
+  rest: PyTree | None
+
+  @property
+  def num_examples(self) -> int:
+    n = 0
+    if self.full is not None:
+      shape = jax.tree.leaves(self.full)[0].shape
+      n += shape[0] * shape[1]
+    if self.rest is not None:
+      n += jax.tree.leaves(self.rest)[0].shape[0]
+    return int(n)
+
+
+def make_batches(data: Any, *, batch_size: int, sharding=None) -> SplitBatches:
+  """Cuts a split into device-resident batches for whole-split curvature.
+
+  Args:
+    data: a `adapters.data.Dataset`, or any pytree of arrays sharing the leading (example)
+      axis, such as ``(uint8 images, int labels)``; its batches are what ``loss_fn`` receives.
+    batch_size: examples per batch (clipped to the split size).
+    sharding: optional `jax.sharding.Sharding` for the stacked full batches, e.g.
+      ``NamedSharding(mesh, P(None, "data"))`` to split every batch over the devices of a mesh
+      (the HVPs then run data-parallel under `jax.jit`). For a `NamedSharding` the remainder
+      batch gets the same spec without its leading entry; it must divide evenly too. Default:
+      the default device.
+
+  Returns:
+    A `SplitBatches` with ``N // batch_size`` full batches and one remainder batch when
+    ``batch_size`` does not divide ``N``.
+  """
+  if hasattr(data, "images") and hasattr(data, "labels"):
+    data = (data.images, data.labels)
+  leaves = jax.tree.leaves(data)
+  if not leaves:
+    raise ValueError("make_batches needs a non-empty pytree of arrays (e.g. (images, labels)).")
+  n = int(np.shape(leaves[0])[0])
+  if any(np.shape(x)[:1] != (n,) for x in leaves):
+    raise ValueError("All arrays given to make_batches must share the leading example axis; got "
+                     f"shapes {[np.shape(x) for x in leaves]}.")
+  if n == 0:
+    raise ValueError("Cannot build batches of an empty split.")
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  batch_size = min(int(batch_size), n)
+  num_full = n // batch_size
+  cut = num_full * batch_size
+  rest_sharding = sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    rest_sharding = jax.sharding.NamedSharding(sharding.mesh,
+                                               jax.sharding.PartitionSpec(*sharding.spec[1:]))
+
+  def put(a, where):
+    return jnp.asarray(a) if where is None else jax.device_put(a, where)
+
+  full = jax.tree.map(lambda x: put(
+    np.asarray(x)[:cut].reshape(num_full, batch_size, *np.shape(x)[1:]), sharding), data)
+  rest = jax.tree.map(lambda x: put(np.asarray(x)[cut:], rest_sharding), data) if cut < n \
+    else None
+  return SplitBatches(full=full, rest=rest)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flattened, optionally masked, Hessian operator.
+
+
+def _as_partial(fn: Callable) -> jax.tree_util.Partial:
+  if not callable(fn):
+    raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {type(fn)}.")
+  return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
+
+
+def _mask_tuple(params: PyTree, mask: PyTree | None) -> tuple[bool, ...] | None:
+  """The mask as a hashable tuple of Python bools in leaf order (None = every leaf)."""
+  if mask is None:
+    return None
+  p_def = jax.tree.structure(params)
+  m_leaves, m_def = jax.tree.flatten(mask)
+  if p_def != m_def:
+    raise ValueError("mask must have the structure of params (e.g. trees.mask_by_ndim(params)); "
+                     f"got {m_def} vs {p_def}.")
+  try:
+    out = tuple(bool(m) for m in m_leaves)
+  except jax.errors.ConcretizationTypeError as e:
+    raise ValueError("mask must hold Python bools (static), not traced arrays; build it with "
+                     "trees.mask_by_ndim or trees.mask_by_path outside jit.") from e
+  if not any(out):
+    raise ValueError("mask selects no parameter; select at least one leaf.")
+  return out
+
+
+class FlatOperator(NamedTuple):
+  """``matvec(x) = H_SS x`` on the flat vector ``x`` of the selected leaves."""
+
+  matvec: Callable[[jax.Array], jax.Array]
+  x0: jax.Array  # flat selected parameters (the point where H is taken)
+  unravel: Callable[[jax.Array], PyTree]  # flat selection -> full pytree (zeros elsewhere)
+  ravel: Callable[[PyTree], jax.Array]  # full pytree -> flat selection
+
+
+def _split_leaves(params, mask):
+  leaves, treedef = jax.tree.flatten(params)
+  mask = mask or (True,) * len(leaves)
+  if len(mask) != len(leaves):
+    raise ValueError(f"mask has {len(mask)} leaves but params have {len(leaves)}.")
+  active = [x for x, m in zip(leaves, mask, strict=True) if m]
+
+  def merge(new_active, fill_rest):
+    it = iter(new_active)
+    return treedef.unflatten(
+      [next(it) if m else fill_rest(x) for x, m in zip(leaves, mask, strict=True)])
+
+  def select(tree):
+    return [x for x, m in zip(jax.tree.leaves(tree), mask, strict=True) if m]
+
+  return active, merge, select
+
+
+def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | None,
+              linearize: bool = False) -> FlatOperator:
+  """``H v`` on flat vectors. With `linearize`, the gradient is linearised once at ``x0``
+  (`jax.linearize`): each product then re-runs only the tangent pass, reusing the stored forward
+  and backward residuals of every batch (memory: those residuals; about 1.5x fewer FLOPs per
+  product, benchmarks/bench_hvp.py)."""
+  active, merge, select = _split_leaves(params, mask)
+  x0, unravel_active = ravel_pytree(active)
+
+  def loss_flat(x, batch):
+    return loss_fn(merge(unravel_active(x), lambda leaf: leaf), batch)
+
+  # canonical convolutions: the products run inside loops (Lanczos, probes, batches), where
+  # XLA:CPU's backward convolutions are otherwise much slower (backends.cpu.convolutions)
+  grad_flat = canonicalize_convolutions(jax.grad(loss_flat))
+
+  def hvp_batch(x, batch):
+    return jax.jvp(lambda y: grad_flat(y, batch), (x0,), (x,))[1]
+
+  if isinstance(data, SplitBatches):
+    total = data.num_examples
+    if total == 0:
+      raise ValueError("The SplitBatches hold no example.")
+
+    def weighted(per_batch):  # sum_b n_b f(batch_b) / N
+      def f(x):
+        out = jnp.zeros_like(x0)
+        if data.full is not None:
+          size = jax.tree.leaves(data.full)[0].shape[1]
+          acc, _ = jax.lax.scan(lambda c, b: (c + per_batch(x, b), None), out, data.full)
+          out = out + size * acc
+        if data.rest is not None:
+          out = out + jax.tree.leaves(data.rest)[0].shape[0] * per_batch(x, data.rest)
+        return out / total
+      return f
+
+    matvec = (jax.linearize(weighted(grad_flat), x0)[1] if linearize
+              else weighted(hvp_batch))
+  elif linearize:
+    matvec = jax.linearize(functools.partial(grad_flat, batch=data), x0)[1]
+  else:
+    matvec = functools.partial(hvp_batch, batch=data)
+
+  def unravel(x):
+    return merge(unravel_active(x), jnp.zeros_like)
+
+  def ravel(tree):
+    return ravel_pytree(select(tree))[0]
+
+  return FlatOperator(matvec, x0, unravel, ravel)
+
+
+def num_curvature_params(params: PyTree, *, mask: PyTree | None = None) -> int:
+  """Dimension P of the (masked) Hessian: the number of selected scalar parameters."""
+  m = _mask_tuple(params, mask)
+  leaves = jax.tree.leaves(params)
+  return int(sum(np.size(x) for i, x in enumerate(leaves) if m is None or m[i]))
+
+
+def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
+        mask: PyTree | None = None) -> PyTree:
+  """Hessian-vector product ``H v`` by forward-over-reverse differentiation (jitted).
+
+  ``H v = d/de grad L(params + e v) |_{e=0} = jax.jvp(jax.grad(L), (params,), (v,))[1]``.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar`` (mean loss over the batch).
+    params: the point where the Hessian is taken.
+    data: one batch, or a `SplitBatches` (whole split; batches weighted by their size:
+      ``H v = sum_b n_b H_b v / N``).
+    v: a pytree with the structure of ``params``.
+    mask: optional pytree of Python bools: restricts to the selected leaves (``H_SS v_S``);
+      unselected leaves of the result are zero and those of ``v`` are ignored.
+
+  Returns:
+    ``H v`` with the structure of ``params``.
+
+  References:
+    Pearlmutter 1994, "Fast Exact Multiplication by the Hessian".
+  """
+  check_same_structure(params, v, names=("params", "v"), check_dtype=False)
+  return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _hvp_jit(loss_fn, params, data, v, mask):
+  op = flat_hvp_operator(loss_fn, params, data, mask)
+  return op.unravel(op.matvec(op.ravel(v).astype(op.x0.dtype)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Lanczos.
+
+
+class LanczosResult(NamedTuple):
+  """Output of `lanczos`: ``T = tridiag(betas, alphas, betas)``, ``A V^T ~ V^T T``.
+
+  Attributes:
+    alphas: (m,) diagonal of the tridiagonal matrix T.
+    betas: (m - 1,) off-diagonal of T (0 where the Krylov space was exhausted and the iteration
+      restarted with a fresh random vector orthogonal to the previous ones).
+    vectors: (m, P) orthonormal Lanczos vectors (rows).
+  """
+
+  alphas: jax.Array
+  betas: jax.Array
+  vectors: jax.Array
+
+
+def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_steps: int,
+            key: jax.Array | None = None) -> LanczosResult:
+  """Lanczos tridiagonalisation with full reorthogonalisation, inside `lax.fori_loop`.
+
+  For symmetric ``A`` (``matvec(x) = A x``) and unit ``v_1 = v0 / |v0|``:
+  ``w = A v_j - beta_{j-1} v_{j-1}``, ``alpha_j = <w, v_j>``, ``w -= alpha_j v_j``, then
+  ``w -= V^T (V w)`` twice (classical Gram-Schmidt against every previous vector, "twice is
+  enough"), ``beta_j = |w|``, ``v_{j+1} = w / beta_j``. If ``beta_j`` falls below float epsilon
+  times the norm estimate (an invariant subspace was found), ``beta_j = 0`` and ``v_{j+1}`` is a
+  fresh random unit vector orthogonal to the previous ones (drawn from ``key``), so that the Ritz
+  values stay eigenvalues of ``A``. Pure; works under jit and vmap.
+
+  Args:
+    matvec: the linear map on flat vectors of shape (P,).
+    v0: (P,) starting vector (need not be normalised).
+    num_steps: number m of Lanczos vectors, ``1 <= m <= P``.
+    key: key for restart vectors (default ``jax.random.key(0)``).
+
+  Returns:
+    A `LanczosResult`.
+
+  References:
+    Ghorbani, Krishnan and Xiao 2019, "An Investigation into Neural Net Optimization via Hessian
+    Eigenvalue Density".
+  """
+  (dim,) = v0.shape
+  if not 1 <= num_steps <= dim:
+    raise ValueError(f"num_steps must lie in [1, P={dim}], got {num_steps}.")
+  key = jax.random.key(0) if key is None else key
+  dtype = v0.dtype
+  eps = jnp.finfo(dtype).eps
+  v0 = v0 / jnp.linalg.norm(v0)
+  vecs = jnp.zeros((num_steps + 1, dim), dtype).at[0].set(v0)  # row m: scratch for v_{m+1}
+  alphas = jnp.zeros((num_steps,), dtype)
+  betas = jnp.zeros((num_steps,), dtype)
+
+  def orthogonalise(vecs, w):
+    w = w - vecs.T @ (vecs @ w)
+    return w - vecs.T @ (vecs @ w)
+
+  def body(j, carry):
+    vecs, alphas, betas, anorm = carry
+    v = vecs[j]
+    w = matvec(v)
+    alpha = jnp.vdot(w, v)
+    beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
+    w = w - alpha * v - beta_prev * vecs[jnp.maximum(j - 1, 0)]
+    w = orthogonalise(vecs, w)  # rows > j are still zero
+    beta = jnp.linalg.norm(w)
+    anorm = jnp.maximum(anorm, jnp.abs(alpha) + beta_prev + beta)
+    breakdown = beta <= eps * anorm
+
+    def restart(_):
+      r = jax.random.normal(jax.random.fold_in(key, j), (dim,), dtype)
+      r = orthogonalise(vecs, r)
+      return r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(dtype).tiny), jnp.zeros((), dtype)
+
+    def proceed(_):
+      return w / beta, beta
+
+    nxt, beta = jax.lax.cond(breakdown, restart, proceed, None)
+    vecs = vecs.at[j + 1].set(nxt)
+    return vecs, alphas.at[j].set(alpha), betas.at[j].set(beta), anorm
+
+  init = (vecs, alphas, betas, jnp.zeros((), dtype))
+  vecs, alphas, betas, _ = jax.lax.fori_loop(0, num_steps, body, init)
+  return LanczosResult(alphas, betas[:-1], vecs[:num_steps])
+
+
+def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
+  """The dense symmetric tridiagonal matrix with diagonal ``alphas`` and off-diagonal ``betas``."""
+  return jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
+
+
+def _host_eigh(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
+  t = np.diag(np.asarray(alphas, np.float64))
+  b = np.asarray(betas, np.float64)
+  t += np.diag(b, 1) + np.diag(b, -1)
+  return np.linalg.eigh(t)
+
+
+def _check_finite(name: str, *arrays) -> None:
+  if not all(np.all(np.isfinite(np.asarray(a))) for a in arrays):
+    raise FloatingPointError(
+      f"{name}: the Hessian-vector products are not finite (NaN/inf) although the loss is finite; "
+      "the loss is not twice differentiable at these parameters (e.g. sqrt or log of 0) or "
+      "overflows in the products. Check loss_fn and the parameters "
+      "(lj.trees.check_finite(params)), and that the data are normalised.")
+
+
+def _mean_loss_impl(loss_fn, params, data):
+  """The loss at `params` over `data` (a `SplitBatches`: size-weighted mean over its batches)."""
+  if not isinstance(data, SplitBatches):
+    return jnp.asarray(loss_fn(params, data), jnp.float32)
+  total = jnp.zeros((), jnp.float32)
+  if data.full is not None:
+    size = jax.tree.leaves(data.full)[0].shape[1]
+    per_batch = jax.lax.map(lambda b: jnp.asarray(loss_fn(params, b), jnp.float32), data.full)
+    total = total + size * jnp.sum(per_batch)
+  if data.rest is not None:
+    total = total + (jax.tree.leaves(data.rest)[0].shape[0]
+                     * jnp.asarray(loss_fn(params, data.rest), jnp.float32))
+  return total / data.num_examples
+
+
+_mean_loss = jax.jit(_mean_loss_impl)
+
+
+def _check_loss(name: str, loss_fn, params, data) -> None:
+  """Raises FloatingPointError if the loss at `params` is not finite (one forward pass).
+
+  A NaN loss can have finite Hessian-vector products (e.g. cross-entropy of labels the model has
+  no logit for: the gather's gradient is zero), so the products alone would give finite, wrong
+  eigenvalues.
+  """
+  loss = np.asarray(_mean_loss(loss_fn, params, data))
+  if not np.all(np.isfinite(loss)):
+    raise FloatingPointError(
+      f"{name}: the loss at these parameters is {loss.ravel()[0]} (not finite), so its Hessian "
+      "means nothing. Common causes: a model with fewer classes than the labels (build it with "
+      "num_classes = the dataset's num_classes), NaN/inf parameters (lj.trees.check_finite("
+      "params)), or unnormalised data. Evaluate loss_fn(params, batch) to find out.")
+
+
+def _start_vector(key, dim, dtype):
+  return jax.random.normal(key, (dim,), dtype)
+
+
+def _check_steps(num_steps: int, dim: int) -> int:
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be at least 1, got {num_steps}.")
+  return min(int(num_steps), dim)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False):
+  op = flat_hvp_operator(loss_fn, params, data, mask, linearize)
+  k_start, k_restart = jax.random.split(key)
+  v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
+  return lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart)
+
+
+# ----------------------------------------------------------------------------------------------
+# Extreme eigenvalues.
+
+
+class HessianEigenvalues(NamedTuple):
+  """Extreme eigenvalues of the Hessian from Lanczos.
+
+  Attributes:
+    top: (k,) largest eigenvalues, descending.
+    smallest: the smallest (most negative) eigenvalue.
+    ritz_values: (m,) all Ritz values, ascending (m = number of Lanczos steps).
+    top_vectors: list of k unit-norm eigenvector pytrees (structure of params; zero outside the
+      mask), or None unless ``vectors=True``.
+  """
+
+  top: np.ndarray
+  smallest: float
+  ritz_values: np.ndarray
+  top_vectors: list | None = None
+
+
+def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: int = 1,
+                        num_steps: int = 100, key: jax.Array | None = None,
+                        mask: PyTree | None = None, vectors: bool = False,
+                        linearize: bool = False) -> HessianEigenvalues:
+  """Top-k and smallest eigenvalues of the loss Hessian by Lanczos (PyHessian / Li et al.).
+
+  Runs `lanczos` with full reorthogonalisation for ``num_steps`` steps from a Gaussian start
+  vector (deterministic for ``key``) and diagonalises the tridiagonal matrix in float64 on the
+  host. The extreme Ritz values converge first; both ends come from the same run (Li et al.
+  shift by ``0.51 lambda_max`` instead). With ``num_steps >= P`` the result is exact.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar``.
+    params: the point (e.g. a trained checkpoint's ``variables["params"]``).
+    data: one batch or a `SplitBatches` (whole split, batch-size weighted).
+    top_k: number of largest eigenvalues returned.
+    num_steps: Lanczos steps m (clipped to P); memory ``m x P``.
+    key: start-vector key (default ``jax.random.key(0)``).
+    mask: optional pytree of bools restricting to the selected leaves (Li et al.: ndim > 1).
+    vectors: also return the top-k Ritz vectors as pytrees.
+    linearize: linearise the gradient once (`jax.linearize`) and reuse it for every Lanczos
+      product: same values, cheaper products, but the forward and backward residuals of all
+      of `data` stay in memory (fine for a Hessian batch of a few thousand examples).
+
+  Returns:
+    A `HessianEigenvalues`.
+
+  Raises:
+    FloatingPointError: the loss at `params` over `data` is not finite (checked first, one
+      forward pass), or the Lanczos / Hutchinson outputs are not.
+
+  References:
+    Yao, Gholami, Keutzer and Mahoney 2020, "PyHessian: Neural Networks Through the Lens of the
+    Hessian".
+  """
+  loss_fn = _as_partial(loss_fn)
+  mask_t = _mask_tuple(params, mask)
+  dim = num_curvature_params(params, mask=mask)
+  m = _check_steps(num_steps, dim)
+  if not 1 <= top_k <= m:
+    raise ValueError(f"top_k must lie in [1, num_steps={m}], got {top_k}; raise num_steps.")
+  key = jax.random.key(0) if key is None else key
+  _check_loss("hessian_eigenvalues", loss_fn, params, data)
+  res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize))
+  _check_finite("hessian_eigenvalues", res.alphas, res.betas)
+  evals, evecs = _host_eigh(res.alphas, res.betas)
+  top = evals[::-1][:top_k]
+  vecs = None
+  if vectors:
+    ritz = np.asarray(res.vectors, np.float64).T @ evecs[:, ::-1][:, :top_k]  # (P, k)
+    ritz /= np.linalg.norm(ritz, axis=0, keepdims=True)
+    _, merge, _ = _split_leaves(params, mask_t)
+    unravel_active = ravel_pytree(_split_leaves(params, mask_t)[0])[1]
+    vecs = [merge(unravel_active(jnp.asarray(ritz[:, i], res.vectors.dtype)), jnp.zeros_like)
+            for i in range(top_k)]
+  return HessianEigenvalues(top=top, smallest=float(evals[0]), ritz_values=evals, top_vectors=vecs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trace.
+
+
+class TraceEstimate(NamedTuple):
+  """Hutchinson trace estimate: ``mean`` +- ``stderr`` (= std(samples, ddof=1) / sqrt(n))."""
+
+  mean: float
+  stderr: float
+  samples: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch):
+  op = flat_hvp_operator(loss_fn, params, data, mask)
+
+  def one(k):
+    z = jax.random.rademacher(k, op.x0.shape, op.x0.dtype)
+    return jnp.vdot(z, op.matvec(z))
+
+  return jax.lax.map(one, keys, batch_size=probe_batch)
+
+
+def _chunked_probes(fn, key, num_probes, chunk, progress, desc):
+  """Runs ``fn(keys)`` over ``split(key, num_probes)`` in chunks (padded to one compiled shape).
+
+  Probe i always uses ``split(key, num_probes)[i]``: results do not depend on the chunk size.
+  """
+  keys = jax.random.split(key, num_probes)
+  chunk = max(1, min(int(chunk), num_probes))
+  starts = range(0, num_probes, chunk)
+  if progress:
+    from tqdm.auto import tqdm
+
+    starts = tqdm(starts, desc=desc, unit="chunk")
+  outs = []
+  for start in starts:
+    part = keys[start:start + chunk]
+    pad = chunk - part.shape[0]
+    if pad:
+      part = jnp.concatenate([part, keys[:pad]])
+    out = jax.tree.map(np.asarray, fn(part))
+    outs.append(jax.tree.map(lambda x, n=chunk - pad: x[:n], out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
+                  num_probes: int = 100, mask: PyTree | None = None,
+                  probe_batch_size: int | None = None, chunk_size: int | None = None,
+                  progress: bool = False) -> TraceEstimate:
+  """Hutchinson's estimate of ``tr H`` with Rademacher probes (PyHessian), and its error bar.
+
+  ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
+  ``num_probes`` samples ``z_i^T H z_i`` and its standard error ``std(samples) / sqrt(n)``.
+
+  Args:
+    key: `jax.random` key (deterministic for a key).
+    loss_fn, params, data, mask: as in `hvp`.
+    num_probes: number of probe vectors (at least 2 for a standard error).
+    probe_batch_size: probes evaluated together with `vmap` (default 1: sequential, least memory).
+    chunk_size: probes per compiled call (default: all in one call); smaller chunks give a
+      progress bar that moves. The result does not depend on it.
+    progress: show a tqdm bar over the chunks.
+
+  Returns:
+    A `TraceEstimate` (mean, stderr, samples).
+
+  Raises:
+    FloatingPointError: the loss at `params` over `data` is not finite (checked first, one
+      forward pass), or the Lanczos / Hutchinson outputs are not.
+
+  References:
+    Hutchinson 1989, "A stochastic estimator of the trace of the influence matrix for Laplacian
+    smoothing splines".
+    Yao, Gholami, Keutzer and Mahoney 2020, "PyHessian: Neural Networks Through the Lens of the
+    Hessian".
+  """
+  if num_probes < 2:
+    raise ValueError(f"num_probes must be at least 2 to give a standard error, got {num_probes}.")
+  loss_fn, mask_t = _as_partial(loss_fn), _mask_tuple(params, mask)
+  _check_loss("hessian_trace", loss_fn, params, data)
+  s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
+                                                probe_batch_size),
+                      key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
+  s = np.asarray(s, np.float64)
+  _check_finite("hessian_trace", s)
+  return TraceEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Spectral density (stochastic Lanczos quadrature).
+
+
+class SpectralDensity(NamedTuple):
+  """SLQ spectral density.
+
+  Attributes:
+    grid: (G,) eigenvalue grid.
+    density: (G,) smoothed density on the grid, integrating to one (trapezoid rule).
+    nodes: (num_probes, m) Ritz values of every probe (Gauss quadrature nodes).
+    weights: (num_probes, m) squared first components of the Ritz vectors (each row sums to 1).
+    sigma2: the Gaussian kernel variance that was used.
+  """
+
+  grid: np.ndarray
+  density: np.ndarray
+  nodes: np.ndarray
+  weights: np.ndarray
+  sigma2: float
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _slq_chunk(loss_fn, params, data, keys, num_steps, mask):
+  op = flat_hvp_operator(loss_fn, params, data, mask)
+
+  def one(k):
+    k_start, k_restart = jax.random.split(k)
+    v0 = jax.random.rademacher(k_start, op.x0.shape, op.x0.dtype)
+    res = lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart)
+    return res.alphas, res.betas
+
+  return jax.lax.map(one, keys)
+
+
+def density_from_quadrature(nodes, weights, *, grid=None, num_bins: int = 10000,
+                            sigma2: float = 1e-5, overhead: float = 0.01,
+                            scale_sigma: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+  """Smooths SLQ nodes and weights into a density on a grid (PyHessian's ``density_generate``).
+
+  ``rho(t) = mean_probes sum_i w_i N(t; theta_i, s2)``, then normalised so that its trapezoid
+  integral over the grid is one. As in PyHessian the variance is ``s2 = sigma2 * max(1, grid
+  width)`` (``scale_sigma=False`` keeps ``sigma2`` as given). The default grid has ``num_bins``
+  points over ``[min theta - pad, max theta + pad]`` with ``pad = overhead + 5 sqrt(s2)`` (PyHessian
+  pads by ``overhead`` only, which cuts the outermost peaks in half).
+
+  Returns:
+    ``(grid, density, s2)``.
+  """
+  nodes = np.atleast_2d(np.asarray(nodes, np.float64))
+  weights = np.atleast_2d(np.asarray(weights, np.float64))
+  if sigma2 <= 0:
+    raise ValueError(f"sigma2 must be positive, got {sigma2}.")
+  if grid is None:
+    width = nodes.max() - nodes.min() + 2 * overhead
+    pad = overhead + 5 * np.sqrt(sigma2 * max(1.0, width) if scale_sigma else sigma2)
+    grid = np.linspace(nodes.min() - pad, nodes.max() + pad, num_bins)
+  grid = np.asarray(grid, np.float64)
+  if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
+    raise ValueError("grid must be a 1-D increasing array of at least two points.")
+  s2 = sigma2 * max(1.0, grid[-1] - grid[0]) if scale_sigma else sigma2
+  density = np.zeros_like(grid)
+  for th, w in zip(nodes, weights, strict=True):  # probe by probe: memory G x m
+    kern = np.exp(-(grid[:, None] - th[None, :]) ** 2 / (2 * s2)) / np.sqrt(2 * np.pi * s2)
+    density += kern @ w
+  density /= len(nodes)
+  total = np.trapezoid(density, grid)
+  if not total > 0:
+    raise ValueError("The density has no mass on the grid; widen the grid to cover the "
+                     f"Ritz values [{nodes.min():.4g}, {nodes.max():.4g}].")
+  return grid, density / total, float(s2)
+
+
+def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
+                     num_probes: int = 1, num_steps: int = 100, grid=None,
+                     num_bins: int = 10000, sigma2: float = 1e-5, scale_sigma: bool = True,
+                     mask: PyTree | None = None, progress: bool = False) -> SpectralDensity:
+  """Spectral density of the Hessian by stochastic Lanczos quadrature (PyHessian, Ghorbani 2019).
+
+  For each of ``num_probes`` Rademacher start vectors ``v`` (unit-normalised), ``num_steps``
+  Lanczos steps give ``T = Y diag(theta) Y^T``; ``v^T f(H) v ~ sum_i tau_i f(theta_i)`` with
+  ``tau_i = Y_{0i}^2``. The density ``mean_v sum_i tau_i N(t; theta_i, s2)`` is evaluated on
+  ``grid`` and normalised to integrate to one (see `density_from_quadrature`).
+
+  Args:
+    key: `jax.random` key (deterministic for a key).
+    loss_fn, params, data, mask: as in `hvp`.
+    num_probes: number of start vectors (PyHessian's ``n_v``).
+    num_steps: Lanczos steps per probe (PyHessian's ``iter``; clipped to P).
+    grid: optional (G,) increasing grid; default ``num_bins`` points over the Ritz values.
+    sigma2: Gaussian kernel variance (PyHessian: 1e-5, times the spectrum width if
+      ``scale_sigma``).
+    progress: show a tqdm bar over the probes (one compiled call per probe).
+
+  Returns:
+    A `SpectralDensity`.
+
+  Raises:
+    FloatingPointError: the loss at `params` over `data` is not finite (checked first, one
+      forward pass), or the Lanczos / Hutchinson outputs are not.
+
+  References:
+    Ghorbani, Krishnan and Xiao 2019, "An Investigation into Neural Net Optimization via Hessian
+    Eigenvalue Density".
+    Yao, Gholami, Keutzer and Mahoney 2020, "PyHessian: Neural Networks Through the Lens of the
+    Hessian".
+  """
+  if num_probes < 1:
+    raise ValueError(f"num_probes must be at least 1, got {num_probes}.")
+  mask_t = _mask_tuple(params, mask)
+  m = _check_steps(num_steps, num_curvature_params(params, mask=mask))
+  loss_fn = _as_partial(loss_fn)
+  _check_loss("spectral_density", loss_fn, params, data)
+  alphas, betas = _chunked_probes(
+    lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t), key, int(num_probes),
+    1 if progress else num_probes, progress, "Lanczos probes")
+  _check_finite("spectral_density", alphas, betas)
+  nodes, weights = [], []
+  for a, b in zip(alphas, betas, strict=True):
+    evals, evecs = _host_eigh(a, b)
+    nodes.append(evals)
+    weights.append(evecs[0] ** 2)
+  nodes, weights = np.stack(nodes), np.stack(weights)
+  grid, density, s2 = density_from_quadrature(nodes, weights, grid=grid, num_bins=num_bins,
+                                              sigma2=sigma2, scale_sigma=scale_sigma)
+  return SpectralDensity(grid, density, nodes, weights, s2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Eigenvalue-ratio maps (Li et al. 2018, Sec. 6).
+
+
+def _curvature_metrics(num_steps, mask, loss_fn, data, key, params):
+  op = flat_hvp_operator(loss_fn, params, data, mask)
+  k_start, k_restart = jax.random.split(key)
+  v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
+  res = lanczos(op.matvec, v0, num_steps=min(num_steps, op.x0.shape[0]), key=k_restart)
+  evals = jnp.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))
+  # a NaN loss can have finite products (see `_check_loss`): such points map to NaN
+  finite = jnp.all(jnp.isfinite(_mean_loss_impl(loss_fn, params, data)))
+  lmax, lmin = (jnp.where(finite, e, jnp.nan) for e in (evals[-1], evals[0]))
+  return {"lambda_max": lmax, "lambda_min": lmin, "ratio": jnp.abs(lmin / lmax)}
+
+
+def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
+                             mask: PyTree | None = None, params_like: PyTree | None = None,
+                             key: jax.Array | None = None) -> Callable[[PyTree], dict]:
+  """Builds ``metric_fn(params) -> {"lambda_max", "lambda_min", "ratio"}`` for eigenvalue maps.
+
+  Li et al. 2018 (Sec. 6) map ``|lambda_min / lambda_max|`` of the Hessian over a 2-D plane:
+  ``ratio`` near 0 means locally convex, large means strongly non-convex. Both ends come from
+  one Lanczos run of ``num_steps`` steps (fixed start vector from ``key``), diagonalised with
+  `jnp.linalg.eigvalsh`; the function is pure, jit- and vmap-compatible, and a
+  `jax.tree_util.Partial` whose data (batches, loss_fn's leaves) are pytree leaves, so
+  ``surface_grid(metric_fn, center, (d1, d2), xs, ys)`` evaluates it at every grid point. It
+  cannot raise inside a compiled map: at a point whose loss is not finite (one extra forward
+  pass checks it) or whose products are not, all three values are NaN.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar`` (inference mode, as Li et al.).
+    data: one batch or a `SplitBatches`.
+    num_steps: Lanczos steps per point (clipped to P).
+    mask: optional pytree of Python bools (Li et al.: ``trees.mask_by_ndim(params)``); needs
+      ``params_like`` only if you pass a mask whose structure you want checked early.
+    params_like: optional params pytree used to validate ``mask`` now instead of at first call.
+    key: start-vector key (default ``jax.random.key(0)``).
+  """
+  if num_steps < 2:
+    raise ValueError(
+      f"num_steps must be at least 2 for both ends of the spectrum, got {num_steps}.")
+  if mask is not None:
+    mask_t = _mask_tuple(params_like if params_like is not None else mask, mask)
+  else:
+    mask_t = None
+  key = jax.random.key(0) if key is None else key
+  return jax.tree_util.Partial(functools.partial(_curvature_metrics, int(num_steps), mask_t),
+                               _as_partial(loss_fn), data, key)
+
+
+__all__ = [
+  "HessianEigenvalues",
+  "LanczosResult",
+  "SpectralDensity",
+  "SplitBatches",
+  "TraceEstimate",
+  "density_from_quadrature",
+  "hessian_eigenvalues",
+  "hessian_trace",
+  "hvp",
+  "lanczos",
+  "make_batches",
+  "make_curvature_metric_fn",
+  "num_curvature_params",
+  "spectral_density",
+  "tridiagonal",
+]

@@ -1,0 +1,311 @@
+"""Fast Geometric Ensembling, SWA and ensemble metrics (Garipov et al. 2018; Izmailov et al. 2018).
+
+FGE starts from a trained model and runs SGD with a cyclic learning rate; within a cycle of c
+epochs (N iterations per epoch), at iteration i of epoch e,
+
+    s = ((e mod c) + i / N) / c,
+    lr = lr_1 (1 - 2 s) + lr_2 2 s        for s < 1/2,
+    lr = lr_1 (2 s - 1) + lr_2 (2 - 2 s)  otherwise,
+
+so the rate falls linearly from lr_1 to lr_2 in the first half of the cycle and climbs back. A
+snapshot is taken at the end of the epoch where ``(e mod c) + 1 = c / 2``, i.e. where lr = lr_2.
+The ensemble predicts the mean of the members' softmax probabilities (then argmax). SWA averages
+the snapshots' weights instead (recompute BatchNorm statistics for the average with
+`adapters.batchnorm.recompute_batch_stats`).
+
+The training loop is small and functional: Optax SGD (momentum, weight decay added to the
+gradient as in PyTorch), one `lax.scan` per epoch over device-resident data, shuffling and keys
+derived from (seed, epoch, step) only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from landscape_jax.adapters.data import Dataset
+from landscape_jax.adapters.evaluation import (
+  apply_checked,
+  cross_entropy,
+  device_split,
+  normalize_images,
+  use_onednn,
+)
+from landscape_jax.core import identity as identity_lib
+from landscape_jax.methods import checkpoints
+from landscape_jax.methods.checkpoints import EpochCheckpoints
+from landscape_jax.methods.rundir import data_digest, loss_fn_identity
+from landscape_jax.methods.schedules import cyclic_schedule, make_optimizer
+from landscape_jax.methods.training import (
+  TrainState,
+  epoch_indices,
+  make_epoch_fn,
+  progress_bar,
+)
+
+__all__ = [
+  "evaluate_ensemble",
+  "fast_geometric_ensemble",
+  "fge_snapshot_epochs",
+  "stack_members",
+  "swa_average",
+  "train_sgd",
+]
+
+PyTree = Any
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def fge_snapshot_epochs(epochs: int, cycle_epochs: int) -> list[int]:
+  """0-based epochs after which FGE takes a snapshot: ``(e mod c) + 1 == c / 2`` (lr = lr_2).
+
+  References:
+    Garipov, Izmailov, Podoprikhin, Vetrov and Wilson 2018, "Loss Surfaces, Mode Connectivity,
+    and Fast Ensembling of DNNs".
+  """
+  return [e for e in range(epochs) if (e % cycle_epochs) + 1 == cycle_epochs // 2]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data: Dataset, *,
+              epochs: int, batch_size: int = 128,
+              optimizer: optax.GradientTransformation | None = None,
+              learning_rate: optax.ScalarOrSchedule = 0.05, momentum: float = 0.9,
+              weight_decay: float = 5e-4, seed: int = 0, augment: bool = False,
+              snapshot_epochs: Sequence[int] = (), progress: bool = True, desc: str = "train",
+              workdir: str | None = None, checkpoint_every: int = 1,
+              callback: Callable | None = None, identity: str | None = None,
+              ) -> tuple[PyTree, list[PyTree], list[dict]]:
+  """Minibatch training of `params` with Optax (default `sgd`), one `lax.scan` per epoch.
+
+  Args:
+    loss_fn: ``loss_fn(params, (uint8 images, labels)) -> scalar`` (training mode for BatchNorm).
+    params: initial parameters.
+    data: training split (kept on the device).
+    epochs, batch_size: length of training; the last partial batch of an epoch is dropped.
+    optimizer: any Optax optimiser; default `schedules.make_optimizer` (SGD with momentum
+      and weight decay as an L2 gradient term, as PyTorch's).
+    seed: shuffling (numpy, per epoch) and per-step keys depend only on (seed, epoch, step).
+    augment: random crop + flip.
+    snapshot_epochs: 0-based epochs after which a copy of the parameters is kept.
+    workdir: if given, the state is checkpointed every `checkpoint_every` epochs (and after the
+      last) with `checkpoints.EpochCheckpoints` (``sgd_config.json``, ``sgd_ckpt/``,
+      ``sgd_history.json``) and every snapshot as ``sgd_snapshots/<epoch>``; a rerun resumes
+      from the last checkpoint and returns what an uninterrupted run returns. The configuration
+      records the hyperparameters and exact identities: the sha256 digest
+      (`identity.tree_digest`) of the initial `params` and of the data (images and labels), and
+      `identity.callable_identity` of `loss_fn`; a rerun that differs in any of them (e.g.
+      permuted initial parameters, other data or BatchNorm statistics) raises
+      `store.StoreMismatchError` listing what differs.
+    callback: ``callback(epoch, params, record)`` after every epoch (after its checkpoint).
+    identity: with `workdir`, a name you guarantee identifies `loss_fn` where its content cannot
+      be inspected (`identity.callable_identity` raises `IdentityError` without it).
+
+  Returns:
+    ``(params, snapshots, history)`` with one ``{"epoch", "loss"}`` per epoch.
+  """
+  if checkpoint_every <= 0:
+    raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}.")
+  steps_per_epoch = len(data) // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size {batch_size} is larger than the split ({len(data)} examples).")
+  opt = optimizer if optimizer is not None else make_optimizer(
+    learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
+  recorded_loss_fn = None if workdir is None else loss_fn_identity(loss_fn, identity)
+  loss_fn = loss_fn if isinstance(loss_fn, jax.tree_util.Partial) else jax.tree_util.Partial(
+    loss_fn)
+
+  def step_fn(lf, st, batch, key):
+    del key
+    loss, grads = jax.value_and_grad(lf)(st.params, batch)
+    updates, opt_state = opt.update(grads, st.opt_state, st.params)
+    return st._replace(step=st.step + 1, params=optax.apply_updates(st.params, updates),
+                       opt_state=opt_state), loss
+
+  epoch_fn = make_epoch_fn(step_fn, augment=augment)
+  state = TrainState(jnp.zeros((), jnp.int32), params, {}, opt.init(params))
+  images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
+  key = jax.random.key(seed)
+  snaps, history = [], []
+  wanted = set(snapshot_epochs)
+  first_epoch, saver = 0, None
+  if workdir is not None:
+    total = max(epochs * steps_per_epoch - 1, 0)
+    lr = learning_rate
+    lr_config = (float(lr) if not callable(lr) else
+                 [float(lr(s)) for s in sorted({0, total // 4, total // 2, 3 * total // 4, total})])
+    saver = EpochCheckpoints(workdir, "sgd", {
+      "epochs": epochs, "batch_size": batch_size, "learning_rate": lr_config, "momentum": momentum,
+      "weight_decay": weight_decay, "seed": seed, "augment": augment,
+      "custom_optimizer": optimizer is not None, "num_examples": len(data),
+      "snapshot_epochs": sorted(int(e) for e in wanted),
+      "init_sha256": identity_lib.tree_digest(params), "data_sha256": data_digest(data),
+      "loss_fn": recorded_loss_fn})
+    state, first_epoch, history = saver.restore(state)
+    snap_dir = os.path.join(workdir, "sgd_snapshots")
+    for e in sorted(e for e in wanted if e < first_epoch):
+      snaps.append(checkpoints.restore(snap_dir, params, step=e))
+  bar = progress_bar(range(first_epoch, epochs), progress, desc, initial=first_epoch, total=epochs)
+  for epoch in bar:
+    idx = jnp.asarray(epoch_indices(len(data), batch_size, seed, epoch))
+    state, loss = epoch_fn(loss_fn, state, images, labels, idx, key)
+    loss = float(loss)
+    if not math.isfinite(loss):
+      raise FloatingPointError(f"Training diverged at epoch {epoch} (loss {loss}); lower lr.")
+    record = {"epoch": epoch, "loss": loss}
+    history.append(record)
+    if epoch in wanted:
+      snaps.append(state.params)
+      if saver is not None:  # a rerun of this epoch writes the same snapshot again
+        checkpoints.save(snap_dir, epoch, state.params, overwrite=True)
+    if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+      saver.save(epoch + 1, state, history)
+    if callback is not None:
+      callback(epoch, state.params, record)
+  if saver is not None:
+    saver.close()
+  return state.params, snaps, history
+
+
+def fast_geometric_ensemble(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree,
+                            data: Dataset, *, cycles: int, cycle_epochs: int = 4,
+                            lr1: float = 0.05, lr2: float = 1e-4, batch_size: int = 128,
+                            momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
+                            augment: bool = False, progress: bool = True,
+                            workdir: str | None = None, checkpoint_every: int = 1,
+                            identity: str | None = None) -> tuple[PyTree, list[dict]]:
+  """Fast Geometric Ensembling (Garipov et al. 2018) from trained `params`.
+
+  Runs ``cycles * cycle_epochs`` epochs of SGD with `cyclic_schedule` and takes a snapshot at
+  every cycle's lowest learning rate (`fge_snapshot_epochs`). With `workdir` the run is
+  checkpointed and resumable, keyed on the exact identity of `params`, the data and `loss_fn`
+  (`train_sgd`; `identity` names a `loss_fn` whose content cannot be inspected).
+
+  Returns:
+    ``(members, history)``: the snapshots stacked on a leading axis (``cycles`` members), and
+    the per-epoch history.
+
+  References:
+    Garipov, Izmailov, Podoprikhin, Vetrov and Wilson 2018, "Loss Surfaces, Mode Connectivity,
+    and Fast Ensembling of DNNs".
+  """
+  if cycles <= 0:
+    raise ValueError(f"cycles must be positive, got {cycles}.")
+  steps = len(data) // batch_size
+  schedule = cyclic_schedule(lr1=lr1, lr2=lr2, cycle_epochs=cycle_epochs, steps_per_epoch=steps)
+  epochs = cycles * cycle_epochs
+  _, snaps, history = train_sgd(
+    loss_fn, params, data, epochs=epochs, batch_size=batch_size,
+    learning_rate=schedule, momentum=momentum, weight_decay=weight_decay, seed=seed,
+    augment=augment, snapshot_epochs=fge_snapshot_epochs(epochs, cycle_epochs),
+    progress=progress, desc="fge", workdir=workdir, checkpoint_every=checkpoint_every,
+    identity=identity)
+  return stack_members(snaps), history
+
+
+def stack_members(members: Sequence[PyTree]) -> PyTree:
+  """Stacks member pytrees on a leading axis (the layout `evaluate_ensemble` takes)."""
+  if not members:
+    raise ValueError("No ensemble members to stack.")
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *members)
+
+
+def swa_average(members: PyTree) -> PyTree:
+  """Stochastic Weight Averaging: the mean of stacked snapshots over the leading axis.
+
+  Recompute BatchNorm statistics for the result (`recompute_batch_stats`) before evaluating.
+
+  References:
+    Izmailov, Podoprikhin, Garipov, Vetrov and Wilson 2018, "Averaging Weights Leads to Wider
+    Optima and Better Generalization".
+  """
+  return jax.tree.map(lambda x: jnp.mean(x, 0).astype(x.dtype), members)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_ensemble(model: nn.Module, members: PyTree, data: Dataset, *,
+                      batch_stats: PyTree | None = None, batch_size: int = 256,
+                      fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
+                      ) -> dict[str, np.ndarray]:
+  """Ensemble of members = mean of their softmax probabilities, then argmax.
+
+  Args:
+    model: a linen model (inference mode).
+    members: parameters stacked on a leading axis of size K (`stack_members`).
+    data: the split to evaluate on.
+    batch_stats: None, or per-member statistics stacked on a leading axis (recomputed for each
+      member with `recompute_batch_stats`).
+    batch_size: the largest number of examples per scanned batch.
+    fold_batchnorm, cpu_convolutions: as in `make_metric_fn` (BatchNorm folded into the
+      convolutions where that is exact; oneDNN's convolutions on the CPU, the members one after
+      another).
+
+  Returns:
+    ``loss`` / ``accuracy`` of the full ensemble (loss = mean of ``-log mean_k p_k[y]``),
+    ``member_loss`` / ``member_accuracy`` (K,), and ``size_loss`` / ``size_accuracy`` (K,): the
+    ensemble of the first k members for k = 1..K.
+
+  References:
+    Garipov, Izmailov, Podoprikhin, Vetrov and Wilson 2018, "Loss Surfaces, Mode Connectivity,
+    and Fast Ensembling of DNNs".
+  """
+  split = device_split(data.images, data.labels, batch_size=batch_size)
+  apply_fn = _ensemble_apply(model, data.num_classes, bool(fold_batchnorm),
+                             use_onednn(cpu_convolutions))
+  out = _jit_ensemble(apply_fn, members, batch_stats, split,
+                      jnp.asarray(data.mean), jnp.asarray(data.std))
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _ensemble_apply(model: nn.Module, num_classes: int, fold_batchnorm: bool, onednn: bool):
+  """One apply function per configuration, so that `_jit_ensemble` compiles once for it."""
+  return functools.partial(apply_checked, model, num_classes, fold_batchnorm=fold_batchnorm,
+                           onednn=onednn)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_ensemble(apply_fn, members, batch_stats, split, mean, std):
+  k = jax.tree.leaves(members)[0].shape[0]
+  sizes = jnp.arange(1, k + 1, dtype=jnp.float32)
+
+  def member_logits(p, bs, x):
+    variables = {"params": p} if bs is None else {"params": p, "batch_stats": bs}
+    return apply_fn(variables, x)
+
+  def body(carry, batch):
+    x, y, m = batch
+    x = normalize_images(x, mean, std)
+    logits = jax.vmap(member_logits, in_axes=(0, 0 if batch_stats is not None else None, None))(
+      members, batch_stats, x).astype(jnp.float32)                    # (K, b, C)
+    logp = jax.nn.log_softmax(logits, -1)
+    mem_loss = jax.vmap(cross_entropy, in_axes=(0, None))(logits, y)   # (K, b)
+    mem_acc = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    # log of the mean probability of the first k members, k = 1..K
+    cum = jax.lax.associative_scan(jnp.logaddexp, logp, axis=0) - jnp.log(sizes)[:, None, None]
+    size_loss = -jnp.take_along_axis(cum, y[None, :, None], -1)[..., 0]
+    size_acc = (jnp.argmax(cum, -1) == y).astype(jnp.float32)
+    sums = [jnp.sum(v * m, -1) for v in (mem_loss, mem_acc, size_loss, size_acc)]
+    return jax.tree.map(jnp.add, carry, sums), None
+
+  zero = [jnp.zeros((k,), jnp.float32) for _ in range(4)]
+  sums, _ = jax.lax.scan(body, zero, split)
+  total = jnp.sum(split.mask)
+  mem_loss, mem_acc, size_loss, size_acc = (s / total for s in sums)
+  return {"loss": size_loss[-1], "accuracy": size_acc[-1], "member_loss": mem_loss,
+          "member_accuracy": mem_acc, "size_loss": size_loss, "size_accuracy": size_acc}

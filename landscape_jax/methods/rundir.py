@@ -1,0 +1,163 @@
+"""Run directories: the configuration, metrics and data identity of a resumable training run.
+
+A run directory holds ``config.json`` (the configuration with the sha256 of the data it trained
+on; a resumed run with another one is refused), ``metrics.jsonl`` (one JSON record per epoch, cut
+back to the restored epoch on resume) and ``checkpoints/`` (see `methods.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from landscape_jax.adapters.data import Dataset, load
+from landscape_jax.core import fileio, identity, store
+from landscape_jax.methods import checkpoints
+from landscape_jax.models import get_model
+
+__all__ = [
+  "append_metrics",
+  "check_config",
+  "CHECKPOINT_DIR",
+  "config_dict",
+  "CONFIG_FILE",
+  "data_digest",
+  "data_digests",
+  "load_run",
+  "loss_fn_identity",
+  "METRICS_FILE",
+  "read_config",
+  "read_metrics",
+  "RESUME_FREE",
+  "rewrite_metrics",
+]
+
+PyTree = Any
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+# Keys that may change between a run and its resumption without mixing results.
+RESUME_FREE = ("eval_batch_size", "log_every_steps", "data_dir", "eval_every_epochs")
+
+
+def config_dict(config) -> dict:
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  return json.loads(json.dumps(dict(config), default=str))
+
+
+def data_digests(train_ds: Dataset, test_ds: Dataset | None) -> dict[str, str | None]:
+  """sha256 (`identity.tree_digest`) of the images and labels of the splits a run uses."""
+  digest = lambda ds: identity.tree_digest({"images": ds.images, "labels": ds.labels})
+  return {"train_data_sha256": digest(train_ds),
+          "test_data_sha256": None if test_ds is None else digest(test_ds)}
+
+
+def check_config(workdir: str, config: dict, resuming: bool) -> None:
+  """Refuses to resume a run with another configuration or data; (re)writes ``config.json``.
+
+  A fresh run (no checkpoints) replaces the file; a resumed one compares everything but
+  `RESUME_FREE` (`store.check_or_write_config`) and rewrites it with the new free settings.
+  """
+  store.check_or_write_config(
+    os.path.join(workdir, CONFIG_FILE), config, what="the checkpoints of a training run",
+    remedy="To start fresh, use another workdir (--workdir) or move this one away; to resume, "
+    "rerun with the old settings and data.", ignore=RESUME_FREE, compare=resuming,
+    write=jax.process_index() == 0, rewrite=True)
+
+
+def read_config(workdir: str) -> dict:
+  """The configuration ``<workdir>/config.json`` that `train` wrote for the run in `workdir`.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no training run.
+    StoreCorruptError: the file is damaged (it is left as it is).
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} holds no training run (no {CONFIG_FILE}): pass the "
+                            "--workdir of a run of experiments/train.py.")
+  return store.read_json(path, remedy="Restore it from a copy, or retrain into a fresh workdir.")
+
+
+def load_run(workdir: str, *, step: int | None = None, data_dir: str | None = None,
+             split: str = "train") -> tuple[nn.Module, dict[str, PyTree], Dataset, dict]:
+  """``(model, variables, dataset, config)`` of a training run written by experiments/train.py.
+
+  The model is rebuilt from the run's ``model`` / ``model_kwargs`` and its `split` of ``dataset``
+  loaded (from `data_dir` if given, else the run's own ``data_dir``); the variables are those of
+  checkpoint `step` (default: the latest complete one, verified against its checksums).
+  """
+  config = read_config(workdir)
+  missing = [k for k in ("dataset", "model") if k not in config]
+  if missing:
+    raise ValueError(f"{os.path.join(workdir, CONFIG_FILE)} names no {' or '.join(missing)}: "
+                     "it was written by `training.train` directly. Rebuild the model and load "
+                     "the variables with `checkpoints.load_variables` instead.")
+  data = load(config["dataset"], split, data_dir=data_dir or config.get("data_dir"))
+  model = get_model(config["model"], num_classes=data.num_classes,
+                    **dict(config.get("model_kwargs") or {}))
+  variables = checkpoints.load_variables(os.path.join(workdir, CHECKPOINT_DIR), step=step)
+  return model, dict(variables), data, config
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The per-epoch records of ``<workdir>/metrics.jsonl`` (a torn last line is skipped)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return out
+
+
+def rewrite_metrics(workdir: str, records: list[dict]) -> None:
+  if jax.process_index() != 0:
+    return
+  fileio.atomic_write_text(os.path.join(workdir, METRICS_FILE),
+                           "".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+
+def data_digest(data: Dataset) -> str:
+  """sha256 of a split's images and labels (`identity.tree_digest`): the data a run trained on."""
+  return identity.tree_digest({"images": data.images, "labels": data.labels})
+
+
+def loss_fn_identity(loss_fn: Callable, identity_name: str | None) -> dict:
+  """`identity.callable_identity` of a training run's `loss_fn`, with a remedy if it cannot be
+  determined (pass ``identity=`` to the training function)."""
+  try:
+    return identity.callable_identity(loss_fn, identity=identity_name, name="loss_fn")
+  except identity.IdentityError as e:
+    raise identity.IdentityError(
+      f"A resumable training run (workdir given) records the exact identity of its loss_fn, and "
+      f"this one cannot be determined: {e} Pass identity='<a name you guarantee identifies "
+      "loss_fn and what it holds>' to the training function (train_curve, train_sgd, "
+      "fast_geometric_ensemble), or run without a workdir.") from e
+
+
+
+

@@ -1,0 +1,494 @@
+"""Training: `TrainState`, pure jitted `train_step` / `eval_step`, optax SGD recipes, and `train`.
+
+The functions here are small and pure; `train` is the one loop with side effects (progress bar,
+metrics file, checkpoints). It follows the recipes of the papers this library reproduces:
+
+* Li et al. 2018: SGD with Nesterov momentum 0.9, lr 0.1 divided by 10 at epochs 150, 225, 275 of
+  300, batch 128, weight decay 5e-4, random crop + flip (`step_schedule`).
+* Garipov et al. 2018: SGD momentum 0.9; lr factor 1 until 50 % of training, then linear down to
+  0.01 at 90 %, then 0.01, set once per epoch (`garipov_schedule`).
+
+Weight decay is an L2 term added to the gradient before momentum, as PyTorch's SGD does:
+``g <- g + wd * w; m <- mu * m + g; w <- w - lr * (g + mu * m)`` (Nesterov) or ``w - lr * m``.
+
+Data parallelism: the batch is sharded over a 1-D `Mesh` of all devices (axis ``"data"``,
+``NamedSharding(mesh, P("data"))``) and the train state is replicated; `jax.jit` inserts the
+gradient all-reduce, and BatchNorm statistics are those of the *global* batch, so one step on any
+number of devices computes the same function as on one device.
+
+Reproducibility and fault tolerance: the order of epoch ``e`` is a permutation drawn from
+``numpy.random.default_rng([seed, e])`` and the augmentation key of step ``s`` is
+``fold_in(key, s)``, so a run resumed from its last checkpoint continues exactly as the
+uninterrupted run would (bit for bit on the same machine). Checkpoints are written atomically (see
+`methods.checkpoints`), a killed run loses at most the epochs since the last checkpoint, and
+``metrics.jsonl`` is cut back to the restored epoch on resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm.auto as tqdm
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from landscape_jax.adapters import data as data_lib
+from landscape_jax.adapters.data import Dataset, normalize_images
+from landscape_jax.adapters.evaluation import (
+  check_model_fits,
+  correct,
+  cross_entropy,
+  device_split,
+  evaluate_split,
+)
+from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
+from landscape_jax.core.sharding import make_mesh
+from landscape_jax.methods import checkpoints
+from landscape_jax.methods.rundir import (
+  CHECKPOINT_DIR,
+  append_metrics,
+  check_config,
+  config_dict,
+  data_digests,
+  read_metrics,
+  rewrite_metrics,
+)
+from landscape_jax.methods.schedules import (
+  SCHEDULES,
+  cosine_schedule,
+  garipov_schedule,
+  make_optimizer,
+  step_schedule,
+  with_warmup,
+)
+
+__all__ = [
+  "create_train_state",
+  "DEFAULTS",
+  "epoch_indices",
+  "eval_step",
+  "evaluate_state",
+  "make_epoch_fn",
+  "make_schedule",
+  "optimizer_from_config",
+  "progress_bar",
+  "train",
+  "train_step",
+  "TrainState",
+]
+
+PyTree = Any
+log = logging.getLogger(__name__)
+
+
+# Training fields read by `train`, with their defaults (a config may hold other keys too, e.g. the
+# dataset and model names used by experiments/train.py).
+DEFAULTS: dict[str, Any] = {
+  "seed": 0,
+  "num_epochs": 10,
+  "batch_size": 128,
+  "optimizer": "sgd",
+  "learning_rate": 0.1,
+  "momentum": 0.9,
+  "nesterov": False,
+  "weight_decay": 0.0,
+  "schedule": "constant",
+  "lr_boundaries": (),       # epochs at which the step schedule multiplies the lr by lr_decay
+  "lr_decay": 0.1,
+  "warmup_epochs": 0,        # linear warm-up from 0 (cosine and step schedules)
+  "augment": False,          # random crop (zero padding `augment_pad`) + horizontal flip
+  "augment_pad": 4,
+  "augment_flip": True,
+  "checkpoint_every_epochs": 1,
+  "eval_every_epochs": 1,
+  "eval_batch_size": 1000,
+  "log_every_steps": 50,
+}
+# Keys that may change between a run and its resumption without mixing results.
+
+class TrainState(NamedTuple):
+  """Everything a training run carries from step to step (a pytree).
+
+  Attributes:
+    step: int32 scalar, number of optimizer steps taken.
+    params: the model parameters (``variables["params"]``).
+    batch_stats: BatchNorm running statistics (``{}`` for models without BatchNorm).
+    opt_state: the optax optimizer state.
+  """
+
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: optax.OptState
+
+  @property
+  def variables(self) -> dict[str, PyTree]:
+    """``{"params": ..., "batch_stats": ...}`` for ``model.apply`` (no empty batch_stats)."""
+    if self.batch_stats:
+      return {"params": self.params, "batch_stats": self.batch_stats}
+    return {"params": self.params}
+
+
+def create_train_state(model: nn.Module, key: jax.Array, sample_images,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initialises a model (``model.init(key, x, train=False)``) and the optimizer state.
+
+  Args:
+    model: a linen module called as ``model.apply(variables, x, train=...)``.
+    key: PRNG key for the initialisation.
+    sample_images: a batch (any size >= 1) with the input shape; only shape and dtype matter.
+    tx: the optax transformation (e.g. from `make_optimizer`).
+  """
+  x = jnp.zeros((1, *np.shape(sample_images)[1:]), jnp.float32)
+  variables = model.init(key, x, train=False)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params))
+
+
+
+def _cfg(config, name):
+  if isinstance(config, Mapping) or hasattr(config, "get"):
+    value = config.get(name, DEFAULTS[name])
+  else:
+    value = getattr(config, name, DEFAULTS[name])
+  return DEFAULTS[name] if value is None and DEFAULTS[name] is not None else value
+
+
+def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """The learning-rate schedule of a config (fields: see `DEFAULTS`), in optimizer steps."""
+  lr = float(_cfg(config, "learning_rate"))
+  name = _cfg(config, "schedule")
+  total = int(_cfg(config, "num_epochs")) * steps_per_epoch
+  warmup = int(_cfg(config, "warmup_epochs")) * steps_per_epoch
+  if name == "constant":
+    return with_warmup(optax.constant_schedule(lr), lr, warmup)
+  if name == "step":
+    return step_schedule(lr, boundaries=[int(e) * steps_per_epoch
+                                         for e in _cfg(config, "lr_boundaries")],
+                         factor=float(_cfg(config, "lr_decay")), warmup_steps=warmup)
+  if name == "cosine":
+    return cosine_schedule(lr, total, warmup_steps=warmup)
+  if name == "garipov":
+    return garipov_schedule(lr, total, steps_per_epoch=steps_per_epoch)
+  raise ValueError(f"Unknown schedule '{name}'. Known: {', '.join(SCHEDULES)}.")
+
+
+def optimizer_from_config(config, steps_per_epoch: int
+                          ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """``(tx, schedule)`` for a config: `make_optimizer` with `make_schedule`."""
+  schedule = make_schedule(config, steps_per_epoch)
+  tx = make_optimizer(learning_rate=schedule, momentum=float(_cfg(config, "momentum")),
+                      nesterov=bool(_cfg(config, "nesterov")),
+                      weight_decay=float(_cfg(config, "weight_decay")),
+                      name=_cfg(config, "optimizer"))
+  return tx, schedule
+
+
+# ------------------------------------------------------------------------------ steps
+
+
+def _train_step(state: TrainState, batch, key, *, model, tx, mean, std, augment, pad, flip):
+  images, labels = batch
+  aug_key, dropout_key = jax.random.split(key)
+  if augment:
+    images = data_lib.augment(aug_key, images, pad=pad, flip=flip)
+  x = normalize_images(images, mean, std)
+
+  def loss_fn(params):
+    if state.batch_stats:
+      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                    train=True, mutable=["batch_stats"],
+                                    rngs={"dropout": dropout_key})
+      new_stats = updates["batch_stats"]
+    else:
+      logits = model.apply({"params": params}, x, train=True, rngs={"dropout": dropout_key})
+      new_stats = state.batch_stats
+    loss = jnp.mean(cross_entropy(logits, labels))
+    return loss, (logits, new_stats)
+
+  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "accuracy": jnp.mean(correct(logits, labels))}
+  return TrainState(state.step + 1, params, new_stats, opt_state), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx", "augment", "pad", "flip"))
+def train_step(state: TrainState, batch, key: jax.Array, *, model: nn.Module,
+               tx: optax.GradientTransformation, mean, std, augment: bool = False, pad: int = 4,
+               flip: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on a batch: ``w <- w + tx.update(grad mean CE)``; BatchNorm in training mode.
+
+  Args:
+    state: the `TrainState`.
+    batch: ``(uint8 images (b, H, W, C), int labels (b,))``; shard it on ``P("data")`` for data
+      parallelism (the state replicated).
+    key: PRNG key of this step (augmentation and dropout).
+    model: the linen module; tx: the optax transformation (both static).
+    mean, std: per-channel normalisation (`Dataset.mean`, `Dataset.std`).
+    augment: random crop with `pad` zero pixels and (if `flip`) horizontal flip.
+
+  Returns:
+    ``(new_state, {"loss", "accuracy"})``: batch-mean cross-entropy and accuracy *before* the
+    update, in training mode. The BatchNorm running statistics are updated through
+    ``mutable=["batch_stats"]``.
+  """
+  return _train_step(state, batch, key, model=model, tx=tx, mean=mean, std=std, augment=augment,
+                     pad=pad, flip=flip)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def eval_step(state: TrainState, batch, *, model: nn.Module, mean, std) -> dict[str, jax.Array]:
+  """Batch-mean cross-entropy and accuracy in inference mode (running BatchNorm statistics)."""
+  images, labels = batch
+  logits = model.apply(state.variables, normalize_images(images, mean, std), train=False)
+  return {"loss": jnp.mean(cross_entropy(logits, labels)),
+          "accuracy": jnp.mean(correct(logits, labels))}
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _evaluate(model, variables, split, mean, std):
+  return evaluate_split(functools.partial(model.apply, train=False), variables, split, mean, std)
+
+
+def evaluate_state(model: nn.Module, state: TrainState, data: Dataset, *, batch_size: int = 1000,
+                   mesh: Mesh | None = None) -> dict[str, float]:
+  """Exact loss and accuracy of `state` over a whole split (inference mode), as Python floats.
+
+  With a 1-D `mesh` the batches are sharded over its devices (the state should be replicated).
+  """
+  split = _device_split(data, batch_size, mesh, mesh.axis_names[0] if mesh else "data")
+  out = _evaluate(model, state.variables, split, jnp.asarray(data.mean), jnp.asarray(data.std))
+  return {k: float(v) for k, v in out.items()}
+
+
+
+def _device_split(data: Dataset, batch_size: int, mesh: Mesh | None, axis: str = "data"):
+  n, ndev = len(data), (1 if mesh is None else mesh.shape[axis])
+  if mesh is None or n < ndev:
+    return device_split(data.images, data.labels, batch_size=batch_size)
+  # Batches must split evenly over the devices: a multiple of the mesh size.
+  batch_size = max(ndev, min(batch_size, n) // ndev * ndev)
+  return device_split(data.images, data.labels, batch_size=batch_size, multiple_of=ndev,
+                      sharding=NamedSharding(mesh, P(None, axis)))
+
+
+
+def _say(progress: bool, message: str) -> None:
+  if progress:
+    tqdm.tqdm.write(message)
+  else:
+    log.info(message)
+
+
+def _loop_step(state, totals, images, labels, idx, base_key, *, step_kwargs):
+  batch = (images[idx], labels[idx])
+  state, m = _train_step(state, batch, jax.random.fold_in(base_key, state.step), **step_kwargs)
+  return state, totals + jnp.stack([m["loss"], m["accuracy"]])
+
+
+def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *, config,
+          workdir: str, mesh: Mesh | None = None, progress: bool = True,
+          callback: Callable[[int, TrainState, dict], None] | None = None,
+          ) -> tuple[TrainState, list[dict]]:
+  """Trains `model` on `train_ds`, checkpointing into `workdir`; resumes if checkpoints exist.
+
+  Each epoch is a seeded permutation of the training split in batches of ``config.batch_size``
+  (the last incomplete batch is dropped), with optional crop+flip augmentation on the device.
+  After every epoch a JSON line is appended to ``<workdir>/metrics.jsonl``: ``epoch`` (1-based),
+  ``step``, ``lr`` (of the epoch's last step), ``train_loss`` / ``train_accuracy`` (mean over the
+  epoch's batches, training mode), ``test_loss`` / ``test_accuracy`` (exact, inference mode, every
+  ``eval_every_epochs``), ``images_per_sec`` (training only; epoch 1 includes compilation) and
+  ``time``. Checkpoints (`TrainState` as a state dict) go to ``<workdir>/checkpoints/<step>``: the
+  initial point, every ``checkpoint_every_epochs`` epochs and the last epoch; all are kept so the
+  run leaves a trajectory (`checkpoints.load_trajectory`).
+
+  Args:
+    model: a linen module (``model.apply(variables, x, train=...)``).
+    train_ds, test_ds: `Dataset` splits (uint8 images); test_ds may be None.
+    config: a `ml_collections.ConfigDict` or mapping with the fields of `DEFAULTS`.
+    workdir: output directory. If it holds checkpoints, training resumes from the latest one
+      (after checking that ``config.json`` matches: the configuration and the sha256 digests of
+      the training and test splits' images and labels, ``train_data_sha256`` /
+      ``test_data_sha256``; the initial variables come from ``config.seed``) and
+      ``metrics.jsonl`` is cut back to it.
+    mesh: the devices to shard each batch over: a 1-D mesh of any axis name
+      (`sharding.make_mesh()`) or a mesh with a ``"data"`` axis (default: every device).
+    progress: show a tqdm progress bar.
+    callback: called as ``callback(epoch, state, record)`` after each epoch's record is written.
+
+  Returns:
+    ``(final_state, records)`` with the records of every epoch of the run (resumed ones too).
+
+  Raises:
+    FloatingPointError: when the training loss becomes NaN/inf (lower the learning rate).
+    ValueError: bad configuration, a batch size not divisible by the devices, or a workdir holding
+      a different run (`store.StoreMismatchError`, listing what differs).
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  if len(mesh.axis_names) == 1:
+    axis = mesh.axis_names[0]
+  elif "data" in mesh.axis_names:
+    axis = "data"
+  else:
+    raise ValueError(f"train needs a 1-D mesh or one with a 'data' axis, got {mesh.axis_names}.")
+  cfg = {k: _cfg(config, k) for k in DEFAULTS}
+  batch_size, num_epochs, seed = int(cfg["batch_size"]), int(cfg["num_epochs"]), int(cfg["seed"])
+  n = len(train_ds)
+  if batch_size <= 0 or num_epochs <= 0:
+    raise ValueError(f"batch_size and num_epochs must be positive, got {batch_size}, {num_epochs}.")
+  if batch_size > n:
+    raise ValueError(f"batch_size {batch_size} is larger than the training split ({n} examples).")
+  ndev = mesh.shape[axis]
+  if batch_size % ndev:
+    raise ValueError(
+      f"batch_size {batch_size} is not divisible by the {ndev} devices of the mesh; use a "
+      f"multiple of {ndev} or pass mesh=make_mesh(jax.devices()[:k]).")
+  ckpt_every = max(1, int(cfg["checkpoint_every_epochs"]))
+  eval_every = max(1, int(cfg["eval_every_epochs"]))
+  log_every = max(1, int(cfg["log_every_steps"]))
+  steps_per_epoch = n // batch_size
+  tx, schedule = optimizer_from_config(cfg, steps_per_epoch)
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(axis))
+
+  init_key, base_key = jax.random.split(jax.random.key(seed))
+  state = create_train_state(model, init_key, train_ds.images[:1], tx)
+  for ds in (train_ds, test_ds) if test_ds is not None else (train_ds,):
+    check_model_fits(model, state.variables, ds)  # image shape and number of classes
+  state = jax.device_put(state, replicated)
+  resume_step = checkpoints.latest_step(ckpt_dir)
+  full_config = config_dict({**config_dict(config), **cfg, **data_digests(train_ds, test_ds)})
+  check_config(workdir, full_config, resuming=resume_step is not None)
+  if resume_step is None:
+    rewrite_metrics(workdir, [])
+    checkpoints.save(ckpt_dir, 0, state)
+    start_epoch = 0
+  else:
+    if resume_step % steps_per_epoch:
+      raise ValueError(
+        f"Latest checkpoint step {resume_step} in {ckpt_dir} is not a whole number of epochs of "
+        f"{steps_per_epoch} steps: it comes from another batch size or dataset. Use a fresh "
+        "workdir.")
+    state = checkpoints.restore(ckpt_dir, state, step=resume_step)
+    start_epoch = resume_step // steps_per_epoch
+    rewrite_metrics(workdir, [r for r in read_metrics(workdir)
+                               if r.get("epoch", 0) <= start_epoch])
+    _say(progress, f"Resuming {workdir} from step {resume_step} (epoch {start_epoch}).")
+
+  images = jax.device_put(train_ds.images, replicated)
+  labels = jax.device_put(train_ds.labels, replicated)
+  test_split = None if test_ds is None else _device_split(test_ds, int(cfg["eval_batch_size"]),
+                                                          mesh, axis)
+  step_kwargs = dict(model=model, tx=tx, mean=jnp.asarray(train_ds.mean),
+                     std=jnp.asarray(train_ds.std), augment=bool(cfg["augment"]),
+                     pad=int(cfg["augment_pad"]), flip=bool(cfg["augment_flip"]))
+  step_fn = jax.jit(functools.partial(_loop_step, step_kwargs=step_kwargs),
+                    donate_argnums=(0, 1), out_shardings=replicated)
+
+  bar = tqdm.tqdm(total=num_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                  unit="step", disable=not progress, dynamic_ncols=True, desc="train")
+  try:
+    for epoch in range(start_epoch, num_epochs):
+      t0 = time.perf_counter()
+      order = np.random.default_rng([seed, epoch]).permutation(n)
+      totals = jax.device_put(jnp.zeros(2, jnp.float32), replicated)
+      for i in range(steps_per_epoch):
+        idx = jax.device_put(order[i * batch_size:(i + 1) * batch_size].astype(np.int32),
+                             batch_sharding)
+        state, totals = step_fn(state, totals, images, labels, idx, base_key)
+        bar.update(1)
+        if (i + 1) % log_every == 0:
+          loss, acc = np.asarray(totals) / (i + 1)
+          bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}",
+                          img_s=f"{(i + 1) * batch_size / (time.perf_counter() - t0):.0f}")
+      train_loss, train_acc = (float(v) for v in np.asarray(totals) / steps_per_epoch)
+      seconds = time.perf_counter() - t0
+      if not math.isfinite(train_loss):
+        raise FloatingPointError(
+          f"Training loss became {train_loss} in epoch {epoch + 1} of {workdir}; lower the "
+          "learning rate or check the data. The last good checkpoint is kept.")
+      step = int(state.step)
+      record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
+                "train_loss": train_loss, "train_accuracy": train_acc}
+      if test_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs):
+        res = _evaluate(model, state.variables, test_split, jnp.asarray(test_ds.mean),
+                        jnp.asarray(test_ds.std))
+        record.update(test_loss=float(res["loss"]), test_accuracy=float(res["accuracy"]))
+      record.update(images_per_sec=steps_per_epoch * batch_size / seconds, time=time.time())
+      append_metrics(workdir, record)
+      if (epoch + 1) % ckpt_every == 0 or epoch + 1 == num_epochs:
+        checkpoints.save(ckpt_dir, step, state)
+      bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.4f}",
+                      test_acc=f"{record.get('test_accuracy', float('nan')):.4f}",
+                      img_s=f"{record['images_per_sec']:.0f}")
+      _say(progress, "epoch {epoch}: {summary}".format(epoch=epoch + 1, summary=", ".join(
+        f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "time"))))
+      if callback is not None:
+        callback(epoch + 1, state, record)
+  finally:
+    bar.close()
+  return state, read_metrics(workdir)
+
+
+def epoch_indices(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+  """(steps, batch_size) shuffled indices of one epoch; a function of (seed, epoch) only."""
+  if batch_size > n:
+    raise ValueError(f"batch_size {batch_size} is larger than the split ({n} examples).")
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  steps = n // batch_size
+  return perm[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def make_epoch_fn(step_fn: Callable, *, augment: bool = False) -> Callable:
+  """Jitted ``epoch(fn_args, state, images, labels, indices, key) -> (state, mean loss)``.
+
+  Walks one epoch with `lax.scan` on device-resident uint8 data; batch i uses ``indices[i]`` and
+  the key ``fold_in(key, state.step)`` (split for the augmentation), so results depend only on
+  (seed, epoch, step) and a resumed run repeats an uninterrupted one exactly. `step_fn` is
+  ``step_fn(fn_args, state, batch, key) -> (state, loss)``; on the CPU its convolutions are put
+  in the canonical layout (`convolutions.canonicalize_convolutions`: XLA:CPU's backward
+  convolutions inside a scan are otherwise several times slower).
+  """
+  step_fn = canonicalize_convolutions(step_fn)
+
+  @jax.jit
+  def epoch(fn_args, state, images, labels, indices, key):
+    def body(st, idx):
+      k = jax.random.fold_in(key, st.step)
+      k_step, k_aug = jax.random.split(k)
+      x = images[idx]
+      if augment:
+        x = data_lib.augment(k_aug, x)
+      st, loss = step_fn(fn_args, st, (x, labels[idx]), k_step)
+      return st, loss
+    state, losses = jax.lax.scan(body, state, indices)
+    return state, jnp.mean(losses)
+
+  return epoch
+
+
+
+def progress_bar(iterable, enabled: bool, desc: str, **kwargs):
+  if not enabled:
+    return iterable
+  from tqdm.auto import tqdm
+  return tqdm(iterable, desc=desc, **kwargs)
+
+

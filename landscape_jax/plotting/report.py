@@ -1,0 +1,253 @@
+"""A single-file HTML report of an experiment: sections of text, figures, a table of numbers and
+the configuration that produced them.
+
+The page has its styles inline and no scripts or external resources; figures are referenced by
+paths relative to the report (so the run folder can be moved or zipped as a whole), or embedded as
+base64 data with `embed_images=True` for a page that stands entirely alone. All user text is
+HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from landscape_jax.core import fileio
+
+__all__ = [
+  "format_value",
+  "write_report",
+]
+
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 62em; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #eee; }
+figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
+figure img { max-width: 100%; width: 30em; border: 1px solid #eee; }
+figcaption { font-size: .85em; color: #555; }
+table { border-collapse: collapse; margin: .8em 0; }
+td, th { border: 1px solid #ddd; padding: .25em .8em; text-align: left; }
+td.num { text-align: right; font-family: monospace; }
+pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: .85em; }
+nav ul { columns: 2; }
+footer { margin-top: 3em; font-size: .8em; color: #888; }
+"""
+
+
+def format_value(value: Any) -> str:
+  """A table cell: floats with 4 significant digits (scientific when tiny/huge), others as str."""
+  if isinstance(value, bool) or value is None:
+    return str(value)
+  if isinstance(value, numbers.Integral):
+    return str(int(value))
+  if isinstance(value, numbers.Real):
+    v = float(value)
+    if math.isnan(v) or math.isinf(v):
+      return str(v)
+    return f"{v:.4g}"
+  if hasattr(value, "shape") and getattr(value, "shape", None) == ():
+    return format_value(value.item())
+  if isinstance(value, list | tuple) or hasattr(value, "tolist"):
+    items = value.tolist() if hasattr(value, "tolist") else list(value)
+    if isinstance(items, list):
+      return "[" + ", ".join(format_value(x) for x in items) + "]"
+    return format_value(items)
+  return str(value)
+
+
+def _config_text(config: Any) -> str:
+  """The configuration as YAML-like text (nested dicts indented, lists of scalars on one line)."""
+  if config is None:
+    return ""
+  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
+    config = config.to_dict()
+  if not isinstance(config, Mapping):
+    return str(config)
+  return "\n".join(_config_lines(_jsonable(config), 0))
+
+
+def _config_lines(d: Mapping[str, Any], depth: int) -> list[str]:
+  pad = "  " * depth
+  lines = []
+  for k, v in d.items():
+    if isinstance(v, Mapping) and v:
+      lines.append(f"{pad}{k}:")
+      lines.extend(_config_lines(v, depth + 1))
+    elif isinstance(v, list) and any(isinstance(x, Mapping | list) for x in v):
+      lines.append(f"{pad}{k}: {json.dumps(v)}")
+    else:
+      lines.append(f"{pad}{k}: {_scalar_text(v)}")
+  return lines
+
+
+def _scalar_text(v: Any) -> str:
+  if isinstance(v, list):
+    return "[" + ", ".join(_scalar_text(x) for x in v) + "]"
+  if isinstance(v, Mapping):
+    return "{}"
+  if v is None or isinstance(v, bool):
+    return str(v)
+  if isinstance(v, str):
+    return v if v and v.strip() == v else repr(v)
+  return repr(v) if isinstance(v, float) else str(v)
+
+
+def _jsonable(x: Any) -> Any:
+  """Plain Python values: dicts, lists, str, int, float, bool, None (arrays become lists)."""
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, list | tuple):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, bool | int | float | str) or x is None:
+    return x
+  if hasattr(x, "tolist"):
+    return _jsonable(x.tolist())
+  return str(x)
+
+
+def _paragraphs(text: str) -> str:
+  parts = [p.strip() for p in str(text).split("\n\n")]
+  return "\n".join(
+    "<p>" + html.escape(p, quote=False).replace("\n", "<br>\n") + "</p>" for p in parts if p
+  )
+
+
+def _figure_src(fig: str, out_dir: str, embed: bool) -> str:
+  """The src of an <img>: a path relative to the report, or base64 data when `embed`."""
+  full = fig if os.path.isabs(fig) else os.path.join(out_dir, fig)
+  if embed:
+    if not os.path.exists(full):
+      raise FileNotFoundError(
+        f"Figure {fig!r} not found (looked for {full!r}); give figure paths relative to the"
+        " report's folder, or absolute paths."
+      )
+    with open(full, "rb") as f:
+      data = base64.b64encode(f.read()).decode("ascii")
+    ext = os.path.splitext(full)[1].lower().lstrip(".")
+    mime = {"svg": "image/svg+xml", "jpg": "image/jpeg"}.get(ext, f"image/{ext or 'png'}")
+    return f"data:{mime};base64,{data}"
+  rel = os.path.relpath(full, out_dir) if os.path.isabs(fig) else fig
+  return rel.replace(os.sep, "/")
+
+
+def _table_html(table: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> str:
+  rows = table.items() if isinstance(table, Mapping) else table
+  out = ["<table>", "<tr><th>quantity</th><th>value</th></tr>"]
+  for name, value in rows:
+    out.append(
+      f"<tr><td>{html.escape(str(name))}</td>"
+      f"<td class=\"num\">{html.escape(format_value(value))}</td></tr>"
+    )
+  out.append("</table>")
+  return "\n".join(out)
+
+
+def write_report(
+  path_html,
+  *,
+  title: str,
+  sections: Sequence[Mapping[str, Any]],
+  config: Any = None,
+  embed_images: bool = False,
+  check_figures: bool = True,
+) -> str:
+  """Writes a self-contained HTML report and returns its path.
+
+  Args:
+    path_html: output file (e.g. "runs/quickstart/report.html"); its folder is created.
+    title: page title.
+    sections: a list of dicts with keys
+      * "title" (str, required),
+      * "text" (str, optional; blank lines separate paragraphs),
+      * "figures" (list of image paths, optional; relative to the report's folder, or absolute;
+        a PDF next to a PNG of the same name gets a link),
+      * "table" ({name: value} or [(name, value)], optional; numbers with 4 significant digits).
+    config: the configuration (dict, `ml_collections.ConfigDict` or anything printable), shown in
+      a <pre> block at the end.
+    embed_images: embed the figures as base64 data instead of referencing them.
+    check_figures: raise if a referenced figure does not exist (catches wrong relative paths).
+
+  Returns:
+    The path of the written report.
+  """
+  path_html = os.fspath(path_html)
+  out_dir = os.path.dirname(os.path.abspath(path_html))
+  os.makedirs(out_dir, exist_ok=True)
+  if isinstance(sections, Mapping):
+    raise TypeError("`sections` must be a list of dicts, each with a 'title'.")
+  body = [f"<h1>{html.escape(str(title))}</h1>"]
+  toc = []
+  for k, sec in enumerate(sections):
+    if not isinstance(sec, Mapping) or "title" not in sec:
+      raise ValueError(f"sections[{k}] must be a dict with a 'title' key, got {sec!r:.80}.")
+    unknown = set(sec) - {"title", "text", "figures", "table"}
+    if unknown:
+      raise ValueError(
+        f"sections[{k}] has unknown keys {sorted(unknown)}; use title, text, figures, table."
+      )
+    anchor = f"section-{k + 1}"
+    stitle = html.escape(str(sec["title"]))
+    toc.append(f'<li><a href="#{anchor}">{stitle}</a></li>')
+    body.append(f'<section id="{anchor}">\n<h2>{stitle}</h2>')
+    if sec.get("text"):
+      body.append(_paragraphs(sec["text"]))
+    figures = sec.get("figures") or []
+    if isinstance(figures, str | os.PathLike):
+      figures = [figures]
+    for fig in figures:
+      fig = os.fspath(fig)
+      full = fig if os.path.isabs(fig) else os.path.join(out_dir, fig)
+      if check_figures and not os.path.exists(full):
+        raise FileNotFoundError(
+          f"Figure {fig!r} of section {sec['title']!r} not found at {full!r}; figure paths are"
+          " relative to the report's folder (or absolute). Pass check_figures=False to skip."
+        )
+      src = _figure_src(fig, out_dir, embed_images)
+      name = html.escape(os.path.basename(fig))
+      caption = name
+      pdf = os.path.splitext(full)[0] + ".pdf"
+      if not fig.lower().endswith(".pdf") and os.path.exists(pdf):
+        pdf_rel = os.path.relpath(pdf, out_dir).replace(os.sep, "/")
+        caption += f' (<a href="{html.escape(pdf_rel, quote=True)}">PDF</a>)'
+      body.append(
+        f'<figure><img src="{html.escape(src, quote=True)}" alt="{name}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+      )
+    if sec.get("table"):
+      body.append(_table_html(sec["table"]))
+    body.append("</section>")
+  cfg = _config_text(config)
+  if cfg:
+    toc.append('<li><a href="#configuration">Configuration</a></li>')
+    pre = html.escape(cfg, quote=False)
+    body.append(f'<section id="configuration">\n<h2>Configuration</h2>\n<pre>{pre}</pre>')
+    body.append("</section>")
+  stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+  page = "\n".join([
+    "<!DOCTYPE html>",
+    '<html lang="en">',
+    "<head>",
+    '<meta charset="utf-8">',
+    f"<title>{html.escape(str(title))}</title>",
+    f"<style>{_STYLE}</style>",
+    "</head>",
+    "<body>",
+    body[0],
+    f"<nav><ul>\n{chr(10).join(toc)}\n</ul></nav>" if len(toc) > 1 else "",
+    *body[1:],
+    f"<footer>Generated by landscape-jax on {stamp}.</footer>",
+    "</body>",
+    "</html>",
+    "",
+  ])
+  fileio.atomic_write_text(path_html, page)
+  return path_html
