@@ -23,6 +23,10 @@ def _modules():
     yield name, path, ast.parse(path.read_text(), filename=str(path))
 
 
+_PARSED = {name: (path, tree) for name, path, tree in _modules()}
+MODULES = sorted(_PARSED)
+
+
 def _layer(module: str) -> str | None:
   parts = module.split(".")
   return parts[1] if len(parts) > 1 else None  # None: the package's own __init__
@@ -58,8 +62,9 @@ def _targets(target: str, names: list[str]) -> list[str]:
   return out
 
 
-@pytest.mark.parametrize("module,path,tree", list(_modules()), ids=lambda v: str(v)[:60])
-def test_imports_only_go_down_the_layers(module, path, tree):
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_only_go_down_the_layers(module):
+  path, tree = _PARSED[module]
   layer = _layer(module)
   if layer is None:
     return  # the package __init__ may name anything (lazily)
@@ -72,16 +77,18 @@ def test_imports_only_go_down_the_layers(module, path, tree):
         f"{module}:{node.lineno} ({layer}) imports {reached} ({other}), a higher layer")
 
 
-@pytest.mark.parametrize("module,path,tree", list(_modules()), ids=lambda v: str(v)[:60])
-def test_no_function_level_imports_of_the_package(module, path, tree):
+@pytest.mark.parametrize("module", MODULES)
+def test_no_function_level_imports_of_the_package(module):
+  path, tree = _PARSED[module]
   top = set(map(id, tree.body))
   for node, target, _ in _imports(module, path, tree):
     assert id(node) in top, (f"{module}:{node.lineno} imports {target} inside a function: "
                              "move the code to the layer it belongs to instead")
 
 
-@pytest.mark.parametrize("module,path,tree", list(_modules()), ids=lambda v: str(v)[:60])
-def test_no_private_names_cross_modules(module, path, tree):
+@pytest.mark.parametrize("module", MODULES)
+def test_no_private_names_cross_modules(module):
+  path, tree = _PARSED[module]
   aliases = {}
   for node, target, names in _imports(module, path, tree):
     for n in names:
@@ -97,8 +104,9 @@ def test_no_private_names_cross_modules(module, path, tree):
                            "name of another module")
 
 
-@pytest.mark.parametrize("module,path,tree", list(_modules()), ids=lambda v: str(v)[:60])
-def test_every_public_module_declares_all(module, path, tree):
+@pytest.mark.parametrize("module", MODULES)
+def test_every_public_module_declares_all(module):
+  path, tree = _PARSED[module]
   if path.name.startswith("_") and path.name != "__init__.py":
     return
   assigned = {t.id for node in tree.body if isinstance(node, ast.Assign | ast.AnnAssign)
