@@ -37,10 +37,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
+from landscape_jax import plotting  # noqa: E402
 from landscape_jax.core import adaptive  # noqa: E402
 from landscape_jax.methods import training  # noqa: E402
 from landscape_jax.plotting import common  # noqa: E402
-from landscape_jax.plotting.surfaces import draw_contour  # noqa: E402
 
 FIGURES = os.path.join(os.path.dirname(_HERE), "docs", "figures")
 
@@ -96,15 +96,13 @@ def figure(path, xs, ys, dense, approx, samples, *, title, n_dense):
   fig = common.new_figure((11.0, 4.6))
   levels = common.contour_levels(np.ma.masked_invalid(dense), None)
   ax1, ax2 = fig.subplots(1, 2)
-  draw_contour(fig, ax1, xs, ys, dense, levels=levels, label="train loss")
+  plotting.plot_contour(xs, ys, dense, levels=levels, label="train loss", ax=ax1)
   ax1.set_title(f"dense {len(xs)} x {len(ys)}: {n_dense} points", fontsize=10)
-  draw_contour(fig, ax2, xs, ys, approx, levels=levels, label="train loss", samples=samples)
+  plotting.plot_contour(xs, ys, approx, levels=levels, label="train loss", ax=ax2,
+                        samples=samples)
   ax2.set_title(f"adaptive: {len(samples)} points (dots)", fontsize=10)
-  for ax in (ax1, ax2):
-    ax.set_xlabel("x (direction 1)")
-    ax.set_ylabel("y (direction 2)")
   fig.suptitle(title, fontsize=11)
-  return common.save(fig, path, ("png",), dpi=110)
+  return plotting.save(fig, path, ("png",), dpi=110)
 
 
 def run_model(name, args, workdir, rows, path_rows, files):

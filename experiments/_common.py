@@ -102,11 +102,12 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, fmt: st
     print("| " + " | ".join(cell(v) for v in row) + " |")
 
 
-def plot(name: str, *args, **kwargs):
-  """``lj.plotting.<name>(*args, **kwargs)``; a failure is logged, never raised (a figure must
-  never cost the computed results). Returns what the plot function returns, or None."""
+def plot(name: str, path: str, *args, **kwargs):
+  """``lj.plotting.save(lj.plotting.<name>(*args, **kwargs), path)``: the figure as `path`.png and
+  `path`.pdf. A failure is logged, never raised (a figure must never cost the computed results).
+  Returns the written files, or None."""
   try:
-    return getattr(lj.plotting, name)(*args, **kwargs)
+    return lj.plotting.save(getattr(lj.plotting, name)(*args, **kwargs), path)
   except Exception as e:
     logging.warning("Plot %s failed: %s", name, e)
     return None

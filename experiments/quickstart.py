@@ -175,14 +175,15 @@ class Tour:
       res = lj.surface_grid(self.metric_fn(False, self.var_a.get("batch_stats")), params, d, xs,
                             store=self.path("stores", "line_1d"), progress=self.progress,
                             metadata={"direction_seed": 0, "norm": "filter"})
-      plotting.plot_1d(self.path("line_1d"), xs, res, title="Model A, filter-normalised direction",
-                       xlabel="step along d")
+      plotting.save(plotting.plot_1d(xs, res, title="Model A, filter-normalised direction",
+                                     xlabel="step along d"), self.path("line_1d"))
       alphas = np.linspace(-0.5, 1.5, self.c.points_interp)
       interp = lj.linear_path(self.metric_fn(True), self.var_a["params"], self.var_b["params"],
                               alphas, store=self.path("stores", "interpolation"),
                               progress=self.progress)
-      plotting.plot_interpolation(self.path("interpolation"), alphas, interp,
-                                  labels=("A", "B"), title="Straight line from A to B")
+      plotting.save(plotting.plot_interpolation(alphas, interp, labels=("A", "B"),
+                                                title="Straight line from A to B"),
+                    self.path("interpolation"))
       b = lj.barriers(interp["train_loss"], alphas)
       mid = len(xs) // 2
       return ({"train loss at A": float(res["train_loss"][mid]),
@@ -208,8 +209,11 @@ class Tour:
                             (d1, d2), xs, ys, mesh=lj.make_mesh(),
                             store=self.path("stores", "surface_2d"), progress=self.progress,
                             metadata={"direction_seed": 1, "norm": "filter"})
-      plotting.plot_2d_all(self.path("surface"), xs, ys, res["train_loss"],
-                           title="Model A: train loss")
+      z = res["train_loss"]
+      plotting.save(plotting.plot_2d_all(xs, ys, z, title="Model A: train loss"),
+                    self.path("surface"))
+      if np.isfinite(z).any():
+        plotting.export_vtp(self.path("surface"), xs, ys, z, log=True, name="loss")
       return ({"min train loss": float(np.nanmin(res["train_loss"])),
                "max train loss": float(np.nanmax(res["train_loss"])),
                "grid points": int(res["train_loss"].size)},
@@ -226,8 +230,7 @@ class Tour:
     Self-contained: reads the dense values from the surface step's store, and chooses the
     adaptive lattice so that its finest level is that dense grid (every sample is a grid point).
     """
-    from landscape_jax.plotting import common as figures
-    from landscape_jax.plotting.surfaces import draw_contour
+    from matplotlib.figure import Figure
 
     def run():
       params = self.var_a["params"]
@@ -246,15 +249,15 @@ class Tour:
                                 progress=self.progress)
       approx = res.to_grid(xs, ys, keys=["train_loss"])["train_loss"]
       low = np.isfinite(dense) & (dense < 5)
-      fig = figures.new_figure((10.5, 4.4))
+      fig = Figure(figsize=(10.5, 4.4), layout="constrained")
       ax1, ax2 = fig.subplots(1, 2)
       levels = plotting.contour_levels(np.ma.masked_invalid(dense), None)
-      draw_contour(fig, ax1, xs, ys, dense, levels=levels, label="train loss")
+      plotting.plot_contour(xs, ys, dense, levels=levels, label="train loss", ax=ax1)
       ax1.set_title(f"dense: {dense.size} points", fontsize=10)
-      draw_contour(fig, ax2, xs, ys, approx, levels=levels, label="train loss",
-                   samples=res.coords)
+      plotting.plot_contour(xs, ys, approx, levels=levels, label="train loss", ax=ax2,
+                            samples=res.coords)
       ax2.set_title(f"adaptive (tol {tol}): {res.num_points} points", fontsize=10)
-      figures.save(fig, self.path("surface_adaptive"), ("png", "pdf"))
+      plotting.save(fig, self.path("surface_adaptive"))
       return ({"dense grid points": int(dense.size), "adaptive points": res.num_points,
                "adaptive rounds": len(res.history) - 1,
                "max |train loss difference| where loss < 5": float(
@@ -282,17 +285,19 @@ class Tour:
       res = curves.evaluate_curve(metric_fn, curve, kind="bezier",
                                   num_points=self.c.curve_points,
                                   store=self.path("stores", "curve"), progress=self.progress)
-      plotting.plot_curve_metrics(self.path("curve_metrics"), res["t"], res["curve"], res["line"])
+      plotting.save(plotting.plot_curve_metrics(res["t"], res["curve"], res["line"]),
+                    self.path("curve_metrics"))
       w0, w1, w2 = (lj.trees.index(curve, i) for i in range(3))
       plane = curves.plane_basis(w0, w1, w2)
       grid = np.linspace(-0.2, 1.2, self.c.plane_points)
       pres = curves.evaluate_plane(metric_fn, plane, alphas=grid, betas=grid,
                                    store=self.path("stores", "plane"), progress=self.progress)
       proj = np.stack([np.asarray(curves.project_to_plane(plane, w)) for w in (w0, w1, w2)])
-      plotting.plot_curve_plane(self.path("curve_plane"), pres["x"], pres["y"],
-                                pres["train_loss"], curve_xy=curves.curve_in_plane(plane, curve),
-                                endpoints_xy=proj[[0, 2]], bend_xy=proj[1], chord_xy=proj[[0, 2]],
-                                label="train loss")
+      fig = plotting.plot_curve_plane(pres["x"], pres["y"], pres["train_loss"],
+                                      curve_xy=curves.curve_in_plane(plane, curve),
+                                      endpoints_xy=proj[[0, 2]], bend_xy=proj[1],
+                                      chord_xy=proj[[0, 2]], label="train loss")
+      plotting.save(fig, self.path("curve_plane"))
       s = res["summary"]
       return ({"curve max train loss": s["curve"]["train_loss"]["max"],
                "line max train loss": s["line"]["train_loss"]["max"],
@@ -321,10 +326,10 @@ class Tour:
                               progress=self.progress)
       after = lj.linear_path(metric_fn, self.var_a["params"], aligned["params"], alphas,
                              progress=self.progress)
-      plotting.plot_barriers(self.path("alignment"), alphas,
-                             {"B as trained": before["train_loss"],
-                              "B permuted to match A": after["train_loss"]},
-                             title="Interpolation A -> B before and after weight matching")
+      fig = plotting.plot_barriers(alphas, {"B as trained": before["train_loss"],
+                                            "B permuted to match A": after["train_loss"]},
+                                   title="Interpolation A -> B before and after weight matching")
+      plotting.save(fig, self.path("alignment"))
       bb, ba = lj.barriers(before["train_loss"], alphas), lj.barriers(after["train_loss"], alphas)
       return ({"barrier before (train loss)": bb["frankle"],
                "barrier after (train loss)": ba["frankle"],
@@ -354,8 +359,9 @@ class Tour:
                                mask=mask)
       sd = lj.spectral_density(k3, loss_fn, params, batches, num_probes=1,
                                num_steps=self.c.lanczos_steps, mask=mask)
-      plotting.plot_spectrum(self.path("spectrum"), sd.grid, sd.density, eigenvalues=sd.nodes,
-                             title="Hessian spectral density at A (SLQ)")
+      plotting.save(plotting.plot_spectrum(sd.grid, sd.density, eigenvalues=sd.nodes,
+                                           title="Hessian spectral density at A (SLQ)"),
+                    self.path("spectrum"))
       return ({"top eigenvalue": float(eig.top[0]), "2nd eigenvalue": float(eig.top[1]),
                "smallest eigenvalue": float(eig.smallest),
                "|min/max| ratio": abs(float(eig.smallest) / float(eig.top[0])),
@@ -387,9 +393,10 @@ class Tour:
       member_acc = np.asarray(res["member_accuracy"])
       member_loss = np.asarray(res["member_loss"])
       names = [f"member {i + 1}" for i in range(len(member_acc))] + ["ensemble"]
-      plotting.plot_bars(self.path("fge"), names, [*member_loss, float(res["loss"])],
-                         ylabel="test loss (NLL)", highlight=["ensemble"],
-                         title="Fast Geometric Ensembling from A")
+      fig = plotting.plot_bars(names, [*member_loss, float(res["loss"])],
+                               ylabel="test loss (NLL)", highlight=["ensemble"],
+                               title="Fast Geometric Ensembling from A")
+      plotting.save(fig, self.path("fge"))
       return ({"mean member test loss": float(member_loss.mean()),
                "best member test loss": float(member_loss.min()),
                "ensemble test loss": float(res["loss"]),
@@ -421,9 +428,10 @@ class Tour:
                             tuple(pca.directions), xs, ys, store=self.path("stores", "pca"),
                             progress=self.progress)
       ev = pca.explained_variance_ratio
-      plotting.plot_trajectory(self.path("trajectory"), xs, ys, res["train_loss"], pca.coords,
-                               explained_variance=ev, label="train loss",
-                               title="Training trajectory of A in its PCA plane")
+      fig = plotting.plot_trajectory(xs, ys, res["train_loss"], pca.coords,
+                                     explained_variance=ev, label="train loss",
+                                     title="Training trajectory of A in its PCA plane")
+      plotting.save(fig, self.path("trajectory"))
       return ({"snapshots": len(trajectory), "1st PC explained variance": float(ev[0]),
                "2nd PC explained variance": float(ev[1])},
               ["trajectory.png"])

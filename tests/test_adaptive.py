@@ -248,12 +248,13 @@ def test_select_key_and_bad_input():
 def test_contour_overlay_of_samples(tmp_path):
   res = adaptive.refine_surface(_evaluate(saddle), BOX, BOX, tol=0.05, initial=5, max_level=3)
   xs = np.linspace(*BOX, 41)
-  files = lj.plotting.plot_contour(tmp_path / "c", xs, xs, res.to_grid(xs, xs)["loss"],
-                                   samples=res.coords, formats=("png",))
+  fig = lj.plotting.plot_contour(xs, xs, res.to_grid(xs, xs)["loss"], samples=res.coords)
+  dots = [ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "."]
+  np.testing.assert_array_equal(dots[0].get_xydata(), res.coords)
+  files = lj.plotting.save(fig, tmp_path / "c", "png")
   assert (tmp_path / "c.png").stat().st_size > 1000 and files
   with pytest.raises(ValueError, match="samples"):
-    lj.plotting.plot_contour(tmp_path / "d", xs, xs, res.to_grid(xs, xs)["loss"],
-                             samples=np.zeros((3, 3)), formats=("png",))
+    lj.plotting.plot_contour(xs, xs, res.to_grid(xs, xs)["loss"], samples=np.zeros((3, 3)))
 
 
 # ------------------------------------------------------------------- through the point evaluator

@@ -1,15 +1,17 @@
-"""Tests of landscape_jax.plotting: every figure is written as a valid PNG and PDF for ordinary,
-NaN-containing and all-NaN inputs; grid orientation z[i, j] = (xs[i], ys[j]) on non-square grids;
-contour levels, barriers and the VTK export against hand computations."""
+"""Tests of landscape_jax.plotting: every plot draws into a given Axes or a new Figure and returns
+that Figure; `save` writes it as a valid PNG and PDF for ordinary, NaN-containing and all-NaN
+inputs; grid orientation z[i, j] = (xs[i], ys[j]) on non-square grids; contour levels, barriers
+and the VTK export against hand computations."""
 
 import os
 import xml.etree.ElementTree as ET
 
+import matplotlib.figure
 import numpy as np
 import pytest
 
 from landscape_jax import plotting as P
-from landscape_jax.plotting import common, curvature, surfaces
+from landscape_jax.plotting import common, surfaces
 
 DPI = 80
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF"}
@@ -34,6 +36,11 @@ def formats_for(kind):
   """PNG and PDF for ordinary inputs; edge cases (all NaN, constant, ...) as PNG only, to save time
   (every function's PDF output is checked by its ordinary case)."""
   return ("png", "pdf") if kind in ("plain", "nan", "metrics", "array", "runs") else ("png",)
+
+
+def saved(fig, path, formats=("png", "pdf")):
+  """`P.save(fig, path, formats)` at the tests' low resolution."""
+  return P.save(fig, path, formats, dpi=DPI)
 
 
 def check_files(files, exts=(".png", ".pdf")):
@@ -85,9 +92,13 @@ def test_output_paths(tmp_path):
 
 
 def test_formats_argument_and_folder_creation(tmp_path):
-  files = P.plot_1d(tmp_path / "new" / "dir" / "one.pdf", XS, Z[:, 0], formats="png", dpi=DPI)
+  fig = P.plot_1d(XS, Z[:, 0])
+  files = saved(fig, tmp_path / "new" / "dir" / "one.pdf", "png")
   assert files == [str(tmp_path / "new" / "dir" / "one.png")]
   check_files(files, (".png",))
+  # formats=None: the extension given, else PNG and PDF.
+  assert P.save(fig, tmp_path / "two.pdf", dpi=DPI) == [str(tmp_path / "two.pdf")]
+  check_files(P.save(fig, tmp_path / "three", dpi=DPI))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,16 +133,15 @@ def test_plot_1d(tmp_path, kind, log):
     curves["test_accuracy"][-3:] = np.nan
   else:
     curves = {k: np.full_like(a, np.nan) for k in metrics_1d(a)}
-  files = P.plot_1d(tmp_path / "f", a, curves, log=log, title="t", dpi=DPI,
-                    formats=formats_for(kind))
-  check_files(files, formats_for(kind))
+  fig = P.plot_1d(a, curves, log=log, title="t")
+  check_files(saved(fig, tmp_path / "f", formats_for(kind)), formats_for(kind))
 
 
 def test_plot_1d_twin_axes_and_styles():
   fig = common.new_figure()
   ax = fig.add_subplot()
   a = np.linspace(-1, 1, 11)
-  ax1, ax2 = surfaces.draw_1d(fig, ax, a, metrics_1d(a))
+  ax1, ax2 = surfaces.draw_1d(ax, a, metrics_1d(a))
   left = {line.get_label(): line.get_linestyle() for line in ax1.get_lines()}
   right = {line.get_label(): line.get_linestyle() for line in ax2.get_lines()}
   assert left == {"train_loss": "-", "test_loss": "--"}
@@ -140,12 +150,12 @@ def test_plot_1d_twin_axes_and_styles():
   assert ax2.get_ylim()[0] <= 0 and ax2.get_ylim()[1] >= 1
 
 
-def test_plot_1d_bad_input(tmp_path):
+def test_plot_1d_bad_input():
   a = np.linspace(-1, 1, 5)
   with pytest.raises(ValueError, match="one value per x"):
-    P.plot_1d(tmp_path / "f", a, {"loss": np.ones(4)})
+    P.plot_1d(a, {"loss": np.ones(4)})
   with pytest.raises(ValueError, match="mixes runs"):
-    P.plot_1d(tmp_path / "f", a, {"loss": np.ones(5), "run": {"loss": np.ones(5)}})
+    P.plot_1d(a, {"loss": np.ones(5), "run": {"loss": np.ones(5)}})
 
 
 @pytest.mark.parametrize("nan", [False, True])
@@ -154,15 +164,15 @@ def test_plot_interpolation(tmp_path, nan):
   m = {"train_loss": 0.2 + np.sin(np.pi * al) ** 2, "test_accuracy": 0.9 - 0.2 * al**2}
   if nan:
     m["train_loss"][:3] = np.nan
-  check_files(P.plot_interpolation(tmp_path / "i", al, m, dpi=DPI))
+  check_files(saved(P.plot_interpolation(al, m), tmp_path / "i"))
 
 
 # ---------------------------------------------------------------------------------------------
 # 2-D
 
 
-def plot_eigen_ratio(path, xs, ys, z, **kw):
-  return P.plot_eigen_ratio(path, xs, ys, z / np.nanmax(np.where(np.isfinite(z), z, 0)), **kw)
+def plot_eigen_ratio(xs, ys, z, **kw):
+  return P.plot_eigen_ratio(xs, ys, z / np.nanmax(np.where(np.isfinite(z), z, 0)), **kw)
 
 
 PLOTS_2D = [P.plot_contour, P.plot_contourf, P.plot_heatmap, P.plot_surface_3d, plot_eigen_ratio]
@@ -173,8 +183,7 @@ PLOTS_2D = [P.plot_contour, P.plot_contourf, P.plot_heatmap, P.plot_surface_3d, 
 def test_plots_2d(tmp_path, plot, kind):
   z = {"plain": Z, "nan": with_nan(Z), "all_nan": np.full_like(Z, np.nan),
        "constant": np.full_like(Z, 0.7)}[kind]
-  files = plot(tmp_path / "s", XS, YS, z, dpi=DPI, formats=formats_for(kind))
-  check_files(files, formats_for(kind))
+  check_files(saved(plot(XS, YS, z), tmp_path / "s", formats_for(kind)), formats_for(kind))
 
 
 @pytest.mark.parametrize("plot", [P.plot_contour, P.plot_contourf, P.plot_heatmap,
@@ -182,14 +191,14 @@ def test_plots_2d(tmp_path, plot, kind):
 def test_plots_2d_log(tmp_path, plot):
   z = with_nan(Z)
   z[0, 0] = 0.0  # non-positive: masked on a log scale
-  check_files(plot(tmp_path / "s", XS, YS, z, log=True, dpi=DPI, formats="png"), [".png"])
+  check_files(saved(plot(XS, YS, z, log=True), tmp_path / "s", "png"), [".png"])
 
 
 def test_contour_orientation_non_square_grid():
   """The innermost contour surrounds the true minimum (x=0.6, y=-0.4), not its transpose."""
   fig = common.new_figure()
   ax = fig.add_subplot()
-  cs = surfaces.draw_contour(fig, ax, XS, YS, Z, levels=[0.06, 0.1, 0.3, 0.6])
+  cs = surfaces.draw_contour(ax, XS, YS, Z, levels=[0.06, 0.1, 0.3, 0.6])
   inner = cs.get_paths()[0].vertices
   assert inner.shape[0] > 3
   cx, cy = inner.mean(axis=0)
@@ -200,7 +209,7 @@ def test_contour_orientation_non_square_grid():
 def test_heatmap_and_contourf_orientation():
   fig = common.new_figure()
   ax = fig.add_subplot()
-  qm = surfaces.draw_heatmap(fig, ax, XS, YS, Z)
+  qm = surfaces.draw_heatmap(ax, XS, YS, Z)
   shown = np.asarray(qm.get_array()).reshape(YS.size, XS.size)  # rows = y, columns = x
   np.testing.assert_allclose(shown, Z.T)
   j, i = np.unravel_index(np.argmin(shown), shown.shape)
@@ -208,18 +217,18 @@ def test_heatmap_and_contourf_orientation():
                                               abs(YS[j] - Y_MIN) < 0.08)
   fig = common.new_figure()
   ax = fig.add_subplot()
-  cs = surfaces.draw_contourf(fig, ax, XS, YS, Z, levels=[0.05, 0.1, 0.5, 1, 5])
+  cs = surfaces.draw_contourf(ax, XS, YS, Z, levels=[0.05, 0.1, 0.5, 1, 5])
   lowest = cs.get_paths()[0].vertices
   assert abs(lowest[:, 0].mean() - X_MIN) < 0.05 and abs(lowest[:, 1].mean() - Y_MIN) < 0.05
 
 
-def test_grid_shape_errors(tmp_path):
+def test_grid_shape_errors():
   with pytest.raises(ValueError, match=r"pass z\.T"):
-    P.plot_contour(tmp_path / "c", XS, YS, Z.T)
+    P.plot_contour(XS, YS, Z.T)
   with pytest.raises(ValueError, match="plot_1d"):
-    P.plot_contour(tmp_path / "c", XS, YS, Z[:, 0])
+    P.plot_contour(XS, YS, Z[:, 0])
   with pytest.raises(ValueError, match="at least 2 points"):
-    P.plot_heatmap(tmp_path / "c", XS, YS[:1], Z[:, :1])
+    P.plot_heatmap(XS, YS[:1], Z[:, :1])
 
 
 def test_contour_levels():
@@ -237,24 +246,30 @@ def test_contour_levels():
 
 
 def test_plot_2d_all(tmp_path):
-  files = P.plot_2d_all(tmp_path / "res_train_loss.png", XS, YS, with_nan(Z), label="train loss",
-                        dpi=DPI, formats="png")
-  names = sorted(os.path.basename(f) for f in files)
-  assert names == ["res_train_loss.vtp", "res_train_loss_2dcontour.png",
-                   "res_train_loss_2dcontourf.png", "res_train_loss_2dheatmap.png",
-                   "res_train_loss_3dsurface.png"]
+  figs = P.plot_2d_all(XS, YS, with_nan(Z), label="train loss")
+  assert list(figs) == list(surfaces.PLOT_2D_ALL_NAMES)
+  assert len({id(f) for f in figs.values()}) == 4
+  assert figs["3dsurface"].axes[0].name == "3d"
+  assert not os.listdir(tmp_path)  # plotting writes nothing; `save` does
+  files = P.save(figs, tmp_path / "res_train_loss.png", dpi=DPI)  # the extension picks PNG
+  names = [os.path.basename(f) for f in files]
+  assert names == ["res_train_loss_2dcontour.png", "res_train_loss_2dcontourf.png",
+                   "res_train_loss_2dheatmap.png", "res_train_loss_3dsurface.png"]
+  check_files(files[:1], ("png",))
   for f in files:
     assert os.path.getsize(f) > 1000
-  # All NaN: figures with a message, no VTK file (nothing to export).
-  files = P.plot_2d_all(tmp_path / "nan", XS, YS, np.full_like(Z, np.nan), dpi=DPI,
-                        formats="png")
-  assert len(files) == 4
+  # All NaN: figures with a message.
+  files = saved(P.plot_2d_all(XS, YS, np.full_like(Z, np.nan)), tmp_path / "nan", ("png", "pdf"))
+  assert len(files) == 8 and all(os.path.getsize(f) > 1000 for f in files)
 
 
 def test_points_are_marked(tmp_path):
-  files = P.plot_contour(tmp_path / "c", XS, YS, Z, points={"min": (X_MIN, Y_MIN)}, dpi=DPI,
-                         formats="png")
-  check_files(files, [".png"])
+  fig = P.plot_contour(XS, YS, Z, points={"min": (X_MIN, Y_MIN)})
+  ax = fig.axes[0]
+  stars = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
+  assert len(stars) == 1 and (stars[0].get_xdata()[0], stars[0].get_ydata()[0]) == (X_MIN, Y_MIN)
+  assert "min" in [t.get_text() for t in ax.texts]
+  check_files(saved(fig, tmp_path / "c", "png"), [".png"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,17 +343,16 @@ def plane_data():
 def test_plot_curve_plane(tmp_path, kind):
   gx, gy, z, _, curve = plane_data()
   z = {"plain": z, "nan": with_nan(z), "all_nan": np.full_like(z, np.nan)}[kind]
-  files = P.plot_curve_plane(
-    tmp_path / "plane", gx, gy, z, curve_xy=curve, endpoints_xy=[[0, 0], [3, 0]],
-    bend_xy=[1.5, 2.0], dpi=DPI, formats=formats_for(kind),
+  fig = P.plot_curve_plane(
+    gx, gy, z, curve_xy=curve, endpoints_xy=[[0, 0], [3, 0]], bend_xy=[1.5, 2.0],
   )
-  check_files(files, formats_for(kind))
+  check_files(saved(fig, tmp_path / "plane", formats_for(kind)), formats_for(kind))
 
 
-def test_plot_curve_plane_bad_points(tmp_path):
+def test_plot_curve_plane_bad_points():
   gx, gy, z, _, curve = plane_data()
   with pytest.raises(ValueError, match=r"\(k, 2\)"):
-    P.plot_curve_plane(tmp_path / "p", gx, gy, z, curve_xy=curve[:, 0], endpoints_xy=[[0, 0]])
+    P.plot_curve_plane(gx, gy, z, curve_xy=curve[:, 0], endpoints_xy=[[0, 0]])
 
 
 @pytest.mark.parametrize("kind", ["metrics", "arrays", "nan"])
@@ -352,7 +366,7 @@ def test_plot_curve_metrics(tmp_path, kind):
     line = {"train_loss": 0.1 + 2 * bump, "test_error": 0.07 + 0.5 * bump}
     if kind == "nan":
       line["train_loss"][4:6] = np.nan
-  check_files(P.plot_curve_metrics(tmp_path / "cm", ts, curve, line, dpi=DPI))
+  check_files(saved(P.plot_curve_metrics(ts, curve, line), tmp_path / "cm"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,9 +380,8 @@ def test_plot_spectrum(tmp_path, kind):
   dens = {"plain": dens, "several": {"epoch 1": dens, "epoch 2": dens[::-1]},
           "runs": np.stack([dens, np.where(grid > 10, np.nan, dens)]),
           "nan": np.where(grid > 18, np.nan, dens), "all_nan": np.full_like(grid, np.nan)}[kind]
-  files = P.plot_spectrum(tmp_path / "sp", grid, dens, eigenvalues=[0.9, 1.1, 15.0], dpi=DPI,
-                          formats=formats_for(kind))
-  check_files(files, formats_for(kind))
+  fig = P.plot_spectrum(grid, dens, eigenvalues=[0.9, 1.1, 15.0])
+  check_files(saved(fig, tmp_path / "sp", formats_for(kind)), formats_for(kind))
 
 
 def test_eigen_ratio():
@@ -377,47 +390,39 @@ def test_eigen_ratio():
 
 
 @pytest.mark.parametrize("kind", ["plain", "nan"])
-def test_plot_trajectory_labels(tmp_path, monkeypatch, kind):
-  figs = []
-  real_save = curvature.save
-  monkeypatch.setattr(curvature, "save", lambda fig, *a, **k: figs.append(fig) or
-                      real_save(fig, *a, **k))
+def test_plot_trajectory_labels(tmp_path, kind):
   traj = np.stack([np.linspace(-0.9, 0.0, 8), np.linspace(0.3, 0.0, 8)], 1)
   z = Z if kind == "plain" else with_nan(Z)
   if kind == "nan":
     traj[2] = np.nan
-  files = P.plot_trajectory(tmp_path / "tr", XS, YS, z, traj,
-                            explained_variance=(0.62314, 0.1502), dpi=DPI)
-  check_files(files)
-  ax = figs[0].axes[0]
+  fig = P.plot_trajectory(XS, YS, z, traj, explained_variance=(0.62314, 0.1502))
+  check_files(saved(fig, tmp_path / "tr"))
+  ax = fig.axes[0]
   assert ax.get_xlabel() == "1st PC: 62.31 %"
   assert ax.get_ylabel() == "2nd PC: 15.02 %"
+  path = [ln for ln in ax.get_lines() if ln.get_label() == "trajectory"][0]
+  np.testing.assert_array_equal(path.get_xdata(), traj[np.isfinite(traj).all(1), 0])
   with pytest.raises(ValueError, match="ratios in"):
-    P.plot_trajectory(tmp_path / "tr", XS, YS, Z, traj, explained_variance=(62.3, 15.0))
+    P.plot_trajectory(XS, YS, Z, traj, explained_variance=(62.3, 15.0))
 
 
 def test_plot_trajectory_all_nan(tmp_path):
   traj = np.full((5, 2), np.nan)
   z = np.full_like(Z, np.nan)
-  check_files(P.plot_trajectory(tmp_path / "tr", XS, YS, z, traj, dpi=DPI, formats="png"), ("png",))
+  check_files(saved(P.plot_trajectory(XS, YS, z, traj), tmp_path / "tr", "png"), ("png",))
 
 
 # ---------------------------------------------------------------------------------------------
 # Alignment and ensembles
 
 
-def _barrier_legend(monkeypatch, alphas, runs):
-  """The legend texts plot_barriers draws (the figure is captured instead of written)."""
-  from landscape_jax.plotting import ensembles
-
-  figs = []
-  monkeypatch.setattr(ensembles, "save", lambda fig, *a, **k: figs.append(fig) or [])
-  P.plot_barriers("unused", alphas, runs)
-  legend = figs[0].axes[0].get_legend()
+def _barrier_legend(alphas, runs):
+  """The legend texts plot_barriers draws."""
+  legend = P.plot_barriers(alphas, runs).axes[0].get_legend()
   return [t.get_text() for t in legend.get_texts()] if legend else []
 
 
-def test_barrier_legend_is_paths_barrier(monkeypatch):
+def test_barrier_legend_is_paths_barrier():
   """The legend shows landscape_jax.core.paths.barrier (one implementation): endpoints at alpha =
   0 and
   1, maximum over [0, 1] only, and "n/a" for a NaN inside [0, 1] (the former figure-only formula
@@ -430,14 +435,14 @@ def test_barrier_legend_is_paths_barrier(monkeypatch):
   assert paths.barrier(runs["a"], al) == pytest.approx(3.0 - 2.0)
   assert paths.barrier(runs["b"], al) == pytest.approx(4.0)
   assert np.isnan(paths.barrier(runs["nan inside"], al))
-  assert _barrier_legend(monkeypatch, al, runs) == [
+  assert _barrier_legend(al, runs) == [
     "a (barrier 1)", "b (barrier 4)", "nan inside (barrier n/a)"]
   no_end = np.array([0.0, 0.25, 0.5])
-  assert _barrier_legend(monkeypatch, no_end, {"c": [1.0, 2.0, 1.0]}) == ["c (barrier n/a)"]
+  assert _barrier_legend(no_end, {"c": [1.0, 2.0, 1.0]}) == ["c (barrier n/a)"]
   # repeats: the barrier of the mean curve (NaN members are masked out of the mean)
   rep = np.array([[1.0, 3.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, np.nan, 1.0]])
   al2 = np.linspace(0.0, 1.0, 5)
-  assert _barrier_legend(monkeypatch, al2, {"r": rep}) == [
+  assert _barrier_legend(al2, {"r": rep}) == [
     f"r (barrier {paths.barrier(np.array([1.0, 2.0, 1.0, 1.0, 1.0]), al2):.3g})"]
 
 
@@ -452,28 +457,30 @@ def test_plot_barriers(tmp_path, kind):
     runs["naive"][3] = np.nan
   elif kind == "all_nan":
     runs = {"naive": np.full_like(al, np.nan)}
-  check_files(P.plot_barriers(tmp_path / "b", al, runs, dpi=DPI, formats=formats_for(kind)),
+  check_files(saved(P.plot_barriers(al, runs), tmp_path / "b", formats_for(kind)),
               formats_for(kind))
 
 
 @pytest.mark.parametrize("values", [[0.91, 0.915, 0.93], [0.5, np.nan, 0.9], [np.nan] * 3,
                                     [0.0, 0.0, 0.0]])
 def test_plot_bars(tmp_path, values):
-  files = P.plot_bars(tmp_path / "bars", ["member 1", "member 2", "FGE ensemble"], values,
-                      ylabel="test accuracy", highlight=["FGE ensemble"], dpi=DPI)
-  check_files(files)
+  fig = P.plot_bars(["member 1", "member 2", "FGE ensemble"], values, ylabel="test accuracy",
+                    highlight=["FGE ensemble"])
+  bars = fig.axes[0].patches
+  assert [b.get_visible() for b in bars] == list(np.isfinite(values))
+  np.testing.assert_allclose([b.get_height() for b in bars if b.get_visible()],
+                             np.asarray(values)[np.isfinite(values)])
+  check_files(saved(fig, tmp_path / "bars"))
 
 
-def test_plot_bars_errors(tmp_path):
+def test_plot_bars_errors():
   with pytest.raises(ValueError, match="one value per name"):
-    P.plot_bars(tmp_path / "b", ["a", "b"], [1.0], ylabel="x")
+    P.plot_bars(["a", "b"], [1.0], ylabel="x")
   with pytest.raises(ValueError, match="not among the bar names"):
-    P.plot_bars(tmp_path / "b", ["a"], [1.0], ylabel="x", highlight=["c"])
+    P.plot_bars(["a"], [1.0], ylabel="x", highlight=["c"])
 
 
 def test_plot_budget_draws_the_given_points(tmp_path):
-  import matplotlib.figure
-
   series = {"independent": ([20, 40, 60], [6.1, 5.2, 4.9]), "FGE": ([24, 28], [5.5, np.nan]),
             "SWA": ([28], [5.0]), "broken": ([10], [np.nan])}
   ax = matplotlib.figure.Figure().add_subplot()
@@ -484,11 +491,11 @@ def test_plot_budget_draws_the_given_points(tmp_path):
   np.testing.assert_array_equal(lines["independent"].get_ydata(), [6.1, 5.2, 4.9])
   assert lines["SWA"].get_marker() == "*"
   assert [t.get_text() for t in ax.texts] == ["1", "2", "3", "1"]  # members; the NaN unlabelled
-  check_files(P.plot_budget(tmp_path / "budget", series, dpi=DPI))
+  check_files(saved(P.plot_budget(series), tmp_path / "budget"))
   with pytest.raises(ValueError, match="FGE: 2 epochs but 1 values"):
-    P.plot_budget(tmp_path / "b", {"FGE": ([1, 2], [3.0])})
+    P.plot_budget({"FGE": ([1, 2], [3.0])})
   with pytest.raises(ValueError, match="nothing to plot"):
-    P.plot_budget(tmp_path / "b", {})
+    P.plot_budget({})
 
 
 def test_contour_labels_every_kth_level_in_a_readable_colour():
@@ -497,7 +504,7 @@ def test_contour_labels_every_kth_level_in_a_readable_colour():
   fig = common.new_figure()
   ax = fig.add_subplot()
   levels = np.linspace(0.05, 1.5, 30)
-  cs = surfaces.draw_contour(fig, ax, XS, YS, Z, levels=levels)
+  cs = surfaces.draw_contour(ax, XS, YS, Z, levels=levels)
   labelled = sorted({float(t.get_text()) for t in ax.texts})
   k = -(-len(cs.levels) // surfaces.MAX_LABELLED_LEVELS)
   allowed = {float(f"{v:.3g}") for v in cs.levels[::k]}
@@ -506,3 +513,135 @@ def test_contour_labels_every_kth_level_in_a_readable_colour():
 
   assert {matplotlib.colors.to_hex(t.get_color()) for t in ax.texts} == {
     matplotlib.colors.to_hex("0.15")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Axes, figures and saving
+
+
+def _plane_plot(ax):
+  gx, gy, z, _, curve = plane_data()
+  return P.plot_curve_plane(gx, gy, z, curve_xy=curve, endpoints_xy=[[0, 0], [3, 0]], ax=ax)
+
+
+def _curve_metrics():
+  ts = np.linspace(0, 1, 11)
+  bump = np.sin(np.pi * ts)
+  curve = {"train_loss": 0.1 + 0.05 * bump, "test_accuracy": 0.93 - 0.01 * bump}
+  line = {"train_loss": 0.1 + 2 * bump, "test_accuracy": 0.93 - 0.5 * bump}
+  return ts, curve, line
+
+
+_A = np.linspace(-1, 1, 11)
+_GRID = np.linspace(-2, 20, 50)
+_TRAJ = np.stack([np.linspace(-0.9, 0.0, 6), np.linspace(0.3, 0.0, 6)], 1)
+# Every plot function, called with ax=<given>.
+PLOT_CALLS = {
+  "plot_1d": lambda ax: P.plot_1d(_A, metrics_1d(_A), ax=ax),
+  "plot_interpolation": lambda ax: P.plot_interpolation(_A, metrics_1d(_A), ax=ax),
+  "plot_contour": lambda ax: P.plot_contour(XS, YS, Z, ax=ax, points={"min": (X_MIN, Y_MIN)}),
+  "plot_contourf": lambda ax: P.plot_contourf(XS, YS, Z, ax=ax),
+  "plot_heatmap": lambda ax: P.plot_heatmap(XS, YS, Z, ax=ax),
+  "plot_surface_3d": lambda ax: P.plot_surface_3d(XS, YS, Z, ax=ax),
+  "plot_eigen_ratio": lambda ax: P.plot_eigen_ratio(XS, YS, Z / Z.max(), ax=ax),
+  "plot_curve_plane": _plane_plot,
+  "plot_curve_metrics": lambda ax: P.plot_curve_metrics(*_curve_metrics(), ax=ax),
+  "plot_spectrum": lambda ax: P.plot_spectrum(_GRID, np.exp(-(_GRID - 1) ** 2), ax=ax),
+  "plot_trajectory": lambda ax: P.plot_trajectory(XS, YS, Z, _TRAJ, ax=ax),
+  "plot_barriers": lambda ax: P.plot_barriers(_A, {"naive": 1 - _A**2}, ax=ax),
+  "plot_bars": lambda ax: P.plot_bars(["a", "b"], [0.5, 0.7], ylabel="accuracy", ax=ax),
+  "plot_budget": lambda ax: P.plot_budget({"FGE": ([1, 2], [5.0, 4.0])}, ax=ax),
+}
+
+
+def n_artists(ax):
+  return len(ax.lines) + len(ax.collections) + len(ax.patches) + len(ax.texts) + len(ax.images)
+
+
+def test_every_plot_function_is_covered():
+  names = {n for n in P.__all__ if n.startswith("plot_")} - {"plot_2d_all"}
+  assert names == set(PLOT_CALLS)
+
+
+@pytest.mark.parametrize("name", sorted(PLOT_CALLS))
+def test_plot_draws_into_the_given_axes(tmp_path, name):
+  """With ax=, the plot draws on that Axes (colour bars and twin axes beside it), leaves the other
+  Axes of the figure alone and returns ax.figure, which `save` writes."""
+  fig = matplotlib.figure.Figure(figsize=(10, 4), layout="constrained")
+  other = fig.add_subplot(1, 2, 1)
+  ax = fig.add_subplot(1, 2, 2, projection="3d" if name == "plot_surface_3d" else None)
+  out = PLOT_CALLS[name](ax)
+  assert out is fig and out is ax.figure
+  assert n_artists(ax) > 0
+  assert n_artists(other) == 0 and other.get_title() == "" and other.get_legend() is None
+  assert fig.legends == []  # a figure-wide legend only on a figure the plot made itself
+  check_files(saved(out, tmp_path / name, "png"), ("png",))
+
+
+@pytest.mark.parametrize("name", sorted(PLOT_CALLS))
+def test_plot_without_axes_returns_a_new_figure_and_writes_nothing(tmp_path, monkeypatch, name):
+  monkeypatch.chdir(tmp_path)
+  fig, again = PLOT_CALLS[name](None), PLOT_CALLS[name](None)
+  assert isinstance(fig, matplotlib.figure.Figure) and fig is not again
+  assert any(n_artists(a) for a in fig.axes)
+  assert os.listdir(tmp_path) == []
+
+
+def test_axes_in_a_subfigure_returns_the_root_figure(tmp_path):
+  fig = matplotlib.figure.Figure(layout="constrained")
+  ax = fig.subfigures(1, 2)[1].add_subplot()
+  assert P.plot_heatmap(XS, YS, Z, ax=ax) is fig
+  check_files(saved(fig, tmp_path / "sub", "png"), ("png",))
+
+
+def test_bad_axes_are_refused():
+  flat = matplotlib.figure.Figure().add_subplot()
+  with pytest.raises(ValueError, match=r"3-D Axes.*projection='3d'"):
+    P.plot_surface_3d(XS, YS, Z, ax=flat)
+  with pytest.raises(TypeError, match="`ax` must be a matplotlib Axes"):
+    P.plot_contour(XS, YS, Z, ax=flat.figure)
+  with pytest.raises(ValueError, match="pair"):
+    P.plot_curve_metrics(*_curve_metrics(), ax=[flat])
+
+
+def test_plot_curve_metrics_into_two_axes_or_one():
+  ts, curve, line = _curve_metrics()
+  fig = matplotlib.figure.Figure()
+  a_loss, a_err = fig.subplots(1, 2)
+  assert P.plot_curve_metrics(ts, curve, line, ax=(a_loss, a_err)) is fig
+  assert [ln.get_label() for ln in a_loss.lines] == ["curve: train_loss", "line: train_loss"]
+  assert [ln.get_label() for ln in a_err.lines] == ["curve: test_error", "line: test_error"]
+  assert (a_loss.get_ylabel(), a_err.get_ylabel()) == ("loss", "error (%)")
+  np.testing.assert_allclose(a_err.lines[0].get_ydata(), 100 * (1 - curve["test_accuracy"]))
+  # One Axes: the errors go on a twin right axis; one legend lists all four lines.
+  fig = matplotlib.figure.Figure()
+  ax = fig.add_subplot()
+  P.plot_curve_metrics(ts, curve, line, ax=ax, title="t")
+  (twin,) = [a for a in fig.axes if a is not ax]
+  assert (ax.get_ylabel(), twin.get_ylabel(), ax.get_title()) == ("loss", "error (%)", "t")
+  np.testing.assert_allclose(twin.lines[1].get_ydata(), 100 * (1 - line["test_accuracy"]))
+  assert len(twin.get_legend().get_texts()) == 4
+
+
+def test_save_writes_figures_and_refuses_anything_else(tmp_path):
+  fig = P.plot_1d(XS, XS**2)
+  files = P.save({"a": fig, "b": P.plot_1d(XS, XS)}, tmp_path / "two", "png", dpi=DPI)
+  assert files == [str(tmp_path / "two_a.png"), str(tmp_path / "two_b.png")]
+  check_files(files[1:], ("png",))
+  with pytest.raises(TypeError, match="matplotlib Figure"):
+    P.save([str(tmp_path / "a.png")], tmp_path / "x")  # what the plot functions used to return
+  with pytest.raises(TypeError, match=r"fig\['b'\]"):
+    P.save({"a": fig, "b": fig.axes[0]}, tmp_path / "y")
+  assert not (tmp_path / "y_a.png").exists()  # nothing written when one entry is bad
+  with pytest.raises(ValueError, match="empty"):
+    P.save({}, tmp_path / "z")
+
+
+def test_new_figures_display_inline_in_jupyter():
+  """A new figure carries its own PNG repr, which IPython's display formatter uses (a bare
+  matplotlib Figure shows only as text until `%matplotlib inline` registers one)."""
+  fig = P.plot_contour(XS, YS, Z)
+  assert fig._repr_png_().startswith(MAGIC[".png"])
+  formatters = pytest.importorskip("IPython.core.formatters")
+  assert formatters.PNGFormatter()(fig).startswith(MAGIC[".png"])
+  assert formatters.PNGFormatter()(matplotlib.figure.Figure()) is None

@@ -147,8 +147,8 @@ def test_report_bad_sections(run_dir):
 def test_report_with_real_plot(tmp_path):
   from landscape_jax import plotting
 
-  files = plotting.plot_bars(tmp_path / "figs" / "bars", ["a", "b"], [0.5, 0.7],
-                             ylabel="accuracy", dpi=60, formats="png")
+  files = plotting.save(plotting.plot_bars(["a", "b"], [0.5, 0.7], ylabel="accuracy"),
+                        tmp_path / "figs" / "bars", "png", dpi=60)
   rel = os.path.relpath(files[0], tmp_path)
   path = report.write_report(tmp_path / "report.html", title="t",
                              sections=[{"title": "bars", "figures": [rel]}], config={"a": 1})

@@ -604,7 +604,7 @@ def adaptive_surface(metric_fn: Callable[[PyTree], dict], center: PyTree, direct
     res = adaptive_surface(metric_fn, params, (d1, d2), (-1, 1), (-1, 1), tol=0.01,
                            max_points=1500, key="train_loss", store="runs/adaptive")
     grid = res.to_grid(xs, ys)  # {metric: (len(xs), len(ys))}, as surface_grid returns
-    plotting.plot_contour("loss", xs, ys, grid["train_loss"], samples=res.coords)
+    fig = plotting.plot_contour(xs, ys, grid["train_loss"], samples=res.coords)
 
   Returns:
     An `AdaptiveResult` (samples, interpolants, per-cell error estimates).

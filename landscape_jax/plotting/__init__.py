@@ -1,10 +1,19 @@
 """Matplotlib figures of loss landscapes, mode-connecting curves, curvature and alignment.
 
-Every function takes numpy arrays (never JAX state: pass `np.asarray(x)` or results of the
-library), draws on a backend-free `matplotlib.figure.Figure` (no pyplot, no display needed),
-masks NaN / inf values, labels its axes, adds colour bars, writes `path.png` and `path.pdf` (or the
-`formats=` given) and returns the list of written files. Grid results are indexed
-z[i, j] = f(xs[i], ys[j]) as `surface_grid` returns them.
+Every `plot_*` function takes numpy arrays (never JAX state: pass `np.asarray(x)` or results of
+the library), masks NaN / inf values, labels its axes, adds colour bars and returns the
+`matplotlib.figure.Figure` it drew on; it writes nothing. With `ax=` (a matplotlib Axes, a 3-D one
+for `plot_surface_3d`) it draws into that Axes and returns its figure; without, it makes a new
+backend-free Figure (no pyplot, no global state, no display needed) that a Jupyter notebook shows
+inline. Saving is a separate step: `save(fig, path)` writes `path.png` and `path.pdf` (or the
+`formats=` given) atomically and returns the written files. The `draw_*` helpers draw on a given
+Axes and return the matplotlib artist; `export_vtp` writes a ParaView file. Grid results are
+indexed z[i, j] = f(xs[i], ys[j]) as `surface_grid` returns them.
+
+  fig = plot_contour(xs, ys, res["train_loss"])           # a new Figure
+  plot_contour(xs, ys, res["test_loss"], ax=axes[1])      # into an Axes of your own figure
+  save(fig, "runs/r/surface")                             # runs/r/surface.png, .pdf
+  save(plot_2d_all(xs, ys, z), "runs/r/surface")          # surface_2dcontour.png, ... (a dict)
 
   plot_1d, plot_interpolation                       Li et al. 2018, 1-D curves / two-model path
   plot_contour, plot_contourf, plot_heatmap,
@@ -14,7 +23,7 @@ z[i, j] = f(xs[i], ys[j]) as `surface_grid` returns them.
   plot_barriers, plot_bars, plot_budget             permutation alignment, ensembles
 """
 
-from landscape_jax.plotting.common import contour_levels, output_paths
+from landscape_jax.plotting.common import contour_levels, output_paths, save
 from landscape_jax.plotting.curvature import (
   eigen_ratio,
   plot_eigen_ratio,
@@ -62,5 +71,6 @@ __all__ = [
   "plot_spectrum",
   "plot_surface_3d",
   "plot_trajectory",
+  "save",
   "vtp_values",
 ]

@@ -1,18 +1,21 @@
-"""Shared helpers of the plotting package: figures, saving, masking, grids and contour levels.
+"""Shared helpers of the plotting package: figures, axes, saving, masking, grids and levels.
 
 Everything here works on numpy arrays and `matplotlib.figure.Figure` objects created directly
 (no `pyplot`, no global figure state, no display): it works on headless machines and in tests.
+The figures the plot functions make are `InlineFigure`s, which a Jupyter notebook shows inline
+without `%matplotlib inline`; `save` writes any Figure through the atomic file writer.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib import ticker
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from landscape_jax.core import fileio
@@ -26,8 +29,10 @@ __all__ = [
   "EMPTY_MESSAGE",
   "empty_message",
   "finish",
+  "figure_and_axes",
   "finite_range",
   "has_finite",
+  "InlineFigure",
   "KNOWN_EXTENSIONS",
   "mask_nonpositive",
   "masked",
@@ -35,6 +40,7 @@ __all__ = [
   "new_figure",
   "output_paths",
   "REFERENCE_LEVELS",
+  "root_figure",
   "save",
 ]
 
@@ -46,9 +52,51 @@ REFERENCE_LEVELS = np.arange(0.1, 10, 0.5)
 EMPTY_MESSAGE = "no finite values to plot\n(every value is NaN or inf)"
 
 
-def new_figure(figsize: tuple[float, float] = (6.4, 4.8)) -> Figure:
+class InlineFigure(Figure):
+  """A `matplotlib.figure.Figure` that shows itself as a PNG in Jupyter (`_repr_png_`).
+
+  A Figure made without pyplot displays only as text ("<Figure size ... with 1 Axes>") in a fresh
+  kernel until `%matplotlib inline` registers matplotlib's formatter; this one needs nothing.
+  Where that formatter is registered, IPython uses it instead (it looks types up first).
+  """
+
+  def _repr_png_(self) -> bytes:
+    buf = io.BytesIO()
+    self.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def new_figure(figsize: tuple[float, float] = (6.4, 4.8)) -> InlineFigure:
   """A backend-free figure with constrained layout (labels and colour bars never overlap)."""
-  return Figure(figsize=figsize, layout="constrained")
+  return InlineFigure(figsize=figsize, layout="constrained")
+
+
+def root_figure(ax: Axes) -> Figure:
+  """The top-level Figure of `ax` (the one to save, also when `ax` sits in a SubFigure)."""
+  return ax.figure.figure  # Axes -> Figure or SubFigure -> its root Figure (a Figure's is itself)
+
+
+def figure_and_axes(
+  ax: Axes | None, figsize: tuple[float, float], *, projection: str | None = None
+) -> tuple[Figure, Axes]:
+  """(figure, axes) to draw on: `ax` and its root figure, or a new figure with one axes.
+
+  Raises a clear error when `ax` is not a matplotlib Axes, or not a 3-D one where
+  `projection="3d"` is asked for.
+  """
+  if ax is None:
+    fig = new_figure(figsize)
+    return fig, fig.add_subplot(projection=projection)
+  if not isinstance(ax, Axes):
+    raise TypeError(
+      f"`ax` must be a matplotlib Axes (e.g. `fig.add_subplot()`), got {type(ax).__name__}."
+    )
+  if projection == "3d" and getattr(ax, "name", "") != "3d":
+    raise ValueError(
+      "`ax` must be a 3-D Axes for a surface plot: make it with"
+      " `fig.add_subplot(projection='3d')`, or leave `ax=None`."
+    )
+  return root_figure(ax), ax
 
 
 def output_paths(path: str | os.PathLike, formats: str | Sequence[str] | None) -> list[str]:
@@ -74,9 +122,16 @@ def output_paths(path: str | os.PathLike, formats: str | Sequence[str] | None) -
   return [f"{stem}.{f}" for f in formats]
 
 
-def save(fig: Figure, path, formats=DEFAULT_FORMATS, *, dpi: float = DEFAULT_DPI) -> list[str]:
-  """Saves `fig` once per format (creating the parent folder) and returns the written paths."""
-  files = output_paths(path, formats)
+def _check_figure(fig: Any, name: str) -> Figure:
+  if not isinstance(fig, Figure):
+    raise TypeError(
+      f"`{name}` must be a matplotlib Figure (what the plot functions return) or a"
+      f" {{name: Figure}} mapping, got {type(fig).__name__}."
+    )
+  return fig
+
+
+def _write(fig: Figure, files: list[str], dpi: float) -> list[str]:
   for f in files:
     parent = os.path.dirname(f)
     if parent:
@@ -85,6 +140,41 @@ def save(fig: Figure, path, formats=DEFAULT_FORMATS, *, dpi: float = DEFAULT_DPI
     fig.savefig(buf, format=os.path.splitext(f)[1][1:], dpi=dpi)
     fileio.atomic_write_bytes(f, buf.getvalue())  # a killed save never leaves a torn figure
   return files
+
+
+def save(
+  fig: Figure | Mapping[str, Figure],
+  path: str | os.PathLike,
+  formats: str | Sequence[str] | None = None,
+  *,
+  dpi: float = DEFAULT_DPI,
+) -> list[str]:
+  """Writes a figure once per format and returns the written paths.
+
+  Every file goes through `core.fileio.atomic_write_bytes` (a killed save never leaves a torn
+  figure); the parent folder is created.
+
+  Args:
+    fig: a Figure (what every `plot_*` returns), or {name: Figure} (what `plot_2d_all` returns),
+      written as `<path>_<name>.<fmt>`.
+    path: output path, with or without extension.
+    formats: file formats, e.g. ("png", "pdf") or "svg". None: the extension of `path` if it has
+      a figure extension, else PNG and PDF.
+    dpi: raster resolution (PNG, JPEG, TIFF).
+
+  Returns:
+    The list of written files.
+  """
+  files = output_paths(path, formats)
+  if not isinstance(fig, Mapping):
+    return _write(_check_figure(fig, "fig"), files, dpi)
+  if not fig:
+    raise ValueError("`fig` is an empty mapping: nothing to save.")
+  figs = {key: _check_figure(f, f"fig[{key!r}]") for key, f in fig.items()}  # all, before writing
+  out = []
+  for key, f in figs.items():
+    out += _write(f, [f"{stem}_{key}{ext}" for stem, ext in map(os.path.splitext, files)], dpi)
+  return out
 
 
 def as_float(name: str, x: Any, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:

@@ -9,18 +9,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import transforms
+from matplotlib.figure import Figure
 
 from landscape_jax.plotting.common import (
-  DEFAULT_DPI,
-  DEFAULT_FORMATS,
   as_float,
   empty_message,
+  figure_and_axes,
   finish,
   has_finite,
   mask_nonpositive,
   masked,
-  new_figure,
-  save,
 )
 from landscape_jax.plotting.surfaces import draw_contour, draw_heatmap
 
@@ -46,41 +44,38 @@ def eigen_ratio(lambda_min, lambda_max) -> np.ndarray:
 
 
 def plot_spectrum(
-  path,
   grid,
   density,
   *,
+  ax=None,
   eigenvalues=None,
   dynamic_range: float = 1e-8,
   title: str | None = None,
   xlabel: str = r"eigenvalue $\lambda$",
   ylabel: str = "density (log scale)",
   figsize: tuple[float, float] = (6.0, 4.2),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Hessian eigenvalue spectral density on a log y axis (PyHessian, Ghorbani et al. 2019, Fig. 1).
 
   Args:
-    path: output path, with or without extension (writes PNG and PDF by default).
     grid: (n,) eigenvalue grid.
     density: (n,) density values on the grid (e.g. stochastic Lanczos quadrature smoothed with a
       Gaussian kernel of variance 1e-5), a (runs, n) array (averaged over runs), or
       {label: density} to overlay several. Values <= 0 and non-finite values are masked (the log
       axis cannot show them).
+    ax: a matplotlib Axes to draw on, or None for a new figure of `figsize` inches.
     eigenvalues: optional Ritz values (any shape, flattened), shown as ticks along the x axis.
     dynamic_range: the y axis shows at most [dynamic_range * max, max] (the Gaussian tails of a
       smoothed density reach 1e-100 and below, which would squash the peaks).
-    title, xlabel, ylabel, figsize, dpi, formats: as in `plot_1d`.
+    title, xlabel, ylabel, figsize: as in `plot_1d`.
 
   Returns:
-    The list of written files.
+    The Figure drawn on (`ax`'s figure when `ax` is given); write it with `plotting.save`.
   """
   grid = as_float("grid", grid, 1)
   curves = density if isinstance(density, Mapping) else {"": density}
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
-  any_finite = False
+  fig, ax = figure_and_axes(ax, figsize)
+  drawn = []  # the finite densities drawn (an `ax` given may hold other lines)
   for name, d in curves.items():
     d = as_float(f"density[{name!r}]" if name else "density", d, (1, 2))
     if d.ndim == 2:  # several SLQ runs: their average is the density estimate
@@ -88,14 +83,13 @@ def plot_spectrum(
     d = mask_nonpositive(masked(d))
     if d.shape != grid.shape:
       raise ValueError(f"density has {d.size} values but grid has {grid.size}: one per grid point.")
-    any_finite |= has_finite(d)
+    if has_finite(d):
+      drawn.append(d)
     ax.plot(grid, d, linewidth=1.5, label=name or None)
-  if any_finite:
+  if drawn:
     ax.set_yscale("log")
-    top = max(float(np.ma.max(line.get_ydata())) for line in ax.get_lines()
-              if np.ma.count(line.get_ydata()))
-    bottom = min(float(np.ma.min(line.get_ydata())) for line in ax.get_lines()
-                 if np.ma.count(line.get_ydata()))
+    top = max(float(d.max()) for d in drawn)
+    bottom = min(float(d.min()) for d in drawn)
     ax.set_ylim(max(bottom, top * dynamic_range) * 0.5, top * 2.0)
   else:
     empty_message(ax, "no positive finite density values")
@@ -111,15 +105,15 @@ def plot_spectrum(
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
   finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
-  return save(fig, path, formats, dpi=dpi)
+  return fig
 
 
 def plot_eigen_ratio(
-  path,
   xs,
   ys,
   ratio,
   *,
+  ax=None,
   vmax: float | None = None,
   cmap: str = "viridis",
   points: Mapping[str, Sequence[float]] | None = None,
@@ -127,29 +121,26 @@ def plot_eigen_ratio(
   xlabel: str = "x (direction 1)",
   ylabel: str = "y (direction 2)",
   figsize: tuple[float, float] = (5.6, 4.6),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Map of |lambda_min / lambda_max| of the loss Hessian over a 2-D grid (Li et al. 2018, Fig. 7).
 
   Args:
-    path: output path (see `plot_contour`).
     xs, ys: (n,) and (m,) grid coordinates.
     ratio: (n, m) ratios lambda_min / lambda_max (or already |.|; see `eigen_ratio`), ratio[i, j]
       at (xs[i], ys[j]); the absolute value is plotted, non-finite cells are grey.
     vmax: top of the colour scale (default: the largest finite ratio).
     points: optional {name: (x, y)} points to mark.
+    ax, title, xlabel, ylabel, figsize: as in `plot_contour`.
 
   Returns:
-    The list of written files.
+    The Figure drawn on; write it with `plotting.save`.
   """
   r = np.abs(as_float("ratio", ratio))
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
-  draw_heatmap(fig, ax, xs, ys, r, vmin=0.0, vmax=vmax, cmap=cmap,
+  fig, ax = figure_and_axes(ax, figsize)
+  draw_heatmap(ax, xs, ys, r, vmin=0.0, vmax=vmax, cmap=cmap,
                label=r"$|\lambda_{min} / \lambda_{max}|$", points=points)
   finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
-  return save(fig, path, formats, dpi=dpi)
+  return fig
 
 
 def _ordinal(k: int) -> str:
@@ -157,36 +148,35 @@ def _ordinal(k: int) -> str:
 
 
 def plot_trajectory(
-  path,
   xs,
   ys,
   z,
   path_xy,
   *,
+  ax=None,
   explained_variance: Sequence[float] | None = None,
   levels=None,
   log: bool = False,
   label: str = "loss",
   title: str | None = None,
   figsize: tuple[float, float] = (5.8, 4.8),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """An optimisation trajectory projected onto its top-2 PCA directions, over the loss contours of
   that plane (Li et al. 2018, §7, Fig. 9).
 
   Args:
-    path: output path (see `plot_contour`).
     xs, ys, z: the loss grid over the PCA plane centred at the final point, z[i, j] at
       (xs[i], ys[j]).
     path_xy: (T, 2) coordinates of the saved epochs, x = <t_epoch - t_final, pc1> (first row = the
       first saved epoch, last row = the final point).
     explained_variance: (r1, r2) explained-variance ratios in [0, 1] of the two components; the axes
       are labelled "1st PC: 62.31 %" and "2nd PC: ...".
+    ax: a matplotlib Axes to draw on, or None for a new figure of `figsize` inches.
     levels, log, label: contour options as in `plot_contour`.
+    title, figsize: as in `plot_contour`.
 
   Returns:
-    The list of written files.
+    The Figure drawn on; write it with `plotting.save`.
   """
   p = as_float("path_xy", path_xy, 2)
   if p.shape[1] != 2:
@@ -200,9 +190,8 @@ def plot_trajectory(
         f" explained_variance_ratio_), got {ev}."
       )
     labels = [f"{lab}: {100 * r:.2f} %" for lab, r in zip(labels, ev, strict=True)]
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
-  draw_contour(fig, ax, xs, ys, z, levels=levels, log=log, label=label, cmap="viridis")
+  fig, ax = figure_and_axes(ax, figsize)
+  draw_contour(ax, xs, ys, z, levels=levels, log=log, label=label, cmap="viridis")
   ok = np.all(np.isfinite(p), axis=1)
   q = p[ok]
   if q.shape[0]:
@@ -216,6 +205,6 @@ def plot_trajectory(
   else:
     empty_message(ax, "trajectory has no finite points")
   finish(ax, title=title, xlabel=labels[0], ylabel=labels[1])
-  return save(fig, path, formats, dpi=dpi)
+  return fig
 
 

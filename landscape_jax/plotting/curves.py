@@ -5,23 +5,26 @@ and the straight chord projected onto it, and the metrics along t for the curve 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib
 import matplotlib.colors as mcolors
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from landscape_jax.plotting import common
 from landscape_jax.plotting.common import (
-  DEFAULT_DPI,
-  DEFAULT_FORMATS,
   as_float,
   check_surface,
   empty_message,
+  figure_and_axes,
   finish,
   has_finite,
   masked,
   mesh,
   new_figure,
-  save,
+  root_figure,
 )
 from landscape_jax.plotting.surfaces import metric_kind, metric_style
 
@@ -73,12 +76,12 @@ def _points(name, a, allow_single=False):
 
 
 def plot_curve_plane(
-  path,
   grid_xs,
   grid_ys,
   z,
   *,
   curve_xy,
+  ax=None,
   endpoints_xy,
   chord_xy=None,
   bend_xy=None,
@@ -91,9 +94,7 @@ def plot_curve_plane(
   xlabel: str = r"$u$ (along $w_2 - w_0$)",
   ylabel: str = r"$v$ (orthogonal, towards the bend)",
   figsize: tuple[float, float] | None = None,
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """The loss over the plane through the endpoints and the bend, with the curve on top
   (Garipov et al. 2018, Fig. 1 and 2).
 
@@ -102,23 +103,24 @@ def plot_curve_plane(
   between the endpoints a dashed line.
 
   Args:
-    path: output path, with or without extension (writes PNG and PDF by default).
     grid_xs, grid_ys: (n,) and (m,) plane coordinates of the grid (the reference uses
       linspace(-0.2, 1.2, 21) times the lengths of the plane's axes).
     z: (n, m) values, z[i, j] at (grid_xs[i], grid_ys[j]); NaN / inf are masked.
     curve_xy: (T, 2) projections of curve points phi(t) onto the plane.
     endpoints_xy: (2, 2) projections of the two endpoints.
+    ax: a matplotlib Axes to draw on (its colour bar takes space from it; the legend goes inside
+      it), or None for a new figure (the legend below the axes).
     chord_xy: optional (K, 2) projections of the straight line; default: the segment between the
       endpoints.
     bend_xy: optional (2,) or (k, 2) projections of the bend(s).
     levels: explicit contour levels (default: `curve_levels(z, num=num_levels, vmax=vmax)`).
     vmax: clip values above it before choosing levels (values above get the top colour).
     label: colour-bar label.
-    figsize: default fits the plane's aspect ratio (the axes have equal scales unless one axis
-      spans more than 3 times the other).
+    figsize: size of the new figure; default fits the plane's aspect ratio (the axes have equal
+      scales unless one axis spans more than 3 times the other).
 
   Returns:
-    The list of written files.
+    The Figure drawn on (`ax`'s figure when `ax` is given); write it with `plotting.save`.
   """
   xs, ys, z = check_surface(grid_xs, grid_ys, z)
   curve = _points("curve_xy", curve_xy)
@@ -138,8 +140,8 @@ def plot_curve_plane(
     width = 4.8
     height = float(np.clip(width * ratio, 2.4, 6.0)) if equal else 3.8
     figsize = (width + 1.7, height + 1.6)
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
+  own = ax is None
+  fig, ax = figure_and_axes(ax, figsize)
   ax.set_xlim(float(xs.min()), float(xs.max()))
   ax.set_ylim(float(ys.min()), float(ys.max()))
   if lv is None or len(lv) < 2:
@@ -154,7 +156,7 @@ def plot_curve_plane(
       x_mesh, y_mesh, z_t, levels=lv, cmap=cm, norm=norm, alpha=0.65, zorder=0, extend="max"
     )
     ax.contour(x_mesh, y_mesh, z_t, levels=lv, cmap=cm, norm=norm, linewidths=1.5, zorder=1)
-    cb = fig.colorbar(cf, ax=ax, label=label, format="%.3g", ticks=lv)
+    cb = ax.figure.colorbar(cf, ax=ax, label=label, format="%.3g", ticks=lv)
     cb.ax.tick_params(labelsize=8)
   ax.plot(chord[:, 0], chord[:, 1], "--", color="k", linewidth=1.8, dashes=(4, 3),
           label="straight line", zorder=3)
@@ -166,9 +168,12 @@ def plot_curve_plane(
             label="bend", zorder=4, linestyle="none")
   if equal:
     ax.set_aspect("equal", adjustable="box")
-  ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=8, frameon=False)
+  if own:  # below the axes; inside a given Axes, whose neighbours it must not cover
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=8, frameon=False)
+  else:
+    ax.legend(loc="best", fontsize=7)
   finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
-  return save(fig, path, formats, dpi=dpi)
+  return fig
 
 
 def _as_metrics(name, x) -> dict:
@@ -186,20 +191,34 @@ def _error_percent(name: str, v: np.ma.MaskedArray) -> np.ma.MaskedArray:
   return v * 100.0 if frac else v
 
 
+def _metric_axes(ax, has_err: bool, figsize) -> tuple[Figure, Axes, Axes | None, bool]:
+  """(figure, loss axes, error axes or None, whether the error axes is a twin of the loss one)."""
+  if ax is None:
+    fig = new_figure(figsize if has_err else (figsize[0] * 0.55, figsize[1]))
+    ax_loss = fig.add_subplot(1, 2 if has_err else 1, 1)
+    return fig, ax_loss, fig.add_subplot(1, 2, 2) if has_err else None, False
+  if isinstance(ax, Sequence) and not isinstance(ax, str):
+    if len(ax) != 2:
+      raise ValueError(f"`ax` must be one Axes or a pair (loss axes, error axes), got {len(ax)}.")
+    _, ax_loss = figure_and_axes(ax[0], figsize)
+    _, ax_err = figure_and_axes(ax[1], figsize)
+    return root_figure(ax_loss), ax_loss, ax_err, False
+  fig, ax_loss = figure_and_axes(ax, figsize)
+  return fig, ax_loss, ax_loss.twinx() if has_err else None, True
+
+
 def plot_curve_metrics(
-  path,
   ts,
   curve,
   line,
   *,
+  ax=None,
   line_ts=None,
   log: bool = False,
   title: str | None = None,
   xlabel: str = "t",
   figsize: tuple[float, float] = (9.0, 3.8),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Loss and error along t for the curve phi(t) vs the straight line (1 - t) w_0 + t w_1
   (Garipov et al. 2018, Fig. 3).
 
@@ -207,23 +226,26 @@ def plot_curve_metrics(
   fractions). Curve in blue, line in orange; train solid, test dashed.
 
   Args:
-    path: output path (see `plot_1d`).
     ts: (T,) curve parameters in [0, 1] for `curve` (and `line` unless `line_ts` is given).
     curve, line: {metric: (T,) array} (e.g. "train_loss", "test_accuracy"), or one loss array.
+    ax: where to draw: None makes a new figure (two panels, losses and errors, or one panel when
+      there are only losses); a pair of Axes (loss axes, error axes) draws one panel on each; a
+      single Axes takes the losses, and the errors go on a twin right axis of it.
     line_ts: optional parameters of the line values if they differ from `ts`.
     log: logarithmic loss axis.
+    title: figure title (the title of the loss axes when `ax` is given).
+    xlabel: text.
+    figsize: size in inches of the new figure (ignored when `ax` is given).
 
   Returns:
-    The list of written files.
+    The Figure drawn on; write it with `plotting.save`.
   """
   ts = as_float("ts", ts, 1)
   lts = ts if line_ts is None else as_float("line_ts", line_ts, 1)
   groups = [("curve", ts, _as_metrics("curve", curve), CURVE_COLOR),
             ("line", lts, _as_metrics("line", line), LINE_COLOR)]
   has_err = any(metric_kind(k) != "loss" for _, _, m, _ in groups for k in m)
-  fig = new_figure(figsize if has_err else (figsize[0] * 0.55, figsize[1]))
-  ax_loss = fig.add_subplot(1, 2 if has_err else 1, 1)
-  ax_err = fig.add_subplot(1, 2, 2) if has_err else None
+  fig, ax_loss, ax_err, twin = _metric_axes(ax, has_err, figsize)
   any_loss = any_err = False
   for gname, gts, metrics, color in groups:
     for key, values in metrics.items():
@@ -244,18 +266,27 @@ def plot_curve_metrics(
         any_err |= has_finite(v)
         label = f"{gname}: {key.replace('accuracy', 'error')}"
         ax_err.plot(gts, v, style, color=color, label=label, linewidth=1.8)
-  for ax, ok, ylabel in ((ax_loss, any_loss, "loss"), (ax_err, any_err, "error (%)")):
-    if ax is None:
+  for a, ok, ylabel in ((ax_loss, any_loss, "loss"), (ax_err, any_err, "error (%)")):
+    if a is None:
       continue
     if not ok:
-      empty_message(ax)
+      if not (twin and a is ax_err and not any_loss):  # a twin shares the loss axes' message
+        empty_message(a)
     elif ylabel == "loss" and log:
-      ax.set_yscale("log")
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=8)
+      a.set_yscale("log")
     if ts.min() >= 0 and ts.max() <= 1:
-      ax.set_xlim(0.0, 1.0)
-    finish(ax, xlabel=xlabel, ylabel=ylabel)
-  if title:
+      a.set_xlim(0.0, 1.0)
+    finish(a, xlabel=None if twin and a is ax_err else xlabel, ylabel=ylabel)
+  if twin:  # one legend for both y axes, on top of the twin (which is drawn above the loss axes)
+    handles = [h for a in (ax_loss, ax_err) for h in a.get_legend_handles_labels()[0]]
+    if handles:
+      ax_err.legend(handles=handles, fontsize=8)
+  else:
+    for a in (ax_loss, ax_err):
+      if a is not None and a.get_legend_handles_labels()[0]:
+        a.legend(fontsize=8)
+  if title and ax is None:
     fig.suptitle(title)
-  return save(fig, path, formats, dpi=dpi)
+  elif title:
+    ax_loss.set_title(title)
+  return fig

@@ -9,18 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from landscape_jax.core import paths
 from landscape_jax.plotting.common import (
-  DEFAULT_DPI,
-  DEFAULT_FORMATS,
   as_float,
   empty_message,
+  figure_and_axes,
   finish,
   has_finite,
   masked,
-  new_figure,
-  save,
 )
 
 __all__ = [
@@ -32,39 +30,37 @@ __all__ = [
 
 
 def plot_barriers(
-  path,
   alphas,
   runs,
   *,
+  ax=None,
   ylabel: str = "loss",
   show_barrier: bool = True,
   title: str | None = None,
   xlabel: str = r"$\alpha$ in $(1-\alpha)\,\theta_A + \alpha\,\pi(\theta_B)$",
   figsize: tuple[float, float] = (6.0, 4.2),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Metric along linear interpolation between two models, one line per variant (e.g. "naive" vs
   "weight matching"), with the endpoints marked and the barrier in the legend.
 
   Args:
-    path: output path, with or without extension (writes PNG and PDF by default).
     alphas: (n,) interpolation coefficients.
     runs: {name: values}, values of shape (n,) or (k, n) for k repeats (drawn as the mean with a
       min-max band); NaN / inf are masked.
+    ax: a matplotlib Axes to draw on, or None for a new figure of `figsize` inches.
     ylabel: what the values are ("loss", "test accuracy", ...).
     show_barrier: append the barrier max_[0,1] - mean(endpoints) of the (mean) curve to each label
       (`core.paths.barrier`, Frankle et al. 2020); "barrier n/a" when the alphas lack 0
       or 1, or a value in [0, 1] is NaN / inf.
+    title, xlabel, figsize: as in `plot_1d`.
 
   Returns:
-    The list of written files.
+    The Figure drawn on (`ax`'s figure when `ax` is given); write it with `plotting.save`.
   """
   alphas = as_float("alphas", alphas, 1)
   if not runs:
     raise ValueError("`runs` is empty: give {name: values along alphas}.")
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
+  fig, ax = figure_and_axes(ax, figsize)
   any_finite = False
   for k, (name, values) in enumerate(runs.items()):
     v = as_float(f"runs[{name!r}]", values, (1, 2))
@@ -97,38 +93,38 @@ def plot_barriers(
   else:
     empty_message(ax)
   finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
-  return save(fig, path, formats, dpi=dpi)
+  return fig
 
 
 def plot_bars(
-  path,
   names: Sequence[str],
   values,
   *,
   ylabel: str,
+  ax=None,
   errors=None,
   highlight: Sequence[str] | None = None,
   ylim: tuple[float, float] | None = None,
   value_format: str = "{:.4g}",
   title: str | None = None,
   figsize: tuple[float, float] | None = None,
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Bar chart with the value written on each bar, e.g. FGE ensemble vs member accuracies.
 
   Args:
-    path: output path (see `plot_barriers`).
     names: bar labels.
     values: one value per name; non-finite values leave an "n/a" gap.
     ylabel: axis label (say the unit: "test accuracy" in [0, 1], "error (%)").
+    ax: a matplotlib Axes to draw on, or None for a new figure.
     errors: optional error-bar half-widths, one per name.
     highlight: names drawn in a contrasting colour (e.g. ["FGE ensemble"]).
     ylim: y range (default: from 0, or around the values when they are all close together).
     value_format: format of the numbers written on the bars.
+    title: text.
+    figsize: size in inches of the new figure (default: wide enough for the bars).
 
   Returns:
-    The list of written files.
+    The Figure drawn on; write it with `plotting.save`.
   """
   names = [str(n) for n in names]
   v = as_float("values", values, 1)
@@ -145,8 +141,7 @@ def plot_bars(
     raise ValueError(f"highlight names {sorted(unknown)} are not among the bar names {names}.")
   if figsize is None:
     figsize = (max(4.0, 0.7 * len(names) + 2.0), 4.0)
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
+  fig, ax = figure_and_axes(ax, figsize)
   vm = masked(v)
   colors = ["tab:orange" if n in hl else "tab:blue" for n in names]
   x = np.arange(len(names))
@@ -174,7 +169,7 @@ def plot_bars(
   else:
     empty_message(ax)
   finish(ax, title=title, ylabel=ylabel)
-  return save(fig, path, formats, dpi=dpi)
+  return fig
 
 
 def draw_budget(ax, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
@@ -213,34 +208,31 @@ def draw_budget(ax, series: Mapping[str, tuple[Sequence[float], Sequence[float]]
 
 
 def plot_budget(
-  path,
   series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
   *,
+  ax=None,
   ylabel: str = "test error (%)",
   xlabel: str = "training epochs",
   title: str | None = None,
   annotate: bool = True,
   figsize: tuple[float, float] = (6.0, 4.2),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """A metric against training cost for several ensembling methods (`draw_budget`).
 
   Args:
-    path: output path without extension (see `plot_barriers`).
     series: ``{method: (epochs, values)}``, e.g. ``{"independent": ([200, 400], [7.1, 6.0]),
       "FGE": ([204, 208], [6.9, 6.2]), "SWA": ([240], [6.4])}``; non-finite values are gaps.
     ylabel, xlabel, title: axis labels (say the unit) and title.
     annotate: label the points with their number of members.
+    ax: a matplotlib Axes to draw on, or None for a new figure of `figsize` inches.
 
   Returns:
-    The list of written files.
+    The Figure drawn on; write it with `plotting.save`.
   """
   if not series:
     raise ValueError("`series` is empty: nothing to plot.")
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
+  fig, ax = figure_and_axes(ax, figsize)
   draw_budget(ax, series, annotate=annotate)
   ax.grid(alpha=0.3)
   finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
-  return save(fig, path, formats, dpi=dpi)
+  return fig

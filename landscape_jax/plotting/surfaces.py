@@ -17,23 +17,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from landscape_jax.core import fileio
 from landscape_jax.plotting import common
 from landscape_jax.plotting.common import (
-  DEFAULT_DPI,
-  DEFAULT_FORMATS,
   as_float,
   check_surface,
   contour_levels,
   empty_message,
+  figure_and_axes,
   finish,
   has_finite,
   mask_nonpositive,
   masked,
   mesh,
-  new_figure,
-  save,
 )
 
 __all__ = [
@@ -51,6 +49,7 @@ __all__ = [
   "metric_style",
   "plot_1d",
   "plot_2d_all",
+  "PLOT_2D_ALL_NAMES",
   "plot_contour",
   "plot_contourf",
   "plot_heatmap",
@@ -120,7 +119,6 @@ def _left_label(names: list[str]) -> str:
 
 
 def draw_1d(
-  fig,
   ax,
   xs,
   curves,
@@ -129,9 +127,12 @@ def draw_1d(
   endpoints: tuple[float, float] | None = None,
   endpoint_labels: tuple[str, str] = ("A", "B"),
   legend: bool = True,
+  outside_legend: bool = False,
 ):
   """Draws 1-D metric curves on `ax` (loss, left) and a twin axis (accuracy / error, right).
 
+  The legend goes on the axes (the twin when there is one), or below them as a figure legend with
+  `outside_legend` (for a figure with constrained layout that holds only this plot).
   Returns (ax_left, ax_right or None). See `plot_1d` for the accepted forms of `curves`.
   """
   xs = as_float("xs", xs, 1)
@@ -197,10 +198,13 @@ def draw_1d(
       )
   if not any_finite:
     empty_message(ax)
-  if legend and handles:
+  if legend and handles and outside_legend:
     longest = max(len(h.get_label()) for h in handles)
     ncols = max(1, min(len(handles), 64 // (longest + 8)))
-    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
+    ax.figure.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8,
+                     frameon=False)
+  elif legend and handles:  # on the twin when there is one: it is drawn above `ax`
+    (ax2 or ax).legend(handles=handles, fontsize=8)
   return ax, ax2
 
 
@@ -217,24 +221,21 @@ def _mark_endpoints(ax, xs, v, endpoints, color):
 
 
 def plot_1d(
-  path,
   xs,
   curves,
   *,
+  ax=None,
   log: bool = False,
   title: str | None = None,
   xlabel: str = ALPHA_LABEL,
   figsize: tuple[float, float] = (6.4, 4.6),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Plots 1-D landscape curves f(a) = L(t* + a d) (Li et al. 2018, Fig. 2-3 style).
 
   Loss on the left axis, accuracy (or error) on a twin right axis; train metrics solid, test
   metrics dashed. Several runs are overlaid with one colour per run.
 
   Args:
-    path: output path, with or without extension; writes `path.png` and `path.pdf` by default.
     xs: (n,) step sizes a.
     curves: one of
       * an (n,) array: a single loss curve;
@@ -242,53 +243,52 @@ def plot_1d(
         "train_accuracy": ..., "test_loss": ..., "test_accuracy": ...});
       * {run: {metric: (n,) array}} to overlay several runs (e.g. batch sizes 128 vs 8192).
       Metric names containing "acc" or "err" go on the right axis, the others on the left.
+    ax: a matplotlib Axes to draw on (a twin right axis is added to it for accuracies); None
+      makes a new figure of `figsize` inches with the legend below the axes.
     log: logarithmic loss axis (non-positive values are masked).
     title, xlabel: text.
-    figsize, dpi: figure size in inches and raster resolution.
-    formats: file formats to write (None: the extension of `path`, else PNG and PDF).
+    figsize: size in inches of the new figure (ignored when `ax` is given).
 
   Returns:
-    The list of written files.
+    The Figure drawn on (`ax`'s figure when `ax` is given); write it with `plotting.save`.
   """
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
-  draw_1d(fig, ax, xs, curves, log=log)
-  finish(ax, title=title, xlabel=xlabel)
-  return save(fig, path, formats, dpi=dpi)
+  fig, ax_ = figure_and_axes(ax, figsize)
+  draw_1d(ax_, xs, curves, log=log, outside_legend=ax is None)
+  finish(ax_, title=title, xlabel=xlabel)
+  return fig
 
 
 def plot_interpolation(
-  path,
   alphas,
   metrics,
   *,
+  ax=None,
   log: bool = False,
   labels: tuple[str, str] = (r"$\theta_A$", r"$\theta_B$"),
   title: str | None = None,
   xlabel: str = INTERP_LABEL,
   figsize: tuple[float, float] = (6.4, 4.6),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Plots metrics along the two-model interpolation L((1 - a) t_A + a t_B) (Li et al. 2018, §3;
   Goodfellow et al. 2015), with the endpoints a = 0 and a = 1 marked.
 
   Args:
-    path: output path (see `plot_1d`).
     alphas: (n,) interpolation coefficients (the reference uses 401 points on [-0.5, 1.5]).
     metrics: {metric: (n,) array} (e.g. the result of `linear_path`), {run: {metric: array}}
       or a single (n,) loss array, as in `plot_1d`.
+    ax: a matplotlib Axes to draw on, or None for a new figure (see `plot_1d`).
     log: logarithmic loss axis.
     labels: names of the two models, written above a = 0 and a = 1.
+    title, xlabel, figsize: as in `plot_1d`.
 
   Returns:
-    The list of written files.
+    The Figure drawn on; write it with `plotting.save`.
   """
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
-  draw_1d(fig, ax, alphas, metrics, log=log, endpoints=(0.0, 1.0), endpoint_labels=labels)
-  finish(ax, title=title, xlabel=xlabel)
-  return save(fig, path, formats, dpi=dpi)
+  fig, ax_ = figure_and_axes(ax, figsize)
+  draw_1d(ax_, alphas, metrics, log=log, endpoints=(0.0, 1.0), endpoint_labels=labels,
+          outside_legend=ax is None)
+  finish(ax_, title=title, xlabel=xlabel)
+  return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +337,6 @@ def _norm_for(levels, log):
 
 
 def draw_contour(
-  fig,
   ax,
   xs,
   ys,
@@ -377,7 +376,7 @@ def draw_contour(
       ax.clabel(cs, cs.levels[::step], inline=True, inline_spacing=3, fontsize=7, fmt="%.3g",
                 colors="0.15")
     if colorbar:
-      fig.colorbar(cs, ax=ax, label=label, format="%.3g")
+      ax.figure.colorbar(cs, ax=ax, label=label, format="%.3g")
   if samples is not None and samples.shape[0]:
     ax.plot(samples[:, 0], samples[:, 1], ".", color="0.2", markersize=1.5, alpha=0.6,
             linestyle="none", zorder=4)
@@ -405,7 +404,7 @@ def _extend(zm, lv) -> str:
 
 
 def draw_contourf(
-  fig, ax, xs, ys, z, *, levels=None, log=False, cmap="viridis", label="loss", colorbar=True,
+  ax, xs, ys, z, *, levels=None, log=False, cmap="viridis", label="loss", colorbar=True,
   points=None,
 ):
   """Draws filled contours of z on `ax`; values beyond the levels get the end colours."""
@@ -423,13 +422,13 @@ def draw_contourf(
       x_mesh, y_mesh, z_t, levels=lv, cmap=cmap, norm=_norm_for(lv, log), extend=_extend(zm, lv)
     )
     if colorbar:
-      fig.colorbar(cs, ax=ax, label=label, format="%.3g")
+      ax.figure.colorbar(cs, ax=ax, label=label, format="%.3g")
   _mark_points(ax, points)
   return cs
 
 
 def draw_heatmap(
-  fig, ax, xs, ys, z, *, log=False, vmin=None, vmax=None, cmap="viridis", label="loss",
+  ax, xs, ys, z, *, log=False, vmin=None, vmax=None, cmap="viridis", label="loss",
   colorbar=True, points=None,
 ):
   """Draws z as cells centred on the grid points (masked cells show the grey background)."""
@@ -452,25 +451,24 @@ def draw_heatmap(
     x_mesh, y_mesh, z_t, shading="nearest", cmap=cmap, norm=norm, vmin=vmin, vmax=vmax
   )
   if colorbar:
-    fig.colorbar(qm, ax=ax, label=label, format="%.3g")
+    ax.figure.colorbar(qm, ax=ax, label=label, format="%.3g")
   _mark_points(ax, points)
   return qm
 
 
-def _plot_2d(draw, path, xs, ys, z, *, title, xlabel, ylabel, figsize, dpi, formats, **kw):
-  fig = new_figure(figsize)
-  ax = fig.add_subplot()
-  draw(fig, ax, xs, ys, z, **kw)
+def _plot_2d(draw, xs, ys, z, *, ax, title, xlabel, ylabel, figsize, **kw):
+  fig, ax = figure_and_axes(ax, figsize)
+  draw(ax, xs, ys, z, **kw)
   finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
-  return save(fig, path, formats, dpi=dpi)
+  return fig
 
 
 def plot_contour(
-  path,
   xs,
   ys,
   z,
   *,
+  ax=None,
   levels=None,
   log: bool = False,
   label: str = "loss",
@@ -481,17 +479,16 @@ def plot_contour(
   xlabel: str = "x (direction 1)",
   ylabel: str = "y (direction 2)",
   figsize: tuple[float, float] = (5.6, 4.6),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Contour lines, with labelled levels, of a 2-D landscape f(a, b) = L(t* + a d1 + b d2)
   (Li et al. 2018, Fig. 1, 5, 6).
 
   Args:
-    path: output path, with or without extension (writes PNG and PDF by default).
     xs, ys: (n,) and (m,) grid coordinates.
     z: (n, m) values with z[i, j] = f(xs[i], ys[j]) (the `surface_grid` convention); NaN / inf
       are masked.
+    ax: a matplotlib Axes to draw on (its colour bar takes space from it), or None for a new
+      figure of `figsize` inches.
     levels: contour levels (a sequence, or a count). Default: the reference levels
       arange(0.1, 10, 0.5) inside the data range, or 15 automatic levels when fewer than 3 of
       them fall inside it; with `log`, log-spaced levels.
@@ -502,24 +499,23 @@ def plot_contour(
     samples: optional (N, 2) coordinates of the evaluated points, drawn as dots (e.g. the
       `AdaptiveResult.coords` of `core.adaptive.adaptive_surface`, whose `to_grid` gave
       `z`), or the `AdaptiveResult` itself.
-    title, xlabel, ylabel, figsize, dpi, formats: as in `plot_1d`.
+    title, xlabel, ylabel, figsize: as in `plot_1d`.
 
   Returns:
-    The list of written files.
+    The Figure drawn on (`ax`'s figure when `ax` is given); write it with `plotting.save`.
   """
   return _plot_2d(
-    draw_contour, path, xs, ys, z, levels=levels, log=log, label=label, cmap=cmap, points=points,
-    samples=samples, title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize, dpi=dpi,
-    formats=formats,
+    draw_contour, xs, ys, z, ax=ax, levels=levels, log=log, label=label, cmap=cmap,
+    points=points, samples=samples, title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize,
   )
 
 
 def plot_contourf(
-  path,
   xs,
   ys,
   z,
   *,
+  ax=None,
   levels=None,
   log: bool = False,
   label: str = "loss",
@@ -529,27 +525,25 @@ def plot_contourf(
   xlabel: str = "x (direction 1)",
   ylabel: str = "y (direction 2)",
   figsize: tuple[float, float] = (5.6, 4.6),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Filled contours of a 2-D landscape (z[i, j] = f(xs[i], ys[j])), with a colour bar.
 
-  Same arguments as `plot_contour`; values outside the levels take the end colours (the colour bar
-  shows arrows), masked (non-finite) values stay blank.
+  Same arguments as `plot_contour` (and the same return value: the Figure drawn on); values
+  outside the levels take the end colours (the colour bar shows arrows), masked (non-finite)
+  values stay blank.
   """
   return _plot_2d(
-    draw_contourf, path, xs, ys, z, levels=levels, log=log, label=label, cmap=cmap,
-    points=points, title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize, dpi=dpi,
-    formats=formats,
+    draw_contourf, xs, ys, z, ax=ax, levels=levels, log=log, label=label, cmap=cmap,
+    points=points, title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize,
   )
 
 
 def plot_heatmap(
-  path,
   xs,
   ys,
   z,
   *,
+  ax=None,
   log: bool = False,
   vmin: float | None = None,
   vmax: float | None = None,
@@ -560,32 +554,29 @@ def plot_heatmap(
   xlabel: str = "x (direction 1)",
   ylabel: str = "y (direction 2)",
   figsize: tuple[float, float] = (5.6, 4.6),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """Heat map of a 2-D landscape: one cell per grid point, centred on it (the reference draws a
   seaborn heat map with vmin=0.1, vmax=10). Non-finite cells are grey.
 
   Args:
     vmin, vmax: colour range (default: the finite data range).
-    Others as in `plot_contour`.
+    Others (`ax` included) as in `plot_contour`.
 
   Returns:
-    The list of written files.
+    The Figure drawn on; write it with `plotting.save`.
   """
   return _plot_2d(
-    draw_heatmap, path, xs, ys, z, log=log, vmin=vmin, vmax=vmax, label=label, cmap=cmap,
-    points=points, title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize, dpi=dpi,
-    formats=formats,
+    draw_heatmap, xs, ys, z, ax=ax, log=log, vmin=vmin, vmax=vmax, label=label, cmap=cmap,
+    points=points, title=title, xlabel=xlabel, ylabel=ylabel, figsize=figsize,
   )
 
 
 def plot_surface_3d(
-  path,
   xs,
   ys,
   z,
   *,
+  ax=None,
   log: bool = False,
   zmax: float | None = None,
   label: str = "loss",
@@ -596,12 +587,12 @@ def plot_surface_3d(
   xlabel: str = "x",
   ylabel: str = "y",
   figsize: tuple[float, float] = (6.4, 5.0),
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> Figure:
   """3-D surface plot of a 2-D landscape (Li et al. 2018, Fig. 1 and 5), with a colour bar.
 
   Args:
+    ax: a 3-D matplotlib Axes to draw on (`fig.add_subplot(projection="3d")`), or None for a new
+      figure of `figsize` inches.
     log: draw log10(z) (non-positive values masked); the z axis is labelled accordingly.
     zmax: clip values above `zmax` first (tames diverged far points; the reference VTK export does
       the same).
@@ -609,7 +600,7 @@ def plot_surface_3d(
     Others as in `plot_contour`. Non-finite values leave holes in the surface.
 
   Returns:
-    The list of written files.
+    The Figure drawn on; write it with `plotting.save`.
   """
   xs, ys, zm = _prepare(xs, ys, z, log=log)
   if zmax is not None:
@@ -618,8 +609,7 @@ def plot_surface_3d(
   if log:
     zm = np.ma.log10(zm)
     zlabel = f"log10({label})"
-  fig = new_figure(figsize)
-  ax = fig.add_subplot(projection="3d")
+  fig, ax = figure_and_axes(ax, figsize, projection="3d")
   x_mesh, y_mesh, z_t = mesh(xs, ys, zm)
   if has_finite(zm):
     lo, hi = common.finite_range(zm)
@@ -627,7 +617,7 @@ def plot_surface_3d(
       x_mesh, y_mesh, np.ma.filled(z_t, np.nan), cmap=cmap, vmin=lo, vmax=hi, linewidth=0,
       antialiased=False, rstride=1, cstride=1,
     )
-    fig.colorbar(surf, ax=ax, shrink=0.6, aspect=12, pad=0.1, label=zlabel, format="%.3g")
+    ax.figure.colorbar(surf, ax=ax, shrink=0.6, aspect=12, pad=0.1, label=zlabel, format="%.3g")
   else:
     ax.text2D(0.5, 0.5, common.EMPTY_MESSAGE, transform=ax.transAxes, ha="center", va="center")
   ax.view_init(elev=elev, azim=azim)
@@ -636,7 +626,7 @@ def plot_surface_3d(
   ax.set_zlabel(zlabel)
   if title:
     ax.set_title(title)
-  return save(fig, path, formats, dpi=dpi)
+  return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -747,9 +737,10 @@ def export_vtp(
   return [path]
 
 
+PLOT_2D_ALL_NAMES = ("2dcontour", "2dcontourf", "2dheatmap", "3dsurface")
+
 
 def plot_2d_all(
-  path,
   xs,
   ys,
   z,
@@ -757,35 +748,34 @@ def plot_2d_all(
   levels=None,
   log: bool = False,
   label: str = "loss",
-  vtp: bool = True,
-  vtp_log: bool = True,
   zmax: float | None = None,
   title: str | None = None,
   xlabel: str = "x (direction 1)",
   ylabel: str = "y (direction 2)",
-  dpi: float = DEFAULT_DPI,
-  formats=DEFAULT_FORMATS,
-) -> list[str]:
+) -> dict[str, Figure]:
   """All the standard 2-D figures of one metric, as the reference plot_2D of Li et al. 2018 makes:
-  `path`_2dcontour, `path`_2dcontourf, `path`_2dheatmap, `path`_3dsurface (each PNG + PDF) and,
-  with `vtp`, `path`.vtp for ParaView (log(z + 0.1) heights when `vtp_log`, clipped at `zmax`).
+  contour lines, filled contours, heat map and 3-D surface.
+
+  `plotting.save(figs, "run/surface")` writes them as `surface_2dcontour`, `surface_2dcontourf`,
+  `surface_2dheatmap` and `surface_3dsurface` (PNG + PDF); `export_vtp` writes the ParaView file
+  the reference also makes. To place the four plots yourself, call `plot_contour`,
+  `plot_contourf`, `plot_heatmap` and `plot_surface_3d` with `ax=`.
 
   Args:
-    path: common prefix of the output files (a figure extension on it is dropped).
     xs, ys, z: the grid, z[i, j] = f(xs[i], ys[j]).
-    levels, log, label, title, xlabel, ylabel, dpi, formats: as in `plot_contour`.
-    zmax: clipping for the 3-D surface and the VTK file.
+    levels, log, label, title, xlabel, ylabel: as in `plot_contour`.
+    zmax: clipping for the 3-D surface.
 
   Returns:
-    All written files.
+    {"2dcontour": Figure, "2dcontourf": Figure, "2dheatmap": Figure, "3dsurface": Figure}
+    (`PLOT_2D_ALL_NAMES`, in that order).
   """
-  stem = common.output_paths(path, "png")[0][: -len(".png")]
-  style = dict(label=label, title=title, xlabel=xlabel, ylabel=ylabel, dpi=dpi, formats=formats)
-  files = plot_contour(f"{stem}_2dcontour", xs, ys, z, levels=levels, log=log, **style)
-  files += plot_contourf(f"{stem}_2dcontourf", xs, ys, z, levels=levels, log=log, **style)
-  files += plot_heatmap(f"{stem}_2dheatmap", xs, ys, z, log=log, **style)
+  style = dict(label=label, title=title, xlabel=xlabel, ylabel=ylabel)
+  figs = {
+    "2dcontour": plot_contour(xs, ys, z, levels=levels, log=log, **style),
+    "2dcontourf": plot_contourf(xs, ys, z, levels=levels, log=log, **style),
+    "2dheatmap": plot_heatmap(xs, ys, z, log=log, **style),
+  }
   style.update(xlabel=xlabel.split(" (")[0], ylabel=ylabel.split(" (")[0])
-  files += plot_surface_3d(f"{stem}_3dsurface", xs, ys, z, log=log, zmax=zmax, **style)
-  if vtp and np.isfinite(np.asarray(z, dtype=np.float64)).any():
-    files += export_vtp(stem, xs, ys, z, log=vtp_log, zmax=zmax, name=label.replace(" ", "_"))
-  return files
+  figs["3dsurface"] = plot_surface_3d(xs, ys, z, log=log, zmax=zmax, **style)
+  return figs
