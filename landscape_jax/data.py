@@ -83,11 +83,14 @@ class Dataset:
 
 
 def _digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-  from sklearn.datasets import load_digits
+  # scikit-learn's load_digits() as shipped uint8 arrays (scripts/make_digits.py wrote the file).
+  import importlib.resources
 
-  raw = load_digits()
-  images = np.round(raw.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # (1797, 8, 8, 1)
-  labels = raw.target.astype(np.int32)
+  path = importlib.resources.files("landscape_jax") / "datasets" / "digits.npz"
+  with path.open("rb") as f, np.load(f, allow_pickle=False) as raw:
+    grey, target = raw["images"], raw["target"]  # grey levels 0..16, digits 0..9
+  images = np.round(grey * (255.0 / 16.0)).astype(np.uint8)[..., None]  # (1797, 8, 8, 1)
+  labels = target.astype(np.int32)
   perm = np.random.default_rng(_DIGITS_SEED).permutation(len(labels))
   n_test = int(round(_DIGITS_TEST_FRACTION * len(labels)))
   test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
