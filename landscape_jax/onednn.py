@@ -102,8 +102,8 @@ def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
   lib = _dist_file("onednn-cpu-gomp", "lib/libdnnl.so.3")
   if header is None or lib is None:
     raise OnednnUnavailable(
-      "oneDNN is not installed: pip install onednn-cpu-gomp==2023.2.0 "
-      "onednn-devel-cpu-gomp==2023.2.0 (Linux x86-64), or set LANDSCAPE_JAX_ONEDNN_ROOT.")
+      "oneDNN is not installed: pip install 'landscape-jax[cpu]' (the onednn-cpu-gomp and "
+      "onednn-devel-cpu-gomp wheels, Linux x86-64), or set LANDSCAPE_JAX_ONEDNN_ROOT.")
   return header.parents[2], lib
 
 
@@ -121,7 +121,29 @@ def _compile(out: pathlib.Path, compiler: str, include: pathlib.Path, lib: pathl
     os.replace(tmp_out, out)  # atomic: concurrent builds (test workers) never see half a file
 
 
-@functools.cache
+def _cache_outcome(fn: Callable[[], ctypes.CDLL]) -> Callable[[], ctypes.CDLL]:
+  """`functools.cache` that also keeps a failure: a kernel that cannot be built or loaded is
+  not retried on each call (each `make_metric_fn`); each call raises a fresh
+  `OnednnUnavailable` with the first failure's reason. ``cache_clear()`` forgets either."""
+  @functools.cache
+  def attempt():
+    try:
+      return fn(), None
+    except OnednnUnavailable as e:
+      return None, e
+
+  @functools.wraps(fn)
+  def cached() -> ctypes.CDLL:
+    handle, error = attempt()
+    if error is not None:
+      raise OnednnUnavailable(str(error)) from error.__cause__
+    return handle
+
+  cached.cache_clear = attempt.cache_clear
+  return cached
+
+
+@_cache_outcome
 def _library() -> ctypes.CDLL:
   """Builds (once per machine and version) and loads the kernel; registers the FFI target."""
   if os.environ.get("LANDSCAPE_JAX_ONEDNN", "1") == "0":
