@@ -126,6 +126,11 @@ _NAMES: dict[str, str] = {
   # adapters.batchnorm
   "make_recompute_metric_fn": "adapters.batchnorm",
   "recompute_batch_stats": "adapters.batchnorm",
+  # adapters.li2018_h5
+  "read_directions_h5": "adapters.li2018_h5",
+  "read_surface_h5": "adapters.li2018_h5",
+  "write_directions_h5": "adapters.li2018_h5",
+  "write_surface_h5": "adapters.li2018_h5",
   # adapters.folding
   "fuse_batchnorm": "adapters.folding",
   # adapters.error_control
@@ -201,6 +206,7 @@ _MODULES: dict[str, str] = {
   "evaluation": "adapters.evaluation",
   "batchnorm": "adapters.batchnorm",
   "folding": "adapters.folding",
+  "li2018_h5": "adapters.li2018_h5",
   "error_control": "adapters.error_control",
   "schedules": "methods.schedules",
   "training": "methods.training",

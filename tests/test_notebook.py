@@ -23,3 +23,57 @@ def test_notebook_executes(tmp_path, monkeypatch):
   assert not [o for o in outputs if o.get("output_type") == "error"]
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) >= 2  # the surface and the curve figures are shown inline
+
+
+def _install_cell() -> str:
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
+  cell = nb.cells[1]
+  assert cell.cell_type == "code" and "pip" in cell.source
+  return cell.source
+
+
+def _repository_url() -> str:
+  import tomllib
+
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    return tomllib.load(f)["project"]["urls"]["Repository"]
+
+
+@pytest.mark.parametrize("runtime,expected", [
+  ("cpu", "landscape-jax[cpu] @ git+{url}"),
+  ("colab-gpu", "landscape-jax @ git+{url}"),  # Colab's GPU runtimes ship TensorFlow
+  ("colab-tpu", "landscape-jax[tf] @ git+{url}"),  # Colab's TPU runtimes do not
+])
+def test_install_cell_picks_the_extras_of_the_runtime(runtime, expected, monkeypatch, tmp_path):
+  """The first cell, run where landscape_jax is not importable, installs from the repository."""
+  import importlib.util
+  import shutil
+  import subprocess
+
+  present = {"cpu": set(), "colab-gpu": {"google.colab", "tensorflow"},
+             "colab-tpu": {"google.colab", "libtpu"}}[runtime]
+  real_find_spec = importlib.util.find_spec
+  calls = []
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+    object() if name in present else None if name in (
+      "landscape_jax", "libtpu", "google.colab", "tensorflow") else real_find_spec(name, *a)))
+  monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if (
+    name == "nvidia-smi" and runtime == "colab-gpu") else None)
+  monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+  monkeypatch.delenv("LANDSCAPE_JAX_SOURCE", raising=False)
+  monkeypatch.chdir(tmp_path)  # no ../pyproject.toml: not a checkout
+  exec(compile(_install_cell(), "install-cell", "exec"), {})
+  assert len(calls) == 1 and calls[0][-1] == expected.format(url=_repository_url())
+  assert calls[0][1:4] == ["-m", "pip", "install"]
+
+
+def test_colab_badges_open_the_notebook_of_the_repository():
+  url = _repository_url()
+  assert url.startswith("https://github.com/")
+  badge = ("https://colab.research.google.com/github/" + url.removeprefix("https://github.com/")
+           + "/blob/main/notebooks/quickstart.ipynb")
+  with open(os.path.join(ROOT, "README.md")) as f:
+    assert badge in f.read()
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
+  assert badge in nb.cells[0].source
+  assert f'REPO = "{url}"' in _install_cell()

@@ -6,8 +6,10 @@ units) used for normalisation. Normalisation happens inside compiled functions
 (`normalize_images`), so evaluation data can live on the device as uint8.
 
 Sources:
-  * ``digits``: scikit-learn's bundled 8x8 grey digits (1797 images, 16 grey levels scaled to
-    0..255), split deterministically into 1348 train / 449 test images. No network needed.
+  * ``digits``: the 8x8 grey digits that scikit-learn also bundles (1797 images, 16 grey levels
+    scaled to 0..255), shipped inside this package as ``datasets/digits.npz`` (no scikit-learn
+    needed at run time) and split deterministically into 1348 train / 449 test images. No
+    network needed.
   * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``svhn_cropped``: through
     `tensorflow_datasets` (``tfds.load(name, split=..., batch_size=-1)``), which downloads on a
     connected machine or reads a prepared copy from ``data_dir``. TensorFlow is imported lazily and
@@ -97,11 +99,14 @@ class Dataset:
 
 
 def _digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-  from sklearn.datasets import load_digits
+  # scikit-learn's load_digits() as shipped uint8 arrays (scripts/make_digits.py wrote the file).
+  import importlib.resources
 
-  raw = load_digits()
-  images = np.round(raw.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # (1797, 8, 8, 1)
-  labels = raw.target.astype(np.int32)
+  path = importlib.resources.files("landscape_jax") / "datasets" / "digits.npz"
+  with path.open("rb") as f, np.load(f, allow_pickle=False) as raw:
+    grey, target = raw["images"], raw["target"]  # grey levels 0..16, digits 0..9
+  images = np.round(grey * (255.0 / 16.0)).astype(np.uint8)[..., None]  # (1797, 8, 8, 1)
+  labels = target.astype(np.int32)
   perm = np.random.default_rng(_DIGITS_SEED).permutation(len(labels))
   n_test = int(round(_DIGITS_TEST_FRACTION * len(labels)))
   test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])

@@ -2,7 +2,9 @@
 
 The kernel (``csrc/onednn_conv.cc``) is compiled on first use (a few seconds) with the system's
 C++ compiler against the oneDNN of the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels and
-cached in ``$LANDSCAPE_JAX_CACHE_DIR`` (default ``~/.cache/landscape_jax``).
+cached in ``$LANDSCAPE_JAX_CACHE_DIR`` (default ``~/.cache/landscape_jax``). The wheels come with
+the ``cpu`` extra (``pip install 'landscape-jax[cpu]'``, what the README's make commands install);
+without them, or where the build fails, the reason is remembered (no retry per call).
 ``LANDSCAPE_JAX_ONEDNN_ROOT`` points at another oneDNN (a folder with ``include/`` and ``lib/``);
 ``LANDSCAPE_JAX_ONEDNN=0`` turns it off. Where it cannot be built (no compiler, another platform)
 `available()` is False, `unavailable_reason()` says why and ``"auto"`` (`resolve`) uses XLA's
@@ -23,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 
 import jax
 
@@ -69,8 +72,8 @@ def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
   lib = _dist_file("onednn-cpu-gomp", "lib/libdnnl.so.3")
   if header is None or lib is None:
     raise OnednnUnavailable(
-      "oneDNN is not installed: pip install onednn-cpu-gomp==2023.2.0 "
-      "onednn-devel-cpu-gomp==2023.2.0 (Linux x86-64), or set LANDSCAPE_JAX_ONEDNN_ROOT.")
+      "oneDNN is not installed: pip install 'landscape-jax[cpu]' (the onednn-cpu-gomp and "
+      "onednn-devel-cpu-gomp wheels, Linux x86-64), or set LANDSCAPE_JAX_ONEDNN_ROOT.")
   return header.parents[2], lib
 
 
@@ -88,7 +91,29 @@ def _compile(out: pathlib.Path, compiler: str, include: pathlib.Path, lib: pathl
     os.replace(tmp_out, out)  # atomic: concurrent builds (test workers) never see half a file
 
 
-@functools.cache
+def _cache_outcome(fn: Callable[[], ctypes.CDLL]) -> Callable[[], ctypes.CDLL]:
+  """`functools.cache` that also keeps a failure: a kernel that cannot be built or loaded is
+  not retried on each call (each `make_metric_fn`); each call raises a fresh
+  `OnednnUnavailable` with the first failure's reason. ``cache_clear()`` forgets either."""
+  @functools.cache
+  def attempt():
+    try:
+      return fn(), None
+    except OnednnUnavailable as e:
+      return None, e
+
+  @functools.wraps(fn)
+  def cached() -> ctypes.CDLL:
+    handle, error = attempt()
+    if error is not None:
+      raise OnednnUnavailable(str(error)) from error.__cause__
+    return handle
+
+  cached.cache_clear = attempt.cache_clear
+  return cached
+
+
+@_cache_outcome
 def library() -> ctypes.CDLL:
   """Builds (once per machine and version) and loads the kernel; registers the FFI target."""
   if os.environ.get("LANDSCAPE_JAX_ONEDNN", "1") == "0":
@@ -157,12 +182,12 @@ def resolve(cpu_convolutions: str = "auto") -> bool:
     return False
   reason = unavailable_reason()
   if reason is not None:
-    _warn_once(reason)
+    warn_once(reason)
   return reason is None
 
 
 @functools.cache
-def _warn_once(reason: str) -> None:
+def warn_once(reason: str) -> None:
   if (platform.system() == "Linux" and platform.machine() == "x86_64"
       and os.environ.get("LANDSCAPE_JAX_ONEDNN", "1") != "0"):
     warnings.warn(f"landscape_jax.backends.cpu.onednn: using XLA's CPU convolutions (slower): "
