@@ -40,6 +40,7 @@ _NAMES: dict[str, str] = {
   "directions_from_models": "core.directions",
   "normalize_directions": "core.directions",
   "orthogonalize": "core.directions",
+  "output_axes": "core.directions",
   "random_direction": "core.directions",
   "random_directions": "core.directions",
   # core.paths
