@@ -78,6 +78,8 @@ _NAMES: dict[str, str] = {
   "polychain_coefficients": "core.curves",
   "project_to_plane": "core.curves",
   "split_curve": "core.curves",
+  # core.precision
+  "matmul_precision": "core.precision",
   # core.hessian
   "density_from_quadrature": "core.hessian",
   "hessian_eigenvalues": "core.hessian",
@@ -196,6 +198,7 @@ _MODULES: dict[str, str] = {
   "adaptive": "core.adaptive",
   "curves": "core.curves",
   "hessian": "core.hessian",
+  "precision": "core.precision",
   "pca": "core.pca",
   "permutations": "core.permutations",
   "data": "adapters.data",
