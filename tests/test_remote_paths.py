@@ -170,6 +170,10 @@ def test_atomic_writer_and_helpers_on_a_remote_path(gcs):
   assert fileio.join("gs://bucket/runs", "a", "b") == "gs://bucket/runs/a/b"
   assert os.fspath(fileio.absolute_path("gs://bucket/x")) == "gs://bucket/x"
   assert os.fspath(fileio.absolute_path("x")) == os.path.abspath("x")
+  with pytest.raises(ValueError, match="does not know the scheme memory://"):
+    fileio.atomic_write_text("memory://bucket/x", "would be a local folder 'memory:'")
+  with pytest.raises(ValueError, match="does not know the scheme"):
+    lj.store.read("memory://bucket/surface")
 
 
 def _toy(path, **kwargs):

@@ -47,27 +47,41 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 def as_path(path: str | os.PathLike) -> epath.Path:
   """`path` as an `etils.epath.Path` (local paths stay local; ``gs://`` etc. go to their backend).
+
+  Raises:
+    ValueError: a scheme `etils.epath` does not know.
   """
-  return epath.Path(path)
+  try:
+    out = epath.Path(path)
+  except KeyError:  # etils looks the scheme up in its registry
+    out = None
+  if is_remote(path):
+    scheme = _SCHEME.match(os.fspath(path)).group(0)
+    if out is None or not os.fspath(out).startswith(scheme):
+      raise ValueError(
+        f"{os.fspath(path)}: etils.epath does not know the scheme {scheme} (it knows gs://, "
+        "s3://, az://, hf://). Use one of those, a local path, or register a path class for it "
+        "with etils.epath.register_path_cls.")
+  return out
 
 
 def absolute_path(path: str | os.PathLike) -> epath.Path:
   """`path` made absolute for orbax: ``os.path.abspath`` for a local path, unchanged if remote
   (``os.path.abspath("gs://b/x")`` would be a local ``<cwd>/gs:/b/x``)."""
-  return epath.Path(path) if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
+  return as_path(path) if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
 
 
 def join(path: str | os.PathLike, *names: str) -> str:
   """``path/name/...`` as a string: `os.path.join` locally, `etils.epath` for remote paths."""
   if is_remote(path):
-    return os.fspath(epath.Path(path).joinpath(*names))
+    return os.fspath(as_path(path).joinpath(*names))
   return os.path.join(os.fspath(path), *names)
 
 
 def makedirs(path: str | os.PathLike) -> None:
   """Creates the directory `path` and its parents (no error if it exists)."""
   if is_remote(path):
-    epath.Path(path).mkdir(parents=True, exist_ok=True)
+    as_path(path).mkdir(parents=True, exist_ok=True)
   else:
     os.makedirs(path, exist_ok=True)
 
@@ -156,8 +170,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None
 
 
 def _write_object(path: str, data: bytes) -> None:
+  target = as_path(path)
   try:
-    epath.Path(path).write_bytes(data)
+    target.write_bytes(data)
   except OSError:
     raise
   except Exception as e:  # backends (gfile, gcsfs) raise their own error types
@@ -167,7 +182,7 @@ def _write_object(path: str, data: bytes) -> None:
 def read_bytes(path: str | os.PathLike) -> bytes:
   """The content of the file `path`, local or remote (FileNotFoundError if it is missing)."""
   if is_remote(path):
-    return epath.Path(path).read_bytes()
+    return as_path(path).read_bytes()
   with open(path, "rb") as f:
     return f.read()
 
@@ -185,7 +200,7 @@ def append_text(path: str | os.PathLike, text: str) -> None:
       f.flush()
       os.fsync(f.fileno())
     return
-  p = epath.Path(path)
+  p = as_path(path)
   old = p.read_bytes() if p.exists() else b""
   atomic_write_bytes(path, old + text.encode("utf-8"))
 
