@@ -85,66 +85,83 @@ def test_check_precision_names_and_bad_values():
     lj.make_curvature_metric_fn(_loss, None, precision=3)
 
 
-def test_curvature_compiles_every_dot_and_convolution_at_highest(problem, tmp_path):
-  params, batch = problem
+def _curvature_call(name, params, batch, **kw):
   v = jax.tree.map(jnp.ones_like, params)
   key = jax.random.key(1)
-  for name, call in {
-    "hvp": lambda: lj.hvp(_loss, params, batch, v),
-    "hessian_eigenvalues": lambda: lj.hessian_eigenvalues(_loss, params, batch, num_steps=6),
-    "hessian_trace": lambda: lj.hessian_trace(key, _loss, params, batch, num_probes=2),
-    "spectral_density": lambda: lj.spectral_density(key, _loss, params, batch, num_steps=5,
-                                                    num_bins=50),
-    # the curvature metric stays at HIGHEST inside a surface evaluated at the default precision
-    "make_curvature_metric_fn": lambda: lj.surface_grid(
-      lj.make_curvature_metric_fn(_loss, batch, num_steps=4), params, v, [0.0, 0.1],
-      chunk_size=2, progress=False),
-    "lanczos": lambda: lj.lanczos(lambda x: (jnp.arange(16.0).reshape(4, 4) + jnp.eye(4)
-                                             + jnp.arange(16.0).reshape(4, 4).T) @ x,
-                                  jnp.ones(4).at[0].set(2.0), num_steps=3),
-  }.items():
-    folder = tmp_path / name
-    with _compiled_ops(folder) as ops:
-      jax.block_until_ready(call())
-    assert _precisions(ops, "dot") == {"HIGHEST"}, (name, ops)
-    if name != "lanczos":
-      assert _precisions(ops, "conv") == {"HIGHEST"}, (name, ops)
+  if name == "hvp":
+    return lj.hvp(_loss, params, batch, v, **kw)
+  if name == "hessian_eigenvalues":
+    return lj.hessian_eigenvalues(_loss, params, batch, num_steps=6, **kw).ritz_values
+  if name == "hessian_trace":
+    return lj.hessian_trace(key, _loss, params, batch, num_probes=2, **kw).samples
+  if name == "spectral_density":
+    return lj.spectral_density(key, _loss, params, batch, num_steps=5, num_bins=50, **kw).nodes
+  # the curvature metric keeps its precision inside a surface evaluated at the default one
+  assert name == "make_curvature_metric_fn"
+  return lj.surface_grid(lj.make_curvature_metric_fn(_loss, batch, num_steps=4, **kw), params, v,
+                         [0.0, 0.1], chunk_size=2, progress=False)
+
+
+CURVATURE = ["hvp", "hessian_eigenvalues", "hessian_trace", "spectral_density",
+             "make_curvature_metric_fn"]
+
+
+@pytest.mark.parametrize("name", CURVATURE)
+def test_curvature_compiles_every_dot_and_convolution_at_highest(problem, tmp_path, name):
+  params, batch = problem
+  with _compiled_ops(tmp_path) as ops:
+    jax.block_until_ready(_curvature_call(name, params, batch))
+  assert _precisions(ops, "dot") == {"HIGHEST"}, ops
+  assert _precisions(ops, "conv") == {"HIGHEST"}, ops
+
+
+def test_curvature_precision_option_and_lanczos(problem, tmp_path):
+  params, batch = problem
   # precision=None leaves JAX's default: the check above can fail
   with _compiled_ops(tmp_path / "none") as ops:
-    lj.hessian_eigenvalues(_loss, params, batch, num_steps=6, precision=None)
+    _curvature_call("hessian_eigenvalues", params, batch, precision=None)
   assert _precisions(ops, "dot") == {"DEFAULT"} and _precisions(ops, "conv") == {"DEFAULT"}
   with _compiled_ops(tmp_path / "high") as ops:
-    lj.hvp(_loss, params, batch, v, precision=jax.lax.Precision.HIGH)
+    _curvature_call("hvp", params, batch, precision=jax.lax.Precision.HIGH)
   assert _precisions(ops, "dot") == {"HIGH"} and _precisions(ops, "conv") == {"HIGH"}
+  # lanczos on any matvec: its products and its reorthogonalisation
+  a = jnp.arange(16.0).reshape(4, 4)
+  with _compiled_ops(tmp_path / "lanczos") as ops:
+    jax.block_until_ready(lj.lanczos(lambda x: (a + a.T) @ x, jnp.ones(4).at[0].set(2.0),
+                                     num_steps=3))
+  assert _precisions(ops, "dot") == {"HIGHEST"}, ops
 
 
+SURFACES = ["surface_grid", "surface_points", "evaluate_curve", "evaluate_plane"]
+
+
+@pytest.mark.parametrize("name", SURFACES)
 @pytest.mark.parametrize("precision,want", [(None, "DEFAULT"), ("highest", "HIGHEST")])
-def test_surfaces_and_curves_compile_at_the_given_precision(problem, tmp_path, precision, want):
+def test_surfaces_and_curves_compile_at_the_given_precision(problem, tmp_path, name, precision,
+                                                            want):
   params, batch = problem
   metric_fn = Partial(_metrics, batch)
   d1, d2 = lj.random_directions(jax.random.key(2), params, num=2)
   other = jax.tree.map(lambda a, b: a + b, params, d1)
-  plane = lj.plane_basis(params, jax.tree.map(lambda a, b: a + b, params, d2), other)
-  curve = lj.init_curve(params, other, 3)
-  calls = {
-    "surface_grid": lambda: lj.surface_grid(metric_fn, params, (d1, d2), [0.0, 0.5], [0.0, 1.0],
-                                            precision=precision, progress=False),
-    "surface_points": lambda: lj.surface_points(metric_fn, params, d1, [[0.2]],
-                                                precision=precision, progress=False),
-    "evaluate_curve": lambda: lj.evaluate_curve(metric_fn, curve, num_points=3,
-                                                precision=precision, progress=False),
-    "evaluate_plane": lambda: lj.evaluate_plane(metric_fn, plane, alphas=[0.0, 1.0],
-                                                betas=[0.0, 1.0], precision=precision,
-                                                progress=False),
-  }
-  for name, call in calls.items():
-    with _compiled_ops(tmp_path / name) as ops:
-      call()
-    assert _precisions(ops, "dot") == {want}, (name, ops)
-    assert _precisions(ops, "conv") == {want}, (name, ops)
+  kw = dict(precision=precision, progress=False)
+  if name == "evaluate_plane":
+    plane = lj.plane_basis(params, jax.tree.map(lambda a, b: a + b, params, d2), other)
+  elif name == "evaluate_curve":
+    curve = lj.init_curve(params, other, 3)
+  with _compiled_ops(tmp_path) as ops:
+    if name == "surface_grid":
+      lj.surface_grid(metric_fn, params, (d1, d2), [0.0, 0.5], [0.0, 1.0], **kw)
+    elif name == "surface_points":
+      lj.surface_points(metric_fn, params, d1, [[0.2]], **kw)
+    elif name == "evaluate_curve":
+      lj.evaluate_curve(metric_fn, curve, num_points=3, **kw)
+    else:
+      lj.evaluate_plane(metric_fn, plane, alphas=[0.0, 1.0], betas=[0.0, 1.0], **kw)
+  assert _precisions(ops, "dot") == {want}, ops
+  assert _precisions(ops, "conv") == {want}, ops
 
 
-def test_cpu_numbers_do_not_depend_on_the_precision(problem):
+def test_cpu_surface_numbers_do_not_depend_on_the_precision(problem):
   assert jax.default_backend() == "cpu"
   params, batch = problem
   metric_fn = Partial(_metrics, batch)
@@ -153,12 +170,14 @@ def test_cpu_numbers_do_not_depend_on_the_precision(problem):
   grids = [lj.surface_grid(metric_fn, params, (d1, d2), xs, xs, precision=p, progress=False)
            for p in (None, "highest")]
   np.testing.assert_array_equal(grids[1]["loss"], grids[0]["loss"])
-  ev = [lj.hessian_eigenvalues(_loss, params, batch, num_steps=6, top_k=2, precision=p)
-        for p in (None, "highest")]
-  np.testing.assert_array_equal(ev[1].ritz_values, ev[0].ritz_values)
-  v = jax.tree.map(jnp.ones_like, params)
-  hv = [lj.hvp(_loss, params, batch, v, precision=p) for p in (None, "highest")]
-  jax.tree.map(np.testing.assert_array_equal, hv[0], hv[1])
+
+
+@pytest.mark.parametrize("name", ["hvp", "hessian_eigenvalues"])
+def test_cpu_curvature_numbers_do_not_depend_on_the_precision(problem, name):
+  assert jax.default_backend() == "cpu"
+  params, batch = problem
+  out = [_curvature_call(name, params, batch, precision=p) for p in (None, "highest")]
+  jax.tree.map(np.testing.assert_array_equal, out[0], out[1])
 
 
 def test_store_records_an_explicit_precision(problem, tmp_path):
