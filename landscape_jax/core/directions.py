@@ -8,9 +8,10 @@ of ReLU networks with BatchNorm.
 
 Layout: a *filter* (output unit) of a kernel is one slice of its output axis, and its norm is
 taken over every other axis. The output axis is the LAST one by default, the Flax layout (Dense
-``(in, out)``, Conv ``(kh, kw, in, out)``). Parameters in another layout, e.g. converted from
-PyTorch (Linear ``(out, in)``, Conv ``(out, in, kh, kw)``), pass ``out_axis=0``; a model that mixes
-layouts passes the axis per leaf (a pytree of ints, or a function of the leaf's path and value).
+``(in, out)``, Conv ``(kh, kw, in, out)``). Parameters in another layout, Equinox's or those
+converted from PyTorch (Linear ``(out, in)``, Conv ``(out, in, kh, kw)``), pass
+``out_axis=0``; a model that mixes layouts passes the axis per leaf (a pytree of ints, or a
+function of the leaf's path and value).
 
 All functions are pure and work on any pytree of arrays (Flax, Equinox, NNX-split, dicts).
 """
