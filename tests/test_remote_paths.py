@@ -130,8 +130,9 @@ def gcs(tmp_path, monkeypatch):
   root = tmp_path / "gcs"
   root.mkdir()
   fake = FakeGCS(root)
-  # etils.epath opens gs:// with tf.io.gfile when TensorFlow is installed, fsspec otherwise
-  monkeypatch.setenv("EPATH_USE_TF", "false")
+  # etils.epath opens gs:// with tf.io.gfile when TensorFlow is installed (a choice it caches
+  # for the process), with fsspec otherwise: both lead to the fake
+  monkeypatch.setattr(epath_backend, "tf_backend", epath_backend.fsspec_backend)
   monkeypatch.setattr(epath_backend.fsspec_backend, "fs", lambda path: fake)
 
   def kvstore(path):
