@@ -40,6 +40,7 @@ _NAMES: dict[str, str] = {
   "directions_from_models": "core.directions",
   "normalize_directions": "core.directions",
   "orthogonalize": "core.directions",
+  "output_axes": "core.directions",
   "random_direction": "core.directions",
   "random_directions": "core.directions",
   # core.paths
@@ -77,6 +78,8 @@ _NAMES: dict[str, str] = {
   "polychain_coefficients": "core.curves",
   "project_to_plane": "core.curves",
   "split_curve": "core.curves",
+  # core.precision
+  "matmul_precision": "core.precision",
   # core.hessian
   "density_from_quadrature": "core.hessian",
   "hessian_eigenvalues": "core.hessian",
@@ -200,6 +203,7 @@ _MODULES: dict[str, str] = {
   "adaptive": "core.adaptive",
   "curves": "core.curves",
   "hessian": "core.hessian",
+  "precision": "core.precision",
   "pca": "core.pca",
   "permutations": "core.permutations",
   "data": "adapters.data",

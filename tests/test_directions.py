@@ -210,3 +210,100 @@ def test_property_orthogonalize(data, shape):
   # orthogonalising twice changes nothing more
   o2 = lj.orthogonalize({"k": o.astype(np.float32)}, {"k": a}, normalize_to="none")["k"]
   np.testing.assert_allclose(o2, o, atol=1e-3 * (np.linalg.norm(b) + 1))
+
+
+# ------------------------------------------------------------------ layouts: the output axis
+
+
+def _torch_params(key=0):
+  """PyTorch layouts: Conv2d weight (out, in, kh, kw), Linear weight (out, in)."""
+  k = jax.random.split(jax.random.key(key), 4)
+  return {"conv": {"weight": jax.random.normal(k[0], (4, 2, 3, 3)),
+                   "bias": jax.random.normal(k[1], (4,))},
+          "fc": {"weight": jax.random.normal(k[2], (5, 36)), "bias": jax.random.normal(k[3], (5,))}}
+
+
+def _hand_filter_first(d, w, with_w=True):
+  """Per output unit f (FIRST axis, loops only): d[f] * ||w[f]|| / (||d[f]|| + 1e-10)."""
+  d, w = np.asarray(d, np.float64), np.asarray(w, np.float64)
+  out = np.empty_like(d)
+  for f in range(d.shape[0]):
+    wf = np.sqrt(sum(v * v for v in w[f].ravel())) if with_w else 1.0
+    df = np.sqrt(sum(v * v for v in d[f].ravel()))
+    out[f] = d[f] * wf / (df + 1e-10)
+  return out
+
+
+@pytest.mark.parametrize("out_axis", [0, -4, "pytree", "callable"])
+def test_filter_norm_on_pytorch_layouts_matches_hand_computation(out_axis):
+  p = _torch_params()
+  d = lj.random_direction(jax.random.key(11), p)
+  if out_axis == "pytree":
+    out_axis = {"conv": {"weight": 0, "bias": 0}, "fc": {"weight": 0, "bias": 0}}
+  elif out_axis == "callable":
+    out_axis = lambda path, leaf: 0 if path.endswith("weight") else -1
+  elif out_axis == -4:  # -4 is axis 0 of the conv kernel only; the dense one needs -2
+    out_axis = lambda path, leaf, a=out_axis: a if leaf.ndim == 4 else -2
+  n = lj.normalize_directions(d, p, norm="filter", out_axis=out_axis)
+  nd = lj.normalize_directions(d, p, norm="dfilter", out_axis=out_axis)
+  for layer in ("conv", "fc"):
+    np.testing.assert_allclose(n[layer]["weight"], _hand_filter_first(d[layer]["weight"],
+                                                                      p[layer]["weight"]),
+                               rtol=1e-5)
+    np.testing.assert_allclose(nd[layer]["weight"],
+                               _hand_filter_first(d[layer]["weight"], p[layer]["weight"], False),
+                               rtol=1e-5)
+    assert not np.any(np.asarray(n[layer]["bias"]))  # ignore="biasbn"
+  # the default (last axis) normalises other units: the two disagree on these layouts
+  last = lj.normalize_directions(d, p, norm="filter")
+  assert not np.allclose(last["conv"]["weight"], n["conv"]["weight"], rtol=1e-3)
+
+
+def test_pytorch_layout_equals_flax_layout_transposed():
+  """Flax kernels with the default axis and their PyTorch transposes with out_axis=0 give the
+  same (transposed) filter-normalised directions, and so do random_directions."""
+  p = _params()
+  to_torch = {"Conv_0": lambda k: jnp.transpose(k, (3, 2, 0, 1)), "Dense_0": lambda k: k.T}
+  tp = {name: {**leaves, "kernel": to_torch[name](leaves["kernel"])} if name in to_torch
+        else leaves for name, leaves in p.items()}
+  d = lj.random_direction(jax.random.key(12), p)
+  td = {name: {**leaves, "kernel": to_torch[name](leaves["kernel"])} if name in to_torch
+        else leaves for name, leaves in d.items()}
+  flax_n = lj.normalize_directions(d, p, norm="filter")
+  torch_n = lj.normalize_directions(td, tp, norm="filter", out_axis=0)
+  for name, fn in to_torch.items():
+    np.testing.assert_allclose(torch_n[name]["kernel"], fn(flax_n[name]["kernel"]), rtol=1e-6)
+
+
+def test_random_directions_with_out_axis_orthogonal_and_normalised():
+  p = _torch_params(1)
+  d1, d2 = lj.random_directions(jax.random.key(13), p, orthogonal=True, out_axis=0)
+  (r1,) = lj.random_directions(jax.random.key(13), p, num=1, out_axis=0)
+  jax.tree.map(np.testing.assert_array_equal, d1, r1)
+  assert _cos(d1, d2) < 1e-6
+  for layer in ("conv", "fc"):
+    w = np.asarray(p[layer]["weight"], np.float64)
+    for x, y in ((d1, d2), (d2, d1)):
+      a, b = (np.asarray(t[layer]["weight"], np.float64).reshape(w.shape[0], -1) for t in (x, y))
+      np.testing.assert_allclose(np.linalg.norm(a, axis=1),
+                                 np.linalg.norm(w.reshape(w.shape[0], -1), axis=1), rtol=1e-5)
+      np.testing.assert_allclose((a * b).sum(1), 0.0, atol=1e-5)  # filter by filter
+
+
+def test_out_axis_bad_input_is_named():
+  p = _torch_params()
+  d = lj.random_direction(jax.random.key(14), p)
+  with pytest.raises(ValueError, match=r"out_axis 4 is out of range for conv/weight of shape "
+                     r"\(4, 2, 3, 3\) \(ndim 4\); give an axis in \[-4, 3\]"):
+    lj.normalize_directions(d, p, out_axis=4)
+  with pytest.raises(ValueError, match=r"out_axis -3 is out of range for fc/weight"):
+    lj.random_directions(jax.random.key(0), p, out_axis=-3)
+  with pytest.raises(ValueError, match="out_axis for fc/weight must be an integer"):
+    lj.normalize_directions(d, p, out_axis=lambda path, leaf: 0 if path[:4] == "conv" else None)
+  with pytest.raises(ValueError, match="out_axis for conv/weight must be an integer"):
+    lj.normalize_directions(d, p, out_axis=1.0)
+  with pytest.raises(ValueError, match="out_axis must be an int, a function"):
+    lj.normalize_directions(d, p, out_axis={"conv": {"weight": 0}})
+  assert lj.output_axes(p, 0) == {"conv": {"weight": 0, "bias": 0},
+                                  "fc": {"weight": 0, "bias": 0}}
+  assert lj.output_axes(p)["conv"]["weight"] == 3 and lj.output_axes(p, -2)["fc"]["weight"] == 0

@@ -189,7 +189,7 @@ def test_sharded_step_equals_single_device_step(digits_train):
   for _ in range(2):
     s1, m1 = training.train_step(jax.device_put(s1, one), jax.device_put(batch, one), key,
                                  **kwargs)
-  mesh = lj.make_mesh(devices=jax.devices()[:8])
+  mesh = lj.make_mesh(devices=jax.devices()[:8], axis="data")
   s8 = jax.device_put(state, NamedSharding(mesh, P()))
   sharded_batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
   assert len(sharded_batch[0].sharding.device_set) == 8
@@ -264,7 +264,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, digits_train, digits_
   np.testing.assert_allclose(ev["accuracy"], full_records[-1]["test_accuracy"])
   np.testing.assert_allclose(ev["loss"], full_records[-1]["test_loss"], rtol=1e-6)
   # A different configuration refuses to resume in the same workdir.
-  config.learning_rate = 0.2
+  config["learning_rate"] = 0.2
   with pytest.raises(lj.store.StoreMismatchError, match="learning_rate: 0.1 -> 0.2"):
     run(tmp_path / "cut")
 

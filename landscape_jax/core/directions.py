@@ -6,9 +6,12 @@ directions that are *filter-normalised*: every filter of ``d`` is rescaled to th
 corresponding filter of the parameters, so that the plot does not depend on the scale invariance
 of ReLU networks with BatchNorm.
 
-Layout: Flax kernels are ``(..., in, out)`` (Dense ``(in, out)``, Conv ``(kh, kw, in, out)``); a
-*filter* (output unit) is one slice ``w[..., f]`` of the LAST axis, and its norm is taken over every
-other axis. (PyTorch puts the output unit first; the maths is identical.)
+Layout: a *filter* (output unit) of a kernel is one slice of its output axis, and its norm is
+taken over every other axis. The output axis is the LAST one by default, the Flax layout (Dense
+``(in, out)``, Conv ``(kh, kw, in, out)``). Parameters in another layout, Equinox's or those
+converted from PyTorch (Linear ``(out, in)``, Conv ``(out, in, kh, kw)``), pass
+``out_axis=0``; a model that mixes layouts passes the axis per leaf (a pytree of ints, or a
+function of the leaf's path and value).
 
 All functions are pure and work on any pytree of arrays (Flax, Equinox, NNX-split, dicts).
 """
@@ -54,17 +57,71 @@ def _check_norm(norm, ignore):
     raise ValueError(f"Unknown ignore {ignore!r}; choose 'biasbn' (zero 1-D leaves) or None.")
 
 
-def _filter_norm(x: jax.Array) -> jax.Array:
-  """Norm of every output unit ``x[..., f]`` (over all other axes), broadcastable to ``x``."""
-  axes = tuple(range(x.ndim - 1))
-  return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes, keepdims=True))
+def _other_axes(ndim: int, axis: int) -> tuple[int, ...]:
+  """Every axis but the output axis `axis` (normalised to ``[0, ndim)``)."""
+  return tuple(a for a in range(ndim) if a != axis % ndim)
+
+
+def _filter_norm(x: jax.Array, axis: int = -1) -> jax.Array:
+  """Norm of every output unit (slice of `axis`, over all other axes), broadcastable to ``x``."""
+  return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=_other_axes(x.ndim, axis),
+                          keepdims=True))
+
+
+def _check_axis(axis, shape: tuple[int, ...], path: str) -> int:
+  if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+    raise ValueError(f"out_axis for {path} must be an integer axis, got {axis!r}; pass an int, a "
+                     "pytree of ints like params, or a function (path, leaf) -> int.")
+  ndim = len(shape)
+  if not -ndim <= int(axis) < ndim:
+    raise ValueError(f"out_axis {int(axis)} is out of range for {path} of shape {shape} "
+                     f"(ndim {ndim}); give an axis in [{-ndim}, {ndim - 1}], e.g. -1 for Flax "
+                     "kernels (..., in, out) or 0 for PyTorch (out, in, ...).")
+  return int(axis)
+
+
+def output_axes(params: PyTree, out_axis=None) -> PyTree:
+  """The output (filter) axis of every leaf, as a pytree of ints with the structure of `params`.
+
+  Args:
+    params: the parameters.
+    out_axis: None (every leaf's last axis: the Flax layout), an int for every leaf (e.g. 0 for
+      PyTorch layouts), a pytree of ints with the structure of `params`, or a function
+      ``out_axis(path, leaf) -> int`` of the leaf's ``"a/b/kernel"`` path and the leaf.
+
+  Returns:
+    A pytree of Python ints, each in ``[0, ndim)`` (0 for leaves with ``ndim <= 1``, which filter
+    normalisation does not rescale).
+
+  Raises:
+    ValueError: an axis is not an integer or out of range for its leaf (the message names it), or
+      the pytree of axes has another structure.
+  """
+  def resolve(p, x, a):
+    shape = tuple(np.shape(x))
+    return 0 if len(shape) <= 1 else _check_axis(a, shape, p) % len(shape)
+
+  if out_axis is None:
+    out_axis = -1
+  if callable(out_axis):
+    return trees.map_with_path(lambda p, x: resolve(p, x, out_axis(p, x)), params)
+  if jax.tree_util.treedef_is_leaf(jax.tree.structure(out_axis)):  # one axis for every leaf
+    return trees.map_with_path(lambda p, x: resolve(p, x, out_axis), params)
+  try:
+    return trees.map_with_path(resolve, params, out_axis)
+  except (ValueError, TypeError) as e:
+    if "out_axis" in str(e):
+      raise
+    raise ValueError("out_axis must be an int, a function (path, leaf) -> int, or a pytree of "
+                     "ints with the structure of params; got a pytree of another structure "
+                     f"({e}).") from e
 
 
 def _layer_norm(x: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
 
 
-def _normalize_leaf(d, w, norm, ignore, path):
+def _normalize_leaf(d, w, norm, ignore, path, axis=-1):
   if jnp.ndim(w) <= 1:
     # Biases, BatchNorm scale/bias (and scalars): Li et al. zero them ("biasbn") or copy w.
     return jnp.zeros_like(d) if ignore == "biasbn" else jnp.asarray(w, d.dtype)
@@ -73,8 +130,8 @@ def _normalize_leaf(d, w, norm, ignore, path):
   if norm == "weight":
     return (d * w).astype(d.dtype)
   if norm in ("filter", "dfilter"):
-    dn = _filter_norm(d)
-    scale = (_filter_norm(w) if norm == "filter" else 1.0) / (dn + EPS)
+    dn = _filter_norm(d, axis)
+    scale = (_filter_norm(w, axis) if norm == "filter" else 1.0) / (dn + EPS)
     return (d * scale).astype(d.dtype)
   # layer / dlayer: one norm per tensor, no epsilon (as in the reference); a zero direction is an
   # error instead of a silent NaN.
@@ -87,10 +144,11 @@ def _normalize_leaf(d, w, norm, ignore, path):
 
 
 def normalize_directions(direction: PyTree, params: PyTree, *, norm: str | None = "filter",
-                         ignore: str | None = "biasbn") -> PyTree:
+                         ignore: str | None = "biasbn", out_axis=None) -> PyTree:
   """Rescales a direction relative to the parameters (Li et al. 2018, Sec. 4).
 
-  For every leaf with ``ndim >= 2`` (kernels), with ``f`` running over output units (last axis):
+  For every leaf with ``ndim >= 2`` (kernels), with ``f`` running over output units (the slices
+  of the leaf's output axis, `out_axis`) and norms over all other axes:
 
   * ``"filter"``:  ``d_f <- d_f * ||w_f|| / (||d_f|| + 1e-10)``;
   * ``"layer"``:   ``d <- d * ||w|| / ||d||``;
@@ -108,17 +166,26 @@ def normalize_directions(direction: PyTree, params: PyTree, *, norm: str | None 
     params: the parameters at the centre of the plot.
     norm: one of ``"filter"``, ``"layer"``, ``"weight"``, ``"dfilter"``, ``"dlayer"``, None.
     ignore: ``"biasbn"`` or None.
+    out_axis: the output axis of the kernels (used by ``"filter"`` / ``"dfilter"``): None for the
+      last axis (Flax: Dense ``(in, out)``, Conv ``(kh, kw, in, out)``), an int for every leaf
+      (``0`` for PyTorch: Linear ``(out, in)``, Conv ``(out, in, kh, kw)``), a pytree of ints with
+      the structure of `params`, or a function ``(path, leaf) -> int`` (see `output_axes`).
 
   Returns:
     The normalised direction (same structure and dtypes).
+
+  Raises:
+    ValueError: an unknown `norm` / `ignore`, directions and params of other structures, a zero
+      direction under a layer norm, or an `out_axis` out of range for a leaf (named).
 
   References:
     Li, Xu, Taylor, Studer and Goldstein 2018, "Visualizing the Loss Landscape of Neural Nets".
   """
   _check_norm(norm, ignore)
   trees.check_same_structure(direction, params, names=("direction", "params"))
-  return trees.map_with_path(lambda p, d, w: _normalize_leaf(d, w, norm, ignore, p),
-                             direction, params)
+  axes = output_axes(params, out_axis)
+  return trees.map_with_path(lambda p, d, w, a: _normalize_leaf(d, w, norm, ignore, p, a),
+                             direction, params, axes)
 
 
 def orthogonalize(direction: PyTree, *others: PyTree, normalize_to: str = "keep") -> PyTree:
@@ -156,16 +223,16 @@ def orthogonalize(direction: PyTree, *others: PyTree, normalize_to: str = "keep"
   return jax.tree.map(lambda r, d: r.astype(d.dtype), out, direction)
 
 
-def _orthogonal_leaf(d, d0, w, norm):
+def _orthogonal_leaf(d, d0, w, norm, axis=-1):
   """`d` minus its component along `d0`, unit by unit, each unit's norm restored.
 
-  The units are those of the normalisation: every filter (output unit, last axis) for
+  The units are those of the normalisation: every filter (output unit, a slice of `axis`) for
   ``"filter"`` / ``"dfilter"``, the whole leaf otherwise. Orthogonal units make orthogonal
   leaves, and restoring each unit's norm keeps the normalisation of `d`.
   """
   if jnp.ndim(w) <= 1:  # not normalised: zeros (ignore="biasbn") or a copy of w
     return d
-  axes = tuple(range(d.ndim - 1)) if norm in ("filter", "dfilter") else tuple(range(d.ndim))
+  axes = _other_axes(d.ndim, axis) if norm in ("filter", "dfilter") else tuple(range(d.ndim))
   x, x0 = d.astype(jnp.float32), d0.astype(jnp.float32)
 
   def dot(a, b):
@@ -181,7 +248,7 @@ def _orthogonal_leaf(d, d0, w, norm):
 def random_directions(key: jax.Array, params: PyTree, *, num: int = 2,
                       norm: str | None = "filter", ignore: str | None = "biasbn",
                       same_direction: bool = False, orthogonal: bool = False,
-                      ) -> tuple[PyTree, ...]:
+                      out_axis=None) -> tuple[PyTree, ...]:
   """`num` (1 or 2) normalised random directions for a 1-D or 2-D plot around `params`.
 
   Args:
@@ -189,7 +256,8 @@ def random_directions(key: jax.Array, params: PyTree, *, num: int = 2,
       a 2-D plot equals the direction of the 1-D plot with the same key.
     params: the centre.
     num: number of directions.
-    norm, ignore: see `normalize_directions`.
+    norm, ignore, out_axis: see `normalize_directions` (`out_axis`: the output axis of the
+      kernels, last by default; ``0`` for PyTorch layouts).
     same_direction: the second direction equals the first (the reference's ``--same_dir``; the 2-D
       plot then shows ``L(t* + (a + b) d)``).
     orthogonal: make the second direction exactly orthogonal to the first, keeping it
@@ -211,13 +279,14 @@ def random_directions(key: jax.Array, params: PyTree, *, num: int = 2,
   if num not in (1, 2):
     raise ValueError(f"num must be 1 or 2, got {num}.")
   _check_norm(norm, ignore)
+  axes = output_axes(params, out_axis)
   raw = [random_direction(jax.random.fold_in(key, k), params) for k in range(num)]
   if num == 2 and same_direction:
     raw[1] = raw[0]
-  out = [normalize_directions(d, params, norm=norm, ignore=ignore) for d in raw]
+  out = [normalize_directions(d, params, norm=norm, ignore=ignore, out_axis=axes) for d in raw]
   if num == 2 and orthogonal and not same_direction:
-    out[1] = jax.tree.map(lambda d, d0, w: _orthogonal_leaf(d, d0, w, norm), out[1], out[0],
-                          params)
+    out[1] = jax.tree.map(lambda d, d0, w, a: _orthogonal_leaf(d, d0, w, norm, a), out[1],
+                          out[0], params, axes)
   return tuple(out)
 
 
@@ -249,6 +318,7 @@ __all__ = [
   "directions_from_models",
   "normalize_directions",
   "orthogonalize",
+  "output_axes",
   "random_direction",
   "random_directions",
 ]

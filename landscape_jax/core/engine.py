@@ -22,6 +22,9 @@ parameters) and the coordinates; the engine does the rest, the same way for all 
   of `metric_fn` (its data, labels, BatchNorm statistics) and of `point_fn` (the centre and
   directions, the curve, the endpoints). A rerun with the same identity computes only the missing
   points; any difference is refused with a message that lists what differs;
+* **precision**: ``precision=`` sets the matmul precision of every dot and convolution of the
+  compiled evaluator, the model's included (`core.precision`; default None: the backend's
+  default, bfloat16 passes on TPU and TF32 on recent GPUs); a store records an explicit choice;
 * **progress**: a tqdm bar with points/s and ETA on the main process;
 * non-finite metric values (far from a minimum) are recorded as they are, never fatal.
 """
@@ -47,6 +50,7 @@ from tqdm.auto import tqdm
 from landscape_jax.core import identity as identity_lib
 from landscape_jax.core import sharding as shd
 from landscape_jax.core import store as store_lib
+from landscape_jax.core.precision import check_precision, matmul_precision
 
 PyTree = Any
 MAP_MODES = ("map", "vmap")
@@ -261,9 +265,13 @@ def _pick_map_mode(metric_fn, point_fn, num_coords, chunk_size, mesh) -> str:
 
 
 def identity_config(metric_fn, point_fn, coords: np.ndarray, *, identity: str | None,
-                    metadata: dict | None) -> dict:
-  """What a store records and compares on resume: exact digests of everything that computed it."""
-  return {
+                    metadata: dict | None, precision=None) -> dict:
+  """What a store records and compares on resume: exact digests of everything that computed it.
+
+  An explicit matmul `precision` is recorded as ``"precision"`` (None records nothing, so stores
+  written before the option existed still resume).
+  """
+  config = {
     "num_points": int(coords.shape[0]),
     "num_coordinates": int(coords.shape[1]),
     "coords_sha256": identity_lib.tree_digest(coords),
@@ -271,6 +279,10 @@ def identity_config(metric_fn, point_fn, coords: np.ndarray, *, identity: str | 
     "point_fn": identity_lib.callable_identity(point_fn, identity=identity, name="point_fn"),
     "metadata": metadata or {},
   }
+  precision = check_precision(precision)
+  if precision is not None:
+    config["precision"] = precision
+  return config
 
 
 def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax.Array], PyTree],
@@ -279,7 +291,7 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
                     identity: str | None = None, chunk_size: int | None = None,
                     mesh: Mesh | None = None, map_mode: str | None = None,
                     batch_size: int | None = None, progress: bool = True,
-                    desc: str = "points") -> dict[str, np.ndarray]:
+                    desc: str = "points", precision=None) -> dict[str, np.ndarray]:
   """``res[k][i] = metric_fn(point_fn(coords[i]))[k]`` for every row of `coords`.
 
   Args:
@@ -304,6 +316,9 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
     batch_size: `lax.map` batch size (points vmapped together inside the sequential map).
     progress: show a tqdm bar on the main process.
     desc: the progress bar's label.
+    precision: matmul precision of every dot and convolution of the evaluation
+      (`core.precision`): None (default: JAX's setting, the backend's default), ``"default"``,
+      ``"high"``, ``"highest"``, or a `jax.lax.Precision`; recorded in the store when given.
 
   Returns:
     ``{metric: numpy array of shape `shape`}``; non-finite values are kept (and logged).
@@ -315,6 +330,16 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
       `identity` name was given.
     store.StoreCorruptError: the store on disk is damaged (it is left untouched).
   """
+  precision = check_precision(precision)
+  with matmul_precision(precision):
+    return _evaluate_points(metric_fn, point_fn, coords, shape=shape, store=store,
+                            metadata=metadata, identity=identity, chunk_size=chunk_size, mesh=mesh,
+                            map_mode=map_mode, batch_size=batch_size, progress=progress,
+                            desc=desc, precision=precision)
+
+
+def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, identity, chunk_size,
+                     mesh, map_mode, batch_size, progress, desc, precision):
   metric_fn = as_partial(metric_fn)
   point_fn = as_partial(point_fn, name="point_fn")
   coords = check_coords(coords)
@@ -338,7 +363,8 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
 
   # Resume: every process reads the same state (process 0's done-mask wins), only process 0 writes.
   if store is not None:
-    config = identity_config(metric_fn, point_fn, coords, identity=identity, metadata=metadata)
+    config = identity_config(metric_fn, point_fn, coords, identity=identity, metadata=metadata,
+                             precision=precision)
     if not main:
       shd.sync("landscape_jax.core.engine.store_created")
     state = store_lib.open_or_create(store, config=config, shape=shape, keys=keys, create=main)

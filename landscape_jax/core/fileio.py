@@ -11,6 +11,17 @@ intact plus at most one temporary file; `clean_stale_temps` (called after every 
 removes the temporaries that killed writers of the same target left behind.
 
 Temporary names are ``.<name>.<random>.tmp`` beside the target.
+
+Remote paths (``gs://``, ``s3://``, any URI with a scheme: `is_remote`) are opened through
+`etils.epath`, as orbax does (``gs://`` needs ``gcsfs`` or TensorFlow installed, ``s3://``
+``s3fs``). Object stores have no rename, no fsync and no permission bits, and need none for
+atomicity: an object becomes visible only once its upload is complete, so a reader sees the old
+or the new object, never a part of one. `atomic_write_bytes` therefore writes a remote object
+directly (no temporary, no rename; `mode` and the umask do not apply), and a writer killed
+mid-upload leaves the previous object. Files that must change together are made consistent by a
+commit record written last: a store's ``meta.json`` names its arrays file and that file's
+sha256, an orbax checkpoint counts only once its ``commit_success.txt`` is there. A remote
+filesystem that is not an object store gets the same direct write; its own guarantees apply.
 """
 
 from __future__ import annotations
@@ -18,11 +29,61 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import tempfile
 import threading
 from typing import Any
 
+from etils import epath
+
 _UMASK_LOCK = threading.Lock()
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  """True for a URI with a scheme (``gs://bucket/x``, ``s3://...``): opened with `etils.epath`."""
+  return bool(_SCHEME.match(os.fspath(path)))
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """`path` as an `etils.epath.Path` (local paths stay local; ``gs://`` etc. go to their backend).
+
+  Raises:
+    ValueError: a scheme `etils.epath` does not know.
+  """
+  try:
+    out = epath.Path(path)
+  except KeyError:  # etils looks the scheme up in its registry
+    out = None
+  if is_remote(path):
+    scheme = _SCHEME.match(os.fspath(path)).group(0)
+    if out is None or not os.fspath(out).startswith(scheme):
+      raise ValueError(
+        f"{os.fspath(path)}: etils.epath does not know the scheme {scheme} (it knows gs://, "
+        "s3://, az://, hf://). Use one of those, a local path, or register a path class for it "
+        "with etils.epath.register_path_cls.")
+  return out
+
+
+def absolute_path(path: str | os.PathLike) -> epath.Path:
+  """`path` made absolute for orbax: ``os.path.abspath`` for a local path, unchanged if remote
+  (``os.path.abspath("gs://b/x")`` would be a local ``<cwd>/gs:/b/x``)."""
+  return as_path(path) if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
+
+
+def join(path: str | os.PathLike, *names: str) -> str:
+  """``path/name/...`` as a string: `os.path.join` locally, `etils.epath` for remote paths."""
+  if is_remote(path):
+    return os.fspath(as_path(path).joinpath(*names))
+  return os.path.join(os.fspath(path), *names)
+
+
+def makedirs(path: str | os.PathLike) -> None:
+  """Creates the directory `path` and its parents (no error if it exists)."""
+  if is_remote(path):
+    as_path(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
 
 
 def current_umask() -> int:
@@ -54,8 +115,11 @@ def clean_stale_temps(path: str | os.PathLike) -> list[str]:
   """Removes the temporary files that interrupted writes of `path` left beside it.
 
   Returns the removed paths. Only names of the form ``.<basename>.<random>.tmp`` are touched.
+  Remote writes leave no temporaries: nothing to do there.
   """
   path = os.fspath(path)
+  if is_remote(path):
+    return []
   directory = os.path.dirname(path) or "."
   removed = []
   pattern = os.path.join(glob.escape(directory), glob.escape(_temp_prefix(path)) + "*.tmp")
@@ -74,14 +138,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None
   """Writes `data` to `path` atomically (see the module docstring).
 
   Args:
-    path: the target file; its directory must exist.
+    path: the target file; its directory must exist. A remote path (`is_remote`) is written as
+      one object through `etils.epath` (atomic on object stores, see the module docstring).
     data: the complete new content.
-    mode: permission bits before the umask (default ``0o666``, as `open` uses).
+    mode: permission bits before the umask (default ``0o666``, as `open` uses); local files only.
 
   Raises:
     OSError: the write failed; `path` is unchanged and the temporary file is removed.
   """
   path = os.fspath(path)
+  if is_remote(path):
+    _write_object(path, data)
+    return
   directory = os.path.dirname(path) or "."
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix=".tmp")
   try:
@@ -101,6 +169,42 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None
   clean_stale_temps(path)
 
 
+def _write_object(path: str, data: bytes) -> None:
+  target = as_path(path)
+  try:
+    target.write_bytes(data)
+  except OSError:
+    raise
+  except Exception as e:  # backends (gfile, gcsfs) raise their own error types
+    raise OSError(f"Could not write {path}: {e}") from e
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+  """The content of the file `path`, local or remote (FileNotFoundError if it is missing)."""
+  if is_remote(path):
+    return as_path(path).read_bytes()
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+  """Appends `text` to the file `path`: ``open(path, "a")``, flush and fsync for a local file.
+
+  Object stores cannot append: a remote file is read and written again whole
+  (`atomic_write_bytes`), so a reader sees it before or after the append, never torn. Meant for
+  small logs (one JSON line per epoch).
+  """
+  if not is_remote(path):
+    with open(path, "a") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    return
+  p = as_path(path)
+  old = p.read_bytes() if p.exists() else b""
+  atomic_write_bytes(path, old + text.encode("utf-8"))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   """`atomic_write_bytes` of UTF-8 text."""
   atomic_write_bytes(path, text.encode("utf-8"))
@@ -112,9 +216,16 @@ def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int | None
 
 
 __all__ = [
+  "absolute_path",
+  "append_text",
+  "as_path",
   "atomic_write_bytes",
   "atomic_write_json",
   "atomic_write_text",
   "clean_stale_temps",
   "current_umask",
+  "is_remote",
+  "join",
+  "makedirs",
+  "read_bytes",
 ]

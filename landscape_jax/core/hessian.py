@@ -30,6 +30,13 @@ keys are keyword-only (the trace and density take the key first, as `jax.random`
 as a jit- and vmap-compatible ``metric_fn(params)`` so that `surface_grid` evaluates
 eigenvalue-ratio maps with the same chunked, sharded, resumable machinery as loss surfaces.
 
+Precision: every routine here (`hvp`, `lanczos`, `hessian_eigenvalues`, `hessian_trace`,
+`spectral_density`, the metric of `make_curvature_metric_fn`) runs its dots and convolutions,
+the model's included, at ``precision="highest"`` (full float32) unless told otherwise
+(`core.precision`): by default TPUs multiply float32 in bfloat16 passes and recent GPUs in TF32,
+and Lanczos and Hutchinson sum many such products. ``precision=None`` keeps JAX's setting. On
+the CPU every choice gives the same numbers.
+
 Non-finite input: `hessian_eigenvalues`, `hessian_trace` and `spectral_density` evaluate the loss
 once first (one forward pass over ``data``) and raise FloatingPointError if it is NaN/inf (a NaN
 cross-entropy, e.g. from labels beyond the model's classes, can have finite products and would
@@ -49,10 +56,12 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
+from landscape_jax.core.precision import check_precision, matmul_precision
 from landscape_jax.core.trees import check_same_structure
 
 PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]
+CURVATURE_PRECISION = "highest"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +259,7 @@ def num_curvature_params(params: PyTree, *, mask: PyTree | None = None) -> int:
 
 
 def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
-        mask: PyTree | None = None) -> PyTree:
+        mask: PyTree | None = None, precision=CURVATURE_PRECISION) -> PyTree:
   """Hessian-vector product ``H v`` by forward-over-reverse differentiation (jitted).
 
   ``H v = d/de grad L(params + e v) |_{e=0} = jax.jvp(jax.grad(L), (params,), (v,))[1]``.
@@ -263,6 +272,9 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
     v: a pytree with the structure of ``params``.
     mask: optional pytree of Python bools: restricts to the selected leaves (``H_SS v_S``);
       unselected leaves of the result are zero and those of ``v`` are ignored.
+    precision: matmul precision of every dot and convolution (`core.precision`): ``"highest"``
+      (default, full float32 on every backend), ``"high"``, ``"default"``, a
+      `jax.lax.Precision`, or None (JAX's current setting).
 
   Returns:
     ``H v`` with the structure of ``params``.
@@ -271,7 +283,8 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
     Pearlmutter 1994, "Fast Exact Multiplication by the Hessian".
   """
   check_same_structure(params, v, names=("params", "v"), check_dtype=False)
-  return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask))
+  with matmul_precision(precision):
+    return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask))
 
 
 @functools.partial(jax.jit, static_argnums=4)
@@ -300,7 +313,7 @@ class LanczosResult(NamedTuple):
 
 
 def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_steps: int,
-            key: jax.Array | None = None) -> LanczosResult:
+            key: jax.Array | None = None, precision=CURVATURE_PRECISION) -> LanczosResult:
   """Lanczos tridiagonalisation with full reorthogonalisation, inside `lax.fori_loop`.
 
   For symmetric ``A`` (``matvec(x) = A x``) and unit ``v_1 = v0 / |v0|``:
@@ -316,6 +329,8 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_step
     v0: (P,) starting vector (need not be normalised).
     num_steps: number m of Lanczos vectors, ``1 <= m <= P``.
     key: key for restart vectors (default ``jax.random.key(0)``).
+    precision: matmul precision of the products, `matvec`'s included, and of the
+      reorthogonalisation (`core.precision`; default ``"highest"``, None: JAX's setting).
 
   Returns:
     A `LanczosResult`.
@@ -327,6 +342,12 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_step
   (dim,) = v0.shape
   if not 1 <= num_steps <= dim:
     raise ValueError(f"num_steps must lie in [1, P={dim}], got {num_steps}.")
+  with matmul_precision(precision):
+    return _lanczos_impl(matvec, v0, num_steps, key)
+
+
+def _lanczos_impl(matvec, v0, num_steps, key):
+  (dim,) = v0.shape
   key = jax.random.key(0) if key is None else key
   dtype = v0.dtype
   eps = jnp.finfo(dtype).eps
@@ -438,7 +459,7 @@ def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False):
   op = flat_hvp_operator(loss_fn, params, data, mask, linearize)
   k_start, k_restart = jax.random.split(key)
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
-  return lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart)
+  return lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart, precision=None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -465,7 +486,8 @@ class HessianEigenvalues(NamedTuple):
 def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: int = 1,
                         num_steps: int = 100, key: jax.Array | None = None,
                         mask: PyTree | None = None, vectors: bool = False,
-                        linearize: bool = False) -> HessianEigenvalues:
+                        linearize: bool = False, precision=CURVATURE_PRECISION
+                        ) -> HessianEigenvalues:
   """Top-k and smallest eigenvalues of the loss Hessian by Lanczos (PyHessian / Li et al.).
 
   Runs `lanczos` with full reorthogonalisation for ``num_steps`` steps from a Gaussian start
@@ -485,6 +507,7 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
     linearize: linearise the gradient once (`jax.linearize`) and reuse it for every Lanczos
       product: same values, cheaper products, but the forward and backward residuals of all
       of `data` stay in memory (fine for a Hessian batch of a few thousand examples).
+    precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
 
   Returns:
     A `HessianEigenvalues`.
@@ -504,8 +527,9 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   if not 1 <= top_k <= m:
     raise ValueError(f"top_k must lie in [1, num_steps={m}], got {top_k}; raise num_steps.")
   key = jax.random.key(0) if key is None else key
-  _check_loss("hessian_eigenvalues", loss_fn, params, data)
-  res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize))
+  with matmul_precision(precision):
+    _check_loss("hessian_eigenvalues", loss_fn, params, data)
+    res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize))
   _check_finite("hessian_eigenvalues", res.alphas, res.betas)
   evals, evecs = _host_eigh(res.alphas, res.betas)
   top = evals[::-1][:top_k]
@@ -569,7 +593,7 @@ def _chunked_probes(fn, key, num_probes, chunk, progress, desc):
 def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                   num_probes: int = 100, mask: PyTree | None = None,
                   probe_batch_size: int | None = None, chunk_size: int | None = None,
-                  progress: bool = False) -> TraceEstimate:
+                  progress: bool = False, precision=CURVATURE_PRECISION) -> TraceEstimate:
   """Hutchinson's estimate of ``tr H`` with Rademacher probes (PyHessian), and its error bar.
 
   ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
@@ -583,6 +607,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     chunk_size: probes per compiled call (default: all in one call); smaller chunks give a
       progress bar that moves. The result does not depend on it.
     progress: show a tqdm bar over the chunks.
+    precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
@@ -600,10 +625,11 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   if num_probes < 2:
     raise ValueError(f"num_probes must be at least 2 to give a standard error, got {num_probes}.")
   loss_fn, mask_t = _as_partial(loss_fn), _mask_tuple(params, mask)
-  _check_loss("hessian_trace", loss_fn, params, data)
-  s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
-                                                probe_batch_size),
-                      key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
+  with matmul_precision(precision):
+    _check_loss("hessian_trace", loss_fn, params, data)
+    s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
+                                                  probe_batch_size),
+                        key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
   s = np.asarray(s, np.float64)
   _check_finite("hessian_trace", s)
   return TraceEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), s)
@@ -638,7 +664,7 @@ def _slq_chunk(loss_fn, params, data, keys, num_steps, mask):
   def one(k):
     k_start, k_restart = jax.random.split(k)
     v0 = jax.random.rademacher(k_start, op.x0.shape, op.x0.dtype)
-    res = lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart)
+    res = lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart, precision=None)
     return res.alphas, res.betas
 
   return jax.lax.map(one, keys)
@@ -685,7 +711,8 @@ def density_from_quadrature(nodes, weights, *, grid=None, num_bins: int = 10000,
 def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                      num_probes: int = 1, num_steps: int = 100, grid=None,
                      num_bins: int = 10000, sigma2: float = 1e-5, scale_sigma: bool = True,
-                     mask: PyTree | None = None, progress: bool = False) -> SpectralDensity:
+                     mask: PyTree | None = None, progress: bool = False,
+                     precision=CURVATURE_PRECISION) -> SpectralDensity:
   """Spectral density of the Hessian by stochastic Lanczos quadrature (PyHessian, Ghorbani 2019).
 
   For each of ``num_probes`` Rademacher start vectors ``v`` (unit-normalised), ``num_steps``
@@ -702,6 +729,7 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     sigma2: Gaussian kernel variance (PyHessian: 1e-5, times the spectrum width if
       ``scale_sigma``).
     progress: show a tqdm bar over the probes (one compiled call per probe).
+    precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
 
   Returns:
     A `SpectralDensity`.
@@ -721,10 +749,11 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
   mask_t = _mask_tuple(params, mask)
   m = _check_steps(num_steps, num_curvature_params(params, mask=mask))
   loss_fn = _as_partial(loss_fn)
-  _check_loss("spectral_density", loss_fn, params, data)
-  alphas, betas = _chunked_probes(
-    lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t), key, int(num_probes),
-    1 if progress else num_probes, progress, "Lanczos probes")
+  with matmul_precision(precision):
+    _check_loss("spectral_density", loss_fn, params, data)
+    alphas, betas = _chunked_probes(
+      lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t), key, int(num_probes),
+      1 if progress else num_probes, progress, "Lanczos probes")
   _check_finite("spectral_density", alphas, betas)
   nodes, weights = [], []
   for a, b in zip(alphas, betas, strict=True):
@@ -741,11 +770,17 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
 # Eigenvalue-ratio maps (Li et al. 2018, Sec. 6).
 
 
-def _curvature_metrics(num_steps, mask, loss_fn, data, key, params):
+def _curvature_metrics(num_steps, mask, precision, loss_fn, data, key, params):
+  with matmul_precision(precision):
+    return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params)
+
+
+def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params):
   op = flat_hvp_operator(loss_fn, params, data, mask)
   k_start, k_restart = jax.random.split(key)
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
-  res = lanczos(op.matvec, v0, num_steps=min(num_steps, op.x0.shape[0]), key=k_restart)
+  res = lanczos(op.matvec, v0, num_steps=min(num_steps, op.x0.shape[0]), key=k_restart,
+                precision=None)
   evals = jnp.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))
   # a NaN loss can have finite products (see `_check_loss`): such points map to NaN
   finite = jnp.all(jnp.isfinite(_mean_loss_impl(loss_fn, params, data)))
@@ -755,7 +790,8 @@ def _curvature_metrics(num_steps, mask, loss_fn, data, key, params):
 
 def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
                              mask: PyTree | None = None, params_like: PyTree | None = None,
-                             key: jax.Array | None = None) -> Callable[[PyTree], dict]:
+                             key: jax.Array | None = None, precision=CURVATURE_PRECISION
+                             ) -> Callable[[PyTree], dict]:
   """Builds ``metric_fn(params) -> {"lambda_max", "lambda_min", "ratio"}`` for eigenvalue maps.
 
   Li et al. 2018 (Sec. 6) map ``|lambda_min / lambda_max|`` of the Hessian over a 2-D plane:
@@ -775,7 +811,11 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
       ``params_like`` only if you pass a mask whose structure you want checked early.
     params_like: optional params pytree used to validate ``mask`` now instead of at first call.
     key: start-vector key (default ``jax.random.key(0)``).
+    precision: matmul precision of the Lanczos run at every point (`core.precision`; default
+      ``"highest"``, kept inside a surface evaluated at another precision; None: the
+      surrounding setting). Part of the function's identity in a store.
   """
+  precision = check_precision(precision)
   if num_steps < 2:
     raise ValueError(
       f"num_steps must be at least 2 for both ends of the spectrum, got {num_steps}.")
@@ -784,11 +824,13 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
   else:
     mask_t = None
   key = jax.random.key(0) if key is None else key
-  return jax.tree_util.Partial(functools.partial(_curvature_metrics, int(num_steps), mask_t),
-                               _as_partial(loss_fn), data, key)
+  return jax.tree_util.Partial(
+    functools.partial(_curvature_metrics, int(num_steps), mask_t, precision),
+    _as_partial(loss_fn), data, key)
 
 
 __all__ = [
+  "CURVATURE_PRECISION",
   "HessianEigenvalues",
   "LanczosResult",
   "SpectralDensity",

@@ -21,6 +21,12 @@ raises `StoreMismatchError` (a ValueError) that lists what differs, and never ov
 resumable training runs and the tour check their JSON configuration files the same way
 (`check_or_write_config`). A failing write (full disk, read-only directory) raises
 `StoreWriteError` and leaves the previous state intact.
+
+A store may live on a remote filesystem (``gs://bucket/run/surface``; `fileio.is_remote`),
+opened through `etils.epath`. There each file is one object, written whole (object stores have
+no rename and need none: an object appears only once complete), and ``meta.json``, written after
+the arrays file it names and checksums, is the commit record: a reader sees the previous
+generation until it is replaced.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from landscape_jax.core import fileio
 from landscape_jax.core.fileio import atomic_write_bytes, atomic_write_json
 from landscape_jax.core.identity import describe_differences
 
@@ -68,8 +75,7 @@ def read_json(path: str, *, remedy: str) -> Any:
     StoreCorruptError: `path` is not valid UTF-8 JSON.
   """
   try:
-    with open(path, "rb") as f:
-      return json.loads(f.read().decode("utf-8"))
+    return json.loads(fileio.read_bytes(path).decode("utf-8"))
   except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
     raise StoreCorruptError(f"{path} is damaged: it is not valid JSON ({e}). The file was not "
                             f"modified. {remedy}") from e
@@ -198,7 +204,7 @@ def check_or_write_config(path: str | os.PathLike, config: dict, *, what: str, r
   """
   path = os.fspath(path)
   config = normalize_config(config)
-  present = os.path.exists(path)
+  present = fileio.as_path(path).exists()
   if present and compare:
     old = read_json(path, remedy=f"Restore it (it must match the results beside it), or start "
                     f"fresh. {remedy}")
@@ -216,14 +222,15 @@ def check_or_write_config(path: str | os.PathLike, config: dict, *, what: str, r
 
 def exists(path: str | os.PathLike) -> bool:
   """True if `path` holds a store (or something that claims to be one)."""
-  return os.path.exists(os.path.join(path, META))
+  return fileio.as_path(fileio.join(path, META)).exists()
 
 
 def _orphaned_arrays(path: str) -> list[str]:
   """Arrays files of a store whose meta.json is missing (e.g. after a partial copy)."""
-  if not os.path.isdir(path):
+  root = fileio.as_path(path)
+  if not root.is_dir():
     return []
-  return sorted(n for n in os.listdir(path) if _ARRAYS_RE.match(n))
+  return sorted(p.name for p in root.iterdir() if _ARRAYS_RE.match(p.name))
 
 
 def _key_name(key: str) -> str:
@@ -238,14 +245,13 @@ def read(path: str | os.PathLike) -> StoreState:
     StoreCorruptError: the store is truncated or corrupt (it is left untouched).
   """
   path = os.fspath(path)
-  meta_path = os.path.join(path, META)
-  if not os.path.exists(meta_path):
+  meta_path = fileio.join(path, META)
+  if not fileio.as_path(meta_path).exists():
     raise FileNotFoundError(f"No result store at {path} (missing {META}).")
   hint = (f"The store at {path} was not modified. Move it away (or pass another path) to start "
           "over, or restore it from a backup.")
   try:
-    with open(meta_path, "rb") as f:
-      meta = json.loads(f.read().decode("utf-8"))
+    meta = json.loads(fileio.read_bytes(meta_path).decode("utf-8"))
     if not isinstance(meta, dict):
       raise StoreCorruptError(f"{meta_path} holds a JSON {type(meta).__name__}, not a store's "
                               f"description. {hint}")
@@ -264,10 +270,9 @@ def read(path: str | os.PathLike) -> StoreState:
     raise StoreCorruptError(f"{meta_path} is truncated or corrupt ({e!r}). {hint}") from e
   if not _ARRAYS_RE.match(arrays_file):
     raise StoreCorruptError(f"{meta_path} names an invalid arrays file {arrays_file!r}. {hint}")
-  arrays_path = os.path.join(path, arrays_file)
+  arrays_path = fileio.join(path, arrays_file)
   try:
-    with open(arrays_path, "rb") as f:
-      data = f.read()
+    data = fileio.read_bytes(arrays_path)
   except OSError as e:
     raise StoreCorruptError(f"{arrays_path} cannot be read ({e}). {hint}") from e
   if hashlib.sha256(data).hexdigest() != digest:
@@ -295,12 +300,12 @@ def write(path: str | os.PathLike, state: StoreState) -> StoreState:
   arrays_file = f"arrays-{generation:06d}.npz"
   shape = state.done.shape
   try:
-    os.makedirs(path, exist_ok=True)
+    fileio.makedirs(path)
     buf = io.BytesIO()
     np.savez(buf, done=np.asarray(state.done, bool),
              **{_key_name(k): np.asarray(v) for k, v in state.values.items()})
     data = buf.getvalue()
-    atomic_write_bytes(os.path.join(path, arrays_file), data)
+    atomic_write_bytes(fileio.join(path, arrays_file), data)
     meta = {
       "format": FORMAT,
       "shape": list(shape),
@@ -313,15 +318,15 @@ def write(path: str | os.PathLike, state: StoreState) -> StoreState:
       "config": normalize_config(state.config),
     }
     text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=True).encode("utf-8")
-    atomic_write_bytes(os.path.join(path, META), text)
+    atomic_write_bytes(fileio.join(path, META), text)
   except OSError as e:
     raise StoreWriteError(
       f"Could not write results to {path}: {e}. The previous state on disk is intact; free disk "
       "space or choose a writable directory, then rerun to resume.") from e
-  for name in os.listdir(path):
-    if _ARRAYS_RE.match(name) and name != arrays_file:
+  for old in fileio.as_path(path).iterdir():
+    if _ARRAYS_RE.match(old.name) and old.name != arrays_file:
       try:
-        os.unlink(os.path.join(path, name))
+        old.unlink()
       except OSError:
         pass
   return dataclasses.replace(state, generation=generation)

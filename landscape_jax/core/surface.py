@@ -71,8 +71,8 @@ def surface_points(metric_fn: Callable[[PyTree], dict], center: PyTree, directio
     coords: (N, number of directions) plane coordinates (any order, finite).
     store, metadata, identity: as in `engine.evaluate_points` (the centre's and directions'
       digests are recorded by name, so a mismatch says which of them differs).
-    **engine_kwargs: ``chunk_size``, ``mesh``, ``map_mode``, ``batch_size``, ``progress`` (see
-      `engine.evaluate_points`).
+    **engine_kwargs: ``chunk_size``, ``mesh``, ``map_mode``, ``batch_size``, ``progress``,
+      ``precision`` (see `engine.evaluate_points` and `surface_grid`).
 
   Returns:
     ``{metric: array of shape (N,)}``.
@@ -95,7 +95,7 @@ def surface_grid(metric_fn: Callable[[PyTree], dict], center: PyTree, directions
                  identity: str | None = None, map_mode: str | None = None,
                  batch_size: int | None = None,
                  point_fn: Callable[[PyTree], PyTree] | None = None, progress: bool = True,
-                 ) -> dict[str, np.ndarray]:
+                 precision=None) -> dict[str, np.ndarray]:
   """Evaluates ``metric_fn`` on a 1-D or 2-D grid around `center` (Li et al. 2018).
 
   ``res[k][i, j] = metric_fn(center + xs[i] d1 + ys[j] d2)[k]`` (2-D) and
@@ -127,6 +127,11 @@ def surface_grid(metric_fn: Callable[[PyTree], dict], center: PyTree, directions
       to recompute BatchNorm statistics for the point (``{"params": p, "batch_stats": ...}``).
       Default None: Li et al.'s choice, the centre's statistics held by `metric_fn`.
     progress: show a tqdm bar (points/s and ETA) on the main process.
+    precision: matmul precision of every dot and convolution, the model's included
+      (`core.precision`): None (default: the backend's default; bfloat16 passes on TPU, TF32 on
+      recent GPUs), ``"default"``, ``"high"``, ``"highest"`` (full float32 everywhere), or a
+      `jax.lax.Precision`. Recorded in the store when given. The CPU computes the same numbers
+      at every setting.
 
   Returns:
     ``{metric: numpy array}`` of shape ``(len(xs), len(ys))`` or ``(len(xs),)``. Non-finite values
@@ -151,7 +156,8 @@ def surface_grid(metric_fn: Callable[[PyTree], dict], center: PyTree, directions
   return engine.evaluate_points(
     metric_fn, plane_point_fn(center, dirs, point_fn), grid_coordinates(xs, ys), shape=shape,
     store=store, metadata=metadata, identity=identity, chunk_size=chunk_size, mesh=mesh,
-    map_mode=map_mode, batch_size=batch_size, progress=progress, desc="surface")
+    map_mode=map_mode, batch_size=batch_size, progress=progress, desc="surface",
+    precision=precision)
 
 
 def auto_chunk_size(metric_fn, center, directions, *, num_devices: int, map_mode: str,

@@ -21,6 +21,12 @@ against it; a mismatch, or metadata that orbax cannot read, raises
 `CheckpointCorruptError` naming the leaf, and the files are left untouched (earlier steps still
 restore). Checkpoints of arrays that span several processes are not checksummed.
 
+Remote directories: a ``gs://`` directory works like a local one (paths go through
+`etils.epath`, as in orbax). Orbax does not rename there (an object store has no rename):
+it writes the step directory in place and ``commit_success.txt`` last, and `list_steps` counts
+only the steps that have it. Orbax writes the arrays with TensorStore, which it opens for local
+paths and ``gs://`` only, so other schemes (``s3://``, ...) are refused with a clear error.
+
 Trajectories (Li et al. 2018, Sec. 7, PCA of the optimisation path): `training.train` saves the
 initial point (step 0) and a checkpoint every k epochs; ``load_trajectory(dir)`` returns their
 parameters in step order, ready for ``directions.pca_directions``.
@@ -32,7 +38,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from typing import Any
 
 import flax.serialization
@@ -69,7 +74,21 @@ class CheckpointCorruptError(ValueError):
 
 
 def _checksum_path(directory: str, step: int) -> str:
-  return os.path.join(_step_dir(directory, step), CHECKSUM_FILE)
+  return fileio.join(_step_dir(directory, step), CHECKSUM_FILE)
+
+
+def _exists(path: str) -> bool:
+  return fileio.as_path(path).exists()
+
+
+def _orbax_path(path: str):
+  """The absolute path orbax is given; a remote scheme its TensorStore cannot open is refused."""
+  if fileio.is_remote(path) and not os.fspath(path).startswith("gs://"):
+    raise ValueError(
+      f"Checkpoints cannot be written to {path}: orbax writes arrays with TensorStore, which it "
+      "opens for local paths and gs:// only. Use a local directory or a gs:// bucket (results "
+      "stores and run files accept any etils.epath path).")
+  return fileio.absolute_path(path)
 
 
 def _leaf_digests(state: PyTree) -> dict[str, str] | None:
@@ -93,21 +112,20 @@ def _write_checksums(directory: str, step: int, state: PyTree) -> None:
   path = _checksum_path(directory, step)
   digests = _leaf_digests(state)
   if digests is None:
-    if os.path.exists(path):
-      os.unlink(path)
+    if _exists(path):
+      fileio.as_path(path).unlink()
     return
   fileio.atomic_write_text(path, json.dumps(digests, indent=0, sort_keys=True))
 
 
 def _verify_checksums(directory: str, step: int, path: str, restored: PyTree) -> None:
   sidecar = _checksum_path(directory, step)
-  if not os.path.exists(sidecar):
+  if not _exists(sidecar):
     return  # written by an older version, or by several processes
   hint = (f"The files were not modified; restore an earlier step (complete steps: "
           f"{list_steps(directory)}) or retrain.")
   try:
-    with open(sidecar) as f:
-      expected = json.load(f)
+    expected = json.loads(fileio.read_bytes(sidecar).decode("utf-8"))
   except (OSError, ValueError) as e:
     raise CheckpointCorruptError(f"Checksums {sidecar} of checkpoint {path} are unreadable "
                                  f"({e!r}). {hint}") from e
@@ -127,11 +145,11 @@ def _handler() -> ocp.Checkpointer:
 
 
 def _step_dir(directory: str, step: int) -> str:
-  return os.path.join(os.fspath(directory), str(int(step)))
+  return fileio.join(directory, str(int(step)))
 
 
 def _is_complete(path: str) -> bool:
-  return os.path.isdir(path) and os.path.exists(os.path.join(path, COMMIT_FILE))
+  return fileio.as_path(path).is_dir() and _exists(fileio.join(path, COMMIT_FILE))
 
 
 def list_steps(directory: str) -> list[int]:
@@ -141,10 +159,11 @@ def list_steps(directory: str) -> list[int]:
   directories without orbax's commit marker are ignored.
   """
   directory = os.fspath(directory)
-  if not os.path.isdir(directory):
+  root = fileio.as_path(directory)
+  if not root.is_dir():
     return []
-  return sorted(int(name) for name in os.listdir(directory)
-                if _STEP_RE.match(name) and _is_complete(os.path.join(directory, name)))
+  return sorted(int(p.name) for p in root.iterdir()
+                if _STEP_RE.match(p.name) and _is_complete(fileio.join(directory, p.name)))
 
 
 def latest_step(directory: str) -> int | None:
@@ -169,17 +188,18 @@ def save(directory: str, step: int, tree: PyTree, *, overwrite: bool = False) ->
   if step < 0:
     raise ValueError(f"Checkpoint step must be non-negative, got {step}.")
   path = _step_dir(directory, step)
-  if os.path.exists(path):
+  target = _orbax_path(path)
+  if _exists(path):
     if _is_complete(path) and not overwrite:
       raise ValueError(
         f"A checkpoint for step {step} already exists at {path}; pass overwrite=True to replace it "
         "or use a fresh directory.")
     if jax.process_index() == 0:
-      shutil.rmtree(path)
-  os.makedirs(os.fspath(directory), exist_ok=True)
+      fileio.as_path(path).rmtree()
+  fileio.makedirs(directory)
   state = flax.serialization.to_state_dict(tree)
   state = jax.tree.map(lambda x: np.asarray(x) if np.isscalar(x) else x, state)
-  _handler().save(os.path.abspath(path), args=ocp.args.StandardSave(state))
+  _handler().save(target, args=ocp.args.StandardSave(state))
   _write_checksums(directory, step, state)
   return path
 
@@ -201,7 +221,7 @@ def _resolve_step(directory: str, step: int | None) -> int:
 def saved_structure(directory: str, step: int | None = None) -> PyTree:
   """The saved state dict of a checkpoint as `jax.ShapeDtypeStruct` leaves (reads no arrays)."""
   path = _step_dir(directory, _resolve_step(directory, step))
-  meta = _handler().metadata(os.path.abspath(path))
+  meta = _handler().metadata(_orbax_path(path))
   meta = getattr(meta, "item_metadata", meta)
   meta = getattr(meta, "tree", meta)
   out = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), meta)
@@ -240,7 +260,7 @@ def restore(directory: str, target: PyTree | None = None, *, step: int | None = 
       checksum (a `ValueError` too).
   """
   step = _resolve_step(directory, step)
-  path = os.path.abspath(_step_dir(directory, step))
+  path = _orbax_path(_step_dir(directory, step))
   saved = saved_structure(directory, step)
   if target is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -338,16 +358,16 @@ class EpochCheckpoints:
     self._ocp = ocp
     self.workdir = workdir
     self.name = name
-    os.makedirs(workdir, exist_ok=True)
-    check_or_write_config(os.path.join(workdir, f"{name}_config.json"), config,
+    fileio.makedirs(workdir)
+    check_or_write_config(fileio.join(workdir, f"{name}_config.json"), config,
                           what=f"the checkpoints of a {name} training run",
                           remedy=CONFIG_REMEDY)
     self.manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, f"{name}_ckpt")),
+      _orbax_path(fileio.join(workdir, f"{name}_ckpt")),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
   def _step_dir(self, epochs_done: int) -> str:
-    return os.path.join(self.workdir, f"{self.name}_ckpt", str(epochs_done))
+    return fileio.join(self.workdir, f"{self.name}_ckpt", str(epochs_done))
 
   def restore(self, state: PyTree) -> tuple[PyTree, int, list[dict]]:
     """``(state, epochs done, history)`` of the latest checkpoint (`state` unchanged if none)."""
@@ -367,8 +387,8 @@ class EpochCheckpoints:
     # orbax returns NamedTuples (optax states too) as lists; the leaf order is the same
     state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(restored["state"]))
     history = []
-    hist_path = os.path.join(self.workdir, f"{self.name}_history.json")
-    if os.path.exists(hist_path):
+    hist_path = fileio.join(self.workdir, f"{self.name}_history.json")
+    if _exists(hist_path):
       saved = read_json(hist_path, remedy="Move it away to resume without the records of the "
                         "finished epochs (the checkpoints are intact).")
       history = [h for h in saved if h["epoch"] < last]
@@ -376,7 +396,7 @@ class EpochCheckpoints:
 
   def save(self, epochs_done: int, state: PyTree, history: list[dict]) -> None:
     """History first, then the state (orbax, atomic), then its sha256 file."""
-    fileio.atomic_write_json(os.path.join(self.workdir, f"{self.name}_history.json"), history,
+    fileio.atomic_write_json(fileio.join(self.workdir, f"{self.name}_history.json"), history,
                              indent=None)
     self.manager.save(epochs_done, args=self._ocp.args.StandardSave({"state": state}))
     self.manager.wait_until_finished()
@@ -389,18 +409,17 @@ class EpochCheckpoints:
 def _write_leaf_digests(step_dir: str, state: PyTree) -> None:
   """sha256 of every leaf (in leaf order) next to an orbax step: its compression has no checksum."""
   digests = _leaf_digests(state)
-  if digests is not None and os.path.isdir(step_dir):
-    fileio.atomic_write_json(os.path.join(step_dir, CHECKSUM_FILE),
+  if digests is not None and fileio.as_path(step_dir).is_dir():
+    fileio.atomic_write_json(fileio.join(step_dir, CHECKSUM_FILE),
                              list(digests.values()), indent=None)
 
 
 def _verify_leaf_digests(step_dir: str, restored: PyTree) -> None:
-  path = os.path.join(step_dir, CHECKSUM_FILE)
-  if not os.path.exists(path):
+  path = fileio.join(step_dir, CHECKSUM_FILE)
+  if not _exists(path):
     return  # killed between the orbax commit and this file: restored unverified
   try:
-    with open(path) as f:
-      expected = json.load(f)
+    expected = json.loads(fileio.read_bytes(path).decode("utf-8"))
   except (OSError, ValueError) as e:
     raise CheckpointCorruptError(f"Checksums {path} are unreadable ({e!r}).") from e
   got = _leaf_digests(restored)

@@ -3,13 +3,16 @@
 A run directory holds ``config.json`` (the configuration with the sha256 of the data it trained
 on; a resumed run with another one is refused), ``metrics.jsonl`` (one JSON record per epoch, cut
 back to the restored epoch on resume) and ``checkpoints/`` (see `methods.checkpoints`).
+
+A run directory may be remote (``gs://bucket/runs/resnet``): its files go through `etils.epath`
+(`core.fileio`); ``metrics.jsonl`` is then rewritten whole at every epoch, as object stores
+cannot append.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +71,7 @@ def check_config(workdir: str, config: dict, resuming: bool) -> None:
   `RESUME_FREE` (`store.check_or_write_config`) and rewrites it with the new free settings.
   """
   store.check_or_write_config(
-    os.path.join(workdir, CONFIG_FILE), config, what="the checkpoints of a training run",
+    fileio.join(workdir, CONFIG_FILE), config, what="the checkpoints of a training run",
     remedy="To start fresh, use another workdir (--workdir) or move this one away; to resume, "
     "rerun with the old settings and data.", ignore=RESUME_FREE, compare=resuming,
     write=jax.process_index() == 0, rewrite=True)
@@ -81,8 +84,8 @@ def read_config(workdir: str) -> dict:
     FileNotFoundError: `workdir` holds no training run.
     StoreCorruptError: the file is damaged (it is left as it is).
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = fileio.join(workdir, CONFIG_FILE)
+  if not fileio.as_path(path).exists():
     raise FileNotFoundError(f"{workdir} holds no training run (no {CONFIG_FILE}): pass the "
                             "--workdir of a run of experiments/train.py.")
   return store.read_json(path, remedy="Restore it from a copy, or retrain into a fresh workdir.")
@@ -99,45 +102,41 @@ def load_run(workdir: str, *, step: int | None = None, data_dir: str | None = No
   config = read_config(workdir)
   missing = [k for k in ("dataset", "model") if k not in config]
   if missing:
-    raise ValueError(f"{os.path.join(workdir, CONFIG_FILE)} names no {' or '.join(missing)}: "
+    raise ValueError(f"{fileio.join(workdir, CONFIG_FILE)} names no {' or '.join(missing)}: "
                      "it was written by `training.train` directly. Rebuild the model and load "
                      "the variables with `checkpoints.load_variables` instead.")
   data = load(config["dataset"], split, data_dir=data_dir or config.get("data_dir"))
   model = get_model(config["model"], num_classes=data.num_classes,
                     **dict(config.get("model_kwargs") or {}))
-  variables = checkpoints.load_variables(os.path.join(workdir, CHECKPOINT_DIR), step=step)
+  variables = checkpoints.load_variables(fileio.join(workdir, CHECKPOINT_DIR), step=step)
   return model, dict(variables), data, config
 
 
 def read_metrics(workdir: str) -> list[dict]:
   """The per-epoch records of ``<workdir>/metrics.jsonl`` (a torn last line is skipped)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = fileio.join(workdir, METRICS_FILE)
+  if not fileio.as_path(path).exists():
     return []
   out = []
-  with open(path) as f:
-    for line in f:
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
+  for line in fileio.read_bytes(path).decode("utf-8", errors="replace").splitlines():
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
   return out
 
 
 def rewrite_metrics(workdir: str, records: list[dict]) -> None:
   if jax.process_index() != 0:
     return
-  fileio.atomic_write_text(os.path.join(workdir, METRICS_FILE),
+  fileio.atomic_write_text(fileio.join(workdir, METRICS_FILE),
                            "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_metrics(workdir: str, record: dict) -> None:
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, METRICS_FILE), "a") as f:
-    f.write(json.dumps(record) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+  fileio.append_text(fileio.join(workdir, METRICS_FILE), json.dumps(record) + "\n")
 
 
 

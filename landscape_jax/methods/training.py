@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -53,6 +52,7 @@ from landscape_jax.adapters.evaluation import (
   evaluate_split,
 )
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
+from landscape_jax.core import fileio
 from landscape_jax.core.sharding import make_mesh
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.rundir import (
@@ -320,11 +320,12 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
     model: a linen module (``model.apply(variables, x, train=...)``).
     train_ds, test_ds: `Dataset` splits (uint8 images); test_ds may be None.
     config: a `ml_collections.ConfigDict` or mapping with the fields of `DEFAULTS`.
-    workdir: output directory. If it holds checkpoints, training resumes from the latest one
-      (after checking that ``config.json`` matches: the configuration and the sha256 digests of
-      the training and test splits' images and labels, ``train_data_sha256`` /
-      ``test_data_sha256``; the initial variables come from ``config.seed``) and
-      ``metrics.jsonl`` is cut back to it.
+    workdir: output directory, local or remote (``gs://bucket/run``, through `etils.epath`;
+      see `methods.rundir` and `methods.checkpoints`). If it holds checkpoints, training
+      resumes from the latest one (after checking that ``config.json`` matches: the
+      configuration and the sha256 digests of the training and test splits' images and labels,
+      ``train_data_sha256`` / ``test_data_sha256``; the initial variables come from
+      ``config.seed``) and ``metrics.jsonl`` is cut back to it.
     mesh: the devices to shard each batch over: a 1-D mesh of any axis name
       (`sharding.make_mesh()`) or a mesh with a ``"data"`` axis (default: every device).
     progress: show a tqdm progress bar.
@@ -363,8 +364,8 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   steps_per_epoch = n // batch_size
   tx, schedule = optimizer_from_config(cfg, steps_per_epoch)
 
-  os.makedirs(workdir, exist_ok=True)
-  ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+  fileio.makedirs(workdir)
+  ckpt_dir = fileio.join(workdir, CHECKPOINT_DIR)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(axis))
 
