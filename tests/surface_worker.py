@@ -102,9 +102,9 @@ def _distributed(store, port, process_id, out):
   lj.sharding.sync("done")
 
 
-TRAIN_CONFIG = dict(model="mlp_small", num_epochs=2, batch_size=32, learning_rate=0.1,
-                    nesterov=True, weight_decay=5e-4, schedule="cosine", augment=True,
-                    augment_pad=1, augment_flip=False, checkpoint_every_epochs=1)
+TRAIN_CONFIG = dict(model="mlp_small", dataset="digits", num_epochs=2, batch_size=32,
+                    learning_rate=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine",
+                    augment=True, augment_pad=1, augment_flip=False, checkpoint_every_epochs=1)
 
 
 def train_problem():

@@ -136,7 +136,7 @@ def test_sgd_other_init_data_or_loss_fn_refused(setup, tmp_path, digits_train):
 
 def test_training_on_other_data_refused(tmp_path, digits_train, digits_test):
   model = lj.get_model("mlp_small", num_classes=10)
-  config = dict(model="mlp_small", num_epochs=2, batch_size=64,
+  config = dict(model="mlp_small", dataset="digits", num_epochs=2, batch_size=64,
                                    checkpoint_every_epochs=1)
   mesh = lj.make_mesh(devices=jax.devices()[:1])
   data = digits_train.subset(slice(0, 128))
@@ -183,7 +183,7 @@ def test_symlinks_at_old_temp_names_never_redirect_writes(setup, tmp_path, digit
   run = tmp_path / "train"
   run.mkdir()
   _plant(run, ["config.json.tmp", "metrics.jsonl.tmp", f"config.json.tmp{pid}"], victim)
-  config = dict(model="mlp_small", num_epochs=1, batch_size=64)
+  config = dict(model="mlp_small", dataset="digits", num_epochs=1, batch_size=64)
   training.train(lj.get_model("mlp_small", num_classes=10), data, config=config,
                  workdir=str(run), mesh=lj.make_mesh(devices=jax.devices()[:1]), progress=False)
   assert victim.read_text() == "precious"

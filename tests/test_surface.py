@@ -181,8 +181,8 @@ def test_experiment_script_runs(tmp_path, extra, digits_train):
   if not extra:  # also a run of experiments/train.py, read back with rundir.load_run
     train_dir = tmp_path / "runs" / "mlp_run"
     lj.training.train(lj.get_model("mlp_small", num_classes=10), digits_train,
-                      config=dict(model="mlp_small", num_epochs=1,
-                                                        batch_size=64),
+                      config=dict(model="mlp_small", dataset="digits", num_epochs=1,
+                                  batch_size=64),
                       workdir=str(train_dir), mesh=lj.make_mesh(devices=jax.devices()[:1]),
                       progress=False)
     runs += f", '{train_dir}'"

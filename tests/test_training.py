@@ -277,7 +277,7 @@ def test_torn_metrics_line_is_skipped(tmp_path):
 
 def test_load_run_rebuilds_the_run_and_damaged_configs_are_named(tmp_path, digits_train):
   model = lj.get_model("mlp_small", num_classes=10)
-  config = dict(model="mlp_small", num_epochs=1, batch_size=64,
+  config = dict(model="mlp_small", dataset="digits", num_epochs=1, batch_size=64,
                                    checkpoint_every_epochs=1)
   mesh = lj.make_mesh(devices=jax.devices()[:1])
   state, _ = training.train(model, digits_train, config=config, workdir=str(tmp_path), mesh=mesh,
