@@ -1,5 +1,6 @@
 """The digits shipped as landscape_jax/datasets/digits.npz: exactly scikit-learn's load_digits(),
-read without pickle, and `lj.load("digits")` computed from it as it was from scikit-learn."""
+read as plain arrays (allow_pickle=False), and `lj.load("digits")` computed from it as it was
+from scikit-learn."""
 
 import importlib.resources
 import zipfile

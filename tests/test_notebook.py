@@ -1,6 +1,7 @@
 """CI executes the Colab notebook at tiny size so that it cannot rot."""
 
 import os
+import runpy
 
 import nbformat
 import pytest
@@ -62,7 +63,9 @@ def test_install_cell_picks_the_extras_of_the_runtime(runtime, expected, monkeyp
   monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
   monkeypatch.delenv("LANDSCAPE_JAX_SOURCE", raising=False)
   monkeypatch.chdir(tmp_path)  # no ../pyproject.toml: not a checkout
-  exec(compile(_install_cell(), "install-cell", "exec"), {})
+  cell = tmp_path / "install_cell.py"
+  cell.write_text(_install_cell())
+  runpy.run_path(str(cell))  # the cell as a script, with the fakes above in place
   assert len(calls) == 1 and calls[0][-1] == expected.format(url=_repository_url())
   assert calls[0][1:4] == ["-m", "pip", "install"]
 
