@@ -1,13 +1,15 @@
-// oneDNN 2-D convolution as an XLA FFI custom call for the CPU (see landscape_jax/onednn.py).
+// oneDNN 2-D convolution as an XLA FFI custom call for the CPU (see backends/cpu/onednn.py).
 //
 //   z[n, i, j, o] = sum_{a, b, c} xp[n, i * sh + a * dh, j * sw + b * dw, c] * w[a, b, c, o]
 //                   (+ bias[o]) (+ residual[n, i, j, o]),   y = relu(z) if `relu` else z,
 //
-// x: (N, H, W, C) float32 (NHWC), w: (KH, KW, C, O) float32 (HWIO), y: (N, OH, OW, O) (NHWC),
+// x: (N, H, W, C) (NHWC), w: (KH, KW, C, O) (HWIO), y: (N, OH, OW, O) (NHWC): x and w both
+// float32, or both bfloat16 (the products then accumulate in float32: oneDNN's bf16 convolutions
+// on avx512_bf16 / AMX); y float32, or bfloat16 (rounded once, after the epilogue);
 // xp = x zero-padded by `padding` = (top, bottom, left, right); `strides` = (sh, sw);
 // `dilation` = (dh, dw) is the kernel dilation of lax.conv_general_dilated (1 = none).
-// The optional operands follow x and w: bias (O,) if `bias`, then residual (N, OH, OW, O) if
-// `residual`; bias, residual and ReLU are applied by oneDNN while the output tile is in cache
+// The optional operands follow x and w: bias (O,) float32 if `bias`, then residual
+// (N, OH, OW, O) float32 if `residual`; bias, residual and ReLU are applied by oneDNN while the output tile is in cache
 // (its bias argument, a binary-add post-op and an eltwise post-op).
 //
 // Forward inference with oneDNN's own choice of weight layout (the weights are reordered into it
@@ -30,7 +32,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kKeySize = 20;
+constexpr int kKeySize = 22;
 
 struct Key {
   int64_t v[kKeySize];
@@ -84,19 +86,23 @@ std::shared_ptr<Entry> MakeEntry(const Key& k) {
   using tag = dnnl::memory::format_tag;
   using dt = dnnl::memory::data_type;
   const int64_t* v = k.v;
-  // v: n, ih, iw, ic, kh, kw, oc, oh, ow, sh, sw, dh, dw, pt, pb, pl, pr, bias, residual, relu
+  // v: n, ih, iw, ic, kh, kw, oc, oh, ow, sh, sw, dh, dw, pt, pb, pl, pr, bias, residual, relu,
+  //    src/weights bf16, dst bf16
   dnnl::memory::dims src{v[0], v[3], v[1], v[2]};
   dnnl::memory::dims wts{v[6], v[3], v[4], v[5]};
   dnnl::memory::dims dst{v[0], v[6], v[7], v[8]};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const dt sdt = v[20] ? dt::bf16 : dt::f32;
+  const dt ddt = v[21] ? dt::bf16 : dt::f32;
   dnnl::post_ops post;
-  auto dst_md = dnnl::memory::desc(dst, dt::f32, tag::nhwc);
-  if (v[18]) post.append_binary(dnnl::algorithm::binary_add, dst_md);
+  auto dst_md = dnnl::memory::desc(dst, ddt, tag::nhwc);
+  if (v[18]) post.append_binary(dnnl::algorithm::binary_add,
+                                dnnl::memory::desc(dst, dt::f32, tag::nhwc));
   if (v[19]) post.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
   attr.set_post_ops(post);
-  auto src_md = dnnl::memory::desc(src, dt::f32, tag::nhwc);
-  auto wts_md = dnnl::memory::desc(wts, dt::f32, tag::any);
+  auto src_md = dnnl::memory::desc(src, sdt, tag::nhwc);
+  auto wts_md = dnnl::memory::desc(wts, sdt, tag::any);
   dnnl::memory::dims strides{v[9], v[10]}, dilates{v[11] - 1, v[12] - 1};
   dnnl::memory::dims pad_l{v[13], v[15]}, pad_r{v[14], v[16]};
   auto fwd = dnnl::prop_kind::forward_inference;
@@ -110,7 +116,7 @@ std::shared_ptr<Entry> MakeEntry(const Key& k) {
                         pad_r, attr);
   auto e = std::make_shared<Entry>();
   e->conv = dnnl::convolution_forward(pd);
-  e->user_weights = dnnl::memory::desc(wts, dt::f32, tag::hwio);
+  e->user_weights = dnnl::memory::desc(wts, sdt, tag::hwio);
   e->weights = pd.weights_desc();
   e->scratchpad_bytes = pd.scratchpad_desc().get_size();
   e->impl = pd.impl_info_str();
@@ -133,8 +139,8 @@ std::shared_ptr<Entry> Lookup(const Key& k) {
   return e;
 }
 
-ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::RemainingArgs rest,
-                ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::RemainingArgs rest,
+                ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
                 ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation, bool bias,
                 bool residual, bool relu) {
   auto xd = x.dimensions();
@@ -147,6 +153,15 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Remaining
   if (wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0]) {
     return ffi::Error::InvalidArgument("onednn_conv: channel or batch sizes do not match.");
   }
+  const auto xt = x.element_type();
+  const auto yt = y->element_type();
+  if ((xt != ffi::DataType::F32 && xt != ffi::DataType::BF16) || w.element_type() != xt ||
+      (yt != ffi::DataType::F32 && yt != ffi::DataType::BF16)) {
+    return ffi::Error::InvalidArgument(
+        "onednn_conv: x and w must both be float32 or both bfloat16, y float32 or bfloat16.");
+  }
+  const bool src_bf16 = xt == ffi::DataType::BF16;
+  const bool dst_bf16 = yt == ffi::DataType::BF16;
   if (rest.size() != static_cast<size_t>(bias) + static_cast<size_t>(residual)) {
     return ffi::Error::InvalidArgument("onednn_conv: operands do not match bias / residual.");
   }
@@ -168,12 +183,12 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Remaining
   }
   Key k{{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], strides[0], strides[1],
          dilation[0], dilation[1], padding[0], padding[1], padding[2], padding[3], bias, residual,
-         relu}};
+         relu, src_bf16, dst_bf16}};
   try {
     std::shared_ptr<Entry> e = Lookup(k);
     thread_local Buffer scratch, weights;
     dnnl::stream stream(Engine());
-    dnnl::memory wu(e->user_weights, Engine(), w.typed_data());
+    dnnl::memory wu(e->user_weights, Engine(), w.untyped_data());
     dnnl::memory wm = wu;
     if (e->reorder_weights) {
       wm = dnnl::memory(e->weights, Engine(), weights.Get(e->weights.get_size()));
@@ -181,10 +196,12 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Remaining
     }
     using tag = dnnl::memory::format_tag;
     using dt = dnnl::memory::data_type;
-    dnnl::memory src(dnnl::memory::desc({xd[0], xd[3], xd[1], xd[2]}, dt::f32, tag::nhwc),
-                     Engine(), x.typed_data());
-    dnnl::memory dst(dnnl::memory::desc({yd[0], yd[3], yd[1], yd[2]}, dt::f32, tag::nhwc),
-                     Engine(), y->typed_data());
+    dnnl::memory src(dnnl::memory::desc({xd[0], xd[3], xd[1], xd[2]}, src_bf16 ? dt::bf16 : dt::f32,
+                                        tag::nhwc),
+                     Engine(), x.untyped_data());
+    dnnl::memory dst(dnnl::memory::desc({yd[0], yd[3], yd[1], yd[2]}, dst_bf16 ? dt::bf16 : dt::f32,
+                                        tag::nhwc),
+                     Engine(), y->untyped_data());
     dnnl::memory pad(dnnl::memory::desc({static_cast<int64_t>(e->scratchpad_bytes)}, dt::u8, tag::a),
                      Engine(), scratch.Get(e->scratchpad_bytes + 64));
     std::unordered_map<int, dnnl::memory> args{
@@ -196,7 +213,9 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Remaining
     }
     if (residual_data != nullptr) {
       args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
-                   dnnl::memory(dst.get_desc(), Engine(), residual_data));
+                   dnnl::memory(dnnl::memory::desc({yd[0], yd[3], yd[1], yd[2]}, dt::f32,
+                                                   tag::nhwc),
+                                Engine(), residual_data));
     }
     e->conv.execute(stream, args);
     stream.wait();
@@ -210,10 +229,10 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Remaining
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LandscapeJaxOnednnConv, Conv,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding")
                                   .Attr<ffi::Span<const int64_t>>("dilation")
