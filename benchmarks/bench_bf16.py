@@ -4,10 +4,11 @@ side in one run.
 * **W1** (speed): a CIFAR ResNet-20 at random initialisation, two filter-normalised directions,
   an 11 x 11 grid on [-1, 1]^2, 1000 synthetic 32 x 32 x 3 images, loss + accuracy;
   `make_metric_fn` with its defaults (BatchNorm folded, oneDNN convolutions on the CPU) against
-  the same with ``compute_dtype="bfloat16"``. Each round runs `surface_grid` over the whole grid
-  with both, in alternating order (interleaved rounds, so that a change of machine load hits both
-  alike); the table gives the medians and the range of the per-round ratios. The two surfaces
-  also give the deviation on W1.
+  the same with ``compute_dtype="bfloat16"``, each at the batch size `choose_batch_size` picks
+  for it (32 to 256: bfloat16 activations take half the cache). Each round runs
+  `surface_grid` over the whole grid with both, interleaved row by row (order alternating), so
+  that a change of machine load hits both alike; the table gives the medians of the per-round
+  totals and the range of the per-round ratios. The two surfaces also give the deviation on W1.
 * **Deviation near a minimum**: a ResNet-8 trained briefly on digits (`training.train`), its
   11 x 11 train-loss surface (the whole digits training split) in both precisions.
 
@@ -36,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _common as C
 
 import landscape_jax as lj
-from landscape_jax.backends.cpu import onednn, onednn_build
+from landscape_jax.backends.cpu import autotune, onednn, onednn_build
 from landscape_jax.methods import training
 
 BF16 = "bfloat16"
@@ -50,9 +51,10 @@ def parse_args(argv=None):
   p.add_argument("--grid", type=int, default=11, help="points per side of both grids")
   p.add_argument("--images", type=int, default=1000)
   p.add_argument("--epochs", type=int, default=10, help="training epochs of the digits ResNet-8")
+  p.add_argument("--batch_sizes", default="32,64,128,256", help="choose_batch_size candidates")
   args = p.parse_args(argv)
   if args.tiny:
-    args.rounds, args.grid, args.images, args.epochs = 1, 3, 64, 1
+    args.rounds, args.grid, args.images, args.epochs, args.batch_sizes = 1, 3, 64, 1, "32"
   return args
 
 
@@ -82,22 +84,37 @@ def w1(args) -> dict:
   params, bs = v["params"], v["batch_stats"]
   dirs = lj.random_directions(jax.random.key(1), params, num=2)
   xs = ys = np.linspace(-1.0, 1.0, args.grid)
-  fns = {"float32": lj.make_metric_fn(model, data, batch_stats=bs),
-         BF16: lj.make_metric_fn(model, data, batch_stats=bs, compute_dtype=BF16)}
+  fns, batch = {}, {}
+  for k, dtype in (("float32", None), (BF16, BF16)):
+    make = lambda b, dtype=dtype: lj.make_metric_fn(model, data, batch_stats=bs, batch_size=b,
+                                                    compute_dtype=dtype)
+    b, tried = autotune.choose_batch_size(
+      make, params, candidates=[int(c) for c in args.batch_sizes.split(",")], repeats=3)
+    print(f"{k}: batch size {b} ({', '.join(f'{c}: {t:.3f} s' for c, t in tried.items())})",
+          flush=True)
+    fns[k], batch[k] = make(b), b
   kw = dict(chunk_size=len(ys), progress=False)
-  for fn in fns.values():  # compile (the same chunk shape as the timed grids)
+  for fn in fns.values():  # compile (the same chunk shape as the timed rows)
     lj.surface_grid(fn, params, dirs, xs[:1], ys, **kw)
   times = {k: [] for k in fns}
-  surfaces = {}
+  rows = {k: [None] * len(xs) for k in fns}
   for r in range(args.rounds):
-    for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-      t = time.perf_counter()
-      surfaces[k] = lj.surface_grid(fns[k], params, dirs, xs, ys, **kw)
-      times[k].append(time.perf_counter() - t)
+    total = dict.fromkeys(fns, 0.0)
+    for i in range(len(xs)):  # row by row, the order alternating
+      for k in (list(fns) if (r + i) % 2 == 0 else list(fns)[::-1]):
+        t = time.perf_counter()
+        rows[k][i] = lj.surface_grid(fns[k], params, dirs, xs[i:i + 1], ys, **kw)
+        total[k] += time.perf_counter() - t
+    for k in fns:
+      times[k].append(total[k])
+    print(f"round {r + 1}: " + ", ".join(f"{k} {v:.1f} s" for k, v in total.items()), flush=True)
+  surfaces = {k: {m: np.concatenate([row[m] for row in v]) for m in v[0]}
+              for k, v in rows.items()}
   ratios = np.asarray(times["float32"]) / np.asarray(times[BF16])
   med = {k: float(np.median(v)) for k, v in times.items()}
   return {"model": name, "points": len(xs) * len(ys), "times": times, "median": med,
-          "speedup": med["float32"] / med[BF16], "ratio range": (ratios.min(), ratios.max()),
+          "batch": batch, "speedup": med["float32"] / med[BF16],
+          "ratio range": (ratios.min(), ratios.max()),
           **deviations(surfaces["float32"], surfaces[BF16], xs, ys)}
 
 
@@ -139,8 +156,8 @@ def main(argv=None):
   total = time.perf_counter() - start
   g = f"{args.grid} x {args.grid}"
   table = C.markdown_table(
-    ["W1 variant", "s / grid (median)", "s / point", "points/s", "per-round s"],
-    [[k, v, v / speed["points"], speed["points"] / v,
+    ["W1 variant", "batch size", "s / grid (median)", "s / point", "points/s", "per-round s"],
+    [[k, speed["batch"][k], v, v / speed["points"], speed["points"] / v,
       " ".join(f"{t:.1f}" for t in speed["times"][k])] for k, v in speed["median"].items()])
   dev = C.markdown_table(
     ["surface", "loss range (f32)", "max rel loss dev", "max rel loss dev, |x|,|y| <= 0.2",
@@ -155,8 +172,10 @@ def main(argv=None):
   body = (
     f"W1: {speed['model']} at random initialisation, filter-normalised directions, {g} grid "
     f"on [-1, 1]^2, {args.images} images 32x32x3, loss + accuracy, `make_metric_fn` defaults "
-    f"(float32) against `compute_dtype=\"bfloat16\"`; {args.rounds} interleaved rounds of the "
-    f"whole grid (order alternating), medians.\n\n{table}\n\n"
+    f"(float32) against `compute_dtype=\"bfloat16\"`, each at the batch size "
+    f"`choose_batch_size` picked for it from {args.batch_sizes}; {args.rounds} rounds of the "
+    f"whole grid, interleaved row by row (order alternating), medians of the round totals."
+    f"\n\n{table}\n\n"
     f"- bfloat16 / float32 on W1: **{speed['speedup']:.2f}x** the speed (per-round ratios "
     f"{speed['ratio range'][0]:.2f}-{speed['ratio range'][1]:.2f})\n\n"
     f"Deviation |L_bf16 - L_f32| / |L_f32| over the {g} grids (filter-normalised directions on "

@@ -106,6 +106,30 @@ def test_bf16_conv_is_the_conv_of_the_rounded_operands(strides, padding, dilatio
 
 
 @needs_bf16_cpu
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+def test_bf16_conv_of_float32_images_in_chunks(out_dtype):
+  """A float32 x is rounded inside the kernel a few images at a time (here 16 + 16 + 13 images of
+  32x32x16): every chunk, with its residual and output offsets, equals the reference."""
+  k = jax.random.split(jax.random.key(3), 4)
+  x = jax.random.normal(k[0], (45, 32, 32, 16))
+  w = jax.random.normal(k[1], (3, 3, 16, 8)) / 12
+  b, r = jax.random.normal(k[2], (8,)), jax.random.normal(k[3], (45, 16, 16, 8))
+  kw = dict(strides=2, padding=1, bias=b, residual=r, relu=True, compute_dtype="bfloat16",
+            out_dtype=out_dtype)
+  y = jax.jit(functools.partial(onednn.conv, **kw))(x, w)
+  ref = np.maximum(_numpy_conv(_bf16(x), _bf16(w), (2, 2), (1, 1, 1, 1), (1, 1))
+                   + np.asarray(b) + np.asarray(r), 0)
+  if out_dtype == jnp.bfloat16:
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=2 ** -8, atol=1e-5)
+  else:
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+  assert float(np.abs(np.asarray(y, np.float64) - ref)[-13:].max()) < 0.05  # the last chunk
+  whole = jax.jit(functools.partial(onednn.conv, **kw))(x.astype(jnp.bfloat16), w)  # one call
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(whole, np.float32),
+                             rtol=2 ** -8, atol=1e-5)
+
+
+@needs_bf16_cpu
 def test_bf16_conv_grad_and_vmap():
   kx, kw = jax.random.split(jax.random.key(1))
   x, w = jax.random.normal(kx, (2, 6, 6, 8)), jax.random.normal(kw, (3, 3, 8, 4))

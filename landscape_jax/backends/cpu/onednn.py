@@ -65,14 +65,15 @@ class Config(NamedTuple):
 
 
 def _operands(cfg: Config, x, w):
-  if cfg.bf16:
-    return x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-  return x, w
+  """The FFI call's x and w: with bf16 compute the kernel rounds a float32 x itself (a few
+  images at a time, in cache: no pass over the activations of its own)."""
+  return (x, w.astype(jnp.bfloat16)) if cfg.bf16 else (x, w)
 
 
 def _reference(cfg: Config, x, w, *rest):
   """The same computation in XLA: relu(conv(x, w) + bias + residual)."""
-  x, w = _operands(cfg, x, w)
+  if cfg.bf16:
+    x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
   y = jax.lax.conv_general_dilated(
     x, w, cfg.strides, ((cfg.padding[0], cfg.padding[1]), (cfg.padding[2], cfg.padding[3])),
     rhs_dilation=cfg.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -235,7 +236,7 @@ def implementation(x_shape: Sequence[int], w_shape: Sequence[int], *, strides=1,
   key = (n, h, w, c, kh, kw, o, _out_size(h, kh, strides[0], dilation[0], *padding[:2]),
          _out_size(w, kw, strides[1], dilation[1], *padding[2:]), *strides, *dilation, *padding,
          int(bias), int(residual), int(relu),
-         int(canonical_compute_dtype(compute_dtype) == "bfloat16"), 0)
+         int(canonical_compute_dtype(compute_dtype) == "bfloat16"), 0, 0)
   return library().LandscapeJaxOnednnConvImpl((ctypes.c_int64 * len(key))(*key)).decode()
 
 
