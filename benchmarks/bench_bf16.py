@@ -171,8 +171,9 @@ def main(argv=None):
   met_dev = max(near["max rel dev, centre"], speed["max rel dev, centre"]) <= 1e-2
   body = (
     f"W1: {speed['model']} at random initialisation, filter-normalised directions, {g} grid "
-    f"on [-1, 1]^2, {args.images} images 32x32x3, loss + accuracy, `make_metric_fn` defaults "
-    f"(float32) against `compute_dtype=\"bfloat16\"`, each at the batch size "
+    f"on [-1, 1]^2, {args.images} images 32x32x3, loss + accuracy, `make_metric_fn` (float32, "
+    f"BatchNorm folded, oneDNN on the CPU) against `compute_dtype=\"bfloat16\"`, each at the "
+    f"batch size "
     f"`choose_batch_size` picked for it from {args.batch_sizes}; {args.rounds} rounds of the "
     f"whole grid, interleaved row by row (order alternating), medians of the round totals."
     f"\n\n{table}\n\n"
