@@ -161,7 +161,8 @@ _MISFIT = (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError
 
 
 def apply_checked(model: nn.Module, num_classes: int | None, variables, x, train: bool = False,
-                   fold_batchnorm: bool = False, onednn: bool = False, **kwargs):
+                   fold_batchnorm: bool = False, onednn: bool = False, compute_dtype=None,
+                   **kwargs):
   """``model.apply(variables, x, train=train)`` with clear errors for inputs that do not fit.
 
   Checked while tracing (shapes are static, nothing is added to the compiled program): images
@@ -170,7 +171,7 @@ def apply_checked(model: nn.Module, num_classes: int | None, variables, x, train
   would otherwise be NaN for the labels out of its range. With `fold_batchnorm` (inference only)
   each BatchNorm that is the only consumer of a conv/dense output is folded into that layer, if the
   build-time check agrees (`adapters.folding.fuse_batchnorm`); with `onednn` (inference only)
-  the convolutions run on oneDNN (`backends.cpu.onednn`).
+  the convolutions run on oneDNN (`backends.cpu.onednn`); `compute_dtype` as in `make_metric_fn`.
   """
   inference = not train and not kwargs
   try:
@@ -179,7 +180,9 @@ def apply_checked(model: nn.Module, num_classes: int | None, variables, x, train
     else:
       forward = functools.partial(model.apply, train=train, **kwargs)
     if onednn and inference:
-      forward = fusion.with_onednn_convolutions(forward)
+      forward = fusion.with_onednn_convolutions(forward, compute_dtype=compute_dtype)
+    elif compute_dtype is not None and inference:
+      forward = fusion.with_compute_dtype(forward, compute_dtype)
     logits = forward(variables, x)
   except _MISFIT as e:
     raise ValueError(
@@ -245,7 +248,7 @@ def _loss(model, train, mean, std, batch_stats, params, batch):
 def make_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
                    batch_stats: PyTree | None = None, batch_size: int = 256,
                    fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
-                   ) -> Callable[[PyTree], dict[str, jax.Array]]:
+                   compute_dtype=None) -> Callable[[PyTree], dict[str, jax.Array]]:
   """Builds ``metric_fn(params) -> {"loss", "accuracy"}`` over whole splits held on the device.
 
   Args:
@@ -268,6 +271,9 @@ def make_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
       CPU and they can be built, else XLA's), ``"onednn"`` or ``"xla"``; see
       `backends.cpu.onednn` (the same function up to float rounding, faster convolutions on
       the CPU than XLA's; benchmarks/bench_conv_layers.py measures them).
+    compute_dtype: None (default: float32) or "bfloat16": convolutions and matrix products from
+      bfloat16 inputs and weights with float32 accumulation (oneDNN on CPUs with avx512_bf16 /
+      AMX, XLA elsewhere; see `backends.cpu.fusion`, `backends.cpu.onednn_build.resolve`).
 
   The returned function is pure (jit-able, vmappable over params). It is a
   `jax.tree_util.Partial`: the uint8 splits are pytree leaves, so a jitted function that takes the
@@ -287,7 +293,9 @@ def make_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
   num_classes = max(int(d.num_classes) for d in datasets.values())
   apply_fn = functools.partial(apply_checked, model, num_classes,
                                fold_batchnorm=bool(fold_batchnorm),
-                               onednn=use_onednn(cpu_convolutions))
+                               onednn=onednn_build.resolve(cpu_convolutions,
+                                                           compute_dtype=compute_dtype),
+                               compute_dtype=onednn_build.canonical_compute_dtype(compute_dtype))
   return jax.tree_util.Partial(functools.partial(_metrics, apply_fn), splits, norms, batch_stats)
 
 

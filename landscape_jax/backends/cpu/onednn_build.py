@@ -10,6 +10,12 @@ without them, or where the build fails, the reason is remembered (no retry per c
 `available()` is False, `unavailable_reason()` says why and ``"auto"`` (`resolve`) uses XLA's
 convolutions (with a warning on Linux x86-64). The numerics are in `backends.cpu.onednn`, the
 jaxpr rewriter in `backends.cpu.fusion`.
+
+Precision (``compute_dtype``, off by default): ``"bfloat16"`` evaluates every convolution and
+matrix product from bfloat16-rounded inputs and weights with float32 accumulation. On the CPU it
+runs on oneDNN's bf16 kernels where the CPU has the instructions (`cpu_bf16_flags`: avx512_bf16
+or amx_bf16); elsewhere `resolve` routes it to XLA (bf16 operands, float32 results), with a
+one-time warning on CPUs without the instructions, where that is slower than float32.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from collections.abc import Callable
 
 import jax
 
-__all__ = ["CPU_CONVOLUTIONS", "OnednnUnavailable", "TARGET", "available", "library",
+__all__ = ["COMPUTE_DTYPES", "CPU_CONVOLUTIONS", "OnednnUnavailable", "TARGET", "available",
+           "bf16_unsupported_reason", "canonical_compute_dtype", "cpu_bf16_flags", "library",
            "resolve", "unavailable_reason"]
 
 _SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
@@ -161,18 +168,87 @@ def unavailable_reason() -> str | None:
 
 
 CPU_CONVOLUTIONS = ("auto", "onednn", "xla")
+COMPUTE_DTYPES = (None, "float32", "bfloat16")
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def resolve(cpu_convolutions: str = "auto") -> bool:
+def canonical_compute_dtype(compute_dtype) -> str | None:
+  """None (float32: the exact default) or ``"bfloat16"`` for a ``compute_dtype`` option.
+
+  Accepts None, ``"float32"`` / ``jnp.float32`` (both meaning the default) and ``"bfloat16"`` /
+  ``jnp.bfloat16``; anything else raises a ValueError naming the argument.
+  """
+  if compute_dtype is None:
+    return None
+  try:
+    name = jax.numpy.dtype(compute_dtype).name
+  except TypeError:
+    name = None
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES} (or jnp.float32 / "
+                     f"jnp.bfloat16), got {compute_dtype!r}.")
+  return None if name == "float32" else name
+
+
+@functools.cache
+def cpu_bf16_flags() -> tuple[str, ...]:
+  """The bfloat16 instruction-set flags of this CPU (``avx512_bf16``, ``amx_bf16``) listed in
+  /proc/cpuinfo; empty where there are none or the file cannot be read."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+          return tuple(f for f in _BF16_FLAGS if f in flags)
+  except OSError:
+    pass
+  return ()
+
+
+def bf16_unsupported_reason() -> str | None:
+  """None where oneDNN can run bfloat16 convolutions natively, else why not."""
+  if not cpu_bf16_flags():
+    return (f"this CPU has no bfloat16 instructions ({' / '.join(_BF16_FLAGS)} are not in "
+            "/proc/cpuinfo)")
+  return unavailable_reason()
+
+
+def resolve(cpu_convolutions: str = "auto", *, compute_dtype=None) -> bool:
   """Whether to use oneDNN for a ``cpu_convolutions`` option (`evaluation.make_metric_fn`).
 
   ``"xla"``: never. ``"onednn"``: always (raises `OnednnUnavailable` where it cannot be built).
   ``"auto"``: when the default backend is the CPU and `available()`; warns once, with the reason,
   when it is not available on Linux x86-64 (where it should be).
+
+  With ``compute_dtype="bfloat16"`` oneDNN also needs the CPU's bfloat16 instructions
+  (`cpu_bf16_flags`): without them ``"onednn"`` raises `OnednnUnavailable` and ``"auto"`` returns
+  False (XLA then evaluates in bfloat16); on a CPU backend without them a one-time warning says
+  that bfloat16 will be slower than float32 there.
   """
   if cpu_convolutions not in CPU_CONVOLUTIONS:
     raise ValueError(f"cpu_convolutions must be one of {CPU_CONVOLUTIONS}, got "
                      f"{cpu_convolutions!r}.")
+  if canonical_compute_dtype(compute_dtype) is None:
+    return _resolve_float32(cpu_convolutions)
+  use = _resolve_float32(cpu_convolutions)  # raises for "onednn" where it cannot be built
+  if cpu_convolutions == "onednn" and (reason := bf16_unsupported_reason()) is not None:
+    raise OnednnUnavailable(
+      f"compute_dtype='bfloat16' with cpu_convolutions='onednn' needs oneDNN's bfloat16 "
+      f"convolutions, but {reason}. Use compute_dtype=None (float32, faster on this CPU) or "
+      "cpu_convolutions='auto' / 'xla' (XLA evaluates in bfloat16, slowly).")
+  if jax.default_backend() == "cpu" and not cpu_bf16_flags():
+    _warn_bf16_once(bf16_unsupported_reason())
+  return use and bf16_unsupported_reason() is None
+
+
+@functools.cache
+def _warn_bf16_once(reason: str) -> None:
+  warnings.warn(f"compute_dtype='bfloat16': {reason}, so XLA evaluates the convolutions and "
+                "matrix products from bfloat16 operands, which is slower on this CPU than the "
+                "float32 default (compute_dtype=None).", stacklevel=4)
+
+
+def _resolve_float32(cpu_convolutions: str) -> bool:
   if cpu_convolutions == "xla":
     return False
   if cpu_convolutions == "onednn":

@@ -1,13 +1,17 @@
-// oneDNN 2-D convolution as an XLA FFI custom call for the CPU (see landscape_jax/onednn.py).
+// oneDNN 2-D convolution as an XLA FFI custom call for the CPU (see backends/cpu/onednn.py).
 //
 //   z[n, i, j, o] = sum_{a, b, c} xp[n, i * sh + a * dh, j * sw + b * dw, c] * w[a, b, c, o]
 //                   (+ bias[o]) (+ residual[n, i, j, o]),   y = relu(z) if `relu` else z,
 //
-// x: (N, H, W, C) float32 (NHWC), w: (KH, KW, C, O) float32 (HWIO), y: (N, OH, OW, O) (NHWC),
+// x: (N, H, W, C) (NHWC), w: (KH, KW, C, O) (HWIO), y: (N, OH, OW, O) (NHWC): x and w both
+// float32; or w bfloat16 and x bfloat16 or float32 (bf16 compute: the products accumulate in
+// float32, oneDNN's bf16 convolutions on avx512_bf16 / AMX; a float32 x is rounded to bfloat16
+// here, a few images at a time into a cache-sized buffer, instead of in a pass of its own);
+// y float32, or bfloat16 (rounded once, after the epilogue);
 // xp = x zero-padded by `padding` = (top, bottom, left, right); `strides` = (sh, sw);
 // `dilation` = (dh, dw) is the kernel dilation of lax.conv_general_dilated (1 = none).
-// The optional operands follow x and w: bias (O,) if `bias`, then residual (N, OH, OW, O) if
-// `residual`; bias, residual and ReLU are applied by oneDNN while the output tile is in cache
+// The optional operands follow x and w: bias (O,) float32 if `bias`, then residual
+// (N, OH, OW, O) float32 if `residual`; bias, residual and ReLU are applied by oneDNN while the output tile is in cache
 // (its bias argument, a binary-add post-op and an eltwise post-op).
 //
 // Forward inference with oneDNN's own choice of weight layout (the weights are reordered into it
@@ -16,6 +20,7 @@
 // are cached per shape; scratchpads are per thread, so concurrent calls (several XLA CPU devices)
 // are safe.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -30,7 +35,9 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kKeySize = 20;
+constexpr int kKeySize = 23;
+// Images per bf16 chunk of a float32 x: about this many bytes of bfloat16 input (in L2).
+constexpr int64_t kChunkBytes = 512 * 1024;
 
 struct Key {
   int64_t v[kKeySize];
@@ -56,6 +63,7 @@ struct Entry {
   dnnl::memory::desc weights;
   bool reorder_weights = false;
   dnnl::reorder weights_reorder;
+  dnnl::reorder src_reorder;  // float32 -> bfloat16 images (v[22])
   size_t scratchpad_bytes = 0;
   std::string impl;
 };
@@ -84,19 +92,23 @@ std::shared_ptr<Entry> MakeEntry(const Key& k) {
   using tag = dnnl::memory::format_tag;
   using dt = dnnl::memory::data_type;
   const int64_t* v = k.v;
-  // v: n, ih, iw, ic, kh, kw, oc, oh, ow, sh, sw, dh, dw, pt, pb, pl, pr, bias, residual, relu
+  // v: n, ih, iw, ic, kh, kw, oc, oh, ow, sh, sw, dh, dw, pt, pb, pl, pr, bias, residual, relu,
+  //    src/weights bf16, dst bf16, src given in float32 (rounded to bf16 by src_reorder)
   dnnl::memory::dims src{v[0], v[3], v[1], v[2]};
   dnnl::memory::dims wts{v[6], v[3], v[4], v[5]};
   dnnl::memory::dims dst{v[0], v[6], v[7], v[8]};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const dt sdt = v[20] ? dt::bf16 : dt::f32;
+  const dt ddt = v[21] ? dt::bf16 : dt::f32;
   dnnl::post_ops post;
-  auto dst_md = dnnl::memory::desc(dst, dt::f32, tag::nhwc);
-  if (v[18]) post.append_binary(dnnl::algorithm::binary_add, dst_md);
+  auto dst_md = dnnl::memory::desc(dst, ddt, tag::nhwc);
+  if (v[18]) post.append_binary(dnnl::algorithm::binary_add,
+                                dnnl::memory::desc(dst, dt::f32, tag::nhwc));
   if (v[19]) post.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
   attr.set_post_ops(post);
-  auto src_md = dnnl::memory::desc(src, dt::f32, tag::nhwc);
-  auto wts_md = dnnl::memory::desc(wts, dt::f32, tag::any);
+  auto src_md = dnnl::memory::desc(src, sdt, tag::nhwc);
+  auto wts_md = dnnl::memory::desc(wts, sdt, tag::any);
   dnnl::memory::dims strides{v[9], v[10]}, dilates{v[11] - 1, v[12] - 1};
   dnnl::memory::dims pad_l{v[13], v[15]}, pad_r{v[14], v[16]};
   auto fwd = dnnl::prop_kind::forward_inference;
@@ -110,7 +122,7 @@ std::shared_ptr<Entry> MakeEntry(const Key& k) {
                         pad_r, attr);
   auto e = std::make_shared<Entry>();
   e->conv = dnnl::convolution_forward(pd);
-  e->user_weights = dnnl::memory::desc(wts, dt::f32, tag::hwio);
+  e->user_weights = dnnl::memory::desc(wts, sdt, tag::hwio);
   e->weights = pd.weights_desc();
   e->scratchpad_bytes = pd.scratchpad_desc().get_size();
   e->impl = pd.impl_info_str();
@@ -118,6 +130,10 @@ std::shared_ptr<Entry> MakeEntry(const Key& k) {
     e->reorder_weights = true;
     e->weights_reorder = dnnl::reorder(
         dnnl::reorder::primitive_desc(Engine(), e->user_weights, Engine(), e->weights));
+  }
+  if (v[22]) {
+    e->src_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
+        Engine(), dnnl::memory::desc(src, dt::f32, tag::nhwc), Engine(), src_md));
   }
   return e;
 }
@@ -133,8 +149,8 @@ std::shared_ptr<Entry> Lookup(const Key& k) {
   return e;
 }
 
-ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::RemainingArgs rest,
-                ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::RemainingArgs rest,
+                ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
                 ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation, bool bias,
                 bool residual, bool relu) {
   auto xd = x.dimensions();
@@ -147,6 +163,20 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Remaining
   if (wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0]) {
     return ffi::Error::InvalidArgument("onednn_conv: channel or batch sizes do not match.");
   }
+  const auto xt = x.element_type();
+  const auto wt = w.element_type();
+  const auto yt = y->element_type();
+  const bool ok_types = (wt == ffi::DataType::F32 && xt == ffi::DataType::F32) ||
+                        (wt == ffi::DataType::BF16 &&
+                         (xt == ffi::DataType::BF16 || xt == ffi::DataType::F32));
+  if (!ok_types || (yt != ffi::DataType::F32 && yt != ffi::DataType::BF16)) {
+    return ffi::Error::InvalidArgument(
+        "onednn_conv: x and w must be float32, or w bfloat16 and x bfloat16 or float32; y float32 "
+        "or bfloat16.");
+  }
+  const bool bf16 = wt == ffi::DataType::BF16;
+  const bool convert_src = bf16 && xt == ffi::DataType::F32;
+  const bool dst_bf16 = yt == ffi::DataType::BF16;
   if (rest.size() != static_cast<size_t>(bias) + static_cast<size_t>(residual)) {
     return ffi::Error::InvalidArgument("onednn_conv: operands do not match bias / residual.");
   }
@@ -168,37 +198,69 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Remaining
   }
   Key k{{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], strides[0], strides[1],
          dilation[0], dilation[1], padding[0], padding[1], padding[2], padding[3], bias, residual,
-         relu}};
+         relu, bf16, dst_bf16, convert_src}};
+  const int64_t in_image = xd[1] * xd[2] * xd[3];
+  const int64_t out_image = yd[1] * yd[2] * yd[3];
+  // a float32 x with bf16 compute: converted and convolved `chunk` images at a time
+  const int64_t chunk =
+      convert_src ? std::max<int64_t>(1, std::min<int64_t>(xd[0], kChunkBytes / (2 * in_image)))
+                  : xd[0];
   try {
-    std::shared_ptr<Entry> e = Lookup(k);
-    thread_local Buffer scratch, weights;
-    dnnl::stream stream(Engine());
-    dnnl::memory wu(e->user_weights, Engine(), w.typed_data());
-    dnnl::memory wm = wu;
-    if (e->reorder_weights) {
-      wm = dnnl::memory(e->weights, Engine(), weights.Get(e->weights.get_size()));
-      e->weights_reorder.execute(stream, wu, wm);
-    }
     using tag = dnnl::memory::format_tag;
     using dt = dnnl::memory::data_type;
-    dnnl::memory src(dnnl::memory::desc({xd[0], xd[3], xd[1], xd[2]}, dt::f32, tag::nhwc),
-                     Engine(), x.typed_data());
-    dnnl::memory dst(dnnl::memory::desc({yd[0], yd[3], yd[1], yd[2]}, dt::f32, tag::nhwc),
-                     Engine(), y->typed_data());
-    dnnl::memory pad(dnnl::memory::desc({static_cast<int64_t>(e->scratchpad_bytes)}, dt::u8, tag::a),
-                     Engine(), scratch.Get(e->scratchpad_bytes + 64));
-    std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst},
-        {DNNL_ARG_SCRATCHPAD, pad}};
-    if (bias_data != nullptr) {
-      args.emplace(DNNL_ARG_BIAS, dnnl::memory(dnnl::memory::desc({yd[3]}, dt::f32, tag::a),
-                                               Engine(), bias_data));
+    thread_local Buffer scratch, weights, src_chunk;
+    dnnl::stream stream(Engine());
+    const dt sdt = bf16 ? dt::bf16 : dt::f32;
+    const dt ddt = dst_bf16 ? dt::bf16 : dt::f32;
+    const size_t dst_size = dst_bf16 ? 2 : 4;
+    dnnl::memory wu;
+    dnnl::memory wm;
+    dnnl::memory::desc wm_desc;
+    for (int64_t n0 = 0; n0 < xd[0]; n0 += chunk) {
+      const int64_t nb = std::min(chunk, xd[0] - n0);
+      Key kc = k;
+      kc.v[0] = nb;
+      std::shared_ptr<Entry> e = Lookup(kc);
+      if (n0 == 0 || e->weights != wm_desc) {  // the weights in the kernel's layout, once
+        wu = dnnl::memory(e->user_weights, Engine(), w.untyped_data());
+        wm = wu;
+        if (e->reorder_weights) {
+          wm = dnnl::memory(e->weights, Engine(), weights.Get(e->weights.get_size()));
+          e->weights_reorder.execute(stream, wu, wm);
+        }
+        wm_desc = e->weights;
+      }
+      dnnl::memory::desc src_desc({nb, xd[3], xd[1], xd[2]}, sdt, tag::nhwc);
+      dnnl::memory src;
+      if (convert_src) {
+        dnnl::memory src_f32(dnnl::memory::desc({nb, xd[3], xd[1], xd[2]}, dt::f32, tag::nhwc),
+                             Engine(), static_cast<float*>(x.untyped_data()) + n0 * in_image);
+        src = dnnl::memory(src_desc, Engine(), src_chunk.Get(src_desc.get_size()));
+        e->src_reorder.execute(stream, src_f32, src);
+      } else {
+        src = dnnl::memory(src_desc, Engine(),
+                           static_cast<char*>(x.untyped_data()) + n0 * in_image * (bf16 ? 2 : 4));
+      }
+      dnnl::memory dst(dnnl::memory::desc({nb, yd[3], yd[1], yd[2]}, ddt, tag::nhwc), Engine(),
+                       static_cast<char*>(y->untyped_data()) + n0 * out_image * dst_size);
+      dnnl::memory pad(
+          dnnl::memory::desc({static_cast<int64_t>(e->scratchpad_bytes)}, dt::u8, tag::a),
+          Engine(), scratch.Get(e->scratchpad_bytes + 64));
+      std::unordered_map<int, dnnl::memory> args{
+          {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst},
+          {DNNL_ARG_SCRATCHPAD, pad}};
+      if (bias_data != nullptr) {
+        args.emplace(DNNL_ARG_BIAS, dnnl::memory(dnnl::memory::desc({yd[3]}, dt::f32, tag::a),
+                                                 Engine(), bias_data));
+      }
+      if (residual_data != nullptr) {
+        args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+                     dnnl::memory(dnnl::memory::desc({nb, yd[3], yd[1], yd[2]}, dt::f32,
+                                                     tag::nhwc),
+                                  Engine(), residual_data + n0 * out_image));
+      }
+      e->conv.execute(stream, args);
     }
-    if (residual_data != nullptr) {
-      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
-                   dnnl::memory(dst.get_desc(), Engine(), residual_data));
-    }
-    e->conv.execute(stream, args);
     stream.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error::Internal(std::string("onednn_conv: oneDNN error: ") + err.what());
@@ -210,10 +272,10 @@ ffi::Error Conv(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Remaining
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LandscapeJaxOnednnConv, Conv,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding")
                                   .Attr<ffi::Span<const int64_t>>("dilation")

@@ -1,0 +1,331 @@
+"""bfloat16 evaluation (``compute_dtype="bfloat16"``): oneDNN's bf16 convolutions against a float64
+convolution of the bf16-rounded operands, the XLA fallback, make_metric_fn against float32, the
+default left bit-identical, and the messages on CPUs without bfloat16 instructions."""
+
+import functools
+import importlib.util
+import os
+import platform
+import re
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import landscape_jax as lj
+from landscape_jax.adapters import evaluation
+from landscape_jax.backends.cpu import fusion, onednn, onednn_build
+
+pytestmark = pytest.mark.skipif(
+  platform.system() != "Linux" or platform.machine() != "x86_64",
+  reason="oneDNN wheels exist for Linux x86-64 only")
+
+_TARGET = "landscape_jax_onednn_conv"
+_BF16_CPU = bool(onednn_build.cpu_bf16_flags())
+needs_bf16_cpu = pytest.mark.skipif(not _BF16_CPU, reason="this CPU has no avx512_bf16 / amx_bf16")
+
+
+def _bf16(a) -> np.ndarray:
+  """a rounded to the nearest bfloat16 (ties to even), back in float64."""
+  return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16), np.float64)
+
+
+def _numpy_conv(x, w, strides, padding, dilation):
+  """y[n,i,j,o] = sum_{a,b,c} xp[n, i s0 + a d0, j s1 + b d1, c] w[a,b,c,o], in float64."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  t, b, lft, r = padding
+  xp = np.pad(x, ((0, 0), (t, b), (lft, r), (0, 0)))
+  kh, kw = w.shape[:2]
+  oh = (xp.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
+  ow = (xp.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+  y = np.zeros((x.shape[0], oh, ow, w.shape[3]))
+  for a in range(kh):
+    for c in range(kw):
+      win = xp[:, a * dilation[0]: a * dilation[0] + (oh - 1) * strides[0] + 1: strides[0],
+               c * dilation[1]: c * dilation[1] + (ow - 1) * strides[1] + 1: strides[1], :]
+      y += np.einsum("nhwc,co->nhwo", win, w[a, c])
+  return y
+
+
+def _hlo(fn, *args) -> str:
+  return jax.jit(fn).lower(*args).as_text()
+
+
+def _rel(a, b) -> float:
+  """||a - b|| / ||b||."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@needs_bf16_cpu
+def test_native_bf16_kernels_are_chosen():
+  impl = onednn.implementation((8, 16, 16, 16), (3, 3, 16, 16), padding=1,
+                               compute_dtype="bfloat16")
+  assert ("amx" in impl or "bf16" in impl) and "ref" not in impl, impl
+
+
+@needs_bf16_cpu
+@pytest.mark.parametrize("strides,padding,dilation,kernel,epilogue", [
+  ((1, 1), (1, 1, 1, 1), (1, 1), (3, 3), ""),
+  ((2, 2), (1, 1, 1, 1), (1, 1), (3, 3), "bias relu"),
+  ((2, 1), (0, 2, 1, 0), (2, 1), (3, 2), "bias residual relu"),
+  ((1, 1), (0, 0, 0, 0), (1, 1), (1, 1), "residual"),
+])
+def test_bf16_conv_is_the_conv_of_the_rounded_operands(strides, padding, dilation, kernel,
+                                                       epilogue):
+  k = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(k[0], (3, 11, 10, 24))
+  w = jax.random.normal(k[1], (*kernel, 24, 20)) / np.sqrt(24 * np.prod(kernel))
+  exact = _numpy_conv(x, w, strides, padding, dilation)
+  b = jax.random.normal(k[2], (20,)) if "bias" in epilogue else None
+  r = jax.random.normal(k[3], exact.shape) if "residual" in epilogue else None
+  kw = dict(strides=strides, padding=padding, dilation=dilation, bias=b, residual=r,
+            relu="relu" in epilogue)
+
+  def epi(z):  # the float32 epilogue, in float64
+    z = z + (0 if b is None else np.asarray(b)) + (0 if r is None else np.asarray(r))
+    return np.maximum(z, 0) if kw["relu"] else z
+
+  y = jax.jit(functools.partial(onednn.conv, compute_dtype="bfloat16", **kw))(x, w)
+  assert y.dtype == jnp.float32
+  assert _TARGET in _hlo(functools.partial(onednn.conv, compute_dtype="bfloat16", **kw), x, w)
+  ref = epi(_numpy_conv(_bf16(x), _bf16(w), strides, padding, dilation))
+  np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)  # float32 accumulation
+  # against the float32 convolution: operands rounded to 8 bits, errors of order 2^-9 relative
+  geometry = dict(strides=strides, padding=padding, dilation=dilation)
+  dev = _rel(onednn.conv(x, w, compute_dtype="bfloat16", **geometry), exact)
+  assert 3e-4 < dev < 1e-2, dev
+  assert _rel(onednn.conv(x, w, **geometry), exact) < 1e-5  # float32: exact up to rounding
+  # the bfloat16 output is the float32 one, rounded once
+  yb = jax.jit(functools.partial(onednn.conv, compute_dtype="bfloat16", out_dtype=jnp.bfloat16,
+                                 **kw))(x, w)
+  assert yb.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(yb, np.float64), _bf16(y), rtol=2 ** -8, atol=1e-6)
+
+
+@needs_bf16_cpu
+@pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+def test_bf16_conv_of_float32_images_in_chunks(out_dtype):
+  """A float32 x is rounded inside the kernel a few images at a time (here 16 + 16 + 13 images of
+  32x32x16): every chunk, with its residual and output offsets, equals the reference."""
+  k = jax.random.split(jax.random.key(3), 4)
+  x = jax.random.normal(k[0], (45, 32, 32, 16))
+  w = jax.random.normal(k[1], (3, 3, 16, 8)) / 12
+  b, r = jax.random.normal(k[2], (8,)), jax.random.normal(k[3], (45, 16, 16, 8))
+  kw = dict(strides=2, padding=1, bias=b, residual=r, relu=True, compute_dtype="bfloat16",
+            out_dtype=out_dtype)
+  y = jax.jit(functools.partial(onednn.conv, **kw))(x, w)
+  ref = np.maximum(_numpy_conv(_bf16(x), _bf16(w), (2, 2), (1, 1, 1, 1), (1, 1))
+                   + np.asarray(b) + np.asarray(r), 0)
+  if out_dtype == jnp.bfloat16:
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=2 ** -8, atol=1e-5)
+  else:
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+  assert float(np.abs(np.asarray(y, np.float64) - ref)[-13:].max()) < 0.05  # the last chunk
+  whole = jax.jit(functools.partial(onednn.conv, **kw))(x.astype(jnp.bfloat16), w)  # one call
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(whole, np.float32),
+                             rtol=2 ** -8, atol=1e-5)
+
+
+@needs_bf16_cpu
+def test_bf16_conv_grad_and_vmap():
+  kx, kw = jax.random.split(jax.random.key(1))
+  x, w = jax.random.normal(kx, (2, 6, 6, 8)), jax.random.normal(kw, (3, 3, 8, 4))
+  ours = lambda x, w: onednn.conv(x, w, strides=2, padding=1, compute_dtype="bfloat16")
+  ref = lambda x, w: jax.lax.conv_general_dilated(
+    x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (2, 2), ((1, 1), (1, 1)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+  ws = jnp.stack([w, -2 * w, 0.5 * w])
+  np.testing.assert_allclose(jax.jit(jax.vmap(ours, (None, 0)))(x, ws),
+                             jax.vmap(ref, (None, 0))(x, ws), rtol=1e-5, atol=1e-4)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _block(w1, w2, b, dense):
+  """A residual block with a dense head: conv -> +b -> relu -> conv -> +b -> +x -> relu -> dense."""
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def f(x):
+    h = jax.nn.relu(conv(x, w1) + b)
+    z = jax.nn.relu(conv(h, w2) + b + x)
+    return jnp.mean(z, (1, 2)) @ dense
+
+  return f
+
+
+@needs_bf16_cpu
+def test_rewrite_onednn_bf16_equals_xla_bf16_and_rounds_only_conv_inputs():
+  k = jax.random.split(jax.random.key(2), 5)
+  x = jax.random.normal(k[0], (4, 8, 8, 16))
+  w1, w2 = (jax.random.normal(kk, (3, 3, 16, 16)) / 12 for kk in k[1:3])
+  f = _block(w1, w2, jax.random.normal(k[3], (16,)), jax.random.normal(k[4], (16, 10)))
+  ours = fusion.with_onednn_convolutions(f, compute_dtype="bfloat16")
+  xla = fusion.with_compute_dtype(f, jnp.bfloat16)
+  got, want, exact = jax.jit(ours)(x), jax.jit(xla)(x), f(x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert 1e-4 < _rel(got, exact) < 1e-2
+  hlo = _hlo(ours, x)
+  calls = [line for line in hlo.splitlines() if _TARGET in line]
+  assert len(calls) == 2 and "relu = true" in calls[0] and "residual = true" in calls[1]
+  # h only feeds the second convolution: written in bfloat16; z feeds a mean: float32
+  assert re.search(r"-> tensor<4x8x8x16xbf16>", calls[0]), calls[0]
+  assert re.search(r"-> tensor<4x8x8x16xf32>", calls[1]), calls[1]
+  assert re.search(r"dot_general.*bf16.*bf16.*-> tensor<4x10xf32>", _hlo(xla, x))
+  assert "convolution" not in hlo and re.search(r"stablehlo.convolution.*bf16", _hlo(xla, x))
+
+
+def test_with_compute_dtype_float32_is_the_function():
+  f = _block(jnp.ones((3, 3, 2, 2)), jnp.ones((3, 3, 2, 2)), jnp.ones(2), jnp.ones((2, 3)))
+  assert fusion.with_compute_dtype(f, None) is f
+  assert fusion.with_compute_dtype(f, "float32") is f
+  with pytest.raises(ValueError, match="compute_dtype must be one of"):
+    fusion.with_compute_dtype(f, jnp.float16)
+
+
+@pytest.fixture(scope="module")
+def resnet8_digits(digits_train):
+  """A ResNet-8 at random initialisation with its data's BatchNorm statistics (live units, logits
+  of order 1), a larger head so that the loss depends on every logit, and 300 digits."""
+  model = lj.get_model("resnet8", num_classes=10)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
+  data = lj.data.Dataset(digits_train.images[:300], digits_train.labels[:300], 10,
+                         digits_train.mean, digits_train.std)
+  params = variables["params"]
+  params = {**params, "linear": {**params["linear"], "kernel": 5 * params["linear"]["kernel"]}}
+  stats = lj.recompute_batch_stats(model, params, variables["batch_stats"], data, batch_size=100)
+  return model, params, stats, data
+
+
+def _metric(resnet8_digits, **kw):
+  model, _, stats, data = resnet8_digits
+  return lj.make_metric_fn(model, data, batch_stats=stats, batch_size=64, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("convs", [
+  pytest.param("onednn", marks=needs_bf16_cpu), "xla"])
+def test_metric_fn_bf16_is_within_1e2_of_float32(resnet8_digits, convs):
+  params = resnet8_digits[1]
+  d1, _ = lj.random_directions(jax.random.key(4), params, num=2)
+  points = [params, jax.tree.map(lambda p, d: p + 0.5 * d, params, d1)]
+  f32 = _metric(resnet8_digits, cpu_convolutions=convs)
+  bf16 = _metric(resnet8_digits, cpu_convolutions=convs, compute_dtype="bfloat16")
+  hlo = _hlo(bf16, params)
+  assert (_TARGET in hlo) == (convs == "onednn") and "bf16" in hlo
+  for p in points:
+    a, b = jax.jit(f32)(p), jax.jit(bf16)(p)
+    rel = abs(float(b["loss"]) - float(a["loss"])) / abs(float(a["loss"]))
+    assert 1e-6 < rel < 1e-2, rel  # rounded (not the float32 function), but close
+    assert abs(float(b["accuracy"]) - float(a["accuracy"])) <= 0.02
+
+
+@pytest.mark.slow
+def test_curve_and_surface_in_bf16_are_the_bf16_metric_at_their_points(resnet8_digits):
+  params = resnet8_digits[1]
+  d1, d2 = lj.random_directions(jax.random.key(5), params, num=2)
+  end = jax.tree.map(lambda p, d: p + 0.4 * d, params, d1)
+  fn = _metric(resnet8_digits, compute_dtype="bfloat16")
+  one = jax.jit(lambda p: fn(p))
+  curve = lj.curves.evaluate_curve(fn, lj.curves.init_curve(params, end, 3), num_points=3,
+                                   chunk_size=3, line=False, progress=False)["curve"]
+  # 1e-4: the points' float32 weights (and their BatchNorm folds) are computed in other compiled
+  # programs, and a last-bit difference can flip a weight's bfloat16 rounding; float32 against
+  # bfloat16 differs by ~1e-3 (checked last)
+  np.testing.assert_allclose(curve["loss"][[0, -1]],
+                             [float(one(params)["loss"]), float(one(end)["loss"])], rtol=1e-4)
+  surf = lj.surface_grid(fn, params, (d1, d2), np.array([0.0, 0.4]), np.array([0.0]),
+                         progress=False)
+  np.testing.assert_allclose(surf["loss"][:, 0], curve["loss"][[0, -1]], rtol=1e-4)
+  f32 = jax.jit(_metric(resnet8_digits))(end)["loss"]
+  assert 3e-4 < abs(curve["loss"][-1] - f32) / f32 < 1e-2
+
+
+@needs_bf16_cpu
+def test_metric_fn_bf16_onednn_equals_xla_bf16(resnet8_digits):
+  params = resnet8_digits[1]
+  got = jax.jit(_metric(resnet8_digits, compute_dtype=jnp.bfloat16))(params)
+  want = jax.jit(_metric(resnet8_digits, cpu_convolutions="xla", compute_dtype="bfloat16"))(params)
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+
+
+def test_off_by_default_bit_identical(resnet8_digits):
+  model, params, stats, data = resnet8_digits
+  default = jax.jit(_metric(resnet8_digits))(params)
+  assert "bf16" not in _hlo(_metric(resnet8_digits), params)
+  for same in (None, "float32", jnp.float32):
+    got = jax.jit(_metric(resnet8_digits, compute_dtype=same))(params)
+    for k in default:
+      np.testing.assert_array_equal(got[k], default[k])
+  # the evaluation as composed before the option existed (no compute_dtype anywhere)
+  apply_fn = functools.partial(evaluation.apply_checked, model, 10, fold_batchnorm=True,
+                               onednn=onednn_build.resolve("auto"))
+  split = evaluation.device_split(data.images, data.labels, batch_size=64)
+  before = jax.jit(lambda p: evaluation.evaluate_split(
+    apply_fn, evaluation.model_variables(p, stats), split, data.mean, data.std))(params)
+  for k in default:
+    np.testing.assert_array_equal(before[k], default[k])
+  bf16 = jax.jit(_metric(resnet8_digits, compute_dtype="bfloat16"))(params)
+  assert float(bf16["loss"]) != float(default["loss"])
+
+
+def test_bad_compute_dtype_names_the_argument(resnet8_digits):
+  for bad in ("float16", jnp.float16, "bf16x", 3):
+    with pytest.raises(ValueError, match="compute_dtype must be one of"):
+      _metric(resnet8_digits, compute_dtype=bad)
+  with pytest.raises(ValueError, match="compute_dtype must be one of"):
+    onednn.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), compute_dtype="int8")
+  with pytest.raises(ValueError, match="x and w may be bfloat16"):
+    onednn.conv(jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2)))
+  with pytest.raises(ValueError, match="out_dtype"):
+    onednn.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), out_dtype=jnp.float16)
+
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+  """This CPU as one without avx512_bf16 / amx_bf16 (the one-time warning reset)."""
+  monkeypatch.setattr(onednn_build, "cpu_bf16_flags", lambda: ())
+  onednn_build._warn_bf16_once.cache_clear()
+  yield
+  onednn_build._warn_bf16_once.cache_clear()
+
+
+def test_cpu_without_bf16_explicit_onednn_is_an_error(resnet8_digits, cpu_without_bf16):
+  message = r"no bfloat16 instructions \(avx512_bf16 / amx_bf16.*compute_dtype=None"
+  with pytest.raises(onednn_build.OnednnUnavailable, match=message):
+    _metric(resnet8_digits, cpu_convolutions="onednn", compute_dtype="bfloat16")
+  with pytest.raises(onednn_build.OnednnUnavailable, match="no bfloat16 instructions"):
+    fusion.with_onednn_convolutions(lambda x: x, compute_dtype="bfloat16")
+
+
+def test_cpu_without_bf16_auto_warns_once_and_uses_xla(resnet8_digits, cpu_without_bf16):
+  params = resnet8_digits[1]
+  with pytest.warns(UserWarning, match=r"no bfloat16 instructions.*slower on this CPU"):
+    fn = _metric(resnet8_digits, compute_dtype="bfloat16")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    again = _metric(resnet8_digits, cpu_convolutions="xla", compute_dtype="bfloat16")  # once
+    _metric(resnet8_digits)  # float32: nothing to say
+  hlo = _hlo(fn, params)
+  assert _TARGET not in hlo and "bf16" in hlo  # XLA, in bfloat16
+  np.testing.assert_array_equal(jax.jit(fn)(params)["loss"], jax.jit(again)(params)["loss"])
+
+
+@pytest.mark.slow
+def test_bench_bf16_tiny():
+  """The benchmark runs end to end and measures what it says: a speed ratio and deviations of the
+  order of bfloat16's rounding (not zero: the two surfaces were computed differently)."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                      "bench_bf16.py")
+  spec = importlib.util.spec_from_file_location("bench_bf16", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  res = bench.main(["--tiny", "--no-record"])
+  assert res["speed"]["speedup"] > 0
+  for r in (res["speed"], res["trained"]):
+    assert 1e-7 < r["max rel dev"] < 5e-2, r
