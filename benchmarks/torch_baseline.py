@@ -363,10 +363,11 @@ def pyhessian_run(args):
 
   try:
     import pyhessian
-    import pyhessian.hessian as ph
+    import pyhessian.hessian
   except ImportError as e:
     print(json.dumps({"error": f"pyhessian not installed ({e})"}), flush=True)
     return
+  ph = sys.modules["pyhessian.hessian"]  # the module (the package re-exports the class by name)
   arrays = load_npz(args.npz)
   net = build_net(arrays, args.device)
   x = nchw_images(arrays, args.device)
@@ -381,6 +382,8 @@ def pyhessian_run(args):
   ph.hessian_vector_product = counted
   out = {"torch": torch.__version__, "pyhessian": getattr(pyhessian, "__version__", "0.1"),
          "threads": torch.get_num_threads()}
+  with torch.no_grad():
+    out["loss"] = float(torch.nn.functional.cross_entropy(net(x), y))
   torch.manual_seed(args.seed)
   t = time.perf_counter()
   comp = ph.hessian(net, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=args.device == "cuda")
