@@ -83,7 +83,8 @@ def parse_args(argv=None):
   p.add_argument("--model", default="resnet20")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--min_time", type=float, default=0.3)
+  p.add_argument("--min_time", type=float, default=1.0,
+                 help="seconds of repeated calls per measurement (the best call counts)")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
   args = p.parse_args(argv)
   if args.tiny:

@@ -79,7 +79,8 @@ def parse_args(argv=None):
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                  help="torch.compile in the best PyTorch form (auto: keep if faster)")
-  p.add_argument("--best_batch", type=int, default=250)
+  p.add_argument("--best_batch", type=int, default=0,
+                 help="batch of the best PyTorch form (0: its worker picks the fastest)")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   if args.tiny:
@@ -125,7 +126,7 @@ def main(argv=None):
     print(f"PyTorch worker: {worker.ready}", flush=True)
     notes.append(f"PyTorch {worker.ready['torch']} in its own process, "
                  f"{worker.ready['threads']} threads; best form: BatchNorm folded, channels-last, "
-                 f"inference_mode, batches of {worker.ready['best_batch']}; "
+                 f"inference_mode, {worker.ready['best_batch_note']}; "
                  f"{worker.ready['compile']}.")
 
   metric = lj.make_metric_fn(model, data, batch_stats=bs)  # everything at its default

@@ -12,7 +12,8 @@ share a process with XLA's. Sub-commands:
     ``DataLoader`` batches of 128, NCHW, under ``torch.no_grad()``;
   - ``best``: what a PyTorch user would write for speed: BatchNorm folded into the convolutions
     (``w' = w gamma / sqrt(var + eps)``, recomputed from the perturbed weights at every point),
-    channels-last tensors, ``torch.inference_mode()``, the data held as one tensor, and
+    channels-last tensors, ``torch.inference_mode()``, the data held as one tensor cut into the
+    batch size measured fastest at start-up (``--best_batch 0``), and
     ``torch.compile`` where it was measured faster than eager at start-up (``--compile``);
   - ``peak``: the best fp32 GEMM GFLOP/s of ``(n, n) @ (n, n)`` products;
   - ``quit``.
@@ -202,10 +203,21 @@ class Best:
     self.targets = dict(self.net.named_parameters())
     self.x = nchw_images(arrays, device).contiguous(memory_format=torch.channels_last)
     self.y = torch.from_numpy(arrays["labels"].astype(np.int64)).to(device)
-    self.batch_size = batch_size
     self.compiled = None
     self.compile_note = "not tried"
     self.eager = self.net
+    self.batch_note = f"batch {batch_size} (given)"
+    if batch_size > 0:
+      self.batch_size = batch_size
+    else:  # the fastest of a few batch sizes (eager, best of 2 points each)
+      times = {}
+      for b in (128, 250, 500, 1000):
+        self.batch_size = min(b, self.x.shape[0])
+        self.point(0.0, 0.0)
+        times[self.batch_size] = min(self._timed(0.1, 0.1) for _ in range(2))
+      self.batch_size = min(times, key=times.get)
+      self.batch_note = (f"batch {self.batch_size} (fastest eager of "
+                         + ", ".join(f"{b}: {t:.3f} s" for b, t in times.items()) + ")")
     want = compile_mode == "on" or (compile_mode == "auto" and device == "cpu")
     if want:
       self.compile_note = self._try_compile()
@@ -237,6 +249,11 @@ class Best:
     self.compiled = keep
     return (f"torch.compile {'kept' if keep else 'dropped'}: {timings['compiled']:.3f} s/point "
             f"compiled vs {timings['eager']:.3f} eager (compile {t_compile:.0f} s)")
+
+  def _timed(self, x, y) -> float:
+    t = time.perf_counter()
+    self.point(x, y)
+    return time.perf_counter() - t
 
   def point(self, x, y):
     import torch
@@ -302,7 +319,7 @@ def serve(args):
   ready = {"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "device": args.device, "compile": best.compile_note,
            "setup_s": time.perf_counter() - t, "naive_batch": args.naive_batch,
-           "best_batch": args.best_batch}
+           "best_batch": best.batch_size, "best_batch_note": best.batch_note}
   print(json.dumps(ready), flush=True)
   for line in sys.stdin:
     cmd = line.strip()
@@ -411,7 +428,8 @@ def main(argv=None):
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--device", default="cpu")
   p.add_argument("--naive_batch", type=int, default=128)
-  p.add_argument("--best_batch", type=int, default=250)
+  p.add_argument("--best_batch", type=int, default=0,
+                 help="batch of the `best` form; 0: the fastest of 128, 250, 500, 1000")
   p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                  help="torch.compile in `best`: auto = try on the CPU, keep if faster")
   p.add_argument("--peak_n", type=int, default=2048)
