@@ -75,6 +75,8 @@ def parse_args(argv=None):
   p.add_argument("--grid", type=int, default=11)
   p.add_argument("--row", type=float, default=0.0, help="y of the grid row timed in each round")
   p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--points", type=int, default=0,
+                 help="time only the row's first k points per round (0: the whole row)")
   p.add_argument("--warmup_rounds", type=int, default=1, help="untimed rounds first")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
@@ -107,7 +109,7 @@ def main(argv=None):
   center, bs = variables["params"], variables["batch_stats"]
   g = np.linspace(-1, 1, args.grid)
   row = np.asarray([args.row])
-  coords = lj.surface.grid_coordinates(g, row)
+  coords = lj.surface.grid_coordinates(g, row)[: args.points or None]
   print(f"{args.model}: {flops / 1e6:.2f} MFLOP per image; timed row y={args.row} "
         f"({len(coords)} points) per round", flush=True)
 
@@ -130,11 +132,12 @@ def main(argv=None):
                  f"{worker.ready['compile']}.")
 
   metric = lj.make_metric_fn(model, data, batch_stats=bs)  # everything at its default
-  lj.surface_grid(metric, center, dirs, g, row, progress=False)  # compile (same chunk shape)
+  xs = g[: len(coords)]  # the timed points: (xs[i], row)
+  lj.surface_grid(metric, center, dirs, xs, row, progress=False)  # compile (same chunk shape)
 
   def jax_default():
     t = time.perf_counter()
-    res = lj.surface_grid(metric, center, dirs, g, row, progress=False)
+    res = lj.surface_grid(metric, center, dirs, xs, row, progress=False)
     return {"seconds": time.perf_counter() - t, "points": len(coords),
             "loss": res["loss"].reshape(-1), "accuracy": res["accuracy"].reshape(-1)}
 
