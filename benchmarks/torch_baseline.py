@@ -279,14 +279,17 @@ class Best:
       return loss.item() / n, correct.item() / n
 
 
-def gemm_peak(device: str, *, n: int = 2048, repeats: int = 5) -> float:
-  """Best fp32 GFLOP/s of 4 chained ``(n, n) @ (n, n)`` products."""
+def gemm_peak(device: str, *, n: int = 2048, repeats: int = 5, min_time: float = 0.0) -> float:
+  """Best fp32 GFLOP/s of 4 chained ``(n, n) @ (n, n)`` products (>= `repeats` calls and
+  `min_time` seconds)."""
   import torch
 
   a = torch.randn(n, n, device=device)
   b = torch.randn(n, n, device=device) / n ** 0.5
   best = float("inf")
-  for _ in range(repeats + 1):
+  start, calls = time.perf_counter(), 0
+  while calls <= repeats or (time.perf_counter() - start < min_time and calls < 200):
+    calls += 1
     _sync(device)
     t = time.perf_counter()
     c = a
@@ -370,7 +373,8 @@ def conv_layers(args):
       row[fmt] = flops / best / 1e9
     out.append(row)
   print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "layers": out, "gemm_peak": gemm_peak(args.device, n=args.peak_n)}),
+                    "layers": out, "gemm_peak": gemm_peak(args.device, n=args.peak_n,
+                                                          min_time=args.min_time)}),
         flush=True)
 
 
