@@ -113,14 +113,17 @@ def main(argv=None):
   # -- Lanczos prefix run: where a residual-bound stopping test would have stopped
   x0, unravel = ravel_pytree(params)
 
-  def matvec(v):
-    return ravel_pytree(lj.hvp(loss_fn, params, batch, unravel(v)))[0]
+  @jax.jit  # weights and batch as arguments: closed over, XLA would constant-fold the model
+  def run(loss_fn, params, batch, v0, k):
+    def matvec(v):
+      return ravel_pytree(lj.hvp(loss_fn, params, batch, unravel(v)))[0]
+
+    return lj.lanczos(matvec, v0, num_steps=args.max_steps, key=k)
 
   k_start, k_restart = jax.random.split(jax.random.key(args.seed))
   v0 = jax.random.normal(k_start, x0.shape, x0.dtype)
-  run = jax.jit(lambda v0, k: lj.lanczos(matvec, v0, num_steps=args.max_steps, key=k))
   t = time.perf_counter()
-  res = jax.block_until_ready(run(v0, k_restart))
+  res = jax.block_until_ready(run(loss_fn, params, batch, v0, k_restart))
   t_prefix = time.perf_counter() - t
   steps, top_prefix = ritz_convergence(res.alphas, res.betas, top_k=args.top_k, tol=args.tol)
   m = steps or args.max_steps
