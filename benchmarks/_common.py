@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import importlib.util
+import json
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -115,6 +119,51 @@ def matmul_peak(*, n: int = 2048, dtype=jnp.float32, repeats: int = 5, precision
   return inner * 2 * n ** 3 / t / 1e9
 
 
+def cpu_flags() -> set[str]:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+def cpu_mhz() -> float | None:
+  """The clock /proc/cpuinfo reports (the first core's "cpu MHz"; None where absent)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("cpu MHz"):
+          return float(line.split(":", 1)[1])
+  except (OSError, ValueError):
+    pass
+  return None
+
+
+def theoretical_fp32_peak(*, fma_units: int = 2) -> tuple[float | None, str]:
+  """The CPU's theoretical fp32 FMA peak in GFLOP/s and the assumptions behind it.
+
+  ``cores x GHz x FMA units x fp32 lanes x 2`` with the cores this process may use, the clock
+  /proc/cpuinfo reports (under a hypervisor the nominal one; turbo and the lower AVX-512 clock
+  licence are not known from inside), the vector width from the flags (16 lanes with avx512f, 8
+  with avx/avx2 and fma) and `fma_units` FMA pipes per core (2 on Xeon Scalable cores with two
+  AVX-512 FMA units: an assumption, the flags do not tell). AMX tiles are bf16/int8 only, so
+  they do not raise the fp32 peak. None where the clock or the flags cannot be read.
+  """
+  flags, mhz = cpu_flags(), cpu_mhz()
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  if not flags or not mhz:
+    return None, "the clock or the CPU flags cannot be read from /proc/cpuinfo"
+  lanes = 16 if "avx512f" in flags else 8 if "fma" in flags else 4
+  units = fma_units if "fma" in flags or "avx512f" in flags else 1
+  peak = cores * mhz / 1e3 * units * lanes * 2
+  isa = "avx512f" if lanes == 16 else "fma/avx2" if lanes == 8 else "sse"
+  return peak, (f"{cores} cores x {mhz / 1e3:.2f} GHz (/proc/cpuinfo) x {units} FMA units "
+                f"(assumed) x {lanes} fp32 lanes ({isa}) x 2 FLOP per FMA = {peak:.0f} GFLOP/s")
+
+
 def torch_matmul_peak(*, n: int = 2048, repeats: int = 5) -> float | None:
   """The same measurement with PyTorch on its default device (None without torch)."""
   try:
@@ -134,6 +183,78 @@ def torch_matmul_peak(*, n: int = 2048, repeats: int = 5) -> float | None:
       torch.cuda.synchronize()
     best = min(best, time.perf_counter() - t)
   return 4 * 2 * n ** 3 / best / 1e9
+
+
+# ------------------------------------------------------------------------ PyTorch in a subprocess
+TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_baseline.py")
+
+
+def torch_installed() -> tuple[bool, str]:
+  """Whether PyTorch can be imported (found without importing it here) and, if not, why."""
+  if importlib.util.find_spec("torch") is None:
+    return False, ("PyTorch is not installed: the PyTorch baselines are skipped "
+                   "(pip install '.[bench]' or the CPU wheel of torch)")
+  return True, ""
+
+
+def run_torch(command: str, *args: str, timeout: float = 600) -> dict:
+  """Runs ``torch_baseline.py COMMAND ARGS`` in its own process and returns its JSON answer."""
+  proc = subprocess.run([sys.executable, TORCH_SCRIPT, command, *args], capture_output=True,
+                        text=True, timeout=timeout, check=False)
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+  if proc.returncode != 0 or not lines:
+    raise RuntimeError(f"torch_baseline.py {command} failed (exit {proc.returncode}): "
+                       f"{proc.stderr[-2000:]}")
+  return json.loads(lines[-1])
+
+
+class TorchWorker:
+  """``torch_baseline.py serve``: a PyTorch process answering one JSON line per command."""
+
+  def __init__(self, npz: str, *, threads: int | None = None, device: str = "cpu",
+               extra: tuple[str, ...] = ()):
+    cmd = [sys.executable, TORCH_SCRIPT, "serve", "--npz", npz, "--device", device,
+           "--threads", str(threads or os.cpu_count()), *extra]
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.ready = self._read()
+
+  def _read(self) -> dict:
+    while True:
+      line = self.proc.stdout.readline()
+      if not line:
+        raise RuntimeError(f"torch_baseline.py serve exited (code {self.proc.poll()}); see its "
+                           "stderr above.")
+      if line.startswith("{"):
+        out = json.loads(line)
+        if "error" in out:
+          raise RuntimeError(f"torch_baseline.py: {out['error']}")
+        return out
+
+  def __call__(self, command: str) -> dict:
+    self.proc.stdin.write(command + "\n")
+    self.proc.stdin.flush()
+    return self._read()
+
+  def close(self):
+    if self.proc.poll() is None:
+      try:
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+      except OSError:
+        pass
+      self.proc.wait(timeout=60)
+
+
+def save_npz(path: str, arrays: dict) -> str:
+  """Plain arrays to ``path`` (``np.savez``; read back with ``allow_pickle=False``)."""
+  np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+  return path
+
+
+def spread(values) -> str:
+  """``median (min-max)`` of a sequence of numbers."""
+  v = np.asarray(values, np.float64)
+  return f"{np.median(v):.3g} ({v.min():.3g}-{v.max():.3g})"
 
 
 # ----------------------------------------------------------------------------------------- FLOPs

@@ -61,6 +61,7 @@ import _common as C  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from torch_baseline import torch_resnet  # noqa: E402  (the PyTorch twin; imports torch lazily)
 
 import landscape_jax as lj  # noqa: E402
 from landscape_jax.adapters.evaluation import evaluate_split, inference_apply  # noqa: E402
@@ -182,56 +183,6 @@ def _result(coords, vals, seconds, *, compile_s, mem):
 
 
 # ---------------------------------------------------------------------------------- PyTorch
-def torch_resnet(depth: int, *, width: float = 1.0, num_classes: int = 10, in_channels: int = 3):
-  """The bundled CIFAR ResNet (landscape_jax.models.resnet) in PyTorch, with the same names."""
-  tnn = torch.nn
-
-  def scaled(c):
-    return max(1, int(round(c * width)))
-
-  class Block(tnn.Module):
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.bn1 = tnn.BatchNorm2d(cout)
-      self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.bn2 = tnn.BatchNorm2d(cout)
-      self.project = stride != 1 or cin != cout
-      if self.project:
-        self.shortcut_conv = tnn.Conv2d(cin, cout, 1, stride, 0, bias=False)
-        self.shortcut_bn = tnn.BatchNorm2d(cout)
-
-    def forward(self, x):
-      y = torch.relu(self.bn1(self.conv1(x)))
-      y = self.bn2(self.conv2(y))
-      r = self.shortcut_bn(self.shortcut_conv(x)) if self.project else x
-      return torch.relu(y + r)
-
-  class ResNet(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      n = (depth - 2) // 6
-      cin = scaled(16)
-      self.conv1 = tnn.Conv2d(in_channels, cin, 3, 1, 1, bias=False)
-      self.bn1 = tnn.BatchNorm2d(cin)
-      self.blocks = []
-      for s, c in enumerate((16, 32, 64)):
-        for b in range(n):
-          name = f"layer{s + 1}_{b}"
-          setattr(self, name, Block(cin, scaled(c), 2 if (s > 0 and b == 0) else 1))
-          self.blocks.append(name)
-          cin = scaled(c)
-      self.linear = tnn.Linear(cin, num_classes)
-
-    def forward(self, x):
-      x = torch.relu(self.bn1(self.conv1(x)))
-      for name in self.blocks:
-        x = getattr(self, name)(x)
-      return self.linear(x.mean((2, 3)))
-
-  return ResNet()
-
-
 _TORCH_NAMES = {"scale": "weight", "mean": "running_mean", "var": "running_var"}
 
 

@@ -82,3 +82,128 @@ def test_bench_adaptive_tiny():
   """The adaptive-vs-dense benchmark runs end to end at tiny size."""
   out = _load("bench_adaptive").main(["--tiny", "--no-record"])
   assert out is not None
+
+
+# ------------------------------------------------------------- PyTorch-side baselines and peers
+def _torch_missing() -> str | None:
+  """Why the PyTorch halves are skipped (None when torch is importable)."""
+  import importlib.util
+
+  if importlib.util.find_spec("torch") is None:
+    return "torch is not installed (pip install '.[bench]'): the PyTorch half is skipped"
+  return None
+
+
+def _jax_part_ran_then_skip_torch(reason):
+  """The JAX half ran and passed; the PyTorch half is skipped with its reason printed."""
+  print(f"JAX half passed; {reason}")
+  pytest.skip(f"JAX half passed; {reason}")
+
+
+@pytest.mark.slow
+def test_bench_w1_tiny():
+  """JAX's default surface_grid, its per-point loop and both PyTorch forms (own process) give
+  the same losses; every variant is timed."""
+  missing = _torch_missing()
+  res = _load("bench_w1").main(["--tiny", "--no-record"] + (["--no-torch"] if missing else []))
+  jax_names = ["JAX surface_grid (defaults)", "JAX per-point loop"]
+  torch_names = ["PyTorch naive (Li et al. loop)", "PyTorch best"]
+  assert set(res["checks"]) == set(jax_names + ([] if missing else torch_names))
+  for name, (abs_diff, rel_diff) in res["checks"].items():
+    assert np.isfinite(abs_diff) and rel_diff < 1e-4, (name, abs_diff, rel_diff)
+    assert res["seconds_per_point"][name] > 0
+  assert res["theoretical"] is None or res["theoretical"] > max(res["peaks"]["JAX"]) / 4
+  if missing:
+    _jax_part_ran_then_skip_torch(missing)
+
+
+@pytest.mark.slow
+def test_bench_conv_layers_tiny():
+  """Every distinct ResNet-20 convolution is found (8 shapes, 21 uses, 19 of them 3x3) and
+  timed on XLA, on oneDNN where it is built (the script checks oneDNN against XLA) and on
+  PyTorch."""
+  missing = _torch_missing()
+  res = _load("bench_conv_layers").main(["--tiny", "--no-record"]
+                                        + (["--no-torch"] if missing else []))
+  layers = res["layers"]
+  assert len(layers) == 8 and sum(r["count"] for r in layers) == 21
+  assert sum(r["count"] for r in layers if r["shape"]["k"] == 3) == 19
+  for r in layers:
+    assert r["xla"] > 0
+    if "onednn" in r:
+      assert r["onednn"] > 0 and r["impl"]
+  if missing:
+    _jax_part_ran_then_skip_torch(missing)
+  assert all(r["torch_nchw"] > 0 and r["torch_cl"] > 0 for r in layers)
+  assert res["torch_peak"] > 0
+
+
+def test_ritz_convergence_on_a_known_spectrum():
+  """The stopping test of bench_pyhessian.py finds the top eigenvalues of a known matrix."""
+  import jax.numpy as jnp
+
+  import landscape_jax as lj
+
+  mod = _load("bench_pyhessian")
+  rng = np.random.default_rng(0)
+  evals = np.concatenate([[10.0, 7.0, 5.0], rng.uniform(-1, 1, 97)])
+  q, _ = np.linalg.qr(rng.normal(size=(100, 100)))
+  a = jnp.asarray((q * evals) @ q.T, jnp.float32)
+  res = lj.lanczos(lambda v: a @ v, jnp.asarray(rng.normal(size=100), jnp.float32),
+                   num_steps=40)
+  steps, top = mod.ritz_convergence(res.alphas, res.betas, top_k=3, tol=1e-4)
+  assert steps is not None and 3 <= steps < 40
+  np.testing.assert_allclose(top, [10.0, 7.0, 5.0], rtol=1e-4)
+  # an unreachable tolerance is reported as not converged
+  steps, _ = mod.ritz_convergence(res.alphas[:5], res.betas[:4], top_k=3, tol=1e-12)
+  assert steps is None
+
+
+@pytest.mark.slow
+def test_bench_pyhessian_tiny():
+  """landscape-jax's Lanczos and Hutchinson agree with PyHessian on the same weights and batch."""
+  missing = _torch_missing()
+  out = _load("bench_pyhessian").main(["--tiny", "--no-record"]
+                                      + (["--no-torch"] if missing else []))
+  top = np.asarray(out["lj_eig"]["top"])
+  assert np.all(np.isfinite(top)) and np.all(np.diff(top) <= 0) and top[0] > 0
+  assert np.isfinite(out["lj_trace"]["mean"]) and out["lj_trace"]["stderr"] > 0
+  if missing:
+    _jax_part_ran_then_skip_torch(missing)
+  if "ph_eig" not in out:
+    pytest.skip("pyhessian is not installed (pip install pyhessian): PyHessian half skipped")
+  assert abs(out["ph_eig"]["top"][0] - top[0]) / top[0] < 0.05
+  assert out["ph_trace"]["z"] < 4
+  assert out["ph_eig"]["hvps"] > 0 and out["ph_trace"]["hvps"] > 0
+
+
+@pytest.mark.slow
+def test_bench_error_control_tiny():
+  """Error control on a trained ResNet-8: both estimators run; the anchored one stays within
+  3 tol of the exact surface."""
+  out = _load("bench_error_control").main(["--tiny", "--no-record"])
+  anchored = next(v for k, v in out.items() if k.startswith("anchored"))
+  plain = next(v for k, v in out.items() if k.startswith("plain"))
+  assert anchored["max_dev"] <= 3 * 0.05
+  for v in (anchored, plain):
+    assert v["speedup"] > 0 and 0 < v["mean_examples"] <= 1500
+
+
+@pytest.mark.slow
+def test_accelerator_script_dry_run():
+  """benchmarks/accelerator.sh --dry-run: installs nothing, collects the accelerator tests, runs
+  the W1 benchmark at shrunk sizes on the CPU and records nothing."""
+  import subprocess
+  import sys
+
+  results = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+  before = os.path.getsize(results)
+  env = dict(os.environ, PYTHON=sys.executable)
+  env.pop("XLA_FLAGS", None)  # one CPU device, as on a one-GPU machine
+  proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "accelerator.sh"), "--dry-run"],
+                        capture_output=True, text=True, env=env, timeout=600, check=False)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 0, out[-3000:]
+  assert "tests collected" in out and "DRY RUN" in out and "status 0" in out, out[-3000:]
+  assert "surface_grid vmap, chunk" in out
+  assert os.path.getsize(results) == before
