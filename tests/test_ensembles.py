@@ -143,7 +143,7 @@ def test_fge_resumes_exactly_with_its_snapshots(digits_train, tmp_path, kill_aft
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
   assert hist == ref_hist
   # another configuration, or other starting parameters, in the same workdir is refused
-  with pytest.raises(ValueError, match="different configuration.*lr"):
+  with pytest.raises(ValueError, match="different configuration.*learning_rate"):
     ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, workdir=work, checkpoint_every=2,
                                       **{**kw, "lr1": 0.2})
   other = jax.tree.map(lambda x: x + 1.0, p)
