@@ -1,8 +1,8 @@
 """The PyTorch side of the benchmarks, run in its own process (this module never imports JAX).
 
-The JAX-side scripts write the weights, directions and data to an ``.npz`` file (plain arrays, no
-pickle) and start this script as a subprocess, so that PyTorch's thread pool and allocator do not
-share a process with XLA's. Sub-commands:
+The JAX-side scripts write the weights, directions and data to an ``.npz`` file (plain arrays,
+read with allow_pickle=False) and start this script as a subprocess, so that PyTorch's thread pool
+and allocator do not share a process with XLA's. Sub-commands:
 
 * ``serve --npz FILE``: W1 surface baselines (``bench_w1.py``, ``bench_accelerator.py``). Reads
   commands from stdin, one per line, and answers each with one JSON line on stdout:
