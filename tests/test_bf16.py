@@ -17,6 +17,7 @@ import pytest
 import landscape_jax as lj
 from landscape_jax.adapters import evaluation
 from landscape_jax.backends.cpu import fusion, onednn, onednn_build
+from tests.conv_reference import hlo_text, numpy_conv
 
 pytestmark = pytest.mark.skipif(
   platform.system() != "Linux" or platform.machine() != "x86_64",
@@ -30,27 +31,6 @@ needs_bf16_cpu = pytest.mark.skipif(not _BF16_CPU, reason="this CPU has no avx51
 def _bf16(a) -> np.ndarray:
   """a rounded to the nearest bfloat16 (ties to even), back in float64."""
   return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16), np.float64)
-
-
-def _numpy_conv(x, w, strides, padding, dilation):
-  """y[n,i,j,o] = sum_{a,b,c} xp[n, i s0 + a d0, j s1 + b d1, c] w[a,b,c,o], in float64."""
-  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
-  t, b, lft, r = padding
-  xp = np.pad(x, ((0, 0), (t, b), (lft, r), (0, 0)))
-  kh, kw = w.shape[:2]
-  oh = (xp.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
-  ow = (xp.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
-  y = np.zeros((x.shape[0], oh, ow, w.shape[3]))
-  for a in range(kh):
-    for c in range(kw):
-      win = xp[:, a * dilation[0]: a * dilation[0] + (oh - 1) * strides[0] + 1: strides[0],
-               c * dilation[1]: c * dilation[1] + (ow - 1) * strides[1] + 1: strides[1], :]
-      y += np.einsum("nhwc,co->nhwo", win, w[a, c])
-  return y
-
-
-def _hlo(fn, *args) -> str:
-  return jax.jit(fn).lower(*args).as_text()
 
 
 def _rel(a, b) -> float:
@@ -78,7 +58,7 @@ def test_bf16_conv_is_the_conv_of_the_rounded_operands(strides, padding, dilatio
   k = jax.random.split(jax.random.key(0), 4)
   x = jax.random.normal(k[0], (3, 11, 10, 24))
   w = jax.random.normal(k[1], (*kernel, 24, 20)) / np.sqrt(24 * np.prod(kernel))
-  exact = _numpy_conv(x, w, strides, padding, dilation)
+  exact = numpy_conv(x, w, strides, padding, dilation)
   b = jax.random.normal(k[2], (20,)) if "bias" in epilogue else None
   r = jax.random.normal(k[3], exact.shape) if "residual" in epilogue else None
   kw = dict(strides=strides, padding=padding, dilation=dilation, bias=b, residual=r,
@@ -90,8 +70,8 @@ def test_bf16_conv_is_the_conv_of_the_rounded_operands(strides, padding, dilatio
 
   y = jax.jit(functools.partial(onednn.conv, compute_dtype="bfloat16", **kw))(x, w)
   assert y.dtype == jnp.float32
-  assert _TARGET in _hlo(functools.partial(onednn.conv, compute_dtype="bfloat16", **kw), x, w)
-  ref = epi(_numpy_conv(_bf16(x), _bf16(w), strides, padding, dilation))
+  assert _TARGET in hlo_text(functools.partial(onednn.conv, compute_dtype="bfloat16", **kw), x, w)
+  ref = epi(numpy_conv(_bf16(x), _bf16(w), strides, padding, dilation))
   np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)  # float32 accumulation
   # against the float32 convolution: operands rounded to 8 bits, errors of order 2^-9 relative
   geometry = dict(strides=strides, padding=padding, dilation=dilation)
@@ -117,7 +97,7 @@ def test_bf16_conv_of_float32_images_in_chunks(out_dtype):
   kw = dict(strides=2, padding=1, bias=b, residual=r, relu=True, compute_dtype="bfloat16",
             out_dtype=out_dtype)
   y = jax.jit(functools.partial(onednn.conv, **kw))(x, w)
-  ref = np.maximum(_numpy_conv(_bf16(x), _bf16(w), (2, 2), (1, 1, 1, 1), (1, 1))
+  ref = np.maximum(numpy_conv(_bf16(x), _bf16(w), (2, 2), (1, 1, 1, 1), (1, 1))
                    + np.asarray(b) + np.asarray(r), 0)
   if out_dtype == jnp.bfloat16:
     np.testing.assert_allclose(np.asarray(y, np.float64), ref, rtol=2 ** -8, atol=1e-5)
@@ -170,14 +150,14 @@ def test_rewrite_onednn_bf16_equals_xla_bf16_and_rounds_only_conv_inputs():
   got, want, exact = jax.jit(ours)(x), jax.jit(xla)(x), f(x)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert 1e-4 < _rel(got, exact) < 1e-2
-  hlo = _hlo(ours, x)
+  hlo = hlo_text(ours, x)
   calls = [line for line in hlo.splitlines() if _TARGET in line]
   assert len(calls) == 2 and "relu = true" in calls[0] and "residual = true" in calls[1]
   # h only feeds the second convolution: written in bfloat16; z feeds a mean: float32
   assert re.search(r"-> tensor<4x8x8x16xbf16>", calls[0]), calls[0]
   assert re.search(r"-> tensor<4x8x8x16xf32>", calls[1]), calls[1]
-  assert re.search(r"dot_general.*bf16.*bf16.*-> tensor<4x10xf32>", _hlo(xla, x))
-  assert "convolution" not in hlo and re.search(r"stablehlo.convolution.*bf16", _hlo(xla, x))
+  assert re.search(r"dot_general.*bf16.*bf16.*-> tensor<4x10xf32>", hlo_text(xla, x))
+  assert "convolution" not in hlo and re.search(r"stablehlo.convolution.*bf16", hlo_text(xla, x))
 
 
 def test_with_compute_dtype_float32_is_the_function():
@@ -216,7 +196,7 @@ def test_metric_fn_bf16_is_within_1e2_of_float32(resnet8_digits, convs):
   points = [params, jax.tree.map(lambda p, d: p + 0.5 * d, params, d1)]
   f32 = _metric(resnet8_digits, cpu_convolutions=convs)
   bf16 = _metric(resnet8_digits, cpu_convolutions=convs, compute_dtype="bfloat16")
-  hlo = _hlo(bf16, params)
+  hlo = hlo_text(bf16, params)
   assert (_TARGET in hlo) == (convs == "onednn") and "bf16" in hlo
   for p in points:
     a, b = jax.jit(f32)(p), jax.jit(bf16)(p)
@@ -257,7 +237,7 @@ def test_metric_fn_bf16_onednn_equals_xla_bf16(resnet8_digits):
 def test_off_by_default_bit_identical(resnet8_digits):
   model, params, stats, data = resnet8_digits
   default = jax.jit(_metric(resnet8_digits))(params)
-  assert "bf16" not in _hlo(_metric(resnet8_digits), params)
+  assert "bf16" not in hlo_text(_metric(resnet8_digits), params)
   for same in (None, "float32", jnp.float32):
     got = jax.jit(_metric(resnet8_digits, compute_dtype=same))(params)
     for k in default:
@@ -311,7 +291,7 @@ def test_cpu_without_bf16_auto_warns_once_and_uses_xla(resnet8_digits, cpu_witho
     warnings.simplefilter("error")
     again = _metric(resnet8_digits, cpu_convolutions="xla", compute_dtype="bfloat16")  # once
     _metric(resnet8_digits)  # float32: nothing to say
-  hlo = _hlo(fn, params)
+  hlo = hlo_text(fn, params)
   assert _TARGET not in hlo and "bf16" in hlo  # XLA, in bfloat16
   np.testing.assert_array_equal(jax.jit(fn)(params)["loss"], jax.jit(again)(params)["loss"])
 

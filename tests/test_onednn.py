@@ -11,6 +11,7 @@ import pytest
 
 import landscape_jax as lj
 from landscape_jax.backends.cpu import fusion, onednn, onednn_build
+from tests.conv_reference import hlo_text, numpy_conv
 
 # Where the wheels exist (Linux x86-64) the kernel must build: a failure to build fails the tests.
 pytestmark = pytest.mark.skipif(
@@ -18,27 +19,6 @@ pytestmark = pytest.mark.skipif(
   reason="oneDNN wheels exist for Linux x86-64 only")
 
 _TARGET = "landscape_jax_onednn_conv"
-
-
-def _numpy_conv(x, w, strides, padding, dilation):
-  """y[n,i,j,o] = sum_{a,b,c} xp[n, i s0 + a d0, j s1 + b d1, c] w[a,b,c,o], in float64."""
-  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
-  t, b, lft, r = padding
-  xp = np.pad(x, ((0, 0), (t, b), (lft, r), (0, 0)))
-  kh, kw = w.shape[:2]
-  oh = (xp.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
-  ow = (xp.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
-  y = np.zeros((x.shape[0], oh, ow, w.shape[3]))
-  for a in range(kh):
-    for c in range(kw):
-      win = xp[:, a * dilation[0]: a * dilation[0] + (oh - 1) * strides[0] + 1: strides[0],
-               c * dilation[1]: c * dilation[1] + (ow - 1) * strides[1] + 1: strides[1], :]
-      y += np.einsum("nhwc,co->nhwo", win, w[a, c])
-  return y
-
-
-def _hlo(fn, *args) -> str:
-  return jax.jit(fn).lower(*args).as_text()
 
 
 def test_available():
@@ -59,10 +39,10 @@ def test_conv_matches_direct_numpy(strides, padding, dilation, kernel):
   w = jax.random.normal(kw, (*kernel, 5, 7))
   y = jax.jit(lambda x, w: onednn.conv(x, w, strides=strides, padding=padding,
                                        dilation=dilation))(x, w)
-  ref = _numpy_conv(x, w, strides, padding, dilation)
+  ref = numpy_conv(x, w, strides, padding, dilation)
   assert y.shape == ref.shape
   np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-4)
-  assert _TARGET in _hlo(lambda x, w: onednn.conv(x, w, strides=strides, padding=padding,
+  assert _TARGET in hlo_text(lambda x, w: onednn.conv(x, w, strides=strides, padding=padding,
                                                   dilation=dilation), x, w)
 
 
@@ -75,7 +55,7 @@ def test_conv_epilogue_matches_direct_numpy(bias, residual, relu):
   r = jax.random.normal(k[3], (2, 4, 3, 5)) if residual else None
   kw = dict(strides=2, padding=1, bias=b, residual=r, relu=relu)
   y = jax.jit(lambda x, w: onednn.conv(x, w, **kw))(x, w)
-  ref = _numpy_conv(x, w, (2, 2), (1, 1, 1, 1), (1, 1))
+  ref = numpy_conv(x, w, (2, 2), (1, 1, 1, 1), (1, 1))
   ref = ref + (np.asarray(b) if bias else 0) + (np.asarray(r) if residual else 0)
   ref = np.maximum(ref, 0) if relu else ref
   np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-4)
@@ -114,11 +94,11 @@ def test_rewrite_fuses_bias_residual_relu_of_a_resnet_block():
   plans, absorbed = fusion.plan_fusions(jax.make_jaxpr(block)(x).jaxpr)
   got = sorted((f.bias is not None, f.residual is not None, f.relu) for f in plans.values())
   assert got == [(True, False, True), (True, True, True)]
-  assert _hlo(wrapped, x).count(_TARGET) == 3
+  assert hlo_text(wrapped, x).count(_TARGET) == 3
   unfused = fusion.with_onednn_convolutions(block, fuse_epilogues=False)
-  assert _hlo(unfused, x).count(_TARGET) == 3
-  assert _hlo(wrapped, x).count("relu = true") == 2
-  assert "relu = true" not in _hlo(unfused, x) and "residual = true" not in _hlo(unfused, x)
+  assert hlo_text(unfused, x).count(_TARGET) == 3
+  assert hlo_text(wrapped, x).count("relu = true") == 2
+  assert "relu = true" not in hlo_text(unfused, x) and "residual = true" not in hlo_text(unfused, x)
   for a, c, d in zip(jax.jit(wrapped)(x), block(x), jax.jit(unfused)(x), strict=True):
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(d, c, rtol=1e-5, atol=1e-3)
@@ -154,7 +134,7 @@ def test_vmap_stays_on_onednn_and_matches_xla(size, batched):
   ref = jax.vmap(lambda a: jax.nn.relu(jax.lax.conv_general_dilated(
     a["x"], a["w"], (2, 2), ((1, 0), (1, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     + a["bias"] + a["residual"]), (axes,))
-  hlo = _hlo(ours, args)
+  hlo = hlo_text(ours, args)
   assert _TARGET in hlo and "convolution" not in hlo  # no XLA (grouped) convolution
   np.testing.assert_allclose(jax.jit(ours)(args), ref(args), rtol=1e-5, atol=1e-4)
 
@@ -185,7 +165,7 @@ def test_with_onednn_convolutions_any_dimension_numbers_and_nested_jit():
   got, want = jax.jit(wrapped)(x, w), net(x, w)
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-4)
-  assert _hlo(wrapped, x, w).count(_TARGET) == 2
+  assert hlo_text(wrapped, x, w).count(_TARGET) == 2
 
 
 def test_unsupported_convolutions_stay_with_xla():
@@ -203,7 +183,7 @@ def test_unsupported_convolutions_stay_with_xla():
     return grouped, half, one_d
 
   wrapped = fusion.with_onednn_convolutions(net)
-  assert _TARGET not in _hlo(wrapped, x)
+  assert _TARGET not in hlo_text(wrapped, x)
   for a, b in zip(jax.jit(wrapped)(x), net(x), strict=True):
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
@@ -266,8 +246,8 @@ def test_metric_fn_onednn_equals_xla(resnet8_digits):
   model, params, stats, data = resnet8_digits
   fns = {mode: lj.make_metric_fn(model, data, batch_stats=stats, batch_size=64,
                                  cpu_convolutions=mode) for mode in ("onednn", "xla")}
-  assert _TARGET in _hlo(fns["onednn"], params)
-  assert _TARGET not in _hlo(fns["xla"], params)
+  assert _TARGET in hlo_text(fns["onednn"], params)
+  assert _TARGET not in hlo_text(fns["xla"], params)
   got, want = jax.jit(fns["onednn"])(params), jax.jit(fns["xla"])(params)
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
   np.testing.assert_allclose(got["accuracy"], want["accuracy"])
@@ -343,7 +323,7 @@ def test_recomputed_batchnorm_onednn_equals_xla(resnet8_digits):
   fns = {mode: lj.make_recompute_metric_fn(model, data, train_data=data, batch_stats=stats,
                                            bn_batch_size=64, cpu_convolutions=mode)
          for mode in ("onednn", "xla")}
-  hlo = _hlo(fns["onednn"], params)
+  hlo = hlo_text(fns["onednn"], params)
   assert _TARGET in hlo and "convolution" not in hlo  # the statistics pass too
   direct = lj.make_metric_fn(model, data, batch_stats=got["xla"], cpu_convolutions="xla",
                              fold_batchnorm=False)(params)
