@@ -123,6 +123,17 @@ _NAMES: dict[str, str] = {
   "evaluate_split": "adapters.evaluation",
   "make_loss_fn": "adapters.evaluation",
   "make_metric_fn": "adapters.evaluation",
+  # adapters.losses
+  "CROSS_ENTROPY": "adapters.losses",
+  "Loss": "adapters.losses",
+  "MSE": "adapters.losses",
+  "TOKEN_CROSS_ENTROPY": "adapters.losses",
+  # adapters.models
+  "BatchNormHooks": "adapters.models",
+  "from_equinox": "adapters.models",
+  "from_nnx": "adapters.models",
+  "inference_fn": "adapters.models",
+  "Model": "adapters.models",
   # adapters.batchnorm
   "make_recompute_metric_fn": "adapters.batchnorm",
   "recompute_batch_stats": "adapters.batchnorm",
@@ -202,6 +213,7 @@ _MODULES: dict[str, str] = {
   "batchnorm": "adapters.batchnorm",
   "folding": "adapters.folding",
   "error_control": "adapters.error_control",
+  "losses": "adapters.losses",
   "schedules": "methods.schedules",
   "training": "methods.training",
   "rundir": "methods.rundir",
