@@ -134,6 +134,12 @@ _NAMES: dict[str, str] = {
   "from_nnx": "adapters.models",
   "inference_fn": "adapters.models",
   "Model": "adapters.models",
+  # adapters.text
+  "char_splits": "adapters.text",
+  "load_text": "adapters.text",
+  # models.char_transformer
+  "char_transformer_apply": "models.char_transformer",
+  "init_char_transformer": "models.char_transformer",
   # adapters.batchnorm
   "make_recompute_metric_fn": "adapters.batchnorm",
   "recompute_batch_stats": "adapters.batchnorm",
@@ -214,6 +220,7 @@ _MODULES: dict[str, str] = {
   "folding": "adapters.folding",
   "error_control": "adapters.error_control",
   "losses": "adapters.losses",
+  "text": "adapters.text",
   "schedules": "methods.schedules",
   "training": "methods.training",
   "rundir": "methods.rundir",

@@ -3,11 +3,16 @@ the losses of `adapters.losses`, each checked against an independent computation
 formulas, the model called directly, a dense Hessian, a planted permutation)."""
 
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
@@ -448,3 +453,117 @@ def test_inference_fn_and_as_model():
     == pytest.approx(np.log(3.0))
   assert batchnorm.VARIANCES == ("pooled", "reference")
 
+
+# ------------------------------------------------------------------------------------ text
+
+
+def test_char_splits_are_next_character_windows():
+  text = lj.load_text()
+  assert len(text) > 3000 and text == lj.load_text("valley")
+  splits, vocab = lj.char_splits(text, context=8, stride=5, test_fraction=0.25)
+  x, y = splits["train"]
+  assert x.dtype == np.int32 and x.shape[1] == 8
+  assert lj.text.decode(x[3], vocab) == text[15:23] and lj.text.decode(y[3], vocab) == text[16:24]
+  cut = int(round(len(text) * 0.75))
+  assert lj.text.decode(splits["test"][0][0], vocab) == text[cut:cut + 8]
+  with pytest.raises(ValueError, match="Unknown text"):
+    lj.load_text("nope")
+  with pytest.raises(ValueError, match="shorter"):
+    lj.char_splits("abc", context=8)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _adam(loss_fn, params, data, key, steps):
+  """Adam (lr 3e-3) on random batches of 32 windows; compiled once for every seed."""
+  opt = optax.adam(3e-3)
+  x, y = data
+
+  def step(carry, k):
+    p, s = carry
+    idx = jax.random.choice(k, x.shape[0], (32,), replace=False)
+    u, s = opt.update(jax.grad(loss_fn)(p, (x[idx], y[idx])), s, p)
+    return (optax.apply_updates(p, u), s), None
+
+  return jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, steps))[0][0]
+
+
+def _token_ce(params, data, apply_fn):
+  x, y = data
+  logits = np.asarray(apply_fn(params, jnp.asarray(x)), np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  return -np.take_along_axis(logp, y[..., None], -1).mean()
+
+
+@pytest.mark.slow
+def test_char_transformer_landscape():
+  """A 2-layer, width-16 character transformer trained twice on the bundled text: its surface,
+  the interpolation between the trainings and its Hessian, each checked against the model
+  evaluated directly (numpy token cross-entropy) or an independent Hessian-vector product."""
+  splits, vocab = lj.char_splits(lj.load_text(), context=16, stride=8)
+  apply_fn = functools.partial(lj.char_transformer_apply, heads=2)
+  loss_fn = lj.make_loss_fn(apply_fn, loss=lj.TOKEN_CROSS_ENTROPY)
+  metric_fn = lj.make_metric_fn(apply_fn, splits, loss=lj.TOKEN_CROSS_ENTROPY, batch_size=100)
+  runs = []
+  for seed in (0, 1):
+    init = lj.init_char_transformer(jax.random.key(seed), vocab_size=len(vocab), context=16,
+                                    width=16, depth=2, heads=2)
+    runs.append(_adam(loss_fn, init, splits["train"], jax.random.key(seed), 150))
+  a, b = runs
+  res_a = metric_fn(a)
+  assert float(res_a["train_loss"]) < np.log(len(vocab)) - 1.0  # it learnt something
+  np.testing.assert_allclose(res_a["train_loss"], _token_ce(a, splits["train"], apply_fn),
+                             rtol=1e-5)
+
+  dirs = lj.random_directions(jax.random.key(2), a, num=2)
+  xs, ys = np.array([-0.5, 0.0, 0.5]), np.array([0.0, 0.5])
+  surface = lj.surface_grid(metric_fn, a, dirs, xs, ys, chunk_size=6, progress=False)
+  point = jax.tree.map(lambda c, d1, d2: c - 0.5 * d1 + 0.5 * d2, a, *dirs)
+  np.testing.assert_allclose(surface["test_loss"][0, 1], _token_ce(point, splits["test"],
+                                                                   apply_fn), rtol=5e-5)
+  np.testing.assert_allclose(surface["train_loss"][1, 0], res_a["train_loss"], rtol=1e-5)
+
+  alphas = np.array([0.0, 0.5, 1.0])
+  path = lj.linear_path(metric_fn, a, b, alphas, chunk_size=3, progress=False)
+  mid = jax.tree.map(lambda u, v: 0.5 * (u + v), a, b)
+  np.testing.assert_allclose(path["train_loss"][1], _token_ce(mid, splits["train"], apply_fn),
+                             rtol=5e-5)
+  np.testing.assert_allclose(path["train_loss"][[0, 2]],
+                             [res_a["train_loss"], metric_fn(b)["train_loss"]], rtol=1e-5)
+
+  # the Hessian of the mean token loss over 128 windows: Lanczos' top Ritz pair against an
+  # independent Hessian-vector product (forward-over-reverse of jax.grad)
+  batch = tuple(a_[:128] for a_ in splits["train"])
+  eig = lj.hessian_eigenvalues(loss_fn, a, batch, top_k=1, num_steps=20, vectors=True)
+  v = eig.top_vectors[0]
+  hv = jax.jvp(jax.grad(lambda p: loss_fn(p, batch)), (a,), (v,))[1]
+  dot = lambda u, w: float(sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(u),
+                                                               jax.tree.leaves(w), strict=True)))
+  np.testing.assert_allclose(dot(v, hv), eig.top[0], rtol=2e-3)
+  assert eig.top[0] > 0 and eig.smallest < eig.top[0]
+
+
+@pytest.mark.slow
+def test_charlm_script_runs_and_resumes(tmp_path):
+  """experiments/charlm.py end to end on its quick config: the summary matches the stored
+  landscape, and a rerun trains nothing again and writes the same summary."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, os.path.join(root, "experiments", "charlm.py"),
+         "--config=" + os.path.join(root, "experiments", "configs", "charlm.py") + ":quick",
+         f"--workdir={tmp_path}", "--noprogress", "--config.steps=30"]
+  env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  stored = np.load(tmp_path / "landscape.npz")
+  assert summary["surface"]["train_loss"]["max"] == pytest.approx(
+    float(stored["surface_train_loss"].max()), rel=1e-6)
+  assert summary["models"][0]["train_loss"] == pytest.approx(
+    float(stored["interpolation_train_loss"][0]), rel=1e-5)
+  assert len(summary["hessian"]["top_eigenvalues"]) == 2
+  ckpt = tmp_path / "seed0"
+  before = {p: p.stat().st_mtime for p in ckpt.rglob("*")}
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert {p: p.stat().st_mtime for p in ckpt.rglob("*")} == before
+  assert json.load(open(tmp_path / "summary.json")) == summary
