@@ -567,3 +567,26 @@ def test_charlm_script_runs_and_resumes(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert {p: p.stat().st_mtime for p in ckpt.rglob("*")} == before
   assert json.load(open(tmp_path / "summary.json")) == summary
+
+
+@pytest.mark.slow
+def test_docs_adapters_examples_run():
+  """The Python blocks of docs/adapters.md, run in order in one namespace, compute what the page
+  says they do."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  page = open(os.path.join(root, "docs", "adapters.md"), encoding="utf-8").read()
+  blocks = [b.split("```", 1)[0] for b in page.split("```python\n")[1:]]
+  assert len(blocks) == 3
+  ns = {}
+  for block in blocks:
+    exec(compile(block, "docs/adapters.md", "exec"), ns)  # the page's own code
+  center = ns["metric_fn"](ns["a"])
+  np.testing.assert_allclose(ns["surface"]["test_loss"][2, 2], center["test_loss"], rtol=1e-5)
+  assert ns["along"]["curve"]["test_loss"].shape == (5,)
+  assert np.all(np.diff(ns["matched"].objectives) >= -1e-6)
+  aligned = ns["vb_aligned"]  # the aligned b is the same function as b
+  fn = lj.inference_fn(ns["model"])
+  x = ns["x"]
+  _close(fn(aligned, x), fn(ns["vb"], x), rtol=1e-4, atol=1e-5)
+  assert np.all(np.diff(ns["eig"].top) <= 0) and ns["esurface"]["test_loss"].shape == (5, 5)
+  assert ns["lm_path"]["train_loss"].shape == (5,) and len(ns["lm_eig"].top) == 2
