@@ -126,6 +126,23 @@ _NAMES: dict[str, str] = {
   "evaluate_split": "adapters.evaluation",
   "make_loss_fn": "adapters.evaluation",
   "make_metric_fn": "adapters.evaluation",
+  # adapters.losses
+  "CROSS_ENTROPY": "adapters.losses",
+  "Loss": "adapters.losses",
+  "MSE": "adapters.losses",
+  "TOKEN_CROSS_ENTROPY": "adapters.losses",
+  # adapters.models
+  "BatchNormHooks": "adapters.models",
+  "from_equinox": "adapters.models",
+  "from_nnx": "adapters.models",
+  "inference_fn": "adapters.models",
+  "Model": "adapters.models",
+  # adapters.text
+  "char_splits": "adapters.text",
+  "load_text": "adapters.text",
+  # models.char_transformer
+  "char_transformer_apply": "models.char_transformer",
+  "init_char_transformer": "models.char_transformer",
   # adapters.batchnorm
   "make_recompute_metric_fn": "adapters.batchnorm",
   "recompute_batch_stats": "adapters.batchnorm",
@@ -212,6 +229,8 @@ _MODULES: dict[str, str] = {
   "folding": "adapters.folding",
   "li2018_h5": "adapters.li2018_h5",
   "error_control": "adapters.error_control",
+  "losses": "adapters.losses",
+  "text": "adapters.text",
   "schedules": "methods.schedules",
   "training": "methods.training",
   "rundir": "methods.rundir",

@@ -147,6 +147,40 @@ def test_derived_specs_have_the_expected_structure():
   _check_invariance(model, v, spec)
 
 
+def test_spec_from_a_plain_function_over_bare_params():
+  """A plain apply_fn(params, x) is traced like the linen module it wraps (paths relative to the
+  wrapped params, as apply_permutation addresses a bare tree); an (out, in) kernel layout (Equinox,
+  PyTorch) is traced as well as Flax's (in, out), and a planted permutation is recovered."""
+  model = lj.get_model("mlp", num_classes=10)
+  v = _init(model, 0)
+  fn = lambda params, x: model.apply({"params": params}, x, train=False)
+  assert P.spec_from_model(fn, v["params"], X) == P.spec_from_model(model, v, X)
+
+  rng = np.random.default_rng(0)
+  params = {"w1": jnp.asarray(rng.normal(size=(5, 64)), jnp.float32),  # (out, in)
+            "b1": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
+            "w2": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)}
+
+  def torch_mlp(p, x):
+    h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["w1"].T + p["b1"])
+    return h @ p["w2"].T
+
+  spec = P.spec_from_model(torch_mlp, params, X)
+  assert list(spec.sizes.values()) == [5], spec
+  (entries,) = spec.axes.values()
+  assert set(entries) == {P.PermAxis("params/w1", 0), P.PermAxis("params/b1", 0),
+                          P.PermAxis("params/w2", 1)}
+  perm = P.random_permutation(jax.random.key(1), spec)
+  permuted = P.apply_permutation(spec, perm, params)
+  _close(torch_mlp(permuted, X), torch_mlp(params, X), 1e-5)
+  res = P.weight_matching(jax.random.key(0), spec, params, permuted)
+  assert _equal(P.apply_permutation(spec, res.perm, permuted), params)
+  with pytest.raises(ValueError, match="apply_kwargs is for linen"):
+    P.spec_from_model(torch_mlp, params, X, apply_kwargs={"train": False})
+  with pytest.raises(TypeError, match="linen module or a function"):
+    P.spec_from_model(42, params, X)
+
+
 def test_no_symmetry_and_bad_input_errors():
   model = _Concat()
   v = _init(model, 0)

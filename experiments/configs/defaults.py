@@ -160,3 +160,45 @@ def fge(**overrides) -> ml_collections.ConfigDict:
   c.eval_batch_size = 512
   c.bn_batch_size = 128
   return _locked(c, overrides)
+
+
+def charlm(**overrides) -> ml_collections.ConfigDict:
+  """experiments/charlm.py (a tiny character-level transformer on a bundled text).
+
+  ``text`` (a name of `lj.text.TEXTS`), ``context`` (characters per window), ``stride`` (between
+  training windows), ``test_fraction`` (the end of the text held out); the model: ``width``,
+  ``depth``, ``heads``; Adam: ``steps``, ``batch_size``, ``learning_rate``, ``seeds`` (two
+  trainings: the surface is centred on the first, the interpolation joins both); the surface
+  (Li et al. 2018): ``x`` / ``y`` ((min, max, num)), ``norm`` ("filter"), ``ignore``
+  ("biasbn"), ``direction_seed``; ``alphas`` ((min, max, num)) of the interpolation; the
+  Hessian of the first model over the training split: ``hessian_batch_size``, ``top_k`` and
+  ``num_steps`` (Lanczos), ``density_probes`` and ``density_steps`` (stochastic Lanczos
+  quadrature); ``eval_batch_size``, ``chunk_size`` and ``map_mode`` (None: the engine's).
+  """
+  c = ml_collections.ConfigDict()
+  c.text = "valley"
+  c.context = 32
+  c.stride = 4
+  c.test_fraction = 0.1
+  c.width = 32
+  c.depth = 2
+  c.heads = 4
+  c.steps = 400
+  c.batch_size = 32
+  c.learning_rate = 3e-3
+  c.seeds = (0, 1)
+  c.x = (-1.0, 1.0, 11)
+  c.y = (-1.0, 1.0, 11)
+  c.norm = "filter"
+  c.ignore = "biasbn"
+  c.direction_seed = 0
+  c.alphas = (-0.5, 1.5, 21)
+  c.hessian_batch_size = 256
+  c.top_k = 3
+  c.num_steps = 40
+  c.density_probes = 2
+  c.density_steps = 40
+  c.eval_batch_size = 256
+  c.chunk_size = config_dict.placeholder(int)
+  c.map_mode = config_dict.placeholder(str)
+  return _locked(c, overrides)

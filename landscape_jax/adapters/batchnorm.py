@@ -20,12 +20,18 @@ Batch statistics are captured with a `flax.linen.intercept_methods` interceptor 
 normalises), so any linen model with standard BatchNorm layers works without changes. The split is
 walked in full batches with `lax.scan`, plus one smaller batch for the remainder, so no padding
 enters any statistic; the whole computation is pure and traceable (jit, vmap, lax.map).
+
+Other models (`adapters.models`: NNX and Equinox modules, or a `Model` with `BatchNormHooks`)
+report each BatchNorm layer's batch mean and biased variance through their hooks instead
+(`state_on_split`). Every example then weighs the same in a layer (its spatial positions are
+the same in every batch), so the pooled formulas above hold with ``n_b`` = the number of examples
+of batch b; ``variance="reference"``, which needs the per-layer counts, is linen-only.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -33,13 +39,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape_jax.adapters.data import Dataset, normalize_images
+from landscape_jax.adapters.data import Dataset
 from landscape_jax.adapters.evaluation import (
   apply_checked,
   device_split,
-  evaluate_split,
+  inference_forward,
+  named_splits,
+  num_examples,
+  prepare_inputs,
+  split_metrics,
   use_onednn,
 )
+from landscape_jax.adapters.losses import Loss, check_loss
+from landscape_jax.adapters.models import BatchNormHooks, as_model
 from landscape_jax.backends.cpu import fusion
 from landscape_jax.core import trees
 
@@ -47,6 +59,7 @@ __all__ = [
   "batch_stats_on_split",
   "make_recompute_metric_fn",
   "recompute_batch_stats",
+  "state_on_split",
   "stats_split",
   "StatsSplit",
   "train_apply",
@@ -58,24 +71,41 @@ VARIANCES = ("pooled", "reference")
 
 
 class StatsSplit(NamedTuple):
-  """Full batches (B, b, H, W, C) and the remainder (r, H, W, C) of a split, on the device."""
+  """Full batches (every leaf (B, b, ...), e.g. uint8 images (B, b, H, W, C)) and the remainder
+  (r, ...) of a split's inputs, on the device."""
 
-  batches: jax.Array
-  remainder: jax.Array
+  batches: PyTree
+  remainder: PyTree
 
 
 def stats_split(images, *, batch_size: int) -> StatsSplit:
-  """Puts uint8 images on the device as full batches plus the remainder batch (no padding)."""
-  images = np.asarray(images)
-  n = images.shape[0]
-  if n == 0:
+  """Puts a split's inputs (uint8 images, or any pytree of arrays with a leading example axis) on
+  the device as full batches plus the remainder batch (no padding)."""
+  images = jax.tree.map(np.asarray, images)
+  if any(np.shape(x)[:1] == (0,) for x in jax.tree.leaves(images)):
     raise ValueError("Cannot recompute BatchNorm statistics on an empty split.")
+  n = num_examples(images, name="the statistics split")
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
   batch_size = min(batch_size, n)
   full = n // batch_size * batch_size
-  batches = images[:full].reshape(n // batch_size, batch_size, *images.shape[1:])
-  return StatsSplit(jnp.asarray(batches), jnp.asarray(images[full:]))
+  batches = jax.tree.map(
+    lambda a: jnp.asarray(a[:full].reshape(n // batch_size, batch_size, *a.shape[1:])), images)
+  return StatsSplit(batches, jax.tree.map(lambda a: jnp.asarray(a[full:]), images))
+
+
+def _leading(tree) -> int:
+  return int(np.shape(jax.tree.leaves(tree)[0])[0])
+
+
+def _stats_inputs(data, name: str = "train_data"):
+  """``(inputs, norm)`` of one split: a `Dataset` (normalised images) or ``(inputs, targets)``."""
+  if isinstance(data, Dataset):
+    return data.images, (jnp.asarray(data.mean), jnp.asarray(data.std))
+  if isinstance(data, tuple | list) and len(data) == 2:
+    return data[0], None
+  raise TypeError(f"{name} must be one split: a Dataset or an (inputs, targets) pair of arrays "
+                  f"with a leading example axis; got {type(data).__name__}.")
 
 
 def _feature_axes(module: nn.BatchNorm, ndim: int) -> tuple[int, ...]:
@@ -126,7 +156,7 @@ def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
 
 
 def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree,
-                         split: StatsSplit, mean, std, *, variance: str = "pooled",
+                         split: StatsSplit, mean=None, std=None, *, variance: str = "pooled",
                          onednn: bool = False) -> PyTree:
   """Pure, traceable core of `recompute_batch_stats` (see the module docstring for the formulas).
 
@@ -136,7 +166,8 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
     params: the model parameters of the point.
     template: a batch_stats pytree of the model (its values are not used, only its structure).
     split: from `stats_split`.
-    mean, std: input normalisation (see `data.normalize_images`).
+    mean, std: input normalisation of uint8 images (see `data.normalize_images`); None for
+      inputs used as given.
     variance: "pooled" (exact variance over the split) or "reference" (mean of unbiased per-batch
       variances, as PyTorch's ``update_bn``).
     onednn: run the convolutions of the pass on oneDNN (`backends.cpu.onednn`; CPU only).
@@ -148,8 +179,10 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
   if onednn:
     batch_moments = fusion.with_onednn_convolutions(batch_moments)
 
+  norm = None if mean is None else (mean, std)
+
   def moments(images):
-    return batch_moments(variables, normalize_images(images, mean, std))
+    return batch_moments(variables, prepare_inputs(images, norm))
 
   # (count, mean, M2) per batch: scan over the full batches, then the remainder batch.
   counts, means, m2s = {}, {}, {}
@@ -159,7 +192,7 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
     means.setdefault(path, []).append(m)
     m2s.setdefault(path, []).append(m2)
 
-  if split.batches.shape[0] > 0:
+  if _leading(split.batches) > 0:
     def body(_, images):
       mom = moments(images)
       return None, {"/".join(k): (jnp.full((), c, jnp.float32), m, m2)
@@ -167,7 +200,7 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
     _, stacked = jax.lax.scan(body, None, split.batches)
     for name, (c, m, m2) in stacked.items():
       add(tuple(name.split("/")), c, m, m2)
-  if split.remainder.shape[0] > 0:
+  if _leading(split.remainder) > 0:
     for path, (c, m, m2) in moments(split.remainder).items():
       add(path, jnp.full((1,), c, jnp.float32), m[None], m2[None])
   if not counts:
@@ -194,28 +227,101 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
   return jax.tree.map(lambda t, o: o.astype(t.dtype), template, out)
 
 
-def recompute_batch_stats(model: nn.Module, params: PyTree, batch_stats: PyTree, data: Dataset, *,
+def state_on_split(batch_norm: BatchNormHooks, params: PyTree, state: PyTree, split: StatsSplit,
+                   norm=None, *, onednn: bool = False) -> PyTree:
+  """Pure, traceable recomputation of a `adapters.models.Model`'s BatchNorm statistics.
+
+  One training-mode pass over the split through ``batch_norm.moments`` gives every layer's batch
+  mean ``mean_b`` and biased variance ``var_b`` per batch b of ``n_b`` examples; the running
+  statistics become the pooled ones (see the module docstring):
+
+      mean = sum_b n_b mean_b / n,    var = sum_b n_b (var_b + (mean_b - mean)^2) / n,
+
+  the mean and variance of the layer's input over the whole split, written into the state with
+  ``batch_norm.with_stats``.
+
+  Args:
+    batch_norm: the model's `BatchNormHooks` (`from_nnx`, `from_equinox`).
+    params: the parameters of the point.
+    state: the model state the statistics are written into (its other entries are kept).
+    split: from `stats_split`.
+    norm: ``(mean, std)`` normalising uint8 image inputs, or None.
+    onednn: run the convolutions of the pass on oneDNN (`backends.cpu.onednn`; CPU only).
+  """
+  moments = batch_norm.moments
+  if onednn:
+    moments = fusion.with_onednn_convolutions(moments)
+
+  def layer_moments(x):
+    return tuple((m.astype(jnp.float32), v.astype(jnp.float32))
+                 for m, v in moments(params, state, prepare_inputs(x, norm)))
+
+  parts = []  # (weights (B,), ((means (B, C), vars (B, C)) per layer))
+  if _leading(split.batches) > 0:
+    _, stacked = jax.lax.scan(lambda _, x: (None, layer_moments(x)), None, split.batches)
+    b = np.shape(jax.tree.leaves(split.batches)[0])
+    parts.append((jnp.full((b[0],), b[1], jnp.float32), stacked))
+  if _leading(split.remainder) > 0:
+    rest = layer_moments(split.remainder)
+    parts.append((jnp.full((1,), _leading(split.remainder), jnp.float32),
+                  jax.tree.map(lambda a: a[None], rest)))
+  if not parts or not parts[0][1]:
+    raise ValueError("No BatchNorm layer ran in training mode: the model has no BatchNorm whose "
+                     "statistics could be recomputed.")
+  w = jnp.concatenate([p[0] for p in parts])
+  total = jnp.sum(w)
+  stats = []
+  for layer in range(len(parts[0][1])):
+    means = jnp.concatenate([p[1][layer][0] for p in parts])
+    variances = jnp.concatenate([p[1][layer][1] for p in parts])
+    wl = w.reshape((-1,) + (1,) * (means.ndim - 1))
+    mu = jnp.sum(wl * means, 0) / total
+    var = jnp.sum(wl * (variances + jnp.square(means - mu)), 0) / total
+    stats.append((mu, var))
+  return batch_norm.with_stats(params, state, tuple(stats))
+
+
+def _generic_model(model, batch_stats, variance: str, what: str):
+  """The `Model` of a non-linen model with BatchNorm hooks, or a ValueError."""
+  m = as_model(model, batch_stats=batch_stats)
+  if m.batch_norm is None:
+    raise ValueError(
+      f"{what} needs a model with BatchNorm layers whose statistics it can recompute: a linen "
+      "model, an NNX module with nnx.BatchNorm, an Equinox module with eqx.nn.BatchNorm and its "
+      "state, or an lj.Model with batch_norm=BatchNormHooks(...). This model has none.")
+  if variance != "pooled":
+    raise ValueError(f"variance={variance!r} needs per-layer element counts, which only linen "
+                     "models report; use variance='pooled' (the exact variance over the split).")
+  return m
+
+
+def recompute_batch_stats(model, params: PyTree, batch_stats: PyTree, data, *,
                           batch_size: int = 256, variance: str = "pooled",
                           cpu_convolutions: str = "auto") -> PyTree:
   """Exact BatchNorm statistics of `params` over a split (Garipov et al.'s ``update_bn``).
 
   One training-mode pass over `data` (dropout off) in batches of `batch_size`; every BatchNorm
   layer gets the size-weighted mean of its per-batch input means, and the pooled variance of its
-  input (or, with ``variance="reference"``, the mean of the unbiased per-batch variances).
+  input (or, with ``variance="reference"``, linen only, the mean of the unbiased per-batch
+  variances).
 
   Args:
     model: a linen model called as ``model.apply(variables, x, train=True,
-      mutable=["batch_stats"])``.
+      mutable=["batch_stats"])``; or an NNX module, an Equinox module or an
+      `adapters.models.Model` with `BatchNormHooks` (`state_on_split`).
     params: the parameters of the point (e.g. ``curve_point(curve, t)``).
-    batch_stats: any batch_stats of the model (only the structure and dtypes are used).
-    data: the training split (uint8 images, normalised with its mean and std).
+    batch_stats: linen: any batch_stats of the model (only the structure and dtypes are used);
+      other models: the model state to write the statistics into (None: the model's own; for
+      Equinox its ``eqx.nn.State``).
+    data: the training split: a `Dataset` (uint8 images, normalised with its mean and std) or an
+      ``(inputs, targets)`` pair (the targets are not used).
     batch_size: examples per batch (statistics of the deeper layers depend on it, as in the
       reference, because training-mode BatchNorm normalises with the batch statistics).
     variance: see `batch_stats_on_split`.
     cpu_convolutions: as in `make_metric_fn` (oneDNN's convolutions on the CPU by default).
 
   Returns:
-    A batch_stats pytree with the same structure as `batch_stats`.
+    A batch_stats pytree with the same structure as `batch_stats` (other models: the state).
 
   References:
     Garipov, Izmailov, Podoprikhin, Vetrov and Wilson 2018, "Loss Surfaces, Mode Connectivity,
@@ -223,9 +329,19 @@ def recompute_batch_stats(model: nn.Module, params: PyTree, batch_stats: PyTree,
     Izmailov, Podoprikhin, Garipov, Vetrov and Wilson 2018, "Averaging Weights Leads to Wider
     Optima and Better Generalization".
   """
-  split = stats_split(data.images, batch_size=batch_size)
-  return _jit_stats(train_apply(model), params, batch_stats, split, jnp.asarray(data.mean),
-                    jnp.asarray(data.std), variance, use_onednn(cpu_convolutions))
+  inputs, norm = _stats_inputs(data, "data")
+  split = stats_split(inputs, batch_size=batch_size)
+  if isinstance(model, nn.Module):
+    mean, std = (None, None) if norm is None else norm
+    return _jit_stats(train_apply(model), params, batch_stats, split, mean, std, variance,
+                      use_onednn(cpu_convolutions))
+  m = _generic_model(model, batch_stats, variance, "recompute_batch_stats")
+  return _jit_state(m.batch_norm, params, m.state, split, norm, use_onednn(cpu_convolutions))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _jit_state(batch_norm, params, state, split, norm, onednn):
+  return state_on_split(batch_norm, params, state, split, norm, onednn=onednn)
 
 
 def train_apply(model: nn.Module) -> Callable:
@@ -248,8 +364,8 @@ def _jit_stats(apply_train, params, template, split, mean, std, variance, onednn
                               onednn=onednn)
 
 
-def make_recompute_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
-                             train_data: Dataset, batch_stats: PyTree, batch_size: int = 256,
+def make_recompute_metric_fn(model, data, *, train_data, batch_stats: PyTree = None,
+                             loss: Loss | None = None, batch_size: int = 256,
                              bn_batch_size: int = 128, variance: str = "pooled",
                              fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
                              ) -> Callable[[PyTree], dict[str, jax.Array]]:
@@ -260,41 +376,66 @@ def make_recompute_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Data
   with its own statistics). Pure and traceable; a `jax.tree_util.Partial` whose data are leaves.
 
   Args:
-    model: a linen model with BatchNorm.
-    data: a `Dataset` or a mapping such as ``{"train": ds_train, "test": ds_test}`` (keys become
-      prefixes, as in `make_metric_fn`).
-    train_data: the split the statistics are recomputed on (the training split).
-    batch_stats: a batch_stats pytree of the model (structure only).
+    model: a linen model with BatchNorm; or an NNX module, an Equinox module or an
+      `adapters.models.Model` with `BatchNormHooks` (see `recompute_batch_stats`).
+    data: one split or a mapping such as ``{"train": ds_train, "test": ds_test}`` (keys become
+      prefixes), each a `Dataset` or an ``(inputs, targets)`` pair, as in `make_metric_fn`.
+    train_data: the split the statistics are recomputed on (the training split): a `Dataset` or
+      an ``(inputs, targets)`` pair.
+    batch_stats: linen: a batch_stats pytree of the model (structure only, required); other
+      models: the state the statistics are written into (None: the model's own; for Equinox its
+      ``eqx.nn.State``).
+    loss: the `Loss` and its metrics (`adapters.losses`; default `CROSS_ENTROPY`).
     batch_size: evaluation batch size; bn_batch_size: batch size of the statistics pass.
-    variance: see `batch_stats_on_split`.
-    fold_batchnorm, cpu_convolutions: as in `make_metric_fn` (the recomputed statistics folded
-      into the convolutions for the evaluation where that is exact; oneDNN's convolutions on the
-      CPU, in the statistics pass too).
+    variance: see `batch_stats_on_split` (``"reference"`` is linen-only).
+    fold_batchnorm, cpu_convolutions: as in `make_metric_fn` (linen only: the recomputed
+      statistics folded into the convolutions for the evaluation where that is exact; oneDNN's
+      convolutions on the CPU, in the statistics pass too, for every model).
   """
   if variance not in VARIANCES:
     raise ValueError(f"Unknown variance '{variance}'; use one of {VARIANCES}.")
-  single = isinstance(data, Dataset)
-  datasets = {"": data} if single else dict(data)
-  splits = {k: device_split(d.images, d.labels, batch_size=batch_size) for k, d in datasets.items()}
-  norms = {k: (jnp.asarray(d.mean), jnp.asarray(d.std)) for k, d in datasets.items()}
-  sp = stats_split(train_data.images, batch_size=bn_batch_size)
-  train_norm = (jnp.asarray(train_data.mean), jnp.asarray(train_data.std))
+  loss = check_loss(loss)
+  named = named_splits(data, loss)
+  splits = {k: device_split(d.inputs, d.targets, batch_size=batch_size) for k, d in named.items()}
+  norms = {k: d.norm for k, d in named.items()}
+  counts = [d.num_classes for d in named.values() if d.num_classes is not None]
+  num_classes = max(counts) if counts else None
+  inputs, train_norm = _stats_inputs(train_data)
+  sp = stats_split(inputs, batch_size=bn_batch_size)
   onednn = use_onednn(cpu_convolutions)
-  apply_fn = functools.partial(apply_checked, model, max(int(d.num_classes) for d in
-                                                          datasets.values()),
-                               fold_batchnorm=bool(fold_batchnorm), onednn=onednn)
+  if isinstance(model, nn.Module):
+    if batch_stats is None:
+      raise ValueError("make_recompute_metric_fn needs batch_stats for a linen model: any "
+                       "batch_stats pytree of it (only the structure is used).")
+    apply_fn = functools.partial(apply_checked, model, num_classes,
+                                 fold_batchnorm=bool(fold_batchnorm), onednn=onednn)
+    return jax.tree_util.Partial(
+      functools.partial(_recompute_metrics, apply_fn, train_apply(model), variance, onednn, loss),
+      splits, norms, sp, (None, None) if train_norm is None else train_norm, batch_stats)
+  m = _generic_model(model, batch_stats, variance, "make_recompute_metric_fn")
+  forward, state = inference_forward(m, num_classes=num_classes, onednn=onednn)
   return jax.tree_util.Partial(
-    functools.partial(_recompute_metrics, apply_fn, train_apply(model), variance, onednn),
-    splits, norms, sp, train_norm, batch_stats)
+    functools.partial(_recompute_model_metrics, forward, m.batch_norm, onednn, loss),
+    splits, norms, sp, train_norm, state)
 
 
-def _recompute_metrics(apply_fn, apply_train, variance, onednn, splits, norms, sp, train_norm,
-                       template, params):
+def _recompute_metrics(apply_fn, apply_train, variance, onednn, loss, splits, norms, sp,
+                       train_norm, template, params):
   stats = batch_stats_on_split(apply_train, params, template, sp, *train_norm, variance=variance,
                                onednn=onednn)
   variables = {"params": params, "batch_stats": stats}
   out = {}
   for k, split in splits.items():
-    res = evaluate_split(apply_fn, variables, split, *norms[k])
+    res = split_metrics(functools.partial(apply_fn, variables), split, loss, norms[k])
+    out.update({(f"{k}_{m}" if k else m): v for m, v in res.items()})
+  return out
+
+
+def _recompute_model_metrics(forward, batch_norm, onednn, loss, splits, norms, sp, train_norm,
+                             template, params):
+  state = state_on_split(batch_norm, params, template, sp, train_norm, onednn=onednn)
+  out = {}
+  for k, split in splits.items():
+    res = split_metrics(functools.partial(forward, params, state), split, loss, norms[k])
     out.update({(f"{k}_{m}" if k else m): v for m, v in res.items()})
   return out

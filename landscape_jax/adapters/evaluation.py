@@ -2,12 +2,16 @@
 
 The core of the library works on two kinds of user function:
 
-* ``loss_fn(params, batch) -> scalar``: a minibatch objective, ``batch = (images, labels)``;
+* ``loss_fn(params, batch) -> scalar``: a minibatch objective, ``batch = (inputs, targets)``;
 * ``metric_fn(params) -> dict[str, scalar]``: a full evaluation, jit-able and vmappable.
 
-`make_loss_fn` and `make_metric_fn` build them for the bundled Flax linen models. The split is held
-on the device as uint8, padded to a whole number of batches and walked with `lax.scan`; padded
-examples are masked out, so the mean cross-entropy and the accuracy are exact for any split size.
+`make_loss_fn` and `make_metric_fn` build them for any model (`adapters.models`: Flax linen, NNX,
+Equinox, a plain ``apply_fn(params, inputs)``, or a `Model` with state) and any data: a
+`Dataset` of uint8 images (normalised inside the compiled function) or an ``(inputs, targets)``
+pair of pytrees of arrays sharing the leading example axis, scored by a `Loss`
+(`adapters.losses`: cross-entropy by default, token-level cross-entropy, MSE). The split is held
+on the device, padded to a whole number of batches and walked with `lax.scan`; padded examples
+are masked out, so every metric is an exact ratio of sums over the split, for any split size.
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ import optax
 
 from landscape_jax.adapters import folding
 from landscape_jax.adapters.data import Dataset, normalize_images
+from landscape_jax.adapters.losses import CROSS_ENTROPY, Loss, check_loss
+from landscape_jax.adapters.models import as_model
 from landscape_jax.backends.cpu import fusion, onednn_build
 
 __all__ = [
   "apply_checked",
+  "batch_objective",
+  "check_classes",
   "check_model_fits",
   "correct",
   "cross_entropy",
@@ -37,9 +45,15 @@ __all__ = [
   "evaluate",
   "evaluate_split",
   "inference_apply",
+  "inference_forward",
   "make_loss_fn",
   "make_metric_fn",
   "model_variables",
+  "named_splits",
+  "num_examples",
+  "prepare_inputs",
+  "split_metrics",
+  "SplitData",
   "use_onednn",
 ]
 
@@ -58,15 +72,42 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class DeviceSplit(NamedTuple):
-  """A split padded to whole batches: images (B, b, H, W, C) uint8, labels (B, b), mask (B, b)."""
+  """A split padded to whole batches, on the device.
 
-  images: jax.Array
-  labels: jax.Array
+  Attributes:
+    images: the inputs, every leaf ``(B, b, ...)`` (uint8 images ``(B, b, H, W, C)`` for a
+      `Dataset`; any pytree of arrays otherwise).
+    labels: the targets, every leaf ``(B, b, ...)`` (integer labels ``(B, b)`` for a
+      `Dataset`).
+    mask: ``(B, b)`` float32, 1 for a real example and 0 for padding.
+  """
+
+  images: PyTree
+  labels: PyTree
   mask: jax.Array
 
   @property
   def num_examples(self) -> int:
     return int(np.prod(self.mask.shape))
+
+
+def _host_targets(a) -> np.ndarray:
+  a = np.asarray(a)
+  return a.astype(np.int32) if np.issubdtype(a.dtype, np.integer) else a
+
+
+def num_examples(inputs: PyTree, targets: PyTree = None, *, name: str = "data") -> int:
+  """The shared leading (example) axis of every array in `inputs` and `targets`; a ValueError
+  naming `name` if the arrays disagree or there are none."""
+  leaves = jax.tree.leaves((inputs, targets))
+  if not leaves:
+    raise ValueError(f"{name} holds no arrays; give (inputs, targets) as arrays (or pytrees of "
+                     "arrays) with a leading example axis.")
+  shapes = [np.shape(x) for x in leaves]
+  if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1:
+    raise ValueError(f"Every array of {name} must have the same leading (example) axis; got "
+                     f"shapes {shapes}.")
+  return int(shapes[0][0])
 
 
 def device_split(images, labels, *, batch_size: int, sharding=None, multiple_of: int = 1,
@@ -79,16 +120,19 @@ def device_split(images, labels, *, batch_size: int, sharding=None, multiple_of:
   batches of at most 64: 16 batches of 63, 8 padded, rather than 16 of 64 with 24 padded).
 
   Args:
-    images: (N, H, W, C) array (uint8 stays uint8 on the device).
-    labels: (N,) integer labels.
+    images: the inputs: an (N, ...) array (uint8 images stay uint8 on the device) or any pytree
+      of such arrays.
+    labels: the targets: an (N, ...) array or pytree of arrays (integer arrays become int32).
     batch_size: the largest number of examples per scanned batch.
     sharding: optional `jax.sharding.Sharding` for the arrays (default: replicated on device 0).
     multiple_of: every batch is a multiple of this (the number of devices a batch is split over).
   """
-  images, labels = np.asarray(images), np.asarray(labels, np.int32)
-  n = images.shape[0]
-  if n == 0:
+  images = jax.tree.map(np.asarray, images)
+  labels = jax.tree.map(_host_targets, labels)
+  leaves = jax.tree.leaves((images, labels))
+  if leaves and any(np.shape(x)[:1] == (0,) for x in leaves):
     raise ValueError("Cannot evaluate on an empty split.")
+  n = num_examples(images, labels)
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
   if multiple_of <= 0:
@@ -99,32 +143,68 @@ def device_split(images, labels, *, batch_size: int, sharding=None, multiple_of:
   num_batches = -(-n // batch_size)
   pad = num_batches * batch_size - n
   mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-  labels = np.concatenate([labels, np.zeros(pad, np.int32)])
-  arrays = (images.reshape(num_batches, batch_size, *images.shape[1:]),
-            labels.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size))
+
+  def batched(a):
+    a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
+    return a.reshape(num_batches, batch_size, *a.shape[1:])
+
   put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
-  return DeviceSplit(*map(put, arrays))
+  return DeviceSplit(jax.tree.map(lambda a: put(batched(a)), images),
+                     jax.tree.map(lambda a: put(batched(a)), labels),
+                     put(mask.reshape(num_batches, batch_size)))
+
+
+def prepare_inputs(inputs: PyTree, norm) -> PyTree:
+  """The model inputs of a batch: uint8 images normalised with ``norm = (mean, std)`` inside the
+  compiled function (`data.normalize_images`), or the inputs unchanged when `norm` is None."""
+  return inputs if norm is None else normalize_images(inputs, *norm)
+
+
+def split_metrics(outputs_fn: Callable[[PyTree], Any], split: DeviceSplit,
+                  loss: Loss = CROSS_ENTROPY, norm=None) -> dict[str, jax.Array]:
+  """Exact metrics of ``outputs_fn`` over a padded split, in one `lax.scan` over its batches.
+
+  ``metric = sum_i m_i v_i / sum_i m_i w_i`` for every metric of `loss` (`adapters.losses`:
+  ``v_i`` the example's value, ``w_i`` its weight, 1 unless the loss is weighted, ``m`` the
+  padding mask), summed batch by batch in float32. Pure and traceable (vmap over the parameters
+  that `outputs_fn` closes over works).
+
+  Args:
+    outputs_fn: ``outputs_fn(inputs) -> outputs`` for one batch of model inputs.
+    split: from `device_split`.
+    loss: the `Loss` (default `CROSS_ENTROPY`: ``loss`` and ``accuracy``).
+    norm: ``(mean, std)`` to normalise uint8 image inputs with, or None (`prepare_inputs`).
+  """
+  names = loss.metrics
+
+  def body(carry, batch):
+    x, y, m = batch
+    values, weights = loss.sums(outputs_fn(prepare_inputs(x, norm)), y)
+    missing = [k for k in names if k not in values]
+    if missing or (weights is None) == loss.weighted:
+      raise ValueError(f"The loss's sums returned metrics {sorted(values)} and "
+                       f"{'no ' if weights is None else ''}weights; the Loss declares metrics "
+                       f"{names} and weighted={loss.weighted}.")
+    sums = [carry[i] + jnp.sum(values[k] * m) for i, k in enumerate(names)]
+    if loss.weighted:
+      sums.append(carry[-1] + jnp.sum(weights * m))
+    return tuple(sums), None
+
+  zero = jnp.zeros((), jnp.float32)
+  sums, _ = jax.lax.scan(body, (zero,) * (len(names) + int(loss.weighted)), split)
+  total = sums[-1] if loss.weighted else jnp.sum(split.mask)
+  return {k: sums[i] / total for i, k in enumerate(names)}
 
 
 def evaluate_split(apply_fn: ApplyFn, variables: PyTree, split: DeviceSplit, mean, std,
                    ) -> dict[str, jax.Array]:
-  """Mean cross-entropy and accuracy of ``apply_fn(variables, x)`` over a padded split.
+  """Mean cross-entropy and accuracy of ``apply_fn(variables, x)`` over a padded image split.
 
   Pure and traceable (vmap over `variables` works). loss = sum_i m_i CE_i / sum_i m_i,
-  accuracy = sum_i m_i [argmax = y_i] / sum_i m_i, with m the padding mask.
+  accuracy = sum_i m_i [argmax = y_i] / sum_i m_i, with m the padding mask (`split_metrics` with
+  `CROSS_ENTROPY`; the images are normalised with `mean` and `std`).
   """
-
-  def body(carry, batch):
-    x, y, m = batch
-    logits = apply_fn(variables, normalize_images(x, mean, std))
-    return (carry[0] + jnp.sum(cross_entropy(logits, y) * m),
-            carry[1] + jnp.sum(correct(logits, y) * m)), None
-
-  zero = jnp.zeros((), jnp.float32)
-  (loss_sum, correct_sum), _ = jax.lax.scan(body, (zero, zero), split)
-  total = jnp.sum(split.mask)
-  return {"loss": loss_sum / total, "accuracy": correct_sum / total}
+  return split_metrics(functools.partial(apply_fn, variables), split, CROSS_ENTROPY, (mean, std))
 
 
 def evaluate(apply_fn: ApplyFn, variables: PyTree, images, labels, *, batch_size: int = 256,
@@ -192,12 +272,18 @@ def apply_checked(model: nn.Module, num_classes: int | None, variables, x, train
       "dataset it was built for), or the parameters come from another model (a checkpoint of "
       "another architecture or width).") from e
   out = logits[0] if isinstance(logits, tuple) else logits
-  if num_classes is not None and out.shape[-1] < num_classes:
+  check_classes(type(model).__name__, out, num_classes)
+  return logits
+
+
+def check_classes(name: str, outputs, num_classes: int | None) -> None:
+  """Raises a ValueError if `outputs` has fewer entries on its last axis than `num_classes`
+  (labels out of the model's range would give a NaN loss). Trace-time (shapes only)."""
+  if num_classes is not None and np.shape(outputs)[-1] < num_classes:
     raise ValueError(
-      f"{type(model).__name__} outputs {out.shape[-1]} logits but the dataset has labels "
+      f"{name} outputs {np.shape(outputs)[-1]} logits but the dataset has labels "
       f"0..{num_classes - 1} ({num_classes} classes): labels out of the model's range would give a "
       f"NaN loss. Build the model with num_classes={num_classes}.")
-  return logits
 
 
 def check_model_fits(model: nn.Module, variables: PyTree, data: Dataset) -> None:
@@ -215,98 +301,268 @@ def model_variables(params: PyTree, batch_stats: PyTree | None) -> dict[str, PyT
                                                           "batch_stats": batch_stats}
 
 
-def make_loss_fn(model: nn.Module, *, mean, std, batch_stats: PyTree | None = None,
-                 train: bool = False) -> Callable[[PyTree, tuple], jax.Array]:
-  """Builds ``loss_fn(params, batch) -> mean cross-entropy`` for a bundled linen model.
+# ------------------------------------------------------------------------------------ data
+
+
+class SplitData(NamedTuple):
+  """One split on the host, as the builders use it.
+
+  Attributes:
+    inputs: a pytree of (N, ...) arrays (uint8 NHWC images for a `Dataset`).
+    targets: a pytree of (N, ...) arrays (int labels for a `Dataset`).
+    norm: ``(mean, std)`` float32 arrays normalising image inputs, or None (inputs as given).
+    num_classes: the number of classes the targets select from, or None.
+  """
+
+  inputs: PyTree
+  targets: PyTree
+  norm: tuple[jax.Array, jax.Array] | None
+  num_classes: int | None
+
+
+def _split_data(data, loss: Loss, name: str) -> SplitData:
+  if isinstance(data, Dataset):
+    return SplitData(data.images, data.labels,
+                     (jnp.asarray(data.mean), jnp.asarray(data.std)), int(data.num_classes))
+  if isinstance(data, tuple | list) and len(data) == 2:
+    inputs, targets = data
+    n = num_examples(inputs, targets, name=name)
+    if n == 0:
+      raise ValueError(f"{name} is empty; cannot evaluate on an empty split.")
+    num_classes = None
+    if loss.classes is not None:
+      classes = np.asarray(loss.classes(jax.tree.map(np.asarray, targets)))
+      if not np.issubdtype(classes.dtype, np.integer):
+        raise ValueError(f"The targets of {name} must be integer classes for this loss, got "
+                         f"{classes.dtype}; for real-valued targets use loss=MSE.")
+      num_classes = int(classes.max()) + 1
+    return SplitData(inputs, targets, None, num_classes)
+  raise TypeError(
+    f"{name} must be a Dataset (uint8 images with labels) or an (inputs, targets) pair of arrays "
+    f"or pytrees of arrays with a leading example axis; got {type(data).__name__}.")
+
+
+def named_splits(data, loss: Loss = CROSS_ENTROPY) -> dict[str, SplitData]:
+  """``{prefix: SplitData}`` of a builder's `data` argument.
+
+  `data` is one split (a `Dataset` or an ``(inputs, targets)`` pair; prefix ``""``) or a mapping
+  such as ``{"train": ..., "test": ...}`` of them (the keys become metric prefixes).
+  """
+  if isinstance(data, Mapping):
+    if not data:
+      raise ValueError("data is an empty mapping; give at least one split, e.g. "
+                       "{'test': (inputs, targets)}.")
+    return {str(k): _split_data(v, loss, f"data[{k!r}]") for k, v in data.items()}
+  return {"": _split_data(data, loss, "data")}
+
+
+def _num_classes(named: Mapping[str, SplitData]) -> int | None:
+  counts = [d.num_classes for d in named.values() if d.num_classes is not None]
+  return max(counts) if counts else None
+
+
+# ------------------------------------------------------------------------------------ forward
+
+
+def _linen_forward(apply_fn, params, batch_stats, x):
+  return apply_fn(model_variables(params, batch_stats), x)
+
+
+def _model_outputs(apply, params, state, x):
+  return apply(params, state, x, False)[0]
+
+
+def _model_forward(apply, num_classes, onednn, compute_dtype, params, state, x):
+  forward = functools.partial(_model_outputs, apply)
+  if onednn:
+    forward = fusion.with_onednn_convolutions(forward, compute_dtype=compute_dtype)
+  elif compute_dtype is not None:
+    forward = fusion.with_compute_dtype(forward, compute_dtype)
+  out = forward(params, state, x)
+  check_classes("The model", out, num_classes)
+  return out
+
+
+def inference_forward(model, *, batch_stats: PyTree = None, num_classes: int | None = None,
+                      fold_batchnorm: bool = True, onednn: bool = False, compute_dtype=None,
+                      ) -> tuple[Callable[[PyTree, PyTree, PyTree], Any], PyTree]:
+  """``(forward, state)``: ``forward(params, state, inputs) -> outputs`` in inference mode for any
+  model (`adapters.models`), and the state to call it with.
+
+  For a linen module ``forward`` is `apply_checked` (BatchNorm folded where that is exact, with
+  `fold_batchnorm`) and the state its `batch_stats`; for every other model it is
+  ``Model.apply(params, state, inputs, False)`` (no folding: BatchNorm folding is linen-only) and
+  the state the model's own unless `batch_stats` replaces it. With `onednn` the convolutions run
+  on oneDNN; `compute_dtype` as in `make_metric_fn`. `num_classes` adds the trace-time check
+  that the outputs have enough classes.
+  """
+  compute_dtype = onednn_build.canonical_compute_dtype(compute_dtype)
+  m = as_model(model, batch_stats=batch_stats)
+  if m is None:
+    apply_fn = functools.partial(apply_checked, model, num_classes,
+                                 fold_batchnorm=bool(fold_batchnorm), onednn=bool(onednn),
+                                 compute_dtype=compute_dtype)
+    return functools.partial(_linen_forward, apply_fn), batch_stats
+  return (functools.partial(_model_forward, m.apply, num_classes, bool(onednn), compute_dtype),
+          m.state)
+
+
+# ------------------------------------------------------------------------------------ builders
+
+
+def batch_objective(loss: Loss, outputs, targets) -> jax.Array:
+  """The minibatch objective of `loss`: ``sum_i v_i / sum_i w_i`` over the batch (the mean
+  ``v_i`` when the loss is not weighted)."""
+  values, weights = loss.sums(outputs, targets)
+  if loss.weighted:
+    return jnp.sum(values["loss"]) / jnp.sum(weights)
+  return jnp.mean(values["loss"])
+
+
+def _norm(mean, std):
+  if mean is None and std is None:
+    return None
+  if mean is None or std is None:
+    raise ValueError("Give both mean and std (the image normalisation of a Dataset), or neither "
+                     "(inputs used as given).")
+  return jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+
+
+def _loss_inputs(inputs, norm):
+  if norm is None and any(getattr(x, "dtype", None) == jnp.uint8 for x in jax.tree.leaves(inputs)):
+    raise ValueError(
+      "The inputs are uint8 but no normalisation was given: uint8 inputs are images, which are "
+      "normalised inside the loss. Pass mean= and std= (the training Dataset's .mean and .std) to "
+      "make_loss_fn, or convert the inputs to another dtype.")
+  return prepare_inputs(inputs, norm)
+
+
+def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
+                 batch_stats: PyTree | None = None, train: bool = False,
+                 ) -> Callable[[PyTree, tuple], jax.Array]:
+  """Builds ``loss_fn(params, batch) -> scalar``, the minibatch objective of any model.
+
+  ``loss_fn(params, (inputs, targets)) = sum_i v_i / sum_i w_i`` over the batch for the
+  `Loss` (default `CROSS_ENTROPY`: the mean cross-entropy; `TOKEN_CROSS_ENTROPY`: the mean over
+  the batch's scored tokens; `MSE`: the mean squared error).
 
   Args:
-    model: a linen module called as ``model.apply(variables, x, train=...)``.
-    mean, std: per-channel normalisation of the dataset.
-    batch_stats: BatchNorm running statistics used when ``train=False``.
+    model: a linen module (``model.apply(variables, x, train=...)``), an NNX or Equinox module, an
+      `adapters.models.Model`, or a plain ``apply_fn(params, inputs) -> outputs``.
+    mean, std: per-channel normalisation of uint8 image inputs (a `Dataset`'s); None for inputs
+      used as given (uint8 inputs then raise: they are images that need normalising).
+    loss: the `Loss` (`adapters.losses`).
+    batch_stats: the model state used when ``train=False`` (linen BatchNorm statistics; an NNX
+      module's non-parameter state or an Equinox ``eqx.nn.State`` replacing the model's own).
     train: if True, BatchNorm uses the statistics of the batch (training mode; the updated running
-      statistics are discarded, as Garipov et al. recompute them afterwards).
+      statistics are discarded, as Garipov et al. recompute them afterwards). Dropout is off for
+      NNX and Equinox models (the function has no random key).
 
-  ``batch = (uint8 images (b, H, W, C), int labels (b,))``. The result is a
-  `jax.tree_util.Partial` (a pytree), so it can be passed to jitted functions as an argument.
+  ``batch = (inputs, targets)`` (for images: ``(uint8 images (b, H, W, C), int labels (b,))``).
+  The result is a `jax.tree_util.Partial` (a pytree), so it can be passed to jitted functions as
+  an argument.
   """
-  return jax.tree_util.Partial(functools.partial(_loss, model, train),
-                               jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32),
-                               batch_stats)
+  loss = check_loss(loss)
+  norm = _norm(mean, std)
+  m = as_model(model, batch_stats=batch_stats)
+  if m is None:
+    return jax.tree_util.Partial(functools.partial(_loss, model, train, loss), norm, batch_stats)
+  return jax.tree_util.Partial(functools.partial(_model_loss, m.apply, bool(train), loss), norm,
+                               m.state)
 
 
-def _loss(model, train, mean, std, batch_stats, params, batch):
-  images, labels = batch
-  x = normalize_images(images, mean, std)
+def _loss(model, train, loss, norm, batch_stats, params, batch):
+  inputs, targets = batch
+  x = _loss_inputs(inputs, norm)
   variables = model_variables(params, batch_stats)
   if train and batch_stats is not None:
     logits, _ = apply_checked(model, None, variables, x, train=True, mutable=["batch_stats"])
   else:
     logits = apply_checked(model, None, variables, x, train=train)
-  return jnp.mean(cross_entropy(logits, labels))
+  return batch_objective(loss, logits, targets)
 
 
-def make_metric_fn(model: nn.Module, data: Dataset | Mapping[str, Dataset], *,
-                   batch_stats: PyTree | None = None, batch_size: int = 256,
-                   fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
-                   compute_dtype=None) -> Callable[[PyTree], dict[str, jax.Array]]:
-  """Builds ``metric_fn(params) -> {"loss", "accuracy"}`` over whole splits held on the device.
+def _model_loss(apply, train, loss, norm, state, params, batch):
+  inputs, targets = batch
+  outputs, _ = apply(params, state, _loss_inputs(inputs, norm), train)
+  return batch_objective(loss, outputs, targets)
+
+
+def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree | None = None,
+                   batch_size: int = 256, fold_batchnorm: bool = True,
+                   cpu_convolutions: str = "auto", compute_dtype=None,
+                   ) -> Callable[[PyTree], dict[str, jax.Array]]:
+  """Builds ``metric_fn(params) -> {metric: scalar}`` over whole splits held on the device.
+
+  Every metric is exact over the whole split: ``sum_i m_i v_i / sum_i m_i w_i``
+  (`split_metrics`), e.g. ``loss`` = mean cross-entropy and ``accuracy`` = fraction correct
+  for the default `CROSS_ENTROPY`.
 
   Args:
-    model: a bundled linen model (inference mode is used: BatchNorm uses `batch_stats`).
-    data: one `Dataset`, or a mapping such as ``{"train": ds_train, "test": ds_test}``; with a
-      mapping the keys become prefixes: ``{"train_loss", "train_accuracy", "test_loss", ...}``.
-    batch_stats: the running statistics evaluated with (Li et al.: the centre's statistics).
+    model: a linen module, an NNX or Equinox module, an `adapters.models.Model`, or a plain
+      ``apply_fn(params, inputs) -> outputs`` (`adapters.models`), evaluated in inference mode
+      (BatchNorm uses its running statistics).
+    data: one split, or a mapping such as ``{"train": ..., "test": ...}`` whose keys become
+      prefixes: ``{"train_loss", "train_accuracy", "test_loss", ...}``. A split is a `Dataset`
+      (uint8 images, normalised inside the compiled function) or an ``(inputs, targets)`` pair of
+      arrays or pytrees of arrays with a leading example axis (inputs passed to the model as
+      given).
+    loss: the `Loss` and its metrics (`adapters.losses`; default `CROSS_ENTROPY`).
+    batch_stats: the state evaluated with: a linen model's running statistics (Li et al.: the
+      centre's statistics); for other models it replaces the model's own state (an NNX module's
+      non-parameter state, a `Model`'s ``state``; for an Equinox module with BatchNorm, its
+      ``eqx.nn.State``).
     batch_size: the largest number of examples per scanned batch (batches are balanced, see
       `device_split`).
-    fold_batchnorm: fold each BatchNorm whose input is a conv/dense output read by nothing else
-      into that layer, inside the compiled function (``W s``, ``beta + (b - mu) s`` with
-      ``s = gamma / sqrt(var + eps)``; Ioffe & Szegedy 2015), one elementwise pass less per
-      folded BatchNorm. BatchNorms whose layer output also feeds a shortcut or a concatenation
-      (the stem of pre-activation nets and DenseNets) are left unfolded, and a build-time check
-      on random statistics falls back to unfolded inference, with a logged warning, if the
-      folded model differs beyond float rounding: the same function up to float rounding for
-      any linen model (see `adapters.folding`). Without `batch_stats` there is nothing to
-      fold.
+    fold_batchnorm: linen models only (ignored for every other model, which is evaluated
+      unfolded, so never approximated): fold each BatchNorm whose input is a conv/dense output
+      read by nothing else into that layer, inside the compiled function (``W s``,
+      ``beta + (b - mu) s`` with ``s = gamma / sqrt(var + eps)``; Ioffe & Szegedy 2015), one
+      elementwise pass less per folded BatchNorm. BatchNorms whose layer output also feeds a
+      shortcut or a concatenation (the stem of pre-activation nets and DenseNets) are left
+      unfolded, and a build-time check on random statistics falls back to unfolded inference,
+      with a logged warning, if the folded model differs beyond float rounding: the same function
+      up to float rounding for any linen model (see `adapters.folding`). Without `batch_stats`
+      there is nothing to fold.
     cpu_convolutions: ``"auto"`` (default: oneDNN's convolutions when the default backend is the
       CPU and they can be built, else XLA's), ``"onednn"`` or ``"xla"``; see
       `backends.cpu.onednn` (the same function up to float rounding, faster convolutions on
-      the CPU than XLA's; benchmarks/bench_conv_layers.py measures them).
+      the CPU than XLA's; benchmarks/bench_conv_layers.py measures them). Applies to every model.
     compute_dtype: None (default: float32) or "bfloat16": convolutions and matrix products from
       bfloat16 inputs and weights with float32 accumulation (oneDNN on CPUs with avx512_bf16 /
       AMX, XLA elsewhere; see `backends.cpu.fusion`, `backends.cpu.onednn_build.resolve`).
 
   The returned function is pure (jit-able, vmappable over params). It is a
-  `jax.tree_util.Partial`: the uint8 splits are pytree leaves, so a jitted function that takes the
+  `jax.tree_util.Partial`: the splits are pytree leaves, so a jitted function that takes the
   metric_fn as an argument receives the data as device buffers instead of baking it into the
   compiled program as constants (write your own metric_fn the same way for large datasets).
 
-  Calling (or tracing) it raises a ValueError when the images do not fit the parameters (image
-  size or channels, or parameters of another model) or when the model has fewer logits than the
-  datasets have classes (see `check_model_fits`).
+  Calling (or tracing) it raises a ValueError when the images do not fit the parameters of a
+  linen model (image size or channels, or parameters of another model), or when the model has
+  fewer logits than the targets have classes (see `check_model_fits`).
   """
-  single = isinstance(data, Dataset)
-  datasets = {"": data} if single else dict(data)
-  if not datasets:
-    raise ValueError("make_metric_fn needs at least one dataset.")
-  splits = {k: device_split(d.images, d.labels, batch_size=batch_size) for k, d in datasets.items()}
-  norms = {k: (jnp.asarray(d.mean), jnp.asarray(d.std)) for k, d in datasets.items()}
-  num_classes = max(int(d.num_classes) for d in datasets.values())
-  apply_fn = functools.partial(apply_checked, model, num_classes,
-                               fold_batchnorm=bool(fold_batchnorm),
-                               onednn=onednn_build.resolve(cpu_convolutions,
-                                                           compute_dtype=compute_dtype),
-                               compute_dtype=onednn_build.canonical_compute_dtype(compute_dtype))
-  return jax.tree_util.Partial(functools.partial(_metrics, apply_fn), splits, norms, batch_stats)
+  loss = check_loss(loss)
+  named = named_splits(data, loss)
+  splits = {k: device_split(d.inputs, d.targets, batch_size=batch_size) for k, d in named.items()}
+  norms = {k: d.norm for k, d in named.items()}
+  forward, state = inference_forward(model, batch_stats=batch_stats,
+                                     num_classes=_num_classes(named),
+                                     fold_batchnorm=fold_batchnorm,
+                                     onednn=use_onednn(cpu_convolutions,
+                                                       compute_dtype=compute_dtype),
+                                     compute_dtype=compute_dtype)
+  return jax.tree_util.Partial(functools.partial(_metrics, forward, loss), splits, norms, state)
 
 
-def use_onednn(cpu_convolutions: str) -> bool:
-  """Whether a ``cpu_convolutions`` option ("auto", "onednn", "xla") runs convolutions on oneDNN."""
-  return onednn_build.resolve(cpu_convolutions)
+def use_onednn(cpu_convolutions: str, *, compute_dtype=None) -> bool:
+  """Whether a ``cpu_convolutions`` option ("auto", "onednn", "xla") runs convolutions on oneDNN
+  (at `compute_dtype`, see `backends.cpu.onednn_build.resolve`)."""
+  return onednn_build.resolve(cpu_convolutions, compute_dtype=compute_dtype)
 
 
-def _metrics(apply_fn, splits, norms, batch_stats, params):
+def _metrics(forward, loss, splits, norms, state, params):
   out = {}
   for k, split in splits.items():
-    res = evaluate_split(apply_fn, model_variables(params, batch_stats), split, *norms[k])
+    res = split_metrics(functools.partial(forward, params, state), split, loss, norms[k])
     out.update({(f"{k}_{m}" if k else m): v for m, v in res.items()})
   return out

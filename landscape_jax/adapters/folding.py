@@ -40,6 +40,11 @@ of a 16-bit computation dtype), it folds nothing: it returns plain ``model.apply
 warning saying why. Plan and check are cached per model, variable structure and input shape.
 `evaluation.make_metric_fn` folds by default (``fold_batchnorm=True``), so every surface,
 interpolation and curve evaluation gets it.
+
+Linen only. Folding finds its pairs by intercepting `nn.Conv` / `nn.Dense` / `nn.BatchNorm`
+calls, so it applies to Flax linen modules alone: the builders evaluate every other model (NNX,
+Equinox, a plain function, an `adapters.models.Model`) unfolded, exactly as it computes, and
+ignore ``fold_batchnorm`` for it; folding never changes such a model's numbers.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def output_axes(params: PyTree, out_axis=None) -> PyTree:
 
   if out_axis is None:
     out_axis = -1
-  if callable(out_axis):
+  # A pytree of axes is tested first: one shaped like an Equinox module is itself callable.
+  if callable(out_axis) and jax.tree.structure(out_axis) != jax.tree.structure(params):
     return trees.map_with_path(lambda p, x: resolve(p, x, out_axis(p, x)), params)
   if jax.tree_util.treedef_is_leaf(jax.tree.structure(out_axis)):  # one axis for every leaf
     return trees.map_with_path(lambda p, x: resolve(p, x, out_axis), params)

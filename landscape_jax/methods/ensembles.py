@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -34,12 +34,13 @@ import optax
 
 from landscape_jax.adapters.data import Dataset
 from landscape_jax.adapters.evaluation import (
-  apply_checked,
-  cross_entropy,
   device_split,
-  normalize_images,
+  inference_forward,
+  named_splits,
+  prepare_inputs,
   use_onednn,
 )
+from landscape_jax.adapters.losses import Loss, check_loss
 from landscape_jax.core import identity as identity_lib
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.checkpoints import EpochCheckpoints
@@ -238,74 +239,101 @@ def swa_average(members: PyTree) -> PyTree:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate_ensemble(model: nn.Module, members: PyTree, data: Dataset, *,
+def evaluate_ensemble(model, members: PyTree, data, *, loss: Loss | None = None,
                       batch_stats: PyTree | None = None, batch_size: int = 256,
                       fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
                       ) -> dict[str, np.ndarray]:
   """Ensemble of members = mean of their softmax probabilities, then argmax.
 
+  For the cross-entropy losses the ensemble predicts ``p = (1/k) sum_j softmax(logits_j)`` (per
+  token for `TOKEN_CROSS_ENTROPY`), scored by ``-log p[y]`` and ``argmax p = y``; for `MSE` it
+  predicts the mean of the members' outputs. Every metric is exact over the split (masked sums,
+  as `make_metric_fn`).
+
   Args:
-    model: a linen model (inference mode).
+    model: any model `make_metric_fn` takes (a linen module, an NNX or Equinox module, an
+      `adapters.models.Model`, a plain ``apply_fn(params, inputs)``), in inference mode.
     members: parameters stacked on a leading axis of size K (`stack_members`).
-    data: the split to evaluate on.
-    batch_stats: None, or per-member statistics stacked on a leading axis (recomputed for each
+    data: the split to evaluate on: a `Dataset` or an ``(inputs, targets)`` pair.
+    loss: the `Loss` (default `CROSS_ENTROPY`); it must define an ensemble.
+    batch_stats: None (linen: no statistics; other models: the model's own state for every
+      member), or per-member statistics / states stacked on a leading axis (recomputed for each
       member with `recompute_batch_stats`).
     batch_size: the largest number of examples per scanned batch.
-    fold_batchnorm, cpu_convolutions: as in `make_metric_fn` (BatchNorm folded into the
-      convolutions where that is exact; oneDNN's convolutions on the CPU, the members one after
-      another).
+    fold_batchnorm, cpu_convolutions: as in `make_metric_fn` (linen only: BatchNorm folded into
+      the convolutions where that is exact; oneDNN's convolutions on the CPU, the members one
+      after another).
 
   Returns:
-    ``loss`` / ``accuracy`` of the full ensemble (loss = mean of ``-log mean_k p_k[y]``),
-    ``member_loss`` / ``member_accuracy`` (K,), and ``size_loss`` / ``size_accuracy`` (K,): the
-    ensemble of the first k members for k = 1..K.
+    For every metric m of the loss (``loss`` and ``accuracy`` for the cross-entropies): ``m`` of
+    the full ensemble (loss = mean of ``-log mean_k p_k[y]``), ``member_m`` (K,) of each member,
+    and ``size_m`` (K,): the ensemble of the first k members for k = 1..K.
 
   References:
     Garipov, Izmailov, Podoprikhin, Vetrov and Wilson 2018, "Loss Surfaces, Mode Connectivity,
     and Fast Ensembling of DNNs".
   """
-  split = device_split(data.images, data.labels, batch_size=batch_size)
-  apply_fn = _ensemble_apply(model, data.num_classes, bool(fold_batchnorm),
-                             use_onednn(cpu_convolutions))
-  out = _jit_ensemble(apply_fn, members, batch_stats, split,
-                      jnp.asarray(data.mean), jnp.asarray(data.std))
+  loss = check_loss(loss)
+  if loss.ensemble is None:
+    raise ValueError("This loss defines no ensemble (Loss.ensemble is None); evaluate_ensemble "
+                     "needs one (CROSS_ENTROPY, TOKEN_CROSS_ENTROPY and MSE have one).")
+  if isinstance(data, Mapping):
+    raise TypeError("evaluate_ensemble takes one split (a Dataset or an (inputs, targets) pair), "
+                    "not a mapping of splits.")
+  one = named_splits(data, loss)[""]
+  split = device_split(one.inputs, one.targets, batch_size=batch_size)
+  stacked = batch_stats is not None
+  forward, state = _ensemble_forward(model, batch_stats, one.num_classes, bool(fold_batchnorm),
+                                     use_onednn(cpu_convolutions))
+  out = _jit_ensemble(forward, loss, stacked, members, state, split, one.norm)
   return {k: np.asarray(v) for k, v in out.items()}
 
 
+def _ensemble_forward(model, batch_stats, num_classes, fold_batchnorm: bool, onednn: bool):
+  """``(forward, state)``: one forward per linen configuration (cached, so that `_jit_ensemble`
+  compiles once for it), or the `Model`'s; the state is the stacked `batch_stats` if given."""
+  if isinstance(model, nn.Module):
+    return _linen_ensemble_forward(model, num_classes, fold_batchnorm, onednn), batch_stats
+  forward, state = inference_forward(model, num_classes=num_classes, onednn=onednn)
+  return forward, state if batch_stats is None else batch_stats
+
+
 @functools.lru_cache(maxsize=32)
-def _ensemble_apply(model: nn.Module, num_classes: int, fold_batchnorm: bool, onednn: bool):
-  """One apply function per configuration, so that `_jit_ensemble` compiles once for it."""
-  return functools.partial(apply_checked, model, num_classes, fold_batchnorm=fold_batchnorm,
-                           onednn=onednn)
+def _linen_ensemble_forward(model: nn.Module, num_classes, fold_batchnorm: bool, onednn: bool):
+  return inference_forward(model, num_classes=num_classes, fold_batchnorm=fold_batchnorm,
+                           onednn=onednn)[0]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _jit_ensemble(apply_fn, members, batch_stats, split, mean, std):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _jit_ensemble(forward, loss, stacked, members, state, split, norm):
   k = jax.tree.leaves(members)[0].shape[0]
-  sizes = jnp.arange(1, k + 1, dtype=jnp.float32)
+  names = loss.metrics
 
-  def member_logits(p, bs, x):
-    variables = {"params": p} if bs is None else {"params": p, "batch_stats": bs}
-    return apply_fn(variables, x)
+  def masked_sums(outputs, y, m):
+    """(len(names) [+ 1], K) masked sums of the per-member values (and weights)."""
+    values, weights = jax.vmap(lambda o: loss.sums(o, y))(outputs)
+    sums = [jnp.sum(values[n] * m, -1) for n in names]
+    if loss.weighted:
+      sums.append(jnp.sum(weights * m, -1))
+    return sums
 
   def body(carry, batch):
     x, y, m = batch
-    x = normalize_images(x, mean, std)
-    logits = jax.vmap(member_logits, in_axes=(0, 0 if batch_stats is not None else None, None))(
-      members, batch_stats, x).astype(jnp.float32)                    # (K, b, C)
-    logp = jax.nn.log_softmax(logits, -1)
-    mem_loss = jax.vmap(cross_entropy, in_axes=(0, None))(logits, y)   # (K, b)
-    mem_acc = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-    # log of the mean probability of the first k members, k = 1..K
-    cum = jax.lax.associative_scan(jnp.logaddexp, logp, axis=0) - jnp.log(sizes)[:, None, None]
-    size_loss = -jnp.take_along_axis(cum, y[None, :, None], -1)[..., 0]
-    size_acc = (jnp.argmax(cum, -1) == y).astype(jnp.float32)
-    sums = [jnp.sum(v * m, -1) for v in (mem_loss, mem_acc, size_loss, size_acc)]
+    x = prepare_inputs(x, norm)
+    outputs = jax.vmap(forward, in_axes=(0, 0 if stacked else None, None))(
+      members, state, x)                                              # (K, b, ...)
+    sums = masked_sums(outputs, y, m) + masked_sums(loss.ensemble(outputs), y, m)
     return jax.tree.map(jnp.add, carry, sums), None
 
-  zero = [jnp.zeros((k,), jnp.float32) for _ in range(4)]
+  n = len(names) + int(loss.weighted)
+  zero = [jnp.zeros((k,), jnp.float32) for _ in range(2 * n)]
   sums, _ = jax.lax.scan(body, zero, split)
-  total = jnp.sum(split.mask)
-  mem_loss, mem_acc, size_loss, size_acc = (s / total for s in sums)
-  return {"loss": size_loss[-1], "accuracy": size_acc[-1], "member_loss": mem_loss,
-          "member_accuracy": mem_acc, "size_loss": size_loss, "size_accuracy": size_acc}
+  member, size = sums[:n], sums[n:]
+  total_member = member[-1] if loss.weighted else jnp.sum(split.mask)
+  total_size = size[-1] if loss.weighted else jnp.sum(split.mask)
+  out = {}
+  for i, name in enumerate(names):
+    out[f"member_{name}"] = member[i] / total_member
+    out[f"size_{name}"] = size[i] / total_size
+    out[name] = out[f"size_{name}"][-1]
+  return out

@@ -1,12 +1,14 @@
 """Automatic permutation specs: which axes of a model's variables can be permuted, by tracing.
 
-`spec_from_model` traces a Flax linen model to a jaxpr and propagates axis identities through every
-primitive (dense and convolution contractions, element-wise ops, broadcasts, reductions, reshapes
-such as the conv-to-dense flatten, pooling, residual additions). An axis is permutable only if
-every operation that touches it is provably equivariant to a permutation of it and it never
-reaches the model input or output; anything the tracer cannot prove (padding or concatenation of
-channels, slicing, unknown primitives) removes the axis, so a derived spec is conservative. The
-result is also checked numerically on the example input.
+`spec_from_model` traces a model -- a Flax linen module, or any function ``fn(variables, x)`` over
+a parameter pytree (NNX, Equinox or plain JAX through `adapters.models.inference_fn`) -- to a
+jaxpr and propagates axis identities through every primitive (dense and convolution contractions,
+element-wise ops, broadcasts, reductions, reshapes such as the conv-to-dense flatten, pooling,
+residual additions). An axis is permutable only if every operation that touches it is provably
+equivariant to a permutation of it and it never reaches the model input or output; anything the
+tracer cannot prove (padding or concatenation of channels, slicing, unknown primitives) removes
+the axis, so a derived spec is conservative. The result is also checked numerically on the
+example input.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from landscape_jax.core.permutations.specs import (
   PermAxis,
   PermutationSpec,
   apply_permutation,
+  as_variables,
   random_permutation,
 )
 
@@ -287,32 +290,55 @@ def _trace_jaxpr(uf: _Axes, jaxpr, in_nodes: list[list[int]]) -> list[list[int]]
 
 
 def _module_of(path: str) -> str:
-  """``"params/layer1_0/conv1/kernel"`` -> ``"layer1_0/conv1"``."""
+  """``"params/layer1_0/conv1/kernel"`` -> ``"layer1_0/conv1"`` (an NNX ``.../kernel/value``
+  path drops its ``value`` first)."""
+  if path.endswith("/value") and path.count("/") > 1:
+    path = path[:-len("/value")]
   return path.split("/", 1)[1].rsplit("/", 1)[0] if "/" in path else path
+
+
+def _is_linen(model) -> bool:
+  """A Flax linen module (duck-typed: the core imports no model library)."""
+  return callable(getattr(model, "apply", None)) and callable(getattr(model, "init", None)) \
+    and callable(getattr(model, "bind", None))
+
+
+def _model_name(model) -> str:
+  return getattr(model, "__name__", None) or type(model).__name__
 
 
 def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None = None,
                     verify: bool = True) -> PermutationSpec:
-  """Derives the permutation symmetries of a Flax linen model by tracing it.
+  """Derives the permutation symmetries of a model by tracing it.
 
-  The model is traced with `jax.make_jaxpr` in inference mode and, when it has ``batch_stats``, in
-  training mode (``mutable=["batch_stats"]``). Every axis of every array is a node; each primitive
+  The model is traced with `jax.make_jaxpr`: a linen module in inference mode and, when it has
+  ``batch_stats``, in training mode (``mutable=["batch_stats"]``); a function ``fn(variables, x)``
+  as it is. Every axis of every array is a node; each primitive
   ties the axes it maps equivariantly (element-wise ops and broadcasts tie matching axes,
   ``dot_general`` ties contracted axes -- the activation's feature axis to a kernel's input axis --,
   convolutions tie input features to the kernel's input-feature axis and output features to its
   output-feature axis, reductions and pooling keep the other axes, residual additions tie the
   streams, and a reshape that flattens (H, W, C) records C as the inner factor of the flat axis).
   Every other axis an operation touches is marked non-permutable, as are the model's input and
-  output axes. Each remaining class of axes that contains a parameter axis is one permutation.
+  output axes (and every axis of an array the function holds as a constant). Each remaining class
+  of axes that contains a parameter axis is one permutation. The tracer does not assume a weight
+  layout, so ``(out, in)`` (Equinox, PyTorch-style) kernels work as ``(in, out)`` ones do.
 
   Args:
-    model: a linen module called as ``model.apply(variables, x, **apply_kwargs)``.
-    variables: its variables (``{"params": ..., "batch_stats": ...}``).
+    model: a linen module called as ``model.apply(variables, x, **apply_kwargs)``, or any
+      function ``fn(variables, x) -> outputs`` (e.g. ``lj.inference_fn(nnx_or_equinox_model)``,
+      or a plain ``apply_fn(params, x)``).
+    variables: linen: its variables (``{"params": ..., "batch_stats": ...}``). A function: what
+      it takes, either a bare params pytree (the spec's paths are then ``"params/<leaf path>"``,
+      as `apply_permutation` addresses a bare tree) or a dict ``{"params": ..., <state>: ...}``
+      (state such as BatchNorm statistics, ``"batch_stats"``, is then permuted with the
+      parameters; state held inside the function instead is a constant, and every axis it
+      touches is left unpermuted).
     x: an example input batch (only shapes matter for the trace; values for `verify`).
       `variables` may be `jax.eval_shape` structures (then `verify` is skipped).
-    apply_kwargs: extra keyword arguments; default ``{"train": False}`` for the bundled models
-      (training mode adds ``train=True``).
-    verify: also checks numerically that a random permutation leaves ``model.apply`` unchanged.
+    apply_kwargs: linen only: extra keyword arguments; default ``{"train": False}`` for the
+      bundled models (training mode adds ``train=True``). Bind them into a function instead.
+    verify: also checks numerically that a random permutation leaves the outputs unchanged.
 
   Returns:
     The `PermutationSpec`; permutations are named after the first module whose output units
@@ -320,15 +346,31 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
 
   Raises:
     ValueError: if the model has no permutation symmetry the tracer can prove, or the check fails.
+    TypeError: `model` is neither a linen module nor callable.
   """
-  variables = dict(variables)
-  if "params" not in variables:
-    raise ValueError("spec_from_model needs the full variables dict {'params': ..., ...}.")
-  kwargs = {"train": False} if apply_kwargs is None else dict(apply_kwargs)
-  has_stats = "batch_stats" in variables and bool(jax.tree.leaves(variables["batch_stats"]))
+  linen = _is_linen(model)
+  if linen:
+    variables = dict(variables)
+    if "params" not in variables:
+      raise ValueError("spec_from_model needs the full variables dict {'params': ..., ...}.")
+    kwargs = {"train": False} if apply_kwargs is None else dict(apply_kwargs)
+    forward = lambda v, x: model.apply(v, x, **kwargs)
+    tree = variables
+  elif callable(model):
+    if apply_kwargs is not None:
+      raise ValueError("apply_kwargs is for linen modules; bind keyword arguments into the "
+                       "function instead (functools.partial).")
+    kwargs = {}
+    forward = model
+    tree = as_variables(variables)[0]
+  else:
+    raise TypeError(f"spec_from_model needs a linen module or a function fn(variables, x); got "
+                    f"{type(model).__name__}.")
+  has_stats = linen and "batch_stats" in variables and bool(
+    jax.tree.leaves(variables["batch_stats"]))
   uf = _Axes()
-  leaves = jax.tree.leaves(variables)
-  paths = trees.leaf_paths(variables)
+  leaves = jax.tree.leaves(tree)
+  paths = trees.leaf_paths(tree)
   var_nodes = [[uf.new(s) for s in np.shape(v)] for v in leaves]
 
   first_use: dict[str, int] = {}
@@ -349,7 +391,7 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
         uf.brk(a)
     return outs[len(outs) - n_out_vars:] if n_out_vars else []
 
-  trace(lambda v, x: model.apply(v, x, **kwargs), 0)
+  trace(forward, 0)
   if has_stats and "train" in kwargs:
     train_kwargs = {**kwargs, "train": True}
     stats_paths = trees.leaf_paths({"batch_stats": variables["batch_stats"]})
@@ -380,7 +422,7 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
       classes.setdefault(r, []).append(PermAxis(path, axis, repeat))
   if not classes:
     raise ValueError(
-      f"{type(model).__name__} has no permutation symmetry that spec_from_model can prove (every "
+      f"{_model_name(model)} has no permutation symmetry that spec_from_model can prove (every "
       "hidden axis reaches a concatenation, padding, slicing or an unsupported operation). "
       "Weight matching and swap paths need a model with permutable hidden units.")
 
@@ -407,20 +449,20 @@ def spec_from_model(model, variables: PyTree, x, *, apply_kwargs: Mapping | None
   spec = PermutationSpec(sizes, axes)
   abstract = any(isinstance(v, jax.ShapeDtypeStruct) for v in leaves)
   if verify and not abstract:  # (`jax.eval_shape` variables: nothing to evaluate)
-    _verify_spec(model, variables, x, spec, kwargs)
+    _verify_spec(forward, _model_name(model), variables, x, spec)
   return spec
 
 
-def _verify_spec(model, variables, x, spec, kwargs) -> None:
+def _verify_spec(forward, name, variables, x, spec) -> None:
   perm = random_permutation(jax.random.key(0), spec)
   permuted = apply_permutation(spec, perm, variables)
-  fwd = jax.jit(lambda v, x: model.apply(v, x, **kwargs))
-  y0 = fwd(variables, x)
-  y1 = fwd(permuted, x)
-  scale = float(jnp.max(jnp.abs(y0))) + 1e-6
-  err = float(jnp.max(jnp.abs(y0 - y1)))
+  fwd = jax.jit(forward)
+  y0 = jax.tree.leaves(fwd(variables, x))
+  y1 = jax.tree.leaves(fwd(permuted, x))
+  scale = max(float(jnp.max(jnp.abs(a))) for a in y0) + 1e-6
+  err = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(y0, y1, strict=True))
   if not err <= 1e-4 * scale + 1e-5:
-    raise ValueError(f"The derived permutation spec of {type(model).__name__} changes the outputs "
+    raise ValueError(f"The derived permutation spec of {name} changes the outputs "
                      f"(max |diff| {err:.3g}); please report this model. Spec:\n{spec}")
 
 
