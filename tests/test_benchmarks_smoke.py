@@ -207,3 +207,12 @@ def test_accelerator_script_dry_run():
   assert "tests collected" in out and "DRY RUN" in out and "status 0" in out, out[-3000:]
   assert "surface_grid vmap, chunk" in out
   assert os.path.getsize(results) == before
+
+
+def test_bench_import_loads_nothing_heavy():
+  """`import landscape_jax` (timed by bench_import in fresh interpreters) loads none of jax,
+  matplotlib, orbax, scipy, ml_collections or TensorFlow; the timed statements all run."""
+  res = _load("bench_import").main(["--repeats=1", "--no-record"])
+  assert res["loaded"] == []
+  assert set(res["medians"]) == {"landscape_jax", "jax", "first core use", "first plot"}
+  assert all(v > 0 for v in res["medians"].values())
