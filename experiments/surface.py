@@ -89,8 +89,8 @@ def make_metric(model, variables, dataset, data_dir, config, loaded, plane=None)
     if plane is not None and config.get("error_anchor_stride"):
       anchors = lj.anchor_plane(*plane, stride=config.error_anchor_stride)
     fns = {k: lj.make_error_controlled_metric_fn(
-      model, ds, tol=config.error_tol, batch_size=batch_size, batch_stats=stats,
-      anchors=anchors) for k, ds in splits.items()}
+      model, ds, tol=config.error_tol, rtol=config.error_rtol, batch_size=batch_size,
+      batch_stats=stats, anchors=anchors) for k, ds in splits.items()}
     return jax.tree_util.Partial(_prefixed, fns)
   return lj.make_metric_fn(model, splits, batch_stats=stats, batch_size=batch_size)
 
@@ -164,6 +164,7 @@ def main(argv):
   loaded = [load_run(r, i, config) for i, r in enumerate(runs)]
   base_meta = {"mode": config.mode, "runs": runs, "step": config.get("step"), "bn": config.bn,
                "error_tol": config.get("error_tol"),
+               "error_rtol": config.get("error_rtol"),
                "error_anchor_stride": config.get("error_anchor_stride"),
                "splits": list(config.splits), "eval_subset": config.get("eval_subset")}
   xs = _axis(config.x)

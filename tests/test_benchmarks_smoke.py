@@ -179,13 +179,18 @@ def test_bench_pyhessian_tiny():
 
 @pytest.mark.slow
 def test_bench_error_control_tiny():
-  """Error control on a trained ResNet-8: both estimators run; the anchored one stays within
-  3 tol of the exact surface."""
+  """Error control on a trained ResNet-8: the three estimators run; the anchored ones stay
+  within 3 targets (tol, or tol + rtol |loss|) of the exact surface, and the relative part never
+  needs more examples than the absolute tolerance alone."""
   out = _load("bench_error_control").main(["--tiny", "--no-record"])
-  anchored = next(v for k, v in out.items() if k.startswith("anchored"))
+  assert len(out) == 3
+  anchored = next(v for k, v in out.items() if k.startswith("anchored") and "rtol" not in k)
+  relative = next(v for k, v in out.items() if "rtol" in k)
   plain = next(v for k, v in out.items() if k.startswith("plain"))
   assert anchored["max_dev"] <= 3 * 0.05
-  for v in (anchored, plain):
+  assert relative["max_dev_targets"] <= 3
+  assert relative["mean_examples"] <= anchored["mean_examples"]
+  for v in (anchored, relative, plain):
     assert v["speedup"] > 0 and 0 < v["mean_examples"] <= 1500
 
 

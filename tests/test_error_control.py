@@ -133,3 +133,28 @@ def test_anchor_plane_checks_its_arguments(setup):
     lj.anchor_plane(params, dirs, [0.0, 1.0])
   with pytest.raises(ValueError, match="two directions"):
     lj.anchor_plane(params, dirs[:1], [0.0, 1.0], [0.0, 1.0])
+
+
+def test_relative_tolerance_stops_where_a_hand_computed_rule_does(setup):
+  """``sem <= tol + rtol |L|``, tested batch by batch on the shuffled per-example losses, stops at
+  the same batch as the compiled loop; rtol changes the function's identity."""
+  model, params, data, dirs = setup
+  q = lj.plane_point(params, *dirs, 0.7, -0.4)
+  tol, rtol, b = 0.01, 0.08, 20
+  fn = lj.make_error_controlled_metric_fn(model, data, tol=tol, rtol=rtol, batch_size=b, seed=2)
+  est = fn(q)
+  losses, _ = _per_example(model, q, data, np.random.default_rng(2).permutation(200))
+  stop = 200
+  for n in range(b, 201, b):
+    sem = losses[:n].std(ddof=1) / np.sqrt(n) * np.sqrt((200 - n) / 199)
+    if sem <= tol + rtol * abs(losses[:n].mean()):
+      stop = n
+      break
+  assert 20 < stop < 200  # the rule is exercised between its two ends
+  assert float(est["num_examples"]) == stop
+  np.testing.assert_allclose(est["loss"], losses[:stop].mean(), rtol=1e-5)
+  absolute = lj.make_error_controlled_metric_fn(model, data, tol=tol, batch_size=b, seed=2)
+  assert float(absolute(q)["num_examples"]) > stop
+  assert (lj.identity.callable_identity(fn) != lj.identity.callable_identity(absolute))
+  with pytest.raises(ValueError, match="rtol"):
+    lj.make_error_controlled_metric_fn(model, data, tol=tol, rtol=float("nan"))

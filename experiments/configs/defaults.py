@@ -57,8 +57,9 @@ def surface(**overrides) -> ml_collections.ConfigDict:
   ``eval_batch_size`` (None: the fastest of 32-512 measured by `choose_batch_size`),
   ``chunk_size`` (None: from device memory), ``map_mode`` (None: per platform), ``error_tol``
   (None: exact metrics; a number: `make_error_controlled_metric_fn` with that standard error;
-  not with ``bn="recompute"``), ``error_anchor_stride`` (4: anchored control variates on every
-  4th grid line; 0: plain estimates).
+  not with ``bn="recompute"``), ``error_rtol`` (0: the standard error target is ``error_tol``;
+  else ``error_tol + error_rtol * |loss|``), ``error_anchor_stride`` (4: anchored control
+  variates on every 4th grid line; 0: plain estimates).
   """
   c = ml_collections.ConfigDict()
   c.mode = "random"
@@ -82,6 +83,7 @@ def surface(**overrides) -> ml_collections.ConfigDict:
   c.chunk_size = config_dict.placeholder(int)
   c.map_mode = config_dict.placeholder(str)
   c.error_tol = config_dict.placeholder(float)
+  c.error_rtol = 0.0
   c.error_anchor_stride = 4
   return _locked(c, overrides)
 

@@ -2,7 +2,8 @@
 
 An exact surface costs one pass over the split per grid point. `make_error_controlled_metric_fn`
 walks one fixed random order of the split in batches and stops at a point as soon as the
-standard error of its mean loss is at most `tol` (or the whole split is used, which gives the exact
+standard error of its mean loss is at most ``tol + rtol |L|`` (absolute plus relative to the
+estimate ``L``; ``rtol`` is 0 unless given), or once the whole split is used (the exact
 value). Opt-in, never the default: the stored surface holds estimates, with their standard error
 and the number of examples used next to every value.
 
@@ -88,7 +89,8 @@ def anchor_plane(center: PyTree, directions, xs, ys=None, *, stride: int = 4) ->
                      None if ys is None else anchor_axis(ys, stride=stride))
 
 
-def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, batch_size: int = 256,
+def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: float = 0.0,
+                                    batch_size: int = 256,
                                     batch_stats: PyTree | None = None, seed: int = 0,
                                     min_batches: int = 1, anchors: AnchorPlane | None = None,
                                     fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
@@ -97,14 +99,21 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, batch_s
 
   The split is shuffled once (`seed`) and walked in batches with `lax.while_loop`; after each
   batch the standard error of the estimate (see the module docstring) is tested and the walk stops
-  once ``sem <= tol`` (after at least `min_batches`) or when the whole split is used.
+  once ``sem <= tol + rtol * |L|`` (after at least `min_batches`; ``L`` the current estimate of
+  the mean loss, as the absolute-plus-relative tests of ODE solvers) or when the whole split is
+  used.
   ``metric_fn(params) -> {"loss", "loss_sem", "accuracy", "num_examples"}``; `surface_grid` stores
-  all four. ``tol=0`` evaluates the whole split (exact, equal to `make_metric_fn`).
+  all four. ``tol=0`` (with ``rtol=0``) evaluates the whole split (exact, equal to
+  `make_metric_fn`).
 
   Args:
     model: a linen model evaluated in inference mode.
     data: a `Dataset` (one split).
-    tol: target standard error of the mean loss (>= 0).
+    tol: target standard error of the mean loss (>= 0), absolute.
+    rtol: relative part of the target (>= 0; default 0: absolute only). Far from the minimum the
+      per-example losses spread widely and an absolute ``tol`` of 0.01 at a loss of 10 or 100
+      asks for more examples than the split holds; ``rtol=0.01`` there asks for 1 % of the
+      value, while near the minimum (loss below ``tol / rtol``) ``tol`` still dominates.
     batch_size: the largest batch (the growth step; batches are balanced, see `device_split`).
     batch_stats: BatchNorm statistics (the centre's).
     seed: shuffling seed (the same order at every point: common random numbers).
@@ -118,6 +127,8 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, batch_s
   """
   if not tol >= 0 or not math.isfinite(tol):
     raise ValueError(f"tol must be a finite number >= 0, got {tol}.")
+  if not rtol >= 0 or not math.isfinite(rtol):
+    raise ValueError(f"rtol must be a finite number >= 0, got {rtol}.")
   if min_batches < 1:
     raise ValueError(f"min_batches must be >= 1, got {min_batches}.")
   order = np.random.default_rng(seed).permutation(len(data))
@@ -129,7 +140,8 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, batch_s
   control = None
   if anchors is not None:
     control = _anchor_table(apply_fn, split, mean, std, batch_stats, anchors, progress=progress)
-  return Partial(functools.partial(_estimate, apply_fn, float(tol), int(min_batches), len(data)),
+  return Partial(functools.partial(_estimate, apply_fn, float(tol), float(rtol), int(min_batches),
+                                   len(data)),
                  split, mean, std, batch_stats, control)
 
 
@@ -244,7 +256,8 @@ def _sem(stats, total):
   return jnp.sqrt(var / jnp.maximum(n, 1.0) * fpc)
 
 
-def _estimate(apply_fn, tol, min_batches, total, split, mean, std, batch_stats, control, params):
+def _estimate(apply_fn, tol, rtol, min_batches, total, split, mean, std, batch_stats, control,
+              params):
   variables = model_variables(params, batch_stats)
   num_batches = split.mask.shape[0]
   if control is None:
@@ -255,7 +268,8 @@ def _estimate(apply_fn, tol, min_batches, total, split, mean, std, batch_stats, 
 
   def cond(carry):
     b, loss_stats, _ = carry
-    return (b < num_batches) & ((b < min_batches) | ~(_sem(loss_stats, total) <= tol))
+    target = tol + rtol * jnp.abs(mu_loss + loss_stats[1])
+    return (b < num_batches) & ((b < min_batches) | ~(_sem(loss_stats, total) <= target))
 
   def body(carry):
     b, loss_stats, hit_stats = carry
