@@ -61,7 +61,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from landscape_jax.core import surface, trees
+from landscape_jax.core import fileio, surface, trees
 from landscape_jax.core.store import jsonable
 
 PyTree = Any
@@ -577,7 +577,7 @@ def points_evaluator():
 
 
 def _round_store(store, r):
-  return None if store is None else os.path.join(os.fspath(store), f"round-{r:03d}")
+  return None if store is None else fileio.join(store, f"round-{r:03d}")
 
 
 def adaptive_surface(metric_fn: Callable[[PyTree], dict], center: PyTree, directions, x_range,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -41,6 +40,7 @@ from landscape_jax.adapters.evaluation import (
   use_onednn,
 )
 from landscape_jax.adapters.losses import Loss, check_loss
+from landscape_jax.core import fileio
 from landscape_jax.core import identity as identity_lib
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.checkpoints import EpochCheckpoints
@@ -156,7 +156,7 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
       "init_sha256": identity_lib.tree_digest(params), "data_sha256": data_digest(data),
       "loss_fn": recorded_loss_fn})
     state, first_epoch, history = saver.restore(state)
-    snap_dir = os.path.join(workdir, "sgd_snapshots")
+    snap_dir = fileio.join(workdir, "sgd_snapshots")
     for e in sorted(e for e in wanted if e < first_epoch):
       snaps.append(checkpoints.restore(snap_dir, params, step=e))
   bar = progress_bar(range(first_epoch, epochs), progress, desc, initial=first_epoch, total=epochs)
