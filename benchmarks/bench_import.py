@@ -42,9 +42,8 @@ _LOADED = ("import json, sys; import landscape_jax; "
 
 def run_time(code: str, env: dict[str, str]) -> float:
   """Wall seconds of `code` in a new ``python -c`` process, measured inside the child
-  (perf_counter around the exec), so interpreter start-up and teardown are not counted."""
-  wrapper = (f"import time; t = time.perf_counter(); exec(compile({code!r}, '<bench>', 'exec')); "
-             "print(time.perf_counter() - t)")
+  (perf_counter around the statement), so interpreter start-up and teardown are not counted."""
+  wrapper = f"import time\nt = time.perf_counter()\n{code}\nprint(time.perf_counter() - t)"
   out = subprocess.run([sys.executable, "-c", wrapper], check=True, capture_output=True,
                        text=True, env=env, cwd=ROOT)
   return float(out.stdout.strip().splitlines()[-1])

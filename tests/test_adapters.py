@@ -5,6 +5,7 @@ formulas, the model called directly, a dense Hessian, a planted permutation)."""
 import functools
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -570,16 +571,16 @@ def test_charlm_script_runs_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_docs_adapters_examples_run():
+def test_docs_adapters_examples_run(tmp_path):
   """The Python blocks of docs/adapters.md, run in order in one namespace, compute what the page
   says they do."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   page = open(os.path.join(root, "docs", "adapters.md"), encoding="utf-8").read()
   blocks = [b.split("```", 1)[0] for b in page.split("```python\n")[1:]]
   assert len(blocks) == 3
-  ns = {}
-  for block in blocks:
-    exec(compile(block, "docs/adapters.md", "exec"), ns)  # the page's own code
+  script = tmp_path / "adapters_page.py"  # the page's own code, as one script
+  script.write_text("\n".join(blocks), encoding="utf-8")
+  ns = runpy.run_path(str(script))
   center = ns["metric_fn"](ns["a"])
   np.testing.assert_allclose(ns["surface"]["test_loss"][2, 2], center["test_loss"], rtol=1e-5)
   assert ns["along"]["curve"]["test_loss"].shape == (5,)
