@@ -10,7 +10,8 @@ the split is what the tolerance saves on), two filter-normalised random directio
 * exact: ``lj.make_metric_fn`` (one pass over the whole split per point);
 * plain: ``lj.make_error_controlled_metric_fn(tol=...)`` (growing random subsets);
 * anchored: the same with ``anchors=lj.anchor_plane(..., stride=...)`` (anchored control
-  variates; the anchors' exact passes are part of the timed work);
+  variates interpolating the anchors' per-example losses, or their logits with
+  ``--covariate=logits``; the anchors' exact passes are part of the timed work);
 * anchored + rtol: the same with ``rtol=...`` too: the standard error target is
   ``tol + rtol * |loss|``, absolute near the minimum and relative where the loss is large.
 
@@ -77,6 +78,8 @@ def parse_args(argv=None):
   p.add_argument("--grid", type=int, default=31)
   p.add_argument("--tol", type=float, default=0.01)
   p.add_argument("--rtol", type=float, default=0.01, help="relative part (anchored + rtol)")
+  p.add_argument("--covariate", default="loss", choices=("logits", "loss"),
+                 help="what the anchors interpolate")
   p.add_argument("--variants", default="plain,anchored,anchored+rtol",
                  help="comma-separated subset of plain, anchored, anchored+rtol")
   p.add_argument("--batch", type=int, default=250)
@@ -120,10 +123,12 @@ def main(argv=None):
   def anchored(rtol=0.0):  # the anchors' exact passes are part of the timed work
     return lj.make_error_controlled_metric_fn(
       model, data, tol=args.tol, rtol=rtol, batch_stats=bs, batch_size=args.batch,
-      progress=False, anchors=lj.anchor_plane(params, dirs, g, g, stride=args.stride))
+      progress=False, anchors=lj.anchor_plane(params, dirs, g, g, stride=args.stride),
+      covariate=args.covariate)
 
   n_anchor = len(lj.error_control.anchor_axis(g, stride=args.stride)) ** 2
-  label = f"anchored ({n_anchor} anchors, stride {args.stride}), tol {args.tol}"
+  label = (f"anchored ({n_anchor} anchors, stride {args.stride}, {args.covariate}), "
+           f"tol {args.tol}")
   chosen = {v.strip() for v in args.variants.split(",")}
   known = {"plain": (f"plain, tol {args.tol}", plain, 0.0),
            "anchored": (label, anchored, 0.0),

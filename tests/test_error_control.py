@@ -46,17 +46,33 @@ def test_anchor_axis_keeps_both_ends():
     ec.anchor_axis([0.0, 1.0], stride=0)
 
 
-def test_anchored_estimate_equals_hand_computed_control_variate(setup):
+def _logits(model, params, data, order):
+  x = lj.data.normalize_images(data.images[order], data.mean, data.std)
+  return np.asarray(model.apply({"params": params}, x), np.float64)
+
+
+def _ce_and_hits(z, y):
+  z = z - z.max(-1, keepdims=True)
+  ce = np.log(np.exp(z).sum(-1)) - z[np.arange(len(y)), y]
+  return ce, (z.argmax(-1) == y).astype(np.float64)
+
+
+@pytest.mark.parametrize("covariate", ["logits", "loss"])
+def test_anchored_estimate_equals_hand_computed_control_variate(setup, covariate):
+  """The estimate is ``mu_c + mean_n(l - c)`` with ``c`` from the 4 x 4 nearest anchors: the
+  cross-entropy of the interpolated logits (``mu_c`` its mean over the whole split), or the
+  interpolated per-example losses (``mu_c`` the interpolated means), computed here in NumPy."""
   model, params, data, dirs = setup
   xs = np.linspace(-1, 1, 9)
   anchors = lj.anchor_plane(params, dirs, xs, xs, stride=2)  # anchors at -1, -0.5, 0, 0.5, 1
   fn = lj.make_error_controlled_metric_fn(model, data, tol=1e3, batch_size=50, seed=5,
-                                          min_batches=2, anchors=anchors, progress=False)
+                                          min_batches=2, anchors=anchors, covariate=covariate,
+                                          progress=False)
   a, b = 0.3, -0.55
   est = jax.jit(lambda f, p: f(p))(fn, lj.plane_point(params, *dirs, a, b))
   assert float(est["num_examples"]) == 100
-  # independent computation: per-example losses at the 4 x 4 nearest anchors, Lagrange weights
   order = np.random.default_rng(5).permutation(200)
+  y = data.labels[order]
   ax = np.asarray(anchors.xs)
   sx, sy = ax[1:5], ax[0:4]  # the 4 anchors nearest to 0.3 and to -0.55
 
@@ -65,12 +81,18 @@ def test_anchored_estimate_equals_hand_computed_control_variate(setup):
                      for m in range(4)])
 
   wx, wy = lagrange(sx, a), lagrange(sy, b)
-  cov_l, cov_h, mu_l, mu_h = (np.zeros(200), np.zeros(200), 0.0, 0.0)
-  for i, u in enumerate(sx):
-    for j, v in enumerate(sy):
-      lo, hi = _per_example(model, lj.plane_point(params, *dirs, u, v), data, order)
-      cov_l, cov_h = cov_l + wx[i] * wy[j] * lo, cov_h + wx[i] * wy[j] * hi
-      mu_l, mu_h = mu_l + wx[i] * wy[j] * lo.mean(), mu_h + wx[i] * wy[j] * hi.mean()
+  z = sum(wx[i] * wy[j] * _logits(model, lj.plane_point(params, *dirs, u, v), data, order)
+          for i, u in enumerate(sx) for j, v in enumerate(sy))
+  if covariate == "logits":
+    cov_l, cov_h = _ce_and_hits(z, y)
+    mu_l, mu_h = cov_l.mean(), cov_h.mean()
+  else:
+    cov_l, cov_h, mu_l, mu_h = (np.zeros(200), np.zeros(200), 0.0, 0.0)
+    for i, u in enumerate(sx):
+      for j, v in enumerate(sy):
+        lo, hi = _per_example(model, lj.plane_point(params, *dirs, u, v), data, order)
+        cov_l, cov_h = cov_l + wx[i] * wy[j] * lo, cov_h + wx[i] * wy[j] * hi
+        mu_l, mu_h = mu_l + wx[i] * wy[j] * lo.mean(), mu_h + wx[i] * wy[j] * hi.mean()
   lo, hi = _per_example(model, lj.plane_point(params, *dirs, a, b), data, order)
   r = (lo - cov_l)[:100]
   np.testing.assert_allclose(est["loss"], mu_l + r.mean(), rtol=1e-4, atol=1e-5)
@@ -158,3 +180,5 @@ def test_relative_tolerance_stops_where_a_hand_computed_rule_does(setup):
   assert (lj.identity.callable_identity(fn) != lj.identity.callable_identity(absolute))
   with pytest.raises(ValueError, match="rtol"):
     lj.make_error_controlled_metric_fn(model, data, tol=tol, rtol=float("nan"))
+  with pytest.raises(ValueError, match="covariate"):
+    lj.make_error_controlled_metric_fn(model, data, tol=tol, covariate="probabilities")

@@ -17,17 +17,31 @@ Estimators, with per-example losses ``l_i`` at the point and ``n`` of the ``N`` 
   any ``c``; the closer ``c_i`` tracks ``l_i``, the fewer examples a point needs.
 
 Anchored control variates (``anchors=anchor_plane(center, directions, xs, ys, stride=4)``): the
-per-example losses and correctness are computed exactly once at the anchors, a coarse sub-grid of
-the surface. At a point ``(a, b)`` of the plane, ``c_i`` is the tensor-product Lagrange
-interpolation (cubic: the 4 nearest anchors per axis) of the anchors' per-example losses, and
-``mu_c`` the same interpolation of their exact means. Far from the minimum per-example losses
-spread over orders of magnitude (a standard deviation of 10-20 for a mean of 5-20 on digits) so
-the plain estimator needs ``(s / tol)^2`` examples, more than the split holds, while the
-interpolation residual ``l_i - c_i`` stays small (0.1-0.3 with anchors 0.16 apart in
-filter-normalised units). ``(a, b)`` are recovered from the parameters by least squares onto the
-plane, so the metric remains a function of the parameters alone and runs inside `surface_grid`
-(chunks, store, resume, mesh) unchanged. Points off the plane get a worse covariate, never a
-biased estimate.
+model is evaluated exactly once at the anchors, a coarse sub-grid of the surface, and every
+example's outputs there are kept. At a point ``(a, b)`` of the plane the covariate comes from the
+tensor-product Lagrange interpolation (cubic: the 4 nearest anchors per axis) ``I`` of those
+tables:
+
+* ``covariate="logits"``: ``c_i = CE(I[z_i](a, b), y_i)``, the cross-entropy of the
+  interpolated logits, and ``mu_c`` its mean over the whole split, computed at the point from the
+  tables alone (interpolation and a log-sum-exp per example: no network evaluation). The logits
+  are smoother in ``(a, b)`` than the loss, whose log-sum-exp bends sharply where the arg-max
+  class changes, so the residual is smaller where the loss is large. Memory: anchors x examples x
+  classes float32 values.
+* ``covariate="loss"`` (default): ``c_i = I[l_i](a, b)`` and ``mu_c`` the same interpolation
+  of the anchors' exact means (anchors x examples x 2 values).
+
+On a trained ResNet-8's plane (benchmarks/bench_error_control.py, RESULTS.md) the logits
+reduced the examples an absolute tolerance needs, but with ``rtol`` they stopped most points
+after one batch, where the sample standard error is least reliable, and the largest deviation
+near the minimum grew compared with ``"loss"``, for about the same time; hence the default.
+
+Far from the minimum per-example losses spread over orders of magnitude (a standard deviation of
+10-20 for a mean of 5-20 on digits) so the plain estimator needs ``(s / tol)^2`` examples, more
+than the split holds, while the residual ``l_i - c_i`` stays small. ``(a, b)`` are recovered
+from the parameters by least squares onto the plane, so the metric remains a function of the
+parameters alone and runs inside `surface_grid` (chunks, store, resume, mesh) unchanged. Points
+off the plane get a worse covariate, never a biased estimate.
 """
 
 from __future__ import annotations
@@ -93,7 +107,8 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: f
                                     batch_size: int = 256,
                                     batch_stats: PyTree | None = None, seed: int = 0,
                                     min_batches: int = 1, anchors: AnchorPlane | None = None,
-                                    fold_batchnorm: bool = True, cpu_convolutions: str = "auto",
+                                    covariate: str = "loss", fold_batchnorm: bool = True,
+                                    cpu_convolutions: str = "auto",
                                     progress: bool = True) -> Partial:
   """A metric whose loss is estimated on a growing random subset of the split (opt-in).
 
@@ -120,6 +135,8 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: f
     min_batches: batches evaluated before the first stopping test.
     anchors: an `AnchorPlane` (see `anchor_plane`) for the anchored control variate; its
       per-example table is computed here, one exact pass per anchor.
+    covariate: what the anchors interpolate: ``"loss"`` (default) or ``"logits"`` (more
+      memory; see the module docstring).
     fold_batchnorm: fold BatchNorm into the preceding layers where that is exact (as in
       `make_metric_fn`; `adapters.folding`).
     cpu_convolutions: ``"auto"``, ``"onednn"`` or ``"xla"`` (see `make_metric_fn`).
@@ -131,6 +148,8 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: f
     raise ValueError(f"rtol must be a finite number >= 0, got {rtol}.")
   if min_batches < 1:
     raise ValueError(f"min_batches must be >= 1, got {min_batches}.")
+  if covariate not in ("logits", "loss"):
+    raise ValueError(f"covariate must be 'logits' or 'loss', got {covariate!r}.")
   order = np.random.default_rng(seed).permutation(len(data))
   split = device_split(data.images[order], data.labels[order], batch_size=batch_size)
   apply_fn = functools.partial(apply_checked, model, int(data.num_classes),
@@ -139,16 +158,18 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: f
   mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
   control = None
   if anchors is not None:
-    control = _anchor_table(apply_fn, split, mean, std, batch_stats, anchors, progress=progress)
+    control = _anchor_table(apply_fn, split, mean, std, batch_stats, anchors, progress=progress,
+                            logits=covariate == "logits")
   return Partial(functools.partial(_estimate, apply_fn, float(tol), float(rtol), int(min_batches),
                                    len(data)),
                  split, mean, std, batch_stats, control)
 
 
 # ------------------------------------------------------------------------------------ anchors
-@functools.partial(jax.jit, static_argnums=0)
-def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords):
-  """Per-example losses and correctness ``(C, B, b)`` at the anchors ``coords`` (C, k)."""
+@functools.partial(jax.jit, static_argnums=(0, 8))
+def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords, logits):
+  """Per-example outputs at the anchors ``coords`` (C, k): logits ``(C, B, b, K)`` with `logits`,
+  else losses and correctness, each ``(C, B, b)``."""
 
   def one(c):
     p = plane_point(center, dirs[0], dirs[1] if len(dirs) > 1 else None, *c)
@@ -156,8 +177,8 @@ def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords)
 
     def body(_, batch):
       x, y, _m = batch
-      logits = apply_fn(variables, normalize_images(x, mean, std))
-      return None, (cross_entropy(logits, y), correct(logits, y))
+      z = apply_fn(variables, normalize_images(x, mean, std))
+      return None, (z.astype(jnp.float32) if logits else (cross_entropy(z, y), correct(z, y)))
 
     return jax.lax.scan(body, None, split)[1]
 
@@ -165,29 +186,33 @@ def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords)
 
 
 def _anchor_table(apply_fn, split, mean, std, batch_stats, anchors: AnchorPlane, *, progress,
-                  chunk: int = 8) -> dict:
+                  logits: bool, chunk: int = 8) -> dict:
   dirs = tuple(anchors.directions)
   xs = np.asarray(anchors.xs, np.float32)
   ys = np.zeros(1, np.float32) if anchors.ys is None else np.asarray(anchors.ys, np.float32)
   grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)[:, :len(dirs)]
-  losses, hits = [], []
+  parts = []
   for i in tqdm(range(0, len(grid), chunk), disable=not progress, desc="anchors",
                 unit_scale=chunk, dynamic_ncols=True):
     part = grid[i:i + chunk]
     padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), 0)])
-    lo, hi = _anchor_chunk(apply_fn, split, mean, std, batch_stats, anchors.center, dirs,
-                           jnp.asarray(padded))
-    losses.append(lo[:len(part)])
-    hits.append(hi[:len(part)])
+    out = _anchor_chunk(apply_fn, split, mean, std, batch_stats, anchors.center, dirs,
+                        jnp.asarray(padded), logits)
+    n = len(part)
+    parts.append(jax.tree.map(lambda t: t[:n], out))  # noqa: B023 (used at once)
   shape = (xs.size, ys.size, *split.mask.shape)
-  loss = jnp.concatenate(losses).reshape(shape)
-  hit = jnp.concatenate(hits).reshape(shape)
-  total = jnp.sum(split.mask)
   gram = jnp.array([[optax.tree.vdot(a, b) for b in dirs] for a in dirs], jnp.float32)
-  return {"center": anchors.center, "dirs": dirs, "gram_inv": jnp.linalg.inv(gram),
-          "xs": jnp.asarray(xs), "ys": jnp.asarray(ys), "loss": loss, "hit": hit,
-          "loss_mean": jnp.sum(loss * split.mask, axis=(2, 3)) / total,
-          "hit_mean": jnp.sum(hit * split.mask, axis=(2, 3)) / total}
+  table = {"center": anchors.center, "dirs": dirs, "gram_inv": jnp.linalg.inv(gram),
+           "xs": jnp.asarray(xs), "ys": jnp.asarray(ys)}
+  if logits:
+    z = jnp.concatenate(parts)
+    return table | {"logits": z.reshape(*shape, z.shape[-1])}
+  loss = jnp.concatenate([p[0] for p in parts]).reshape(shape)
+  hit = jnp.concatenate([p[1] for p in parts]).reshape(shape)
+  total = jnp.sum(split.mask)
+  return table | {"loss": loss, "hit": hit,
+                  "loss_mean": jnp.sum(loss * split.mask, axis=(2, 3)) / total,
+                  "hit_mean": jnp.sum(hit * split.mask, axis=(2, 3)) / total}
 
 
 def lagrange_weights(nodes: jax.Array, t) -> tuple[jax.Array, jax.Array]:
@@ -211,8 +236,9 @@ def lagrange_weights(nodes: jax.Array, t) -> tuple[jax.Array, jax.Array]:
   return start, jnp.stack(w)
 
 
-def _covariates(control, params):
-  """``(loss(b) -> c_i, hit(b) -> c_i, mu_loss, mu_hit)`` of the interpolated anchors."""
+def _covariates(control, params, split):
+  """``(cov(b) -> (c_loss, c_hit), mu_loss, mu_hit)`` of the interpolated anchors at the point
+  `params`, for batch ``b`` of `split`."""
   delta = jax.tree.map(jnp.subtract, params, control["center"])
   rhs = jnp.stack([optax.tree.vdot(delta, d) for d in control["dirs"]]).astype(jnp.float32)
   coords = control["gram_inv"] @ rhs
@@ -225,14 +251,30 @@ def _covariates(control, params):
   kx, ky = w.shape
   z = jnp.zeros((), jnp.int32)
 
-  def at(table, b):
-    block = jax.lax.dynamic_slice(table, (sx, sy, b, z), (kx, ky, 1, table.shape[-1]))
-    return jnp.einsum("xy,xyb->b", w, block[:, :, 0])
+  def at(table, b):  # the interpolated table at batch b: (b,) or (b, K)
+    start = (sx, sy, b) + (z,) * (table.ndim - 3)
+    block = jax.lax.dynamic_slice(table, start, (kx, ky, 1, *table.shape[3:]))
+    return jnp.einsum("xy,xy...->...", w, block[:, :, 0])
+
+  if "logits" in control:
+    def cov(b):
+      zb, yb = at(control["logits"], b), split.labels[b]
+      return cross_entropy(zb, yb), correct(zb, yb)
+
+    def body(sums, b):
+      c_loss, c_hit = cov(b)
+      m = split.mask[b]
+      return (sums[0] + jnp.sum(c_loss * m), sums[1] + jnp.sum(c_hit * m)), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (s_loss, s_hit), _ = jax.lax.scan(body, (zero, zero), jnp.arange(split.mask.shape[0]))
+    total = jnp.sum(split.mask)
+    return cov, s_loss / total, s_hit / total
 
   def mu(table):
     return jnp.sum(w * jax.lax.dynamic_slice(table, (sx, sy), (kx, ky)))
 
-  return (functools.partial(at, control["loss"]), functools.partial(at, control["hit"]),
+  return (lambda b: (at(control["loss"], b), at(control["hit"], b)),
           mu(control["loss_mean"]), mu(control["hit_mean"]))
 
 
@@ -261,10 +303,10 @@ def _estimate(apply_fn, tol, rtol, min_batches, total, split, mean, std, batch_s
   variables = model_variables(params, batch_stats)
   num_batches = split.mask.shape[0]
   if control is None:
-    cov_loss = cov_hit = None
+    cov = None
     mu_loss = mu_hit = jnp.zeros((), jnp.float32)
   else:
-    cov_loss, cov_hit, mu_loss, mu_hit = _covariates(control, params)
+    cov, mu_loss, mu_hit = _covariates(control, params, split)
 
   def cond(carry):
     b, loss_stats, _ = carry
@@ -276,8 +318,9 @@ def _estimate(apply_fn, tol, rtol, min_batches, total, split, mean, std, batch_s
     x, y, m = split.images[b], split.labels[b], split.mask[b]
     logits = apply_fn(variables, normalize_images(x, mean, std))
     losses, hits = cross_entropy(logits, y), correct(logits, y).astype(jnp.float32)
-    if control is not None:
-      losses, hits = losses - cov_loss(b), hits - cov_hit(b)
+    if cov is not None:
+      c_loss, c_hit = cov(b)
+      losses, hits = losses - c_loss, hits - c_hit
     return b + 1, _combine(loss_stats, losses, m), _combine(hit_stats, hits, m)
 
   zero = jnp.zeros((), jnp.float32)
