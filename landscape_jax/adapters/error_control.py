@@ -257,19 +257,15 @@ def _covariates(control, params, split):
     return jnp.einsum("xy,xy...->...", w, block[:, :, 0])
 
   if "logits" in control:
-    def cov(b):
+    # every batch's covariates once, batch by batch (small memory); the walk then reads them
+    def batch_cov(_, b):
       zb, yb = at(control["logits"], b), split.labels[b]
-      return cross_entropy(zb, yb), correct(zb, yb)
+      return None, (cross_entropy(zb, yb), correct(zb, yb))
 
-    def body(sums, b):
-      c_loss, c_hit = cov(b)
-      m = split.mask[b]
-      return (sums[0] + jnp.sum(c_loss * m), sums[1] + jnp.sum(c_hit * m)), None
-
-    zero = jnp.zeros((), jnp.float32)
-    (s_loss, s_hit), _ = jax.lax.scan(body, (zero, zero), jnp.arange(split.mask.shape[0]))
+    _, (c_loss, c_hit) = jax.lax.scan(batch_cov, None, jnp.arange(split.mask.shape[0]))
     total = jnp.sum(split.mask)
-    return cov, s_loss / total, s_hit / total
+    return (lambda b: (c_loss[b], c_hit[b]), jnp.sum(c_loss * split.mask) / total,
+            jnp.sum(c_hit * split.mask) / total)
 
   def mu(table):
     return jnp.sum(w * jax.lax.dynamic_slice(table, (sx, sy), (kx, ky)))

@@ -237,6 +237,17 @@ def inference_apply(model: nn.Module) -> ApplyFn:
   return functools.partial(model.apply, train=False)
 
 
+def _inference_backend(forward, onednn: bool, compute_dtype):
+  """`forward` with its convolutions on oneDNN (at `compute_dtype`), or, without oneDNN, with its
+  convolutions and products at `compute_dtype` (`backends.cpu.fusion`); unchanged for float32
+  without oneDNN. Applied to inference-mode forward passes only."""
+  if onednn:
+    return fusion.with_onednn_convolutions(forward, compute_dtype=compute_dtype)
+  if compute_dtype is not None:
+    return fusion.with_compute_dtype(forward, compute_dtype)
+  return forward
+
+
 _MISFIT = (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError)
 
 
@@ -259,10 +270,8 @@ def apply_checked(model: nn.Module, num_classes: int | None, variables, x, train
       forward = folding.fuse_batchnorm(model, variables, x)
     else:
       forward = functools.partial(model.apply, train=train, **kwargs)
-    if onednn and inference:
-      forward = fusion.with_onednn_convolutions(forward, compute_dtype=compute_dtype)
-    elif compute_dtype is not None and inference:
-      forward = fusion.with_compute_dtype(forward, compute_dtype)
+    if inference:
+      forward = _inference_backend(forward, onednn, compute_dtype)
     logits = forward(variables, x)
   except _MISFIT as e:
     raise ValueError(
@@ -373,11 +382,7 @@ def _model_outputs(apply, params, state, x):
 
 
 def _model_forward(apply, num_classes, onednn, compute_dtype, params, state, x):
-  forward = functools.partial(_model_outputs, apply)
-  if onednn:
-    forward = fusion.with_onednn_convolutions(forward, compute_dtype=compute_dtype)
-  elif compute_dtype is not None:
-    forward = fusion.with_compute_dtype(forward, compute_dtype)
+  forward = _inference_backend(functools.partial(_model_outputs, apply), onednn, compute_dtype)
   out = forward(params, state, x)
   check_classes("The model", out, num_classes)
   return out
