@@ -1,8 +1,10 @@
-"""Shared benchmark helpers: machine and version info, the measured fp32 matmul peak, FLOP counts,
-timing, peak memory and appending results to ``benchmarks/RESULTS.md``."""
+"""Shared benchmark helpers: the --tiny / --record flags, machine and version info, the measured
+fp32 matmul peak, FLOP counts, timing, peak memory and appending results to
+``benchmarks/RESULTS.md``."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import importlib.util
@@ -375,6 +377,31 @@ def program_memory_mb(lowered) -> float:
     return total / 2 ** 20
   except Exception:
     return float("nan")
+
+
+# ----------------------------------------------------------------------------------- arguments
+def run_parser(doc: str) -> argparse.ArgumentParser:
+  """A benchmark's parser (description: the first line of `doc`) with ``--tiny`` (a seconds-long
+  smoke run) and ``--record`` / ``--no-record`` (append to RESULTS.md; see `finish_args`)."""
+  p = argparse.ArgumentParser(description=doc.split("\n")[0])
+  p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (not recorded)")
+  p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
+                 help="append to benchmarks/RESULTS.md (default: yes, except with --tiny)")
+  return p
+
+
+def announce_machine() -> dict[str, Any]:
+  """`machine_info()`, printed (`format_info`) before a run starts, and returned for its record."""
+  info = machine_info()
+  print(format_info(info), flush=True)
+  return info
+
+
+def finish_args(args: argparse.Namespace) -> argparse.Namespace:
+  """`args` with ``record`` resolved: recorded unless ``--tiny``, when not given."""
+  if args.record is None:
+    args.record = not args.tiny
+  return args
 
 
 # --------------------------------------------------------------------------------------- results

@@ -69,8 +69,7 @@ def main(argv=None):
   if backend == "cpu" and not (args.dry_run or args.allow_cpu):
     raise SystemExit("bench_accelerator.py: JAX runs on the CPU here; this workload is sized for "
                      "an accelerator (use --dry-run for a smoke run, --allow_cpu to insist).")
-  info = C.machine_info()
-  print(C.format_info(info), flush=True)
+  info = C.announce_machine()
   t_start = time.perf_counter()
   peak_n = 512 if args.dry_run else 4096 if backend != "cpu" else 2048
   jax_peak = C.matmul_peak(n=peak_n)

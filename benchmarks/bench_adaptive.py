@@ -163,8 +163,7 @@ def run_model(name, args, workdir, rows, path_rows, files):
 
 def main(argv=None):
   args = parse_args(argv)
-  info = C.machine_info()
-  print(C.format_info(info), flush=True)
+  info = C.announce_machine()
   start = time.perf_counter()
   rows, path_rows, files = [], [], []
   with tempfile.TemporaryDirectory() as workdir:

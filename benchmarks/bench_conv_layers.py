@@ -101,9 +101,7 @@ def gemm_peak(*, n: int, min_time: float) -> float:
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tiny", action="store_true")
-  p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None)
+  p = C.run_parser(__doc__)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--repeats", type=int, default=5)
@@ -113,15 +111,12 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.tiny:
     args.batch, args.repeats, args.min_time = 8, 2, 0.0
-  if args.record is None:
-    args.record = not args.tiny
-  return args
+  return C.finish_args(args)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  info = C.machine_info()
-  print(C.format_info(info), flush=True)
+  info = C.announce_machine()
   t_start = time.perf_counter()
   theo, theo_note = C.theoretical_fp32_peak()
   peak_n = 512 if args.tiny else 2048

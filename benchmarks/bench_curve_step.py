@@ -15,7 +15,6 @@ benchmarks/RESULTS.md), ``--tiny`` for a seconds-long smoke run.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -35,9 +34,7 @@ from landscape_jax.methods import curve_training, training  # noqa: E402
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (not recorded)")
-  p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None)
+  p = C.run_parser(__doc__)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--batch", type=int, default=128)
@@ -47,9 +44,7 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.tiny:
     args.model, args.width, args.batch, args.image_size, args.steps = "resnet8", 0.5, 16, 8, 3
-  if args.record is None:
-    args.record = not args.tiny
-  return args
+  return C.finish_args(args)
 
 
 def time_steps(step, state, steps: int):
@@ -68,8 +63,7 @@ def time_steps(step, state, steps: int):
 
 def main(argv=None):
   args = parse_args(argv)
-  info = C.machine_info()
-  print(C.format_info(info), flush=True)
+  info = C.announce_machine()
   rng = np.random.default_rng(0)
   shape = (args.batch, args.image_size, args.image_size, 3)
   images = jnp.asarray(rng.integers(0, 256, shape, dtype=np.uint8))

@@ -27,7 +27,6 @@ RESULTS.md), ``--tiny`` for a smoke run (not recorded).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -67,9 +66,7 @@ def train_model(args, workdir: str):
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tiny", action="store_true")
-  p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None)
+  p = C.run_parser(__doc__)
   p.add_argument("--model", default="resnet8")
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--epochs", type=int, default=10)
@@ -89,15 +86,12 @@ def parse_args(argv=None):
   if args.tiny:
     args.width, args.epochs, args.images, args.grid = 0.5, 1, 1500, 5
     args.batch, args.stride, args.tol = 100, 2, 0.05
-  if args.record is None:
-    args.record = not args.tiny
-  return args
+  return C.finish_args(args)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  info = C.machine_info()
-  print(C.format_info(info), flush=True)
+  info = C.announce_machine()
   t_start = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
     t = time.perf_counter()

@@ -23,7 +23,6 @@ Prints ms per product / per step and the ratios; appends them to benchmarks/RESU
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -43,9 +42,7 @@ from landscape_jax.methods import schedules, training  # noqa: E402
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (not recorded)")
-  p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None)
+  p = C.run_parser(__doc__)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--image_size", type=int, default=32)
@@ -54,9 +51,7 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.tiny:
     args.model, args.batch, args.image_size, args.batches, args.repeats = "resnet8", 16, 8, 2, 1
-  if args.record is None:
-    args.record = not args.tiny
-  return args
+  return C.finish_args(args)
 
 
 def _timed(fn, repeats):
@@ -70,8 +65,7 @@ def _timed(fn, repeats):
 
 def main(argv=None):
   args = parse_args(argv)
-  info = C.machine_info()
-  print(C.format_info(info), flush=True)
+  info = C.announce_machine()
   rng = np.random.default_rng(0)
   n = args.batch * args.batches
   shape = (n, args.image_size, args.image_size, 3)

@@ -69,9 +69,7 @@ def ritz_convergence(alphas, betas, *, top_k: int, tol: float):
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tiny", action="store_true")
-  p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None)
+  p = C.run_parser(__doc__)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--batch", type=int, default=128)
@@ -87,15 +85,12 @@ def parse_args(argv=None):
   if args.tiny:
     args.model, args.width, args.batch, args.image_size = "resnet8", 0.5, 16, 16
     args.max_iter, args.max_steps, args.tol, args.probe_chunk = 20, 20, 1e-2, 5
-  if args.record is None:
-    args.record = not args.tiny
-  return args
+  return C.finish_args(args)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  info = C.machine_info()
-  print(C.format_info(info), flush=True)
+  info = C.announce_machine()
   t_start = time.perf_counter()
   data = S.synthetic_dataset(max(args.batch, 16), (args.image_size, args.image_size, 3),
                              seed=args.seed)

@@ -31,7 +31,6 @@ benchmarks/RESULTS.md), ``--tiny`` for a few-second smoke run, ``--dtype bfloat1
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -530,10 +529,7 @@ def error_controlled_section(args, out_lines):
 
 # --------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (not recorded)")
-  p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
-                 help="append to benchmarks/RESULTS.md (default: yes, except with --tiny)")
+  p = C.run_parser(__doc__)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--model56", default="resnet56", help="the deeper model of the 5 x 5 section")
   p.add_argument("--width", type=float, default=1.0)
@@ -570,9 +566,7 @@ def parse_args(argv=None):
     args.baseline_rows, args.sweep_rows, args.batch_sizes, args.vmap_chunk = 1, 1, "16,32", 3
     args.error_grid, args.error_images, args.error_batch = 5, 2000, 100
     args.error_train_steps, args.error_tol, args.rounds = 20, 0.05, 2
-  if args.record is None:
-    args.record = not args.tiny
-  return args
+  return C.finish_args(args)
 
 
 def depth_of(name: str) -> int:
@@ -588,8 +582,7 @@ def main(argv=None):
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
   sections = set(args.sections.split(","))
   dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  info = C.machine_info()
-  print(C.format_info(info), flush=True)
+  info = C.announce_machine()
   t_start = time.perf_counter()
 
   peak = C.matmul_peak(n=512 if args.tiny else 2048)

@@ -65,9 +65,7 @@ def compare(ref: np.ndarray, other) -> tuple[float, float]:
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tiny", action="store_true", help="seconds-long smoke run (not recorded)")
-  p.add_argument("--record", action=argparse.BooleanOptionalAction, default=None)
+  p = C.run_parser(__doc__)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--images", type=int, default=1000)
@@ -89,15 +87,12 @@ def parse_args(argv=None):
     args.model, args.width, args.images, args.image_size = "resnet8", 0.5, 48, 16
     args.grid, args.rounds, args.compile, args.best_batch = 3, 2, "off", 32
     args.warmup_rounds = 0
-  if args.record is None:
-    args.record = not args.tiny
-  return args
+  return C.finish_args(args)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  info = C.machine_info()
-  print(C.format_info(info), flush=True)
+  info = C.announce_machine()
   t_start = time.perf_counter()
   theo, theo_note = C.theoretical_fp32_peak()
   print(f"theoretical fp32 peak: {theo_note}", flush=True)
