@@ -21,7 +21,16 @@ indexed z[i, j] = f(xs[i], ys[j]) as `surface_grid` returns them.
   plot_curve_plane, plot_curve_metrics              Garipov et al. 2018, curves in a plane
   plot_spectrum, plot_eigen_ratio, plot_trajectory  Hessian density, |l_min/l_max|, PCA path
   plot_barriers, plot_bars, plot_budget             permutation alignment, ensembles
+
+The same results as interactive plotly figures (rotatable 3-D surfaces, hover values; imported
+on first use, so matplotlib users never load plotly): `interactive_surface`,
+`interactive_contour`, `interactive_lines`, `interactive_curve_plane`,
+`interactive_curve_metrics`, `interactive_spectrum`, `interactive_trajectory`, `interactive_bars`,
+and `save_interactive` for `write_report` (plotting.interactive).
 """
+
+import importlib
+from typing import Any
 
 from landscape_jax.plotting.common import contour_levels, output_paths, save
 from landscape_jax.plotting.curvature import (
@@ -49,7 +58,22 @@ from landscape_jax.plotting.surfaces import (
   vtp_values,
 )
 
+# plotting.interactive's public names, imported (with plotly) on first use.
+_INTERACTIVE = (
+  "interactive_bars",
+  "interactive_contour",
+  "interactive_curve_metrics",
+  "interactive_curve_plane",
+  "interactive_lines",
+  "interactive_spectrum",
+  "interactive_surface",
+  "interactive_trajectory",
+  "load_interactive",
+  "save_interactive",
+)
+
 __all__ = [
+  *_INTERACTIVE,
   "contour_levels",
   "draw_budget",
   "curve_levels",
@@ -74,3 +98,11 @@ __all__ = [
   "save",
   "vtp_values",
 ]
+
+
+def __getattr__(name: str) -> Any:
+  if name in _INTERACTIVE:
+    value = getattr(importlib.import_module(f"{__name__}.interactive"), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,13 @@
 """A single-file HTML report of an experiment: sections of text, figures, a table of numbers and
 the configuration that produced them.
 
-The page has its styles inline and no scripts or external resources; figures are referenced by
+The page has its styles inline and loads nothing from a network. Static figures are referenced by
 paths relative to the report (so the run folder can be moved or zipped as a whole), or embedded as
-base64 data with `embed_images=True` for a page that stands entirely alone. All user text is
-HTML-escaped.
+base64 data with `embed_images=True` for a page that stands entirely alone. Interactive figures
+(plotly Figures, or the ".plotly.json" files `plotting.interactive.save_interactive` writes) are
+always embedded, after one inline copy of plotly.js (about 4.8 MB), so the page works offline;
+a section that has them shows its static figures (PNG, PDF for papers) folded below them. All
+user text is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import math
 import numbers
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +37,12 @@ h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #eee; }
 figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
 figure img { max-width: 100%; width: 30em; border: 1px solid #eee; }
-figcaption { font-size: .85em; color: #555; }
+figcaption { font-size: .85em; color: #555; max-width: 36em; }
+figure.interactive { display: block; margin: 1em 0; }
+figure.interactive figcaption { max-width: none; }
+.lj-plot { width: 100%; min-height: 380px; }
+details { margin: .5em 0 1em; }
+summary { cursor: pointer; color: #555; }
 table { border-collapse: collapse; margin: .8em 0; }
 td, th { border: 1px solid #ddd; padding: .25em .8em; text-align: left; }
 td.num { text-align: right; font-family: monospace; }
@@ -139,6 +148,64 @@ def _figure_src(fig: str, out_dir: str, embed: bool) -> str:
   return rel.replace(os.sep, "/")
 
 
+_PLOTLY_SUFFIX = ".plotly.json"
+_PLOT_CONFIG = {"responsive": True, "displaylogo": False, "scrollZoom": False}
+
+
+def _is_plotly(x: Any) -> bool:
+  return hasattr(x, "to_plotly_json") and hasattr(x, "data")
+
+
+def _relative(full: str, out_dir: str) -> str:
+  return os.path.relpath(full, out_dir).replace(os.sep, "/")
+
+
+def _figure_entry(entry: Any, where: str) -> tuple[Any, str]:
+  """(figure, caption) from a path, a plotly Figure, {"path"/"figure", "caption"} or a pair."""
+  if isinstance(entry, Mapping):
+    unknown = set(entry) - {"path", "figure", "caption"}
+    fig = entry.get("path", entry.get("figure"))
+    if unknown or fig is None:
+      raise ValueError(f"{where} must have a 'path' (or 'figure') and optionally a 'caption', "
+                       f"got keys {sorted(entry)}.")
+    return (fig if _is_plotly(fig) else os.fspath(fig)), str(entry.get("caption") or "")
+  if isinstance(entry, list | tuple):
+    if len(entry) != 2:
+      raise ValueError(f"{where} must be a path or a (path, caption) pair, got {entry!r:.80}.")
+    fig, caption = entry
+    return (fig if _is_plotly(fig) else os.fspath(fig)), str(caption or "")
+  return (entry if _is_plotly(entry) else os.fspath(entry)), ""
+
+
+def _plotly_script() -> str:
+  """plotly.js, inline, once per page (the page must work offline)."""
+  import plotly.offline  # here: only pages with interactive figures load plotly
+
+  return f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>'
+
+
+def _interactive_html(fig: Any, caption: str, out_dir: str, div_id: str, check: bool,
+                      section: str) -> str:
+  """A <figure> with a plotly div and the script that draws it (no plotly.js: see above)."""
+  import plotly.io as pio  # here, as in _plotly_script
+
+  if not _is_plotly(fig):
+    full = fig if os.path.isabs(fig) else os.path.join(out_dir, fig)
+    if not os.path.exists(full):
+      if check:
+        raise FileNotFoundError(
+          f"Interactive figure {fig!r} of section {section!r} not found at {full!r}; write it "
+          "with plotting.save_interactive, relative to the report's folder (or absolute).")
+      return ""
+    with open(full, encoding="utf-8") as f:
+      fig = json.load(f)
+  div = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id,
+                    config=_PLOT_CONFIG, validate=False, default_width="100%")
+  div = re.sub(r'class="plotly-graph-div"', 'class="plotly-graph-div lj-plot"', div, count=1)
+  text = f"<figcaption>{html.escape(caption, quote=False)}</figcaption>" if caption else ""
+  return f'<figure class="interactive">{div}{text}</figure>'
+
+
 def _table_html(table: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> str:
   rows = table.items() if isinstance(table, Mapping) else table
   out = ["<table>", "<tr><th>quantity</th><th>value</th></tr>"]
@@ -168,8 +235,12 @@ def write_report(
     sections: a list of dicts with keys
       * "title" (str, required),
       * "text" (str, optional; blank lines separate paragraphs),
-      * "figures" (list of image paths, optional; relative to the report's folder, or absolute;
-        a PDF next to a PNG of the same name gets a link),
+      * "figures" (list, optional): each an image path (relative to the report's folder, or
+        absolute; a PDF next to a PNG of the same name gets a link), an interactive figure (a
+        plotly Figure or a ".plotly.json" file from `plotting.save_interactive`, embedded), or
+        either as {"path": ..., "caption": "a sentence"} or a (path, caption) pair; without a
+        caption an image is captioned with its file name. Static figures of a section that has
+        interactive ones are folded below them.
       * "table" ({name: value} or [(name, value)], optional; numbers with 4 significant digits).
     config: the configuration (dict, `ml_collections.ConfigDict` or anything printable), shown in
       a <pre> block at the end.
@@ -186,6 +257,7 @@ def write_report(
     raise TypeError("`sections` must be a list of dicts, each with a 'title'.")
   body = [f"<h1>{html.escape(str(title))}</h1>"]
   toc = []
+  n_plots = 0
   for k, sec in enumerate(sections):
     if not isinstance(sec, Mapping) or "title" not in sec:
       raise ValueError(f"sections[{k}] must be a dict with a 'title' key, got {sec!r:.80}.")
@@ -201,10 +273,15 @@ def write_report(
     if sec.get("text"):
       body.append(_paragraphs(sec["text"]))
     figures = sec.get("figures") or []
-    if isinstance(figures, str | os.PathLike):
+    if isinstance(figures, str | os.PathLike) or _is_plotly(figures):
       figures = [figures]
-    for fig in figures:
-      fig = os.fspath(fig)
+    static, interactive = [], []
+    for j, entry in enumerate(figures):
+      fig, caption = _figure_entry(entry, f"sections[{k}]['figures'][{j}]")
+      if _is_plotly(fig) or str(fig).endswith(_PLOTLY_SUFFIX):
+        interactive.append(_interactive_html(fig, caption, out_dir, f"plot-{k + 1}-{j + 1}",
+                                             check_figures, sec["title"]))
+        continue
       full = fig if os.path.isabs(fig) else os.path.join(out_dir, fig)
       if check_figures and not os.path.exists(full):
         raise FileNotFoundError(
@@ -213,15 +290,27 @@ def write_report(
         )
       src = _figure_src(fig, out_dir, embed_images)
       name = html.escape(os.path.basename(fig))
-      caption = name
+      text = html.escape(caption, quote=False) if caption else name
+      links = [f'<a href="{html.escape(_relative(full, out_dir), quote=True)}">PNG</a>']
       pdf = os.path.splitext(full)[0] + ".pdf"
       if not fig.lower().endswith(".pdf") and os.path.exists(pdf):
-        pdf_rel = os.path.relpath(pdf, out_dir).replace(os.sep, "/")
-        caption += f' (<a href="{html.escape(pdf_rel, quote=True)}">PDF</a>)'
-      body.append(
-        f'<figure><img src="{html.escape(src, quote=True)}" alt="{name}">'
-        f"<figcaption>{caption}</figcaption></figure>"
+        links.append(f'<a href="{html.escape(_relative(pdf, out_dir), quote=True)}">PDF</a>')
+      if not fig.lower().endswith(".png"):
+        links = links[1:]
+      alt = html.escape(caption or os.path.basename(fig), quote=True)
+      static.append(
+        f'<figure><img src="{html.escape(src, quote=True)}" alt="{alt}">'
+        f"<figcaption>{text}{' (' + ', '.join(links) + ')' if links else ''}</figcaption>"
+        "</figure>"
       )
+    n_plots += len(interactive)
+    body.extend(interactive)
+    if static and interactive:
+      body.append("<details><summary>Static figures (PNG and PDF, for papers)</summary>")
+      body.extend(static)
+      body.append("</details>")
+    else:
+      body.extend(static)
     if sec.get("table"):
       body.append(_table_html(sec["table"]))
     body.append("</section>")
@@ -239,6 +328,7 @@ def write_report(
     '<meta charset="utf-8">',
     f"<title>{html.escape(str(title))}</title>",
     f"<style>{_STYLE}</style>",
+    _plotly_script() if n_plots else "",
     "</head>",
     "<body>",
     body[0],
