@@ -465,12 +465,54 @@ def test_plot_barriers(tmp_path, kind):
                                     [0.0, 0.0, 0.0]])
 def test_plot_bars(tmp_path, values):
   fig = P.plot_bars(["member 1", "member 2", "FGE ensemble"], values, ylabel="test accuracy",
-                    highlight=["FGE ensemble"])
+                    highlight=["FGE ensemble"], style="bar")
   bars = fig.axes[0].patches
+  assert fig.axes[0].get_ylim()[0] <= 0  # bars start at zero
   assert [b.get_visible() for b in bars] == list(np.isfinite(values))
   np.testing.assert_allclose([b.get_height() for b in bars if b.get_visible()],
                              np.asarray(values)[np.isfinite(values)])
   check_files(saved(fig, tmp_path / "bars"))
+
+
+def test_close_values_are_points_with_error_bars_not_cut_bars():
+  """Bars from zero hide differences of 1 %; cutting the axis would exaggerate them: close
+  values become points with error bars (issue: an FGE bar chart starting at 0.028)."""
+  fig = P.plot_bars(["m1", "m2", "ensemble"], [0.030, 0.031, 0.029], errors=[1e-3] * 3,
+                    ylabel="test loss")
+  ax = fig.axes[0]
+  assert not ax.patches  # no bars
+  ys = [float(line.get_ydata()[0]) for line in ax.lines if line.get_marker() == "o"]
+  np.testing.assert_allclose(ys, [0.030, 0.031, 0.029])
+  lo, hi = ax.get_ylim()
+  assert lo < 0.028 and hi > 0.032  # the error bars fit
+  far = P.plot_bars(["a", "b"], [0.2, 0.9], ylabel="accuracy")  # far apart: bars from zero
+  assert len(far.axes[0].patches) == 2 and far.axes[0].get_ylim()[0] == 0
+  with pytest.raises(ValueError, match="style"):
+    P.plot_bars(["a"], [1.0], ylabel="x", style="pie")
+
+
+def test_surface_3d_log_heights_by_default_and_few_ticks():
+  z = 0.01 + 100 * (XS[:, None] ** 2 + YS[None, :] ** 2)
+  ax = P.plot_surface_3d(XS, YS, z, label="train loss").axes[0]
+  assert ax.get_zlabel() == "train loss (log scale)"
+  lo, hi = ax.get_zlim()
+  assert hi < np.log10(z.max()) + 1 and lo > np.log10(z.min()) - 1  # log10 heights
+  assert len(ax.get_zticks()) <= 6 and len(ax.get_xticks()) <= 6
+  narrow = P.plot_surface_3d(XS, YS, 1 + 0 * z + XS[:, None] / 10).axes[0]
+  assert narrow.get_zlabel() == "loss"  # within a factor of 10: linear
+
+
+def test_curve_plane_has_equal_scales_and_the_texts_names():
+  gx, gy = np.linspace(-5, 35, 9), np.linspace(-1, 3, 5)  # u spans 10x v
+  z = 1 + gx[:, None] ** 2 / 100 + gy[None, :] ** 2
+  fig = P.plot_curve_plane(gx, gy, z, curve_xy=[[0, 0], [15, 2], [30, 0]],
+                           endpoints_xy=[[0, 0], [30, 0]], bend_xy=[15, 2],
+                           names=("A", "theta", "B"))
+  ax = fig.axes[0]
+  assert ax.get_aspect() == 1.0
+  assert ax.get_xlabel() == "u: distance along B $-$ A"
+  assert ax.get_ylabel() == "v: distance towards theta"
+  assert "endpoints A, B" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_plot_bars_errors():
@@ -609,8 +651,10 @@ def test_plot_curve_metrics_into_two_axes_or_one():
   fig = matplotlib.figure.Figure()
   a_loss, a_err = fig.subplots(1, 2)
   assert P.plot_curve_metrics(ts, curve, line, ax=(a_loss, a_err)) is fig
-  assert [ln.get_label() for ln in a_loss.lines] == ["curve: train_loss", "line: train_loss"]
-  assert [ln.get_label() for ln in a_err.lines] == ["curve: test_error", "line: test_error"]
+  assert [ln.get_label() for ln in a_loss.lines] == ["curve: train loss",
+                                                     "straight line: train loss"]
+  assert [ln.get_label() for ln in a_err.lines] == ["curve: test error",
+                                                    "straight line: test error"]
   assert (a_loss.get_ylabel(), a_err.get_ylabel()) == ("loss", "error (%)")
   np.testing.assert_allclose(a_err.lines[0].get_ydata(), 100 * (1 - curve["test_accuracy"]))
   # One Axes: the errors go on a twin right axis; one legend lists all four lines.

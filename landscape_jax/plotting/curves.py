@@ -91,8 +91,9 @@ def plot_curve_plane(
   label: str = "train loss",
   cmap: str = "viridis",
   title: str | None = None,
-  xlabel: str = r"$u$ (along $w_2 - w_0$)",
-  ylabel: str = r"$v$ (orthogonal, towards the bend)",
+  names: Sequence[str] = ("w_0", "w_1", "w_2"),
+  xlabel: str | None = None,
+  ylabel: str | None = None,
   figsize: tuple[float, float] | None = None,
 ) -> Figure:
   """The loss over the plane through the endpoints and the bend, with the curve on top
@@ -100,7 +101,10 @@ def plot_curve_plane(
 
   Filled and line contours on log-spaced levels (`curve_levels`), one colour per band; the
   endpoints are circles, the bend(s) diamonds, the curve a solid line and the straight chord
-  between the endpoints a dashed line.
+  between the endpoints a dashed line. The plane coordinates are those of
+  `core.curves.plane_basis`: u is the distance along w2 - w0 (endpoint to endpoint), v the
+  distance orthogonal to it towards the bend w1; both axes have the same scale, so the picture
+  shows the plane's true geometry (a bend close to the chord gives a wide, flat plane).
 
   Args:
     grid_xs, grid_ys: (n,) and (m,) plane coordinates of the grid (the reference uses
@@ -116,8 +120,11 @@ def plot_curve_plane(
     levels: explicit contour levels (default: `curve_levels(z, num=num_levels, vmax=vmax)`).
     vmax: clip values above it before choosing levels (values above get the top colour).
     label: colour-bar label.
-    figsize: size of the new figure; default fits the plane's aspect ratio (the axes have equal
-      scales unless one axis spans more than 3 times the other).
+    names: the names of the first endpoint, the bend and the second endpoint in the text around
+      the figure (e.g. ("A", "theta", "B"); TeX such as "w_1" is set in math mode), used in the
+      axis labels and the legend.
+    xlabel, ylabel: override the axis labels (default "u: along w_2 - w_0", "v: towards w_1").
+    figsize: size of the new figure; default fits the plane's aspect ratio.
 
   Returns:
     The Figure drawn on (`ax`'s figure when `ax` is given); write it with `plotting.save`.
@@ -132,14 +139,18 @@ def plot_curve_plane(
     as_float("levels", levels, 1)
   )
 
-  # Equal scales show the plane's true geometry, unless the plane is so elongated (a bend close to
-  # the chord) that equal scales would flatten the picture into a strip.
+  if len(names) != 3:
+    raise ValueError(f"`names` must name (first endpoint, bend, second endpoint), got {names!r}.")
+  w0, w1, w2 = (f"${n}$" if "\\" in n or "_" in n else n for n in map(str, names))
+  xlabel = xlabel if xlabel is not None else f"u: distance along {w2} $-$ {w0}"
+  ylabel = ylabel if ylabel is not None else f"v: distance towards {w1}"
+  # Equal scales show the plane's true geometry; a wide, flat plane gets a horizontal colour bar.
   ratio = float(np.ptp(ys) / np.ptp(xs))
-  equal = 1 / 3 <= ratio <= 3
+  flat = ratio < 0.5
   if figsize is None:  # size the figure to the plane so the colour bar fits it
-    width = 4.8
-    height = float(np.clip(width * ratio, 2.4, 6.0)) if equal else 3.8
-    figsize = (width + 1.7, height + 1.6)
+    width = 6.0 if flat else 4.8
+    height = float(np.clip(width * ratio, 1.2, 6.0))
+    figsize = (width + (0.6 if flat else 1.7), height + (2.6 if flat else 1.6))
   own = ax is None
   fig, ax = figure_and_axes(ax, figsize)
   ax.set_xlim(float(xs.min()), float(xs.max()))
@@ -156,20 +167,25 @@ def plot_curve_plane(
       x_mesh, y_mesh, z_t, levels=lv, cmap=cm, norm=norm, alpha=0.65, zorder=0, extend="max"
     )
     ax.contour(x_mesh, y_mesh, z_t, levels=lv, cmap=cm, norm=norm, linewidths=1.5, zorder=1)
-    cb = ax.figure.colorbar(cf, ax=ax, label=label, format="%.3g", ticks=lv)
-    cb.ax.tick_params(labelsize=8)
+    cb = ax.figure.colorbar(cf, ax=ax, label=label, format="%.3g", ticks=lv,
+                            orientation="horizontal" if flat else "vertical",
+                            location="top" if flat else None, shrink=0.8 if flat else 1.0)
+    cb.ax.tick_params(labelsize=7)
+    if flat:
+      for t in cb.ax.get_xticklabels():
+        t.set_rotation(45)
   ax.plot(chord[:, 0], chord[:, 1], "--", color="k", linewidth=1.8, dashes=(4, 3),
           label="straight line", zorder=3)
   ax.plot(curve[:, 0], curve[:, 1], "-", color="k", linewidth=2.5, label="curve", zorder=3)
   ax.plot(ends[:, 0], ends[:, 1], "o", color="k", markersize=9, markeredgecolor="w",
-          label="endpoints", zorder=4, linestyle="none")
+          label=f"endpoints {w0}, {w2}", zorder=4, linestyle="none")
   if bends is not None:
     ax.plot(bends[:, 0], bends[:, 1], "D", color="k", markersize=8, markeredgecolor="w",
-            label="bend", zorder=4, linestyle="none")
-  if equal:
-    ax.set_aspect("equal", adjustable="box")
+            label=f"bend {w1}", zorder=4, linestyle="none")
+  ax.set_aspect("equal", adjustable="box")
   if own:  # below the axes; inside a given Axes, whose neighbours it must not cover
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=8, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if flat else -0.16), ncol=4,
+              fontsize=8, frameon=False)
   else:
     ax.legend(loc="best", fontsize=7)
   finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
@@ -180,6 +196,11 @@ def _as_metrics(name, x) -> dict:
   if isinstance(x, dict):
     return dict(x)
   return {"loss": x}
+
+
+def _readable(key: str) -> str:
+  """A metric key as legend text: "test_error" -> "test error"."""
+  return str(key).replace("_", " ")
 
 
 def _error_percent(name: str, v: np.ma.MaskedArray) -> np.ma.MaskedArray:
@@ -223,7 +244,8 @@ def plot_curve_metrics(
   (Garipov et al. 2018, Fig. 3).
 
   Left panel: losses; right panel: error in % (accuracies a are shown as 100 (1 - a) when they are
-  fractions). Curve in blue, line in orange; train solid, test dashed.
+  fractions). Curve in blue, straight line in orange; train solid, test dashed; legend entries
+  read "curve: train loss", "straight line: test error".
 
   Args:
     ts: (T,) curve parameters in [0, 1] for `curve` (and `line` unless `line_ts` is given).
@@ -243,7 +265,7 @@ def plot_curve_metrics(
   ts = as_float("ts", ts, 1)
   lts = ts if line_ts is None else as_float("line_ts", line_ts, 1)
   groups = [("curve", ts, _as_metrics("curve", curve), CURVE_COLOR),
-            ("line", lts, _as_metrics("line", line), LINE_COLOR)]
+            ("straight line", lts, _as_metrics("line", line), LINE_COLOR)]
   has_err = any(metric_kind(k) != "loss" for _, _, m, _ in groups for k in m)
   fig, ax_loss, ax_err, twin = _metric_axes(ax, has_err, figsize)
   any_loss = any_err = False
@@ -260,11 +282,12 @@ def plot_curve_metrics(
         if log:
           v = common.mask_nonpositive(v)
         any_loss |= has_finite(v)
-        ax_loss.plot(gts, v, style, color=color, label=f"{gname}: {key}", linewidth=1.8)
+        ax_loss.plot(gts, v, style, color=color, label=f"{gname}: {_readable(key)}",
+                     linewidth=1.8)
       else:
         v = _error_percent(key, v)
         any_err |= has_finite(v)
-        label = f"{gname}: {key.replace('accuracy', 'error')}"
+        label = f"{gname}: {_readable(key.replace('accuracy', 'error'))}"
         ax_err.plot(gts, v, style, color=color, label=label, linewidth=1.8)
   for a, ok, ylabel in ((ax_loss, any_loss, "loss"), (ax_err, any_err, "error (%)")):
     if a is None:

@@ -106,10 +106,15 @@ def plot_bars(
   highlight: Sequence[str] | None = None,
   ylim: tuple[float, float] | None = None,
   value_format: str = "{:.4g}",
+  style: str = "auto",
   title: str | None = None,
   figsize: tuple[float, float] | None = None,
 ) -> Figure:
-  """Bar chart with the value written on each bar, e.g. FGE ensemble vs member accuracies.
+  """Values side by side with the value written on each, e.g. FGE ensemble vs member accuracies.
+
+  A bar's length reads as a ratio, so bars always start at zero. Values too close together for
+  bars from zero to show their differences (spread under 10 % of the largest) are drawn as points
+  with error bars instead (`style="auto"`), on an axis around the values.
 
   Args:
     names: bar labels.
@@ -118,8 +123,10 @@ def plot_bars(
     ax: a matplotlib Axes to draw on, or None for a new figure.
     errors: optional error-bar half-widths, one per name.
     highlight: names drawn in a contrasting colour (e.g. ["FGE ensemble"]).
-    ylim: y range (default: from 0, or around the values when they are all close together).
+    ylim: y range (default: from 0 for bars, around the values for points).
     value_format: format of the numbers written on the bars.
+    style: "bar" (from zero), "points" (markers with error bars) or "auto" (points when the
+      values are close together, above).
     title: text.
     figsize: size in inches of the new figure (default: wide enough for the bars).
 
@@ -141,10 +148,27 @@ def plot_bars(
     raise ValueError(f"highlight names {sorted(unknown)} are not among the bar names {names}.")
   if figsize is None:
     figsize = (max(4.0, 0.7 * len(names) + 2.0), 4.0)
+  if style not in ("auto", "bar", "points"):
+    raise ValueError(f"`style` must be 'auto', 'bar' or 'points', got {style!r}.")
   fig, ax = figure_and_axes(ax, figsize)
   vm = masked(v)
   colors = ["tab:orange" if n in hl else "tab:blue" for n in names]
   x = np.arange(len(names))
+  close = False
+  if has_finite(vm):
+    lo, hi = float(vm.min()), float(vm.max())
+    close = lo > 0 and (hi - lo) < 0.1 * hi
+  if style == "points" or (style == "auto" and close):
+    _draw_points(ax, x, v, vm, err, colors, value_format, ylim)
+  else:
+    _draw_bars(ax, x, v, vm, err, colors, value_format, ylim)
+  ax.set_xticks(x, names, rotation=30 if max(len(n) for n in names) > 8 else 0, ha="right"
+                if max(len(n) for n in names) > 8 else "center")
+  finish(ax, title=title, ylabel=ylabel)
+  return fig
+
+
+def _draw_bars(ax, x, v, vm, err, colors, value_format, ylim):
   bars = ax.bar(x, vm.filled(0.0), color=colors, yerr=None if err is None else err, capsize=3)
   for rect, val, ok in zip(bars, v, ~np.ma.getmaskarray(vm), strict=True):
     if not ok:
@@ -154,22 +178,36 @@ def plot_bars(
     text = value_format.format(val) if ok else "n/a"
     ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height() if ok else 0.0),
                 xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8)
-  ax.set_xticks(x, names, rotation=30 if max(len(n) for n in names) > 8 else 0, ha="right"
-                if max(len(n) for n in names) > 8 else "center")
   if ylim is not None:
     ax.set_ylim(*ylim)
   elif has_finite(vm):
     lo, hi = float(vm.min()), float(vm.max())
-    if lo > 0 and (hi - lo) < 0.1 * hi:  # values close together: zoom in so differences show
-      pad = max(hi - lo, 0.01 * hi)
-      ax.set_ylim(lo - 2 * pad, hi + pad)
-    elif hi > lo or hi != 0:
-      top, bottom = max(0.0, hi) * 1.12, min(0.0, lo) * 1.12
-      ax.set_ylim(bottom, top if top > bottom else bottom + 1.0)
+    top, bottom = max(0.0, hi) * 1.12, min(0.0, lo) * 1.12
+    ax.set_ylim(bottom, top if top > bottom else bottom + 1.0)
   else:
     empty_message(ax)
-  finish(ax, title=title, ylabel=ylabel)
-  return fig
+
+
+def _draw_points(ax, x, v, vm, err, colors, value_format, ylim):
+  ok = ~np.ma.getmaskarray(vm)
+  if not ok.any():
+    empty_message(ax)
+    return
+  for xi, val, c, e in zip(x[ok], v[ok], np.asarray(colors)[ok],
+                           (err[ok] if err is not None else [None] * int(ok.sum())), strict=True):
+    ax.errorbar([xi], [val], yerr=None if e is None else [e], fmt="o", color=c, markersize=8,
+                capsize=4, elinewidth=1.5)
+    ax.annotate(value_format.format(val), (xi, val), xytext=(8, 0), textcoords="offset points",
+                ha="left", va="center", fontsize=8)
+  ax.set_xlim(-0.6, len(x) - 0.4)
+  if ylim is not None:
+    ax.set_ylim(*ylim)
+  else:
+    e = np.zeros(int(ok.sum())) if err is None else np.nan_to_num(err[ok])
+    lo, hi = float((v[ok] - e).min()), float((v[ok] + e).max())
+    pad = max(hi - lo, 0.01 * abs(hi)) * 0.3
+    ax.set_ylim(lo - pad, hi + pad)
+  ax.grid(axis="y", alpha=0.3)
 
 
 def draw_budget(ax, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,

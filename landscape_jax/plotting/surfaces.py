@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from landscape_jax.core import fileio
@@ -577,7 +578,7 @@ def plot_surface_3d(
   z,
   *,
   ax=None,
-  log: bool = False,
+  log: bool | None = None,
   zmax: float | None = None,
   label: str = "loss",
   cmap: str = "coolwarm",
@@ -590,10 +591,16 @@ def plot_surface_3d(
 ) -> Figure:
   """3-D surface plot of a 2-D landscape (Li et al. 2018, Fig. 1 and 5), with a colour bar.
 
+  Loss landscapes span orders of magnitude (a basin near 0.01 inside walls near 100): on a linear
+  z axis the basin is a flat floor. By default (`log=None`) the heights are log10(z) when every
+  finite value is positive and they span more than a factor of 10, labelled with the values
+  themselves ("0.01", "1", "100") and the axis titled "<label> (log scale)"; otherwise linear.
+  Each axis has at most 5 ticks in a small font, so the labels never overlap.
+
   Args:
     ax: a 3-D matplotlib Axes to draw on (`fig.add_subplot(projection="3d")`), or None for a new
       figure of `figsize` inches.
-    log: draw log10(z) (non-positive values masked); the z axis is labelled accordingly.
+    log: True draws log10(z) (non-positive values masked), False z itself, None chooses (above).
     zmax: clip values above `zmax` first (tames diverged far points; the reference VTK export does
       the same).
     elev, azim: viewing angles in degrees.
@@ -602,13 +609,21 @@ def plot_surface_3d(
   Returns:
     The Figure drawn on; write it with `plotting.save`.
   """
+  if log is None:
+    finite = np.asarray(z, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if zmax is not None:
+      finite = np.minimum(finite, zmax)
+    log = bool(finite.size and finite.min() > 0 and finite.max() > 10 * finite.min())
   xs, ys, zm = _prepare(xs, ys, z, log=log)
   if zmax is not None:
     zm = np.ma.minimum(zm, zmax)
   zlabel = label
+  value_format = ticker.FormatStrFormatter("%.3g")
   if log:
     zm = np.ma.log10(zm)
-    zlabel = f"log10({label})"
+    zlabel = f"{label} (log scale)"
+    value_format = ticker.FuncFormatter(lambda v, _: f"{10.0 ** v:.3g}")
   fig, ax = figure_and_axes(ax, figsize, projection="3d")
   x_mesh, y_mesh, z_t = mesh(xs, ys, zm)
   if has_finite(zm):
@@ -617,13 +632,22 @@ def plot_surface_3d(
       x_mesh, y_mesh, np.ma.filled(z_t, np.nan), cmap=cmap, vmin=lo, vmax=hi, linewidth=0,
       antialiased=False, rstride=1, cstride=1,
     )
-    ax.figure.colorbar(surf, ax=ax, shrink=0.6, aspect=12, pad=0.1, label=zlabel, format="%.3g")
+    cb = ax.figure.colorbar(surf, ax=ax, shrink=0.6, aspect=12, pad=0.12, label=zlabel,
+                            format=value_format)
+    if log:  # ticks at whole powers of ten when the range has two or more
+      cb.locator = ticker.MaxNLocator(nbins=5, integer=bool(hi - lo >= 2))
+      cb.update_ticks()
   else:
     ax.text2D(0.5, 0.5, common.EMPTY_MESSAGE, transform=ax.transAxes, ha="center", va="center")
   ax.view_init(elev=elev, azim=azim)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_zlabel(zlabel)
+  whole = bool(log and has_finite(zm) and np.ptp(common.finite_range(zm)) >= 2)
+  for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+    axis.set_major_locator(ticker.MaxNLocator(nbins=4, integer=whole and axis is ax.zaxis))
+  ax.zaxis.set_major_formatter(value_format)
+  ax.tick_params(labelsize=7, pad=1)
+  ax.set_xlabel(xlabel, labelpad=2)
+  ax.set_ylabel(ylabel, labelpad=2)
+  ax.set_zlabel(zlabel, labelpad=6)
   if title:
     ax.set_title(title)
   return fig
@@ -763,7 +787,9 @@ def plot_2d_all(
 
   Args:
     xs, ys, z: the grid, z[i, j] = f(xs[i], ys[j]).
-    levels, log, label, title, xlabel, ylabel: as in `plot_contour`.
+    levels, log, label, title, xlabel, ylabel: as in `plot_contour`; with log=False the 3-D
+      surface still chooses log10 heights for a positive range wider than 10x
+      (`plot_surface_3d(log=None)`).
     zmax: clipping for the 3-D surface.
 
   Returns:
@@ -777,5 +803,6 @@ def plot_2d_all(
     "2dheatmap": plot_heatmap(xs, ys, z, log=log, **style),
   }
   style.update(xlabel=xlabel.split(" (")[0], ylabel=ylabel.split(" (")[0])
-  figs["3dsurface"] = plot_surface_3d(xs, ys, z, log=log, zmax=zmax, **style)
+  # log=False leaves the 3-D surface's own choice (log10 heights for a wide positive range).
+  figs["3dsurface"] = plot_surface_3d(xs, ys, z, log=log or None, zmax=zmax, **style)
   return figs
