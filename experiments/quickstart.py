@@ -14,7 +14,9 @@ Trains two small ResNets from different seeds, then, each step with its figures 
  6. a Fast Geometric Ensemble from A against its members (Garipov et al. 2018);
  7. the PCA plane of A's training trajectory with the path over the loss contours (Li et al.).
 
-Writes every figure (PNG + PDF), ``results/<step>.json`` and ``report.html`` into --workdir.
+Writes every figure (PNG + PDF, and its interactive twin as ``<name>.plotly.json``),
+``results/<step>.json`` and ``report.html`` (one offline page: rotatable surfaces, hover values)
+into --workdir.
 Each finished step is kept: a rerun (e.g. after an interruption) reuses it, long steps resume
 from their own stores, and a rerun with a different configuration is refused.
 
@@ -112,6 +114,18 @@ class Tour:
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
 
+  def figures(self, name: str, caption: str, static=None, interactive=None) -> list:
+    """Saves a figure (PNG + PDF) and its interactive twin; [[file, caption], ...] for the report.
+    `static` may be a {suffix: Figure} dict (plot_2d_all), whose first figure gets the caption."""
+    out = []
+    if interactive is not None:
+      out.append([os.path.basename(plotting.save_interactive(interactive, self.path(name))),
+                  caption])
+    if static is not None:
+      files = [f for f in plotting.save(static, self.path(name)) if f.endswith(".png")]
+      out += [[os.path.basename(f), caption if k == 0 else ""] for k, f in enumerate(files)]
+    return out
+
   def step(self, name: str, title: str, text: str, fn):
     """Runs `fn() -> (numbers, figures)` unless ``results/<name>.json`` exists; adds a section."""
     result_path = self.path("results", f"{name}.json")
@@ -175,15 +189,23 @@ class Tour:
       res = lj.surface_grid(self.metric_fn(False, self.var_a.get("batch_stats")), params, d, xs,
                             store=self.path("stores", "line_1d"), progress=self.progress,
                             metadata={"direction_seed": 0, "norm": "filter"})
-      plotting.save(plotting.plot_1d(xs, res, title="Model A, filter-normalised direction",
-                                     xlabel="step along d"), self.path("line_1d"))
+      figs = self.figures(
+        "line_1d", "Loss and accuracy of model A at A + a d, d a filter-normalised random "
+        "direction: A sits at a = 0.", plotting.plot_1d(
+          xs, res, title="Model A along a filter-normalised direction", xlabel="step a along d"),
+        plotting.interactive_lines(xs, res, xlabel="step a along d", marks={"A": 0},
+                                   title="Model A along a filter-normalised direction"))
       alphas = np.linspace(-0.5, 1.5, self.c.points_interp)
       interp = lj.linear_path(self.metric_fn(True), self.var_a["params"], self.var_b["params"],
                               alphas, store=self.path("stores", "interpolation"),
                               progress=self.progress)
-      plotting.save(plotting.plot_interpolation(alphas, interp, labels=("A", "B"),
-                                                title="Straight line from A to B"),
-                    self.path("interpolation"))
+      figs += self.figures(
+        "interpolation", "Loss and accuracy on the straight line (1 - a) A + a B between the "
+        "two trained models (A at a = 0, B at a = 1), BatchNorm statistics recomputed.",
+        plotting.plot_interpolation(alphas, interp, labels=("A", "B"),
+                                    title="Straight line from A to B"),
+        plotting.interactive_lines(alphas, interp, xlabel="a", marks={"A": 0, "B": 1},
+                                   title="Straight line from A to B"))
       b = lj.barriers(interp["train_loss"], alphas)
       mid = len(xs) // 2
       return ({"train loss at A": float(res["train_loss"][mid]),
@@ -191,7 +213,7 @@ class Tour:
                "interpolation barrier (train loss)": b["frankle"],
                "interpolation max test error": float(1 - np.nanmin(
                  interp["test_accuracy"][(alphas >= 0) & (alphas <= 1)]))},
-              ["line_1d.png", "interpolation.png"])
+              figs)
 
     self.step("line", "1-D plots: filter-normalised direction and two-model interpolation",
               "f(a) = L(A + a d) with a filter-normalised Gaussian direction (Li et al. 2018), "
@@ -210,14 +232,25 @@ class Tour:
                             store=self.path("stores", "surface_2d"), progress=self.progress,
                             metadata={"direction_seed": 1, "norm": "filter"})
       z = res["train_loss"]
-      plotting.save(plotting.plot_2d_all(xs, ys, z, title="Model A: train loss"),
-                    self.path("surface"))
+      title = "Train loss of A over a filter-normalised plane"
+      static = plotting.plot_2d_all(xs, ys, z, title=title, label="train loss",
+                                    xlabel="a (along d1)", ylabel="b (along d2)")
+      del static["2dheatmap"]
+      figs = self.figures(
+        "surface_3d", "Train loss of A at A + a d1 + b d2, d1 and d2 filter-normalised: a "
+        "rotatable surface on a log scale (the buttons switch to the linear one).",
+        interactive=plotting.interactive_surface(xs, ys, z, label="train loss", title=title,
+                                                 xlabel="a", ylabel="b"))
+      figs += self.figures(
+        "surface", "The same plane as contours of log10(train loss); hover for values.",
+        static, plotting.interactive_contour(xs, ys, z, label="train loss", xlabel="a",
+                                             ylabel="b", points={"A": (0, 0)}, title=title))
       if np.isfinite(z).any():
         plotting.export_vtp(self.path("surface"), xs, ys, z, log=True, name="loss")
       return ({"min train loss": float(np.nanmin(res["train_loss"])),
                "max train loss": float(np.nanmax(res["train_loss"])),
                "grid points": int(res["train_loss"].size)},
-              ["surface_2dcontour.png", "surface_2dcontourf.png", "surface_3dsurface.png"])
+              figs)
 
     self.step("surface", "2-D filter-normalised surface",
               "f(a, b) = L(A + a d1 + b d2) on a grid, evaluated in compiled, sharded chunks and "
@@ -257,12 +290,13 @@ class Tour:
       plotting.plot_contour(xs, ys, approx, levels=levels, label="train loss", ax=ax2,
                             samples=res.coords)
       ax2.set_title(f"adaptive (tol {tol}): {res.num_points} points", fontsize=10)
-      plotting.save(fig, self.path("surface_adaptive"))
+      figs = self.figures("surface_adaptive", "Train loss contours from the dense grid (left) "
+                          "and from the adaptive samples (right, dots), on the same levels.", fig)
       return ({"dense grid points": int(dense.size), "adaptive points": res.num_points,
                "adaptive rounds": len(res.history) - 1,
                "max |train loss difference| where loss < 5": float(
                  np.max(np.abs(approx - dense)[low])) if low.any() else float("nan")},
-              ["surface_adaptive.png"])
+              figs)
 
     self.step("adaptive", "Adaptive surface: the same plane at a fraction of the points",
               "The surface step's plane refined where the interpolation error is (quadtree "
@@ -285,19 +319,29 @@ class Tour:
       res = curves.evaluate_curve(metric_fn, curve, kind="bezier",
                                   num_points=self.c.curve_points,
                                   store=self.path("stores", "curve"), progress=self.progress)
-      plotting.save(plotting.plot_curve_metrics(res["t"], res["curve"], res["line"]),
-                    self.path("curve_metrics"))
+      title = "Along the Bezier curve and the straight line from A (t = 0) to B (t = 1)"
+      figs = self.figures(
+        "curve_metrics", "Loss and error along the trained Bezier curve (blue) and the straight "
+        "line (orange) between A and B; train solid, test dashed.",
+        plotting.plot_curve_metrics(res["t"], res["curve"], res["line"], title=title),
+        plotting.interactive_curve_metrics(res["t"], res["curve"], res["line"], title=title))
       w0, w1, w2 = (lj.trees.index(curve, i) for i in range(3))
       plane = curves.plane_basis(w0, w1, w2)
       grid = np.linspace(-0.2, 1.2, self.c.plane_points)
       pres = curves.evaluate_plane(metric_fn, plane, alphas=grid, betas=grid,
                                    store=self.path("stores", "plane"), progress=self.progress)
       proj = np.stack([np.asarray(curves.project_to_plane(plane, w)) for w in (w0, w1, w2)])
-      fig = plotting.plot_curve_plane(pres["x"], pres["y"], pres["train_loss"],
-                                      curve_xy=curves.curve_in_plane(plane, curve),
-                                      endpoints_xy=proj[[0, 2]], bend_xy=proj[1],
-                                      chord_xy=proj[[0, 2]], label="train loss")
-      plotting.save(fig, self.path("curve_plane"))
+      where = dict(curve_xy=curves.curve_in_plane(plane, curve), endpoints_xy=proj[[0, 2]],
+                   bend_xy=proj[1], chord_xy=proj[[0, 2]], label="train loss",
+                   title="Train loss over the plane through A, theta and B")
+      figs += self.figures(
+        "curve_plane", "Train loss over the plane through A, the bend theta and B at equal "
+        "scales (u along B - A, v towards theta): the curve (solid) bends around the barrier "
+        "that the straight line (dashed) crosses.",
+        plotting.plot_curve_plane(pres["x"], pres["y"], pres["train_loss"],
+                                  names=("A", "\\theta", "B"), **where),
+        plotting.interactive_curve_plane(pres["x"], pres["y"], pres["train_loss"],
+                                         names=("A", "theta", "B"), **where))
       s = res["summary"]
       return ({"curve max train loss": s["curve"]["train_loss"]["max"],
                "line max train loss": s["line"]["train_loss"]["max"],
@@ -305,7 +349,7 @@ class Tour:
                "line barrier (train loss)": s["line"]["train_loss"]["barrier"],
                "curve max test error": s["curve"]["test_error"]["max"],
                "line max test error": s["line"]["test_error"]["max"]},
-              ["curve_metrics.png", "curve_plane.png"])
+              figs)
 
     self.step("curve", "Mode connectivity: a Bezier curve from A to B",
               "phi(t) = (1-t)^2 A + 2t(1-t) theta + t^2 B trained with the endpoints fixed "
@@ -326,16 +370,21 @@ class Tour:
                               progress=self.progress)
       after = lj.linear_path(metric_fn, self.var_a["params"], aligned["params"], alphas,
                              progress=self.progress)
-      fig = plotting.plot_barriers(alphas, {"B as trained": before["train_loss"],
-                                            "B permuted to match A": after["train_loss"]},
-                                   title="Interpolation A -> B before and after weight matching")
-      plotting.save(fig, self.path("alignment"))
+      runs = {"B as trained": before["train_loss"],
+              "B permuted to match A": after["train_loss"]}
+      title = "Interpolation A -> B before and after weight matching"
+      figs = self.figures(
+        "alignment", "Train loss on the straight line from A to B, with B as trained and with "
+        "B's units permuted to match A's (the same function as B).",
+        plotting.plot_barriers(alphas, runs, title=title),
+        plotting.interactive_lines(alphas, runs, xlabel="a", marks={"A": 0, "B": 1},
+                                   title=title))
       bb, ba = lj.barriers(before["train_loss"], alphas), lj.barriers(after["train_loss"], alphas)
       return ({"barrier before (train loss)": bb["frankle"],
                "barrier after (train loss)": ba["frankle"],
                "weight-matching sweeps": int(result.num_sweeps),
                "permutation groups": len(result.perm)},
-              ["alignment.png"])
+              figs)
 
     self.step("align", "Permutation symmetry: weight matching",
               "B's hidden units are permuted (one permutation per residual stream) to maximise "
@@ -359,14 +408,17 @@ class Tour:
                                mask=mask)
       sd = lj.spectral_density(k3, loss_fn, params, batches, num_probes=1,
                                num_steps=self.c.lanczos_steps, mask=mask)
-      plotting.save(plotting.plot_spectrum(sd.grid, sd.density, eigenvalues=sd.nodes,
-                                           title="Hessian spectral density at A (SLQ)"),
-                    self.path("spectrum"))
+      title = "Hessian spectral density at A (SLQ)"
+      figs = self.figures(
+        "spectrum", "Density of the Hessian's eigenvalues at A on a log scale, with the "
+        "Lanczos nodes as ticks: a few large outliers above a bulk near zero.",
+        plotting.plot_spectrum(sd.grid, sd.density, eigenvalues=sd.nodes, title=title),
+        plotting.interactive_spectrum(sd.grid, sd.density, eigenvalues=sd.nodes, title=title))
       return ({"top eigenvalue": float(eig.top[0]), "2nd eigenvalue": float(eig.top[1]),
                "smallest eigenvalue": float(eig.smallest),
                "|min/max| ratio": abs(float(eig.smallest) / float(eig.top[0])),
                "trace": float(trace.mean), "trace std. error": float(trace.stderr)},
-              ["spectrum.png"])
+              figs)
 
     self.step("hessian", "Curvature at A: eigenvalues, trace, spectral density",
               "Lanczos with full reorthogonalisation on Hessian-vector products (forward over "
@@ -393,17 +445,20 @@ class Tour:
       member_acc = np.asarray(res["member_accuracy"])
       member_loss = np.asarray(res["member_loss"])
       names = [f"member {i + 1}" for i in range(len(member_acc))] + ["ensemble"]
-      fig = plotting.plot_bars(names, [*member_loss, float(res["loss"])],
-                               ylabel="test loss (NLL)", highlight=["ensemble"],
-                               title="Fast Geometric Ensembling from A")
-      plotting.save(fig, self.path("fge"))
+      values, title = [*member_loss, float(res["loss"])], "Fast Geometric Ensembling from A"
+      figs = self.figures(
+        "fge", "Test loss of each FGE snapshot and of their ensemble (orange).",
+        plotting.plot_bars(names, values, ylabel="test loss (NLL)", highlight=["ensemble"],
+                           title=title),
+        plotting.interactive_bars(names, values, ylabel="test loss (NLL)",
+                                  highlight=["ensemble"], title=title))
       return ({"mean member test loss": float(member_loss.mean()),
                "best member test loss": float(member_loss.min()),
                "ensemble test loss": float(res["loss"]),
                "best member test accuracy": float(member_acc.max()),
                "ensemble test accuracy": float(res["accuracy"]),
                "members": len(member_acc)},
-              ["fge.png"])
+              figs)
 
     self.step("fge", "Fast Geometric Ensembling",
               "A cyclic learning rate from A with a snapshot at each cycle's lowest rate; the "
@@ -428,13 +483,17 @@ class Tour:
                             tuple(pca.directions), xs, ys, store=self.path("stores", "pca"),
                             progress=self.progress)
       ev = pca.explained_variance_ratio
-      fig = plotting.plot_trajectory(xs, ys, res["train_loss"], pca.coords,
-                                     explained_variance=ev, label="train loss",
-                                     title="Training trajectory of A in its PCA plane")
-      plotting.save(fig, self.path("trajectory"))
+      title = "Training trajectory of A in its PCA plane"
+      figs = self.figures(
+        "trajectory", "A's per-epoch checkpoints projected onto the top two principal "
+        "components of the trajectory, over the train loss of that plane.",
+        plotting.plot_trajectory(xs, ys, res["train_loss"], pca.coords, explained_variance=ev,
+                                 label="train loss", title=title),
+        plotting.interactive_trajectory(xs, ys, res["train_loss"], pca.coords,
+                                        explained_variance=ev, title=title))
       return ({"snapshots": len(trajectory), "1st PC explained variance": float(ev[0]),
                "2nd PC explained variance": float(ev[1])},
-              ["trajectory.png"])
+              figs)
 
     self.step("trajectory", "Optimisation trajectory in its PCA plane",
               "Principal components of t_i - t_final over A's per-epoch checkpoints (Gram matrix "

@@ -151,6 +151,12 @@ _NAMES: dict[str, str] = {
   "read_surface_h5": "adapters.li2018_h5",
   "write_directions_h5": "adapters.li2018_h5",
   "write_surface_h5": "adapters.li2018_h5",
+  # adapters.torch_weights
+  "load_torch_weights": "adapters.torch_weights",
+  "read_safetensors": "adapters.torch_weights",
+  "read_torch_state_dict": "adapters.torch_weights",
+  "torch_to_flax": "adapters.torch_weights",
+  "write_safetensors": "adapters.torch_weights",
   # adapters.folding
   "fuse_batchnorm": "adapters.folding",
   # adapters.error_control
@@ -228,6 +234,7 @@ _MODULES: dict[str, str] = {
   "batchnorm": "adapters.batchnorm",
   "folding": "adapters.folding",
   "li2018_h5": "adapters.li2018_h5",
+  "torch_weights": "adapters.torch_weights",
   "error_control": "adapters.error_control",
   "losses": "adapters.losses",
   "text": "adapters.text",

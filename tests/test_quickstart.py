@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests import browser
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ("train", "line", "surface", "adaptive", "curve", "align", "hessian", "fge", "trajectory")
 
@@ -28,9 +30,13 @@ def test_quickstart_tiny_end_to_end(tmp_path):
   report = (workdir / "report.html").read_text()
   for step in STEPS:
     result = json.loads((workdir / "results" / f"{step}.json").read_text())
-    for fig in result["figures"]:
+    for fig, caption in result["figures"]:
       assert (workdir / fig).stat().st_size > 1000, fig
-      assert fig in report
+      if fig.endswith(".png"):  # interactive figures are embedded, static ones linked
+        assert fig in report
+      assert not caption or caption in report
+    assert any(fig.endswith(".plotly.json") for fig, _ in result["figures"]) or step in (
+      "train", "adaptive"), step
   for title in ("2-D filter-normalised surface", "Bezier curve", "weight matching",
                 "Fast Geometric Ensembling", "PCA plane"):
     assert title in report
@@ -40,6 +46,13 @@ def test_quickstart_tiny_end_to_end(tmp_path):
   numbers = json.loads((workdir / "results" / "hessian.json").read_text())["numbers"]
   assert numbers["top eigenvalue"] > 0
   assert numbers["top eigenvalue"] >= numbers["2nd eigenvalue"]
+
+  # Every interactive figure rendered in a real browser, with no script error.
+  out = browser.render(workdir / "report.html", tmp_path)
+  assert out["errors"] == [], out["errors"]
+  assert len(out["plots"]) == report.count('class="plotly-graph-div lj-plot"') >= 10
+  assert all(p["laidOut"] and p["svg"] for p in out["plots"]), out["plots"]
+  assert sum(p["gl"] >= 1 for p in out["plots"] if p["scene"]) == 1  # the 3-D surface
 
   second = _run(workdir)
   assert second.returncode == 0, second.stderr[-4000:]
