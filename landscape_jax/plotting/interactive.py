@@ -13,7 +13,7 @@ and hovering shows the value itself in every view.
 
 Why plotly: its JavaScript (plotly.js, MIT) ships inside the Python wheel, so pages work without
 a network; the same Figure renders in Jupyter, Colab and VS Code; WebGL 3-D surfaces rotate
-smoothly; it is actively maintained (docs/interop.md, "Interactive figures").
+smoothly; it is actively maintained (docs/report.md).
 
 References:
   Li, Xu, Taylor, Studer and Goldstein 2018, "Visualizing the Loss Landscape of Neural Nets"
