@@ -144,8 +144,8 @@ def test_plot_1d_twin_axes_and_styles():
   ax1, ax2 = surfaces.draw_1d(ax, a, metrics_1d(a))
   left = {line.get_label(): line.get_linestyle() for line in ax1.get_lines()}
   right = {line.get_label(): line.get_linestyle() for line in ax2.get_lines()}
-  assert left == {"train_loss": "-", "test_loss": "--"}
-  assert right == {"train_accuracy": "-", "test_accuracy": "--"}
+  assert left == {"train loss": "-", "test loss": "--"}  # readable legend names
+  assert right == {"train accuracy": "-", "test accuracy": "--"}
   assert ax1.get_ylabel() == "loss" and ax2.get_ylabel() == "accuracy"
   assert ax2.get_ylim()[0] <= 0 and ax2.get_ylim()[1] >= 1
 

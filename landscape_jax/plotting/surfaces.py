@@ -170,7 +170,7 @@ def draw_1d(
         extra = {"linewidth": 1.2}
         if many:
           extra.update(marker="o", markersize=3, markevery=max(1, xs.size // 12))
-      label = f"{run}: {name}" if run else name
+      label = f"{run}: {name.replace('_', ' ')}" if run else name.replace("_", " ")
       (h,) = target.plot(xs, v, metric_style(name), color=color, label=label, **extra)
       handles.append(h)
       if endpoints is not None:
