@@ -333,15 +333,15 @@ class Tour:
       proj = np.stack([np.asarray(curves.project_to_plane(plane, w)) for w in (w0, w1, w2)])
       where = dict(curve_xy=curves.curve_in_plane(plane, curve), endpoints_xy=proj[[0, 2]],
                    bend_xy=proj[1], chord_xy=proj[[0, 2]], label="train loss",
-                   title="Train loss over the plane through A, theta and B")
+                   title="Train loss over the plane through A, θ and B")
       figs += self.figures(
-        "curve_plane", "Train loss over the plane through A, the bend theta and B at equal "
-        "scales (u along B - A, v towards theta): the curve (solid) bends around the barrier "
-        "that the straight line (dashed) crosses.",
+        "curve_plane", "Train loss over the plane through A, the bend θ and B at equal scales "
+        "(u along B - A, v towards θ, distances in parameter space): the curve (solid) goes "
+        "around the barrier that the straight line (dashed) crosses.",
         plotting.plot_curve_plane(pres["x"], pres["y"], pres["train_loss"],
-                                  names=("A", "\\theta", "B"), **where),
+                                  names=("A", "θ", "B"), **where),
         plotting.interactive_curve_plane(pres["x"], pres["y"], pres["train_loss"],
-                                         names=("A", "theta", "B"), **where))
+                                         names=("A", "θ", "B"), **where))
       s = res["summary"]
       return ({"curve max train loss": s["curve"]["train_loss"]["max"],
                "line max train loss": s["line"]["train_loss"]["max"],
@@ -352,9 +352,9 @@ class Tour:
               figs)
 
     self.step("curve", "Mode connectivity: a Bezier curve from A to B",
-              "phi(t) = (1-t)^2 A + 2t(1-t) theta + t^2 B trained with the endpoints fixed "
+              "phi(t) = (1-t)^2 A + 2t(1-t) θ + t^2 B trained with the endpoints fixed "
               "(Garipov et al. 2018); BatchNorm statistics recomputed at every t; the plane "
-              "through A, theta and B.", run)
+              "through A, θ and B.", run)
 
   # -- 4. Ainsworth et al.: weight matching -----------------------------------------------------
   def align(self):

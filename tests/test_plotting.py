@@ -510,9 +510,9 @@ def test_curve_plane_has_equal_scales_and_the_texts_names():
                            names=("A", "theta", "B"))
   ax = fig.axes[0]
   assert ax.get_aspect() == 1.0
-  assert ax.get_xlabel() == "u: distance along B $-$ A"
-  assert ax.get_ylabel() == "v: distance towards theta"
-  assert "endpoints A, B" in [t.get_text() for t in ax.get_legend().get_texts()]
+  assert ax.get_xlabel() == "u: along B $-$ A"
+  assert ax.get_ylabel() == "v: towards theta"
+  assert "endpoints A, B" in [t.get_text() for t in fig.legends[0].get_texts()]
 
 
 def test_plot_bars_errors():

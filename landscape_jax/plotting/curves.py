@@ -123,7 +123,8 @@ def plot_curve_plane(
     names: the names of the first endpoint, the bend and the second endpoint in the text around
       the figure (e.g. ("A", "theta", "B"); TeX such as "w_1" is set in math mode), used in the
       axis labels and the legend.
-    xlabel, ylabel: override the axis labels (default "u: along w_2 - w_0", "v: towards w_1").
+    xlabel, ylabel: override the axis labels (default "u: along w_2 - w_0", "v: towards w_1";
+      both are distances in parameter space).
     figsize: size of the new figure; default fits the plane's aspect ratio.
 
   Returns:
@@ -142,15 +143,15 @@ def plot_curve_plane(
   if len(names) != 3:
     raise ValueError(f"`names` must name (first endpoint, bend, second endpoint), got {names!r}.")
   w0, w1, w2 = (f"${n}$" if "\\" in n or "_" in n else n for n in map(str, names))
-  xlabel = xlabel if xlabel is not None else f"u: distance along {w2} $-$ {w0}"
-  ylabel = ylabel if ylabel is not None else f"v: distance towards {w1}"
+  xlabel = xlabel if xlabel is not None else f"u: along {w2} $-$ {w0}"
+  ylabel = ylabel if ylabel is not None else f"v: towards {w1}"
   # Equal scales show the plane's true geometry; a wide, flat plane gets a horizontal colour bar.
   ratio = float(np.ptp(ys) / np.ptp(xs))
   flat = ratio < 0.5
-  if figsize is None:  # size the figure to the plane so the colour bar fits it
-    width = 6.0 if flat else 4.8
-    height = float(np.clip(width * ratio, 1.2, 6.0))
-    figsize = (width + (0.6 if flat else 1.7), height + (2.6 if flat else 1.6))
+  if figsize is None:  # size the figure to the plane so the colour bar and legend fit it
+    width = 8.2 if flat else 4.8
+    height = float(np.clip(width * ratio, 0.8, 6.0))
+    figsize = (width + (0.8 if flat else 1.7), height + (2.0 if flat else 1.9))
   own = ax is None
   fig, ax = figure_and_axes(ax, figsize)
   ax.set_xlim(float(xs.min()), float(xs.max()))
@@ -184,8 +185,11 @@ def plot_curve_plane(
             label=f"bend {w1}", zorder=4, linestyle="none")
   ax.set_aspect("equal", adjustable="box")
   if own:  # below the axes; inside a given Axes, whose neighbours it must not cover
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if flat else -0.16), ncol=4,
-              fontsize=8, frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=8,
+               frameon=False)
+    if flat and title:  # above the colour bar, which sits on top of a flat plane
+      fig.suptitle(title)
+      title = None
   else:
     ax.legend(loc="best", fontsize=7)
   finish(ax, title=title, xlabel=xlabel, ylabel=ylabel)
