@@ -376,7 +376,7 @@ class Tour:
       figs = self.figures(
         "alignment", "Train loss on the straight line from A to B, with B as trained and with "
         "B's units permuted to match A's (the same function as B).",
-        plotting.plot_barriers(alphas, runs, title=title),
+        plotting.plot_barriers(alphas, runs, ylabel="train loss", title=title),
         plotting.interactive_lines(alphas, runs, xlabel="a", marks={"A": 0, "B": 1},
                                    title=title))
       bb, ba = lj.barriers(before["train_loss"], alphas), lj.barriers(after["train_loss"], alphas)
