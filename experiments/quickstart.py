@@ -377,8 +377,8 @@ class Tour:
         "alignment", "Train loss on the straight line from A to B, with B as trained and with "
         "B's units permuted to match A's (the same function as B).",
         plotting.plot_barriers(alphas, runs, ylabel="train loss", title=title),
-        plotting.interactive_lines(alphas, runs, xlabel="a", marks={"A": 0, "B": 1},
-                                   title=title))
+        plotting.interactive_lines(alphas, runs, xlabel="a", ylabel="train loss",
+                                   marks={"A": 0, "B": 1}, title=title))
       bb, ba = lj.barriers(before["train_loss"], alphas), lj.barriers(after["train_loss"], alphas)
       return ({"barrier before (train loss)": bb["frankle"],
                "barrier after (train loss)": ba["frankle"],

@@ -80,6 +80,10 @@ def test_surface_hover_values_and_orientation():
   assert [b.label for b in menu.buttons] == ["log10 z", "linear z"]
   assert menu.buttons[1].args[0]["visible"] == [False, True]
   assert menu.buttons[1].args[1]["scene.zaxis.title.text"] == "train loss"
+  # The log view is labelled with the values at whole powers of ten; the linear one by plotly.
+  assert list(log_view.colorbar.ticktext) == ["0.1", "1", "10"]
+  assert list(fig.layout.scene.zaxis.ticktext) == ["0.1", "1", "10"]
+  assert menu.buttons[1].args[1]["scene.zaxis.tickmode"] == "auto"
 
 
 def test_overlays_stay_visible_when_switching_views():
@@ -87,8 +91,8 @@ def test_overlays_stay_visible_when_switching_views():
                                    endpoints_xy=[[0, 0], [10, 0]], bend_xy=[5, 1],
                                    names=("A", "theta", "B"))
   assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis.scaleratio == 1
-  assert fig.layout.xaxis.title.text == "u (along B - A)"
-  assert fig.layout.yaxis.title.text == "v (orthogonal, towards theta)"
+  assert fig.layout.xaxis.title.text == "u: along B - A"
+  assert fig.layout.yaxis.title.text == "v: towards theta"
   n_views = len(ia.z_views(Z))
   for button in fig.layout.updatemenus[0].buttons:
     visible = button.args[0]["visible"]

@@ -54,6 +54,7 @@ __all__ = [
 
 INTERACTIVE_SUFFIX = ".plotly.json"
 _CURVE_COLOR, _LINE_COLOR = "#1f77b4", "#ff7f0e"
+_LOSS_COLOR, _ACCURACY_COLOR = "#1f77b4", "#d62728"
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 
@@ -87,6 +88,19 @@ def z_views(z, *, label: str = "loss", zmax: float | None = None,
     views.append(("clipped", np.minimum(z, top), f"{label}, clipped at {top:.3g}"))
   views.append(("linear", z, label))
   return views
+
+
+def _ticks(name: str, values: np.ndarray) -> dict:
+  """Axis/colour-bar tick settings of a view: the log10 view is labelled with the values
+  themselves at whole powers of ten ("0.01", "1", "100"); other views keep plotly's ticks."""
+  finite = values[np.isfinite(values)]
+  if name != "log10" or not finite.size:
+    return {"tickmode": "auto"}
+  lo, hi = int(np.floor(finite.min())), int(np.ceil(finite.max()))
+  if hi - lo < 1:
+    return {"tickmode": "auto"}
+  exps = list(range(lo, hi + 1))
+  return {"tickmode": "array", "tickvals": exps, "ticktext": [f"{10.0 ** k:g}" for k in exps]}
 
 
 def _view_buttons(names: Sequence[str], traces_per_view: int, extra: int,
@@ -130,16 +144,21 @@ def interactive_surface(xs, ys, z, *, label: str = "loss", zmax: float | None = 
   raw = _nan(z).T  # plotly: rows are y
   views = z_views(z, label=label, zmax=zmax)
   fig = go.Figure()
-  for k, (_, values, ztitle) in enumerate(views):
+  for k, (vname, values, ztitle) in enumerate(views):
     fig.add_trace(go.Surface(
       x=xs, y=ys, z=values.T, customdata=raw, colorscale=colorscale, visible=k == 0,
-      colorbar=dict(title=dict(text=ztitle, side="right"), len=0.75),
+      colorbar=dict(title=dict(text=ztitle, side="right"), len=0.75, **_ticks(vname, values)),
       hovertemplate=(f"{xlabel} = %{{x:.3f}}<br>{ylabel} = %{{y:.3f}}<br>{label} = "
                      "%{customdata:.4g}<extra></extra>")))
-  relayouts = [{"scene.zaxis.title.text": t} for _, _, t in views]
+  relayouts = []
+  for vname, values, t in views:
+    ticks = _ticks(vname, values)
+    relayouts.append({"scene.zaxis.title.text": t,
+                      **{f"scene.zaxis.{k}": v for k, v in ticks.items()}})
   fig.update_layout(scene=dict(xaxis_title=xlabel, yaxis_title=ylabel,
-                               zaxis_title=views[0][2], aspectmode="manual",
-                               aspectratio=dict(x=1, y=1, z=0.7)),
+                               zaxis=dict(title=views[0][2], **_ticks(*views[0][:2])),
+                               aspectmode="manual", aspectratio=dict(x=1, y=1, z=0.7),
+                               camera=dict(eye=dict(x=1.35, y=-1.35, z=0.85))),
                     updatemenus=_view_buttons([n for n, _, _ in views], 1, 0, relayouts))
   return _layout(fig, title, height=560)
 
@@ -167,19 +186,19 @@ def interactive_contour(xs, ys, z, *, label: str = "loss", zmax: float | None = 
                 colorscale=colorscale)
   extra = _add_points(fig, points)
   _contour_menu(fig, z, label=label, zmax=zmax, extra=extra)
-  fig.update_xaxes(title_text=xlabel)
-  fig.update_yaxes(title_text=ylabel, scaleanchor="x", scaleratio=1)
+  fig.update_xaxes(title_text=xlabel, constrain="domain")
+  fig.update_yaxes(title_text=ylabel, scaleanchor="x", scaleratio=1, constrain="domain")
   return _layout(fig, title)
 
 
 def _add_contours(fig, xs, ys, z, *, label, zmax, xlabel, ylabel, colorscale, **trace_kw):
   raw = _nan(z).T
-  for k, (_, values, ztitle) in enumerate(z_views(z, label=label, zmax=zmax)):
+  for k, (vname, values, ztitle) in enumerate(z_views(z, label=label, zmax=zmax)):
     fig.add_trace(go.Contour(
       x=xs, y=ys, z=values.T, customdata=raw, colorscale=colorscale, visible=k == 0,
       ncontours=20, contours=dict(coloring="fill", showlines=True),
       line=dict(width=0.5, color="rgba(0,0,0,0.35)"),
-      colorbar=dict(title=dict(text=ztitle, side="right")), name=ztitle,
+      colorbar=dict(title=dict(text=ztitle, side="right"), **_ticks(vname, values)), name=ztitle,
       hovertemplate=(f"{xlabel} = %{{x:.3f}}<br>{ylabel} = %{{y:.3f}}<br>{label} = "
                      "%{customdata:.4g}<extra></extra>"), **trace_kw))
 
@@ -203,7 +222,8 @@ def _add_points(fig, points) -> int:
 
 
 def interactive_lines(xs, values: Mapping[str, Sequence[float]], *, title: str | None = None,
-                      xlabel: str = "x", marks: Mapping[str, float] | None = None,
+                      xlabel: str = "x", ylabel: str | None = None,
+                      marks: Mapping[str, float] | None = None,
                       log: bool = False) -> go.Figure:
   """Metrics along a 1-D path (Li et al. 2018, Fig. 2 and 3): losses on the left axis, accuracies
   and errors on the right one (in [0, 1] or %, as given), with hover values.
@@ -213,6 +233,7 @@ def interactive_lines(xs, values: Mapping[str, Sequence[float]], *, title: str |
     values: {name: (n,) array}, e.g. a `surface_grid` or `linear_path` result; names follow
       "<split>_<metric>" (train solid, test dashed).
     title, xlabel: text.
+    ylabel: title of the left axis (default "loss", or "accuracy / error" without losses).
     marks: optional {name: x} vertical markers (e.g. {"A": 0, "B": 1}).
     log: logarithmic loss axis.
 
@@ -225,25 +246,35 @@ def interactive_lines(xs, values: Mapping[str, Sequence[float]], *, title: str |
   kinds = {k: metric_kind(k) for k in values}
   two_axes = any(v != "loss" for v in kinds.values()) and any(v == "loss" for v in kinds.values())
   fig = make_subplots(specs=[[{"secondary_y": two_axes}]])
+  # "<split>_<metric>" names: loss blue, accuracy red, train solid, test dashed (as the static
+  # figures); other names (runs, variants) one colour each.
+  split_names = all(k.split("_")[0] in ("train", "test", "val") for k in values)
   for n, (name, v) in enumerate(values.items()):
     v = _nan(as_float(f"values[{name!r}]", v, 1))
     if v.shape != xs.shape:
       raise ValueError(f"values[{name!r}] has {v.size} values for {xs.size} positions.")
     secondary = two_axes and kinds[name] != "loss"
+    color = ((_LOSS_COLOR if kinds[name] == "loss" else _ACCURACY_COLOR) if split_names
+             else _PALETTE[n % len(_PALETTE)])
     fig.add_trace(go.Scatter(
       x=xs, y=v, mode="lines+markers", name=name.replace("_", " "),
-      line=dict(color=_PALETTE[n % len(_PALETTE)],
-                dash="dash" if name.startswith("test") else "solid"), marker=dict(size=4),
+      line=dict(color=color, dash="dash" if name.startswith("test") else "solid"),
+      marker=dict(size=4),
       hovertemplate=f"{xlabel} = %{{x:.3f}}<br>{name} = %{{y:.4g}}<extra></extra>"),
       secondary_y=secondary if two_axes else None)
   for name, x in (marks or {}).items():
     fig.add_vline(x=float(x), line=dict(color="grey", dash="dot"), annotation_text=str(name))
   fig.update_xaxes(title_text=xlabel)
-  loss_title = "loss" if any(v == "loss" for v in kinds.values()) else "accuracy / error"
-  fig.update_yaxes(title_text=loss_title, type="log" if log and loss_title == "loss" else None,
+  has_loss = any(v == "loss" for v in kinds.values())
+  loss_title = ylabel or ("loss" if has_loss else "accuracy / error")
+  fig.update_yaxes(title_text=loss_title, type="log" if log and has_loss else None,
                    secondary_y=False)
-  if two_axes:
-    fig.update_yaxes(title_text="accuracy / error", secondary_y=True, showgrid=False)
+  if two_axes:  # own ticks (not synced to the loss axis), the whole [0, 1] when fractions
+    right = np.concatenate([np.ravel(values[k]) for k in values if kinds[k] != "loss"])
+    right = right[np.isfinite(right)]
+    whole = right.size and right.min() >= 0 and right.max() <= 1
+    fig.update_yaxes(title_text="accuracy / error", secondary_y=True, showgrid=False,
+                     tickmode="auto", range=[-0.02, 1.02] if whole else None)
   return _layout(fig, title, height=440)
 
 
@@ -283,7 +314,7 @@ def interactive_curve_plane(grid_xs, grid_ys, z, *, curve_xy, endpoints_xy, chor
   ends = _xy("endpoints_xy", endpoints_xy)
   chord = ends if chord_xy is None else _xy("chord_xy", chord_xy)
   w0, w1, w2 = names
-  xlabel, ylabel = f"u (along {w2} - {w0})", f"v (orthogonal, towards {w1})"
+  xlabel, ylabel = f"u: along {w2} - {w0}", f"v: towards {w1}"
   fig = go.Figure()
   _add_contours(fig, xs, ys, z, label=label, zmax=zmax, xlabel="u", ylabel="v",
                 colorscale="Viridis")
@@ -299,10 +330,12 @@ def interactive_curve_plane(grid_xs, grid_ys, z, *, curve_xy, endpoints_xy, chor
             for k, b in enumerate(_xy("bend_xy", bend_xy, True))]
   extra = 2 + _add_points(fig, {n: p for n, p in pts})
   _contour_menu(fig, z, label=label, zmax=zmax, extra=extra)
-  fig.update_xaxes(title_text=xlabel, range=[float(xs.min()), float(xs.max())])
+  fig.update_xaxes(title_text=xlabel, range=[float(xs.min()), float(xs.max())],
+                   constrain="domain")
   fig.update_yaxes(title_text=ylabel, range=[float(ys.min()), float(ys.max())],
-                   scaleanchor="x", scaleratio=1)
-  return _layout(fig, title, height=520)
+                   scaleanchor="x", scaleratio=1, constrain="domain")
+  ratio = float(np.ptp(ys) / np.ptp(xs))  # a flat plane gets a flat figure
+  return _layout(fig, title, height=int(np.clip(760 * ratio + 230, 330, 620)))
 
 
 def _error(name: str, v: np.ndarray) -> tuple[str, np.ndarray]:
@@ -385,7 +418,7 @@ def interactive_spectrum(grid, density, *, eigenvalues=None, dynamic_range: floa
                              marker=dict(symbol="line-ns-open", size=12, color="#d62728"),
                              hovertemplate="node %{x:.4g}<extra></extra>"))
   fig.update_xaxes(title_text="eigenvalue lambda")
-  fig.update_yaxes(title_text="density", type="log")
+  fig.update_yaxes(title_text="density", type="log", exponentformat="power")
   return _layout(fig, title, height=420)
 
 
