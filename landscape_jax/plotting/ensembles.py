@@ -199,7 +199,7 @@ def _draw_points(ax, x, v, vm, err, colors, value_format, ylim):
                 capsize=4, elinewidth=1.5)
     ax.annotate(value_format.format(val), (xi, val), xytext=(8, 0), textcoords="offset points",
                 ha="left", va="center", fontsize=8)
-  ax.set_xlim(-0.6, len(x) - 0.4)
+  ax.set_xlim(-0.6, len(x) - 0.1)  # room for the last value label
   if ylim is not None:
     ax.set_ylim(*ylim)
   else:
