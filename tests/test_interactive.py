@@ -56,7 +56,7 @@ def test_z_views_by_hand():
   views = ia.z_views(z, label="loss")
   assert [v[0] for v in views] == ["log10", "linear"]
   np.testing.assert_allclose(views[0][1], [[0, 1], [2, np.nan]])
-  assert views[0][2] == "log10(loss)"
+  assert views[0][2] == "loss (log scale)"
   np.testing.assert_array_equal(views[1][1], [[1, 10], [100, np.nan]])
   # A value <= 0: no log view; clipped at the quantile (or zmax) first.
   z2 = np.array([[-1.0, 0.0], [1.0, 9.0]])

@@ -69,7 +69,8 @@ def z_views(z, *, label: str = "loss", zmax: float | None = None,
             quantile: float = 0.95) -> list[tuple[str, np.ndarray, str]]:
   """The height views of a surface, default first: [(button name, values, axis title), ...].
 
-  * "log10": log10(z), when every finite value is > 0 (the default view then);
+  * "log10": log10(z), when every finite value is > 0 (the default view then; its ticks are
+    labelled with the values, its title says "log scale");
   * "clipped": min(z, zmax), with zmax given or the `quantile` of the finite values; the default
     when some value is <= 0, offered besides log10 when `zmax` is given;
   * "linear": z itself.
@@ -81,7 +82,7 @@ def z_views(z, *, label: str = "loss", zmax: float | None = None,
   positive = finite.size > 0 and bool(np.all(finite > 0))
   if positive:
     with np.errstate(divide="ignore", invalid="ignore"):
-      views.append(("log10", np.log10(z), f"log10({label})"))
+      views.append(("log10", np.log10(z), f"{label} (log scale)"))
   if not positive or zmax is not None:
     top = zmax if zmax is not None else (float(np.quantile(finite, quantile)) if finite.size
                                          else np.nan)
