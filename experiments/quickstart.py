@@ -319,7 +319,7 @@ class Tour:
       res = curves.evaluate_curve(metric_fn, curve, kind="bezier",
                                   num_points=self.c.curve_points,
                                   store=self.path("stores", "curve"), progress=self.progress)
-      title = "Along the Bezier curve and the straight line from A (t = 0) to B (t = 1)"
+      title = "Curve against straight line, A (t = 0) to B (t = 1)"
       figs = self.figures(
         "curve_metrics", "Loss and error along the trained Bezier curve (blue) and the straight "
         "line (orange) between A and B; train solid, test dashed.",
