@@ -1,0 +1,203 @@
+"""Meshes with roles (points, data, model): sharded parameters, directions and splits give the
+numbers of one device, keep their sharding, resume across device counts, and hold about 1/8 of
+the model per device (read from XLA's compiled memory analysis)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from jax.tree_util import Partial
+
+import landscape_jax as lj
+from landscape_jax.core import engine
+from landscape_jax.core import sharding as shd
+from landscape_jax.core import store as store_lib
+from landscape_jax.core.paths import plane_point_fn
+from tests import surface_worker as w
+
+RTOL, ATOL = 1e-5, 1e-6  # float reassociation of sums split over devices
+
+
+@pytest.fixture(scope="module")
+def problem():
+  """The MLP surface problem of tests/surface_worker.py and its one-device surface."""
+  tr = lj.load("digits", "train").subset(slice(0, 160))
+  te = lj.load("digits", "test").subset(slice(0, 80))
+  model = lj.get_model("mlp_small", num_classes=10)
+  params = model.init(jax.random.key(0), tr.images[:2].astype(np.float32))["params"]
+  data = {"train": tr, "test": te}
+  metric_fn = lj.make_metric_fn(model, data, batch_size=64)
+  dirs = lj.random_directions(jax.random.key(1), params)
+  ref = lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS, chunk_size=4,
+                        progress=False)
+  return model, data, params, dirs, ref
+
+
+def test_make_mesh_roles_and_fsdp_rule():
+  mesh = lj.make_mesh(points=2, data=2, model=2)
+  assert mesh.axis_names == ("points", "data", "model") and mesh.devices.shape == (2, 2, 2)
+  assert lj.make_mesh(model=-1, points=2).shape == {"points": 2, "model": 4}
+  assert lj.make_mesh(model=4).devices.size == 4
+  with pytest.raises(ValueError, match="needs 16 devices"):
+    lj.make_mesh(points=4, model=4)
+  with pytest.raises(ValueError, match="does not divide"):
+    lj.make_mesh(points=3, model=-1)
+  roles = shd.mesh_roles(mesh)
+  assert (roles.points, roles.data, roles.model) == ("points", "data", "model")
+  assert roles.size("model") == 2 and not roles.only_points
+  one_d = shd.mesh_roles(lj.make_mesh(4, axis="grid"))  # a 1-D mesh of any name splits points
+  assert one_d.points == "grid" and one_d.model is None and one_d.only_points
+  custom = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(2, 4), ("x", "fsdp"))
+  with pytest.raises(ValueError, match="MeshRoles"):
+    shd.mesh_roles(custom)
+  assert shd.mesh_roles(shd.MeshRoles(custom, points="x", model="fsdp")).size("model") == 4
+  with pytest.raises(ValueError, match="plays no role"):
+    shd.MeshRoles(custom, points="x")
+  # FSDP: the largest axis divisible by the model size (ties: the first), else replicated
+  assert shd.fsdp_spec((64, 512), "model", 8) == P(None, "model")
+  assert shd.fsdp_spec((512, 512), "model", 8) == P("model")
+  assert shd.fsdp_spec((3, 3, 16, 12), "model", 4) == P(None, None, "model")
+  assert shd.fsdp_spec((10,), "model", 4) == P()
+  assert shd.fsdp_spec((), "model", 4) == P()
+  assert shd.fsdp_spec((64,), "model", 1) == P()
+
+
+@pytest.mark.multidevice
+def test_placed_parameters_are_kept_and_directions_follow_them(problem):
+  _, _, params, dirs, _ = problem
+  mesh = lj.make_mesh(points=2, model=4)
+  own = NamedSharding(mesh, P("model", None))  # a user's own choice for one leaf
+  kernel = params["Dense_0"]["kernel"]
+  placed = {**params, "Dense_0": {**params["Dense_0"],
+                                  "kernel": jax.device_put(kernel, own)}}
+  sharded = shd.shard_params(placed, mesh)
+  assert sharded["Dense_0"]["kernel"].sharding == own
+  for x in jax.tree.leaves(sharded):
+    spec = x.sharding.spec
+    assert spec == shd.fsdp_spec(x.shape, "model", 4) or x.sharding == own
+  sdirs = lj.random_directions(jax.random.key(1), sharded)
+  for d, p, d_ref in zip(jax.tree.leaves(sdirs), jax.tree.leaves((sharded, sharded)),
+                         jax.tree.leaves(dirs), strict=True):
+    assert d.sharding == p.sharding  # created with the parameters' sharding
+    np.testing.assert_allclose(np.asarray(d), np.asarray(d_ref), rtol=1e-6, atol=1e-7)
+  one = lj.random_direction(jax.random.key(3), sharded)
+  assert all(a.sharding == b.sharding for a, b in zip(jax.tree.leaves(one),
+                                                      jax.tree.leaves(sharded), strict=True))
+  np.testing.assert_allclose(
+    np.asarray(one["Dense_1"]["kernel"]),
+    np.asarray(lj.random_direction(jax.random.key(3), params)["Dense_1"]["kernel"]))
+
+
+@pytest.mark.multidevice
+@pytest.mark.parametrize("sizes", [dict(points=2, data=2, model=2), dict(data=4, model=2)])
+def test_role_meshes_equal_one_device(problem, sizes):
+  """A surface, a line and a curve on meshes with data and model roles: the one-device values."""
+  model, data, params, dirs, ref = problem
+  mesh = lj.make_mesh(**sizes)
+  metric_fn = lj.make_metric_fn(model, data, batch_size=64, mesh=mesh)
+  split = metric_fn.args[0]["train"]
+  assert split.mask.sharding.spec == P(None, "data")  # every batch spread over the data axis
+  center = shd.shard_params(params, mesh)
+  sdirs = lj.random_directions(jax.random.key(1), center)
+  chunk = 2 * sizes.get("points", 1)
+  res = lj.surface_grid(metric_fn, center, sdirs, w.MLP_XS, w.MLP_YS, mesh=mesh,
+                        chunk_size=chunk, progress=False)
+  for k in ref:
+    np.testing.assert_allclose(res[k], ref[k], rtol=RTOL, atol=ATOL, err_msg=k)
+  alphas = [0.0, 0.5, 1.0]
+  line = lj.linear_path(metric_fn, center, sdirs[0], alphas, mesh=mesh, chunk_size=chunk,
+                        progress=False)
+  line_ref = lj.linear_path(metric_fn, params, dirs[0], alphas, chunk_size=4, progress=False)
+  curve = lj.init_curve(center, sdirs[1], num_bends=3)
+  ts = [0.0, 0.5, 1.0]
+  cv = lj.evaluate_curve(metric_fn, curve, ts=ts, mesh=mesh, chunk_size=chunk, progress=False)
+  cv_ref = lj.evaluate_curve(metric_fn, lj.init_curve(params, dirs[1], num_bends=3), ts=ts,
+                             chunk_size=2, progress=False)
+  for k in line_ref:
+    np.testing.assert_allclose(line[k], line_ref[k], rtol=RTOL, atol=ATOL, err_msg=k)
+    np.testing.assert_allclose(cv["curve"][k], cv_ref["curve"][k], rtol=RTOL, atol=ATOL,
+                               err_msg=k)
+
+
+@pytest.mark.multidevice
+def test_store_resumes_across_device_counts(problem, tmp_path):
+  """Computed on 8 devices, resumed on 4 and on 1: the store holds sharding-free values and the
+  result equals the one-device surface to float reassociation (rtol 1e-5, atol 1e-6)."""
+  model, data, params, dirs, ref = problem
+  path = tmp_path / "surface"
+  n = ref["train_loss"].size
+  # the store keys on exact bytes: the directions are drawn once and saved (drawn again on
+  # another mesh they agree only to rounding), and every run builds its metric with the same
+  # convolution backend (a mesh with data / model roles needs XLA's)
+  host_dirs = jax.tree.map(np.asarray, dirs)
+
+  def run(mesh, chunk):
+    mf = lj.make_metric_fn(model, data, batch_size=64, mesh=mesh, cpu_convolutions="xla")
+    c, d = params, host_dirs
+    if mesh is not None:
+      c, d = shd.shard_params((c, d), mesh)
+      assert d[0]["Dense_1"]["kernel"].sharding.spec == P("model")
+    return lj.surface_grid(mf, c, d, w.MLP_XS, w.MLP_YS, mesh=mesh, chunk_size=chunk,
+                           store=path, progress=False)
+
+  def forget(rows):
+    state = store_lib.read(path)
+    done = state.done.reshape(-1)
+    done[rows] = False
+    for v in state.values.values():
+      v.reshape(-1)[rows] = np.nan
+    store_lib.write(path, state)
+
+  run(lj.make_mesh(points=2, data=2, model=2), 2)
+  forget(np.arange(0, n, 2))  # half the points, as if the run had stopped
+  run(lj.make_mesh(points=2, model=2), 2)
+  forget(np.arange(1, n, 3))
+  res = run(None, 3)
+  assert store_lib.read(path).done.all()
+  for k in ref:
+    np.testing.assert_allclose(res[k], ref[k], rtol=RTOL, atol=ATOL, err_msg=k)
+
+
+def _wide_mlp():
+  """An MLP whose parameters (1.2 MB) dwarf its data, for the memory analyses."""
+  k = jax.random.key(0)
+  params = {"w1": jax.random.normal(k, (64, 512)) / 8, "b1": jnp.zeros(512),
+            "w2": jax.random.normal(k, (512, 512)) / 20,
+            "w3": jax.random.normal(k, (512, 8)) / 20}
+  x = jax.random.normal(jax.random.key(1), (32, 64))
+  y = jax.random.normal(jax.random.key(2), (32, 8))
+  return params, x, y
+
+
+def _mlp_loss(p, batch):
+  x, y = batch
+  h = jnp.tanh(jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"])
+  return jnp.mean((h @ p["w3"] - y) ** 2)
+
+
+def _param_bytes(params):
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+
+
+@pytest.mark.multidevice
+def test_surface_chunk_memory_is_an_eighth_of_replicated():
+  """Per-device bytes of a compiled surface chunk (centre, two directions, the perturbed point and
+  the activations): with the model sharded 8 ways at most 1/8 of the one-device figure plus a
+  constant of a quarter of the parameter bytes (the replicated biases, coordinates, data and
+  per-layer gathers; measured 0.14 of the replicated total)."""
+  params, x, y = _wide_mlp()
+  metric_fn = Partial(lambda b, p: {"loss": _mlp_loss(p, b)}, (x, y))
+
+  def chunk_memory(mesh):
+    roles = shd.mesh_roles(mesh)
+    center = params if roles is None else shd.shard_params(params, roles)
+    point_fn = plane_point_fn(center, lj.random_directions(jax.random.key(1), center))
+    m, p, coords = engine.place_inputs(metric_fn, point_fn, np.zeros((8, 2), np.float32), roles)
+    fn = engine.chunk_fn(shd.as_mesh(roles), None if roles is None else roles.points, "map", None)
+    return shd.memory_per_device(fn.lower(m, p, coords).compile())
+
+  rep, sharded = chunk_memory(None), chunk_memory(lj.make_mesh(model=8))
+  assert rep["arguments"] >= 3 * _param_bytes(params)  # centre + two directions
+  assert sharded["total"] <= rep["total"] / 8 + _param_bytes(params) / 4, (rep, sharded)
