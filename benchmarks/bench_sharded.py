@@ -75,7 +75,7 @@ def chunk_memory(name: str, shape: dict, vocab: int, split, sizes, *, chunk: int
   mesh = None if sizes is None else lj.make_mesh(**sizes)
   metric_fn = lj.make_metric_fn(model, {"train": split}, loss=lj.TOKEN_CROSS_ENTROPY,
                                 batch_size=16, mesh=mesh, cpu_convolutions="xla")
-  center = _abstract_params(model, shape["context"], mesh)
+  center = _abstract_params(model, model.context, mesh)
   point_fn = plane_point_fn(center, (center, center))
   roles = shd.mesh_roles(mesh)
   if roles is not None:
