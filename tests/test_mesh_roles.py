@@ -275,3 +275,50 @@ def test_lanczos_and_curve_step_memory_is_an_eighth_of_replicated(wide_sharded):
   sh = step_memory(sharded, shd.shard_params(end, mesh))
   assert rep["arguments"] >= 4 * _param_bytes(params)  # two ends, one bend, its momentum
   assert sh["total"] <= rep["total"] / 8 + const, (rep, sh)
+
+
+def _free_port():
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.multidevice
+@pytest.mark.slow
+def test_two_processes_of_four_devices_with_sharded_parameters(problem, tmp_path):
+  """Two `jax.distributed` processes on localhost with 4 simulated CPU devices each (gloo
+  collectives): the surface and the top Hessian eigenvalues with the parameters sharded over a
+  points=2 x model=4 mesh of the 8 devices equal the one-device numbers."""
+  import os
+  import subprocess
+  import sys
+
+  _, _, params, _, ref = problem
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  port, store = str(_free_port()), str(tmp_path / "surface")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  procs = [subprocess.Popen([sys.executable, os.path.join(root, "tests", "surface_worker.py"),
+                             "sharded", store, port, str(i), str(tmp_path / f"out{i}.npz")],
+                            cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = []
+  for p in procs:
+    try:
+      logs.append(p.communicate(timeout=400)[0])
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      pytest.fail("the sharded distributed workers timed out")
+  for p, log in zip(procs, logs, strict=True):
+    assert p.returncode == 0, log[-3000:]
+  loss_fn, batch = w.mlp_hessian_problem()
+  top = lj.hessian_eigenvalues(loss_fn, params, batch, top_k=2, num_steps=10).top
+  for i in range(2):
+    with np.load(tmp_path / f"out{i}.npz") as out:
+      for k in ref:
+        np.testing.assert_allclose(out[k], ref[k], rtol=RTOL, atol=ATOL, err_msg=f"{i} {k}")
+      np.testing.assert_allclose(out["top"], top, rtol=1e-4, err_msg=str(i))
+  stored = store_lib.read(store)
+  assert stored.done.all()
