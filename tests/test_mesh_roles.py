@@ -322,3 +322,23 @@ def test_two_processes_of_four_devices_with_sharded_parameters(problem, tmp_path
       np.testing.assert_allclose(out["top"], top, rtol=1e-4, err_msg=str(i))
   stored = store_lib.read(store)
   assert stored.done.all()
+
+
+@pytest.mark.multidevice
+def test_train_curve_keeps_the_endpoints_sharding():
+  """`train_curve` between endpoints sharded 4 ways: the bends come back with the endpoints'
+  sharding (stacked on a leading bend axis) and the values of the unsharded run."""
+  tr = lj.load("digits", "train").subset(slice(0, 64))
+  model = lj.get_model("mlp_small", num_classes=10)
+  p0, p1 = (model.init(jax.random.key(s), tr.images[:2].astype(np.float32))["params"]
+            for s in (0, 1))
+  loss_fn = lj.make_loss_fn(model, mean=tr.mean, std=tr.std)
+  ref, _ = lj.train_curve(loss_fn, p0, p1, tr, epochs=1, batch_size=32, progress=False)
+  s0, s1 = shd.shard_params((p0, p1), lj.make_mesh(model=4))
+  out, _ = lj.train_curve(loss_fn, s0, s1, tr, epochs=1, batch_size=32, progress=False)
+  for a, b, p in zip(jax.tree.leaves(out), jax.tree.leaves(ref), jax.tree.leaves(s0),
+                     strict=True):
+    expected = P(None, *p.sharding.spec) if p.sharding.spec else P()
+    assert a.sharding.spec == expected or (a.sharding.is_fully_replicated and not
+                                           p.sharding.spec), (a.sharding, p.sharding)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
