@@ -342,3 +342,18 @@ def test_train_curve_keeps_the_endpoints_sharding():
     assert a.sharding.spec == expected or (a.sharding.is_fully_replicated and not
                                            p.sharding.spec), (a.sharding, p.sharding)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.multidevice
+def test_pca_directions_take_the_final_parameters_sharding():
+  params, _, _ = _wide_mlp()
+  traj = [jax.tree.map(lambda x, s=s: x + 0.01 * s * jnp.cos(x + s), params) for s in range(4)]
+  ref = lj.pca_directions(traj, params)
+  sharded = shd.shard_params(params, lj.make_mesh(model=8))
+  out = lj.pca_directions(traj, sharded)
+  np.testing.assert_allclose(out.coords, ref.coords, rtol=1e-6, atol=1e-9)
+  for d, r in zip(out.directions, ref.directions, strict=True):
+    for a, b, p in zip(jax.tree.leaves(d), jax.tree.leaves(r), jax.tree.leaves(sharded),
+                       strict=True):
+      assert a.sharding == p.sharding
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
