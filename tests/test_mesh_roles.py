@@ -106,6 +106,8 @@ def test_role_meshes_equal_one_device(problem, sizes):
                         chunk_size=chunk, progress=False)
   for k in ref:
     np.testing.assert_allclose(res[k], ref[k], rtol=RTOL, atol=ATOL, err_msg=k)
+  if "points" not in sizes:
+    return  # the line and the curve once, on the mesh with every role
   alphas = [0.0, 0.5, 1.0]
   line = lj.linear_path(metric_fn, center, sdirs[0], alphas, mesh=mesh, chunk_size=chunk,
                         progress=False)
@@ -227,11 +229,11 @@ def test_sharded_hessian_equals_one_device(wide_sharded):
                      strict=True):
     assert a.sharding == p.sharding
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-  ev_ref = lj.hessian_eigenvalues(_mlp_loss, params, batch, top_k=2, num_steps=12)
-  ev = lj.hessian_eigenvalues(_mlp_loss, sharded, batch, top_k=2, num_steps=12)
+  ev_ref = lj.hessian_eigenvalues(_mlp_loss, params, batch, top_k=2, num_steps=8)
+  ev = lj.hessian_eigenvalues(_mlp_loss, sharded, batch, top_k=2, num_steps=8)
   np.testing.assert_allclose(ev.top, ev_ref.top, rtol=1e-4)
-  tr_ref = lj.hessian_trace(jax.random.key(2), _mlp_loss, params, batch, num_probes=3)
-  tr = lj.hessian_trace(jax.random.key(2), _mlp_loss, sharded, batch, num_probes=3)
+  tr_ref = lj.hessian_trace(jax.random.key(2), _mlp_loss, params, batch, num_probes=2)
+  tr = lj.hessian_trace(jax.random.key(2), _mlp_loss, sharded, batch, num_probes=2)
   np.testing.assert_allclose(tr.samples, tr_ref.samples, rtol=1e-4)
 
 
