@@ -359,3 +359,29 @@ def test_pca_directions_take_the_final_parameters_sharding():
                        strict=True):
       assert a.sharding == p.sharding
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.multidevice
+def test_plane_and_adaptive_path_on_sharded_parameters():
+  """`plane_basis` keeps the sharding of three sharded models; `evaluate_plane` and
+  `adaptive_path` on a points=2 x model=4 mesh give the one-device values."""
+  tr = lj.load("digits", "train").subset(slice(0, 64))
+  model = lj.get_model("mlp_small", num_classes=10)
+  ps = [model.init(jax.random.key(s), tr.images[:2].astype(np.float32))["params"]
+        for s in range(3)]
+  metric_fn = lj.make_metric_fn(model, tr, batch_size=64)
+  mesh = lj.make_mesh(points=2, model=4)
+  sp = shd.shard_params(ps, mesh)
+  ab = np.linspace(0.0, 1.0, 3)
+  plane = lj.plane_basis(*sp)
+  assert plane.u["Dense_0"]["kernel"].sharding == sp[0]["Dense_0"]["kernel"].sharding
+  ref = lj.evaluate_plane(metric_fn, lj.plane_basis(*ps), alphas=ab, betas=ab, chunk_size=2,
+                          progress=False)
+  out = lj.evaluate_plane(metric_fn, plane, alphas=ab, betas=ab, chunk_size=2, mesh=mesh,
+                          progress=False)
+  np.testing.assert_allclose(out["loss"], ref["loss"], rtol=RTOL, atol=ATOL)
+  kw = dict(tol=0.5, initial=5, max_level=1, progress=False, chunk_size=2)
+  a_ref = lj.adaptive_path(metric_fn, ps[0], ps[1], **kw)
+  a = lj.adaptive_path(metric_fn, sp[0], sp[1], mesh=mesh, **kw)
+  np.testing.assert_array_equal(a.coords, a_ref.coords)
+  np.testing.assert_allclose(a.values["loss"], a_ref.values["loss"], rtol=RTOL, atol=ATOL)
