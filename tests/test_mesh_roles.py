@@ -385,3 +385,25 @@ def test_plane_and_adaptive_path_on_sharded_parameters():
   a = lj.adaptive_path(metric_fn, sp[0], sp[1], mesh=mesh, **kw)
   np.testing.assert_array_equal(a.coords, a_ref.coords)
   np.testing.assert_allclose(a.values["loss"], a_ref.values["loss"], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.multidevice
+def test_fge_and_swa_keep_the_sharding():
+  """FGE from parameters sharded 4 ways: the stacked members and their SWA average keep the
+  parameters' sharding and equal the unsharded run."""
+  from landscape_jax.methods import ensembles
+
+  tr = lj.load("digits", "train").subset(slice(0, 64))
+  model = lj.get_model("mlp_small", num_classes=10)
+  params = model.init(jax.random.key(0), tr.images[:2].astype(np.float32))["params"]
+  loss_fn = lj.make_loss_fn(model, mean=tr.mean, std=tr.std)
+  sharded = shd.shard_params(params, lj.make_mesh(model=4))
+  kw = dict(cycles=1, cycle_epochs=2, batch_size=32, progress=False)
+  ref, _ = ensembles.fast_geometric_ensemble(loss_fn, params, tr, **kw)
+  members, _ = ensembles.fast_geometric_ensemble(loss_fn, sharded, tr, **kw)
+  swa = ensembles.swa_average(members)
+  for m, r, s, p in zip(jax.tree.leaves(members), jax.tree.leaves(ref), jax.tree.leaves(swa),
+                        jax.tree.leaves(sharded), strict=True):
+    np.testing.assert_allclose(np.asarray(m), np.asarray(r), rtol=1e-5, atol=1e-6)
+    assert s.sharding.spec == p.sharding.spec or (not p.sharding.spec and
+                                                  s.sharding.is_fully_replicated)
