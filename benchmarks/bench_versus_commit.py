@@ -2,7 +2,8 @@
 
 A refactor of the evaluation path must not slow it down. This script checks out `--ref` (default
 ``HEAD~1``) into a temporary git worktree and times, in fresh processes that alternate between
-the two trees (``--rounds`` each), the exact-surface workload W1: a ResNet-20 at random
+the two trees (``--rounds`` each; with ``--devices N`` on a 1-D mesh of N simulated CPU
+devices), the exact-surface workload W1: a ResNet-20 at random
 initialisation with filter-normalised directions, 1000 images 32x32x3, loss + accuracy, a
 ``--grid`` x ``--grid`` grid, default chunk size and map mode. Each process compiles, then reports
 the best of two timed runs. Prints the medians, their ratio and the per-round spread, and appends
@@ -39,7 +40,9 @@ v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
 d = lj.random_directions(jax.random.key(1), v["params"], num=2)
 f = lj.make_metric_fn(model, data, batch_stats=v["batch_stats"])
 xs = np.linspace(-1, 1, grid)
-run = lambda: lj.surface_grid(f, v["params"], d, xs, xs, progress=False)
+devices = int(sys.argv[4])
+mesh = lj.make_mesh(devices) if devices > 1 else None
+run = lambda: lj.surface_grid(f, v["params"], d, xs, xs, mesh=mesh, progress=False)
 run()
 times = []
 for _ in range(2):
@@ -49,9 +52,14 @@ print(json.dumps({"seconds": min(times), "loss00": float(r["loss"][0, 0]),
 """
 
 
-def _time(tree: str, tiny: bool, grid: int) -> dict:
-  out = subprocess.run([sys.executable, "-c", _CHILD, tree, "1" if tiny else "0", str(grid)],
-                       capture_output=True, text=True, check=True, cwd=tree)
+def _time(tree: str, tiny: bool, grid: int, devices: int = 1) -> dict:
+  env = dict(os.environ)
+  if devices > 1:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={devices}").strip()
+  out = subprocess.run([sys.executable, "-c", _CHILD, tree, "1" if tiny else "0", str(grid),
+                        str(devices)], capture_output=True, text=True, check=True, cwd=tree,
+                       env=env)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -62,6 +70,8 @@ def main(argv=None):
   parser.add_argument("--grid", type=int, default=5)
   parser.add_argument("--tiny", action="store_true")
   parser.add_argument("--no-record", action="store_true")
+  parser.add_argument("--devices", type=int, default=1,
+                      help="a 1-D mesh of this many simulated CPU devices (1: no mesh)")
   args = parser.parse_args(argv)
   grid = 2 if args.tiny else args.grid
   sha = subprocess.run(["git", "rev-parse", "--short", args.ref], capture_output=True, text=True,
@@ -75,7 +85,7 @@ def main(argv=None):
       runs = {"this checkout": [], f"commit {sha}": []}
       for _ in range(args.rounds):
         for label, tree in (("this checkout", ROOT), (f"commit {sha}", old)):
-          r = _time(tree, args.tiny, grid)
+          r = _time(tree, args.tiny, grid, args.devices)
           assert os.path.realpath(r["file"]).startswith(os.path.realpath(tree)), r["file"]
           runs[label].append(r)
     finally:
@@ -92,7 +102,9 @@ def main(argv=None):
            f"{max(r['seconds'] for r in runs[k]):.3g}"] for k, v in med.items()]
   dloss = abs(runs["this checkout"][0]["loss00"] - runs[f"commit {sha}"][0]["loss00"])
   body = (f"W1 ({'ResNet-8, 100 images' if args.tiny else 'ResNet-20, 1000 images'} 32x32x3), "
-          f"{grid}x{grid} grid, surface_grid defaults, {args.rounds} alternating rounds of fresh "
+          f"{grid}x{grid} grid, surface_grid defaults"
+          f"{f' on a 1-D mesh of {args.devices} devices' if args.devices > 1 else ''}, "
+          f"{args.rounds} alternating rounds of fresh "
           f"processes; this checkout is {head} (plus uncommitted changes, if any).\n\n"
           + C.markdown_table(["tree", "seconds (median)", "points/s", "range"], rows)
           + f"\n\n- this checkout / commit {sha}: **{ref / new:.3f}x** the speed\n"

@@ -116,6 +116,9 @@ _NAMES: dict[str, str] = {
   "initialize_distributed": "core.sharding",
   "is_main_process": "core.sharding",
   "make_mesh": "core.sharding",
+  "partitioned_params": "adapters.models",
+  "MeshRoles": "core.sharding",
+  "shard_params": "core.sharding",
   # adapters.data
   "Dataset": "adapters.data",
   "load": "adapters.data",

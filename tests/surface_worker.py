@@ -9,7 +9,10 @@ Usage:
       the MLP surface of `mlp_problem` on a 4-device mesh; every process saves what it returned;
   python tests/surface_worker.py train WORKDIR PORT PROCESS_ID OUT_NPZ
       the same two processes running `training.train` (data parallel over the 4 devices, with
-      checkpoints and metrics in WORKDIR); every process saves its final parameters.
+      checkpoints and metrics in WORKDIR); every process saves its final parameters;
+  python tests/surface_worker.py sharded STORE PORT PROCESS_ID OUT_NPZ
+      two processes with 4 simulated CPU devices each: the MLP surface and the top Hessian
+      eigenvalues with the parameters sharded over a points=2 x model=4 mesh of the 8 devices.
 """
 
 import os
@@ -19,7 +22,7 @@ import sys
 if __name__ == "__main__":
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + (
-    "2" if sys.argv[1] in ("distributed", "train") else "1")
+    "2" if sys.argv[1] in ("distributed", "train") else "4" if sys.argv[1] == "sharded" else "1")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
@@ -46,6 +49,15 @@ def toy_metric(p):
 
 MLP_XS = np.linspace(-1.0, 1.0, 5)
 MLP_YS = np.linspace(-1.0, 0.5, 3)
+
+
+def mlp_hessian_problem():
+  """``(loss_fn, batch)`` of the MLP of `mlp_problem` on 64 training images."""
+  import landscape_jax as lj
+
+  tr = lj.load("digits", "train").subset(slice(0, 64))
+  model = lj.get_model("mlp_small", num_classes=10)
+  return lj.make_loss_fn(model, mean=tr.mean, std=tr.std), (tr.images, tr.labels)
 
 
 def mlp_problem():
@@ -81,13 +93,13 @@ def _interrupt(store, kill_at):
                   store=store, metadata=TOY_META, progress=False)
 
 
-def _join(port, process_id):
-  """Joins the two-process group on localhost; checks the 2 x 2 simulated devices."""
+def _join(port, process_id, local=2):
+  """Joins the two-process group on localhost; checks the 2 x `local` simulated devices."""
   import landscape_jax as lj
 
   lj.sharding.initialize_distributed(f"127.0.0.1:{port}", num_processes=2,
                                      process_id=process_id)
-  assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+  assert len(jax.devices()) == 2 * local and len(jax.local_devices()) == local
 
 
 def _distributed(store, port, process_id, out):
@@ -99,6 +111,23 @@ def _distributed(store, port, process_id, out):
   res = lj.surface_grid(metric_fn, params, dirs, MLP_XS, MLP_YS, mesh=mesh, chunk_size=8,
                         store=store, metadata={"test": "distributed"}, progress=False)
   np.savez(out, **res)
+  lj.sharding.sync("done")
+
+
+def _sharded(store, port, process_id, out):
+  import landscape_jax as lj
+  from landscape_jax.core import sharding as shd
+
+  _join(port, process_id, local=4)
+  metric_fn, params, dirs = mlp_problem()
+  mesh = lj.make_mesh(points=2, model=4)
+  center, directions = shd.shard_params((params, jax.tree.map(np.asarray, dirs)), mesh)
+  assert not center["Dense_0"]["kernel"].is_fully_addressable  # spread over both processes
+  res = lj.surface_grid(metric_fn, center, directions, MLP_XS, MLP_YS, mesh=mesh, chunk_size=2,
+                        store=store, metadata={"test": "sharded"}, progress=False)
+  loss_fn, batch = mlp_hessian_problem()
+  ev = lj.hessian_eigenvalues(loss_fn, center, shd.replicate(batch, mesh), top_k=2, num_steps=10)
+  np.savez(out, top=ev.top, **res)
   lj.sharding.sync("done")
 
 
@@ -134,5 +163,7 @@ if __name__ == "__main__":
     _interrupt(sys.argv[2], int(sys.argv[3]))
   elif sys.argv[1] == "train":
     _train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+  elif sys.argv[1] == "sharded":
+    _sharded(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
   else:
     _distributed(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

@@ -255,7 +255,9 @@ def test_unknown_names_and_bad_depths():
 
 @pytest.mark.slow
 def test_every_registered_model_accepts_8x8_inputs():
-  for name in lj.model_names():
+  from landscape_jax.models import LANGUAGE_MODELS
+
+  for name in sorted(set(lj.model_names()) - set(LANGUAGE_MODELS)):  # token models: test_gpt.py
     shapes = jax.eval_shape(lj.get_model(name, num_classes=10).apply,
                             shapes_of(name, (2, 8, 8, 1)), jnp.zeros((2, 8, 8, 1)))
     assert shapes.shape == (2, 10), name

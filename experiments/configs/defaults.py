@@ -204,3 +204,49 @@ def charlm(**overrides) -> ml_collections.ConfigDict:
   c.chunk_size = config_dict.placeholder(int)
   c.map_mode = config_dict.placeholder(str)
   return _locked(c, overrides)
+
+
+def scale_gpt2(**overrides) -> ml_collections.ConfigDict:
+  """experiments/scale_gpt2.py (a GPT-2-shaped language model with sharded parameters).
+
+  The mesh: ``points``, ``data``, ``model_axis`` (role sizes of `lj.make_mesh`; their product is
+  the device count); the model (`models.gpt.GPT`): ``model`` ("gpt_tiny" or "gpt2_small"),
+  ``vocab_size`` (None: the text's characters; 50257 for GPT-2's shape), ``context``, ``width``,
+  ``depth``, ``heads``; the text (``text``, ``stride``, ``test_fraction``, ``train_windows`` /
+  ``test_windows``: the first windows kept); Adam: ``steps``, ``batch_size``, ``learning_rate``,
+  ``seeds`` (two trainings); the surface (Li et al. 2018): ``x`` / ``y`` ((min, max, num)),
+  ``norm``, ``ignore``, ``direction_seed``; ``alphas`` of the interpolation; the Hessian of the
+  first model: ``hessian_batch_size``, ``top_k``, ``num_steps``; ``eval_batch_size``,
+  ``chunk_size`` (None: the engine's).
+  """
+  c = ml_collections.ConfigDict()
+  c.points = 1
+  c.data = 2
+  c.model_axis = 4
+  c.model = "gpt_tiny"
+  c.vocab_size = config_dict.placeholder(int)
+  c.context = 32
+  c.width = 128
+  c.depth = 4
+  c.heads = 4
+  c.text = "valley"
+  c.stride = 16
+  c.test_fraction = 0.1
+  c.train_windows = 256
+  c.test_windows = 64
+  c.steps = 100
+  c.batch_size = 32
+  c.learning_rate = 1e-3
+  c.seeds = (0, 1)
+  c.x = (-1.0, 1.0, 5)
+  c.y = (-1.0, 1.0, 5)
+  c.norm = "filter"
+  c.ignore = "biasbn"
+  c.direction_seed = 0
+  c.alphas = (0.0, 1.0, 5)
+  c.hessian_batch_size = 64
+  c.top_k = 2
+  c.num_steps = 10
+  c.eval_batch_size = 64
+  c.chunk_size = config_dict.placeholder(int)
+  return _locked(c, overrides)

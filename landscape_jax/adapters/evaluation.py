@@ -26,12 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from landscape_jax.adapters import folding
 from landscape_jax.adapters.data import Dataset, normalize_images
 from landscape_jax.adapters.losses import CROSS_ENTROPY, Loss, check_loss
 from landscape_jax.adapters.models import as_model
 from landscape_jax.backends.cpu import fusion, onednn_build
+from landscape_jax.core import sharding as shd
 
 __all__ = [
   "apply_checked",
@@ -148,7 +151,7 @@ def device_split(images, labels, *, batch_size: int, sharding=None, multiple_of:
     a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
     return a.reshape(num_batches, batch_size, *a.shape[1:])
 
-  put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
+  put = (lambda a: shd.put(a, sharding)) if sharding is not None else jnp.asarray
   return DeviceSplit(jax.tree.map(lambda a: put(batched(a)), images),
                      jax.tree.map(lambda a: put(batched(a)), labels),
                      put(mask.reshape(num_batches, batch_size)))
@@ -495,7 +498,7 @@ def _model_loss(apply, train, loss, norm, state, params, batch):
 
 def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree | None = None,
                    batch_size: int = 256, fold_batchnorm: bool = True,
-                   cpu_convolutions: str = "auto", compute_dtype=None,
+                   cpu_convolutions: str = "auto", compute_dtype=None, mesh=None,
                    ) -> Callable[[PyTree], dict[str, jax.Array]]:
   """Builds ``metric_fn(params) -> {metric: scalar}`` over whole splits held on the device.
 
@@ -536,6 +539,11 @@ def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree
     compute_dtype: None (default: float32) or "bfloat16": convolutions and matrix products from
       bfloat16 inputs and weights with float32 accumulation (oneDNN on CPUs with avx512_bf16 /
       AMX, XLA elsewhere; see `backends.cpu.fusion`, `backends.cpu.onednn_build.resolve`).
+    mesh: a mesh with roles (`sharding.make_mesh(points=, data=, model=)` or a
+      `sharding.MeshRoles`) to evaluate on: every batch of every split is spread over its
+      ``data`` axis (batches rounded up to a multiple of its size, padding masked) and replicated
+      over its other axes; XLA sums the per-example values across the data axis, so the metrics
+      are the same exact ratios of sums. None (default): the default device.
 
   The returned function is pure (jit-able, vmappable over params). It is a
   `jax.tree_util.Partial`: the splits are pytree leaves, so a jitted function that takes the
@@ -548,13 +556,22 @@ def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree
   """
   loss = check_loss(loss)
   named = named_splits(data, loss)
-  splits = {k: device_split(d.inputs, d.targets, batch_size=batch_size) for k, d in named.items()}
+  roles = shd.mesh_roles(mesh)
+  placement = {}
+  if roles is not None:
+    placement = {"sharding": NamedSharding(roles.mesh, P(None, roles.data)),
+                 "multiple_of": roles.size("data")}
+  splits = {k: device_split(d.inputs, d.targets, batch_size=batch_size, **placement)
+            for k, d in named.items()}
+  partitioned = roles is not None and not roles.only_points
   norms = {k: d.norm for k, d in named.items()}
   forward, state = inference_forward(model, batch_stats=batch_stats,
                                      num_classes=_num_classes(named),
                                      fold_batchnorm=fold_batchnorm,
-                                     onednn=use_onednn(cpu_convolutions,
-                                                       compute_dtype=compute_dtype),
+                                     onednn=use_onednn(
+                                       # oneDNN's custom calls cannot be partitioned by GSPMD
+                                       "xla" if partitioned and cpu_convolutions == "auto"
+                                       else cpu_convolutions, compute_dtype=compute_dtype),
                                      compute_dtype=compute_dtype)
   return jax.tree_util.Partial(functools.partial(_metrics, forward, loss), splits, norms, state)
 

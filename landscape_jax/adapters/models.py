@@ -39,6 +39,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from landscape_jax.core import sharding as shd
 
 __all__ = [
   "as_model",
@@ -48,6 +52,7 @@ __all__ = [
   "inference_fn",
   "is_linen",
   "Model",
+  "partitioned_params",
   "Stateless",
 ]
 
@@ -401,3 +406,30 @@ def from_equinox(model, state: PyTree = None, *, batched: bool = False,
     bn = EquinoxBatchNorm(apply)
     hooks = BatchNormHooks(bn.moments, bn.with_stats)
   return Model(apply, state, hooks), params
+
+
+def partitioned_params(params: PyTree, mesh) -> PyTree:
+  """Linen parameters with partitioning metadata, unboxed and placed on `mesh`.
+
+  A leaf boxed by ``nn.with_partitioning(init, names)`` (an ``nn.Partitioned``) gets
+  ``NamedSharding(mesh, P(*names))``, where names that are not axes of the mesh are replicated
+  (so the same model runs on a mesh without a ``model`` axis); every other leaf follows the FSDP
+  rule of `core.sharding.param_shardings` (its largest axis divisible by the model axis size, or
+  replicated). Leaves already placed on `mesh` are kept. The result is a plain pytree of arrays
+  (``nn.meta.unbox``), ready for the rest of the library.
+
+  Args:
+    params: e.g. ``model.init(key, x)["params"]`` of a model whose initialisers use
+      `nn.with_partitioning` (`models.gpt.GPT` does).
+    mesh: a `Mesh` or `core.sharding.MeshRoles`.
+  """
+  roles = shd.mesh_roles(mesh)
+  names = set(roles.mesh.axis_names)
+
+  def one(x):
+    if isinstance(x, nn.Partitioned):
+      spec = P(*(n if n in names else None for n in x.names))
+      return shd.put(x.value, NamedSharding(roles.mesh, spec))
+    return shd.place(x, roles, shard_model=True)
+
+  return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from landscape_jax.core import sharding as shd
 from landscape_jax.core import trees
 
 PyTree = Any
@@ -34,20 +35,28 @@ IGNORES = ("biasbn", None)
 EPS = 1e-10
 
 
-def random_direction(key: jax.Array, params: PyTree) -> PyTree:
-  """A Gaussian direction ``d ~ N(0, I)`` with the structure, shapes and dtypes of `params`.
-
-  Each leaf gets an independent draw (``optax.tree.random_like``), as in Li et al. 2018, Sec. 4.
-  Integer leaves are not allowed (a direction lives in a real vector space).
-
-  References:
-    Li, Xu, Taylor, Studer and Goldstein 2018, "Visualizing the Loss Landscape of Neural Nets".
-  """
+def _check_floating(params: PyTree) -> None:
   for p, x in jax.tree_util.tree_flatten_with_path(params)[0]:
     if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
       raise ValueError(f"random_direction needs floating-point leaves; {trees.path_str(p)} has "
                        f"dtype {jnp.result_type(x)}. Pass only the trainable parameters.")
-  return optax.tree.random_like(key, params, jax.random.normal)
+
+
+def random_direction(key: jax.Array, params: PyTree) -> PyTree:
+  """A Gaussian direction ``d ~ N(0, I)`` with the structure, shapes and dtypes of `params`.
+
+  Each leaf gets an independent draw (``optax.tree.random_like``), as in Li et al. 2018, Sec. 4.
+  Integer leaves are not allowed (a direction lives in a real vector space). Sharded parameters
+  give a direction with their sharding, drawn in place (`sharding.sharded_like`); the values do
+  not depend on the sharding.
+
+  References:
+    Li, Xu, Taylor, Studer and Goldstein 2018, "Visualizing the Loss Landscape of Neural Nets".
+  """
+  _check_floating(params)
+  # sharded parameters: drawn shard by shard with their sharding, never on one device
+  return shd.sharded_like(lambda k: optax.tree.random_like(k, params, jax.random.normal),
+                          params)(key)
 
 
 def _check_norm(norm, ignore):
@@ -272,7 +281,8 @@ def random_directions(key: jax.Array, params: PyTree, *, num: int = 2,
       so this is off by default.
 
   Returns:
-    A tuple of `num` directions.
+    A tuple of `num` directions, with the sharding of `params` when they are sharded over a
+    mesh (built under ``jax.jit(..., out_shardings=...)``, never gathered on one device).
 
   References:
     Li, Xu, Taylor, Studer and Goldstein 2018, "Visualizing the Loss Landscape of Neural Nets".
@@ -281,14 +291,21 @@ def random_directions(key: jax.Array, params: PyTree, *, num: int = 2,
     raise ValueError(f"num must be 1 or 2, got {num}.")
   _check_norm(norm, ignore)
   axes = output_axes(params, out_axis)
-  raw = [random_direction(jax.random.fold_in(key, k), params) for k in range(num)]
-  if num == 2 and same_direction:
-    raw[1] = raw[0]
-  out = [normalize_directions(d, params, norm=norm, ignore=ignore, out_axis=axes) for d in raw]
-  if num == 2 and orthogonal and not same_direction:
-    out[1] = jax.tree.map(lambda d, d0, w, a: _orthogonal_leaf(d, d0, w, norm, a), out[1],
-                          out[0], params, axes)
-  return tuple(out)
+
+  def build(key, params):
+    raw = [optax.tree.random_like(jax.random.fold_in(key, k), params, jax.random.normal)
+           for k in range(num)]
+    if num == 2 and same_direction:
+      raw[1] = raw[0]
+    out = [normalize_directions(d, params, norm=norm, ignore=ignore, out_axis=axes) for d in raw]
+    if num == 2 and orthogonal and not same_direction:
+      out[1] = jax.tree.map(lambda d, d0, w, a: _orthogonal_leaf(d, d0, w, norm, a), out[1],
+                            out[0], params, axes)
+    return tuple(out)
+
+  _check_floating(params)
+  # sharded parameters: the directions are built shard by shard with their sharding
+  return shd.sharded_like(build, (params,) * num)(key, params)
 
 
 def directions_from_models(origin: PyTree, *others: PyTree) -> tuple[PyTree, ...]:

@@ -15,7 +15,14 @@ parameters) and the coordinates; the engine does the rest, the same way for all 
 * **sharded**: with a 1-D `Mesh`, each chunk's coordinates are split over the mesh axis by
   `jax.shard_map` (every device evaluates its points locally, so custom calls are never
   auto-partitioned) while the functions' arrays are replicated; in a multi-process run
-  (`jax.distributed`) every process evaluates its devices' share and process 0 writes;
+  (`jax.distributed`) every process evaluates its devices' share and process 0 writes. A mesh
+  with roles (`sharding.make_mesh(points=, data=, model=)`) is partitioned by XLA's GSPMD: the
+  chunk's points are cut into one block per ``points`` index, vmapped with that axis sharded
+  over the points axis, and the ``data`` and ``model`` axes follow the inputs' shardings: arrays
+  already placed on the mesh (the split by ``make_metric_fn(..., mesh=)``, parameters the user
+  sharded) keep their sharding, the
+  arrays of `point_fn` that are not are sharded by the FSDP rule (`sharding.fsdp_spec`), and
+  every other array is replicated;
 * **resumable and exact**: with ``store=directory`` the results are written atomically after every
   chunk (`core.store`, one format for every result). The store records the exact identity
   of what computed it (`core.identity`): a digest of the coordinates, the code and arrays
@@ -42,7 +49,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
 from tqdm.auto import tqdm
@@ -155,7 +162,11 @@ def metric_dtypes(metric_fn, point_fn, num_coords: int) -> dict[str, type]:
 
 @functools.lru_cache(maxsize=64)
 def chunk_fn(mesh: Mesh | None, axis: str | None, map_mode: str, batch_size: int | None):
-  """The jitted chunk evaluator ``(metric_fn, point_fn, coords (C, k)) -> {metric: (C,)}``."""
+  """The jitted chunk evaluator ``(metric_fn, point_fn, coords (C, k)) -> {metric: (C,)}``.
+
+  `axis` is the mesh axis the points are split over (None: every device evaluates every point of
+  the chunk together, the model and data axes partitioned by GSPMD).
+  """
 
   def local(metric_fn, point_fn, coords):
     one = functools.partial(_point_metrics, metric_fn, point_fn)
@@ -163,11 +174,25 @@ def chunk_fn(mesh: Mesh | None, axis: str | None, map_mode: str, batch_size: int
       return jax.vmap(one)(coords)
     return jax.lax.map(one, coords, batch_size=batch_size)
 
-  if mesh is None:
+  if mesh is None or axis is None:
     return jax.jit(local)
-  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis)), out_specs=P(axis),
-                          check_vma=False)
-  return jax.jit(sharded)
+  if mesh.shape[axis] == mesh.devices.size:  # every device splits points: each runs its own
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis)), out_specs=P(axis),
+                            check_vma=False)
+    return jax.jit(sharded)
+  # points with data / model axes: all of it by GSPMD. The chunk is cut into one block per
+  # points-axis index, the blocks vmapped with that axis sharded over it (each device group
+  # evaluates its own block with `local`), the data and model axes partitioned from the inputs'
+  # shardings. (A shard_map manual over the points axis only trips an XLA partitioner check.)
+  blocks = NamedSharding(mesh, P(axis))
+
+  def gspmd(metric_fn, point_fn, coords):
+    n, k = coords.shape
+    c = jax.lax.with_sharding_constraint(coords.reshape(mesh.shape[axis], -1, k), blocks)
+    out = jax.vmap(functools.partial(local, metric_fn, point_fn))(c)
+    return jax.tree.map(lambda v: jax.lax.with_sharding_constraint(v, blocks).reshape(n), out)
+
+  return jax.jit(gspmd)
 
 
 def check_chunk_size(chunk_size, num_devices: int, batch_size: int | None = None) -> int:
@@ -232,17 +257,15 @@ def benchmark_map_modes(metric_fn, point_fn, num_coords: int, *, chunk_size: int
   """
   metric_fn = as_partial(metric_fn)
   point_fn = as_partial(point_fn, name="point_fn")
-  num_devices = 1 if mesh is None else mesh.devices.size
+  roles = shd.mesh_roles(mesh)
+  num_devices = 1 if roles is None else roles.size("points")
   check_chunk_size(chunk_size, num_devices)
-  axis = None if mesh is None else mesh.axis_names[0]
   coords = np.linspace(-1.0, 1.0, chunk_size * num_coords, dtype=np.float32)
   coords = coords.reshape(chunk_size, num_coords)
-  if mesh is not None:
-    metric_fn, point_fn = shd.replicate((metric_fn, point_fn), mesh)
-    coords = shd.shard_leading(coords, mesh, axis)
+  metric_fn, point_fn, coords = place_inputs(metric_fn, point_fn, coords, roles)
   out = {}
   for mode in modes:
-    fn = chunk_fn(mesh, axis, mode, None)
+    fn = chunk_fn(shd.as_mesh(roles), None if roles is None else roles.points, mode, None)
     jax.block_until_ready(fn(metric_fn, point_fn, coords))
     times = []
     for _ in range(repeats):
@@ -310,7 +333,9 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
       `metric_fn` / `point_fn` (see `core.identity`); only needed with `store`.
     chunk_size: points per compiled call (a multiple of the mesh size); default from the device's
       memory (`auto_chunk_size`).
-    mesh: a 1-D `Mesh` (`sharding.make_mesh`); chunks are sharded over its axis.
+    mesh: a `Mesh` (`sharding.make_mesh`) or `sharding.MeshRoles`: a 1-D mesh splits the
+      chunks' points over its axis; a mesh with roles splits them over its ``points`` axis, each
+      point's split over its ``data`` axis and the parameters over its ``model`` axis.
     map_mode: ``"map"`` (`lax.map`), ``"vmap"``, or ``"auto"`` (time one chunk of each with
       `benchmark_map_modes` and keep the faster); default `default_map_mode()`.
     batch_size: `lax.map` batch size (points vmapped together inside the sequential map).
@@ -352,10 +377,8 @@ def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, ide
     raise ValueError(f"map_mode must be one of {(*MAP_MODES, 'auto')}, got {map_mode!r}.")
   if batch_size is not None and (map_mode != "map" or batch_size < 1):
     raise ValueError("batch_size is a positive lax.map batch size; use it with map_mode='map'.")
-  if mesh is not None and len(mesh.axis_names) != 1:
-    raise ValueError(f"Point evaluation needs a 1-D mesh, got axes {mesh.axis_names}; use "
-                     "sharding.make_mesh.")
-  num_devices = 1 if mesh is None else mesh.devices.size
+  mesh = shd.mesh_roles(mesh)
+  num_devices = 1 if mesh is None else mesh.size("points")
   if chunk_size is not None:
     check_chunk_size(chunk_size, num_devices, batch_size)
   keys = metric_dtypes(metric_fn, point_fn, num_coords)
@@ -401,12 +424,36 @@ def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, ide
   return values
 
 
+def place_inputs(metric_fn, point_fn, coords, roles: shd.MeshRoles | None):
+  """The chunk evaluator's inputs on the mesh: ``(*place_functions(...), place_coords(...))``."""
+  if roles is None:
+    return metric_fn, point_fn, jnp.asarray(coords)
+  return (*place_functions(metric_fn, point_fn, roles), place_coords(coords, roles))
+
+
+def place_functions(metric_fn, point_fn, roles: shd.MeshRoles):
+  """The arrays of `metric_fn` and `point_fn` on the mesh: replicated on a points-only mesh;
+  with data / model roles, arrays already on the mesh keep their sharding, `point_fn`'s others
+  are sharded by the FSDP rule (`sharding.param_shardings`) and `metric_fn`'s replicated."""
+  if roles.only_points:
+    return shd.replicate((metric_fn, point_fn), roles.mesh)
+  return shd.place(metric_fn, roles), shd.place(point_fn, roles, shard_model=True)
+
+
+def place_coords(coords, roles: shd.MeshRoles):
+  """A chunk's coordinates split over the points axis (replicated when there is none)."""
+  if roles.points is None:
+    return shd.replicate(coords, roles.mesh)
+  return shd.shard_leading(coords, roles.mesh, roles.points)
+
+
 def evaluate_missing(metric_fn, point_fn, coords, missing, state, store, *, chunk_size, mesh,
                       map_mode, batch_size, progress, desc):
-  axis = None if mesh is None else mesh.axis_names[0]
-  fn = chunk_fn(mesh, axis, map_mode, batch_size)
-  if mesh is not None:
-    metric_fn, point_fn = shd.replicate((metric_fn, point_fn), mesh)
+  roles = shd.mesh_roles(mesh)
+  fn = chunk_fn(shd.as_mesh(roles), None if roles is None else roles.points, map_mode,
+                batch_size)
+  if roles is not None:
+    metric_fn, point_fn = place_functions(metric_fn, point_fn, roles)
   shape = state.done.shape
   num_points = math.prod(shape)
   flat_values = {k: v.reshape(-1) for k, v in state.values.items()}
@@ -420,7 +467,7 @@ def evaluate_missing(metric_fn, point_fn, coords, missing, state, store, *, chun
       idx = missing[c * chunk_size:(c + 1) * chunk_size]
       padded = np.concatenate([idx, np.full(chunk_size - idx.size, idx[-1], idx.dtype)])
       chunk = coords[padded]
-      chunk = shd.shard_leading(chunk, mesh, axis) if mesh is not None else jnp.asarray(chunk)
+      chunk = place_coords(chunk, roles) if roles is not None else jnp.asarray(chunk)
       out = fn(metric_fn, point_fn, chunk)
       for k in flat_values:
         flat_values[k][idx] = shd.to_host(out[k])[:idx.size]
@@ -446,4 +493,7 @@ __all__ = [
   "evaluate_points",
   "identity_config",
   "metric_dtypes",
+  "place_coords",
+  "place_functions",
+  "place_inputs",
 ]

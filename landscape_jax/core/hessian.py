@@ -21,6 +21,10 @@ nets", Sec. 6):
   shift ``H - 0.51 lambda_max I`` of the Li et al. code), and with the squared first components of
   its eigenvectors the stochastic Lanczos quadrature (SLQ) of the spectral density (Ghorbani et
   al. 2019; Lin, Saad & Yang 2016).
+* Sharded parameters (`core.sharding`): the flat vectors (products, Lanczos vectors, probes)
+  are held sharded over the mesh's model axis (`vector_sharding`) and `hvp` returns ``H v`` with
+  the parameters' sharding; GSPMD partitions the products. Lanczos then holds
+  ``(m + 1) P / n`` numbers per device on n model devices.
 * Trace by Hutchinson's estimator with Rademacher probes, ``tr H ~ mean_i z_i^T H z_i``, with its
   standard error.
 
@@ -199,14 +203,46 @@ def _split_leaves(params, mask):
   return active, merge, select
 
 
+def vector_sharding(params: PyTree) -> jax.sharding.NamedSharding | None:
+  """The sharding of flat parameter vectors (Lanczos vectors, probes) for sharded `params`.
+
+  When a leaf of `params` is sharded over a mesh, the flat vectors of length P are sharded over
+  the mesh's model axis (`sharding.mesh_roles`; for a mesh without role names, the axes the
+  leaves are sharded over), so that ``m`` Lanczos vectors hold ``m P / model size`` numbers per
+  device instead of ``m P``. None for unsharded parameters (the default device).
+  """
+  for x in jax.tree.leaves(params):
+    s = getattr(x, "sharding", None)
+    if not isinstance(s, jax.sharding.NamedSharding) or s.mesh.devices.size == 1:
+      continue
+    used = tuple(a for e in s.spec if e is not None for a in (e if isinstance(e, tuple) else (e,)))
+    if not used:
+      continue
+    names = s.mesh.axis_names
+    axes = ("model",) if "model" in names else used
+    return jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(axes))
+  return None
+
+
+def _constrain(x, sharding, leading: int = 0):
+  """`x` constrained to `sharding` (the flat-vector sharding) on its last axis; identity without
+  one."""
+  if sharding is None:
+    return x
+  spec = jax.sharding.PartitionSpec(*([None] * leading), *sharding.spec)
+  return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(sharding.mesh, spec))
+
+
 def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | None,
-              linearize: bool = False) -> FlatOperator:
+              linearize: bool = False, sharding=None) -> FlatOperator:
   """``H v`` on flat vectors. With `linearize`, the gradient is linearised once at ``x0``
   (`jax.linearize`): each product then re-runs only the tangent pass, reusing the stored forward
   and backward residuals of every batch (memory: those residuals; about 1.5x fewer FLOPs per
-  product, benchmarks/bench_hvp.py)."""
+  product, benchmarks/bench_hvp.py). `sharding` (`vector_sharding`) keeps ``x0`` and every
+  product sharded over the model axis."""
   active, merge, select = _split_leaves(params, mask)
   x0, unravel_active = ravel_pytree(active)
+  x0 = _constrain(x0, sharding)
 
   def loss_flat(x, batch):
     return loss_fn(merge(unravel_active(x), lambda leaf: leaf), batch)
@@ -241,6 +277,8 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
     matvec = jax.linearize(functools.partial(grad_flat, batch=data), x0)[1]
   else:
     matvec = functools.partial(hvp_batch, batch=data)
+  if sharding is not None:
+    matvec = _sharded_matvec(matvec, sharding)
 
   def unravel(x):
     return merge(unravel_active(x), jnp.zeros_like)
@@ -249,6 +287,12 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
     return ravel_pytree(select(tree))[0]
 
   return FlatOperator(matvec, x0, unravel, ravel)
+
+
+def _sharded_matvec(matvec, sharding):
+  def sharded(x):
+    return _constrain(matvec(_constrain(x, sharding)), sharding)
+  return sharded
 
 
 def num_curvature_params(params: PyTree, *, mask: PyTree | None = None) -> int:
@@ -277,20 +321,30 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
       `jax.lax.Precision`, or None (JAX's current setting).
 
   Returns:
-    ``H v`` with the structure of ``params``.
+    ``H v`` with the structure of ``params`` (and, for sharded ``params``, their sharding; the
+    flat products stay sharded over the mesh's model axis, `vector_sharding`).
 
   References:
     Pearlmutter 1994, "Fast Exact Multiplication by the Hessian".
   """
   check_same_structure(params, v, names=("params", "v"), check_dtype=False)
+  sharding = vector_sharding(params)
+  leaf_shardings = None if sharding is None else tuple(
+    getattr(x, "sharding", None) for x in jax.tree.leaves(params))
   with matmul_precision(precision):
-    return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask))
+    return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask), sharding,
+                    leaf_shardings)
 
 
-@functools.partial(jax.jit, static_argnums=4)
-def _hvp_jit(loss_fn, params, data, v, mask):
-  op = flat_hvp_operator(loss_fn, params, data, mask)
-  return op.unravel(op.matvec(op.ravel(v).astype(op.x0.dtype)))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _hvp_jit(loss_fn, params, data, v, mask, sharding=None, leaf_shardings=None):
+  op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding)
+  out = op.unravel(op.matvec(op.ravel(v).astype(op.x0.dtype)))
+  if leaf_shardings is None:
+    return out
+  leaves, treedef = jax.tree.flatten(out)  # H v with the parameters' sharding
+  return treedef.unflatten([x if s is None else jax.lax.with_sharding_constraint(x, s)
+                            for x, s in zip(leaves, leaf_shardings, strict=True)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,7 +367,8 @@ class LanczosResult(NamedTuple):
 
 
 def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_steps: int,
-            key: jax.Array | None = None, precision=CURVATURE_PRECISION) -> LanczosResult:
+            key: jax.Array | None = None, precision=CURVATURE_PRECISION,
+            sharding=None) -> LanczosResult:
   """Lanczos tridiagonalisation with full reorthogonalisation, inside `lax.fori_loop`.
 
   For symmetric ``A`` (``matvec(x) = A x``) and unit ``v_1 = v0 / |v0|``:
@@ -331,6 +386,8 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_step
     key: key for restart vectors (default ``jax.random.key(0)``).
     precision: matmul precision of the products, `matvec`'s included, and of the
       reorthogonalisation (`core.precision`; default ``"highest"``, None: JAX's setting).
+    sharding: optional `NamedSharding` of the (P,) vectors (`vector_sharding`): every Lanczos
+      vector is then held sharded, ``(m + 1) P / n`` numbers per device over n devices.
 
   Returns:
     A `LanczosResult`.
@@ -343,16 +400,17 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_step
   if not 1 <= num_steps <= dim:
     raise ValueError(f"num_steps must lie in [1, P={dim}], got {num_steps}.")
   with matmul_precision(precision):
-    return _lanczos_impl(matvec, v0, num_steps, key)
+    return _lanczos_impl(matvec, v0, num_steps, key, sharding)
 
 
-def _lanczos_impl(matvec, v0, num_steps, key):
+def _lanczos_impl(matvec, v0, num_steps, key, sharding=None):
   (dim,) = v0.shape
   key = jax.random.key(0) if key is None else key
   dtype = v0.dtype
   eps = jnp.finfo(dtype).eps
-  v0 = v0 / jnp.linalg.norm(v0)
-  vecs = jnp.zeros((num_steps + 1, dim), dtype).at[0].set(v0)  # row m: scratch for v_{m+1}
+  v0 = _constrain(v0 / jnp.linalg.norm(v0), sharding)
+  vecs = _constrain(jnp.zeros((num_steps + 1, dim), dtype).at[0].set(v0), sharding, 1)
+  # row m: scratch for v_{m+1}
   alphas = jnp.zeros((num_steps,), dtype)
   betas = jnp.zeros((num_steps,), dtype)
 
@@ -381,7 +439,7 @@ def _lanczos_impl(matvec, v0, num_steps, key):
       return w / beta, beta
 
     nxt, beta = jax.lax.cond(breakdown, restart, proceed, None)
-    vecs = vecs.at[j + 1].set(nxt)
+    vecs = _constrain(vecs.at[j + 1].set(_constrain(nxt, sharding)), sharding, 1)
     return vecs, alphas.at[j].set(alpha), betas.at[j].set(beta), anorm
 
   init = (vecs, alphas, betas, jnp.zeros((), dtype))
@@ -454,12 +512,13 @@ def _check_steps(num_steps: int, dim: int) -> int:
   return min(int(num_steps), dim)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False):
-  op = flat_hvp_operator(loss_fn, params, data, mask, linearize)
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, sharding=None):
+  op = flat_hvp_operator(loss_fn, params, data, mask, linearize, sharding)
   k_start, k_restart = jax.random.split(key)
-  v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
-  return lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart, precision=None)
+  v0 = _constrain(_start_vector(k_start, op.x0.shape[0], op.x0.dtype), sharding)
+  return lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart, precision=None,
+                 sharding=sharding)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -529,7 +588,8 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   key = jax.random.key(0) if key is None else key
   with matmul_precision(precision):
     _check_loss("hessian_eigenvalues", loss_fn, params, data)
-    res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize))
+    res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize),
+                       vector_sharding(params))
   _check_finite("hessian_eigenvalues", res.alphas, res.betas)
   evals, evecs = _host_eigh(res.alphas, res.betas)
   top = evals[::-1][:top_k]
@@ -556,12 +616,12 @@ class TraceEstimate(NamedTuple):
   samples: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch):
-  op = flat_hvp_operator(loss_fn, params, data, mask)
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch, sharding=None):
+  op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding)
 
   def one(k):
-    z = jax.random.rademacher(k, op.x0.shape, op.x0.dtype)
+    z = _constrain(jax.random.rademacher(k, op.x0.shape, op.x0.dtype), sharding)
     return jnp.vdot(z, op.matvec(z))
 
   return jax.lax.map(one, keys, batch_size=probe_batch)
@@ -627,8 +687,9 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   loss_fn, mask_t = _as_partial(loss_fn), _mask_tuple(params, mask)
   with matmul_precision(precision):
     _check_loss("hessian_trace", loss_fn, params, data)
+    sharding = vector_sharding(params)
     s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
-                                                  probe_batch_size),
+                                                  probe_batch_size, sharding),
                         key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
   s = np.asarray(s, np.float64)
   _check_finite("hessian_trace", s)
@@ -657,14 +718,15 @@ class SpectralDensity(NamedTuple):
   sigma2: float
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _slq_chunk(loss_fn, params, data, keys, num_steps, mask):
-  op = flat_hvp_operator(loss_fn, params, data, mask)
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _slq_chunk(loss_fn, params, data, keys, num_steps, mask, sharding=None):
+  op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding)
 
   def one(k):
     k_start, k_restart = jax.random.split(k)
-    v0 = jax.random.rademacher(k_start, op.x0.shape, op.x0.dtype)
-    res = lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart, precision=None)
+    v0 = _constrain(jax.random.rademacher(k_start, op.x0.shape, op.x0.dtype), sharding)
+    res = lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart, precision=None,
+                  sharding=sharding)
     return res.alphas, res.betas
 
   return jax.lax.map(one, keys)
@@ -752,7 +814,8 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
   with matmul_precision(precision):
     _check_loss("spectral_density", loss_fn, params, data)
     alphas, betas = _chunked_probes(
-      lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t), key, int(num_probes),
+      lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t, vector_sharding(params)),
+      key, int(num_probes),
       1 if progress else num_probes, progress, "Lanczos probes")
   _check_finite("spectral_density", alphas, betas)
   nodes, weights = [], []
@@ -846,4 +909,5 @@ __all__ = [
   "num_curvature_params",
   "spectral_density",
   "tridiagonal",
+  "vector_sharding",
 ]

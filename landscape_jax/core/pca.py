@@ -23,7 +23,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
+from landscape_jax.core import sharding as shd
 from landscape_jax.core.trees import check_same_structure
 
 PyTree = Any
@@ -73,8 +75,10 @@ def pca_directions(trajectory: Sequence[PyTree], final: PyTree, *, num_component
   ``C = [c_1; ...; c_T]``, found through the ``T x T`` Gram matrix ``C C^T`` (see the module
   docstring). The coordinates of the trajectory are the projections of the *uncentred*
   differences, ``x_i = <d_i, pc_1>``, ``y_i = <d_i, pc_2>``, so the final point sits at (0, 0).
-  Directions are unit-norm and not filter-normalised. Signs follow numpy's SVD convention made
-  deterministic: each component's largest-magnitude Gram coefficient is positive.
+  Directions are unit-norm and not filter-normalised; they are computed on the host one leaf at
+  a time (in float64) and, for `final` sharded over a mesh, placed with its sharding. Signs
+  follow numpy's SVD convention made deterministic: each component's largest-magnitude Gram
+  coefficient is positive.
 
   Args:
     trajectory: sequence of T parameter pytrees (e.g. one per epoch; the final point may or may
@@ -135,7 +139,12 @@ def pca_directions(trajectory: Sequence[PyTree], final: PyTree, *, num_component
     else:
       comb = np.zeros((num_components, np.size(leaf)))
     for k in range(num_components):
-      comps[k].append(jnp.asarray(comb[k].reshape(np.shape(leaf)), jnp.result_type(leaf)))
+      comp = np.asarray(comb[k].reshape(np.shape(leaf)), jnp.result_type(leaf))
+      sharding = getattr(leaf, "sharding", None)
+      # one leaf at a time on the host; placed with the final parameters' sharding when they
+      # are spread over a mesh (never assembled on one device)
+      comps[k].append(shd.put(comp, sharding) if isinstance(sharding, NamedSharding)
+                      and sharding.mesh.devices.size > 1 else jnp.asarray(comp))
   directions = [treedef.unflatten(c) for c in comps]
   coords = gram @ coef  # <d_i, pc_k> = sum_j G_ij coef_jk
   return PCADirections(directions=directions,

@@ -10,10 +10,28 @@ The same code runs on one device, on the 8 devices of one host, and on several h
 Every process must call the same functions with the same arguments (the same checkpoint and the
 same direction seed); each device evaluates its share of every chunk, results are gathered, and
 only the main process (`is_main_process`) writes files.
+
+**Mesh roles.** The axes of a mesh play up to three roles (docs/scaling.md):
+
+* ``points``: the points of a chunk are split over this axis (every device group evaluates its
+  own points; the 1-D mesh of `make_mesh()`);
+* ``data``: each point's evaluation split is spread over this axis (`make_metric_fn(...,
+  mesh=mesh)` places it); the per-example sums are reduced across it by XLA, then divided, so
+  every metric stays the exact ratio of sums over the split;
+* ``model``: the parameters (centre, directions, curve bends, Lanczos vectors) are sharded over
+  this axis (FSDP: `fsdp_spec`), and XLA's GSPMD partitioner inserts the gathers.
+
+``make_mesh(points=2, data=2, model=2)`` builds a mesh whose axes are named after their roles;
+any role may be absent. A mesh with other axis names is given roles with
+``MeshRoles(mesh, points="x", model="fsdp")``, accepted wherever ``mesh=`` is. A 1-D mesh whose
+axis is not a role name plays ``points`` (as before roles existed).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,15 +42,40 @@ from jax.sharding import PartitionSpec as P
 PyTree = Any
 
 
-def make_mesh(num_devices: int | None = None, *, axis: str = "points", devices=None) -> Mesh:
-  """A 1-D `Mesh` over the first `num_devices` devices (default: all devices of all processes).
+ROLES = ("points", "data", "model")
+
+
+def make_mesh(num_devices: int | None = None, *, axis: str = "points", devices=None,
+              points: int | None = None, data: int | None = None,
+              model: int | None = None) -> Mesh:
+  """A `Mesh` over the first `num_devices` devices (default: all devices of all processes).
+
+  Without role sizes: a 1-D mesh with one axis, `axis`, over which grid points are sharded (the
+  behaviour before mesh roles). With role sizes (``points``, ``data``, ``model``; a role left
+  None is absent): a mesh with one axis per given role, named after it, in the order points,
+  data, model (the model axis varies fastest, so its devices are neighbours, which suits its
+  frequent all-gathers on a TPU torus). ``-1`` for one role takes what the others leave.
+
+  Examples: ``make_mesh(points=8)`` (every device evaluates its own points, the model
+  replicated), ``make_mesh(model=8)`` (one point at a time, parameters sharded 8 ways),
+  ``make_mesh(points=2, data=2, model=2)``.
 
   Args:
-    num_devices: how many devices to use (default all). Must not exceed ``len(devices)``.
-    axis: the mesh axis name over which grid points are sharded.
+    num_devices: how many devices to use (default all; with roles, the product of their sizes).
+      Must not exceed ``len(devices)``.
+    axis: the axis name of the 1-D mesh (ignored with role sizes).
     devices: explicit device list (default ``jax.devices()``).
+    points, data, model: the size of each role's axis.
+
+  Raises:
+    ValueError: more devices asked for than there are, or sizes that do not multiply to the
+      device count.
   """
   devices = list(jax.devices() if devices is None else devices)
+  sizes = {r: s for r, s in (("points", points), ("data", data), ("model", model))
+           if s is not None}
+  if sizes:
+    return _role_mesh(sizes, num_devices, devices)
   n = len(devices) if num_devices is None else int(num_devices)
   if not 1 <= n <= len(devices):
     raise ValueError(f"num_devices must be in [1, {len(devices)}] (the available devices), got "
@@ -42,6 +85,200 @@ def make_mesh(num_devices: int | None = None, *, axis: str = "points", devices=N
     raise ValueError("In a multi-process run the mesh must span every device of every process; "
                      "leave num_devices=None.")
   return Mesh(np.asarray(devices[:n]), (axis,))
+
+
+def _role_mesh(sizes: dict[str, int], num_devices, devices) -> Mesh:
+  sizes = {r: int(s) for r, s in sizes.items()}
+  if any(s == 0 or s < -1 for s in sizes.values()):
+    raise ValueError(f"Mesh role sizes must be positive (or -1 for the rest), got {sizes}.")
+  total = len(devices) if num_devices is None else int(num_devices)
+  free = [r for r, s in sizes.items() if s == -1]
+  if len(free) > 1:
+    raise ValueError(f"Only one mesh role may have size -1, got {sizes}.")
+  known = math.prod(s for s in sizes.values() if s != -1)
+  if free:
+    if total % known:
+      raise ValueError(f"{total} devices cannot be split as {sizes}: {known} does not divide it.")
+    sizes[free[0]] = total // known
+  n = math.prod(sizes.values())
+  if n > len(devices):
+    raise ValueError(f"The mesh {sizes} needs {n} devices but {len(devices)} are available. On "
+                     "CPU, simulate more devices with XLA_FLAGS="
+                     "--xla_force_host_platform_device_count=8 before importing jax.")
+  if num_devices is not None and n != int(num_devices):
+    raise ValueError(f"The role sizes {sizes} multiply to {n}, not num_devices={num_devices}.")
+  if jax.process_count() > 1 and n != len(devices):
+    raise ValueError("In a multi-process run the mesh must span every device of every process; "
+                     f"the role sizes {sizes} use {n} of {len(devices)}.")
+  return Mesh(np.asarray(devices[:n]).reshape(tuple(sizes.values())), tuple(sizes))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshRoles:
+  """A `Mesh` and the axis that plays each role (None: the role is absent).
+
+  Pass it wherever ``mesh=`` is accepted to give roles to a mesh whose axes are not named
+  ``points`` / ``data`` / ``model``: ``MeshRoles(mesh, points="x", model="fsdp")``. Axes that
+  play no role must have size 1.
+
+  Attributes:
+    mesh: the `jax.sharding.Mesh`.
+    points: the axis over which the points of a chunk are split.
+    data: the axis over which each point's evaluation split is spread.
+    model: the axis over which the parameters are sharded.
+  """
+
+  mesh: Mesh
+  points: str | None = None
+  data: str | None = None
+  model: str | None = None
+
+  def __post_init__(self):
+    names = self.mesh.axis_names
+    used = [a for a in (self.points, self.data, self.model) if a is not None]
+    for a in used:
+      if a not in names:
+        raise ValueError(f"Mesh role axis {a!r} is not an axis of the mesh {names}.")
+    if len(set(used)) != len(used):
+      raise ValueError(f"Each mesh axis plays at most one role; got points={self.points!r}, "
+                       f"data={self.data!r}, model={self.model!r}.")
+    for a in names:
+      if a not in used and self.mesh.shape[a] != 1:
+        raise ValueError(f"Mesh axis {a!r} (size {self.mesh.shape[a]}) plays no role; name it "
+                         "points, data or model, or give it with MeshRoles(mesh, points=..., "
+                         "data=..., model=...).")
+
+  def size(self, role: str) -> int:
+    """The number of devices along `role`'s axis (1 if the role is absent)."""
+    axis = getattr(self, role)
+    return 1 if axis is None else int(self.mesh.shape[axis])
+
+  @property
+  def only_points(self) -> bool:
+    """True for a mesh whose devices all split points (the 1-D mesh of `make_mesh()`)."""
+    return self.size("points") == self.mesh.devices.size
+
+
+def mesh_roles(mesh: Mesh | MeshRoles | None) -> MeshRoles | None:
+  """The roles of a mesh's axes: by name (``points``, ``data``, ``model``), a 1-D mesh with
+  another axis name plays ``points``, and a `MeshRoles` is returned as it is."""
+  if mesh is None or isinstance(mesh, MeshRoles):
+    return mesh
+  if not isinstance(mesh, Mesh):
+    raise TypeError(f"mesh must be a jax.sharding.Mesh or a MeshRoles, got {type(mesh).__name__}.")
+  names = mesh.axis_names
+  if len(names) == 1 and names[0] not in ROLES:
+    return MeshRoles(mesh, points=names[0])
+  unknown = [a for a in names if a not in ROLES and mesh.shape[a] != 1]
+  if unknown:
+    raise ValueError(f"Mesh axes {unknown} are not roles; name the axes points, data and model "
+                     "(lj.make_mesh(points=..., data=..., model=...)) or pass "
+                     "MeshRoles(mesh, points=..., data=..., model=...).")
+  return MeshRoles(mesh, **{r: r for r in ROLES if r in names})
+
+
+def as_mesh(mesh: Mesh | MeshRoles | None) -> Mesh | None:
+  """The `Mesh` of a mesh or a `MeshRoles`."""
+  return mesh.mesh if isinstance(mesh, MeshRoles) else mesh
+
+
+# ------------------------------------------------------------------------------ parameters
+
+
+def fsdp_spec(shape: tuple[int, ...], axis: str | None, size: int) -> P:
+  """The FSDP `PartitionSpec` of one leaf: its largest axis that `size` divides, over `axis`.
+
+  Ties go to the earliest such axis. A leaf with no axis divisible by `size` (a scalar, a small
+  bias) is replicated, ``P()``; so is every leaf when ``size == 1``. This is the rule of
+  fully-sharded data parallelism (ZeRO-3, Rajbhandari et al. 2020): every device holds
+  ``1 / size`` of each large leaf and gathers a leaf when it is used.
+
+  References:
+    Rajbhandari, Rasley, Ruwase and He 2020, "ZeRO: Memory Optimizations Toward Training
+    Trillion Parameter Models".
+  """
+  if axis is None or size <= 1:
+    return P()
+  best = None
+  for i, d in enumerate(shape):
+    if d % size == 0 and d >= size and (best is None or d > shape[best]):
+      best = i
+  if best is None:
+    return P()
+  return P(*([None] * best + [axis]))
+
+
+def _on_mesh(x, mesh: Mesh) -> bool:
+  s = getattr(x, "sharding", None)
+  return isinstance(s, NamedSharding) and s.mesh.shape_tuple == mesh.shape_tuple and (
+    s.mesh.devices.shape == mesh.devices.shape and bool(np.all(s.mesh.devices == mesh.devices)))
+
+
+def param_shardings(params: PyTree, mesh: Mesh | MeshRoles) -> PyTree:
+  """The `NamedSharding` of every leaf of `params` on `mesh` (kept or by the FSDP rule).
+
+  A leaf already placed with a `NamedSharding` on this mesh (the user's own, or from linen's
+  ``nn.with_partitioning`` metadata) keeps it; every other leaf is sharded over the model axis by
+  `fsdp_spec` and replicated over the other axes.
+  """
+  roles = mesh_roles(mesh)
+  size = roles.size("model")
+
+  def one(x):
+    if _on_mesh(x, roles.mesh):
+      return x.sharding
+    return NamedSharding(roles.mesh, fsdp_spec(tuple(np.shape(x)), roles.model, size))
+  return jax.tree.map(one, params)
+
+
+def shard_params(params: PyTree, mesh: Mesh | MeshRoles) -> PyTree:
+  """`params` placed on `mesh` with `param_shardings` (placed leaves are left as they are).
+
+  Every process passes the same values (a multi-host run builds each global array from them).
+  """
+  shardings = param_shardings(params, mesh)
+  return jax.tree.map(lambda x, s: put(x, s) if hasattr(x, "shape") else x, params,
+                      shardings)
+
+
+def place(tree: PyTree, mesh: Mesh | MeshRoles, *, shard_model: bool = False) -> PyTree:
+  """Every array leaf of `tree` on `mesh`: leaves already on this mesh keep their sharding, the
+  others are replicated (``shard_model=False``) or sharded by the FSDP rule (`param_shardings`)."""
+  roles = mesh_roles(mesh)
+  if shard_model and roles.model is not None:
+    return shard_params(tree, roles)
+  rep = NamedSharding(roles.mesh, P())
+  return jax.tree.map(
+    lambda x: x if _on_mesh(x, roles.mesh) or not hasattr(x, "shape") else put(x, rep),
+    tree)
+
+
+def sharded_like(fn: Callable, like: PyTree) -> Callable:
+  """`fn` jitted so that its outputs, pytrees like `like`, have the shardings of `like`.
+
+  For direction builders: a random or normalised direction of sharded parameters is created
+  shard by shard (``jax.jit(fn, out_shardings=...)``), never gathered on one device. With
+  ``jax_threefry_partitionable`` (the default) the random values do not depend on the sharding.
+  `fn` is returned unchanged when no leaf of `like` is spread over more than one device.
+  """
+  leaves = jax.tree.leaves(like)
+  shardings = [getattr(x, "sharding", None) for x in leaves]
+  if not any(isinstance(s, NamedSharding) and s.mesh.devices.size > 1 for s in shardings):
+    return fn
+  return jax.jit(fn, out_shardings=jax.tree.map(lambda x: x.sharding, like))
+
+
+def memory_per_device(compiled) -> dict[str, int]:
+  """Per-device bytes of a compiled program (``jax.jit(f).lower(...).compile()``), from XLA's
+  memory analysis: ``arguments``, ``outputs``, ``temporaries``, ``total`` (all three, less the
+  aliased bytes). Raises RuntimeError where the backend gives no memory analysis."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    raise RuntimeError("This backend gives no memory analysis of compiled programs.")
+  out = {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
+         "temporaries": int(mem.temp_size_in_bytes), "aliased": int(mem.alias_size_in_bytes)}
+  out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+  return out
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -82,11 +319,13 @@ def process_share(n: int, *, process_index: int | None = None,
   return slice(start, start + base + (1 if i < extra else 0))
 
 
-def _put_global(x, sharding: NamedSharding):
-  """Puts a host value that is identical on every process into a (possibly global) sharding."""
+def put(x, sharding: NamedSharding):
+  """Puts a host value that is identical on every process into a (possibly global) sharding
+  (`jax.device_put` on one process; built shard by shard from the host value across processes).
+  """
   if isinstance(x, jax.Array) and x.sharding == sharding:
     return x
-  if sharding.is_fully_addressable:
+  if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
     return jax.device_put(x, sharding)
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
@@ -95,13 +334,13 @@ def _put_global(x, sharding: NamedSharding):
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
   """Every array leaf replicated on every device of `mesh` (all processes pass the same values)."""
   sharding = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: _put_global(x, sharding) if hasattr(x, "shape") else x, tree)
+  return jax.tree.map(lambda x: put(x, sharding) if hasattr(x, "shape") else x, tree)
 
 
 def shard_leading(x, mesh: Mesh, axis: str | None = None):
   """Shards the leading axis of a host array over the mesh axis (length divisible by its size)."""
   axis = mesh.axis_names[0] if axis is None else axis
-  return _put_global(x, NamedSharding(mesh, P(axis)))
+  return put(x, NamedSharding(mesh, P(axis)))
 
 
 def to_host(x) -> np.ndarray:
@@ -128,13 +367,24 @@ def sync(name: str) -> None:
 
 
 __all__ = [
+  "ROLES",
+  "MeshRoles",
+  "as_mesh",
   "broadcast_from_main",
+  "fsdp_spec",
   "initialize_distributed",
   "is_main_process",
   "make_mesh",
+  "memory_per_device",
+  "mesh_roles",
+  "param_shardings",
+  "place",
   "process_share",
+  "put",
   "replicate",
   "shard_leading",
+  "shard_params",
+  "sharded_like",
   "sync",
   "to_host",
 ]

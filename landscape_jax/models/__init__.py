@@ -18,6 +18,9 @@ Names (see `model_names`; every model takes ``num_classes=`` and its attributes 
     ``width``, ``dropout_rate``.
   * ``densenet_bc_{L}_{k}`` (``densenet_bc_100_12``), ``densenet_cifar`` (Li et al.'s 4 blocks).
   * ``convfc`` (Garipov et al.).
+  * ``gpt2_small`` (GPT-2 small's shape, 124 M parameters with ``num_classes=50257``) and
+    ``gpt_tiny``: decoder-only language models on int tokens (`models.gpt`; in
+    `LANGUAGE_MODELS`), their kernels annotated for a mesh with a ``model`` axis.
 
 Parameter names are explicit and stable (each model's docstring lists them): the classifier is
 always ``linear``; residual nets name blocks ``layer{stage}_{block}`` (stages from 1, blocks from
@@ -41,6 +44,7 @@ from landscape_jax.models import resnet as _resnet
 from landscape_jax.models import wide_resnet as _wide_resnet
 from landscape_jax.models.convfc import ConvFC
 from landscape_jax.models.densenet import DenseNet, densenet_bc
+from landscape_jax.models.gpt import GPT, GPT2_SMALL, GPT_TINY
 from landscape_jax.models.mlp import MLP
 from landscape_jax.models.preresnet import PreActBlock, PreResNet
 from landscape_jax.models.resnet import BasicBlock, ResNet
@@ -62,7 +66,11 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
   "wrn16_4": functools.partial(WideResNet, depth=16, widen_factor=4),
   "densenet_bc_100_12": functools.partial(densenet_bc, depth=100, growth_rate=12),
   "densenet_cifar": functools.partial(DenseNet, num_layers=(6, 12, 24, 16), growth_rate=12),
+  "gpt2_small": functools.partial(GPT, **GPT2_SMALL),
+  "gpt_tiny": functools.partial(GPT, **GPT_TINY),
 }
+# token models (int tokens (b, T) -> logits (b, T, vocabulary = num_classes)), not image models
+LANGUAGE_MODELS = ("gpt2_small", "gpt_tiny")
 for _d in (8, 20, 32, 44, 56, 110):
   _REGISTRY[f"resnet{_d}"] = functools.partial(ResNet, depth=_d)
   _REGISTRY[f"resnet{_d}_noshort"] = functools.partial(ResNet, depth=_d, shortcut="none")
@@ -175,6 +183,7 @@ def get_model(name: str, *, num_classes: int, **overrides) -> nn.Module:
 
 
 __all__ = [
+  "GPT", "GPT2_SMALL", "GPT_TINY", "LANGUAGE_MODELS",
   "MLP", "VGG", "BasicBlock", "ConvFC", "DenseNet", "PreActBlock", "PreResNet", "ResNet",
   "WideBasic", "WideResNet", "densenet_bc", "get_model", "model_names", "register", "vgg9", "vgg16",
 ]
