@@ -268,16 +268,25 @@ def identity_config(metric_fn, point_fn, coords: np.ndarray, *, identity: str | 
                     metadata: dict | None, precision=None) -> dict:
   """What a store records and compares on resume: exact digests of everything that computed it.
 
-  An explicit matmul `precision` is recorded as ``"precision"`` (None records nothing, so stores
-  written before the option existed still resume).
+  Functions are identified by their code and held arrays and by the program JAX traces from them
+  (``metric_fn`` at the shapes ``point_fn`` returns, ``point_fn`` at one coordinate vector:
+  `identity.callable_identity` with ``args``), so an edit of the model, of a helper or of a
+  module-level constant changes the identity. ``versions`` (`identity.versions`) is recorded and
+  named in a refusal, but not compared by itself. An explicit matmul `precision` is recorded as
+  ``"precision"`` (None records nothing).
   """
+  c = jax.ShapeDtypeStruct((int(coords.shape[1]),), jnp.float32)
+  params = jax.eval_shape(point_fn, c)
   config = {
     "num_points": int(coords.shape[0]),
     "num_coordinates": int(coords.shape[1]),
     "coords_sha256": identity_lib.tree_digest(coords),
-    "metric_fn": identity_lib.callable_identity(metric_fn, identity=identity, name="metric_fn"),
-    "point_fn": identity_lib.callable_identity(point_fn, identity=identity, name="point_fn"),
+    "metric_fn": identity_lib.callable_identity(metric_fn, identity=identity, name="metric_fn",
+                                                args=(params,)),
+    "point_fn": identity_lib.callable_identity(point_fn, identity=identity, name="point_fn",
+                                               args=(c,)),
     "metadata": metadata or {},
+    "versions": identity_lib.versions(),
   }
   precision = check_precision(precision)
   if precision is not None:

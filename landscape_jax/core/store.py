@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ from landscape_jax.core.identity import describe_differences
 FORMAT = "landscape_jax.store/1"
 META = "meta.json"
 _ARRAYS_RE = re.compile(r"^arrays-(\d{6,})\.npz$")
+_log = logging.getLogger(__name__)
 
 
 class StoreCorruptError(RuntimeError):
@@ -163,13 +165,51 @@ def explain_differences(old: dict, new: dict, differences: list[str]) -> str:
   return ", ".join(out)
 
 
+VERSIONS = "versions"
+
+
+def significant_differences(old: dict, new: dict) -> list[str]:
+  """`config_differences` without the recorded library versions (`identity.versions`).
+
+  Versions are recorded to explain a refusal, not compared by themselves: an upgrade that leaves
+  every traced program and digest as it was resumes (and is logged); one that changes a traced
+  program is refused by that program's digest, and `versions_note` names the versions.
+  """
+  diffs = config_differences(old, new)
+  out = [d for d in diffs if d.split(".", 1)[0].split(" ", 1)[0] != VERSIONS]
+  if len(out) < len(diffs) and not out:
+    _log.warning("Resuming results written with other library versions (%s); every recorded "
+                 "identity, traced programs included, is unchanged.",
+                 _versions_change(old.get(VERSIONS), new.get(VERSIONS)))
+  return out
+
+
+def _versions_change(old, new) -> str:
+  old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+  return ", ".join(f"{k} {old.get(k, '?')} -> {new.get(k, '?')}"
+                   for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+def versions_note(old: dict, new: dict) -> str:
+  """A sentence naming the library versions of a refused result when they differ from now."""
+  if VERSIONS not in new or old.get(VERSIONS) == new.get(VERSIONS):
+    return ""
+  if VERSIONS not in old:
+    return (" The stored results record no library versions: they were written by a landscape-jax "
+            "before traced identities existed, so what computed them cannot be confirmed; "
+            "recompute them.")
+  return (f" The results were written with other library versions "
+          f"({_versions_change(old[VERSIONS], new[VERSIONS])}): an upgrade can change the traced "
+          "program, so they are not reused; recompute them, or rerun with the old versions.")
+
+
 def mismatch_error(path: str, what: str, old: dict, new: dict, differences: list[str],
                    remedy: str) -> StoreMismatchError:
   """The one refusal of every resumable result whose recorded configuration differs."""
   return StoreMismatchError(
     f"{path} describes {what} computed with a different configuration; what differs: "
     f"{explain_differences(old, new, differences)}. Refusing to resume or reuse it (that would "
-    f"mix two computations). {remedy}")
+    f"mix two computations).{versions_note(old, new)} {remedy}")
 
 
 def check_or_write_config(path: str | os.PathLike, config: dict, *, what: str, remedy: str,
@@ -211,7 +251,7 @@ def check_or_write_config(path: str | os.PathLike, config: dict, *, what: str, r
     if not isinstance(old, dict):
       raise StoreCorruptError(f"{path} holds a JSON {type(old).__name__}, not a configuration. "
                               f"The file was not modified. {remedy}")
-    diffs = [d for d in config_differences(old, config)
+    diffs = [d for d in significant_differences(old, config)
              if d.split(".", 1)[0].split(" ", 1)[0] not in set(ignore)]
     if diffs:
       raise mismatch_error(path, what, old, config, diffs, remedy)
@@ -359,11 +399,12 @@ def open_or_create(path: str | os.PathLike, *, config: dict, shape: tuple[int, .
       "move the folder away (or pass another path) to start over.")
   if exists(path):
     state = read(path)
-    diffs = config_differences(state.config, config)
+    diffs = significant_differences(state.config, config)
     if diffs:
       raise StoreMismatchError(
         f"The result store at {path} was computed by something else; what differs: "
-        f"{describe_differences(diffs)}. Refusing to mix or reuse results. To start fresh, pass "
+        f"{describe_differences(diffs)}. Refusing to mix or reuse results."
+        f"{versions_note(state.config, config)} To start fresh, pass "
         "another store path (workdir) or move this one away; to resume it, call again with "
         "exactly the inputs that computed it.")
     if state.done.shape != tuple(shape) or set(state.values) != set(keys):

@@ -44,7 +44,12 @@ from landscape_jax.core import fileio
 from landscape_jax.core import identity as identity_lib
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.checkpoints import EpochCheckpoints
-from landscape_jax.methods.rundir import data_digest, loss_fn_identity
+from landscape_jax.methods.rundir import (
+  batch_shapes,
+  data_digest,
+  loss_fn_identity,
+  optimizer_identity,
+)
 from landscape_jax.methods.schedules import cyclic_schedule, make_optimizer
 from landscape_jax.methods.training import (
   TrainState,
@@ -125,7 +130,8 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
     raise ValueError(f"batch_size {batch_size} is larger than the split ({len(data)} examples).")
   opt = optimizer if optimizer is not None else make_optimizer(
     learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
-  recorded_loss_fn = None if workdir is None else loss_fn_identity(loss_fn, identity)
+  recorded_loss_fn = None if workdir is None else loss_fn_identity(
+    loss_fn, identity, params=params, batch=batch_shapes(data, batch_size))
   loss_fn = loss_fn if isinstance(loss_fn, jax.tree_util.Partial) else jax.tree_util.Partial(
     loss_fn)
 
@@ -152,6 +158,7 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
       "epochs": epochs, "batch_size": batch_size, "learning_rate": lr_config, "momentum": momentum,
       "weight_decay": weight_decay, "seed": seed, "augment": augment,
       "custom_optimizer": optimizer is not None, "num_examples": len(data),
+      "optimizer_code": optimizer_identity(opt, params), "versions": identity_lib.versions(),
       "snapshot_epochs": sorted(int(e) for e in wanted),
       "init_sha256": identity_lib.tree_digest(params), "data_sha256": data_digest(data),
       "loss_fn": recorded_loss_fn})

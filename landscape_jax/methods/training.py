@@ -52,15 +52,18 @@ from landscape_jax.adapters.evaluation import (
   evaluate_split,
 )
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
-from landscape_jax.core import fileio
+from landscape_jax.core import fileio, identity
 from landscape_jax.core.sharding import make_mesh
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.rundir import (
   CHECKPOINT_DIR,
   append_metrics,
   check_config,
+  check_keys,
   config_dict,
   data_digests,
+  model_identity,
+  optimizer_identity,
   read_metrics,
   rewrite_metrics,
 )
@@ -115,7 +118,10 @@ DEFAULTS: dict[str, Any] = {
   "eval_batch_size": 1000,
   "log_every_steps": 50,
 }
-# Keys that may change between a run and its resumption without mixing results.
+# Keys of the experiment scripts' training configs that `train` itself does not read
+# (experiments/configs/defaults.py: `defaults.train`); any other key is refused as a typo.
+EXPERIMENT_KEYS = ("dataset", "data_dir", "train_subset", "model", "model_kwargs")
+
 
 class TrainState(NamedTuple):
   """Everything a training run carries from step to step (a pytree).
@@ -319,13 +325,18 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   Args:
     model: a linen module (``model.apply(variables, x, train=...)``).
     train_ds, test_ds: `Dataset` splits (uint8 images); test_ds may be None.
-    config: a `ml_collections.ConfigDict` or mapping with the fields of `DEFAULTS`.
+    config: a `ml_collections.ConfigDict` or mapping with the fields of `DEFAULTS` (missing ones
+      take the default) and optionally `EXPERIMENT_KEYS`; any other key is refused with the
+      closest known one (a typo such as ``learning_rte`` would otherwise train at the default
+      rate).
     workdir: output directory, local or remote (``gs://bucket/run``, through `etils.epath`;
       see `methods.rundir` and `methods.checkpoints`). If it holds checkpoints, training
       resumes from the latest one (after checking that ``config.json`` matches: the
       configuration and the sha256 digests of the training and test splits' images and labels,
-      ``train_data_sha256`` / ``test_data_sha256``; the initial variables come from
-      ``config.seed``) and ``metrics.jsonl`` is cut back to it.
+      ``train_data_sha256`` / ``test_data_sha256``, the traced forward passes of the model
+      ``model_code`` (`rundir.model_identity`: an edited activation or dtype is refused) and
+      the traced optimiser ``optimizer_code``; the initial variables come from ``config.seed``)
+      and ``metrics.jsonl`` is cut back to it.
     mesh: the devices to shard each batch over: a 1-D mesh of any axis name
       (`sharding.make_mesh()`) or a mesh with a ``"data"`` axis (default: every device).
     progress: show a tqdm progress bar.
@@ -346,6 +357,10 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
     axis = "data"
   else:
     raise ValueError(f"train needs a 1-D mesh or one with a 'data' axis, got {mesh.axis_names}.")
+  if not (isinstance(config, Mapping) or hasattr(config, "to_dict")):
+    raise TypeError(f"config must be a mapping or an ml_collections.ConfigDict with the keys of "
+                    f"training.DEFAULTS, got {type(config).__name__}.")
+  check_keys(config, (*DEFAULTS, *EXPERIMENT_KEYS), what="train's config")
   cfg = {k: _cfg(config, k) for k in DEFAULTS}
   batch_size, num_epochs, seed = int(cfg["batch_size"]), int(cfg["num_epochs"]), int(cfg["seed"])
   n = len(train_ds)
@@ -376,6 +391,10 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   state = jax.device_put(state, replicated)
   resume_step = checkpoints.latest_step(ckpt_dir)
   full_config = config_dict({**config_dict(config), **cfg, **data_digests(train_ds, test_ds)})
+  full_config["model_code"] = model_identity(model, state.variables,
+                                             (batch_size, *train_ds.images.shape[1:]))
+  full_config["optimizer_code"] = optimizer_identity(tx, state.params)
+  full_config["versions"] = identity.versions()
   check_config(workdir, full_config, resuming=resume_step is not None)
   if resume_step is None:
     rewrite_metrics(workdir, [])
