@@ -161,3 +161,13 @@ def test_code_edits_are_refused_and_unchanged_code_resumes(tmp_path):
     assert names in rec["message"], (case, rec["message"])
     assert "corrupt" not in rec["message"]
   assert {c: _meta(d, c) for c in CASES} == metas  # nothing overwritten
+
+
+def test_unknown_config_key_names_the_closest_known_key(digits_train, tmp_path):
+  import landscape_jax as lj
+
+  model = lj.get_model("mlp_small", num_classes=10)
+  with pytest.raises(ValueError, match="'learning_rte'.*did you mean 'learning_rate'"):
+    lj.training.train(model, digits_train, config={"learning_rte": 0.5, "num_epochs": 1},
+                      workdir=str(tmp_path / "typo"), progress=False)
+  assert not os.path.exists(tmp_path / "typo")  # refused before anything is written

@@ -31,6 +31,7 @@ parameters) and the coordinates; the engine does the rest, the same way for all 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -370,10 +371,23 @@ def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, ide
   keys = metric_dtypes(metric_fn, point_fn, num_coords)
   main = shd.is_main_process()
 
-  # Resume: every process reads the same state (process 0's done-mask wins), only process 0 writes.
-  if store is not None:
+  config = None
+  if store is not None:  # before anything is written: an unidentifiable function writes nothing
     config = identity_config(metric_fn, point_fn, coords, identity=identity, metadata=metadata,
                              precision=precision)
+  with contextlib.ExitStack() as stack:
+    if store is not None and main:  # one writer at a time (store_lib.StoreBusyError otherwise)
+      store_lib.ensure_dir(store)
+      stack.enter_context(store_lib.lock(store))
+    return _evaluate_locked(metric_fn, point_fn, coords, shape, store, config, chunk_size, mesh,
+                            map_mode, batch_size, progress, desc, keys, main, num_devices)
+
+
+def _evaluate_locked(metric_fn, point_fn, coords, shape, store, config, chunk_size, mesh,
+                     map_mode, batch_size, progress, desc, keys, main, num_devices):
+  num_points, num_coords = coords.shape
+  # Resume: every process reads the same state (process 0's done-mask wins), only process 0 writes.
+  if store is not None:
     if not main:
       shd.sync("landscape_jax.core.engine.store_created")
     state = store_lib.open_or_create(store, config=config, shape=shape, keys=keys, create=main)

@@ -61,8 +61,28 @@ class StoreWriteError(OSError):
   """Writing the store failed; the previous state on disk is intact."""
 
 
+StoreBusyError = fileio.BusyError  # another process writes the store (`fileio.exclusive`)
+
+
 class StoreMismatchError(ValueError):
   """The store holds results of another computation (other inputs, functions or data)."""
+
+
+def os_error_advice(e: OSError) -> str:
+  """What to do about an OS error on a result path, by what it is."""
+  import errno
+
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return "free disk space (or raise the quota) or choose another directory"
+  if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    return "choose a writable directory (the file system is read-only or not yours)"
+  if e.errno in (errno.ENOTDIR, errno.EEXIST):
+    return "a component of the path is a file, not a directory: choose another path"
+  if e.errno == errno.EISDIR:
+    return "a directory stands where a file is expected: move it away or choose another path"
+  if e.errno == errno.ENAMETOOLONG:
+    return "choose a shorter path"
+  return "free disk space or choose a writable directory"
 
 
 def read_json(path: str, *, remedy: str) -> Any:
@@ -260,6 +280,21 @@ def check_or_write_config(path: str | os.PathLike, config: dict, *, what: str, r
   return config
 
 
+def lock(path: str | os.PathLike):
+  """The write lock of the store at `path` (`fileio.exclusive`): one writer at a time, a second
+  one gets `StoreBusyError` at once; readers are never blocked."""
+  return fileio.exclusive(path, what="result stores")
+
+
+def ensure_dir(path: str | os.PathLike) -> None:
+  """Creates the store directory; an OS error says what it is (`StoreWriteError`)."""
+  try:
+    fileio.makedirs(path)
+  except OSError as e:
+    raise StoreWriteError(f"Could not write results to {os.fspath(path)}: its directory cannot "
+                          f"be created ({e}); {os_error_advice(e)}.") from e
+
+
 def exists(path: str | os.PathLike) -> bool:
   """True if `path` holds a store (or something that claims to be one)."""
   return fileio.as_path(fileio.join(path, META)).exists()
@@ -288,10 +323,38 @@ def read(path: str | os.PathLike) -> StoreState:
   meta_path = fileio.join(path, META)
   if not fileio.as_path(meta_path).exists():
     raise FileNotFoundError(f"No result store at {path} (missing {META}).")
+  for _ in range(50):
+    meta_bytes = _read_meta_bytes(meta_path)
+    try:
+      return _parse(path, meta_path, meta_bytes)
+    except StoreCorruptError:
+      # a writer committed a new generation (and removed the one we were reading) meanwhile:
+      # read the new one; only a store that stays inconsistent is corrupt
+      try:
+        if _read_meta_bytes(meta_path) != meta_bytes:
+          continue
+      except (OSError, StoreCorruptError):
+        pass
+      raise
+  raise StoreCorruptError(f"{path} kept changing while it was read (50 generations); another "
+                          "process writes it very often. Read it again when it is finished.")
+
+
+def _read_meta_bytes(meta_path: str) -> bytes:
+  try:
+    return fileio.read_bytes(meta_path)
+  except (IsADirectoryError, PermissionError, NotADirectoryError) as e:
+    raise StoreCorruptError(
+      f"{meta_path} cannot be read as a store's description: {type(e).__name__}: "
+      f"{e.strerror or e}. A store's {META} must be a readable regular file; nothing was "
+      "modified. Fix or move it (or pass another path).") from e
+
+
+def _parse(path: str, meta_path: str, meta_bytes: bytes) -> StoreState:
   hint = (f"The store at {path} was not modified. Move it away (or pass another path) to start "
           "over, or restore it from a backup.")
   try:
-    meta = json.loads(fileio.read_bytes(meta_path).decode("utf-8"))
+    meta = json.loads(meta_bytes.decode("utf-8"))
     if not isinstance(meta, dict):
       raise StoreCorruptError(f"{meta_path} holds a JSON {type(meta).__name__}, not a store's "
                               f"description. {hint}")
@@ -361,14 +424,18 @@ def write(path: str | os.PathLike, state: StoreState) -> StoreState:
     atomic_write_bytes(fileio.join(path, META), text)
   except OSError as e:
     raise StoreWriteError(
-      f"Could not write results to {path}: {e}. The previous state on disk is intact; free disk "
-      "space or choose a writable directory, then rerun to resume.") from e
-  for old in fileio.as_path(path).iterdir():
-    if _ARRAYS_RE.match(old.name) and old.name != arrays_file:
-      try:
-        old.unlink()
-      except OSError:
-        pass
+      f"Could not write results to {path}: {e}. The previous state on disk is intact; "
+      f"{os_error_advice(e)}, then rerun to resume.") from e
+  # only the generation this state was read from (named by the previous meta.json) is provably
+  # ours and replaced; any other file, a user's of a similar name included, is left alone (the
+  # arrays of a write killed before its meta.json carry the next generation's name and are
+  # replaced by it)
+  if state.generation > 0:
+    previous = f"arrays-{state.generation:06d}.npz"
+    try:
+      fileio.as_path(fileio.join(path, previous)).unlink()
+    except (OSError, FileNotFoundError):
+      pass
   return dataclasses.replace(state, generation=generation)
 
 
@@ -418,6 +485,7 @@ def open_or_create(path: str | os.PathLike, *, config: dict, shape: tuple[int, .
 
 
 __all__ = [
+  "StoreBusyError",
   "StoreCorruptError",
   "StoreMismatchError",
   "StoreState",
@@ -425,7 +493,9 @@ __all__ = [
   "check_or_write_config",
   "config_differences",
   "explain_differences",
+  "ensure_dir",
   "exists",
+  "lock",
   "open_or_create",
   "read",
   "write",

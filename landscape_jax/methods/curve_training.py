@@ -200,29 +200,35 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
       "end_sha256": identity_lib.tree_digest(end),
       "init_sha256": None if init is None else identity_lib.tree_digest(init),
       "data_sha256": data_digest(data), "loss_fn": recorded_loss_fn})
-    state, first_epoch, history = saver.restore(state)
+    try:
+      state, first_epoch, history = saver.restore(state)
+    except BaseException:
+      saver.close()  # releases the workdir's write lock
+      raise
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
   key = jax.random.key(seed)
   bar = progress_bar(range(first_epoch, epochs), progress, "curve", initial=first_epoch,
                   total=epochs)
-  for epoch in bar:
-    idx = jnp.asarray(epoch_indices(n_train, batch_size, seed, epoch))
-    lr_now = float(schedule(epoch * steps_per_epoch)) if optimizer is None else None
-    state, loss = epoch_fn((loss_fn, ends), state, images, labels, idx, key)
-    loss = float(loss)
-    if not math.isfinite(loss):
-      raise FloatingPointError(f"Curve training diverged at epoch {epoch} (loss {loss}); lower "
-                               "the learning rate.")
-    record = {"epoch": epoch, "loss": loss, "lr": lr_now}
-    history.append(record)
-    if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-      saver.save(epoch + 1, state, history)
-    if hasattr(bar, "set_postfix"):
-      bar.set_postfix(loss=f"{loss:.4f}")
-    if callback is not None:
-      callback(epoch, join_curve(ends, state.interior), record)
-  if saver is not None:
-    saver.close()
+  try:
+    for epoch in bar:
+      idx = jnp.asarray(epoch_indices(n_train, batch_size, seed, epoch))
+      lr_now = float(schedule(epoch * steps_per_epoch)) if optimizer is None else None
+      state, loss = epoch_fn((loss_fn, ends), state, images, labels, idx, key)
+      loss = float(loss)
+      if not math.isfinite(loss):
+        raise FloatingPointError(f"Curve training diverged at epoch {epoch} (loss {loss}); lower "
+                                 "the learning rate.")
+      record = {"epoch": epoch, "loss": loss, "lr": lr_now}
+      history.append(record)
+      if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+        saver.save(epoch + 1, state, history)
+      if hasattr(bar, "set_postfix"):
+        bar.set_postfix(loss=f"{loss:.4f}")
+      if callback is not None:
+        callback(epoch, join_curve(ends, state.interior), record)
+  finally:
+    if saver is not None:  # also releases the workdir's write lock
+      saver.close()
   return join_curve(ends, state.interior), history
 
 

@@ -44,6 +44,7 @@ __all__ = [
   "read_metrics",
   "RESUME_FREE",
   "rewrite_metrics",
+  "run_lock",
 ]
 
 PyTree = Any
@@ -54,6 +55,16 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 # Keys that may change between a run and its resumption without mixing results.
 RESUME_FREE = ("eval_batch_size", "log_every_steps", "data_dir", "eval_every_epochs")
+
+
+def run_lock(workdir: str, *, name: str, what: str):
+  """The write lock of a run directory (`fileio.exclusive`, lock file ``workdir/name``) on the
+  process that writes (process 0); a second writer gets `fileio.BusyError` at once."""
+  import contextlib
+
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return fileio.exclusive(workdir, name=name, what=what)
 
 
 def config_dict(config) -> dict:
