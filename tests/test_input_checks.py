@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import landscape_jax as lj
-from landscape_jax.core import engine
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +46,12 @@ def test_uint8_images_in_pairs_are_refused_alike(mlp):
     lj.make_loss_fn(model)(params, (x, y))
 
 
-def test_coordinates_and_directions_that_change_nothing(mlp):
+def test_coordinate_width_and_zero_directions(mlp):
   _, params = mlp
   metric = lambda p: {"loss": sum(jnp.sum(v ** 2) for v in jax.tree.leaves(p))}
   d = jax.tree.map(jnp.ones_like, params)
-  point_fn = jax.tree_util.Partial(lambda c: jax.tree.map(lambda w, u: w + c[0] * u, params, d))
-  coords = np.array([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
-  with pytest.raises(ValueError, match=r"column\(s\) \[1, 2\]"):
-    engine.evaluate_points(metric, point_fn, coords, progress=False)
-  out = engine.evaluate_points(metric, point_fn, coords[:, :1], progress=False)
-  expected = [sum(float(jnp.sum((w + c * 1.0) ** 2)) for w in jax.tree.leaves(params))
-              for c in coords[:, 0]]
-  np.testing.assert_allclose(out["loss"], expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="coords has 3 columns but 2 direction"):
+    lj.surface_points(metric, params, (d, d), np.zeros((2, 3)), progress=False)
   zero = jax.tree.map(jnp.zeros_like, params)
   with pytest.raises(ValueError, match="direction 2 is zero"):
     lj.surface_grid(metric, params, (d, zero), np.linspace(-1, 1, 2), np.linspace(-1, 1, 2),

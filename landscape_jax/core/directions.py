@@ -127,12 +127,13 @@ def _warn_if_zero(d, w, path, norm) -> None:
   """Warns (naming the leaf) when filter normalisation leaves a kernel's direction at zero: the
   direction is zero there, or (``"filter"``) the parameters are (a zero-initialised layer), so the
   leaf does not move in the plot. Concrete values only (nothing is checked under `jit`)."""
-  if isinstance(d, jax.core.Tracer) or isinstance(w, jax.core.Tracer):
+  if isinstance(d, jax.core.Tracer) or isinstance(w, jax.core.Tracer) or (
+      any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in (d, w))):
     return
-  if not bool(jnp.any(d != 0)):
+  if not np.any(np.asarray(d) != 0):
     warnings.warn(f"The direction is zero at {path}: under '{norm}' normalisation it stays zero, "
                   "so this leaf does not move in the plot.", stacklevel=4)
-  elif w is not None and not bool(jnp.any(w != 0)):
+  elif w is not None and not np.any(np.asarray(w) != 0):
     warnings.warn(f"The parameters are zero at {path} (a zero-initialised layer?): '{norm}' "
                   "normalisation scales the direction by their norm, so this leaf does not move "
                   "in the plot. Use norm='dfilter' or 'layer' to move it.", stacklevel=4)

@@ -112,40 +112,6 @@ def check_coords(coords, *, name: str = "coords") -> np.ndarray:
   return arr
 
 
-def check_coordinates_used(point_fn, coords: np.ndarray) -> None:
-  """Refuses coordinate columns that change nothing in ``point_fn``'s output.
-
-  For every column j, the directional derivative of `point_fn` along coordinate j
-  (`jax.jvp`) is taken at the first and at the last point; if it is zero in every leaf at both,
-  the column is ignored: more columns than `point_fn` reads, or a zero direction. Such a run would
-  return the same value along that axis without a word.
-
-  Raises:
-    ValueError: naming the unused columns.
-  """
-  num_coords = coords.shape[1]
-  rows = [coords[0]] if coords.shape[0] == 1 else [coords[0], coords[-1]]
-  unused = []
-  for j in range(num_coords):
-    e = np.zeros(num_coords, np.float32)
-    e[j] = 1.0
-    moved = False
-    for r in rows:
-      _, tangent = jax.jvp(point_fn, (jnp.asarray(r, jnp.float32),), (jnp.asarray(e),))
-      leaves = [t for t in jax.tree.leaves(tangent) if jnp.issubdtype(t.dtype, jnp.inexact)]
-      if leaves and float(sum(jnp.sum(jnp.abs(t.astype(jnp.float32))) for t in leaves)) != 0:
-        moved = True
-        break
-    if not moved:
-      unused.append(j)
-  if unused:
-    raise ValueError(
-      f"Coordinate column(s) {unused} of coords (shape {coords.shape}) change nothing in "
-      "point_fn's output (its derivative along them is zero at the first and last point): coords "
-      "has more columns than point_fn reads, or the direction of that column is zero. Pass one "
-      "column per coordinate point_fn uses, and non-zero directions.")
-
-
 def _as_metrics(out) -> dict:
   if isinstance(out, dict):
     return dict(out)
@@ -403,7 +369,6 @@ def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, ide
   if chunk_size is not None:
     check_chunk_size(chunk_size, num_devices, batch_size)
   keys = metric_dtypes(metric_fn, point_fn, num_coords)
-  check_coordinates_used(point_fn, coords)
   main = shd.is_main_process()
 
   config = None

@@ -25,8 +25,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -54,9 +52,8 @@ def _check_plane_inputs(center, directions):
   trees.check_finite(center, name="center parameters")
   for k, d in enumerate(dirs):
     trees.check_finite(d, name=f"direction {k + 1}")
-    leaves = jax.tree.leaves(d)
-    if leaves and all(not isinstance(x, jax.core.Tracer) for x in leaves) and float(
-        sum(jnp.sum(jnp.abs(jnp.asarray(x, jnp.float32))) for x in leaves)) == 0.0:
+    _, _, nonzero = trees.leaf_flags(d)
+    if nonzero.size and not nonzero.any():
       raise ValueError(f"direction {k + 1} is zero in every leaf: the surface would be flat "
                        "along it without telling you. Use a random direction "
                        "(lj.random_directions) or the difference of two models.")
