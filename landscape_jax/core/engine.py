@@ -20,8 +20,11 @@ parameters) and the coordinates; the engine does the rest, the same way for all 
   chunk (`core.store`, one format for every result). The store records the exact identity
   of what computed it (`core.identity`): a digest of the coordinates, the code and arrays
   of `metric_fn` (its data, labels, BatchNorm statistics) and of `point_fn` (the centre and
-  directions, the curve, the endpoints). A rerun with the same identity computes only the missing
-  points; any difference is refused with a message that lists what differs;
+  directions, the curve, the endpoints), and the programs JAX traces from both (model code,
+  helpers, constants, dtypes). A rerun with the same identity computes only the missing points
+  (a finished store: no compilation at all); any difference is refused with a message that lists
+  what differs. One process writes a store at a time (`store.lock`: a second writer gets
+  `store.StoreBusyError`);
 * **precision**: ``precision=`` sets the matmul precision of every dot and convolution of the
   compiled evaluator, the model's included (`core.precision`; default None: the backend's
   default, bfloat16 passes on TPU and TF32 on recent GPUs); a store records an explicit choice;
@@ -36,6 +39,7 @@ import functools
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -401,6 +405,12 @@ def _evaluate_locked(metric_fn, point_fn, coords, shape, store, config, chunk_si
     done = np.zeros(num_points, bool)
 
   missing = np.flatnonzero(~done)
+  if store is not None and main:
+    found = f"{num_points - missing.size} of {num_points} points found on disk in {store}"
+    found += f"; computing {missing.size}" if missing.size else "; nothing left to compute"
+    _log.info("%s: %s", desc, found)
+    if progress:
+      tqdm.write(f"{desc}: {found}", file=sys.stderr)
   if missing.size:
     if chunk_size is None:
       chunk_size = auto_chunk_size(metric_fn, point_fn, num_coords, num_devices=num_devices,
