@@ -14,6 +14,9 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from landscape_jax.core import store as store_lib
@@ -171,3 +174,32 @@ def test_unknown_config_key_names_the_closest_known_key(digits_train, tmp_path):
     lj.training.train(model, digits_train, config={"learning_rte": 0.5, "num_epochs": 1},
                       workdir=str(tmp_path / "typo"), progress=False)
   assert not os.path.exists(tmp_path / "typo")  # refused before anything is written
+
+
+def _toy_loss(p):
+  return {"loss": jnp.sum(p["w"] ** 2)}
+
+
+def test_library_versions_are_named_never_silently_reused(tmp_path, monkeypatch, caplog):
+  import landscape_jax as lj
+  from landscape_jax.core import identity
+
+  center, d = {"w": jnp.ones(3)}, {"w": jnp.arange(3.0)}
+  xs = np.linspace(-1, 1, 3)
+  run = lambda: lj.surface_grid(jax.tree_util.Partial(_toy_loss), center, d, xs,
+                                store=str(tmp_path / "s"), progress=False)
+  first = run()
+  real = identity.versions()
+  # an upgrade that changes no traced program: resumed, and logged with the versions
+  monkeypatch.setattr(identity, "versions", lambda: {**real, "jax": "99.0"})
+  with caplog.at_level("WARNING"):
+    np.testing.assert_array_equal(run()["loss"], first["loss"])
+  assert f"jax {real['jax']} -> 99.0" in caplog.text
+  # an upgrade that changes the traced program: refused, naming the versions
+  text = identity.normalized_jaxpr_text
+  monkeypatch.setattr(identity, "normalized_jaxpr_text", lambda c: text(c) + " changed")
+  identity._TRACE_CACHE.clear()
+  with pytest.raises(store_lib.StoreMismatchError,
+                     match=rf"traced.*other library versions \(jax {real['jax']} -> 99.0\)"):
+    run()
+  identity._TRACE_CACHE.clear()
