@@ -451,19 +451,15 @@ def batch_objective(loss: Loss, outputs, targets) -> jax.Array:
   """The minibatch objective of `loss`: ``sum_i v_i / sum_i w_i`` over the batch (the mean
   ``v_i`` when the loss is not weighted).
 
-  Called eagerly (concrete targets, not under `jit`), class targets are checked first: negative
-  labels (`scored_classes`) and labels at or beyond the number of outputs are a ValueError. Traced
-  targets cannot be checked (the builders check their data on the host instead).
+  Called with concrete targets (not under `jit`), class targets are checked first: negative labels
+  (`scored_classes`: -1 would be scored as a class, a finite wrong loss) are a ValueError. Labels
+  beyond the model's outputs give a NaN loss, which the Hessian routines and training refuse.
+  Traced targets cannot be checked (the builders check their data on the host instead).
   """
   leaves = jax.tree.leaves(targets)
   if loss.classes is not None and leaves and not any(
       isinstance(x, jax.core.Tracer) for x in leaves):
-    classes = scored_classes(loss, jax.tree.map(np.asarray, targets), "the batch")
-    size = np.shape(outputs)[-1] if np.ndim(outputs) else 0
-    if classes.size and int(classes.max()) >= size:
-      raise ValueError(f"The batch has class label {int(classes.max())} but the model outputs "
-                       f"{size} logits (classes 0..{size - 1}); build the model with "
-                       f"num_classes={int(classes.max()) + 1}, or check the labels.")
+    scored_classes(loss, jax.tree.map(np.asarray, targets), "the batch")
   values, weights = loss.sums(outputs, targets)
   if loss.weighted:
     return jnp.sum(values["loss"]) / jnp.sum(weights)
