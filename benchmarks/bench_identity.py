@@ -4,8 +4,10 @@ Measured side by side in one run on a ResNet-20 with filter-normalised direction
 evaluation (1000 images 32x32x3, loss + accuracy):
 
 * the identity a store records (`engine.identity_config`: sha256 of the coordinates, of the centre
-  and directions, of the metric function's code and of every array it holds), against the time of
-  one grid point's evaluation;
+  and directions, of the metric function's code and of every array it holds, and the traced
+  programs of the metric and point functions), against the time of one grid point's evaluation;
+  the traced part alone, uncached (the first call in a process) and cached;
+* a rerun of `surface_grid` on its finished store (what a resumed finished run costs);
 * `surface_grid` with a store against the same grid without one (identity + store writes), and
   the engine's `surface_grid` against a hand-written jitted `lax.map` over the same points (what
   the engine adds around the compiled loop).
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _common as C
 
 import landscape_jax as lj
+from landscape_jax.core import identity as identity_lib
 
 
 def _problem(tiny: bool):
@@ -75,6 +78,18 @@ def main(argv=None):
 
   t_identity = C.best_time(take_identity, repeats=args.repeats)
 
+  # its traced part alone (`identity.traced_identity` of the metric at the parameters' shapes):
+  # the first trace in a process, and the cached one (per function object and shapes)
+  shapes = jax.eval_shape(point_fn, jax.ShapeDtypeStruct((2,), jnp.float32))
+
+  def traced(clear: bool):
+    if clear:
+      identity_lib._TRACE_CACHE.clear()
+    return identity_lib.traced_identity(metric_fn, shapes, name="metric_fn")
+
+  t_traced = C.best_time(lambda: traced(True), repeats=args.repeats)
+  t_traced_cached = C.best_time(lambda: traced(False), repeats=args.repeats)
+
   # the engine against a hand-written compiled loop over the same points
   @jax.jit
   def hand(f, center, d, cs):
@@ -84,7 +99,8 @@ def main(argv=None):
   kw = dict(chunk_size=chunk, progress=False, map_mode="map")
   C.block(hand(metric_fn, params, dirs, cs))
   lj.surface_grid(metric_fn, params, dirs, xs, xs, **kw)
-  rows = {"hand-written lax.map": [], "surface_grid": [], "surface_grid + store": []}
+  rows = {"hand-written lax.map": [], "surface_grid": [], "surface_grid + store": [],
+          "rerun on the finished store": []}
   for _ in range(args.repeats):  # interleaved rounds
     t = time.perf_counter()
     C.block(hand(metric_fn, params, dirs, cs))
@@ -96,6 +112,9 @@ def main(argv=None):
       t = time.perf_counter()
       lj.surface_grid(metric_fn, params, dirs, xs, xs, store=os.path.join(tmp, "s"), **kw)
       rows["surface_grid + store"].append(time.perf_counter() - t)
+      t = time.perf_counter()
+      lj.surface_grid(metric_fn, params, dirs, xs, xs, store=os.path.join(tmp, "s"), **kw)
+      rows["rerun on the finished store"].append(time.perf_counter() - t)
   med = {k: float(np.median(v)) for k, v in rows.items()}
   points = coords.shape[0]
   table = C.markdown_table(
@@ -104,12 +123,16 @@ def main(argv=None):
   summary = (f"{name}, {n} images 32x32x3, {grid}x{grid} grid, {args.repeats} interleaved "
              f"rounds.\n\n- one point's evaluation: {t_point:.3g} s\n- the identity a store "
              f"records (coords, centre, directions, metric code and data): {t_identity:.3g} s = "
-             f"{t_identity / t_point:.3g} of one point\n\n{table}\n\n"
+             f"{t_identity / t_point:.3g} of one point\n- of which the traced program of the "
+             f"metric (jaxpr at the parameters' shapes): {t_traced:.3g} s uncached = "
+             f"{t_traced / t_point:.3g} of one point, {t_traced_cached:.3g} s cached\n\n"
+             f"{table}\n\n"
              f"{C.format_info(C.machine_info())}")
   print(summary)
   if not args.no_record:
     C.append_results("Identity and engine overhead (bench_identity.py)", summary)
-  return {"point_s": t_point, "identity_s": t_identity, **med}
+  return {"point_s": t_point, "identity_s": t_identity, "traced_s": t_traced,
+          "traced_cached_s": t_traced_cached, **med}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ surfaces)."""
 
 import functools
 import os
+import subprocess
+import sys
 import threading
 
 import jax
@@ -181,13 +183,23 @@ def test_atomic_write_respects_umask_symlinks_and_cleans_temps(tmp_path):
   os.symlink(victim, link)
   fileio.atomic_write_text(link, "new")
   assert victim.read_text() == "keep" and not os.path.islink(link) and link.read_text() == "new"
-  # temporaries of killed writes are removed by the next successful write of the same file
-  stale = tmp_path / ".out.json.abc123.tmp"
-  stale.write_text("half")
-  other = tmp_path / ".other.json.abc.tmp"
-  other.write_text("not ours")
+  # temporaries of killed writes (this host, a dead pid) are removed by the next successful
+  # write of the same file; a live writer's temporary, another host's and a user's file of a
+  # similar name are not
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  host = fileio._host()
+  stale = tmp_path / f".out.json.{host}.{dead.pid}.abcd1234.tmp"
+  live = tmp_path / f".out.json.{host}.{os.getppid()}.abcd1234.tmp"
+  remote = tmp_path / f".out.json.otherhost.{dead.pid}.abcd1234.tmp"
+  users = [tmp_path / ".out.json.abc123.tmp", tmp_path / ".other.json.abc.tmp"]
+  for f in (stale, live, remote, *users):
+    f.write_text("half")
   fileio.atomic_write_json(target, {"a": 2})
-  assert not stale.exists() and other.exists()
+  assert not stale.exists() and live.exists() and remote.exists()
+  assert all(f.read_text() == "half" for f in users)
+  for f in (live, remote, *users):
+    f.unlink()
   # a failing write leaves the old content and no temporary
   real = os.replace
 

@@ -219,3 +219,59 @@ def test_missing_h5py_says_which_extra(monkeypatch, tmp_path):
     li.read_surface_h5(tmp_path / "x.h5")
   with pytest.raises(ImportError, match=r"landscape-jax\[h5\]"):
     li.write_directions_h5(tmp_path / "x.h5", {"a": np.ones(2)})
+
+
+def test_untrusted_files_are_read_as_data_only(tmp_path):
+  """A downloaded .h5 must not make the reader return the bytes of another (local) file."""
+  secret = tmp_path / "secret.bin"
+  secret.write_bytes(np.arange(9, dtype=np.float64).tobytes())
+  other = tmp_path / "other.h5"
+  with h5py.File(other, "w") as f:
+    f["data"] = np.arange(9.0)
+  xs = np.linspace(-1, 1, 3)
+
+  def surface(path, add):
+    with h5py.File(path, "w") as f:
+      f["xcoordinates"] = xs
+      f["ycoordinates"] = xs
+      add(f)
+    return path
+
+  cases = {
+    "external storage": (lambda f: f.create_dataset(
+      "train_loss", shape=(3, 3), dtype="f8", external=[(str(secret), 0, 72)]),
+      "external files"),
+    "external link": (lambda f: f.__setitem__("train_loss", h5py.ExternalLink(str(other),
+                                                                              "/data")),
+                      "external link"),
+    "virtual dataset": (lambda f: f.create_virtual_dataset("train_loss", _layout(other)),
+                        "virtual dataset"),
+  }
+  for case, (add, message) in cases.items():
+    path = surface(tmp_path / f"{case}.h5", add)
+    with pytest.raises(ValueError, match=f"'train_loss'.*{message}"):
+      li.read_surface_h5(path)
+  # the same in a direction file, and datasets not named 0..n-1 are named in the error
+  d = tmp_path / "dir.h5"
+  with h5py.File(d, "w") as f:
+    g = f.create_group("xdirection")
+    g["0"] = np.zeros(3)
+    g.create_dataset("1", shape=(9,), dtype="f8", external=[(str(secret), 0, 72)])
+  with pytest.raises(ValueError, match="'xdirection/1'.*external files"):
+    li.read_directions_h5(d)
+  with h5py.File(d, "w") as f:
+    f["xdirection"] = h5py.ExternalLink(str(other), "/")
+  with pytest.raises(ValueError, match="'xdirection'.*external link"):
+    li.read_directions_h5(d)
+  with h5py.File(d, "w") as f:
+    g = f.create_group("xdirection")
+    g["0"] = np.zeros(3)
+    g["weights"] = np.zeros(3)
+  with pytest.raises(ValueError, match=r"\['weights'\].*not named '0'..'1'"):
+    li.read_directions_h5(d)
+
+
+def _layout(source):
+  layout = h5py.VirtualLayout(shape=(9,), dtype="f8")
+  layout[:] = h5py.VirtualSource(str(source), "data", shape=(9,))
+  return layout

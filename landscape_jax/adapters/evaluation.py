@@ -341,17 +341,49 @@ def _split_data(data, loss: Loss, name: str) -> SplitData:
     n = num_examples(inputs, targets, name=name)
     if n == 0:
       raise ValueError(f"{name} is empty; cannot evaluate on an empty split.")
+    if any(getattr(x, "dtype", None) == np.uint8 for x in jax.tree.leaves(inputs)):
+      raise ValueError(
+        f"The inputs of {name} are uint8 but an (inputs, targets) pair carries no normalisation: "
+        "uint8 inputs are images, which must be normalised (make_loss_fn refuses them the same "
+        "way without mean= and std=). Pass a Dataset (it carries its mean and std), or "
+        "normalise the images yourself (e.g. lj.normalize_images(x, mean, std)) and pass floats.")
     num_classes = None
     if loss.classes is not None:
-      classes = np.asarray(loss.classes(jax.tree.map(np.asarray, targets)))
-      if not np.issubdtype(classes.dtype, np.integer):
-        raise ValueError(f"The targets of {name} must be integer classes for this loss, got "
-                         f"{classes.dtype}; for real-valued targets use loss=MSE.")
-      num_classes = int(classes.max()) + 1
+      classes = scored_classes(loss, jax.tree.map(np.asarray, targets), name)
+      num_classes = int(classes.max()) + 1 if classes.size else None
     return SplitData(inputs, targets, None, num_classes)
   raise TypeError(
     f"{name} must be a Dataset (uint8 images with labels) or an (inputs, targets) pair of arrays "
     f"or pytrees of arrays with a leading example axis; got {type(data).__name__}.")
+
+
+def scored_classes(loss: Loss, targets, name: str) -> np.ndarray:
+  """The class indices the scored targets select (host arrays), checked: integers, none negative.
+
+  Negative labels (``-1``, the usual "unlabelled" marker) are refused: cross-entropy would score
+  them (``optax`` gives them a one-hot of zeros: the loss of no class) without a word. The one
+  documented way to leave targets out is `TOKEN_CROSS_ENTROPY`'s mask: masked tokens (mask 0) are
+  not checked. Remove unlabelled examples, or use such a mask.
+
+  Raises:
+    ValueError: non-integer or negative classes, naming the first offending example.
+  """
+  classes = np.asarray(loss.classes(targets))
+  if not np.issubdtype(classes.dtype, np.integer):
+    raise ValueError(f"The targets of {name} must be integer classes for this loss, got "
+                     f"{classes.dtype}; for real-valued targets use loss=MSE.")
+  scored = np.ones(classes.shape, bool)
+  if isinstance(targets, tuple | list) and len(targets) == 2 and loss.weighted:
+    scored = np.broadcast_to(np.asarray(targets[1]) != 0, classes.shape)
+  bad = np.argwhere(scored & (classes < 0))
+  if bad.size:
+    where = tuple(int(i) for i in bad[0])
+    raise ValueError(
+      f"The targets of {name} hold negative class labels ({int(classes[where])} at index "
+      f"{where[0] if len(where) == 1 else where}; {len(bad)} in all), e.g. -1 for unlabelled "
+      "examples: cross-entropy would score them as a class. Remove those examples (or, for "
+      "sequences, give TOKEN_CROSS_ENTROPY a (tokens, mask) pair with mask 0 there).")
+  return classes[scored]
 
 
 def named_splits(data, loss: Loss = CROSS_ENTROPY) -> dict[str, SplitData]:
@@ -420,7 +452,17 @@ def inference_forward(model, *, batch_stats: PyTree = None, num_classes: int | N
 
 def batch_objective(loss: Loss, outputs, targets) -> jax.Array:
   """The minibatch objective of `loss`: ``sum_i v_i / sum_i w_i`` over the batch (the mean
-  ``v_i`` when the loss is not weighted)."""
+  ``v_i`` when the loss is not weighted).
+
+  Called with concrete targets (not under `jit`), class targets are checked first: negative labels
+  (`scored_classes`: -1 would be scored as a class, a finite wrong loss) are a ValueError. Labels
+  beyond the model's outputs give a NaN loss, which the Hessian routines and training refuse.
+  Traced targets cannot be checked (the builders check their data on the host instead).
+  """
+  leaves = jax.tree.leaves(targets)
+  if loss.classes is not None and leaves and not any(
+      isinstance(x, jax.core.Tracer) for x in leaves):
+    scored_classes(loss, jax.tree.map(np.asarray, targets), "the batch")
   values, weights = loss.sums(outputs, targets)
   if loss.weighted:
     return jnp.sum(values["loss"]) / jnp.sum(weights)

@@ -157,6 +157,28 @@ def write_surface_h5(path: str | os.PathLike, xs, ys, values: Mapping[str, Any],
   _write_atomically(path, fill)
 
 
+def _checked(group, key: str, path, h5py, where: str = ""):
+  """``group[key]`` after refusing what would read outside the file: an external link, a dataset
+  with external storage (raw bytes of another file) or a virtual dataset (a view of other
+  files). A downloaded file is read as data only."""
+  name = f"{where}{key}"
+  link = group.get(key, getlink=True)
+  if isinstance(link, h5py.ExternalLink):
+    raise ValueError(f"{name!r} in {os.fspath(path)} is an external link (to {link.filename!r}, "
+                     f"{link.path!r}); refusing to follow it: files are read as data only. Copy "
+                     "the data into the file itself.")
+  obj = group.get(key)
+  if isinstance(obj, h5py.Dataset):
+    if obj.external:
+      raise ValueError(f"{name!r} in {os.fspath(path)} keeps its bytes in external files "
+                       f"({[e[0] for e in obj.external]}); refusing to read them: files are read "
+                       "as data only. Store the data in the file itself.")
+    if obj.is_virtual:
+      raise ValueError(f"{name!r} in {os.fspath(path)} is a virtual dataset (a view of other "
+                       "files); refusing to read it: files are read as data only.")
+  return obj
+
+
 def read_surface_h5(path: str | os.PathLike, *, unfilled_as_nan: bool = True
                     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
   """Reads a surface file of Li et al.'s code into landscape_jax's layout.
@@ -178,14 +200,20 @@ def read_surface_h5(path: str | os.PathLike, *, unfilled_as_nan: bool = True
   """
   h5py = _h5py()
   with h5py.File(path, "r") as f:
-    if "xcoordinates" not in f:
+    names = sorted(f.keys())
+    if "xcoordinates" not in names:
       raise ValueError(f"{os.fspath(path)} has no 'xcoordinates' dataset: not a surface file of "
-                       f"Li et al.'s plot_surface.py (found {sorted(f.keys())}).")
-    xs = np.asarray(f["xcoordinates"][()], dtype=np.float64).reshape(-1)
-    ys = (np.asarray(f["ycoordinates"][()], dtype=np.float64).reshape(-1)
-          if "ycoordinates" in f else None)
+                       f"Li et al.'s plot_surface.py (found {names}).")
+    items = {k: _checked(f, k, path, h5py) for k in names}
+    for k in ("xcoordinates", "ycoordinates"):
+      if k in items and not isinstance(items[k], h5py.Dataset):
+        raise ValueError(f"{k!r} in {os.fspath(path)} is a {type(items[k]).__name__}, not a "
+                         "dataset of coordinates.")
+    xs = np.asarray(items["xcoordinates"][()], dtype=np.float64).reshape(-1)
+    ys = (np.asarray(items["ycoordinates"][()], dtype=np.float64).reshape(-1)
+          if "ycoordinates" in items else None)
     nx, ny = xs.size, (None if ys is None else ys.size)
-    raw = {k: np.asarray(d[()]) for k, d in f.items()
+    raw = {k: np.asarray(d[()]) for k, d in items.items()
            if isinstance(d, h5py.Dataset) and k not in _COORDINATES and k != "dir_file"
            and d.dtype.kind in "fiu" and d.size == (nx if ny is None else nx * ny)}
   values = {}
@@ -294,8 +322,23 @@ def read_directions_h5(path: str | os.PathLike, *, like: PyTree | None = None
       raise ValueError(f"{os.fspath(path)} has no 'xdirection' group: not a direction file of "
                        f"Li et al.'s net_plotter.py (found {sorted(f.keys())}).")
     for name in _DIRECTIONS if "ydirection" in f else _DIRECTIONS[:1]:
-      grp = f[name]
-      arrays = [np.asarray(grp[str(i)][()]) for i in range(len(grp))]
+      grp = _checked(f, name, path, h5py)
+      if not isinstance(grp, h5py.Group):
+        raise ValueError(f"{name!r} in {os.fspath(path)} is a {type(grp).__name__}, not a group "
+                         "of datasets '0', '1', ... (one per parameter array).")
+      keys = list(grp.keys())
+      expected = [str(i) for i in range(len(keys))]
+      if sorted(keys, key=lambda k: (len(k), k)) != expected:
+        odd = sorted(set(keys) - set(expected))
+        raise ValueError(f"{name} in {os.fspath(path)} holds datasets {odd[:5]} that are not "
+                         f"named '0'..'{len(keys) - 1}' (one per parameter array, in leaf "
+                         "order); not a direction file of net_plotter.py or write_directions_h5.")
+      items = [_checked(grp, k, path, h5py, where=f"{name}/") for k in expected]
+      for k, d in zip(expected, items, strict=True):
+        if not isinstance(d, h5py.Dataset):
+          raise ValueError(f"{name}/{k} in {os.fspath(path)} is a {type(d).__name__}, not a "
+                           "dataset.")
+      arrays = [np.asarray(d[()]) for d in items]
       paths = grp.attrs.get(_PATHS_ATTR)
       if like is None:
         out.append(arrays)

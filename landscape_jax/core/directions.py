@@ -18,6 +18,7 @@ All functions are pure and work on any pytree of arrays (Flax, Equinox, NNX-spli
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
@@ -131,6 +132,22 @@ def _layer_norm(x: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
 
 
+def _warn_if_zero(d, w, path, norm) -> None:
+  """Warns (naming the leaf) when filter normalisation leaves a kernel's direction at zero: the
+  direction is zero there, or (``"filter"``) the parameters are (a zero-initialised layer), so the
+  leaf does not move in the plot. Concrete values only (nothing is checked under `jit`)."""
+  if isinstance(d, jax.core.Tracer) or isinstance(w, jax.core.Tracer) or (
+      any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in (d, w))):
+    return
+  if not np.any(np.asarray(d) != 0):
+    warnings.warn(f"The direction is zero at {path}: under '{norm}' normalisation it stays zero, "
+                  "so this leaf does not move in the plot.", stacklevel=4)
+  elif w is not None and not np.any(np.asarray(w) != 0):
+    warnings.warn(f"The parameters are zero at {path} (a zero-initialised layer?): '{norm}' "
+                  "normalisation scales the direction by their norm, so this leaf does not move "
+                  "in the plot. Use norm='dfilter' or 'layer' to move it.", stacklevel=4)
+
+
 def _normalize_leaf(d, w, norm, ignore, path, axis=-1):
   if jnp.ndim(w) <= 1:
     # Biases, BatchNorm scale/bias (and scalars): Li et al. zero them ("biasbn") or copy w.
@@ -141,6 +158,7 @@ def _normalize_leaf(d, w, norm, ignore, path, axis=-1):
     return (d * w).astype(d.dtype)
   if norm in ("filter", "dfilter"):
     dn = _filter_norm(d, axis)
+    _warn_if_zero(d, w if norm == "filter" else None, path, norm)
     scale = (_filter_norm(w, axis) if norm == "filter" else 1.0) / (dn + EPS)
     return (d * scale).astype(d.dtype)
   # layer / dlayer: one norm per tensor, no epsilon (as in the reference); a zero direction is an

@@ -27,8 +27,11 @@ parameters) and the coordinates; the engine does the rest, the same way for all 
   chunk (`core.store`, one format for every result). The store records the exact identity
   of what computed it (`core.identity`): a digest of the coordinates, the code and arrays
   of `metric_fn` (its data, labels, BatchNorm statistics) and of `point_fn` (the centre and
-  directions, the curve, the endpoints). A rerun with the same identity computes only the missing
-  points; any difference is refused with a message that lists what differs;
+  directions, the curve, the endpoints), and the programs JAX traces from both (model code,
+  helpers, constants, dtypes). A rerun with the same identity computes only the missing points
+  (a finished store: no compilation at all); any difference is refused with a message that lists
+  what differs. One process writes a store at a time (`store.lock`: a second writer gets
+  `store.StoreBusyError`);
 * **precision**: ``precision=`` sets the matmul precision of every dot and convolution of the
   compiled evaluator, the model's included (`core.precision`; default None: the backend's
   default, bfloat16 passes on TPU and TF32 on recent GPUs); a store records an explicit choice;
@@ -38,10 +41,12 @@ parameters) and the coordinates; the engine does the rest, the same way for all 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -291,16 +296,25 @@ def identity_config(metric_fn, point_fn, coords: np.ndarray, *, identity: str | 
                     metadata: dict | None, precision=None) -> dict:
   """What a store records and compares on resume: exact digests of everything that computed it.
 
-  An explicit matmul `precision` is recorded as ``"precision"`` (None records nothing, so stores
-  written before the option existed still resume).
+  Functions are identified by their code and held arrays and by the program JAX traces from them
+  (``metric_fn`` at the shapes ``point_fn`` returns, ``point_fn`` at one coordinate vector:
+  `identity.callable_identity` with ``args``), so an edit of the model, of a helper or of a
+  module-level constant changes the identity. ``versions`` (`identity.versions`) is recorded and
+  named in a refusal, but not compared by itself. An explicit matmul `precision` is recorded as
+  ``"precision"`` (None records nothing).
   """
+  c = jax.ShapeDtypeStruct((int(coords.shape[1]),), jnp.float32)
+  params = jax.eval_shape(point_fn, c)
   config = {
     "num_points": int(coords.shape[0]),
     "num_coordinates": int(coords.shape[1]),
     "coords_sha256": identity_lib.tree_digest(coords),
-    "metric_fn": identity_lib.callable_identity(metric_fn, identity=identity, name="metric_fn"),
-    "point_fn": identity_lib.callable_identity(point_fn, identity=identity, name="point_fn"),
+    "metric_fn": identity_lib.callable_identity(metric_fn, identity=identity, name="metric_fn",
+                                                args=(params,)),
+    "point_fn": identity_lib.callable_identity(point_fn, identity=identity, name="point_fn",
+                                               args=(c,)),
     "metadata": metadata or {},
+    "versions": identity_lib.versions(),
   }
   precision = check_precision(precision)
   if precision is not None:
@@ -384,10 +398,23 @@ def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, ide
   keys = metric_dtypes(metric_fn, point_fn, num_coords)
   main = shd.is_main_process()
 
-  # Resume: every process reads the same state (process 0's done-mask wins), only process 0 writes.
-  if store is not None:
+  config = None
+  if store is not None:  # before anything is written: an unidentifiable function writes nothing
     config = identity_config(metric_fn, point_fn, coords, identity=identity, metadata=metadata,
                              precision=precision)
+  with contextlib.ExitStack() as stack:
+    if store is not None and main:  # one writer at a time (store_lib.StoreBusyError otherwise)
+      store_lib.ensure_dir(store)
+      stack.enter_context(store_lib.lock(store))
+    return _evaluate_locked(metric_fn, point_fn, coords, shape, store, config, chunk_size, mesh,
+                            map_mode, batch_size, progress, desc, keys, main, num_devices)
+
+
+def _evaluate_locked(metric_fn, point_fn, coords, shape, store, config, chunk_size, mesh,
+                     map_mode, batch_size, progress, desc, keys, main, num_devices):
+  num_points, num_coords = coords.shape
+  # Resume: every process reads the same state (process 0's done-mask wins), only process 0 writes.
+  if store is not None:
     if not main:
       shd.sync("landscape_jax.core.engine.store_created")
     state = store_lib.open_or_create(store, config=config, shape=shape, keys=keys, create=main)
@@ -401,6 +428,12 @@ def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, ide
     done = np.zeros(num_points, bool)
 
   missing = np.flatnonzero(~done)
+  if store is not None and main:
+    found = f"{num_points - missing.size} of {num_points} points found on disk in {store}"
+    found += f"; computing {missing.size}" if missing.size else "; nothing left to compute"
+    _log.info("%s: %s", desc, found)
+    if progress:
+      tqdm.write(f"{desc}: {found}", file=sys.stderr)
   if missing.size:
     if chunk_size is None:
       chunk_size = auto_chunk_size(metric_fn, point_fn, num_coords, num_devices=num_devices,

@@ -8,9 +8,10 @@ alone makes it ``0o600``), renames it over `path` with `os.replace` (atomic on P
 sees the old or the new content, never a mix; if `path` is a symlink the link itself is replaced,
 its target is left alone) and fsyncs the directory. A kill at any moment leaves the previous file
 intact plus at most one temporary file; `clean_stale_temps` (called after every successful write)
-removes the temporaries that killed writers of the same target left behind.
-
-Temporary names are ``.<name>.<random>.tmp`` beside the target.
+removes the temporaries that killed writers of the same target left behind, and only those it can
+prove abandoned: temporary names are ``.<name>.<host>.<pid>.<random>.tmp`` beside the target, and
+a temporary is removed only if its writer ran on this host and is dead. `exclusive` is the advisory
+write lock of a store or run directory (one writer at a time, `BusyError` for a second one).
 
 Remote paths (``gs://``, ``s3://``, any URI with a scheme: `is_remote`) are opened through
 `etils.epath`, as orbax does (``gs://`` needs ``gcsfs`` or TensorFlow installed, ``s3://``
@@ -26,10 +27,13 @@ filesystem that is not an object store gets the same direct write; its own guara
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
 from typing import Any
@@ -107,23 +111,48 @@ def _fsync_dir(directory: str) -> None:
     os.close(fd)
 
 
+def _host() -> str:
+  return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:64]
+
+
 def _temp_prefix(path: str) -> str:
-  return "." + os.path.basename(path) + "."
+  return f".{os.path.basename(path)}.{_host()}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # EPERM: a process of another user
+    return True
+  return True
 
 
 def clean_stale_temps(path: str | os.PathLike) -> list[str]:
-  """Removes the temporary files that interrupted writes of `path` left beside it.
+  """Removes the temporary files that killed writes of `path` left beside it.
 
-  Returns the removed paths. Only names of the form ``.<basename>.<random>.tmp`` are touched.
-  Remote writes leave no temporaries: nothing to do there.
+  A temporary is removed only when it is provably abandoned: its name is exactly what
+  `atomic_write_bytes` creates for `path` (``.<basename>.<host>.<pid>.<8 random>.tmp``), it was
+  created on this host by a process that no longer runs (not this one), and it is a regular file
+  (not a symlink). Live temporaries of another writer, temporaries of other hosts (a shared
+  filesystem: left in place) and any other file, e.g. a user's file of a similar name, are never
+  touched. Returns the removed paths. Remote writes leave no temporaries: nothing to do there.
   """
   path = os.fspath(path)
   if is_remote(path):
     return []
   directory = os.path.dirname(path) or "."
+  base = os.path.basename(path)
+  exact = re.compile("^" + re.escape(f".{base}.") + r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\."
+                     r"[A-Za-z0-9_]{8}\.tmp$")
   removed = []
-  pattern = os.path.join(glob.escape(directory), glob.escape(_temp_prefix(path)) + "*.tmp")
+  host, me = _host(), os.getpid()
+  pattern = os.path.join(glob.escape(directory), glob.escape(f".{base}.") + "*.tmp")
   for tmp in glob.glob(pattern):
+    m = exact.match(os.path.basename(tmp))
+    if not m or m["host"] != host or int(m["pid"]) == me or _pid_alive(int(m["pid"])):
+      continue
     try:
       if os.path.islink(tmp) or not os.path.isfile(tmp):
         continue
@@ -132,6 +161,72 @@ def clean_stale_temps(path: str | os.PathLike) -> list[str]:
     except OSError:
       pass
   return removed
+
+
+class BusyError(RuntimeError):
+  """Another process holds the write lock of a store or run directory."""
+
+
+LOCK_FILE = ".landscape_jax.lock"
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | os.PathLike, *, name: str = LOCK_FILE, what: str = "results"):
+  """Holds an exclusive advisory lock on `directory` (``fcntl.flock`` of ``directory/name``).
+
+  One writer at a time: a second process (or a second call in this process) that tries to write
+  the same store or run directory gets `BusyError` at once, naming the holder's pid and host; it
+  never waits (a wait could hang a preemptible job behind a dead one's NFS lock) and never writes.
+  The lock is released when the block ends, by any exception too, and by the kernel when the
+  process dies (a killed run leaves no stale lock). Readers take no lock: the commit record
+  (``meta.json``) makes what they read consistent.
+
+  Not locked: remote paths (``gs://``: object stores have no locks; one writer at a time is then
+  the caller's responsibility, and the commit record still keeps readers consistent), platforms
+  without ``fcntl`` (Windows), and directories where the lock file cannot be created because the
+  filesystem is read-only or not writable (nothing can be written there either; a finished result
+  is still read). The lock file is opened with ``O_NOFOLLOW``: a symlink planted at its name is an
+  error, never followed.
+
+  Raises:
+    BusyError: another holder has the lock.
+  """
+  directory = os.fspath(directory)
+  try:
+    import fcntl
+  except ImportError:  # Windows
+    fcntl = None
+  if is_remote(directory) or fcntl is None:
+    yield
+    return
+  path = os.path.join(directory, name)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0), 0o666 & ~current_umask())
+  except OSError as e:
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+      yield
+      return
+    if e.errno == errno.ELOOP:
+      raise OSError(e.errno, f"{path} is a symlink; the lock file of {what} must be a plain "
+                    "file. Remove the link and rerun.") from e
+    raise
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        raise
+      holder = os.pread(fd, 256, 0).decode("utf-8", errors="replace").strip() or "unknown"
+      raise BusyError(
+        f"{directory} is being written by another writer ({holder}); {what} take one writer at a "
+        "time. Wait for it to finish (then rerun: finished work is reused), stop it, or use "
+        "another path. Reading the results meanwhile is safe.") from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:

@@ -21,10 +21,25 @@ name for them (``identity="my-dataset-v2"``, which you guarantee identifies them
 name in their place. An object can also describe itself with a ``__landscape_identity__()``
 method returning arrays, strings and numbers.
 
-Limits (documented, by design): functions are identified by their own source, not by the source of
-the module-level functions and classes they call (library and framework versions are not part of
-an identity), and module-level global variables read inside a function are not followed: hold data
-in arguments, closures or `Partial`\\s, as the library's builders do.
+* `traced_identity(fn, *args)`: sha256 of the program JAX traces from ``fn(*args)`` at the
+  arguments' shapes and dtypes (`jax.make_jaxpr`; the text of the jaxpr with memory addresses
+  removed, plus the bytes of the constants it captured). It sees what the source walk above
+  cannot: the model's forward pass (relu or tanh), helpers in other modules, module-level
+  constants, lambdas, static pytree data, dtypes (float32 or bfloat16), and the hyperparameters and
+  update code of an optax transformation (`optimizer_identity`). Given ``args=``,
+  `callable_identity` adds it as ``"traced"``. Cost: one trace (no compilation), cached per
+  function object and argument shapes (~0.1 s for a ResNet-8 metric after the first trace, see
+  benchmarks/bench_identity.py).
+
+The traced program is what JAX would compile, so it changes with the library versions that build
+it (JAX, Flax, optax, landscape-jax, the backend's custom calls): every identity records
+`versions()`, and a refusal caused by a traced program that differs names the versions that wrote
+the result and the ones running now. What no identity sees: the code that runs *outside* the
+traced program (host callbacks' bodies are covered only by their source, see above), and a
+compiler (XLA) change that rounds differently without changing the traced program (a resume across
+such versions is logged, not refused). Module-level functions and classes reached only through
+the source walk are identified by their own source, not by the source of the functions they call;
+the traced identity covers those.
 """
 
 from __future__ import annotations
@@ -34,7 +49,10 @@ import enum
 import functools
 import hashlib
 import inspect
+import re
+import threading
 import types
+from collections import OrderedDict
 from typing import Any
 
 import jax
@@ -234,7 +252,8 @@ class _Walker:
       self.walk(value, f"{where} (closure variable '{name}')")
 
 
-def callable_identity(fn, *, identity: str | None = None, name: str = "function") -> dict:
+def callable_identity(fn, *, identity: str | None = None, name: str = "function",
+                      args: tuple | None = None) -> dict:
   """The exact identity of a function and of everything it holds (see the module docstring).
 
   Args:
@@ -243,10 +262,14 @@ def callable_identity(fn, *, identity: str | None = None, name: str = "function"
     identity: a name you guarantee identifies whatever cannot be inspected; without it such an
       object raises `IdentityError`.
     name: how to call `fn` in error messages (e.g. "metric_fn").
+    args: the arguments (arrays or `jax.ShapeDtypeStruct`s) `fn` is called with; when given,
+      ``"traced"`` holds `traced_identity` of ``fn(*args)``, which sees the code the source walk
+      does not follow (helpers, globals, the model's forward pass, static pytree data).
 
   Returns:
-    ``{"name": "<qualname>", "code": sha256 hex, "arrays": sha256 hex}`` and, when
-    `identity` was used, ``"identity": identity`` (JSON-able, compared key by key on resume).
+    ``{"name": "<qualname>", "code": sha256 hex, "arrays": sha256 hex}``, plus
+    ``"traced": sha256 hex`` with `args`, and ``"identity": identity`` when `identity` was used
+    (JSON-able, compared key by key on resume).
   """
   walker = _Walker(identity)
   walker.walk(fn, name)
@@ -260,9 +283,136 @@ def callable_identity(fn, *, identity: str | None = None, name: str = "function"
       break
   label = getattr(target, "__qualname__", type(target).__qualname__)
   out = {"name": label, "code": walker.code.hexdigest(), "arrays": walker.arrays.hexdigest()}
+  if args is not None:
+    out["traced"] = traced_identity(fn, *args, name=name)
   if identity is not None:
     out["identity"] = str(identity)
   return out
+
+
+_ADDRESS = re.compile(r"(?: at)? 0x[0-9a-fA-F]+")
+_TRACE_CACHE: OrderedDict = OrderedDict()
+_TRACE_LOCK = threading.Lock()
+_TRACE_CACHE_SIZE = 128
+
+
+def versions() -> dict[str, str]:
+  """The versions of what builds a traced program: JAX, jaxlib, Flax, optax, landscape-jax and
+  the default backend's platform; recorded beside every traced identity."""
+  import importlib.metadata as md
+
+  out = {"jax": jax.__version__}
+  for dist in ("jaxlib", "flax", "optax", "landscape-jax"):
+    try:
+      out[dist] = md.version(dist)
+    except md.PackageNotFoundError:
+      out[dist] = "absent"
+  out["platform"] = jax.default_backend()
+  return out
+
+
+def _abstract(leaf):
+  if isinstance(leaf, jax.ShapeDtypeStruct):
+    return leaf
+  if _is_array(leaf):
+    return jax.ShapeDtypeStruct(np.shape(leaf), jax.numpy.result_type(leaf)
+                                if not hasattr(leaf, "dtype") else leaf.dtype)
+  return None
+
+
+def _cache_key(leaves, treedef):
+  parts = []
+  for leaf in leaves:
+    a = _abstract(leaf)
+    parts.append(("a", a.shape, str(a.dtype)) if a is not None else ("o", id(leaf)))
+  return (treedef, tuple(parts))
+
+
+def normalized_jaxpr_text(closed) -> str:
+  """The text of a (closed) jaxpr without memory addresses (``<function f at 0x7f..>``), which
+  differ from run to run without changing the numbers."""
+  return _ADDRESS.sub("", str(closed.jaxpr if hasattr(closed, "jaxpr") else closed))
+
+
+def traced_identity(fn, *args, name: str = "function") -> str:
+  """sha256 of the program JAX traces from ``fn(*args)``, at the shapes and dtypes of `args`.
+
+  `fn` may be a pytree (a `jax.tree_util.Partial`): its array leaves, like those of `args`, become
+  abstract inputs, so only their shapes and dtypes enter (their bytes are `tree_digest`'s and
+  `callable_identity`'s ``arrays``); its static parts (the function, Python scalars, static pytree
+  auxiliary data) shape the program. Arrays the trace captures as constants (closures, module
+  globals) enter with their bytes. Memory addresses in the text are removed; everything else of
+  the jaxpr (primitives, their parameters, literals, dtypes, shapes, nested jaxprs) is hashed.
+
+  Cached per function object and argument shapes (as `jax.jit` caches its traces: a module-level
+  constant changed inside one process after the first call is not seen by either).
+
+  Raises:
+    IdentityError: `fn` cannot be traced at these shapes (the message gives JAX's reason).
+  """
+  leaves, treedef = jax.tree_util.tree_flatten((fn, args))
+  try:
+    key = _cache_key(leaves, treedef)
+    hash(key)
+  except TypeError:  # unhashable static data: trace every time
+    key = None
+  if key is not None:
+    with _TRACE_LOCK:
+      hit = _TRACE_CACHE.get(key)
+      if hit is not None:
+        _TRACE_CACHE.move_to_end(key)
+        return hit[0]
+  is_arr = [_abstract(x) is not None for x in leaves]
+
+  def flat(*arrays):
+    it = iter(arrays)
+    full = [next(it) if a else x for x, a in zip(leaves, is_arr, strict=True)]
+    f, a = jax.tree_util.tree_unflatten(treedef, full)
+    return f(*a)
+
+  try:
+    closed = jax.make_jaxpr(flat)(*[_abstract(x) for x, a in zip(leaves, is_arr, strict=True) if a])
+  except Exception as e:  # any tracing failure is reported with its cause
+    raise IdentityError(
+      f"Cannot trace {name} at its argument shapes to identify what it computes: "
+      f"{type(e).__name__}: {str(e)[:500]}") from e
+  h = hashlib.sha256(normalized_jaxpr_text(closed).encode())
+  for c in closed.consts:
+    h.update(b"const|")
+    if _is_array(c):
+      _update_array(h, c)
+    else:
+      h.update(repr(c).encode())
+  digest = h.hexdigest()
+  if key is not None:
+    with _TRACE_LOCK:
+      _TRACE_CACHE[key] = (digest, leaves)  # the leaves keep the ids of the key alive
+      while len(_TRACE_CACHE) > _TRACE_CACHE_SIZE:
+        _TRACE_CACHE.popitem(last=False)
+  return digest
+
+
+def optimizer_identity(tx, params: PyTree) -> dict:
+  """The identity of an optax transformation for `params`: its state's structure and the traced
+  programs of ``tx.init(params)`` and ``tx.update(grads, state, params)``.
+
+  The traced update sees the transformation's hyperparameters (learning rate, momentum, decay,
+  the schedule evaluated on the step count) and its update code (sgd or adam), so a change of any
+  of them changes it.
+
+  Returns:
+    ``{"init": sha256, "update": sha256, "state": str}`` (`state` is the state's tree structure,
+    so that a message can say the optimiser's state differs).
+  """
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+  state = jax.eval_shape(tx.init, shapes)
+  structure = str(jax.tree.structure(state))
+  return {
+    "init": traced_identity(lambda p: tx.init(p), shapes, name="optimizer.init"),
+    "update": traced_identity(lambda g, s, p: tx.update(g, s, p), shapes, state, shapes,
+                              name="optimizer.update"),
+    "state": hashlib.sha256(_ADDRESS.sub("", structure).encode()).hexdigest(),
+  }
 
 
 def describe_differences(differences: list[str]) -> str:
@@ -273,6 +423,11 @@ def describe_differences(differences: list[str]) -> str:
     "name": "is another function",
     "identity": "was given another identity name",
     "sha256": "has other bytes",
+    "traced": "computes something else: its traced program differs (model code, a helper, a "
+              "module-level constant, static pytree data, a dtype, or the library versions)",
+    "init": "is another optimiser (its traced init differs)",
+    "update": "is another optimiser or has other hyperparameters (its traced update differs)",
+    "state": "is another optimiser (its state has another structure)",
   }
   out = []
   for d in differences:
@@ -282,4 +437,5 @@ def describe_differences(differences: list[str]) -> str:
   return ", ".join(out)
 
 
-__all__ = ["IdentityError", "callable_identity", "describe_differences", "tree_digest"]
+__all__ = ["IdentityError", "callable_identity", "describe_differences", "normalized_jaxpr_text",
+           "optimizer_identity", "traced_identity", "tree_digest", "versions"]

@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ from landscape_jax.core.identity import describe_differences
 FORMAT = "landscape_jax.store/1"
 META = "meta.json"
 _ARRAYS_RE = re.compile(r"^arrays-(\d{6,})\.npz$")
+_log = logging.getLogger(__name__)
 
 
 class StoreCorruptError(RuntimeError):
@@ -59,8 +61,28 @@ class StoreWriteError(OSError):
   """Writing the store failed; the previous state on disk is intact."""
 
 
+StoreBusyError = fileio.BusyError  # another process writes the store (`fileio.exclusive`)
+
+
 class StoreMismatchError(ValueError):
   """The store holds results of another computation (other inputs, functions or data)."""
+
+
+def os_error_advice(e: OSError) -> str:
+  """What to do about an OS error on a result path, by what it is."""
+  import errno
+
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return "free disk space (or raise the quota) or choose another directory"
+  if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    return "choose a writable directory (the file system is read-only or not yours)"
+  if e.errno in (errno.ENOTDIR, errno.EEXIST):
+    return "a component of the path is a file, not a directory: choose another path"
+  if e.errno == errno.EISDIR:
+    return "a directory stands where a file is expected: move it away or choose another path"
+  if e.errno == errno.ENAMETOOLONG:
+    return "choose a shorter path"
+  return "free disk space or choose a writable directory"
 
 
 def read_json(path: str, *, remedy: str) -> Any:
@@ -163,13 +185,51 @@ def explain_differences(old: dict, new: dict, differences: list[str]) -> str:
   return ", ".join(out)
 
 
+VERSIONS = "versions"
+
+
+def significant_differences(old: dict, new: dict) -> list[str]:
+  """`config_differences` without the recorded library versions (`identity.versions`).
+
+  Versions are recorded to explain a refusal, not compared by themselves: an upgrade that leaves
+  every traced program and digest as it was resumes (and is logged); one that changes a traced
+  program is refused by that program's digest, and `versions_note` names the versions.
+  """
+  diffs = config_differences(old, new)
+  out = [d for d in diffs if d.split(".", 1)[0].split(" ", 1)[0] != VERSIONS]
+  if len(out) < len(diffs) and not out:
+    _log.warning("Resuming results written with other library versions (%s); every recorded "
+                 "identity, traced programs included, is unchanged.",
+                 _versions_change(old.get(VERSIONS), new.get(VERSIONS)))
+  return out
+
+
+def _versions_change(old, new) -> str:
+  old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+  return ", ".join(f"{k} {old.get(k, '?')} -> {new.get(k, '?')}"
+                   for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+def versions_note(old: dict, new: dict) -> str:
+  """A sentence naming the library versions of a refused result when they differ from now."""
+  if VERSIONS not in new or old.get(VERSIONS) == new.get(VERSIONS):
+    return ""
+  if VERSIONS not in old:
+    return (" The stored results record no library versions: they were written by a landscape-jax "
+            "before traced identities existed, so what computed them cannot be confirmed; "
+            "recompute them.")
+  return (f" The results were written with other library versions "
+          f"({_versions_change(old[VERSIONS], new[VERSIONS])}): an upgrade can change the traced "
+          "program, so they are not reused; recompute them, or rerun with the old versions.")
+
+
 def mismatch_error(path: str, what: str, old: dict, new: dict, differences: list[str],
                    remedy: str) -> StoreMismatchError:
   """The one refusal of every resumable result whose recorded configuration differs."""
   return StoreMismatchError(
     f"{path} describes {what} computed with a different configuration; what differs: "
     f"{explain_differences(old, new, differences)}. Refusing to resume or reuse it (that would "
-    f"mix two computations). {remedy}")
+    f"mix two computations).{versions_note(old, new)} {remedy}")
 
 
 def check_or_write_config(path: str | os.PathLike, config: dict, *, what: str, remedy: str,
@@ -211,13 +271,28 @@ def check_or_write_config(path: str | os.PathLike, config: dict, *, what: str, r
     if not isinstance(old, dict):
       raise StoreCorruptError(f"{path} holds a JSON {type(old).__name__}, not a configuration. "
                               f"The file was not modified. {remedy}")
-    diffs = [d for d in config_differences(old, config)
+    diffs = [d for d in significant_differences(old, config)
              if d.split(".", 1)[0].split(" ", 1)[0] not in set(ignore)]
     if diffs:
       raise mismatch_error(path, what, old, config, diffs, remedy)
   if write and (rewrite or not present):
     atomic_write_json(path, config)
   return config
+
+
+def lock(path: str | os.PathLike):
+  """The write lock of the store at `path` (`fileio.exclusive`): one writer at a time, a second
+  one gets `StoreBusyError` at once; readers are never blocked."""
+  return fileio.exclusive(path, what="result stores")
+
+
+def ensure_dir(path: str | os.PathLike) -> None:
+  """Creates the store directory; an OS error says what it is (`StoreWriteError`)."""
+  try:
+    fileio.makedirs(path)
+  except OSError as e:
+    raise StoreWriteError(f"Could not write results to {os.fspath(path)}: its directory cannot "
+                          f"be created ({e}); {os_error_advice(e)}.") from e
 
 
 def exists(path: str | os.PathLike) -> bool:
@@ -248,10 +323,38 @@ def read(path: str | os.PathLike) -> StoreState:
   meta_path = fileio.join(path, META)
   if not fileio.as_path(meta_path).exists():
     raise FileNotFoundError(f"No result store at {path} (missing {META}).")
+  for _ in range(50):
+    meta_bytes = _read_meta_bytes(meta_path)
+    try:
+      return _parse(path, meta_path, meta_bytes)
+    except StoreCorruptError:
+      # a writer committed a new generation (and removed the one we were reading) meanwhile:
+      # read the new one; only a store that stays inconsistent is corrupt
+      try:
+        if _read_meta_bytes(meta_path) != meta_bytes:
+          continue
+      except (OSError, StoreCorruptError):
+        pass
+      raise
+  raise StoreCorruptError(f"{path} kept changing while it was read (50 generations); another "
+                          "process writes it very often. Read it again when it is finished.")
+
+
+def _read_meta_bytes(meta_path: str) -> bytes:
+  try:
+    return fileio.read_bytes(meta_path)
+  except (IsADirectoryError, PermissionError, NotADirectoryError) as e:
+    raise StoreCorruptError(
+      f"{meta_path} cannot be read as a store's description: {type(e).__name__}: "
+      f"{e.strerror or e}. A store's {META} must be a readable regular file; nothing was "
+      "modified. Fix or move it (or pass another path).") from e
+
+
+def _parse(path: str, meta_path: str, meta_bytes: bytes) -> StoreState:
   hint = (f"The store at {path} was not modified. Move it away (or pass another path) to start "
           "over, or restore it from a backup.")
   try:
-    meta = json.loads(fileio.read_bytes(meta_path).decode("utf-8"))
+    meta = json.loads(meta_bytes.decode("utf-8"))
     if not isinstance(meta, dict):
       raise StoreCorruptError(f"{meta_path} holds a JSON {type(meta).__name__}, not a store's "
                               f"description. {hint}")
@@ -321,14 +424,18 @@ def write(path: str | os.PathLike, state: StoreState) -> StoreState:
     atomic_write_bytes(fileio.join(path, META), text)
   except OSError as e:
     raise StoreWriteError(
-      f"Could not write results to {path}: {e}. The previous state on disk is intact; free disk "
-      "space or choose a writable directory, then rerun to resume.") from e
-  for old in fileio.as_path(path).iterdir():
-    if _ARRAYS_RE.match(old.name) and old.name != arrays_file:
-      try:
-        old.unlink()
-      except OSError:
-        pass
+      f"Could not write results to {path}: {e}. The previous state on disk is intact; "
+      f"{os_error_advice(e)}, then rerun to resume.") from e
+  # only the generation this state was read from (named by the previous meta.json) is provably
+  # ours and replaced; any other file, a user's of a similar name included, is left alone (the
+  # arrays of a write killed before its meta.json carry the next generation's name and are
+  # replaced by it)
+  if state.generation > 0:
+    previous = f"arrays-{state.generation:06d}.npz"
+    try:
+      fileio.as_path(fileio.join(path, previous)).unlink()
+    except (OSError, FileNotFoundError):
+      pass
   return dataclasses.replace(state, generation=generation)
 
 
@@ -359,11 +466,12 @@ def open_or_create(path: str | os.PathLike, *, config: dict, shape: tuple[int, .
       "move the folder away (or pass another path) to start over.")
   if exists(path):
     state = read(path)
-    diffs = config_differences(state.config, config)
+    diffs = significant_differences(state.config, config)
     if diffs:
       raise StoreMismatchError(
         f"The result store at {path} was computed by something else; what differs: "
-        f"{describe_differences(diffs)}. Refusing to mix or reuse results. To start fresh, pass "
+        f"{describe_differences(diffs)}. Refusing to mix or reuse results."
+        f"{versions_note(state.config, config)} To start fresh, pass "
         "another store path (workdir) or move this one away; to resume it, call again with "
         "exactly the inputs that computed it.")
     if state.done.shape != tuple(shape) or set(state.values) != set(keys):
@@ -377,6 +485,7 @@ def open_or_create(path: str | os.PathLike, *, config: dict, shape: tuple[int, .
 
 
 __all__ = [
+  "StoreBusyError",
   "StoreCorruptError",
   "StoreMismatchError",
   "StoreState",
@@ -384,7 +493,9 @@ __all__ = [
   "check_or_write_config",
   "config_differences",
   "explain_differences",
+  "ensure_dir",
   "exists",
+  "lock",
   "open_or_create",
   "read",
   "write",

@@ -52,6 +52,11 @@ def _check_plane_inputs(center, directions):
   trees.check_finite(center, name="center parameters")
   for k, d in enumerate(dirs):
     trees.check_finite(d, name=f"direction {k + 1}")
+    _, _, nonzero = trees.leaf_flags(d)
+    if nonzero.size and not nonzero.any():
+      raise ValueError(f"direction {k + 1} is zero in every leaf: the surface would be flat "
+                       "along it without telling you. Use a random direction "
+                       "(lj.random_directions) or the difference of two models.")
   return dirs
 
 

@@ -122,11 +122,39 @@ def check_same_structure(*trees: PyTree, names: tuple[str, ...] | None = None,
       )
 
 
+@jax.jit
+def _finite_and_nonzero(leaves):
+  """``(all finite, any non-zero)`` per leaf, as two bool vectors: one compiled program per tree
+  shape (eager per-leaf checks compiled two small programs per leaf shape, seconds on a ResNet)."""
+  finite = [jnp.all(jnp.isfinite(x)) for x in leaves]
+  nonzero = [jnp.any(x != 0) for x in leaves]
+  return jnp.stack(finite), jnp.stack(nonzero)
+
+
+def leaf_flags(tree: PyTree) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """``(paths, finite, nonzero)``: each leaf's path and whether it is all finite / has a non-zero
+  entry (host bools; one compiled program per tree shape)."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  paths = [path_str(p) for p, _ in flat]
+  if not flat:
+    return [], np.zeros(0, bool), np.zeros(0, bool)
+  if all(not isinstance(x, jax.Array) or x.is_fully_addressable for _, x in flat):
+    # on the host: no compilation at all (a copy from an accelerator, as an identity digest makes)
+    arrays = [np.asarray(x) for _, x in flat]
+    return (paths, np.array([bool(np.all(np.isfinite(a))) if a.dtype.kind in "fc" else True
+                             for a in arrays]),
+            np.array([bool(np.any(a != 0)) for a in arrays]))
+  finite, nonzero = _finite_and_nonzero([jnp.asarray(x) for _, x in flat])
+  return paths, np.asarray(finite), np.asarray(nonzero)
+
+
 def check_finite(tree: PyTree, *, name: str = "parameters") -> None:
   """Raises ValueError naming the first leaf with a NaN or infinite value (host-side check)."""
-  for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if not bool(jnp.all(jnp.isfinite(x))):
-      raise ValueError(f"{name} contain non-finite values at {path_str(p)}; check the checkpoint.")
+  paths, finite, _ = leaf_flags(tree)
+  bad = np.flatnonzero(~finite)
+  if bad.size:
+    raise ValueError(f"{name} contain non-finite values at {paths[bad[0]]}; check the "
+                     "checkpoint.")
 
 
 def num_params(tree: PyTree) -> int:

@@ -34,6 +34,7 @@ parameters in step order, ready for ``directions.pca_directions``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -359,6 +360,18 @@ class EpochCheckpoints:
     self.workdir = workdir
     self.name = name
     fileio.makedirs(workdir)
+    self._lock = contextlib.ExitStack()
+    if jax.process_index() == 0:  # one writer at a time; released by close() (or process exit)
+      self._lock.enter_context(fileio.exclusive(workdir, name=f".{name}.lock",
+                                                what=f"{name} training runs"))
+    try:
+      self._open(workdir, name, config)
+    except BaseException:
+      self._lock.close()
+      raise
+
+  def _open(self, workdir: str, name: str, config: dict) -> None:
+    ocp = self._ocp
     check_or_write_config(fileio.join(workdir, f"{name}_config.json"), config,
                           what=f"the checkpoints of a {name} training run",
                           remedy=CONFIG_REMEDY)
@@ -403,7 +416,11 @@ class EpochCheckpoints:
     _write_leaf_digests(self._step_dir(epochs_done), state)
 
   def close(self) -> None:
-    self.manager.close()
+    """Closes the checkpoint manager and releases the run directory's write lock."""
+    try:
+      self.manager.close()
+    finally:
+      self._lock.close()
 
 
 def _write_leaf_digests(step_dir: str, state: PyTree) -> None:

@@ -35,7 +35,12 @@ from landscape_jax.core.curves import (
   squared_norm,
 )
 from landscape_jax.methods.checkpoints import EpochCheckpoints
-from landscape_jax.methods.rundir import data_digest, loss_fn_identity
+from landscape_jax.methods.rundir import (
+  batch_shapes,
+  data_digest,
+  loss_fn_identity,
+  optimizer_identity,
+)
 from landscape_jax.methods.schedules import curve_lr_schedule
 from landscape_jax.methods.training import (
   epoch_indices,
@@ -161,13 +166,14 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
     raise ValueError("train_curve needs at least one interior bend (num_bends >= 3).")
   ends, interior = split_curve(curve)
   trees.check_same_structure(jax.tree.map(lambda e: e[0], ends), start, names=("curve", "start"))
-  if workdir is not None:  # before wrapping: the caller's function is what is identified
-    recorded_loss_fn = loss_fn_identity(loss_fn, identity)
   trees.check_finite(curve, name="curve control points (endpoints and initial bends)")
   n_train = len(data)
   steps_per_epoch = n_train // batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"batch_size {batch_size} is larger than the split ({n_train} examples).")
+  if workdir is not None:  # before wrapping: the caller's function is what is identified
+    recorded_loss_fn = loss_fn_identity(loss_fn, identity, params=start,
+                                        batch=batch_shapes(data, batch_size))
   schedule = curve_lr_schedule(learning_rate, total_epochs=epochs, steps_per_epoch=steps_per_epoch)
   opt = optimizer if optimizer is not None else optax.sgd(schedule, momentum=momentum)
   state = CurveTrainState(jnp.zeros((), jnp.int32), interior, opt.init(interior))
@@ -189,33 +195,40 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
       "learning_rate": learning_rate, "momentum": momentum, "weight_decay": weight_decay,
       "num_ts": num_ts,
       "augment": augment, "seed": seed, "custom_optimizer": optimizer is not None,
+      "optimizer_code": optimizer_identity(opt, interior), "versions": identity_lib.versions(),
       "num_examples": n_train, "start_sha256": identity_lib.tree_digest(start),
       "end_sha256": identity_lib.tree_digest(end),
       "init_sha256": None if init is None else identity_lib.tree_digest(init),
       "data_sha256": data_digest(data), "loss_fn": recorded_loss_fn})
-    state, first_epoch, history = saver.restore(state)
+    try:
+      state, first_epoch, history = saver.restore(state)
+    except BaseException:
+      saver.close()  # releases the workdir's write lock
+      raise
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
   key = jax.random.key(seed)
   bar = progress_bar(range(first_epoch, epochs), progress, "curve", initial=first_epoch,
                   total=epochs)
-  for epoch in bar:
-    idx = jnp.asarray(epoch_indices(n_train, batch_size, seed, epoch))
-    lr_now = float(schedule(epoch * steps_per_epoch)) if optimizer is None else None
-    state, loss = epoch_fn((loss_fn, ends), state, images, labels, idx, key)
-    loss = float(loss)
-    if not math.isfinite(loss):
-      raise FloatingPointError(f"Curve training diverged at epoch {epoch} (loss {loss}); lower "
-                               "the learning rate.")
-    record = {"epoch": epoch, "loss": loss, "lr": lr_now}
-    history.append(record)
-    if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-      saver.save(epoch + 1, state, history)
-    if hasattr(bar, "set_postfix"):
-      bar.set_postfix(loss=f"{loss:.4f}")
-    if callback is not None:
-      callback(epoch, join_curve(ends, state.interior), record)
-  if saver is not None:
-    saver.close()
+  try:
+    for epoch in bar:
+      idx = jnp.asarray(epoch_indices(n_train, batch_size, seed, epoch))
+      lr_now = float(schedule(epoch * steps_per_epoch)) if optimizer is None else None
+      state, loss = epoch_fn((loss_fn, ends), state, images, labels, idx, key)
+      loss = float(loss)
+      if not math.isfinite(loss):
+        raise FloatingPointError(f"Curve training diverged at epoch {epoch} (loss {loss}); lower "
+                                 "the learning rate.")
+      record = {"epoch": epoch, "loss": loss, "lr": lr_now}
+      history.append(record)
+      if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+        saver.save(epoch + 1, state, history)
+      if hasattr(bar, "set_postfix"):
+        bar.set_postfix(loss=f"{loss:.4f}")
+      if callback is not None:
+        callback(epoch, join_curve(ends, state.interior), record)
+  finally:
+    if saver is not None:  # also releases the workdir's write lock
+      saver.close()
   return join_curve(ends, state.interior), history
 
 

@@ -44,7 +44,12 @@ from landscape_jax.core import fileio
 from landscape_jax.core import identity as identity_lib
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.checkpoints import EpochCheckpoints
-from landscape_jax.methods.rundir import data_digest, loss_fn_identity
+from landscape_jax.methods.rundir import (
+  batch_shapes,
+  data_digest,
+  loss_fn_identity,
+  optimizer_identity,
+)
 from landscape_jax.methods.schedules import cyclic_schedule, make_optimizer
 from landscape_jax.methods.training import (
   TrainState,
@@ -125,7 +130,8 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
     raise ValueError(f"batch_size {batch_size} is larger than the split ({len(data)} examples).")
   opt = optimizer if optimizer is not None else make_optimizer(
     learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
-  recorded_loss_fn = None if workdir is None else loss_fn_identity(loss_fn, identity)
+  recorded_loss_fn = None if workdir is None else loss_fn_identity(
+    loss_fn, identity, params=params, batch=batch_shapes(data, batch_size))
   loss_fn = loss_fn if isinstance(loss_fn, jax.tree_util.Partial) else jax.tree_util.Partial(
     loss_fn)
 
@@ -152,32 +158,39 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
       "epochs": epochs, "batch_size": batch_size, "learning_rate": lr_config, "momentum": momentum,
       "weight_decay": weight_decay, "seed": seed, "augment": augment,
       "custom_optimizer": optimizer is not None, "num_examples": len(data),
+      "optimizer_code": optimizer_identity(opt, params), "versions": identity_lib.versions(),
       "snapshot_epochs": sorted(int(e) for e in wanted),
       "init_sha256": identity_lib.tree_digest(params), "data_sha256": data_digest(data),
       "loss_fn": recorded_loss_fn})
-    state, first_epoch, history = saver.restore(state)
     snap_dir = fileio.join(workdir, "sgd_snapshots")
-    for e in sorted(e for e in wanted if e < first_epoch):
-      snaps.append(checkpoints.restore(snap_dir, params, step=e))
+    try:
+      state, first_epoch, history = saver.restore(state)
+      for e in sorted(e for e in wanted if e < first_epoch):
+        snaps.append(checkpoints.restore(snap_dir, params, step=e))
+    except BaseException:
+      saver.close()  # releases the workdir's write lock
+      raise
   bar = progress_bar(range(first_epoch, epochs), progress, desc, initial=first_epoch, total=epochs)
-  for epoch in bar:
-    idx = jnp.asarray(epoch_indices(len(data), batch_size, seed, epoch))
-    state, loss = epoch_fn(loss_fn, state, images, labels, idx, key)
-    loss = float(loss)
-    if not math.isfinite(loss):
-      raise FloatingPointError(f"Training diverged at epoch {epoch} (loss {loss}); lower lr.")
-    record = {"epoch": epoch, "loss": loss}
-    history.append(record)
-    if epoch in wanted:
-      snaps.append(state.params)
-      if saver is not None:  # a rerun of this epoch writes the same snapshot again
-        checkpoints.save(snap_dir, epoch, state.params, overwrite=True)
-    if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-      saver.save(epoch + 1, state, history)
-    if callback is not None:
-      callback(epoch, state.params, record)
-  if saver is not None:
-    saver.close()
+  try:
+    for epoch in bar:
+      idx = jnp.asarray(epoch_indices(len(data), batch_size, seed, epoch))
+      state, loss = epoch_fn(loss_fn, state, images, labels, idx, key)
+      loss = float(loss)
+      if not math.isfinite(loss):
+        raise FloatingPointError(f"Training diverged at epoch {epoch} (loss {loss}); lower lr.")
+      record = {"epoch": epoch, "loss": loss}
+      history.append(record)
+      if epoch in wanted:
+        snaps.append(state.params)
+        if saver is not None:  # a rerun of this epoch writes the same snapshot again
+          checkpoints.save(snap_dir, epoch, state.params, overwrite=True)
+      if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+        saver.save(epoch + 1, state, history)
+      if callback is not None:
+        callback(epoch, state.params, record)
+  finally:
+    if saver is not None:  # also releases the workdir's write lock
+      saver.close()
   return state.params, snaps, history
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from landscape_jax.adapters.data import Dataset, load
 from landscape_jax.core import fileio, identity, store
@@ -26,7 +27,9 @@ from landscape_jax.models import get_model
 
 __all__ = [
   "append_metrics",
+  "batch_shapes",
   "check_config",
+  "check_keys",
   "CHECKPOINT_DIR",
   "config_dict",
   "CONFIG_FILE",
@@ -35,10 +38,13 @@ __all__ = [
   "load_run",
   "loss_fn_identity",
   "METRICS_FILE",
+  "model_identity",
+  "optimizer_identity",
   "read_config",
   "read_metrics",
   "RESUME_FREE",
   "rewrite_metrics",
+  "run_lock",
 ]
 
 PyTree = Any
@@ -51,10 +57,40 @@ CHECKPOINT_DIR = "checkpoints"
 RESUME_FREE = ("eval_batch_size", "log_every_steps", "data_dir", "eval_every_epochs")
 
 
+def run_lock(workdir: str, *, name: str, what: str):
+  """The write lock of a run directory (`fileio.exclusive`, lock file ``workdir/name``) on the
+  process that writes (process 0); a second writer gets `fileio.BusyError` at once."""
+  import contextlib
+
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return fileio.exclusive(workdir, name=name, what=what)
+
+
 def config_dict(config) -> dict:
   if hasattr(config, "to_dict"):
     config = config.to_dict()
   return json.loads(json.dumps(dict(config), default=str))
+
+
+def check_keys(config, known, *, what: str) -> None:
+  """Refuses a configuration key that is not in `known`, naming the closest known key.
+
+  A misspelt key (``learning_rte``) would otherwise be ignored and its default used in silence.
+
+  Raises:
+    ValueError: ``"Unknown key 'learning_rte' in <what>; did you mean 'learning_rate'? ..."``.
+  """
+  import difflib
+
+  keys = list(config_dict(config)) if config is not None else []
+  known = sorted(set(known))
+  for key in keys:
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+      hint = f"did you mean {close[0]!r}? " if close else ""
+      raise ValueError(f"Unknown key {key!r} in {what}; {hint}The known keys are: "
+                       f"{', '.join(known)}.")
 
 
 def data_digests(train_ds: Dataset, test_ds: Dataset | None) -> dict[str, str | None]:
@@ -145,11 +181,29 @@ def data_digest(data: Dataset) -> str:
   return identity.tree_digest({"images": data.images, "labels": data.labels})
 
 
-def loss_fn_identity(loss_fn: Callable, identity_name: str | None) -> dict:
+def _shapes(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def batch_shapes(data: Dataset, batch_size: int) -> tuple:
+  """``(images, labels)`` shapes of one training batch of `data` (what a `loss_fn` is called
+  with), as `jax.ShapeDtypeStruct`s."""
+  return (jax.ShapeDtypeStruct((batch_size, *data.images.shape[1:]), data.images.dtype),
+          jax.ShapeDtypeStruct((batch_size, *data.labels.shape[1:]), data.labels.dtype))
+
+
+def loss_fn_identity(loss_fn: Callable, identity_name: str | None, *,
+                     params: PyTree | None = None, batch: tuple | None = None) -> dict:
   """`identity.callable_identity` of a training run's `loss_fn`, with a remedy if it cannot be
-  determined (pass ``identity=`` to the training function)."""
+  determined (pass ``identity=`` to the training function).
+
+  With `params` and `batch` (arrays or shapes: what the loss is called with) the traced program
+  of ``loss_fn(params, batch)`` is part of it (``"traced"``): the model's forward pass, helpers,
+  globals and dtypes, not only the source of `loss_fn` itself.
+  """
+  args = None if params is None or batch is None else (_shapes(params), batch)
   try:
-    return identity.callable_identity(loss_fn, identity=identity_name, name="loss_fn")
+    return identity.callable_identity(loss_fn, identity=identity_name, name="loss_fn", args=args)
   except identity.IdentityError as e:
     raise identity.IdentityError(
       f"A resumable training run (workdir given) records the exact identity of its loss_fn, and "
@@ -160,3 +214,36 @@ def loss_fn_identity(loss_fn: Callable, identity_name: str | None) -> dict:
 
 
 
+
+
+def model_identity(model: nn.Module, variables: PyTree, sample_shape: tuple[int, ...]) -> dict:
+  """The identity of a linen model's computation: the traced programs of its forward pass in
+  inference mode and in training mode (BatchNorm statistics updated, a dropout key), at the shapes
+  of `variables` and of a float32 batch of `sample_shape`, and its class name.
+
+  An edited forward pass (relu to tanh), a helper or module-level constant it reads, or another
+  computation dtype (float32 to bfloat16) changes the traced programs; the parameters' values do
+  not enter (a checkpoint holds those).
+  """
+  v = _shapes(variables)
+  x = jax.ShapeDtypeStruct(tuple(sample_shape), np.float32)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+
+  def inference(v, x):
+    return model.apply(v, x, train=False)
+
+  def training(v, x, k):
+    if "batch_stats" in v:
+      return model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": k})
+    return model.apply(v, x, train=True, rngs={"dropout": k})
+
+  return {"class": type(model).__qualname__,
+          "inference_traced": identity.traced_identity(inference, v, x, name="model (inference)"),
+          "training_traced": identity.traced_identity(training, v, x, key,
+                                                      name="model (training)")}
+
+
+def optimizer_identity(tx, params: PyTree) -> dict:
+  """`identity.optimizer_identity` of an optax transformation for `params` (a training run's
+  ``optimizer_code``: its hyperparameters, schedule and update code)."""
+  return identity.optimizer_identity(tx, _shapes(params))

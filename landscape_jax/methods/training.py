@@ -52,17 +52,21 @@ from landscape_jax.adapters.evaluation import (
   evaluate_split,
 )
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
-from landscape_jax.core import fileio
+from landscape_jax.core import fileio, identity
 from landscape_jax.core.sharding import make_mesh
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.rundir import (
   CHECKPOINT_DIR,
   append_metrics,
   check_config,
+  check_keys,
   config_dict,
   data_digests,
+  model_identity,
+  optimizer_identity,
   read_metrics,
   rewrite_metrics,
+  run_lock,
 )
 from landscape_jax.methods.schedules import (
   SCHEDULES,
@@ -115,7 +119,10 @@ DEFAULTS: dict[str, Any] = {
   "eval_batch_size": 1000,
   "log_every_steps": 50,
 }
-# Keys that may change between a run and its resumption without mixing results.
+# Keys of the experiment scripts' training configs that `train` itself does not read
+# (experiments/configs/defaults.py: `defaults.train`); any other key is refused as a typo.
+EXPERIMENT_KEYS = ("dataset", "data_dir", "train_subset", "model", "model_kwargs")
+
 
 class TrainState(NamedTuple):
   """Everything a training run carries from step to step (a pytree).
@@ -319,13 +326,18 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   Args:
     model: a linen module (``model.apply(variables, x, train=...)``).
     train_ds, test_ds: `Dataset` splits (uint8 images); test_ds may be None.
-    config: a `ml_collections.ConfigDict` or mapping with the fields of `DEFAULTS`.
+    config: a `ml_collections.ConfigDict` or mapping with the fields of `DEFAULTS` (missing ones
+      take the default) and optionally `EXPERIMENT_KEYS`; any other key is refused with the
+      closest known one (a typo such as ``learning_rte`` would otherwise train at the default
+      rate).
     workdir: output directory, local or remote (``gs://bucket/run``, through `etils.epath`;
       see `methods.rundir` and `methods.checkpoints`). If it holds checkpoints, training
       resumes from the latest one (after checking that ``config.json`` matches: the
       configuration and the sha256 digests of the training and test splits' images and labels,
-      ``train_data_sha256`` / ``test_data_sha256``; the initial variables come from
-      ``config.seed``) and ``metrics.jsonl`` is cut back to it.
+      ``train_data_sha256`` / ``test_data_sha256``, the traced forward passes of the model
+      ``model_code`` (`rundir.model_identity`: an edited activation or dtype is refused) and
+      the traced optimiser ``optimizer_code``; the initial variables come from ``config.seed``)
+      and ``metrics.jsonl`` is cut back to it.
     mesh: the devices to shard each batch over: a 1-D mesh of any axis name
       (`sharding.make_mesh()`) or a mesh with a ``"data"`` axis (default: every device).
     progress: show a tqdm progress bar.
@@ -346,6 +358,10 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
     axis = "data"
   else:
     raise ValueError(f"train needs a 1-D mesh or one with a 'data' axis, got {mesh.axis_names}.")
+  if not (isinstance(config, Mapping) or hasattr(config, "to_dict")):
+    raise TypeError(f"config must be a mapping or an ml_collections.ConfigDict with the keys of "
+                    f"training.DEFAULTS, got {type(config).__name__}.")
+  check_keys(config, (*DEFAULTS, *EXPERIMENT_KEYS), what="train's config")
   cfg = {k: _cfg(config, k) for k in DEFAULTS}
   batch_size, num_epochs, seed = int(cfg["batch_size"]), int(cfg["num_epochs"]), int(cfg["seed"])
   n = len(train_ds)
@@ -365,87 +381,92 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   tx, schedule = optimizer_from_config(cfg, steps_per_epoch)
 
   fileio.makedirs(workdir)
-  ckpt_dir = fileio.join(workdir, CHECKPOINT_DIR)
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(axis))
+  with run_lock(workdir, name=".train.lock", what="training runs"):
+    ckpt_dir = fileio.join(workdir, CHECKPOINT_DIR)
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P(axis))
 
-  init_key, base_key = jax.random.split(jax.random.key(seed))
-  state = create_train_state(model, init_key, train_ds.images[:1], tx)
-  for ds in (train_ds, test_ds) if test_ds is not None else (train_ds,):
-    check_model_fits(model, state.variables, ds)  # image shape and number of classes
-  state = jax.device_put(state, replicated)
-  resume_step = checkpoints.latest_step(ckpt_dir)
-  full_config = config_dict({**config_dict(config), **cfg, **data_digests(train_ds, test_ds)})
-  check_config(workdir, full_config, resuming=resume_step is not None)
-  if resume_step is None:
-    rewrite_metrics(workdir, [])
-    checkpoints.save(ckpt_dir, 0, state)
-    start_epoch = 0
-  else:
-    if resume_step % steps_per_epoch:
-      raise ValueError(
-        f"Latest checkpoint step {resume_step} in {ckpt_dir} is not a whole number of epochs of "
-        f"{steps_per_epoch} steps: it comes from another batch size or dataset. Use a fresh "
-        "workdir.")
-    state = checkpoints.restore(ckpt_dir, state, step=resume_step)
-    start_epoch = resume_step // steps_per_epoch
-    rewrite_metrics(workdir, [r for r in read_metrics(workdir)
-                               if r.get("epoch", 0) <= start_epoch])
-    _say(progress, f"Resuming {workdir} from step {resume_step} (epoch {start_epoch}).")
+    init_key, base_key = jax.random.split(jax.random.key(seed))
+    state = create_train_state(model, init_key, train_ds.images[:1], tx)
+    for ds in (train_ds, test_ds) if test_ds is not None else (train_ds,):
+      check_model_fits(model, state.variables, ds)  # image shape and number of classes
+    state = jax.device_put(state, replicated)
+    resume_step = checkpoints.latest_step(ckpt_dir)
+    full_config = config_dict({**config_dict(config), **cfg, **data_digests(train_ds, test_ds)})
+    full_config["model_code"] = model_identity(model, state.variables,
+                                               (batch_size, *train_ds.images.shape[1:]))
+    full_config["optimizer_code"] = optimizer_identity(tx, state.params)
+    full_config["versions"] = identity.versions()
+    check_config(workdir, full_config, resuming=resume_step is not None)
+    if resume_step is None:
+      rewrite_metrics(workdir, [])
+      checkpoints.save(ckpt_dir, 0, state)
+      start_epoch = 0
+    else:
+      if resume_step % steps_per_epoch:
+        raise ValueError(
+          f"Latest checkpoint step {resume_step} in {ckpt_dir} is not a whole number of epochs of "
+          f"{steps_per_epoch} steps: it comes from another batch size or dataset. Use a fresh "
+          "workdir.")
+      state = checkpoints.restore(ckpt_dir, state, step=resume_step)
+      start_epoch = resume_step // steps_per_epoch
+      rewrite_metrics(workdir, [r for r in read_metrics(workdir)
+                                 if r.get("epoch", 0) <= start_epoch])
+      _say(progress, f"Resuming {workdir} from step {resume_step} (epoch {start_epoch}).")
 
-  images = jax.device_put(train_ds.images, replicated)
-  labels = jax.device_put(train_ds.labels, replicated)
-  test_split = None if test_ds is None else _device_split(test_ds, int(cfg["eval_batch_size"]),
-                                                          mesh, axis)
-  step_kwargs = dict(model=model, tx=tx, mean=jnp.asarray(train_ds.mean),
-                     std=jnp.asarray(train_ds.std), augment=bool(cfg["augment"]),
-                     pad=int(cfg["augment_pad"]), flip=bool(cfg["augment_flip"]))
-  step_fn = jax.jit(functools.partial(_loop_step, step_kwargs=step_kwargs),
-                    donate_argnums=(0, 1), out_shardings=replicated)
+    images = jax.device_put(train_ds.images, replicated)
+    labels = jax.device_put(train_ds.labels, replicated)
+    test_split = None if test_ds is None else _device_split(test_ds, int(cfg["eval_batch_size"]),
+                                                            mesh, axis)
+    step_kwargs = dict(model=model, tx=tx, mean=jnp.asarray(train_ds.mean),
+                       std=jnp.asarray(train_ds.std), augment=bool(cfg["augment"]),
+                       pad=int(cfg["augment_pad"]), flip=bool(cfg["augment_flip"]))
+    step_fn = jax.jit(functools.partial(_loop_step, step_kwargs=step_kwargs),
+                      donate_argnums=(0, 1), out_shardings=replicated)
 
-  bar = tqdm.tqdm(total=num_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                  unit="step", disable=not progress, dynamic_ncols=True, desc="train")
-  try:
-    for epoch in range(start_epoch, num_epochs):
-      t0 = time.perf_counter()
-      order = np.random.default_rng([seed, epoch]).permutation(n)
-      totals = jax.device_put(jnp.zeros(2, jnp.float32), replicated)
-      for i in range(steps_per_epoch):
-        idx = jax.device_put(order[i * batch_size:(i + 1) * batch_size].astype(np.int32),
-                             batch_sharding)
-        state, totals = step_fn(state, totals, images, labels, idx, base_key)
-        bar.update(1)
-        if (i + 1) % log_every == 0:
-          loss, acc = np.asarray(totals) / (i + 1)
-          bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}",
-                          img_s=f"{(i + 1) * batch_size / (time.perf_counter() - t0):.0f}")
-      train_loss, train_acc = (float(v) for v in np.asarray(totals) / steps_per_epoch)
-      seconds = time.perf_counter() - t0
-      if not math.isfinite(train_loss):
-        raise FloatingPointError(
-          f"Training loss became {train_loss} in epoch {epoch + 1} of {workdir}; lower the "
-          "learning rate or check the data. The last good checkpoint is kept.")
-      step = int(state.step)
-      record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
-                "train_loss": train_loss, "train_accuracy": train_acc}
-      if test_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs):
-        res = _evaluate(model, state.variables, test_split, jnp.asarray(test_ds.mean),
-                        jnp.asarray(test_ds.std))
-        record.update(test_loss=float(res["loss"]), test_accuracy=float(res["accuracy"]))
-      record.update(images_per_sec=steps_per_epoch * batch_size / seconds, time=time.time())
-      append_metrics(workdir, record)
-      if (epoch + 1) % ckpt_every == 0 or epoch + 1 == num_epochs:
-        checkpoints.save(ckpt_dir, step, state)
-      bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.4f}",
-                      test_acc=f"{record.get('test_accuracy', float('nan')):.4f}",
-                      img_s=f"{record['images_per_sec']:.0f}")
-      _say(progress, "epoch {epoch}: {summary}".format(epoch=epoch + 1, summary=", ".join(
-        f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "time"))))
-      if callback is not None:
-        callback(epoch + 1, state, record)
-  finally:
-    bar.close()
-  return state, read_metrics(workdir)
+    bar = tqdm.tqdm(total=num_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                    unit="step", disable=not progress, dynamic_ncols=True, desc="train")
+    try:
+      for epoch in range(start_epoch, num_epochs):
+        t0 = time.perf_counter()
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        totals = jax.device_put(jnp.zeros(2, jnp.float32), replicated)
+        for i in range(steps_per_epoch):
+          idx = jax.device_put(order[i * batch_size:(i + 1) * batch_size].astype(np.int32),
+                               batch_sharding)
+          state, totals = step_fn(state, totals, images, labels, idx, base_key)
+          bar.update(1)
+          if (i + 1) % log_every == 0:
+            loss, acc = np.asarray(totals) / (i + 1)
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}",
+                            img_s=f"{(i + 1) * batch_size / (time.perf_counter() - t0):.0f}")
+        train_loss, train_acc = (float(v) for v in np.asarray(totals) / steps_per_epoch)
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+          raise FloatingPointError(
+            f"Training loss became {train_loss} in epoch {epoch + 1} of {workdir}; lower the "
+            "learning rate or check the data. The last good checkpoint is kept.")
+        step = int(state.step)
+        record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
+                  "train_loss": train_loss, "train_accuracy": train_acc}
+        if test_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs):
+          res = _evaluate(model, state.variables, test_split, jnp.asarray(test_ds.mean),
+                          jnp.asarray(test_ds.std))
+          record.update(test_loss=float(res["loss"]), test_accuracy=float(res["accuracy"]))
+        record.update(images_per_sec=steps_per_epoch * batch_size / seconds, time=time.time())
+        append_metrics(workdir, record)
+        if (epoch + 1) % ckpt_every == 0 or epoch + 1 == num_epochs:
+          checkpoints.save(ckpt_dir, step, state)
+        bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.4f}",
+                        test_acc=f"{record.get('test_accuracy', float('nan')):.4f}",
+                        img_s=f"{record['images_per_sec']:.0f}")
+        _say(progress, "epoch {epoch}: {summary}".format(epoch=epoch + 1, summary=", ".join(
+          f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "time"))))
+        if callback is not None:
+          callback(epoch + 1, state, record)
+    finally:
+      bar.close()
+    return state, read_metrics(workdir)
 
 
 def epoch_indices(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
