@@ -93,6 +93,15 @@ _NAMES: dict[str, str] = {
   "SpectralDensity": "core.hessian",
   "SplitBatches": "core.hessian",
   "TraceEstimate": "core.hessian",
+  # core.sharpness
+  "average_sharpness": "core.sharpness",
+  "filter_normalized_rise": "core.sharpness",
+  "fisher_rao_norm": "core.sharpness",
+  "hessian_sharpness": "core.sharpness",
+  "perturbation_scale": "core.sharpness",
+  "SharpnessResult": "core.sharpness",
+  "sigma_search": "core.sharpness",
+  "worst_case_sharpness": "core.sharpness",
   # core.pca
   "pca_directions": "core.pca",
   "PCADirections": "core.pca",
@@ -222,6 +231,7 @@ _MODULES: dict[str, str] = {
   "hessian": "core.hessian",
   "precision": "core.precision",
   "pca": "core.pca",
+  "sharpness": "core.sharpness",
   "permutations": "core.permutations",
   "data": "adapters.data",
   "evaluation": "adapters.evaluation",
