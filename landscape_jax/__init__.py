@@ -102,6 +102,10 @@ _NAMES: dict[str, str] = {
   "SharpnessResult": "core.sharpness",
   "sigma_search": "core.sharpness",
   "worst_case_sharpness": "core.sharpness",
+  # core.reparam
+  "random_rescaling": "core.reparam",
+  "rescale_before_batchnorm": "core.reparam",
+  "rescale_relu_layers": "core.reparam",
   # core.pca
   "pca_directions": "core.pca",
   "PCADirections": "core.pca",
@@ -139,6 +143,7 @@ _NAMES: dict[str, str] = {
   "CROSS_ENTROPY": "adapters.losses",
   "Loss": "adapters.losses",
   "MSE": "adapters.losses",
+  "NORMALIZED_CROSS_ENTROPY": "adapters.losses",
   "TOKEN_CROSS_ENTROPY": "adapters.losses",
   # adapters.models
   "BatchNormHooks": "adapters.models",
@@ -232,6 +237,7 @@ _MODULES: dict[str, str] = {
   "precision": "core.precision",
   "pca": "core.pca",
   "sharpness": "core.sharpness",
+  "reparam": "core.reparam",
   "permutations": "core.permutations",
   "data": "adapters.data",
   "evaluation": "adapters.evaluation",

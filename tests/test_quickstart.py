@@ -9,7 +9,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = ("train", "line", "surface", "adaptive", "curve", "align", "hessian", "fge", "trajectory")
+STEPS = ("train", "line", "surface", "adaptive", "curve", "align", "hessian", "fge", "trajectory",
+         "sharp_flat")
 
 
 def _run(workdir):

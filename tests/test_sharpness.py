@@ -226,3 +226,19 @@ def test_bad_arguments_are_refused():
     sh.perturbation_scale(params, adaptive=True, eta=-1.0)
   with pytest.raises(ValueError, match="num_samples"):
     lj.average_sharpness(jax.random.key(0), _quadratic, params, data, rho=0.1, num_samples=1)
+
+
+def test_logit_normalisation_removes_the_scale_of_the_logits():
+  from landscape_jax.adapters.losses import normalize_logits
+
+  rng = np.random.default_rng(10)
+  logits = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+  labels = jnp.asarray([0, 2, 1, 1])
+  z = np.asarray(normalize_logits(logits), np.float64)
+  f = np.asarray(logits, np.float64) - np.asarray(logits, np.float64).mean(1, keepdims=True)
+  np.testing.assert_allclose(z, f / np.linalg.norm(f, axis=1, keepdims=True), rtol=1e-5)
+  loss = lj.NORMALIZED_CROSS_ENTROPY
+  a, _ = loss.sums(logits, labels)
+  b, _ = loss.sums(7.0 * logits + 3.0, labels)
+  np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+  np.testing.assert_allclose(a["accuracy"], lj.CROSS_ENTROPY.sums(logits, labels)[0]["accuracy"])
