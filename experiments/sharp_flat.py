@@ -156,12 +156,12 @@ def tour_step(train_ds, test_ds, *, tiny: bool, save_figure) -> tuple[dict, list
   layers = [f"Dense_{i}" for i in range(len(features) + 1)]
   data = lj.make_batches(train_ds.subset(slice(0, 256 if tiny else 1024)), batch_size=128)
   numbers, values = {}, {}
+  loss_fn = lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std)  # one: compiled once
   for batch in (32, 1024):
     variables, info = train_to_loss(model, train_ds, batch_size=batch, learning_rate=0.1,
                                     weight_decay=0.0, target_loss=0.5 if tiny else 0.02,
                                     max_steps=200 if tiny else 20_000, seed=0,
                                     check_every=25 if tiny else 50)
-    loss_fn = lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std)
     params = variables["params"]
     scaled = reparam.random_rescaling(jax.random.key(1), params, layers, low=0.2, high=5.0)
     tag = f"batch {batch}"

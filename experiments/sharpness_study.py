@@ -73,6 +73,20 @@ def build(m):
                       width=m["width"])
 
 
+_LOSS_FNS = {}
+
+
+def _loss_fn(m, model, train_ds, batch_stats):
+  """One loss_fn per architecture without BatchNorm: every compiled measure is keyed on the
+  loss_fn's code, so reusing it compiles each measure once per architecture, not per model."""
+  if batch_stats is not None:
+    return lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std, batch_stats=batch_stats)
+  key = (m["family"], m["width"], m["depth"])
+  if key not in _LOSS_FNS:
+    _LOSS_FNS[key] = lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std)
+  return _LOSS_FNS[key]
+
+
 def run_model(m, c, train_ds, test_ds, tiny: bool, workdir: str) -> dict:
   path = os.path.join(workdir, "models", m["name"] + ".json")
   if os.path.exists(path):
@@ -82,8 +96,7 @@ def run_model(m, c, train_ds, test_ds, tiny: bool, workdir: str) -> dict:
     model, train_ds, batch_size=m["batch_size"], learning_rate=m["learning_rate"],
     weight_decay=m["weight_decay"], target_loss=1.0 if tiny else c.target_loss,
     max_steps=100 if tiny else c.max_steps, seed=c.seed, check_every=c.check_every)
-  loss_fn = lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std,
-                            batch_stats=variables.get("batch_stats"), train=False)
+  loss_fn = _loss_fn(m, model, train_ds, variables.get("batch_stats"))
   n = 128 if tiny else c.measure_examples
   data = lj.make_batches(train_ds.subset(slice(0, n)), batch_size=min(n, c.measure_batch_size))
   start = time.time()
