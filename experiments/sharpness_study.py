@@ -24,6 +24,7 @@ References:
   Generalization".
 """
 
+import functools
 import itertools
 import json
 import math
@@ -32,7 +33,9 @@ import time
 
 import _common
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import sharp_flat
 from absl import app, flags, logging
 from scipy import stats
@@ -73,18 +76,28 @@ def build(m):
                       width=m["width"])
 
 
-_LOSS_FNS = {}
+_FORWARDS = {}
+
+
+def _loss(forward, mean, std, batch_stats, params, batch):
+  """Mean cross-entropy of the model in inference mode on uint8 images (normalised here)."""
+  images, labels = batch
+  x = (images.astype(jnp.float32) / 255.0 - mean) / std
+  variables = {"params": params} if batch_stats is None else {"params": params,
+                                                               "batch_stats": batch_stats}
+  logits = forward(variables, x)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def _loss_fn(m, model, train_ds, batch_stats):
-  """One loss_fn per architecture without BatchNorm: every compiled measure is keyed on the
-  loss_fn's code, so reusing it compiles each measure once per architecture, not per model."""
-  if batch_stats is not None:
-    return lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std, batch_stats=batch_stats)
-  key = (m["family"], m["width"], m["depth"])
-  if key not in _LOSS_FNS:
-    _LOSS_FNS[key] = lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std)
-  return _LOSS_FNS[key]
+  """``loss_fn(params, batch)`` whose code is one object per architecture (the BatchNorm
+  statistics and the normalisation are its array arguments): every compiled measure is keyed
+  on that code, so each compiles once per architecture, not once per model."""
+  key = (m["family"], m["width"], m["depth"], m["shortcut"])
+  if key not in _FORWARDS:
+    _FORWARDS[key] = functools.partial(_loss, functools.partial(model.apply, train=False))
+  return jax.tree_util.Partial(_FORWARDS[key], jnp.asarray(train_ds.mean),
+                               jnp.asarray(train_ds.std), batch_stats)
 
 
 def run_model(m, c, train_ds, test_ds, tiny: bool, workdir: str) -> dict:
