@@ -2,7 +2,9 @@
 
 Implements Li et al. 2018 (filter-normalised surfaces), Garipov et al. 2018 (mode connectivity,
 fast geometric ensembling), Brea et al. 2019 / Ainsworth et al. 2023 (permutation symmetry and
-weight matching) and PyHessian-style curvature (Yao et al. 2020).
+weight matching), PyHessian-style curvature (Yao et al. 2020) and sharpness measures checked
+against function-preserving reparametrisations (Keskar et al. 2017; Dinh et al. 2017; Jiang et al.
+2020; Andriushchenko et al. 2023).
 
 The package is layered; each layer imports only the layers below it:
 
