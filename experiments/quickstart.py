@@ -12,7 +12,9 @@ Trains two small ResNets from different seeds, then, each step with its figures 
  4. weight matching of B to A and the barrier before and after (Ainsworth et al. 2023);
  5. the Hessian's top eigenvalues, trace and spectral density at A (PyHessian);
  6. a Fast Geometric Ensemble from A against its members (Garipov et al. 2018);
- 7. the PCA plane of A's training trajectory with the path over the loss contours (Li et al.).
+ 7. the PCA plane of A's training trajectory with the path over the loss contours (Li et al.);
+ 8. sharp vs flat: small- and large-batch MLPs, a standard and an adaptive worst-case sharpness,
+    before and after a rescaling that leaves each function unchanged (experiments/sharp_flat.py).
 
 Writes every figure (PNG + PDF, and its interactive twin as ``<name>.plotly.json``),
 ``results/<step>.json`` and ``report.html`` (one offline page: rotatable surfaces, hover values)
@@ -42,6 +44,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from configs import defaults
+from sharp_flat import tour_step
 
 import landscape_jax as lj
 from landscape_jax import (
@@ -85,6 +88,7 @@ def get_config(tiny: bool) -> ml_collections.ConfigDict:
   c.fge_cycle_epochs = 2
   c.fge_lr1 = 0.05                            # Garipov et al. (lr_2 here 1e-3)
   c.pca_points = 5 if tiny else 21
+  c.tiny = tiny                               # sizes of the sharp-vs-flat step
   return c
 
 
@@ -500,6 +504,17 @@ class Tour:
               "of the snapshots); the path drawn over the loss contours of that plane "
               "(Li et al. 2018, Sec. 7).", run)
 
+  # -- 8. Sharp vs flat (experiments/sharp_flat.py) ----------------------------------------------
+  def sharp_flat(self):
+    self.step("sharp_flat", "Sharp vs flat: batch size, sharpness and a rescaling",
+              "MLPs trained with batch 32 and 1024 to the same train loss; worst-case l2 "
+              "sharpness max L(w + delta) - L(w) over ||delta / c|| <= rho, standard (c = 1) and "
+              "adaptive (c = |w|), before and after a per-unit ReLU rescaling that leaves each "
+              "network's function unchanged: the standard measure moves, the adaptive one does "
+              "not (docs/sharpness.md).",
+              lambda: tour_step(self.train_ds, self.test_ds, tiny=self.c.tiny,
+                                save_figure=lambda fig, name: plotting.save(fig, self.path(name))))
+
   def report(self):
     path = lj.write_report(self.path("report.html"), title="landscape-jax quickstart tour",
                            sections=self.sections, config=self.c.to_dict())
@@ -514,7 +529,7 @@ def main(argv):
   tour = Tour(_WORKDIR.value, get_config(_TINY.value), _PROGRESS.value)
   tour.train_models()
   for step in (tour.one_d, tour.two_d, tour.adaptive_2d, tour.curve, tour.align, tour.hessian,
-               tour.fge, tour.trajectory):
+               tour.fge, tour.trajectory, tour.sharp_flat):
     step()
   tour.report()
   print(f"Tour finished in {time.time() - start:.0f} s; open {tour.path('report.html')}")

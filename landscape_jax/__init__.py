@@ -2,7 +2,9 @@
 
 Implements Li et al. 2018 (filter-normalised surfaces), Garipov et al. 2018 (mode connectivity,
 fast geometric ensembling), Brea et al. 2019 / Ainsworth et al. 2023 (permutation symmetry and
-weight matching) and PyHessian-style curvature (Yao et al. 2020).
+weight matching), PyHessian-style curvature (Yao et al. 2020) and sharpness measures checked
+against function-preserving reparametrisations (Keskar et al. 2017; Dinh et al. 2017; Jiang et al.
+2020; Andriushchenko et al. 2023).
 
 The package is layered; each layer imports only the layers below it:
 
@@ -93,6 +95,19 @@ _NAMES: dict[str, str] = {
   "SpectralDensity": "core.hessian",
   "SplitBatches": "core.hessian",
   "TraceEstimate": "core.hessian",
+  # core.sharpness
+  "average_sharpness": "core.sharpness",
+  "filter_normalized_rise": "core.sharpness",
+  "fisher_rao_norm": "core.sharpness",
+  "hessian_sharpness": "core.sharpness",
+  "perturbation_scale": "core.sharpness",
+  "SharpnessResult": "core.sharpness",
+  "sigma_search": "core.sharpness",
+  "worst_case_sharpness": "core.sharpness",
+  # core.reparam
+  "random_rescaling": "core.reparam",
+  "rescale_before_batchnorm": "core.reparam",
+  "rescale_relu_layers": "core.reparam",
   # core.pca
   "pca_directions": "core.pca",
   "PCADirections": "core.pca",
@@ -133,6 +148,7 @@ _NAMES: dict[str, str] = {
   "CROSS_ENTROPY": "adapters.losses",
   "Loss": "adapters.losses",
   "MSE": "adapters.losses",
+  "NORMALIZED_CROSS_ENTROPY": "adapters.losses",
   "TOKEN_CROSS_ENTROPY": "adapters.losses",
   # adapters.models
   "BatchNormHooks": "adapters.models",
@@ -231,6 +247,8 @@ _MODULES: dict[str, str] = {
   "hessian": "core.hessian",
   "precision": "core.precision",
   "pca": "core.pca",
+  "sharpness": "core.sharpness",
+  "reparam": "core.reparam",
   "permutations": "core.permutations",
   "data": "adapters.data",
   "evaluation": "adapters.evaluation",

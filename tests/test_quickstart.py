@@ -11,7 +11,8 @@ import pytest
 from tests import browser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = ("train", "line", "surface", "adaptive", "curve", "align", "hessian", "fge", "trajectory")
+STEPS = ("train", "line", "surface", "adaptive", "curve", "align", "hessian", "fge", "trajectory",
+         "sharp_flat")
 
 
 def _run(workdir):

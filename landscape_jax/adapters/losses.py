@@ -20,6 +20,10 @@ Provided:
   e.g. padding). ``v_i = sum_t mask_it CE_it``, ``w_i = sum_t mask_it``: ``loss`` is the mean
   cross-entropy over all scored tokens of the split (``exp(loss)`` is the perplexity), and
   ``accuracy`` the fraction of scored tokens predicted exactly (next-token accuracy).
+* `NORMALIZED_CROSS_ENTROPY`: `CROSS_ENTROPY` of the normalised logits
+  ``z = (f - mean_k f_k) / max(||f - mean_k f_k||_2, 1e-10)`` (Andriushchenko et al. 2023's
+  logit normalisation for sharpness: the loss no longer depends on the scale of the logits, so
+  a sharpness measure does not move when the last layer is scaled). The accuracy is unchanged.
 * `MSE`: regression. Outputs and targets of the same shape ``(b, ...)``; ``loss`` = mean squared
   error over all output elements of the split. No accuracy: there is none for regression.
 
@@ -42,6 +46,8 @@ __all__ = [
   "check_loss",
   "Loss",
   "MSE",
+  "normalize_logits",
+  "NORMALIZED_CROSS_ENTROPY",
   "TOKEN_CROSS_ENTROPY",
 ]
 
@@ -113,6 +119,24 @@ def _class_sums(logits: jax.Array, labels: jax.Array) -> Sums:
   return {"loss": ce, "accuracy": hit}, None
 
 
+def normalize_logits(logits: jax.Array) -> jax.Array:
+  """``(f - mean f) / max(||f - mean f||_2, 1e-10)`` over the last (class) axis.
+
+  References:
+    Andriushchenko, Croce, Mueller, Hein and Flammarion 2023, "A Modern Look at the Relationship
+    between Sharpness and Generalization" (logit normalisation).
+  """
+  f = logits.astype(jnp.float32)
+  f = f - jnp.mean(f, -1, keepdims=True)
+  return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-10)
+
+
+def _normalized_class_sums(logits: jax.Array, labels: jax.Array) -> Sums:
+  values, weights = _class_sums(logits, labels)
+  ce = optax.softmax_cross_entropy_with_integer_labels(normalize_logits(logits), labels)
+  return {**values, "loss": ce}, weights
+
+
 def _tokens_and_mask(targets):
   if isinstance(targets, tuple | list):
     if len(targets) != 2:
@@ -164,4 +188,6 @@ CROSS_ENTROPY = Loss(sums=_class_sums, metrics=("loss", "accuracy"), ensemble=_l
                      classes=_identity)
 TOKEN_CROSS_ENTROPY = Loss(sums=_token_sums, metrics=("loss", "accuracy"), weighted=True,
                            ensemble=_log_mean_prob, classes=_token_classes)
+NORMALIZED_CROSS_ENTROPY = Loss(sums=_normalized_class_sums, metrics=("loss", "accuracy"),
+                                classes=_identity)
 MSE = Loss(sums=_mse_sums, metrics=("loss",), ensemble=_cumulative_mean)
