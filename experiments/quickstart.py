@@ -32,27 +32,12 @@ configuration or other data is refused (`store.check_or_write_config`).
 
 import json
 import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
+import _common
 import ml_collections
-import numpy as np
-from absl import app, flags, logging
-from configs import defaults
-
-import landscape_jax as lj
-from landscape_jax import (
-  batchnorm,
-  checkpoints,
-  curve_training,
-  curves,
-  ensembles,
-  fileio,
-  permutations,
-  plotting,
-  training,
-)
+from absl import flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Output directory.")
 _TINY = flags.DEFINE_bool("tiny", False, "Tiny sizes (seconds; for tests).")
@@ -84,6 +69,27 @@ def get_config(tiny: bool) -> ml_collections.ConfigDict:
   c.fge_lr1 = 0.05                            # Garipov et al. (lr_2 here 1e-3)
   c.pca_points = 5 if tiny else 21
   return c
+
+
+
+_common.parse_flags(config_fn=lambda: get_config(tiny="--tiny" in sys.argv))  # before JAX
+
+import jax
+import numpy as np
+from configs import defaults
+
+import landscape_jax as lj
+from landscape_jax import (
+  batchnorm,
+  checkpoints,
+  curve_training,
+  curves,
+  ensembles,
+  fileio,
+  permutations,
+  plotting,
+  training,
+)
 
 
 class Tour:
@@ -448,8 +454,6 @@ class Tour:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   start = time.time()
   tour = Tour(_WORKDIR.value, get_config(_TINY.value), _PROGRESS.value)
@@ -462,5 +466,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jnp.zeros(())  # initialise the backend before absl parses flags (clearer errors)
-  app.run(main)
+  _common.run(main)

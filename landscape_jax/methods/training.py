@@ -55,6 +55,7 @@ from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
 from landscape_jax.core import fileio
 from landscape_jax.core.sharding import make_mesh
 from landscape_jax.methods import checkpoints
+from landscape_jax.methods.defaults import DEFAULTS
 from landscape_jax.methods.rundir import (
   CHECKPOINT_DIR,
   append_metrics,
@@ -94,27 +95,6 @@ log = logging.getLogger(__name__)
 
 # Training fields read by `train`, with their defaults (a config may hold other keys too, e.g. the
 # dataset and model names used by experiments/train.py).
-DEFAULTS: dict[str, Any] = {
-  "seed": 0,
-  "num_epochs": 10,
-  "batch_size": 128,
-  "optimizer": "sgd",
-  "learning_rate": 0.1,
-  "momentum": 0.9,
-  "nesterov": False,
-  "weight_decay": 0.0,
-  "schedule": "constant",
-  "lr_boundaries": (),       # epochs at which the step schedule multiplies the lr by lr_decay
-  "lr_decay": 0.1,
-  "warmup_epochs": 0,        # linear warm-up from 0 (cosine and step schedules)
-  "augment": False,          # random crop (zero padding `augment_pad`) + horizontal flip
-  "augment_pad": 4,
-  "augment_flip": True,
-  "checkpoint_every_epochs": 1,
-  "eval_every_epochs": 1,
-  "eval_batch_size": 1000,
-  "log_every_steps": 50,
-}
 # Keys that may change between a run and its resumption without mixing results.
 
 class TrainState(NamedTuple):
