@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm.auto as tqdm
+import tqdm
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -53,6 +53,7 @@ from landscape_jax.adapters.evaluation import (
 )
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
 from landscape_jax.core import fileio
+from landscape_jax.core import progress as progress_lib
 from landscape_jax.core.sharding import make_mesh
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.defaults import DEFAULTS
@@ -308,7 +309,7 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
       ``config.seed``) and ``metrics.jsonl`` is cut back to it.
     mesh: the devices to shard each batch over: a 1-D mesh of any axis name
       (`sharding.make_mesh()`) or a mesh with a ``"data"`` axis (default: every device).
-    progress: show a tqdm progress bar.
+    progress: show a progress bar (`core.progress`: nothing in logs, a widget in notebooks).
     callback: called as ``callback(epoch, state, record)`` after each epoch's record is written.
 
   Returns:
@@ -383,8 +384,9 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   step_fn = jax.jit(functools.partial(_loop_step, step_kwargs=step_kwargs),
                     donate_argnums=(0, 1), out_shardings=replicated)
 
-  bar = tqdm.tqdm(total=num_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                  unit="step", disable=not progress, dynamic_ncols=True, desc="train")
+  bar = progress_lib.progress_bar(total=num_epochs * steps_per_epoch,
+                                  initial=start_epoch * steps_per_epoch, unit="step",
+                                  enabled=progress, desc="train")
   try:
     for epoch in range(start_epoch, num_epochs):
       t0 = time.perf_counter()
@@ -467,9 +469,8 @@ def make_epoch_fn(step_fn: Callable, *, augment: bool = False) -> Callable:
 
 
 def progress_bar(iterable, enabled: bool, desc: str, **kwargs):
-  if not enabled:
-    return iterable
-  from tqdm.auto import tqdm
-  return tqdm(iterable, desc=desc, **kwargs)
+  """`core.progress.progress_bar` over `iterable` (a terminal bar, a notebook widget, nothing in
+  logs; none at all unless `enabled`)."""
+  return progress_lib.progress_bar(iterable, desc=desc, enabled=enabled, **kwargs)
 
 
