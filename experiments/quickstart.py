@@ -1,7 +1,7 @@
 r"""The landscape-jax tour: every method of the library on the embedded `digits` data.
 
-  python experiments/quickstart.py --workdir=runs/quickstart          # a few minutes on a CPU
-  python experiments/quickstart.py --workdir=/tmp/qs --tiny           # seconds (used by the tests)
+  python experiments/quickstart.py --workdir=runs/quickstart          # the tour (time: README)
+  python experiments/quickstart.py --workdir=/tmp/qs --tiny           # tiny sizes (the tests)
 
 Trains two small ResNets from different seeds, then, each step with its figures and numbers:
  1. 1-D filter-normalised plot around model A and the two-model interpolation (Li et al. 2018);
@@ -40,12 +40,12 @@ import ml_collections
 from absl import flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Output directory.")
-_TINY = flags.DEFINE_bool("tiny", False, "Tiny sizes (seconds; for tests).")
+_TINY = flags.DEFINE_bool("tiny", False, "Tiny sizes, a short check (the tests use it).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 
 def get_config(tiny: bool) -> ml_collections.ConfigDict:
-  """Sizes of every step; `tiny` shrinks them so that the tour runs in well under a minute."""
+  """Sizes of every step; `tiny` shrinks them to a short check (the tests run it)."""
   c = ml_collections.ConfigDict()
   c.model = "resnet8"
   c.model_kwargs = {"width": 1} if not tiny else {"width": 0.5}
