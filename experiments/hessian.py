@@ -53,7 +53,8 @@ def main(argv):
   print(f"Hessian of {run} over {len(data)} {config.split} examples, P = {dim} parameters")
 
   eig = lj.hessian_eigenvalues(loss_fn, params, batches, top_k=config.top_k,
-                               num_steps=config.num_steps, key=k_eig, mask=mask)
+                               num_steps=config.num_steps, key=k_eig, mask=mask,
+                               progress=_PROGRESS.value)
   trace = lj.hessian_trace(k_trace, loss_fn, params, batches, num_probes=config.trace_probes,
                            mask=mask, chunk_size=10, progress=_PROGRESS.value)
   sd = lj.spectral_density(k_density, loss_fn, params, batches, num_probes=config.density_probes,
