@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm.auto as tqdm
 from jax.flatten_util import ravel_pytree
 
 import landscape_jax as lj
@@ -52,7 +51,8 @@ def point_analysis(loss_fn, batch, theta, mid, swapped, layer, i, j, config):
   flat, unravel = ravel_pytree(mid)
   hess = jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)
   evals = np.linalg.eigvalsh(np.asarray(hess, np.float64))
-  lanczos = lj.hessian_eigenvalues(loss_fn, mid, batch, num_steps=config.lanczos_steps)
+  lanczos = lj.hessian_eigenvalues(loss_fn, mid, batch, num_steps=config.lanczos_steps,
+                                   progress=False)  # one bar over the unit pairs instead
   return {"grad_norm": float(optax.tree.norm(g)), "grad_antisymmetric_norm": antisym,
           "swap_curvature": curvature,
           "smallest_eigenvalues": evals[:config.num_eigenvalues].tolist(),
@@ -107,7 +107,7 @@ def main(argv):
   ev = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)))
   at_theta["smallest_eigenvalues"] = ev[:config.num_eigenvalues].tolist()
   results, paths = [], {}
-  for i, j in tqdm.tqdm(config.pairs, desc="unit pairs", disable=not _PROGRESS.value):
+  for i, j in lj.progress.progress_bar(config.pairs, desc="unit pairs", enabled=_PROGRESS.value):
     path = P.swap_path_metrics(metric_fn, theta, layer, i, j, ss, spec=spec)
     mid = P.swap_path(theta, layer, i, j, 0.5, spec=spec)
     swapped = P.swap_units(theta, layer, i, j, spec=spec)

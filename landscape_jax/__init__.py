@@ -221,6 +221,7 @@ _MODULES: dict[str, str] = {
   "curves": "core.curves",
   "hessian": "core.hessian",
   "precision": "core.precision",
+  "progress": "core.progress",
   "pca": "core.pca",
   "permutations": "core.permutations",
   "data": "adapters.data",
