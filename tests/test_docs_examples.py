@@ -78,6 +78,12 @@ def test_docs_pages_run(page, tmp_path, monkeypatch):
 
     direct = ns["metric_fn"](lj.plane_point(ns["params"], ns["d1"], ns["d2"], c[0], c[1]))
     np.testing.assert_allclose(res.values["train_loss"][0], direct["train_loss"], rtol=1e-5)
+    assert ns["grid"]["train_loss"].shape == (65, 65)
+    curve_res = ns["curve_res"]  # refine_path on the curve: its values are the curve's
+    t = float(np.asarray(curve_res.coords)[-1, 0])
+    along = lj.evaluate_curve(ns["metric_fn"], ns["curve"], ts=np.array([t]), line=False)
+    np.testing.assert_allclose(curve_res.values["train_loss"][-1],
+                               along["curve"]["train_loss"][0], rtol=1e-5)
   elif page == "docs/interop.md":
     np.testing.assert_allclose(ns["values"]["train_loss"], ns["res"]["train_loss"], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(ns["d1"]), jax.tree.leaves(ns["d2"]), strict=True):
