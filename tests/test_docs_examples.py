@@ -81,9 +81,10 @@ def test_docs_pages_run(page, tmp_path, monkeypatch):
     assert ns["grid"]["train_loss"].shape == (65, 65)
     curve_res = ns["curve_res"]  # refine_path on the curve: its values are the curve's
     t = float(np.asarray(curve_res.coords)[-1, 0])
-    along = lj.evaluate_curve(ns["metric_fn"], ns["curve"], ts=np.array([t]), line=False)
+    ts = np.unique([0.0, t, 1.0])  # with the endpoints, as evaluate_curve's summary wants
+    along = lj.evaluate_curve(ns["metric_fn"], ns["curve"], ts=ts, line=False)
     np.testing.assert_allclose(curve_res.values["train_loss"][-1],
-                               along["curve"]["train_loss"][0], rtol=1e-5)
+                               along["curve"]["train_loss"][list(ts).index(t)], rtol=1e-5)
   elif page == "docs/interop.md":
     np.testing.assert_allclose(ns["values"]["train_loss"], ns["res"]["train_loss"], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(ns["d1"]), jax.tree.leaves(ns["d2"]), strict=True):
