@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     for v in variants:
       rows.append(measure(v, args.python, tmp))
       r = rows[-1]
-      print(f"{v}: {mb(r['bytes'])} in {r['seconds']:.0f} s ({', '.join(f'{n} {mb(s)}' for n, s in r['largest'])}); "
+      big = ", ".join(f"{n} {mb(s)}" for n, s in r["largest"])
+      print(f"{v}: {mb(r['bytes'])} in {r['seconds']:.0f} s ({big}); "
             f"oneDNN: {r['onednn'][:60]}", flush=True)
   base = next((r["bytes"] for r in rows if r["variant"] == "default"), None)
   parts = []
