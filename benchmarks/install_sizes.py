@@ -21,10 +21,12 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
-EXTRAS = {"default": "", "cpu": "[cpu]", "tf": "[tf]"}
+# "test": what `make test` installs (the test extra with cpu); "cpu" is what `make quickstart` does.
+EXTRAS = {"default": "", "cpu": "[cpu]", "tf": "[tf]", "test": "[test,cpu]"}
 
 _CHECK = r"""
 import importlib.metadata, json
@@ -72,8 +74,10 @@ def measure(variant: str, python: str, tmp: str) -> dict:
   sp = site_packages(venv)
   empty = disk_usage(venv)
   py = os.path.join(venv, "bin", "python")
+  start = time.monotonic()
   pip = subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         ROOT + EXTRAS[variant]], capture_output=True, text=True)
+  seconds = time.monotonic() - start
   if pip.returncode != 0:
     raise SystemExit(f"pip install of {variant} failed:\n{pip.stderr[-3000:]}")
   size = disk_usage(venv) - empty
@@ -85,12 +89,13 @@ def measure(variant: str, python: str, tmp: str) -> dict:
   if check["digits"] != 1797:
     raise SystemExit(f"{variant}: digits has {check['digits']} images, expected 1797")
   on_linux_x86 = platform.system() == "Linux" and platform.machine() == "x86_64"
-  if variant == "cpu" and on_linux_x86 and check["onednn"] != "available":
+  with_cpu = variant in ("cpu", "test")  # the test variant installs [test,cpu]
+  if with_cpu and on_linux_x86 and check["onednn"] != "available":
     raise SystemExit(f"[cpu] install: oneDNN not available: {check['onednn']}")
-  if variant != "cpu" and "landscape-jax[cpu]" not in check["onednn"] and on_linux_x86:
+  if not with_cpu and "landscape-jax[cpu]" not in check["onednn"] and on_linux_x86:
     raise SystemExit(f"{variant} install: oneDNN's reason does not name the extra: "
                      f"{check['onednn']}")
-  return {"variant": variant, "bytes": size, "largest": largest(sp), **check}
+  return {"variant": variant, "bytes": size, "seconds": seconds, "largest": largest(sp), **check}
 
 
 def mb(n: int) -> str:
@@ -112,20 +117,25 @@ def main(argv=None) -> int:
     for v in variants:
       rows.append(measure(v, args.python, tmp))
       r = rows[-1]
-      print(f"{v}: {mb(r['bytes'])} ({', '.join(f'{n} {mb(s)}' for n, s in r['largest'])}); "
+      big = ", ".join(f"{n} {mb(s)}" for n, s in r["largest"])
+      print(f"{v}: {mb(r['bytes'])} in {r['seconds']:.0f} s ({big}); "
             f"oneDNN: {r['onednn'][:60]}", flush=True)
   base = next((r["bytes"] for r in rows if r["variant"] == "default"), None)
   parts = []
   for r in rows:
     name = "default" if r["variant"] == "default" else f"[{r['variant']}]"
     extra = f" (+{mb(r['bytes'] - base)})" if base is not None and r["variant"] != "default" else ""
-    parts.append(f"{name} {mb(r['bytes'])}{extra}")
+    parts.append(f"{name} {mb(r['bytes'])}{extra} in {r['seconds']:.0f} s")
   py_version = subprocess.run([args.python, "--version"], capture_output=True,
                               text=True).stdout.strip()
   versions = ", ".join(f"{k} {v}" for k, v in rows[0]["versions"].items())
+  cache = os.path.expanduser("~/.cache/pip")
+  cache_mb = disk_usage(cache) / 2**20 if os.path.isdir(cache) else 0.0
   line = (f"- {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')} install_sizes: "
-          f"fresh venv after pip install, du less the empty venv's: {', '.join(parts)}; "
-          f"largest in the default install: "
+          f"fresh venv after pip install, du less the empty venv's (pip's wall time; pip cache "
+          f"{cache_mb:.0f} MB at the end, load average {os.getloadavg()[0]:.1f}): "
+          f"{', '.join(parts)}; "
+          f"largest in the {rows[0]['variant']} install: "
           f"{', '.join(f'{n} {mb(s)}' for n, s in rows[0]['largest'])}; {py_version}, "
           f"{platform.system()} {platform.machine()}; {versions}")
   print(line)

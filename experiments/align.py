@@ -16,14 +16,16 @@ loss, accuracies of the endpoints, matching objective per sweep), ``path.npz`` (
 import os
 
 import _common
+from absl import logging
+
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Alignment config file (.py).")
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
 import jax
 import numpy as np
-from absl import app, logging
 
 import landscape_jax as lj
 from landscape_jax.core import permutations as P
-
-_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Alignment config file (.py).")
 
 
 def train(model, ds, seed, config):
@@ -39,7 +41,6 @@ def train(model, ds, seed, config):
 
 
 def main(argv):
-  _common.check_argv(argv)
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   ds_train, ds_test = _common.load_splits(config)
@@ -87,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

@@ -20,14 +20,16 @@ import json
 import os
 
 import _common
-import jax
-import numpy as np
-from absl import app, flags, logging
-
-import landscape_jax as lj
+from absl import flags, logging
 
 _CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("charlm config file (.py).")
 flags.FLAGS.set_default("verbosity", logging.WARNING)
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
+import jax
+import numpy as np
+
+import landscape_jax as lj
 
 
 def _grid(spec):
@@ -52,7 +54,6 @@ def _train(config, workdir, seed, loss_fn, data, init):
 
 
 def main(argv):
-  _common.check_argv(argv)
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   splits, vocabulary = lj.char_splits(lj.load_text(config.text), context=config.context,
@@ -116,4 +117,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

@@ -19,17 +19,19 @@ points) and ``plane/`` (`landscape_jax.core.store`), ``plane_<metric>.png/pdf`` 
 import os
 
 import _common
+from absl import flags, logging
+
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Config file (.py).")
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
 
 import landscape_jax as lj
 from landscape_jax.adapters import batchnorm
 from landscape_jax.core import curves
 from landscape_jax.methods import checkpoints, curve_training, ensembles
-
-_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Config file (.py).")
 
 
 def _endpoints(config, model, train_ds, loss_fn_train, workdir):
@@ -56,7 +58,6 @@ def _endpoints(config, model, train_ds, loss_fn_train, workdir):
 
 
 def main(argv):
-  _common.check_argv(argv)
   if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines quiet
     logging.set_verbosity(logging.WARNING)
   config, workdir = _CONFIG.value, _WORKDIR.value
@@ -115,4 +116,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

@@ -19,14 +19,16 @@ Table 2), and prints a table.
 import os
 
 import _common
+from absl import flags, logging
+
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Config file (.py).")
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
 
 import landscape_jax as lj
 from landscape_jax.methods import checkpoints, ensembles, schedules
-
-_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Config file (.py).")
 
 
 def _plot_budget(path, summary, c):
@@ -40,7 +42,6 @@ def _plot_budget(path, summary, c):
 
 
 def main(argv):
-  _common.check_argv(argv)
   if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines quiet
     logging.set_verbosity(logging.WARNING)
   c, workdir = _CONFIG.value, _WORKDIR.value
@@ -110,4 +111,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

@@ -20,24 +20,25 @@ import json
 import os
 
 import _common
-import jax
-import numpy as np
-from absl import app, flags, logging
-
-import landscape_jax as lj
+from absl import flags, logging
 
 _CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Hessian config file (.py).")
 flags.FLAGS.set_default("verbosity", logging.WARNING)
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
+import jax
+import numpy as np
+
+import landscape_jax as lj
 
 
 def main(argv):
-  _common.check_argv(argv)
   lj.sharding.initialize_distributed()
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
   model, variables, train_ds, _, run = _common.load_or_train(config, workdir,
                                                             progress=_PROGRESS.value)
-  data = lj.load(train_ds.name, config.split, data_dir=config.get("data_dir")) \
+  data = _common.load(train_ds.name, config.split, data_dir=config.get("data_dir")) \
     if config.split != "train" else train_ds
   if config.get("subset"):
     data = data.subset(slice(0, config.subset))
@@ -52,7 +53,8 @@ def main(argv):
   print(f"Hessian of {run} over {len(data)} {config.split} examples, P = {dim} parameters")
 
   eig = lj.hessian_eigenvalues(loss_fn, params, batches, top_k=config.top_k,
-                               num_steps=config.num_steps, key=k_eig, mask=mask)
+                               num_steps=config.num_steps, key=k_eig, mask=mask,
+                               progress=_PROGRESS.value)
   trace = lj.hessian_trace(k_trace, loss_fn, params, batches, num_probes=config.trace_probes,
                            mask=mask, chunk_size=10, progress=_PROGRESS.value)
   sd = lj.spectral_density(k_density, loss_fn, params, batches, num_probes=config.density_probes,
@@ -100,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

@@ -1,7 +1,7 @@
 r"""The landscape-jax tour: every method of the library on the embedded `digits` data.
 
-  python experiments/quickstart.py --workdir=runs/quickstart          # a few minutes on a CPU
-  python experiments/quickstart.py --workdir=/tmp/qs --tiny           # seconds (used by the tests)
+  python experiments/quickstart.py --workdir=runs/quickstart          # the tour (time: README)
+  python experiments/quickstart.py --workdir=/tmp/qs --tiny           # tiny sizes (the tests)
 
 Trains two small ResNets from different seeds, then, each step with its figures and numbers:
  1. 1-D filter-normalised plot around model A and the two-model interpolation (Li et al. 2018);
@@ -36,36 +36,20 @@ configuration or other data is refused (`store.check_or_write_config`).
 
 import json
 import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
+import _common
 import ml_collections
-import numpy as np
-from absl import app, flags, logging
-from configs import defaults
-from sharp_flat import tour_step
-
-import landscape_jax as lj
-from landscape_jax import (
-  batchnorm,
-  checkpoints,
-  curve_training,
-  curves,
-  ensembles,
-  fileio,
-  permutations,
-  plotting,
-  training,
-)
+from absl import flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Output directory.")
-_TINY = flags.DEFINE_bool("tiny", False, "Tiny sizes (seconds; for tests).")
+_TINY = flags.DEFINE_bool("tiny", False, "Tiny sizes, a short check (the tests use it).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 
 def get_config(tiny: bool) -> ml_collections.ConfigDict:
-  """Sizes of every step; `tiny` shrinks them so that the tour runs in well under a minute."""
+  """Sizes of every step; `tiny` shrinks them to a short check (the tests run it)."""
   c = ml_collections.ConfigDict()
   c.model = "resnet8"
   c.model_kwargs = {"width": 1} if not tiny else {"width": 0.5}
@@ -90,6 +74,27 @@ def get_config(tiny: bool) -> ml_collections.ConfigDict:
   c.pca_points = 5 if tiny else 21
   c.tiny = tiny                               # sizes of the sharp-vs-flat step
   return c
+
+
+_common.parse_flags(config_fn=lambda: get_config(tiny="--tiny" in sys.argv))  # before JAX
+
+import jax
+import numpy as np
+from configs import defaults
+from sharp_flat import tour_step
+
+import landscape_jax as lj
+from landscape_jax import (
+  batchnorm,
+  checkpoints,
+  curve_training,
+  curves,
+  ensembles,
+  fileio,
+  permutations,
+  plotting,
+  training,
+)
 
 
 class Tour:
@@ -522,8 +527,6 @@ class Tour:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   start = time.time()
   tour = Tour(_WORKDIR.value, get_config(_TINY.value), _PROGRESS.value)
@@ -536,5 +539,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  jnp.zeros(())  # initialise the backend before absl parses flags (clearer errors)
-  app.run(main)
+  _common.run(main)

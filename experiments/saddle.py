@@ -22,20 +22,20 @@ j of the bend moved apart (0: the bend is still a permutation point). Writes ``s
 import os
 
 import _common
+
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags(
+  "Saddle config file (.py).", progress_help="Show a progress bar over the unit pairs.")
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm.auto as tqdm
-from absl import app
 from jax.flatten_util import ravel_pytree
 
 import landscape_jax as lj
 from landscape_jax.core import permutations as P
 from landscape_jax.models import MLP
-
-_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags(
-  "Saddle config file (.py).", progress_help="Show a progress bar over the unit pairs.")
 
 
 def point_analysis(loss_fn, batch, theta, mid, swapped, layer, i, j, config):
@@ -51,7 +51,8 @@ def point_analysis(loss_fn, batch, theta, mid, swapped, layer, i, j, config):
   flat, unravel = ravel_pytree(mid)
   hess = jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)
   evals = np.linalg.eigvalsh(np.asarray(hess, np.float64))
-  lanczos = lj.hessian_eigenvalues(loss_fn, mid, batch, num_steps=config.lanczos_steps)
+  lanczos = lj.hessian_eigenvalues(loss_fn, mid, batch, num_steps=config.lanczos_steps,
+                                   progress=False)  # one bar over the unit pairs instead
   return {"grad_norm": float(optax.tree.norm(g)), "grad_antisymmetric_norm": antisym,
           "swap_curvature": curvature,
           "smallest_eigenvalues": evals[:config.num_eigenvalues].tolist(),
@@ -84,10 +85,9 @@ def valley(loss_fn, batch, theta, swapped, config):
 
 
 def main(argv):
-  _common.check_argv(argv)
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  ds = lj.load(config.dataset, "train", data_dir=config.get("data_dir"))
+  ds = _common.load(config.dataset, "train", data_dir=config.get("data_dir"))
   model = MLP(features=tuple(config.features), num_classes=ds.num_classes)
   loss_fn = lj.make_loss_fn(model, mean=ds.mean, std=ds.std)
   images, labels = jnp.asarray(ds.images), jnp.asarray(ds.labels)
@@ -96,7 +96,7 @@ def main(argv):
     loss_fn, model.init(jax.random.key(config.seed), images[:2].astype(jnp.float32))["params"],
     images, labels, learning_rate=config.learning_rate, batch_size=config.batch_size,
     steps=config.steps, seed=config.seed)
-  metric_fn = lj.make_metric_fn(model, {"train": ds, "test": lj.load(
+  metric_fn = lj.make_metric_fn(model, {"train": ds, "test": _common.load(
     config.dataset, "test", data_dir=config.get("data_dir"))})
   spec = P.mlp_spec(theta)
   layer = config.layer
@@ -107,7 +107,7 @@ def main(argv):
   ev = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)))
   at_theta["smallest_eigenvalues"] = ev[:config.num_eigenvalues].tolist()
   results, paths = [], {}
-  for i, j in tqdm.tqdm(config.pairs, desc="unit pairs", disable=not _PROGRESS.value):
+  for i, j in lj.progress.progress_bar(config.pairs, desc="unit pairs", enabled=_PROGRESS.value):
     path = P.swap_path_metrics(metric_fn, theta, layer, i, j, ss, spec=spec)
     mid = P.swap_path(theta, layer, i, j, 0.5, spec=spec)
     swapped = P.swap_units(theta, layer, i, j, spec=spec)
@@ -156,4 +156,4 @@ def plot(ss, paths, curve_loss, pair, workdir):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

@@ -25,14 +25,16 @@ import os
 import re
 
 import _common
+from absl import logging
+
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Surface config file (.py).")
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
 import jax
 import numpy as np
-from absl import app, logging
 
 import landscape_jax as lj
 from landscape_jax.methods import rundir
-
-_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Surface config file (.py).")
 
 
 def load_run(spec: str, index: int, config):
@@ -41,8 +43,8 @@ def load_run(spec: str, index: int, config):
   reused by `make_metric`."""
   if spec.startswith("init:"):
     name, dataset = spec[5:], config.dataset
-    ds = lj.load(dataset, "train", data_dir=config.get("data_dir"))
-    model = lj.get_model(name, num_classes=ds.num_classes)
+    ds = _common.load(dataset, "train", data_dir=config.get("data_dir"))
+    model = _common.get_model(name, num_classes=ds.num_classes)
     variables = model.init(jax.random.key(index), ds.images[:2].astype(np.float32))
     return model, dict(variables), dataset, config.get("data_dir"), {"train": ds}
   split = config.splits[0]
@@ -72,7 +74,7 @@ def make_metric(model, variables, dataset, data_dir, config, loaded, plane=None)
   """
   splits = {}
   for split in config.splits:
-    ds = loaded[split] if split in loaded else lj.load(dataset, split, data_dir=data_dir)
+    ds = loaded[split] if split in loaded else _common.load(dataset, split, data_dir=data_dir)
     if config.get("eval_subset"):
       ds = ds.subset(slice(0, config.eval_subset))
     splits[split] = ds
@@ -81,7 +83,8 @@ def make_metric(model, variables, dataset, data_dir, config, loaded, plane=None)
   if stats is not None and config.bn == "recompute":
     from landscape_jax.adapters.batchnorm import make_recompute_metric_fn
 
-    train = loaded["train"] if "train" in loaded else lj.load(dataset, "train", data_dir=data_dir)
+    train = (loaded["train"] if "train" in loaded
+             else _common.load(dataset, "train", data_dir=data_dir))
     return make_recompute_metric_fn(model, splits, train_data=train, batch_stats=stats,
                                     batch_size=batch_size)
   if config.get("error_tol") is not None:
@@ -144,7 +147,6 @@ def _summary(res):
 
 
 def main(argv):
-  _common.check_argv(argv)
   lj.sharding.initialize_distributed()
   config, workdir = _CONFIG.value, _WORKDIR.value
   check_config(config)
@@ -226,4 +228,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

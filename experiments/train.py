@@ -13,21 +13,21 @@ The batch is sharded over every visible device.
 """
 
 import _common
-from absl import app, flags, logging
+from absl import flags, logging
+
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags(
+  "Training config file (.py).", progress_help="Show a progress bar.")
+_common.parse_flags()  # --help and bad flags answered before JAX is imported
 
 import landscape_jax as lj
 from landscape_jax.methods import training
 
-_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags(
-  "Training config file (.py).", progress_help="Show a progress bar.")
-
 
 def main(argv):
-  _common.check_argv(argv)
   if not flags.FLAGS["verbosity"].present:  # keep orbax's per-save INFO lines out of the bar
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  train_ds = lj.load(config.dataset, "train", data_dir=config.get("data_dir"),
+  train_ds = _common.load(config.dataset, "train", data_dir=config.get("data_dir"),
                      subset=config.get("train_subset"))
   (test_ds,) = _common.load_splits(config, ("test",))
   model = _common.build_model(config, train_ds.num_classes)
@@ -41,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

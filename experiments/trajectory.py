@@ -20,15 +20,17 @@ import json
 import os
 
 import _common
-import jax
-import numpy as np
-from absl import app, flags, logging
-
-import landscape_jax as lj
-from landscape_jax.methods import checkpoints
+from absl import flags, logging
 
 _CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Trajectory config file (.py).")
 flags.FLAGS.set_default("verbosity", logging.WARNING)
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
+import jax
+import numpy as np
+
+import landscape_jax as lj
+from landscape_jax.methods import checkpoints
 
 
 def _axis(lo, hi, margin, num):
@@ -37,7 +39,6 @@ def _axis(lo, hi, margin, num):
 
 
 def main(argv):
-  _common.check_argv(argv)
   lj.sharding.initialize_distributed()
   config, workdir = _CONFIG.value, _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
@@ -60,7 +61,7 @@ def main(argv):
   # (3) Loss surface over the PCA plane around the final point, covering the path.
   xs = _axis(pca.coords[:, 0].min(), pca.coords[:, 0].max(), config.margin, config.num_points)
   ys = _axis(pca.coords[:, 1].min(), pca.coords[:, 1].max(), config.margin, config.num_points)
-  splits = {s: lj.load(tc["dataset"], s, data_dir=data_dir) for s in config.splits}
+  splits = {s: _common.load(tc["dataset"], s, data_dir=data_dir) for s in config.splits}
   if config.get("eval_subset"):
     splits = {k: v.subset(slice(0, config.eval_subset)) for k, v in splits.items()}
   metric_fn = lj.make_metric_fn(model, splits, batch_stats=final_vars.get("batch_stats"),
@@ -94,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

@@ -246,6 +246,7 @@ _MODULES: dict[str, str] = {
   "curves": "core.curves",
   "hessian": "core.hessian",
   "precision": "core.precision",
+  "progress": "core.progress",
   "pca": "core.pca",
   "sharpness": "core.sharpness",
   "reparam": "core.reparam",

@@ -1,8 +1,8 @@
 """The layout is a contract: imports only go down the layers, no module reaches into another's
 private names, every public module declares `__all__`, and `import landscape_jax` stays light.
 
-Layers, bottom to top: backends < core < adapters, models < methods < plotting (see the README's
-architecture section and docs/design.md)."""
+Layers, bottom to top: backends < core < adapters, models < methods < plotting (see
+docs/design.md)."""
 
 import ast
 import pathlib

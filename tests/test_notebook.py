@@ -24,6 +24,10 @@ def test_notebook_executes(tmp_path, monkeypatch):
   assert not [o for o in outputs if o.get("output_type") == "error"]
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) >= 2  # the surface and the curve figures are shown inline
+  # No text progress bars: without ipywidgets a bar in a notebook would be a new output at every
+  # refresh (core.progress shows nothing there, and one widget per call where ipywidgets exist).
+  streams = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+  assert "it/s]" not in streams and "pt/s]" not in streams and "|#" not in streams, streams[-2000:]
 
 
 def _install_cell() -> str:
@@ -80,3 +84,22 @@ def test_colab_badges_open_the_notebook_of_the_repository():
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
   assert badge in nb.cells[0].source
   assert f'REPO = "{url}"' in _install_cell()
+
+
+def test_every_cell_imports_the_modules_it_uses():
+  """A cell run on its own (after a kernel restart, or out of order) never fails on a module
+  another cell imported."""
+  import ast
+
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
+  cells = [ast.parse(c.source) for c in nb.cells if c.cell_type == "code"]
+
+  def imported(tree):
+    return {(a.asname or a.name).split(".")[0] for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom) for a in node.names}
+
+  modules = set().union(*map(imported, cells))
+  for i, tree in enumerate(cells):
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    missing = (used & modules) - imported(tree)
+    assert not missing, f"code cell {i} uses {sorted(missing)} without importing them"

@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from landscape_jax.methods.training import DEFAULTS as TRAIN_DEFAULTS
+from landscape_jax.methods.defaults import DEFAULTS as TRAIN_DEFAULTS
 
 
 def _locked(c: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:

@@ -31,6 +31,7 @@ __all__ = [
   "channel_stats",
   "check_normalization",
   "Dataset",
+  "DatasetNotPreparedError",
   "EMBEDDED",
   "epoch_batches",
   "iterate_epoch",
@@ -45,6 +46,19 @@ TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped"
 KNOWN = EMBEDDED + TFDS_DATASETS
 _DIGITS_TEST_FRACTION = 0.25
 _DIGITS_SEED = 0
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """A TFDS dataset that is not prepared where `load` looks, and `download` is off.
+
+  Attributes:
+    name: the dataset's name.
+    where: the directory searched (``data_dir``, ``$TFDS_DATA_DIR`` or TFDS's default).
+  """
+
+  def __init__(self, message: str, *, name: str, where: str):
+    super().__init__(message)
+    self.name, self.where = name, where
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +152,10 @@ def _tfds_arrays(name: str, split: str, data_dir: str | None, download: bool):
   if not builder.is_prepared():
     if not download:
       where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-      raise FileNotFoundError(
+      raise DatasetNotPreparedError(
         f"TFDS dataset '{name}' is not prepared under {where}. Prepare it on a machine with network"
         f" access (tfds.builder('{name}').download_and_prepare()) and pass data_dir=..., or call "
-        "load(..., download=True) where the network is reachable.")
+        "load(..., download=True) where the network is reachable.", name=name, where=where)
     builder.download_and_prepare()
   data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
   images, labels = data

@@ -55,7 +55,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.tree_util import Partial
-from tqdm.auto import tqdm
 
 from landscape_jax.adapters.data import Dataset, normalize_images
 from landscape_jax.adapters.evaluation import (
@@ -66,6 +65,7 @@ from landscape_jax.adapters.evaluation import (
   model_variables,
   use_onednn,
 )
+from landscape_jax.core import progress as progress_lib
 from landscape_jax.core.paths import plane_point
 
 PyTree = Any
@@ -192,8 +192,8 @@ def _anchor_table(apply_fn, split, mean, std, batch_stats, anchors: AnchorPlane,
   ys = np.zeros(1, np.float32) if anchors.ys is None else np.asarray(anchors.ys, np.float32)
   grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)[:, :len(dirs)]
   parts = []
-  for i in tqdm(range(0, len(grid), chunk), disable=not progress, desc="anchors",
-                unit_scale=chunk, dynamic_ncols=True):
+  for i in progress_lib.progress_bar(range(0, len(grid), chunk), enabled=progress,
+                                     desc="anchors", unit_scale=chunk):
     part = grid[i:i + chunk]
     padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), 0)])
     out = _anchor_chunk(apply_fn, split, mean, std, batch_stats, anchors.center, dirs,

@@ -35,7 +35,7 @@ parameters) and the coordinates; the engine does the rest, the same way for all 
 * **precision**: ``precision=`` sets the matmul precision of every dot and convolution of the
   compiled evaluator, the model's included (`core.precision`; default None: the backend's
   default, bfloat16 passes on TPU and TF32 on recent GPUs); a store records an explicit choice;
-* **progress**: a tqdm bar with points/s and ETA on the main process;
+* **progress**: a tqdm bar with points/s and ETA on the main process (`core.progress`);
 * non-finite metric values (far from a minimum) are recorded as they are, never fatal.
 """
 
@@ -57,9 +57,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.tree_util import Partial
-from tqdm.auto import tqdm
 
 from landscape_jax.core import identity as identity_lib
+from landscape_jax.core import progress as progress_lib
 from landscape_jax.core import sharding as shd
 from landscape_jax.core import store as store_lib
 from landscape_jax.core.precision import check_precision, matmul_precision
@@ -493,8 +493,8 @@ def evaluate_missing(metric_fn, point_fn, coords, missing, state, store, *, chun
   flat_done = state.done.reshape(-1)
   num_chunks = math.ceil(missing.size / chunk_size)
   label = f"{desc} {'x'.join(map(str, shape))}" if len(shape) > 1 else desc
-  bar = tqdm(total=num_points, initial=num_points - missing.size, unit="pt", disable=not progress,
-             desc=label, dynamic_ncols=True)
+  bar = progress_lib.progress_bar(total=num_points, initial=num_points - missing.size, unit="pt",
+                                  enabled=progress, desc=label)
   try:
     for c in range(num_chunks):
       idx = missing[c * chunk_size:(c + 1) * chunk_size]

@@ -60,6 +60,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
+from landscape_jax.core import progress as progress_lib
 from landscape_jax.core.precision import check_precision, matmul_precision
 from landscape_jax.core.trees import check_same_structure
 
@@ -403,7 +404,7 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_step
     return _lanczos_impl(matvec, v0, num_steps, key, sharding)
 
 
-def _lanczos_impl(matvec, v0, num_steps, key, sharding=None):
+def _lanczos_impl(matvec, v0, num_steps, key, sharding=None, tick=None):
   (dim,) = v0.shape
   key = jax.random.key(0) if key is None else key
   dtype = v0.dtype
@@ -440,6 +441,8 @@ def _lanczos_impl(matvec, v0, num_steps, key, sharding=None):
 
     nxt, beta = jax.lax.cond(breakdown, restart, proceed, None)
     vecs = _constrain(vecs.at[j + 1].set(_constrain(nxt, sharding)), sharding, 1)
+    if tick is not None:  # a step done: advance the progress bar by `tick` (0 for padding)
+      progress_lib.tick(tick)
     return vecs, alphas.at[j].set(alpha), betas.at[j].set(beta), anorm
 
   init = (vecs, alphas, betas, jnp.zeros((), dtype))
@@ -513,12 +516,13 @@ def _check_steps(num_steps: int, dim: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
-def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, sharding=None):
+def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, sharding=None,
+                 tick=False):
   op = flat_hvp_operator(loss_fn, params, data, mask, linearize, sharding)
   k_start, k_restart = jax.random.split(key)
   v0 = _constrain(_start_vector(k_start, op.x0.shape[0], op.x0.dtype), sharding)
-  return lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart, precision=None,
-                 sharding=sharding)
+  # precision: the caller's
+  return _lanczos_impl(op.matvec, v0, num_steps, k_restart, sharding, 1 if tick else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,8 +549,8 @@ class HessianEigenvalues(NamedTuple):
 def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: int = 1,
                         num_steps: int = 100, key: jax.Array | None = None,
                         mask: PyTree | None = None, vectors: bool = False,
-                        linearize: bool = False, precision=CURVATURE_PRECISION
-                        ) -> HessianEigenvalues:
+                        linearize: bool = False, progress: bool = True,
+                        precision=CURVATURE_PRECISION) -> HessianEigenvalues:
   """Top-k and smallest eigenvalues of the loss Hessian by Lanczos (PyHessian / Li et al.).
 
   Runs `lanczos` with full reorthogonalisation for ``num_steps`` steps from a Gaussian start
@@ -566,6 +570,8 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
     linearize: linearise the gradient once (`jax.linearize`) and reuse it for every Lanczos
       product: same values, cheaper products, but the forward and backward residuals of all
       of `data` stay in memory (fine for a Hessian batch of a few thousand examples).
+    progress: one progress bar over the Lanczos steps (`core.progress`: a terminal bar, a
+      notebook widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
 
   Returns:
@@ -588,8 +594,12 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   key = jax.random.key(0) if key is None else key
   with matmul_precision(precision):
     _check_loss("hessian_eigenvalues", loss_fn, params, data)
-    res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize),
-                       vector_sharding(params))
+    bar = progress_lib.progress_bar(total=m, desc="Hessian eigenvalues", unit="HVP",
+                                    enabled=progress)
+    with progress_lib.active(bar):
+      res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize),
+                         vector_sharding(params), not bar.disable)
+      res = jax.block_until_ready(res)
   _check_finite("hessian_eigenvalues", res.alphas, res.betas)
   evals, evecs = _host_eigh(res.alphas, res.betas)
   top = evals[::-1][:top_k]
@@ -616,36 +626,38 @@ class TraceEstimate(NamedTuple):
   samples: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch, sharding=None):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
+def _trace_chunk(loss_fn, params, data, keys, real, mask, probe_batch, sharding=None, tick=False):
   op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding)
 
-  def one(k):
+  def one(k_real):
+    k, r = k_real
     z = _constrain(jax.random.rademacher(k, op.x0.shape, op.x0.dtype), sharding)
-    return jnp.vdot(z, op.matvec(z))
+    out = jnp.vdot(z, op.matvec(z))
+    if tick:
+      progress_lib.tick(r)  # padding probes (r = 0) do not count
+    return out
 
-  return jax.lax.map(one, keys, batch_size=probe_batch)
+  return jax.lax.map(one, (keys, real), batch_size=probe_batch)
 
 
-def _chunked_probes(fn, key, num_probes, chunk, progress, desc):
-  """Runs ``fn(keys)`` over ``split(key, num_probes)`` in chunks (padded to one compiled shape).
+def _chunked_probes(fn, key, num_probes, chunk):
+  """Runs ``fn(keys, real)`` over ``split(key, num_probes)`` in chunks (padded to one compiled
+  shape; ``real`` is 1 for a probe, 0 for padding).
 
   Probe i always uses ``split(key, num_probes)[i]``: results do not depend on the chunk size.
   """
   keys = jax.random.split(key, num_probes)
   chunk = max(1, min(int(chunk), num_probes))
   starts = range(0, num_probes, chunk)
-  if progress:
-    from tqdm.auto import tqdm
-
-    starts = tqdm(starts, desc=desc, unit="chunk")
   outs = []
   for start in starts:
     part = keys[start:start + chunk]
     pad = chunk - part.shape[0]
+    real = jnp.arange(chunk) < chunk - pad
     if pad:
       part = jnp.concatenate([part, keys[:pad]])
-    out = jax.tree.map(np.asarray, fn(part))
+    out = jax.tree.map(np.asarray, fn(part, real.astype(jnp.int32)))
     outs.append(jax.tree.map(lambda x, n=chunk - pad: x[:n], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
@@ -653,7 +665,7 @@ def _chunked_probes(fn, key, num_probes, chunk, progress, desc):
 def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                   num_probes: int = 100, mask: PyTree | None = None,
                   probe_batch_size: int | None = None, chunk_size: int | None = None,
-                  progress: bool = False, precision=CURVATURE_PRECISION) -> TraceEstimate:
+                  progress: bool = True, precision=CURVATURE_PRECISION) -> TraceEstimate:
   """Hutchinson's estimate of ``tr H`` with Rademacher probes (PyHessian), and its error bar.
 
   ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
@@ -664,9 +676,10 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     loss_fn, params, data, mask: as in `hvp`.
     num_probes: number of probe vectors (at least 2 for a standard error).
     probe_batch_size: probes evaluated together with `vmap` (default 1: sequential, least memory).
-    chunk_size: probes per compiled call (default: all in one call); smaller chunks give a
-      progress bar that moves. The result does not depend on it.
-    progress: show a tqdm bar over the chunks.
+    chunk_size: probes per compiled call (default: all in one call; the progress bar moves
+      with every probe either way). The result does not depend on it.
+    progress: one progress bar over the probes (`core.progress`: a terminal bar, a notebook
+      widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
 
   Returns:
@@ -688,9 +701,13 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   with matmul_precision(precision):
     _check_loss("hessian_trace", loss_fn, params, data)
     sharding = vector_sharding(params)
-    s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
-                                                  probe_batch_size, sharding),
-                        key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
+    bar = progress_lib.progress_bar(total=int(num_probes), desc="Hessian trace", unit="probe",
+                                    enabled=progress)
+    with progress_lib.active(bar):
+      s = _chunked_probes(lambda keys, real: _trace_chunk(loss_fn, params, data, keys, real,
+                                                          mask_t, probe_batch_size, sharding,
+                                                          not bar.disable),
+                          key, int(num_probes), chunk_size or num_probes)
   s = np.asarray(s, np.float64)
   _check_finite("hessian_trace", s)
   return TraceEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), s)
@@ -718,18 +735,19 @@ class SpectralDensity(NamedTuple):
   sigma2: float
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _slq_chunk(loss_fn, params, data, keys, num_steps, mask, sharding=None):
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
+def _slq_chunk(loss_fn, params, data, keys, real, num_steps, mask, sharding=None, tick=False):
   op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding)
 
-  def one(k):
+  def one(k_real):
+    k, r = k_real
     k_start, k_restart = jax.random.split(k)
     v0 = _constrain(jax.random.rademacher(k_start, op.x0.shape, op.x0.dtype), sharding)
-    res = lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart, precision=None,
-                  sharding=sharding)
+    # precision: the caller's; padding probes (r = 0) do not count on the bar
+    res = _lanczos_impl(op.matvec, v0, num_steps, k_restart, sharding, r if tick else None)
     return res.alphas, res.betas
 
-  return jax.lax.map(one, keys)
+  return jax.lax.map(one, (keys, real))
 
 
 def density_from_quadrature(nodes, weights, *, grid=None, num_bins: int = 10000,
@@ -773,7 +791,7 @@ def density_from_quadrature(nodes, weights, *, grid=None, num_bins: int = 10000,
 def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                      num_probes: int = 1, num_steps: int = 100, grid=None,
                      num_bins: int = 10000, sigma2: float = 1e-5, scale_sigma: bool = True,
-                     mask: PyTree | None = None, progress: bool = False,
+                     mask: PyTree | None = None, progress: bool = True,
                      precision=CURVATURE_PRECISION) -> SpectralDensity:
   """Spectral density of the Hessian by stochastic Lanczos quadrature (PyHessian, Ghorbani 2019).
 
@@ -790,7 +808,8 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     grid: optional (G,) increasing grid; default ``num_bins`` points over the Ritz values.
     sigma2: Gaussian kernel variance (PyHessian: 1e-5, times the spectrum width if
       ``scale_sigma``).
-    progress: show a tqdm bar over the probes (one compiled call per probe).
+    progress: one progress bar over the Lanczos steps of all probes (`core.progress`: a
+      terminal bar, a notebook widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
 
   Returns:
@@ -813,10 +832,13 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
   loss_fn = _as_partial(loss_fn)
   with matmul_precision(precision):
     _check_loss("spectral_density", loss_fn, params, data)
-    alphas, betas = _chunked_probes(
-      lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t, vector_sharding(params)),
-      key, int(num_probes),
-      1 if progress else num_probes, progress, "Lanczos probes")
+    bar = progress_lib.progress_bar(total=int(num_probes) * m, desc="Hessian density",
+                                    unit="HVP", enabled=progress)
+    with progress_lib.active(bar):
+      alphas, betas = _chunked_probes(
+        lambda keys, real: _slq_chunk(loss_fn, params, data, keys, real, m, mask_t,
+                                      vector_sharding(params), not bar.disable),
+        key, int(num_probes), num_probes)
   _check_finite("spectral_density", alphas, betas)
   nodes, weights = [], []
   for a, b in zip(alphas, betas, strict=True):

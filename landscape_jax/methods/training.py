@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm.auto as tqdm
+import tqdm
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -53,8 +53,10 @@ from landscape_jax.adapters.evaluation import (
 )
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
 from landscape_jax.core import fileio, identity
+from landscape_jax.core import progress as progress_lib
 from landscape_jax.core.sharding import make_mesh
 from landscape_jax.methods import checkpoints
+from landscape_jax.methods.defaults import DEFAULTS
 from landscape_jax.methods.rundir import (
   CHECKPOINT_DIR,
   append_metrics,
@@ -98,31 +100,11 @@ log = logging.getLogger(__name__)
 
 # Training fields read by `train`, with their defaults (a config may hold other keys too, e.g. the
 # dataset and model names used by experiments/train.py).
-DEFAULTS: dict[str, Any] = {
-  "seed": 0,
-  "num_epochs": 10,
-  "batch_size": 128,
-  "optimizer": "sgd",
-  "learning_rate": 0.1,
-  "momentum": 0.9,
-  "nesterov": False,
-  "weight_decay": 0.0,
-  "schedule": "constant",
-  "lr_boundaries": (),       # epochs at which the step schedule multiplies the lr by lr_decay
-  "lr_decay": 0.1,
-  "warmup_epochs": 0,        # linear warm-up from 0 (cosine and step schedules)
-  "augment": False,          # random crop (zero padding `augment_pad`) + horizontal flip
-  "augment_pad": 4,
-  "augment_flip": True,
-  "checkpoint_every_epochs": 1,
-  "eval_every_epochs": 1,
-  "eval_batch_size": 1000,
-  "log_every_steps": 50,
-}
 # Keys of the experiment scripts' training configs that `train` itself does not read
 # (experiments/configs/defaults.py: `defaults.train`); any other key is refused as a typo.
 EXPERIMENT_KEYS = ("dataset", "data_dir", "train_subset", "model", "model_kwargs")
 
+# Keys that may change between a run and its resumption without mixing results.
 
 class TrainState(NamedTuple):
   """Everything a training run carries from step to step (a pytree).
@@ -340,7 +322,7 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
       and ``metrics.jsonl`` is cut back to it.
     mesh: the devices to shard each batch over: a 1-D mesh of any axis name
       (`sharding.make_mesh()`) or a mesh with a ``"data"`` axis (default: every device).
-    progress: show a tqdm progress bar.
+    progress: show a progress bar (`core.progress`: nothing in logs, a widget in notebooks).
     callback: called as ``callback(epoch, state, record)`` after each epoch's record is written.
 
   Returns:
@@ -424,8 +406,9 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
     step_fn = jax.jit(functools.partial(_loop_step, step_kwargs=step_kwargs),
                       donate_argnums=(0, 1), out_shardings=replicated)
 
-    bar = tqdm.tqdm(total=num_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                    unit="step", disable=not progress, dynamic_ncols=True, desc="train")
+    bar = progress_lib.progress_bar(total=num_epochs * steps_per_epoch,
+                                    initial=start_epoch * steps_per_epoch, unit="step",
+                                    enabled=progress, desc="train")
     try:
       for epoch in range(start_epoch, num_epochs):
         t0 = time.perf_counter()
@@ -508,9 +491,8 @@ def make_epoch_fn(step_fn: Callable, *, augment: bool = False) -> Callable:
 
 
 def progress_bar(iterable, enabled: bool, desc: str, **kwargs):
-  if not enabled:
-    return iterable
-  from tqdm.auto import tqdm
-  return tqdm(iterable, desc=desc, **kwargs)
+  """`core.progress.progress_bar` over `iterable` (a terminal bar, a notebook widget, nothing in
+  logs; none at all unless `enabled`)."""
+  return progress_lib.progress_bar(iterable, desc=desc, enabled=enabled, **kwargs)
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
+from landscape_jax.core import progress as progress_lib
 from landscape_jax.core import trees
 from landscape_jax.core.permutations.specs import (
   Permutation,
@@ -137,10 +138,8 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
   objectives = [objective()]
   a_units: dict[tuple[str, int], np.ndarray] = {}  # a's unit matrices do not change
   converged, sweeps = False, 0
-  bar = range(max_iter)
-  if progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(bar, desc="weight matching")
+  bar = progress_lib.progress_bar(range(max_iter), desc="weight matching", unit="sweep",
+                                  enabled=progress)
   for _ in bar:
     sweeps += 1
     improved = False
