@@ -433,7 +433,7 @@ def _evaluate_locked(metric_fn, point_fn, coords, shape, store, config, chunk_si
     found += f"; computing {missing.size}" if missing.size else "; nothing left to compute"
     _log.info("%s: %s", desc, found)
     if progress:
-      tqdm.write(f"{desc}: {found}", file=sys.stderr)
+      print(f"{desc}: {found}", file=sys.stderr)
   if missing.size:
     if chunk_size is None:
       chunk_size = auto_chunk_size(metric_fn, point_fn, num_coords, num_devices=num_devices,
