@@ -47,5 +47,5 @@ echo "lowest-versions check with $("$PYTHON" --version) and $("$UV" --version)"
 # From the repository root: pytest's pythonpath imports this checkout's landscape_jax, with the
 # floor versions of everything else. The oneDNN kernel is built against the floor jax's FFI
 # headers in a cache of its own (XDG_CACHE_HOME: tests set and unset LANDSCAPE_JAX_CACHE_DIR).
-XDG_CACHE_HOME="$TMP/cache" "$TMP/floors/bin/python" -m pytest -q -n 0 \
+XDG_CACHE_HOME="$TMP/cache" "$TMP/floors/bin/python" -m pytest -q -n 2 --dist loadgroup \
   -p no:cacheprovider -m "not slow" --basetemp="$TMP/pytest" "${TESTS[@]}"

@@ -6,6 +6,7 @@ XLA_FLAGS that already gives a device count is left as it is. Tests marked ``mul
 never skip, when fewer than `NUM_DEVICES` devices are there."""
 
 import os
+import tempfile
 
 NUM_DEVICES = 8
 _COUNT_FLAG = "--xla_force_host_platform_device_count"
@@ -22,6 +23,15 @@ os.environ["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One XLA compilation cache for the whole run: both xdist workers and every process the tests
+# start (experiment scripts, resume workers, notebooks) compile the same tiny programs again and
+# again. The cache is keyed by JAX on the program text, the compile options, the backend and the
+# versions, so a hit is the program that would have been compiled; an explicit
+# JAX_COMPILATION_CACHE_DIR (or an empty one, to turn it off) is kept.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+  tempfile.gettempdir(), f"landscape-jax-tests-xla-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import jax
 import pytest
