@@ -515,7 +515,7 @@ def _check_steps(num_steps: int, dim: int) -> int:
   return min(int(num_steps), dim)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8))
 def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, sharding=None,
                  tick=False):
   op = flat_hvp_operator(loss_fn, params, data, mask, linearize, sharding)
