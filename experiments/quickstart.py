@@ -517,8 +517,15 @@ class Tour:
               "adaptive (c = |w|), before and after a per-unit ReLU rescaling that leaves each "
               "network's function unchanged: the standard measure moves, the adaptive one does "
               "not (docs/sharpness.md).",
-              lambda: tour_step(self.train_ds, self.test_ds, tiny=self.c.tiny,
-                                save_figure=lambda fig, name: plotting.save(fig, self.path(name))))
+              self._sharp_flat)
+
+  def _sharp_flat(self):
+    numbers, files = tour_step(self.train_ds, self.test_ds, tiny=self.c.tiny,
+                               save_figure=lambda fig, name: plotting.save(fig, self.path(name)))
+    caption = ("Worst-case l2 sharpness of the small- and large-batch MLPs, standard and "
+               "adaptive, before and after a rescaling that leaves each network's function "
+               "unchanged.")
+    return numbers, [[f, caption] for f in files]
 
   def report(self):
     path = lj.write_report(self.path("report.html"), title="landscape-jax quickstart tour",

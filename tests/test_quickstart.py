@@ -37,7 +37,7 @@ def test_quickstart_tiny_end_to_end(tmp_path):
         assert fig in report
       assert not caption or caption in report
     assert any(fig.endswith(".plotly.json") for fig, _ in result["figures"]) or step in (
-      "train", "adaptive"), step
+      "train", "adaptive", "sharp_flat"), step
   for title in ("2-D filter-normalised surface", "Bezier curve", "weight matching",
                 "Fast Geometric Ensembling", "PCA plane"):
     assert title in report
