@@ -1,0 +1,224 @@
+"""oneDNN derivatives of convolutions (backends.cpu.onednn_autodiff): the three products against a
+direct NumPy convolution and its adjoint identities, every order of differentiation and vmap
+against XLA's, whole models (zoo families, NNX, Equinox) against XLA's gradients and HVPs, and the
+fallback to XLA for what oneDNN does not take (grouped convolutions, bfloat16).
+
+Tolerances: float32, largest difference <= 2e-5 (products) / 1e-4 (models, whose gradients sum
+many more terms) times the largest magnitude of XLA's result; bfloat16 models run XLA's own
+program (fallback), so they match to 1e-6 relative."""
+
+import platform
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+import landscape_jax as lj
+from landscape_jax.backends.cpu import onednn_autodiff as ad
+from tests.conv_reference import hlo_text, numpy_conv
+
+pytestmark = pytest.mark.skipif(
+  platform.system() != "Linux" or platform.machine() != "x86_64",
+  reason="oneDNN wheels exist for Linux x86-64 only")
+
+CONFIGS = [  # strides, padding (t, b, l, r), dilation, kernel
+  ((1, 1), (1, 1, 1, 1), (1, 1), (3, 3)),
+  ((2, 2), (1, 1, 1, 1), (1, 1), (3, 3)),
+  ((2, 1), (0, 2, 1, 0), (2, 1), (3, 2)),
+  ((1, 2), (0, 0, 0, 0), (1, 1), (1, 1)),  # 1x1, strided
+  ((2, 2), (0, 0, 0, 0), (1, 1), (1, 1)),  # ResNet's projection shortcut
+]
+
+
+def _close(got, want, tol):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    assert g.shape == w.shape
+    err, scale = np.max(np.abs(g - w)), np.max(np.abs(w))
+    assert err <= tol * scale + 1e-30, f"max difference {err:.3g} > {tol} x {scale:.3g}"
+
+
+def _xla_conv(strides, padding, dilation):
+  return lambda x, w: lax.conv_general_dilated(
+    x, w, strides, ((padding[0], padding[1]), (padding[2], padding[3])), rhs_dilation=dilation,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _operands(kernel, key=0):
+  k = jax.random.split(jax.random.key(key), 2)
+  return jax.random.normal(k[0], (3, 11, 10, 5)), jax.random.normal(k[1], (*kernel, 5, 7))
+
+
+@pytest.mark.parametrize("strides,padding,dilation,kernel", CONFIGS)
+def test_three_products_match_numpy_and_are_adjoint(strides, padding, dilation, kernel):
+  """F against a float64 NumPy convolution; D and W through the adjoint identities
+  <F(x, w), dy> = <x, D(dy, w)> = <w, W(x, dy)> with NumPy's F, and exactly as the transposes
+  that jax.vjp derives (the bwd_data / bwd_weights FFI calls)."""
+  x, w = _operands(kernel)
+  y = jax.jit(lambda x, w: ad.conv(x, w, strides=strides, padding=padding,
+                                   dilation=dilation))(x, w)
+  ref = numpy_conv(x, w, strides, padding, dilation)
+  np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-4)
+  dy = jax.random.normal(jax.random.key(5), y.shape)
+  _, vjp = jax.vjp(lambda x, w: ad.conv(x, w, strides=strides, padding=padding,
+                                        dilation=dilation), x, w)
+  dx, dw = jax.jit(vjp)(dy)
+  lhs = float(np.sum(ref * np.asarray(dy, np.float64)))
+  for a, b in ((x, dx), (w, dw)):
+    assert abs(float(np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64))) - lhs) <= (
+      1e-5 * np.sum(np.abs(ref * np.asarray(dy))))
+  text = hlo_text(lambda x, w: jax.vjp(lambda x, w: ad.conv(
+    x, w, strides=strides, padding=padding, dilation=dilation), x, w)[1](dy), x, w)
+  assert "landscape_jax_onednn_conv_bwd_data" in text
+  assert "landscape_jax_onednn_conv_bwd_weights" in text
+  assert "convolution" not in re.sub(r"custom_call @\w+", "", text)
+
+
+@pytest.mark.parametrize("strides,padding,dilation,kernel", [CONFIGS[2], CONFIGS[3]])
+def test_every_order_of_differentiation_matches_xla(strides, padding, dilation, kernel):
+  """grad, forward-over-reverse HVP, reverse-over-reverse, linearize and both vmaps against
+  XLA's, and each runs on oneDNN only (no XLA convolution in the compiled program)."""
+  x, w = _operands(kernel, 1)
+  ours = lambda x, w: ad.conv(x, w, strides=strides, padding=padding, dilation=dilation)
+  xla = _xla_conv(strides, padding, dilation)
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.tanh(conv(x, w)) ** 2)
+
+  def hvp(conv):
+    g = jax.grad(loss(conv), argnums=(0, 1))
+    return lambda x, w: jax.jvp(g, (x, w), (0.3 * x, 0.7 * w))[1]
+
+  def rev_rev(conv):
+    g = jax.grad(loss(conv), argnums=1)
+    return jax.grad(lambda x, w: jnp.sum(g(x, w) ** 2), argnums=(0, 1))
+
+  def linearized(conv):
+    return lambda x, w: jax.linearize(jax.grad(loss(conv), argnums=1), x, w)[1](x, w)
+
+  for make in (lambda c: jax.grad(loss(c), argnums=(0, 1)), hvp, rev_rev, linearized):
+    fn = make(ours)
+    _close(jax.jit(fn)(x, w), make(xla)(x, w), 2e-5)
+    text = hlo_text(fn, x, w)
+    assert "convolution" not in re.sub(r"custom_call @\w+", "", text)
+  xs, ws = jnp.stack([x, -0.5 * x]), jnp.stack([w, 2 * w])
+  _close(jax.jit(jax.vmap(ours, (0, None)))(xs, w), jax.vmap(xla, (0, None))(xs, w), 2e-5)
+  _close(jax.jit(jax.vmap(ours, (None, 0)))(x, ws), jax.vmap(xla, (None, 0))(x, ws), 2e-5)
+  _close(jax.jit(jax.vmap(ours))(xs, ws), jax.vmap(xla)(xs, ws), 2e-5)
+  # vmapped gradients and HVPs (e.g. several probes at once): every product batched
+  g, gx = jax.grad(loss(ours), argnums=1), jax.grad(loss(xla), argnums=1)
+  _close(jax.jit(jax.vmap(g, (0, None)))(xs, w), jax.vmap(gx, (0, None))(xs, w), 2e-5)
+  vs = jnp.stack([w, -w * 0.1])
+  hv = lambda gr: jax.vmap(lambda v: jax.jvp(lambda q: gr(x, q), (w,), (v,))[1])
+  _close(jax.jit(hv(g))(vs), hv(gx)(vs), 2e-5)
+
+
+def test_invalid_arguments_say_what_is_wrong():
+  x, w = _operands((3, 3))
+  with pytest.raises(ValueError, match="float32"):
+    ad.conv(x.astype(jnp.bfloat16), w)
+  with pytest.raises(ValueError, match="matching channels"):
+    ad.conv(x, w[:, :, :3])
+  with pytest.raises(ValueError, match="paddings >= 0"):
+    ad.conv(x, w, padding=-1)
+
+
+# ------------------------------------------------------------------------------- whole models
+ZOO = [("resnet8", {"width": 0.25}), ("preresnet110", {"depth": 8, "width": 0.25}),
+       ("wrn16_4", {"depth": 10, "widen_factor": 1}), ("vgg9_bn", {"width": 0.125}),
+       ("densenet_bc_100_12", {"depth": 10, "growth_rate": 4}), ("convfc", {"width": 0.125}),
+       ("resnet8_noshort", {"width": 0.25})]
+
+
+def _batch(n=6, size=8, channels=3, classes=10):
+  k1, k2 = jax.random.split(jax.random.key(3))
+  return (jax.random.normal(k1, (n, size, size, channels)),
+          jax.random.randint(k2, (n,), 0, classes))
+
+
+def _check_model(loss_fn, params, batch, *, tol=1e-4, expect_onednn=True):
+  """Gradient and forward-over-reverse HVP of `loss_fn` with oneDNN derivatives against XLA's."""
+  fast = ad.with_onednn_derivatives(loss_fn)
+  v = jax.tree.map(lambda p: jax.random.normal(jax.random.key(7), p.shape, p.dtype), params)
+
+  def hvp(f):
+    return lambda p, b, v: jax.jvp(lambda q: jax.grad(f)(q, b), (p,), (v,))[1]
+
+  _close(jax.jit(jax.grad(fast))(params, batch), jax.jit(jax.grad(loss_fn))(params, batch), tol)
+  _close(jax.jit(hvp(fast))(params, batch, v), jax.jit(hvp(loss_fn))(params, batch, v), tol)
+  text = hlo_text(hvp(fast), params, batch, v)
+  assert ("landscape_jax_onednn_conv_bwd_data" in text) == expect_onednn
+  return text
+
+
+@pytest.mark.parametrize("name,overrides", [
+  pytest.param(*z, marks=() if z[0] == "resnet8" else pytest.mark.slow) for z in ZOO],
+  ids=[z[0] for z in ZOO])
+def test_zoo_gradients_and_hvps_match_xla(name, overrides):
+  model = lj.get_model(name, num_classes=10, **overrides)
+  batch = _batch()
+  variables = model.init(jax.random.key(0), batch[0][:1])
+  loss_fn = lj.make_loss_fn(model, batch_stats=variables.get("batch_stats"))
+  text = _check_model(loss_fn, variables["params"], batch, expect_onednn=True)
+  assert "convolution" not in re.sub(r"custom_call @\w+", "", text)
+
+
+class _NNXNet(nnx.Module):
+  """conv 3x3 stride 2 -> relu -> grouped conv (2 groups) -> dilated conv -> pool -> dense."""
+
+  def __init__(self, rngs):
+    self.c1 = nnx.Conv(3, 4, (3, 3), strides=2, rngs=rngs)
+    self.c2 = nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=rngs)
+    self.c3 = nnx.Conv(4, 6, (3, 3), kernel_dilation=2, rngs=rngs)
+    self.fc = nnx.Linear(6, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.c3(jax.nn.relu(self.c2(jax.nn.relu(self.c1(x)))))
+    return self.fc(jnp.mean(jnp.tanh(x), (1, 2)))
+
+
+def test_nnx_model_with_a_grouped_convolution_falls_back_for_it():
+  model, params = lj.from_nnx(_NNXNet(nnx.Rngs(0)))
+  loss_fn = lj.make_loss_fn(model)
+  batch = _batch(size=12)
+  text = _check_model(loss_fn, params, batch)
+  # the grouped convolution and its derivatives stay XLA's; the other two run on oneDNN
+  assert "feature_group_count = 2" in text
+
+
+class _EqxNet(eqx.Module):
+  """Equinox: one (H, W, C) example, (C, H, W) convolutions (vmapped by the adapter)."""
+
+  c1: eqx.nn.Conv2d
+  c2: eqx.nn.Conv2d
+  fc: eqx.nn.Linear
+
+  def __init__(self, key):
+    k = jax.random.split(key, 3)
+    self.c1 = eqx.nn.Conv2d(3, 4, 3, padding=1, key=k[0])
+    self.c2 = eqx.nn.Conv2d(4, 5, 1, stride=2, key=k[1])
+    self.fc = eqx.nn.Linear(5, 10, key=k[2])
+
+  def __call__(self, x):
+    x = self.c2(jax.nn.relu(self.c1(jnp.transpose(x, (2, 0, 1)))))
+    return self.fc(jnp.mean(x, (1, 2)))
+
+
+def test_equinox_model_gradients_and_hvps_match_xla():
+  model, params = lj.from_equinox(_EqxNet(jax.random.key(0)))
+  loss_fn = lj.make_loss_fn(model)
+  _check_model(loss_fn, params, _batch())
+
+
+def test_bfloat16_model_falls_back_to_xla():
+  """bfloat16 convolutions are not taken: the program is XLA's own, values to bf16 rounding."""
+  model = lj.get_model("resnet8", num_classes=10, width=0.25, dtype=jnp.bfloat16)
+  batch = _batch()
+  variables = model.init(jax.random.key(0), batch[0][:1])
+  loss_fn = lj.make_loss_fn(model, batch_stats=variables.get("batch_stats"))
+  _check_model(loss_fn, variables["params"], batch, tol=1e-6, expect_onednn=False)
