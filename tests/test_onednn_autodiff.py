@@ -222,3 +222,38 @@ def test_bfloat16_model_falls_back_to_xla():
   variables = model.init(jax.random.key(0), batch[0][:1])
   loss_fn = lj.make_loss_fn(model, batch_stats=variables.get("batch_stats"))
   _check_model(loss_fn, variables["params"], batch, tol=1e-6, expect_onednn=False)
+
+
+def test_hvp_with_onednn_derivatives_matches_xla():
+  """`lj.hvp` with ``cpu_convolutions="onednn"`` against ``"xla"`` (and, slow, Lanczos
+  eigenvalues, Hutchinson samples and the curvature map vmapped over points)."""
+  model = lj.get_model("resnet8", num_classes=10, width=0.125)
+  batch = _batch(n=4, size=6)
+  variables = model.init(jax.random.key(0), batch[0][:1])
+  params = variables["params"]
+  loss_fn = lj.make_loss_fn(model, batch_stats=variables["batch_stats"])
+  v = jax.tree.map(lambda p: jnp.ones_like(p) * 0.1, params)
+  runs = {c: lj.hvp(loss_fn, params, batch, v, cpu_convolutions=c) for c in ("onednn", "xla")}
+  _close(runs["onednn"], runs["xla"], 1e-4)
+  with pytest.raises(ValueError, match="cpu_convolutions"):
+    lj.hvp(loss_fn, params, batch, v, cpu_convolutions="fast")
+
+
+@pytest.mark.slow
+def test_lanczos_trace_and_curvature_map_with_onednn_match_xla():
+  model = lj.get_model("resnet8", num_classes=10, width=0.125)
+  batch = _batch(n=4, size=6)
+  variables = model.init(jax.random.key(0), batch[0][:1])
+  params = variables["params"]
+  loss_fn = lj.make_loss_fn(model, batch_stats=variables["batch_stats"])
+  eigs = [lj.hessian_eigenvalues(loss_fn, params, batch, top_k=2, num_steps=8,
+                                 cpu_convolutions=c).top for c in ("onednn", "xla")]
+  np.testing.assert_allclose(eigs[0], eigs[1], rtol=1e-3)
+  traces = [lj.hessian_trace(jax.random.key(1), loss_fn, params, batch, num_probes=4,
+                             cpu_convolutions=c).samples for c in ("onednn", "xla")]
+  np.testing.assert_allclose(traces[0], traces[1], rtol=1e-3, atol=1e-3)
+  maps = [lj.make_curvature_metric_fn(loss_fn, batch, num_steps=6, cpu_convolutions=c)
+          for c in ("onednn", "xla")]
+  points = jax.tree.map(lambda p: jnp.stack([p, 1.1 * p]), params)
+  got, want = (jax.jit(jax.vmap(m))(points) for m in maps)
+  _close(got["lambda_max"], want["lambda_max"], 1e-3)

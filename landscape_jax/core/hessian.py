@@ -56,6 +56,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
+from landscape_jax.backends.cpu.onednn_autodiff import with_onednn_derivatives
+from landscape_jax.backends.cpu.onednn_build import resolve
 from landscape_jax.core.precision import check_precision, matmul_precision
 from landscape_jax.core.trees import check_same_structure
 
@@ -200,16 +202,20 @@ def _split_leaves(params, mask):
 
 
 def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | None,
-              linearize: bool = False) -> FlatOperator:
+              linearize: bool = False, onednn: bool = False) -> FlatOperator:
   """``H v`` on flat vectors. With `linearize`, the gradient is linearised once at ``x0``
   (`jax.linearize`): each product then re-runs only the tangent pass, reusing the stored forward
   and backward residuals of every batch (memory: those residuals; about 1.5x fewer FLOPs per
-  product, benchmarks/bench_hvp.py)."""
+  product, benchmarks/bench_hvp.py). With `onednn`, the loss's convolutions and all their
+  derivatives run on oneDNN (`backends.cpu.onednn_autodiff.with_onednn_derivatives`)."""
   active, merge, select = _split_leaves(params, mask)
   x0, unravel_active = ravel_pytree(active)
 
   def loss_flat(x, batch):
     return loss_fn(merge(unravel_active(x), lambda leaf: leaf), batch)
+
+  if onednn:
+    loss_flat = with_onednn_derivatives(loss_flat)
 
   # canonical convolutions: the products run inside loops (Lanczos, probes, batches), where
   # XLA:CPU's backward convolutions are otherwise much slower (backends.cpu.convolutions)
@@ -259,7 +265,8 @@ def num_curvature_params(params: PyTree, *, mask: PyTree | None = None) -> int:
 
 
 def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
-        mask: PyTree | None = None, precision=CURVATURE_PRECISION) -> PyTree:
+        mask: PyTree | None = None, precision=CURVATURE_PRECISION,
+        cpu_convolutions: str = "auto") -> PyTree:
   """Hessian-vector product ``H v`` by forward-over-reverse differentiation (jitted).
 
   ``H v = d/de grad L(params + e v) |_{e=0} = jax.jvp(jax.grad(L), (params,), (v,))[1]``.
@@ -275,6 +282,10 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
     precision: matmul precision of every dot and convolution (`core.precision`): ``"highest"``
       (default, full float32 on every backend), ``"high"``, ``"default"``, a
       `jax.lax.Precision`, or None (JAX's current setting).
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
+      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
+      (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     ``H v`` with the structure of ``params``.
@@ -284,12 +295,13 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
   """
   check_same_structure(params, v, names=("params", "v"), check_dtype=False)
   with matmul_precision(precision):
-    return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask))
+    return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask),
+                    resolve(cpu_convolutions))
 
 
-@functools.partial(jax.jit, static_argnums=4)
-def _hvp_jit(loss_fn, params, data, v, mask):
-  op = flat_hvp_operator(loss_fn, params, data, mask)
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _hvp_jit(loss_fn, params, data, v, mask, onednn):
+  op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
   return op.unravel(op.matvec(op.ravel(v).astype(op.x0.dtype)))
 
 
@@ -454,9 +466,9 @@ def _check_steps(num_steps: int, dim: int) -> int:
   return min(int(num_steps), dim)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False):
-  op = flat_hvp_operator(loss_fn, params, data, mask, linearize)
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, onednn=False):
+  op = flat_hvp_operator(loss_fn, params, data, mask, linearize, onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
   return lanczos(op.matvec, v0, num_steps=num_steps, key=k_restart, precision=None)
@@ -486,8 +498,8 @@ class HessianEigenvalues(NamedTuple):
 def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: int = 1,
                         num_steps: int = 100, key: jax.Array | None = None,
                         mask: PyTree | None = None, vectors: bool = False,
-                        linearize: bool = False, precision=CURVATURE_PRECISION
-                        ) -> HessianEigenvalues:
+                        linearize: bool = False, precision=CURVATURE_PRECISION,
+                        cpu_convolutions: str = "auto") -> HessianEigenvalues:
   """Top-k and smallest eigenvalues of the loss Hessian by Lanczos (PyHessian / Li et al.).
 
   Runs `lanczos` with full reorthogonalisation for ``num_steps`` steps from a Gaussian start
@@ -508,6 +520,10 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
       product: same values, cheaper products, but the forward and backward residuals of all
       of `data` stay in memory (fine for a Hessian batch of a few thousand examples).
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
+      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
+      (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     A `HessianEigenvalues`.
@@ -529,7 +545,8 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   key = jax.random.key(0) if key is None else key
   with matmul_precision(precision):
     _check_loss("hessian_eigenvalues", loss_fn, params, data)
-    res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize))
+    res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize),
+                       resolve(cpu_convolutions))
   _check_finite("hessian_eigenvalues", res.alphas, res.betas)
   evals, evecs = _host_eigh(res.alphas, res.betas)
   top = evals[::-1][:top_k]
@@ -556,9 +573,9 @@ class TraceEstimate(NamedTuple):
   samples: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch):
-  op = flat_hvp_operator(loss_fn, params, data, mask)
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch, onednn=False):
+  op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
 
   def one(k):
     z = jax.random.rademacher(k, op.x0.shape, op.x0.dtype)
@@ -593,7 +610,8 @@ def _chunked_probes(fn, key, num_probes, chunk, progress, desc):
 def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                   num_probes: int = 100, mask: PyTree | None = None,
                   probe_batch_size: int | None = None, chunk_size: int | None = None,
-                  progress: bool = False, precision=CURVATURE_PRECISION) -> TraceEstimate:
+                  progress: bool = False, precision=CURVATURE_PRECISION,
+                  cpu_convolutions: str = "auto") -> TraceEstimate:
   """Hutchinson's estimate of ``tr H`` with Rademacher probes (PyHessian), and its error bar.
 
   ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
@@ -608,6 +626,10 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
       progress bar that moves. The result does not depend on it.
     progress: show a tqdm bar over the chunks.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
+      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
+      (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
@@ -627,8 +649,9 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   loss_fn, mask_t = _as_partial(loss_fn), _mask_tuple(params, mask)
   with matmul_precision(precision):
     _check_loss("hessian_trace", loss_fn, params, data)
+    onednn = resolve(cpu_convolutions)
     s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
-                                                  probe_batch_size),
+                                                  probe_batch_size, onednn),
                         key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
   s = np.asarray(s, np.float64)
   _check_finite("hessian_trace", s)
@@ -657,9 +680,9 @@ class SpectralDensity(NamedTuple):
   sigma2: float
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _slq_chunk(loss_fn, params, data, keys, num_steps, mask):
-  op = flat_hvp_operator(loss_fn, params, data, mask)
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _slq_chunk(loss_fn, params, data, keys, num_steps, mask, onednn=False):
+  op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
 
   def one(k):
     k_start, k_restart = jax.random.split(k)
@@ -712,7 +735,8 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
                      num_probes: int = 1, num_steps: int = 100, grid=None,
                      num_bins: int = 10000, sigma2: float = 1e-5, scale_sigma: bool = True,
                      mask: PyTree | None = None, progress: bool = False,
-                     precision=CURVATURE_PRECISION) -> SpectralDensity:
+                     precision=CURVATURE_PRECISION, cpu_convolutions: str = "auto"
+                     ) -> SpectralDensity:
   """Spectral density of the Hessian by stochastic Lanczos quadrature (PyHessian, Ghorbani 2019).
 
   For each of ``num_probes`` Rademacher start vectors ``v`` (unit-normalised), ``num_steps``
@@ -730,6 +754,10 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
       ``scale_sigma``).
     progress: show a tqdm bar over the probes (one compiled call per probe).
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
+      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
+      (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     A `SpectralDensity`.
@@ -749,10 +777,12 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
   mask_t = _mask_tuple(params, mask)
   m = _check_steps(num_steps, num_curvature_params(params, mask=mask))
   loss_fn = _as_partial(loss_fn)
+  onednn = resolve(cpu_convolutions)
   with matmul_precision(precision):
     _check_loss("spectral_density", loss_fn, params, data)
     alphas, betas = _chunked_probes(
-      lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t), key, int(num_probes),
+      lambda keys: _slq_chunk(loss_fn, params, data, keys, m, mask_t, onednn), key,
+      int(num_probes),
       1 if progress else num_probes, progress, "Lanczos probes")
   _check_finite("spectral_density", alphas, betas)
   nodes, weights = [], []
@@ -770,13 +800,13 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
 # Eigenvalue-ratio maps (Li et al. 2018, Sec. 6).
 
 
-def _curvature_metrics(num_steps, mask, precision, loss_fn, data, key, params):
+def _curvature_metrics(num_steps, mask, precision, onednn, loss_fn, data, key, params):
   with matmul_precision(precision):
-    return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params)
+    return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn)
 
 
-def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params):
-  op = flat_hvp_operator(loss_fn, params, data, mask)
+def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn=False):
+  op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
   res = lanczos(op.matvec, v0, num_steps=min(num_steps, op.x0.shape[0]), key=k_restart,
@@ -790,8 +820,8 @@ def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params):
 
 def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
                              mask: PyTree | None = None, params_like: PyTree | None = None,
-                             key: jax.Array | None = None, precision=CURVATURE_PRECISION
-                             ) -> Callable[[PyTree], dict]:
+                             key: jax.Array | None = None, precision=CURVATURE_PRECISION,
+                             cpu_convolutions: str = "auto") -> Callable[[PyTree], dict]:
   """Builds ``metric_fn(params) -> {"lambda_max", "lambda_min", "ratio"}`` for eigenvalue maps.
 
   Li et al. 2018 (Sec. 6) map ``|lambda_min / lambda_max|`` of the Hessian over a 2-D plane:
@@ -814,6 +844,11 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
     precision: matmul precision of the Lanczos run at every point (`core.precision`; default
       ``"highest"``, kept inside a surface evaluated at another precision; None: the
       surrounding setting). Part of the function's identity in a store.
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
+      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
+      (benchmarks/bench_conv_grads.py). Resolved
+      when the function is built. Grouped and non-float32 convolutions always run on XLA.
   """
   precision = check_precision(precision)
   if num_steps < 2:
@@ -825,7 +860,8 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
     mask_t = None
   key = jax.random.key(0) if key is None else key
   return jax.tree_util.Partial(
-    functools.partial(_curvature_metrics, int(num_steps), mask_t, precision),
+    functools.partial(_curvature_metrics, int(num_steps), mask_t, precision,
+                      resolve(cpu_convolutions)),
     _as_partial(loss_fn), data, key)
 
 
