@@ -257,3 +257,69 @@ def test_lanczos_trace_and_curvature_map_with_onednn_match_xla():
   points = jax.tree.map(lambda p: jnp.stack([p, 1.1 * p]), params)
   got, want = (jax.jit(jax.vmap(m))(points) for m in maps)
   _close(got["lambda_max"], want["lambda_max"], 1e-3)
+
+
+def test_training_steps_with_onednn_match_xla():
+  """One SGD step (BatchNorm in training mode) and one Bezier-curve step with
+  ``cpu_convolutions="onednn"`` against ``"xla"``: same loss, same updated weights."""
+  import optax
+
+  from landscape_jax.core.curves import init_curve, split_curve
+  from landscape_jax.methods.curve_training import CurveTrainState, curve_train_step
+  from landscape_jax.methods.training import create_train_state, train_step
+
+  model = lj.get_model("resnet8", num_classes=10, width=0.125)
+  images = jax.random.randint(jax.random.key(2), (4, 6, 6, 3), 0, 256).astype(jnp.uint8)
+  labels = jnp.arange(4) % 10
+  tx = optax.sgd(0.1, momentum=0.9)
+  state = create_train_state(model, jax.random.key(0), images, tx)
+  kw = dict(model=model, tx=tx, mean=jnp.zeros(3), std=jnp.full(3, 60.0))
+  runs = [train_step(state, (images, labels), jax.random.key(1), cpu_convolutions=c, **kw)
+          for c in ("onednn", "xla")]
+  _close(runs[0][1]["loss"], runs[1][1]["loss"], 1e-5)
+  _close(runs[0][0].params, runs[1][0].params, 1e-5)
+
+  end = jax.tree.map(lambda p: -p, state.params)
+  loss_fn = lj.make_loss_fn(model, batch_stats=state.batch_stats)
+  ends, interior = split_curve(init_curve(state.params, end, 3))
+  cstate = CurveTrainState(jnp.zeros((), jnp.int32), interior, tx.init(interior))
+  batch = (images.astype(jnp.float32) / 255.0, labels)
+  steps = [jax.jit(lambda s, c=c: curve_train_step(loss_fn, tx, s, ends, batch, jax.random.key(3),
+                                                   weight_decay=5e-4, cpu_convolutions=c))(cstate)
+           for c in ("onednn", "xla")]
+  _close(steps[0][1], steps[1][1], 1e-5)
+  _close(steps[0][0].interior, steps[1][0].interior, 1e-5)
+
+
+_AVX2_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from landscape_jax.backends.cpu import onednn_autodiff as ad
+names = [ad.implementation(k, (4, 9, 9, 8), (3, 3, 8, 16), strides=2, padding=1)
+         for k in ad.KINDS]
+assert all("avx512" not in n and n for n in names), names
+k1, k2 = jax.random.split(jax.random.key(0))
+x, w = jax.random.normal(k1, (4, 9, 9, 8)), jax.random.normal(k2, (3, 3, 8, 16))
+xla = lambda x, w: jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+ours = lambda x, w: ad.conv(x, w, strides=2, padding=1)
+loss = lambda c: lambda x, w: jnp.sum(jnp.tanh(c(x, w)) ** 2)
+hvp = lambda c: jax.jvp(jax.grad(loss(c), argnums=(0, 1)), (x, w), (x, w))[1]
+for a, b in zip(jax.jit(lambda: hvp(ours))(), hvp(xla)):
+  assert np.max(np.abs(a - b)) <= 2e-5 * np.max(np.abs(b)), np.max(np.abs(a - b))
+print("OK", names)
+"""
+
+
+def test_avx2_only_code_path_in_a_subprocess():
+  """The three products on oneDNN's AVX2 kernels (``ONEDNN_MAX_CPU_ISA=AVX2``, XLA limited the
+  same way with ``--xla_cpu_max_isa=AVX2``), as on a CPU without AVX-512: an HVP against XLA's."""
+  import os
+  import subprocess
+  import sys
+
+  env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", XLA_FLAGS="--xla_cpu_max_isa=AVX2",
+             PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+  assert "avx2" in proc.stdout

@@ -60,7 +60,7 @@ from landscape_jax.backends.cpu.onednn_build import (
   library,
 )
 
-__all__ = ["KINDS", "conv", "conv_p", "supported", "with_onednn_derivatives"]
+__all__ = ["KINDS", "conv", "conv_p", "implementation", "supported", "with_onednn_derivatives"]
 
 KINDS = ("fwd", "bwd_data", "bwd_weights")
 
@@ -194,6 +194,29 @@ def conv(x: jax.Array, w: jax.Array, *, strides: int | Sequence[int] = 1,
   return conv_p.bind(x, w, kind="fwd", strides=strides, padding=padding, dilation=dilation,
                      in_hw=tuple(int(s) for s in x.shape[1:3]),
                      k_hw=tuple(int(s) for s in w.shape[:2]))
+
+
+def implementation(kind: str, x_shape: Sequence[int], w_shape: Sequence[int], *, strides=1,
+                   padding=0, dilation=1) -> str:
+  """The oneDNN implementation of a product for a shape (diagnostics), e.g.
+  ``implementation("bwd_weights", (128, 32, 32, 16), (3, 3, 16, 16), padding=1)`` ->
+  ``"brgconv_bwd_w:avx512_core"``; with ``ONEDNN_MAX_CPU_ISA=AVX2`` an ``avx2`` kernel. ``kind``
+  "fwd" gives the forward (inference) kernel of `onednn.implementation`."""
+  import ctypes
+
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+  strides, dilation, padding = _pairs(strides), _pairs(dilation), _pairs(padding, 4)
+  n, h, w, c = (int(a) for a in x_shape)
+  kh, kw, _, o = (int(a) for a in w_shape)
+  oh, ow = (_out_size(h, kh, strides[0], dilation[0], *padding[:2]),
+            _out_size(w, kw, strides[1], dilation[1], *padding[2:]))
+  if kind == "fwd":
+    key = (n, h, w, c, kh, kw, o, oh, ow, *strides, *dilation, *padding, 0, 0, 0, 0, 0, 0)
+    return library().LandscapeJaxOnednnConvImpl((ctypes.c_int64 * len(key))(*key)).decode()
+  key = (n, h, w, c, kh, kw, o, oh, ow, *strides, *dilation, *padding,
+         1 if kind == "bwd_data" else 2, 0, 0, 0, 0, 0)
+  return library().LandscapeJaxOnednnConvBwdImpl((ctypes.c_int64 * len(key))(*key)).decode()
 
 
 def supported(eqn) -> bool:
