@@ -323,3 +323,16 @@ def test_avx2_only_code_path_in_a_subprocess():
                         text=True, timeout=600, check=False)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
   assert "avx2" in proc.stdout
+
+
+def test_auto_leaves_small_convolutions_to_xla():
+  """``min_flops``: a convolution below it stays XLA's; ``"auto"`` uses `AUTO_MIN_FLOPS`,
+  ``"onednn"`` none, ``"xla"`` no oneDNN at all."""
+  x, w = _operands((3, 3))
+  f = lambda x, w: jnp.sum(_xla_conv((1, 1), (1, 1, 1, 1), (1, 1))(x, w) ** 2)
+  flops = 2 * 3 * 11 * 10 * 7 * 3 * 3 * 5
+  for min_flops, on in ((flops, True), (flops + 1, False)):
+    text = hlo_text(jax.grad(ad.with_onednn_derivatives(f, min_flops=min_flops)), x, w)
+    assert ("landscape_jax_onednn_conv" in text) == on
+  assert ad.min_flops_for("onednn") == 0 and ad.min_flops_for("xla") is None
+  assert ad.min_flops_for("auto") == ad.AUTO_MIN_FLOPS

@@ -56,8 +56,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
-from landscape_jax.backends.cpu.onednn_autodiff import with_onednn_derivatives
-from landscape_jax.backends.cpu.onednn_build import resolve
+from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core.precision import check_precision, matmul_precision
 from landscape_jax.core.trees import check_same_structure
 
@@ -202,20 +201,21 @@ def _split_leaves(params, mask):
 
 
 def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | None,
-              linearize: bool = False, onednn: bool = False) -> FlatOperator:
+              linearize: bool = False, onednn: float | None = None) -> FlatOperator:
   """``H v`` on flat vectors. With `linearize`, the gradient is linearised once at ``x0``
   (`jax.linearize`): each product then re-runs only the tangent pass, reusing the stored forward
   and backward residuals of every batch (memory: those residuals; about 1.5x fewer FLOPs per
-  product, benchmarks/bench_hvp.py). With `onednn`, the loss's convolutions and all their
-  derivatives run on oneDNN (`backends.cpu.onednn_autodiff.with_onednn_derivatives`)."""
+  product, benchmarks/bench_hvp.py). With `onednn` (a number of FLOPs, `min_flops_for`), the loss's
+  convolutions of at least that size and all their derivatives run on oneDNN
+  (`backends.cpu.onednn_autodiff.with_onednn_derivatives`)."""
   active, merge, select = _split_leaves(params, mask)
   x0, unravel_active = ravel_pytree(active)
 
   def loss_flat(x, batch):
     return loss_fn(merge(unravel_active(x), lambda leaf: leaf), batch)
 
-  if onednn:
-    loss_flat = with_onednn_derivatives(loss_flat)
+  if onednn is not None:  # the minimum FLOPs of a convolution sent to oneDNN
+    loss_flat = with_onednn_derivatives(loss_flat, min_flops=onednn)
 
   # canonical convolutions: the products run inside loops (Lanczos, probes, batches), where
   # XLA:CPU's backward convolutions are otherwise much slower (backends.cpu.convolutions)
@@ -283,9 +283,10 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
       (default, full float32 on every backend), ``"high"``, ``"default"``, a
       `jax.lax.Precision`, or None (JAX's current setting).
     cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
-      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
-      (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     ``H v`` with the structure of ``params``.
@@ -296,7 +297,7 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
   check_same_structure(params, v, names=("params", "v"), check_dtype=False)
   with matmul_precision(precision):
     return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask),
-                    resolve(cpu_convolutions))
+                    min_flops_for(cpu_convolutions))
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
@@ -467,7 +468,7 @@ def _check_steps(num_steps: int, dim: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
-def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, onednn=False):
+def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, onednn=None):
   op = flat_hvp_operator(loss_fn, params, data, mask, linearize, onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
@@ -521,9 +522,10 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
       of `data` stay in memory (fine for a Hessian batch of a few thousand examples).
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
     cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
-      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
-      (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     A `HessianEigenvalues`.
@@ -546,7 +548,7 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   with matmul_precision(precision):
     _check_loss("hessian_eigenvalues", loss_fn, params, data)
     res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize),
-                       resolve(cpu_convolutions))
+                       min_flops_for(cpu_convolutions))
   _check_finite("hessian_eigenvalues", res.alphas, res.betas)
   evals, evecs = _host_eigh(res.alphas, res.betas)
   top = evals[::-1][:top_k]
@@ -574,7 +576,7 @@ class TraceEstimate(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch, onednn=False):
+def _trace_chunk(loss_fn, params, data, keys, mask, probe_batch, onednn=None):
   op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
 
   def one(k):
@@ -627,9 +629,10 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     progress: show a tqdm bar over the chunks.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
     cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
-      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
-      (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
@@ -649,7 +652,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   loss_fn, mask_t = _as_partial(loss_fn), _mask_tuple(params, mask)
   with matmul_precision(precision):
     _check_loss("hessian_trace", loss_fn, params, data)
-    onednn = resolve(cpu_convolutions)
+    onednn = min_flops_for(cpu_convolutions)
     s = _chunked_probes(lambda keys: _trace_chunk(loss_fn, params, data, keys, mask_t,
                                                   probe_batch_size, onednn),
                         key, int(num_probes), chunk_size or num_probes, progress, "trace probes")
@@ -681,7 +684,7 @@ class SpectralDensity(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _slq_chunk(loss_fn, params, data, keys, num_steps, mask, onednn=False):
+def _slq_chunk(loss_fn, params, data, keys, num_steps, mask, onednn=None):
   op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
 
   def one(k):
@@ -755,9 +758,10 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     progress: show a tqdm bar over the probes (one compiled call per probe).
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
     cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
-      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
-      (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     A `SpectralDensity`.
@@ -777,7 +781,7 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
   mask_t = _mask_tuple(params, mask)
   m = _check_steps(num_steps, num_curvature_params(params, mask=mask))
   loss_fn = _as_partial(loss_fn)
-  onednn = resolve(cpu_convolutions)
+  onednn = min_flops_for(cpu_convolutions)
   with matmul_precision(precision):
     _check_loss("spectral_density", loss_fn, params, data)
     alphas, betas = _chunked_probes(
@@ -805,7 +809,7 @@ def _curvature_metrics(num_steps, mask, precision, onednn, loss_fn, data, key, p
     return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn)
 
 
-def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn=False):
+def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn=None):
   op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
@@ -845,9 +849,10 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
       ``"highest"``, kept inside a surface evaluated at another precision; None: the
       surrounding setting). Part of the function's identity in a store.
     cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`), ``"onednn"``
-      or ``"xla"``. Both are exact float32; oneDNN is faster for convolutional models
-      (benchmarks/bench_conv_grads.py). Resolved
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Resolved
       when the function is built. Grouped and non-float32 convolutions always run on XLA.
   """
   precision = check_precision(precision)
@@ -861,7 +866,7 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
   key = jax.random.key(0) if key is None else key
   return jax.tree_util.Partial(
     functools.partial(_curvature_metrics, int(num_steps), mask_t, precision,
-                      resolve(cpu_convolutions)),
+                      min_flops_for(cpu_convolutions)),
     _as_partial(loss_fn), data, key)
 
 

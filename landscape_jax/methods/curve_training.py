@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from landscape_jax.adapters.data import Dataset
-from landscape_jax.backends.cpu.onednn_autodiff import with_onednn_derivatives
-from landscape_jax.backends.cpu.onednn_build import resolve
+from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import identity as identity_lib
 from landscape_jax.core import trees
 from landscape_jax.core.curves import (
@@ -77,7 +76,8 @@ def curve_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
   one forward/backward pass of the model plus O(num_bends x params).
 
   ``cpu_convolutions``: who computes the convolutions and their derivatives on the CPU,
-  ``"auto"`` (oneDNN where available, `backends.cpu.onednn_build.resolve`), ``"onednn"`` or
+  ``"auto"`` (oneDNN where available for convolutions of at least
+  `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` or
   ``"xla"``; both exact float32 (benchmarks/bench_conv_grads.py times them).
 
   Returns:
@@ -88,8 +88,8 @@ def curve_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
     and Fast Ensembling of DNNs".
   """
   n = bend_count(state.interior) + 2
-  if resolve(cpu_convolutions):
-    loss_fn = with_onednn_derivatives(loss_fn)
+  if (min_flops := min_flops_for(cpu_convolutions)) is not None:
+    loss_fn = with_onednn_derivatives(loss_fn, min_flops=min_flops)
   ts = jax.random.uniform(key, () if num_ts == 1 else (num_ts,))
 
   def objective(interior):

@@ -52,8 +52,7 @@ from landscape_jax.adapters.evaluation import (
   evaluate_split,
 )
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
-from landscape_jax.backends.cpu.onednn_autodiff import with_onednn_derivatives
-from landscape_jax.backends.cpu.onednn_build import resolve
+from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import fileio
 from landscape_jax.core.sharding import make_mesh
 from landscape_jax.methods import checkpoints
@@ -222,8 +221,8 @@ def _train_step(state: TrainState, batch, key, *, model, tx, mean, std, augment,
     loss = jnp.mean(cross_entropy(logits, labels))
     return loss, (logits, new_stats)
 
-  if resolve(cpu_convolutions):  # convolutions and their derivatives on oneDNN
-    loss_fn = with_onednn_derivatives(loss_fn)
+  if (min_flops := min_flops_for(cpu_convolutions)) is not None:  # convs and derivatives: oneDNN
+    loss_fn = with_onednn_derivatives(loss_fn, min_flops=min_flops)
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -248,7 +247,8 @@ def train_step(state: TrainState, batch, key: jax.Array, *, model: nn.Module,
     mean, std: per-channel normalisation (`Dataset.mean`, `Dataset.std`).
     augment: random crop with `pad` zero pixels and (if `flip`) horizontal flip.
     cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (oneDNN where available, `backends.cpu.onednn_build.resolve`), ``"onednn"`` or
+      ``"auto"`` (oneDNN where available for convolutions of at least
+  `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` or
       ``"xla"``; both exact float32 (benchmarks/bench_conv_grads.py times them).
 
   Returns:

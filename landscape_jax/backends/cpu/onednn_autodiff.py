@@ -60,9 +60,15 @@ from landscape_jax.backends.cpu.onednn_build import (
   library,
 )
 
-__all__ = ["KINDS", "conv", "conv_p", "implementation", "supported", "with_onednn_derivatives"]
+__all__ = ["AUTO_MIN_FLOPS", "KINDS", "conv", "conv_p", "implementation", "min_flops_for",
+           "supported", "with_onednn_derivatives"]
 
 KINDS = ("fwd", "bwd_data", "bwd_weights")
+# ``"auto"`` routes a convolution to oneDNN from this many FLOPs (2 N OH OW KH KW C O) up:
+# bench_conv_grads measured oneDNN 1.5-1.9x faster than XLA on ResNet-20 at batch 128 (about
+# 6e8 FLOPs per 3x3 convolution) but 5-20x slower on a ResNet-8 at batch 16 of 16x16 images
+# (at most 5e6 FLOPs per convolution: per-call overhead), both on a heavily loaded machine.
+AUTO_MIN_FLOPS = 5e7
 
 conv_p = jex.Primitive("landscape_jax_onednn_bilinear_conv")
 
@@ -219,6 +225,24 @@ def implementation(kind: str, x_shape: Sequence[int], w_shape: Sequence[int], *,
   return library().LandscapeJaxOnednnConvBwdImpl((ctypes.c_int64 * len(key))(*key)).decode()
 
 
+def min_flops_for(cpu_convolutions: str) -> float | None:
+  """The ``min_flops`` of `with_onednn_derivatives` for a ``cpu_convolutions`` option: None
+  (XLA's convolutions) for ``"xla"`` and wherever ``"auto"`` does not use oneDNN
+  (`onednn_build.resolve`), 0 for ``"onednn"``, `AUTO_MIN_FLOPS` for ``"auto"``."""
+  from landscape_jax.backends.cpu.onednn_build import resolve
+
+  if not resolve(cpu_convolutions):
+    return None
+  return 0.0 if cpu_convolutions == "onednn" else AUTO_MIN_FLOPS
+
+
+def _flops(eqn) -> float:
+  out = eqn.outvars[0].aval.shape
+  rhs = eqn.invars[1].aval.shape
+  return 2.0 * float(np.prod(out)) * float(np.prod(rhs)) / max(
+    1, rhs[eqn.params["dimension_numbers"].rhs_spec[0]])
+
+
 def supported(eqn) -> bool:
   """Whether a ``conv_general_dilated`` equation can be computed by `conv`: 2-D, float32 operands
   and result, no input (lhs) dilation, one feature group and one batch group, padding >= 0, a
@@ -237,8 +261,8 @@ def supported(eqn) -> bool:
           and all(s > 0 for s in (*lhs.shape, *rhs.shape, *out.shape)))
 
 
-def _replace(eqn, invals):
-  if not supported(eqn):
+def _replace(eqn, invals, min_flops=0.0):
+  if not supported(eqn) or _flops(eqn) < min_flops:
     return None
   x, w = invals
   p = eqn.params
@@ -253,7 +277,8 @@ def _replace(eqn, invals):
   return [jnp.transpose(y, perm)]
 
 
-def with_onednn_derivatives(fn: Callable[..., Any]) -> Callable[..., Any]:
+def with_onednn_derivatives(fn: Callable[..., Any], *, min_flops: float = 0.0
+                            ) -> Callable[..., Any]:
   """``fn`` with its supported convolutions (`supported`) computed by `conv`, so that its
   derivatives of every order are oneDNN convolutions too.
 
@@ -263,10 +288,12 @@ def with_onednn_derivatives(fn: Callable[..., Any]) -> Callable[..., Any]:
   traces ``fn`` (pytree arguments and result) at each call (inside `jax.jit`: once per
   compilation) and evaluates its program with each supported ``conv_general_dilated`` (also
   inside nested `jax.jit`) replaced; other convolutions stay XLA's. Same function up to float32
-  rounding.
+  rounding. ``min_flops``: only convolutions of at least this many FLOPs (``2 N OH OW KH KW C
+  O``) are replaced (small ones run faster on XLA: per-call overhead; `AUTO_MIN_FLOPS`).
 
   Raises:
     OnednnUnavailable: where oneDNN cannot be built (see `onednn_build.unavailable_reason`).
   """
   library()
-  return rewritten(fn, functools.partial(evaluate, replace=_replace))
+  return rewritten(fn, functools.partial(evaluate, replace=functools.partial(
+    _replace, min_flops=float(min_flops))))
