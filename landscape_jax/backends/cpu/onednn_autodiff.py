@@ -42,6 +42,7 @@ float32 sums: the same function as XLA's up to float32 rounding (the order of th
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,6 +59,7 @@ from landscape_jax.backends.cpu.onednn_build import (
   TARGET_BWD_DATA,
   TARGET_BWD_WEIGHTS,
   library,
+  resolve,
 )
 
 __all__ = ["AUTO_MIN_FLOPS", "KINDS", "conv", "conv_p", "implementation", "min_flops_for",
@@ -208,8 +210,6 @@ def implementation(kind: str, x_shape: Sequence[int], w_shape: Sequence[int], *,
   ``implementation("bwd_weights", (128, 32, 32, 16), (3, 3, 16, 16), padding=1)`` ->
   ``"brgconv_bwd_w:avx512_core"``; with ``ONEDNN_MAX_CPU_ISA=AVX2`` an ``avx2`` kernel. ``kind``
   "fwd" gives the forward (inference) kernel of `onednn.implementation`."""
-  import ctypes
-
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
   strides, dilation, padding = _pairs(strides), _pairs(dilation), _pairs(padding, 4)
@@ -229,8 +229,6 @@ def min_flops_for(cpu_convolutions: str) -> float | None:
   """The ``min_flops`` of `with_onednn_derivatives` for a ``cpu_convolutions`` option: None
   (XLA's convolutions) for ``"xla"`` and wherever ``"auto"`` does not use oneDNN
   (`onednn_build.resolve`), 0 for ``"onednn"``, `AUTO_MIN_FLOPS` for ``"auto"``."""
-  from landscape_jax.backends.cpu.onednn_build import resolve
-
   if not resolve(cpu_convolutions):
     return None
   return 0.0 if cpu_convolutions == "onednn" else AUTO_MIN_FLOPS
