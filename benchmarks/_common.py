@@ -191,8 +191,18 @@ def torch_matmul_peak(*, n: int = 2048, repeats: int = 5) -> float | None:
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_baseline.py")
 
 
+def torch_python() -> str:
+  """The interpreter of the PyTorch side: ``$LANDSCAPE_JAX_TORCH_PYTHON`` (e.g. a separate venv
+  with torch and pyhessian) or this one."""
+  return os.environ.get("LANDSCAPE_JAX_TORCH_PYTHON") or sys.executable
+
+
 def torch_installed() -> tuple[bool, str]:
   """Whether PyTorch can be imported (found without importing it here) and, if not, why."""
+  if os.environ.get("LANDSCAPE_JAX_TORCH_PYTHON"):
+    ok = subprocess.run([torch_python(), "-c", "import torch"], capture_output=True,
+                        check=False).returncode == 0
+    return ok, "" if ok else f"torch cannot be imported by {torch_python()}"
   if importlib.util.find_spec("torch") is None:
     return False, ("PyTorch is not installed: the PyTorch baselines are skipped "
                    "(pip install '.[bench]' or the CPU wheel of torch)")
@@ -201,7 +211,7 @@ def torch_installed() -> tuple[bool, str]:
 
 def run_torch(command: str, *args: str, timeout: float = 600) -> dict:
   """Runs ``torch_baseline.py COMMAND ARGS`` in its own process and returns its JSON answer."""
-  proc = subprocess.run([sys.executable, TORCH_SCRIPT, command, *args], capture_output=True,
+  proc = subprocess.run([torch_python(), TORCH_SCRIPT, command, *args], capture_output=True,
                         text=True, timeout=timeout, check=False)
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
   if proc.returncode != 0 or not lines:
@@ -215,7 +225,7 @@ class TorchWorker:
 
   def __init__(self, npz: str, *, threads: int | None = None, device: str = "cpu",
                extra: tuple[str, ...] = ()):
-    cmd = [sys.executable, TORCH_SCRIPT, "serve", "--npz", npz, "--device", device,
+    cmd = [torch_python(), TORCH_SCRIPT, "serve", "--npz", npz, "--device", device,
            "--threads", str(threads or os.cpu_count()), *extra]
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self.ready = self._read()

@@ -79,6 +79,10 @@ def main(argv=None):
                                     s0.variables, jnp.zeros((2, *shape[1:])))
   rows = []
 
+  def plain_xla(s):  # the same step with XLA's convolutions and derivatives
+    return lj.train_step(s, batch, key, model=model, tx=tx, mean=mean, std=std,
+                         cpu_convolutions="xla")[0]
+
   def plain(donate):
     fn = jax.jit(functools.partial(training.train_step.__wrapped__, model=model, tx=tx, mean=mean,
                                    std=std, augment=False, pad=4, flip=True),
@@ -94,9 +98,10 @@ def main(argv=None):
   ctx = lj.make_optimizer(learning_rate=0.03, momentum=0.9)
   cstate = curve_training.CurveTrainState(jnp.zeros((), jnp.int32), interior, ctx.init(interior))
 
-  def curve_step(num_ts, donate):
+  def curve_step(num_ts, donate, cpu_convolutions="auto"):
     fn = jax.jit(functools.partial(curve_training.curve_train_step, optimizer=ctx, kind="bezier",
-                                   weight_decay=5e-4, num_ts=num_ts),
+                                   weight_decay=5e-4, num_ts=num_ts,
+                                   cpu_convolutions=cpu_convolutions),
                  donate_argnames=("state",) if donate else ())
     return lambda s: fn(loss_fn, state=s, ends=ends, batch=batch, key=key)[0]
 
@@ -106,8 +111,10 @@ def main(argv=None):
   results = {}
   for name, step, state in [
     ("plain train_step", plain(False), s0),
+    ("plain, XLA convolutions", plain_xla, s0),
     ("plain, state donated", plain(True), copy(s0)),
     (f"curve step ({args.num_bends} bends, 1 t)", curve_step(1, False), cstate),
+    ("curve step, XLA convolutions", curve_step(1, False, "xla"), cstate),
     ("curve step, state donated", curve_step(1, True), copy(cstate)),
     ("curve step, 4 ts per batch", curve_step(4, False), cstate),
   ]:
@@ -119,12 +126,17 @@ def main(argv=None):
   table = C.markdown_table(
     ["step", "ms/step", "images/s", "compile s", "x plain step time"],
     [r + [r[1] / 1e3 / base] for r in rows])
-  ratio = results[f"curve step ({args.num_bends} bends, 1 t)"] / base
+  curve_1t = results[f"curve step ({args.num_bends} bends, 1 t)"]
+  ratio = curve_1t / base
   lines = [C.format_info(info), "",
            f"{args.model} (width {args.width}, {flops / 1e6:.1f} MFLOP per image forward), batch "
            f"{args.batch} of {args.image_size}x{args.image_size}x3, median of {args.steps} steps:",
            "", table, "",
-           f"Curve step / plain step: {ratio:.2f}x."]
+           f"Curve step / plain step: {ratio:.2f}x. XLA / oneDNN convolution derivatives "
+           f"(cpu_convolutions='xla' vs the default 'auto', same process): plain step "
+           f"{results['plain, XLA convolutions'] / base:.2f}x, curve step "
+           f"{results['curve step, XLA convolutions'] / curve_1t:.2f}x; "
+           f"load average at the end {' '.join(f'{a:.2f}' for a in os.getloadavg())}."]
   print(f"curve step / plain step: {ratio:.2f}x", flush=True)
   if args.record:
     C.append_results(f"bench_curve_step.py ({info['date']})", "\n".join(lines))

@@ -81,6 +81,8 @@ def parse_args(argv=None):
   p.add_argument("--probe_chunk", type=int, default=10)
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--cpu_convolutions", default="auto", choices=("auto", "onednn", "xla"),
+                 help="lj's convolutions and their derivatives: oneDNN (auto) or XLA")
   args = p.parse_args(argv)
   if args.tiny:
     args.model, args.width, args.batch, args.image_size = "resnet8", 0.5, 16, 16
@@ -111,7 +113,8 @@ def main(argv=None):
   @jax.jit  # weights and batch as arguments: closed over, XLA would constant-fold the model
   def run(loss_fn, params, batch, v0, k):
     def matvec(v):
-      return ravel_pytree(lj.hvp(loss_fn, params, batch, unravel(v)))[0]
+      return ravel_pytree(lj.hvp(loss_fn, params, batch, unravel(v),
+                                 cpu_convolutions=args.cpu_convolutions))[0]
 
     return lj.lanczos(matvec, v0, num_steps=args.max_steps, key=k)
 
@@ -129,11 +132,12 @@ def main(argv=None):
   # -- landscape-jax: hessian_eigenvalues at m steps (first call compiles), hessian_trace
   t = time.perf_counter()
   lj.hessian_eigenvalues(loss_fn, params, batch, top_k=args.top_k, num_steps=m,
-                         key=jax.random.key(args.seed))
+                         key=jax.random.key(args.seed), cpu_convolutions=args.cpu_convolutions)
   t_first = time.perf_counter() - t
   t = time.perf_counter()
   eig = lj.hessian_eigenvalues(loss_fn, params, batch, top_k=args.top_k, num_steps=m,
-                               key=jax.random.key(args.seed))
+                               key=jax.random.key(args.seed),
+                               cpu_convolutions=args.cpu_convolutions)
   t_eig = time.perf_counter() - t
   out["lj_eig"] = {"top": [float(v) for v in eig.top], "s": t_eig, "hvps": m,
                    "compile_s": t_first - t_eig}
@@ -170,11 +174,12 @@ def main(argv=None):
   chunk = min(args.probe_chunk, n_probes)
   tkey = jax.random.key(args.seed + 1)
   t = time.perf_counter()
-  lj.hessian_trace(tkey, loss_fn, params, batch, num_probes=max(2, chunk), chunk_size=chunk)
+  lj.hessian_trace(tkey, loss_fn, params, batch, num_probes=max(2, chunk), chunk_size=chunk,
+                   cpu_convolutions=args.cpu_convolutions)
   t_trace_first = time.perf_counter() - t
   t = time.perf_counter()
   tr = lj.hessian_trace(tkey, loss_fn, params, batch, num_probes=max(2, n_probes),
-                        chunk_size=chunk)
+                        chunk_size=chunk, cpu_convolutions=args.cpu_convolutions)
   t_trace = time.perf_counter() - t
   hvps_trace = -(-max(2, n_probes) // chunk) * chunk
   out["lj_trace"] = {"mean": tr.mean, "stderr": tr.stderr, "s": t_trace, "hvps": hvps_trace}
@@ -212,7 +217,9 @@ def main(argv=None):
     C.format_info(info), "",
     f"{args.model} (width {args.width}, random init), one batch of {args.batch} synthetic "
     f"{args.image_size}x{args.image_size}x3 images, mean cross-entropy in inference mode "
-    f"(loss {loss0:.5f}), Hessian over all {dim} parameters; tolerance {args.tol} for both "
+    f"(loss {loss0:.5f}), Hessian over all {dim} parameters; lj's convolutions "
+    f"cpu_convolutions={args.cpu_convolutions!r} (oneDNN's need AVX-512 for these figures: "
+    f"brgconv:avx512_core); tolerance {args.tol} for both "
     f"libraries (PyHessian maxIter {args.max_iter}). Lanczos steps from a residual-bound test "
     f"on one {args.max_steps}-step `lj.lanczos` run ({t_prefix:.1f} s incl. compile): "
     + (f"converged at step {steps}." if steps else

@@ -60,6 +60,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
+from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import progress as progress_lib
 from landscape_jax.core.precision import check_precision, matmul_precision
 from landscape_jax.core.trees import check_same_structure
@@ -235,18 +236,24 @@ def _constrain(x, sharding, leading: int = 0):
 
 
 def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | None,
-              linearize: bool = False, sharding=None) -> FlatOperator:
+              linearize: bool = False, sharding=None,
+              onednn: float | None = None) -> FlatOperator:
   """``H v`` on flat vectors. With `linearize`, the gradient is linearised once at ``x0``
   (`jax.linearize`): each product then re-runs only the tangent pass, reusing the stored forward
   and backward residuals of every batch (memory: those residuals; about 1.5x fewer FLOPs per
   product, benchmarks/bench_hvp.py). `sharding` (`vector_sharding`) keeps ``x0`` and every
-  product sharded over the model axis."""
+  product sharded over the model axis. With `onednn` (a number of FLOPs, `min_flops_for`), the
+  loss's convolutions of at least that size and all their derivatives run on oneDNN
+  (`backends.cpu.onednn_autodiff.with_onednn_derivatives`)."""
   active, merge, select = _split_leaves(params, mask)
   x0, unravel_active = ravel_pytree(active)
   x0 = _constrain(x0, sharding)
 
   def loss_flat(x, batch):
     return loss_fn(merge(unravel_active(x), lambda leaf: leaf), batch)
+
+  if onednn is not None:  # the minimum FLOPs of a convolution sent to oneDNN
+    loss_flat = with_onednn_derivatives(loss_flat, min_flops=onednn)
 
   # canonical convolutions: the products run inside loops (Lanczos, probes, batches), where
   # XLA:CPU's backward convolutions are otherwise much slower (backends.cpu.convolutions)
@@ -304,7 +311,8 @@ def num_curvature_params(params: PyTree, *, mask: PyTree | None = None) -> int:
 
 
 def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
-        mask: PyTree | None = None, precision=CURVATURE_PRECISION) -> PyTree:
+        mask: PyTree | None = None, precision=CURVATURE_PRECISION,
+        cpu_convolutions: str = "auto") -> PyTree:
   """Hessian-vector product ``H v`` by forward-over-reverse differentiation (jitted).
 
   ``H v = d/de grad L(params + e v) |_{e=0} = jax.jvp(jax.grad(L), (params,), (v,))[1]``.
@@ -320,6 +328,11 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
     precision: matmul precision of every dot and convolution (`core.precision`): ``"highest"``
       (default, full float32 on every backend), ``"high"``, ``"default"``, a
       `jax.lax.Precision`, or None (JAX's current setting).
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     ``H v`` with the structure of ``params`` (and, for sharded ``params``, their sharding; the
@@ -334,12 +347,18 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
     getattr(x, "sharding", None) for x in jax.tree.leaves(params))
   with matmul_precision(precision):
     return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask), sharding,
-                    leaf_shardings)
+                    leaf_shardings, _onednn(cpu_convolutions, sharding))
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _hvp_jit(loss_fn, params, data, v, mask, sharding=None, leaf_shardings=None):
-  op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding)
+def _onednn(cpu_convolutions: str, sharding) -> float | None:
+  """The FLOPs threshold of the oneDNN derivatives, or None: oneDNN's FFI calls have no sharding
+  rule, so vectors sharded over several devices keep XLA's convolutions."""
+  return min_flops_for(cpu_convolutions) if sharding is None else None
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _hvp_jit(loss_fn, params, data, v, mask, sharding=None, leaf_shardings=None, onednn=None):
+  op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding, onednn=onednn)
   out = op.unravel(op.matvec(op.ravel(v).astype(op.x0.dtype)))
   if leaf_shardings is None:
     return out
@@ -515,10 +534,10 @@ def _check_steps(num_steps: int, dim: int) -> int:
   return min(int(num_steps), dim)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9))
 def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, sharding=None,
-                 tick=False):
-  op = flat_hvp_operator(loss_fn, params, data, mask, linearize, sharding)
+                 tick=False, onednn=None):
+  op = flat_hvp_operator(loss_fn, params, data, mask, linearize, sharding, onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = _constrain(_start_vector(k_start, op.x0.shape[0], op.x0.dtype), sharding)
   # precision: the caller's
@@ -550,7 +569,8 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
                         num_steps: int = 100, key: jax.Array | None = None,
                         mask: PyTree | None = None, vectors: bool = False,
                         linearize: bool = False, progress: bool = True,
-                        precision=CURVATURE_PRECISION) -> HessianEigenvalues:
+                        precision=CURVATURE_PRECISION,
+                        cpu_convolutions: str = "auto") -> HessianEigenvalues:
   """Top-k and smallest eigenvalues of the loss Hessian by Lanczos (PyHessian / Li et al.).
 
   Runs `lanczos` with full reorthogonalisation for ``num_steps`` steps from a Gaussian start
@@ -573,6 +593,11 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
     progress: one progress bar over the Lanczos steps (`core.progress`: a terminal bar, a
       notebook widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     A `HessianEigenvalues`.
@@ -596,9 +621,10 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
     _check_loss("hessian_eigenvalues", loss_fn, params, data)
     bar = progress_lib.progress_bar(total=m, desc="Hessian eigenvalues", unit="HVP",
                                     enabled=progress)
+    sharding = vector_sharding(params)
     with progress_lib.active(bar):
-      res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize),
-                         vector_sharding(params), not bar.disable)
+      res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize), sharding,
+                         not bar.disable, _onednn(cpu_convolutions, sharding))
       res = jax.block_until_ready(res)
   _check_finite("hessian_eigenvalues", res.alphas, res.betas)
   evals, evecs = _host_eigh(res.alphas, res.betas)
@@ -626,9 +652,10 @@ class TraceEstimate(NamedTuple):
   samples: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
-def _trace_chunk(loss_fn, params, data, keys, real, mask, probe_batch, sharding=None, tick=False):
-  op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding)
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _trace_chunk(loss_fn, params, data, keys, real, mask, probe_batch, sharding=None, tick=False,
+                 onednn=None):
+  op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding, onednn=onednn)
 
   def one(k_real):
     k, r = k_real
@@ -665,7 +692,8 @@ def _chunked_probes(fn, key, num_probes, chunk):
 def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                   num_probes: int = 100, mask: PyTree | None = None,
                   probe_batch_size: int | None = None, chunk_size: int | None = None,
-                  progress: bool = True, precision=CURVATURE_PRECISION) -> TraceEstimate:
+                  progress: bool = True, precision=CURVATURE_PRECISION,
+                  cpu_convolutions: str = "auto") -> TraceEstimate:
   """Hutchinson's estimate of ``tr H`` with Rademacher probes (PyHessian), and its error bar.
 
   ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
@@ -681,6 +709,11 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     progress: one progress bar over the probes (`core.progress`: a terminal bar, a notebook
       widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
@@ -701,12 +734,13 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   with matmul_precision(precision):
     _check_loss("hessian_trace", loss_fn, params, data)
     sharding = vector_sharding(params)
+    onednn = _onednn(cpu_convolutions, sharding)
     bar = progress_lib.progress_bar(total=int(num_probes), desc="Hessian trace", unit="probe",
                                     enabled=progress)
     with progress_lib.active(bar):
       s = _chunked_probes(lambda keys, real: _trace_chunk(loss_fn, params, data, keys, real,
                                                           mask_t, probe_batch_size, sharding,
-                                                          not bar.disable),
+                                                          not bar.disable, onednn),
                           key, int(num_probes), chunk_size or num_probes)
   s = np.asarray(s, np.float64)
   _check_finite("hessian_trace", s)
@@ -735,9 +769,10 @@ class SpectralDensity(NamedTuple):
   sigma2: float
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8))
-def _slq_chunk(loss_fn, params, data, keys, real, num_steps, mask, sharding=None, tick=False):
-  op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding)
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _slq_chunk(loss_fn, params, data, keys, real, num_steps, mask, sharding=None, tick=False,
+               onednn=None):
+  op = flat_hvp_operator(loss_fn, params, data, mask, sharding=sharding, onednn=onednn)
 
   def one(k_real):
     k, r = k_real
@@ -792,7 +827,8 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
                      num_probes: int = 1, num_steps: int = 100, grid=None,
                      num_bins: int = 10000, sigma2: float = 1e-5, scale_sigma: bool = True,
                      mask: PyTree | None = None, progress: bool = True,
-                     precision=CURVATURE_PRECISION) -> SpectralDensity:
+                     precision=CURVATURE_PRECISION, cpu_convolutions: str = "auto"
+                     ) -> SpectralDensity:
   """Spectral density of the Hessian by stochastic Lanczos quadrature (PyHessian, Ghorbani 2019).
 
   For each of ``num_probes`` Rademacher start vectors ``v`` (unit-normalised), ``num_steps``
@@ -811,6 +847,11 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     progress: one progress bar over the Lanczos steps of all probes (`core.progress`: a
       terminal bar, a notebook widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
 
   Returns:
     A `SpectralDensity`.
@@ -832,12 +873,14 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
   loss_fn = _as_partial(loss_fn)
   with matmul_precision(precision):
     _check_loss("spectral_density", loss_fn, params, data)
+    sharding = vector_sharding(params)
+    onednn = _onednn(cpu_convolutions, sharding)
     bar = progress_lib.progress_bar(total=int(num_probes) * m, desc="Hessian density",
                                     unit="HVP", enabled=progress)
     with progress_lib.active(bar):
       alphas, betas = _chunked_probes(
         lambda keys, real: _slq_chunk(loss_fn, params, data, keys, real, m, mask_t,
-                                      vector_sharding(params), not bar.disable),
+                                      sharding, not bar.disable, onednn),
         key, int(num_probes), num_probes)
   _check_finite("spectral_density", alphas, betas)
   nodes, weights = [], []
@@ -855,13 +898,13 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
 # Eigenvalue-ratio maps (Li et al. 2018, Sec. 6).
 
 
-def _curvature_metrics(num_steps, mask, precision, loss_fn, data, key, params):
+def _curvature_metrics(num_steps, mask, precision, onednn, loss_fn, data, key, params):
   with matmul_precision(precision):
-    return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params)
+    return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn)
 
 
-def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params):
-  op = flat_hvp_operator(loss_fn, params, data, mask)
+def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn=None):
+  op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
   res = lanczos(op.matvec, v0, num_steps=min(num_steps, op.x0.shape[0]), key=k_restart,
@@ -875,8 +918,8 @@ def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params):
 
 def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
                              mask: PyTree | None = None, params_like: PyTree | None = None,
-                             key: jax.Array | None = None, precision=CURVATURE_PRECISION
-                             ) -> Callable[[PyTree], dict]:
+                             key: jax.Array | None = None, precision=CURVATURE_PRECISION,
+                             cpu_convolutions: str = "auto") -> Callable[[PyTree], dict]:
   """Builds ``metric_fn(params) -> {"lambda_max", "lambda_min", "ratio"}`` for eigenvalue maps.
 
   Li et al. 2018 (Sec. 6) map ``|lambda_min / lambda_max|`` of the Hessian over a 2-D plane:
@@ -899,6 +942,12 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
     precision: matmul precision of the Lanczos run at every point (`core.precision`; default
       ``"highest"``, kept inside a surface evaluated at another precision; None: the
       surrounding setting). Part of the function's identity in a store.
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
+      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
+      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
+      ones (benchmarks/bench_conv_grads.py). Resolved
+      when the function is built. Grouped and non-float32 convolutions always run on XLA.
   """
   precision = check_precision(precision)
   if num_steps < 2:
@@ -910,7 +959,8 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
     mask_t = None
   key = jax.random.key(0) if key is None else key
   return jax.tree_util.Partial(
-    functools.partial(_curvature_metrics, int(num_steps), mask_t, precision),
+    functools.partial(_curvature_metrics, int(num_steps), mask_t, precision,
+                      min_flops_for(cpu_convolutions)),
     _as_partial(loss_fn), data, key)
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from landscape_jax.adapters.data import Dataset
+from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import identity as identity_lib
 from landscape_jax.core import trees
 from landscape_jax.core.curves import (
@@ -70,7 +71,7 @@ class CurveTrainState(NamedTuple):
 def curve_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
                      state: CurveTrainState, ends: PyTree, batch, key: jax.Array, *,
                      kind: str = "bezier", weight_decay: float = 0.0, num_ts: int = 1,
-                     ) -> tuple[CurveTrainState, jax.Array]:
+                     cpu_convolutions: str = "auto") -> tuple[CurveTrainState, jax.Array]:
   """One optimiser step on ``E_t [L(phi(t)) + 0.5 wd ||phi(t)||^2]`` (Garipov et al.).
 
   ``t ~ U(0, 1)`` drawn from `key` (``num_ts`` of them, averaged, when > 1: one full-batch pass
@@ -78,6 +79,11 @@ def curve_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
   Only the interior bends are differentiated and updated; the endpoints `ends` (leading axis 2,
   see `split_curve`) stay fixed. phi(t) is one weighted sum over the bend axis, so the step costs
   one forward/backward pass of the model plus O(num_bends x params).
+
+  ``cpu_convolutions``: who computes the convolutions and their derivatives on the CPU,
+  ``"auto"`` (oneDNN where available for convolutions of at least
+  `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` or
+  ``"xla"``; both exact float32 (benchmarks/bench_conv_grads.py times them).
 
   Returns:
     The new state and the mean data loss (without the L2 term) at the sampled ts.
@@ -87,6 +93,8 @@ def curve_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
     and Fast Ensembling of DNNs".
   """
   n = bend_count(state.interior) + 2
+  if (min_flops := min_flops_for(cpu_convolutions)) is not None:
+    loss_fn = with_onednn_derivatives(loss_fn, min_flops=min_flops)
   ts = jax.random.uniform(key, () if num_ts == 1 else (num_ts,))
 
   def objective(interior):
@@ -115,7 +123,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
                 augment: bool = False, seed: int = 0, workdir: str | None = None,
                 checkpoint_every: int = 1, progress: bool = True,
                 callback: Callable | None = None,
-                identity: str | None = None) -> tuple[PyTree, list[dict]]:
+                identity: str | None = None, cpu_convolutions: str = "auto"
+                ) -> tuple[PyTree, list[dict]]:
   """Trains the interior bends of a curve between two fixed minima (Garipov et al. 2018).
 
   The objective is ``E_{t ~ U(0,1)} [L(phi(t)) + 0.5 wd ||phi(t)||^2]`` with one t per minibatch
@@ -149,6 +158,8 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
       every epoch (after the checkpoint).
     identity: with `workdir`, a name you guarantee identifies `loss_fn` where its content cannot
       be inspected (`identity.callable_identity` raises `IdentityError` without it).
+    cpu_convolutions: ``"auto"`` (default: the convolutions and their derivatives on oneDNN
+      where available), ``"onednn"`` or ``"xla"`` (see `curve_train_step`).
 
   Returns:
     ``(curve, history)``: the full control points and one ``{"epoch", "loss", "lr"}`` per epoch.
@@ -183,7 +194,7 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
   def step_fn(fn_args, st, batch, key):
     lf, e = fn_args
     return curve_train_step(lf, opt, st, e, batch, key, kind=kind, weight_decay=weight_decay,
-                            num_ts=num_ts)
+                            num_ts=num_ts, cpu_convolutions=cpu_convolutions)
 
   epoch_fn = make_epoch_fn(step_fn, augment=augment)
   history: list[dict] = []

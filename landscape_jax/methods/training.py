@@ -52,6 +52,7 @@ from landscape_jax.adapters.evaluation import (
   evaluate_split,
 )
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
+from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import fileio, identity
 from landscape_jax.core import progress as progress_lib
 from landscape_jax.core.sharding import make_mesh
@@ -189,7 +190,8 @@ def optimizer_from_config(config, steps_per_epoch: int
 # ------------------------------------------------------------------------------ steps
 
 
-def _train_step(state: TrainState, batch, key, *, model, tx, mean, std, augment, pad, flip):
+def _train_step(state: TrainState, batch, key, *, model, tx, mean, std, augment, pad, flip,
+                cpu_convolutions="auto"):
   images, labels = batch
   aug_key, dropout_key = jax.random.split(key)
   if augment:
@@ -208,6 +210,8 @@ def _train_step(state: TrainState, batch, key, *, model, tx, mean, std, augment,
     loss = jnp.mean(cross_entropy(logits, labels))
     return loss, (logits, new_stats)
 
+  if (min_flops := min_flops_for(cpu_convolutions)) is not None:  # convs and derivatives: oneDNN
+    loss_fn = with_onednn_derivatives(loss_fn, min_flops=min_flops)
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -215,10 +219,12 @@ def _train_step(state: TrainState, batch, key, *, model, tx, mean, std, augment,
   return TrainState(state.step + 1, params, new_stats, opt_state), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "augment", "pad", "flip"))
+@functools.partial(jax.jit, static_argnames=("model", "tx", "augment", "pad", "flip",
+                                             "cpu_convolutions"))
 def train_step(state: TrainState, batch, key: jax.Array, *, model: nn.Module,
                tx: optax.GradientTransformation, mean, std, augment: bool = False, pad: int = 4,
-               flip: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+               flip: bool = True, cpu_convolutions: str = "auto"
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a batch: ``w <- w + tx.update(grad mean CE)``; BatchNorm in training mode.
 
   Args:
@@ -229,6 +235,10 @@ def train_step(state: TrainState, batch, key: jax.Array, *, model: nn.Module,
     model: the linen module; tx: the optax transformation (both static).
     mean, std: per-channel normalisation (`Dataset.mean`, `Dataset.std`).
     augment: random crop with `pad` zero pixels and (if `flip`) horizontal flip.
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (oneDNN where available for convolutions of at least
+  `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` or
+      ``"xla"``; both exact float32 (benchmarks/bench_conv_grads.py times them).
 
   Returns:
     ``(new_state, {"loss", "accuracy"})``: batch-mean cross-entropy and accuracy *before* the
@@ -236,7 +246,7 @@ def train_step(state: TrainState, batch, key: jax.Array, *, model: nn.Module,
     ``mutable=["batch_stats"]``.
   """
   return _train_step(state, batch, key, model=model, tx=tx, mean=mean, std=std, augment=augment,
-                     pad=pad, flip=flip)
+                     pad=pad, flip=flip, cpu_convolutions=cpu_convolutions)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -402,7 +412,9 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
                                                             mesh, axis)
     step_kwargs = dict(model=model, tx=tx, mean=jnp.asarray(train_ds.mean),
                        std=jnp.asarray(train_ds.std), augment=bool(cfg["augment"]),
-                       pad=int(cfg["augment_pad"]), flip=bool(cfg["augment_flip"]))
+                       pad=int(cfg["augment_pad"]), flip=bool(cfg["augment_flip"]),
+                       # oneDNN's FFI calls have no sharding rule: several devices keep XLA's
+                       cpu_convolutions="auto" if mesh.size == 1 else "xla")
     step_fn = jax.jit(functools.partial(_loop_step, step_kwargs=step_kwargs),
                       donate_argnums=(0, 1), out_shardings=replicated)
 

@@ -35,12 +35,15 @@ from collections.abc import Callable
 
 import jax
 
-__all__ = ["COMPUTE_DTYPES", "CPU_CONVOLUTIONS", "OnednnUnavailable", "TARGET", "available",
+__all__ = ["COMPUTE_DTYPES", "CPU_CONVOLUTIONS", "OnednnUnavailable", "TARGET", "TARGET_BWD_DATA",
+           "TARGET_BWD_WEIGHTS", "available",
            "bf16_unsupported_reason", "canonical_compute_dtype", "cpu_bf16_flags", "library",
            "resolve", "unavailable_reason"]
 
 _SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
 TARGET = "landscape_jax_onednn_conv"
+TARGET_BWD_DATA = "landscape_jax_onednn_conv_bwd_data"
+TARGET_BWD_WEIGHTS = "landscape_jax_onednn_conv_bwd_weights"
 
 
 class OnednnUnavailable(RuntimeError):
@@ -148,8 +151,15 @@ def library() -> ctypes.CDLL:
     raise OnednnUnavailable(f"Loading {path} failed: {e}") from e
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handle.LandscapeJaxOnednnConv),
                               platform="cpu")
-  handle.LandscapeJaxOnednnConvImpl.restype = ctypes.c_char_p
-  handle.LandscapeJaxOnednnConvImpl.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+  jax.ffi.register_ffi_target(TARGET_BWD_DATA,
+                              jax.ffi.pycapsule(handle.LandscapeJaxOnednnConvBwdData),
+                              platform="cpu")
+  jax.ffi.register_ffi_target(TARGET_BWD_WEIGHTS,
+                              jax.ffi.pycapsule(handle.LandscapeJaxOnednnConvBwdWeights),
+                              platform="cpu")
+  for impl in (handle.LandscapeJaxOnednnConvImpl, handle.LandscapeJaxOnednnConvBwdImpl):
+    impl.restype = ctypes.c_char_p
+    impl.argtypes = [ctypes.POINTER(ctypes.c_int64)]
   return handle
 
 

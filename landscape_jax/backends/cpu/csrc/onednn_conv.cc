@@ -268,6 +268,153 @@ ffi::Error Conv(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::RemainingArgs rest,
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------------------------ backward (derivatives)
+//
+// The two other products of the same bilinear form, for the derivatives (float32):
+//   backward data:    dx[n, h, w, c] = sum_{i, j, a, b, o: h = i sh + a dh - pt, w = j sw + b dw - pl}
+//                                      dy[n, i, j, o] w[a, b, c, o]     (the adjoint in x),
+//   backward weights: dw[a, b, c, o] = sum_{n, i, j} xp[n, i sh + a dh, j sw + b dw, c] dy[n, i, j, o]
+//                                                                        (the adjoint in w),
+// oneDNN's convolution_backward_data / convolution_backward_weights primitives, NHWC activations
+// and HWIO weights (reordered from / to oneDNN's choice of weight layout on each call).
+
+struct BwdEntry {
+  dnnl::primitive prim;
+  dnnl::memory::desc user_weights;  // HWIO
+  dnnl::memory::desc weights;       // the primitive's (diff_)weights layout
+  bool reorder_weights = false;
+  dnnl::reorder weights_reorder;    // data: HWIO -> weights; weights: weights -> HWIO
+  size_t scratchpad_bytes = 0;
+  std::string impl;
+};
+
+// k: n, ih, iw, ic, kh, kw, oc, oh, ow, sh, sw, dh, dw, pt, pb, pl, pr, kind (1 data, 2 weights)
+std::shared_ptr<BwdEntry> MakeBwdEntry(const Key& k) {
+  using tag = dnnl::memory::format_tag;
+  using dt = dnnl::memory::data_type;
+  const int64_t* v = k.v;
+  dnnl::memory::dims src{v[0], v[3], v[1], v[2]};
+  dnnl::memory::dims wts{v[6], v[3], v[4], v[5]};
+  dnnl::memory::dims dst{v[0], v[6], v[7], v[8]};
+  dnnl::memory::dims strides{v[9], v[10]}, dilates{v[11] - 1, v[12] - 1};
+  dnnl::memory::dims pad_l{v[13], v[15]}, pad_r{v[14], v[16]};
+  auto src_md = dnnl::memory::desc(src, dt::f32, tag::nhwc);
+  auto dst_md = dnnl::memory::desc(dst, dt::f32, tag::nhwc);
+  auto wts_any = dnnl::memory::desc(wts, dt::f32, tag::any);
+  auto algo = dnnl::algorithm::convolution_direct;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto hint = dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, algo, src_md, wts_any, dst_md, strides,
+      dilates, pad_l, pad_r);
+  auto e = std::make_shared<BwdEntry>();
+  e->user_weights = dnnl::memory::desc(wts, dt::f32, tag::hwio);
+  if (v[17] == 1) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), algo, src_md, wts_any, dst_md, strides, dilates, pad_l, pad_r, hint, attr);
+    e->prim = dnnl::convolution_backward_data(pd);
+    e->weights = pd.weights_desc();
+    e->scratchpad_bytes = pd.scratchpad_desc().get_size();
+    e->impl = pd.impl_info_str();
+    if (e->weights != e->user_weights) {
+      e->reorder_weights = true;
+      e->weights_reorder = dnnl::reorder(
+          dnnl::reorder::primitive_desc(Engine(), e->user_weights, Engine(), e->weights));
+    }
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), algo, src_md, wts_any, dst_md, strides, dilates, pad_l, pad_r, hint, attr);
+    e->prim = dnnl::convolution_backward_weights(pd);
+    e->weights = pd.diff_weights_desc();
+    e->scratchpad_bytes = pd.scratchpad_desc().get_size();
+    e->impl = pd.impl_info_str();
+    if (e->weights != e->user_weights) {
+      e->reorder_weights = true;
+      e->weights_reorder = dnnl::reorder(
+          dnnl::reorder::primitive_desc(Engine(), e->weights, Engine(), e->user_weights));
+    }
+  }
+  return e;
+}
+
+std::shared_ptr<BwdEntry> LookupBwd(const Key& k) {
+  static std::mutex mu;
+  static std::unordered_map<Key, std::shared_ptr<BwdEntry>, KeyHash> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(k);
+  if (it != cache.end()) return it->second;
+  auto e = MakeBwdEntry(k);
+  cache.emplace(k, e);
+  return e;
+}
+
+// x: (N, H, W, C) images (or dx), w: (KH, KW, C, O) (or dw), y: (N, OH, OW, O) (or dy).
+ffi::Error Backward(int kind, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                    ffi::Buffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                    ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  auto yd = y.dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4 || strides.size() != 2 ||
+      padding.size() != 4 || dilation.size() != 2) {
+    return ffi::Error::InvalidArgument(
+        "onednn_conv backward: expects NHWC images, HWIO weights, 2 strides, 4 pads.");
+  }
+  if (wd[2] != xd[3] || yd[3] != wd[3] || yd[0] != xd[0]) {
+    return ffi::Error::InvalidArgument(
+        "onednn_conv backward: channel or batch sizes do not match.");
+  }
+  Key k{{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], strides[0], strides[1],
+         dilation[0], dilation[1], padding[0], padding[1], padding[2], padding[3], kind, 0, 0, 0,
+         0, 0}};
+  try {
+    using tag = dnnl::memory::format_tag;
+    using dt = dnnl::memory::data_type;
+    thread_local Buffer scratch, weights;
+    std::shared_ptr<BwdEntry> e = LookupBwd(k);
+    dnnl::stream stream(Engine());
+    dnnl::memory src(dnnl::memory::desc({xd[0], xd[3], xd[1], xd[2]}, dt::f32, tag::nhwc),
+                     Engine(), x.typed_data());
+    dnnl::memory dst(dnnl::memory::desc({yd[0], yd[3], yd[1], yd[2]}, dt::f32, tag::nhwc),
+                     Engine(), y.typed_data());
+    dnnl::memory wu(e->user_weights, Engine(), w.typed_data());
+    dnnl::memory wm = wu;
+    if (e->reorder_weights) {
+      wm = dnnl::memory(e->weights, Engine(), weights.Get(e->weights.get_size()));
+    }
+    dnnl::memory pad(
+        dnnl::memory::desc({static_cast<int64_t>(e->scratchpad_bytes)}, dt::u8, tag::a),
+        Engine(), scratch.Get(e->scratchpad_bytes + 64));
+    if (kind == 1) {
+      if (e->reorder_weights) e->weights_reorder.execute(stream, wu, wm);
+      e->prim.execute(stream, {{DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_WEIGHTS, wm},
+                               {DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_SCRATCHPAD, pad}});
+    } else {
+      e->prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dst},
+                               {DNNL_ARG_DIFF_WEIGHTS, wm}, {DNNL_ARG_SCRATCHPAD, pad}});
+      if (e->reorder_weights) e->weights_reorder.execute(stream, wm, wu);
+    }
+    stream.wait();
+  } catch (const dnnl::error& err) {
+    return ffi::Error::Internal(std::string("onednn_conv backward: oneDNN error: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+// dx = backward data(dy, w): the result is the images' buffer.
+ffi::Error BwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                   ffi::Result<ffi::Buffer<ffi::F32>> dx, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+  return Backward(1, *dx, w, dy, strides, padding, dilation);
+}
+
+// dw = backward weights(x, dy): the result is the weights' buffer.
+ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::Result<ffi::Buffer<ffi::F32>> dw, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding, ffi::Span<const int64_t> dilation) {
+  return Backward(2, x, *dw, dy, strides, padding, dilation);
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LandscapeJaxOnednnConv, Conv,
@@ -291,6 +438,38 @@ extern "C" const char* LandscapeJaxOnednnConvImpl(const int64_t* key) {
   for (int i = 0; i < kKeySize; ++i) k.v[i] = key[i];
   try {
     name = Lookup(k)->impl;
+  } catch (const dnnl::error&) {
+    name.clear();
+  }
+  return name.c_str();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LandscapeJaxOnednnConvBwdData, BwdData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<ffi::Span<const int64_t>>("dilation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LandscapeJaxOnednnConvBwdWeights, BwdWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<ffi::Span<const int64_t>>("dilation"));
+
+// The oneDNN implementation of a backward convolution (key as in Backward: kind 1 data,
+// 2 weights), for diagnostics; empty when oneDNN has none.
+extern "C" const char* LandscapeJaxOnednnConvBwdImpl(const int64_t* key) {
+  thread_local std::string name;
+  Key k;
+  for (int i = 0; i < kKeySize; ++i) k.v[i] = key[i];
+  try {
+    name = LookupBwd(k)->impl;
   } catch (const dnnl::error&) {
     name.clear();
   }
