@@ -6,6 +6,7 @@ tests/test_adapters.py."""
 import pathlib
 import re
 import runpy
+import shutil
 
 import jax
 import numpy as np
@@ -17,7 +18,8 @@ SIZES = re.compile(r"^EPOCHS, GRID, CURVE_EPOCHS, POINTS = .*$", re.M)
 TINY_SIZES = "EPOCHS, GRID, CURVE_EPOCHS, POINTS = 1, 3, 1, 3"
 EXECUTED = {"README.md": "test_readme_api_tour_runs", "docs/adapters.md": "test_adapters.py",
             "docs/adaptive.md": "test_docs_pages_run", "docs/interop.md": "test_docs_pages_run",
-            "docs/portability.md": "test_docs_pages_run"}
+            "docs/portability.md": "test_docs_pages_run", "docs/report.md": "test_docs_pages_run",
+            "docs/scaling.md": "test_docs_pages_run", "docs/sharpness.md": "test_docs_pages_run"}
 
 
 def python_blocks(page: str) -> list[str]:
@@ -63,10 +65,13 @@ def test_readme_api_tour_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["docs/adaptive.md", "docs/interop.md", "docs/portability.md"])
+@pytest.mark.parametrize("page", ["docs/adaptive.md", "docs/interop.md", "docs/portability.md",
+                                  "docs/report.md", "docs/scaling.md", "docs/sharpness.md"])
 def test_docs_pages_run(page, tmp_path, monkeypatch):
   if page == "docs/interop.md":
     pytest.importorskip("h5py")
+    # the page loads the tests' small PyTorch checkpoints by their path in a checkout
+    shutil.copytree(ROOT / "tests" / "data" / "torch", tmp_path / "tests" / "data" / "torch")
   monkeypatch.chdir(tmp_path)
   ns = _run("\n".join(python_blocks(page)), tmp_path, pathlib.Path(page).stem)
   if page == "docs/adaptive.md":
@@ -89,6 +94,16 @@ def test_docs_pages_run(page, tmp_path, monkeypatch):
     np.testing.assert_allclose(ns["values"]["train_loss"], ns["res"]["train_loss"], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(ns["d1"]), jax.tree.leaves(ns["d2"]), strict=True):
       assert a.shape == b.shape
+  elif page == "docs/report.md":
+    assert (tmp_path / "report.html").stat().st_size > 1000
+  elif page == "docs/scaling.md":  # the sharded surface's centre is the model at params
+    np.testing.assert_allclose(ns["res"]["train_loss"][1, 1],
+                               ns["metric_fn"](ns["params"])["train_loss"], rtol=1e-5)
+  elif page == "docs/sharpness.md":  # the rescaled MLP is the same function
+    x = np.asarray(ns["train"].images[:4], np.float32)
+    model = ns["model"]
+    np.testing.assert_allclose(model.apply({"params": ns["p2"]}, x),
+                               model.apply({"params": ns["params"]}, x), rtol=1e-4, atol=1e-4)
   else:
     w = np.asarray(ns["torch_params"]["conv"]["weight"])
     d = np.asarray(ns["per_leaf"]["conv"]["weight"])  # every output filter rescaled to w's norm
