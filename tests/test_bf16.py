@@ -231,7 +231,10 @@ def test_metric_fn_bf16_onednn_equals_xla_bf16(resnet8_digits):
   params = resnet8_digits[1]
   got = jax.jit(_metric(resnet8_digits, compute_dtype=jnp.bfloat16))(params)
   want = jax.jit(_metric(resnet8_digits, cpu_convolutions="xla", compute_dtype="bfloat16"))(params)
-  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+  # Both round x and w to bfloat16 alike and accumulate in float32, in other orders: AVX512-BF16's
+  # vdpbf16ps sums pairs of products before adding them, and an AMD Zen 4 measured 1.4e-5 here.
+  # 1e-4 still tells bfloat16 inputs from float32 ones (~1e-3 apart, test above).
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-4)
 
 
 def test_off_by_default_bit_identical(resnet8_digits):
