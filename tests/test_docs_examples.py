@@ -7,6 +7,7 @@ import pathlib
 import re
 import runpy
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -125,6 +126,7 @@ def test_the_docs_script_commands_name_real_scripts_configs_and_fields(monkeypat
   """The commands the docs give (too long to run in the tests) would parse: the script and the
   config exist, and every ``--config.<field>`` override names a field of that config."""
   monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+  monkeypatch.delitem(sys.modules, "_common", raising=False)  # benchmarks/ has one too
   import _common
 
   commands = _commands()

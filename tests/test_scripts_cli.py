@@ -90,6 +90,7 @@ def test_unknown_model_or_dataset_is_one_line_and_debug_shows_the_traceback(tmp_
 
 def test_missing_data_names_the_flags_that_fix_it(monkeypatch):
   monkeypatch.syspath_prepend(os.path.join(ROOT, "experiments"))
+  monkeypatch.delitem(sys.modules, "_common", raising=False)  # benchmarks/ has one too
   import _common
   import ml_collections
 
