@@ -24,8 +24,8 @@ import time
 import _common as bc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZES = re.compile(r"^EPOCHS, GRID, CURVE_EPOCHS, POINTS = .*$", re.M)
-TINY_SIZES = "EPOCHS, GRID, CURVE_EPOCHS, POINTS = 1, 3, 1, 3"
+SIZES = re.compile(r"^EPOCHS, GRID, CURVE_EPOCHS, POINTS, PROBES = .*$", re.M)
+TINY_SIZES = "EPOCHS, GRID, CURVE_EPOCHS, POINTS, PROBES = 1, 3, 1, 3, 4"
 
 
 def tour_block(readme: str) -> str:

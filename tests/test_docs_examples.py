@@ -15,8 +15,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FENCE = "`" * 3
-SIZES = re.compile(r"^EPOCHS, GRID, CURVE_EPOCHS, POINTS = .*$", re.M)
-TINY_SIZES = "EPOCHS, GRID, CURVE_EPOCHS, POINTS = 1, 3, 1, 3"
+SIZES = re.compile(r"^EPOCHS, GRID, CURVE_EPOCHS, POINTS, PROBES = .*$", re.M)
+TINY_SIZES = "EPOCHS, GRID, CURVE_EPOCHS, POINTS, PROBES = 1, 3, 1, 3, 4"
 EXECUTED = {"README.md": "test_readme_api_tour_runs", "docs/adapters.md": "test_adapters.py",
             "docs/adaptive.md": "test_docs_pages_run", "docs/interop.md": "test_docs_pages_run",
             "docs/portability.md": "test_docs_pages_run", "docs/report.md": "test_docs_pages_run",
