@@ -31,14 +31,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _surface(store: str, tiny: bool) -> tuple[dict, float]:
-  """The tour's `surface_grid` call on `store`: (results, seconds of the call alone)."""
+def _surface(store: str, tiny: bool) -> tuple[dict, float, dict]:
+  """The tour's `surface_grid` call on `store`: (results, seconds of the call alone, phases)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
 
   import landscape_jax as lj
 
+  t_inputs = time.perf_counter()
   train, test = lj.load("digits", "train"), lj.load("digits", "test")
   n = 64 if tiny else 0  # 0: whole splits, as the tour's eval_subset
   splits = {"train": train.subset(slice(0, n or None)), "test": test.subset(slice(0, n or None))}
@@ -52,14 +53,17 @@ def _surface(store: str, tiny: bool) -> tuple[dict, float]:
   t0 = time.perf_counter()
   res = lj.surface_grid(metric_fn, params, (d1, d2), xs, ys, mesh=lj.make_mesh(), store=store,
                         progress=False, metadata={"direction_seed": 1, "norm": "filter"})
-  return res, time.perf_counter() - t0
+  phases = {"imports_s": t_inputs - START,  # START: the process's start
+            "inputs_s": t0 - t_inputs}
+  return res, time.perf_counter() - t0, phases
 
 
 def _rerun_child(store: str, tiny: bool) -> None:
-  res, call = _surface(store, tiny)
+  res, call, phases = _surface(store, tiny)
   import numpy as np
   digest = {k: np.asarray(v).tobytes().hex() for k, v in res.items()}
-  print(json.dumps({"call_s": call, "process_s": time.perf_counter() - START, "values": digest}))
+  print(json.dumps({"call_s": call, "process_s": time.perf_counter() - START, "values": digest,
+                    **phases}))
 
 
 def main(argv=None):
@@ -74,7 +78,7 @@ def main(argv=None):
   info = C.announce_machine()
   with tempfile.TemporaryDirectory() as tmp:
     store = os.path.join(tmp, "surface_2d")
-    res, first = _surface(store, args.tiny)
+    res, first, _ = _surface(store, args.tiny)
     print(f"first run (computes {res['train_loss'].size} points): {first:.1f} s", flush=True)
     cmd = [sys.executable, os.path.abspath(__file__), "--rerun-child", store]
     cmd += ["--tiny"] if args.tiny else []
@@ -89,18 +93,21 @@ def main(argv=None):
   if not same:
     raise AssertionError("the rerun on the finished store returned other values")
   out = {"points": int(res["train_loss"].size), "first_s": first, "wall_s": wall,
-         "process_s": child["process_s"], "call_s": child["call_s"]}
+         "process_s": child["process_s"], "call_s": child["call_s"],
+         "imports_s": child["imports_s"], "inputs_s": child["inputs_s"]}
   print(f"rerun in a fresh process: {wall:.1f} s from start to result "
         f"({child['process_s']:.1f} s inside the interpreter), surface_grid call alone "
-        f"{child['call_s']:.2f} s; values identical", flush=True)
+        f"{child['call_s']:.2f} s (imports {child['imports_s']:.1f} s, data + model + directions "
+        f"{child['inputs_s']:.1f} s); values identical", flush=True)
   if args.record:
     body = (f"{C.format_info(info)}\n\n"
             "Tour surface (ResNet-8 width 1, untrained: model.init seed 0; whole digits splits, "
             f"train + test loss and accuracy; 21 x 21 grid): first run {first:.0f} s; rerun on "
             f"the finished store in a fresh process {wall:.1f} s from process start to result "
             f"(imports, data, model, directions), the `surface_grid` call alone "
-            f"{child['call_s']:.2f} s; values identical. Times on a shared machine (see the load "
-            "average above).")
+            f"{child['call_s']:.2f} s (of the rest: imports {child['imports_s']:.1f} s, data, "
+            f"model init and directions {child['inputs_s']:.1f} s); values identical. Times on "
+            "a shared machine (see the load average above).")
     C.append_results("Fast resume of the tour's surface (bench_resume.py)", body)
   return out
 
