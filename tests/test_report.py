@@ -219,3 +219,23 @@ def test_report_reads_plotly_json_as_bounded_data(run_dir, monkeypatch):
   with pytest.raises(ValueError, match="over the 50-byte limit"):
     report.write_report(run_dir / "p.html", title="t",
                         sections=[{"title": "s", "figures": ["ok.plotly.json"]}])
+
+
+def test_load_interactive_reads_bounded_data(tmp_path, monkeypatch):
+  pytest.importorskip("plotly")
+  from landscape_jax.plotting import interactive
+
+  fig = interactive.interactive_bars(["a", "b"], [0.5, 0.7], ylabel="accuracy")
+  path = interactive.save_interactive(fig, tmp_path / "bars")
+  back = interactive.load_interactive(path)
+  import json
+
+  import plotly.io as pio
+  as_data = lambda f: json.loads(pio.to_json(f, validate=False))
+  assert as_data(back) == as_data(fig)
+  (tmp_path / "bad.plotly.json").write_text('"just a string"')
+  with pytest.raises(ValueError, match="not a plotly figure"):
+    interactive.load_interactive(tmp_path / "bad.plotly.json")
+  monkeypatch.setattr(report, "MAX_PLOTLY_JSON_BYTES", 10)
+  with pytest.raises(ValueError, match="over the 10-byte limit"):
+    interactive.load_interactive(path)

@@ -37,6 +37,7 @@ from landscape_jax.core import fileio
 
 __all__ = [
   "format_value",
+  "read_plotly_json",
   "write_report",
 ]
 
@@ -191,8 +192,15 @@ def _relative(full: str, out_dir: str) -> str:
   return _url(os.path.relpath(full, out_dir))
 
 
-def _read_plotly_json(full: str, fig: str) -> dict:
-  """A ".plotly.json" file as data: a regular file, size-bounded, a JSON object with "data"."""
+def read_plotly_json(full: str, fig: str) -> dict:
+  """A ".plotly.json" file as data: a regular file, size-bounded, a JSON object with "data".
+
+  Args:
+    full: the file's path.
+    fig: how to name it in errors (the path the caller gave).
+
+  Raises:
+    ValueError: not a regular file, over `MAX_PLOTLY_JSON_BYTES`, not JSON, or not a figure."""
   st = os.stat(full)
   if not stat.S_ISREG(st.st_mode):
     raise ValueError(f"Interactive figure {fig!r} ({full!r}) is not a regular file.")
@@ -249,7 +257,7 @@ def _interactive_html(fig: Any, caption: str, out_dir: str, div_id: str, check: 
           f"Interactive figure {fig!r} of section {section!r} not found at {full!r}; write it "
           "with plotting.save_interactive, relative to the report's folder (or absolute).")
       return ""
-    fig = _read_plotly_json(full, fig)
+    fig = read_plotly_json(full, fig)
   div = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id,
                     config=_PLOT_CONFIG, validate=False, default_width="100%")
   div = re.sub(r'class="plotly-graph-div"', 'class="plotly-graph-div lj-plot"', div, count=1)
