@@ -162,3 +162,80 @@ def test_format_value():
   assert report.format_value(np.array(2.5)) == "2.5"
   assert report.format_value(np.array([0.1, 0.25])) == "[0.1, 0.25]"
   assert report.format_value("x") == "x"
+
+
+def test_report_names_are_names_not_markup_or_links(run_dir):
+  # hostile file names, captions and titles, as they could come from a tampered results file
+  odd = 'a "quoted" <b>name.png'
+  (run_dir / "figures" / odd).write_bytes(PNG)
+  secs = [{"title": '<img src=x onerror="alert(1)">',
+           "figures": [(f"figures/{odd}", '"><script>alert(2)</script>'),
+                       ("javascript:alert(3)", "")]}]
+  path = report.write_report(run_dir / "h.html", title="t", sections=secs, check_figures=False)
+  c, text = parse(path)
+  raw = open(path, encoding="utf-8").read()
+  assert "<script>alert" not in raw and "onerror=\"alert" not in raw
+  assert '<img src=x onerror="alert(1)">' in text  # shown as text
+  srcs = [i["src"] for i in c.imgs]
+  assert srcs[0] == "figures/a%20%22quoted%22%20%3Cb%3Ename.png"
+  assert srcs[1] == "javascript%3Aalert%283%29"  # a relative file name, not a javascript: URL
+  assert all(":" not in (h or "") for h in c.links if not (h or "").startswith("#"))
+  assert "figures/a%20%22quoted%22%20%3Cb%3Ename.png" in c.links
+
+
+def test_report_refuses_paths_that_leave_its_folder(run_dir):
+  sub = run_dir / "out"
+  for bad in ("../figures/curve.png", "figs/../../figures/curve.png"):
+    with pytest.raises(ValueError, match="leaves the report's folder"):
+      report.write_report(sub / "r.html", title="t", sections=[{"title": "s", "figures": [bad]}])
+    with pytest.raises(ValueError, match="leaves the report's folder"):
+      report.write_report(sub / "r.html", title="t", check_figures=False,
+                          sections=[{"title": "s", "figures": [bad + ".plotly.json"]}])
+  assert not (sub / "r.html").exists()
+
+
+def test_report_reads_plotly_json_as_bounded_data(run_dir, monkeypatch):
+  pytest.importorskip("plotly")
+  fig = {"data": [{"type": "scatter", "x": [1, 2], "y": [3, 4],
+                   "name": "</script><script>alert(1)</script>"}], "layout": {}}
+  (run_dir / "ok.plotly.json").write_text(__import__("json").dumps(fig))
+  path = report.write_report(run_dir / "p.html", title="t",
+                             sections=[{"title": "s", "figures": ["ok.plotly.json"]}])
+  raw = open(path, encoding="utf-8").read()
+  assert "</script><script>alert(1)" not in raw and "alert(1)" in raw  # kept, as escaped data
+  (run_dir / "code.plotly.json").write_text("__import__('os').system('x')")
+  with pytest.raises(ValueError, match="not valid JSON"):
+    report.write_report(run_dir / "p.html", title="t",
+                        sections=[{"title": "s", "figures": ["code.plotly.json"]}])
+  (run_dir / "list.plotly.json").write_text("[1, 2]")
+  with pytest.raises(ValueError, match="not a plotly figure"):
+    report.write_report(run_dir / "p.html", title="t",
+                        sections=[{"title": "s", "figures": ["list.plotly.json"]}])
+  (run_dir / "dir.plotly.json").mkdir()
+  with pytest.raises(ValueError, match="not a regular file"):
+    report.write_report(run_dir / "p.html", title="t",
+                        sections=[{"title": "s", "figures": ["dir.plotly.json"]}])
+  monkeypatch.setattr(report, "MAX_PLOTLY_JSON_BYTES", 50)
+  with pytest.raises(ValueError, match="over the 50-byte limit"):
+    report.write_report(run_dir / "p.html", title="t",
+                        sections=[{"title": "s", "figures": ["ok.plotly.json"]}])
+
+
+def test_load_interactive_reads_bounded_data(tmp_path, monkeypatch):
+  pytest.importorskip("plotly")
+  from landscape_jax.plotting import interactive
+
+  fig = interactive.interactive_bars(["a", "b"], [0.5, 0.7], ylabel="accuracy")
+  path = interactive.save_interactive(fig, tmp_path / "bars")
+  back = interactive.load_interactive(path)
+  import json
+
+  import plotly.io as pio
+  as_data = lambda f: json.loads(pio.to_json(f, validate=False))
+  assert as_data(back) == as_data(fig)
+  (tmp_path / "bad.plotly.json").write_text('"just a string"')
+  with pytest.raises(ValueError, match="not a plotly figure"):
+    interactive.load_interactive(tmp_path / "bad.plotly.json")
+  monkeypatch.setattr(report, "MAX_PLOTLY_JSON_BYTES", 10)
+  with pytest.raises(ValueError, match="over the 10-byte limit"):
+    interactive.load_interactive(path)

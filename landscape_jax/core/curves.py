@@ -410,7 +410,8 @@ def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve
   coords = np.concatenate([np.stack([np.full_like(ts, i), ts], 1) for i in range(len(stacked))])
   if store is not None:
     metadata = {"what": "curve", "kind": kind, "line": line, **(metadata or {})}
-  point_fn = jax.tree_util.Partial(_stacked_point(kind), pair)
+  # (selector, t): which of the stacked curves, and where on it
+  point_fn = engine.declare_coordinates(jax.tree_util.Partial(_stacked_point(kind), pair), 2)
   res = engine.evaluate_points(metric_fn, point_fn, coords, store=store, metadata=metadata,
                                desc=engine_kwargs.pop("desc", "curve points"),
                                precision=precision, **engine_kwargs)

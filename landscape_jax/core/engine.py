@@ -78,6 +78,31 @@ def as_partial(fn, *, name: str = "metric_fn") -> Partial | None:
   return Partial(fn)
 
 
+def declare_coordinates(point_fn: Partial, num_coords: int) -> Partial:
+  """Declares that `point_fn` reads exactly `num_coords` coordinates; returns `point_fn`.
+
+  `evaluate_points` then refuses coordinates with another number of columns (an extra column
+  would otherwise be silently ignored). Every point function the library builds (planes, paths,
+  curves, swap paths) declares its width; a user's own `point_fn` without a declaration is not
+  checked. The declaration is a plain attribute (``point_fn.num_coordinates``): it is not part of
+  the pytree, so it changes neither tracing nor the identity (which records the coordinates'
+  width itself).
+  """
+  if not isinstance(point_fn, Partial):
+    raise TypeError(f"declare_coordinates takes a jax.tree_util.Partial, got "
+                    f"{type(point_fn).__name__}.")
+  point_fn.num_coordinates = int(num_coords)
+  return point_fn
+
+
+def check_coordinate_width(point_fn, num_coords: int) -> None:
+  """Refuses coordinates whose width differs from the one `point_fn` declares (if it does)."""
+  declared = getattr(point_fn, "num_coordinates", None)
+  if declared is not None and int(declared) != int(num_coords):
+    raise ValueError(f"coords has {num_coords} column(s) but point_fn reads {declared} "
+                     f"coordinate(s); pass coordinates of shape (N, {declared}).")
+
+
 def default_map_mode(platform: str | None = None) -> str:
   """`lax.map` on CPU (no gain from batching points, lower memory), `vmap` on GPU/TPU."""
   platform = platform or jax.devices()[0].platform
@@ -338,6 +363,8 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
       datasets are arguments, not constants, of the compiled program.
     point_fn: ``point_fn(c) -> params`` for one float32 coordinate vector ``c`` of length k, best a
       `jax.tree_util.Partial` holding its arrays (e.g. ``Partial(plane_fn, center, directions)``).
+      If it declares its width (`declare_coordinates`, as every point function the library
+      builds does), coordinates of another width are refused; an undeclared one is not checked.
     coords: (N, k) coordinates (or (N,) for k = 1), finite.
     shape: shape of every returned array (its size must be N; default ``(N,)``); row-major order.
     store: directory for resumable results (`core.store`), written after every chunk; a
@@ -363,7 +390,8 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
     ``{metric: numpy array of shape `shape`}``; non-finite values are kept (and logged).
 
   Raises:
-    ValueError: bad coordinates, chunk size, map mode or metric outputs; a store computed by
+    ValueError: bad coordinates (or a width other than `point_fn` declares), chunk size, map
+      mode or metric outputs; a store computed by
       anything else (`store.StoreMismatchError`, listing what differs).
     identity.IdentityError: with `store`, something in the functions cannot be identified and no
       `identity` name was given.
@@ -383,6 +411,7 @@ def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, ide
   point_fn = as_partial(point_fn, name="point_fn")
   coords = check_coords(coords)
   num_points, num_coords = coords.shape
+  check_coordinate_width(point_fn, num_coords)
   shape = (num_points,) if shape is None else tuple(int(s) for s in shape)
   if math.prod(shape) != num_points:
     raise ValueError(f"shape {shape} does not hold the {num_points} points.")

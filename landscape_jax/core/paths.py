@@ -85,7 +85,8 @@ def plane_point_fn(center: PyTree, directions, point_fn: Callable | None = None)
     point_fn: optional hook applied to every point (``point_fn(params) -> metric_fn input``).
   """
   dirs = as_directions(directions, center)
-  return Partial(_plane_point, center, dirs, as_partial(point_fn, name="point_fn"))
+  return engine.declare_coordinates(
+    Partial(_plane_point, center, dirs, as_partial(point_fn, name="point_fn")), len(dirs))
 
 
 def linear_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree, alphas, *,

@@ -34,6 +34,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from landscape_jax.core import fileio
+from landscape_jax.plotting import report
 from landscape_jax.plotting.common import as_float, check_surface
 from landscape_jax.plotting.surfaces import metric_kind
 
@@ -505,6 +506,9 @@ def save_interactive(fig: go.Figure, path) -> str:
 
 
 def load_interactive(path) -> go.Figure:
-  """Reads a figure written by `save_interactive`."""
-  with open(os.fspath(path), encoding="utf-8") as f:
+  """Reads a figure written by `save_interactive`, as data only: a regular file of at most
+  `report.MAX_PLOTLY_JSON_BYTES`, a JSON object with a "data" list (JSON, never executed)."""
+  path = os.fspath(path)
+  report.read_plotly_json(path, path)  # the checks; plotly then decodes its typed arrays
+  with open(path, encoding="utf-8") as f:
     return pio.from_json(f.read())

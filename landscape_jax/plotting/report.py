@@ -8,6 +8,14 @@ base64 data with `embed_images=True` for a page that stands entirely alone. Inte
 always embedded, after one inline copy of plotly.js (about 4.8 MB), so the page works offline;
 a section that has them shows its static figures (PNG, PDF for papers) folded below them. All
 user text is HTML-escaped.
+
+File names are read as names, never as markup or links: every ``src`` / ``href`` is a
+percent-encoded relative path (so a name like ``javascript:alert(1)`` or one with quotes is a
+file name, not a script or a broken attribute); a relative figure path that leaves the report's
+folder (``../``) is refused; an absolute path is the caller's explicit choice and is linked
+relative to the report. ".plotly.json" files are read as JSON data only (a regular file of at
+most `MAX_PLOTLY_JSON_BYTES`, a JSON object with a "data" list), never executed or unpickled;
+plotly escapes their strings inside the page's script.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import math
 import numbers
 import os
 import re
+import stat
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +37,7 @@ from landscape_jax.core import fileio
 
 __all__ = [
   "format_value",
+  "read_plotly_json",
   "write_report",
 ]
 
@@ -130,6 +141,27 @@ def _paragraphs(text: str) -> str:
   )
 
 
+MAX_PLOTLY_JSON_BYTES = 64 * 2**20
+
+
+def _url(rel: str) -> str:
+  """A relative path as a URL path: percent-encoded, so no scheme, query or fragment."""
+  return urllib.parse.quote(rel.replace(os.sep, "/"), safe="/")
+
+
+def _figure_path(fig: str, out_dir: str, section: Any) -> str:
+  """The full path of a figure; a relative path must stay inside the report's folder."""
+  if os.path.isabs(fig):
+    return fig
+  full = os.path.join(out_dir, fig)
+  inside = os.path.normpath(full)
+  if os.path.commonpath([inside, os.path.normpath(out_dir)]) != os.path.normpath(out_dir):
+    raise ValueError(f"Figure {fig!r} of section {section!r} leaves the report's folder "
+                     f"({out_dir!r}); give a path inside it (or an absolute path if you mean a "
+                     "file elsewhere).")
+  return full
+
+
 def _figure_src(fig: str, out_dir: str, embed: bool) -> str:
   """The src of an <img>: a path relative to the report, or base64 data when `embed`."""
   full = fig if os.path.isabs(fig) else os.path.join(out_dir, fig)
@@ -145,7 +177,7 @@ def _figure_src(fig: str, out_dir: str, embed: bool) -> str:
     mime = {"svg": "image/svg+xml", "jpg": "image/jpeg"}.get(ext, f"image/{ext or 'png'}")
     return f"data:{mime};base64,{data}"
   rel = os.path.relpath(full, out_dir) if os.path.isabs(fig) else fig
-  return rel.replace(os.sep, "/")
+  return _url(rel)
 
 
 _PLOTLY_SUFFIX = ".plotly.json"
@@ -157,7 +189,35 @@ def _is_plotly(x: Any) -> bool:
 
 
 def _relative(full: str, out_dir: str) -> str:
-  return os.path.relpath(full, out_dir).replace(os.sep, "/")
+  return _url(os.path.relpath(full, out_dir))
+
+
+def read_plotly_json(full: str, fig: str) -> dict:
+  """A ".plotly.json" file as data: a regular file, size-bounded, a JSON object with "data".
+
+  Args:
+    full: the file's path.
+    fig: how to name it in errors (the path the caller gave).
+
+  Raises:
+    ValueError: not a regular file, over `MAX_PLOTLY_JSON_BYTES`, not JSON, or not a figure."""
+  st = os.stat(full)
+  if not stat.S_ISREG(st.st_mode):
+    raise ValueError(f"Interactive figure {fig!r} ({full!r}) is not a regular file.")
+  if st.st_size > MAX_PLOTLY_JSON_BYTES:
+    raise ValueError(f"Interactive figure {fig!r} is {st.st_size} bytes, over the "
+                     f"{MAX_PLOTLY_JSON_BYTES}-byte limit of report.MAX_PLOTLY_JSON_BYTES; save "
+                     "a smaller figure (fewer grid points) or raise the limit.")
+  with open(full, encoding="utf-8") as f:
+    try:
+      out = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"Interactive figure {fig!r} is not valid JSON ({e}); write it with "
+                       "plotting.save_interactive.") from e
+  if not isinstance(out, dict) or not isinstance(out.get("data"), list):
+    raise ValueError(f"Interactive figure {fig!r} is not a plotly figure (a JSON object with a "
+                     "'data' list); write it with plotting.save_interactive.")
+  return out
 
 
 def _figure_entry(entry: Any, where: str) -> tuple[Any, str]:
@@ -190,15 +250,14 @@ def _interactive_html(fig: Any, caption: str, out_dir: str, div_id: str, check: 
   import plotly.io as pio  # here, as in _plotly_script
 
   if not _is_plotly(fig):
-    full = fig if os.path.isabs(fig) else os.path.join(out_dir, fig)
+    full = _figure_path(fig, out_dir, section)
     if not os.path.exists(full):
       if check:
         raise FileNotFoundError(
           f"Interactive figure {fig!r} of section {section!r} not found at {full!r}; write it "
           "with plotting.save_interactive, relative to the report's folder (or absolute).")
       return ""
-    with open(full, encoding="utf-8") as f:
-      fig = json.load(f)
+    fig = read_plotly_json(full, fig)
   div = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id,
                     config=_PLOT_CONFIG, validate=False, default_width="100%")
   div = re.sub(r'class="plotly-graph-div"', 'class="plotly-graph-div lj-plot"', div, count=1)
@@ -236,7 +295,8 @@ def write_report(
       * "title" (str, required),
       * "text" (str, optional; blank lines separate paragraphs),
       * "figures" (list, optional): each an image path (relative to the report's folder, or
-        absolute; a PDF next to a PNG of the same name gets a link), an interactive figure (a
+        absolute; a relative path that leaves the folder is refused; a PDF next to a PNG of the
+        same name gets a link), an interactive figure (a
         plotly Figure or a ".plotly.json" file from `plotting.save_interactive`, embedded), or
         either as {"path": ..., "caption": "a sentence"} or a (path, caption) pair; without a
         caption an image is captioned with its file name. Static figures of a section that has
@@ -282,7 +342,7 @@ def write_report(
         interactive.append(_interactive_html(fig, caption, out_dir, f"plot-{k + 1}-{j + 1}",
                                              check_figures, sec["title"]))
         continue
-      full = fig if os.path.isabs(fig) else os.path.join(out_dir, fig)
+      full = _figure_path(fig, out_dir, sec["title"])
       if check_figures and not os.path.exists(full):
         raise FileNotFoundError(
           f"Figure {fig!r} of section {sec['title']!r} not found at {full!r}; figure paths are"

@@ -135,7 +135,8 @@ def swap_path_metrics(metric_fn: Callable, params: PyTree, layer: str, i: int, j
                      f"{ss[0]} to {ss[-1]}.")
   if store is not None:
     metadata = {"what": "swap path", "layer": layer, "units": [i, j], **(metadata or {})}
-  point_fn = jax.tree_util.Partial(_swap_point_fn(layer, i, j, spec), params)
+  point_fn = engine.declare_coordinates(
+    jax.tree_util.Partial(_swap_point_fn(layer, i, j, spec), params), 1)
   engine_kwargs.setdefault("progress", False)
   return engine.evaluate_points(metric_fn, point_fn, ss[:, None], store=store, metadata=metadata,
                                 desc=engine_kwargs.pop("desc", "swap path"), **engine_kwargs)
