@@ -15,6 +15,7 @@ wall-clock time). Whether pip's cache was warm is recorded too (a cold cache dow
 import argparse
 import datetime
 import os
+import pathlib
 import platform
 import re
 import resource
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
   parser.add_argument("--python", default="python3", help="the Python make's venv is made with")
   parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
   args = parser.parse_args(argv)
-  pip_cache = os.path.expanduser("~/.cache/pip")
+  pip_cache = os.path.join(pathlib.Path.home(), ".cache", "pip")
   cache_mb = disk_usage(pip_cache) / 2**20 if os.path.isdir(pip_cache) else 0.0
   head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
                         capture_output=True, text=True).stdout.strip()

@@ -17,6 +17,7 @@ so it runs with any Python >= 3.11; needs PyPI (or a pip cache).
 import argparse
 import datetime
 import os
+import pathlib
 import platform
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
   py_version = subprocess.run([args.python, "--version"], capture_output=True,
                               text=True).stdout.strip()
   versions = ", ".join(f"{k} {v}" for k, v in rows[0]["versions"].items())
-  cache = os.path.expanduser("~/.cache/pip")
+  cache = os.path.join(pathlib.Path.home(), ".cache", "pip")
   cache_mb = disk_usage(cache) / 2**20 if os.path.isdir(cache) else 0.0
   line = (f"- {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')} install_sizes: "
           f"fresh venv after pip install, du less the empty venv's (pip's wall time; pip cache "

@@ -14,7 +14,7 @@ Trains two small ResNets from different seeds, then, each step with its figures 
  6. a Fast Geometric Ensemble from A against its members (Garipov et al. 2018);
  7. the PCA plane of A's training trajectory with the path over the loss contours (Li et al.);
  8. sharp vs flat: small- and large-batch MLPs, a standard and an adaptive worst-case sharpness,
-    before and after a rescaling that leaves each function unchanged (experiments/sharp_flat.py).
+    before and after a rescaling that leaves each function unchanged (experiments/_sharp_flat.py).
 
 Writes every figure (PNG + PDF, and its interactive twin as ``<name>.plotly.json``),
 ``results/<step>.json`` and ``report.html`` (one offline page: rotatable surfaces, hover values)
@@ -80,8 +80,8 @@ _common.parse_flags(config_fn=lambda: get_config(tiny="--tiny" in sys.argv))  # 
 
 import jax
 import numpy as np
+from _sharp_flat import tour_step
 from configs import defaults
-from sharp_flat import tour_step
 
 import landscape_jax as lj
 from landscape_jax import (
@@ -509,7 +509,7 @@ class Tour:
               "of the snapshots); the path drawn over the loss contours of that plane "
               "(Li et al. 2018, Sec. 7).", run)
 
-  # -- 8. Sharp vs flat (experiments/sharp_flat.py) ----------------------------------------------
+  # -- 8. Sharp vs flat (experiments/_sharp_flat.py) ----------------------------------------------
   def sharp_flat(self):
     self.step("sharp_flat", "Sharp vs flat: batch size, sharpness and a rescaling",
               "MLPs trained with batch 32 and 1024 to the same train loss; worst-case l2 "

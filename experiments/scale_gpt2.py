@@ -27,17 +27,19 @@ if __name__ == "__main__" and "xla_force_host_platform_device_count" not in os.e
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common
+from absl import flags, logging
+
+_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("scale_gpt2 config file (.py).")
+flags.FLAGS.set_default("verbosity", logging.WARNING)
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
 import jax
 import numpy as np
 import optax
-from absl import app, flags, logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import landscape_jax as lj
-
-_CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("scale_gpt2 config file (.py).")
-flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 
 def _grid(spec):
@@ -144,4 +146,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

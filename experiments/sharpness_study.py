@@ -32,19 +32,21 @@ import os
 import time
 
 import _common
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-import sharp_flat
-from absl import app, flags, logging
-from scipy import stats
-
-import landscape_jax as lj
+from absl import flags, logging
 
 _CONFIG, _WORKDIR, _PROGRESS = _common.define_flags("Sharpness study config file (.py).")
 _TINY = flags.DEFINE_bool("tiny", False, "Smoke-test sizes: 2 tiny MLPs, cheap measures.")
 flags.FLAGS.set_default("verbosity", logging.WARNING)
+_common.parse_flags()  # --help and bad flags are answered before JAX is imported
+
+import _sharp_flat as sharp_flat
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy import stats
+
+import landscape_jax as lj
 
 MLP_HPARAMS = ("batch_size", "learning_rate", "weight_decay", "width", "depth")
 
@@ -215,4 +217,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

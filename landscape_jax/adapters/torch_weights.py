@@ -9,7 +9,7 @@ header naming each tensor's dtype, shape and byte range, then the raw bytes; not
 Any other file (``.pt``, ``.t7``, ``.pth``) goes through ``torch.load(weights_only=True)`` when
 PyTorch is installed (``pip install landscape-jax[torch]``); a dict holding a ``"state_dict"``
 (Li et al.'s ``.t7`` files) or ``"model_state"`` (Garipov et al.'s checkpoints) is unwrapped.
-Convert a pickle checkpoint once to safetensors (``safetensors.torch.save_file``) to read it
+Convert such a checkpoint once to safetensors (``safetensors.torch.save_file``) to read it
 without PyTorch.
 
 Conversion, for every tensor of the state_dict (`torch_to_flax`):
@@ -97,7 +97,7 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
   (n,) = struct.unpack("<Q", raw[:8])
   if n > len(raw) - 8:
     raise ValueError(f"{path}: header length {n} exceeds the file ({len(raw)} bytes); the file is "
-                     "truncated or not safetensors (a PyTorch pickle? use read_torch_state_dict).")
+                     "truncated or not safetensors (a torch.save file? use read_torch_state_dict).")
   try:
     header = json.loads(raw[8:8 + n].decode("utf-8"))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -187,10 +187,10 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
     sd = read_safetensors(path)
   else:
     try:
-      import torch  # optional: only for pickle checkpoints
+      import torch  # optional: only for torch.save checkpoints
     except ImportError as e:
       raise ImportError(
-        f"{path} is a PyTorch pickle checkpoint, which needs PyTorch to read (pip install "
+        f"{path} is a torch.save checkpoint, which needs PyTorch to read (pip install "
         "'landscape-jax[torch]'); or convert it once to .safetensors where PyTorch is installed "
         "(safetensors.torch.save_file(state_dict, 'model.safetensors')) and read that.") from e
     sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)

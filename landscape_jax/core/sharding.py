@@ -259,11 +259,14 @@ def sharded_like(fn: Callable, like: PyTree) -> Callable:
   For direction builders: a random or normalised direction of sharded parameters is created
   shard by shard (``jax.jit(fn, out_shardings=...)``), never gathered on one device. With
   ``jax_threefry_partitionable`` (the default) the random values do not depend on the sharding.
-  `fn` is returned unchanged when no leaf of `like` is spread over more than one device.
+  `fn` is returned unchanged when no leaf of `like` is split over several devices (replicated
+  leaves included: op by op, their values are bit-identical to one device's, which a program
+  compiled for the whole mesh does not promise).
   """
   leaves = jax.tree.leaves(like)
   shardings = [getattr(x, "sharding", None) for x in leaves]
-  if not any(isinstance(s, NamedSharding) and s.mesh.devices.size > 1 for s in shardings):
+  if not any(isinstance(s, NamedSharding) and s.mesh.devices.size > 1
+             and not s.is_fully_replicated for s in shardings):
     return fn
   return jax.jit(fn, out_shardings=jax.tree.map(lambda x: x.sharding, like))
 
