@@ -593,11 +593,7 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
     progress: one progress bar over the Lanczos steps (`core.progress`: a terminal bar, a
       notebook widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
-    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
-      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
-      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
-      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
+    cpu_convolutions: as in `hvp` (oneDNN or XLA for the convolutions and their derivatives).
 
   Returns:
     A `HessianEigenvalues`.
@@ -709,11 +705,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     progress: one progress bar over the probes (`core.progress`: a terminal bar, a notebook
       widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
-    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
-      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
-      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
-      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
+    cpu_convolutions: as in `hvp` (oneDNN or XLA for the convolutions and their derivatives).
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
@@ -847,11 +839,7 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     progress: one progress bar over the Lanczos steps of all probes (`core.progress`: a
       terminal bar, a notebook widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
-    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
-      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
-      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
-      ones (benchmarks/bench_conv_grads.py). Grouped and non-float32 convolutions always run on XLA.
+    cpu_convolutions: as in `hvp` (oneDNN or XLA for the convolutions and their derivatives).
 
   Returns:
     A `SpectralDensity`.
@@ -942,12 +930,7 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
     precision: matmul precision of the Lanczos run at every point (`core.precision`; default
       ``"highest"``, kept inside a surface evaluated at another precision; None: the
       surrounding setting). Part of the function's identity in a store.
-    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
-      ``"auto"`` (default: oneDNN where it is available, `onednn_build.resolve`, for
-      convolutions of at least `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` (all) or
-      ``"xla"``. Both are exact float32; oneDNN is faster for large convolutions, slower for tiny
-      ones (benchmarks/bench_conv_grads.py). Resolved
-      when the function is built. Grouped and non-float32 convolutions always run on XLA.
+    cpu_convolutions: as in `hvp`, resolved when the function is built.
   """
   precision = check_precision(precision)
   if num_steps < 2:

@@ -28,8 +28,8 @@ method returning arrays, strings and numbers.
   constants, lambdas, static pytree data, dtypes (float32 or bfloat16), and the hyperparameters and
   update code of an optax transformation (`optimizer_identity`). Given ``args=``,
   `callable_identity` adds it as ``"traced"``. Cost: one trace (no compilation), cached per
-  function object and argument shapes (~0.1 s for a ResNet-8 metric after the first trace, see
-  benchmarks/bench_identity.py).
+  function object and argument shapes (its cost: benchmarks/bench_identity.py, recorded in
+  benchmarks/RESULTS.md).
 
 The traced program is what JAX would compile, so it changes with the library versions that build
 it (JAX, Flax, optax, landscape-jax, the backend's custom calls): every identity records
@@ -408,9 +408,9 @@ def optimizer_identity(tx, params: PyTree) -> dict:
   state = jax.eval_shape(tx.init, shapes)
   structure = str(jax.tree.structure(state))
   return {
-    "init": traced_identity(lambda p: tx.init(p), shapes, name="optimizer.init"),
-    "update": traced_identity(lambda g, s, p: tx.update(g, s, p), shapes, state, shapes,
-                              name="optimizer.update"),
+    # tx.init / tx.update themselves (stable objects), so that the trace cache serves reruns
+    "init": traced_identity(tx.init, shapes, name="optimizer.init"),
+    "update": traced_identity(tx.update, shapes, state, shapes, name="optimizer.update"),
     "state": hashlib.sha256(_ADDRESS.sub("", structure).encode()).hexdigest(),
   }
 

@@ -212,10 +212,6 @@ def loss_fn_identity(loss_fn: Callable, identity_name: str | None, *,
       "fast_geometric_ensemble), or run without a workdir.") from e
 
 
-
-
-
-
 def model_identity(model: nn.Module, variables: PyTree, sample_shape: tuple[int, ...]) -> dict:
   """The identity of a linen model's computation: the traced programs of its forward pass in
   inference mode and in training mode (BatchNorm statistics updated, a dropout key), at the shapes
