@@ -490,8 +490,10 @@ def _check_finite(name: str, *arrays) -> None:
       "(lj.trees.check_finite(params)), and that the data are normalised.")
 
 
-def _mean_loss_impl(loss_fn, params, data):
-  """The loss at `params` over `data` (a `SplitBatches`: size-weighted mean over its batches)."""
+def mean_loss(loss_fn: LossFn, params: PyTree, data: Any) -> jax.Array:
+  """The loss at `params` over `data` in float32 (traceable): ``loss_fn(params, data)`` for one
+  batch; for a `SplitBatches`, the mean over its examples, ``sum_b n_b loss_fn(params, b) / N``
+  (each batch's mean loss weighted by its size)."""
   if not isinstance(data, SplitBatches):
     return jnp.asarray(loss_fn(params, data), jnp.float32)
   total = jnp.zeros((), jnp.float32)
@@ -505,7 +507,7 @@ def _mean_loss_impl(loss_fn, params, data):
   return total / data.num_examples
 
 
-_mean_loss = jax.jit(_mean_loss_impl)
+_mean_loss = jax.jit(mean_loss)
 
 
 def _check_loss(name: str, loss_fn, params, data) -> None:
@@ -899,7 +901,7 @@ def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn=
                 precision=None)
   evals = jnp.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))
   # a NaN loss can have finite products (see `_check_loss`): such points map to NaN
-  finite = jnp.all(jnp.isfinite(_mean_loss_impl(loss_fn, params, data)))
+  finite = jnp.all(jnp.isfinite(mean_loss(loss_fn, params, data)))
   lmax, lmin = (jnp.where(finite, e, jnp.nan) for e in (evals[-1], evals[0]))
   return {"lambda_max": lmax, "lambda_min": lmin, "ratio": jnp.abs(lmin / lmax)}
 
@@ -961,6 +963,7 @@ __all__ = [
   "lanczos",
   "make_batches",
   "make_curvature_metric_fn",
+  "mean_loss",
   "num_curvature_params",
   "spectral_density",
   "tridiagonal",

@@ -64,7 +64,7 @@ from jax.tree_util import Partial
 
 from landscape_jax.core import hessian as hessian_lib
 from landscape_jax.core.directions import random_directions
-from landscape_jax.core.hessian import SplitBatches
+from landscape_jax.core.hessian import SplitBatches, mean_loss
 from landscape_jax.core.precision import check_precision, matmul_precision
 
 __all__ = [
@@ -152,23 +152,9 @@ def perturbation_scale(params: PyTree, *, adaptive: bool = False, eta: float = 0
   return treedef.unflatten(out)
 
 
-def _loss_on(loss_fn, params, data):
-  """Mean loss over one batch, or the example-weighted mean over a `SplitBatches`."""
-  if not isinstance(data, SplitBatches):
-    return loss_fn(params, data)
-  total, n = 0.0, data.num_examples
-  if data.full is not None:
-    size = jax.tree.leaves(data.full)[0].shape[1]
-    per = jax.lax.map(lambda b: loss_fn(params, b), data.full)
-    total = total + size * jnp.sum(per)
-  if data.rest is not None:
-    total = total + jax.tree.leaves(data.rest)[0].shape[0] * loss_fn(params, data.rest)
-  return total / n
-
-
 @jax.jit
 def _split_loss_jit(loss_fn, params, data):
-  return _loss_on(loss_fn, params, data)
+  return mean_loss(loss_fn, params, data)
 
 
 def split_loss(loss_fn: LossFn, params: PyTree, data: Any) -> float:
@@ -254,7 +240,7 @@ def _ascent(loss_fn, params, c, data, key, rho, *, norm, restarts, steps, patien
   dim = x0.shape[0]
 
   def loss_u(u):
-    return _loss_on(loss_fn, unravel(x0 + cf * u), data)
+    return mean_loss(loss_fn, unravel(x0 + cf * u), data)
 
   base = loss_u(jnp.zeros_like(x0))
   vg = jax.value_and_grad(loss_u)
@@ -400,7 +386,7 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
 @functools.partial(jax.jit, static_argnames=("num_samples", "batch_size"))
 def _noisy_losses(loss_fn, params, c, data, key, sigma, *, num_samples, batch_size):
   """``L(w + sigma c z_s) - L(w)`` for ``z_s ~ N(0, I)``, s = 1..num_samples (same z per key)."""
-  base = _loss_on(loss_fn, params, data)
+  base = mean_loss(loss_fn, params, data)
   keys = jax.random.split(key, num_samples)
   leaves, treedef = jax.tree.flatten(params)
 
@@ -408,7 +394,7 @@ def _noisy_losses(loss_fn, params, c, data, key, sigma, *, num_samples, batch_si
     ks = jax.random.split(k, len(leaves))
     z = treedef.unflatten([jax.random.normal(kk, jnp.shape(x), jnp.result_type(x))
                            for kk, x in zip(ks, leaves, strict=True)])
-    return _loss_on(loss_fn, _shift(params, jax.tree.map(lambda a: sigma * a, c), z), data)
+    return mean_loss(loss_fn, _shift(params, jax.tree.map(lambda a: sigma * a, c), z), data)
 
   return jax.lax.map(one, keys, batch_size=batch_size) - base, base
 
@@ -652,11 +638,11 @@ def hessian_sharpness(loss_fn: LossFn, params: PyTree, data: Any, *, kind: str =
 
 @jax.jit
 def _rise(loss_fn, params, data, dirs, alpha):
-  base = _loss_on(loss_fn, params, data)
+  base = mean_loss(loss_fn, params, data)
 
   def one(d):
-    plus = _loss_on(loss_fn, jax.tree.map(lambda w, x: w + alpha * x, params, d), data)
-    minus = _loss_on(loss_fn, jax.tree.map(lambda w, x: w - alpha * x, params, d), data)
+    plus = mean_loss(loss_fn, jax.tree.map(lambda w, x: w + alpha * x, params, d), data)
+    minus = mean_loss(loss_fn, jax.tree.map(lambda w, x: w - alpha * x, params, d), data)
     return 0.5 * (plus + minus) - base
 
   return jax.lax.map(one, dirs)
