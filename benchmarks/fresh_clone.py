@@ -24,19 +24,10 @@ import sys
 import tempfile
 import time
 
+from install_sizes import disk_usage  # benchmarks/: the same du -s count
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
-
-
-def disk_usage(path: str) -> int:
-  seen, total = set(), 0
-  for dirpath, dirnames, filenames in os.walk(path):
-    for name in dirnames + filenames:
-      st = os.lstat(os.path.join(dirpath, name))
-      if (st.st_dev, st.st_ino) not in seen:
-        seen.add((st.st_dev, st.st_ino))
-        total += st.st_blocks * 512
-  return total
 
 
 def timed(cmd: list[str], cwd: str, log: str) -> tuple[float, float]:
