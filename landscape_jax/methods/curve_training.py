@@ -211,16 +211,13 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
       "end_sha256": identity_lib.tree_digest(end),
       "init_sha256": None if init is None else identity_lib.tree_digest(init),
       "data_sha256": data_digest(data), "loss_fn": recorded_loss_fn})
-    try:
+  try:  # from here on, every exit releases the workdir's write lock (saver.close)
+    if saver is not None:
       state, first_epoch, history = saver.restore(state)
-    except BaseException:
-      saver.close()  # releases the workdir's write lock
-      raise
-  images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
-  key = jax.random.key(seed)
-  bar = progress_bar(range(first_epoch, epochs), progress, "curve", initial=first_epoch,
-                  total=epochs)
-  try:
+    images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
+    key = jax.random.key(seed)
+    bar = progress_bar(range(first_epoch, epochs), progress, "curve", initial=first_epoch,
+                       total=epochs)
     for epoch in bar:
       idx = jnp.asarray(epoch_indices(n_train, batch_size, seed, epoch))
       lr_now = float(schedule(epoch * steps_per_epoch)) if optimizer is None else None
@@ -238,7 +235,7 @@ def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end:
       if callback is not None:
         callback(epoch, join_curve(ends, state.interior), record)
   finally:
-    if saver is not None:  # also releases the workdir's write lock
+    if saver is not None:
       saver.close()
   return join_curve(ends, state.interior), history
 

@@ -163,15 +163,13 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
       "init_sha256": identity_lib.tree_digest(params), "data_sha256": data_digest(data),
       "loss_fn": recorded_loss_fn})
     snap_dir = fileio.join(workdir, "sgd_snapshots")
-    try:
+  try:  # from here on, every exit releases the workdir's write lock (saver.close)
+    if saver is not None:
       state, first_epoch, history = saver.restore(state)
       for e in sorted(e for e in wanted if e < first_epoch):
         snaps.append(checkpoints.restore(snap_dir, params, step=e))
-    except BaseException:
-      saver.close()  # releases the workdir's write lock
-      raise
-  bar = progress_bar(range(first_epoch, epochs), progress, desc, initial=first_epoch, total=epochs)
-  try:
+    bar = progress_bar(range(first_epoch, epochs), progress, desc, initial=first_epoch,
+                       total=epochs)
     for epoch in bar:
       idx = jnp.asarray(epoch_indices(len(data), batch_size, seed, epoch))
       state, loss = epoch_fn(loss_fn, state, images, labels, idx, key)
@@ -189,7 +187,7 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
       if callback is not None:
         callback(epoch, state.params, record)
   finally:
-    if saver is not None:  # also releases the workdir's write lock
+    if saver is not None:
       saver.close()
   return state.params, snaps, history
 
