@@ -39,6 +39,7 @@ __all__ = [
   "mesh",
   "new_figure",
   "output_paths",
+  "plane_xy",
   "REFERENCE_LEVELS",
   "root_figure",
   "save",
@@ -192,6 +193,18 @@ def as_float(name: str, x: Any, ndim: int | tuple[int, ...] | None = None) -> np
       raise ValueError(
         f"`{name}` must have {' or '.join(map(str, allowed))} dimension(s), got shape {a.shape}."
       )
+  return a
+
+
+def plane_xy(name: str, a: Any, allow_single: bool = False) -> np.ndarray:
+  """`a` as (k, 2) coordinates of points in a plane (one row per point; a single (2,) point
+  with `allow_single`), checked, as float64."""
+  a = as_float(name, a)
+  if allow_single and a.ndim == 1:
+    a = a[None, :]
+  if a.ndim != 2 or a.shape[1] != 2:
+    raise ValueError(f"`{name}` must be (k, 2) plane coordinates, one row per point, got shape "
+                     f"{a.shape}.")
   return a
 
 

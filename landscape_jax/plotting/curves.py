@@ -24,6 +24,7 @@ from landscape_jax.plotting.common import (
   masked,
   mesh,
   new_figure,
+  plane_xy,
   root_figure,
 )
 from landscape_jax.plotting.surfaces import metric_kind, metric_style
@@ -64,15 +65,6 @@ def curve_levels(
   levels = lo + np.exp(np.linspace(log_alpha, np.log(span), num + 1))
   levels[0], levels[-1] = lo, hi
   return np.unique(levels)
-
-
-def _points(name, a, allow_single=False):
-  a = as_float(name, a)
-  if allow_single and a.ndim == 1:
-    a = a[None, :]
-  if a.ndim != 2 or a.shape[1] != 2:
-    raise ValueError(f"`{name}` must be (k, 2) plane coordinates (x, y), got shape {a.shape}.")
-  return a
 
 
 def plot_curve_plane(
@@ -131,10 +123,10 @@ def plot_curve_plane(
     The Figure drawn on (`ax`'s figure when `ax` is given); write it with `plotting.save`.
   """
   xs, ys, z = check_surface(grid_xs, grid_ys, z)
-  curve = _points("curve_xy", curve_xy)
-  ends = _points("endpoints_xy", endpoints_xy)
-  chord = ends if chord_xy is None else _points("chord_xy", chord_xy)
-  bends = None if bend_xy is None else _points("bend_xy", bend_xy, allow_single=True)
+  curve = plane_xy("curve_xy", curve_xy)
+  ends = plane_xy("endpoints_xy", endpoints_xy)
+  chord = ends if chord_xy is None else plane_xy("chord_xy", chord_xy)
+  bends = None if bend_xy is None else plane_xy("bend_xy", bend_xy, allow_single=True)
   zm = masked(z)
   lv = curve_levels(zm, num=num_levels, vmax=vmax) if levels is None else np.unique(
     as_float("levels", levels, 1)

@@ -35,7 +35,7 @@ from plotly.subplots import make_subplots
 
 from landscape_jax.core import fileio
 from landscape_jax.plotting import report
-from landscape_jax.plotting.common import as_float, check_surface
+from landscape_jax.plotting.common import as_float, check_surface, plane_xy
 from landscape_jax.plotting.surfaces import metric_kind
 
 __all__ = [
@@ -280,15 +280,6 @@ def interactive_lines(xs, values: Mapping[str, Sequence[float]], *, title: str |
   return _layout(fig, title, height=440)
 
 
-def _xy(name, a, allow_single=False) -> np.ndarray:
-  a = as_float(name, a)
-  if allow_single and a.ndim == 1:
-    a = a[None, :]
-  if a.ndim != 2 or a.shape[1] != 2:
-    raise ValueError(f"`{name}` must be (k, 2) plane coordinates (u, v), got shape {a.shape}.")
-  return a
-
-
 def interactive_curve_plane(grid_xs, grid_ys, z, *, curve_xy, endpoints_xy, chord_xy=None,
                             bend_xy=None, label: str = "train loss", zmax: float | None = None,
                             names: Sequence[str] = ("w0", "w1", "w2"),
@@ -312,9 +303,9 @@ def interactive_curve_plane(grid_xs, grid_ys, z, *, curve_xy, endpoints_xy, chor
     A plotly Figure.
   """
   xs, ys, z = check_surface(grid_xs, grid_ys, z)
-  curve = _xy("curve_xy", curve_xy)
-  ends = _xy("endpoints_xy", endpoints_xy)
-  chord = ends if chord_xy is None else _xy("chord_xy", chord_xy)
+  curve = plane_xy("curve_xy", curve_xy)
+  ends = plane_xy("endpoints_xy", endpoints_xy)
+  chord = ends if chord_xy is None else plane_xy("chord_xy", chord_xy)
   w0, w1, w2 = names
   xlabel, ylabel = f"u: along {w2} - {w0}", f"v: towards {w1}"
   fig = go.Figure()
@@ -329,7 +320,7 @@ def interactive_curve_plane(grid_xs, grid_ys, z, *, curve_xy, endpoints_xy, chor
   pts = [(w0, ends[0]), (w2, ends[-1])]
   if bend_xy is not None:
     pts += [(w1 if k == 0 else f"{w1}[{k}]", b)
-            for k, b in enumerate(_xy("bend_xy", bend_xy, True))]
+            for k, b in enumerate(plane_xy("bend_xy", bend_xy, True))]
   extra = 2 + _add_points(fig, {n: p for n, p in pts})
   _contour_menu(fig, z, label=label, zmax=zmax, extra=extra)
   fig.update_xaxes(title_text=xlabel, range=[float(xs.min()), float(xs.max())],
@@ -439,7 +430,7 @@ def interactive_trajectory(xs, ys, z, path_xy, *, explained_variance=None,
   Returns:
     A plotly Figure.
   """
-  p = _xy("path_xy", path_xy)
+  p = plane_xy("path_xy", path_xy)
   names = ["1st PC", "2nd PC"]
   if explained_variance is not None:
     ev = as_float("explained_variance", explained_variance, 1)
