@@ -288,6 +288,26 @@ struct BwdEntry {
   std::string impl;
 };
 
+// Implementations known to compute wrong results, skipped for the next one oneDNN offers:
+// oneDNN 3.2's "jit_1x1:avx2" backward weights of a strided 1x1 convolution in NHWC (the kernel
+// of AVX2-only CPUs, and of any CPU under ONEDNN_MAX_CPU_ISA=AVX2) gives wrong weight gradients
+// for some shapes (strides (1, 2), 5 -> 7 channels: 92% off), the likely cause of a crash on an
+// AVX2 machine; tests/test_onednn_autodiff.py checks every product of a grid of shapes on AVX2.
+bool KnownWrong(const std::string& impl, int kind, int64_t sh, int64_t sw, int64_t kh,
+                int64_t kw) {
+  return kind == 2 && (sh > 1 || sw > 1) && kh == 1 && kw == 1 &&
+         impl.rfind("jit_1x1:avx2", 0) == 0;
+}
+
+template <typename PD>
+void SkipKnownWrong(PD& pd, int kind, const int64_t* v) {
+  while (KnownWrong(pd.impl_info_str(), kind, v[9], v[10], v[4], v[5])) {
+    if (!pd.next_impl()) {
+      throw dnnl::error(dnnl_unimplemented, "no correct oneDNN implementation for this shape");
+    }
+  }
+}
+
 // k: n, ih, iw, ic, kh, kw, oc, oh, ow, sh, sw, dh, dw, pt, pb, pl, pr, kind (1 data, 2 weights)
 std::shared_ptr<BwdEntry> MakeBwdEntry(const Key& k) {
   using tag = dnnl::memory::format_tag;
@@ -312,6 +332,7 @@ std::shared_ptr<BwdEntry> MakeBwdEntry(const Key& k) {
   if (v[17] == 1) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), algo, src_md, wts_any, dst_md, strides, dilates, pad_l, pad_r, hint, attr);
+    SkipKnownWrong(pd, 1, v);
     e->prim = dnnl::convolution_backward_data(pd);
     e->weights = pd.weights_desc();
     e->scratchpad_bytes = pd.scratchpad_desc().get_size();
@@ -324,6 +345,7 @@ std::shared_ptr<BwdEntry> MakeBwdEntry(const Key& k) {
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), algo, src_md, wts_any, dst_md, strides, dilates, pad_l, pad_r, hint, attr);
+    SkipKnownWrong(pd, 2, v);
     e->prim = dnnl::convolution_backward_weights(pd);
     e->weights = pd.diff_weights_desc();
     e->scratchpad_bytes = pd.scratchpad_desc().get_size();
