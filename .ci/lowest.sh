@@ -47,5 +47,7 @@ echo "lowest-versions check with $("$PYTHON" --version) and $("$UV" --version)"
 # From the repository root: pytest's pythonpath imports this checkout's landscape_jax, with the
 # floor versions of everything else. The oneDNN kernel is built against the floor jax's FFI
 # headers in a cache of its own (XDG_CACHE_HOME: tests set and unset LANDSCAPE_JAX_CACHE_DIR).
-XDG_CACHE_HOME="$TMP/cache" "$TMP/floors/bin/python" -m pytest -q -n 2 --dist loadgroup \
+# LANDSCAPE_JAX_TEST_XLA_OPT=default: this subset compiles at XLA's default optimisation level
+# (the main run compiles at level 0 for speed, tests/conftest.py).
+LANDSCAPE_JAX_TEST_XLA_OPT=default XDG_CACHE_HOME="$TMP/cache" "$TMP/floors/bin/python" -m pytest -q -n 2 --dist loadgroup \
   -p no:cacheprovider -m "not slow" --basetemp="$TMP/pytest" "${TESTS[@]}"

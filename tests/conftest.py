@@ -19,7 +19,31 @@ def with_device_count(flags: str, count: int = NUM_DEVICES) -> str:
   return f"{flags} {_COUNT_FLAG}={count}".strip()
 
 
-os.environ["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""))
+# Compiling dominates the suite (tiny models, thousands of small programs; about 80% of a test's
+# time): LLVM at optimisation level 0 without its expensive passes compiles them in about 3/4 of
+# the CPU time. The big products (matmuls, convolutions) are library calls either way, and these
+# flags change no floating-point semantics (no fast-math, no reassociation), so the numbers are
+# the same; .ci/lowest.sh sets LANDSCAPE_JAX_TEST_XLA_OPT=default to run its subset at XLA's
+# default optimisation, as users get it.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
+                      "--xla_llvm_disable_expensive_passes=true")
+
+
+def with_fast_compile(flags: str) -> str:
+  """`flags` plus `FAST_COMPILE_FLAGS` (those it does not set itself)."""
+  extra = [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in flags]
+  return " ".join([flags, *extra]).strip()
+
+
+def child_xla_flags(flags: str = "") -> str:
+  """XLA_FLAGS for a process a test starts: `flags` (e.g. its own device count) plus the fast
+  compile flags, unless LANDSCAPE_JAX_TEST_XLA_OPT=default."""
+  if os.environ.get("LANDSCAPE_JAX_TEST_XLA_OPT", "fast") == "default":
+    return flags
+  return with_fast_compile(flags)
+
+
+os.environ["XLA_FLAGS"] = child_xla_flags(with_device_count(os.environ.get("XLA_FLAGS", "")))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -21,7 +21,8 @@ import sys
 
 if __name__ == "__main__":
   os.environ["JAX_PLATFORMS"] = "cpu"
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + (
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + (
+    " --xla_force_host_platform_device_count=") + (
     "2" if sys.argv[1] in ("distributed", "train") else "4" if sys.argv[1] == "sharded" else "1")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import conftest
 import numpy as np
 import pytest
 
@@ -25,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _start(path, delay):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS="")
+             XLA_FLAGS=conftest.child_xla_flags())
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "reliability_worker.py"),
                            "surface", path, str(delay)], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

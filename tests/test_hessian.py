@@ -1,5 +1,6 @@
 """Curvature routines against the dense Hessian of a tiny MLP (163 parameters)."""
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -263,7 +264,8 @@ def test_hessian_experiment_script_runs(tmp_path):
          "--config.ratio_map.x=(-1.0, 1.0, 2)", "--config.ratio_map.y=(-1.0, 1.0, 2)",
          "--config.ratio_map.subset=64",
          f"--workdir={tmp_path}", "--noprogress"]
-  env = {**os.environ, "PYTHONPATH": root, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {**os.environ, "PYTHONPATH": root,
+         "XLA_FLAGS": conftest.child_xla_flags("--xla_force_host_platform_device_count=2")}
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / "summary.json"))

@@ -2,6 +2,7 @@
 numbers of one device, keep their sharding, resume across device counts, and hold about 1/8 of
 the model per device (read from XLA's compiled memory analysis)."""
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -301,6 +302,7 @@ def test_two_processes_of_four_devices_with_sharded_parameters(problem, tmp_path
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   port, store = str(_free_port()), str(tmp_path / "surface")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env["XLA_FLAGS"] = conftest.child_xla_flags()  # the worker sets its device count
   procs = [subprocess.Popen([sys.executable, os.path.join(root, "tests", "surface_worker.py"),
                              "sharded", store, port, str(i), str(tmp_path / f"out{i}.npz")],
                             cwd=root, env=env, stdout=subprocess.PIPE,

@@ -3,6 +3,7 @@
 import os
 import runpy
 
+import conftest
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -16,7 +17,7 @@ def test_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("LANDSCAPE_JAX_TINY", "1")
   monkeypatch.setenv("PYTHONPATH", ROOT)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", conftest.child_xla_flags())  # one CPU device
   client = NotebookClient(nb, timeout=600, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}})
   client.execute()

@@ -1,5 +1,6 @@
 """PCA of a trajectory against numpy's SVD of the same snapshots."""
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,7 +110,8 @@ def test_trajectory_experiment_script_runs(tmp_path):
          "--config=" + os.path.join(root, "experiments", "configs", "trajectory_digits.py")
          + ":quick", "--config.train.num_epochs=3", "--config.num_points=3",
          "--config.eval_subset=128", f"--workdir={tmp_path}", "--noprogress"]
-  env = {**os.environ, "PYTHONPATH": root, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {**os.environ, "PYTHONPATH": root,
+         "XLA_FLAGS": conftest.child_xla_flags("--xla_force_host_platform_device_count=2")}
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / "summary.json"))

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import conftest
 import pytest
 
 from tests import browser
@@ -17,7 +18,7 @@ STEPS = ("train", "line", "surface", "adaptive", "curve", "align", "hessian", "f
 
 def _run(workdir):
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = conftest.child_xla_flags()  # one CPU device
   return subprocess.run(
     [sys.executable, os.path.join(ROOT, "experiments", "quickstart.py"), f"--workdir={workdir}",
      "--tiny", "--noprogress"], capture_output=True, text=True, env=env, timeout=900)

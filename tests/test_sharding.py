@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import conftest
 import jax
 import numpy as np
 import pytest
@@ -60,6 +61,7 @@ def _run_two_processes(mode, path, tmp_path):
   port = str(_free_port())
   script = os.path.join(ROOT, "tests", "surface_worker.py")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env["XLA_FLAGS"] = conftest.child_xla_flags()  # the worker sets its device count
   procs = [subprocess.Popen([sys.executable, script, mode, path, port, str(i),
                              str(tmp_path / f"out{i}.npz")], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -138,6 +140,10 @@ def test_device_count_flag_is_added_to_any_xla_flags():
   assert conftest.with_device_count("--xla_cpu_enable_fast_math=false") == (
     f"--xla_cpu_enable_fast_math=false {flag}=8")
   assert conftest.with_device_count(f"--a=1 {flag}=2") == f"--a=1 {flag}=2"
+  # the fast-compile flags are added unless the flags set them already
+  opt = "--xla_backend_optimization_level"
+  assert f"{opt}=0" in conftest.with_fast_compile("--a=1")
+  assert conftest.with_fast_compile(f"{opt}=2").count(opt) == 1
   assert flag in os.environ["XLA_FLAGS"] and len(jax.devices()) == conftest.NUM_DEVICES
 
 

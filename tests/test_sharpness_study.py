@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import conftest
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -12,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(workdir):
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = conftest.child_xla_flags()  # one CPU device
   return subprocess.run(
     [sys.executable, os.path.join(ROOT, "experiments", "sharpness_study.py"),
      f"--config={os.path.join(ROOT, 'experiments', 'configs', 'sharpness_digits.py')}",

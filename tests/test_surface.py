@@ -1,6 +1,7 @@
 """surface_grid against direct evaluation of metric_fn at plane points (Li et al. 2018)."""
 
 import chex
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,7 +192,8 @@ def test_experiment_script_runs(tmp_path, extra, digits_train):
          f"--config.runs=({runs},)", "--config.x=(-1.0, 1.0, 3)",
          "--config.y=(-1.0, 1.0, 2)", "--config.eval_subset=64", f"--workdir={tmp_path}",
          "--noprogress", *extra]
-  env = {**os.environ, "PYTHONPATH": root, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {**os.environ, "PYTHONPATH": root,
+         "XLA_FLAGS": conftest.child_xla_flags("--xla_force_host_platform_device_count=2")}
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=root)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / "summary.json"))

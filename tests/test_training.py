@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import conftest
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -336,7 +337,7 @@ def _train_cmd(workdir):
 def _env():
   env = dict(os.environ)
   env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=conftest.child_xla_flags("--xla_force_host_platform_device_count=2"))
   return env
 
 
