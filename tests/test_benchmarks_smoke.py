@@ -3,7 +3,9 @@ strategy they time computes the same values (JAX loop, PyTorch twin, surface_gri
 
 import importlib.util
 import os
+import sys
 
+import conftest
 import numpy as np
 import pytest
 
@@ -16,6 +18,23 @@ def _load(name):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+_BENCH_COMMON = _load("_common")
+
+
+@pytest.fixture(autouse=True)
+def _benchmarks_common():
+  """benchmarks/_common.py is `_common` during each test (the scripts import it by that name,
+  some inside functions): experiments/ has a `_common` too, on pytest's pythonpath, which a test
+  of the experiment scripts may have imported first in the same worker."""
+  saved = sys.modules.get("_common")
+  sys.modules["_common"] = _BENCH_COMMON
+  yield
+  if saved is None:
+    sys.modules.pop("_common", None)
+  else:
+    sys.modules["_common"] = saved
 
 
 @pytest.mark.slow
@@ -204,7 +223,7 @@ def test_accelerator_script_dry_run():
   results = os.path.join(ROOT, "benchmarks", "RESULTS.md")
   before = os.path.getsize(results)
   env = dict(os.environ, PYTHON=sys.executable)
-  env.pop("XLA_FLAGS", None)  # one CPU device, as on a one-GPU machine
+  env["XLA_FLAGS"] = conftest.child_xla_flags()  # one CPU device, as on a one-GPU machine
   proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "accelerator.sh"), "--dry-run"],
                         capture_output=True, text=True, env=env, timeout=600, check=False)
   out = proc.stdout + proc.stderr

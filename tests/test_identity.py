@@ -140,7 +140,7 @@ def test_store_refuses_other_metrics_and_needs_a_name_for_opaque_ones(tmp_path):
 def test_surface_store_refuses_metric_of_other_data_or_batchnorm(digits_train, digits_test,
                                                                  tmp_path):
   """The defect: a rerun with another metric_fn of the same metric names returned stale points."""
-  model = lj.get_model("resnet8", num_classes=10, width=4)
+  model = lj.get_model("resnet8", num_classes=10, width=0.25)
   v = model.init(jax.random.key(0), digits_train.images[:2].astype("float32"))
   params, bs = v["params"], v["batch_stats"]
   d = lj.normalize_directions(lj.random_direction(jax.random.key(1), params), params)
