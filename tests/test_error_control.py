@@ -64,10 +64,10 @@ def test_anchored_estimate_equals_hand_computed_control_variate(setup, covariate
   interpolated per-example losses (``mu_c`` the interpolated means), computed here in NumPy."""
   model, params, data, dirs = setup
   xs = np.linspace(-1, 1, 9)
-  anchors = lj.anchor_plane(params, dirs, xs, xs, stride=2)  # anchors at -1, -0.5, 0, 0.5, 1
+  # anchors at -1, -0.5, 0, 0.5, 1
+  anchors = lj.anchor_plane(params, dirs, xs, xs, stride=2, covariate=covariate)
   fn = lj.make_error_controlled_metric_fn(model, data, tol=1e3, batch_size=50, seed=5,
-                                          min_batches=2, anchors=anchors, covariate=covariate,
-                                          progress=False)
+                                          min_batches=2, anchors=anchors, progress=False)
   a, b = 0.3, -0.55
   est = jax.jit(lambda f, p: f(p))(fn, lj.plane_point(params, *dirs, a, b))
   assert float(est["num_examples"]) == 100
@@ -130,14 +130,14 @@ def test_anchored_surface_within_its_standard_errors(setup):
   model, params, data, dirs = setup
   xs = np.linspace(-1, 1, 9)
   exact = lj.surface_grid(lj.make_metric_fn(model, data, batch_size=50), params, dirs, xs, xs,
-                          progress=False)
+                          engine=lj.EngineOptions(progress=False))
   tol = 0.02
   anchored = lj.make_error_controlled_metric_fn(
     model, data, tol=tol, batch_size=25, anchors=lj.anchor_plane(params, dirs, xs, xs, stride=4),
     progress=False)
   plain = lj.make_error_controlled_metric_fn(model, data, tol=tol, batch_size=25)
-  est = lj.surface_grid(anchored, params, dirs, xs, xs, progress=False)
-  ref = lj.surface_grid(plain, params, dirs, xs, xs, progress=False)
+  est = lj.surface_grid(anchored, params, dirs, xs, xs, engine=lj.EngineOptions(progress=False))
+  ref = lj.surface_grid(plain, params, dirs, xs, xs, engine=lj.EngineOptions(progress=False))
   dev = np.abs(est["loss"] - exact["loss"])
   assert np.all(dev <= 4 * np.maximum(est["loss_sem"], 1e-6) + 1e-5)
   assert np.all((est["loss_sem"] <= tol + 1e-7) | (est["num_examples"] == 200))
@@ -145,7 +145,7 @@ def test_anchored_surface_within_its_standard_errors(setup):
   one = lj.make_error_controlled_metric_fn(
     model, data, tol=0.0, batch_size=50, anchors=lj.anchor_plane(params, dirs[:1], xs, stride=3),
     progress=False)
-  line = lj.surface_grid(one, params, dirs[:1], xs, progress=False)
+  line = lj.surface_grid(one, params, dirs[:1], xs, engine=lj.EngineOptions(progress=False))
   np.testing.assert_allclose(line["loss"], exact["loss"][:, 4], rtol=1e-5)
 
 
@@ -181,4 +181,4 @@ def test_relative_tolerance_stops_where_a_hand_computed_rule_does(setup):
   with pytest.raises(ValueError, match="rtol"):
     lj.make_error_controlled_metric_fn(model, data, tol=tol, rtol=float("nan"))
   with pytest.raises(ValueError, match="covariate"):
-    lj.make_error_controlled_metric_fn(model, data, tol=tol, covariate="probabilities")
+    lj.anchor_plane(q, (q,), [0.0, 1.0], covariate="probabilities")
