@@ -79,7 +79,8 @@ class EngineOptions:
   """How the point-evaluation engine computes: one frozen, validated object for every function
   that evaluates points (`evaluate_points`, `surface_grid`, `surface_points`, `linear_path`,
   `evaluate_curve`, `evaluate_plane`, `swap_path_metrics`, `adaptive_surface`, `adaptive_path`),
-  all of which take it as ``engine=EngineOptions(...)`` (default: ``EngineOptions()``).
+  all of which take it as ``engine=EngineOptions(...)`` (default: ``EngineOptions()``;
+  ``EngineOptions(progress=False)`` for the short swap paths).
 
   What a result is and where it is kept (``store``, ``metadata``, ``identity``) stays with each
   call; these options only say how it is computed, so one object serves many calls
