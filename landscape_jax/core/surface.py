@@ -153,21 +153,27 @@ def surface_grid(metric_fn: Callable[[PyTree], dict], center: PyTree, directions
 
 
 def auto_chunk_size(metric_fn, center, directions, *, num_devices: int, map_mode: str,
-                    batch_size: int | None = None, point_fn=None, **kwargs) -> int:
-  """`engine.auto_chunk_size` for the points of a plane around `center`."""
+                    batch_size: int | None = None, point_fn=None, memory_fraction: float = 0.5,
+                    max_per_device: int = 256) -> int:
+  """`engine.auto_chunk_size` for the points of a plane around `center` (the arguments as
+  there)."""
   dirs = as_directions(directions, center)
   return engine_lib.auto_chunk_size(trees.as_partial(metric_fn),
                                     plane_point_fn(center, dirs, point_fn), len(dirs),
                                     num_devices=num_devices, map_mode=map_mode,
-                                    batch_size=batch_size, **kwargs)
+                                    batch_size=batch_size, memory_fraction=memory_fraction,
+                                    max_per_device=max_per_device)
 
 
-def benchmark_map_modes(metric_fn, center, directions, *, point_fn=None, **kwargs
+def benchmark_map_modes(metric_fn, center, directions, *, point_fn=None, chunk_size: int = 16,
+                        mesh=None, repeats: int = 3, modes: tuple[str, ...] = MAP_MODES
                         ) -> dict[str, float]:
-  """`engine.benchmark_map_modes` for the points of a plane around `center`: points/s per mode."""
+  """`engine.benchmark_map_modes` for the points of a plane around `center`: points/s per mode
+  (the arguments as there)."""
   dirs = as_directions(directions, center)
   return engine_lib.benchmark_map_modes(metric_fn, plane_point_fn(center, dirs, point_fn),
-                                        len(dirs), **kwargs)
+                                        len(dirs), chunk_size=chunk_size, mesh=mesh,
+                                        repeats=repeats, modes=modes)
 
 
 __all__ = [
