@@ -182,3 +182,25 @@ def test_relative_tolerance_stops_where_a_hand_computed_rule_does(setup):
     lj.make_error_controlled_metric_fn(model, data, tol=tol, rtol=float("nan"))
   with pytest.raises(ValueError, match="covariate"):
     lj.anchor_plane(q, (q,), [0.0, 1.0], covariate="probabilities")
+
+
+def test_an_inputs_targets_pair_estimates_as_its_dataset(setup):
+  """A normalised (inputs, targets) pair gives the numbers of the Dataset it was made from (the
+  same shuffled walk), exact at tol=0 as `make_metric_fn` on the same pair."""
+  model, params, data, dirs = setup
+  pair = (np.asarray(lj.data.normalize_images(data.images, data.mean, data.std)), data.labels)
+  anchors = lj.anchor_plane(params, dirs, np.linspace(-1, 1, 5), np.linspace(-1, 1, 5), stride=2)
+  kw = dict(tol=0.05, batch_size=32, seed=3, anchors=anchors, progress=False)
+  from_data = lj.make_error_controlled_metric_fn(model, data, **kw)
+  from_pair = lj.make_error_controlled_metric_fn(model, pair, **kw)
+  p = lj.plane_point(params, *dirs, 0.3, -0.2)
+  a, b = from_data(p), from_pair(p)
+  for k in a:
+    np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-7)
+  exact = lj.make_metric_fn(model, pair, batch_size=50)(p)
+  full = lj.make_error_controlled_metric_fn(model, pair, tol=0.0, batch_size=50)(p)
+  assert float(full["num_examples"]) == 200
+  np.testing.assert_allclose(full["loss"], exact["loss"], rtol=1e-5)
+  np.testing.assert_allclose(full["accuracy"], exact["accuracy"], rtol=1e-6)
+  with pytest.raises(ValueError, match="one split"):
+    lj.make_error_controlled_metric_fn(model, {"test": pair}, tol=0.1)

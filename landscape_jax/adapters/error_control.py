@@ -56,7 +56,6 @@ import numpy as np
 import optax
 from jax.tree_util import Partial
 
-from landscape_jax.adapters.data import Dataset, normalize_images
 from landscape_jax.adapters.evaluation import (
   DeviceSplit,
   apply_checked,
@@ -64,6 +63,9 @@ from landscape_jax.adapters.evaluation import (
   cross_entropy,
   device_split,
   model_variables,
+  named_splits,
+  num_examples,
+  prepare_inputs,
   use_onednn,
 )
 from landscape_jax.core import progress as progress_lib
@@ -93,14 +95,14 @@ class ErrorControlData(NamedTuple):
 
   Attributes:
     split: the shuffled split on the device (`evaluation.DeviceSplit`: padded batches and mask).
-    mean, std: the normalisation of the images.
+    norm: ``(mean, std)`` normalising uint8 images inside the compiled function (a `Dataset`),
+      or None (inputs used as given).
     batch_stats: the centre's BatchNorm statistics (None without BatchNorm).
     control: the anchors' tables of the control variate (None without anchors).
   """
 
   split: DeviceSplit
-  mean: jax.Array
-  std: jax.Array
+  norm: tuple[jax.Array, jax.Array] | None
   batch_stats: PyTree
   control: dict | None
 
@@ -131,7 +133,7 @@ def anchor_plane(center: PyTree, directions, xs, ys=None, *, stride: int = 4,
                      None if ys is None else anchor_axis(ys, stride=stride), covariate)
 
 
-def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: float = 0.0,
+def make_error_controlled_metric_fn(model, data, *, tol: float, rtol: float = 0.0,
                                     batch_size: int = 256,
                                     batch_stats: PyTree | None = None, seed: int = 0,
                                     min_batches: int = 1, anchors: AnchorPlane | None = None,
@@ -151,7 +153,10 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: f
 
   Args:
     model: a linen model evaluated in inference mode.
-    data: a `Dataset` (one split).
+    data: one split: a `Dataset` (uint8 images, normalised inside the compiled function) or an
+      ``(inputs, targets)`` pair of arrays (or pytrees of arrays) with a leading example axis,
+      the inputs as the model takes them and the targets integer classes (as `make_metric_fn`
+      takes them; the loss is the cross-entropy).
     tol: target standard error of the mean loss (>= 0), absolute.
     rtol: relative part of the target (>= 0; default 0: absolute only). Far from the minimum the
       per-example losses spread widely and an absolute ``tol`` of 0.01 at a loss of 10 or 100
@@ -180,24 +185,31 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: f
     raise ValueError(f"min_batches must be >= 1, got {min_batches}.")
   if anchors is not None and anchors.covariate not in COVARIATES:
     raise ValueError(f"covariate must be 'logits' or 'loss', got {anchors.covariate!r}.")
-  order = np.random.default_rng(seed).permutation(len(data))
-  split = device_split(data.images[order], data.labels[order], batch_size=batch_size)
-  apply_fn = functools.partial(apply_checked, model, int(data.num_classes),
+  named = named_splits(data)
+  if set(named) != {""}:
+    raise ValueError("make_error_controlled_metric_fn takes one split (a Dataset or an "
+                     f"(inputs, targets) pair), got a mapping of {sorted(named)}; build one "
+                     "metric per split.")
+  one = named[""]
+  total = num_examples(one.inputs, one.targets)
+  order = np.random.default_rng(seed).permutation(total)
+  shuffled = lambda tree: jax.tree.map(lambda a: np.asarray(a)[order], tree)
+  split = device_split(shuffled(one.inputs), shuffled(one.targets), batch_size=batch_size)
+  apply_fn = functools.partial(apply_checked, model, one.num_classes,
                                fold_batchnorm=bool(fold_batchnorm),
                                onednn=use_onednn(cpu_convolutions))
-  mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
   control = None
   if anchors is not None:
-    control = _anchor_table(apply_fn, split, mean, std, batch_stats, anchors, progress=progress,
+    control = _anchor_table(apply_fn, split, one.norm, batch_stats, anchors, progress=progress,
                             logits=anchors.covariate == "logits")
   return Partial(functools.partial(_estimate, apply_fn, float(tol), float(rtol), int(min_batches),
-                                   len(data)),
-                 ErrorControlData(split, mean, std, batch_stats, control))
+                                   total),
+                 ErrorControlData(split, one.norm, batch_stats, control))
 
 
 # ------------------------------------------------------------------------------------ anchors
-@functools.partial(jax.jit, static_argnums=(0, 8))
-def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords, logits):
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _anchor_chunk(apply_fn, split, norm, batch_stats, center, dirs, coords, logits):
   """Per-example outputs at the anchors ``coords`` (C, k): logits ``(C, B, b, K)`` with `logits`,
   else losses and correctness, each ``(C, B, b)``."""
 
@@ -207,7 +219,7 @@ def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords,
 
     def body(_, batch):
       x, y, _m = batch
-      z = apply_fn(variables, normalize_images(x, mean, std))
+      z = apply_fn(variables, prepare_inputs(x, norm))
       return None, (z.astype(jnp.float32) if logits else (cross_entropy(z, y), correct(z, y)))
 
     return jax.lax.scan(body, None, split)[1]
@@ -215,7 +227,7 @@ def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords,
   return jax.lax.map(one, coords)
 
 
-def _anchor_table(apply_fn, split, mean, std, batch_stats, anchors: AnchorPlane, *, progress,
+def _anchor_table(apply_fn, split, norm, batch_stats, anchors: AnchorPlane, *, progress,
                   logits: bool, chunk: int = 8) -> dict:
   dirs = tuple(anchors.directions)
   xs = np.asarray(anchors.xs, np.float32)
@@ -226,7 +238,7 @@ def _anchor_table(apply_fn, split, mean, std, batch_stats, anchors: AnchorPlane,
                                      desc="anchors", unit_scale=chunk):
     part = grid[i:i + chunk]
     padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), 0)])
-    out = _anchor_chunk(apply_fn, split, mean, std, batch_stats, anchors.center, dirs,
+    out = _anchor_chunk(apply_fn, split, norm, batch_stats, anchors.center, dirs,
                         jnp.asarray(padded), logits)
     n = len(part)
     parts.append(jax.tree.map(lambda t: t[:n], out))  # noqa: B023 (used at once)
@@ -325,7 +337,7 @@ def _sem(stats, total):
 
 
 def _estimate(apply_fn, tol, rtol, min_batches, total, data: ErrorControlData, params):
-  split, mean, std, batch_stats, control = data
+  split, norm, batch_stats, control = data
   variables = model_variables(params, batch_stats)
   num_batches = split.mask.shape[0]
   if control is None:
@@ -341,8 +353,8 @@ def _estimate(apply_fn, tol, rtol, min_batches, total, data: ErrorControlData, p
 
   def body(carry):
     b, loss_stats, hit_stats = carry
-    x, y, m = split.images[b], split.labels[b], split.mask[b]
-    logits = apply_fn(variables, normalize_images(x, mean, std))
+    x, y, m = jax.tree.map(lambda a: a[b], (split.images, split.labels, split.mask))
+    logits = apply_fn(variables, prepare_inputs(x, norm))
     losses, hits = cross_entropy(logits, y), correct(logits, y).astype(jnp.float32)
     if cov is not None:
       c_loss, c_hit = cov(b)
