@@ -3,9 +3,10 @@
 Run by ``benchmarks/accelerator.sh`` on a machine with one GPU (it runs on any backend). Workload
 as ``bench_w1.py`` but 51 x 51 points on [-1, 1]^2 and 10,000 synthetic 32 x 32 x 3 images:
 
-* ``lj.surface_grid(map_mode="vmap")`` over the whole grid with the chunk size that
-  ``lj.surface.auto_chunk_size`` derives from the device's free memory (compiled on one chunk
-  first; the compile time is printed), everything else at ``make_metric_fn``'s defaults;
+* ``lj.surface_grid(engine=lj.EngineOptions(map_mode="vmap"))`` over the whole grid with the
+  chunk size that ``lj.surface.auto_chunk_size`` derives from the device's free memory
+  (compiled on one chunk first; the compile time is printed), everything else at
+  ``make_metric_fn``'s defaults;
 * the same metric with ``map_mode="map"`` on one grid row (for the ratio);
 * PyTorch in its own process (``torch_baseline.py serve``) on the same device (``cuda`` when JAX
   runs on a GPU): Li et al.'s per-point loop and the tuned form (BatchNorm folded, channels-last,
@@ -95,18 +96,19 @@ def main(argv=None):
   best_peak = [jax_peak]
   t = time.perf_counter()  # compile on one chunk (same shapes as the timed chunks)
   lj.surface_grid(metric, center, dirs, g[:chunk] if chunk <= len(g) else g, g[:1],
-                  map_mode="vmap", chunk_size=chunk, progress=False)
+                  engine=lj.EngineOptions(map_mode="vmap", chunk_size=chunk, progress=False))
   compile_s = time.perf_counter() - t
   t = time.perf_counter()
-  full = lj.surface_grid(metric, center, dirs, g, g, map_mode="vmap", chunk_size=chunk,
-                         progress=False)
+  full = lj.surface_grid(metric, center, dirs, g, g,
+                         engine=lj.EngineOptions(map_mode="vmap", chunk_size=chunk, progress=False))
   t_full = time.perf_counter() - t
   mid = args.grid // 2  # the middle row y = 0: the row the baselines are timed on
   ref = np.asarray(full["loss"][:, mid], np.float64)
-  lj.surface_grid(metric, center, dirs, g, g[mid:mid + 1], map_mode="map", progress=False)
+  lj.surface_grid(metric, center, dirs, g, g[mid:mid + 1],
+                  engine=lj.EngineOptions(map_mode="map", progress=False))
   t = time.perf_counter()
-  row_map = lj.surface_grid(metric, center, dirs, g, g[mid:mid + 1], map_mode="map",
-                            progress=False)
+  row_map = lj.surface_grid(metric, center, dirs, g, g[mid:mid + 1],
+                            engine=lj.EngineOptions(map_mode="map", progress=False))
   t_map = time.perf_counter() - t
 
   torch_rows = []

@@ -117,15 +117,19 @@ def run_model(name, args, workdir, rows, path_rows, files):
                                 ignore="biasbn")
   xs = ys = np.linspace(-1.0, 1.0, args.dense)
   t = time.perf_counter()
-  dense = lj.surface_grid(metric_fn, sa.params, (d1, d2), xs, ys, progress=False)["train_loss"]
+  dense = lj.surface_grid(metric_fn, sa.params, (d1, d2), xs, ys,
+                          engine=lj.EngineOptions(progress=False))["train_loss"]
   t_dense = time.perf_counter() - t
   n_dense = dense.size
   budget = int(args.budget * n_dense)
   t = time.perf_counter()
   res = adaptive.adaptive_surface(metric_fn, sa.params, (d1, d2), (-1, 1), (-1, 1),
-                                  tol=args.tol, max_points=budget, initial=args.initial,
-                                  max_level=args.max_level, key="train_loss",
-                                  max_value=args.loss_cap, progress=False)
+                                  refinement=lj.Refinement(tol=args.tol, max_points=budget,
+                                                           initial=args.initial,
+                                                           max_level=args.max_level,
+                                                           key="train_loss",
+                                                           max_value=args.loss_cap),
+                                  engine=lj.EngineOptions(progress=False))
   t_adapt = time.perf_counter() - t
   cubic = res.to_grid(xs, ys, keys=["train_loss"])["train_loss"]
   linear = res.to_grid(xs, ys, keys=["train_loss"], method="linear")["train_loss"]
@@ -141,14 +145,17 @@ def run_model(name, args, workdir, rows, path_rows, files):
   # path: straight line between the two seeds' models
   alphas = np.linspace(-0.5, 1.5, args.dense_path)
   t = time.perf_counter()
-  dense_p = lj.linear_path(metric_fn, sa.params, sb.params, alphas, progress=False)["train_loss"]
+  dense_p = lj.linear_path(metric_fn, sa.params, sb.params, alphas,
+                           engine=lj.EngineOptions(progress=False))["train_loss"]
   t_dense_p = time.perf_counter() - t
   budget_p = int(args.path_budget * alphas.size)
   t = time.perf_counter()
-  resp = adaptive.adaptive_path(metric_fn, sa.params, sb.params, (-0.5, 1.5), tol=args.tol,
-                                max_points=budget_p, initial=args.path_initial,
-                                max_level=args.path_max_level, key="train_loss",
-                                max_value=args.loss_cap, progress=False)
+  resp = adaptive.adaptive_path(metric_fn, sa.params, sb.params, (-0.5, 1.5),
+                                refinement=lj.Refinement(tol=args.tol, max_points=budget_p,
+                                                         initial=args.path_initial,
+                                                         max_level=args.path_max_level,
+                                                         key="train_loss", max_value=args.loss_cap),
+                                engine=lj.EngineOptions(progress=False))
   t_adapt_p = time.perf_counter() - t
   cub_p = resp.to_grid(alphas, keys=["train_loss"])["train_loss"]
   lin_p = resp.to_grid(alphas, keys=["train_loss"], method="linear")["train_loss"]
@@ -195,14 +202,14 @@ def main(argv=None):
   body = (f"{C.format_info(info)}\n\nDigits, models trained {args.epochs} epochs (SGD, Nesterov, "
           f"cosine; two seeds), train loss on the first {args.eval_subset} training examples. "
           f"Surface: filter-normalised directions on [-1, 1]^2, dense {args.dense} x {args.dense} "
-          f"grid vs `adaptive_surface(tol={args.tol}, initial={args.initial}, "
-          f"max_level={args.max_level}, max_value={args.loss_cap:g}, "
-          f"max_points={args.budget:.0%} of the dense grid)`; deviations of "
+          f"grid vs `adaptive_surface(refinement=Refinement(tol={args.tol}, "
+          f"initial={args.initial}, max_level={args.max_level}, max_value={args.loss_cap:g}, "
+          f"max_points={args.budget:.0%} of the dense grid))`; deviations of "
           "`AdaptiveResult.to_grid` (cubic: Clough-Tocher, linear: the per-cell bilinear "
           f"interpolant) at the dense grid points where the dense loss is < {args.loss_cap:g}.\n\n"
           f"{surf}\n\nPath: the straight line between the two seeds on [-0.5, 1.5], "
-          f"{args.dense_path} alphas vs `adaptive_path(tol={args.tol}, "
-          f"initial={args.path_initial}, max_level={args.path_max_level})`.\n\n{path}\n\n"
+          f"{args.dense_path} alphas vs `adaptive_path(refinement=Refinement(tol={args.tol}, "
+          f"initial={args.path_initial}, max_level={args.path_max_level}))`.\n\n{path}\n\n"
           "Targets (max dev of the default cubic interpolant): " + "; ".join(lines) +
           f".\n\nFigures: {', '.join(os.path.relpath(f, os.path.dirname(_HERE)) for f in files)}."
           f"\n\nTotal benchmark time {total:.0f} s.")

@@ -93,9 +93,9 @@ def w1(args) -> dict:
     print(f"{k}: batch size {b} ({', '.join(f'{c}: {t:.3f} s' for c, t in tried.items())})",
           flush=True)
     fns[k], batch[k] = make(b), b
-  kw = dict(chunk_size=len(ys), progress=False)
+  engine = lj.EngineOptions(chunk_size=len(ys), progress=False)
   for fn in fns.values():  # compile (the same chunk shape as the timed rows)
-    lj.surface_grid(fn, params, dirs, xs[:1], ys, **kw)
+    lj.surface_grid(fn, params, dirs, xs[:1], ys, engine=engine)
   times = {k: [] for k in fns}
   rows = {k: [None] * len(xs) for k in fns}
   for r in range(args.rounds):
@@ -103,7 +103,7 @@ def w1(args) -> dict:
     for i in range(len(xs)):  # row by row, the order alternating
       for k in (list(fns) if (r + i) % 2 == 0 else list(fns)[::-1]):
         t = time.perf_counter()
-        rows[k][i] = lj.surface_grid(fns[k], params, dirs, xs[i:i + 1], ys, **kw)
+        rows[k][i] = lj.surface_grid(fns[k], params, dirs, xs[i:i + 1], ys, engine=engine)
         total[k] += time.perf_counter() - t
     for k in fns:
       times[k].append(total[k])
@@ -132,7 +132,8 @@ def trained(args, workdir: str) -> dict:
   xs = ys = np.linspace(-1.0, 1.0, args.grid)
   surfaces = {k: lj.surface_grid(
     lj.make_metric_fn(model, {"train": train_ds}, batch_stats=state.batch_stats,
-                      compute_dtype=dtype), state.params, dirs, xs, ys, progress=False)
+                      compute_dtype=dtype), state.params, dirs, xs, ys,
+                                 engine=lj.EngineOptions(progress=False))
     for k, dtype in (("float32", None), (BF16, BF16))}
   return {"model": "resnet8 (digits)", "examples": len(train_ds.labels),
           "test accuracy": float(records[-1].get("test_accuracy", float("nan"))),

@@ -5,7 +5,7 @@ digits (`training.train`, SGD with Nesterov momentum, cosine schedule), evaluate
 split made of noisy copies of the training digits (Gaussian pixel noise, ``--images`` of them:
 the split is what the tolerance saves on), two filter-normalised random directions
 (``ignore="biasbn"``), a ``--grid x --grid`` surface on [-1, 1]^2. Three runs of
-``lj.surface_grid(map_mode="map")``:
+``lj.surface_grid(engine=lj.EngineOptions(map_mode="map"))``:
 
 * exact: ``lj.make_metric_fn`` (one pass over the whole split per point);
 * plain: ``lj.make_error_controlled_metric_fn(tol=...)`` (growing random subsets);
@@ -105,7 +105,7 @@ def main(argv=None):
   dirs = tuple(lj.random_directions(jax.random.key(args.seed + 1), params, num=2, norm="filter",
                                     ignore="biasbn"))
   g = np.linspace(-1, 1, args.grid)
-  kw = dict(map_mode="map", chunk_size=min(args.grid ** 2, 64), progress=False)
+  engine = lj.EngineOptions(map_mode="map", chunk_size=min(args.grid ** 2, 64), progress=False)
 
   def exact():
     return lj.make_metric_fn(model, data, batch_stats=bs, batch_size=args.batch)
@@ -117,8 +117,8 @@ def main(argv=None):
   def anchored(rtol=0.0):  # the anchors' exact passes are part of the timed work
     return lj.make_error_controlled_metric_fn(
       model, data, tol=args.tol, rtol=rtol, batch_stats=bs, batch_size=args.batch,
-      progress=False, anchors=lj.anchor_plane(params, dirs, g, g, stride=args.stride),
-      covariate=args.covariate)
+      progress=False, anchors=lj.anchor_plane(params, dirs, g, g, stride=args.stride,
+                                              covariate=args.covariate))
 
   n_anchor = len(lj.error_control.anchor_axis(g, stride=args.stride)) ** 2
   label = (f"anchored ({n_anchor} anchors, stride {args.stride}, {args.covariate}), "
@@ -134,9 +134,9 @@ def main(argv=None):
   rtols = {known[k][0]: known[k][2] for k in known}
   res = {}
   for name, make in variants.items():
-    lj.surface_grid(make(), params, dirs, g[:2], g[:1], **kw)  # compile (not timed)
+    lj.surface_grid(make(), params, dirs, g[:2], g[:1], engine=engine)  # compile (not timed)
     t = time.perf_counter()
-    out = lj.surface_grid(make(), params, dirs, g, g, **kw)
+    out = lj.surface_grid(make(), params, dirs, g, g, engine=engine)
     res[name] = (out, time.perf_counter() - t)
     print(f"  {name}: {res[name][1]:.1f} s", flush=True)
   ex, t_ex = res.pop("exact")
@@ -167,7 +167,7 @@ def main(argv=None):
     f"{args.images} noisy copies of the training digits (pixel noise std {args.noise}); "
     f"{args.grid} x {args.grid} grid on [-1, 1]^2, filter-normalised directions; exact loss "
     f"from {loss.min():.3g} to {loss.max():.3g} (median {np.median(loss):.3g}); batches of at "
-    f"most {args.batch}; all runs `surface_grid(map_mode='map')`, compiled first.",
+    f"most {args.batch}; all runs `surface_grid` with `map_mode='map'`, compiled first.",
     "",
     C.markdown_table(
       ["variant", "exact s", "estimated s", "speed-up", "max abs dloss", "max dloss / target",

@@ -96,9 +96,9 @@ def main(argv=None):
     return jax.lax.map(lambda c: f(lj.plane_point(center, d[0], d[1], c[0], c[1])), cs)
 
   cs = jnp.asarray(coords, jnp.float32)
-  kw = dict(chunk_size=chunk, progress=False, map_mode="map")
+  engine = lj.EngineOptions(chunk_size=chunk, progress=False, map_mode="map")
   C.block(hand(metric_fn, params, dirs, cs))
-  lj.surface_grid(metric_fn, params, dirs, xs, xs, **kw)
+  lj.surface_grid(metric_fn, params, dirs, xs, xs, engine=engine)
   rows = {"hand-written lax.map": [], "surface_grid": [], "surface_grid + store": [],
           "rerun on the finished store": []}
   for _ in range(args.repeats):  # interleaved rounds
@@ -106,14 +106,16 @@ def main(argv=None):
     C.block(hand(metric_fn, params, dirs, cs))
     rows["hand-written lax.map"].append(time.perf_counter() - t)
     t = time.perf_counter()
-    lj.surface_grid(metric_fn, params, dirs, xs, xs, **kw)
+    lj.surface_grid(metric_fn, params, dirs, xs, xs, engine=engine)
     rows["surface_grid"].append(time.perf_counter() - t)
     with tempfile.TemporaryDirectory() as tmp:
       t = time.perf_counter()
-      lj.surface_grid(metric_fn, params, dirs, xs, xs, store=os.path.join(tmp, "s"), **kw)
+      lj.surface_grid(metric_fn, params, dirs, xs, xs, store=os.path.join(tmp, "s"),
+                      engine=engine)
       rows["surface_grid + store"].append(time.perf_counter() - t)
       t = time.perf_counter()
-      lj.surface_grid(metric_fn, params, dirs, xs, xs, store=os.path.join(tmp, "s"), **kw)
+      lj.surface_grid(metric_fn, params, dirs, xs, xs, store=os.path.join(tmp, "s"),
+                      engine=engine)
       rows["rerun on the finished store"].append(time.perf_counter() - t)
   med = {k: float(np.median(v)) for k, v in rows.items()}
   points = coords.shape[0]

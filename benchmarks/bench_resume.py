@@ -51,8 +51,9 @@ def _surface(store: str, tiny: bool) -> tuple[dict, float, dict]:
   metric_fn = lj.make_metric_fn(model, splits, batch_stats=variables["batch_stats"],
                                 batch_size=256)
   t0 = time.perf_counter()
-  res = lj.surface_grid(metric_fn, params, (d1, d2), xs, ys, mesh=lj.make_mesh(), store=store,
-                        progress=False, metadata={"direction_seed": 1, "norm": "filter"})
+  res = lj.surface_grid(metric_fn, params, (d1, d2), xs, ys,
+                        engine=lj.EngineOptions(mesh=lj.make_mesh(), progress=False), store=store,
+                        metadata={"direction_seed": 1, "norm": "filter"})
   phases = {"imports_s": t_inputs - START,  # START: the process's start
             "inputs_s": t0 - t_inputs}
   return res, time.perf_counter() - t0, phases

@@ -99,7 +99,7 @@ def time_per_point(split, vocab, sizes, *, chunk: int = 8, rounds: int = 3):
   center = params if mesh is None else lj.partitioned_params(params, mesh)
   dirs = lj.random_directions(jax.random.key(1), center)
   coords = np.linspace(-1, 1, 2 * chunk, dtype=np.float32).reshape(chunk, 2)
-  m, p, c = engine.place_inputs(engine.as_partial(metric_fn), plane_point_fn(center, dirs),
+  m, p, c = engine.place_inputs(lj.trees.as_partial(metric_fn), plane_point_fn(center, dirs),
                                 coords, roles)
   fn = engine.chunk_fn(shd.as_mesh(roles), None if roles is None else roles.points, "map", None)
   jax.block_until_ready(fn(m, p, c))

@@ -81,8 +81,9 @@ def _ours(s, loss_fn, params, data, steps, restarts=1):
   key = jax.random.key(0)
   if s["kind"] == "worst":
     return lj.worst_case_sharpness(key, loss_fn, params, data, rho=s["rho"], norm=s["norm"],
-                                   adaptive=s["adaptive"], restarts=restarts, steps=steps,
-                                   step_size=2.0, patience=steps)
+                                   adaptive=s["adaptive"],
+                                   ascent=lj.Ascent(restarts=restarts, steps=steps, step_size=2.0,
+                                                    patience=steps))
   return lj.average_sharpness(key, loss_fn, params, data, rho=s["rho"], adaptive=s["adaptive"],
                               num_samples=steps * data.num_examples // 128)
 

@@ -266,20 +266,20 @@ def run_surface(metric_fn, center, dirs, xs, ys, *, map_mode="map", chunk_size=N
   n = len(xs) * len(ys)
   k = 1 if mesh is None else mesh.devices.size
   chunk = chunk_size or k
-  kw = dict(map_mode=map_mode, chunk_size=chunk, batch_size=point_batch, progress=False,
-            mesh=mesh)
+  engine = lj.EngineOptions(map_mode=map_mode, chunk_size=chunk, batch_size=point_batch,
+                            progress=False, mesh=mesh)
   t = time.perf_counter()
-  lj.surface_grid(metric_fn, center, dirs, np.linspace(-1, 1, chunk), np.zeros(1), **kw)
+  lj.surface_grid(metric_fn, center, dirs, np.linspace(-1, 1, chunk), np.zeros(1), engine=engine)
   warm = time.perf_counter() - t
   with C.PeakMemory() as mem:
     t = time.perf_counter()
-    res = lj.surface_grid(metric_fn, center, dirs, xs, ys, **kw)
+    res = lj.surface_grid(metric_fn, center, dirs, xs, ys, engine=engine)
     seconds = time.perf_counter() - t
   coords = lj.surface.grid_coordinates(xs, ys)
   prog = float("nan")
   if mesh is None:  # the compiled chunk program (a cache hit of surface_grid's own)
     fn = lj.engine.chunk_fn(None, None, map_mode, point_batch)
-    prog = C.program_memory_mb(fn.lower(lj.engine.as_partial(metric_fn),
+    prog = C.program_memory_mb(fn.lower(lj.trees.as_partial(metric_fn),
                                         lj.plane_point_fn(center, tuple(dirs)),
                                         jnp.zeros((chunk, 2), jnp.float32)))
   return {"points": n, "seconds": seconds, "loss": res["loss"].reshape(-1),
@@ -478,7 +478,8 @@ def error_controlled_section(args, out_lines):
                                        ignore="biasbn") for k in (k1, k2))
   g = np.linspace(-1, 1, args.error_grid)
   exact_fn = lj.make_metric_fn(model, data, batch_size=args.error_batch)
-  kw = dict(map_mode="map", chunk_size=min(args.error_grid ** 2, 256), progress=False)
+  engine = lj.EngineOptions(map_mode="map", chunk_size=min(args.error_grid ** 2, 256),
+                            progress=False)
 
   def plain():
     return lj.make_error_controlled_metric_fn(model, data, tol=args.error_tol,
@@ -494,10 +495,10 @@ def error_controlled_section(args, out_lines):
   res = {}
   for name, make in variants.items():
     fn = make()  # compile on a small grid first (the anchors of the warm-up are not timed)
-    lj.surface_grid(fn, params, dirs, g[:3], g[:1], **kw)
+    lj.surface_grid(fn, params, dirs, g[:3], g[:1], engine=engine)
     t = time.perf_counter()
     fn = make()
-    res[name] = (lj.surface_grid(fn, params, dirs, g, g, **kw), time.perf_counter() - t)
+    res[name] = (lj.surface_grid(fn, params, dirs, g, g, engine=engine), time.perf_counter() - t)
   ex, t_ex = res.pop("exact")
   rows, verdicts = [], []
   for name, (est, t_est) in res.items():
@@ -515,7 +516,7 @@ def error_controlled_section(args, out_lines):
     f"{args.error_train_steps} Adam steps on digits, {args.error_images} noisy digits, batches of "
     f"at most {args.error_batch}; `make_error_controlled_metric_fn(tol={args.error_tol})` plain "
     f"and with anchored control variates ({n_anchor} anchors, their exact passes included in the "
-    "time) vs exact `make_metric_fn`, all `surface_grid(map_mode='map')`):",
+    "time) vs exact `make_metric_fn`, all `surface_grid` with `map_mode='map'`):",
     "",
     C.markdown_table(
       ["variant", "exact s", "estimated s", "speed-up", "max abs dloss", "max / tol",

@@ -42,7 +42,11 @@ f = lj.make_metric_fn(model, data, batch_stats=v["batch_stats"])
 xs = np.linspace(-1, 1, grid)
 devices = int(sys.argv[4])
 mesh = lj.make_mesh(devices) if devices > 1 else None
-run = lambda: lj.surface_grid(f, v["params"], d, xs, xs, mesh=mesh, progress=False)
+if hasattr(lj, "EngineOptions"):  # the options object; older commits spelt the keywords out
+  kw = {"engine": lj.EngineOptions(mesh=mesh, progress=False)}
+else:
+  kw = {"mesh": mesh, "progress": False}
+run = lambda: lj.surface_grid(f, v["params"], d, xs, xs, **kw)
 run()
 times = []
 for _ in range(2):

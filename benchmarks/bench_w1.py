@@ -128,11 +128,12 @@ def main(argv=None):
 
   metric = lj.make_metric_fn(model, data, batch_stats=bs)  # everything at its default
   xs = g[: len(coords)]  # the timed points: (xs[i], row)
-  lj.surface_grid(metric, center, dirs, xs, row, progress=False)  # compile (same chunk shape)
+  lj.surface_grid(metric, center, dirs, xs, row,
+                  engine=lj.EngineOptions(progress=False))  # compile (same chunk shape)
 
   def jax_default():
     t = time.perf_counter()
-    res = lj.surface_grid(metric, center, dirs, xs, row, progress=False)
+    res = lj.surface_grid(metric, center, dirs, xs, row, engine=lj.EngineOptions(progress=False))
     return {"seconds": time.perf_counter() - t, "points": len(coords),
             "loss": res["loss"].reshape(-1), "accuracy": res["accuracy"].reshape(-1)}
 

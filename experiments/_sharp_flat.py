@@ -54,11 +54,12 @@ def budget(tiny: bool) -> dict:
 def _kwargs(fn: str, kw: dict, b: dict) -> dict:
   kw = dict(kw)
   if fn == "worst_case_sharpness":
-    kw.update(restarts=b["restarts"], steps=b["steps"], patience=b["steps"])
+    kw.update(ascent=lj.Ascent(restarts=b["restarts"], steps=b["steps"], patience=b["steps"]))
   elif fn == "average_sharpness":
     kw.update(num_samples=b["samples"])
   elif fn == "sigma_search":
-    kw.update(num_samples=b["samples"], num_iters=b["iters"], lower=1e-4, upper=10.0)
+    kw.update(num_samples=b["samples"],
+              bracket=lj.Bracket(num_iters=b["iters"], lower=1e-4, upper=10.0))
   elif fn == "hessian_sharpness":
     kw.update(num_steps=b["lanczos"], num_probes=b["probes"])
   elif fn == "filter_normalized_rise":

@@ -54,7 +54,8 @@ def main(argv):
                           max_iter=config.max_iter, progress=_PROGRESS.value)
   b_aligned = P.apply_permutation(spec, res.perm, b)
   alphas = np.linspace(0.0, 1.0, config.num_alphas)
-  paths = {name: lj.linear_path(metric_fn, a, end, alphas, progress=_PROGRESS.value)
+  paths = {name: lj.linear_path(metric_fn, a, end, alphas,
+                                engine=lj.EngineOptions(progress=_PROGRESS.value))
            for name, end in (("naive", b), ("aligned", b_aligned))}
   table = {}
   for name, path in paths.items():

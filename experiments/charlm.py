@@ -69,8 +69,8 @@ def main(argv):
                                     depth=config.depth, heads=config.heads)
     runs.append(_train(config, workdir, seed, loss_fn, splits["train"], init))
   a, b = runs[:2]
-  kw = {"chunk_size": config.get("chunk_size"), "map_mode": config.get("map_mode"),
-        "progress": _PROGRESS.value}
+  engine = lj.EngineOptions(chunk_size=config.get("chunk_size"),
+                            map_mode=config.get("map_mode"), progress=_PROGRESS.value)
   summary = {"config": json.loads(config.to_json_best_effort()),
              "vocabulary_size": len(vocabulary), "num_params": lj.trees.num_params(a),
              "examples": {k: int(v[0].shape[0]) for k, v in splits.items()},
@@ -83,10 +83,10 @@ def main(argv):
                               norm=config.norm or None, ignore=config.ignore or None)
   surface = lj.surface_grid(metric_fn, a, dirs, xs, ys, store=os.path.join(workdir, "surface"),
                             metadata={"direction_seed": config.direction_seed,
-                                      "norm": config.norm, "ignore": config.ignore}, **kw)
+                                      "norm": config.norm, "ignore": config.ignore}, engine=engine)
   alphas = _grid(config.alphas)
   path = lj.linear_path(metric_fn, a, b, alphas, store=os.path.join(workdir, "interpolation"),
-                        **kw)
+                        engine=engine)
   summary["surface"] = {k: {"min": float(np.min(v)), "max": float(np.max(v))}
                         for k, v in surface.items()}
   summary["interpolation"] = {k: lj.barriers(v, alphas) for k, v in path.items() if "loss" in k}

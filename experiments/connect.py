@@ -86,8 +86,9 @@ def main(argv):
       model, splits, train_data=train_ds, batch_stats=bs, batch_size=config.eval_batch_size,
       bn_batch_size=config.bn_batch_size)
   res = curves.evaluate_curve(metric_fn, curve, kind=config.kind, num_points=config.num_points,
-                              chunk_size=config.get("chunk_size"),
-                              store=os.path.join(workdir, "curve_eval"), progress=_PROGRESS.value)
+                              engine=lj.EngineOptions(chunk_size=config.get("chunk_size"),
+                                                      progress=_PROGRESS.value),
+                              store=os.path.join(workdir, "curve_eval"))
   summary = {"curve_training": history[-1] if history else None, **res["summary"]}
   for which in ("curve", "line"):
     s = res["summary"][which]
@@ -102,8 +103,9 @@ def main(argv):
     plane = curves.plane_basis(w0, w1, w2)
     grid = np.linspace(config.plane_min, config.plane_max, config.plane_points)
     pres = curves.evaluate_plane(metric_fn, plane, alphas=grid, betas=grid,
-                                 chunk_size=config.get("chunk_size"),
-                                 store=os.path.join(workdir, "plane"), progress=_PROGRESS.value)
+                                 engine=lj.EngineOptions(chunk_size=config.get("chunk_size"),
+                                                         progress=_PROGRESS.value),
+                                 store=os.path.join(workdir, "plane"))
     proj = np.stack([np.asarray(curves.project_to_plane(plane, w)) for w in (w0, w1, w2)])
     xy = curves.curve_in_plane(plane, curve, kind=config.kind, num_points=config.num_points)
     for metric in config.plane_metrics:

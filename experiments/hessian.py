@@ -84,10 +84,12 @@ def main(argv):
             "num_examples": len(map_data), "weights_only": config.weights_only,
             "num_steps": rc.num_steps, "seed": rc.seed, "direction_seed": rc.direction_seed,
             "norm": rc.norm, "ignore": rc.ignore}
-    res = lj.surface_grid(metric_fn, params, dirs, xs, ys, mesh=lj.make_mesh(),
-                          chunk_size=config.get("chunk_size"), map_mode=config.get("map_mode"),
-                          store=os.path.join(workdir, "ratio_map", "store"), metadata=meta,
-                          progress=_PROGRESS.value)
+    res = lj.surface_grid(metric_fn, params, dirs, xs, ys,
+                          engine=lj.EngineOptions(mesh=lj.make_mesh(),
+                                                  chunk_size=config.get("chunk_size"),
+                                                  map_mode=config.get("map_mode"),
+                                                  progress=_PROGRESS.value),
+                          store=os.path.join(workdir, "ratio_map", "store"), metadata=meta)
     finite = res["ratio"][np.isfinite(res["ratio"])]
     summary["ratio_map"] = {"max": float(finite.max()) if finite.size else None,
                             "mean": float(finite.mean()) if finite.size else None,

@@ -196,7 +196,8 @@ class Tour:
                                   ignore="biasbn")
       xs = np.linspace(-1, 1, self.c.points_1d)
       res = lj.surface_grid(self.metric_fn(False, self.var_a.get("batch_stats")), params, d, xs,
-                            store=self.path("stores", "line_1d"), progress=self.progress,
+                            store=self.path("stores", "line_1d"),
+                            engine=lj.EngineOptions(progress=self.progress),
                             metadata={"direction_seed": 0, "norm": "filter"})
       figs = self.figures(
         "line_1d", "Loss and accuracy of model A at A + a d, d a filter-normalised random "
@@ -207,7 +208,7 @@ class Tour:
       alphas = np.linspace(-0.5, 1.5, self.c.points_interp)
       interp = lj.linear_path(self.metric_fn(True), self.var_a["params"], self.var_b["params"],
                               alphas, store=self.path("stores", "interpolation"),
-                              progress=self.progress)
+                              engine=lj.EngineOptions(progress=self.progress))
       figs += self.figures(
         "interpolation", "Loss and accuracy on the straight line (1 - a) A + a B between the "
         "two trained models (A at a = 0, B at a = 1), BatchNorm statistics recomputed.",
@@ -237,8 +238,9 @@ class Tour:
                                     ignore="biasbn")
       xs = ys = np.linspace(-1, 1, self.c.points_2d)
       res = lj.surface_grid(self.metric_fn(False, self.var_a.get("batch_stats")), params,
-                            (d1, d2), xs, ys, mesh=lj.make_mesh(),
-                            store=self.path("stores", "surface_2d"), progress=self.progress,
+                            (d1, d2), xs, ys,
+                            engine=lj.EngineOptions(mesh=lj.make_mesh(), progress=self.progress),
+                            store=self.path("stores", "surface_2d"),
                             metadata={"direction_seed": 1, "norm": "filter"})
       z = res["train_loss"]
       title = "Train loss of A over a filter-normalised plane"
@@ -284,11 +286,14 @@ class Tour:
       initial, max_level = ((n - 1) // 4 + 1, 2) if (n - 1) % 4 == 0 else (n, 0)
       tol = 0.05  # coarse on purpose: the tour's grid is small
       res = lj.adaptive_surface(self.metric_fn(False, self.var_a.get("batch_stats")), params,
-                                (d1, d2), (-1, 1), (-1, 1), tol=tol, initial=initial,
-                                max_level=max_level, key="train_loss", max_value=5.0,
-                                mesh=lj.make_mesh(), store=self.path("stores", "adaptive_2d"),
-                                metadata={"direction_seed": 1, "norm": "filter"},
-                                progress=self.progress)
+                                (d1, d2), (-1, 1), (-1, 1),
+                                refinement=lj.Refinement(tol=tol, initial=initial,
+                                                         max_level=max_level, key="train_loss",
+                                                         max_value=5.0),
+                                engine=lj.EngineOptions(mesh=lj.make_mesh(),
+                                                        progress=self.progress),
+                                store=self.path("stores", "adaptive_2d"),
+                                metadata={"direction_seed": 1, "norm": "filter"})
       approx = res.to_grid(xs, ys, keys=["train_loss"])["train_loss"]
       low = np.isfinite(dense) & (dense < 5)
       fig = Figure(figsize=(10.5, 4.4), layout="constrained")
@@ -327,7 +332,8 @@ class Tour:
       metric_fn = self.metric_fn(True)
       res = curves.evaluate_curve(metric_fn, curve, kind="bezier",
                                   num_points=self.c.curve_points,
-                                  store=self.path("stores", "curve"), progress=self.progress)
+                                  store=self.path("stores", "curve"),
+                                  engine=lj.EngineOptions(progress=self.progress))
       title = "Curve against straight line, A (t = 0) to B (t = 1)"
       figs = self.figures(
         "curve_metrics", "Loss and error along the trained Bezier curve (blue) and the straight "
@@ -338,7 +344,8 @@ class Tour:
       plane = curves.plane_basis(w0, w1, w2)
       grid = np.linspace(-0.2, 1.2, self.c.plane_points)
       pres = curves.evaluate_plane(metric_fn, plane, alphas=grid, betas=grid,
-                                   store=self.path("stores", "plane"), progress=self.progress)
+                                   store=self.path("stores", "plane"),
+                                   engine=lj.EngineOptions(progress=self.progress))
       proj = np.stack([np.asarray(curves.project_to_plane(plane, w)) for w in (w0, w1, w2)])
       where = dict(curve_xy=curves.curve_in_plane(plane, curve), endpoints_xy=proj[[0, 2]],
                    bend_xy=proj[1], chord_xy=proj[[0, 2]], label="train loss",
@@ -376,9 +383,9 @@ class Tour:
       alphas = np.linspace(0, 1, self.c.points_interp)
       metric_fn = self.metric_fn(True)
       before = lj.linear_path(metric_fn, self.var_a["params"], self.var_b["params"], alphas,
-                              progress=self.progress)
+                              engine=lj.EngineOptions(progress=self.progress))
       after = lj.linear_path(metric_fn, self.var_a["params"], aligned["params"], alphas,
-                             progress=self.progress)
+                             engine=lj.EngineOptions(progress=self.progress))
       runs = {"B as trained": before["train_loss"],
               "B permuted to match A": after["train_loss"]}
       title = "Interpolation A -> B before and after weight matching"
@@ -490,7 +497,7 @@ class Tour:
       ys = np.linspace(lo[1] - 0.2 * span[1], hi[1] + 0.2 * span[1], self.c.pca_points)
       res = lj.surface_grid(self.metric_fn(False, self.var_a.get("batch_stats")), final,
                             tuple(pca.directions), xs, ys, store=self.path("stores", "pca"),
-                            progress=self.progress)
+                            engine=lj.EngineOptions(progress=self.progress))
       ev = pca.explained_variance_ratio
       title = "Training trajectory of A in its PCA plane"
       figs = self.figures(

@@ -106,8 +106,8 @@ def main(argv):
     runs.append(params)
     train_info.append({"seed": seed, "final_batch_loss": loss, "adam_bytes_per_device": opt_bytes})
   a, b = runs[:2]
-  kw = {"mesh": mesh, "chunk_size": config.get("chunk_size") or config.points,
-        "progress": _PROGRESS.value}
+  engine = lj.EngineOptions(mesh=mesh, chunk_size=config.get("chunk_size") or config.points,
+                            progress=_PROGRESS.value)
   num_params = lj.trees.num_params(a)
   summary = {"config": json.loads(config.to_json_best_effort()), "mesh": sizes,
              "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
@@ -124,10 +124,10 @@ def main(argv):
   summary["direction_bytes_per_device"] = per_device_bytes(dirs)
   surface = lj.surface_grid(metric_fn, a, dirs, xs, ys, store=os.path.join(workdir, "surface"),
                             metadata={"direction_seed": config.direction_seed,
-                                      "norm": config.norm, "ignore": config.ignore}, **kw)
+                                      "norm": config.norm, "ignore": config.ignore}, engine=engine)
   alphas = _grid(config.alphas)
   path = lj.linear_path(metric_fn, a, b, alphas, store=os.path.join(workdir, "interpolation"),
-                        **kw)
+                        engine=engine)
   summary["surface"] = {k: {"min": float(np.min(v)), "max": float(np.max(v))}
                         for k, v in surface.items()}
   summary["interpolation"] = {k: lj.barriers(v, alphas) for k, v in path.items() if "loss" in k}

@@ -161,8 +161,8 @@ def main(argv):
   main_process = lj.is_main_process()
   os.makedirs(workdir, exist_ok=True)
   mesh = lj.make_mesh()
-  kw = dict(mesh=mesh, chunk_size=config.get("chunk_size"), map_mode=config.get("map_mode"),
-            progress=_PROGRESS.value)
+  engine = lj.EngineOptions(mesh=mesh, chunk_size=config.get("chunk_size"),
+                            map_mode=config.get("map_mode"), progress=_PROGRESS.value)
   loaded = [load_run(r, i, config) for i, r in enumerate(runs)]
   base_meta = {"mode": config.mode, "runs": runs, "step": config.get("step"), "bn": config.bn,
                "error_tol": config.get("error_tol"),
@@ -189,7 +189,7 @@ def main(argv):
               "same_direction": config.same_direction, "orthogonal": config.orthogonal}
       res = lj.surface_grid(metric_fn, params, dirs, xs, ys,
                             store=os.path.join(workdir, _safe(label), "store"), metadata=meta,
-                            **kw)
+                            engine=engine)
       summary["results"][label] = _summary(res)
       curves[label] = res
       if main_process and ys is not None:
@@ -207,14 +207,16 @@ def main(argv):
     meta = {**base_meta, "dataset": dataset, "directions": "models (x = t2 - t1, y = t3 - t1)"}
     store = os.path.join(workdir, config.mode, "store")
     if config.mode == "interpolation":
-      res = lj.linear_path(metric_fn, params[0], params[1], xs, store=store, metadata=meta, **kw)
+      res = lj.linear_path(metric_fn, params[0], params[1], xs, store=store, metadata=meta,
+                           engine=engine)
       summary["results"]["interpolation"] = _summary(res)
       summary["barriers"] = {k: lj.barriers(v, xs) for k, v in res.items() if "loss" in k}
       if main_process:
         _common.plot("plot_interpolation", os.path.join(workdir, "interpolation"), xs, res,
               labels=tuple(labels), title="linear interpolation")
     else:
-      res = lj.surface_grid(metric_fn, params[0], dirs, xs, ys, store=store, metadata=meta, **kw)
+      res = lj.surface_grid(metric_fn, params[0], dirs, xs, ys, store=store, metadata=meta,
+                            engine=engine)
       summary["results"]["plane"] = _summary(res)
       if main_process:
         points = {labels[0]: (0.0, 0.0), labels[1]: (1.0, 0.0), labels[2]: (0.0, 1.0)}

@@ -69,10 +69,12 @@ def main(argv):
   meta = {"run": run, "steps": steps, "ignore": config.ignore, "splits": list(config.splits),
           "eval_subset": config.get("eval_subset"),
           "explained_variance_ratio": [float(r) for r in ev]}
-  res = lj.surface_grid(metric_fn, final, tuple(pca.directions), xs, ys, mesh=lj.make_mesh(),
-                        chunk_size=config.get("chunk_size"), map_mode=config.get("map_mode"),
-                        store=os.path.join(workdir, "surface", "store"), metadata=meta,
-                        progress=_PROGRESS.value)
+  res = lj.surface_grid(metric_fn, final, tuple(pca.directions), xs, ys,
+                        engine=lj.EngineOptions(mesh=lj.make_mesh(),
+                                                chunk_size=config.get("chunk_size"),
+                                                map_mode=config.get("map_mode"),
+                                                progress=_PROGRESS.value),
+                        store=os.path.join(workdir, "surface", "store"), metadata=meta)
 
   # (4) Path over the contours.
   if lj.is_main_process():

@@ -37,6 +37,7 @@ _NAMES: dict[str, str] = {
   "IdentityError": "core.identity",
   "tree_digest": "core.identity",
   # core.engine
+  "EngineOptions": "core.engine",
   "evaluate_points": "core.engine",
   # core.directions
   "directions_from_models": "core.directions",
@@ -60,6 +61,7 @@ _NAMES: dict[str, str] = {
   "adaptive_path": "core.adaptive",
   "adaptive_surface": "core.adaptive",
   "AdaptiveResult": "core.adaptive",
+  "Refinement": "core.adaptive",
   "refine_path": "core.adaptive",
   "refine_surface": "core.adaptive",
   # core.curves
@@ -83,12 +85,13 @@ _NAMES: dict[str, str] = {
   # core.precision
   "matmul_precision": "core.precision",
   # core.hessian
-  "density_from_quadrature": "core.hessian",
+  "density_from_quadrature": "core.krylov",
+  "DensitySmoothing": "core.krylov",
   "hessian_eigenvalues": "core.hessian",
   "hessian_trace": "core.hessian",
   "HessianEigenvalues": "core.hessian",
   "hvp": "core.hessian",
-  "lanczos": "core.hessian",
+  "lanczos": "core.krylov",
   "make_batches": "core.hessian",
   "make_curvature_metric_fn": "core.hessian",
   "spectral_density": "core.hessian",
@@ -96,7 +99,9 @@ _NAMES: dict[str, str] = {
   "SplitBatches": "core.hessian",
   "TraceEstimate": "core.hessian",
   # core.sharpness
+  "Ascent": "core.sharpness",
   "average_sharpness": "core.sharpness",
+  "Bracket": "core.sharpness",
   "filter_normalized_rise": "core.sharpness",
   "fisher_rao_norm": "core.sharpness",
   "hessian_sharpness": "core.sharpness",
@@ -245,6 +250,7 @@ _MODULES: dict[str, str] = {
   "adaptive": "core.adaptive",
   "curves": "core.curves",
   "hessian": "core.hessian",
+  "krylov": "core.krylov",
   "precision": "core.precision",
   "progress": "core.progress",
   "pca": "core.pca",

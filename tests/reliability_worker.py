@@ -49,8 +49,9 @@ def run_surface(store, metric_fn, a, progress=False):
   import landscape_jax as lj
 
   dirs = lj.random_directions(jax.random.key(1), a)
-  return lj.surface_grid(metric_fn, a, dirs, XS, YS, chunk_size=1, store=store,
-                         metadata={"worker": "surface"}, progress=progress)
+  return lj.surface_grid(metric_fn, a, dirs, XS, YS,
+                         engine=lj.EngineOptions(chunk_size=1, progress=progress), store=store,
+                         metadata={"worker": "surface"})
 
 
 def curve_of(a, b):
@@ -61,10 +62,12 @@ def curve_of(a, b):
 
 
 def run_curve_eval(store, metric_fn, a, b):
+  import landscape_jax as lj
   from landscape_jax.core import curves
 
-  return curves.evaluate_curve(metric_fn, curve_of(a, b), num_points=CURVE_POINTS, chunk_size=1,
-                               store=store, progress=False)
+  return curves.evaluate_curve(metric_fn, curve_of(a, b), num_points=CURVE_POINTS,
+                               engine=lj.EngineOptions(chunk_size=1, progress=False),
+                               store=store)
 
 
 def run_curve_train(workdir, loss_fn, a, b, data, callback=None):

@@ -90,8 +90,9 @@ def _interrupt(store, kill_at):
 
   store_lib.atomic_write_bytes = crashing
   center, dirs = toy_problem()
-  lj.surface_grid(Partial(toy_metric), center, dirs, TOY_XS, TOY_YS, chunk_size=TOY_CHUNK,
-                  store=store, metadata=TOY_META, progress=False)
+  lj.surface_grid(Partial(toy_metric), center, dirs, TOY_XS, TOY_YS,
+                  engine=lj.EngineOptions(chunk_size=TOY_CHUNK, progress=False),
+                  store=store, metadata=TOY_META)
 
 
 def _join(port, process_id, local=2):
@@ -109,8 +110,9 @@ def _distributed(store, port, process_id, out):
   _join(port, process_id)
   metric_fn, params, dirs = mlp_problem()
   mesh = lj.make_mesh()
-  res = lj.surface_grid(metric_fn, params, dirs, MLP_XS, MLP_YS, mesh=mesh, chunk_size=8,
-                        store=store, metadata={"test": "distributed"}, progress=False)
+  res = lj.surface_grid(metric_fn, params, dirs, MLP_XS, MLP_YS,
+                        engine=lj.EngineOptions(mesh=mesh, chunk_size=8, progress=False),
+                        store=store, metadata={"test": "distributed"})
   np.savez(out, **res)
   lj.sharding.sync("done")
 
@@ -124,8 +126,9 @@ def _sharded(store, port, process_id, out):
   mesh = lj.make_mesh(points=2, model=4)
   center, directions = shd.shard_params((params, jax.tree.map(np.asarray, dirs)), mesh)
   assert not center["Dense_0"]["kernel"].is_fully_addressable  # spread over both processes
-  res = lj.surface_grid(metric_fn, center, directions, MLP_XS, MLP_YS, mesh=mesh, chunk_size=2,
-                        store=store, metadata={"test": "sharded"}, progress=False)
+  res = lj.surface_grid(metric_fn, center, directions, MLP_XS, MLP_YS,
+                        engine=lj.EngineOptions(mesh=mesh, chunk_size=2, progress=False),
+                        store=store, metadata={"test": "sharded"})
   loss_fn, batch = mlp_hessian_problem()
   ev = lj.hessian_eigenvalues(loss_fn, center, shd.replicate(batch, mesh), top_k=2, num_steps=10)
   np.savez(out, top=ev.top, **res)

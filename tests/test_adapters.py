@@ -311,7 +311,7 @@ def test_surface_grid_point_is_the_model_at_that_point(kind, train, test):
   fn = lj.make_metric_fn(model, {"test": test}, batch_size=64)
   dirs = lj.random_directions(jax.random.key(1), params, num=2)
   xs, ys = np.array([-0.5, 0.0, 0.5]), np.array([-0.25, 0.75])
-  res = lj.surface_grid(fn, params, dirs, xs, ys, progress=False)
+  res = lj.surface_grid(fn, params, dirs, xs, ys, engine=lj.EngineOptions(progress=False))
   assert res["test_loss"].shape == (3, 2)
   point = jax.tree.map(lambda c, a, b: c + 0.5 * a + 0.75 * b, params, *dirs)
   ref_loss, ref_acc = _ce_acc(DIRECT[kind](module, point, state, _x(test)), test.labels)
@@ -341,7 +341,8 @@ def test_bezier_curve_trains_and_evaluates_with_recomputed_statistics(kind, trai
   assert max(jax.tree.leaves(moved)) > 1e-4  # the bend was trained
   _close(jax.tree.map(lambda c: c[0], curve), start, rtol=0, atol=0)  # the endpoints are fixed
   fn = lj.make_recompute_metric_fn(model, {"test": test}, train_data=train, bn_batch_size=100)
-  res = lj.evaluate_curve(fn, curve, num_points=3, line=False, progress=False)
+  res = lj.evaluate_curve(fn, curve, num_points=3, line=False,
+                          engine=lj.EngineOptions(progress=False))
   for i, t in enumerate((0.0, 0.5, 1.0)):  # independently: recompute, then evaluate
     p = lj.curve_point(curve, t)
     st = lj.recompute_batch_stats(model, p, None, train, batch_size=100)
@@ -427,15 +428,15 @@ def test_metric_fns_have_an_identity_and_resume_from_a_store(tmp_path, test):
     dirs = lj.random_directions(jax.random.key(0), params, num=1)
     store = tmp_path / kind
     first = lj.surface_grid(fn, params, dirs, np.array([-1.0, 0.0, 1.0]), store=str(store),
-                            progress=False)
+                            engine=lj.EngineOptions(progress=False))
     again = lj.surface_grid(fn, params, dirs, np.array([-1.0, 0.0, 1.0]), store=str(store),
-                            progress=False)
+                            engine=lj.EngineOptions(progress=False))
     _close(again, first, rtol=0, atol=0)
     other = lj.make_metric_fn(model._replace(state=jax.tree.map(lambda a: a * 0 + 1, state)),
                               {"test": test})
     with pytest.raises(lj.store.StoreMismatchError):
       lj.surface_grid(other, params, dirs, np.array([-1.0, 0.0, 1.0]), store=str(store),
-                      progress=False)
+                      engine=lj.EngineOptions(progress=False))
 
 
 def test_inference_fn_and_as_model():
@@ -518,14 +519,16 @@ def test_char_transformer_landscape():
 
   dirs = lj.random_directions(jax.random.key(2), a, num=2)
   xs, ys = np.array([-0.5, 0.0, 0.5]), np.array([0.0, 0.5])
-  surface = lj.surface_grid(metric_fn, a, dirs, xs, ys, chunk_size=6, progress=False)
+  surface = lj.surface_grid(metric_fn, a, dirs, xs, ys,
+                            engine=lj.EngineOptions(chunk_size=6, progress=False))
   point = jax.tree.map(lambda c, d1, d2: c - 0.5 * d1 + 0.5 * d2, a, *dirs)
   np.testing.assert_allclose(surface["test_loss"][0, 1], _token_ce(point, splits["test"],
                                                                    apply_fn), rtol=5e-5)
   np.testing.assert_allclose(surface["train_loss"][1, 0], res_a["train_loss"], rtol=1e-5)
 
   alphas = np.array([0.0, 0.5, 1.0])
-  path = lj.linear_path(metric_fn, a, b, alphas, chunk_size=3, progress=False)
+  path = lj.linear_path(metric_fn, a, b, alphas,
+                        engine=lj.EngineOptions(chunk_size=3, progress=False))
   mid = jax.tree.map(lambda u, v: 0.5 * (u + v), a, b)
   np.testing.assert_allclose(path["train_loss"][1], _token_ce(mid, splits["train"], apply_fn),
                              rtol=5e-5)

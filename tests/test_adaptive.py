@@ -52,7 +52,8 @@ def _evaluate(fn, calls=None):
                                                           (valley, 0.01, 0.1, 5),
                                                           (saddle, 0.01, 0.05, 5)])
 def test_surfaces_recovered_to_tolerance_with_few_points(fn, tol, max_frac, max_level):
-  res = adaptive.refine_surface(_evaluate(fn), BOX, BOX, tol=tol, initial=9, max_level=max_level)
+  res = adaptive.refine_surface(_evaluate(fn), BOX, BOX,
+                                refinement=lj.Refinement(tol=tol, initial=9, max_level=max_level))
   assert res.converged
   truth = fn(_grid(XS, XS)).reshape(XS.size, XS.size)
   grid = res.to_grid(XS, XS)
@@ -73,7 +74,8 @@ def test_surfaces_recovered_to_tolerance_with_few_points(fn, tol, max_frac, max_
 
 
 def test_points_concentrate_in_the_valley():
-  res = adaptive.refine_surface(_evaluate(valley), BOX, BOX, tol=0.01, initial=9, max_level=5)
+  res = adaptive.refine_surface(_evaluate(valley), BOX, BOX,
+                                refinement=lj.Refinement(tol=0.01, initial=9, max_level=5))
   assert res.converged
   x, y = res.coords[:, 0], res.coords[:, 1]
   near = np.abs(y - x ** 2) < 0.3
@@ -94,8 +96,8 @@ def test_path_recovered_with_few_points():
     return np.sin(3 * t) + 2 * np.exp(-((t - 0.5) / 0.05) ** 2)
 
   ts = np.linspace(-0.5, 1.5, 4001)
-  res = adaptive.refine_path(lambda c, r: {"loss": f(c)}, (-0.5, 1.5), tol=0.01, initial=17,
-                             max_level=6)
+  res = adaptive.refine_path(lambda c, r: {"loss": f(c)}, (-0.5, 1.5),
+                             refinement=lj.Refinement(tol=0.01, initial=17, max_level=6))
   assert res.converged and res.dim == 1
   truth = f(ts[:, None])
   assert np.max(np.abs(res.to_grid(ts)["loss"] - truth)) <= 0.01
@@ -107,10 +109,12 @@ def test_path_recovered_with_few_points():
 
 
 def test_deterministic():
-  a = adaptive.refine_surface(_evaluate(saddle), BOX, BOX, tol=0.005, initial=9, max_level=4,
-                              max_points=600, levels=[0.0])
-  b = adaptive.refine_surface(_evaluate(saddle), BOX, BOX, tol=0.005, initial=9, max_level=4,
-                              max_points=600, levels=[0.0])
+  a = adaptive.refine_surface(_evaluate(saddle), BOX, BOX,
+                              refinement=lj.Refinement(tol=0.005, initial=9, max_level=4,
+                                                       max_points=600, levels=[0.0]))
+  b = adaptive.refine_surface(_evaluate(saddle), BOX, BOX,
+                              refinement=lj.Refinement(tol=0.005, initial=9, max_level=4,
+                                                       max_points=600, levels=[0.0]))
   for name in ("lattice", "coords", "rounds", "cells", "cell_error"):
     np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
   for k in a.values:
@@ -132,7 +136,7 @@ def test_killed_run_resumes_to_the_identical_result():
       return store[r]
     return evaluate
 
-  kw = dict(tol=0.005, initial=9, max_level=4)
+  kw = dict(refinement=lj.Refinement(tol=0.005, initial=9, max_level=4))
   first_calls, second_calls = [], []
   with pytest.raises(Killed):
     adaptive.refine_surface(stored(saddle, first_calls, fail_at=3), BOX, BOX, **kw)
@@ -147,18 +151,21 @@ def test_killed_run_resumes_to_the_identical_result():
 
 def test_budget_is_respected():
   calls = []
-  res = adaptive.refine_surface(_evaluate(valley, calls), BOX, BOX, tol=1e-4, initial=9,
-                                max_level=6, max_points=400)
+  res = adaptive.refine_surface(_evaluate(valley, calls), BOX, BOX,
+                                refinement=lj.Refinement(tol=1e-4, initial=9, max_level=6,
+                                                         max_points=400))
   assert res.num_points <= 400 and not res.converged
   assert sum(n for _, n in calls) == res.num_points
   with pytest.raises(ValueError, match="max_points"):
-    adaptive.refine_surface(_evaluate(valley), BOX, BOX, tol=0.01, initial=9, max_points=50)
+    adaptive.refine_surface(_evaluate(valley), BOX, BOX,
+                            refinement=lj.Refinement(tol=0.01, initial=9, max_points=50))
 
 
 def test_contour_levels_refine_crossing_cells():
   kw = dict(tol=0.05, initial=9, max_level=5)
-  plain = adaptive.refine_surface(_evaluate(saddle), BOX, BOX, **kw)
-  lev = adaptive.refine_surface(_evaluate(saddle), BOX, BOX, levels=[0.0], level_tol=0.002, **kw)
+  plain = adaptive.refine_surface(_evaluate(saddle), BOX, BOX, refinement=lj.Refinement(**kw))
+  lev = adaptive.refine_surface(_evaluate(saddle), BOX, BOX,
+                                refinement=lj.Refinement(levels=[0.0], level_tol=0.002, **kw))
   assert lev.num_points > plain.num_points
   truth = saddle(_grid(XS, XS)).reshape(XS.size, XS.size)
   near = np.abs(truth) < 0.002
@@ -176,9 +183,11 @@ def test_noise_is_not_chased():
     v = 0.2 * bowl(coords)
     return {"loss": v + se * rng.standard_normal(v.size), "loss_sem": np.full(v.size, se)}
 
-  chase = adaptive.refine_surface(noisy, BOX, BOX, tol=0.002, initial=9, max_level=5,
-                                  noise_k=0.0, max_points=3000)
-  calm = adaptive.refine_surface(noisy, BOX, BOX, tol=0.002, initial=9, max_level=5)
+  chase = adaptive.refine_surface(noisy, BOX, BOX,
+                                  refinement=lj.Refinement(tol=0.002, initial=9, max_level=5,
+                                                           noise_k=0.0, max_points=3000))
+  calm = adaptive.refine_surface(noisy, BOX, BOX,
+                                 refinement=lj.Refinement(tol=0.002, initial=9, max_level=5))
   assert calm.converged
   assert calm.num_points < 0.5 * chase.num_points
   truth = 0.2 * bowl(_grid(XS, XS)).reshape(XS.size, XS.size)
@@ -190,16 +199,18 @@ def test_non_finite_and_max_value_regions_are_not_refined():
     v = bowl(c)
     return np.where(c[:, 0] > 1.0, np.nan, v)
 
-  res = adaptive.refine_surface(lambda c, r: {"loss": f(c)}, BOX, BOX, tol=0.005, initial=9,
-                                max_level=4)
+  res = adaptive.refine_surface(lambda c, r: {"loss": f(c)}, BOX, BOX,
+                                refinement=lj.Refinement(tol=0.005, initial=9, max_level=4))
   assert res.converged
   # next to the diverged region (x > 1) only the initial grid's points, nothing is chased
   assert np.all(res.rounds[res.coords[:, 0] > 0.75] == 0)
   assert np.any(res.rounds[res.coords[:, 0] < 0.75] > 0)
   assert np.all(np.isnan(res.to_grid(np.array([1.4]), np.array([0.0]))["loss"]))
-  capped = adaptive.refine_surface(_evaluate(bowl), BOX, BOX, tol=0.005, initial=9, max_level=4,
-                                   max_value=1.0)
-  full = adaptive.refine_surface(_evaluate(bowl), BOX, BOX, tol=0.005, initial=9, max_level=4)
+  capped = adaptive.refine_surface(_evaluate(bowl), BOX, BOX,
+                                   refinement=lj.Refinement(tol=0.005, initial=9, max_level=4,
+                                                            max_value=1.0))
+  full = adaptive.refine_surface(_evaluate(bowl), BOX, BOX,
+                                 refinement=lj.Refinement(tol=0.005, initial=9, max_level=4))
   assert capped.num_points < full.num_points
   truth = bowl(_grid(XS, XS)).reshape(XS.size, XS.size)
   low = truth < 0.8
@@ -207,8 +218,8 @@ def test_non_finite_and_max_value_regions_are_not_refined():
 
 
 def test_to_grid_conventions_and_error_grid():
-  res = adaptive.refine_surface(_evaluate(saddle), (-1.0, 2.0), (0.0, 1.0), tol=0.02, initial=5,
-                                max_level=3)
+  res = adaptive.refine_surface(_evaluate(saddle), (-1.0, 2.0), (0.0, 1.0),
+                                refinement=lj.Refinement(tol=0.02, initial=5, max_level=3))
   xs, ys = np.linspace(-1, 2, 7), np.linspace(0, 1, 4)
   g = res.to_grid(xs, ys)
   assert g["loss"].shape == (7, 4)
@@ -235,18 +246,19 @@ def test_select_key_and_bad_input():
     adaptive.select_key(["loss"], "train_loss")
   ev = _evaluate(bowl)
   with pytest.raises(ValueError, match="tol"):
-    adaptive.refine_surface(ev, BOX, BOX, tol=0.0)
+    adaptive.refine_surface(ev, BOX, BOX, refinement=lj.Refinement(tol=0.0))
   with pytest.raises(ValueError, match="ranges"):
-    adaptive.refine_surface(ev, (1.0, -1.0), BOX, tol=0.1)
+    adaptive.refine_surface(ev, (1.0, -1.0), BOX, refinement=lj.Refinement(tol=0.1))
   with pytest.raises(ValueError, match="initial"):
-    adaptive.refine_surface(ev, BOX, BOX, tol=0.1, initial=1)
+    adaptive.refine_surface(ev, BOX, BOX, refinement=lj.Refinement(tol=0.1, initial=1))
   with pytest.raises(ValueError, match="same metrics"):
     adaptive.refine_surface(lambda c, r: {"loss": bowl(c)} if r == 0 else {"x": bowl(c)},
-                            BOX, BOX, tol=1e-3)
+                            BOX, BOX, refinement=lj.Refinement(tol=1e-3))
 
 
 def test_contour_overlay_of_samples(tmp_path):
-  res = adaptive.refine_surface(_evaluate(saddle), BOX, BOX, tol=0.05, initial=5, max_level=3)
+  res = adaptive.refine_surface(_evaluate(saddle), BOX, BOX,
+                                refinement=lj.Refinement(tol=0.05, initial=5, max_level=3))
   xs = np.linspace(*BOX, 41)
   fig = lj.plotting.plot_contour(xs, xs, res.to_grid(xs, xs)["loss"], samples=res.coords)
   dots = [ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "."]
@@ -270,10 +282,11 @@ def mlp_metric(tiny_mlp, digits_train):
 @pytest.mark.slow
 def test_adaptive_surface_end_to_end_with_store(mlp_metric, tmp_path, monkeypatch):
   metric_fn, params, dirs = mlp_metric
-  kw = dict(tol=0.002, initial=3, max_level=2, max_points=40, key="train_loss", progress=False)
+  settings = dict(tol=0.002, initial=3, max_level=2, max_points=40, key="train_loss")
+  kw = dict(refinement=lj.Refinement(**settings), engine=lj.EngineOptions(progress=False))
   store = tmp_path / "adaptive"
   # a run killed in round 2 ...
-  real = adaptive.points_evaluator()
+  real = lj.surface.surface_points
   calls = []
 
   def dying(*args, store=None, **kwargs):
@@ -282,7 +295,7 @@ def test_adaptive_surface_end_to_end_with_store(mlp_metric, tmp_path, monkeypatc
       raise Killed("killed")
     return real(*args, store=store, **kwargs)
 
-  monkeypatch.setattr(adaptive, "points_evaluator", lambda: dying)
+  monkeypatch.setattr(lj.surface, "surface_points", dying)
   with pytest.raises(Killed):
     adaptive.adaptive_surface(metric_fn, params, dirs, (-1, 1), (-1, 1), store=store, **kw)
   monkeypatch.undo()
@@ -296,24 +309,25 @@ def test_adaptive_surface_end_to_end_with_store(mlp_metric, tmp_path, monkeypatc
   assert res.num_points <= 40 and len(res.history) == 3
   # independent truth: surface_grid on the full lattice holds every sample's value
   lx, ly = res.lattice_axes()
-  dense = lj.surface_grid(metric_fn, params, dirs, lx, ly, progress=False)
+  dense = lj.surface_grid(metric_fn, params, dirs, lx, ly, engine=lj.EngineOptions(progress=False))
   for k in ("train_loss", "train_accuracy"):
     np.testing.assert_allclose(res.values[k], dense[k][res.lattice[:, 0], res.lattice[:, 1]],
                                rtol=1e-5, atol=1e-6)
   # another tolerance into the same store is refused, naming the difference
   with pytest.raises(ValueError, match="adaptive"):
     adaptive.adaptive_surface(metric_fn, params, dirs, (-1, 1), (-1, 1), store=store,
-                              **{**kw, "tol": 0.01})
+                              **{**kw, "refinement": lj.Refinement(**{**settings, "tol": 0.01})})
 
 
 @pytest.mark.slow
 def test_adaptive_path_end_to_end(mlp_metric):
   metric_fn, params, (d1, _) = mlp_metric
   b = jax.tree.map(lambda p, d: p + d, params, d1)
-  res = adaptive.adaptive_path(metric_fn, params, b, (-0.5, 1.5), tol=0.002, initial=5,
-                               max_level=3, progress=False)
+  res = adaptive.adaptive_path(metric_fn, params, b, (-0.5, 1.5),
+                               refinement=lj.Refinement(tol=0.002, initial=5, max_level=3),
+                               engine=lj.EngineOptions(progress=False))
   (ts,) = res.lattice_axes()
-  dense = lj.linear_path(metric_fn, params, b, ts, progress=False)
+  dense = lj.linear_path(metric_fn, params, b, ts, engine=lj.EngineOptions(progress=False))
   np.testing.assert_allclose(res.values["train_loss"], dense["train_loss"][res.lattice[:, 0]],
                              rtol=1e-5, atol=1e-6)
   assert res.num_points < ts.size

@@ -213,14 +213,15 @@ def test_curve_and_surface_in_bf16_are_the_bf16_metric_at_their_points(resnet8_d
   fn = _metric(resnet8_digits, compute_dtype="bfloat16")
   one = jax.jit(lambda p: fn(p))
   curve = lj.curves.evaluate_curve(fn, lj.curves.init_curve(params, end, 3), num_points=3,
-                                   chunk_size=3, line=False, progress=False)["curve"]
+                                   engine=lj.EngineOptions(chunk_size=3, progress=False),
+                                   line=False)["curve"]
   # 1e-4: the points' float32 weights (and their BatchNorm folds) are computed in other compiled
   # programs, and a last-bit difference can flip a weight's bfloat16 rounding; float32 against
   # bfloat16 differs by ~1e-3 (checked last)
   np.testing.assert_allclose(curve["loss"][[0, -1]],
                              [float(one(params)["loss"]), float(one(end)["loss"])], rtol=1e-4)
   surf = lj.surface_grid(fn, params, (d1, d2), np.array([0.0, 0.4]), np.array([0.0]),
-                         progress=False)
+                         engine=lj.EngineOptions(progress=False))
   np.testing.assert_allclose(surf["loss"][:, 0], curve["loss"][[0, -1]], rtol=1e-4)
   f32 = jax.jit(_metric(resnet8_digits))(end)["loss"]
   assert 3e-4 < abs(curve["loss"][-1] - f32) / f32 < 1e-2

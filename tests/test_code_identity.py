@@ -42,7 +42,8 @@ def surface(model, path):
   p = model.init(jax.random.key(0), X0)["params"]
   d = lj.random_directions(jax.random.key(1), p)
   lj.surface_grid(lj.make_metric_fn(model, DATA), p, d, np.linspace(-1, 1, 2),
-                  np.linspace(-1, 1, 2), store=path, progress=False)
+                  np.linspace(-1, 1, 2), store=path,
+                  engine=lj.EngineOptions(progress=False))
 """
 
 NET = """
@@ -84,7 +85,8 @@ def run(path):
   p = {"w": jnp.ones((3,))}
   d = ({"w": jnp.array([1.0, 0.0, 0.0])}, {"w": jnp.array([0.0, 1.0, 0.0])})
   lj.surface_grid(Metric(jnp.arange(12.0).reshape(4, 3), {edit}), p, d, np.linspace(-1, 1, 2),
-                  np.linspace(-1, 1, 2), store=path, progress=False)
+                  np.linspace(-1, 1, 2), store=path,
+                  engine=lj.EngineOptions(progress=False))
 """, "1.0", "2.0", "metric_fn.traced"),
   "train_activation": (NET.replace("{act}", "{edit}") + """
 def run(path):
@@ -187,7 +189,7 @@ def test_library_versions_are_named_never_silently_reused(tmp_path, monkeypatch,
   center, d = {"w": jnp.ones(3)}, {"w": jnp.arange(3.0)}
   xs = np.linspace(-1, 1, 3)
   run = lambda: lj.surface_grid(jax.tree_util.Partial(_toy_loss), center, d, xs,
-                                store=str(tmp_path / "s"), progress=False)
+                                store=str(tmp_path / "s"), engine=lj.EngineOptions(progress=False))
   first = run()
   real = identity.versions()
   # an upgrade that changes no traced program: resumed, and logged with the versions

@@ -182,7 +182,8 @@ def test_trained_bezier_curve_halves_the_barrier(mlp_setup, endpoints, trained_c
     np.testing.assert_array_equal(leaf[0], a)  # endpoints untouched by training
     np.testing.assert_array_equal(leaf[-1], b)
   assert hist[-1]["loss"] < hist[0]["loss"]
-  res = curves.evaluate_curve(metric_fn, c, num_points=21, chunk_size=7, progress=False)
+  res = curves.evaluate_curve(metric_fn, c, num_points=21,
+                              engine=lj.EngineOptions(chunk_size=7, progress=False))
   curve_barrier = res["summary"]["curve"]["train_loss"]["barrier"]
   line_barrier = res["summary"]["line"]["train_loss"]["barrier"]
   assert line_barrier > 0.1
@@ -234,7 +235,7 @@ def test_evaluate_curve_store_resumes_and_refuses_mixing(mlp_setup, trained_curv
   model, _, metric_fn = mlp_setup
   c, _ = trained_curve
   store = str(tmp_path / "curve_eval")
-  kw = dict(num_points=9, chunk_size=2, progress=False, store=store)
+  kw = dict(num_points=9, store=store, engine=lj.EngineOptions(chunk_size=2, progress=False))
   full = curves.evaluate_curve(metric_fn, c, **kw)
   # pretend the run stopped after the first 8 points (of 9 curve + 9 line points)
   state = lj.store.read(store)
@@ -266,9 +267,11 @@ def test_sharded_evaluation_matches(mlp_setup, trained_curve):
   _, _, metric_fn = mlp_setup
   c, _ = trained_curve
   mesh = jax.make_mesh((4,), ("points",), devices=jax.devices()[:4])
-  a = curves.evaluate_curve(metric_fn, c, num_points=5, chunk_size=4, mesh=mesh, line=False,
-                            progress=False)
-  b = curves.evaluate_curve(metric_fn, c, num_points=5, chunk_size=1, line=False, progress=False)
+  a = curves.evaluate_curve(metric_fn, c, num_points=5,
+                            engine=lj.EngineOptions(chunk_size=4, mesh=mesh, progress=False),
+                            line=False)
+  b = curves.evaluate_curve(metric_fn, c, num_points=5,
+                            engine=lj.EngineOptions(chunk_size=1, progress=False), line=False)
   for k in a["curve"]:
     np.testing.assert_allclose(a["curve"][k], b["curve"][k], rtol=1e-5)
 
@@ -297,8 +300,8 @@ def test_plane_through_three_points(mlp_setup, trained_curve):
   back = curves.plane_grid_point(plane, xy[1, 0] / plane.scale_u, xy[1, 1] / plane.scale_v)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-4), back, p)
   alphas, betas = np.linspace(-0.2, 1.2, 4), np.linspace(-0.2, 1.2, 3)
-  res = curves.evaluate_plane(metric_fn, plane, alphas=alphas, betas=betas, chunk_size=4,
-                              progress=False)
+  res = curves.evaluate_plane(metric_fn, plane, alphas=alphas, betas=betas,
+                              engine=lj.EngineOptions(chunk_size=4, progress=False))
   assert res["train_loss"].shape == (4, 3)
   direct = metric_fn(curves.plane_grid_point(plane, alphas[2], betas[1]))
   np.testing.assert_allclose(res["train_loss"][2, 1], direct["train_loss"], rtol=1e-5)
@@ -327,7 +330,8 @@ def test_curve_with_batchnorm_model(digits_train, digits_test):
   assert np.isfinite(hist[-1]["loss"])
   metric_fn = lj.make_recompute_metric_fn(model, {"test": digits_test}, train_data=digits_train,
                                           batch_stats=v[0]["batch_stats"], bn_batch_size=128)
-  res = curves.evaluate_curve(metric_fn, c, num_points=3, line=False, progress=False)
+  res = curves.evaluate_curve(metric_fn, c, num_points=3, line=False,
+                              engine=lj.EngineOptions(progress=False))
   p = curves.curve_point(c, 0.5)
   stats = lj.recompute_batch_stats(model, p, v[0]["batch_stats"], digits_train, batch_size=128)
   ref = lj.evaluate(lj.evaluation.inference_apply(model), {"params": p, "batch_stats": stats},

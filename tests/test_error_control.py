@@ -64,10 +64,10 @@ def test_anchored_estimate_equals_hand_computed_control_variate(setup, covariate
   interpolated per-example losses (``mu_c`` the interpolated means), computed here in NumPy."""
   model, params, data, dirs = setup
   xs = np.linspace(-1, 1, 9)
-  anchors = lj.anchor_plane(params, dirs, xs, xs, stride=2)  # anchors at -1, -0.5, 0, 0.5, 1
+  # anchors at -1, -0.5, 0, 0.5, 1
+  anchors = lj.anchor_plane(params, dirs, xs, xs, stride=2, covariate=covariate)
   fn = lj.make_error_controlled_metric_fn(model, data, tol=1e3, batch_size=50, seed=5,
-                                          min_batches=2, anchors=anchors, covariate=covariate,
-                                          progress=False)
+                                          min_batches=2, anchors=anchors, progress=False)
   a, b = 0.3, -0.55
   est = jax.jit(lambda f, p: f(p))(fn, lj.plane_point(params, *dirs, a, b))
   assert float(est["num_examples"]) == 100
@@ -130,14 +130,14 @@ def test_anchored_surface_within_its_standard_errors(setup):
   model, params, data, dirs = setup
   xs = np.linspace(-1, 1, 9)
   exact = lj.surface_grid(lj.make_metric_fn(model, data, batch_size=50), params, dirs, xs, xs,
-                          progress=False)
+                          engine=lj.EngineOptions(progress=False))
   tol = 0.02
   anchored = lj.make_error_controlled_metric_fn(
     model, data, tol=tol, batch_size=25, anchors=lj.anchor_plane(params, dirs, xs, xs, stride=4),
     progress=False)
   plain = lj.make_error_controlled_metric_fn(model, data, tol=tol, batch_size=25)
-  est = lj.surface_grid(anchored, params, dirs, xs, xs, progress=False)
-  ref = lj.surface_grid(plain, params, dirs, xs, xs, progress=False)
+  est = lj.surface_grid(anchored, params, dirs, xs, xs, engine=lj.EngineOptions(progress=False))
+  ref = lj.surface_grid(plain, params, dirs, xs, xs, engine=lj.EngineOptions(progress=False))
   dev = np.abs(est["loss"] - exact["loss"])
   assert np.all(dev <= 4 * np.maximum(est["loss_sem"], 1e-6) + 1e-5)
   assert np.all((est["loss_sem"] <= tol + 1e-7) | (est["num_examples"] == 200))
@@ -145,7 +145,7 @@ def test_anchored_surface_within_its_standard_errors(setup):
   one = lj.make_error_controlled_metric_fn(
     model, data, tol=0.0, batch_size=50, anchors=lj.anchor_plane(params, dirs[:1], xs, stride=3),
     progress=False)
-  line = lj.surface_grid(one, params, dirs[:1], xs, progress=False)
+  line = lj.surface_grid(one, params, dirs[:1], xs, engine=lj.EngineOptions(progress=False))
   np.testing.assert_allclose(line["loss"], exact["loss"][:, 4], rtol=1e-5)
 
 
@@ -181,4 +181,26 @@ def test_relative_tolerance_stops_where_a_hand_computed_rule_does(setup):
   with pytest.raises(ValueError, match="rtol"):
     lj.make_error_controlled_metric_fn(model, data, tol=tol, rtol=float("nan"))
   with pytest.raises(ValueError, match="covariate"):
-    lj.make_error_controlled_metric_fn(model, data, tol=tol, covariate="probabilities")
+    lj.anchor_plane(q, (q,), [0.0, 1.0], covariate="probabilities")
+
+
+def test_an_inputs_targets_pair_estimates_as_its_dataset(setup):
+  """A normalised (inputs, targets) pair gives the numbers of the Dataset it was made from (the
+  same shuffled walk), exact at tol=0 as `make_metric_fn` on the same pair."""
+  model, params, data, dirs = setup
+  pair = (np.asarray(lj.data.normalize_images(data.images, data.mean, data.std)), data.labels)
+  anchors = lj.anchor_plane(params, dirs, np.linspace(-1, 1, 5), np.linspace(-1, 1, 5), stride=2)
+  kw = dict(tol=0.05, batch_size=32, seed=3, anchors=anchors, progress=False)
+  from_data = lj.make_error_controlled_metric_fn(model, data, **kw)
+  from_pair = lj.make_error_controlled_metric_fn(model, pair, **kw)
+  p = lj.plane_point(params, *dirs, 0.3, -0.2)
+  a, b = from_data(p), from_pair(p)
+  for k in a:
+    np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-7)
+  exact = lj.make_metric_fn(model, pair, batch_size=50)(p)
+  full = lj.make_error_controlled_metric_fn(model, pair, tol=0.0, batch_size=50)(p)
+  assert float(full["num_examples"]) == 200
+  np.testing.assert_allclose(full["loss"], exact["loss"], rtol=1e-5)
+  np.testing.assert_allclose(full["accuracy"], exact["accuracy"], rtol=1e-6)
+  with pytest.raises(ValueError, match="one split"):
+    lj.make_error_controlled_metric_fn(model, {"test": pair}, tol=0.1)

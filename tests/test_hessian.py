@@ -113,11 +113,11 @@ def test_lanczos_on_a_dense_matrix_with_repeated_eigenvalues():
   q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
   lam = np.repeat([-1.0, 0.5, 2.0], 4)
   a = jnp.asarray(q @ np.diag(lam) @ q.T, jnp.float32)
-  res = hs.lanczos(lambda v: a @ v, jnp.ones(12), num_steps=12, key=jax.random.key(1))
+  res = lj.lanczos(lambda v: a @ v, jnp.ones(12), num_steps=12, key=jax.random.key(1))
   vecs = np.asarray(res.vectors, np.float64)
   assert np.all(np.isfinite(vecs))
   np.testing.assert_allclose(vecs @ vecs.T, np.eye(12), atol=1e-5)
-  t = np.asarray(hs.tridiagonal(res.alphas, res.betas), np.float64)
+  t = np.asarray(lj.krylov.tridiagonal(res.alphas, res.betas), np.float64)
   np.testing.assert_allclose(vecs @ np.asarray(a, np.float64) @ vecs.T, t, atol=1e-5)
   np.testing.assert_allclose(np.linalg.eigvalsh(t), np.sort(lam), atol=1e-5)
 
@@ -128,9 +128,9 @@ def test_lanczos_quadrature_reproduces_moments():
   b = rng.normal(size=(50, 50))
   a = (b + b.T) / 10
   v = rng.normal(size=50)
-  res = hs.lanczos(lambda x: jnp.asarray(a, jnp.float32) @ x, jnp.asarray(v, jnp.float32),
+  res = lj.lanczos(lambda x: jnp.asarray(a, jnp.float32) @ x, jnp.asarray(v, jnp.float32),
                    num_steps=4)
-  theta, y = np.linalg.eigh(np.asarray(hs.tridiagonal(res.alphas, res.betas), np.float64))
+  theta, y = np.linalg.eigh(np.asarray(lj.krylov.tridiagonal(res.alphas, res.betas), np.float64))
   tau = y[0] ** 2
   u = v / np.linalg.norm(v)
   for k in range(0, 7):
@@ -177,13 +177,14 @@ def test_spectral_density_is_normalised_and_sits_on_dense_eigenvalues(problem):
 
 def test_density_from_quadrature_on_a_given_grid():
   grid = np.linspace(-1, 3, 4001)
-  g, dens, s2 = hs.density_from_quadrature([[0.0, 2.0]], [[0.25, 0.75]], grid=grid,
-                                           sigma2=1e-3, scale_sigma=False)
+  g, dens, s2 = lj.density_from_quadrature([[0.0, 2.0]], [[0.25, 0.75]],
+                                           smoothing=lj.DensitySmoothing(grid=grid, sigma2=1e-3,
+                                                                         scale_sigma=False))
   assert s2 == 1e-3 and g is not None
   np.testing.assert_allclose(np.trapezoid(dens, g), 1.0, rtol=1e-9)
   np.testing.assert_allclose(np.trapezoid(np.where(g > 1, dens, 0), g), 0.75, atol=1e-3)
   with pytest.raises(ValueError, match="increasing"):
-    hs.density_from_quadrature([[0.0]], [[1.0]], grid=[1.0, 0.0])
+    lj.density_from_quadrature([[0.0]], [[1.0]], smoothing=lj.DensitySmoothing(grid=[1.0, 0.0]))
 
 
 def test_curvature_metric_fn_matches_dense_at_the_centre(problem):
@@ -238,7 +239,8 @@ def test_ratio_map_through_surface_grid(problem):
   metric_fn = hs.make_curvature_metric_fn(p["loss_fn"], (p["x"], p["y"]), num_steps=40)
   d1, d2 = lj.random_directions(jax.random.key(7), p["params"], num=2)
   xs, ys = np.array([0.0, 0.5]), np.array([-0.3, 0.0])
-  res = lj.surface_grid(metric_fn, p["params"], (d1, d2), xs, ys, chunk_size=2, progress=False)
+  res = lj.surface_grid(metric_fn, p["params"], (d1, d2), xs, ys,
+                        engine=lj.EngineOptions(chunk_size=2, progress=False))
   assert res["ratio"].shape == (2, 2)
   point = lj.plane_point(p["params"], d1, d2, 0.5, -0.3)
   flat = ravel_pytree(point)[0]

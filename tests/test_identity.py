@@ -121,19 +121,22 @@ def test_store_refuses_other_metrics_and_needs_a_name_for_opaque_ones(tmp_path):
   xs = np.linspace(-1, 1, 3)
   store = str(tmp_path / "s")
   with pytest.raises(idl.IdentityError, match="identity="):
-    lj.surface_grid(_Opaque(jnp.ones(3)), center, d, xs, store=store, progress=False)
+    lj.surface_grid(_Opaque(jnp.ones(3)), center, d, xs, store=store,
+                    engine=lj.EngineOptions(progress=False))
   assert not os.path.exists(store)
   a = lj.surface_grid(_Opaque(jnp.ones(3)), center, d, xs, store=store, identity="w=ones",
-                      progress=False)
+                      engine=lj.EngineOptions(progress=False))
   np.testing.assert_allclose(a["loss"], [np.sum(1 + x * np.arange(3.0)) for x in xs], rtol=1e-6)
   with pytest.raises(lj.store.StoreMismatchError, match="identity"):
     lj.surface_grid(_Opaque(jnp.ones(3)), center, d, xs, store=store, identity="w=twos",
-                    progress=False)
+                    engine=lj.EngineOptions(progress=False))
   # an object that describes itself needs no name, and its arrays are part of the identity
   s2 = str(tmp_path / "s2")
-  lj.surface_grid(_Described(jnp.ones(3)), center, d, xs, store=s2, progress=False)
+  lj.surface_grid(_Described(jnp.ones(3)), center, d, xs, store=s2,
+                  engine=lj.EngineOptions(progress=False))
   with pytest.raises(lj.store.StoreMismatchError, match="metric_fn.arrays"):
-    lj.surface_grid(_Described(2 * jnp.ones(3)), center, d, xs, store=s2, progress=False)
+    lj.surface_grid(_Described(2 * jnp.ones(3)), center, d, xs, store=s2,
+                    engine=lj.EngineOptions(progress=False))
 
 
 @pytest.mark.slow
@@ -147,7 +150,7 @@ def test_surface_store_refuses_metric_of_other_data_or_batchnorm(digits_train, d
   xs = np.linspace(-0.5, 0.5, 2)
   test = digits_test.subset(slice(0, 64))
   store = str(tmp_path / "surface")
-  kw = dict(store=store, progress=False, chunk_size=2)
+  kw = dict(store=store, engine=lj.EngineOptions(progress=False, chunk_size=2))
   fixed = lj.make_metric_fn(model, test, batch_stats=bs)
   first = lj.surface_grid(fixed, params, d, xs, **kw)
   others = {
@@ -221,18 +224,23 @@ def test_engine_rejects_bad_metric_outputs_and_chunk_sizes():
   d = {"x": jnp.ones(3)}
   xs = np.linspace(-1, 1, 3)
   with pytest.raises(ValueError, match="tuple of 2 values.*dict of"):
-    lj.surface_grid(lambda p: (jnp.sum(p["x"]), 1.0), center, d, xs, progress=False)
+    lj.surface_grid(lambda p: (jnp.sum(p["x"]), 1.0), center, d, xs,
+                    engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="'loss' has shape \\(3,\\)"):
-    lj.surface_grid(lambda p: {"loss": p["x"]}, center, d, xs, progress=False)
+    lj.surface_grid(lambda p: {"loss": p["x"]}, center, d, xs,
+                    engine=lj.EngineOptions(progress=False))
   for bad in (0, -2, 1.5, True):
     with pytest.raises(ValueError, match="chunk_size"):
-      lj.surface_grid(lambda p: jnp.sum(p["x"]), center, d, xs, chunk_size=bad, progress=False)
+      lj.surface_grid(lambda p: jnp.sum(p["x"]), center, d, xs,
+                      engine=lj.EngineOptions(chunk_size=bad, progress=False))
   c = lj.init_curve(center, {"x": jnp.zeros(3)}, 3)
   with pytest.raises(ValueError, match="chunk_size"):
-    lj.evaluate_curve(lambda p: jnp.sum(p["x"]), c, num_points=3, chunk_size=0, progress=False)
+    lj.evaluate_curve(lambda p: jnp.sum(p["x"]), c, num_points=3,
+                      engine=lj.EngineOptions(chunk_size=0, progress=False))
   for ts in ([-0.1, 0.5], [0.5, 1.2], [0.0, np.nan]):
     with pytest.raises(ValueError, match="ts"):
-      lj.evaluate_curve(lambda p: jnp.sum(p["x"]), c, ts=ts, progress=False)
+      lj.evaluate_curve(lambda p: jnp.sum(p["x"]), c, ts=ts,
+                        engine=lj.EngineOptions(progress=False))
 
 
 def test_surface_points_equal_grid_and_direct_evaluation():
@@ -240,9 +248,9 @@ def test_surface_points_equal_grid_and_direct_evaluation():
   d1, d2 = {"w": jnp.ones((2, 3))}, {"w": jnp.eye(2, 3)}
   f = lambda p: {"loss": jnp.sum(jnp.sin(p["w"]) ** 2)}
   xs, ys = np.linspace(-1, 1, 3), np.linspace(0, 1, 2)
-  grid = lj.surface_grid(f, center, (d1, d2), xs, ys, progress=False)
+  grid = lj.surface_grid(f, center, (d1, d2), xs, ys, engine=lj.EngineOptions(progress=False))
   coords = lj.surface.grid_coordinates(xs, ys)[::-1]
-  pts = lj.surface_points(f, center, (d1, d2), coords, progress=False)
+  pts = lj.surface_points(f, center, (d1, d2), coords, engine=lj.EngineOptions(progress=False))
   np.testing.assert_array_equal(pts["loss"], grid["loss"].ravel()[::-1])
   direct = f(lj.plane_point(center, d1, d2, xs[2], ys[1]))["loss"]
   np.testing.assert_allclose(grid["loss"][2, 1], direct, rtol=1e-6)

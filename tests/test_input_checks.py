@@ -49,11 +49,12 @@ def test_coordinate_width_and_zero_directions(mlp):
   metric = lambda p: {"loss": sum(jnp.sum(v ** 2) for v in jax.tree.leaves(p))}
   d = jax.tree.map(jnp.ones_like, params)
   with pytest.raises(ValueError, match="coords has 3 columns but 2 direction"):
-    lj.surface_points(metric, params, (d, d), np.zeros((2, 3)), progress=False)
+    lj.surface_points(metric, params, (d, d), np.zeros((2, 3)),
+                      engine=lj.EngineOptions(progress=False))
   zero = jax.tree.map(jnp.zeros_like, params)
   with pytest.raises(ValueError, match="direction 2 is zero"):
     lj.surface_grid(metric, params, (d, zero), np.linspace(-1, 1, 2), np.linspace(-1, 1, 2),
-                    progress=False)
+                    engine=lj.EngineOptions(progress=False))
 
 
 def test_evaluate_points_refuses_extra_columns_for_library_point_fns(mlp):
@@ -63,12 +64,13 @@ def test_evaluate_points_refuses_extra_columns_for_library_point_fns(mlp):
   plane = lj.plane_point_fn(params, (d, d))
   with pytest.raises(ValueError, match=r"coords has 3 column\(s\) but point_fn reads 2 "
                                        r"coordinate\(s\); pass coordinates of shape \(N, 2\)"):
-    lj.evaluate_points(metric, plane, np.zeros((2, 3)), progress=False)
+    lj.evaluate_points(metric, plane, np.zeros((2, 3)), engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="point_fn reads 1 coordinate"):
-    lj.evaluate_points(metric, lj.plane_point_fn(params, d), np.zeros((2, 2)), progress=False)
+    lj.evaluate_points(metric, lj.plane_point_fn(params, d), np.zeros((2, 2)),
+                       engine=lj.EngineOptions(progress=False))
   # the right width is evaluated, and equals a direct evaluation
   c = np.array([[0.5, -1.0], [0.0, 2.0]])
-  got = lj.evaluate_points(metric, plane, c, progress=False)["loss"]
+  got = lj.evaluate_points(metric, plane, c, engine=lj.EngineOptions(progress=False))["loss"]
   # d1 = d2 = ones: the point is params + (c0 + c1) * ones
   want = [float(metric(jax.tree.map(lambda x, u=u: x + u, params))["loss"]) for u in (-0.5, 2.0)]
   np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -78,7 +80,8 @@ def test_evaluate_points_does_not_check_an_undeclared_point_fn():
   # a user's own point_fn declares nothing: it may read any columns it likes (documented)
   point_fn = lambda c: {"w": c[0] + 10.0 * c[2]}
   got = lj.evaluate_points(lambda p: {"v": p["w"]}, point_fn,
-                           np.array([[1.0, 5.0, 2.0], [0.0, 0.0, 1.0]]), progress=False)["v"]
+                           np.array([[1.0, 5.0, 2.0], [0.0, 0.0, 1.0]]),
+                           engine=lj.EngineOptions(progress=False))["v"]
   np.testing.assert_allclose(got, [21.0, 10.0])
 
 

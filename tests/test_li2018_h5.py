@@ -108,7 +108,8 @@ def test_surface_grid_round_trip(tmp_path, tiny_mlp, digits_train, digits_test):
   metric_fn = lj.make_metric_fn(model, {"train": digits_train.subset(slice(0, 64)),
                                         "test": digits_test.subset(slice(0, 64))})
   xs, ys = np.linspace(-1, 1, 3), np.linspace(-0.5, 0.5, 2)
-  res = lj.surface_grid(metric_fn, params, (d1, d2), xs, ys, progress=False)
+  res = lj.surface_grid(metric_fn, params, (d1, d2), xs, ys,
+                        engine=lj.EngineOptions(progress=False))
   li.write_surface_h5(tmp_path / "s.h5", xs, ys, res)
   got_xs, got_ys, values = li.read_surface_h5(tmp_path / "s.h5")
   assert sorted(values) == sorted(res)

@@ -31,8 +31,8 @@ def problem():
   data = {"train": tr, "test": te}
   metric_fn = lj.make_metric_fn(model, data, batch_size=64)
   dirs = lj.random_directions(jax.random.key(1), params)
-  ref = lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS, chunk_size=4,
-                        progress=False)
+  ref = lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS,
+                        engine=lj.EngineOptions(chunk_size=4, progress=False))
   return model, data, params, dirs, ref
 
 
@@ -103,21 +103,23 @@ def test_role_meshes_equal_one_device(problem, sizes):
   center = shd.shard_params(params, mesh)
   sdirs = lj.random_directions(jax.random.key(1), center)
   chunk = 2 * sizes.get("points", 1)
-  res = lj.surface_grid(metric_fn, center, sdirs, w.MLP_XS, w.MLP_YS, mesh=mesh,
-                        chunk_size=chunk, progress=False)
+  res = lj.surface_grid(metric_fn, center, sdirs, w.MLP_XS, w.MLP_YS,
+                        engine=lj.EngineOptions(mesh=mesh, chunk_size=chunk, progress=False))
   for k in ref:
     np.testing.assert_allclose(res[k], ref[k], rtol=RTOL, atol=ATOL, err_msg=k)
   if "points" not in sizes:
     return  # the line and the curve once, on the mesh with every role
   alphas = [0.0, 0.5, 1.0]
-  line = lj.linear_path(metric_fn, center, sdirs[0], alphas, mesh=mesh, chunk_size=chunk,
-                        progress=False)
-  line_ref = lj.linear_path(metric_fn, params, dirs[0], alphas, chunk_size=4, progress=False)
+  line = lj.linear_path(metric_fn, center, sdirs[0], alphas,
+                        engine=lj.EngineOptions(mesh=mesh, chunk_size=chunk, progress=False))
+  line_ref = lj.linear_path(metric_fn, params, dirs[0], alphas,
+                            engine=lj.EngineOptions(chunk_size=4, progress=False))
   curve = lj.init_curve(center, sdirs[1], num_bends=3)
   ts = [0.0, 0.5, 1.0]
-  cv = lj.evaluate_curve(metric_fn, curve, ts=ts, mesh=mesh, chunk_size=chunk, progress=False)
+  cv = lj.evaluate_curve(metric_fn, curve, ts=ts,
+                         engine=lj.EngineOptions(mesh=mesh, chunk_size=chunk, progress=False))
   cv_ref = lj.evaluate_curve(metric_fn, lj.init_curve(params, dirs[1], num_bends=3), ts=ts,
-                             chunk_size=2, progress=False)
+                             engine=lj.EngineOptions(chunk_size=2, progress=False))
   for k in line_ref:
     np.testing.assert_allclose(line[k], line_ref[k], rtol=RTOL, atol=ATOL, err_msg=k)
     np.testing.assert_allclose(cv["curve"][k], cv_ref["curve"][k], rtol=RTOL, atol=ATOL,
@@ -142,8 +144,9 @@ def test_store_resumes_across_device_counts(problem, tmp_path):
     if mesh is not None:
       c, d = shd.shard_params((c, d), mesh)
       assert d[0]["Dense_1"]["kernel"].sharding.spec == P("model")
-    return lj.surface_grid(mf, c, d, w.MLP_XS, w.MLP_YS, mesh=mesh, chunk_size=chunk,
-                           store=path, progress=False)
+    return lj.surface_grid(mf, c, d, w.MLP_XS, w.MLP_YS,
+                           engine=lj.EngineOptions(mesh=mesh, chunk_size=chunk, progress=False),
+                           store=path)
 
   def forget(rows):
     state = store_lib.read(path)
@@ -377,14 +380,16 @@ def test_plane_and_adaptive_path_on_sharded_parameters():
   ab = np.linspace(0.0, 1.0, 3)
   plane = lj.plane_basis(*sp)
   assert plane.u["Dense_0"]["kernel"].sharding == sp[0]["Dense_0"]["kernel"].sharding
-  ref = lj.evaluate_plane(metric_fn, lj.plane_basis(*ps), alphas=ab, betas=ab, chunk_size=2,
-                          progress=False)
-  out = lj.evaluate_plane(metric_fn, plane, alphas=ab, betas=ab, chunk_size=2, mesh=mesh,
-                          progress=False)
+  ref = lj.evaluate_plane(metric_fn, lj.plane_basis(*ps), alphas=ab, betas=ab,
+                          engine=lj.EngineOptions(chunk_size=2, progress=False))
+  out = lj.evaluate_plane(metric_fn, plane, alphas=ab, betas=ab,
+                          engine=lj.EngineOptions(chunk_size=2, mesh=mesh, progress=False))
   np.testing.assert_allclose(out["loss"], ref["loss"], rtol=RTOL, atol=ATOL)
-  kw = dict(tol=0.5, initial=5, max_level=1, progress=False, chunk_size=2)
-  a_ref = lj.adaptive_path(metric_fn, ps[0], ps[1], **kw)
-  a = lj.adaptive_path(metric_fn, sp[0], sp[1], mesh=mesh, **kw)
+  refinement = lj.Refinement(tol=0.5, initial=5, max_level=1)
+  a_ref = lj.adaptive_path(metric_fn, ps[0], ps[1], refinement=refinement,
+                           engine=lj.EngineOptions(progress=False, chunk_size=2))
+  a = lj.adaptive_path(metric_fn, sp[0], sp[1], refinement=refinement,
+                       engine=lj.EngineOptions(mesh=mesh, progress=False, chunk_size=2))
   np.testing.assert_array_equal(a.coords, a_ref.coords)
   np.testing.assert_allclose(a.values["loss"], a_ref.values["loss"], rtol=RTOL, atol=ATOL)
 

@@ -261,12 +261,13 @@ def test_surface_on_a_mesh_onednn_equals_xla(resnet8_digits):
   out = {}
   for mode in ("onednn", "xla"):
     fn = lj.make_metric_fn(model, data, batch_stats=stats, batch_size=100, cpu_convolutions=mode)
-    out[mode] = lj.surface_grid(fn, params, (d1, d2), xs, ys, mesh=lj.make_mesh(4),
-                                progress=False)
+    out[mode] = lj.surface_grid(fn, params, (d1, d2), xs, ys,
+                                engine=lj.EngineOptions(mesh=lj.make_mesh(4), progress=False))
   np.testing.assert_allclose(out["onednn"]["loss"], out["xla"]["loss"], rtol=1e-5)
   vm = lj.surface_grid(lj.make_metric_fn(model, data, batch_stats=stats, batch_size=100,
                                          cpu_convolutions="onednn"),
-                       params, (d1, d2), xs, ys, map_mode="vmap", progress=False)
+                       params, (d1, d2), xs, ys,
+                       engine=lj.EngineOptions(map_mode="vmap", progress=False))
   np.testing.assert_allclose(vm["loss"], out["xla"]["loss"], rtol=1e-5)
 
 
@@ -288,8 +289,10 @@ def test_vmapped_metric_and_curve_on_a_mesh_use_onednn(resnet8_digits):
   hlo = jax.jit(jax.vmap(fns["onednn"])).lower(two).as_text()
   assert _TARGET in hlo and "convolution" not in hlo  # per-point weights: no grouped XLA conv
   c = lj.curves.init_curve(params, end, 3)
-  out = {mode: lj.curves.evaluate_curve(fn, c, num_points=5, chunk_size=4, mesh=lj.make_mesh(2),
-                                        line=False, progress=False)["curve"]
+  out = {mode: lj.curves.evaluate_curve(fn, c, num_points=5,
+                                        engine=lj.EngineOptions(chunk_size=4, mesh=lj.make_mesh(2),
+                                                                progress=False),
+                                        line=False)["curve"]
          for mode, fn in fns.items()}
   for k in out["xla"]:
     np.testing.assert_allclose(out["onednn"][k], out["xla"][k], rtol=1e-5, atol=1e-6)

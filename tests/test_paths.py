@@ -36,7 +36,7 @@ def test_interpolate_and_plane_point():
 
 def test_linear_path_matches_direct_evaluation():
   alphas = np.linspace(-0.5, 1.5, 9)
-  res = lj.linear_path(Partial(_quad), A, B, alphas, progress=False)
+  res = lj.linear_path(Partial(_quad), A, B, alphas, engine=lj.EngineOptions(progress=False))
   assert res["loss"].shape == (9,)
   for i, a in enumerate(alphas):
     np.testing.assert_allclose(res["loss"][i], _quad(lj.interpolate(A, B, a))["loss"], rtol=1e-5)
@@ -73,6 +73,6 @@ def test_linear_path_barrier_of_planted_bump():
   fn = Partial(lambda p: {"loss": jnp.sum(p["w"]) * (1 - jnp.sum(p["w"])) * 4 + 1.0})
   a, b = {"w": jnp.zeros(1)}, {"w": jnp.ones(1)}
   alphas = np.linspace(0, 1, 11)
-  res = lj.linear_path(fn, a, b, alphas, progress=False)
+  res = lj.linear_path(fn, a, b, alphas, engine=lj.EngineOptions(progress=False))
   assert lj.barrier(res["loss"], alphas) == pytest.approx(1.0, abs=1e-5)
   assert jax.tree.leaves(res)  # plain dict of arrays

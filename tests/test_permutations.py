@@ -270,7 +270,8 @@ def two_mlps(digits_train, digits_test):
 
 
 def _path(metric_fn, a, b, alphas):
-  return lj.linear_path(metric_fn, a, b, alphas, progress=False)["train_loss"]
+  return lj.linear_path(metric_fn, a, b, alphas,
+                        engine=lj.EngineOptions(progress=False))["train_loss"]
 
 
 def test_alignment_lowers_the_barrier_and_permuted_copy_has_zero_barrier(two_mlps):

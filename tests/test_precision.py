@@ -80,7 +80,7 @@ def test_check_precision_names_and_bad_values():
     precision_lib.check_precision("fp64")
   with pytest.raises(ValueError, match=r"precision must be None"):
     lj.surface_grid(lambda p: jnp.sum(p["x"]), {"x": jnp.ones(2)}, {"x": jnp.ones(2)}, [0.0],
-                    precision="full", progress=False)
+                    engine=lj.EngineOptions(precision="full", progress=False))
   with pytest.raises(ValueError, match=r"precision must be None"):
     lj.make_curvature_metric_fn(_loss, None, precision=3)
 
@@ -95,11 +95,12 @@ def _curvature_call(name, params, batch, **kw):
   if name == "hessian_trace":
     return lj.hessian_trace(key, _loss, params, batch, num_probes=2, **kw).samples
   if name == "spectral_density":
-    return lj.spectral_density(key, _loss, params, batch, num_steps=5, num_bins=50, **kw).nodes
+    return lj.spectral_density(key, _loss, params, batch, num_steps=5,
+                               smoothing=lj.DensitySmoothing(num_bins=50), **kw).nodes
   # the curvature metric keeps its precision inside a surface evaluated at the default one
   assert name == "make_curvature_metric_fn"
   return lj.surface_grid(lj.make_curvature_metric_fn(_loss, batch, num_steps=4, **kw), params, v,
-                         [0.0, 0.1], chunk_size=2, progress=False)
+                         [0.0, 0.1], engine=lj.EngineOptions(chunk_size=2, progress=False))
 
 
 CURVATURE = ["hvp", "hessian_eigenvalues", "hessian_trace", "spectral_density",
@@ -143,7 +144,7 @@ def test_surfaces_and_curves_compile_at_the_given_precision(problem, tmp_path, n
   metric_fn = Partial(_metrics, batch)
   d1, d2 = lj.random_directions(jax.random.key(2), params, num=2)
   other = jax.tree.map(lambda a, b: a + b, params, d1)
-  kw = dict(precision=precision, progress=False)
+  kw = dict(engine=lj.EngineOptions(precision=precision, progress=False))
   if name == "evaluate_plane":
     plane = lj.plane_basis(params, jax.tree.map(lambda a, b: a + b, params, d2), other)
   elif name == "evaluate_curve":
@@ -167,7 +168,8 @@ def test_cpu_surface_numbers_do_not_depend_on_the_precision(problem):
   metric_fn = Partial(_metrics, batch)
   d1, d2 = lj.random_directions(jax.random.key(3), params, num=2)
   xs = np.linspace(-1, 1, 3)
-  grids = [lj.surface_grid(metric_fn, params, (d1, d2), xs, xs, precision=p, progress=False)
+  grids = [lj.surface_grid(metric_fn, params, (d1, d2), xs, xs,
+                           engine=lj.EngineOptions(precision=p, progress=False))
            for p in (None, "highest")]
   np.testing.assert_array_equal(grids[1]["loss"], grids[0]["loss"])
 
@@ -184,14 +186,18 @@ def test_store_records_an_explicit_precision(problem, tmp_path):
   params, batch = problem
   metric_fn = Partial(_metrics, batch)
   (d,) = lj.random_directions(jax.random.key(4), params, num=1)
-  kw = dict(progress=False, store=str(tmp_path / "s"))
-  first = lj.surface_grid(metric_fn, params, d, [0.0, 1.0], precision="highest", **kw)
+  kw = dict(store=str(tmp_path / "s"))
+  first = lj.surface_grid(metric_fn, params, d, [0.0, 1.0],
+                          engine=lj.EngineOptions(precision="highest", progress=False), **kw)
   assert lj.store.read(tmp_path / "s").config["precision"] == "highest"
   with pytest.raises(lj.store.StoreMismatchError, match="precision"):
-    lj.surface_grid(metric_fn, params, d, [0.0, 1.0], precision="default", **kw)
+    lj.surface_grid(metric_fn, params, d, [0.0, 1.0],
+                    engine=lj.EngineOptions(precision="default", progress=False), **kw)
   again = lj.surface_grid(metric_fn, params, d, [0.0, 1.0],
-                          precision=jax.lax.Precision.HIGHEST, **kw)
+                          engine=lj.EngineOptions(precision=jax.lax.Precision.HIGHEST,
+                                                  progress=False), **kw)
   np.testing.assert_array_equal(again["loss"], first["loss"])
   # no precision: nothing recorded, as before the option existed
-  lj.surface_grid(metric_fn, params, d, [0.0, 1.0], progress=False, store=str(tmp_path / "t"))
+  lj.surface_grid(metric_fn, params, d, [0.0, 1.0], engine=lj.EngineOptions(progress=False),
+                  store=str(tmp_path / "t"))
   assert "precision" not in lj.store.read(tmp_path / "t").config

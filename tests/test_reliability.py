@@ -187,7 +187,8 @@ def test_curve_store_corruption_detected_and_never_overwritten(problem, tmp_path
   _, _, a, b, metric_fn, _ = problem
   store = str(tmp_path / "eval")
   c = rw.curve_of(a, b)
-  kw = dict(num_points=3, line=False, chunk_size=1, store=store, progress=False)
+  kw = dict(num_points=3, line=False, store=store,
+            engine=lj.EngineOptions(chunk_size=1, progress=False))
   good = curves.evaluate_curve(metric_fn, c, **kw)
   meta = os.path.join(store, "meta.json")
   (npz,) = [p for p in _store_files(store) if p.endswith(".npz")]
@@ -225,8 +226,8 @@ def test_curve_store_failing_write_keeps_previous_state(problem, tmp_path, monke
   _, _, a, b, metric_fn, _ = problem
   store = str(tmp_path / "eval")
   c = rw.curve_of(a, b)
-  curves.evaluate_curve(metric_fn, c, num_points=3, line=False, chunk_size=1, store=store,
-                        progress=False)
+  curves.evaluate_curve(metric_fn, c, num_points=3, line=False,
+                        engine=lj.EngineOptions(chunk_size=1, progress=False), store=store)
   before = _snapshot(*_store_files(store))
   real_replace = os.replace
 
@@ -235,8 +236,9 @@ def test_curve_store_failing_write_keeps_previous_state(problem, tmp_path, monke
 
   monkeypatch.setattr(os, "replace", full_disk)
   with pytest.raises(store_lib.StoreWriteError, match="previous state on disk is intact"):
-    curves.evaluate_curve(metric_fn, c, num_points=5, line=False, chunk_size=1,
-                          store=str(tmp_path / "other"), progress=False)
+    curves.evaluate_curve(metric_fn, c, num_points=5, line=False,
+                          engine=lj.EngineOptions(chunk_size=1, progress=False),
+                          store=str(tmp_path / "other"))
   with pytest.raises(store_lib.StoreWriteError, match="No space left"):
     store_lib.write(store, store_lib.read(store))
   monkeypatch.setattr(os, "replace", real_replace)
@@ -249,7 +251,7 @@ def test_curve_store_failing_write_keeps_previous_state(problem, tmp_path, monke
   blocker.write_text("x")
   with pytest.raises(store_lib.StoreWriteError, match="Could not write"):
     curves.evaluate_curve(metric_fn, c, num_points=3, line=False, store=str(blocker / "e"),
-                          progress=False)
+                          engine=lj.EngineOptions(progress=False))
 
 
 def test_read_only_directory_is_a_clear_error(tmp_path, monkeypatch):
@@ -265,7 +267,7 @@ def test_read_only_directory_is_a_clear_error(tmp_path, monkeypatch):
   center, dirs = w.toy_problem()
   with pytest.raises(store_lib.StoreWriteError, match="Read-only file system.*intact"):
     lj.surface_grid(Partial(w.toy_metric), center, dirs[0], w.TOY_XS, store=str(tmp_path / "s"),
-                    progress=False)
+                    engine=lj.EngineOptions(progress=False))
   monkeypatch.setattr(lj.fileio.tempfile, "mkstemp", real_mkstemp)
 
 
@@ -377,7 +379,7 @@ def test_mismatched_pytrees_name_the_first_differing_path(change, message):
     "check_same_structure": lambda: trees.check_same_structure(p, q),
     "normalize_directions": lambda: lj.normalize_directions(q, p),
     "surface_grid": lambda: lj.surface_grid(lambda x: {"loss": 0.0}, p, q, [0.0],
-                                            progress=False),
+                                            engine=lj.EngineOptions(progress=False)),
     "init_curve": lambda: curves.init_curve(p, q),
     "directions_from_models": lambda: lj.directions_from_models(p, q),
     "stack": lambda: trees.stack([p, q]),
@@ -407,20 +409,20 @@ def test_bad_grids_and_curve_points():
                   ([0.0, np.nan], "non-finite"), ([-np.inf, 1.0], "non-finite"),
                   ([0.0, 0.0], "strictly increasing")]:
     with pytest.raises(ValueError, match=msg):
-      lj.surface_grid(f, center, d, xs, progress=False)
+      lj.surface_grid(f, center, d, xs, engine=lj.EngineOptions(progress=False))
   c = curves.init_curve(center, d)
   with pytest.raises(ValueError, match="non-empty 1-D"):
-    curves.evaluate_curve(f, c, ts=[], progress=False)
+    curves.evaluate_curve(f, c, ts=[], engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="ts contains non-finite"):
-    curves.evaluate_curve(f, c, ts=[0.0, np.nan], progress=False)
+    curves.evaluate_curve(f, c, ts=[0.0, np.nan], engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="ts must be strictly increasing"):
-    curves.evaluate_curve(f, c, ts=[1.0, 0.0], progress=False)
+    curves.evaluate_curve(f, c, ts=[1.0, 0.0], engine=lj.EngineOptions(progress=False))
   plane = curves.plane_basis(center, jax.tree.map(lambda x: x + 1.0, d),
                              jax.tree.map(lambda x: x * 0.0 + 3.0, d))
   with pytest.raises(ValueError, match="alphas must be strictly increasing"):
-    curves.evaluate_plane(f, plane, alphas=[1.0, -1.0], progress=False)
+    curves.evaluate_plane(f, plane, alphas=[1.0, -1.0], engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="betas has no points"):
-    curves.evaluate_plane(f, plane, betas=[], progress=False)
+    curves.evaluate_plane(f, plane, betas=[], engine=lj.EngineOptions(progress=False))
 
 
 def test_zero_direction_under_layer_normalisation():
@@ -447,7 +449,7 @@ def test_images_that_do_not_fit_the_model(digits_train):
     loss_fn(params, (data.images[:4], data.labels[:4]))
   with pytest.raises(ValueError, match="do not fit"):
     lj.surface_grid(metric_fn, params, lj.random_directions(jax.random.key(0), params, num=1),
-                    [0.0], progress=False)
+                    [0.0], engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="do not fit"):
     lj.evaluation.check_model_fits(model, {"params": params}, data)
 
@@ -503,15 +505,18 @@ def test_nan_parameters_are_errors_but_nan_losses_far_out_are_values(problem):
   (d,) = lj.random_directions(jax.random.key(0), a, num=1)
   with pytest.raises(ValueError, match="center parameters contain non-finite values at "
                                        "Dense_1/kernel"):
-    lj.surface_grid(metric_fn, bad, d, [0.0, 1.0], progress=False)
+    lj.surface_grid(metric_fn, bad, d, [0.0, 1.0], engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="direction 1 contain non-finite values"):
-    lj.surface_grid(metric_fn, a, jax.tree.map(lambda x: x * jnp.inf, d), [0.0], progress=False)
+    lj.surface_grid(metric_fn, a, jax.tree.map(lambda x: x * jnp.inf, d), [0.0],
+                    engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="curve control points contain non-finite"):
-    curves.evaluate_curve(metric_fn, curves.init_curve(bad, b), num_points=3, progress=False)
+    curves.evaluate_curve(metric_fn, curves.init_curve(bad, b), num_points=3,
+                          engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="non-finite values at Dense_1/kernel"):
     curve_training.train_curve(loss_fn, bad, b, data, epochs=1, progress=False)
   # Far grid points: the loss overflows to inf/NaN and is recorded as a value, not an error.
-  res = lj.surface_grid(metric_fn, a, d, [0.0, 1e30], chunk_size=1, progress=False)
+  res = lj.surface_grid(metric_fn, a, d, [0.0, 1e30],
+                        engine=lj.EngineOptions(chunk_size=1, progress=False))
   assert np.isfinite(res["train_loss"][0])
   assert not np.isfinite(res["train_loss"][1])
 
@@ -525,7 +530,7 @@ def test_paths_are_used_literally_never_by_a_shell(tmp_path, monkeypatch):
   weird = str(tmp_path / "~ $HOME $(touch pwned) `touch pwned2`; *")
   center, dirs = w.toy_problem()
   lj.surface_grid(Partial(w.toy_metric), center, dirs[0], w.TOY_XS[:2], store=weird,
-                  progress=False)
+                  engine=lj.EngineOptions(progress=False))
   assert os.path.isdir(weird) and store_lib.read(weird).done.all()
   assert not os.path.exists(tmp_path / "pwned") and not os.path.exists(tmp_path / "pwned2")
   assert not os.path.exists(tmp_path / "home")
@@ -594,9 +599,12 @@ def test_surfaces_and_curves_identical_across_reruns_and_device_counts(problem):
   dirs = lj.random_directions(jax.random.key(1), a)
   for map_mode in ("map", "vmap"):
     kw = dict(chunk_size=8, progress=False, map_mode=map_mode)
-    one = lj.surface_grid(metric_fn, a, dirs, rw.XS, rw.YS, mesh=lj.make_mesh(1), **kw)
-    again = lj.surface_grid(metric_fn, a, dirs, rw.XS, rw.YS, mesh=lj.make_mesh(1), **kw)
-    eight = lj.surface_grid(metric_fn, a, dirs, rw.XS, rw.YS, mesh=lj.make_mesh(8), **kw)
+    one = lj.surface_grid(metric_fn, a, dirs, rw.XS, rw.YS,
+                          engine=lj.EngineOptions(mesh=lj.make_mesh(1), **kw))
+    again = lj.surface_grid(metric_fn, a, dirs, rw.XS, rw.YS,
+                            engine=lj.EngineOptions(mesh=lj.make_mesh(1), **kw))
+    eight = lj.surface_grid(metric_fn, a, dirs, rw.XS, rw.YS,
+                            engine=lj.EngineOptions(mesh=lj.make_mesh(8), **kw))
     for k in one:
       np.testing.assert_array_equal(again[k], one[k])
       if map_mode == "map":
@@ -604,10 +612,14 @@ def test_surfaces_and_curves_identical_across_reruns_and_device_counts(problem):
       else:
         np.testing.assert_allclose(eight[k], one[k], rtol=1e-6, atol=0, err_msg=k)
   c = rw.curve_of(a, b)
-  ckw = dict(num_points=8, chunk_size=8, line=False, progress=False)
-  c1 = curves.evaluate_curve(metric_fn, c, mesh=lj.make_mesh(1), **ckw)
-  c1b = curves.evaluate_curve(metric_fn, c, mesh=lj.make_mesh(1), **ckw)
-  c8 = curves.evaluate_curve(metric_fn, c, mesh=lj.make_mesh(8), **ckw)
+  ckw = dict(num_points=8, line=False)
+  ekw = dict(chunk_size=8, progress=False)
+  c1 = curves.evaluate_curve(metric_fn, c, engine=lj.EngineOptions(mesh=lj.make_mesh(1), **ekw),
+                             **ckw)
+  c1b = curves.evaluate_curve(metric_fn, c, engine=lj.EngineOptions(mesh=lj.make_mesh(1), **ekw),
+                              **ckw)
+  c8 = curves.evaluate_curve(metric_fn, c, engine=lj.EngineOptions(mesh=lj.make_mesh(8), **ekw),
+                             **ckw)
   for k in c1["curve"]:
     np.testing.assert_array_equal(c1b["curve"][k], c1["curve"][k])
     np.testing.assert_allclose(c8["curve"][k], c1["curve"][k], rtol=1e-6, atol=0, err_msg=k)

@@ -179,7 +179,8 @@ def test_atomic_writer_and_helpers_on_a_remote_path(gcs):
 
 def _toy(path, **kwargs):
   center, dirs = w.toy_problem()
-  kw = dict(chunk_size=w.TOY_CHUNK, store=path, metadata=w.TOY_META, progress=False)
+  kw = dict(store=path, metadata=w.TOY_META,
+            engine=lj.EngineOptions(chunk_size=w.TOY_CHUNK, progress=False))
   return lj.surface_grid(Partial(w.toy_metric), center, dirs, w.TOY_XS, w.TOY_YS, **{**kw,
                                                                                        **kwargs})
 

@@ -36,16 +36,18 @@ def _loss_fn(model, digits_train, variables):
 
 MEASURES = {
   "worst l2 adaptive": lambda f, p, b: lj.worst_case_sharpness(
-    KEY, f, p, b, rho=0.05, norm="l2", adaptive=True, restarts=1, steps=8, patience=8),
+    KEY, f, p, b, rho=0.05, norm="l2", adaptive=True,
+    ascent=lj.Ascent(restarts=1, steps=8, patience=8)),
   "worst linf adaptive": lambda f, p, b: lj.worst_case_sharpness(
-    KEY, f, p, b, rho=0.01, norm="linf", adaptive=True, restarts=1, steps=8, patience=8),
+    KEY, f, p, b, rho=0.01, norm="linf", adaptive=True,
+    ascent=lj.Ascent(restarts=1, steps=8, patience=8)),
   "average adaptive": lambda f, p, b: lj.average_sharpness(KEY, f, p, b, rho=0.05,
                                                            adaptive=True, num_samples=8),
   "hessian top adaptive": lambda f, p, b: lj.hessian_sharpness(f, p, b, adaptive=True,
                                                                num_steps=8),
   "fisher-rao": lambda f, p, b: lj.fisher_rao_norm(f, p, b),
   "worst l2 standard": lambda f, p, b: lj.worst_case_sharpness(
-    KEY, f, p, b, rho=0.05, norm="l2", restarts=1, steps=8, patience=8),
+    KEY, f, p, b, rho=0.05, norm="l2", ascent=lj.Ascent(restarts=1, steps=8, patience=8)),
   "average standard": lambda f, p, b: lj.average_sharpness(KEY, f, p, b, rho=0.05,
                                                            num_samples=8),
   "hessian top standard": lambda f, p, b: lj.hessian_sharpness(f, p, b, num_steps=8),
@@ -86,7 +88,8 @@ def test_relu_rescaling_mlp_per_unit(digits_train, batch):
   before, after = _measures(loss_fn, params, batch), _measures(loss_fn, scaled, batch)
   _check(before, after)
   # Jiang et al.'s sigma search, adaptive: the same sigma
-  kw = dict(target=0.05, adaptive=True, num_samples=8, num_iters=6, lower=1e-3, upper=10.0)
+  kw = dict(target=0.05, adaptive=True, num_samples=8,
+            bracket=lj.Bracket(num_iters=6, lower=1e-3, upper=10.0))
   s0 = lj.sigma_search(KEY, loss_fn, params, batch, **kw)
   s1 = lj.sigma_search(KEY, loss_fn, scaled, batch, **kw)
   np.testing.assert_allclose(s1.value, s0.value, rtol=RTOL)

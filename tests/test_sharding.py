@@ -20,8 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def mlp_reference():
   metric_fn, params, dirs = w.mlp_problem()
-  res = lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS, chunk_size=4,
-                        progress=False)
+  res = lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS,
+                        engine=lj.EngineOptions(chunk_size=4, progress=False))
   return (metric_fn, params, dirs), res
 
 
@@ -41,13 +41,14 @@ def test_make_mesh_and_process_share():
 def test_eight_devices_equal_one(mlp_reference, map_mode):
   (metric_fn, params, dirs), ref = mlp_reference
   mesh = lj.make_mesh(8)
-  res = lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS, mesh=mesh, chunk_size=8,
-                        map_mode=map_mode, progress=False)
+  res = lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS,
+                        engine=lj.EngineOptions(mesh=mesh, chunk_size=8, map_mode=map_mode,
+                                                progress=False))
   for k in ref:
     np.testing.assert_allclose(res[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
   with pytest.raises(ValueError, match="multiple of the number of devices"):
-    lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS, mesh=mesh, chunk_size=6,
-                    progress=False)
+    lj.surface_grid(metric_fn, params, dirs, w.MLP_XS, w.MLP_YS,
+                    engine=lj.EngineOptions(mesh=mesh, chunk_size=6, progress=False))
 
 
 def _free_port():

@@ -59,7 +59,7 @@ def test_worst_case_on_a_linear_loss_is_the_dual_norm(norm, adaptive):
   rho = 0.05
   res = lj.worst_case_sharpness(jax.random.key(0), _linear, {"w": jnp.asarray(w)},
                                 jnp.asarray(x), rho=rho, norm=norm, adaptive=adaptive, eta=0.1,
-                                restarts=2, steps=20)
+                                ascent=lj.Ascent(restarts=2, steps=20))
   want = rho * (np.abs(c * g).sum() if norm == "linf" else np.linalg.norm(c * g))
   np.testing.assert_allclose(res.value, want, rtol=1e-4)
   assert np.isnan(res.stderr) and res.settings["norm"] == norm
@@ -74,8 +74,8 @@ def test_worst_case_l2_on_a_quadratic_is_the_trust_region_solution(adaptive):
   rho = 0.3 if not adaptive else 0.3
   want = _trust_region_max(c * g, c[:, None] * np.asarray(h, np.float64) * c[None], rho)
   res = lj.worst_case_sharpness(jax.random.key(0), _quadratic, params, (h, b), rho=rho,
-                                norm="l2", adaptive=adaptive, restarts=3, steps=300,
-                                patience=60, rtol=1e-6)
+                                norm="l2", adaptive=adaptive,
+                                ascent=lj.Ascent(restarts=3, steps=300, patience=60, rtol=1e-6))
   np.testing.assert_allclose(res.value, want, rtol=2e-3)
 
 
@@ -83,12 +83,14 @@ def test_worst_case_at_a_minimum_is_half_rho_squared_lambda_max():
   params, (h, b) = _problem(3, at_minimum=True)
   rho = 0.2
   res = lj.worst_case_sharpness(jax.random.key(1), _quadratic, params, (h, b), rho=rho,
-                                norm="l2", restarts=4, steps=300, patience=60, rtol=1e-6)
+                                norm="l2",
+                                ascent=lj.Ascent(restarts=4, steps=300, patience=60, rtol=1e-6))
   want = 0.5 * rho**2 * np.linalg.eigvalsh(np.asarray(h, np.float64))[-1]
   np.testing.assert_allclose(res.value, want, rtol=5e-3)
   # the maximum over a smaller set: the linf ball of radius rho / sqrt(d) lies in the l2 ball
   inner = lj.worst_case_sharpness(jax.random.key(1), _quadratic, params, (h, b),
-                                  rho=rho / np.sqrt(DIM), norm="linf", restarts=4, steps=200)
+                                  rho=rho / np.sqrt(DIM), norm="linf",
+                                  ascent=lj.Ascent(restarts=4, steps=200))
   assert 0 < inner.value <= res.value * (1 + 1e-4)
 
 
@@ -98,7 +100,7 @@ def test_worst_case_per_batch_against_whole_split():
   x = rng.normal(size=(10, DIM)).astype(np.float32)
   data = lj.make_batches(x, batch_size=4)  # batches of 4, 4 and 2
   rho = 0.1
-  kw = dict(rho=rho, norm="linf", restarts=1, steps=10)
+  kw = dict(rho=rho, norm="linf", ascent=lj.Ascent(restarts=1, steps=10))
   per = lj.worst_case_sharpness(jax.random.key(0), _linear, {"w": jnp.asarray(w)}, data, **kw)
   split = lj.worst_case_sharpness(jax.random.key(0), _linear, {"w": jnp.asarray(w)}, data,
                                   per_batch=False, **kw)
@@ -116,7 +118,7 @@ def test_mask_keeps_leaves_fixed():
 
   params = {"a": jnp.ones(3), "b": jnp.ones(2)}
   res = lj.worst_case_sharpness(jax.random.key(0), loss, params, None, rho=0.5, norm="linf",
-                                mask={"a": True, "b": False}, restarts=1, steps=5)
+                                mask={"a": True, "b": False}, ascent=lj.Ascent(restarts=1, steps=5))
   np.testing.assert_allclose(res.value, 1.5, rtol=1e-5)
 
 
@@ -137,14 +139,14 @@ def test_sigma_search_finds_the_analytic_sigma():
   params, (h, b) = _problem(6, at_minimum=True)
   target = 0.05
   res = lj.sigma_search(jax.random.key(0), _quadratic, params, (h, b), target=target,
-                        num_samples=2000, lower=1e-3, upper=10.0, num_iters=30)
+                        num_samples=2000, bracket=lj.Bracket(lower=1e-3, upper=10.0, num_iters=30))
   want = np.sqrt(2 * target / np.trace(np.asarray(h, np.float64)))
   assert res.settings["bracketed"]
   np.testing.assert_allclose(res.value, want, rtol=0.05)
   assert res.settings["increase"] <= target
   # the bracket is reported when the target is never reached
   far = lj.sigma_search(jax.random.key(0), _quadratic, params, (h, b), target=1e6,
-                        num_samples=4, upper=1.0)
+                        num_samples=4, bracket=lj.Bracket(upper=1.0))
   assert far.value == 1.0 and not far.settings["bracketed"]
 
 

@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run_toy(path, **kwargs):
   center, dirs = w.toy_problem()
-  kw = dict(chunk_size=w.TOY_CHUNK, store=path, metadata=w.TOY_META, progress=False)
+  kw = dict(store=path, metadata=w.TOY_META,
+            engine=lj.EngineOptions(chunk_size=w.TOY_CHUNK, progress=False))
   kw.update(kwargs)
   return lj.surface_grid(Partial(w.toy_metric), center, dirs, w.TOY_XS, w.TOY_YS, **kw)
 
@@ -95,11 +96,11 @@ def test_mismatched_configuration_is_refused(reference):
   center, dirs = w.toy_problem()
   with pytest.raises(ValueError, match=r"grid\.xs"):
     lj.surface_grid(Partial(w.toy_metric), center, dirs, w.TOY_XS[:-1], w.TOY_YS, store=path,
-                    metadata=w.TOY_META, progress=False)
+                    metadata=w.TOY_META, engine=lj.EngineOptions(progress=False))
   other = ({"w": dirs[0]["w"] * 2, "b": dirs[0]["b"]}, dirs[1])
   with pytest.raises(ValueError, match="directions_sha256"):
     lj.surface_grid(Partial(w.toy_metric), center, other, w.TOY_XS, w.TOY_YS, store=path,
-                    metadata=w.TOY_META, progress=False)
+                    metadata=w.TOY_META, engine=lj.EngineOptions(progress=False))
   assert _snapshot(path) == before
 
 
@@ -129,8 +130,9 @@ def test_failing_write_raises_and_keeps_previous_state(tmp_path, monkeypatch):
   path = str(tmp_path / "surface")
   center, dirs = w.toy_problem()
   xs = w.TOY_XS[:3]
-  lj.surface_grid(Partial(w.toy_metric), center, (dirs[0],), xs, chunk_size=1, store=path,
-                  progress=False, map_mode="vmap")
+  lj.surface_grid(Partial(w.toy_metric), center, (dirs[0],), xs,
+                  engine=lj.EngineOptions(chunk_size=1, progress=False, map_mode="vmap"),
+                  store=path)
   before = _snapshot(path)
   real_replace = os.replace
 
@@ -155,4 +157,4 @@ def test_failing_write_raises_and_keeps_previous_state(tmp_path, monkeypatch):
   blocker.write_text("x")
   with pytest.raises(store_lib.StoreWriteError, match="Could not write"):
     lj.surface_grid(Partial(w.toy_metric), center, (dirs[0],), xs, store=str(blocker / "s"),
-                    progress=False)
+                    engine=lj.EngineOptions(progress=False))

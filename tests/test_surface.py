@@ -29,7 +29,8 @@ def test_2d_grid_equals_direct_evaluation_non_square(setup):
   metric_fn, params, d1, d2 = setup
   xs = np.linspace(-1.0, 1.0, 5)
   ys = np.array([-0.5, 0.0, 0.25])
-  res = lj.surface_grid(metric_fn, params, (d1, d2), xs, ys, chunk_size=4, progress=False)
+  res = lj.surface_grid(metric_fn, params, (d1, d2), xs, ys,
+                        engine=lj.EngineOptions(chunk_size=4, progress=False))
   assert set(res) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy"}
   assert res["train_loss"].shape == (5, 3)  # [i, j] = (xs[i], ys[j]), not transposed
   for i, j in [(0, 0), (4, 0), (1, 2), (3, 1), (2, 1)]:
@@ -44,15 +45,16 @@ def test_2d_grid_equals_direct_evaluation_non_square(setup):
 def test_1d_and_modes_agree(setup):
   metric_fn, params, d1, _ = setup
   xs = np.linspace(-0.5, 0.5, 5)
-  res = lj.surface_grid(metric_fn, params, d1, xs, progress=False)
+  res = lj.surface_grid(metric_fn, params, d1, xs, engine=lj.EngineOptions(progress=False))
   assert res["train_loss"].shape == (5,)
   for i in (0, 3):
     direct = direct_eval(metric_fn, lj.plane_point(params, d1, None, xs[i]))
     np.testing.assert_allclose(res["train_loss"][i], direct["train_loss"], rtol=2e-5)
-  vm = lj.surface_grid(metric_fn, params, (d1,), xs, map_mode="vmap", chunk_size=3,
-                       progress=False)
-  mb = lj.surface_grid(metric_fn, params, (d1,), xs, map_mode="map", batch_size=2, chunk_size=4,
-                       progress=False)
+  vm = lj.surface_grid(metric_fn, params, (d1,), xs,
+                       engine=lj.EngineOptions(map_mode="vmap", chunk_size=3, progress=False))
+  mb = lj.surface_grid(metric_fn, params, (d1,), xs,
+                       engine=lj.EngineOptions(map_mode="map", batch_size=2, chunk_size=4,
+                                               progress=False))
   for k in res:
     np.testing.assert_allclose(vm[k], res[k], rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(mb[k], res[k], rtol=2e-5, atol=1e-6)
@@ -67,7 +69,7 @@ def test_plain_callable_scalar_metric_and_nonfinite_recorded():
     return jnp.exp(jnp.sum(p["w"]) * 100.0)  # inf for large x
 
   xs = np.array([-1.0, 0.0, 1.0, 2.0])
-  res = lj.surface_grid(fn, center, d, xs, progress=False)
+  res = lj.surface_grid(fn, center, d, xs, engine=lj.EngineOptions(progress=False))
   assert set(res) == {"loss"}
   assert res["loss"][1] == pytest.approx(1.0)
   assert np.isinf(res["loss"][2]) and np.isinf(res["loss"][3])
@@ -85,8 +87,8 @@ def test_no_recompilation_across_chunks(setup):
 
   fn = Partial(traced)
   xs, ys = np.linspace(-1, 1, 4), np.linspace(-1, 1, 3)   # 12 points in chunks of 5: 5, 5, 2+pad
-  res = lj.surface_grid(fn, params, (d1, d2), xs, ys, chunk_size=5, map_mode="vmap",
-                        progress=False)
+  res = lj.surface_grid(fn, params, (d1, d2), xs, ys,
+                        engine=lj.EngineOptions(chunk_size=5, map_mode="vmap", progress=False))
   assert res["loss"].shape == (4, 3)
   sq = lambda p: sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(p))
   np.testing.assert_allclose(res["loss"][3, 2], sq(lj.plane_point(params, d1, d2, 1.0, 1.0)),
@@ -106,15 +108,19 @@ def test_bad_grids_and_arguments(setup):
   ]
   for kwargs, msg in cases:
     with pytest.raises(ValueError, match=msg):
-      lj.surface_grid(metric_fn, params, (d1, d2), progress=False, **kwargs)
+      lj.surface_grid(metric_fn, params, (d1, d2), engine=lj.EngineOptions(progress=False),
+                      **kwargs)
   with pytest.raises(ValueError, match="only one direction"):
-    lj.surface_grid(metric_fn, params, (d1,), good, good, progress=False)
+    lj.surface_grid(metric_fn, params, (d1,), good, good, engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="same pytree structure"):
-    lj.surface_grid(metric_fn, params, ({"x": jnp.ones(2)},), good, progress=False)
+    lj.surface_grid(metric_fn, params, ({"x": jnp.ones(2)},), good,
+                    engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="map_mode"):
-    lj.surface_grid(metric_fn, params, (d1,), good, map_mode="pmap", progress=False)
+    lj.surface_grid(metric_fn, params, (d1,), good,
+                    engine=lj.EngineOptions(map_mode="pmap", progress=False))
   with pytest.raises(ValueError, match="multiple of batch_size"):
-    lj.surface_grid(metric_fn, params, (d1,), good, batch_size=2, chunk_size=3, progress=False)
+    lj.surface_grid(metric_fn, params, (d1,), good,
+                    engine=lj.EngineOptions(batch_size=2, chunk_size=3, progress=False))
 
 
 def test_point_fn_hook_and_auto_map_mode():
@@ -129,8 +135,8 @@ def test_point_fn_hook_and_auto_map_mode():
     return {"params": p, "stats": jnp.mean(p["w"])}
 
   xs, ys = np.linspace(-1, 1, 3), np.linspace(0, 1, 2)
-  res = lj.surface_grid(metric, center, (d1, d2), xs, ys, point_fn=point_fn, map_mode="auto",
-                        progress=False)
+  res = lj.surface_grid(metric, center, (d1, d2), xs, ys, point_fn=point_fn,
+                        engine=lj.EngineOptions(map_mode="auto", progress=False))
   for i in range(3):
     for j in range(2):
       direct = metric(point_fn(lj.plane_point(center, d1, d2, xs[i], ys[j])))
@@ -233,7 +239,7 @@ def test_error_controlled_metric(tiny_mlp, digits_test):
   np.testing.assert_allclose(est["loss_sem"], losses.std(ddof=1) / 10.0 * fpc, rtol=1e-3)
   # on a grid, the standard error and the subset size are stored next to the loss
   d = lj.random_directions(jax.random.key(0), params, num=1)
-  res = lj.surface_grid(fn, params, d, [-1.0, 0.0], progress=False)
+  res = lj.surface_grid(fn, params, d, [-1.0, 0.0], engine=lj.EngineOptions(progress=False))
   assert set(res) == {"loss", "loss_sem", "accuracy", "num_examples"}
   np.testing.assert_allclose(res["loss"][1], est["loss"], rtol=1e-5)
   with pytest.raises(ValueError, match="tol"):

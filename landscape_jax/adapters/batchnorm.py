@@ -58,6 +58,7 @@ from landscape_jax.core import trees
 __all__ = [
   "batch_stats_on_split",
   "make_recompute_metric_fn",
+  "RecomputeData",
   "recompute_batch_stats",
   "state_on_split",
   "stats_split",
@@ -364,6 +365,26 @@ def _jit_stats(apply_train, params, template, split, mean, std, variance, onednn
                               onednn=onednn)
 
 
+class RecomputeData(NamedTuple):
+  """The arrays a BatchNorm-recompute metric holds: its pytree leaves (jit arguments, never
+  constants), bound to the compiled metric by `jax.tree_util.Partial`.
+
+  Attributes:
+    splits: ``{prefix: evaluation.DeviceSplit}``, the evaluated splits on the device.
+    norms: ``{prefix: (mean, std) or None}``, their input normalisation.
+    stats_split: the split the statistics are recomputed on (`StatsSplit`).
+    train_norm: its normalisation ``(mean, std)`` (``(None, None)`` or None without one).
+    template: linen: a batch_stats pytree (the structure written); other models: the state the
+      statistics are written into.
+  """
+
+  splits: dict
+  norms: dict
+  stats_split: StatsSplit
+  train_norm: Any
+  template: PyTree
+
+
 def make_recompute_metric_fn(model, data, *, train_data, batch_stats: PyTree = None,
                              loss: Loss | None = None, batch_size: int = 256,
                              bn_batch_size: int = 128, variance: str = "pooled",
@@ -411,16 +432,18 @@ def make_recompute_metric_fn(model, data, *, train_data, batch_stats: PyTree = N
                                  fold_batchnorm=bool(fold_batchnorm), onednn=onednn)
     return jax.tree_util.Partial(
       functools.partial(_recompute_metrics, apply_fn, train_apply(model), variance, onednn, loss),
-      splits, norms, sp, (None, None) if train_norm is None else train_norm, batch_stats)
+      RecomputeData(splits, norms, sp, (None, None) if train_norm is None else train_norm,
+                    batch_stats))
   m = _generic_model(model, batch_stats, variance, "make_recompute_metric_fn")
   forward, state = inference_forward(m, num_classes=num_classes, onednn=onednn)
   return jax.tree_util.Partial(
     functools.partial(_recompute_model_metrics, forward, m.batch_norm, onednn, loss),
-    splits, norms, sp, train_norm, state)
+    RecomputeData(splits, norms, sp, train_norm, state))
 
 
-def _recompute_metrics(apply_fn, apply_train, variance, onednn, loss, splits, norms, sp,
-                       train_norm, template, params):
+def _recompute_metrics(apply_fn, apply_train, variance, onednn, loss, data: RecomputeData,
+                       params):
+  splits, norms, sp, train_norm, template = data
   stats = batch_stats_on_split(apply_train, params, template, sp, *train_norm, variance=variance,
                                onednn=onednn)
   variables = {"params": params, "batch_stats": stats}
@@ -431,8 +454,8 @@ def _recompute_metrics(apply_fn, apply_train, variance, onednn, loss, splits, no
   return out
 
 
-def _recompute_model_metrics(forward, batch_norm, onednn, loss, splits, norms, sp, train_norm,
-                             template, params):
+def _recompute_model_metrics(forward, batch_norm, onednn, loss, data: RecomputeData, params):
+  splits, norms, sp, train_norm, template = data
   state = state_on_split(batch_norm, params, template, sp, train_norm, onednn=onednn)
   out = {}
   for k, split in splits.items():

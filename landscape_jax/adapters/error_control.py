@@ -56,13 +56,16 @@ import numpy as np
 import optax
 from jax.tree_util import Partial
 
-from landscape_jax.adapters.data import Dataset, normalize_images
 from landscape_jax.adapters.evaluation import (
+  DeviceSplit,
   apply_checked,
   correct,
   cross_entropy,
   device_split,
   model_variables,
+  named_splits,
+  num_examples,
+  prepare_inputs,
   use_onednn,
 )
 from landscape_jax.core import progress as progress_lib
@@ -72,13 +75,36 @@ PyTree = Any
 _ORDER = 4  # anchors per axis in the interpolation stencil (cubic Lagrange)
 
 
+COVARIATES = ("loss", "logits")
+
+
 class AnchorPlane(NamedTuple):
-  """Anchor grid of an anchored control variate: ``center + xs[i] d1 (+ ys[j] d2)``."""
+  """Anchor grid of an anchored control variate: ``center + xs[i] d1 (+ ys[j] d2)``, and what
+  the anchors interpolate (`covariate`: ``"loss"`` or ``"logits"``, see the module docstring)."""
 
   center: PyTree
   directions: tuple
   xs: np.ndarray
   ys: np.ndarray | None = None
+  covariate: str = "loss"
+
+
+class ErrorControlData(NamedTuple):
+  """The arrays an error-controlled metric holds: its pytree leaves (jit arguments, never
+  constants), bound to the compiled estimator by `jax.tree_util.Partial`.
+
+  Attributes:
+    split: the shuffled split on the device (`evaluation.DeviceSplit`: padded batches and mask).
+    norm: ``(mean, std)`` normalising uint8 images inside the compiled function (a `Dataset`),
+      or None (inputs used as given).
+    batch_stats: the centre's BatchNorm statistics (None without BatchNorm).
+    control: the anchors' tables of the control variate (None without anchors).
+  """
+
+  split: DeviceSplit
+  norm: tuple[jax.Array, jax.Array] | None
+  batch_stats: PyTree
+  control: dict | None
 
 
 def anchor_axis(values, *, stride: int) -> np.ndarray:
@@ -90,24 +116,28 @@ def anchor_axis(values, *, stride: int) -> np.ndarray:
   return v[idx]
 
 
-def anchor_plane(center: PyTree, directions, xs, ys=None, *, stride: int = 4) -> AnchorPlane:
+def anchor_plane(center: PyTree, directions, xs, ys=None, *, stride: int = 4,
+                 covariate: str = "loss") -> AnchorPlane:
   """Anchors on every `stride`-th grid line of the surface ``xs x ys`` (1-D without `ys`).
 
   Cost: one exact pass over the split per anchor, ``(len(xs) / stride)^2`` passes for a 2-D grid
-  (169 of a 51 x 51 grid's 2,601 at stride 4).
+  (169 of a 51 x 51 grid's 2,601 at stride 4). `covariate`: what the anchors interpolate,
+  ``"loss"`` (default) or ``"logits"`` (more memory; see the module docstring).
   """
   dirs = tuple(directions) if isinstance(directions, (tuple, list)) else (directions,)
   if len(dirs) not in (1, 2) or (len(dirs) == 2) != (ys is not None):
     raise ValueError("anchor_plane takes one direction with xs, or two directions with xs and ys.")
+  if covariate not in COVARIATES:
+    raise ValueError(f"covariate must be 'logits' or 'loss', got {covariate!r}.")
   return AnchorPlane(center, dirs, anchor_axis(xs, stride=stride),
-                     None if ys is None else anchor_axis(ys, stride=stride))
+                     None if ys is None else anchor_axis(ys, stride=stride), covariate)
 
 
-def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: float = 0.0,
+def make_error_controlled_metric_fn(model, data, *, tol: float, rtol: float = 0.0,
                                     batch_size: int = 256,
                                     batch_stats: PyTree | None = None, seed: int = 0,
                                     min_batches: int = 1, anchors: AnchorPlane | None = None,
-                                    covariate: str = "loss", fold_batchnorm: bool = True,
+                                    fold_batchnorm: bool = True,
                                     cpu_convolutions: str = "auto",
                                     progress: bool = True) -> Partial:
   """A metric whose loss is estimated on a growing random subset of the split (opt-in).
@@ -123,7 +153,10 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: f
 
   Args:
     model: a linen model evaluated in inference mode.
-    data: a `Dataset` (one split).
+    data: one split: a `Dataset` (uint8 images, normalised inside the compiled function) or an
+      ``(inputs, targets)`` pair of arrays (or pytrees of arrays) with a leading example axis,
+      the inputs as the model takes them and the targets integer classes (as `make_metric_fn`
+      takes them; the loss is the cross-entropy).
     tol: target standard error of the mean loss (>= 0), absolute.
     rtol: relative part of the target (>= 0; default 0: absolute only). Far from the minimum the
       per-example losses spread widely and an absolute ``tol`` of 0.01 at a loss of 10 or 100
@@ -133,14 +166,16 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: f
     batch_stats: BatchNorm statistics (the centre's).
     seed: shuffling seed (the same order at every point: common random numbers).
     min_batches: batches evaluated before the first stopping test.
-    anchors: an `AnchorPlane` (see `anchor_plane`) for the anchored control variate; its
+    anchors: an `AnchorPlane` (see `anchor_plane`, which also says what the anchors
+      interpolate: ``covariate="loss"`` or ``"logits"``) for the anchored control variate; its
       per-example table is computed here, one exact pass per anchor.
-    covariate: what the anchors interpolate: ``"loss"`` (default) or ``"logits"`` (more
-      memory; see the module docstring).
     fold_batchnorm: fold BatchNorm into the preceding layers where that is exact (as in
       `make_metric_fn`; `adapters.folding`).
     cpu_convolutions: ``"auto"``, ``"onednn"`` or ``"xla"`` (see `make_metric_fn`).
     progress: a progress bar while the anchors are evaluated.
+
+  Returns:
+    ``Partial(estimator, ErrorControlData(...))``: the arrays are the pytree's leaves.
   """
   if not tol >= 0 or not math.isfinite(tol):
     raise ValueError(f"tol must be a finite number >= 0, got {tol}.")
@@ -148,26 +183,33 @@ def make_error_controlled_metric_fn(model, data: Dataset, *, tol: float, rtol: f
     raise ValueError(f"rtol must be a finite number >= 0, got {rtol}.")
   if min_batches < 1:
     raise ValueError(f"min_batches must be >= 1, got {min_batches}.")
-  if covariate not in ("logits", "loss"):
-    raise ValueError(f"covariate must be 'logits' or 'loss', got {covariate!r}.")
-  order = np.random.default_rng(seed).permutation(len(data))
-  split = device_split(data.images[order], data.labels[order], batch_size=batch_size)
-  apply_fn = functools.partial(apply_checked, model, int(data.num_classes),
+  if anchors is not None and anchors.covariate not in COVARIATES:
+    raise ValueError(f"covariate must be 'logits' or 'loss', got {anchors.covariate!r}.")
+  named = named_splits(data)
+  if set(named) != {""}:
+    raise ValueError("make_error_controlled_metric_fn takes one split (a Dataset or an "
+                     f"(inputs, targets) pair), got a mapping of {sorted(named)}; build one "
+                     "metric per split.")
+  one = named[""]
+  total = num_examples(one.inputs, one.targets)
+  order = np.random.default_rng(seed).permutation(total)
+  shuffled = lambda tree: jax.tree.map(lambda a: np.asarray(a)[order], tree)
+  split = device_split(shuffled(one.inputs), shuffled(one.targets), batch_size=batch_size)
+  apply_fn = functools.partial(apply_checked, model, one.num_classes,
                                fold_batchnorm=bool(fold_batchnorm),
                                onednn=use_onednn(cpu_convolutions))
-  mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
   control = None
   if anchors is not None:
-    control = _anchor_table(apply_fn, split, mean, std, batch_stats, anchors, progress=progress,
-                            logits=covariate == "logits")
+    control = _anchor_table(apply_fn, split, one.norm, batch_stats, anchors, progress=progress,
+                            logits=anchors.covariate == "logits")
   return Partial(functools.partial(_estimate, apply_fn, float(tol), float(rtol), int(min_batches),
-                                   len(data)),
-                 split, mean, std, batch_stats, control)
+                                   total),
+                 ErrorControlData(split, one.norm, batch_stats, control))
 
 
 # ------------------------------------------------------------------------------------ anchors
-@functools.partial(jax.jit, static_argnums=(0, 8))
-def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords, logits):
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _anchor_chunk(apply_fn, split, norm, batch_stats, center, dirs, coords, logits):
   """Per-example outputs at the anchors ``coords`` (C, k): logits ``(C, B, b, K)`` with `logits`,
   else losses and correctness, each ``(C, B, b)``."""
 
@@ -177,7 +219,7 @@ def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords,
 
     def body(_, batch):
       x, y, _m = batch
-      z = apply_fn(variables, normalize_images(x, mean, std))
+      z = apply_fn(variables, prepare_inputs(x, norm))
       return None, (z.astype(jnp.float32) if logits else (cross_entropy(z, y), correct(z, y)))
 
     return jax.lax.scan(body, None, split)[1]
@@ -185,7 +227,7 @@ def _anchor_chunk(apply_fn, split, mean, std, batch_stats, center, dirs, coords,
   return jax.lax.map(one, coords)
 
 
-def _anchor_table(apply_fn, split, mean, std, batch_stats, anchors: AnchorPlane, *, progress,
+def _anchor_table(apply_fn, split, norm, batch_stats, anchors: AnchorPlane, *, progress,
                   logits: bool, chunk: int = 8) -> dict:
   dirs = tuple(anchors.directions)
   xs = np.asarray(anchors.xs, np.float32)
@@ -196,7 +238,7 @@ def _anchor_table(apply_fn, split, mean, std, batch_stats, anchors: AnchorPlane,
                                      desc="anchors", unit_scale=chunk):
     part = grid[i:i + chunk]
     padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), 0)])
-    out = _anchor_chunk(apply_fn, split, mean, std, batch_stats, anchors.center, dirs,
+    out = _anchor_chunk(apply_fn, split, norm, batch_stats, anchors.center, dirs,
                         jnp.asarray(padded), logits)
     n = len(part)
     parts.append(jax.tree.map(lambda t: t[:n], out))  # noqa: B023 (used at once)
@@ -294,8 +336,8 @@ def _sem(stats, total):
   return jnp.sqrt(var / jnp.maximum(n, 1.0) * fpc)
 
 
-def _estimate(apply_fn, tol, rtol, min_batches, total, split, mean, std, batch_stats, control,
-              params):
+def _estimate(apply_fn, tol, rtol, min_batches, total, data: ErrorControlData, params):
+  split, norm, batch_stats, control = data
   variables = model_variables(params, batch_stats)
   num_batches = split.mask.shape[0]
   if control is None:
@@ -311,8 +353,8 @@ def _estimate(apply_fn, tol, rtol, min_batches, total, split, mean, std, batch_s
 
   def body(carry):
     b, loss_stats, hit_stats = carry
-    x, y, m = split.images[b], split.labels[b], split.mask[b]
-    logits = apply_fn(variables, normalize_images(x, mean, std))
+    x, y, m = jax.tree.map(lambda a: a[b], (split.images, split.labels, split.mask))
+    logits = apply_fn(variables, prepare_inputs(x, norm))
     losses, hits = cross_entropy(logits, y), correct(logits, y).astype(jnp.float32)
     if cov is not None:
       c_loss, c_hit = cov(b)
@@ -326,5 +368,5 @@ def _estimate(apply_fn, tol, rtol, min_batches, total, split, mean, std, batch_s
           "accuracy": mu_hit + hit_stats[1], "num_examples": loss_stats[0]}
 
 
-__all__ = ["AnchorPlane", "anchor_axis", "anchor_plane", "lagrange_weights",
-           "make_error_controlled_metric_fn"]
+__all__ = ["COVARIATES", "AnchorPlane", "ErrorControlData", "anchor_axis", "anchor_plane",
+           "lagrange_weights", "make_error_controlled_metric_fn"]

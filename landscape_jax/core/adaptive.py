@@ -62,6 +62,7 @@ import jax
 import numpy as np
 
 from landscape_jax.core import fileio, surface, trees
+from landscape_jax.core.engine import EngineOptions
 from landscape_jax.core.store import jsonable
 
 PyTree = Any
@@ -131,6 +132,109 @@ class _Lookup:
     pos = np.minimum(np.searchsorted(self.sorted, codes), self.sorted.size - 1)
     rows = np.where(self.sorted[pos] == codes, self.order[pos], -1)
     return rows.reshape(pts.shape[:-1])
+
+
+# --------------------------------------------------------------------------------- settings
+DEFAULT_INITIAL = {1: 17, 2: 9}  # points per axis of the initial grid: path, surface
+DEFAULT_MAX_LEVEL = {1: 5, 2: 4}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Refinement:
+  """The refinement settings of `refine`, `refine_surface`, `refine_path`, `adaptive_surface`
+  and `adaptive_path` (the rule in the module docstring), validated on creation.
+
+  Example::
+
+    res = lj.adaptive_surface(metric_fn, params, (d1, d2), (-1, 1), (-1, 1),
+                              refinement=lj.Refinement(tol=0.01, max_points=1500))
+
+  Attributes:
+    tol: interpolation tolerance in the units of the metric `key` (a finite number > 0).
+    initial: points per axis of the initial regular grid (>= 2; an int or one per axis); default
+      None: 9 for a surface, 17 for a path.
+    max_level: the most times a cell may be halved (0 to 20); default None: 4 for a surface, 5
+      for a path.
+    max_points: the budget of evaluated points, initial grid included (None: no budget).
+    key: the metric refined on (default ``"loss"`` or the first key containing "loss").
+    levels: contour levels whose crossing cells are refined to `level_tol` (kept as a tuple).
+    level_tol: tolerance for cells crossed by a level (default ``tol / 4``).
+    se_key: a metric holding each value's standard error (default ``key + "_sem"`` if returned).
+    noise_k: multiple of the standard error added to the tolerances (refinement must not chase
+      noise; 2-3).
+    max_value: cells whose corner and test values all exceed it are not refined (None: all).
+    max_rounds: the most refinement rounds after the initial grid (None: until done).
+
+  Raises:
+    ValueError: on creation, a setting out of range (the message names it and says what to pass).
+  """
+
+  tol: float
+  initial: int | tuple[int, ...] | None = None
+  max_level: int | None = None
+  max_points: int | None = None
+  key: str | None = None
+  levels: tuple[float, ...] | None = None
+  level_tol: float | None = None
+  se_key: str | None = None
+  noise_k: float = 2.0
+  max_value: float | None = None
+  max_rounds: int | None = None
+
+  def __post_init__(self):
+    tol = self.tol
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float, np.floating))
+                                     and math.isfinite(tol) and tol > 0):
+      raise ValueError(f"tol must be a finite number > 0 (in loss units), got {tol!r}.")
+    if self.initial is not None:
+      initial = self.initial
+      if isinstance(initial, (int, np.integer)) and not isinstance(initial, bool):
+        initial = _check_positive_int(initial, "initial", 2)
+      else:
+        try:
+          initial = tuple(_check_positive_int(n, "initial", 2) for n in initial)
+        except TypeError as e:
+          raise ValueError(f"initial must be an int >= 2 or one int per axis, got "
+                           f"{initial!r}.") from e
+      object.__setattr__(self, "initial", initial)
+    if self.max_level is not None:
+      max_level = _check_positive_int(self.max_level, "max_level", 0)
+      if max_level > 20:
+        raise ValueError(f"max_level must be <= 20 (a lattice step of cell / 2^20), got "
+                         f"{max_level}.")
+      object.__setattr__(self, "max_level", max_level)
+    for name, minimum in (("max_points", 1), ("max_rounds", 0)):
+      if getattr(self, name) is not None:
+        object.__setattr__(self, name, _check_positive_int(getattr(self, name), name, minimum))
+    if not (isinstance(self.noise_k, (int, float, np.floating)) and math.isfinite(self.noise_k)
+            and self.noise_k >= 0):
+      raise ValueError(f"noise_k must be a finite number >= 0, got {self.noise_k!r}.")
+    if self.levels is not None:
+      levels = np.asarray(self.levels, np.float64).ravel()
+      if not np.all(np.isfinite(levels)):
+        raise ValueError(f"levels must be finite numbers, got {self.levels!r}.")
+      object.__setattr__(self, "levels", tuple(float(v) for v in levels))
+    if self.level_tol is not None and not (math.isfinite(self.level_tol) and self.level_tol > 0):
+      raise ValueError(f"level_tol must be a finite number > 0, got {self.level_tol!r}.")
+
+  def settings(self, d: int) -> dict:
+    """The settings with the defaults of a `d`-dimensional refinement filled in, as JSON-able
+    values (what a store records; `max_rounds` is not recorded: it only stops early)."""
+    return {"tol": self.tol,
+            "initial": DEFAULT_INITIAL[d] if self.initial is None else self.initial,
+            "max_level": DEFAULT_MAX_LEVEL[d] if self.max_level is None else self.max_level,
+            "max_points": self.max_points, "key": self.key,
+            "levels": None if self.levels is None else list(self.levels),
+            "level_tol": self.level_tol, "se_key": self.se_key, "noise_k": self.noise_k,
+            "max_value": self.max_value}
+
+
+def refinement_settings(refinement) -> Refinement:
+  """`refinement` itself; anything else is refused with what to pass."""
+  if not isinstance(refinement, Refinement):
+    raise TypeError(f"refinement must be a Refinement (lj.Refinement(tol=..., max_points=..., "
+                    f"...)), got {type(refinement).__name__}.")
+  return refinement
 
 
 # ------------------------------------------------------------------------------------- result
@@ -337,11 +441,8 @@ def _predictor(unit_points: np.ndarray, values: np.ndarray):
 
 
 # ----------------------------------------------------------------------------------- the core
-def refine(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], ranges, *, tol: float,
-           initial=9, max_level: int = 4, max_points: int | None = None, key: str | None = None,
-           levels=None, level_tol: float | None = None, se_key: str | None = None,
-           noise_k: float = 2.0, max_value: float | None = None, max_rounds: int | None = None
-           ) -> AdaptiveResult:
+def refine(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], ranges, *,
+           refinement: Refinement) -> AdaptiveResult:
   """Adaptive sampling of a function on a 1-D interval or a 2-D box (see the module docstring).
 
   Args:
@@ -349,18 +450,7 @@ def refine(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], ranges, *, 
       per round with that round's new points (in row-major lattice order: increasing t in
       1-D, so an evaluator that needs sorted parameters, e.g. `curves.evaluate_curve`, fits).
     ranges: ``((lo, hi),)`` or ``((x_lo, x_hi), (y_lo, y_hi))``.
-    tol: interpolation tolerance in the units of the metric `key` (> 0).
-    initial: points per axis of the initial regular grid (>= 2; an int or one per axis).
-    max_level: the most times a cell may be halved (>= 0).
-    max_points: the budget of evaluated points, initial grid included (None: no budget).
-    key: the metric refined on (default ``"loss"`` or the first key containing "loss").
-    levels: contour levels whose crossing cells are refined to `level_tol`.
-    level_tol: tolerance for cells crossed by a level (default ``tol / 4``).
-    se_key: a metric holding each value's standard error (default ``key + "_sem"`` if returned).
-    noise_k: multiple of the standard error added to the tolerances (refinement must not chase
-      noise; 2-3).
-    max_value: cells whose corner and test values all exceed it are not refined (None: all).
-    max_rounds: the most refinement rounds after the initial grid (None: until done).
+    refinement: the settings (`Refinement`: tolerance, initial grid, levels, budget, ...).
 
   Returns:
     An `AdaptiveResult`.
@@ -369,32 +459,22 @@ def refine(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], ranges, *, 
   if d not in (1, 2):
     raise ValueError(f"ranges must hold one (path) or two (surface) (lo, hi) pairs, got {d}.")
   ranges = tuple(_check_range(r, f"ranges[{k}]") for k, r in enumerate(ranges))
-  if not (isinstance(tol, (int, float, np.floating)) and math.isfinite(tol) and tol > 0):
-    raise ValueError(f"tol must be a finite number > 0 (in loss units), got {tol!r}.")
-  tol = float(tol)
-  initial = (initial,) * d if isinstance(initial, (int, np.integer)) else tuple(initial)
+  refinement = refinement_settings(refinement)
+  settings = refinement.settings(d)
+  tol = float(refinement.tol)
+  initial, max_level = settings["initial"], settings["max_level"]
+  initial = (initial,) * d if isinstance(initial, int) else tuple(initial)
   if len(initial) != d:
     raise ValueError(f"initial must be an int or {d} ints, got {initial!r}.")
-  initial = tuple(_check_positive_int(n, "initial", 2) for n in initial)
-  max_level = _check_positive_int(max_level, "max_level", 0)
-  if max_level > 20:
-    raise ValueError(f"max_level must be <= 20 (a lattice step of cell / 2^20), got {max_level}.")
   n_init = int(np.prod(initial))
-  if max_points is not None:
-    max_points = _check_positive_int(max_points, "max_points", 1)
-    if max_points < n_init:
-      raise ValueError(f"max_points={max_points} is below the initial grid's {n_init} points; "
-                       "raise it or pass a smaller initial=.")
-  if max_rounds is not None:
-    max_rounds = _check_positive_int(max_rounds, "max_rounds", 0)
-  if not (math.isfinite(noise_k) and noise_k >= 0):
-    raise ValueError(f"noise_k must be a finite number >= 0, got {noise_k!r}.")
-  level_arr = np.zeros(0) if levels is None else np.asarray(levels, np.float64).ravel()
-  if not np.all(np.isfinite(level_arr)):
-    raise ValueError(f"levels must be finite numbers, got {levels!r}.")
-  level_tol = tol / 4 if level_tol is None else float(level_tol)
-  if not (math.isfinite(level_tol) and level_tol > 0):
-    raise ValueError(f"level_tol must be a finite number > 0, got {level_tol!r}.")
+  max_points, max_rounds = refinement.max_points, refinement.max_rounds
+  if max_points is not None and max_points < n_init:
+    raise ValueError(f"max_points={max_points} is below the initial grid's {n_init} points; "
+                     "raise it or pass a smaller initial=.")
+  key, se_key, noise_k = refinement.key, refinement.se_key, refinement.noise_k
+  max_value = refinement.max_value
+  level_arr = np.asarray(refinement.levels or (), np.float64)
+  level_tol = tol / 4 if refinement.level_tol is None else float(refinement.level_tol)
 
   size = tuple((n - 1) << max_level for n in initial)
   top = 1 << max_level
@@ -552,43 +632,35 @@ def _split(cells: np.ndarray, split: np.ndarray, d: int) -> np.ndarray:
 
 
 def refine_surface(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], x_range, y_range,
-                   *, tol: float, initial=9, max_level: int = 4, **kwargs) -> AdaptiveResult:
+                   *, refinement: Refinement) -> AdaptiveResult:
   """Adaptive 2-D sampling of ``evaluate`` on ``x_range x y_range`` (quadtree refinement).
 
-  ``evaluate(coords (N, 2), round_index) -> {metric: (N,)}``; other arguments as `refine`.
+  ``evaluate(coords (N, 2), round_index) -> {metric: (N,)}``; `refinement` as in `refine`
+  (default initial grid 9 x 9, at most 4 halvings).
   """
-  return refine(evaluate, (x_range, y_range), tol=tol, initial=initial, max_level=max_level,
-                **kwargs)
+  return refine(evaluate, (x_range, y_range), refinement=refinement)
 
 
 def refine_path(evaluate: Callable[[np.ndarray, int], Mapping[str, Any]], t_range, *,
-                tol: float, initial: int = 17, max_level: int = 5, **kwargs) -> AdaptiveResult:
+                refinement: Refinement) -> AdaptiveResult:
   """Adaptive 1-D sampling of ``evaluate`` on ``t_range`` (bisection of intervals).
 
-  ``evaluate(coords (N, 1), round_index) -> {metric: (N,)}``; other arguments as `refine`.
+  ``evaluate(coords (N, 1), round_index) -> {metric: (N,)}``; `refinement` as in `refine`
+  (default initial grid 17 points, at most 5 halvings).
   """
-  return refine(evaluate, (t_range,), tol=tol, initial=initial, max_level=max_level, **kwargs)
+  return refine(evaluate, (t_range,), refinement=refinement)
 
 
 # ------------------------------------------------------------------------ engine-facing wrappers
-def points_evaluator():
-  """The library's point evaluator, `surface.surface_points` (one place to swap it in tests)."""
-  return surface.surface_points
-
-
 def _round_store(store, r):
   return None if store is None else fileio.join(store, f"round-{r:03d}")
 
 
 def adaptive_surface(metric_fn: Callable[[PyTree], dict], center: PyTree, directions, x_range,
-                     y_range, *, tol: float, max_points: int | None = None,
-                     store: str | os.PathLike | None = None, initial=9, max_level: int = 4,
-                     key: str | None = None, levels=None, level_tol: float | None = None,
-                     se_key: str | None = None, noise_k: float = 2.0,
-                     max_value: float | None = None, max_rounds: int | None = None,
-                     metadata: dict | None = None, identity: str | None = None,
-                     chunk_size: int | None = None, mesh=None, map_mode: str | None = None,
-                     point_fn=None, progress: bool = True) -> AdaptiveResult:
+                     y_range, *, refinement: Refinement,
+                     store: str | os.PathLike | None = None, metadata: dict | None = None,
+                     identity: str | None = None, point_fn=None,
+                     engine: EngineOptions | None = None) -> AdaptiveResult:
   """An adaptive loss surface ``metric_fn(center + x d1 + y d2)`` on ``x_range x y_range``.
 
   Each round's new points are evaluated by `surface.surface_points` (the point-evaluation engine:
@@ -596,86 +668,74 @@ def adaptive_surface(metric_fn: Callable[[PyTree], dict], center: PyTree, direct
   ``store=<store>/round-NNN``: a rerun with the same arguments recomputes nothing already stored
   and continues where it stopped, with an identical result. The refinement settings are part of
   every round's stored metadata, so a rerun with other settings into the same store is refused.
-  `metadata`, `identity`, `chunk_size`, `mesh`, `map_mode`, `point_fn`, `progress`: as in
-  `surface_points`. Refinement arguments: see `refine`.
+  `metadata`, `identity`, `point_fn`: as in `surface_points`; `engine`: how the points are
+  computed (`engine.EngineOptions`); `refinement`: the settings (`Refinement`, see `refine`).
 
   Example::
 
-    res = adaptive_surface(metric_fn, params, (d1, d2), (-1, 1), (-1, 1), tol=0.01,
-                           max_points=1500, key="train_loss", store="runs/adaptive")
+    res = adaptive_surface(metric_fn, params, (d1, d2), (-1, 1), (-1, 1),
+                           refinement=Refinement(tol=0.01, max_points=1500, key="train_loss"),
+                           store="runs/adaptive")
     grid = res.to_grid(xs, ys)  # {metric: (len(xs), len(ys))}, as surface_grid returns
     fig = plotting.plot_contour(xs, ys, grid["train_loss"], samples=res.coords)
 
   Returns:
     An `AdaptiveResult` (samples, interpolants, per-cell error estimates).
   """
+  refinement = refinement_settings(refinement)
   settings = {"x_range": list(_check_range(x_range, "x_range")),
-              "y_range": list(_check_range(y_range, "y_range")), "tol": tol,
-              "initial": initial, "max_level": max_level, "max_points": max_points,
-              "key": key, "levels": levels, "level_tol": level_tol, "se_key": se_key,
-              "noise_k": noise_k, "max_value": max_value}
+              "y_range": list(_check_range(y_range, "y_range")), **refinement.settings(2)}
   evaluate = _engine_evaluate(metric_fn, center, directions, store=store, metadata=metadata,
-                              settings=settings, identity=identity, chunk_size=chunk_size,
-                              mesh=mesh, map_mode=map_mode, point_fn=point_fn, progress=progress,
-                              desc="adaptive surface")
-  return refine(evaluate, (x_range, y_range), tol=tol, initial=initial, max_level=max_level,
-                max_points=max_points, key=key, levels=levels, level_tol=level_tol,
-                se_key=se_key, noise_k=noise_k, max_value=max_value, max_rounds=max_rounds)
+                              settings=settings, identity=identity, point_fn=point_fn,
+                              engine=engine, desc="adaptive surface")
+  return refine(evaluate, (x_range, y_range), refinement=refinement)
 
 
 def adaptive_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree,
-                  t_range=(0.0, 1.0), *, tol: float, max_points: int | None = None,
-                  store: str | os.PathLike | None = None, initial: int = 17, max_level: int = 5,
-                  key: str | None = None, levels=None, level_tol: float | None = None,
-                  se_key: str | None = None, noise_k: float = 2.0,
-                  max_value: float | None = None, max_rounds: int | None = None,
-                  metadata: dict | None = None, identity: str | None = None,
-                  chunk_size: int | None = None, mesh=None, map_mode: str | None = None,
-                  point_fn=None, progress: bool = True) -> AdaptiveResult:
+                  t_range=(0.0, 1.0), *, refinement: Refinement,
+                  store: str | os.PathLike | None = None, metadata: dict | None = None,
+                  identity: str | None = None, point_fn=None,
+                  engine: EngineOptions | None = None) -> AdaptiveResult:
   """Adaptive metrics along the line ``interpolate(a, b, t) = a + t (b - a)`` for t in `t_range`.
 
   As `linear_path` (Li et al. 2018 use t in [-0.5, 1.5]) with adaptive bisection of intervals;
-  stores and resume as `adaptive_surface`. For other 1-D paths (curves, swap paths) call
-  `refine_path` with an `evaluate` that evaluates that path at given t.
+  `refinement`, stores, `engine` and resume as `adaptive_surface`. For other 1-D paths (curves,
+  swap paths) call `refine_path` with an `evaluate` that evaluates that path at given t.
   """
 
   trees.check_same_structure(a, b, names=("a", "b"))
+  refinement = refinement_settings(refinement)
   direction = jax.tree.map(lambda x, y: y - x, a, b)
-  settings = {"t_range": list(_check_range(t_range, "t_range")), "tol": tol,
-              "initial": initial, "max_level": max_level, "max_points": max_points,
-              "key": key, "levels": levels, "level_tol": level_tol, "se_key": se_key,
-              "noise_k": noise_k, "max_value": max_value}
+  settings = {"t_range": list(_check_range(t_range, "t_range")), **refinement.settings(1)}
   evaluate = _engine_evaluate(metric_fn, a, (direction,), store=store, metadata=metadata,
-                              settings=settings, identity=identity, chunk_size=chunk_size,
-                              mesh=mesh, map_mode=map_mode, point_fn=point_fn, progress=progress,
-                              desc="adaptive path")
-  return refine(evaluate, (t_range,), tol=tol, initial=initial, max_level=max_level,
-                max_points=max_points, key=key, levels=levels, level_tol=level_tol,
-                se_key=se_key, noise_k=noise_k, max_value=max_value, max_rounds=max_rounds)
+                              settings=settings, identity=identity, point_fn=point_fn,
+                              engine=engine, desc="adaptive path")
+  return refine(evaluate, (t_range,), refinement=refinement)
 
 
 def _engine_evaluate(metric_fn, center, directions, *, store, metadata, settings, identity,
-                     chunk_size, mesh, map_mode, point_fn, progress, desc):
-  points = points_evaluator()
-
+                     point_fn, engine, desc):
   meta = {**(metadata or {}), "adaptive": jsonable(settings)}
 
   def evaluate(coords, r):
     _log.info("%s: round %d, %d new points", desc, r, coords.shape[0])
-    return points(metric_fn, center, directions, coords, store=_round_store(store, r),
-                  metadata=meta, identity=identity, chunk_size=chunk_size, mesh=mesh,
-                  map_mode=map_mode, point_fn=point_fn, progress=progress,
-                  desc=f"{desc} round {r}")
+    return surface.surface_points(metric_fn, center, directions, coords,
+                                  store=_round_store(store, r), metadata=meta, identity=identity,
+                                  point_fn=point_fn, engine=engine, desc=f"{desc} round {r}")
 
   return evaluate
 
 
 __all__ = [
+  "DEFAULT_INITIAL",
+  "DEFAULT_MAX_LEVEL",
   "AdaptiveResult",
+  "Refinement",
   "adaptive_path",
   "adaptive_surface",
   "refine",
   "refine_path",
   "refine_surface",
+  "refinement_settings",
   "select_key",
 ]

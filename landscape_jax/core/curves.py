@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape_jax.core import engine, paths, trees
-from landscape_jax.core.engine import check_grid
+from landscape_jax.core import engine as engine_lib
+from landscape_jax.core import paths, trees
+from landscape_jax.core.engine import EngineOptions, check_grid
 from landscape_jax.core.surface import surface_grid
 
 __all__ = [
@@ -359,7 +360,7 @@ def curve_summary(values: Mapping[str, np.ndarray], ts=None) -> dict[str, dict[s
 def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve: PyTree, *,
                    kind: str = "bezier", num_points: int = 61, ts=None, line: bool = True,
                    store: str | None = None, metadata: dict | None = None,
-                   precision=None, **engine_kwargs) -> dict:
+                   identity: str | None = None, engine: EngineOptions | None = None) -> dict:
   """Metrics along the curve (and along the straight line between its endpoints).
 
   Evaluates ``metric_fn(phi(t))`` at ``t = linspace(0, 1, num_points)`` (61 in Garipov et al.)
@@ -378,11 +379,9 @@ def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve
     store: a store directory (`core.store`); a rerun continues where it stopped, and a
       store of any other evaluation is refused.
     metadata: extra JSON-able configuration recorded in the store.
-    precision: matmul precision of every dot and convolution (`core.precision`; None: the
-      backend's default; ``"highest"``: full float32 on TPU/GPU too); recorded in the store when
-      given.
-    **engine_kwargs: ``chunk_size``, ``mesh``, ``map_mode``, ``batch_size``, ``identity``,
-      ``progress`` (see `engine.evaluate_points`).
+    identity: see `engine.evaluate_points` (only needed with `store`).
+    engine: how the points are computed (`engine.EngineOptions`: chunk size, mesh, map mode,
+      batch size, progress, matmul precision); default ``EngineOptions()``.
 
   Returns:
     ``{"t": ts, "curve": {metric: (T,)}, "line": {metric: (T,)}, "summary": {"curve": ...,
@@ -411,10 +410,9 @@ def evaluate_curve(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], curve
   if store is not None:
     metadata = {"what": "curve", "kind": kind, "line": line, **(metadata or {})}
   # (selector, t): which of the stacked curves, and where on it
-  point_fn = engine.declare_coordinates(jax.tree_util.Partial(_stacked_point(kind), pair), 2)
-  res = engine.evaluate_points(metric_fn, point_fn, coords, store=store, metadata=metadata,
-                               desc=engine_kwargs.pop("desc", "curve points"),
-                               precision=precision, **engine_kwargs)
+  point_fn = engine_lib.declare_coordinates(jax.tree_util.Partial(_stacked_point(kind), pair), 2)
+  res = engine_lib.evaluate_points(metric_fn, point_fn, coords, store=store, metadata=metadata,
+                                   identity=identity, engine=engine, desc="curve points")
   m = len(ts)
   out = {"t": ts, "curve": {k: v[:m] for k, v in res.items()}}
   out["summary"] = {"curve": curve_summary(out["curve"], ts)}
@@ -502,17 +500,17 @@ def curve_in_plane(plane: Plane, curve: PyTree, *, kind: str = "bezier", num_poi
 
 
 def evaluate_plane(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], plane: Plane, *,
-                   alphas=None, betas=None, chunk_size: int | None = None, mesh=None,
-                   store: str | None = None, progress: bool = True, precision=None,
-                   **surface_kwargs) -> dict:
+                   alphas=None, betas=None, store: str | None = None,
+                   metadata: dict | None = None, identity: str | None = None,
+                   point_fn: Callable | None = None, engine: EngineOptions | None = None
+                   ) -> dict:
   """Metrics on the grid ``p(a_i, b_j)`` of the plane, ``res[k][i, j]`` (Garipov et al.).
 
   Default ``a, b = linspace(-0.2, 1.2, 21)``. Evaluated by `core.surface.surface_grid`
   with centre w0 and directions ``(scale_u u, scale_v v)`` (so it is chunked, vmapped, sharded
-  over `mesh` and resumable in the `store` directory like any surface; further keyword arguments
-  go to `surface_grid`). For BatchNorm models pass a `make_recompute_metric_fn` metric_fn.
-  ``precision`` is the matmul precision of the evaluation (`core.precision`; None: the
-  backend's default), as in `surface_grid`.
+  over the mesh of `engine` and resumable in the `store` directory like any surface; `store`,
+  `metadata`, `identity`, `point_fn` and `engine` as there). For BatchNorm models pass a
+  `make_recompute_metric_fn` metric_fn.
   Returns the metric grids and the plot coordinates ``x = a scale_u``, ``y = b scale_v`` (the
   units of `project_to_plane`).
   """
@@ -520,9 +518,8 @@ def evaluate_plane(metric_fn: Callable[[PyTree], Mapping[str, jax.Array]], plane
   betas = np.linspace(-0.2, 1.2, 21) if betas is None else check_grid(betas, name="betas")
   d1 = optax.tree.scale(plane.scale_u, plane.u)
   d2 = optax.tree.scale(plane.scale_v, plane.v)
-  out = surface_grid(metric_fn, plane.origin, (d1, d2), alphas, betas, chunk_size=chunk_size,
-                     mesh=mesh, store=store, progress=progress, precision=precision,
-                     **surface_kwargs)
+  out = surface_grid(metric_fn, plane.origin, (d1, d2), alphas, betas, store=store,
+                     metadata=metadata, identity=identity, point_fn=point_fn, engine=engine)
   out = dict(out)
   out["alphas"], out["betas"] = alphas, betas
   out["x"] = alphas * float(plane.scale_u)

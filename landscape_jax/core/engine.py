@@ -5,7 +5,9 @@ Every evaluation of many points in parameter space goes through `evaluate_points
 between models (`paths.linear_path`), curves and their planes (`curves.evaluate_curve`,
 `curves.evaluate_plane`, Garipov et al. 2018) and the swap paths of Brea et al. 2019
 (`permutations.swap_path_metrics`). Each of those only builds a `point_fn` (coordinates ->
-parameters) and the coordinates; the engine does the rest, the same way for all of them:
+parameters) and the coordinates and takes the same ``engine=EngineOptions(...)`` (chunk size,
+mesh, map mode, batch size, progress, precision); the engine does the rest, the same way for all
+of them:
 
 * **compiled once**: points are evaluated in chunks of a fixed size inside one jitted function, by
   `lax.map` (sequential, low memory; the default on CPU) or `vmap` (batched; the default on
@@ -32,9 +34,10 @@ parameters) and the coordinates; the engine does the rest, the same way for all 
   (a finished store: no compilation at all); any difference is refused with a message that lists
   what differs. One process writes a store at a time (`store.lock`: a second writer gets
   `store.StoreBusyError`);
-* **precision**: ``precision=`` sets the matmul precision of every dot and convolution of the
-  compiled evaluator, the model's included (`core.precision`; default None: the backend's
-  default, bfloat16 passes on TPU and TF32 on recent GPUs); a store records an explicit choice;
+* **precision**: ``EngineOptions(precision=)`` sets the matmul precision of every dot and
+  convolution of the compiled evaluator, the model's included (`core.precision`; default None:
+  the backend's default, bfloat16 passes on TPU and TF32 on recent GPUs); a store records an
+  explicit choice;
 * **progress**: a tqdm bar with points/s and ETA on the main process (`core.progress`);
 * non-finite metric values (far from a minimum) are recorded as they are, never fatal.
 """
@@ -42,6 +45,7 @@ parameters) and the coordinates; the engine does the rest, the same way for all 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -63,19 +67,87 @@ from landscape_jax.core import progress as progress_lib
 from landscape_jax.core import sharding as shd
 from landscape_jax.core import store as store_lib
 from landscape_jax.core.precision import check_precision, matmul_precision
+from landscape_jax.core.trees import as_partial
 
 PyTree = Any
 MAP_MODES = ("map", "vmap")
 _log = logging.getLogger(__name__)
 
 
-def as_partial(fn, *, name: str = "metric_fn") -> Partial | None:
-  """`fn` as a `jax.tree_util.Partial` (a pytree whose arrays are jit arguments); None stays."""
-  if fn is None or isinstance(fn, Partial):
-    return fn
-  if not callable(fn):
-    raise TypeError(f"{name} must be a callable, got {type(fn).__name__}.")
-  return Partial(fn)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineOptions:
+  """How the point-evaluation engine computes: one frozen, validated object for every function
+  that evaluates points (`evaluate_points`, `surface_grid`, `surface_points`, `linear_path`,
+  `evaluate_curve`, `evaluate_plane`, `swap_path_metrics`, `adaptive_surface`, `adaptive_path`),
+  all of which take it as ``engine=EngineOptions(...)`` (default: ``EngineOptions()``;
+  ``EngineOptions(progress=False)`` for the short swap paths).
+
+  What a result is and where it is kept (``store``, ``metadata``, ``identity``) stays with each
+  call; these options only say how it is computed, so one object serves many calls
+  (``dataclasses.replace(options, chunk_size=64)`` derives another). None of them changes a
+  result's numbers except `precision` (recorded in a store when given).
+
+  Example::
+
+    engine = lj.EngineOptions(mesh=lj.make_mesh(), chunk_size=64, progress=False)
+    res = lj.surface_grid(metric_fn, params, (d1, d2), xs, ys, engine=engine)
+    line = lj.linear_path(metric_fn, a, b, alphas, engine=engine)
+
+  Attributes:
+    chunk_size: points per compiled call (a positive multiple of the mesh's points size); default
+      None: from the device's memory (`auto_chunk_size`).
+    mesh: a `Mesh` (`sharding.make_mesh`) or `sharding.MeshRoles`: a 1-D mesh splits the chunks'
+      points over its axis; a mesh with roles splits them over its ``points`` axis, each point's
+      split over its ``data`` axis and the parameters over its ``model`` axis. None: one device.
+    map_mode: ``"map"`` (`lax.map`: sequential, low memory), ``"vmap"`` (batched), or ``"auto"``
+      (time one chunk of each with `benchmark_map_modes` and keep the faster); default None:
+      `default_map_mode()` (``"map"`` on CPU, ``"vmap"`` on GPU/TPU).
+    batch_size: `lax.map` batch size (points vmapped together inside the sequential map); only
+      with ``map_mode="map"`` (or None on CPU, where it is the default).
+    progress: show a tqdm bar (points/s and ETA) on the main process.
+    precision: matmul precision of every dot and convolution of the evaluation, the model's
+      included (`core.precision`): None (default: the backend's default; bfloat16 passes on TPU,
+      TF32 on recent GPUs), ``"default"``, ``"high"``, ``"highest"`` (full float32 everywhere),
+      or a `jax.lax.Precision` (kept by its lower-case name). The CPU computes the same numbers at
+      every setting.
+
+  Raises:
+    ValueError, TypeError: on creation, an option of the wrong kind or value (the message names
+      it and says what to pass).
+  """
+
+  chunk_size: int | None = None
+  mesh: Mesh | shd.MeshRoles | None = None
+  map_mode: str | None = None
+  batch_size: int | None = None
+  progress: bool = True
+  precision: str | jax.lax.Precision | None = None
+
+  def __post_init__(self):
+    for name in ("chunk_size", "batch_size"):
+      v = getattr(self, name)
+      if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+        raise ValueError(f"{name} must be a positive integer (or None: the default), got "
+                         f"{v!r}; pass e.g. EngineOptions({name}=16).")
+    if self.map_mode is not None and self.map_mode not in (*MAP_MODES, "auto"):
+      raise ValueError(f"map_mode must be one of {(*MAP_MODES, 'auto')}, got {self.map_mode!r}.")
+    if self.batch_size is not None and self.map_mode not in (None, "map"):
+      raise ValueError("batch_size is a positive lax.map batch size; use it with map_mode='map'.")
+    if not isinstance(self.progress, (bool, np.bool_)):
+      raise TypeError(f"EngineOptions(progress=...) must be True or False, got "
+                      f"{self.progress!r}.")
+    shd.mesh_roles(self.mesh)  # a Mesh, a MeshRoles or None (TypeError / ValueError otherwise)
+    object.__setattr__(self, "precision", check_precision(self.precision))
+
+
+def engine_options(engine: EngineOptions | None) -> EngineOptions:
+  """`engine` itself, or the defaults for None; anything else is refused with what to pass."""
+  if engine is None:
+    return EngineOptions()
+  if not isinstance(engine, EngineOptions):
+    raise TypeError(f"engine must be an EngineOptions (lj.EngineOptions(chunk_size=..., mesh=..., "
+                    f"...)) or None, got {type(engine).__name__}.")
+  return engine
 
 
 def declare_coordinates(point_fn: Partial, num_coords: int) -> Partial:
@@ -350,10 +422,8 @@ def identity_config(metric_fn, point_fn, coords: np.ndarray, *, identity: str | 
 def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax.Array], PyTree],
                     coords, *, shape: tuple[int, ...] | None = None,
                     store: str | os.PathLike | None = None, metadata: dict | None = None,
-                    identity: str | None = None, chunk_size: int | None = None,
-                    mesh: Mesh | None = None, map_mode: str | None = None,
-                    batch_size: int | None = None, progress: bool = True,
-                    desc: str = "points", precision=None) -> dict[str, np.ndarray]:
+                    identity: str | None = None, engine: EngineOptions | None = None,
+                    desc: str = "points") -> dict[str, np.ndarray]:
   """``res[k][i] = metric_fn(point_fn(coords[i]))[k]`` for every row of `coords`.
 
   Args:
@@ -372,19 +442,10 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
     metadata: extra JSON-able configuration stored with the results and compared on resume.
     identity: a name you guarantee identifies whatever the automatic identity cannot inspect in
       `metric_fn` / `point_fn` (see `core.identity`); only needed with `store`.
-    chunk_size: points per compiled call (a multiple of the mesh size); default from the device's
-      memory (`auto_chunk_size`).
-    mesh: a `Mesh` (`sharding.make_mesh`) or `sharding.MeshRoles`: a 1-D mesh splits the
-      chunks' points over its axis; a mesh with roles splits them over its ``points`` axis, each
-      point's split over its ``data`` axis and the parameters over its ``model`` axis.
-    map_mode: ``"map"`` (`lax.map`), ``"vmap"``, or ``"auto"`` (time one chunk of each with
-      `benchmark_map_modes` and keep the faster); default `default_map_mode()`.
-    batch_size: `lax.map` batch size (points vmapped together inside the sequential map).
-    progress: show a tqdm bar on the main process.
+    engine: how the points are computed (`EngineOptions`: chunk size, mesh, map mode, lax.map
+      batch size, progress bar, matmul precision); default ``EngineOptions()``. An explicit
+      precision is recorded in the store.
     desc: the progress bar's label.
-    precision: matmul precision of every dot and convolution of the evaluation
-      (`core.precision`): None (default: JAX's setting, the backend's default), ``"default"``,
-      ``"high"``, ``"highest"``, or a `jax.lax.Precision`; recorded in the store when given.
 
   Returns:
     ``{metric: numpy array of shape `shape`}``; non-finite values are kept (and logged).
@@ -397,12 +458,13 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
       `identity` name was given.
     store.StoreCorruptError: the store on disk is damaged (it is left untouched).
   """
-  precision = check_precision(precision)
-  with matmul_precision(precision):
+  engine = engine_options(engine)
+  with matmul_precision(engine.precision):
     return _evaluate_points(metric_fn, point_fn, coords, shape=shape, store=store,
-                            metadata=metadata, identity=identity, chunk_size=chunk_size, mesh=mesh,
-                            map_mode=map_mode, batch_size=batch_size, progress=progress,
-                            desc=desc, precision=precision)
+                            metadata=metadata, identity=identity, chunk_size=engine.chunk_size,
+                            mesh=engine.mesh, map_mode=engine.map_mode,
+                            batch_size=engine.batch_size, progress=engine.progress, desc=desc,
+                            precision=engine.precision)
 
 
 def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, identity, chunk_size,
@@ -544,7 +606,7 @@ def evaluate_missing(metric_fn, point_fn, coords, missing, state, store, *, chun
 
 __all__ = [
   "MAP_MODES",
-  "as_partial",
+  "EngineOptions",
   "auto_chunk_size",
   "benchmark_map_modes",
   "check_chunk_size",
@@ -552,6 +614,7 @@ __all__ = [
   "check_grid",
   "chunk_fn",
   "default_map_mode",
+  "engine_options",
   "evaluate_points",
   "identity_config",
   "metric_dtypes",

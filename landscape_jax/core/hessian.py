@@ -15,8 +15,9 @@ nets", Sec. 6):
 * ``mask`` (a pytree of Python bools with the structure of ``params``, e.g.
   ``trees.mask_by_ndim(params)`` for Li et al.'s "weights with ndim > 1") restricts the Hessian to
   the selected leaves: the operator is ``H_SS``, the other parameters stay fixed.
-* Lanczos with full reorthogonalisation runs inside `lax.fori_loop` on the flattened parameter
-  vector (`jax.flatten_util.ravel_pytree`); memory is ``num_steps x P``. The Ritz values of the
+* Lanczos (`core.krylov`) with full reorthogonalisation runs inside `lax.fori_loop` on the
+  flattened parameter vector (`jax.flatten_util.ravel_pytree`); memory is ``num_steps x P``. The
+  Ritz values of the
   tridiagonal matrix give the extreme eigenvalues (top-k and the smallest, directly, without the
   shift ``H - 0.51 lambda_max I`` of the Li et al. code), and with the squared first components of
   its eigenvectors the stochastic Lanczos quadrature (SLQ) of the spectral density (Ghorbani et
@@ -62,12 +63,22 @@ from jax.flatten_util import ravel_pytree
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
 from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import progress as progress_lib
+from landscape_jax.core.krylov import (
+  CURVATURE_PRECISION,
+  DensitySmoothing,
+  constrain,
+  density_from_quadrature,
+  gauss_quadrature,
+  lanczos,
+  lanczos_iteration,
+  tridiagonal,
+  tridiagonal_eigh,
+)
 from landscape_jax.core.precision import check_precision, matmul_precision
-from landscape_jax.core.trees import check_same_structure
+from landscape_jax.core.trees import as_partial, check_finite, check_same_structure
 
 PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]
-CURVATURE_PRECISION = "highest"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,12 +164,6 @@ def make_batches(data: Any, *, batch_size: int, sharding=None) -> SplitBatches:
 # Flattened, optionally masked, Hessian operator.
 
 
-def _as_partial(fn: Callable) -> jax.tree_util.Partial:
-  if not callable(fn):
-    raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {type(fn)}.")
-  return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
-
-
 def _mask_tuple(params: PyTree, mask: PyTree | None) -> tuple[bool, ...] | None:
   """The mask as a hashable tuple of Python bools in leaf order (None = every leaf)."""
   if mask is None:
@@ -226,15 +231,6 @@ def vector_sharding(params: PyTree) -> jax.sharding.NamedSharding | None:
   return None
 
 
-def _constrain(x, sharding, leading: int = 0):
-  """`x` constrained to `sharding` (the flat-vector sharding) on its last axis; identity without
-  one."""
-  if sharding is None:
-    return x
-  spec = jax.sharding.PartitionSpec(*([None] * leading), *sharding.spec)
-  return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(sharding.mesh, spec))
-
-
 def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | None,
               linearize: bool = False, sharding=None,
               onednn: float | None = None) -> FlatOperator:
@@ -247,7 +243,7 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
   (`backends.cpu.onednn_autodiff.with_onednn_derivatives`)."""
   active, merge, select = _split_leaves(params, mask)
   x0, unravel_active = ravel_pytree(active)
-  x0 = _constrain(x0, sharding)
+  x0 = constrain(x0, sharding)
 
   def loss_flat(x, batch):
     return loss_fn(merge(unravel_active(x), lambda leaf: leaf), batch)
@@ -299,7 +295,7 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
 
 def _sharded_matvec(matvec, sharding):
   def sharded(x):
-    return _constrain(matvec(_constrain(x, sharding)), sharding)
+    return constrain(matvec(constrain(x, sharding)), sharding)
   return sharded
 
 
@@ -346,7 +342,8 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
   leaf_shardings = None if sharding is None else tuple(
     getattr(x, "sharding", None) for x in jax.tree.leaves(params))
   with matmul_precision(precision):
-    return _hvp_jit(_as_partial(loss_fn), params, data, v, _mask_tuple(params, mask), sharding,
+    return _hvp_jit(as_partial(loss_fn, name="loss_fn"), params, data, v,
+                    _mask_tuple(params, mask), sharding,
                     leaf_shardings, _onednn(cpu_convolutions, sharding))
 
 
@@ -371,123 +368,12 @@ def _hvp_jit(loss_fn, params, data, v, mask, sharding=None, leaf_shardings=None,
 # Lanczos.
 
 
-class LanczosResult(NamedTuple):
-  """Output of `lanczos`: ``T = tridiag(betas, alphas, betas)``, ``A V^T ~ V^T T``.
-
-  Attributes:
-    alphas: (m,) diagonal of the tridiagonal matrix T.
-    betas: (m - 1,) off-diagonal of T (0 where the Krylov space was exhausted and the iteration
-      restarted with a fresh random vector orthogonal to the previous ones).
-    vectors: (m, P) orthonormal Lanczos vectors (rows).
-  """
-
-  alphas: jax.Array
-  betas: jax.Array
-  vectors: jax.Array
-
-
-def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_steps: int,
-            key: jax.Array | None = None, precision=CURVATURE_PRECISION,
-            sharding=None) -> LanczosResult:
-  """Lanczos tridiagonalisation with full reorthogonalisation, inside `lax.fori_loop`.
-
-  For symmetric ``A`` (``matvec(x) = A x``) and unit ``v_1 = v0 / |v0|``:
-  ``w = A v_j - beta_{j-1} v_{j-1}``, ``alpha_j = <w, v_j>``, ``w -= alpha_j v_j``, then
-  ``w -= V^T (V w)`` twice (classical Gram-Schmidt against every previous vector, "twice is
-  enough"), ``beta_j = |w|``, ``v_{j+1} = w / beta_j``. If ``beta_j`` falls below float epsilon
-  times the norm estimate (an invariant subspace was found), ``beta_j = 0`` and ``v_{j+1}`` is a
-  fresh random unit vector orthogonal to the previous ones (drawn from ``key``), so that the Ritz
-  values stay eigenvalues of ``A``. Pure; works under jit and vmap.
-
-  Args:
-    matvec: the linear map on flat vectors of shape (P,).
-    v0: (P,) starting vector (need not be normalised).
-    num_steps: number m of Lanczos vectors, ``1 <= m <= P``.
-    key: key for restart vectors (default ``jax.random.key(0)``).
-    precision: matmul precision of the products, `matvec`'s included, and of the
-      reorthogonalisation (`core.precision`; default ``"highest"``, None: JAX's setting).
-    sharding: optional `NamedSharding` of the (P,) vectors (`vector_sharding`): every Lanczos
-      vector is then held sharded, ``(m + 1) P / n`` numbers per device over n devices.
-
-  Returns:
-    A `LanczosResult`.
-
-  References:
-    Ghorbani, Krishnan and Xiao 2019, "An Investigation into Neural Net Optimization via Hessian
-    Eigenvalue Density".
-  """
-  (dim,) = v0.shape
-  if not 1 <= num_steps <= dim:
-    raise ValueError(f"num_steps must lie in [1, P={dim}], got {num_steps}.")
-  with matmul_precision(precision):
-    return _lanczos_impl(matvec, v0, num_steps, key, sharding)
-
-
-def _lanczos_impl(matvec, v0, num_steps, key, sharding=None, tick=None):
-  (dim,) = v0.shape
-  key = jax.random.key(0) if key is None else key
-  dtype = v0.dtype
-  eps = jnp.finfo(dtype).eps
-  v0 = _constrain(v0 / jnp.linalg.norm(v0), sharding)
-  vecs = _constrain(jnp.zeros((num_steps + 1, dim), dtype).at[0].set(v0), sharding, 1)
-  # row m: scratch for v_{m+1}
-  alphas = jnp.zeros((num_steps,), dtype)
-  betas = jnp.zeros((num_steps,), dtype)
-
-  def orthogonalise(vecs, w):
-    w = w - vecs.T @ (vecs @ w)
-    return w - vecs.T @ (vecs @ w)
-
-  def body(j, carry):
-    vecs, alphas, betas, anorm = carry
-    v = vecs[j]
-    w = matvec(v)
-    alpha = jnp.vdot(w, v)
-    beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
-    w = w - alpha * v - beta_prev * vecs[jnp.maximum(j - 1, 0)]
-    w = orthogonalise(vecs, w)  # rows > j are still zero
-    beta = jnp.linalg.norm(w)
-    anorm = jnp.maximum(anorm, jnp.abs(alpha) + beta_prev + beta)
-    breakdown = beta <= eps * anorm
-
-    def restart(_):
-      r = jax.random.normal(jax.random.fold_in(key, j), (dim,), dtype)
-      r = orthogonalise(vecs, r)
-      return r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(dtype).tiny), jnp.zeros((), dtype)
-
-    def proceed(_):
-      return w / beta, beta
-
-    nxt, beta = jax.lax.cond(breakdown, restart, proceed, None)
-    vecs = _constrain(vecs.at[j + 1].set(_constrain(nxt, sharding)), sharding, 1)
-    if tick is not None:  # a step done: advance the progress bar by `tick` (0 for padding)
-      progress_lib.tick(tick)
-    return vecs, alphas.at[j].set(alpha), betas.at[j].set(beta), anorm
-
-  init = (vecs, alphas, betas, jnp.zeros((), dtype))
-  vecs, alphas, betas, _ = jax.lax.fori_loop(0, num_steps, body, init)
-  return LanczosResult(alphas, betas[:-1], vecs[:num_steps])
-
-
-def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
-  """The dense symmetric tridiagonal matrix with diagonal ``alphas`` and off-diagonal ``betas``."""
-  return jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
-
-
-def _host_eigh(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
-  t = np.diag(np.asarray(alphas, np.float64))
-  b = np.asarray(betas, np.float64)
-  t += np.diag(b, 1) + np.diag(b, -1)
-  return np.linalg.eigh(t)
-
-
-def _check_finite(name: str, *arrays) -> None:
-  if not all(np.all(np.isfinite(np.asarray(a))) for a in arrays):
-    raise FloatingPointError(
-      f"{name}: the Hessian-vector products are not finite (NaN/inf) although the loss is finite; "
-      "the loss is not twice differentiable at these parameters (e.g. sqrt or log of 0) or "
-      "overflows in the products. Check loss_fn and the parameters "
-      "(lj.trees.check_finite(params)), and that the data are normalised.")
+def _check_products(name: str, outputs) -> None:
+  check_finite(
+    outputs, name=f"{name}: the Hessian-vector products", error=FloatingPointError,
+    hint="the loss is finite, so it is not twice differentiable at these parameters (e.g. sqrt "
+         "or log of 0) or overflows in the products. Check loss_fn and the parameters "
+         "(lj.trees.check_finite(params)), and that the data are normalised.")
 
 
 def mean_loss(loss_fn: LossFn, params: PyTree, data: Any) -> jax.Array:
@@ -541,9 +427,9 @@ def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, s
                  tick=False, onednn=None):
   op = flat_hvp_operator(loss_fn, params, data, mask, linearize, sharding, onednn)
   k_start, k_restart = jax.random.split(key)
-  v0 = _constrain(_start_vector(k_start, op.x0.shape[0], op.x0.dtype), sharding)
+  v0 = constrain(_start_vector(k_start, op.x0.shape[0], op.x0.dtype), sharding)
   # precision: the caller's
-  return _lanczos_impl(op.matvec, v0, num_steps, k_restart, sharding, 1 if tick else None)
+  return lanczos_iteration(op.matvec, v0, num_steps, k_restart, sharding, 1 if tick else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -608,7 +494,7 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
     Yao, Gholami, Keutzer and Mahoney 2020, "PyHessian: Neural Networks Through the Lens of the
     Hessian".
   """
-  loss_fn = _as_partial(loss_fn)
+  loss_fn = as_partial(loss_fn, name="loss_fn")
   mask_t = _mask_tuple(params, mask)
   dim = num_curvature_params(params, mask=mask)
   m = _check_steps(num_steps, dim)
@@ -624,8 +510,8 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
       res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize), sharding,
                          not bar.disable, _onednn(cpu_convolutions, sharding))
       res = jax.block_until_ready(res)
-  _check_finite("hessian_eigenvalues", res.alphas, res.betas)
-  evals, evecs = _host_eigh(res.alphas, res.betas)
+  _check_products("hessian_eigenvalues", {"alphas": res.alphas, "betas": res.betas})
+  evals, evecs = tridiagonal_eigh(res.alphas, res.betas)
   top = evals[::-1][:top_k]
   vecs = None
   if vectors:
@@ -657,7 +543,7 @@ def _trace_chunk(loss_fn, params, data, keys, real, mask, probe_batch, sharding=
 
   def one(k_real):
     k, r = k_real
-    z = _constrain(jax.random.rademacher(k, op.x0.shape, op.x0.dtype), sharding)
+    z = constrain(jax.random.rademacher(k, op.x0.shape, op.x0.dtype), sharding)
     out = jnp.vdot(z, op.matvec(z))
     if tick:
       progress_lib.tick(r)  # padding probes (r = 0) do not count
@@ -724,7 +610,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   """
   if num_probes < 2:
     raise ValueError(f"num_probes must be at least 2 to give a standard error, got {num_probes}.")
-  loss_fn, mask_t = _as_partial(loss_fn), _mask_tuple(params, mask)
+  loss_fn, mask_t = as_partial(loss_fn, name="loss_fn"), _mask_tuple(params, mask)
   with matmul_precision(precision):
     _check_loss("hessian_trace", loss_fn, params, data)
     sharding = vector_sharding(params)
@@ -737,7 +623,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                                                           not bar.disable, onednn),
                           key, int(num_probes), chunk_size or num_probes)
   s = np.asarray(s, np.float64)
-  _check_finite("hessian_trace", s)
+  _check_products("hessian_trace", {"samples": s})
   return TraceEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), s)
 
 
@@ -771,55 +657,17 @@ def _slq_chunk(loss_fn, params, data, keys, real, num_steps, mask, sharding=None
   def one(k_real):
     k, r = k_real
     k_start, k_restart = jax.random.split(k)
-    v0 = _constrain(jax.random.rademacher(k_start, op.x0.shape, op.x0.dtype), sharding)
+    v0 = constrain(jax.random.rademacher(k_start, op.x0.shape, op.x0.dtype), sharding)
     # precision: the caller's; padding probes (r = 0) do not count on the bar
-    res = _lanczos_impl(op.matvec, v0, num_steps, k_restart, sharding, r if tick else None)
+    res = lanczos_iteration(op.matvec, v0, num_steps, k_restart, sharding, r if tick else None)
     return res.alphas, res.betas
 
   return jax.lax.map(one, (keys, real))
 
 
-def density_from_quadrature(nodes, weights, *, grid=None, num_bins: int = 10000,
-                            sigma2: float = 1e-5, overhead: float = 0.01,
-                            scale_sigma: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
-  """Smooths SLQ nodes and weights into a density on a grid (PyHessian's ``density_generate``).
-
-  ``rho(t) = mean_probes sum_i w_i N(t; theta_i, s2)``, then normalised so that its trapezoid
-  integral over the grid is one. As in PyHessian the variance is ``s2 = sigma2 * max(1, grid
-  width)`` (``scale_sigma=False`` keeps ``sigma2`` as given). The default grid has ``num_bins``
-  points over ``[min theta - pad, max theta + pad]`` with ``pad = overhead + 5 sqrt(s2)`` (PyHessian
-  pads by ``overhead`` only, which cuts the outermost peaks in half).
-
-  Returns:
-    ``(grid, density, s2)``.
-  """
-  nodes = np.atleast_2d(np.asarray(nodes, np.float64))
-  weights = np.atleast_2d(np.asarray(weights, np.float64))
-  if sigma2 <= 0:
-    raise ValueError(f"sigma2 must be positive, got {sigma2}.")
-  if grid is None:
-    width = nodes.max() - nodes.min() + 2 * overhead
-    pad = overhead + 5 * np.sqrt(sigma2 * max(1.0, width) if scale_sigma else sigma2)
-    grid = np.linspace(nodes.min() - pad, nodes.max() + pad, num_bins)
-  grid = np.asarray(grid, np.float64)
-  if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
-    raise ValueError("grid must be a 1-D increasing array of at least two points.")
-  s2 = sigma2 * max(1.0, grid[-1] - grid[0]) if scale_sigma else sigma2
-  density = np.zeros_like(grid)
-  for th, w in zip(nodes, weights, strict=True):  # probe by probe: memory G x m
-    kern = np.exp(-(grid[:, None] - th[None, :]) ** 2 / (2 * s2)) / np.sqrt(2 * np.pi * s2)
-    density += kern @ w
-  density /= len(nodes)
-  total = np.trapezoid(density, grid)
-  if not total > 0:
-    raise ValueError("The density has no mass on the grid; widen the grid to cover the "
-                     f"Ritz values [{nodes.min():.4g}, {nodes.max():.4g}].")
-  return grid, density / total, float(s2)
-
-
 def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
-                     num_probes: int = 1, num_steps: int = 100, grid=None,
-                     num_bins: int = 10000, sigma2: float = 1e-5, scale_sigma: bool = True,
+                     num_probes: int = 1, num_steps: int = 100,
+                     smoothing: DensitySmoothing | None = None,
                      mask: PyTree | None = None, progress: bool = True,
                      precision=CURVATURE_PRECISION, cpu_convolutions: str = "auto"
                      ) -> SpectralDensity:
@@ -835,9 +683,9 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     loss_fn, params, data, mask: as in `hvp`.
     num_probes: number of start vectors (PyHessian's ``n_v``).
     num_steps: Lanczos steps per probe (PyHessian's ``iter``; clipped to P).
-    grid: optional (G,) increasing grid; default ``num_bins`` points over the Ritz values.
-    sigma2: Gaussian kernel variance (PyHessian: 1e-5, times the spectrum width if
-      ``scale_sigma``).
+    smoothing: the grid and Gaussian kernel of the density (`krylov.DensitySmoothing`; default
+      ``DensitySmoothing()``: 10,000 points over the Ritz values, PyHessian's variance 1e-5
+      times the spectrum width).
     progress: one progress bar over the Lanczos steps of all probes (`core.progress`: a
       terminal bar, a notebook widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
@@ -860,7 +708,7 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
     raise ValueError(f"num_probes must be at least 1, got {num_probes}.")
   mask_t = _mask_tuple(params, mask)
   m = _check_steps(num_steps, num_curvature_params(params, mask=mask))
-  loss_fn = _as_partial(loss_fn)
+  loss_fn = as_partial(loss_fn, name="loss_fn")
   with matmul_precision(precision):
     _check_loss("spectral_density", loss_fn, params, data)
     sharding = vector_sharding(params)
@@ -872,15 +720,9 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
         lambda keys, real: _slq_chunk(loss_fn, params, data, keys, real, m, mask_t,
                                       sharding, not bar.disable, onednn),
         key, int(num_probes), num_probes)
-  _check_finite("spectral_density", alphas, betas)
-  nodes, weights = [], []
-  for a, b in zip(alphas, betas, strict=True):
-    evals, evecs = _host_eigh(a, b)
-    nodes.append(evals)
-    weights.append(evecs[0] ** 2)
-  nodes, weights = np.stack(nodes), np.stack(weights)
-  grid, density, s2 = density_from_quadrature(nodes, weights, grid=grid, num_bins=num_bins,
-                                              sigma2=sigma2, scale_sigma=scale_sigma)
+  _check_products("spectral_density", {"alphas": alphas, "betas": betas})
+  nodes, weights = gauss_quadrature(alphas, betas)
+  grid, density, s2 = density_from_quadrature(nodes, weights, smoothing=smoothing)
   return SpectralDensity(grid, density, nodes, weights, s2)
 
 
@@ -946,26 +788,21 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
   return jax.tree_util.Partial(
     functools.partial(_curvature_metrics, int(num_steps), mask_t, precision,
                       min_flops_for(cpu_convolutions)),
-    _as_partial(loss_fn), data, key)
+    as_partial(loss_fn, name="loss_fn"), data, key)
 
 
 __all__ = [
-  "CURVATURE_PRECISION",
   "HessianEigenvalues",
-  "LanczosResult",
   "SpectralDensity",
   "SplitBatches",
   "TraceEstimate",
-  "density_from_quadrature",
   "hessian_eigenvalues",
   "hessian_trace",
   "hvp",
-  "lanczos",
   "make_batches",
   "make_curvature_metric_fn",
   "mean_loss",
   "num_curvature_params",
   "spectral_density",
-  "tridiagonal",
   "vector_sharding",
 ]

@@ -20,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from landscape_jax.core import engine, trees
-from landscape_jax.core.engine import as_partial
+from landscape_jax.core import engine as engine_lib
+from landscape_jax.core import trees
+from landscape_jax.core.engine import EngineOptions
 from landscape_jax.core.identity import tree_digest
+from landscape_jax.core.trees import as_partial
 
 PyTree = Any
 
@@ -85,19 +87,21 @@ def plane_point_fn(center: PyTree, directions, point_fn: Callable | None = None)
     point_fn: optional hook applied to every point (``point_fn(params) -> metric_fn input``).
   """
   dirs = as_directions(directions, center)
-  return engine.declare_coordinates(
+  return engine_lib.declare_coordinates(
     Partial(_plane_point, center, dirs, as_partial(point_fn, name="point_fn")), len(dirs))
 
 
 def linear_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree, alphas, *,
-                store=None, metadata: dict | None = None, **kwargs) -> dict[str, np.ndarray]:
+                store=None, metadata: dict | None = None, identity: str | None = None,
+                engine: EngineOptions | None = None) -> dict[str, np.ndarray]:
   """Metrics along the straight line ``interpolate(a, b, alpha)`` for every alpha.
 
   Evaluated by the point-evaluation engine (`engine.evaluate_points`) at ``a + alpha (b - a)``
-  (alpha = 0 is `a` and alpha = 1 is `b` exactly up to rounding); `kwargs` go to the engine
-  (``chunk_size``, ``mesh``, ``map_mode``, ``identity``, ``progress``, ...). With `store` the
-  results are resumable and keyed on the exact bytes of `a` and `b`, the alphas and `metric_fn`.
-  Li et al. 2018 use 401 alphas on [-0.5, 1.5].
+  (alpha = 0 is `a` and alpha = 1 is `b` exactly up to rounding); `store`, `metadata`,
+  `identity` as there, `engine` (`engine.EngineOptions`: chunk size, mesh, map mode, ...) says
+  how the points are computed. With `store` the results are resumable and keyed on the exact
+  bytes of `a` and `b`, the alphas and `metric_fn`. Li et al. 2018 use 401 alphas on
+  [-0.5, 1.5].
 
   Returns:
     ``{metric: array of shape (len(alphas),)}``.
@@ -105,13 +109,13 @@ def linear_path(metric_fn: Callable[[PyTree], dict], a: PyTree, b: PyTree, alpha
   trees.check_same_structure(a, b, names=("a", "b"))
   trees.check_finite(a, name="a")
   trees.check_finite(b, name="b")
-  alphas = engine.check_grid(alphas, name="alphas")
+  alphas = engine_lib.check_grid(alphas, name="alphas")
   direction = jax.tree.map(lambda x, y: y - x, a, b)
   if store is not None:
     metadata = {"a_sha256": tree_digest(a), "b_sha256": tree_digest(b), **(metadata or {})}
-  return engine.evaluate_points(metric_fn, plane_point_fn(a, (direction,)), alphas[:, None],
-                                store=store, metadata=metadata, desc=kwargs.pop("desc", "path"),
-                                **kwargs)
+  return engine_lib.evaluate_points(metric_fn, plane_point_fn(a, (direction,)), alphas[:, None],
+                                    store=store, metadata=metadata, identity=identity,
+                                    engine=engine, desc="path")
 
 
 _ENDPOINT_ATOL = 1e-9  # alphas within this of 0 (1) are the endpoint 0 (1); [0, 1] widened by it

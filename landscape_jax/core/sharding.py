@@ -5,7 +5,8 @@ The same code runs on one device, on the 8 devices of one host, and on several h
 
     lj.sharding.initialize_distributed()          # no-op on a single process
     mesh = lj.make_mesh()                         # every device of every process, axis "points"
-    res = lj.surface_grid(metric_fn, params, dirs, xs, ys, mesh=mesh, store=path)
+    res = lj.surface_grid(metric_fn, params, dirs, xs, ys, store=path,
+                          engine=lj.EngineOptions(mesh=mesh))
 
 Every process must call the same functions with the same arguments (the same checkpoint and the
 same direction seed); each device evaluates its share of every chunk, results are gathered, and

@@ -51,6 +51,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -66,8 +67,11 @@ from landscape_jax.core import hessian as hessian_lib
 from landscape_jax.core.directions import random_directions
 from landscape_jax.core.hessian import SplitBatches, mean_loss
 from landscape_jax.core.precision import check_precision, matmul_precision
+from landscape_jax.core.trees import as_partial, check_finite
 
 __all__ = [
+  "Ascent",
+  "Bracket",
   "average_sharpness",
   "fisher_rao_norm",
   "filter_normalized_rise",
@@ -106,12 +110,6 @@ class SharpnessResult(NamedTuple):
 
 # ----------------------------------------------------------------------------------------------
 # Shared pieces.
-
-
-def _partial(fn) -> Partial:
-  if not callable(fn):
-    raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {type(fn)}.")
-  return fn if isinstance(fn, Partial) else Partial(fn)
 
 
 def _mask_leaves(params, mask) -> list[bool]:
@@ -159,7 +157,7 @@ def _split_loss_jit(loss_fn, params, data):
 
 def split_loss(loss_fn: LossFn, params: PyTree, data: Any) -> float:
   """``L(w)``: the loss on one batch, or the example-weighted mean over a `SplitBatches`."""
-  return float(_split_loss_jit(_partial(loss_fn), params, data))
+  return float(_split_loss_jit(as_partial(loss_fn, name="loss_fn"), params, data))
 
 
 def _shift(w, c, u):
@@ -175,11 +173,10 @@ def _check(rho=None, norm=None, precision=None):
 
 
 def _finite(name, *values):
-  for v in values:
-    if not np.all(np.isfinite(np.asarray(v))):
-      raise FloatingPointError(
-        f"{name}: the loss is not finite at the point or at a perturbed point; check the "
-        "parameters and the data (labels within the model's classes), or lower rho.")
+  check_finite(values, name=f"{name}: the loss at the point or at a perturbed point",
+               error=FloatingPointError,
+               hint="check the parameters and the data (labels within the model's classes), or "
+                    "lower rho.")
 
 
 def _summary(samples) -> tuple[float, float]:
@@ -190,6 +187,73 @@ def _summary(samples) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------------------------
 # Worst case: projected gradient ascent in u = delta / c.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Ascent:
+  """The projected gradient ascent of `worst_case_sharpness` (Auto-PGD, Croce & Hein 2020, as in
+  Andriushchenko et al. 2023), validated on creation.
+
+  Attributes:
+    restarts: number of restarts (>= 1; restart 0 starts at the point, the others at random).
+    steps: the most ascent steps (>= 1).
+    step_size: the first step in units of rho.
+    momentum: the Auto-PGD weight ``beta`` in (0, 1] (0.75 as Croce & Hein and Andriushchenko et
+      al.; 1: plain projected ascent).
+    patience: a restart stops after this many steps without a significant improvement (>= 1).
+    halve_every: the step halves after this many steps without one (>= 1).
+    rtol: a significant improvement raises the best loss by more than ``rtol * (best - L(w))``.
+  """
+
+  restarts: int = 4
+  steps: int = 100
+  step_size: float = 1.0
+  momentum: float = 0.75
+  patience: int = 20
+  halve_every: int = 5
+  rtol: float = 1e-3
+
+  def __post_init__(self):
+    counts = (self.restarts, self.steps, self.patience, self.halve_every)
+    if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in counts):
+      raise ValueError("restarts, steps, patience and halve_every must be integers >= 1; got "
+                       f"{self.restarts}, {self.steps}, {self.patience}, {self.halve_every}.")
+    if not 0 < self.momentum <= 1:
+      raise ValueError(f"momentum must lie in (0, 1], got {self.momentum}.")
+    if not (self.step_size > 0 and math.isfinite(self.step_size)):
+      raise ValueError(f"step_size must be a positive finite number, got {self.step_size}.")
+    if not (self.rtol >= 0 and math.isfinite(self.rtol)):
+      raise ValueError(f"rtol must be a finite number >= 0, got {self.rtol}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Bracket:
+  """The bisection of `sigma_search` on ``log sigma`` in ``[lower, upper]``, validated on
+  creation.
+
+  Attributes:
+    lower, upper: the bracket (``0 < lower < upper``).
+    num_iters: bisection steps (the bracket narrows by ``(upper / lower)^(2^-num_iters)``).
+  """
+
+  lower: float = 1e-4
+  upper: float = 1.0
+  num_iters: int = 16
+
+  def __post_init__(self):
+    if not 0 < self.lower < self.upper:
+      raise ValueError(f"Need 0 < lower < upper, got lower={self.lower}, upper={self.upper}.")
+    if isinstance(self.num_iters, bool) or not isinstance(self.num_iters, (int, np.integer)) or (
+        self.num_iters < 0):
+      raise ValueError(f"num_iters must be an integer >= 0, got {self.num_iters!r}.")
+
+
+def _settings(value, cls, name: str):
+  value = cls() if value is None else value
+  if not isinstance(value, cls):
+    raise TypeError(f"{name} must be a {cls.__name__} (lj.{cls.__name__}(...)) or None, got "
+                    f"{type(value).__name__}.")
+  return value
 
 
 class AscentState(NamedTuple):
@@ -286,9 +350,7 @@ def _ascent(loss_fn, params, c, data, key, rho, *, norm, restarts, steps, patien
 
 def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                          rho: float, norm: str = "l2", adaptive: bool = False, eta: float = 0.0,
-                         restarts: int = 4, steps: int = 100, step_size: float = 1.0,
-                         momentum: float = 0.75, patience: int = 20, halve_every: int = 5,
-                         rtol: float = 1e-3, per_batch: bool = True,
+                         ascent: Ascent | None = None, per_batch: bool = True,
                          mask: PyTree | None = None, precision=PRECISION) -> SharpnessResult:
   """Worst-case (adversarial) sharpness ``max_{||delta / c||_p <= rho} L(w + delta) - L(w)``.
 
@@ -296,11 +358,12 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
   projected gradient ascent, each restart independently (restarts are vmapped):
 
   * start: restart 0 at ``u = 0``, the others at a random point at half the radius;
-  * step k: ``g = c * grad L(w + c u_k)``; ``z = P(u_k + s_k d)`` with ``d = g / ||g||_2`` (l2)
-    or ``sign(g)`` (linf) and ``P`` the projection on the ball; with the Auto-PGD momentum
-    ``beta`` (Croce & Hein 2020), ``u_{k+1} = P(u_k + beta (z - u_k) + (1 - beta)(u_k -
-    u_{k-1}))`` (``momentum = 1``: plain projected ascent). The first step is ``s_0 = step_size
-    * rho``;
+  * step k (the settings `restarts`, `steps`, `step_size`, `momentum`, `patience`,
+    `halve_every`, `rtol` are those of `ascent`): ``g = c * grad L(w + c u_k)``;
+    ``z = P(u_k + s_k d)`` with ``d = g / ||g||_2`` (l2) or ``sign(g)`` (linf) and ``P`` the
+    projection on the ball; with the Auto-PGD momentum ``beta`` (Croce & Hein 2020),
+    ``u_{k+1} = P(u_k + beta (z - u_k) + (1 - beta)(u_k - u_{k-1}))`` (``momentum = 1``: plain
+    projected ascent). The first step is ``s_0 = step_size * rho``;
   * step halving: after every `halve_every` steps without a significant improvement of the best
     loss (by more than ``rtol * (best - L(w))``) the step halves and the iterate returns to the
     best point;
@@ -317,12 +380,8 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
     norm: ``"l2"`` or ``"linf"``.
     adaptive: ``c = |w| + eta`` instead of 1 (`perturbation_scale`).
     eta: the adaptive offset.
-    restarts: number of restarts (at least 1).
-    steps: the most ascent steps.
-    step_size: the first step in units of rho.
-    momentum: the Auto-PGD weight ``beta`` in (0, 1] (0.75 as Croce & Hein and Andriushchenko et
-      al.).
-    patience, halve_every, rtol: the stopping and step-halving rule above.
+    ascent: the ascent's settings (`Ascent`: restarts, steps, first step, momentum and the
+      stopping and step-halving rule above); default ``Ascent()``.
     per_batch: with a `SplitBatches`, the maximum for every batch separately and their mean
       weighted by batch size (Andriushchenko et al.; stderr over batches); False: one maximum of
       the mean loss over the whole split (stderr NaN).
@@ -339,16 +398,13 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
     2020 (Auto-PGD).
   """
   precision = _check(rho, norm, precision)
-  if restarts < 1 or steps < 1 or patience < 1 or halve_every < 1:
-    raise ValueError("restarts, steps, patience and halve_every must be >= 1; got "
-                     f"{restarts}, {steps}, {patience}, {halve_every}.")
-  if not 0 < momentum <= 1:
-    raise ValueError(f"momentum must lie in (0, 1], got {momentum}.")
-  loss_fn = _partial(loss_fn)
+  ascent = _settings(ascent, Ascent, "ascent")
+  loss_fn = as_partial(loss_fn, name="loss_fn")
   c = perturbation_scale(params, adaptive=adaptive, eta=eta, mask=mask)
-  kw = dict(norm=norm, restarts=int(restarts), steps=int(steps), patience=int(patience),
-            halve_every=int(halve_every), momentum=float(momentum),
-            step_size=float(step_size), rtol=float(rtol))
+  kw = dict(norm=norm, restarts=int(ascent.restarts), steps=int(ascent.steps),
+            patience=int(ascent.patience), halve_every=int(ascent.halve_every),
+            momentum=float(ascent.momentum), step_size=float(ascent.step_size),
+            rtol=float(ascent.rtol))
   settings = dict(measure="worst_case", rho=float(rho), adaptive=bool(adaptive), eta=float(eta),
                   per_batch=bool(per_batch), **kw)
   with matmul_precision(precision):
@@ -429,7 +485,7 @@ def average_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any
   precision = _check(rho, None, precision)
   if num_samples < 2:
     raise ValueError(f"num_samples must be >= 2 for a standard error, got {num_samples}.")
-  loss_fn = _partial(loss_fn)
+  loss_fn = as_partial(loss_fn, name="loss_fn")
   c = perturbation_scale(params, adaptive=adaptive, eta=eta, mask=mask)
   with matmul_precision(precision):
     d, _ = _noisy_losses(loss_fn, params, c, data, key, jnp.float32(rho),
@@ -444,17 +500,18 @@ def average_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any
 
 def sigma_search(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                  target: float = 0.1, adaptive: bool = False, eta: float = 0.0,
-                 num_samples: int = 32, lower: float = 1e-4, upper: float = 1.0,
-                 num_iters: int = 16, sample_batch_size: int | None = None,
+                 num_samples: int = 32, bracket: Bracket | None = None,
+                 sample_batch_size: int | None = None,
                  mask: PyTree | None = None, precision=PRECISION) -> SharpnessResult:
   """Jiang et al.'s PAC-Bayes flatness: the largest ``sigma`` with a loss increase <= `target`.
 
   ``f(sigma) = mean_s L(w + sigma c z_s) - L(w)`` with the same ``z_s ~ N(0, I)`` at every
   ``sigma`` (common random numbers, so ``f`` is a smooth function of ``sigma``); bisection on
-  ``log sigma`` in ``[lower, upper]`` for `num_iters` steps keeps ``f(lo) <= target < f(hi)``;
-  the value is ``lo``. Jiang et al. correlate ``1 / sigma^2`` with the generalisation gap (a
-  flatter minimum tolerates a larger sigma). They bound the *error* increase by 0.1; this
-  function bounds the loss increase (any ``loss_fn``; use an error as the loss for theirs).
+  ``log sigma`` in ``[lower, upper]`` for `num_iters` steps (`bracket`) keeps
+  ``f(lo) <= target < f(hi)``; the value is ``lo``. Jiang et al. correlate ``1 / sigma^2`` with
+  the generalisation gap (a flatter minimum tolerates a larger sigma). They bound the *error*
+  increase by 0.1; this function bounds the loss increase (any ``loss_fn``; use an error as the
+  loss for theirs).
 
   Args:
     key: `jax.random` key of the samples.
@@ -463,9 +520,9 @@ def sigma_search(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     adaptive, eta, mask: the scale ``c`` (`perturbation_scale`; Jiang et al.'s "magnitude-aware"
       variant is the adaptive one with ``eta > 0``).
     num_samples: perturbations per sigma.
-    lower, upper: the bracket; if ``f(upper) <= target`` the value is `upper` and
+    bracket: the bisection (`Bracket`: ``lower``, ``upper``, ``num_iters``; default
+      ``Bracket()``: [1e-4, 1], 16 steps); if ``f(upper) <= target`` the value is `upper` and
       ``settings["bracketed"]`` is False (raise `upper`); likewise if ``f(lower) > target``.
-    num_iters: bisection steps (the bracket narrows by ``(upper / lower)^(2^-num_iters)``).
     sample_batch_size, precision: as in `average_sharpness`.
 
   Returns:
@@ -477,11 +534,11 @@ def sigma_search(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     App. C.2 (pacbayes.sharpness, pacbayes.mag.sharpness).
   """
   precision = _check(None, None, precision)
-  if not 0 < lower < upper:
-    raise ValueError(f"Need 0 < lower < upper, got lower={lower}, upper={upper}.")
+  bracket = _settings(bracket, Bracket, "bracket")
+  lower, upper, num_iters = bracket.lower, bracket.upper, bracket.num_iters
   if target <= 0:
     raise ValueError(f"target must be positive, got {target}.")
-  loss_fn = _partial(loss_fn)
+  loss_fn = as_partial(loss_fn, name="loss_fn")
   c = perturbation_scale(params, adaptive=adaptive, eta=eta, mask=mask)
   kw = dict(num_samples=int(num_samples), batch_size=sample_batch_size)
 
@@ -560,7 +617,7 @@ def fisher_rao_norm(loss_fn: LossFn, params: PyTree, data: Any, *, mask: PyTree 
     Neural Networks", Def. 2 and Lemma 2.1; Jiang et al. 2020, App. C.
   """
   precision = check_precision(precision)
-  loss_fn = _partial(loss_fn)
+  loss_fn = as_partial(loss_fn, name="loss_fn")
   keep = tuple(_mask_leaves(params, mask))
   batches = []
   if isinstance(data, SplitBatches):
@@ -617,7 +674,7 @@ def hessian_sharpness(loss_fn: LossFn, params: PyTree, data: Any, *, kind: str =
   if kind not in ("top", "trace"):
     raise ValueError(f"kind must be 'top' or 'trace', got {kind!r}.")
   key = jax.random.key(0) if key is None else key
-  loss_fn = _partial(loss_fn)
+  loss_fn = as_partial(loss_fn, name="loss_fn")
   settings = dict(measure=f"hessian_{kind}", adaptive=bool(adaptive), eta=float(eta))
   if adaptive:
     c = perturbation_scale(params, adaptive=True, eta=eta)
@@ -682,7 +739,8 @@ def filter_normalized_rise(key: jax.Array, loss_fn: LossFn, params: PyTree, data
                             ignore=ignore, out_axis=out_axis)[0] for k in range(num_directions)]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *dirs)
   with matmul_precision(precision):
-    r = np.asarray(_rise(_partial(loss_fn), params, data, stacked, jnp.float32(alpha)))
+    r = np.asarray(_rise(as_partial(loss_fn, name="loss_fn"), params, data, stacked,
+                         jnp.float32(alpha)))
   _finite("filter_normalized_rise", r)
   mean, err = _summary(r)
   return SharpnessResult(mean, err, dict(measure="filter_rise", alpha=float(alpha),

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from jax.sharding import Mesh
 
-from landscape_jax.core import engine, trees
-from landscape_jax.core.engine import MAP_MODES, check_grid, default_map_mode
+from landscape_jax.core import engine as engine_lib
+from landscape_jax.core import trees
+from landscape_jax.core.engine import MAP_MODES, EngineOptions, check_grid, default_map_mode
 from landscape_jax.core.identity import tree_digest
 from landscape_jax.core.paths import as_directions, plane_point_fn
 
@@ -68,7 +68,8 @@ def _plane_metadata(center, dirs, metadata):
 def surface_points(metric_fn: Callable[[PyTree], dict], center: PyTree, directions, coords, *,
                    store: str | os.PathLike | None = None, metadata: dict | None = None,
                    identity: str | None = None, point_fn: Callable | None = None,
-                   **engine_kwargs) -> dict[str, np.ndarray]:
+                   engine: EngineOptions | None = None, desc: str = "points"
+                   ) -> dict[str, np.ndarray]:
   """``metric_fn(center + c[0] d1 + c[1] d2)`` at arbitrary plane coordinates `coords`.
 
   Args:
@@ -76,31 +77,29 @@ def surface_points(metric_fn: Callable[[PyTree], dict], center: PyTree, directio
     coords: (N, number of directions) plane coordinates (any order, finite).
     store, metadata, identity: as in `engine.evaluate_points` (the centre's and directions'
       digests are recorded by name, so a mismatch says which of them differs).
-    **engine_kwargs: ``chunk_size``, ``mesh``, ``map_mode``, ``batch_size``, ``progress``,
-      ``precision`` (see `engine.evaluate_points` and `surface_grid`).
+    engine: how the points are computed (`engine.EngineOptions`; default ``EngineOptions()``).
+    desc: the progress bar's label.
 
   Returns:
     ``{metric: array of shape (N,)}``.
   """
   dirs = _check_plane_inputs(center, directions)
-  coords = engine.check_coords(coords)
+  coords = engine_lib.check_coords(coords)
   if coords.shape[1] != len(dirs):
     raise ValueError(f"coords has {coords.shape[1]} columns but {len(dirs)} direction(s) were "
                      "given; pass one column per direction.")
   if store is not None:
     metadata = _plane_metadata(center, dirs, metadata)
-  return engine.evaluate_points(metric_fn, plane_point_fn(center, dirs, point_fn), coords,
-                                store=store, metadata=metadata, identity=identity,
-                                desc=engine_kwargs.pop("desc", "points"), **engine_kwargs)
+  return engine_lib.evaluate_points(metric_fn, plane_point_fn(center, dirs, point_fn), coords,
+                                    store=store, metadata=metadata, identity=identity,
+                                    engine=engine, desc=desc)
 
 
 def surface_grid(metric_fn: Callable[[PyTree], dict], center: PyTree, directions, xs,
-                 ys=None, *, chunk_size: int | None = None, mesh: Mesh | None = None,
-                 store: str | os.PathLike | None = None, metadata: dict | None = None,
-                 identity: str | None = None, map_mode: str | None = None,
-                 batch_size: int | None = None,
-                 point_fn: Callable[[PyTree], PyTree] | None = None, progress: bool = True,
-                 precision=None) -> dict[str, np.ndarray]:
+                 ys=None, *, store: str | os.PathLike | None = None, metadata: dict | None = None,
+                 identity: str | None = None,
+                 point_fn: Callable[[PyTree], PyTree] | None = None,
+                 engine: EngineOptions | None = None) -> dict[str, np.ndarray]:
   """Evaluates ``metric_fn`` on a 1-D or 2-D grid around `center` (Li et al. 2018).
 
   ``res[k][i, j] = metric_fn(center + xs[i] d1 + ys[j] d2)[k]`` (2-D) and
@@ -116,27 +115,17 @@ def surface_grid(metric_fn: Callable[[PyTree], dict], center: PyTree, directions
     directions: one direction (a pytree like `center`) or a tuple ``(d1,)`` / ``(d1, d2)``.
     xs: coordinates along ``d1`` (strictly increasing, finite, non-empty).
     ys: coordinates along ``d2`` (required with two directions, None with one).
-    chunk_size: grid points per compiled call (a multiple of the mesh size); default from the
-      device's memory (`engine.auto_chunk_size`).
-    mesh: a 1-D `Mesh` (`sharding.make_mesh`); chunks are sharded over its axis. None: one device.
     store: directory for resumable results (`core.store`), written after every chunk and
       keyed on the exact identity of the centre, directions, grid and metric function.
     metadata: extra JSON-able configuration stored with the results and compared on resume
       (direction seed, normalisation, checkpoint, dataset, ...).
     identity: a name for what the automatic identity of `metric_fn` / `point_fn` cannot inspect
       (see `core.identity`); only needed with `store`.
-    map_mode: ``"map"`` (`lax.map`), ``"vmap"``, or ``"auto"`` (time one chunk of each and keep
-      the faster); default `default_map_mode()` (`lax.map` on CPU, `vmap` on GPU/TPU).
-    batch_size: `lax.map` batch size (points vmapped together inside the sequential map).
     point_fn: optional hook ``point_fn(params) -> metric_fn input`` applied at every point, e.g.
       to recompute BatchNorm statistics for the point (``{"params": p, "batch_stats": ...}``).
       Default None: Li et al.'s choice, the centre's statistics held by `metric_fn`.
-    progress: show a tqdm bar (points/s and ETA) on the main process.
-    precision: matmul precision of every dot and convolution, the model's included
-      (`core.precision`): None (default: the backend's default; bfloat16 passes on TPU, TF32 on
-      recent GPUs), ``"default"``, ``"high"``, ``"highest"`` (full float32 everywhere), or a
-      `jax.lax.Precision`. Recorded in the store when given. The CPU computes the same numbers
-      at every setting.
+    engine: how the points are computed (`engine.EngineOptions`: ``chunk_size``, ``mesh``,
+      ``map_mode``, ``batch_size``, ``progress``, ``precision``); default ``EngineOptions()``.
 
   Returns:
     ``{metric: numpy array}`` of shape ``(len(xs), len(ys))`` or ``(len(xs),)``. Non-finite values
@@ -158,29 +147,33 @@ def surface_grid(metric_fn: Callable[[PyTree], dict], center: PyTree, directions
     shape = (xs.size,)
   if store is not None:
     metadata = {"grid": {"xs": xs, "ys": ys}, **_plane_metadata(center, dirs, metadata)}
-  return engine.evaluate_points(
+  return engine_lib.evaluate_points(
     metric_fn, plane_point_fn(center, dirs, point_fn), grid_coordinates(xs, ys), shape=shape,
-    store=store, metadata=metadata, identity=identity, chunk_size=chunk_size, mesh=mesh,
-    map_mode=map_mode, batch_size=batch_size, progress=progress, desc="surface",
-    precision=precision)
+    store=store, metadata=metadata, identity=identity, engine=engine, desc="surface")
 
 
 def auto_chunk_size(metric_fn, center, directions, *, num_devices: int, map_mode: str,
-                    batch_size: int | None = None, point_fn=None, **kwargs) -> int:
-  """`engine.auto_chunk_size` for the points of a plane around `center`."""
+                    batch_size: int | None = None, point_fn=None, memory_fraction: float = 0.5,
+                    max_per_device: int = 256) -> int:
+  """`engine.auto_chunk_size` for the points of a plane around `center` (the arguments as
+  there)."""
   dirs = as_directions(directions, center)
-  return engine.auto_chunk_size(engine.as_partial(metric_fn), plane_point_fn(center, dirs,
-                                                                             point_fn),
-                                len(dirs), num_devices=num_devices, map_mode=map_mode,
-                                batch_size=batch_size, **kwargs)
+  return engine_lib.auto_chunk_size(trees.as_partial(metric_fn),
+                                    plane_point_fn(center, dirs, point_fn), len(dirs),
+                                    num_devices=num_devices, map_mode=map_mode,
+                                    batch_size=batch_size, memory_fraction=memory_fraction,
+                                    max_per_device=max_per_device)
 
 
-def benchmark_map_modes(metric_fn, center, directions, *, point_fn=None, **kwargs
+def benchmark_map_modes(metric_fn, center, directions, *, point_fn=None, chunk_size: int = 16,
+                        mesh=None, repeats: int = 3, modes: tuple[str, ...] = MAP_MODES
                         ) -> dict[str, float]:
-  """`engine.benchmark_map_modes` for the points of a plane around `center`: points/s per mode."""
+  """`engine.benchmark_map_modes` for the points of a plane around `center`: points/s per mode
+  (the arguments as there)."""
   dirs = as_directions(directions, center)
-  return engine.benchmark_map_modes(metric_fn, plane_point_fn(center, dirs, point_fn), len(dirs),
-                                    **kwargs)
+  return engine_lib.benchmark_map_modes(metric_fn, plane_point_fn(center, dirs, point_fn),
+                                        len(dirs), chunk_size=chunk_size, mesh=mesh,
+                                        repeats=repeats, modes=modes)
 
 
 __all__ = [

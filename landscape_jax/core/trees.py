@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
   "apply_mask",
+  "as_partial",
   "check_finite",
   "check_same_structure",
   "first_difference",
@@ -148,13 +149,31 @@ def leaf_flags(tree: PyTree) -> tuple[list[str], np.ndarray, np.ndarray]:
   return paths, np.asarray(finite), np.asarray(nonzero)
 
 
-def check_finite(tree: PyTree, *, name: str = "parameters") -> None:
-  """Raises ValueError naming the first leaf with a NaN or infinite value (host-side check)."""
+def check_finite(tree: PyTree, *, name: str = "parameters", error: type[Exception] = ValueError,
+                 hint: str = "check the checkpoint.") -> None:
+  """Raises `error` naming the first leaf of `tree` with a NaN or infinite value: ``"{name}
+  contain non-finite values at {leaf path}; {hint}"`` (host-side check; the one
+  finiteness check of the library: parameters, directions, Lanczos and Hutchinson outputs,
+  sharpness values)."""
   paths, finite, _ = leaf_flags(tree)
   bad = np.flatnonzero(~finite)
   if bad.size:
-    raise ValueError(f"{name} contain non-finite values at {paths[bad[0]]}; check the "
-                     "checkpoint.")
+    raise error(f"{name} contain non-finite values at {paths[bad[0]] or 'the root'}; "
+                f"{hint}")
+
+
+def as_partial(fn, *, name: str = "metric_fn") -> jax.tree_util.Partial | None:
+  """`fn` as a `jax.tree_util.Partial` (a pytree whose arrays are jit arguments, so one
+  compilation serves any data of the same shapes); a Partial and None are returned as they are.
+
+  Raises:
+    TypeError: `fn` is not callable (the message names it as `name`).
+  """
+  if fn is None or isinstance(fn, jax.tree_util.Partial):
+    return fn
+  if not callable(fn):
+    raise TypeError(f"{name} must be a callable, got {type(fn).__name__}.")
+  return jax.tree_util.Partial(fn)
 
 
 def num_params(tree: PyTree) -> int:

@@ -47,7 +47,6 @@ from landscape_jax.plotting.ensembles import (
   plot_budget,
 )
 from landscape_jax.plotting.surfaces import (
-  export_vtp,
   plot_1d,
   plot_2d_all,
   plot_contour,
@@ -55,8 +54,8 @@ from landscape_jax.plotting.surfaces import (
   plot_heatmap,
   plot_interpolation,
   plot_surface_3d,
-  vtp_values,
 )
+from landscape_jax.plotting.vtk import export_vtp, vtp_values
 
 # plotting.interactive's public names, imported (with plotly) on first use.
 _INTERACTIVE = (

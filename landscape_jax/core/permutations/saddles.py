@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from landscape_jax.core import engine
+from landscape_jax.core import engine as engine_lib
+from landscape_jax.core.engine import EngineOptions
 from landscape_jax.core.permutations.specs import (
   PermutationSpec,
   as_variables,
@@ -98,7 +99,8 @@ def _swap_point_fn(layer: str, i: int, j: int, spec: PermutationSpec):
 
 def swap_path_metrics(metric_fn: Callable, params: PyTree, layer: str, i: int, j: int, ss, *,
                       spec: PermutationSpec | None = None, store=None, metadata: dict | None = None,
-                      **engine_kwargs) -> dict[str, np.ndarray]:
+                      identity: str | None = None, engine: EngineOptions | None = None
+                      ) -> dict[str, np.ndarray]:
   """``metric_fn(swap_path(params, layer, i, j, s))`` for every s in `ss` (Brea et al. 2019).
 
   Evaluated by the point-evaluation engine (`engine.evaluate_points`: chunked, compiled once,
@@ -112,8 +114,9 @@ def swap_path_metrics(metric_fn: Callable, params: PyTree, layer: str, i: int, j
     layer, i, j: the permutation and the two units exchanged along the path.
     ss: 1-D array of positions in [0, 1], strictly increasing.
     spec: the model's spec; default `mlp_spec(params)`.
-    store, metadata: see `engine.evaluate_points`.
-    **engine_kwargs: ``chunk_size``, ``mesh``, ``map_mode``, ``identity``, ``progress``.
+    store, metadata, identity: see `engine.evaluate_points`.
+    engine: how the points are computed (`engine.EngineOptions`); default
+      ``EngineOptions(progress=False)`` (a swap path is short).
 
   Returns:
     ``{metric: array (len(ss),)}``; the loss is symmetric about s = 1/2.
@@ -129,17 +132,18 @@ def swap_path_metrics(metric_fn: Callable, params: PyTree, layer: str, i: int, j
   i, j = int(i), int(j)
   if not (0 <= i < n and 0 <= j < n) or i == j:
     raise ValueError(f"Units must be two different indices in [0, {n}); got i={i}, j={j}.")
-  ss = engine.check_grid(ss, name="ss")
+  ss = engine_lib.check_grid(ss, name="ss")
   if ss[0] < 0.0 or ss[-1] > 1.0:
     raise ValueError(f"ss must lie in [0, 1] (0: the parameters, 1: the swapped copy); got "
                      f"{ss[0]} to {ss[-1]}.")
   if store is not None:
     metadata = {"what": "swap path", "layer": layer, "units": [i, j], **(metadata or {})}
-  point_fn = engine.declare_coordinates(
+  point_fn = engine_lib.declare_coordinates(
     jax.tree_util.Partial(_swap_point_fn(layer, i, j, spec), params), 1)
-  engine_kwargs.setdefault("progress", False)
-  return engine.evaluate_points(metric_fn, point_fn, ss[:, None], store=store, metadata=metadata,
-                                desc=engine_kwargs.pop("desc", "swap path"), **engine_kwargs)
+  engine = EngineOptions(progress=False) if engine is None else engine
+  return engine_lib.evaluate_points(metric_fn, point_fn, ss[:, None], store=store,
+                                    metadata=metadata, identity=identity, engine=engine,
+                                    desc="swap path")
 
 
 
