@@ -176,20 +176,27 @@ def append_metrics(workdir: str, record: dict) -> None:
 
 
 
-def data_digest(data: Dataset) -> str:
-  """sha256 of a split's images and labels (`identity.tree_digest`): the data a run trained on."""
-  return identity.tree_digest({"images": data.images, "labels": data.labels})
+def _pair(data) -> tuple:
+  return (data.images, data.labels) if isinstance(data, Dataset) else tuple(data)
+
+
+def data_digest(data) -> str:
+  """sha256 (`identity.tree_digest`) of a split's inputs and targets: the data a run trained on
+  (a `Dataset`'s images and labels, or an ``(inputs, targets)`` pair of pytrees)."""
+  inputs, targets = _pair(data)
+  return identity.tree_digest({"images": inputs, "labels": targets})
 
 
 def _shapes(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
 
 
-def batch_shapes(data: Dataset, batch_size: int) -> tuple:
-  """``(images, labels)`` shapes of one training batch of `data` (what a `loss_fn` is called
-  with), as `jax.ShapeDtypeStruct`s."""
-  return (jax.ShapeDtypeStruct((batch_size, *data.images.shape[1:]), data.images.dtype),
-          jax.ShapeDtypeStruct((batch_size, *data.labels.shape[1:]), data.labels.dtype))
+def batch_shapes(data, batch_size: int) -> tuple:
+  """``(inputs, targets)`` shapes of one training batch of `data` (a `Dataset` or an
+  ``(inputs, targets)`` pair: what a `loss_fn` is called with), as `jax.ShapeDtypeStruct`s."""
+  return jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), np.asarray(a).dtype
+                                   if not hasattr(a, "dtype") else a.dtype), _pair(data))
 
 
 def loss_fn_identity(loss_fn: Callable, identity_name: str | None, *,

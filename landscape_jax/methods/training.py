@@ -1,7 +1,8 @@
 """Training: `TrainState`, pure jitted `train_step` / `eval_step`, optax SGD recipes, and `train`.
 
-The functions here are small and pure; `train` is the one loop with side effects (progress bar,
-metrics file, checkpoints). It follows the recipes of the papers this library reproduces:
+The functions here are small and pure; `train` is a step function plus a config handed to the
+library's one epoch loop (`methods.loop.run_epochs`: run directory, progress bar, metrics file,
+checkpoints, divergence check). It follows the recipes of the papers this library reproduces:
 
 * Li et al. 2018: SGD with Nesterov momentum 0.9, lr 0.1 divided by 10 at epochs 150, 225, 275 of
   300, batch 128, weight decay 5e-4, random crop + flip (`step_schedule`).
@@ -51,25 +52,17 @@ from landscape_jax.adapters.evaluation import (
   device_split,
   evaluate_split,
 )
-from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
 from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
-from landscape_jax.core import fileio, identity
-from landscape_jax.core import progress as progress_lib
+from landscape_jax.core import identity
 from landscape_jax.core.sharding import make_mesh
-from landscape_jax.methods import checkpoints
 from landscape_jax.methods.defaults import DEFAULTS
+from landscape_jax.methods.loop import RunDir, run_epochs
 from landscape_jax.methods.rundir import (
-  CHECKPOINT_DIR,
-  append_metrics,
-  check_config,
   check_keys,
   config_dict,
   data_digests,
   model_identity,
   optimizer_identity,
-  read_metrics,
-  rewrite_metrics,
-  run_lock,
 )
 from landscape_jax.methods.schedules import (
   SCHEDULES,
@@ -83,13 +76,10 @@ from landscape_jax.methods.schedules import (
 __all__ = [
   "create_train_state",
   "DEFAULTS",
-  "epoch_indices",
   "eval_step",
   "evaluate_state",
-  "make_epoch_fn",
   "make_schedule",
   "optimizer_from_config",
-  "progress_bar",
   "train",
   "train_step",
   "TrainState",
@@ -372,139 +362,66 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   steps_per_epoch = n // batch_size
   tx, schedule = optimizer_from_config(cfg, steps_per_epoch)
 
-  fileio.makedirs(workdir)
-  with run_lock(workdir, name=".train.lock", what="training runs"):
-    ckpt_dir = fileio.join(workdir, CHECKPOINT_DIR)
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P(axis))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(axis))
+  init_key, base_key = jax.random.split(jax.random.key(seed))
+  state = create_train_state(model, init_key, train_ds.images[:1], tx)
+  for ds in (train_ds, test_ds) if test_ds is not None else (train_ds,):
+    check_model_fits(model, state.variables, ds)  # image shape and number of classes
+  state = jax.device_put(state, replicated)
+  full_config = config_dict({**config_dict(config), **cfg, **data_digests(train_ds, test_ds)})
+  full_config["model_code"] = model_identity(model, state.variables,
+                                             (batch_size, *train_ds.images.shape[1:]))
+  full_config["optimizer_code"] = optimizer_identity(tx, state.params)
+  full_config["versions"] = identity.versions()
 
-    init_key, base_key = jax.random.split(jax.random.key(seed))
-    state = create_train_state(model, init_key, train_ds.images[:1], tx)
-    for ds in (train_ds, test_ds) if test_ds is not None else (train_ds,):
-      check_model_fits(model, state.variables, ds)  # image shape and number of classes
-    state = jax.device_put(state, replicated)
-    resume_step = checkpoints.latest_step(ckpt_dir)
-    full_config = config_dict({**config_dict(config), **cfg, **data_digests(train_ds, test_ds)})
-    full_config["model_code"] = model_identity(model, state.variables,
-                                               (batch_size, *train_ds.images.shape[1:]))
-    full_config["optimizer_code"] = optimizer_identity(tx, state.params)
-    full_config["versions"] = identity.versions()
-    check_config(workdir, full_config, resuming=resume_step is not None)
-    if resume_step is None:
-      rewrite_metrics(workdir, [])
-      checkpoints.save(ckpt_dir, 0, state)
-      start_epoch = 0
-    else:
-      if resume_step % steps_per_epoch:
-        raise ValueError(
-          f"Latest checkpoint step {resume_step} in {ckpt_dir} is not a whole number of epochs of "
-          f"{steps_per_epoch} steps: it comes from another batch size or dataset. Use a fresh "
-          "workdir.")
-      state = checkpoints.restore(ckpt_dir, state, step=resume_step)
-      start_epoch = resume_step // steps_per_epoch
-      rewrite_metrics(workdir, [r for r in read_metrics(workdir)
-                                 if r.get("epoch", 0) <= start_epoch])
-      _say(progress, f"Resuming {workdir} from step {resume_step} (epoch {start_epoch}).")
+  images = jax.device_put(train_ds.images, replicated)
+  labels = jax.device_put(train_ds.labels, replicated)
+  test_split = None if test_ds is None else _device_split(test_ds, int(cfg["eval_batch_size"]),
+                                                          mesh, axis)
+  step_kwargs = dict(model=model, tx=tx, mean=jnp.asarray(train_ds.mean),
+                     std=jnp.asarray(train_ds.std), augment=bool(cfg["augment"]),
+                     pad=int(cfg["augment_pad"]), flip=bool(cfg["augment_flip"]),
+                     # oneDNN's FFI calls have no sharding rule: several devices keep XLA's
+                     cpu_convolutions="auto" if mesh.size == 1 else "xla")
+  step_fn = jax.jit(functools.partial(_loop_step, step_kwargs=step_kwargs),
+                    donate_argnums=(0, 1), out_shardings=replicated)
 
-    images = jax.device_put(train_ds.images, replicated)
-    labels = jax.device_put(train_ds.labels, replicated)
-    test_split = None if test_ds is None else _device_split(test_ds, int(cfg["eval_batch_size"]),
-                                                            mesh, axis)
-    step_kwargs = dict(model=model, tx=tx, mean=jnp.asarray(train_ds.mean),
-                       std=jnp.asarray(train_ds.std), augment=bool(cfg["augment"]),
-                       pad=int(cfg["augment_pad"]), flip=bool(cfg["augment_flip"]),
-                       # oneDNN's FFI calls have no sharding rule: several devices keep XLA's
-                       cpu_convolutions="auto" if mesh.size == 1 else "xla")
-    step_fn = jax.jit(functools.partial(_loop_step, step_kwargs=step_kwargs),
-                      donate_argnums=(0, 1), out_shardings=replicated)
+  def epoch_fn(state, epoch, tick):
+    t0 = time.perf_counter()
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    totals = jax.device_put(jnp.zeros(2, jnp.float32), replicated)
+    for i in range(steps_per_epoch):
+      idx = jax.device_put(order[i * batch_size:(i + 1) * batch_size].astype(np.int32),
+                           batch_sharding)
+      state, totals = step_fn(state, totals, images, labels, idx, base_key)
+      if (i + 1) % log_every == 0:
+        loss, acc = np.asarray(totals) / (i + 1)
+        tick(loss=f"{loss:.4f}", acc=f"{acc:.4f}",
+             img_s=f"{(i + 1) * batch_size / (time.perf_counter() - t0):.0f}")
+      else:
+        tick()
+    train_loss, train_acc = (float(v) for v in np.asarray(totals) / steps_per_epoch)
+    seconds = time.perf_counter() - t0
+    step = int(state.step)
+    record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
+              "train_loss": train_loss, "train_accuracy": train_acc}
+    if (test_split is not None and math.isfinite(train_loss)
+        and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs)):
+      res = _evaluate(model, state.variables, test_split, jnp.asarray(test_ds.mean),
+                      jnp.asarray(test_ds.std))
+      record.update(test_loss=float(res["loss"]), test_accuracy=float(res["accuracy"]))
+    record.update(images_per_sec=steps_per_epoch * batch_size / seconds, time=time.time())
+    return state, record
 
-    bar = progress_lib.progress_bar(total=num_epochs * steps_per_epoch,
-                                    initial=start_epoch * steps_per_epoch, unit="step",
-                                    enabled=progress, desc="train")
-    try:
-      for epoch in range(start_epoch, num_epochs):
-        t0 = time.perf_counter()
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        totals = jax.device_put(jnp.zeros(2, jnp.float32), replicated)
-        for i in range(steps_per_epoch):
-          idx = jax.device_put(order[i * batch_size:(i + 1) * batch_size].astype(np.int32),
-                               batch_sharding)
-          state, totals = step_fn(state, totals, images, labels, idx, base_key)
-          bar.update(1)
-          if (i + 1) % log_every == 0:
-            loss, acc = np.asarray(totals) / (i + 1)
-            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}",
-                            img_s=f"{(i + 1) * batch_size / (time.perf_counter() - t0):.0f}")
-        train_loss, train_acc = (float(v) for v in np.asarray(totals) / steps_per_epoch)
-        seconds = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-          raise FloatingPointError(
-            f"Training loss became {train_loss} in epoch {epoch + 1} of {workdir}; lower the "
-            "learning rate or check the data. The last good checkpoint is kept.")
-        step = int(state.step)
-        record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
-                  "train_loss": train_loss, "train_accuracy": train_acc}
-        if test_split is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs):
-          res = _evaluate(model, state.variables, test_split, jnp.asarray(test_ds.mean),
-                          jnp.asarray(test_ds.std))
-          record.update(test_loss=float(res["loss"]), test_accuracy=float(res["accuracy"]))
-        record.update(images_per_sec=steps_per_epoch * batch_size / seconds, time=time.time())
-        append_metrics(workdir, record)
-        if (epoch + 1) % ckpt_every == 0 or epoch + 1 == num_epochs:
-          checkpoints.save(ckpt_dir, step, state)
-        bar.set_postfix(loss=f"{train_loss:.4f}", acc=f"{train_acc:.4f}",
-                        test_acc=f"{record.get('test_accuracy', float('nan')):.4f}",
-                        img_s=f"{record['images_per_sec']:.0f}")
-        _say(progress, "epoch {epoch}: {summary}".format(epoch=epoch + 1, summary=", ".join(
-          f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "time"))))
-        if callback is not None:
-          callback(epoch + 1, state, record)
-    finally:
-      bar.close()
-    return state, read_metrics(workdir)
+  def on_epoch(epoch, state, record):
+    _say(progress, "epoch {epoch}: {summary}".format(epoch=epoch + 1, summary=", ".join(
+      f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "time"))))
 
-
-def epoch_indices(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-  """(steps, batch_size) shuffled indices of one epoch; a function of (seed, epoch) only."""
-  if batch_size > n:
-    raise ValueError(f"batch_size {batch_size} is larger than the split ({n} examples).")
-  perm = np.random.default_rng([seed, epoch]).permutation(n)
-  steps = n // batch_size
-  return perm[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
-
-
-def make_epoch_fn(step_fn: Callable, *, augment: bool = False) -> Callable:
-  """Jitted ``epoch(fn_args, state, images, labels, indices, key) -> (state, mean loss)``.
-
-  Walks one epoch with `lax.scan` on device-resident uint8 data; batch i uses ``indices[i]`` and
-  the key ``fold_in(key, state.step)`` (split for the augmentation), so results depend only on
-  (seed, epoch, step) and a resumed run repeats an uninterrupted one exactly. `step_fn` is
-  ``step_fn(fn_args, state, batch, key) -> (state, loss)``; on the CPU its convolutions are put
-  in the canonical layout (`convolutions.canonicalize_convolutions`: XLA:CPU's backward
-  convolutions inside a scan are otherwise several times slower).
-  """
-  step_fn = canonicalize_convolutions(step_fn)
-
-  @jax.jit
-  def epoch(fn_args, state, images, labels, indices, key):
-    def body(st, idx):
-      k = jax.random.fold_in(key, st.step)
-      k_step, k_aug = jax.random.split(k)
-      x = images[idx]
-      if augment:
-        x = data_lib.augment(k_aug, x)
-      st, loss = step_fn(fn_args, st, (x, labels[idx]), k_step)
-      return st, loss
-    state, losses = jax.lax.scan(body, state, indices)
-    return state, jnp.mean(losses)
-
-  return epoch
-
-
-
-def progress_bar(iterable, enabled: bool, desc: str, **kwargs):
-  """`core.progress.progress_bar` over `iterable` (a terminal bar, a notebook widget, nothing in
-  logs; none at all unless `enabled`)."""
-  return progress_lib.progress_bar(iterable, desc=desc, enabled=enabled, **kwargs)
-
-
+  with RunDir(workdir, name="train", config=full_config, layout="trajectory",
+              steps_per_epoch=steps_per_epoch) as run:
+    return run_epochs(
+      epoch_fn, state, epochs=num_epochs, run=run, checkpoint_every=ckpt_every,
+      progress=progress, desc="train", steps_per_epoch=steps_per_epoch, loss_key="train_loss",
+      on_epoch=on_epoch,
+      callback=None if callback is None else lambda e, st, r: callback(e + 1, st, r))
