@@ -162,3 +162,29 @@ def test_trainers_take_at_most_twelve_parameters():
   for fn in (training.train, ensembles.train_sgd, ensembles.fast_geometric_ensemble,
              curve_training.train_curve, loop.run_epochs):
     assert len(inspect.signature(fn).parameters) <= 12, fn.__name__
+
+
+def test_train_takes_any_optax_optimizer(digits_train, tmp_path):
+  """`train(optimizer=)`: the loop's steps are `train_step` with that transformation, over the
+  seeded permutation with the keys fold_in(base key, step); another optimiser in the same
+  workdir is refused by its traced code."""
+  data = digits_train.subset(slice(0, 256))
+  model = lj.get_model("mlp_small", num_classes=10)
+  config = {"num_epochs": 1, "batch_size": 64, "seed": 4}
+  tx = optax.adam(3e-3)
+  mesh = lj.make_mesh(devices=jax.devices()[:1])
+  state, records = training.train(model, data, config=config, workdir=str(tmp_path), optimizer=tx,
+                                  mesh=mesh, progress=False)
+  assert records[0]["lr"] is None and lj.read_config(str(tmp_path))["custom_optimizer"]
+  init_key, base_key = jax.random.split(jax.random.key(4))
+  ref = training.create_train_state(model, init_key, data.images[:1], tx)
+  order = np.random.default_rng([4, 0]).permutation(len(data))
+  for i in range(4):
+    idx = order[i * 64:(i + 1) * 64]
+    ref, _ = training.train_step(ref, (data.images[idx], data.labels[idx]),
+                                 jax.random.fold_in(base_key, ref.step), model=model, tx=tx,
+                                 mean=data.mean, std=data.std)
+  _close(state.params, ref.params)
+  with pytest.raises(lj.store.StoreMismatchError, match="optimizer_code"):
+    training.train(model, data, config=config, workdir=str(tmp_path), optimizer=optax.sgd(0.1),
+                   mesh=mesh, progress=False)

@@ -290,7 +290,8 @@ def _loop_step(state, totals, images, labels, idx, base_key, *, step_kwargs):
 
 
 def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *, config,
-          workdir: str, mesh: Mesh | None = None, progress: bool = True,
+          workdir: str, optimizer: optax.GradientTransformation | None = None,
+          mesh: Mesh | None = None, progress: bool = True,
           callback: Callable[[int, TrainState, dict], None] | None = None,
           ) -> tuple[TrainState, list[dict]]:
   """Trains `model` on `train_ds`, checkpointing into `workdir`; resumes if checkpoints exist.
@@ -320,6 +321,10 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
       ``model_code`` (`rundir.model_identity`: an edited activation or dtype is refused) and
       the traced optimiser ``optimizer_code``; the initial variables come from ``config.seed``)
       and ``metrics.jsonl`` is cut back to it.
+    optimizer: any optax `GradientTransformation`, replacing the config's optimiser and
+      schedule (``lr`` is then None in the records). Default: `optimizer_from_config`, i.e.
+      `schedules.make_optimizer` (SGD or Adam after weight decay as an L2 gradient term) with
+      `make_schedule` (``schedule``: constant, step, cosine or garipov, with warm-up).
     mesh: the devices to shard each batch over: a 1-D mesh of any axis name
       (`sharding.make_mesh()`) or a mesh with a ``"data"`` axis (default: every device).
     progress: show a progress bar (`core.progress`: nothing in logs, a widget in notebooks).
@@ -361,6 +366,8 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   log_every = max(1, int(cfg["log_every_steps"]))
   steps_per_epoch = n // batch_size
   tx, schedule = optimizer_from_config(cfg, steps_per_epoch)
+  if optimizer is not None:
+    tx, schedule = optimizer, None
 
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(axis))
@@ -373,6 +380,8 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
   full_config["model_code"] = model_identity(model, state.variables,
                                              (batch_size, *train_ds.images.shape[1:]))
   full_config["optimizer_code"] = optimizer_identity(tx, state.params)
+  if optimizer is not None:  # (absent otherwise: runs of earlier versions still resume)
+    full_config["custom_optimizer"] = True
   full_config["versions"] = identity.versions()
 
   images = jax.device_put(train_ds.images, replicated)
@@ -404,7 +413,8 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
     train_loss, train_acc = (float(v) for v in np.asarray(totals) / steps_per_epoch)
     seconds = time.perf_counter() - t0
     step = int(state.step)
-    record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
+    lr = None if schedule is None else float(schedule(step - 1))
+    record = {"epoch": epoch + 1, "step": step, "lr": lr,
               "train_loss": train_loss, "train_accuracy": train_acc}
     if (test_split is not None and math.isfinite(train_loss)
         and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs)):
@@ -416,7 +426,7 @@ def train(model: nn.Module, train_ds: Dataset, test_ds: Dataset | None = None, *
 
   def on_epoch(epoch, state, record):
     _say(progress, "epoch {epoch}: {summary}".format(epoch=epoch + 1, summary=", ".join(
-      f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "time"))))
+      f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "time") and v is not None)))
 
   with RunDir(workdir, name="train", config=full_config, layout="trajectory",
               steps_per_epoch=steps_per_epoch) as run:
