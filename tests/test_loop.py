@@ -130,6 +130,13 @@ def test_settings_are_frozen_and_checked():
                      (dict(epochs=1, checkpoint_every=0), "checkpoint_every")):
     with pytest.raises(ValueError, match=match):
       lj.TrainSettings(**bad)
+  with pytest.raises(ValueError, match="'learning_rte' in CurveSettings; did you mean "
+                     "'learning_rate'"):
+    lj.CurveSettings(epochs=1, learning_rte=0.1)
+  with pytest.raises(ValueError, match="did you mean 'cycles'"):
+    lj.FGESettings(cycles=2).replace(cycle=3)
+  with pytest.raises(ValueError, match="cycles must be a positive integer"):
+    lj.FGESettings(cycles=2).replace(cycles=0)
   with pytest.raises(ValueError, match="kind"):
     lj.CurveSettings(epochs=1, kind="spline")
   with pytest.raises(ValueError, match="num_bends"):

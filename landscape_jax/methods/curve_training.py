@@ -14,7 +14,6 @@ References:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -42,6 +41,7 @@ from landscape_jax.methods.loop import (
   epoch_indices,
   make_epoch_fn,
   run_epochs,
+  settings_class,
 )
 from landscape_jax.methods.rundir import (
   batch_shapes,
@@ -118,7 +118,7 @@ def curve_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
 
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@settings_class
 class CurveSettings(TrainSettings):
   """The hyperparameters of curve training (frozen, checked on creation).
 

@@ -21,7 +21,6 @@ derived from (seed, epoch, step) only.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -50,6 +49,7 @@ from landscape_jax.methods.loop import (
   epoch_indices,
   make_epoch_fn,
   run_epochs,
+  settings_class,
 )
 from landscape_jax.methods.rundir import (
   batch_shapes,
@@ -195,7 +195,7 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data,
   return state.params, [snaps[e] for e in sorted(snaps)], history
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@settings_class
 class FGESettings:
   """The hyperparameters of Fast Geometric Ensembling (frozen, checked on creation).
 

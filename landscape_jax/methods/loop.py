@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -44,6 +45,7 @@ from landscape_jax.methods.rundir import (
   CHECKPOINT_DIR,
   append_metrics,
   check_config,
+  check_keys,
   read_metrics,
   rewrite_metrics,
   run_lock,
@@ -56,6 +58,7 @@ __all__ = [
   "make_epoch_fn",
   "RunDir",
   "run_epochs",
+  "settings_class",
   "TrainSettings",
 ]
 
@@ -69,12 +72,37 @@ CONFIG_REMEDY = ("To start fresh, use another workdir or move this one away; to 
 # ----------------------------------------------------------------------------- settings
 
 
+def settings_class(cls: type) -> type:
+  """Makes `cls` a frozen, keyword-only dataclass whose constructor refuses an unknown field
+  with the closest known one (`rundir.check_keys`: ``learning_rte`` would otherwise be a bare
+  TypeError); its ``__post_init__`` checks the values. ``settings.replace(**changes)`` is a
+  changed copy, checked again."""
+  cls = dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+  init = cls.__init__
+  names = tuple(f.name for f in dataclasses.fields(cls))
+
+  @functools.wraps(init)
+  def __init__(self, *args, **kwargs):
+    if args:
+      raise TypeError(f"{cls.__name__} takes keyword arguments only ({', '.join(names)}).")
+    check_keys(kwargs, names, what=cls.__name__)
+    init(self, **kwargs)
+
+  def replace(self, **changes):
+    check_keys(changes, names, what=cls.__name__)
+    return dataclasses.replace(self, **changes)
+
+  cls.__init__ = __init__
+  cls.replace = replace
+  return cls
+
+
 def _positive_int(name: str, value) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
     raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@settings_class
 class TrainSettings:
   """The hyperparameters of a minibatch training run (frozen, checked on creation).
 
@@ -91,7 +119,8 @@ class TrainSettings:
     checkpoint_every: with a workdir, save every this many epochs (and after the last one).
 
   Raises:
-    ValueError: a non-positive count, a negative weight decay or momentum outside [0, 1).
+    ValueError: an unknown field (the closest known one named), a non-positive count, a negative
+      weight decay or momentum outside [0, 1).
   """
 
   epochs: int
@@ -115,10 +144,6 @@ class TrainSettings:
     if not callable(self.learning_rate) and not float(self.learning_rate) > 0:
       raise ValueError(f"learning_rate must be positive (or an optax schedule), got "
                        f"{self.learning_rate}.")
-
-  def replace(self, **changes) -> TrainSettings:
-    """A copy with `changes` (checked again)."""
-    return dataclasses.replace(self, **changes)
 
 
 # ----------------------------------------------------------------------------- data
