@@ -77,6 +77,27 @@ def test_train_sgd_on_pytree_regression_equals_a_hand_written_optax_loop(regress
   np.testing.assert_allclose([h["loss"] for h in history], losses, rtol=1e-5)
 
 
+def test_fge_on_pytree_regression_takes_its_snapshot_of_a_hand_written_loop(regression):
+  """FGE (one cycle of 2 epochs): the member is the parameters after epoch 0, the cycle's lowest
+  learning rate, of SGD with momentum, weight decay as an L2 gradient term and the cyclic rate."""
+  inputs, targets = regression
+  settings = lj.FGESettings(cycles=1, cycle_epochs=2, lr1=0.05, lr2=0.01, batch_size=BATCH,
+                            seed=SEED)
+  members, history = lj.fast_geometric_ensemble(lj.make_loss_fn(_apply, loss=lj.MSE), _params(0),
+                                                (inputs, targets), settings=settings,
+                                                progress=False)
+  rate = lambda s: lj.schedules.cyclic_lr(s, lr1=0.05, lr2=0.01, cycle_epochs=2,
+                                          steps_per_epoch=N // BATCH)
+  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(rate, momentum=0.9))
+  params = _params(0)
+  state = tx.init(params)
+  for batch in _batches(inputs, targets, 0):
+    updates, state = tx.update(jax.grad(_mse)(params, batch), state, params)
+    params = optax.apply_updates(params, updates)
+  _close(jax.tree.map(lambda m: m[0], members), params)
+  assert jax.tree.leaves(members)[0].shape[0] == 1 and len(history) == 2
+
+
 def test_train_curve_on_pytree_regression_equals_a_hand_written_curve_loop(regression, tmp_path):
   """Two epochs of Bezier curve training (default optimiser: SGD with momentum and the reference
   schedule; the L2 term; one t per step from fold_in(key(seed), step)) against the same steps

@@ -194,9 +194,10 @@ def _shapes(tree: PyTree) -> PyTree:
 def batch_shapes(data, batch_size: int) -> tuple:
   """``(inputs, targets)`` shapes of one training batch of `data` (a `Dataset` or an
   ``(inputs, targets)`` pair: what a `loss_fn` is called with), as `jax.ShapeDtypeStruct`s."""
-  return jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), np.asarray(a).dtype
-                                   if not hasattr(a, "dtype") else a.dtype), _pair(data))
+  def one(a):
+    dtype = a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
+    return jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), dtype)
+  return jax.tree.map(one, _pair(data))
 
 
 def loss_fn_identity(loss_fn: Callable, identity_name: str | None, *,
