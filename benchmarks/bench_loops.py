@@ -4,7 +4,7 @@ Lanczos iterations, Hutchinson probes, the batches of a split and the steps of a
 epoch all run as `lax.scan` / `lax.fori_loop` bodies. On XLA:CPU the convolutions that
 differentiation creates stay in their own dimension numbers there and take a slow generic path
 (jax-ml/jax#12868); `landscape_jax.backends.cpu.convolutions.canonicalize_convolutions` (used by
-`landscape_jax.core.hessian` and `training.make_epoch_fn`) computes them as transposes around a
+`landscape_jax.core.hessian` and `loop.make_epoch_fn`) computes them as transposes around a
 canonical NHWC x HWIO convolution. Side by side, in one run, on the same data:
 
 1. Hessian-vector products over a split of ``--batches`` batches (`lax.scan` over batches): the
@@ -12,7 +12,7 @@ canonical NHWC x HWIO convolution. Side by side, in one run, on the same data:
    every Lanczos step and Hutchinson probe uses), and the same batches as a Python loop of
    jitted single-batch products (no XLA loop at all);
 2. one epoch of SGD (``--batches`` steps) as `lax.scan`: the plain step, the library's
-   `training.make_epoch_fn` (used by `ensembles.train_sgd`, FGE and curve training), and a Python
+   `loop.make_epoch_fn` (used by `ensembles.train_sgd`, FGE and curve training), and a Python
    loop of jitted steps.
 
 Prints ms per product / per step and the ratios; appends them to benchmarks/RESULTS.md.
@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
-from landscape_jax.methods import schedules, training  # noqa: E402
+from landscape_jax.methods import loop, schedules, training  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -136,7 +136,7 @@ def main(argv=None):
     st, losses = jax.lax.scan(body, st, idx)
     return st, jnp.mean(losses)
 
-  library_epoch = training.make_epoch_fn(step_fn)
+  library_epoch = loop.make_epoch_fn(step_fn)
   jit_step = jax.jit(step_fn)
   state = training.TrainState(jnp.zeros((), jnp.int32), params, {}, opt.init(params))
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
@@ -154,7 +154,7 @@ def main(argv=None):
   epochs = [
     ("SGD epoch, XLA layouts in the scan",
      lambda: plain_epoch(lf, state, images, labels, idx, key)),
-    ("SGD epoch, training.make_epoch_fn (canonical)",
+    ("SGD epoch, loop.make_epoch_fn (canonical)",
      lambda: library_epoch(lf, state, images, labels, idx, key)),
     ("SGD epoch, Python loop of jitted steps", python_loop_epoch),
   ]
@@ -175,10 +175,10 @@ def main(argv=None):
   hvp_gain = (results["HVP over the split, XLA layouts in the scan"]
               / results["HVP over the split, lj.hvp (canonical)"])
   sgd_gain = (results["SGD epoch, XLA layouts in the scan"]
-              / results["SGD epoch, training.make_epoch_fn (canonical)"])
+              / results["SGD epoch, loop.make_epoch_fn (canonical)"])
   hvp_vs_loop = (results["HVP over the split, lj.hvp (canonical)"]
                  / results["HVP, Python loop of jitted batches"])
-  sgd_vs_loop = (results["SGD epoch, training.make_epoch_fn (canonical)"]
+  sgd_vs_loop = (results["SGD epoch, loop.make_epoch_fn (canonical)"]
                  / results["SGD epoch, Python loop of jitted steps"])
   summary = (f"canonical convolutions in loops: HVP over a split {hvp_gain:.1f}x faster, SGD "
              f"epoch {sgd_gain:.1f}x faster; vs Python loops of jitted calls: "

@@ -47,10 +47,12 @@ def _endpoints(config, model, train_ds, loss_fn_train, workdir):
   out = []
   for seed in config.endpoint_seeds:
     v = model.init(jax.random.key(seed), jnp.zeros((1, *train_ds.image_shape)))
+    settings = lj.TrainSettings(
+      epochs=config.endpoint_epochs, batch_size=config.batch_size,
+      learning_rate=config.endpoint_learning_rate, weight_decay=config.weight_decay, seed=seed,
+      augment=config.augment)
     p, _, _ = ensembles.train_sgd(
-      loss_fn_train(v.get("batch_stats")), v["params"], train_ds, epochs=config.endpoint_epochs,
-      batch_size=config.batch_size, learning_rate=config.endpoint_learning_rate,
-      weight_decay=config.weight_decay, seed=seed, augment=config.augment,
+      loss_fn_train(v.get("batch_stats")), v["params"], train_ds, settings=settings,
       progress=_PROGRESS.value, desc=f"endpoint {seed}",
       workdir=os.path.join(workdir, f"endpoint_seed{seed}"))
     out.append({**v, "params": p})
@@ -71,13 +73,14 @@ def main(argv):
 
   ends = _endpoints(config, model, train_ds, loss_fn_train, workdir)
   bs = ends[0].get("batch_stats")
+  settings = lj.CurveSettings(
+    epochs=config.epochs, num_bends=config.num_bends, kind=config.kind,
+    batch_size=config.batch_size, learning_rate=config.learning_rate, momentum=config.momentum,
+    weight_decay=config.weight_decay, num_ts=config.num_ts, augment=config.augment,
+    seed=config.seed, checkpoint_every=config.get("checkpoint_every", 1))
   curve, history = curve_training.train_curve(
-    loss_fn_train(bs), ends[0]["params"], ends[1]["params"], train_ds, epochs=config.epochs,
-    num_bends=config.num_bends, kind=config.kind, batch_size=config.batch_size,
-    learning_rate=config.learning_rate, momentum=config.momentum,
-    weight_decay=config.weight_decay, num_ts=config.num_ts,
-    augment=config.augment, seed=config.seed, workdir=os.path.join(workdir, "curve"),
-    checkpoint_every=config.get("checkpoint_every", 1), progress=_PROGRESS.value)
+    loss_fn_train(bs), ends[0]["params"], ends[1]["params"], train_ds, settings=settings,
+    workdir=os.path.join(workdir, "curve"), progress=_PROGRESS.value)
   splits = {"train": train_ds, "test": test_ds}
   if bs is None:
     metric_fn = lj.make_metric_fn(model, splits, batch_size=config.eval_batch_size)

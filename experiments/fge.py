@@ -60,21 +60,24 @@ def main(argv):
   def train(seed):
     sched = schedules.curve_lr_schedule(c.learning_rate, total_epochs=c.budget_epochs,
                                         steps_per_epoch=steps)
+    settings = lj.TrainSettings(epochs=c.budget_epochs, batch_size=c.batch_size,
+                                learning_rate=sched, weight_decay=c.weight_decay, seed=seed,
+                                augment=c.augment)
     p, _, _ = ensembles.train_sgd(
-      loss_fn, init(seed)["params"], train_ds, epochs=c.budget_epochs, batch_size=c.batch_size,
-      learning_rate=sched, weight_decay=c.weight_decay, seed=seed, augment=c.augment,
-      progress=_PROGRESS.value, desc=f"model {seed}",
-      workdir=os.path.join(workdir, f"model_seed{seed}"))
+      loss_fn, init(seed)["params"], train_ds, settings=settings, progress=_PROGRESS.value,
+      desc=f"model {seed}", workdir=os.path.join(workdir, f"model_seed{seed}"))
     return p
 
   if c.start:
     start = checkpoints.load_variables(os.path.join(c.start, "checkpoints"))["params"]
   else:
     start = train(c.seeds[0])
+  settings = lj.FGESettings(cycles=c.cycles, cycle_epochs=c.cycle_epochs, lr1=c.lr1, lr2=c.lr2,
+                            batch_size=c.batch_size, weight_decay=c.weight_decay,
+                            seed=c.seeds[0], augment=c.augment)
   members, _ = ensembles.fast_geometric_ensemble(
-    loss_fn, start, train_ds, cycles=c.cycles, cycle_epochs=c.cycle_epochs, lr1=c.lr1, lr2=c.lr2,
-    batch_size=c.batch_size, weight_decay=c.weight_decay, seed=c.seeds[0],
-    augment=c.augment, progress=_PROGRESS.value, workdir=os.path.join(workdir, "fge"))
+    loss_fn, start, train_ds, settings=settings, progress=_PROGRESS.value,
+    workdir=os.path.join(workdir, "fge"))
   independent = ensembles.stack_members(
     [start] + [train(s) for s in c.seeds[1:c.num_independent]])
 

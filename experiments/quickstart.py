@@ -324,11 +324,12 @@ class Tour:
     def run():
       loss_fn = lj.make_loss_fn(self.model, mean=self.train_ds.mean, std=self.train_ds.std,
                                 batch_stats=self.bn_template, train=self.bn_template is not None)
+      settings = lj.CurveSettings(epochs=self.c.curve_epochs, num_bends=3, kind="bezier",
+                                  batch_size=self.c.batch_size, learning_rate=0.03,
+                                  weight_decay=self.c.weight_decay)
       curve, _ = curve_training.train_curve(
-        loss_fn, self.var_a["params"], self.var_b["params"], self.train_ds,
-        epochs=self.c.curve_epochs, num_bends=3, kind="bezier", batch_size=self.c.batch_size,
-        learning_rate=0.03, weight_decay=self.c.weight_decay, workdir=self.path("curve_training"),
-        progress=self.progress)
+        loss_fn, self.var_a["params"], self.var_b["params"], self.train_ds, settings=settings,
+        workdir=self.path("curve_training"), progress=self.progress)
       metric_fn = self.metric_fn(True)
       res = curves.evaluate_curve(metric_fn, curve, kind="bezier",
                                   num_points=self.c.curve_points,
@@ -447,10 +448,11 @@ class Tour:
     def run():
       loss_fn = lj.make_loss_fn(self.model, mean=self.train_ds.mean, std=self.train_ds.std,
                                 batch_stats=self.bn_template, train=self.bn_template is not None)
+      settings = lj.FGESettings(cycles=self.c.fge_cycles, cycle_epochs=self.c.fge_cycle_epochs,
+                                lr1=self.c.fge_lr1, lr2=1e-3, batch_size=self.c.batch_size,
+                                weight_decay=self.c.weight_decay, seed=0)
       members, _ = ensembles.fast_geometric_ensemble(
-        loss_fn, self.var_a["params"], self.train_ds, cycles=self.c.fge_cycles,
-        cycle_epochs=self.c.fge_cycle_epochs, lr1=self.c.fge_lr1, lr2=1e-3,
-        batch_size=self.c.batch_size, weight_decay=self.c.weight_decay, seed=0,
+        loss_fn, self.var_a["params"], self.train_ds, settings=settings,
         workdir=self.path("fge_training"), progress=self.progress)
       stats = None
       if self.bn_template is not None:

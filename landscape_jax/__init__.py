@@ -199,6 +199,10 @@ _NAMES: dict[str, str] = {
   "garipov_schedule": "methods.schedules",
   "make_optimizer": "methods.schedules",
   "step_schedule": "methods.schedules",
+  # methods.loop
+  "RunDir": "methods.loop",
+  "run_epochs": "methods.loop",
+  "TrainSettings": "methods.loop",
   # methods.training
   "create_train_state": "methods.training",
   "eval_step": "methods.training",
@@ -217,12 +221,14 @@ _NAMES: dict[str, str] = {
   "load_variables": "methods.checkpoints",
   # methods.curve_training
   "curve_train_step": "methods.curve_training",
+  "CurveSettings": "methods.curve_training",
   "CurveTrainState": "methods.curve_training",
   "train_curve": "methods.curve_training",
   # methods.ensembles
   "evaluate_ensemble": "methods.ensembles",
   "fast_geometric_ensemble": "methods.ensembles",
   "fge_snapshot_epochs": "methods.ensembles",
+  "FGESettings": "methods.ensembles",
   "stack_members": "methods.ensembles",
   "swa_average": "methods.ensembles",
   "train_sgd": "methods.ensembles",
@@ -268,6 +274,7 @@ _MODULES: dict[str, str] = {
   "text": "adapters.text",
   "schedules": "methods.schedules",
   "training": "methods.training",
+  "loop": "methods.loop",
   "rundir": "methods.rundir",
   "checkpoints": "methods.checkpoints",
   "curve_training": "methods.curve_training",

@@ -26,9 +26,16 @@ XS = np.linspace(-1.0, 1.0, 3)
 YS = np.linspace(-1.0, 1.0, 3)
 CURVE_POINTS = 13          # + the straight line: 26 points, blocks of 8 with chunk_size=1
 TRAIN_EPOCHS = 5
-TRAIN_KW = dict(epochs=TRAIN_EPOCHS, batch_size=64, learning_rate=0.05, momentum=0.9,
-    weight_decay=1e-4,
-                num_bends=3, seed=0, progress=False)
+TRAIN_SETTINGS = dict(epochs=TRAIN_EPOCHS, batch_size=64, learning_rate=0.05, momentum=0.9,
+                      weight_decay=1e-4, num_bends=3, seed=0)
+
+
+def train_kw(**changes) -> dict:
+  """The keywords of the workers' curve training run (`CurveSettings` fields changed by
+  `changes`)."""
+  from landscape_jax.methods.curve_training import CurveSettings
+
+  return dict(settings=CurveSettings(**{**TRAIN_SETTINGS, **changes}), progress=False)
 
 
 def problem():
@@ -74,7 +81,7 @@ def run_curve_train(workdir, loss_fn, a, b, data, callback=None):
   from landscape_jax.methods import curve_training
 
   return curve_training.train_curve(loss_fn, a, b, data, workdir=workdir, callback=callback,
-                                    **TRAIN_KW)
+                                    **train_kw())
 
 
 def _slow(fn, delay):

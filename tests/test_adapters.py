@@ -333,8 +333,10 @@ def test_bezier_curve_trains_and_evaluates_with_recomputed_statistics(kind, trai
   else:
     end = lj.from_equinox(*_eqx_model(seed=1))[1]
   loss_fn = lj.make_loss_fn(model, mean=train.mean, std=train.std, train=True)
-  curve, hist = lj.train_curve(loss_fn, start, end, train, epochs=3, num_bends=3, batch_size=50,
-                               learning_rate=0.05, progress=False)
+  curve, hist = lj.train_curve(loss_fn, start, end, train,
+                               settings=lj.CurveSettings(epochs=3, num_bends=3, batch_size=50,
+                                                         learning_rate=0.05),
+                               progress=False)
   assert len(hist) == 3 and all(np.isfinite(h["loss"]) for h in hist)
   init = lj.init_curve(start, end, 3)
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a[1] - b[1]))), curve, init)
@@ -580,10 +582,14 @@ def test_docs_adapters_examples_run(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   page = open(os.path.join(root, "docs", "adapters.md"), encoding="utf-8").read()
   blocks = [b.split("```", 1)[0] for b in page.split("```python\n")[1:]]
-  assert len(blocks) == 3
+  assert len(blocks) == 4
   script = tmp_path / "adapters_page.py"  # the page's own code, as one script
   script.write_text("\n".join(blocks), encoding="utf-8")
   ns = runpy.run_path(str(script))
+  # the regression curve: (inputs, targets) data, the endpoints kept, its loss along the curve
+  np.testing.assert_array_equal(ns["rcurve"]["w1"][0], ns["ra"]["w1"])
+  np.testing.assert_array_equal(ns["rcurve"]["w1"][-1], ns["rb"]["w1"])
+  assert len(ns["rhistory"]) == 3 and ns["ralong"]["curve"]["train_loss"].shape == (5,)
   center = ns["metric_fn"](ns["a"])
   np.testing.assert_allclose(ns["surface"]["test_loss"][2, 2], center["test_loss"], rtol=1e-5)
   assert ns["along"]["curve"]["test_loss"].shape == (5,)

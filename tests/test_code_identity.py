@@ -103,16 +103,16 @@ def run(path):
   model = Net()
   a, b = (model.init(jax.random.key(s), X0)["params"] for s in (0, 1))
   loss_fn = lj.make_loss_fn(model, mean=DATA.mean, std=DATA.std)
-  lj.train_curve(loss_fn, a, b, DATA, epochs=1, batch_size=32, optimizer={edit},
-                 workdir=path, progress=False)
+  lj.train_curve(loss_fn, a, b, DATA, settings=lj.CurveSettings(epochs=1, batch_size=32),
+                 optimizer={edit}, workdir=path, progress=False)
 """, "optax.sgd(0.01)", "optax.sgd(0.02)", "optimizer_code"),
   "curve_adam": (NET.replace("{act}", "nn.relu") + """
 def run(path):
   model = Net()
   a, b = (model.init(jax.random.key(s), X0)["params"] for s in (0, 1))
   loss_fn = lj.make_loss_fn(model, mean=DATA.mean, std=DATA.std)
-  lj.train_curve(loss_fn, a, b, DATA, epochs=1, batch_size=32, optimizer={edit},
-                 workdir=path, progress=False)
+  lj.train_curve(loss_fn, a, b, DATA, settings=lj.CurveSettings(epochs=1, batch_size=32),
+                 optimizer={edit}, workdir=path, progress=False)
 """, "optax.sgd(0.01)", "optax.adam(0.01)", "optimizer_code"),
 }
 HELPER = "import jax\n\n\ndef act(x):\n  return jax.nn.{edit}(x)\n"

@@ -18,7 +18,7 @@ import pytest
 
 from landscape_jax.core import fileio
 from landscape_jax.core import store as store_lib
-from landscape_jax.methods import checkpoints
+from landscape_jax.methods.loop import RunDir
 
 pytestmark = pytest.mark.reliability
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,17 +67,18 @@ def test_second_writer_refused_reader_undisturbed_user_files_kept(tmp_path):
 
 def test_run_directories_take_one_writer(tmp_path):
   work = str(tmp_path / "run")
-  saver = checkpoints.EpochCheckpoints(work, "sgd", {"a": 1})
+  saver = RunDir(work, name="sgd", config={"a": 1})
   try:
     with pytest.raises(fileio.BusyError, match="being written by another writer"):
-      checkpoints.EpochCheckpoints(work, "sgd", {"a": 1})
+      RunDir(work, name="sgd", config={"a": 1})
   finally:
     saver.close()
-  checkpoints.EpochCheckpoints(work, "sgd", {"a": 1}).close()  # released
-  with fileio.exclusive(work, name=".train.lock", what="training runs"):
-    with pytest.raises(fileio.BusyError, match="training runs take one writer"):
-      with fileio.exclusive(work, name=".train.lock", what="training runs"):
-        pass
+  RunDir(work, name="sgd", config={"a": 1}).close()  # released
+  with RunDir(work, name="train", config={"a": 1}, layout="trajectory"):
+    with pytest.raises(fileio.BusyError, match="train training runs take one writer"):
+      RunDir(work, name="train", config={"a": 1}, layout="trajectory")
+  with RunDir(work, name="train", config={"a": 1}, layout="trajectory"):  # released
+    pass
   # a symlink planted at a lock file's name is never followed
   victim = tmp_path / "victim"
   victim.write_text("keep")

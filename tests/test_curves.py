@@ -158,9 +158,9 @@ def endpoints(mlp_setup, digits_train):
   out = []
   for seed in (1, 2):
     p = model.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 1)))["params"]
-    p, _, _ = ensembles.train_sgd(loss_fn, p, digits_train, epochs=20, batch_size=64,
-        learning_rate=0.05,
-                                  weight_decay=1e-4, seed=seed, progress=False)
+    settings = lj.TrainSettings(epochs=20, batch_size=64, learning_rate=0.05, weight_decay=1e-4,
+                                seed=seed)
+    p, _, _ = ensembles.train_sgd(loss_fn, p, digits_train, settings=settings, progress=False)
     out.append(p)
   return out
 
@@ -168,8 +168,11 @@ def endpoints(mlp_setup, digits_train):
 @pytest.fixture(scope="module")
 def trained_curve(mlp_setup, endpoints, digits_train):
   _, loss_fn, _ = mlp_setup
-  c, hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train, epochs=20,
-                               batch_size=64, learning_rate=0.05, weight_decay=1e-4, progress=False)
+  c, hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
+                                       settings=lj.CurveSettings(epochs=20, batch_size=64,
+                                                                 learning_rate=0.05,
+                                                                 weight_decay=1e-4),
+                                       progress=False)
   return c, hist
 
 
@@ -203,8 +206,8 @@ def test_trained_bezier_curve_halves_the_barrier(mlp_setup, endpoints, trained_c
 @pytest.mark.slow
 def test_curve_training_resumes_exactly(mlp_setup, endpoints, digits_train, tmp_path):
   _, loss_fn, _ = mlp_setup
-  kw = dict(epochs=4, batch_size=128, learning_rate=0.05, weight_decay=1e-4, num_bends=4, seed=3,
-            progress=False)
+  kw = dict(settings=lj.CurveSettings(epochs=4, batch_size=128, learning_rate=0.05,
+                                      weight_decay=1e-4, num_bends=4, seed=3), progress=False)
   ref, ref_hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
       **kw)
 
@@ -227,7 +230,7 @@ def test_curve_training_resumes_exactly(mlp_setup, endpoints, digits_train, tmp_
   with pytest.raises(ValueError, match="different configuration"):
     curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
         workdir=str(tmp_path),
-                       **{**kw, "learning_rate": 0.1})
+                       **{**kw, "settings": kw["settings"].replace(learning_rate=0.1)})
 
 
 def test_evaluate_curve_store_resumes_and_refuses_mixing(mlp_setup, trained_curve, tmp_path,
@@ -325,8 +328,9 @@ def test_curve_with_batchnorm_model(digits_train, digits_test):
   loss_fn = lj.make_loss_fn(model, mean=digits_train.mean, std=digits_train.std,
                             batch_stats=v[0]["batch_stats"], train=True)
   c, hist = curve_training.train_curve(loss_fn, v[0]["params"], v[1]["params"], digits_train,
-      epochs=2,
-                               batch_size=128, learning_rate=0.05, progress=False)
+                                       settings=lj.CurveSettings(epochs=2, batch_size=128,
+                                                                 learning_rate=0.05),
+                                       progress=False)
   assert np.isfinite(hist[-1]["loss"])
   metric_fn = lj.make_recompute_metric_fn(model, {"test": digits_test}, train_data=digits_train,
                                           batch_stats=v[0]["batch_stats"], bn_batch_size=128)
@@ -357,9 +361,9 @@ loss_fn = lj.make_loss_fn(model, mean=tr.mean, std=tr.std)
 def kill(epoch, curve, record):
   if epoch == 1:
     os.kill(os.getpid(), signal.SIGKILL)
-curve_training.train_curve(loss_fn, ends[0], ends[1], tr, epochs=3, batch_size=128,
-    learning_rate=0.05,
-                   weight_decay=1e-4, seed=5, progress=False, workdir=sys.argv[2], callback=kill)
+settings = lj.CurveSettings(epochs=3, batch_size=128, learning_rate=0.05, weight_decay=1e-4, seed=5)
+curve_training.train_curve(loss_fn, ends[0], ends[1], tr, settings=settings, progress=False,
+                           workdir=sys.argv[2], callback=kill)
 """
 
 
@@ -380,7 +384,8 @@ def test_curve_training_resumes_after_sigkill(mlp_setup, endpoints, digits_train
   proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ends.npz"),
                          str(tmp_path / "run")], env=env, capture_output=True, timeout=300)
   assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-  kw = dict(epochs=3, batch_size=128, learning_rate=0.05, weight_decay=1e-4, seed=5, progress=False)
+  kw = dict(settings=lj.CurveSettings(epochs=3, batch_size=128, learning_rate=0.05,
+                                      weight_decay=1e-4, seed=5), progress=False)
   got, hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,
                                  workdir=str(tmp_path / "run"), **kw)
   ref, ref_hist = curve_training.train_curve(loss_fn, endpoints[0], endpoints[1], digits_train,

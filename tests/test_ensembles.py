@@ -1,5 +1,7 @@
 """Fast Geometric Ensembling, SWA and ensemble metrics (Garipov et al. 2018)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,12 +86,12 @@ def test_fge_ensemble_loss_is_bounded_by_its_members(digits_train, digits_test):
   model = lj.get_model("mlp", num_classes=10, features=(32,))
   loss_fn = lj.make_loss_fn(model, mean=digits_train.mean, std=digits_train.std)
   p = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
-  p, _, _ = ensembles.train_sgd(loss_fn, p, digits_train, epochs=20, batch_size=64,
-      learning_rate=0.05,
-                                weight_decay=5e-4, seed=0, progress=False)
-  members, hist = ensembles.fast_geometric_ensemble(
-    loss_fn, p, digits_train, cycles=6, cycle_epochs=4, lr1=0.2, lr2=1e-3, batch_size=64,
-    weight_decay=5e-4, progress=False)
+  settings = lj.TrainSettings(epochs=20, batch_size=64, learning_rate=0.05, weight_decay=5e-4)
+  p, _, _ = ensembles.train_sgd(loss_fn, p, digits_train, settings=settings, progress=False)
+  fge = lj.FGESettings(cycles=6, cycle_epochs=4, lr1=0.2, lr2=1e-3, batch_size=64,
+                       weight_decay=5e-4)
+  members, hist = ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, settings=fge,
+                                                    progress=False)
   assert jax.tree.leaves(members)[0].shape[0] == 6 and len(hist) == 24
   res = ensembles.evaluate_ensemble(model, members, digits_test)
   assert res["loss"] <= res["member_loss"].mean() + 1e-6
@@ -120,9 +122,10 @@ def test_fge_resumes_exactly_with_its_snapshots(digits_train, tmp_path, kill_aft
   model = lj.get_model("mlp", num_classes=10, features=(16,))
   loss_fn = lj.make_loss_fn(model, mean=digits_train.mean, std=digits_train.std)
   p = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
-  kw = dict(cycles=3, cycle_epochs=2, lr1=0.1, lr2=1e-3, batch_size=128, weight_decay=5e-4,
-            seed=1, progress=False)
-  ref, ref_hist = ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, **kw)
+  settings = lj.FGESettings(cycles=3, cycle_epochs=2, lr1=0.1, lr2=1e-3, batch_size=128,
+                            weight_decay=5e-4, seed=1)
+  ref, ref_hist = ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, settings=settings,
+                                                    progress=False)
 
   def kill(epoch, params, record):
     if epoch + 1 == kill_after + 1:  # one epoch past a checkpoint: that epoch is redone
@@ -130,23 +133,28 @@ def test_fge_resumes_exactly_with_its_snapshots(digits_train, tmp_path, kill_aft
 
   work = str(tmp_path / "fge")
   with pytest.raises(_Killed):
-    ensembles.train_sgd(
-      loss_fn, p, digits_train, epochs=6, batch_size=128, weight_decay=5e-4, seed=1,
+    sgd = lj.TrainSettings(
+      epochs=6, batch_size=128, weight_decay=5e-4, seed=1, checkpoint_every=2,
       learning_rate=ensembles.cyclic_schedule(lr1=0.1, lr2=1e-3, cycle_epochs=2,
-                                   steps_per_epoch=len(digits_train) // 128),
-      snapshot_epochs=ensembles.fge_snapshot_epochs(6, 2), progress=False, desc="fge",
-      workdir=work, checkpoint_every=2, callback=kill)
+                                              steps_per_epoch=len(digits_train) // 128))
+    assert sgd == dataclasses.replace(settings.sgd_settings(len(digits_train) // 128),
+                                      checkpoint_every=2, learning_rate=sgd.learning_rate)
+    ensembles.train_sgd(loss_fn, p, digits_train, settings=sgd,
+                        snapshot_epochs=ensembles.fge_snapshot_epochs(6, 2), progress=False,
+                        desc="fge", workdir=work, callback=kill)
   assert lj.checkpoints.list_steps(f"{work}/sgd_snapshots") == [
     e for e in ensembles.fge_snapshot_epochs(6, 2) if e <= kill_after]
-  got, hist = ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, workdir=work,
-                                                checkpoint_every=2, **kw)
+  every2 = dataclasses.replace(settings, checkpoint_every=2)
+  got, hist = ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, settings=every2,
+                                                workdir=work, progress=False)
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), got, ref)
   assert hist == ref_hist
   # another configuration, or other starting parameters, in the same workdir is refused
   with pytest.raises(ValueError, match="different configuration.*learning_rate"):
-    ensembles.fast_geometric_ensemble(loss_fn, p, digits_train, workdir=work, checkpoint_every=2,
-                                      **{**kw, "lr1": 0.2})
+    ensembles.fast_geometric_ensemble(loss_fn, p, digits_train,
+                                      settings=dataclasses.replace(every2, lr1=0.2), workdir=work,
+                                      progress=False)
   other = jax.tree.map(lambda x: x + 1.0, p)
   with pytest.raises(ValueError, match="different configuration.*init_sha256"):
-    ensembles.fast_geometric_ensemble(loss_fn, other, digits_train, workdir=work,
-                                      checkpoint_every=2, **kw)
+    ensembles.fast_geometric_ensemble(loss_fn, other, digits_train, settings=every2, workdir=work,
+                                      progress=False)

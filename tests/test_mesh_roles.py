@@ -340,9 +340,11 @@ def test_train_curve_keeps_the_endpoints_sharding():
   p0, p1 = (model.init(jax.random.key(s), tr.images[:2].astype(np.float32))["params"]
             for s in (0, 1))
   loss_fn = lj.make_loss_fn(model, mean=tr.mean, std=tr.std)
-  ref, _ = lj.train_curve(loss_fn, p0, p1, tr, epochs=1, batch_size=32, progress=False)
+  ref, _ = lj.train_curve(loss_fn, p0, p1, tr, settings=lj.CurveSettings(epochs=1, batch_size=32),
+                          progress=False)
   s0, s1 = shd.shard_params((p0, p1), lj.make_mesh(model=4))
-  out, _ = lj.train_curve(loss_fn, s0, s1, tr, epochs=1, batch_size=32, progress=False)
+  out, _ = lj.train_curve(loss_fn, s0, s1, tr, settings=lj.CurveSettings(epochs=1, batch_size=32),
+                          progress=False)
   for a, b, p in zip(jax.tree.leaves(out), jax.tree.leaves(ref), jax.tree.leaves(s0),
                      strict=True):
     expected = P(None, *p.sharding.spec) if p.sharding.spec else P()
@@ -405,7 +407,7 @@ def test_fge_and_swa_keep_the_sharding():
   params = model.init(jax.random.key(0), tr.images[:2].astype(np.float32))["params"]
   loss_fn = lj.make_loss_fn(model, mean=tr.mean, std=tr.std)
   sharded = shd.shard_params(params, lj.make_mesh(model=4))
-  kw = dict(cycles=1, cycle_epochs=2, batch_size=32, progress=False)
+  kw = dict(settings=ensembles.FGESettings(cycles=1, cycle_epochs=2, batch_size=32), progress=False)
   ref, _ = ensembles.fast_geometric_ensemble(loss_fn, params, tr, **kw)
   members, _ = ensembles.fast_geometric_ensemble(loss_fn, sharded, tr, **kw)
   swa = ensembles.swa_average(members)

@@ -311,7 +311,7 @@ def test_corrupt_curve_checkpoint_is_detected(problem, tmp_path):
   """A flipped byte in the latest curve-training checkpoint: the rerun raises
   CheckpointCorruptError instead of continuing from wrong bends; nothing is modified."""
   _, data, a, b, _, loss_fn = problem
-  kw = {**rw.TRAIN_KW, "epochs": 2}
+  kw = rw.train_kw(epochs=2)
   work = str(tmp_path / "curve")
   curve_training.train_curve(loss_fn, a, b, data, workdir=work, **kw)
   step = os.path.join(work, "curve_ckpt", "2")
@@ -333,7 +333,7 @@ def test_damaged_json_side_files_are_named_with_the_remedy(problem, tmp_path):
   damaged by hand, the rerun stops with StoreCorruptError naming the file and what to do, and
   changes nothing; following the remedy resumes."""
   _, data, a, b, _, loss_fn = problem
-  kw = {**rw.TRAIN_KW, "epochs": 1}
+  kw = rw.train_kw(epochs=1)
   work = str(tmp_path / "curve")
   bends, history = curve_training.train_curve(loss_fn, a, b, data, workdir=work, **kw)
   for name, remedy in (("curve_config.json", "Restore it"), ("curve_history.json", "Move it away")):
@@ -513,7 +513,8 @@ def test_nan_parameters_are_errors_but_nan_losses_far_out_are_values(problem):
     curves.evaluate_curve(metric_fn, curves.init_curve(bad, b), num_points=3,
                           engine=lj.EngineOptions(progress=False))
   with pytest.raises(ValueError, match="non-finite values at Dense_1/kernel"):
-    curve_training.train_curve(loss_fn, bad, b, data, epochs=1, progress=False)
+    curve_training.train_curve(loss_fn, bad, b, data, settings=lj.CurveSettings(epochs=1),
+                               progress=False)
   # Far grid points: the loss overflows to inf/NaN and is recorded as a value, not an error.
   res = lj.surface_grid(metric_fn, a, d, [0.0, 1e30],
                         engine=lj.EngineOptions(chunk_size=1, progress=False))
@@ -627,7 +628,7 @@ def test_surfaces_and_curves_identical_across_reruns_and_device_counts(problem):
 
 def test_curve_training_bit_identical_across_reruns(problem):
   _, data, a, b, _, loss_fn = problem
-  kw = {**rw.TRAIN_KW, "epochs": 2}
+  kw = rw.train_kw(epochs=2)
   c1, h1 = curve_training.train_curve(loss_fn, a, b, data, **kw)
   c2, h2 = curve_training.train_curve(loss_fn, a, b, data, **kw)
   _equal(c1, c2)

@@ -251,19 +251,19 @@ def test_checkpoints_round_trip_through_gs(gcs, digits_train):
     checkpoints.save(directory, 5, state)
   checkpoints.save(directory, 5, state, overwrite=True)
   jax.tree.map(np.testing.assert_array_equal, checkpoints.restore(directory, state), state)
-  # the per-epoch checkpoints of curve training and SGD (an orbax manager keeping two)
-  saver = checkpoints.EpochCheckpoints("gs://bucket/curve", "curve", {"seed": 0})
+  # the run directory of curve training and SGD (an orbax manager keeping two)
+  saver = lj.RunDir("gs://bucket/curve", name="curve", config={"seed": 0})
   for epoch in (1, 2, 3):
     saver.save(epoch, {"w": np.full(3, float(epoch))}, [{"epoch": e} for e in range(epoch)])
   saver.close()
-  again = checkpoints.EpochCheckpoints("gs://bucket/curve", "curve", {"seed": 0})
+  again = lj.RunDir("gs://bucket/curve", name="curve", config={"seed": 0})
   got, done, history = again.restore({"w": np.zeros(3)})
   again.close()
   assert done == 3 and history == [{"epoch": 0}, {"epoch": 1}, {"epoch": 2}]
   np.testing.assert_array_equal(got["w"], np.full(3, 3.0))
   assert sorted(os.listdir(root / "bucket/curve/curve_ckpt")) == ["2", "3"]
   with pytest.raises(lj.store.StoreMismatchError, match="seed"):
-    checkpoints.EpochCheckpoints("gs://bucket/curve", "curve", {"seed": 1})
+    lj.RunDir("gs://bucket/curve", name="curve", config={"seed": 1})
   with pytest.raises(ValueError, match="local paths and gs:// only"):
     checkpoints.save("s3://bucket/ckpt", 0, state)
 

@@ -22,8 +22,8 @@ from landscape_jax.methods import (
   training,
 )
 
-KW = dict(epochs=1, batch_size=64, learning_rate=0.05, weight_decay=1e-4, num_bends=3, seed=0,
-          progress=False)
+KW = dict(settings=lj.CurveSettings(epochs=1, batch_size=64, learning_rate=0.05, weight_decay=1e-4,
+                                    num_bends=3, seed=0), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +119,8 @@ def test_curve_uninspectable_loss_fn_needs_a_name(setup, tmp_path):
 
 def test_sgd_other_init_data_or_loss_fn_refused(setup, tmp_path, digits_train):
   model, data, loss_fn, a, b = setup
-  kw = dict(epochs=1, batch_size=64, learning_rate=0.05, seed=0, progress=False,
-      workdir=str(tmp_path))
+  kw = dict(settings=lj.TrainSettings(epochs=1, batch_size=64, learning_rate=0.05, seed=0),
+            progress=False, workdir=str(tmp_path))
   p1, _, _ = ensembles.train_sgd(loss_fn, a, data, **kw)
   p2, _, _ = ensembles.train_sgd(loss_fn, a, data, **kw)  # resumes: the same result
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), p1, p2)

@@ -34,7 +34,6 @@ parameters in step order, ready for ``directions.pca_directions``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -47,21 +46,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from landscape_jax.core import fileio, trees
-from landscape_jax.core.store import check_or_write_config, read_json
 
 __all__ = [
   "CheckpointCorruptError",
   "CHECKSUM_FILE",
   "COMMIT_FILE",
-  "CONFIG_REMEDY",
-  "EpochCheckpoints",
   "latest_step",
   "list_steps",
   "load_trajectory",
   "load_variables",
+  "orbax_path",
   "restore",
   "save",
   "saved_structure",
+  "verify_leaf_digests",
+  "write_leaf_digests",
 ]
 
 PyTree = Any
@@ -82,7 +81,7 @@ def _exists(path: str) -> bool:
   return fileio.as_path(path).exists()
 
 
-def _orbax_path(path: str):
+def orbax_path(path: str):
   """The absolute path orbax is given; a remote scheme its TensorStore cannot open is refused."""
   if fileio.is_remote(path) and not os.fspath(path).startswith("gs://"):
     raise ValueError(
@@ -189,7 +188,7 @@ def save(directory: str, step: int, tree: PyTree, *, overwrite: bool = False) ->
   if step < 0:
     raise ValueError(f"Checkpoint step must be non-negative, got {step}.")
   path = _step_dir(directory, step)
-  target = _orbax_path(path)
+  target = orbax_path(path)
   if _exists(path):
     if _is_complete(path) and not overwrite:
       raise ValueError(
@@ -222,7 +221,7 @@ def _resolve_step(directory: str, step: int | None) -> int:
 def saved_structure(directory: str, step: int | None = None) -> PyTree:
   """The saved state dict of a checkpoint as `jax.ShapeDtypeStruct` leaves (reads no arrays)."""
   path = _step_dir(directory, _resolve_step(directory, step))
-  meta = _handler().metadata(_orbax_path(path))
+  meta = _handler().metadata(orbax_path(path))
   meta = getattr(meta, "item_metadata", meta)
   meta = getattr(meta, "tree", meta)
   out = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)), meta)
@@ -261,7 +260,7 @@ def restore(directory: str, target: PyTree | None = None, *, step: int | None = 
       checksum (a `ValueError` too).
   """
   step = _resolve_step(directory, step)
-  path = _orbax_path(_step_dir(directory, step))
+  path = orbax_path(_step_dir(directory, step))
   saved = saved_structure(directory, step)
   if target is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -337,93 +336,7 @@ def load_trajectory(directory: str, *, key: str = "params",
   return out
 
 
-CONFIG_REMEDY = ("To start fresh, use another workdir or move this one away; to resume, rerun "
-                  "with exactly the inputs that computed it.")
-
-
-class EpochCheckpoints:
-  """Per-epoch checkpoints of a training loop in `workdir`, resumed exactly.
-
-  Files (``<name>`` is e.g. "curve" or "sgd"): ``<name>_config.json`` (the run's configuration
-  with the exact identities of its inputs; a rerun with another one is refused by
-  `store.check_or_write_config`), ``<name>_ckpt/<epochs done>/`` (an orbax manager keeping
-  the latest two, each with the sha256 of every leaf, verified on restore) and
-  ``<name>_history.json`` (the per-epoch records, written before each checkpoint, so a record
-  newer than the last checkpoint is dropped on resume). Used by `train_curve` and
-  `ensembles.train_sgd`.
-  """
-
-  def __init__(self, workdir: str, name: str, config: dict):
-    import orbax.checkpoint as ocp
-
-    self._ocp = ocp
-    self.workdir = workdir
-    self.name = name
-    fileio.makedirs(workdir)
-    self._lock = contextlib.ExitStack()
-    if jax.process_index() == 0:  # one writer at a time; released by close() (or process exit)
-      self._lock.enter_context(fileio.exclusive(workdir, name=f".{name}.lock",
-                                                what=f"{name} training runs"))
-    try:
-      self._open(workdir, name, config)
-    except BaseException:
-      self._lock.close()
-      raise
-
-  def _open(self, workdir: str, name: str, config: dict) -> None:
-    ocp = self._ocp
-    check_or_write_config(fileio.join(workdir, f"{name}_config.json"), config,
-                          what=f"the checkpoints of a {name} training run",
-                          remedy=CONFIG_REMEDY)
-    self.manager = ocp.CheckpointManager(
-      _orbax_path(fileio.join(workdir, f"{name}_ckpt")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-
-  def _step_dir(self, epochs_done: int) -> str:
-    return fileio.join(self.workdir, f"{self.name}_ckpt", str(epochs_done))
-
-  def restore(self, state: PyTree) -> tuple[PyTree, int, list[dict]]:
-    """``(state, epochs done, history)`` of the latest checkpoint (`state` unchanged if none)."""
-    last = self.manager.latest_step()
-    if last is None:
-      return state, 0, []
-    ocp = self._ocp
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"state": state})
-    step_dir = self._step_dir(last)
-    try:
-      restored = self.manager.restore(last, args=ocp.args.StandardRestore(target))
-    except Exception as e:  # tensorstore/orbax raise plain Exceptions for unreadable data
-      raise CheckpointCorruptError(
-        f"Checkpoint {step_dir} could not be read, it is truncated or corrupt "
-        f"({str(e)[:300]}). Move it away to resume from the previous epoch.") from e
-    _verify_leaf_digests(step_dir, restored["state"])
-    # orbax returns NamedTuples (optax states too) as lists; the leaf order is the same
-    state = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(restored["state"]))
-    history = []
-    hist_path = fileio.join(self.workdir, f"{self.name}_history.json")
-    if _exists(hist_path):
-      saved = read_json(hist_path, remedy="Move it away to resume without the records of the "
-                        "finished epochs (the checkpoints are intact).")
-      history = [h for h in saved if h["epoch"] < last]
-    return state, last, history
-
-  def save(self, epochs_done: int, state: PyTree, history: list[dict]) -> None:
-    """History first, then the state (orbax, atomic), then its sha256 file."""
-    fileio.atomic_write_json(fileio.join(self.workdir, f"{self.name}_history.json"), history,
-                             indent=None)
-    self.manager.save(epochs_done, args=self._ocp.args.StandardSave({"state": state}))
-    self.manager.wait_until_finished()
-    _write_leaf_digests(self._step_dir(epochs_done), state)
-
-  def close(self) -> None:
-    """Closes the checkpoint manager and releases the run directory's write lock."""
-    try:
-      self.manager.close()
-    finally:
-      self._lock.close()
-
-
-def _write_leaf_digests(step_dir: str, state: PyTree) -> None:
+def write_leaf_digests(step_dir: str, state: PyTree) -> None:
   """sha256 of every leaf (in leaf order) next to an orbax step: its compression has no checksum."""
   digests = _leaf_digests(state)
   if digests is not None and fileio.as_path(step_dir).is_dir():
@@ -431,7 +344,10 @@ def _write_leaf_digests(step_dir: str, state: PyTree) -> None:
                              list(digests.values()), indent=None)
 
 
-def _verify_leaf_digests(step_dir: str, restored: PyTree) -> None:
+def verify_leaf_digests(step_dir: str, restored: PyTree) -> None:
+  """Checks the arrays restored from an orbax step against its ``sha256.json`` (leaf order);
+  `CheckpointCorruptError` names the first damaged leaf. A step without the file (killed between
+  the orbax commit and the file) is restored unverified."""
   path = fileio.join(step_dir, CHECKSUM_FILE)
   if not _exists(path):
     return  # killed between the orbax commit and this file: restored unverified

@@ -20,8 +20,8 @@ derived from (seed, epoch, step) only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from landscape_jax.adapters.data import Dataset
 from landscape_jax.adapters.evaluation import (
   device_split,
   inference_forward,
@@ -43,7 +42,15 @@ from landscape_jax.adapters.losses import Loss, check_loss
 from landscape_jax.core import fileio
 from landscape_jax.core import identity as identity_lib
 from landscape_jax.methods import checkpoints
-from landscape_jax.methods.checkpoints import EpochCheckpoints
+from landscape_jax.methods.loop import (
+  RunDir,
+  TrainSettings,
+  as_training_data,
+  epoch_indices,
+  make_epoch_fn,
+  run_epochs,
+  settings_class,
+)
 from landscape_jax.methods.rundir import (
   batch_shapes,
   data_digest,
@@ -51,16 +58,12 @@ from landscape_jax.methods.rundir import (
   optimizer_identity,
 )
 from landscape_jax.methods.schedules import cyclic_schedule, make_optimizer
-from landscape_jax.methods.training import (
-  TrainState,
-  epoch_indices,
-  make_epoch_fn,
-  progress_bar,
-)
+from landscape_jax.methods.training import TrainState
 
 __all__ = [
   "evaluate_ensemble",
   "fast_geometric_ensemble",
+  "FGESettings",
   "fge_snapshot_epochs",
   "stack_members",
   "swa_average",
@@ -86,52 +89,58 @@ def fge_snapshot_epochs(epochs: int, cycle_epochs: int) -> list[int]:
 # ----------------------------------------------------------------------------- training
 
 
-def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data: Dataset, *,
-              epochs: int, batch_size: int = 128,
-              optimizer: optax.GradientTransformation | None = None,
-              learning_rate: optax.ScalarOrSchedule = 0.05, momentum: float = 0.9,
-              weight_decay: float = 5e-4, seed: int = 0, augment: bool = False,
-              snapshot_epochs: Sequence[int] = (), progress: bool = True, desc: str = "train",
-              workdir: str | None = None, checkpoint_every: int = 1,
-              callback: Callable | None = None, identity: str | None = None,
-              ) -> tuple[PyTree, list[PyTree], list[dict]]:
-  """Minibatch training of `params` with Optax (default `sgd`), one `lax.scan` per epoch.
+def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data, *,
+              settings: TrainSettings, optimizer: optax.GradientTransformation | None = None,
+              snapshot_epochs: Sequence[int] = (), workdir: str | None = None,
+              progress: bool = True, desc: str = "train", callback: Callable | None = None,
+              identity: str | None = None) -> tuple[PyTree, list[PyTree], list[dict]]:
+  """Minibatch training of `params` with Optax, one `lax.scan` per epoch (`loop.run_epochs`).
+
+  Each step is ``g = grad loss_fn(w, batch); u, s = optimizer.update(g, s, w); w <- w + u``.
 
   Args:
-    loss_fn: ``loss_fn(params, (uint8 images, labels)) -> scalar`` (training mode for BatchNorm).
+    loss_fn: ``loss_fn(params, (inputs, targets)) -> scalar`` (e.g. `make_loss_fn` with any
+      `Loss`; training mode for BatchNorm).
     params: initial parameters.
-    data: training split (kept on the device).
-    epochs, batch_size: length of training; the last partial batch of an epoch is dropped.
-    optimizer: any Optax optimiser; default `schedules.make_optimizer` (SGD with momentum
-      and weight decay as an L2 gradient term, as PyTorch's).
-    seed: shuffling (numpy, per epoch) and per-step keys depend only on (seed, epoch, step).
-    augment: random crop + flip.
+    data: the training split, kept on the device: an ``(inputs, targets)`` pair of pytrees with
+      a leading example axis, or a `Dataset` (its uint8 images and labels).
+    settings: the `loop.TrainSettings` (epochs, batch size, learning rate, momentum, weight
+      decay, seed, augmentation, checkpoint cadence).
+    optimizer: any Optax `GradientTransformation`; default `schedules.make_optimizer` with the
+      settings' learning rate, momentum and weight decay: ``optax.chain(add_decayed_weights(wd),
+      sgd(lr, momentum))``, PyTorch's SGD with weight decay as an L2 gradient term.
     snapshot_epochs: 0-based epochs after which a copy of the parameters is kept.
-    workdir: if given, the state is checkpointed every `checkpoint_every` epochs (and after the
-      last) with `checkpoints.EpochCheckpoints` (``sgd_config.json``, ``sgd_ckpt/``,
-      ``sgd_history.json``) and every snapshot as ``sgd_snapshots/<epoch>``; a rerun resumes
+    workdir: if given, a `loop.RunDir` (``sgd_config.json``, ``sgd_ckpt/``,
+      ``sgd_history.json``) checkpoints the state every ``settings.checkpoint_every`` epochs
+      (and after the last) and every snapshot as ``sgd_snapshots/<epoch>``; a rerun resumes
       from the last checkpoint and returns what an uninterrupted run returns. The configuration
       records the hyperparameters and exact identities: the sha256 digest
-      (`identity.tree_digest`) of the initial `params` and of the data (images and labels), and
-      `identity.callable_identity` of `loss_fn`; a rerun that differs in any of them (e.g.
-      permuted initial parameters, other data or BatchNorm statistics) raises
+      (`identity.tree_digest`) of the initial `params` and of the data, the traced code of the
+      optimiser and `identity.callable_identity` of `loss_fn`; a rerun that differs in any of
+      them (e.g. permuted initial parameters, other data or BatchNorm statistics) raises
       `store.StoreMismatchError` listing what differs.
+    progress: a progress bar over epochs, labelled `desc`.
     callback: ``callback(epoch, params, record)`` after every epoch (after its checkpoint).
     identity: with `workdir`, a name you guarantee identifies `loss_fn` where its content cannot
       be inspected (`identity.callable_identity` raises `IdentityError` without it).
 
   Returns:
     ``(params, snapshots, history)`` with one ``{"epoch", "loss"}`` per epoch.
+
+  Raises:
+    FloatingPointError: the training loss became NaN or infinite.
   """
-  if checkpoint_every <= 0:
-    raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}.")
-  steps_per_epoch = len(data) // batch_size
+  s = settings
+  if not isinstance(s, TrainSettings):
+    raise TypeError(f"settings must be a TrainSettings, got {type(s).__name__}.")
+  inputs, targets, n = as_training_data(data)
+  steps_per_epoch = n // s.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"batch_size {batch_size} is larger than the split ({len(data)} examples).")
+    raise ValueError(f"batch_size {s.batch_size} is larger than the split ({n} examples).")
   opt = optimizer if optimizer is not None else make_optimizer(
-    learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
+    learning_rate=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay)
   recorded_loss_fn = None if workdir is None else loss_fn_identity(
-    loss_fn, identity, params=params, batch=batch_shapes(data, batch_size))
+    loss_fn, identity, params=params, batch=batch_shapes((inputs, targets), s.batch_size))
   loss_fn = loss_fn if isinstance(loss_fn, jax.tree_util.Partial) else jax.tree_util.Partial(
     loss_fn)
 
@@ -142,69 +151,110 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data:
     return st._replace(step=st.step + 1, params=optax.apply_updates(st.params, updates),
                        opt_state=opt_state), loss
 
-  epoch_fn = make_epoch_fn(step_fn, augment=augment)
+  scan_epoch = make_epoch_fn(step_fn, augment=s.augment)
   state = TrainState(jnp.zeros((), jnp.int32), params, {}, opt.init(params))
-  images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
-  key = jax.random.key(seed)
-  snaps, history = [], []
-  wanted = set(snapshot_epochs)
-  first_epoch, saver = 0, None
+  key = jax.random.key(s.seed)
+  wanted = {int(e) for e in snapshot_epochs}
+  snaps: dict[int, PyTree] = {}
+  config = None
   if workdir is not None:
-    total = max(epochs * steps_per_epoch - 1, 0)
-    lr = learning_rate
+    total = max(s.epochs * steps_per_epoch - 1, 0)
+    lr = s.learning_rate
     lr_config = (float(lr) if not callable(lr) else
-                 [float(lr(s)) for s in sorted({0, total // 4, total // 2, 3 * total // 4, total})])
-    saver = EpochCheckpoints(workdir, "sgd", {
-      "epochs": epochs, "batch_size": batch_size, "learning_rate": lr_config, "momentum": momentum,
-      "weight_decay": weight_decay, "seed": seed, "augment": augment,
-      "custom_optimizer": optimizer is not None, "num_examples": len(data),
+                 [float(lr(t)) for t in sorted({0, total // 4, total // 2, 3 * total // 4, total})])
+    config = {
+      "epochs": s.epochs, "batch_size": s.batch_size, "learning_rate": lr_config,
+      "momentum": s.momentum, "weight_decay": s.weight_decay, "seed": s.seed,
+      "augment": s.augment, "custom_optimizer": optimizer is not None, "num_examples": n,
       "optimizer_code": optimizer_identity(opt, params), "versions": identity_lib.versions(),
-      "snapshot_epochs": sorted(int(e) for e in wanted),
-      "init_sha256": identity_lib.tree_digest(params), "data_sha256": data_digest(data),
-      "loss_fn": recorded_loss_fn})
-    snap_dir = fileio.join(workdir, "sgd_snapshots")
-  try:  # from here on, every exit releases the workdir's write lock (saver.close)
-    if saver is not None:
-      state, first_epoch, history = saver.restore(state)
-      for e in sorted(e for e in wanted if e < first_epoch):
-        snaps.append(checkpoints.restore(snap_dir, params, step=e))
-    bar = progress_bar(range(first_epoch, epochs), progress, desc, initial=first_epoch,
-                       total=epochs)
-    for epoch in bar:
-      idx = jnp.asarray(epoch_indices(len(data), batch_size, seed, epoch))
-      state, loss = epoch_fn(loss_fn, state, images, labels, idx, key)
-      loss = float(loss)
-      if not math.isfinite(loss):
-        raise FloatingPointError(f"Training diverged at epoch {epoch} (loss {loss}); lower lr.")
-      record = {"epoch": epoch, "loss": loss}
-      history.append(record)
-      if epoch in wanted:
-        snaps.append(state.params)
-        if saver is not None:  # a rerun of this epoch writes the same snapshot again
-          checkpoints.save(snap_dir, epoch, state.params, overwrite=True)
-      if saver is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-        saver.save(epoch + 1, state, history)
-      if callback is not None:
-        callback(epoch, state.params, record)
-  finally:
-    if saver is not None:
-      saver.close()
-  return state.params, snaps, history
+      "snapshot_epochs": sorted(wanted), "init_sha256": identity_lib.tree_digest(params),
+      "data_sha256": data_digest((inputs, targets)), "loss_fn": recorded_loss_fn}
+  snap_dir = None if workdir is None else fileio.join(workdir, "sgd_snapshots")
+  inputs, targets = jax.tree.map(jnp.asarray, (inputs, targets))
+
+  def epoch_fn(st, epoch, tick):
+    del tick
+    idx = jnp.asarray(epoch_indices(n, s.batch_size, s.seed, epoch))
+    st, loss = scan_epoch(loss_fn, st, inputs, targets, idx, key)
+    return st, {"epoch": epoch, "loss": float(loss)}
+
+  def on_epoch(epoch, st, record):
+    if epoch in wanted:
+      snaps[epoch] = st.params
+      if snap_dir is not None:  # a rerun of this epoch writes the same snapshot again
+        checkpoints.save(snap_dir, epoch, st.params, overwrite=True)
+
+  run = None if workdir is None else RunDir(workdir, name="sgd", config=config)
+  with run if run is not None else contextlib.nullcontext():
+    state, history = run_epochs(
+      epoch_fn, state, epochs=s.epochs, run=run, checkpoint_every=s.checkpoint_every,
+      progress=progress, desc=desc, on_epoch=on_epoch,
+      callback=None if callback is None else lambda e, st, r: callback(e, st.params, r))
+    for e in sorted(e for e in wanted if e < s.epochs and e not in snaps):  # before the resume
+      snaps[e] = checkpoints.restore(snap_dir, params, step=e)
+  return state.params, [snaps[e] for e in sorted(snaps)], history
+
+
+@settings_class
+class FGESettings:
+  """The hyperparameters of Fast Geometric Ensembling (frozen, checked on creation).
+
+  Attributes:
+    cycles: number of learning-rate cycles (one ensemble member each).
+    cycle_epochs: epochs per cycle c (even, >= 2: the snapshot is taken at mid-cycle).
+    lr1, lr2: the cycle's highest and lowest learning rates (`schedules.cyclic_schedule`).
+    batch_size, momentum, weight_decay, seed, augment, checkpoint_every: as in
+      `loop.TrainSettings`.
+
+  References:
+    Garipov, Izmailov, Podoprikhin, Vetrov and Wilson 2018, "Loss Surfaces, Mode Connectivity,
+    and Fast Ensembling of DNNs".
+  """
+
+  cycles: int
+  cycle_epochs: int = 4
+  lr1: float = 0.05
+  lr2: float = 1e-4
+  batch_size: int = 128
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  seed: int = 0
+  augment: bool = False
+  checkpoint_every: int = 1
+
+  def __post_init__(self):
+    if isinstance(self.cycles, bool) or not isinstance(self.cycles, int) or self.cycles <= 0:
+      raise ValueError(f"cycles must be a positive integer, got {self.cycles!r}.")
+    if (isinstance(self.cycle_epochs, bool) or not isinstance(self.cycle_epochs, int)
+        or self.cycle_epochs < 2 or self.cycle_epochs % 2):
+      raise ValueError(f"cycle_epochs must be even and >= 2 (the snapshot is taken at "
+                       f"mid-cycle), got {self.cycle_epochs!r}.")
+    if not (float(self.lr1) > 0 and float(self.lr2) > 0):
+      raise ValueError(f"lr1 and lr2 must be positive, got {self.lr1} and {self.lr2}.")
+    self.sgd_settings(1)  # checks the shared fields
+
+  def sgd_settings(self, steps_per_epoch: int) -> TrainSettings:
+    """The `TrainSettings` of the SGD run: ``cycles * cycle_epochs`` epochs of the cyclic rate."""
+    return TrainSettings(
+      epochs=self.cycles * self.cycle_epochs, batch_size=self.batch_size,
+      learning_rate=cyclic_schedule(lr1=self.lr1, lr2=self.lr2, cycle_epochs=self.cycle_epochs,
+                                    steps_per_epoch=steps_per_epoch),
+      momentum=self.momentum, weight_decay=self.weight_decay, seed=self.seed,
+      augment=self.augment, checkpoint_every=self.checkpoint_every)
 
 
 def fast_geometric_ensemble(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree,
-                            data: Dataset, *, cycles: int, cycle_epochs: int = 4,
-                            lr1: float = 0.05, lr2: float = 1e-4, batch_size: int = 128,
-                            momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
-                            augment: bool = False, progress: bool = True,
-                            workdir: str | None = None, checkpoint_every: int = 1,
+                            data, *, settings: FGESettings, workdir: str | None = None,
+                            progress: bool = True, callback: Callable | None = None,
                             identity: str | None = None) -> tuple[PyTree, list[dict]]:
   """Fast Geometric Ensembling (Garipov et al. 2018) from trained `params`.
 
-  Runs ``cycles * cycle_epochs`` epochs of SGD with `cyclic_schedule` and takes a snapshot at
-  every cycle's lowest learning rate (`fge_snapshot_epochs`). With `workdir` the run is
-  checkpointed and resumable, keyed on the exact identity of `params`, the data and `loss_fn`
-  (`train_sgd`; `identity` names a `loss_fn` whose content cannot be inspected).
+  Runs ``cycles * cycle_epochs`` epochs of SGD (`train_sgd`) with `cyclic_schedule` and takes a
+  snapshot at every cycle's lowest learning rate (`fge_snapshot_epochs`). `data` is an
+  ``(inputs, targets)`` pair or a `Dataset`; `settings` an `FGESettings`. With `workdir` the
+  run is checkpointed and resumable, keyed on the exact identity of `params`, the data and
+  `loss_fn` (`identity` names a `loss_fn` whose content cannot be inspected); `callback` as in
+  `train_sgd`.
 
   Returns:
     ``(members, history)``: the snapshots stacked on a leading axis (``cycles`` members), and
@@ -214,17 +264,14 @@ def fast_geometric_ensemble(loss_fn: Callable[[PyTree, Any], jax.Array], params:
     Garipov, Izmailov, Podoprikhin, Vetrov and Wilson 2018, "Loss Surfaces, Mode Connectivity,
     and Fast Ensembling of DNNs".
   """
-  if cycles <= 0:
-    raise ValueError(f"cycles must be positive, got {cycles}.")
-  steps = len(data) // batch_size
-  schedule = cyclic_schedule(lr1=lr1, lr2=lr2, cycle_epochs=cycle_epochs, steps_per_epoch=steps)
-  epochs = cycles * cycle_epochs
+  if not isinstance(settings, FGESettings):
+    raise TypeError(f"settings must be an FGESettings, got {type(settings).__name__}.")
+  *_, n = as_training_data(data)
+  sgd = settings.sgd_settings(max(n // settings.batch_size, 1))
   _, snaps, history = train_sgd(
-    loss_fn, params, data, epochs=epochs, batch_size=batch_size,
-    learning_rate=schedule, momentum=momentum, weight_decay=weight_decay, seed=seed,
-    augment=augment, snapshot_epochs=fge_snapshot_epochs(epochs, cycle_epochs),
-    progress=progress, desc="fge", workdir=workdir, checkpoint_every=checkpoint_every,
-    identity=identity)
+    loss_fn, params, data, settings=sgd,
+    snapshot_epochs=fge_snapshot_epochs(sgd.epochs, settings.cycle_epochs), workdir=workdir,
+    progress=progress, desc="fge", callback=callback, identity=identity)
   return stack_members(snaps), history
 
 

@@ -93,11 +93,11 @@ def check_keys(config, known, *, what: str) -> None:
                        f"{', '.join(known)}.")
 
 
-def data_digests(train_ds: Dataset, test_ds: Dataset | None) -> dict[str, str | None]:
-  """sha256 (`identity.tree_digest`) of the images and labels of the splits a run uses."""
-  digest = lambda ds: identity.tree_digest({"images": ds.images, "labels": ds.labels})
-  return {"train_data_sha256": digest(train_ds),
-          "test_data_sha256": None if test_ds is None else digest(test_ds)}
+def data_digests(train_data, test_data) -> dict[str, str | None]:
+  """sha256 (`identity.tree_digest`) of the inputs and targets of the splits a run uses (each a
+  `Dataset` or an ``(inputs, targets)`` pair; `data_digest`)."""
+  return {"train_data_sha256": data_digest(train_data),
+          "test_data_sha256": None if test_data is None else data_digest(test_data)}
 
 
 def check_config(workdir: str, config: dict, resuming: bool) -> None:
@@ -176,20 +176,28 @@ def append_metrics(workdir: str, record: dict) -> None:
 
 
 
-def data_digest(data: Dataset) -> str:
-  """sha256 of a split's images and labels (`identity.tree_digest`): the data a run trained on."""
-  return identity.tree_digest({"images": data.images, "labels": data.labels})
+def _pair(data) -> tuple:
+  return (data.images, data.labels) if isinstance(data, Dataset) else tuple(data)
+
+
+def data_digest(data) -> str:
+  """sha256 (`identity.tree_digest`) of a split's inputs and targets: the data a run trained on
+  (a `Dataset`'s images and labels, or an ``(inputs, targets)`` pair of pytrees)."""
+  inputs, targets = _pair(data)
+  return identity.tree_digest({"images": inputs, "labels": targets})
 
 
 def _shapes(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
 
 
-def batch_shapes(data: Dataset, batch_size: int) -> tuple:
-  """``(images, labels)`` shapes of one training batch of `data` (what a `loss_fn` is called
-  with), as `jax.ShapeDtypeStruct`s."""
-  return (jax.ShapeDtypeStruct((batch_size, *data.images.shape[1:]), data.images.dtype),
-          jax.ShapeDtypeStruct((batch_size, *data.labels.shape[1:]), data.labels.dtype))
+def batch_shapes(data, batch_size: int) -> tuple:
+  """``(inputs, targets)`` shapes of one training batch of `data` (a `Dataset` or an
+  ``(inputs, targets)`` pair: what a `loss_fn` is called with), as `jax.ShapeDtypeStruct`s."""
+  def one(a):
+    dtype = a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
+    return jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), dtype)
+  return jax.tree.map(one, _pair(data))
 
 
 def loss_fn_identity(loss_fn: Callable, identity_name: str | None, *,
@@ -212,17 +220,21 @@ def loss_fn_identity(loss_fn: Callable, identity_name: str | None, *,
       "fast_geometric_ensemble), or run without a workdir.") from e
 
 
-def model_identity(model: nn.Module, variables: PyTree, sample_shape: tuple[int, ...]) -> dict:
+def model_identity(model: nn.Module, variables: PyTree, sample_shape) -> dict:
   """The identity of a linen model's computation: the traced programs of its forward pass in
   inference mode and in training mode (BatchNorm statistics updated, a dropout key), at the shapes
-  of `variables` and of a float32 batch of `sample_shape`, and its class name.
+  of `variables` and of a float32 batch of `sample_shape` (a shape tuple, or a pytree of
+  `jax.ShapeDtypeStruct`s for other inputs), and its class name.
 
   An edited forward pass (relu to tanh), a helper or module-level constant it reads, or another
   computation dtype (float32 to bfloat16) changes the traced programs; the parameters' values do
   not enter (a checkpoint holds those).
   """
   v = _shapes(variables)
-  x = jax.ShapeDtypeStruct(tuple(sample_shape), np.float32)
+  if isinstance(sample_shape, tuple) and all(isinstance(d, int) for d in sample_shape):
+    x = jax.ShapeDtypeStruct(tuple(sample_shape), np.float32)
+  else:
+    x = sample_shape
   key = jax.eval_shape(lambda: jax.random.key(0))
 
   def inference(v, x):
