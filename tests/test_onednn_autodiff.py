@@ -7,6 +7,7 @@ Tolerances: float32, largest difference <= 2e-5 (products) / 1e-4 (models, whose
 many more terms) times the largest magnitude of XLA's result; bfloat16 models run XLA's own
 program (fallback), so they match to 1e-6 relative."""
 
+import json
 import platform
 import re
 
@@ -292,10 +293,10 @@ def test_training_steps_with_onednn_match_xla():
 
 
 _AVX2_SCRIPT = """
-import sys
+import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from landscape_jax.backends.cpu import onednn_autodiff as ad
-configs = eval(sys.argv[1])
+configs = [tuple(map(tuple, c)) for c in json.loads(sys.argv[1])]
 shapes = [((3, 11, 10, 5), 7), ((4, 9, 9, 8), 16)]
 names = set()
 for (strides, padding, dilation, kernel), ((n, h, w_, c), o) in [
@@ -332,7 +333,7 @@ def test_avx2_only_code_path_in_a_subprocess():
 
   env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", XLA_FLAGS="--xla_cpu_max_isa=AVX2",
              PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  proc = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT, repr(CONFIGS)], env=env,
+  proc = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT, json.dumps(CONFIGS)], env=env,
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
   assert "avx2" in proc.stdout

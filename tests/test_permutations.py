@@ -94,7 +94,10 @@ def _check_invariance(model, variables, spec, key=1):
     train = jax.jit(lambda v: model.apply(v, X, train=True, mutable=["batch_stats"]))
     y0, s0 = train(variables)
     y1, s1 = train(permuted)
-    _close(y0, y1, 1e-4)
+    # Batch statistics of a few examples through up to 13 BatchNorm layers amplify the float
+    # rounding of the permuted sums (2e-4 seen for VGG-16 with LLVM at -O0); a wrong permutation
+    # is off by O(1).
+    _close(y0, y1, 1e-3)
     # The updated running statistics are the permuted updated statistics.
     _close(P.apply_permutation(spec, perm, {"params": variables["params"], **s0})["batch_stats"],
            s1["batch_stats"], 1e-4)
