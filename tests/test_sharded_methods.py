@@ -1,0 +1,72 @@
+"""Methods on sharded parameters and splits beyond the device (docs/scaling.md): Ritz vectors
+assembled on the devices, weight matching and BatchNorm recompute on sharded parameters, splits
+streamed from the host, and the scale_gpt2 experiment at its tiniest."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import landscape_jax as lj
+from landscape_jax.core import hessian
+from landscape_jax.core import sharding as shd
+
+
+def _tiny_mlp():
+  """A 2-layer MLP of 8 x 16 + 16 x 8 weights (every weight divisible by a model axis of 8)."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  params = {"w1": jax.random.normal(k1, (8, 16)) / 3, "w2": jax.random.normal(k2, (16, 8)) / 4,
+            "b": jnp.full((3,), 0.1)}
+  x = jax.random.normal(jax.random.key(1), (24, 8))
+  y = jax.random.normal(jax.random.key(2), (24, 8))
+  return params, (x, y)
+
+
+def _mlp_loss(p, batch):
+  x, y = batch
+  return jnp.mean((jnp.tanh(x @ p["w1"]) @ p["w2"] + jnp.sum(p["b"]) - y) ** 2)
+
+
+def _flat(tree):
+  return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
+
+
+def test_ritz_vectors_equal_the_host_assembly():
+  """`hessian.ritz_vectors` against the float64 host formula Q^T y / |Q^T y| (one device)."""
+  params, _ = _tiny_mlp()
+  dim = sum(x.size for x in jax.tree.leaves(params))
+  rng = np.random.default_rng(0)
+  q = rng.standard_normal((5, dim)).astype(np.float32)
+  y = rng.standard_normal((5, 2))
+  out = hessian.ritz_vectors(jnp.asarray(q), y, params)
+  expect = q.astype(np.float64).T @ y
+  expect /= np.linalg.norm(expect, axis=0)
+  for i in range(2):
+    np.testing.assert_allclose(_flat(out[i]), expect[:, i], rtol=1e-5, atol=1e-6)
+  masked = hessian.ritz_vectors(jnp.asarray(q[:, :dim - 3]), y, params, mask=(False, True, True))
+  assert not np.any(np.asarray(masked[0]["b"]))  # leaves outside the mask are zero
+
+
+@pytest.mark.multidevice
+def test_sharded_ritz_vectors_keep_the_sharding_and_equal_one_device():
+  """Parameters sharded 8 ways: the top Ritz vectors come back with the parameters' sharding and
+  equal the one-device vectors, which are eigenvectors of the dense Hessian (Lanczos run to the
+  full dimension, so exact)."""
+  params, batch = _tiny_mlp()
+  sharded = shd.shard_params(params, lj.make_mesh(model=8))
+  assert sharded["w1"].sharding.spec != P()
+  dim = sum(x.size for x in jax.tree.leaves(params))
+  kw = dict(top_k=2, num_steps=dim, key=jax.random.key(3), vectors=True, progress=False)
+  ref = lj.hessian_eigenvalues(_mlp_loss, params, batch, **kw)
+  out = lj.hessian_eigenvalues(_mlp_loss, sharded, batch, **kw)
+  np.testing.assert_allclose(out.top, ref.top, rtol=1e-4)
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  dense = np.asarray(jax.hessian(lambda f: _mlp_loss(unravel(f), batch))(flat), np.float64)
+  evals, evecs = np.linalg.eigh(dense)
+  for i in range(2):
+    for a, p in zip(jax.tree.leaves(out.top_vectors[i]), jax.tree.leaves(sharded), strict=True):
+      assert a.sharding == p.sharding
+    u, u_ref = _flat(out.top_vectors[i]), _flat(ref.top_vectors[i])
+    np.testing.assert_allclose(u, u_ref, atol=2e-4)
+    assert abs(u @ evecs[:, -1 - i]) == pytest.approx(1.0, abs=1e-4)
