@@ -2,6 +2,7 @@
 assembled on the devices, weight matching and BatchNorm recompute on sharded parameters, splits
 streamed from the host, and the scale_gpt2 experiment at its tiniest."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,3 +114,32 @@ def test_weight_matching_on_sharded_parameters(monkeypatch):
                      strict=True):
     assert x.sharding == s.sharding
     np.testing.assert_array_equal(np.asarray(x), np.asarray(e))
+
+
+class _ConvBN(nn.Module):
+  """Conv-BN-ReLU-Dense-BN-ReLU-Dense, channels divisible by a model axis of 8."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3))(x)))
+    x = nn.Dense(16)(x.reshape((x.shape[0], -1)))
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    return nn.Dense(10)(x)
+
+
+@pytest.mark.multidevice
+def test_recompute_batch_stats_on_sharded_parameters():
+  """Parameters and statistics sharded 8 ways: the recomputed statistics keep the statistics'
+  sharding and equal the one-device ones (float reassociation of the sums over the split)."""
+  tr = lj.load("digits", "train").subset(slice(0, 40))
+  model = _ConvBN()
+  variables = model.init(jax.random.key(0), tr.images[:2].astype(np.float32))
+  ref = lj.recompute_batch_stats(model, variables["params"], variables["batch_stats"], tr,
+                                 batch_size=16)
+  sv = shd.shard_params(variables, lj.make_mesh(model=8))
+  assert sv["params"]["Conv_0"]["kernel"].sharding.spec != P()
+  out = lj.recompute_batch_stats(model, sv["params"], sv["batch_stats"], tr, batch_size=16)
+  for a, e, s in zip(jax.tree.leaves(out), jax.tree.leaves(ref), jax.tree.leaves(
+      sv["batch_stats"]), strict=True):
+    assert a.sharding == s.sharding
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)

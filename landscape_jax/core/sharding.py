@@ -356,6 +356,14 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def spans_devices(tree: PyTree) -> bool:
+  """Whether a leaf of `tree` is a `jax.Array` placed on several devices (sharded or replicated
+  over a mesh): computations on it are partitioned by GSPMD, so custom calls without a sharding
+  rule (oneDNN's) would be gathered and are better left out."""
+  return any(isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
+             for x in jax.tree.leaves(tree))
+
+
 _fresh_copy = jax.jit(jnp.copy)
 
 
@@ -408,6 +416,7 @@ __all__ = [
   "shard_leading",
   "shard_params",
   "sharded_like",
+  "spans_devices",
   "sync",
   "to_host",
 ]

@@ -69,10 +69,6 @@ def host_leaf(x) -> np.ndarray:
   return shd.host_copy(x, np.float32)
 
 
-def _distributed(flat: dict) -> bool:
-  return any(isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 for x in flat.values())
-
-
 def _count_nonfinite(x) -> int:
   """Non-finite entries of a leaf, counted where the leaf lives (nothing gathered)."""
   if isinstance(x, jax.Array):
@@ -139,7 +135,7 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
   b = _flat_leaves(vb["params"])
   # Parameters split over several devices are read one leaf at a time and never kept on the
   # host (the model may not fit there); others are read once and a's unit matrices cached.
-  stream = _distributed(a) or _distributed(b)
+  stream = shd.spans_devices((a, b))
   if not stream:
     a = {p: host_leaf(x) for p, x in a.items()}
     b = {p: host_leaf(x) for p, x in b.items()}
