@@ -2,6 +2,8 @@
 assembled on the devices, weight matching and BatchNorm recompute on sharded parameters, splits
 streamed from the host, and the scale_gpt2 experiment at its tiniest."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -143,3 +145,116 @@ def test_recompute_batch_stats_on_sharded_parameters():
       sv["batch_stats"]), strict=True):
     assert a.sharding == s.sharding
     np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
+
+
+STREAM_RTOL, STREAM_ATOL = 1e-6, 1e-7  # the chunks' sums added in float64 (reassociation only)
+
+
+@pytest.fixture(scope="module")
+def stream_problem():
+  """An MLP on 150 + 70 digits (batches of 32: the last batch padded), its on-device metric and
+  a 3 x 3 surface of it on one device."""
+  tr = lj.load("digits", "train").subset(slice(0, 150))
+  te = lj.load("digits", "test").subset(slice(0, 70))
+  model = lj.get_model("mlp_small", num_classes=10)
+  params = model.init(jax.random.key(0), tr.images[:2].astype(np.float32))["params"]
+  data = {"train": tr, "test": te}
+  dirs = lj.random_directions(jax.random.key(1), params)
+  metric_fn = lj.make_metric_fn(model, data, batch_size=32, cpu_convolutions="xla")
+  xs = ys = np.linspace(-1.0, 1.0, 3)
+  ref = lj.surface_grid(metric_fn, params, dirs, xs, ys,
+                        engine=lj.EngineOptions(chunk_size=4, progress=False))
+  return model, data, params, dirs, metric_fn, ref
+
+
+def test_streamed_split_equals_the_device_split(stream_problem, tmp_path):
+  """A split streamed from the host two batches at a time: the on-device metric at one point
+  and over a surface and a line, and a store keyed on the host split's bytes."""
+  from landscape_jax.core import streaming
+
+  model, data, params, dirs, metric_fn, ref = stream_problem
+  streamed = lj.make_metric_fn(model, data, batch_size=32, cpu_convolutions="xla",
+                               stream_batches=2)
+  assert isinstance(streamed, streaming.StreamedMetric)
+  assert streamed.streams["train"].num_chunks == 3  # 5 batches of 30, 2 per chunk
+  one, one_ref = streamed(params), metric_fn(params)
+  assert set(one) == set(one_ref)
+  for k in one_ref:
+    np.testing.assert_allclose(one[k], one_ref[k], rtol=STREAM_RTOL, atol=STREAM_ATOL)
+  engine = lj.EngineOptions(chunk_size=4, progress=False)
+  store = tmp_path / "surface"
+  res = lj.surface_grid(streamed, params, dirs, *(np.linspace(-1.0, 1.0, 3),) * 2, store=store,
+                        engine=engine)
+  for k in ref:
+    np.testing.assert_allclose(res[k], ref[k], rtol=STREAM_RTOL, atol=STREAM_ATOL, err_msg=k)
+  line = lj.linear_path(streamed, params, dirs[0], [0.0, 1.0], engine=engine)
+  line_ref = lj.linear_path(metric_fn, params, dirs[0], [0.0, 1.0], engine=engine)
+  np.testing.assert_allclose(line["test_loss"], line_ref["test_loss"], rtol=STREAM_RTOL)
+  again = lj.surface_grid(streamed, params, dirs, *(np.linspace(-1.0, 1.0, 3),) * 2,
+                          store=store, engine=engine)  # resumed: nothing left to compute
+  np.testing.assert_array_equal(again["train_loss"], res["train_loss"])
+  images = data["train"].images.copy()
+  images[-1, 0, 0, 0] ^= 1  # one bit of the last example, which the last chunk holds
+  changed = {**data, "train": dataclasses.replace(data["train"], images=images)}
+  other = lj.make_metric_fn(model, changed, batch_size=32, cpu_convolutions="xla", stream_batches=2)
+  with pytest.raises(lj.store.StoreMismatchError, match="metric_fn"):
+    lj.surface_grid(other, params, dirs, *(np.linspace(-1.0, 1.0, 3),) * 2, store=store,
+                    engine=engine)
+  with pytest.raises(TypeError, match="cannot be traced"):
+    jax.jit(streamed)(params)
+
+
+@pytest.mark.multidevice
+def test_streamed_split_on_a_mesh_with_a_data_axis(stream_problem):
+  """Streamed chunks sharded over the data axis of a points=2 x data=2 x model=2 mesh, the
+  parameters sharded over the model axis: the one-device surface."""
+  model, data, params, dirs, _, ref = stream_problem
+  mesh = lj.make_mesh(points=2, data=2, model=2)
+  streamed = lj.make_metric_fn(model, data, batch_size=32, cpu_convolutions="xla",
+                               stream_batches=2, mesh=mesh)
+  assert streamed.sharding.spec == P(None, "data")
+  center = shd.shard_params(params, mesh)
+  sdirs = shd.shard_params(dirs, mesh)
+  res = lj.surface_grid(streamed, center, sdirs, *(np.linspace(-1.0, 1.0, 3),) * 2,
+                        engine=lj.EngineOptions(mesh=mesh, chunk_size=4, progress=False))
+  for k in ref:
+    np.testing.assert_allclose(res[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  plain = lj.make_metric_fn(model, data, batch_size=32, cpu_convolutions="xla", stream_batches=2)
+  points = lj.surface_grid(plain, params, dirs, *(np.linspace(-1.0, 1.0, 3),) * 2,
+                           engine=lj.EngineOptions(mesh=lj.make_mesh(points=4), chunk_size=4,
+                                                   progress=False))  # chunks replicated
+  np.testing.assert_allclose(points["test_loss"], ref["test_loss"], rtol=STREAM_RTOL,
+                             atol=STREAM_ATOL)
+
+
+def test_stream_is_double_buffered():
+  """`streaming.stream`: chunk i + 1 is cut and put after chunk i's computation is dispatched and
+  before it is waited for; at most two chunks are on the devices; results in chunk order."""
+  import weakref
+
+  from landscape_jax.core import streaming
+
+  class Box:
+    def __init__(self, i):
+      self.i = i
+
+  events, live, most = [], [], [0]
+  chunks = streaming.HostChunks(arrays=np.arange(5), constants=None, num_chunks=5,
+                                cut=lambda a, i: int(a[i]))
+
+  def put(i):
+    events.append(f"put{i}")
+    box = Box(i)
+    live.append(weakref.ref(box))
+    most[0] = max(most[0], sum(r() is not None for r in live))
+    return box
+
+  def compute(box):
+    most[0] = max(most[0], sum(r() is not None for r in live))
+    events.append(f"compute{box.i}")
+    return jnp.asarray(box.i * 10)
+
+  outs = streaming.stream(chunks, put, compute)
+  assert [int(o) for o in outs] == [0, 10, 20, 30, 40]
+  assert events[:5] == ["put0", "compute0", "put1", "compute1", "put2"]
+  assert most[0] == 2
