@@ -258,3 +258,37 @@ def test_stream_is_double_buffered():
   assert [int(o) for o in outs] == [0, 10, 20, 30, 40]
   assert events[:5] == ["put0", "compute0", "put1", "compute1", "put2"]
   assert most[0] == 2
+
+
+@pytest.mark.slow  # ~30 s cold (compiling two trainings, surface, path, Lanczos), 7 s cached
+def test_scale_gpt2_script_at_its_tiniest(tmp_path):
+  """experiments/scale_gpt2.py on 8 simulated devices (data 2 x model 4) at its `:quick`
+  config, 2 Adam steps, a 2 x 2 surface, 2 alphas, 3 Lanczos steps: it runs, the parameters
+  are sharded 4 ways, and the interpolation's ends are the two trained models' metrics."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, os.path.join(root, "experiments", "scale_gpt2.py"),
+         "--config=" + os.path.join(root, "experiments", "configs", "scale_gpt2.py") + ":quick",
+         f"--workdir={tmp_path}", "--noprogress", "--config.steps=2", "--config.num_steps=3"]
+  env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["mesh"] == {"points": 1, "data": 2, "model": 4}
+  assert summary["devices"] == "8 x cpu"
+  assert 4 * summary["param_bytes_per_device"] == summary["param_bytes_total"]
+  assert 4 * summary["direction_bytes_per_device"] == 2 * summary["param_bytes_total"]
+  out = np.load(tmp_path / "landscape.npz")
+  surface = out["surface_train_loss"]
+  assert surface.shape == (2, 2) and np.all(np.isfinite(surface))
+  for i, m in enumerate(summary["models"]):
+    for k in ("train_loss", "test_loss"):
+      np.testing.assert_allclose(out[f"interpolation_{k}"][i], m[k], rtol=1e-5)
+  top = summary["hessian"]["top_eigenvalues"]
+  assert len(top) == summary["config"]["top_k"] and np.all(np.isfinite(top))
+  assert top == sorted(top, reverse=True) and top[-1] >= summary["hessian"]["smallest_eigenvalue"]
