@@ -38,6 +38,10 @@ of them:
   convolution of the compiled evaluator, the model's included (`core.precision`; default None:
   the backend's default, bfloat16 passes on TPU and TF32 on recent GPUs); a store records an
   explicit choice;
+* **streamed splits**: a `streaming.StreamedMetric` (``make_metric_fn(..., stream_batches=)``:
+  splits kept on the host) is evaluated by the same compiled evaluator, once per data chunk for
+  every chunk of points (the chunks double-buffered onto the devices), its sums added on the
+  host and divided there;
 * **progress**: a tqdm bar with points/s and ETA on the main process (`core.progress`);
 * non-finite metric values (far from a minimum) are recorded as they are, never fatal.
 """
@@ -439,7 +443,8 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
     metric_fn: ``metric_fn(params) -> dict[str, scalar]`` (a scalar result is stored as
       ``"loss"``); jit-able and vmappable. A plain function is wrapped in `jax.tree_util.Partial`:
       build it as a Partial over its data (as `evaluation.make_metric_fn` does) so that large
-      datasets are arguments, not constants, of the compiled program.
+      datasets are arguments, not constants, of the compiled program. A
+      `streaming.StreamedMetric` (splits on the host) is streamed chunk by chunk.
     point_fn: ``point_fn(c) -> params`` for one float32 coordinate vector ``c`` of length k, best a
       `jax.tree_util.Partial` holding its arrays (e.g. ``Partial(plane_fn, center, directions)``).
       If it declares its width (`declare_coordinates`, as every point function the library

@@ -50,8 +50,8 @@ class HostChunks:
 
   Attributes:
     arrays: the split's host arrays (numpy; what a store's identity digests, byte for byte).
-    constants: small arrays every chunk is evaluated with (e.g. an input normalisation); put on
-      the devices once per evaluation.
+    constants: small arrays every chunk is evaluated with (e.g. an input normalisation), put on
+      the devices with the chunks (the engine: once per chunk of points).
     num_chunks: the number of chunks.
     cut: ``cut(arrays, i) -> chunk`` (a host pytree, the same shapes for every i): a plain,
       module-level function (it is part of the identity).
