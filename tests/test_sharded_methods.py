@@ -17,9 +17,9 @@ from landscape_jax.core import sharding as shd
 
 
 def _tiny_mlp():
-  """A 2-layer MLP of 8 x 16 + 16 x 8 weights (every weight divisible by a model axis of 8)."""
+  """A 2-layer MLP of 8 x 8 + 8 x 8 weights (every weight divisible by a model axis of 8)."""
   k1, k2 = jax.random.split(jax.random.key(0))
-  params = {"w1": jax.random.normal(k1, (8, 16)) / 3, "w2": jax.random.normal(k2, (16, 8)) / 4,
+  params = {"w1": jax.random.normal(k1, (8, 8)) / 3, "w2": jax.random.normal(k2, (8, 8)) / 3,
             "b": jnp.full((3,), 0.1)}
   x = jax.random.normal(jax.random.key(1), (24, 8))
   y = jax.random.normal(jax.random.key(2), (24, 8))
