@@ -170,6 +170,7 @@ def stream_problem():
 def test_streamed_split_equals_the_device_split(stream_problem, tmp_path):
   """A split streamed from the host two batches at a time: the on-device metric at one point
   and over a surface and a line, and a store keyed on the host split's bytes."""
+  from landscape_jax.adapters.data import normalize_images
   from landscape_jax.core import streaming
 
   model, data, params, dirs, metric_fn, ref = stream_problem
@@ -202,6 +203,12 @@ def test_streamed_split_equals_the_device_split(stream_problem, tmp_path):
                     engine=engine)
   with pytest.raises(TypeError, match="cannot be traced"):
     jax.jit(streamed)(params)
+  te = data["test"]  # a memory-mapped split: read only where a chunk is cut
+  np.save(tmp_path / "x.npy", np.asarray(normalize_images(te.images, te.mean, te.std)))
+  mapped = (np.load(tmp_path / "x.npy", mmap_mode="r"), te.labels)
+  on_host = lj.make_metric_fn(model, mapped, batch_size=32, cpu_convolutions="xla",
+                              stream_batches=1)(params)
+  np.testing.assert_allclose(on_host["loss"], one_ref["test_loss"], rtol=1e-5)
 
 
 @pytest.mark.multidevice
