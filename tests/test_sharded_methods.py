@@ -191,8 +191,16 @@ def test_streamed_split_equals_the_device_split(stream_problem, tmp_path):
   line = lj.linear_path(streamed, params, dirs[0], [0.0, 1.0], engine=engine)
   line_ref = lj.linear_path(metric_fn, params, dirs[0], [0.0, 1.0], engine=engine)
   np.testing.assert_allclose(line["test_loss"], line_ref["test_loss"], rtol=STREAM_RTOL)
-  again = lj.surface_grid(streamed, params, dirs, *(np.linspace(-1.0, 1.0, 3),) * 2,
-                          store=store, engine=engine)  # resumed: nothing left to compute
+  rebuilt = lj.make_metric_fn(model, data, batch_size=32, cpu_convolutions="xla",
+                              stream_batches=2)  # another object, the same identity
+
+  def nothing_left(*args, **kwargs):
+    raise AssertionError("a finished store was computed again")
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(lj.engine, "evaluate_missing", nothing_left)
+    again = lj.surface_grid(rebuilt, params, dirs, *(np.linspace(-1.0, 1.0, 3),) * 2,
+                            store=store, engine=engine)
   np.testing.assert_array_equal(again["train_loss"], res["train_loss"])
   images = data["train"].images.copy()
   images[-1, 0, 0, 0] ^= 1  # one bit of the last example, which the last chunk holds
