@@ -38,6 +38,7 @@ _NAMES: dict[str, str] = {
   "tree_digest": "core.identity",
   # core.engine
   "EngineOptions": "core.engine",
+  "StreamedMetric": "core.streaming",
   "evaluate_points": "core.engine",
   # core.directions
   "directions_from_models": "core.directions",
@@ -263,6 +264,7 @@ _MODULES: dict[str, str] = {
   "sharpness": "core.sharpness",
   "reparam": "core.reparam",
   "permutations": "core.permutations",
+  "streaming": "core.streaming",
   "data": "adapters.data",
   "evaluation": "adapters.evaluation",
   "batchnorm": "adapters.batchnorm",

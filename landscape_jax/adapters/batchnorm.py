@@ -53,6 +53,7 @@ from landscape_jax.adapters.evaluation import (
 from landscape_jax.adapters.losses import Loss, check_loss
 from landscape_jax.adapters.models import BatchNormHooks, as_model
 from landscape_jax.backends.cpu import fusion
+from landscape_jax.core import sharding as shd
 from landscape_jax.core import trees
 
 __all__ = [
@@ -319,7 +320,12 @@ def recompute_batch_stats(model, params: PyTree, batch_stats: PyTree, data, *,
     batch_size: examples per batch (statistics of the deeper layers depend on it, as in the
       reference, because training-mode BatchNorm normalises with the batch statistics).
     variance: see `batch_stats_on_split`.
-    cpu_convolutions: as in `make_metric_fn` (oneDNN's convolutions on the CPU by default).
+    cpu_convolutions: as in `make_metric_fn` (oneDNN's convolutions on the CPU by default;
+      XLA's for parameters or statistics placed on several devices, which GSPMD partitions).
+
+  Sharded parameters (docs/scaling.md) stay sharded: the pass is partitioned by GSPMD like any
+  evaluation, and the statistics come back with the shardings of `batch_stats` (other models:
+  of the state's leaves) wherever those span several devices.
 
   Returns:
     A batch_stats pytree with the same structure as `batch_stats` (other models: the state).
@@ -332,12 +338,25 @@ def recompute_batch_stats(model, params: PyTree, batch_stats: PyTree, data, *,
   """
   inputs, norm = _stats_inputs(data, "data")
   split = stats_split(inputs, batch_size=batch_size)
+  if cpu_convolutions == "auto" and shd.spans_devices((params, batch_stats)):
+    cpu_convolutions = "xla"  # oneDNN's custom calls cannot be partitioned by GSPMD
+  onednn = use_onednn(cpu_convolutions)
   if isinstance(model, nn.Module):
     mean, std = (None, None) if norm is None else norm
-    return _jit_stats(train_apply(model), params, batch_stats, split, mean, std, variance,
-                      use_onednn(cpu_convolutions))
+    out = _jit_stats(train_apply(model), params, batch_stats, split, mean, std, variance, onednn)
+    return _keep_placement(out, batch_stats)
   m = _generic_model(model, batch_stats, variance, "recompute_batch_stats")
-  return _jit_state(m.batch_norm, params, m.state, split, norm, use_onednn(cpu_convolutions))
+  return _keep_placement(_jit_state(m.batch_norm, params, m.state, split, norm, onednn), m.state)
+
+
+def _keep_placement(out: PyTree, like: PyTree) -> PyTree:
+  """`out` with the shardings of `like`'s leaves where those span several devices (a no-op for
+  leaves already placed so, and for unsharded statistics)."""
+  if not shd.spans_devices(like) or jax.tree.structure(out) != jax.tree.structure(like):
+    return out
+  return jax.tree.map(lambda o, t: jax.device_put(o, t.sharding)
+                      if isinstance(t, jax.Array) and len(t.sharding.device_set) > 1 else o,
+                      out, like)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))

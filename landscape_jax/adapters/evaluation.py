@@ -35,9 +35,11 @@ from landscape_jax.adapters.losses import CROSS_ENTROPY, Loss, check_loss
 from landscape_jax.adapters.models import as_model
 from landscape_jax.backends.cpu import fusion, onednn_build
 from landscape_jax.core import sharding as shd
+from landscape_jax.core import streaming
 
 __all__ = [
   "apply_checked",
+  "batch_layout",
   "batch_objective",
   "check_classes",
   "check_model_fits",
@@ -47,6 +49,7 @@ __all__ = [
   "DeviceSplit",
   "evaluate",
   "evaluate_split",
+  "host_chunk",
   "inference_apply",
   "inference_forward",
   "make_loss_fn",
@@ -56,8 +59,10 @@ __all__ = [
   "num_examples",
   "prepare_inputs",
   "split_metrics",
+  "split_sums",
   "SplitData",
   "use_onednn",
+  "WEIGHT",
 ]
 
 PyTree = Any
@@ -136,14 +141,7 @@ def device_split(images, labels, *, batch_size: int, sharding=None, multiple_of:
   if leaves and any(np.shape(x)[:1] == (0,) for x in leaves):
     raise ValueError("Cannot evaluate on an empty split.")
   n = num_examples(images, labels)
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
-  if multiple_of <= 0:
-    raise ValueError(f"multiple_of must be positive, got {multiple_of}.")
-  num_batches = -(-n // min(batch_size, n))
-  batch_size = -(-n // num_batches)
-  batch_size = -(-batch_size // multiple_of) * multiple_of
-  num_batches = -(-n // batch_size)
+  num_batches, batch_size = batch_layout(n, batch_size, multiple_of)
   pad = num_batches * batch_size - n
   mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
 
@@ -155,6 +153,19 @@ def device_split(images, labels, *, batch_size: int, sharding=None, multiple_of:
   return DeviceSplit(jax.tree.map(lambda a: put(batched(a)), images),
                      jax.tree.map(lambda a: put(batched(a)), labels),
                      put(mask.reshape(num_batches, batch_size)))
+
+
+def batch_layout(n: int, batch_size: int, multiple_of: int = 1) -> tuple[int, int]:
+  """``(B, b)``: the balanced batches of `device_split` for `n` examples: ``B = ceil(n / b)``
+  batches of ``b = ceil(n / ceil(n / batch_size))`` examples rounded up to `multiple_of`."""
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  if multiple_of <= 0:
+    raise ValueError(f"multiple_of must be positive, got {multiple_of}.")
+  num_batches = -(-n // min(batch_size, n))
+  batch_size = -(-n // num_batches)
+  batch_size = -(-batch_size // multiple_of) * multiple_of
+  return -(-n // batch_size), batch_size
 
 
 def prepare_inputs(inputs: PyTree, norm) -> PyTree:
@@ -178,6 +189,19 @@ def split_metrics(outputs_fn: Callable[[PyTree], Any], split: DeviceSplit,
     loss: the `Loss` (default `CROSS_ENTROPY`: ``loss`` and ``accuracy``).
     norm: ``(mean, std)`` to normalise uint8 image inputs with, or None (`prepare_inputs`).
   """
+  sums = split_sums(outputs_fn, split, loss, norm)
+  total = sums[WEIGHT] if loss.weighted else jnp.sum(split.mask)
+  return {k: sums[k] / total for k in loss.metrics}
+
+
+WEIGHT = "__weight__"  # the name of the weight sum of a weighted loss (`split_sums`)
+
+
+def split_sums(outputs_fn: Callable[[PyTree], Any], split: DeviceSplit,
+               loss: Loss = CROSS_ENTROPY, norm=None) -> dict[str, jax.Array]:
+  """The sums behind `split_metrics`: ``{metric: sum_i m_i v_i}`` over a padded split (and
+  ``{WEIGHT: sum_i m_i w_i}`` for a weighted loss), float32, batch after batch in one
+  `lax.scan` (arguments as in `split_metrics`)."""
   names = loss.metrics
 
   def body(carry, batch):
@@ -195,8 +219,10 @@ def split_metrics(outputs_fn: Callable[[PyTree], Any], split: DeviceSplit,
 
   zero = jnp.zeros((), jnp.float32)
   sums, _ = jax.lax.scan(body, (zero,) * (len(names) + int(loss.weighted)), split)
-  total = sums[-1] if loss.weighted else jnp.sum(split.mask)
-  return {k: sums[i] / total for i, k in enumerate(names)}
+  out = {k: sums[i] for i, k in enumerate(names)}
+  if loss.weighted:
+    out[WEIGHT] = sums[-1]
+  return out
 
 
 def evaluate_split(apply_fn: ApplyFn, variables: PyTree, split: DeviceSplit, mean, std,
@@ -541,6 +567,7 @@ def _model_loss(apply, train, loss, norm, state, params, batch):
 def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree | None = None,
                    batch_size: int = 256, fold_batchnorm: bool = True,
                    cpu_convolutions: str = "auto", compute_dtype=None, mesh=None,
+                   stream_batches: int | None = None,
                    ) -> Callable[[PyTree], dict[str, jax.Array]]:
   """Builds ``metric_fn(params) -> {metric: scalar}`` over whole splits held on the device.
 
@@ -586,6 +613,14 @@ def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree
       ``data`` axis (batches rounded up to a multiple of its size, padding masked) and replicated
       over its other axes; XLA sums the per-example values across the data axis, so the metrics
       are the same exact ratios of sums. None (default): the default device.
+    stream_batches: keep the splits in host memory and stream them to the devices
+      `stream_batches` batches at a time (double-buffered; each chunk sharded over the mesh's
+      ``data`` axis), for splits larger than the devices' memory: returns a
+      `streaming.StreamedMetric`, the same ratios of sums (the chunks' float32 sums added in
+      float64 on the host) from the same batches. It is called like a metric_fn on concrete
+      parameters and taken by every function of the point-evaluation engine (`surface_grid`,
+      `linear_path`, `evaluate_curve`, ...: one pass over the chunks per chunk of points), but
+      it cannot be traced (no `jit`, `vmap` or `grad` of it). None (default): on the devices.
 
   The returned function is pure (jit-able, vmappable over params). It is a
   `jax.tree_util.Partial`: the splits are pytree leaves, so a jitted function that takes the
@@ -603,8 +638,13 @@ def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree
   if roles is not None:
     placement = {"sharding": NamedSharding(roles.mesh, P(None, roles.data)),
                  "multiple_of": roles.size("data")}
-  splits = {k: device_split(d.inputs, d.targets, batch_size=batch_size, **placement)
-            for k, d in named.items()}
+  if stream_batches is not None and (isinstance(stream_batches, bool) or not isinstance(
+      stream_batches, int | np.integer) or stream_batches < 1):
+    raise ValueError(f"stream_batches must be a positive number of batches per streamed chunk "
+                     f"(or None: the splits on the devices), got {stream_batches!r}.")
+  splits = {} if stream_batches else {
+    k: device_split(d.inputs, d.targets, batch_size=batch_size, **placement)
+    for k, d in named.items()}
   partitioned = roles is not None and not roles.only_points
   norms = {k: d.norm for k, d in named.items()}
   forward, state = inference_forward(model, batch_stats=batch_stats,
@@ -615,7 +655,70 @@ def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree
                                        "xla" if partitioned and cpu_convolutions == "auto"
                                        else cpu_convolutions, compute_dtype=compute_dtype),
                                      compute_dtype=compute_dtype)
+  if stream_batches:
+    return _streamed_metric(forward, loss, named, state, batch_size=batch_size,
+                            stream_batches=int(stream_batches),
+                            multiple_of=placement.get("multiple_of", 1),
+                            sharding=placement.get("sharding") if partitioned else None)
   return jax.tree_util.Partial(functools.partial(_metrics, forward, loss), splits, norms, state)
+
+
+def _streamed_metric(forward, loss: Loss, named: Mapping[str, SplitData], state, *,
+                     batch_size: int, stream_batches: int, multiple_of: int, sharding):
+  """The `streaming.StreamedMetric` of `make_metric_fn(..., stream_batches=...)`: the batches of
+  `device_split` (same sizes, same padding), cut into chunks of `stream_batches` batches."""
+  streams, counts = {}, {}
+  for k, d in named.items():
+    inputs = jax.tree.map(np.asarray, d.inputs)
+    targets = jax.tree.map(_host_targets, d.targets)
+    n = num_examples(inputs, targets, name=f"data[{k!r}]" if k else "data")
+    num_batches, b = batch_layout(n, batch_size, multiple_of)
+    per_chunk = min(stream_batches, num_batches)
+    cut = functools.partial(host_chunk, num_examples=n, batch_size=b, num_batches=per_chunk)
+    streams[k] = streaming.HostChunks(arrays=(inputs, targets), constants=d.norm,
+                                      num_chunks=-(-num_batches // per_chunk), cut=cut)
+    counts[k] = n
+  names = tuple(f"{k}_{m}" if k else m for k in named for m in loss.metrics)
+  return streaming.StreamedMetric(
+    sums_fn=jax.tree_util.Partial(functools.partial(_chunk_sums, forward, loss), state),
+    streams=streams, finish=functools.partial(_ratios, loss.metrics, loss.weighted, counts),
+    metric_names=names, sharding=sharding)
+
+
+def host_chunk(arrays, i: int, *, num_examples: int, batch_size: int, num_batches: int,
+               ) -> DeviceSplit:
+  """Chunk `i` of a host split ``arrays = (inputs, targets)``: its ``num_batches`` batches of
+  ``batch_size`` examples as a host `DeviceSplit` (``(num_batches, batch_size, ...)`` leaves),
+  examples past the split's end zero and masked out, so every chunk has the same shape."""
+  per = num_batches * batch_size
+  start = i * per
+  stop = min(start + per, num_examples)
+  if start >= num_examples:
+    raise IndexError(f"chunk {i} starts at example {start} of {num_examples}.")
+
+  def cut(a):
+    part = a[start:stop]
+    if stop - start < per:
+      part = np.concatenate([part, np.zeros((per - (stop - start), *a.shape[1:]), a.dtype)])
+    return part.reshape(num_batches, batch_size, *a.shape[1:])
+
+  inputs, targets = arrays
+  mask = np.zeros(per, np.float32)
+  mask[:stop - start] = 1.0
+  return DeviceSplit(jax.tree.map(cut, inputs), jax.tree.map(cut, targets),
+                     mask.reshape(num_batches, batch_size))
+
+
+def _chunk_sums(forward, loss, state, norm, chunk, params):
+  return split_sums(functools.partial(forward, params, state), chunk, loss, norm)
+
+
+def _ratios(names, weighted, counts, sums):
+  out = {}
+  for k, s in sums.items():
+    total = s[WEIGHT] if weighted else np.float64(counts[k])
+    out.update({(f"{k}_{m}" if k else m): s[m] / total for m in names})
+  return out
 
 
 def use_onednn(cpu_convolutions: str, *, compute_dtype=None) -> bool:

@@ -38,6 +38,10 @@ of them:
   convolution of the compiled evaluator, the model's included (`core.precision`; default None:
   the backend's default, bfloat16 passes on TPU and TF32 on recent GPUs); a store records an
   explicit choice;
+* **streamed splits**: a `streaming.StreamedMetric` (``make_metric_fn(..., stream_batches=)``:
+  splits kept on the host) is evaluated by the same compiled evaluator, once per data chunk for
+  every chunk of points (the chunks double-buffered onto the devices), its sums added on the
+  host and divided there;
 * **progress**: a tqdm bar with points/s and ETA on the main process (`core.progress`);
 * non-finite metric values (far from a minimum) are recorded as they are, never fatal.
 """
@@ -66,6 +70,7 @@ from landscape_jax.core import identity as identity_lib
 from landscape_jax.core import progress as progress_lib
 from landscape_jax.core import sharding as shd
 from landscape_jax.core import store as store_lib
+from landscape_jax.core import streaming
 from landscape_jax.core.precision import check_precision, matmul_precision
 from landscape_jax.core.trees import as_partial
 
@@ -402,12 +407,20 @@ def identity_config(metric_fn, point_fn, coords: np.ndarray, *, identity: str | 
   """
   c = jax.ShapeDtypeStruct((int(coords.shape[1]),), jnp.float32)
   params = jax.eval_shape(point_fn, c)
+  if isinstance(metric_fn, streaming.StreamedMetric):
+    # every host array byte for byte (`StreamedMetric.__landscape_identity__`), and the program
+    # of one chunk's sums
+    metric_id = identity_lib.callable_identity(metric_fn, identity=identity, name="metric_fn")
+    metric_id["traced"] = identity_lib.traced_identity(probe_metric(metric_fn), params,
+                                                       name="metric_fn")
+  else:
+    metric_id = identity_lib.callable_identity(metric_fn, identity=identity, name="metric_fn",
+                                               args=(params,))
   config = {
     "num_points": int(coords.shape[0]),
     "num_coordinates": int(coords.shape[1]),
     "coords_sha256": identity_lib.tree_digest(coords),
-    "metric_fn": identity_lib.callable_identity(metric_fn, identity=identity, name="metric_fn",
-                                                args=(params,)),
+    "metric_fn": metric_id,
     "point_fn": identity_lib.callable_identity(point_fn, identity=identity, name="point_fn",
                                                args=(c,)),
     "metadata": metadata or {},
@@ -430,7 +443,8 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
     metric_fn: ``metric_fn(params) -> dict[str, scalar]`` (a scalar result is stored as
       ``"loss"``); jit-able and vmappable. A plain function is wrapped in `jax.tree_util.Partial`:
       build it as a Partial over its data (as `evaluation.make_metric_fn` does) so that large
-      datasets are arguments, not constants, of the compiled program.
+      datasets are arguments, not constants, of the compiled program. A
+      `streaming.StreamedMetric` (splits on the host) is streamed chunk by chunk.
     point_fn: ``point_fn(c) -> params`` for one float32 coordinate vector ``c`` of length k, best a
       `jax.tree_util.Partial` holding its arrays (e.g. ``Partial(plane_fn, center, directions)``).
       If it declares its width (`declare_coordinates`, as every point function the library
@@ -469,7 +483,9 @@ def evaluate_points(metric_fn: Callable[[PyTree], dict], point_fn: Callable[[jax
 
 def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, identity, chunk_size,
                      mesh, map_mode, batch_size, progress, desc, precision):
-  metric_fn = as_partial(metric_fn)
+  streamed = isinstance(metric_fn, streaming.StreamedMetric)
+  if not streamed:
+    metric_fn = as_partial(metric_fn)
   point_fn = as_partial(point_fn, name="point_fn")
   coords = check_coords(coords)
   num_points, num_coords = coords.shape
@@ -486,7 +502,11 @@ def _evaluate_points(metric_fn, point_fn, coords, *, shape, store, metadata, ide
   num_devices = 1 if mesh is None else mesh.size("points")
   if chunk_size is not None:
     check_chunk_size(chunk_size, num_devices, batch_size)
-  keys = metric_dtypes(metric_fn, point_fn, num_coords)
+  if streamed:
+    metric_dtypes(probe_metric(metric_fn), point_fn, num_coords)  # the chunk sums are scalars
+    keys = {k: np.float32 for k in metric_fn.metric_names}
+  else:
+    keys = metric_dtypes(metric_fn, point_fn, num_coords)
   main = shd.is_main_process()
 
   config = None
@@ -526,8 +546,9 @@ def _evaluate_locked(metric_fn, point_fn, coords, shape, store, config, chunk_si
     if progress:
       print(f"{desc}: {found}", file=sys.stderr)
   if missing.size:
+    probe = probe_metric(metric_fn)
     if chunk_size is None:
-      chunk_size = auto_chunk_size(metric_fn, point_fn, num_coords, num_devices=num_devices,
+      chunk_size = auto_chunk_size(probe, point_fn, num_coords, num_devices=num_devices,
                                    map_mode="vmap" if map_mode == "auto" else map_mode,
                                    batch_size=batch_size)
       per_dev = -(-missing.size // num_devices)
@@ -535,7 +556,7 @@ def _evaluate_locked(metric_fn, point_fn, coords, shape, store, config, chunk_si
         per_dev = -(-per_dev // batch_size) * batch_size
       chunk_size = min(chunk_size, per_dev * num_devices)
     if map_mode == "auto":
-      map_mode = _pick_map_mode(metric_fn, point_fn, num_coords, chunk_size, mesh)
+      map_mode = _pick_map_mode(probe, point_fn, num_coords, chunk_size, mesh)
     state = evaluate_missing(metric_fn, point_fn, coords.astype(np.float32), missing, state,
                               store, chunk_size=chunk_size, mesh=mesh, map_mode=map_mode,
                               batch_size=batch_size, progress=progress and main, desc=desc)
@@ -576,8 +597,15 @@ def evaluate_missing(metric_fn, point_fn, coords, missing, state, store, *, chun
   roles = shd.mesh_roles(mesh)
   fn = chunk_fn(shd.as_mesh(roles), None if roles is None else roles.points, map_mode,
                 batch_size)
+  streamed = isinstance(metric_fn, streaming.StreamedMetric)
   if roles is not None:
-    metric_fn, point_fn = place_functions(metric_fn, point_fn, roles)
+    if streamed:
+      point_fn = place_functions(Partial(dict), point_fn, roles)[1]
+    else:
+      metric_fn, point_fn = place_functions(metric_fn, point_fn, roles)
+  evaluate_chunk = functools.partial(_streamed_chunk, fn, metric_fn, point_fn, roles) if \
+    streamed else (lambda chunk: {k: shd.to_host(v) for k, v in fn(metric_fn, point_fn,
+                                                                   chunk).items()})
   shape = state.done.shape
   num_points = math.prod(shape)
   flat_values = {k: v.reshape(-1) for k, v in state.values.items()}
@@ -592,9 +620,9 @@ def evaluate_missing(metric_fn, point_fn, coords, missing, state, store, *, chun
       padded = np.concatenate([idx, np.full(chunk_size - idx.size, idx[-1], idx.dtype)])
       chunk = coords[padded]
       chunk = place_coords(chunk, roles) if roles is not None else jnp.asarray(chunk)
-      out = fn(metric_fn, point_fn, chunk)
+      out = evaluate_chunk(chunk)
       for k in flat_values:
-        flat_values[k][idx] = shd.to_host(out[k])[:idx.size]
+        flat_values[k][idx] = np.asarray(out[k])[:idx.size]
       flat_done[idx] = True
       if store is not None and shd.is_main_process():
         state = store_lib.write(store, state)
@@ -602,6 +630,31 @@ def evaluate_missing(metric_fn, point_fn, coords, missing, state, store, *, chun
   finally:
     bar.close()
   return state
+
+
+def probe_metric(metric_fn):
+  """`metric_fn` itself, or for a `streaming.StreamedMetric` the metric of its first chunk (the
+  sums of a chunk: the program the engine compiles), for shape, memory and timing probes."""
+  if not isinstance(metric_fn, streaming.StreamedMetric):
+    return metric_fn
+  name, s = next(iter(metric_fn.streams.items()))
+  return metric_fn.chunk_metric(name, s.chunk(0))
+
+
+def _streamed_chunk(fn, metric, point_fn, roles, coords):
+  """The metrics of a `streaming.StreamedMetric` at one chunk of points: every data chunk of
+  every stream through the compiled evaluator `fn` (double-buffered), sums added on the host,
+  then the ratios."""
+  mesh = None if roles is None else roles.mesh
+  sums = {}
+  for name, s in metric.streams.items():
+    consts = shd.replicate(s.constants, mesh) if mesh is not None else jax.device_put(
+      s.constants)
+    outs = streaming.stream(s, functools.partial(metric.put, mesh=mesh),
+                            lambda chunk, name=name, consts=consts: fn(
+                              metric.chunk_metric(name, chunk, consts), point_fn, coords))
+    sums[name] = streaming.add_sums(outs)
+  return metric.finish(sums)
 
 
 __all__ = [
@@ -621,4 +674,5 @@ __all__ = [
   "place_coords",
   "place_functions",
   "place_inputs",
+  "probe_metric",
 ]

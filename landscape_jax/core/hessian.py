@@ -63,6 +63,7 @@ from jax.flatten_util import ravel_pytree
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
 from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import progress as progress_lib
+from landscape_jax.core import sharding as shd
 from landscape_jax.core.krylov import (
   CURVATURE_PRECISION,
   DensitySmoothing,
@@ -515,13 +516,36 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   top = evals[::-1][:top_k]
   vecs = None
   if vectors:
-    ritz = np.asarray(res.vectors, np.float64).T @ evecs[:, ::-1][:, :top_k]  # (P, k)
-    ritz /= np.linalg.norm(ritz, axis=0, keepdims=True)
-    _, merge, _ = _split_leaves(params, mask_t)
-    unravel_active = ravel_pytree(_split_leaves(params, mask_t)[0])[1]
-    vecs = [merge(unravel_active(jnp.asarray(ritz[:, i], res.vectors.dtype)), jnp.zeros_like)
-            for i in range(top_k)]
+    vecs = ritz_vectors(res.vectors, evecs[:, ::-1][:, :top_k], params, mask=mask_t)
   return HessianEigenvalues(top=top, smallest=float(evals[0]), ritz_values=evals, top_vectors=vecs)
+
+
+def ritz_vectors(lanczos_vectors: jax.Array, coefficients, params: PyTree, *,
+                 mask: tuple[bool, ...] | None = None) -> list[PyTree]:
+  """Ritz vectors ``u_i = Q^T y_i / |Q^T y_i|`` as pytrees like `params`, built on the devices.
+
+  ``Q`` (m, P) holds the Lanczos vectors as rows (sharded over the model axis for sharded
+  parameters, `vector_sharding`) and ``y_i`` the columns of `coefficients` (m, k), eigenvectors
+  of the tridiagonal matrix (host, float64). The products run where ``Q`` lives (float32 at
+  ``"highest"`` precision, after casting `coefficients`), and every leaf of every vector is
+  created with the sharding of its leaf of `params` (`sharding.sharded_like`): neither ``Q`` nor
+  a vector is gathered on the host or on one device. Leaves outside `mask` are zero.
+
+  References:
+    Golub and Van Loan 2013, "Matrix Computations" (4th ed.), section 10.1.4 (Ritz vectors).
+  """
+  coefficients = np.asarray(coefficients, np.float64)
+  k = coefficients.shape[1]
+  active, merge, _ = _split_leaves(params, mask)
+  unravel_active = ravel_pytree(active)[1]
+
+  def assemble(q, y):
+    ritz = jnp.einsum("mp,mk->kp", q, y, precision=jax.lax.Precision.HIGHEST)
+    ritz = ritz / jnp.linalg.norm(ritz, axis=1, keepdims=True)
+    return [merge(unravel_active(ritz[i]), jnp.zeros_like) for i in range(k)]
+
+  fn = shd.sharded_like(assemble, [params] * k)
+  return fn(lanczos_vectors, jnp.asarray(coefficients, lanczos_vectors.dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -803,6 +827,7 @@ __all__ = [
   "make_curvature_metric_fn",
   "mean_loss",
   "num_curvature_params",
+  "ritz_vectors",
   "spectral_density",
   "vector_sharding",
 ]

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -355,6 +356,31 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def spans_devices(tree: PyTree) -> bool:
+  """Whether a leaf of `tree` is a `jax.Array` placed on several devices (sharded or replicated
+  over a mesh): computations on it are partitioned by GSPMD, so custom calls without a sharding
+  rule (oneDNN's) would be gathered and are better left out."""
+  return any(isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
+             for x in jax.tree.leaves(tree))
+
+
+_fresh_copy = jax.jit(jnp.copy)
+
+
+def host_copy(x, dtype=None) -> np.ndarray:
+  """One array as a numpy array on the host, leaving no host copy behind on `x`.
+
+  JAX keeps the host value of an array split over several devices on the array itself once it
+  was read (``np.asarray(x)`` caches it), so reading every leaf of a sharded model that way would
+  leave the whole model on the host for as long as the model lives. Such a leaf is read here
+  through a temporary device copy (sharded like `x`), whose cache dies with it: a caller that
+  reads one leaf at a time holds one leaf at a time. Other arrays are read as ``np.asarray``.
+  """
+  if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+    x = _fresh_copy(x) if x.is_fully_addressable else to_host(x)
+  return np.asarray(x, dtype)
+
+
 def broadcast_from_main(x: np.ndarray) -> np.ndarray:
   """Process 0's value of a host array on every process (identity on a single process)."""
   if jax.process_count() == 1:
@@ -376,6 +402,7 @@ __all__ = [
   "as_mesh",
   "broadcast_from_main",
   "fsdp_spec",
+  "host_copy",
   "initialize_distributed",
   "is_main_process",
   "make_mesh",
@@ -389,6 +416,7 @@ __all__ = [
   "shard_leading",
   "shard_params",
   "sharded_like",
+  "spans_devices",
   "sync",
   "to_host",
 ]

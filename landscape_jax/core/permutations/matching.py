@@ -16,6 +16,7 @@ import numpy as np
 import scipy.optimize
 
 from landscape_jax.core import progress as progress_lib
+from landscape_jax.core import sharding as shd
 from landscape_jax.core import trees
 from landscape_jax.core.permutations.specs import (
   Permutation,
@@ -24,11 +25,11 @@ from landscape_jax.core.permutations.specs import (
   check_permutation,
   check_spec,
   host_rng,
-  permute_leaves,
   take_units,
 )
 
 __all__ = [
+  "host_leaf",
   "weight_matching",
   "WeightMatchingResult",
 ]
@@ -56,9 +57,23 @@ class WeightMatchingResult(NamedTuple):
   converged: bool
 
 
-def _flat_numpy(params) -> dict[str, np.ndarray]:
-  return {f"params/{p}": np.asarray(x, np.float32)
+def _flat_leaves(params) -> dict:
+  """``{"params/<path>": leaf}``, the leaves as they are (on their devices, not read)."""
+  return {f"params/{p}": x
           for p, x in zip(trees.leaf_paths(params), jax.tree.leaves(params), strict=True)}
+
+
+def host_leaf(x) -> np.ndarray:
+  """One parameter leaf as a float32 host array (`sharding.host_copy`: a leaf split over several
+  devices leaves no host copy behind, so weight matching holds one leaf at a time)."""
+  return shd.host_copy(x, np.float32)
+
+
+def _count_nonfinite(x) -> int:
+  """Non-finite entries of a leaf, counted where the leaf lives (nothing gathered)."""
+  if isinstance(x, jax.Array):
+    return int(jnp.sum(~jnp.isfinite(x)))
+  return int(np.sum(~np.isfinite(np.asarray(x))))
 
 
 def _unit_matrix(w: np.ndarray, axis: int, repeat: int) -> np.ndarray:
@@ -83,7 +98,11 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
   is taken only if it gains more than `tol` (relative); the descent stops after a sweep without
   gain or after `max_iter` sweeps. Only ``params`` enter the objective (running statistics
   follow the permutation in `apply_permutation`). Computed on the host: float32 products
-  (BLAS) accumulated into a float64 cost matrix; objectives summed in float64.
+  (BLAS) accumulated into a float64 cost matrix; objectives summed in float64. Parameters
+  sharded over several devices stay where they are: each leaf is read to the host when a cost
+  matrix or the objective needs it and dropped after (`host_leaf`), so the host holds the two
+  models' copies of one leaf at a time, never a model, and the permutation is the one of the
+  same parameters on one device (the same float32 arithmetic).
 
   Args:
     key: PRNG key for the visiting order (the result is a deterministic function of it).
@@ -112,14 +131,21 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
   check_spec(spec, va["params"])
   if max_iter < 1:
     raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
-  a = _flat_numpy(va["params"])
-  b = _flat_numpy(vb["params"])
+  a = _flat_leaves(va["params"])
+  b = _flat_leaves(vb["params"])
+  # Parameters split over several devices are read one leaf at a time and never kept on the
+  # host (the model may not fit there); others are read once and a's unit matrices cached.
+  stream = shd.spans_devices((a, b))
+  if not stream:
+    a = {p: host_leaf(x) for p, x in a.items()}
+    b = {p: host_leaf(x) for p, x in b.items()}
   for which, flat in (("variables_a", a), ("variables_b", b)):
     for path, x in flat.items():
-      if not np.all(np.isfinite(x)):
+      bad = _count_nonfinite(x)
+      if bad:
         raise ValueError(
-          f"weight_matching: {which} has NaN/inf values at {path} ({int(np.sum(~np.isfinite(x)))} "
-          f"of {x.size} entries); weight matching needs finite weights. Check that model's "
+          f"weight_matching: {which} has NaN/inf values at {path} ({bad} "
+          f"of {np.size(x)} entries); weight matching needs finite weights. Check that model's "
           "checkpoint or training run (lj.trees.check_finite).")
   leaf_axes = {p: v for p, v in spec.leaf_axes().items() if p in a}
   names = list(spec.names)
@@ -131,9 +157,14 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
   rng = host_rng(key)
 
   def objective():
-    pb = permute_leaves(b, leaf_axes, perm, xp=np)
-    return float(sum(np.einsum("i,i->", a[p].ravel(), pb[p].ravel(), dtype=np.float64)
-                     for p in a))
+    total = 0.0
+    for p in a:  # one leaf at a time
+      pb = host_leaf(b[p])
+      for axis, other, repeat in leaf_axes.get(p, ()):
+        pb = take_units(pb, perm[other], axis, repeat, np)
+      total += np.einsum("i,i->", host_leaf(a[p]).ravel(), pb.ravel(), dtype=np.float64)
+      del pb
+    return float(total)
 
   objectives = [objective()]
   a_units: dict[tuple[str, int], np.ndarray] = {}  # a's unit matrices do not change
@@ -150,13 +181,17 @@ def weight_matching(key: jax.Array, spec: PermutationSpec, variables_a: PyTree,
       for e in spec.axes[name]:
         if e.path not in a:
           continue
-        wb = b[e.path]
+        wb = host_leaf(b[e.path])
         for axis, other, repeat in leaf_axes[e.path]:
           if axis != e.axis:
             wb = take_units(wb, perm[other], axis, repeat, np)
-        if (e.path, e.axis) not in a_units:
-          a_units[(e.path, e.axis)] = _unit_matrix(a[e.path], e.axis, e.repeat)
-        cost += a_units[(e.path, e.axis)] @ _unit_matrix(wb, e.axis, e.repeat).T
+        ua = a_units.get((e.path, e.axis))
+        if ua is None:
+          ua = _unit_matrix(host_leaf(a[e.path]), e.axis, e.repeat)
+          if not stream:
+            a_units[(e.path, e.axis)] = ua
+        cost += ua @ _unit_matrix(wb, e.axis, e.repeat).T
+        del wb, ua
       rows, cols = scipy.optimize.linear_sum_assignment(cost, maximize=True)
       new = cols[np.argsort(rows)]
       old_val = cost[np.arange(n), perm[name]].sum()

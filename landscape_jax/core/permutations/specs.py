@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from landscape_jax.core import sharding as shd
 from landscape_jax.core import trees
 
 __all__ = [
@@ -181,7 +182,7 @@ def check_permutation(spec: PermutationSpec, perm: Mapping[str, Any]) -> None:
 def take_units(x, idx, axis: int, repeat: int, xp=jnp):
   """``x`` with axis `axis`, read as (repeat, n), re-indexed by `idx` on the inner factor."""
   if xp is _HostTake:
-    y = take_units(np.asarray(x), np.asarray(idx), axis, repeat, np)
+    y = take_units(shd.host_copy(x), np.asarray(idx), axis, repeat, np)
     return jax.device_put(y, x.sharding) if isinstance(x, jax.Array) else y
   if repeat == 1:
     return xp.take(x, idx, axis=axis)
