@@ -4,6 +4,7 @@ streamed from the host, and the scale_gpt2 experiment at its tiniest."""
 
 import dataclasses
 
+import conftest
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -290,7 +291,7 @@ def test_scale_gpt2_script_at_its_tiniest(tmp_path):
          "--config=" + os.path.join(root, "experiments", "configs", "scale_gpt2.py") + ":quick",
          f"--workdir={tmp_path}", "--noprogress", "--config.steps=2", "--config.num_steps=3"]
   env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+         "XLA_FLAGS": conftest.child_xla_flags("--xla_force_host_platform_device_count=8")}
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / "summary.json"))
