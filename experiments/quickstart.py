@@ -58,6 +58,7 @@ def get_config(tiny: bool) -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.learning_rate = 0.05
   c.weight_decay = 5e-4
+  c.train_subset = 384 if tiny else 0         # examples trained on (and BN statistics); 0: all
   c.eval_subset = 128 if tiny else 0          # 0: whole splits
   c.points_1d = 7 if tiny else 41             # Li et al.: 51 points on [-1, 1]
   c.points_interp = 9 if tiny else 41         # Li et al.: 401 points on [-0.5, 1.5]
@@ -104,7 +105,7 @@ class Tour:
     self.workdir, self.c, self.progress = workdir, config, progress
     self.sections: list[dict] = []
     os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
-    self.train_ds = lj.load("digits", "train")
+    self.train_ds = lj.load("digits", "train", subset=config.train_subset or None)
     self.test_ds = lj.load("digits", "test")
     self.check_config()
     self.model = lj.get_model(config.model, num_classes=10, **dict(config.model_kwargs))

@@ -17,6 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FENCE = "`" * 3
 SIZES = re.compile(r"^EPOCHS, GRID, CURVE_EPOCHS, POINTS, PROBES = .*$", re.M)
 TINY_SIZES = "EPOCHS, GRID, CURVE_EPOCHS, POINTS, PROBES = 1, 3, 1, 3, 4"
+TOUR_SPLIT = {"train": 192, "test": 64}  # examples of each digits split the tour test runs on
 EXECUTED = {"README.md": "test_readme_api_tour_runs", "docs/adapters.md": "test_adapters.py",
             "docs/adaptive.md": "test_docs_pages_run", "docs/interop.md": "test_docs_pages_run",
             "docs/portability.md": "test_docs_pages_run", "docs/report.md": "test_docs_pages_run",
@@ -46,7 +47,16 @@ def test_readme_api_tour_runs(tmp_path, monkeypatch):
   (tour,) = python_blocks("README.md")
   assert len(SIZES.findall(tour)) == 1, "the tour's sizes line moved: update SIZES here"
   monkeypatch.chdir(tmp_path)
+  import landscape_jax as lj
+
+  # The tour's cost is running its steps over the whole splits (training, every surface and path
+  # point on train + test, BatchNorm recomputed on train): the same code on the first TOUR_SPLIT
+  # examples of each split (the Hessian's 512-example subset then holds all of them).
+  load = lj.load
+  monkeypatch.setattr(lj, "load", lambda name, split, **kw: load(name, split, **kw).subset(
+    slice(0, TOUR_SPLIT[split])))
   ns = _run(SIZES.sub(TINY_SIZES, tour), tmp_path, "tour")
+  assert len(ns["train"]) == TOUR_SPLIT["train"] and len(ns["test"]) == TOUR_SPLIT["test"]
   # The surface's centre is A itself: the same numbers as a direct evaluation.
   center = ns["metric_fn"](ns["params_a"])
   np.testing.assert_allclose(ns["surface"]["train_loss"][1, 1], center["train_loss"], rtol=1e-5)
@@ -56,8 +66,6 @@ def test_readme_api_tour_runs(tmp_path, monkeypatch):
   path = ns["path"]
   np.testing.assert_allclose(path["curve"]["train_loss"][[0, -1]],
                              path["line"]["train_loss"][[0, -1]], rtol=1e-4)
-  import landscape_jax as lj
-
   fn = lj.inference_fn(ns["model"])
   x = ns["train"].images[:8].astype(np.float32)
   np.testing.assert_allclose(fn(ns["aligned_b"], x), fn(ns["variables_b"], x), rtol=1e-4,

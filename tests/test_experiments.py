@@ -105,8 +105,10 @@ def test_saddle_script_finds_permutation_saddles(tmp_path):
   antisymmetric part, the dense Hessian's smallest eigenvalue is at most the curvature along the
   swap direction (a Rayleigh quotient) and matches Lanczos, and the trained curve ends at theta."""
   _run("saddle.py", "align_saddle.py:quick", tmp_path, "--config.steps=300",
-       "--config.curve_steps=100", "--config.num_s=11", "--config.pairs=((0, 1), (2, 7))")
+       "--config.curve_steps=100", "--config.num_s=11", "--config.pairs=((0, 1), (2, 7))",
+       "--config.features=(8,)")  # 8 hidden units: a dense Hessian of 610 parameters, not 1210
   summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["config"]["features"] == [8]
   with np.load(tmp_path / "paths.npz") as z:
     paths = {k: z[k] for k in z.files}
   for info in summary["pairs"]:
