@@ -21,7 +21,7 @@ normalises), so any linen model with standard BatchNorm layers works without cha
 walked in full batches with `lax.scan`, plus one smaller batch for the remainder, so no padding
 enters any statistic; the whole computation is pure and traceable (jit, vmap, lax.map).
 
-Other models (`adapters.models`: NNX and Equinox modules, or a `Model` with `BatchNormHooks`)
+Other models (`adapters.frameworks`: NNX and Equinox modules, or a `Model` with `BatchNormHooks`)
 report each BatchNorm layer's batch mean and biased variance through their hooks instead
 (`state_on_split`). Every example then weighs the same in a layer (its spatial positions are
 the same in every batch), so the pooled formulas above hold with ``n_b`` = the number of examples
@@ -50,8 +50,8 @@ from landscape_jax.adapters.evaluation import (
   split_metrics,
   use_onednn,
 )
+from landscape_jax.adapters.frameworks import BatchNormHooks, as_model
 from landscape_jax.adapters.losses import Loss, check_loss
-from landscape_jax.adapters.models import BatchNormHooks, as_model
 from landscape_jax.backends.cpu import fusion
 from landscape_jax.core import sharding as shd
 from landscape_jax.core import trees
@@ -231,7 +231,7 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
 
 def state_on_split(batch_norm: BatchNormHooks, params: PyTree, state: PyTree, split: StatsSplit,
                    norm=None, *, onednn: bool = False) -> PyTree:
-  """Pure, traceable recomputation of a `adapters.models.Model`'s BatchNorm statistics.
+  """Pure, traceable recomputation of a `adapters.frameworks.Model`'s BatchNorm statistics.
 
   One training-mode pass over the split through ``batch_norm.moments`` gives every layer's batch
   mean ``mean_b`` and biased variance ``var_b`` per batch b of ``n_b`` examples; the running
@@ -310,7 +310,7 @@ def recompute_batch_stats(model, params: PyTree, batch_stats: PyTree, data, *,
   Args:
     model: a linen model called as ``model.apply(variables, x, train=True,
       mutable=["batch_stats"])``; or an NNX module, an Equinox module or an
-      `adapters.models.Model` with `BatchNormHooks` (`state_on_split`).
+      `adapters.frameworks.Model` with `BatchNormHooks` (`state_on_split`).
     params: the parameters of the point (e.g. ``curve_point(curve, t)``).
     batch_stats: linen: any batch_stats of the model (only the structure and dtypes are used);
       other models: the model state to write the statistics into (None: the model's own; for
@@ -417,7 +417,7 @@ def make_recompute_metric_fn(model, data, *, train_data, batch_stats: PyTree = N
 
   Args:
     model: a linen model with BatchNorm; or an NNX module, an Equinox module or an
-      `adapters.models.Model` with `BatchNormHooks` (see `recompute_batch_stats`).
+      `adapters.frameworks.Model` with `BatchNormHooks` (see `recompute_batch_stats`).
     data: one split or a mapping such as ``{"train": ds_train, "test": ds_test}`` (keys become
       prefixes), each a `Dataset` or an ``(inputs, targets)`` pair, as in `make_metric_fn`.
     train_data: the split the statistics are recomputed on (the training split): a `Dataset` or

@@ -5,8 +5,8 @@ The core of the library works on two kinds of user function:
 * ``loss_fn(params, batch) -> scalar``: a minibatch objective, ``batch = (inputs, targets)``;
 * ``metric_fn(params) -> dict[str, scalar]``: a full evaluation, jit-able and vmappable.
 
-`make_loss_fn` and `make_metric_fn` build them for any model (`adapters.models`: Flax linen, NNX,
-Equinox, a plain ``apply_fn(params, inputs)``, or a `Model` with state) and any data: a
+`make_loss_fn` and `make_metric_fn` build them for any model (`adapters.frameworks`: Flax linen,
+NNX, Equinox, a plain ``apply_fn(params, inputs)``, or a `Model` with state) and any data: a
 `Dataset` of uint8 images (normalised inside the compiled function) or an ``(inputs, targets)``
 pair of pytrees of arrays sharing the leading example axis, scored by a `Loss`
 (`adapters.losses`: cross-entropy by default, token-level cross-entropy, MSE). The split is held
@@ -31,8 +31,8 @@ from jax.sharding import PartitionSpec as P
 
 from landscape_jax.adapters import folding
 from landscape_jax.adapters.data import Dataset, normalize_images
+from landscape_jax.adapters.frameworks import as_model
 from landscape_jax.adapters.losses import CROSS_ENTROPY, Loss, check_loss
-from landscape_jax.adapters.models import as_model
 from landscape_jax.backends.cpu import fusion, onednn_build
 from landscape_jax.core import sharding as shd
 from landscape_jax.core import streaming
@@ -453,7 +453,7 @@ def inference_forward(model, *, batch_stats: PyTree = None, num_classes: int | N
                       fold_batchnorm: bool = True, onednn: bool = False, compute_dtype=None,
                       ) -> tuple[Callable[[PyTree, PyTree, PyTree], Any], PyTree]:
   """``(forward, state)``: ``forward(params, state, inputs) -> outputs`` in inference mode for any
-  model (`adapters.models`), and the state to call it with.
+  model (`adapters.frameworks`), and the state to call it with.
 
   For a linen module ``forward`` is `apply_checked` (BatchNorm folded where that is exact, with
   `fold_batchnorm`) and the state its `batch_stats`; for every other model it is
@@ -524,7 +524,7 @@ def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
 
   Args:
     model: a linen module (``model.apply(variables, x, train=...)``), an NNX or Equinox module, an
-      `adapters.models.Model`, or a plain ``apply_fn(params, inputs) -> outputs``.
+      `adapters.frameworks.Model`, or a plain ``apply_fn(params, inputs) -> outputs``.
     mean, std: per-channel normalisation of uint8 image inputs (a `Dataset`'s); None for inputs
       used as given (uint8 inputs then raise: they are images that need normalising).
     loss: the `Loss` (`adapters.losses`).
@@ -576,8 +576,8 @@ def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree
   for the default `CROSS_ENTROPY`.
 
   Args:
-    model: a linen module, an NNX or Equinox module, an `adapters.models.Model`, or a plain
-      ``apply_fn(params, inputs) -> outputs`` (`adapters.models`), evaluated in inference mode
+    model: a linen module, an NNX or Equinox module, an `adapters.frameworks.Model`, or a plain
+      ``apply_fn(params, inputs) -> outputs`` (`adapters.frameworks`), evaluated in inference mode
       (BatchNorm uses its running statistics).
     data: one split, or a mapping such as ``{"train": ..., "test": ...}`` whose keys become
       prefixes: ``{"train_loss", "train_accuracy", "test_loss", ...}``. A split is a `Dataset`

@@ -310,7 +310,7 @@ def evaluate_ensemble(model, members: PyTree, data, *, loss: Loss | None = None,
 
   Args:
     model: any model `make_metric_fn` takes (a linen module, an NNX or Equinox module, an
-      `adapters.models.Model`, a plain ``apply_fn(params, inputs)``), in inference mode.
+      `adapters.frameworks.Model`, a plain ``apply_fn(params, inputs)``), in inference mode.
     members: parameters stacked on a leading axis of size K (`stack_members`).
     data: the split to evaluate on: a `Dataset` or an ``(inputs, targets)`` pair.
     loss: the `Loss` (default `CROSS_ENTROPY`); it must define an ensemble.
