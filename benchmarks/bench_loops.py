@@ -76,7 +76,7 @@ def main(argv=None):
   model = lj.get_model(args.model, num_classes=10)
   variables = model.init(jax.random.key(0), jnp.zeros((1, *shape[1:])))
   params, stats = variables["params"], variables.get("batch_stats")
-  split = lj.make_batches(data, batch_size=args.batch)
+  split = lj.make_batches(data.arrays, batch_size=args.batch)
   v = optax.tree.random_like(jax.random.key(1), params)
   rows, results = [], {}
 

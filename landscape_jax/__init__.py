@@ -83,6 +83,10 @@ _NAMES: dict[str, str] = {
   "polychain_coefficients": "core.curves",
   "project_to_plane": "core.curves",
   "split_curve": "core.curves",
+  # core.splits
+  "device_split": "core.splits",
+  "DeviceSplit": "core.splits",
+  "make_batches": "core.splits",
   # core.precision
   "matmul_precision": "core.precision",
   # core.hessian
@@ -93,11 +97,9 @@ _NAMES: dict[str, str] = {
   "HessianEigenvalues": "core.hessian",
   "hvp": "core.hessian",
   "lanczos": "core.krylov",
-  "make_batches": "core.hessian",
   "make_curvature_metric_fn": "core.hessian",
   "spectral_density": "core.hessian",
   "SpectralDensity": "core.hessian",
-  "SplitBatches": "core.hessian",
   "TraceEstimate": "core.hessian",
   # core.sharpness
   "Ascent": "core.sharpness",
@@ -145,7 +147,6 @@ _NAMES: dict[str, str] = {
   "load": "adapters.data",
   # adapters.evaluation
   "cross_entropy": "adapters.evaluation",
-  "device_split": "adapters.evaluation",
   "evaluate": "adapters.evaluation",
   "evaluate_split": "adapters.evaluation",
   "make_loss_fn": "adapters.evaluation",
@@ -260,6 +261,7 @@ _MODULES: dict[str, str] = {
   "reparam": "core.reparam",
   "permutations": "core.permutations",
   "streaming": "core.streaming",
+  "splits": "core.splits",
   "data": "adapters.data",
   "evaluation": "adapters.evaluation",
   "batchnorm": "adapters.batchnorm",
