@@ -1,6 +1,7 @@
 """Curve training step time relative to a plain training step (issue #8).
 
-Plain step: `lj.train_step` (SGD momentum 0.9, BatchNorm in training mode, batch 128) on ResNet-20.
+Plain step: `lj.training.train_step` (SGD momentum 0.9, BatchNorm in training mode, batch 128)
+on ResNet-20.
 Curve step: `lj.curve_training.curve_train_step` on a 3-bend Bezier curve between two ResNet-20s
 (one
 t ~ U(0, 1) per minibatch as Garipov et al.; phi(t) is one weighted sum over the bend axis, then
@@ -80,7 +81,7 @@ def main(argv=None):
   rows = []
 
   def plain_xla(s):  # the same step with XLA's convolutions and derivatives
-    return lj.train_step(s, batch, key, model=model, tx=tx, mean=mean, std=std,
+    return lj.training.train_step(s, batch, key, model=model, tx=tx, mean=mean, std=std,
                          cpu_convolutions="xla")[0]
 
   def plain(donate):
@@ -88,7 +89,8 @@ def main(argv=None):
                                    std=std, augment=False, pad=4, flip=True),
                  donate_argnums=(0,) if donate else ())
     if not donate:  # the library's own jitted step
-      return lambda s: lj.train_step(s, batch, key, model=model, tx=tx, mean=mean, std=std)[0]
+      return lambda s: lj.training.train_step(s, batch, key, model=model, tx=tx, mean=mean,
+                                              std=std)[0]
     return lambda s: fn(s, batch, key)[0]
 
   # Curve: Bezier between two networks; the loss uses training-mode BatchNorm (Garipov et al.).

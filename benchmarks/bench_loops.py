@@ -76,7 +76,7 @@ def main(argv=None):
   model = lj.get_model(args.model, num_classes=10)
   variables = model.init(jax.random.key(0), jnp.zeros((1, *shape[1:])))
   params, stats = variables["params"], variables.get("batch_stats")
-  split = lj.make_batches(data, batch_size=args.batch)
+  split = lj.make_batches(data.arrays, batch_size=args.batch)
   v = optax.tree.random_like(jax.random.key(1), params)
   rows, results = [], {}
 
@@ -91,7 +91,7 @@ def main(argv=None):
     return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, p), full)[0]
 
   single = jax.jit(lambda f, p, u, b: jax.jvp(lambda q: jax.grad(f)(q, b), (p,), (u,))[1])
-  batches = [jax.tree.map(lambda x, i=i: x[i], split.full) for i in range(args.batches)]
+  batches = [jax.tree.map(lambda x, i=i: x[i], split.batches) for i in range(args.batches)]
 
   def python_loop_hvp():
     out = [single(eval_loss, params, v, b) for b in batches]
@@ -99,7 +99,7 @@ def main(argv=None):
 
   variants = [  # (name, fn, factor that makes the result the mean over batches)
     ("HVP over the split, XLA layouts in the scan",
-     lambda: plain_hvp(eval_loss, params, v, split.full), 1 / args.batches),
+     lambda: plain_hvp(eval_loss, params, v, split.batches), 1 / args.batches),
     ("HVP over the split, lj.hvp (canonical)", lambda: lj.hvp(eval_loss, params, split, v), 1.0),
     ("HVP, Python loop of jitted batches", python_loop_hvp, 1 / args.batches),
   ]

@@ -155,7 +155,8 @@ def tour_step(train_ds, test_ds, *, tiny: bool, save_figure) -> tuple[dict, list
   features = (32,) if tiny else (64, 64)
   model = lj.get_model("mlp", num_classes=10, features=features)
   layers = [f"Dense_{i}" for i in range(len(features) + 1)]
-  data = lj.make_batches(train_ds.subset(slice(0, 256 if tiny else 1024)), batch_size=128)
+  data = lj.make_batches(train_ds.subset(slice(0, 256 if tiny else 1024)).arrays,
+                         batch_size=128)
   numbers, values = {}, {}
   loss_fn = lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std)  # one: compiled once
   for batch in (32, 1024):

@@ -45,7 +45,7 @@ def main(argv):
   params = variables["params"]
   loss_fn = lj.make_loss_fn(model, mean=train_ds.mean, std=train_ds.std,
                             batch_stats=variables.get("batch_stats"), train=False)
-  batches = lj.make_batches(data, batch_size=config.batch_size)
+  batches = lj.make_batches(data.arrays, batch_size=config.batch_size)
   mask = lj.trees.mask_by_ndim(params) if config.weights_only else None
   key = jax.random.key(config.seed)
   k_eig, k_trace, k_density = jax.random.split(key, 3)
@@ -75,7 +75,7 @@ def main(argv):
     rc = config.ratio_map
     map_data = data.subset(slice(0, rc.subset)) if rc.get("subset") else data
     metric_fn = lj.make_curvature_metric_fn(
-      loss_fn, lj.make_batches(map_data, batch_size=config.batch_size),
+      loss_fn, lj.make_batches(map_data.arrays, batch_size=config.batch_size),
       num_steps=rc.num_steps, mask=mask, params_like=params, key=jax.random.key(rc.seed))
     dirs = lj.random_directions(jax.random.key(rc.direction_seed), params, num=2,
                                 norm=rc.norm or None, ignore=rc.ignore or None)

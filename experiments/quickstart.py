@@ -417,7 +417,7 @@ class Tour:
       loss_fn = lj.make_loss_fn(self.model, mean=self.train_ds.mean, std=self.train_ds.std,
                                 batch_stats=self.var_a.get("batch_stats"), train=False)
       data = self.train_ds.subset(slice(0, self.c.hessian_examples))
-      batches = lj.make_batches(data, batch_size=256)
+      batches = lj.make_batches(data.arrays, batch_size=256)
       mask = lj.trees.mask_by_ndim(params)
       k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
       eig = lj.hessian_eigenvalues(loss_fn, params, batches, top_k=3,

@@ -113,7 +113,8 @@ def run_model(m, c, train_ds, test_ds, tiny: bool, workdir: str) -> dict:
     max_steps=100 if tiny else c.max_steps, seed=c.seed, check_every=c.check_every)
   loss_fn = _loss_fn(m, model, train_ds, variables.get("batch_stats"))
   n = 128 if tiny else c.measure_examples
-  data = lj.make_batches(train_ds.subset(slice(0, n)), batch_size=min(n, c.measure_batch_size))
+  data = lj.make_batches(train_ds.subset(slice(0, n)).arrays,
+                         batch_size=min(n, c.measure_batch_size))
   start = time.time()
   measures = sharp_flat.measure_all(jax.random.key(c.seed), loss_fn, variables["params"], data,
                                     tiny=tiny)

@@ -83,6 +83,10 @@ _NAMES: dict[str, str] = {
   "polychain_coefficients": "core.curves",
   "project_to_plane": "core.curves",
   "split_curve": "core.curves",
+  # core.splits
+  "device_split": "core.splits",
+  "DeviceSplit": "core.splits",
+  "make_batches": "core.splits",
   # core.precision
   "matmul_precision": "core.precision",
   # core.hessian
@@ -93,11 +97,9 @@ _NAMES: dict[str, str] = {
   "HessianEigenvalues": "core.hessian",
   "hvp": "core.hessian",
   "lanczos": "core.krylov",
-  "make_batches": "core.hessian",
   "make_curvature_metric_fn": "core.hessian",
   "spectral_density": "core.hessian",
   "SpectralDensity": "core.hessian",
-  "SplitBatches": "core.hessian",
   "TraceEstimate": "core.hessian",
   # core.sharpness
   "Ascent": "core.sharpness",
@@ -137,7 +139,7 @@ _NAMES: dict[str, str] = {
   "initialize_distributed": "core.sharding",
   "is_main_process": "core.sharding",
   "make_mesh": "core.sharding",
-  "partitioned_params": "adapters.models",
+  "partitioned_params": "adapters.frameworks",
   "MeshRoles": "core.sharding",
   "shard_params": "core.sharding",
   # adapters.data
@@ -145,7 +147,6 @@ _NAMES: dict[str, str] = {
   "load": "adapters.data",
   # adapters.evaluation
   "cross_entropy": "adapters.evaluation",
-  "device_split": "adapters.evaluation",
   "evaluate": "adapters.evaluation",
   "evaluate_split": "adapters.evaluation",
   "make_loss_fn": "adapters.evaluation",
@@ -156,12 +157,12 @@ _NAMES: dict[str, str] = {
   "MSE": "adapters.losses",
   "NORMALIZED_CROSS_ENTROPY": "adapters.losses",
   "TOKEN_CROSS_ENTROPY": "adapters.losses",
-  # adapters.models
-  "BatchNormHooks": "adapters.models",
-  "from_equinox": "adapters.models",
-  "from_nnx": "adapters.models",
-  "inference_fn": "adapters.models",
-  "Model": "adapters.models",
+  # adapters.frameworks
+  "BatchNormHooks": "adapters.frameworks",
+  "from_equinox": "adapters.frameworks",
+  "from_nnx": "adapters.frameworks",
+  "inference_fn": "adapters.frameworks",
+  "Model": "adapters.frameworks",
   # adapters.text
   "char_splits": "adapters.text",
   "load_text": "adapters.text",
@@ -206,12 +207,8 @@ _NAMES: dict[str, str] = {
   "TrainSettings": "methods.loop",
   # methods.training
   "create_train_state": "methods.training",
-  "eval_step": "methods.training",
   "evaluate_state": "methods.training",
-  "make_schedule": "methods.training",
-  "optimizer_from_config": "methods.training",
   "train": "methods.training",
-  "train_step": "methods.training",
   "TrainState": "methods.training",
   # methods.rundir
   "load_run": "methods.rundir",
@@ -221,7 +218,6 @@ _NAMES: dict[str, str] = {
   "load_trajectory": "methods.checkpoints",
   "load_variables": "methods.checkpoints",
   # methods.curve_training
-  "curve_train_step": "methods.curve_training",
   "CurveSettings": "methods.curve_training",
   "CurveTrainState": "methods.curve_training",
   "train_curve": "methods.curve_training",
@@ -265,10 +261,12 @@ _MODULES: dict[str, str] = {
   "reparam": "core.reparam",
   "permutations": "core.permutations",
   "streaming": "core.streaming",
+  "splits": "core.splits",
   "data": "adapters.data",
   "evaluation": "adapters.evaluation",
   "batchnorm": "adapters.batchnorm",
   "folding": "adapters.folding",
+  "frameworks": "adapters.frameworks",
   "li2018_h5": "adapters.li2018_h5",
   "torch_weights": "adapters.torch_weights",
   "error_control": "adapters.error_control",

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 import landscape_jax as lj
-from landscape_jax.adapters import batchnorm, evaluation, models
+from landscape_jax.adapters import batchnorm, evaluation, frameworks
 
 N_TRAIN = 300
 
@@ -447,8 +447,8 @@ def test_inference_fn_and_as_model():
   fn = lj.inference_fn(module, batch_stats=state)
   _close(fn(params, x), _nnx_direct(module, params, state, x))
   _close(fn({"params": params, "batch_stats": state}, x), _nnx_direct(module, params, state, x))
-  assert models.as_model(lj.get_model("mlp_small", num_classes=10)) is None  # linen path
-  assert isinstance(models.as_model(lambda p, x: x).apply, models.Stateless)
+  assert frameworks.as_model(lj.get_model("mlp_small", num_classes=10)) is None  # linen path
+  assert isinstance(frameworks.as_model(lambda p, x: x).apply, frameworks.Stateless)
   # the NNX adapter never mutates the state it is given (merge copies)
   before = [np.asarray(a) for a in jax.tree.leaves(state)]
   model.apply(params, state, x, True)

@@ -9,6 +9,8 @@ import dataclasses
 import importlib
 import inspect
 import pkgutil
+import re
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -100,3 +102,45 @@ def test_options_are_validated_on_creation_and_frozen():
     lj.Bracket(lower=1.0, upper=0.5)
   with pytest.raises(ValueError, match="sigma2 must be positive"):
     lj.DensitySmoothing(sigma2=0.0)
+
+
+def documented_public_api() -> dict[str, str]:
+  """``{name: defining module}`` of the facade as docs/design.md ("Two tiers") lists it; the
+  short module names under the key ``"modules"``."""
+  text = (Path(__file__).parents[1] / "docs" / "design.md").read_text()
+  block = re.search(r"<!-- public-api -->\n```text\n(.*?)```\n<!-- /public-api -->", text, re.S)
+  assert block, "docs/design.md lost its <!-- public-api --> list of the facade's names"
+  listed, module = {}, None
+  for line in block.group(1).splitlines():
+    if not line.startswith(" "):
+      module, line = line.split(":", 1)
+    for name in line.split():
+      assert name not in listed, f"{name} is listed twice in docs/design.md"
+      listed[name] = module
+  return listed
+
+
+def test_the_facade_is_exactly_the_documented_list():
+  """Adding or removing a public name is a deliberate act: the facade (`lj.__all__`) must equal
+  the list in docs/design.md, each name under the module that defines it."""
+  listed = documented_public_api()
+  expected = {n: m for n, m in lj._NAMES.items()} | {m: "modules" for m in lj._MODULES}
+  assert set(lj.__all__) == set(expected) | {"__version__"}
+  missing = sorted(set(expected) - set(listed))
+  extra = sorted(set(listed) - set(expected))
+  moved = sorted(n for n in set(listed) & set(expected) if listed[n] != expected[n])
+  assert not (missing or extra or moved), (
+    f"The facade and docs/design.md's public-API list differ: not listed {missing}, listed but "
+    f"not public {extra}, listed under another module {moved}. Edit both deliberately (and "
+    "CHANGELOG.md).")
+  for name, module in lj._NAMES.items():
+    assert getattr(importlib.import_module(f"landscape_jax.{module}"), name) is getattr(lj, name)
+
+
+def test_training_internals_are_not_public():
+  for name in ("train_step", "eval_step", "curve_train_step", "make_schedule",
+               "optimizer_from_config"):
+    assert name not in lj.__all__
+    with pytest.raises(AttributeError):
+      getattr(lj, name)
+  assert callable(lj.training.train_step) and callable(lj.curve_training.curve_train_step)

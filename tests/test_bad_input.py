@@ -43,11 +43,11 @@ def test_hessian_routines_refuse_a_nan_loss(nan_loss_problem):
   images, labels = batch
   labels = np.where(np.arange(len(labels)) < 40, labels % 5, labels).astype(np.int32)
   labels[-1] = 9
-  split = hs.make_batches((images, labels), batch_size=20)
+  split = lj.make_batches((images, labels), batch_size=20)
   assert split.rest is not None
   with pytest.raises(FloatingPointError, match="hessian_eigenvalues: " + msg):
     hs.hessian_eigenvalues(loss_fn, params, split, num_steps=4)
-  ok = hs.make_batches((images[:40], labels[:40]), batch_size=20)
+  ok = lj.make_batches((images[:40], labels[:40]), batch_size=20)
   assert np.isfinite(hs.hessian_eigenvalues(loss_fn, params, ok, num_steps=4).top[0])
 
 

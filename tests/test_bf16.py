@@ -249,7 +249,7 @@ def test_off_by_default_bit_identical(resnet8_digits):
   # the evaluation as composed before the option existed (no compute_dtype anywhere)
   apply_fn = functools.partial(evaluation.apply_checked, model, 10, fold_batchnorm=True,
                                onednn=onednn_build.resolve("auto"))
-  split = evaluation.device_split(data.images, data.labels, batch_size=64)
+  split = lj.device_split(data.images, data.labels, batch_size=64)
   before = jax.jit(lambda p: evaluation.evaluate_split(
     apply_fn, evaluation.model_variables(p, stats), split, data.mean, data.std))(params)
   for k in default:

@@ -51,7 +51,7 @@ def test_split_hvp_weights_batches_by_size(problem):
   """64 examples in batches of 24: two full batches and a remainder of 16."""
   p = problem
   v = p["unravel"](jax.random.normal(jax.random.key(4), (p["dense"].shape[0],)))
-  batches = hs.make_batches((p["x"], p["y"]), batch_size=24)
+  batches = lj.make_batches((p["x"], p["y"]), batch_size=24)
   assert batches.num_examples == 64 and jax.tree.leaves(batches.rest)[0].shape[0] == 16
   hv = _flat(hs.hvp(p["loss_fn"], p["params"], batches, v))
   np.testing.assert_allclose(hv, p["dense"] @ _flat(v), rtol=1e-4, atol=1e-5)
@@ -60,7 +60,7 @@ def test_split_hvp_weights_batches_by_size(problem):
            for s in (slice(0, 24), slice(24, 48), slice(48, 64))]
   assert np.max(np.abs(np.mean(parts, 0) - hv)) > 1e-3
   # A split that fits in one batch is just that batch.
-  one = hs.make_batches((p["x"], p["y"]), batch_size=1000)
+  one = lj.make_batches((p["x"], p["y"]), batch_size=1000)
   assert one.rest is None
   np.testing.assert_allclose(_flat(hs.hvp(p["loss_fn"], p["params"], one, v)), hv, atol=1e-5)
 
@@ -100,7 +100,7 @@ def test_masked_eigenvalues_and_whole_split(problem):
   mask = trees.mask_by_ndim(p["params"])
   sel = _selected_indices(p["params"], mask)
   dense = np.linalg.eigvalsh(p["dense"][np.ix_(sel, sel)])
-  batches = hs.make_batches((p["x"], p["y"]), batch_size=24)
+  batches = lj.make_batches((p["x"], p["y"]), batch_size=24)
   res = hs.hessian_eigenvalues(p["loss_fn"], p["params"], batches, top_k=2, num_steps=40,
                                mask=mask)
   np.testing.assert_allclose(res.top, dense[::-1][:2], rtol=1e-4)
@@ -213,7 +213,7 @@ def test_bad_inputs_give_clear_errors(problem):
   with pytest.raises(FloatingPointError, match="not finite"):
     hs.hessian_eigenvalues(p["loss_fn"], bad, (p["x"], p["y"]), num_steps=3)
   with pytest.raises(ValueError, match="leading example axis"):
-    hs.make_batches((p["x"], p["y"][:3]), batch_size=4)
+    lj.make_batches((p["x"], p["y"][:3]), batch_size=4)
 
 
 @pytest.mark.multidevice
@@ -224,8 +224,8 @@ def test_split_hvp_sharded_over_devices(problem):
   mesh = jax.sharding.Mesh(devices, ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
   k = devices.size
-  batches = hs.make_batches((p["x"], p["y"]), batch_size=3 * k, sharding=sharding)
-  assert jax.tree.leaves(batches.full)[0].sharding.spec == sharding.spec
+  batches = lj.make_batches((p["x"], p["y"]), batch_size=3 * k, sharding=sharding)
+  assert jax.tree.leaves(batches.batches)[0].sharding.spec == sharding.spec
   v = p["unravel"](jax.random.normal(jax.random.key(6), (p["dense"].shape[0],)))
   assert batches.rest is None or batches.rest[0].shape[0] % k == 0  # 64 = 2 x 24 + 16
   hv = _flat(hs.hvp(p["loss_fn"], p["params"], batches, v))
@@ -285,7 +285,7 @@ def test_hessian_experiment_script_runs(tmp_path):
 def test_linearized_operator_matches_dense(problem, batched):
   """linearize=True: the gradient linearised once gives the same products and eigenvalues."""
   p = problem
-  data = hs.make_batches((p["x"], p["y"]), batch_size=24) if batched else (p["x"], p["y"])
+  data = lj.make_batches((p["x"], p["y"]), batch_size=24) if batched else (p["x"], p["y"])
   v = jax.random.normal(jax.random.key(6), (p["dense"].shape[0],))
   op = hs.flat_hvp_operator(p["loss_fn"], p["params"], data, None, linearize=True)
   np.testing.assert_allclose(np.asarray(jax.jit(op.matvec)(v), np.float64),

@@ -477,7 +477,7 @@ def test_labels_out_of_range_and_empty_splits(digits_train, tmp_path):
   with pytest.raises(ValueError, match="subset must be positive"):
     lj.load("digits", "train", subset=0)
   with pytest.raises(ValueError, match="empty split"):
-    lj.evaluation.device_split(data.images[:0], data.labels[:0], batch_size=8)
+    lj.device_split(data.images[:0], data.labels[:0], batch_size=8)
 
 
 def test_checkpoint_of_another_model(tmp_path, digits_train):

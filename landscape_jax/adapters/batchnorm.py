@@ -21,7 +21,7 @@ normalises), so any linen model with standard BatchNorm layers works without cha
 walked in full batches with `lax.scan`, plus one smaller batch for the remainder, so no padding
 enters any statistic; the whole computation is pure and traceable (jit, vmap, lax.map).
 
-Other models (`adapters.models`: NNX and Equinox modules, or a `Model` with `BatchNormHooks`)
+Other models (`adapters.frameworks`: NNX and Equinox modules, or a `Model` with `BatchNormHooks`)
 report each BatchNorm layer's batch mean and biased variance through their hooks instead
 (`state_on_split`). Every example then weighs the same in a layer (its spatial positions are
 the same in every batch), so the pooled formulas above hold with ``n_b`` = the number of examples
@@ -42,19 +42,18 @@ import numpy as np
 from landscape_jax.adapters.data import Dataset
 from landscape_jax.adapters.evaluation import (
   apply_checked,
-  device_split,
   inference_forward,
   named_splits,
-  num_examples,
   prepare_inputs,
   split_metrics,
   use_onednn,
 )
+from landscape_jax.adapters.frameworks import BatchNormHooks, as_model
 from landscape_jax.adapters.losses import Loss, check_loss
-from landscape_jax.adapters.models import BatchNormHooks, as_model
 from landscape_jax.backends.cpu import fusion
 from landscape_jax.core import sharding as shd
 from landscape_jax.core import trees
+from landscape_jax.core.splits import DeviceSplit, device_split, make_batches, num_examples
 
 __all__ = [
   "batch_stats_on_split",
@@ -63,7 +62,6 @@ __all__ = [
   "recompute_batch_stats",
   "state_on_split",
   "stats_split",
-  "StatsSplit",
   "train_apply",
   "VARIANCES",
 ]
@@ -72,28 +70,13 @@ PyTree = Any
 VARIANCES = ("pooled", "reference")
 
 
-class StatsSplit(NamedTuple):
-  """Full batches (every leaf (B, b, ...), e.g. uint8 images (B, b, H, W, C)) and the remainder
-  (r, ...) of a split's inputs, on the device."""
-
-  batches: PyTree
-  remainder: PyTree
-
-
-def stats_split(images, *, batch_size: int) -> StatsSplit:
+def stats_split(images, *, batch_size: int) -> DeviceSplit:
   """Puts a split's inputs (uint8 images, or any pytree of arrays with a leading example axis) on
-  the device as full batches plus the remainder batch (no padding)."""
-  images = jax.tree.map(np.asarray, images)
+  the device as full batches plus the remainder batch (no padding; `splits.make_batches`)."""
   if any(np.shape(x)[:1] == (0,) for x in jax.tree.leaves(images)):
     raise ValueError("Cannot recompute BatchNorm statistics on an empty split.")
-  n = num_examples(images, name="the statistics split")
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
-  batch_size = min(batch_size, n)
-  full = n // batch_size * batch_size
-  batches = jax.tree.map(
-    lambda a: jnp.asarray(a[:full].reshape(n // batch_size, batch_size, *a.shape[1:])), images)
-  return StatsSplit(batches, jax.tree.map(lambda a: jnp.asarray(a[full:]), images))
+  num_examples(images, name="the statistics split")
+  return make_batches(images, batch_size=batch_size)
 
 
 def _leading(tree) -> int:
@@ -158,7 +141,7 @@ def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
 
 
 def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree,
-                         split: StatsSplit, mean=None, std=None, *, variance: str = "pooled",
+                         split: DeviceSplit, mean=None, std=None, *, variance: str = "pooled",
                          onednn: bool = False) -> PyTree:
   """Pure, traceable core of `recompute_batch_stats` (see the module docstring for the formulas).
 
@@ -202,8 +185,8 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
     _, stacked = jax.lax.scan(body, None, split.batches)
     for name, (c, m, m2) in stacked.items():
       add(tuple(name.split("/")), c, m, m2)
-  if _leading(split.remainder) > 0:
-    for path, (c, m, m2) in moments(split.remainder).items():
+  if split.rest is not None:
+    for path, (c, m, m2) in moments(split.rest).items():
       add(path, jnp.full((1,), c, jnp.float32), m[None], m2[None])
   if not counts:
     raise ValueError("No BatchNorm layer ran in training mode: check that the model has BatchNorm "
@@ -229,9 +212,9 @@ def batch_stats_on_split(apply_train: Callable, params: PyTree, template: PyTree
   return jax.tree.map(lambda t, o: o.astype(t.dtype), template, out)
 
 
-def state_on_split(batch_norm: BatchNormHooks, params: PyTree, state: PyTree, split: StatsSplit,
+def state_on_split(batch_norm: BatchNormHooks, params: PyTree, state: PyTree, split: DeviceSplit,
                    norm=None, *, onednn: bool = False) -> PyTree:
-  """Pure, traceable recomputation of a `adapters.models.Model`'s BatchNorm statistics.
+  """Pure, traceable recomputation of a `adapters.frameworks.Model`'s BatchNorm statistics.
 
   One training-mode pass over the split through ``batch_norm.moments`` gives every layer's batch
   mean ``mean_b`` and biased variance ``var_b`` per batch b of ``n_b`` examples; the running
@@ -263,9 +246,9 @@ def state_on_split(batch_norm: BatchNormHooks, params: PyTree, state: PyTree, sp
     _, stacked = jax.lax.scan(lambda _, x: (None, layer_moments(x)), None, split.batches)
     b = np.shape(jax.tree.leaves(split.batches)[0])
     parts.append((jnp.full((b[0],), b[1], jnp.float32), stacked))
-  if _leading(split.remainder) > 0:
-    rest = layer_moments(split.remainder)
-    parts.append((jnp.full((1,), _leading(split.remainder), jnp.float32),
+  if split.rest is not None:
+    rest = layer_moments(split.rest)
+    parts.append((jnp.full((1,), _leading(split.rest), jnp.float32),
                   jax.tree.map(lambda a: a[None], rest)))
   if not parts or not parts[0][1]:
     raise ValueError("No BatchNorm layer ran in training mode: the model has no BatchNorm whose "
@@ -310,7 +293,7 @@ def recompute_batch_stats(model, params: PyTree, batch_stats: PyTree, data, *,
   Args:
     model: a linen model called as ``model.apply(variables, x, train=True,
       mutable=["batch_stats"])``; or an NNX module, an Equinox module or an
-      `adapters.models.Model` with `BatchNormHooks` (`state_on_split`).
+      `adapters.frameworks.Model` with `BatchNormHooks` (`state_on_split`).
     params: the parameters of the point (e.g. ``curve_point(curve, t)``).
     batch_stats: linen: any batch_stats of the model (only the structure and dtypes are used);
       other models: the model state to write the statistics into (None: the model's own; for
@@ -389,9 +372,9 @@ class RecomputeData(NamedTuple):
   constants), bound to the compiled metric by `jax.tree_util.Partial`.
 
   Attributes:
-    splits: ``{prefix: evaluation.DeviceSplit}``, the evaluated splits on the device.
+    splits: ``{prefix: splits.DeviceSplit}``, the evaluated splits on the device.
     norms: ``{prefix: (mean, std) or None}``, their input normalisation.
-    stats_split: the split the statistics are recomputed on (`StatsSplit`).
+    stats_split: the split the statistics are recomputed on (`splits.DeviceSplit`).
     train_norm: its normalisation ``(mean, std)`` (``(None, None)`` or None without one).
     template: linen: a batch_stats pytree (the structure written); other models: the state the
       statistics are written into.
@@ -399,7 +382,7 @@ class RecomputeData(NamedTuple):
 
   splits: dict
   norms: dict
-  stats_split: StatsSplit
+  stats_split: DeviceSplit
   train_norm: Any
   template: PyTree
 
@@ -417,7 +400,7 @@ def make_recompute_metric_fn(model, data, *, train_data, batch_stats: PyTree = N
 
   Args:
     model: a linen model with BatchNorm; or an NNX module, an Equinox module or an
-      `adapters.models.Model` with `BatchNormHooks` (see `recompute_batch_stats`).
+      `adapters.frameworks.Model` with `BatchNormHooks` (see `recompute_batch_stats`).
     data: one split or a mapping such as ``{"train": ds_train, "test": ds_test}`` (keys become
       prefixes), each a `Dataset` or an ``(inputs, targets)`` pair, as in `make_metric_fn`.
     train_data: the split the statistics are recomputed on (the training split): a `Dataset` or

@@ -104,6 +104,13 @@ class Dataset:
     return int(self.images.shape[0])
 
   @property
+  def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)``: the split as the ``(inputs, targets)`` pair of arrays that the core
+    takes (`splits.make_batches`); the uint8 images are not normalised (a loss from
+    `make_loss_fn(..., mean=, std=)` normalises them)."""
+    return self.images, self.labels
+
+  @property
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.images.shape[1:])
 

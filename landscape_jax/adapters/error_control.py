@@ -57,19 +57,17 @@ import optax
 from jax.tree_util import Partial
 
 from landscape_jax.adapters.evaluation import (
-  DeviceSplit,
   apply_checked,
   correct,
   cross_entropy,
-  device_split,
   model_variables,
   named_splits,
-  num_examples,
   prepare_inputs,
   use_onednn,
 )
 from landscape_jax.core import progress as progress_lib
 from landscape_jax.core.paths import plane_point
+from landscape_jax.core.splits import DeviceSplit, device_split, num_examples
 
 PyTree = Any
 _ORDER = 4  # anchors per axis in the interpolation stencil (cubic Lagrange)
@@ -94,7 +92,7 @@ class ErrorControlData(NamedTuple):
   constants), bound to the compiled estimator by `jax.tree_util.Partial`.
 
   Attributes:
-    split: the shuffled split on the device (`evaluation.DeviceSplit`: padded batches and mask).
+    split: the shuffled split on the device (`splits.DeviceSplit`: padded batches and mask).
     norm: ``(mean, std)`` normalising uint8 images inside the compiled function (a `Dataset`),
       or None (inputs used as given).
     batch_stats: the centre's BatchNorm statistics (None without BatchNorm).
@@ -218,11 +216,11 @@ def _anchor_chunk(apply_fn, split, norm, batch_stats, center, dirs, coords, logi
     variables = model_variables(p, batch_stats)
 
     def body(_, batch):
-      x, y, _m = batch
+      x, y = batch
       z = apply_fn(variables, prepare_inputs(x, norm))
       return None, (z.astype(jnp.float32) if logits else (cross_entropy(z, y), correct(z, y)))
 
-    return jax.lax.scan(body, None, split)[1]
+    return jax.lax.scan(body, None, split.batches)[1]
 
   return jax.lax.map(one, coords)
 
@@ -301,7 +299,7 @@ def _covariates(control, params, split):
   if "logits" in control:
     # every batch's covariates once, batch by batch (small memory); the walk then reads them
     def batch_cov(_, b):
-      zb, yb = at(control["logits"], b), split.labels[b]
+      zb, yb = at(control["logits"], b), split.batches[1][b]
       return None, (cross_entropy(zb, yb), correct(zb, yb))
 
     _, (c_loss, c_hit) = jax.lax.scan(batch_cov, None, jnp.arange(split.mask.shape[0]))
@@ -353,7 +351,7 @@ def _estimate(apply_fn, tol, rtol, min_batches, total, data: ErrorControlData, p
 
   def body(carry):
     b, loss_stats, hit_stats = carry
-    x, y, m = jax.tree.map(lambda a: a[b], (split.images, split.labels, split.mask))
+    x, y, m = jax.tree.map(lambda a: a[b], (*split.batches, split.mask))
     logits = apply_fn(variables, prepare_inputs(x, norm))
     losses, hits = cross_entropy(logits, y), correct(logits, y).astype(jnp.float32)
     if cov is not None:

@@ -5,8 +5,8 @@ The core of the library works on two kinds of user function:
 * ``loss_fn(params, batch) -> scalar``: a minibatch objective, ``batch = (inputs, targets)``;
 * ``metric_fn(params) -> dict[str, scalar]``: a full evaluation, jit-able and vmappable.
 
-`make_loss_fn` and `make_metric_fn` build them for any model (`adapters.models`: Flax linen, NNX,
-Equinox, a plain ``apply_fn(params, inputs)``, or a `Model` with state) and any data: a
+`make_loss_fn` and `make_metric_fn` build them for any model (`adapters.frameworks`: Flax linen,
+NNX, Equinox, a plain ``apply_fn(params, inputs)``, or a `Model` with state) and any data: a
 `Dataset` of uint8 images (normalised inside the compiled function) or an ``(inputs, targets)``
 pair of pytrees of arrays sharing the leading example axis, scored by a `Loss`
 (`adapters.losses`: cross-entropy by default, token-level cross-entropy, MSE). The split is held
@@ -31,22 +31,26 @@ from jax.sharding import PartitionSpec as P
 
 from landscape_jax.adapters import folding
 from landscape_jax.adapters.data import Dataset, normalize_images
+from landscape_jax.adapters.frameworks import as_model
 from landscape_jax.adapters.losses import CROSS_ENTROPY, Loss, check_loss
-from landscape_jax.adapters.models import as_model
 from landscape_jax.backends.cpu import fusion, onednn_build
 from landscape_jax.core import sharding as shd
 from landscape_jax.core import streaming
+from landscape_jax.core.splits import (
+  DeviceSplit,
+  batch_layout,
+  device_split,
+  host_targets,
+  num_examples,
+)
 
 __all__ = [
   "apply_checked",
-  "batch_layout",
   "batch_objective",
   "check_classes",
   "check_model_fits",
   "correct",
   "cross_entropy",
-  "device_split",
-  "DeviceSplit",
   "evaluate",
   "evaluate_split",
   "host_chunk",
@@ -56,7 +60,6 @@ __all__ = [
   "make_metric_fn",
   "model_variables",
   "named_splits",
-  "num_examples",
   "prepare_inputs",
   "split_metrics",
   "split_sums",
@@ -77,95 +80,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example 0/1 float: whether the arg-max logit is the label."""
   return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-
-
-class DeviceSplit(NamedTuple):
-  """A split padded to whole batches, on the device.
-
-  Attributes:
-    images: the inputs, every leaf ``(B, b, ...)`` (uint8 images ``(B, b, H, W, C)`` for a
-      `Dataset`; any pytree of arrays otherwise).
-    labels: the targets, every leaf ``(B, b, ...)`` (integer labels ``(B, b)`` for a
-      `Dataset`).
-    mask: ``(B, b)`` float32, 1 for a real example and 0 for padding.
-  """
-
-  images: PyTree
-  labels: PyTree
-  mask: jax.Array
-
-  @property
-  def num_examples(self) -> int:
-    return int(np.prod(self.mask.shape))
-
-
-def _host_targets(a) -> np.ndarray:
-  a = np.asarray(a)
-  return a.astype(np.int32) if np.issubdtype(a.dtype, np.integer) else a
-
-
-def num_examples(inputs: PyTree, targets: PyTree = None, *, name: str = "data") -> int:
-  """The shared leading (example) axis of every array in `inputs` and `targets`; a ValueError
-  naming `name` if the arrays disagree or there are none."""
-  leaves = jax.tree.leaves((inputs, targets))
-  if not leaves:
-    raise ValueError(f"{name} holds no arrays; give (inputs, targets) as arrays (or pytrees of "
-                     "arrays) with a leading example axis.")
-  shapes = [np.shape(x) for x in leaves]
-  if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1:
-    raise ValueError(f"Every array of {name} must have the same leading (example) axis; got "
-                     f"shapes {shapes}.")
-  return int(shapes[0][0])
-
-
-def device_split(images, labels, *, batch_size: int, sharding=None, multiple_of: int = 1,
-                 ) -> DeviceSplit:
-  """Pads a split to whole batches, reshapes it into batches and puts it on device.
-
-  The batches are balanced: with ``B = ceil(N / batch_size)`` batches each holds
-  ``b = ceil(N / B)`` examples (rounded up to `multiple_of`), so at most ``B * multiple_of - 1``
-  padded examples are computed and masked, instead of up to ``batch_size - 1`` (1000 images in
-  batches of at most 64: 16 batches of 63, 8 padded, rather than 16 of 64 with 24 padded).
-
-  Args:
-    images: the inputs: an (N, ...) array (uint8 images stay uint8 on the device) or any pytree
-      of such arrays.
-    labels: the targets: an (N, ...) array or pytree of arrays (integer arrays become int32).
-    batch_size: the largest number of examples per scanned batch.
-    sharding: optional `jax.sharding.Sharding` for the arrays (default: replicated on device 0).
-    multiple_of: every batch is a multiple of this (the number of devices a batch is split over).
-  """
-  images = jax.tree.map(np.asarray, images)
-  labels = jax.tree.map(_host_targets, labels)
-  leaves = jax.tree.leaves((images, labels))
-  if leaves and any(np.shape(x)[:1] == (0,) for x in leaves):
-    raise ValueError("Cannot evaluate on an empty split.")
-  n = num_examples(images, labels)
-  num_batches, batch_size = batch_layout(n, batch_size, multiple_of)
-  pad = num_batches * batch_size - n
-  mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-
-  def batched(a):
-    a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
-    return a.reshape(num_batches, batch_size, *a.shape[1:])
-
-  put = (lambda a: shd.put(a, sharding)) if sharding is not None else jnp.asarray
-  return DeviceSplit(jax.tree.map(lambda a: put(batched(a)), images),
-                     jax.tree.map(lambda a: put(batched(a)), labels),
-                     put(mask.reshape(num_batches, batch_size)))
-
-
-def batch_layout(n: int, batch_size: int, multiple_of: int = 1) -> tuple[int, int]:
-  """``(B, b)``: the balanced batches of `device_split` for `n` examples: ``B = ceil(n / b)``
-  batches of ``b = ceil(n / ceil(n / batch_size))`` examples rounded up to `multiple_of`."""
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
-  if multiple_of <= 0:
-    raise ValueError(f"multiple_of must be positive, got {multiple_of}.")
-  num_batches = -(-n // min(batch_size, n))
-  batch_size = -(-n // num_batches)
-  batch_size = -(-batch_size // multiple_of) * multiple_of
-  return -(-n // batch_size), batch_size
 
 
 def prepare_inputs(inputs: PyTree, norm) -> PyTree:
@@ -190,7 +104,8 @@ def split_metrics(outputs_fn: Callable[[PyTree], Any], split: DeviceSplit,
     norm: ``(mean, std)`` to normalise uint8 image inputs with, or None (`prepare_inputs`).
   """
   sums = split_sums(outputs_fn, split, loss, norm)
-  total = sums[WEIGHT] if loss.weighted else jnp.sum(split.mask)
+  total = sums[WEIGHT] if loss.weighted else (
+    split.num_examples if split.mask is None else jnp.sum(split.mask))
   return {k: sums[k] / total for k in loss.metrics}
 
 
@@ -201,11 +116,12 @@ def split_sums(outputs_fn: Callable[[PyTree], Any], split: DeviceSplit,
                loss: Loss = CROSS_ENTROPY, norm=None) -> dict[str, jax.Array]:
   """The sums behind `split_metrics`: ``{metric: sum_i m_i v_i}`` over a padded split (and
   ``{WEIGHT: sum_i m_i w_i}`` for a weighted loss), float32, batch after batch in one
-  `lax.scan` (arguments as in `split_metrics`)."""
+  `lax.scan` (arguments as in `split_metrics`; a split of `make_batches`, unpadded, also adds
+  its ``rest`` batch)."""
   names = loss.metrics
 
   def body(carry, batch):
-    x, y, m = batch
+    (x, y), m = batch
     values, weights = loss.sums(outputs_fn(prepare_inputs(x, norm)), y)
     missing = [k for k in names if k not in values]
     if missing or (weights is None) == loss.weighted:
@@ -218,7 +134,14 @@ def split_sums(outputs_fn: Callable[[PyTree], Any], split: DeviceSplit,
     return tuple(sums), None
 
   zero = jnp.zeros((), jnp.float32)
-  sums, _ = jax.lax.scan(body, (zero,) * (len(names) + int(loss.weighted)), split)
+  mask = split.mask
+  if mask is None:
+    mask = jnp.ones(jax.tree.leaves(split.batches)[0].shape[:2], jnp.float32)
+  sums, _ = jax.lax.scan(body, (zero,) * (len(names) + int(loss.weighted)),
+                         (split.batches, mask))
+  if split.rest is not None:
+    rest_mask = jnp.ones(jax.tree.leaves(split.rest)[0].shape[:1], jnp.float32)
+    sums, _ = body(sums, (split.rest, rest_mask))
   out = {k: sums[i] for i, k in enumerate(names)}
   if loss.weighted:
     out[WEIGHT] = sums[-1]
@@ -453,7 +376,7 @@ def inference_forward(model, *, batch_stats: PyTree = None, num_classes: int | N
                       fold_batchnorm: bool = True, onednn: bool = False, compute_dtype=None,
                       ) -> tuple[Callable[[PyTree, PyTree, PyTree], Any], PyTree]:
   """``(forward, state)``: ``forward(params, state, inputs) -> outputs`` in inference mode for any
-  model (`adapters.models`), and the state to call it with.
+  model (`adapters.frameworks`), and the state to call it with.
 
   For a linen module ``forward`` is `apply_checked` (BatchNorm folded where that is exact, with
   `fold_batchnorm`) and the state its `batch_stats`; for every other model it is
@@ -524,7 +447,7 @@ def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
 
   Args:
     model: a linen module (``model.apply(variables, x, train=...)``), an NNX or Equinox module, an
-      `adapters.models.Model`, or a plain ``apply_fn(params, inputs) -> outputs``.
+      `adapters.frameworks.Model`, or a plain ``apply_fn(params, inputs) -> outputs``.
     mean, std: per-channel normalisation of uint8 image inputs (a `Dataset`'s); None for inputs
       used as given (uint8 inputs then raise: they are images that need normalising).
     loss: the `Loss` (`adapters.losses`).
@@ -576,8 +499,8 @@ def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree
   for the default `CROSS_ENTROPY`.
 
   Args:
-    model: a linen module, an NNX or Equinox module, an `adapters.models.Model`, or a plain
-      ``apply_fn(params, inputs) -> outputs`` (`adapters.models`), evaluated in inference mode
+    model: a linen module, an NNX or Equinox module, an `adapters.frameworks.Model`, or a plain
+      ``apply_fn(params, inputs) -> outputs`` (`adapters.frameworks`), evaluated in inference mode
       (BatchNorm uses its running statistics).
     data: one split, or a mapping such as ``{"train": ..., "test": ...}`` whose keys become
       prefixes: ``{"train_loss", "train_accuracy", "test_loss", ...}``. A split is a `Dataset`
@@ -670,7 +593,7 @@ def _streamed_metric(forward, loss: Loss, named: Mapping[str, SplitData], state,
   streams, counts = {}, {}
   for k, d in named.items():
     inputs = jax.tree.map(np.asarray, d.inputs)
-    targets = jax.tree.map(_host_targets, d.targets)
+    targets = jax.tree.map(host_targets, d.targets)
     n = num_examples(inputs, targets, name=f"data[{k!r}]" if k else "data")
     num_batches, b = batch_layout(n, batch_size, multiple_of)
     per_chunk = min(stream_batches, num_batches)
@@ -705,7 +628,7 @@ def host_chunk(arrays, i: int, *, num_examples: int, batch_size: int, num_batche
   inputs, targets = arrays
   mask = np.zeros(per, np.float32)
   mask[:stop - start] = 1.0
-  return DeviceSplit(jax.tree.map(cut, inputs), jax.tree.map(cut, targets),
+  return DeviceSplit((jax.tree.map(cut, inputs), jax.tree.map(cut, targets)),
                      mask.reshape(num_batches, batch_size))
 
 

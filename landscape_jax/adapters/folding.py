@@ -43,7 +43,7 @@ interpolation and curve evaluation gets it.
 
 Linen only. Folding finds its pairs by intercepting `nn.Conv` / `nn.Dense` / `nn.BatchNorm`
 calls, so it applies to Flax linen modules alone: the builders evaluate every other model (NNX,
-Equinox, a plain function, an `adapters.models.Model`) unfolded, exactly as it computes, and
+Equinox, a plain function, an `adapters.frameworks.Model`) unfolded, exactly as it computes, and
 ignore ``fold_batchnorm`` for it; folding never changes such a model's numbers.
 """
 

@@ -76,89 +76,11 @@ from landscape_jax.core.krylov import (
   tridiagonal_eigh,
 )
 from landscape_jax.core.precision import check_precision, matmul_precision
+from landscape_jax.core.splits import DeviceSplit, check_unpadded
 from landscape_jax.core.trees import as_partial, check_finite, check_same_structure
 
 PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: one minibatch or a whole split in batches.
-
-
-class SplitBatches(NamedTuple):
-  """A whole split cut into equal batches plus at most one smaller remainder batch.
-
-  Attributes:
-    full: the batches of size ``batch_size`` stacked on a leading axis: every leaf has shape
-      ``(num_full, batch_size, ...)``; None if the split is smaller than one batch.
-    rest: the last ``N mod batch_size`` examples as one ordinary batch, or None.
-
-  Built by `make_batches`. Curvature routines given a `SplitBatches` walk ``full`` with
-  `lax.scan` and weight every batch by its size, so the result is that of the mean loss over the
-  whole split.
-  """
-
-  full: PyTree | None
-  rest: PyTree | None
-
-  @property
-  def num_examples(self) -> int:
-    n = 0
-    if self.full is not None:
-      shape = jax.tree.leaves(self.full)[0].shape
-      n += shape[0] * shape[1]
-    if self.rest is not None:
-      n += jax.tree.leaves(self.rest)[0].shape[0]
-    return int(n)
-
-
-def make_batches(data: Any, *, batch_size: int, sharding=None) -> SplitBatches:
-  """Cuts a split into device-resident batches for whole-split curvature.
-
-  Args:
-    data: a `adapters.data.Dataset`, or any pytree of arrays sharing the leading (example)
-      axis, such as ``(uint8 images, int labels)``; its batches are what ``loss_fn`` receives.
-    batch_size: examples per batch (clipped to the split size).
-    sharding: optional `jax.sharding.Sharding` for the stacked full batches, e.g.
-      ``NamedSharding(mesh, P(None, "data"))`` to split every batch over the devices of a mesh
-      (the HVPs then run data-parallel under `jax.jit`). For a `NamedSharding` the remainder
-      batch gets the same spec without its leading entry; it must divide evenly too. Default:
-      the default device.
-
-  Returns:
-    A `SplitBatches` with ``N // batch_size`` full batches and one remainder batch when
-    ``batch_size`` does not divide ``N``.
-  """
-  if hasattr(data, "images") and hasattr(data, "labels"):
-    data = (data.images, data.labels)
-  leaves = jax.tree.leaves(data)
-  if not leaves:
-    raise ValueError("make_batches needs a non-empty pytree of arrays (e.g. (images, labels)).")
-  n = int(np.shape(leaves[0])[0])
-  if any(np.shape(x)[:1] != (n,) for x in leaves):
-    raise ValueError("All arrays given to make_batches must share the leading example axis; got "
-                     f"shapes {[np.shape(x) for x in leaves]}.")
-  if n == 0:
-    raise ValueError("Cannot build batches of an empty split.")
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
-  batch_size = min(int(batch_size), n)
-  num_full = n // batch_size
-  cut = num_full * batch_size
-  rest_sharding = sharding
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    rest_sharding = jax.sharding.NamedSharding(sharding.mesh,
-                                               jax.sharding.PartitionSpec(*sharding.spec[1:]))
-
-  def put(a, where):
-    return jnp.asarray(a) if where is None else jax.device_put(a, where)
-
-  full = jax.tree.map(lambda x: put(
-    np.asarray(x)[:cut].reshape(num_full, batch_size, *np.shape(x)[1:]), sharding), data)
-  rest = jax.tree.map(lambda x: put(np.asarray(x)[cut:], rest_sharding), data) if cut < n \
-    else None
-  return SplitBatches(full=full, rest=rest)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,17 +181,18 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
   def hvp_batch(x, batch):
     return jax.jvp(lambda y: grad_flat(y, batch), (x0,), (x,))[1]
 
-  if isinstance(data, SplitBatches):
+  if isinstance(data, DeviceSplit):
+    check_unpadded(data, name="The Hessian")
     total = data.num_examples
     if total == 0:
-      raise ValueError("The SplitBatches hold no example.")
+      raise ValueError("The DeviceSplit holds no example.")
 
     def weighted(per_batch):  # sum_b n_b f(batch_b) / N
       def f(x):
         out = jnp.zeros_like(x0)
-        if data.full is not None:
-          size = jax.tree.leaves(data.full)[0].shape[1]
-          acc, _ = jax.lax.scan(lambda c, b: (c + per_batch(x, b), None), out, data.full)
+        if data.batches is not None:
+          size = jax.tree.leaves(data.batches)[0].shape[1]
+          acc, _ = jax.lax.scan(lambda c, b: (c + per_batch(x, b), None), out, data.batches)
           out = out + size * acc
         if data.rest is not None:
           out = out + jax.tree.leaves(data.rest)[0].shape[0] * per_batch(x, data.rest)
@@ -317,7 +240,7 @@ def hvp(loss_fn: LossFn, params: PyTree, data: Any, v: PyTree, *,
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar`` (mean loss over the batch).
     params: the point where the Hessian is taken.
-    data: one batch, or a `SplitBatches` (whole split; batches weighted by their size:
+    data: one batch, or a `DeviceSplit` (whole split; batches weighted by their size:
       ``H v = sum_b n_b H_b v / N``).
     v: a pytree with the structure of ``params``.
     mask: optional pytree of Python bools: restricts to the selected leaves (``H_SS v_S``);
@@ -379,14 +302,15 @@ def _check_products(name: str, outputs) -> None:
 
 def mean_loss(loss_fn: LossFn, params: PyTree, data: Any) -> jax.Array:
   """The loss at `params` over `data` in float32 (traceable): ``loss_fn(params, data)`` for one
-  batch; for a `SplitBatches`, the mean over its examples, ``sum_b n_b loss_fn(params, b) / N``
-  (each batch's mean loss weighted by its size)."""
-  if not isinstance(data, SplitBatches):
+  batch; for a `DeviceSplit` (`make_batches`), the mean over its examples,
+  ``sum_b n_b loss_fn(params, b) / N`` (each batch's mean loss weighted by its size)."""
+  if not isinstance(data, DeviceSplit):
     return jnp.asarray(loss_fn(params, data), jnp.float32)
+  check_unpadded(data, name="The loss over a split")
   total = jnp.zeros((), jnp.float32)
-  if data.full is not None:
-    size = jax.tree.leaves(data.full)[0].shape[1]
-    per_batch = jax.lax.map(lambda b: jnp.asarray(loss_fn(params, b), jnp.float32), data.full)
+  if data.batches is not None:
+    size = jax.tree.leaves(data.batches)[0].shape[1]
+    per_batch = jax.lax.map(lambda b: jnp.asarray(loss_fn(params, b), jnp.float32), data.batches)
     total = total + size * jnp.sum(per_batch)
   if data.rest is not None:
     total = total + (jax.tree.leaves(data.rest)[0].shape[0]
@@ -470,7 +394,7 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar``.
     params: the point (e.g. a trained checkpoint's ``variables["params"]``).
-    data: one batch or a `SplitBatches` (whole split, batch-size weighted).
+    data: one batch or a `DeviceSplit` (whole split, batch-size weighted).
     top_k: number of largest eigenvalues returned.
     num_steps: Lanczos steps m (clipped to P); memory ``m x P``.
     key: start-vector key (default ``jax.random.key(0)``).
@@ -789,7 +713,7 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar`` (inference mode, as Li et al.).
-    data: one batch or a `SplitBatches`.
+    data: one batch or a `DeviceSplit`.
     num_steps: Lanczos steps per point (clipped to P).
     mask: optional pytree of Python bools (Li et al.: ``trees.mask_by_ndim(params)``); needs
       ``params_like`` only if you pass a mask whose structure you want checked early.
@@ -818,12 +742,10 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
 __all__ = [
   "HessianEigenvalues",
   "SpectralDensity",
-  "SplitBatches",
   "TraceEstimate",
   "hessian_eigenvalues",
   "hessian_trace",
   "hvp",
-  "make_batches",
   "make_curvature_metric_fn",
   "mean_loss",
   "num_curvature_params",

@@ -2,7 +2,7 @@
 
 Every measure returns a `SharpnessResult` (``value``, ``stderr`` where one applies, the
 ``settings`` that produced it and the per-batch / per-sample ``samples``). Notation: ``w`` the
-parameters, ``L`` the loss (one batch, or the mean over a split given as `hessian.SplitBatches`),
+parameters, ``L`` the loss (one batch, or the mean over a split given as `splits.DeviceSplit`),
 ``c`` the perturbation scale:
 
 * ``c = 1`` (*standard*), or ``c = |w| + eta`` elementwise (*adaptive*, Kwon et al. 2021;
@@ -65,8 +65,9 @@ from jax.tree_util import Partial
 
 from landscape_jax.core import hessian as hessian_lib
 from landscape_jax.core.directions import random_directions
-from landscape_jax.core.hessian import SplitBatches, mean_loss
+from landscape_jax.core.hessian import mean_loss
 from landscape_jax.core.precision import check_precision, matmul_precision
+from landscape_jax.core.splits import DeviceSplit, check_unpadded
 from landscape_jax.core.trees import as_partial, check_finite
 
 __all__ = [
@@ -156,7 +157,7 @@ def _split_loss_jit(loss_fn, params, data):
 
 
 def split_loss(loss_fn: LossFn, params: PyTree, data: Any) -> float:
-  """``L(w)``: the loss on one batch, or the example-weighted mean over a `SplitBatches`."""
+  """``L(w)``: the loss on one batch, or the example-weighted mean over a `DeviceSplit`."""
   return float(_split_loss_jit(as_partial(loss_fn, name="loss_fn"), params, data))
 
 
@@ -375,14 +376,14 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
     key: `jax.random` key of the random restarts.
     loss_fn: ``loss_fn(params, batch) -> scalar``.
     params: the point ``w``.
-    data: one batch, or a `hessian.SplitBatches` (`make_batches`).
+    data: one batch, or a `splits.DeviceSplit` (`make_batches`).
     rho: the radius.
     norm: ``"l2"`` or ``"linf"``.
     adaptive: ``c = |w| + eta`` instead of 1 (`perturbation_scale`).
     eta: the adaptive offset.
     ascent: the ascent's settings (`Ascent`: restarts, steps, first step, momentum and the
       stopping and step-halving rule above); default ``Ascent()``.
-    per_batch: with a `SplitBatches`, the maximum for every batch separately and their mean
+    per_batch: with a `DeviceSplit`, the maximum for every batch separately and their mean
       weighted by batch size (Andriushchenko et al.; stderr over batches); False: one maximum of
       the mean loss over the whole split (stderr NaN).
     mask: optional pytree of bools; the unselected leaves are not perturbed.
@@ -408,12 +409,13 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
   settings = dict(measure="worst_case", rho=float(rho), adaptive=bool(adaptive), eta=float(eta),
                   per_batch=bool(per_batch), **kw)
   with matmul_precision(precision):
-    if isinstance(data, SplitBatches) and per_batch:
+    if isinstance(data, DeviceSplit) and per_batch:
+      check_unpadded(data, name="worst_case_sharpness")
       values, sizes, runs = [], [], []
-      if data.full is not None:
-        nb, size = jax.tree.leaves(data.full)[0].shape[:2]
+      if data.batches is not None:
+        nb, size = jax.tree.leaves(data.batches)[0].shape[:2]
         for b in range(nb):
-          batch = jax.tree.map(lambda x, b=b: x[b], data.full)
+          batch = jax.tree.map(lambda x, b=b: x[b], data.batches)
           base, best, num, _ = _ascent(loss_fn, params, c, batch, jax.random.fold_in(key, b),
                                        rho, **kw)
           values.append(float(best - base))
@@ -604,7 +606,7 @@ def fisher_rao_norm(loss_fn: LossFn, params: PyTree, data: Any, *, mask: PyTree 
     loss_fn: ``loss_fn(params, batch)``; it must accept a batch of one example (BatchNorm in
       evaluation mode).
     params: the point ``w``.
-    data: one batch or a `hessian.SplitBatches` (pytrees of arrays with a leading example axis).
+    data: one batch or a `splits.DeviceSplit` (pytrees of arrays with a leading example axis).
     mask: optional pytree of bools: ``<w_S, grad_S l>`` over the selected leaves only.
     precision: matmul precision (default ``"highest"``).
 
@@ -620,10 +622,11 @@ def fisher_rao_norm(loss_fn: LossFn, params: PyTree, data: Any, *, mask: PyTree 
   loss_fn = as_partial(loss_fn, name="loss_fn")
   keep = tuple(_mask_leaves(params, mask))
   batches = []
-  if isinstance(data, SplitBatches):
-    if data.full is not None:
-      nb = jax.tree.leaves(data.full)[0].shape[0]
-      batches += [jax.tree.map(lambda x, b=b: x[b], data.full) for b in range(nb)]
+  if isinstance(data, DeviceSplit):
+    check_unpadded(data, name="fisher_rao_norm")
+    if data.batches is not None:
+      nb = jax.tree.leaves(data.batches)[0].shape[0]
+      batches += [jax.tree.map(lambda x, b=b: x[b], data.batches) for b in range(nb)]
     if data.rest is not None:
       batches.append(data.rest)
   else:

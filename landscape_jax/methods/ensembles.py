@@ -32,7 +32,6 @@ import numpy as np
 import optax
 
 from landscape_jax.adapters.evaluation import (
-  device_split,
   inference_forward,
   named_splits,
   prepare_inputs,
@@ -41,6 +40,7 @@ from landscape_jax.adapters.evaluation import (
 from landscape_jax.adapters.losses import Loss, check_loss
 from landscape_jax.core import fileio
 from landscape_jax.core import identity as identity_lib
+from landscape_jax.core.splits import device_split
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.loop import (
   RunDir,
@@ -310,7 +310,7 @@ def evaluate_ensemble(model, members: PyTree, data, *, loss: Loss | None = None,
 
   Args:
     model: any model `make_metric_fn` takes (a linen module, an NNX or Equinox module, an
-      `adapters.models.Model`, a plain ``apply_fn(params, inputs)``), in inference mode.
+      `adapters.frameworks.Model`, a plain ``apply_fn(params, inputs)``), in inference mode.
     members: parameters stacked on a leading axis of size K (`stack_members`).
     data: the split to evaluate on: a `Dataset` or an ``(inputs, targets)`` pair.
     loss: the `Loss` (default `CROSS_ENTROPY`); it must define an ensemble.
@@ -376,7 +376,7 @@ def _jit_ensemble(forward, loss, stacked, members, state, split, norm):
     return sums
 
   def body(carry, batch):
-    x, y, m = batch
+    (x, y), m = batch
     x = prepare_inputs(x, norm)
     outputs = jax.vmap(forward, in_axes=(0, 0 if stacked else None, None))(
       members, state, x)                                              # (K, b, ...)
@@ -385,7 +385,7 @@ def _jit_ensemble(forward, loss, stacked, members, state, split, norm):
 
   n = len(names) + int(loss.weighted)
   zero = [jnp.zeros((k,), jnp.float32) for _ in range(2 * n)]
-  sums, _ = jax.lax.scan(body, zero, split)
+  sums, _ = jax.lax.scan(body, zero, (split.batches, split.mask))
   member, size = sums[:n], sums[n:]
   total_member = member[-1] if loss.weighted else jnp.sum(split.mask)
   total_size = size[-1] if loss.weighted else jnp.sum(split.mask)

@@ -36,10 +36,10 @@ import tqdm
 
 from landscape_jax.adapters import data as data_lib
 from landscape_jax.adapters.data import Dataset
-from landscape_jax.adapters.evaluation import num_examples
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
 from landscape_jax.core import fileio, store
 from landscape_jax.core import progress as progress_lib
+from landscape_jax.core.splits import num_examples
 from landscape_jax.methods import checkpoints
 from landscape_jax.methods.rundir import (
   CHECKPOINT_DIR,

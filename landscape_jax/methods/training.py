@@ -49,7 +49,6 @@ from landscape_jax.adapters.evaluation import (
   check_model_fits,
   correct,
   cross_entropy,
-  device_split,
   prepare_inputs,
   split_metrics,
 )
@@ -57,6 +56,7 @@ from landscape_jax.adapters.losses import CROSS_ENTROPY, Loss, check_loss
 from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import identity
 from landscape_jax.core.sharding import make_mesh
+from landscape_jax.core.splits import device_split
 from landscape_jax.methods.defaults import DEFAULTS
 from landscape_jax.methods.loop import RunDir, as_training_data, run_epochs
 from landscape_jax.methods.rundir import (

@@ -11,7 +11,7 @@ a final LayerNorm and a read-out tied to the token embedding, as in GPT-2 (Radfo
 Every kernel carries `nn.with_partitioning` metadata naming the mesh axis ``"model"`` on its
 largest axis divisible by 8 (the width axis of the embeddings: 50257 tokens divide by nothing),
 so ``nn.get_partition_spec`` gives
-the shardings of a mesh with a model axis (`adapters.models.partitioned_params`); biases and
+the shardings of a mesh with a model axis (`adapters.frameworks.partitioned_params`); biases and
 LayerNorm parameters are replicated. Parameter names: ``wte``, ``wpe``, ``block{i}`` with
 ``ln1, attn_qkv, attn_proj, ln2, mlp_in, mlp_out`` inside, ``ln_f``. Kernels are ``(in, out)``.
 The ``train`` argument is accepted for the zoo's calling convention; there is no dropout.

@@ -1,7 +1,7 @@
 """Automatic permutation specs: which axes of a model's variables can be permuted, by tracing.
 
 `spec_from_model` traces a model -- a Flax linen module, or any function ``fn(variables, x)`` over
-a parameter pytree (NNX, Equinox or plain JAX through `adapters.models.inference_fn`) -- to a
+a parameter pytree (NNX, Equinox or plain JAX through `adapters.frameworks.inference_fn`) -- to a
 jaxpr and propagates axis identities through every primitive (dense and convolution contractions,
 element-wise ops, broadcasts, reductions, reshapes such as the conv-to-dense flatten, pooling,
 residual additions). An axis is permutable only if every operation that touches it is provably
