@@ -55,6 +55,19 @@ def _close(a, b):
                                                        atol=1e-7), a, b)
 
 
+def _optax_loop(loss_fn, tx, params, inputs, targets, *, epochs):
+  """The reference: a hand-written optax loop over `_batches`; returns (params, epoch losses)."""
+  state, losses = tx.init(params), []
+  for epoch in range(epochs):
+    epoch_losses = []
+    for batch in _batches(inputs, targets, epoch):
+      loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+      epoch_losses.append(float(loss))
+    losses.append(np.mean(epoch_losses))
+  return params, losses
+
 def test_train_sgd_on_pytree_regression_equals_a_hand_written_optax_loop(regression):
   inputs, targets = regression
   settings = lj.TrainSettings(epochs=2, batch_size=BATCH, seed=SEED)
@@ -62,17 +75,9 @@ def test_train_sgd_on_pytree_regression_equals_a_hand_written_optax_loop(regress
   got, snaps, history = lj.train_sgd(lj.make_loss_fn(_apply, loss=lj.MSE), _params(0),
                                      (inputs, targets), settings=settings, optimizer=tx,
                                      snapshot_epochs=(0,), progress=False)
-  params, state, losses = _params(0), tx.init(_params(0)), []
-  for epoch in range(2):
-    epoch_losses = []
-    for batch in _batches(inputs, targets, epoch):
-      loss, grads = jax.value_and_grad(_mse)(params, batch)
-      updates, state = tx.update(grads, state, params)
-      params = optax.apply_updates(params, updates)
-      epoch_losses.append(float(loss))
-    losses.append(np.mean(epoch_losses))
-    if epoch == 0:
-      _close(snaps[0], params)
+  after_epoch0, _ = _optax_loop(_mse, tx, _params(0), inputs, targets, epochs=1)
+  _close(snaps[0], after_epoch0)
+  params, losses = _optax_loop(_mse, tx, _params(0), inputs, targets, epochs=2)
   _close(got, params)
   np.testing.assert_allclose([h["loss"] for h in history], losses, rtol=1e-5)
 
@@ -163,6 +168,9 @@ def test_settings_are_frozen_and_checked():
     lj.CurveSettings(epochs=1, kind="spline")
   with pytest.raises(ValueError, match="num_bends"):
     lj.CurveSettings(epochs=1, num_bends=2)
+  for bad in (0, True, 1.0):
+    with pytest.raises(ValueError, match="num_ts must be a positive integer"):
+      lj.CurveSettings(epochs=1, num_ts=bad)
   with pytest.raises(ValueError, match="schedule through train_curve's optimizer"):
     lj.CurveSettings(epochs=1, learning_rate=optax.constant_schedule(0.1))
   with pytest.raises(ValueError, match="cycle_epochs must be even"):
@@ -247,16 +255,8 @@ def test_train_on_pytree_regression_with_mse_equals_a_hand_written_optax_loop(re
   params = model.init(init_key, jax.tree.map(lambda a: jnp.zeros((1, a.shape[1])), inputs))
   params = params["params"]
   tx = optax.sgd(0.1, momentum=0.9)
-  opt_state, losses = tx.init(params), []
   mse = lambda p, batch: jnp.mean((model.apply({"params": p}, batch[0]) - batch[1]) ** 2)
-  for epoch in range(2):
-    epoch_losses = []
-    for batch in _batches(inputs, targets, epoch):
-      loss, grads = jax.value_and_grad(mse)(params, batch)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      epoch_losses.append(float(loss))
-    losses.append(np.mean(epoch_losses))
+  params, losses = _optax_loop(mse, tx, params, inputs, targets, epochs=2)
   _close(state.params, params)
   np.testing.assert_allclose([r["train_loss"] for r in records], losses, rtol=1e-5)
   np.testing.assert_allclose(records[-1]["test_loss"], float(mse(params, test)), rtol=1e-5)

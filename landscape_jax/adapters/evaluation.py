@@ -295,7 +295,8 @@ def _split_data(data, loss: Loss, name: str) -> SplitData:
         f"The inputs of {name} are uint8 but an (inputs, targets) pair carries no normalisation: "
         "uint8 inputs are images, which must be normalised (make_loss_fn refuses them the same "
         "way without mean= and std=). Pass a Dataset (it carries its mean and std), or "
-        "normalise the images yourself (e.g. lj.normalize_images(x, mean, std)) and pass floats.")
+        "normalise the images yourself (e.g. lj.data.normalize_images(x, mean, std)) and pass "
+        "floats.")
     num_classes = None
     if loss.classes is not None:
       classes = scored_classes(loss, jax.tree.map(np.asarray, targets), name)

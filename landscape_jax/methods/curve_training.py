@@ -37,6 +37,7 @@ from landscape_jax.core.curves import (
 from landscape_jax.methods.loop import (
   RunDir,
   TrainSettings,
+  _positive_int,
   as_training_data,
   epoch_indices,
   make_epoch_fn,
@@ -151,8 +152,7 @@ class CurveSettings(TrainSettings):
         or self.num_bends < 3:
       raise ValueError(f"num_bends must be an integer >= 3 (one interior bend at least), got "
                        f"{self.num_bends!r}.")
-    if isinstance(self.num_ts, bool) or not isinstance(self.num_ts, int) or self.num_ts < 1:
-      raise ValueError(f"num_ts must be a positive integer, got {self.num_ts!r}.")
+    _positive_int("num_ts", self.num_ts)
 
 
 def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end: PyTree,
