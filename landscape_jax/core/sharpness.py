@@ -637,11 +637,7 @@ def _num_samples(n, *, minimum):
 def _scale(params, scale):
   if scale is None:
     return perturbation_scale(params)
-  trees.check_same_structure(params, scale, names=("params", "scale"))
-  for w, c in zip(jax.tree.leaves(params), jax.tree.leaves(scale), strict=True):
-    if jnp.shape(w) != jnp.shape(c):
-      raise ValueError(f"scale must have the shapes of params (perturbation_scale(params, ...)); "
-                       f"got a leaf of shape {jnp.shape(c)} for one of {jnp.shape(w)}.")
+  trees.check_same_structure(params, scale, names=("params", "scale"))  # shapes and dtypes too
   return scale
 
 
@@ -736,7 +732,8 @@ def average_sharpness_metric(key: jax.Array, metric_fn: Callable[[PyTree], Any],
   num_samples = _num_samples(num_samples, minimum=2)
   ev = _noise_evaluator(key, metric_fn, params, scale, num_samples, metric, store, identity,
                         engine)
-  d = ev.losses(float(rho)) - ev.base()
+  base = ev.base()
+  d = ev.losses(float(rho)) - base
   _finite("average_sharpness_metric", d)
   mean, err = _summary(d)
   return SharpnessResult(mean, err, dict(measure="average_case", rho=float(rho), metric=metric,
