@@ -23,6 +23,10 @@ Measures:
   standard error over samples (vmapped) (Jiang et al. 2020; Andriushchenko et al. 2023).
 * `sigma_search`: Jiang et al. 2020's PAC-Bayes flatness: the largest ``sigma`` with
   ``E_{u ~ N(0, I)} L(w + sigma c u) - L(w) <= target``, by bisection in ``log sigma``.
+* `average_sharpness_metric`, `sigma_search_metric`: the same two for any ``metric_fn(params)``
+  through the point-evaluation engine (`engine.evaluate_points`: chunked, sharded over a mesh,
+  streamed splits, resumable stores keyed on exact identity); sample s at scale sigma is the
+  point ``(sigma, s)`` of `perturbation_point_fn`, the same draws as the direct path.
 * `fisher_rao_norm`: ``||w||_fr^2 = E_i <w, grad_w l_i(w)>^2`` over examples (Liang et al. 2019);
   for a ReLU network without biases of depth D, ``<w, grad_w l> = D <d l / d f, f(x)>``.
 * `hessian_sharpness`: the top eigenvalue or the trace of the Hessian of ``L`` (`core.hessian`),
