@@ -593,6 +593,7 @@ def _bisect(f, target, bracket: Bracket, settings: dict) -> SharpnessResult:
   return SharpnessResult(lo, float("nan"), {**settings, "bracketed": True, "increase": f_lo,
                                              "increase_stderr": _summary(d_lo)[1]}, d_lo)
 
+
 # ----------------------------------------------------------------------------------------------
 # The same two through the point-evaluation engine: a perturbation is a point (sigma, s).
 
