@@ -175,11 +175,12 @@ def test_a_store_of_anything_else_is_refused(mlp, tmp_path):
   np.testing.assert_array_equal(store_lib.read(store / "sigma-0.05").values["loss"], before)
 
 
-def test_bad_arguments_are_refused(mlp):
+def test_bad_arguments_are_refused(mlp, tmp_path):
   key, params, metric_fn = jax.random.key(0), mlp["params"], mlp["metric_fn"]
   with pytest.raises(ValueError, match="not one of metric_fn's metrics"):
     lj.average_sharpness_metric(key, metric_fn, params, rho=0.1, num_samples=2,
-                                metric="accuracy", engine=ENGINE)
+                                metric="accuracy", store=tmp_path / "s", engine=ENGINE)
+  assert not (tmp_path / "s").exists()  # refused before anything was computed or written
   with pytest.raises(ValueError, match="num_samples must be an integer >= 2"):
     lj.average_sharpness_metric(key, metric_fn, params, rho=0.1, num_samples=1)
   with pytest.raises(ValueError, match="rho must be"):

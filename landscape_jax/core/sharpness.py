@@ -69,7 +69,7 @@ from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
 from landscape_jax.core import engine as engine_lib
-from landscape_jax.core import fileio, trees
+from landscape_jax.core import fileio, streaming, trees
 from landscape_jax.core import hessian as hessian_lib
 from landscape_jax.core import sharding as shd
 from landscape_jax.core.directions import random_directions
@@ -663,9 +663,6 @@ class _NoiseEvaluator(NamedTuple):
     store = None if self.store is None else fileio.join(self.store, name)
     res = engine_lib.evaluate_points(self.metric_fn, self.point_fn, coords, store=store,
                                      identity=self.identity, engine=engine, desc=name)
-    if self.metric not in res:
-      raise ValueError(f"metric={self.metric!r} is not one of metric_fn's metrics {sorted(res)}; "
-                       "pass one of them (e.g. metric='train_loss').")
     return np.asarray(res[self.metric])
 
   def base(self) -> np.ndarray:
@@ -684,6 +681,11 @@ def _noise_evaluator(key, metric_fn, params, scale, num_samples, metric, store, 
   if not isinstance(metric, str):
     raise TypeError(f"metric must be the name of one of metric_fn's metrics, got {metric!r}.")
   point_fn = perturbation_point_fn(key, params, num_samples=num_samples, scale=scale)
+  names = metric_fn.metric_names if isinstance(metric_fn, streaming.StreamedMetric) else (
+    engine_lib.metric_dtypes(as_partial(metric_fn, name="metric_fn"), point_fn, 2))
+  if metric not in names:  # before anything is computed or written
+    raise ValueError(f"metric={metric!r} is not one of metric_fn's metrics {sorted(names)}; "
+                     "pass one of them (e.g. metric='train_loss').")
   return _NoiseEvaluator(metric_fn, point_fn, int(num_samples), metric, store, identity,
                          engine_lib.engine_options(engine))
 
