@@ -104,6 +104,7 @@ _NAMES: dict[str, str] = {
   # core.sharpness
   "Ascent": "core.sharpness",
   "average_sharpness": "core.sharpness",
+  "average_sharpness_metric": "core.sharpness",
   "Bracket": "core.sharpness",
   "filter_normalized_rise": "core.sharpness",
   "fisher_rao_norm": "core.sharpness",
@@ -111,6 +112,7 @@ _NAMES: dict[str, str] = {
   "perturbation_scale": "core.sharpness",
   "SharpnessResult": "core.sharpness",
   "sigma_search": "core.sharpness",
+  "sigma_search_metric": "core.sharpness",
   "worst_case_sharpness": "core.sharpness",
   # core.reparam
   "random_rescaling": "core.reparam",

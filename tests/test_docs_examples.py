@@ -113,6 +113,10 @@ def test_docs_pages_run(page, tmp_path, monkeypatch):
     model = ns["model"]
     np.testing.assert_allclose(model.apply({"params": ns["p2"]}, x),
                                model.apply({"params": ns["params"]}, x), rtol=1e-4, atol=1e-4)
+    # the engine's sharpness wrote its resumable stores: the base and one per sigma visited
+    assert (tmp_path / "runs/sharpness/average/base/meta.json").exists()
+    assert len(list((tmp_path / "runs/sharpness/sigma").glob("sigma-*"))) >= 2
+    assert np.isfinite(ns["avg"].value) and ns["sigma"].value > 0
   else:
     w = np.asarray(ns["torch_params"]["conv"]["weight"])
     d = np.asarray(ns["per_leaf"]["conv"]["weight"])  # every output filter rescaled to w's norm

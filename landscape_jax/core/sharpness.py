@@ -23,6 +23,10 @@ Measures:
   standard error over samples (vmapped) (Jiang et al. 2020; Andriushchenko et al. 2023).
 * `sigma_search`: Jiang et al. 2020's PAC-Bayes flatness: the largest ``sigma`` with
   ``E_{u ~ N(0, I)} L(w + sigma c u) - L(w) <= target``, by bisection in ``log sigma``.
+* `average_sharpness_metric`, `sigma_search_metric`: the same two for any ``metric_fn(params)``
+  through the point-evaluation engine (`engine.evaluate_points`: chunked, sharded over a mesh,
+  streamed splits, resumable stores keyed on exact identity); sample s at scale sigma is the
+  point ``(sigma, s)`` of `perturbation_point_fn`, the same draws as the direct path.
 * `fisher_rao_norm`: ``||w||_fr^2 = E_i <w, grad_w l_i(w)>^2`` over examples (Liang et al. 2019);
   for a ReLU network without biases of depth D, ``<w, grad_w l> = D <d l / d f, f(x)>``.
 * `hessian_sharpness`: the top eigenvalue or the trace of the Hessian of ``L`` (`core.hessian`),
@@ -54,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -63,9 +68,13 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
+from landscape_jax.core import engine as engine_lib
+from landscape_jax.core import fileio, streaming, trees
 from landscape_jax.core import hessian as hessian_lib
+from landscape_jax.core import sharding as shd
 from landscape_jax.core.directions import random_directions
 from landscape_jax.core.hessian import mean_loss
+from landscape_jax.core.identity import tree_digest
 from landscape_jax.core.precision import check_precision, matmul_precision
 from landscape_jax.core.splits import DeviceSplit, check_unpadded
 from landscape_jax.core.trees import as_partial, check_finite
@@ -74,12 +83,15 @@ __all__ = [
   "Ascent",
   "Bracket",
   "average_sharpness",
+  "average_sharpness_metric",
   "fisher_rao_norm",
   "filter_normalized_rise",
   "hessian_sharpness",
+  "perturbation_point_fn",
   "perturbation_scale",
   "SharpnessResult",
   "sigma_search",
+  "sigma_search_metric",
   "split_loss",
   "worst_case_sharpness",
 ]
@@ -446,15 +458,20 @@ def _noisy_losses(loss_fn, params, c, data, key, sigma, *, num_samples, batch_si
   """``L(w + sigma c z_s) - L(w)`` for ``z_s ~ N(0, I)``, s = 1..num_samples (same z per key)."""
   base = mean_loss(loss_fn, params, data)
   keys = jax.random.split(key, num_samples)
-  leaves, treedef = jax.tree.flatten(params)
 
   def one(k):
-    ks = jax.random.split(k, len(leaves))
-    z = treedef.unflatten([jax.random.normal(kk, jnp.shape(x), jnp.result_type(x))
-                           for kk, x in zip(ks, leaves, strict=True)])
-    return mean_loss(loss_fn, _shift(params, jax.tree.map(lambda a: sigma * a, c), z), data)
+    return mean_loss(loss_fn, _noise_point(params, c, k, sigma), data)
 
   return jax.lax.map(one, keys, batch_size=batch_size) - base, base
+
+
+def _noise_point(params, c, k, sigma):
+  """``w + sigma c z`` with ``z ~ N(0, I)`` drawn leaf by leaf from ``split(k, num_leaves)``."""
+  leaves, treedef = jax.tree.flatten(params)
+  ks = jax.random.split(k, len(leaves))
+  z = treedef.unflatten([jax.random.normal(kk, jnp.shape(x), jnp.result_type(x))
+                         for kk, x in zip(ks, leaves, strict=True)])
+  return _shift(params, jax.tree.map(lambda a: sigma * a, c), z)
 
 
 def average_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
@@ -537,7 +554,6 @@ def sigma_search(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   """
   precision = _check(None, None, precision)
   bracket = _settings(bracket, Bracket, "bracket")
-  lower, upper, num_iters = bracket.lower, bracket.upper, bracket.num_iters
   if target <= 0:
     raise ValueError(f"target must be positive, got {target}.")
   loss_fn = as_partial(loss_fn, name="loss_fn")
@@ -550,11 +566,16 @@ def sigma_search(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     d = np.asarray(d)
     return float(np.nan_to_num(d.mean(), nan=np.inf)), d
 
-  lo, hi = float(lower), float(upper)
-  f_hi, d_hi = f(hi)
   settings = dict(measure="sigma_search", target=float(target), adaptive=bool(adaptive),
-                  eta=float(eta), num_samples=int(num_samples), lower=lo, upper=hi,
-                  num_iters=int(num_iters))
+                  eta=float(eta), num_samples=int(num_samples))
+  return _bisect(f, target, bracket, settings)
+
+
+def _bisect(f, target, bracket: Bracket, settings: dict) -> SharpnessResult:
+  """The bisection of `sigma_search` on ``log sigma``: ``f(sigma) -> (mean increase, samples)``."""
+  lo, hi, num_iters = float(bracket.lower), float(bracket.upper), int(bracket.num_iters)
+  f_hi, d_hi = f(hi)
+  settings = dict(settings, lower=lo, upper=hi, num_iters=num_iters)
   if f_hi <= target:
     return SharpnessResult(hi, float("nan"), {**settings, "bracketed": False,
                                                "increase": f_hi}, d_hi)
@@ -562,7 +583,7 @@ def sigma_search(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   if f_lo > target:
     return SharpnessResult(lo, float("nan"), {**settings, "bracketed": False,
                                                "increase": f_lo}, d_lo)
-  for _ in range(int(num_iters)):
+  for _ in range(num_iters):
     mid = math.sqrt(lo * hi)
     f_mid, d_mid = f(mid)
     if f_mid <= target:
@@ -571,6 +592,209 @@ def sigma_search(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
       hi = mid
   return SharpnessResult(lo, float("nan"), {**settings, "bracketed": True, "increase": f_lo,
                                              "increase_stderr": _summary(d_lo)[1]}, d_lo)
+
+
+# ----------------------------------------------------------------------------------------------
+# The same two through the point-evaluation engine: a perturbation is a point (sigma, s).
+
+
+def _noise_point_fn(params, c, keys, coords):
+  """``w + coords[0] c z_s`` with ``s = coords[1]``: `_noisy_losses`' sample s at that sigma."""
+  return _noise_point(params, c, keys[coords[1].astype(jnp.int32)], coords[0])
+
+
+def perturbation_point_fn(key: jax.Array, params: PyTree, *, num_samples: int,
+                          scale: PyTree | None = None) -> Partial:
+  """``(sigma, s) -> w + sigma c z_s``: Gaussian perturbations as points of the engine.
+
+  ``z_s ~ N(0, I)`` is the sample s of `average_sharpness` and `sigma_search` for the same `key`
+  and `num_samples` (drawn from ``jax.random.split(key, num_samples)[s]``, leaf by leaf), so the
+  engine evaluates exactly their perturbations. The result is a `jax.tree_util.Partial` over
+  ``w``, ``c`` and the sample keys, declared to read two coordinates: `engine.evaluate_points`
+  takes it as its `point_fn`, and a store records the exact bytes of all three.
+
+  Args:
+    key: `jax.random` key of the samples.
+    params: the point ``w``.
+    num_samples: number of samples (s in ``0 .. num_samples - 1``).
+    scale: the scale ``c`` (`perturbation_scale`); default None: ``c = 1`` on every leaf.
+
+  Returns:
+    ``point_fn(coords) -> params`` for float32 coordinates ``(sigma, s)``.
+
+  References:
+    Jiang et al. 2020, Sec. 2.1 (the perturbed points of average-case sharpness).
+  """
+  num_samples = _num_samples(num_samples, minimum=1)
+  c = _scale(params, scale)
+  point_fn = Partial(_noise_point_fn, params, c, jax.random.split(key, num_samples))
+  return engine_lib.declare_coordinates(point_fn, 2)
+
+
+def _num_samples(n, *, minimum):
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
+    raise ValueError(f"num_samples must be an integer >= {minimum}, got {n!r}.")
+  if n > 2 ** 24:  # the sample index travels as a float32 coordinate
+    raise ValueError(f"num_samples must be <= 2**24, got {n}.")
+  return int(n)
+
+
+def _scale(params, scale):
+  if scale is None:
+    return perturbation_scale(params)
+  trees.check_same_structure(params, scale, names=("params", "scale"))  # shapes and dtypes too
+  return scale
+
+
+class _NoiseEvaluator(NamedTuple):
+  """Evaluates the perturbation points of one `perturbation_point_fn` through the engine: the
+  base ``L(w)`` at ``(0, 0)`` (``w + 0 c z = w`` exactly) in ``<store>/base``, every sigma's
+  samples in ``<store>/sigma-<sigma>``."""
+
+  metric_fn: Any
+  point_fn: Partial
+  num_samples: int
+  metric: str
+  store: Any
+  identity: str | None
+  engine: engine_lib.EngineOptions
+
+  def _evaluate(self, coords, name, engine):
+    store = None if self.store is None else fileio.join(self.store, name)
+    res = engine_lib.evaluate_points(self.metric_fn, self.point_fn, coords, store=store,
+                                     identity=self.identity, engine=engine, desc=name)
+    return np.asarray(res[self.metric])
+
+  def base(self) -> np.ndarray:
+    roles = shd.mesh_roles(self.engine.mesh)
+    chunk = (1 if roles is None else roles.size("points")) * (self.engine.batch_size or 1)
+    engine = dataclasses.replace(self.engine, chunk_size=chunk)  # one point: the least padding
+    return self._evaluate(np.zeros((1, 2)), "base", engine)[0]
+
+  def losses(self, sigma: float) -> np.ndarray:
+    coords = np.stack([np.full(self.num_samples, sigma), np.arange(self.num_samples)], axis=1)
+    return self._evaluate(coords, f"sigma-{sigma!r}", self.engine)
+
+
+def _noise_evaluator(key, metric_fn, params, scale, num_samples, metric, store, identity,
+                     engine):
+  if not isinstance(metric, str):
+    raise TypeError(f"metric must be the name of one of metric_fn's metrics, got {metric!r}.")
+  point_fn = perturbation_point_fn(key, params, num_samples=num_samples, scale=scale)
+  names = metric_fn.metric_names if isinstance(metric_fn, streaming.StreamedMetric) else (
+    engine_lib.metric_dtypes(as_partial(metric_fn, name="metric_fn"), point_fn, 2))
+  if metric not in names:  # before anything is computed or written
+    raise ValueError(f"metric={metric!r} is not one of metric_fn's metrics {sorted(names)}; "
+                     "pass one of them (e.g. metric='train_loss').")
+  return _NoiseEvaluator(metric_fn, point_fn, int(num_samples), metric, store, identity,
+                         engine_lib.engine_options(engine))
+
+
+def _scale_settings(scale) -> dict:
+  return {"scale": "ones" if scale is None else "given",
+          **({} if scale is None else {"scale_sha256": tree_digest(scale)})}
+
+
+def average_sharpness_metric(key: jax.Array, metric_fn: Callable[[PyTree], Any], params: PyTree,
+                             *, rho: float, scale: PyTree | None = None,
+                             num_samples: int = 100, metric: str = "loss",
+                             store: str | os.PathLike | None = None,
+                             identity: str | None = None,
+                             engine: engine_lib.EngineOptions | None = None) -> SharpnessResult:
+  """`average_sharpness` of a ``metric_fn(params)``, its samples evaluated by the engine.
+
+  ``E_{delta ~ N(0, rho^2 diag(c^2))} M(w + delta) - M(w)`` with ``M = metric_fn(.)[metric]``:
+  the same estimator as `average_sharpness` (mean of ``M(w + rho c z_s) - M(w)``, ``stderr =
+  std / sqrt(num_samples)``, the same ``z_s`` for the same key), but every perturbed point is a
+  point ``(rho, s)`` of `perturbation_point_fn` evaluated by `engine.evaluate_points`: in chunks,
+  sharded over `engine`'s mesh, over a split held on the devices or streamed from the host
+  (``make_metric_fn(..., mesh=)``, ``make_metric_fn(..., stream_batches=)``), and resumable with
+  `store`. With ``metric_fn`` the mean of ``loss_fn`` over the same data it is `average_sharpness`
+  up to float rounding.
+
+  Args:
+    key: `jax.random` key of the samples.
+    metric_fn: ``metric_fn(params) -> {metric: scalar}`` (`make_metric_fn`, a
+      `streaming.StreamedMetric`, or any Partial; a scalar result is named ``"loss"``).
+    params: the point ``w``.
+    rho: the noise scale.
+    scale: the scale ``c`` (``perturbation_scale(params, adaptive=, eta=, mask=)``); default None:
+      ``c = 1`` (standard).
+    num_samples: number of perturbations (at least 2).
+    metric: the metric whose increase is measured (e.g. ``"train_loss"``).
+    store: a directory: ``<store>/base`` holds ``M(w)`` and ``<store>/sigma-<rho>`` the samples,
+      each an engine store written after every chunk: a rerun computes only the samples not yet
+      there and refuses a store of another key, point, scale, number of samples or metric_fn
+      (`store.StoreMismatchError`).
+    identity: as in `engine.evaluate_points` (only for what the automatic identity cannot see).
+    engine: `engine.EngineOptions` (chunk size, mesh, map mode, precision, progress).
+
+  Returns:
+    A `SharpnessResult` whose ``samples`` are the per-sample increases.
+
+  References:
+    Jiang et al. 2020 (Sec. 2.1); Andriushchenko et al. 2023 (average-case adaptive sharpness).
+  """
+  _check(rho)
+  num_samples = _num_samples(num_samples, minimum=2)
+  ev = _noise_evaluator(key, metric_fn, params, scale, num_samples, metric, store, identity,
+                        engine)
+  base = ev.base()
+  d = ev.losses(float(rho)) - base
+  _finite("average_sharpness_metric", d)
+  mean, err = _summary(d)
+  return SharpnessResult(mean, err, dict(measure="average_case", rho=float(rho), metric=metric,
+                                         num_samples=num_samples, **_scale_settings(scale)), d)
+
+
+def sigma_search_metric(key: jax.Array, metric_fn: Callable[[PyTree], Any], params: PyTree, *,
+                        target: float = 0.1, scale: PyTree | None = None, num_samples: int = 32,
+                        bracket: Bracket | None = None, metric: str = "loss",
+                        store: str | os.PathLike | None = None, identity: str | None = None,
+                        engine: engine_lib.EngineOptions | None = None) -> SharpnessResult:
+  """`sigma_search` of a ``metric_fn(params)``, every sigma's samples evaluated by the engine.
+
+  The largest ``sigma`` with ``mean_s M(w + sigma c z_s) - M(w) <= target`` (``M =
+  metric_fn(.)[metric]``), by the bisection of `sigma_search` on ``log sigma`` (`bracket`) with
+  the same samples ``z_s`` for the same key; each sigma's samples are the points ``(sigma, s)``
+  of `perturbation_point_fn`, evaluated by `engine.evaluate_points` (chunked, sharded over
+  `engine`'s mesh, streamed with ``make_metric_fn(..., stream_batches=)``). Jiang et al. bound
+  the error: pass ``metric="error"`` of a metric_fn that returns one (or the loss, as here by
+  default).
+
+  Args:
+    key, metric_fn, params, scale, num_samples, metric, identity, engine: as in
+      `average_sharpness_metric`.
+    target: the allowed expected increase of the metric.
+    bracket: the bisection (`Bracket`; default ``Bracket()``), as in `sigma_search`.
+    store: a directory: ``<store>/base`` holds ``M(w)`` and ``<store>/sigma-<sigma>`` the samples
+      at each sigma the bisection visits, each an engine store keyed on its exact identity, so a
+      rerun (after an interruption, or with another `target` or bracket) recomputes no sigma
+      already there.
+
+  Returns:
+    A `SharpnessResult` with ``value = sigma``, as `sigma_search` returns it.
+
+  References:
+    Jiang et al. 2020, "Fantastic Generalization Measures and Where to Find Them", Sec. 2.1 and
+    App. C.2.
+  """
+  bracket = _settings(bracket, Bracket, "bracket")
+  if not (target > 0 and math.isfinite(target)):
+    raise ValueError(f"target must be a positive finite number, got {target}.")
+  num_samples = _num_samples(num_samples, minimum=1)
+  ev = _noise_evaluator(key, metric_fn, params, scale, num_samples, metric, store, identity,
+                        engine)
+  base = ev.base()
+  _finite("sigma_search_metric", base)
+
+  def f(sigma):
+    d = ev.losses(sigma) - base
+    return float(np.nan_to_num(d.mean(), nan=np.inf)), d
+
+  settings = dict(measure="sigma_search", target=float(target), metric=metric,
+                  num_samples=num_samples, **_scale_settings(scale))
+  return _bisect(f, target, bracket, settings)
 
 
 # ----------------------------------------------------------------------------------------------
