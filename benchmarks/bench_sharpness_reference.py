@@ -244,7 +244,11 @@ def main():
     body = (f"{_common.format_info(info)}; torch {ref['torch']} ({ref['threads']} threads); "
             f"load average {load:.1f} while running (other jobs on the machine: timings noisy). "
             f"MLP 64-{args.hidden}-10 on digits, {args.batches} batches of 128, "
-            f"{args.n_iters} ascent steps / samples per batch.\n\n{table}\n")
+            f"{args.n_iters} ascent steps / samples per batch.\n\nCommand: `python "
+            f"benchmarks/bench_sharpness_reference.py --reference=DIR --torch_python=PY "
+            f"--n_iters {args.n_iters} --batches {args.batches} --reference_steps "
+            f"{args.reference_steps} --torch_threads {args.torch_threads}` (DIR: a checkout of "
+            f"the reference, PY: a Python with PyTorch).\n\n{table}\n")
     _common.append_results("Sharpness against tml-epfl/sharpness-vs-generalization "
                            "(bench_sharpness_reference.py)", body)
 
