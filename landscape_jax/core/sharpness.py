@@ -17,8 +17,8 @@ Measures:
 * `worst_case_sharpness`: ``S_p(rho) = max_{||delta / c||_p <= rho} L(w + delta) - L(w)``,
   p = 2 or inf (Keskar et al. 2017; adaptive: Kwon et al. 2021, Andriushchenko et al. 2023),
   by projected gradient ascent in ``u = delta / c`` from several restarts (vmapped), with the
-  momentum of Auto-PGD (Croce & Hein 2020) and step halving; per batch then averaged, or on the
-  mean loss of the whole split.
+  momentum of Auto-PGD (Croce & Hein 2020) and step halving (or their checkpoint rule); per
+  batch then averaged, or on the mean loss of the whole split.
 * `average_sharpness`: ``E_{delta ~ N(0, rho^2 diag(c^2))} L(w + delta) - L(w)`` with its
   standard error over samples (vmapped) (Jiang et al. 2020; Andriushchenko et al. 2023).
 * `sigma_search`: Jiang et al. 2020's PAC-Bayes flatness: the largest ``sigma`` with
@@ -193,8 +193,9 @@ def _summary(samples) -> tuple[float, float]:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Ascent:
-  """The projected gradient ascent of `worst_case_sharpness` (Auto-PGD, Croce & Hein 2020, as in
-  Andriushchenko et al. 2023), validated on creation.
+  """The projected gradient ascent of `worst_case_sharpness` (Auto-PGD's momentum, Croce & Hein
+  2020; Andriushchenko et al. 2023 use a variant of it, compared in docs/references.md),
+  validated on creation.
 
   Attributes:
     restarts: number of restarts (>= 1; restart 0 starts at the point, the others at random).
