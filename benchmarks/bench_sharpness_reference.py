@@ -17,6 +17,16 @@ For each setting both sides compute the same quantity:
   `average_sharpness` over the same batches, with its standard error): agreement within the
   Monte Carlo error.
 
+Also, for every worst-case setting: ours with Croce & Hein's checkpoint step rule
+(``Ascent(schedule="checkpoints")``, one restart, the same steps); with ``--reference_steps=N``
+the reference again with N steps. A second table checks the points themselves: the worker
+returns the best point their ascent found for every batch; ours is the maximiser of our ascent.
+For both: the mean loss increase at the points under our loss (theirs must equal their reported
+value), the constraint ``max_b ||delta_b / c||_p / rho`` (c = 1 or |w|, eta = 0, all parameters:
+their constraint and ours), and for l2 the first-order optimality of the point (KKT): the
+cosine between ``c * grad L(w + delta)`` and ``u = delta / c``, which is 1 at a maximiser on the
+boundary (mean over batches).
+
 Time to the same value: the reference's wall time for its ``n_iters`` steps, and ours for the
 fewest steps (of 5, 10, 20, 40) whose value reaches the reference's within 0.1 %; both after
 warm-up (our compile time is printed apart). Run: ``python benchmarks/bench_sharpness_reference.py
@@ -42,8 +52,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
+from landscape_jax.core import sharpness as sharp_lib  # noqa: E402
 
 SETTINGS = [
   dict(kind="worst", norm="l2", adaptive=False, rho=0.1),
@@ -88,6 +100,47 @@ def _ours(s, loss_fn, params, data, steps, restarts=1):
                               num_samples=steps * data.num_examples // 128)
 
 
+def _our_points(s, loss_fn, params, data, steps):
+  """The maximiser (per batch) of our one-restart ascent with the settings of `_ours`."""
+  c = lj.perturbation_scale(params, adaptive=s["adaptive"])
+  out = []
+  with sharp_lib.matmul_precision("highest"):
+    for b in range(data.num_examples // 128):
+      batch = jax.tree.map(lambda x, b=b: x[b], data.batches)
+      out.append(sharp_lib._ascent(
+        sharp_lib.as_partial(loss_fn), params, c, batch, jax.random.fold_in(jax.random.key(0), b),
+        s["rho"], norm=s["norm"], restarts=1, steps=steps, patience=steps, halve_every=5,
+        momentum=0.75, step_size=2.0, rtol=1e-3)[4])
+  return out
+
+
+def _point_checks(s, loss_fn, params, data, deltas):
+  """Mean loss increase at the points, max ||delta / c||_p / rho, mean KKT cosine (l2)."""
+  w = ravel_pytree(params)[0]
+  c = np.abs(np.asarray(w, np.float64)) if s["adaptive"] else np.ones(w.shape)
+  rises, ratios, cosines = [], [], []
+  with sharp_lib.matmul_precision("highest"):
+    for b, delta in enumerate(deltas):
+      batch = jax.tree.map(lambda x, b=b: x[b], data.batches)
+      moved = jax.tree.map(lambda a, d: a + d, params, delta)
+      rises.append(float(loss_fn(moved, batch) - loss_fn(params, batch)))
+      u = np.asarray(ravel_pytree(moved)[0], np.float64) - np.asarray(w, np.float64)
+      u = u / c
+      ratios.append((np.abs(u).max() if s["norm"] == "linf" else np.linalg.norm(u)) / s["rho"])
+      g = c * np.asarray(ravel_pytree(jax.grad(loss_fn)(moved, batch))[0], np.float64)
+      cosines.append(g @ u / (np.linalg.norm(g) * np.linalg.norm(u)))
+  kkt = f"{np.min(cosines):.4f}-{np.max(cosines):.4f}" if s["norm"] == "l2" else "-"
+  return rises, f"{np.min(ratios):.5f}-{np.max(ratios):.5f}", kkt
+
+
+def _their_points(dump, i, params, batches):
+  return [{"Dense_0": {"kernel": dump[f"s{i}_b{b}_w1"] - params["Dense_0"]["kernel"],
+                       "bias": dump[f"s{i}_b{b}_b1"] - params["Dense_0"]["bias"]},
+           "Dense_1": {"kernel": dump[f"s{i}_b{b}_w2"] - params["Dense_1"]["kernel"],
+                       "bias": dump[f"s{i}_b{b}_b2"] - params["Dense_1"]["bias"]}}
+          for b in range(batches)]
+
+
 def _timed(fn):
   start = time.perf_counter()
   out = fn()
@@ -102,15 +155,22 @@ def main():
   p.add_argument("--hidden", type=int, default=64)
   p.add_argument("--batches", type=int, default=4)
   p.add_argument("--n_iters", type=int, default=20, help="ascent steps / samples per batch")
+  p.add_argument("--reference_steps", type=int, default=0,
+                 help="also run the reference's worst case with this many steps (0: no)")
+  p.add_argument("--torch_threads", type=int, default=1,
+                 help="PyTorch threads of the reference (1: fastest on a shared 2-core CPU)")
   args = _common.finish_args(p.parse_args())
   if args.tiny:
     args.hidden, args.batches, args.n_iters = 16, 1, 5
+    args.reference_steps = min(args.reference_steps, 10)
   info = _common.announce_machine()
   model, params, x, y = _trained_mlp(args.hidden, 50 if args.tiny else 1500)
   n = 128 * args.batches
   data = lj.make_batches((x[:n], y[:n]), batch_size=128)
   loss_fn = lj.make_loss_fn(model)
   settings = [dict(s, n_iters=args.n_iters) for s in SETTINGS]
+  extra = ([dict(s, n_iters=args.reference_steps) for s in settings if s["kind"] == "worst"]
+           if args.reference_steps else [])
   with tempfile.TemporaryDirectory() as tmp:
     npz = _common.save_npz(os.path.join(tmp, "mlp.npz"), {
       "w1": params["Dense_0"]["kernel"], "b1": params["Dense_0"]["bias"],
@@ -119,14 +179,20 @@ def main():
     proc = subprocess.run([args.torch_python, os.path.join(_HERE,
                                                            "sharpness_reference_worker.py"),
                            "--npz", npz, "--reference", args.reference, "--settings",
-                           json.dumps(settings)], capture_output=True, text=True, timeout=3600)
+                           json.dumps(settings + extra), "--threads", str(args.torch_threads),
+                           "--dump", os.path.join(tmp, "points.npz")],
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode == 0:
+      with np.load(os.path.join(tmp, "points.npz"), allow_pickle=False) as f:
+        dump = {k: jnp.asarray(f[k]) for k in f.files}
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
   if proc.returncode != 0 or not lines:
     raise SystemExit(f"The reference worker failed (exit {proc.returncode}):\n"
                      f"{proc.stderr[-3000:]}")
   ref = json.loads(lines[-1])
-  rows = []
-  for s, r in zip(settings, ref["results"], strict=True):
+  longer = {(r["norm"], r["adaptive"]): r["value"] for r in ref["results"][len(settings):]}
+  rows, checks = [], []  # values as strings: 5 digits
+  for i, (s, r) in enumerate(zip(settings, ref["results"][:len(settings)], strict=True)):
     name = f"{s['kind']} {s['norm']} {'adaptive' if s['adaptive'] else 'standard'} rho={s['rho']}"
     _, compile_s = _timed(lambda s=s: _ours(s, loss_fn, params, data, args.n_iters))
     ours, t_ours = _timed(lambda s=s: _ours(s, loss_fn, params, data, args.n_iters))
@@ -139,24 +205,50 @@ def main():
         if got.value >= r["value"] * (1 - 1e-3):
           t_same, k_same = t, str(k)
           break
-      rows.append([name, r["value"], ours.value, best, ours.value / r["value"] - 1,
-                   r["seconds"], t_ours, f"{t_same:.3g} ({k_same} steps)",
-                   compile_s - t_ours])
+      cps = lj.worst_case_sharpness(
+        jax.random.key(0), loss_fn, params, data, rho=s["rho"], norm=s["norm"],
+        adaptive=s["adaptive"], ascent=lj.Ascent(restarts=1, steps=args.n_iters, step_size=2.0,
+                                                 schedule="checkpoints")).value
+      rows.append([name, f"{r['value']:.5g}",
+                   f"{longer[(s['norm'], s['adaptive'])]:.5g}" if longer else "-",
+                   f"{ours.value:.5g}", f"{cps:.5g}", f"{best:.5g}", ours.value / r["value"] - 1,
+                   r["seconds"], t_ours,
+                   f"{t_same:.3g} ({k_same} steps)", compile_s - t_ours])
+      theirs_pt = _point_checks(s, loss_fn, params, data,
+                                _their_points(dump, i, params, args.batches))
+      ours_pt = _point_checks(s, loss_fn, params, data,
+                              _our_points(s, loss_fn, params, data, args.n_iters))
+      t, o = np.asarray(theirs_pt[0]), np.asarray(ours_pt[0])
+      higher = f"{np.sum(t > o * (1 + 1e-4))} / {np.sum(o > t * (1 + 1e-4))} of {len(t)}"
+      checks.append([name, f"{r['value']:.5g}", f"{t.mean():.5g}", t.mean() / r["value"] - 1,
+                     f"{o.mean():.5g}", higher, theirs_pt[1], ours_pt[1], theirs_pt[2],
+                     ours_pt[2]])
     else:
       z = (ours.value - r["value"]) / ours.stderr
-      rows.append([name, r["value"], ours.value, f"+- {ours.stderr:.2g} (z = {z:+.1f})",
-                   ours.value / r["value"] - 1, r["seconds"], t_ours, "-", compile_s - t_ours])
-  header = ["setting", "reference", f"ours ({args.n_iters} steps/samples)",
-            "ours: 100 steps x 4 restarts / stderr", "rel. diff", "reference s", "ours s",
-            "ours: time to reference value", "our compile s"]
+      rows.append([name, f"{r['value']:.5g}", "-", f"{ours.value:.5g}", "-",
+                   f"+- {ours.stderr:.2g} (z = {z:+.1f})", ours.value / r["value"] - 1,
+                   r["seconds"], t_ours, "-", compile_s - t_ours])
+  steps_col = f"reference ({args.reference_steps} steps)" if args.reference_steps else "-"
+  header = ["setting", "reference", steps_col, f"ours ({args.n_iters} steps/samples)",
+            "ours, checkpoint rule", "ours: 100 steps x 4 restarts / stderr", "rel. diff",
+            "reference s", "ours s", "ours: time to reference value", "our compile s"]
   table = _common.markdown_table(header, rows)
+  table += "\n\nThe points (one restart each, per batch):\n\n" + _common.markdown_table(
+    ["setting", "reference value", "their points, our loss", "rel. diff", "our points, our loss",
+     "batches: theirs / ours higher (1e-4)",
+     "their ‖δ/c‖/ρ (min-max over batches)", "our ‖δ/c‖/ρ", "their KKT cosine (min-max)",
+     "our KKT cosine"], checks)
   print(table)
   if args.record:
     load = os.getloadavg()[0]
     body = (f"{_common.format_info(info)}; torch {ref['torch']} ({ref['threads']} threads); "
             f"load average {load:.1f} while running (other jobs on the machine: timings noisy). "
             f"MLP 64-{args.hidden}-10 on digits, {args.batches} batches of 128, "
-            f"{args.n_iters} ascent steps / samples per batch.\n\n{table}\n")
+            f"{args.n_iters} ascent steps / samples per batch.\n\nCommand: `python "
+            f"benchmarks/bench_sharpness_reference.py --reference=DIR --torch_python=PY "
+            f"--n_iters {args.n_iters} --batches {args.batches} --reference_steps "
+            f"{args.reference_steps} --torch_threads {args.torch_threads}` (DIR: a checkout of "
+            f"the reference, PY: a Python with PyTorch).\n\n{table}\n")
     _common.append_results("Sharpness against tml-epfl/sharpness-vs-generalization "
                            "(bench_sharpness_reference.py)", body)
 

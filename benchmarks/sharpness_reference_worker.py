@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import os
 import sys
 import time
+import types
 
 import numpy as np
 
@@ -29,6 +31,9 @@ def main():
   p.add_argument("--settings", required=True, help="JSON list of settings")
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dump", default=None,
+                 help="write the worst point their ascent found for every (setting, batch) to "
+                      "this .npz (keys s{setting}_b{batch}_{w1,b1,w2,b2}, flax layout)")
   args = p.parse_args()
 
   import torch
@@ -63,10 +68,34 @@ def main():
   batches = [(xs[i], None, ys[i], None, None) for i in range(xs.shape[0])]
   loss_f = lambda logits, y: torch.nn.functional.cross_entropy(logits, y, reduction="mean")
 
+  # Their eval_APGD_sharpness keeps the best point of a restart as copy.deepcopy(state_dict())
+  # and ends every restart with load_state_dict(<the original>): recording both (wrappers that
+  # call the originals) recovers the best point of every batch without touching their code.
+  copies, worst = [], []
+  deepcopy = copy.deepcopy
+
+  def recording_deepcopy(x, *a, **k):
+    y = deepcopy(x, *a, **k)
+    copies.append(y)
+    return y
+
+  load = model.load_state_dict
+
+  def recording_load(state, *a, **k):
+    if copies and state is copies[0]:
+      worst.append({k2: v.detach().clone() for k2, v in copies[-1].items()})
+    return load(state, *a, **k)
+
+  sharpness.copy = types.SimpleNamespace(deepcopy=recording_deepcopy)
+  model.load_state_dict = recording_load
+  dump = {}
+
   out = []
   settings = json.loads(args.settings)
   for i, s in enumerate([settings[0], *settings]):  # the first call warms up, untimed
     torch.manual_seed(args.seed)
+    copies.clear()
+    worst.clear()
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the reference prints its progress
       if s["kind"] == "worst":
@@ -81,6 +110,13 @@ def main():
     seconds = time.perf_counter() - start
     if i:
       out.append({**s, "value": float(vals[0]), "seconds": seconds})
+      for b, state in enumerate(worst):
+        for name, key in (("w1", "1.weight"), ("b1", "1.bias"), ("w2", "3.weight"),
+                          ("b2", "3.bias")):
+          v = state[key].numpy()
+          dump[f"s{i - 1}_b{b}_{name}"] = v.T if v.ndim == 2 else v
+  if args.dump:
+    np.savez(args.dump, **dump)
   print(json.dumps({"torch": torch.__version__, "threads": args.threads, "results": out}))
 
 

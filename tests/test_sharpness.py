@@ -79,6 +79,36 @@ def test_worst_case_l2_on_a_quadratic_is_the_trust_region_solution(adaptive):
   np.testing.assert_allclose(res.value, want, rtol=2e-3)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_checkpoint_schedule_reaches_the_known_maxima(norm):
+  """Croce & Hein's checkpoint rule: the dual norm of a linear loss, and (l2) the trust-region
+  maximum of a quadratic. Checkpoints for 100 steps: ceil(100 p_j) with p_3 = 0.57 computed in
+  floating point as 0.5700000000000001, hence 58 (as in the reference code)."""
+  np.testing.assert_array_equal(np.flatnonzero(sh._checkpoints(100)),
+                                [22, 41, 58, 70, 80, 87, 93, 99])
+  with pytest.raises(ValueError, match="schedule"):
+    lj.Ascent(schedule="cosine")
+  ascent = lj.Ascent(restarts=2, steps=60, schedule="checkpoints")
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=DIM).astype(np.float32)
+  x = rng.normal(size=(5, DIM)).astype(np.float32)
+  c, g, rho = np.abs(w), x.mean(0), 0.05
+  res = lj.worst_case_sharpness(jax.random.key(0), _linear, {"w": jnp.asarray(w)},
+                                jnp.asarray(x), rho=rho, norm=norm, adaptive=True, ascent=ascent)
+  want = rho * (np.abs(c * g).sum() if norm == "linf" else np.linalg.norm(c * g))
+  np.testing.assert_allclose(res.value, want, rtol=1e-4)
+  assert res.settings["schedule"] == "checkpoints" and res.settings["steps_run"] == [60]
+  if norm == "l2":
+    params, (h, b) = _problem(2)
+    w = np.asarray(params["w"], np.float64)
+    g = np.asarray(h, np.float64) @ w + np.asarray(b, np.float64)
+    want = _trust_region_max(g, np.asarray(h, np.float64), 0.3)
+    res = lj.worst_case_sharpness(jax.random.key(0), _quadratic, params, (h, b), rho=0.3,
+                                  norm="l2", ascent=lj.Ascent(restarts=3, steps=300,
+                                                              schedule="checkpoints"))
+    np.testing.assert_allclose(res.value, want, rtol=2e-3)
+
+
 def test_worst_case_at_a_minimum_is_half_rho_squared_lambda_max():
   params, (h, b) = _problem(3, at_minimum=True)
   rho = 0.2
@@ -92,6 +122,25 @@ def test_worst_case_at_a_minimum_is_half_rho_squared_lambda_max():
                                   rho=rho / np.sqrt(DIM), norm="linf",
                                   ascent=lj.Ascent(restarts=4, steps=200))
   assert 0 < inner.value <= res.value * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_ascent_maximiser_is_feasible_and_attains_the_value(norm):
+  """The ascent's best point delta = c u: ||delta / |w| ||_p <= rho (the constraint of
+  Andriushchenko et al.'s adaptive sharpness, eta = 0) and L(w + delta) - L(w) is the value."""
+  params, data = _problem(6)
+  c = sh.perturbation_scale(params, adaptive=True)
+  rho = 0.4
+  base, best, _, _, delta = sh._ascent(
+    sh.as_partial(_quadratic), params, c, data, jax.random.key(0), rho, norm=norm, restarts=2,
+    steps=50, patience=50, halve_every=5, momentum=0.75, step_size=1.0, rtol=1e-3)
+  w = np.asarray(params["w"], np.float64)
+  d = np.asarray(delta["w"], np.float64)
+  ratio = np.abs(d / np.abs(w)) if norm == "linf" else np.linalg.norm(d / np.abs(w))
+  assert np.max(ratio) <= rho * (1 + 1e-6)
+  assert np.max(ratio) > 0.5 * rho  # it moved: the loss is not flat
+  moved = _quadratic({"w": params["w"] + delta["w"]}, data)
+  np.testing.assert_allclose(float(moved - base), float(best - base), rtol=1e-5)
 
 
 def test_worst_case_per_batch_against_whole_split():

@@ -17,8 +17,8 @@ Measures:
 * `worst_case_sharpness`: ``S_p(rho) = max_{||delta / c||_p <= rho} L(w + delta) - L(w)``,
   p = 2 or inf (Keskar et al. 2017; adaptive: Kwon et al. 2021, Andriushchenko et al. 2023),
   by projected gradient ascent in ``u = delta / c`` from several restarts (vmapped), with the
-  momentum of Auto-PGD (Croce & Hein 2020) and step halving; per batch then averaged, or on the
-  mean loss of the whole split.
+  momentum of Auto-PGD (Croce & Hein 2020) and step halving (or their checkpoint rule); per
+  batch then averaged, or on the mean loss of the whole split.
 * `average_sharpness`: ``E_{delta ~ N(0, rho^2 diag(c^2))} L(w + delta) - L(w)`` with its
   standard error over samples (vmapped) (Jiang et al. 2020; Andriushchenko et al. 2023).
 * `sigma_search`: Jiang et al. 2020's PAC-Bayes flatness: the largest ``sigma`` with
@@ -99,6 +99,7 @@ __all__ = [
 PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]
 NORMS = ("l2", "linf")
+SCHEDULES = ("stall", "checkpoints")
 PRECISION = "highest"
 
 
@@ -204,8 +205,9 @@ def _summary(samples) -> tuple[float, float]:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Ascent:
-  """The projected gradient ascent of `worst_case_sharpness` (Auto-PGD, Croce & Hein 2020, as in
-  Andriushchenko et al. 2023), validated on creation.
+  """The projected gradient ascent of `worst_case_sharpness` (Auto-PGD's momentum, Croce & Hein
+  2020; Andriushchenko et al. 2023 use a variant of it, compared in docs/references.md),
+  validated on creation.
 
   Attributes:
     restarts: number of restarts (>= 1; restart 0 starts at the point, the others at random).
@@ -213,9 +215,17 @@ class Ascent:
     step_size: the first step in units of rho.
     momentum: the Auto-PGD weight ``beta`` in (0, 1] (0.75 as Croce & Hein and Andriushchenko et
       al.; 1: plain projected ascent).
-    patience: a restart stops after this many steps without a significant improvement (>= 1).
-    halve_every: the step halves after this many steps without one (>= 1).
+    patience: a restart stops after this many steps without a significant improvement (>= 1;
+      ``schedule="stall"`` only).
+    halve_every: the step halves after this many steps without one (>= 1; ``"stall"`` only).
     rtol: a significant improvement raises the best loss by more than ``rtol * (best - L(w))``.
+    schedule: ``"stall"`` (the default: the step halves after `halve_every` steps without a
+      significant improvement, a restart stops after `patience`) or ``"checkpoints"`` (Croce &
+      Hein 2020's step-size rule: the step may halve only at the checkpoints
+      ``w_j = ceil(p_j steps)``, ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
+      0.06)``, when fewer than 0.75 of the steps since the last checkpoint raised the loss or when
+      neither the step nor the best loss changed since then; the first step has no momentum; all
+      `steps` run).
   """
 
   restarts: int = 4
@@ -225,6 +235,7 @@ class Ascent:
   patience: int = 20
   halve_every: int = 5
   rtol: float = 1e-3
+  schedule: str = "stall"
 
   def __post_init__(self):
     counts = (self.restarts, self.steps, self.patience, self.halve_every)
@@ -237,6 +248,8 @@ class Ascent:
       raise ValueError(f"step_size must be a positive finite number, got {self.step_size}.")
     if not (self.rtol >= 0 and math.isfinite(self.rtol)):
       raise ValueError(f"rtol must be a finite number >= 0, got {self.rtol}.")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -279,6 +292,22 @@ class AscentState(NamedTuple):
   step: jax.Array       # current step size
   stall: jax.Array      # steps since the last significant improvement
   active: jax.Array     # still running (stall < patience)
+  prev: jax.Array       # loss at the previous iterate ("checkpoints": counts the rises)
+  rises: jax.Array      # steps that raised the loss since the last checkpoint
+  cp_step: jax.Array    # step size and best loss at the last checkpoint
+  cp_best: jax.Array
+  cp_at: jax.Array      # the last checkpoint's step index
+
+
+def _checkpoints(steps: int) -> np.ndarray:
+  """Croce & Hein 2020's checkpoints ``w_j = ceil(p_j steps)`` (j >= 1) as a mask over steps."""
+  p, w = [0.0, 0.22], [0, math.ceil(0.22 * steps)]
+  while w[-1] < steps and w[-1] != w[-2]:
+    p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    w.append(math.ceil(p[-1] * steps))
+  out = np.zeros(steps, bool)
+  out[[k for k in w[1:] if 0 < k < steps]] = True
+  return out
 
 
 def _project(u, rho, norm, m):
@@ -308,9 +337,9 @@ def _init_u(key, r, dim, rho, norm, m, dtype):
 
 
 @functools.partial(jax.jit, static_argnames=("norm", "restarts", "steps", "patience", "halve_every",
-                                              "momentum"))
+                                              "momentum", "schedule"))
 def _ascent(loss_fn, params, c, data, key, rho, *, norm, restarts, steps, patience, halve_every,
-            momentum, step_size, rtol):
+            momentum, step_size, rtol, schedule="stall"):
   x0, unravel = ravel_pytree(params)
   cf = ravel_pytree(c)[0].astype(x0.dtype)
   m = (cf != 0).astype(x0.dtype)
@@ -322,12 +351,16 @@ def _ascent(loss_fn, params, c, data, key, rho, *, norm, restarts, steps, patien
   base = loss_u(jnp.zeros_like(x0))
   vg = jax.value_and_grad(loss_u)
   u0 = jax.vmap(lambda r: _init_u(key, r, dim, rho, norm, m, x0.dtype))(jnp.arange(restarts))
+  zeros = jnp.zeros((restarts,), x0.dtype)
+  ninf = jnp.full((restarts,), -jnp.inf, x0.dtype)
   state = AscentState(
-    u=u0, u_prev=u0, best_u=u0, best=jnp.full((restarts,), -jnp.inf, x0.dtype),
-    step=jnp.full((restarts,), step_size * rho, x0.dtype),
-    stall=jnp.zeros((restarts,), jnp.int32), active=jnp.ones((restarts,), bool))
+    u=u0, u_prev=u0, best_u=u0, best=ninf, step=jnp.full((restarts,), step_size * rho, x0.dtype),
+    stall=jnp.zeros((restarts,), jnp.int32), active=jnp.ones((restarts,), bool), prev=ninf,
+    rises=jnp.zeros((restarts,), jnp.int32), cp_step=zeros, cp_best=ninf,
+    cp_at=jnp.zeros((restarts,), jnp.int32))
+  at_checkpoint = jnp.asarray(_checkpoints(steps))
 
-  def one(s: AscentState):
+  def one(s: AscentState, i):
     val, g = vg(s.u)
     val = jnp.where(jnp.isfinite(val), val, -jnp.inf)
     better = val > s.best
@@ -338,17 +371,33 @@ def _ascent(loss_fn, params, c, data, key, rho, *, norm, restarts, steps, patien
     z = _project(s.u + s.step * _direction(g, norm), rho, norm, m)
     u_new = _project(s.u + momentum * (z - s.u) + (1 - momentum) * (s.u - s.u_prev), rho, norm,
                      m)
-    halve = (stall > 0) & (stall % halve_every == 0)
+    rises, cp_step, cp_best, cp_at = s.rises, s.cp_step, s.cp_best, s.cp_at
+    if schedule == "stall":
+      halve = (stall > 0) & (stall % halve_every == 0)
+      active = stall < patience
+    else:  # Croce & Hein 2020, Sec. 3.2: halve at a checkpoint if the ascent stopped paying
+      u_new = jnp.where(i == 0, z, u_new)  # their first step has no momentum
+      rises = rises + (val > s.prev).astype(jnp.int32)
+      here = at_checkpoint[i]
+      few_rises = rises < 0.75 * (i - cp_at)
+      unchanged = (cp_step == s.step) & (cp_best == best)
+      halve = here & (few_rises | unchanged)
+      rises = jnp.where(here, 0, rises)
+      cp_step = jnp.where(here, s.step, cp_step)
+      cp_best = jnp.where(here, best, cp_best)
+      cp_at = jnp.where(here, i, cp_at)
+      active = s.active
     step = jnp.where(halve, 0.5 * s.step, s.step)
     u_new = jnp.where(halve, best_u, u_new)
     u_prev = jnp.where(halve, best_u, s.u)
     new = AscentState(u=u_new, u_prev=u_prev, best_u=best_u, best=best, step=step, stall=stall,
-                      active=stall < patience)
+                      active=active, prev=val, rises=rises, cp_step=cp_step, cp_best=cp_best,
+                      cp_at=cp_at)
     return jax.tree.map(lambda a, b: jnp.where(s.active, a, b), new, s)
 
   def body(carry):
     i, s = carry
-    return i + 1, jax.vmap(one)(s)
+    return i + 1, jax.vmap(one, in_axes=(0, None))(s, i)
 
   def cond(carry):
     i, s = carry
@@ -357,8 +406,12 @@ def _ascent(loss_fn, params, c, data, key, rho, *, norm, restarts, steps, patien
   num, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
   # the last iterate has not been evaluated yet
   last = jax.vmap(loss_u)(state.u)
-  best = jnp.maximum(state.best, jnp.where(jnp.isfinite(last), last, -jnp.inf))
-  return base, jnp.max(best), num, best
+  last = jnp.where(jnp.isfinite(last), last, -jnp.inf)
+  best_u = jnp.where((last > state.best)[:, None], state.u, state.best_u)
+  best = jnp.maximum(state.best, last)
+  # the maximiser: the best point of the best restart, as a perturbation delta = c * u
+  delta = unravel(cf * best_u[jnp.argmax(best)])
+  return base, jnp.max(best), num, best, delta
 
 
 def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
@@ -377,12 +430,13 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
     projection on the ball; with the Auto-PGD momentum ``beta`` (Croce & Hein 2020),
     ``u_{k+1} = P(u_k + beta (z - u_k) + (1 - beta)(u_k - u_{k-1}))`` (``momentum = 1``: plain
     projected ascent). The first step is ``s_0 = step_size * rho``;
-  * step halving: after every `halve_every` steps without a significant improvement of the best
-    loss (by more than ``rtol * (best - L(w))``) the step halves and the iterate returns to the
-    best point;
-  * stopping rule: a restart stops after `patience` steps without a significant improvement, and
-    all stop after `steps` steps. The value is the best loss seen by any restart, so it is a lower
-    bound of the maximum that rises with restarts and steps.
+  * step halving (``schedule="stall"``, the default): after every `halve_every` steps without a
+    significant improvement of the best loss (by more than ``rtol * (best - L(w))``) the step
+    halves and the iterate returns to the best point; ``schedule="checkpoints"``: Croce & Hein
+    2020's rule instead (halving decided only at their checkpoints, see `Ascent`);
+  * stopping rule: with ``"stall"`` a restart stops after `patience` steps without a significant
+    improvement; all stop after `steps` steps. The value is the best loss seen by any restart, so
+    it is a lower bound of the maximum that rises with restarts and steps.
 
   Args:
     key: `jax.random` key of the random restarts.
@@ -394,7 +448,8 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
     adaptive: ``c = |w| + eta`` instead of 1 (`perturbation_scale`).
     eta: the adaptive offset.
     ascent: the ascent's settings (`Ascent`: restarts, steps, first step, momentum and the
-      stopping and step-halving rule above); default ``Ascent()``.
+      stopping and step-halving rule above); default ``Ascent()``. Measured against
+      Andriushchenko et al.'s code in docs/references.md ("Parity with their code").
     per_batch: with a `DeviceSplit`, the maximum for every batch separately and their mean
       weighted by batch size (Andriushchenko et al.; stderr over batches); False: one maximum of
       the mean loss over the whole split (stderr NaN).
@@ -417,7 +472,7 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
   kw = dict(norm=norm, restarts=int(ascent.restarts), steps=int(ascent.steps),
             patience=int(ascent.patience), halve_every=int(ascent.halve_every),
             momentum=float(ascent.momentum), step_size=float(ascent.step_size),
-            rtol=float(ascent.rtol))
+            rtol=float(ascent.rtol), schedule=ascent.schedule)
   settings = dict(measure="worst_case", rho=float(rho), adaptive=bool(adaptive), eta=float(eta),
                   per_batch=bool(per_batch), **kw)
   with matmul_precision(precision):
@@ -428,13 +483,13 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
         nb, size = jax.tree.leaves(data.batches)[0].shape[:2]
         for b in range(nb):
           batch = jax.tree.map(lambda x, b=b: x[b], data.batches)
-          base, best, num, _ = _ascent(loss_fn, params, c, batch, jax.random.fold_in(key, b),
+          base, best, num, _, _ = _ascent(loss_fn, params, c, batch, jax.random.fold_in(key, b),
                                        rho, **kw)
           values.append(float(best - base))
           sizes.append(size)
           runs.append(int(num))
       if data.rest is not None:
-        base, best, num, _ = _ascent(loss_fn, params, c, data.rest,
+        base, best, num, _, _ = _ascent(loss_fn, params, c, data.rest,
                                      jax.random.fold_in(key, len(values)), rho, **kw)
         values.append(float(best - base))
         sizes.append(jax.tree.leaves(data.rest)[0].shape[0])
@@ -444,7 +499,7 @@ def worst_case_sharpness(key: jax.Array, loss_fn: LossFn, params: PyTree, data: 
       mean = float(np.sum(v * w) / w.sum())
       err = _summary(v)[1]
       return SharpnessResult(mean, err, {**settings, "steps_run": runs}, v)
-    base, best, num, _ = _ascent(loss_fn, params, c, data, key, rho, **kw)
+    base, best, num, _, _ = _ascent(loss_fn, params, c, data, key, rho, **kw)
     _finite("worst_case_sharpness", base, best)
     return SharpnessResult(float(best - base), float("nan"), {**settings, "steps_run": [int(num)]})
 
