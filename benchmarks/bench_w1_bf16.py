@@ -23,8 +23,9 @@ convolutions and matmuls), % of the fp32 and of the bf16 GEMM peak, and each var
 over JAX bfloat16's (per round). Losses are compared: each bf16 path with its float32 path, and
 the two bf16 paths with each other (relative to max(|loss|, 1)).
 
-Run: ``python benchmarks/bench_w1_bf16.py`` (3-5 minutes on 2 cores; appends to RESULTS.md;
-``--rounds`` to change the 5 rounds), ``--tiny`` for a seconds-long smoke run (not recorded).
+Run: ``python benchmarks/bench_w1_bf16.py`` (3-6 minutes on 2 quiet cores, 12 with 5 rounds
+at a load average of 4-8; appends to RESULTS.md; ``--rounds``, default 3), ``--tiny`` for a
+seconds-long smoke run (not recorded).
 ``LANDSCAPE_JAX_TORCH_PYTHON`` names the interpreter with torch (default: this one).
 """
 
@@ -61,7 +62,7 @@ def parse_args(argv=None):
   p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--grid", type=int, default=11, help="points of the timed row")
   p.add_argument("--row", type=float, default=0.0, help="y of the grid row timed in each round")
-  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--warmup_rounds", type=int, default=1, help="untimed rounds first")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
@@ -200,6 +201,9 @@ def main(argv=None):
     + "; ".join(f"{k} **{v:.2f}x**" for k, v in speed.items()) + ".", "",
     f"Loss agreement at the row's {len(coords)} points (last round; relative to "
     f"max(|loss|, 1)):", "", agree_table, "",
+    f"- JAX: `make_metric_fn(model, data, batch_stats=...)` at its defaults (batch 256, "
+    f"BatchNorm folded, {info.get('cpu convolutions') or 'XLA'}), float32 and with "
+    f"`compute_dtype=\"bfloat16\"`; `surface_grid` at its defaults.",
     *[f"- {n}" for n in notes],
     f"- Command: `python benchmarks/bench_w1_bf16.py --rounds {args.rounds}`"
     + ("" if worker is None else " (with torch: `LANDSCAPE_JAX_TORCH_PYTHON=<venv python>`)")
