@@ -1,6 +1,6 @@
-"""Shared benchmark helpers: the --tiny / --record flags, machine and version info, the measured
-fp32 matmul peak, FLOP counts, timing, peak memory and appending results to
-``benchmarks/RESULTS.md``."""
+"""Shared benchmark helpers: the --tiny / --record flags, machine and version info (with the CPU
+features the figures need and the oneDNN kernels chosen), the measured fp32 / bf16 matmul peak,
+FLOP counts, timing, peak memory and appending results to ``benchmarks/RESULTS.md``."""
 
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ def machine_info() -> dict[str, Any]:
     "versions": ", ".join(f"{p} {version(p)}" for p in ("jax", "jaxlib", "flax", "numpy", "torch",
                                                          "onednn-cpu-gomp")),
     "cpu convolutions": onednn_info(),
+    "cpu features": cpu_features(),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
   }
 
 
@@ -75,6 +77,46 @@ def onednn_info() -> str:
     return f"XLA ({onednn_build.unavailable_reason()})"
   impl = onednn.implementation((128, 32, 32, 16), (3, 3, 16, 16), padding=1)
   return f"oneDNN ({impl} for ResNet-20's 3x3 16-channel layers)"
+
+
+FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+# oneDNN's ISA names (the tail of an implementation such as "brgconv:avx512_core_bf16") and the
+# /proc/cpuinfo flags they need
+_ISA_NEEDS = (("amx", "amx_tile, amx_bf16"), ("avx512_core_bf16", "avx512_bf16"),
+              ("avx512", "avx512f"), ("avx2", "avx2"), ("sse41", "sse4_1"))
+
+
+def isa_needs(implementation: str) -> str:
+  """The CPU flags a oneDNN implementation (``"brgconv:avx512_core"``) needs: ``"avx512f"``."""
+  isa = implementation.rpartition(":")[2]
+  return next((flags for key, flags in _ISA_NEEDS if key in isa), "none (reference kernel)")
+
+
+def cpu_features() -> str:
+  """Which of the CPU features the figures may need (`FEATURES`) this CPU has, and which the
+  oneDNN kernels chosen here need, float32 and bfloat16 (for ResNet-20's 3x3 16-channel
+  layers): a figure measured with a kernel needs its flags to be reproduced."""
+  flags = cpu_flags()
+  if not flags:
+    return "unknown (no flags in /proc/cpuinfo)"
+  have = [f for f in FEATURES if f in flags]
+  lacks = [f for f in FEATURES if f not in flags]
+  out = f"{', '.join(have) or 'none'} present" + (f"; {', '.join(lacks)} absent" if lacks else "")
+  if jax.default_backend() != "cpu":
+    return out
+  from landscape_jax.backends.cpu import onednn, onednn_build
+
+  if not onednn_build.available():
+    return out + "; oneDNN unavailable (XLA's own CPU kernels)"
+  shape = ((128, 32, 32, 16), (3, 3, 16, 16))
+  kernels = [("float32", onednn.implementation(*shape, padding=1))]
+  if onednn_build.bf16_unsupported_reason() is None:
+    kernels.append(("bfloat16", onednn.implementation(*shape, padding=1,
+                                                      compute_dtype="bfloat16")))
+  else:
+    kernels.append(("bfloat16", "XLA (no native bf16 instructions)"))
+  return out + "; oneDNN kernels: " + ", ".join(
+    f"{dt} {k}" + (f" (needs {isa_needs(k)})" if ":" in k else "") for dt, k in kernels)
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -104,7 +146,10 @@ def matmul_peak(*, n: int = 2048, dtype=jnp.float32, repeats: int = 5, precision
   """Measured matmul throughput in GFLOP/s: best of `repeats` jitted ``(n, n) @ (n, n)``.
 
   Several multiplications per call (a `lax.fori_loop` over 4 products) amortise the dispatch, so
-  the figure is the machine's practical dense-matmul peak for `dtype` (2 n^3 FLOPs each).
+  the figure is the machine's practical dense-matmul peak for `dtype` (2 n^3 FLOPs each) as XLA
+  computes it. For ``jnp.bfloat16`` that is XLA:CPU's bf16 dot, which need not use the CPU's
+  bf16 instructions: take the larger of it and PyTorch's (``torch_baseline.py``'s ``peak``,
+  bf16 included) as the machine's bf16 peak.
   """
   k1, k2 = jax.random.split(jax.random.key(0))
   a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
@@ -123,6 +168,7 @@ def matmul_peak(*, n: int = 2048, dtype=jnp.float32, repeats: int = 5, precision
 
 
 def cpu_flags() -> set[str]:
+  """The flags /proc/cpuinfo lists for the first core (empty where it cannot be read)."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:

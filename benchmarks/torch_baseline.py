@@ -15,7 +15,13 @@ and allocator do not share a process with XLA's. Sub-commands:
     channels-last tensors, ``torch.inference_mode()``, the data held as one tensor cut into the
     batch size measured fastest at start-up (``--best_batch 0``), and
     ``torch.compile`` where it was measured faster than eager at start-up (``--compile``);
-  - ``peak``: the best fp32 GEMM GFLOP/s of ``(n, n) @ (n, n)`` products;
+  - ``best_bf16`` (with ``--bf16``): the same tuned form under
+    ``torch.autocast(device, dtype=torch.bfloat16)`` (PyTorch's mixed precision: convolutions
+    and the linear layer in bfloat16 with float32 accumulation; their outputs are bfloat16, the
+    loss is computed from the logits cast back to float32), with its own batch size and its own
+    eager / ``torch.compile`` choice measured at start-up;
+  - ``peak``: the best fp32 and bf16 GEMM GFLOP/s of ``(n, n) @ (n, n)`` products (``gflops``,
+    ``bf16_gflops``);
   - ``quit``.
 
   Each answer holds ``seconds`` (wall time over the points, after a warm-up point), per-point
@@ -174,10 +180,12 @@ class Naive:
 class Best:
   """BatchNorm folded, channels-last, inference mode, optionally torch.compile (see docstring)."""
 
-  def __init__(self, arrays, device, *, batch_size=250, compile_mode="auto"):
+  def __init__(self, arrays, device, *, batch_size=250, compile_mode="auto",
+               autocast: bool = False):
     import torch
 
     self.device = device
+    self.autocast = autocast  # torch.autocast(device, bfloat16) around the forward pass
     net = build_net(arrays, device)
     self.c0 = {k: p.detach().clone() for k, p in net.named_parameters()}
     self.buffers = {k: b.detach().clone() for k, b in net.named_buffers()}
@@ -271,7 +279,9 @@ class Best:
       loss = torch.zeros((), device=self.device)
       correct = torch.zeros((), device=self.device, dtype=torch.int64)
       for s in range(0, self.x.shape[0], self.batch_size):
-        out = self.net(self.x[s:s + self.batch_size])
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+          out = self.net(self.x[s:s + self.batch_size])
+        out = out.float()
         yb = self.y[s:s + self.batch_size]
         loss += torch.nn.functional.cross_entropy(out, yb, reduction="sum")
         correct += (out.argmax(1) == yb).sum()
@@ -279,13 +289,16 @@ class Best:
       return loss.item() / n, correct.item() / n
 
 
-def gemm_peak(device: str, *, n: int = 2048, repeats: int = 5, min_time: float = 0.0) -> float:
-  """Best fp32 GFLOP/s of 4 chained ``(n, n) @ (n, n)`` products (>= `repeats` calls and
-  `min_time` seconds)."""
+def gemm_peak(device: str, *, n: int = 2048, repeats: int = 5, min_time: float = 0.0,
+              dtype: str = "float32") -> float:
+  """Best GFLOP/s of 4 chained ``(n, n) @ (n, n)`` products in `dtype` ("float32" or
+  "bfloat16": bf16 operands, PyTorch's oneDNN / cuBLAS bf16 GEMM) over >= `repeats` calls and
+  `min_time` seconds."""
   import torch
 
-  a = torch.randn(n, n, device=device)
-  b = torch.randn(n, n, device=device) / n ** 0.5
+  dt = getattr(torch, dtype)
+  a = torch.randn(n, n, device=device).to(dt)
+  b = (torch.randn(n, n, device=device) / n ** 0.5).to(dt)
   best = float("inf")
   start, calls = time.perf_counter(), 0
   while calls <= repeats or (time.perf_counter() - start < min_time and calls < 200):
@@ -319,10 +332,17 @@ def serve(args):
   t = time.perf_counter()
   naive = Naive(arrays, args.device, batch_size=args.naive_batch)
   best = Best(arrays, args.device, batch_size=args.best_batch, compile_mode=args.compile)
+  bf16 = (Best(arrays, args.device, batch_size=args.best_batch, compile_mode=args.compile,
+               autocast=True) if args.bf16 else None)
   ready = {"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "device": args.device, "compile": best.compile_note,
            "setup_s": time.perf_counter() - t, "naive_batch": args.naive_batch,
-           "best_batch": best.batch_size, "best_batch_note": best.batch_note}
+           "best_batch": best.batch_size, "best_batch_note": best.batch_note,
+           "mkldnn_bf16": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported",
+                                       lambda: False)()) if args.device == "cpu" else None}
+  if bf16 is not None:
+    ready.update({"bf16_compile": bf16.compile_note, "bf16_batch": bf16.batch_size,
+                  "bf16_batch_note": bf16.batch_note})
   print(json.dumps(ready), flush=True)
   for line in sys.stdin:
     cmd = line.strip()
@@ -332,8 +352,11 @@ def serve(args):
       out = time_points(naive.point, coords, args.device)
     elif cmd == "best":
       out = time_points(best.point, coords, args.device)
+    elif cmd == "best_bf16" and bf16 is not None:
+      out = time_points(bf16.point, coords, args.device)
     elif cmd == "peak":
-      out = {"gflops": gemm_peak(args.device, n=args.peak_n)}
+      out = {"gflops": gemm_peak(args.device, n=args.peak_n),
+             "bf16_gflops": gemm_peak(args.device, n=args.peak_n, dtype="bfloat16")}
     else:
       out = {"error": f"unknown command {cmd!r}"}
     print(json.dumps(out), flush=True)
@@ -436,6 +459,8 @@ def main(argv=None):
                  help="batch of the `best` form; 0: the fastest of 128, 250, 500, 1000")
   p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                  help="torch.compile in `best`: auto = try on the CPU, keep if faster")
+  p.add_argument("--bf16", action="store_true",
+                 help="serve: also set up `best_bf16` (the best form under bfloat16 autocast)")
   p.add_argument("--peak_n", type=int, default=2048)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--min_time", type=float, default=0.3)

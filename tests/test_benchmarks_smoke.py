@@ -137,6 +137,41 @@ def test_bench_w1_tiny():
 
 
 @pytest.mark.slow
+def test_bench_w1_bf16_tiny():
+  """Both bfloat16 paths (ours and PyTorch's autocast) run beside both float32 paths; each bf16
+  loss is rounded (not its float32 twin) yet close to it, and the float32 twins agree."""
+  missing = _torch_missing()
+  res = _load("bench_w1_bf16").main(["--tiny", "--no-record"]
+                                    + (["--no-torch"] if missing else []))
+  assert all(t > 0 for t in res["seconds_per_point"].values())
+  assert res["fp32_peak"] > 0 and res["bf16_peak"] > 0
+  for (a, b), (_, rel_diff, _) in res["agreement"].items():
+    if "bf16" in a + b or "bfloat16" in a + b:
+      assert 1e-6 < rel_diff < 5e-2, (a, b, rel_diff)
+    else:
+      assert rel_diff < 1e-4, (a, b, rel_diff)
+  if missing:
+    _jax_part_ran_then_skip_torch(missing)
+  assert len(res["agreement"]) == 4
+
+
+def test_cpu_features_line_names_present_absent_and_needed(monkeypatch):
+  """The `cpu features:` line of every RESULTS block: which flags the CPU has and lacks, and the
+  flags each chosen oneDNN kernel needs."""
+  assert _BENCH_COMMON.isa_needs("brgconv:avx512_core") == "avx512f"
+  assert _BENCH_COMMON.isa_needs("brgconv:avx512_core_bf16") == "avx512_bf16"
+  assert _BENCH_COMMON.isa_needs("brgconv:avx512_core_amx") == "amx_tile, amx_bf16"
+  assert _BENCH_COMMON.isa_needs("jit:avx2") == "avx2"
+  assert _BENCH_COMMON.isa_needs("ref:any") == "none (reference kernel)"
+  monkeypatch.setattr(_BENCH_COMMON, "cpu_flags", lambda: {"sse4_2", "avx", "avx2", "fma"})
+  line = _BENCH_COMMON.cpu_features()
+  assert line.startswith("avx2, fma present; avx512f, avx512_bf16, amx_tile, amx_bf16 absent"), line
+  monkeypatch.setattr(_BENCH_COMMON, "cpu_flags", set)
+  assert _BENCH_COMMON.cpu_features() == "unknown (no flags in /proc/cpuinfo)"
+  assert "cpu features" in _BENCH_COMMON.machine_info()
+
+
+@pytest.mark.slow
 def test_bench_conv_layers_tiny():
   """Every distinct ResNet-20 convolution is found (8 shapes, 21 uses, 19 of them 3x3) and
   timed on XLA, on oneDNN where it is built (the script checks oneDNN against XLA) and on

@@ -313,3 +313,80 @@ def test_bench_bf16_tiny():
   assert res["speed"]["speedup"] > 0
   for r in (res["speed"], res["trained"]):
     assert 1e-7 < r["max rel dev"] < 5e-2, r
+
+
+# ------------------------------------------------------------------ compute_dtype="auto" and flags
+_AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})  # e.g. an AMD EPYC (Zen 2/3)
+_AVX512_NO_BF16 = _AVX2_ONLY | {"avx512f", "avx512bw", "avx512vl"}  # e.g. a Skylake Xeon
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+  """Sets this CPU's /proc/cpuinfo flags (oneDNN taken as buildable; the warning reset)."""
+  monkeypatch.setattr(onednn_build, "unavailable_reason", lambda: None)
+  onednn_build._warn_bf16_once.cache_clear()
+  yield lambda flags: monkeypatch.setattr(onednn_build, "cpu_flags", lambda: frozenset(flags))
+  onednn_build._warn_bf16_once.cache_clear()
+
+
+@pytest.mark.parametrize("flags,onednn,backend,want", [
+  (_AVX2_ONLY, True, "cpu", None),
+  (_AVX2_ONLY, False, "cpu", None),
+  (_AVX512_NO_BF16, True, "cpu", None),
+  (_AVX512_NO_BF16 | {"avx512_bf16"}, True, "cpu", "bfloat16"),
+  (_AVX512_NO_BF16 | {"amx_tile", "amx_bf16"}, True, "cpu", "bfloat16"),
+  (_AVX512_NO_BF16 | {"avx512_bf16"}, False, "cpu", None),  # XLA's CPU convolutions: float32
+  (_AVX2_ONLY, False, "gpu", "bfloat16"),
+  (_AVX2_ONLY, False, "tpu", "bfloat16"),
+])
+def test_auto_compute_dtype_is_bf16_only_where_native(cpu_flags, monkeypatch, flags, onednn,
+                                                      backend, want):
+  cpu_flags(flags)
+  monkeypatch.setattr(onednn_build.jax, "default_backend", lambda: backend)
+  assert onednn_build.auto_compute_dtype(onednn=onednn) == want
+  assert onednn_build.is_auto("auto") and not onednn_build.is_auto(None)
+  assert not onednn_build.is_auto(jnp.bfloat16)
+
+
+@pytest.mark.parametrize("flags,widest", [(_AVX2_ONLY, "avx2"), (_AVX512_NO_BF16, "avx512f"),
+                                          ((), None)])
+def test_warning_and_error_name_the_missing_instructions(cpu_flags, flags, widest):
+  cpu_flags(flags)
+  reason = onednn_build.bf16_unsupported_reason()
+  assert "avx512_bf16 / amx_bf16 are not in /proc/cpuinfo" in reason, reason
+  assert (f"widest vector instructions are {widest}" in reason if widest
+          else "lists no flags" in reason), reason
+  with pytest.raises(onednn_build.OnednnUnavailable, match=re.escape(reason)):
+    onednn_build.resolve("onednn", compute_dtype="bfloat16")
+  with pytest.warns(UserWarning, match=re.escape(reason) + r".*slower on this CPU.*'auto'"):
+    onednn_build.resolve("auto", compute_dtype="bfloat16")
+  with warnings.catch_warnings():  # "auto": float32 there, and nothing to warn about
+    warnings.simplefilter("error")
+    assert onednn_build.resolve_compute_dtype("auto") is None
+  assert onednn_build.resolve_compute_dtype("bfloat16") == "bfloat16"
+  assert onednn_build.resolve_compute_dtype(jnp.float32) is None
+
+
+def test_auto_on_an_avx2_only_cpu_is_the_float32_default(resnet8_digits, cpu_flags):
+  cpu_flags(_AVX2_ONLY)
+  params = resnet8_digits[1]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    auto = _metric(resnet8_digits, compute_dtype="auto")
+  assert "bf16" not in hlo_text(auto, params)
+  default = jax.jit(_metric(resnet8_digits))(params)
+  got = jax.jit(auto)(params)
+  for k in default:
+    np.testing.assert_array_equal(got[k], default[k])
+
+
+@needs_bf16_cpu
+def test_auto_on_a_bf16_cpu_is_the_bf16_path(resnet8_digits):
+  params = resnet8_digits[1]
+  auto = _metric(resnet8_digits, compute_dtype="auto")
+  hlo = hlo_text(auto, params)
+  assert _TARGET in hlo and "bf16" in hlo
+  want = jax.jit(_metric(resnet8_digits, compute_dtype="bfloat16"))(params)
+  np.testing.assert_array_equal(jax.jit(auto)(params)["loss"], want["loss"])
+  xla = _metric(resnet8_digits, cpu_convolutions="xla", compute_dtype="auto")
+  assert "bf16" not in hlo_text(xla, params)  # XLA's CPU convolutions: float32

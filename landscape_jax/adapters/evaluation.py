@@ -193,6 +193,8 @@ def _inference_backend(forward, onednn: bool, compute_dtype):
   """`forward` with its convolutions on oneDNN (at `compute_dtype`), or, without oneDNN, with its
   convolutions and products at `compute_dtype` (`backends.cpu.fusion`); unchanged for float32
   without oneDNN. Applied to inference-mode forward passes only."""
+  if onednn_build.is_auto(compute_dtype):
+    compute_dtype = onednn_build.auto_compute_dtype(onednn=onednn)
   if onednn:
     return fusion.with_onednn_convolutions(forward, compute_dtype=compute_dtype)
   if compute_dtype is not None:
@@ -383,10 +385,12 @@ def inference_forward(model, *, batch_stats: PyTree = None, num_classes: int | N
   `fold_batchnorm`) and the state its `batch_stats`; for every other model it is
   ``Model.apply(params, state, inputs, False)`` (no folding: BatchNorm folding is linen-only) and
   the state the model's own unless `batch_stats` replaces it. With `onednn` the convolutions run
-  on oneDNN; `compute_dtype` as in `make_metric_fn`. `num_classes` adds the trace-time check
-  that the outputs have enough classes.
+  on oneDNN; `compute_dtype` as in `make_metric_fn` (``"auto"`` resolved for `onednn`).
+  `num_classes` adds the trace-time check that the outputs have enough classes.
   """
-  compute_dtype = onednn_build.canonical_compute_dtype(compute_dtype)
+  compute_dtype = (onednn_build.auto_compute_dtype(onednn=bool(onednn))
+                   if onednn_build.is_auto(compute_dtype)
+                   else onednn_build.canonical_compute_dtype(compute_dtype))
   m = as_model(model, batch_stats=batch_stats)
   if m is None:
     apply_fn = functools.partial(apply_checked, model, num_classes,
@@ -531,7 +535,11 @@ def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree
       the CPU than XLA's; benchmarks/bench_conv_layers.py measures them). Applies to every model.
     compute_dtype: None (default: float32) or "bfloat16": convolutions and matrix products from
       bfloat16 inputs and weights with float32 accumulation (oneDNN on CPUs with avx512_bf16 /
-      AMX, XLA elsewhere; see `backends.cpu.fusion`, `backends.cpu.onednn_build.resolve`).
+      AMX, XLA elsewhere, with a one-time warning naming the missing instructions on a CPU
+      without them, where it is slower than float32; see `backends.cpu.fusion`,
+      `backends.cpu.onednn_build.resolve`). ``"auto"`` (opt-in): bfloat16 where it pays (oneDNN
+      on a CPU with avx512_bf16 / amx_bf16, or a GPU / TPU backend), float32 otherwise
+      (`backends.cpu.onednn_build.auto_compute_dtype`).
     mesh: a mesh with roles (`sharding.make_mesh(points=, data=, model=)` or a
       `sharding.MeshRoles`) to evaluate on: every batch of every split is spread over its
       ``data`` axis (batches rounded up to a multiple of its size, padding masked) and replicated
@@ -571,13 +579,13 @@ def make_metric_fn(model, data, *, loss: Loss | None = None, batch_stats: PyTree
     for k, d in named.items()}
   partitioned = roles is not None and not roles.only_points
   norms = {k: d.norm for k, d in named.items()}
+  # oneDNN's custom calls cannot be partitioned by GSPMD
+  convs = "xla" if partitioned and cpu_convolutions == "auto" else cpu_convolutions
+  compute_dtype = onednn_build.resolve_compute_dtype(compute_dtype, convs)
   forward, state = inference_forward(model, batch_stats=batch_stats,
                                      num_classes=_num_classes(named),
                                      fold_batchnorm=fold_batchnorm,
-                                     onednn=use_onednn(
-                                       # oneDNN's custom calls cannot be partitioned by GSPMD
-                                       "xla" if partitioned and cpu_convolutions == "auto"
-                                       else cpu_convolutions, compute_dtype=compute_dtype),
+                                     onednn=use_onednn(convs, compute_dtype=compute_dtype),
                                      compute_dtype=compute_dtype)
   if stream_batches:
     return _streamed_metric(forward, loss, named, state, batch_size=batch_size,

@@ -15,7 +15,9 @@ Precision (``compute_dtype``, off by default): ``"bfloat16"`` evaluates every co
 matrix product from bfloat16-rounded inputs and weights with float32 accumulation. On the CPU it
 runs on oneDNN's bf16 kernels where the CPU has the instructions (`cpu_bf16_flags`: avx512_bf16
 or amx_bf16); elsewhere `resolve` routes it to XLA (bf16 operands, float32 results), with a
-one-time warning on CPUs without the instructions, where that is slower than float32.
+one-time warning naming the missing instructions on CPUs without them, where that is slower than
+float32. ``"auto"`` (`auto_compute_dtype`, opt-in) picks bfloat16 only where it pays: oneDNN with
+those instructions, or a GPU / TPU backend; float32 elsewhere.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ import jax
 
 __all__ = ["COMPUTE_DTYPES", "CPU_CONVOLUTIONS", "OnednnUnavailable", "TARGET", "TARGET_BWD_DATA",
            "TARGET_BWD_WEIGHTS", "available",
-           "bf16_unsupported_reason", "canonical_compute_dtype", "cpu_bf16_flags", "library",
-           "resolve", "unavailable_reason"]
+           "auto_compute_dtype", "bf16_unsupported_reason", "canonical_compute_dtype",
+           "cpu_bf16_flags", "cpu_flags", "is_auto", "library", "resolve",
+           "resolve_compute_dtype", "unavailable_reason"]
 
 _SOURCE = pathlib.Path(__file__).parent / "csrc" / "onednn_conv.cc"
 TARGET = "landscape_jax_onednn_conv"
@@ -180,13 +183,15 @@ def unavailable_reason() -> str | None:
 CPU_CONVOLUTIONS = ("auto", "onednn", "xla")
 COMPUTE_DTYPES = (None, "float32", "bfloat16")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_VECTOR_FLAGS = ("amx_tile", "avx512f", "avx2", "avx", "sse4_2")  # widest first
 
 
 def canonical_compute_dtype(compute_dtype) -> str | None:
   """None (float32: the exact default) or ``"bfloat16"`` for a ``compute_dtype`` option.
 
   Accepts None, ``"float32"`` / ``jnp.float32`` (both meaning the default) and ``"bfloat16"`` /
-  ``jnp.bfloat16``; anything else raises a ValueError naming the argument.
+  ``jnp.bfloat16``; anything else raises a ValueError naming the argument (``"auto"``, where an
+  API takes it, is resolved first: `resolve_compute_dtype`).
   """
   if compute_dtype is None:
     return None
@@ -200,26 +205,65 @@ def canonical_compute_dtype(compute_dtype) -> str | None:
   return None if name == "float32" else name
 
 
+def is_auto(compute_dtype) -> bool:
+  """Whether `compute_dtype` is the ``"auto"`` choice (`auto_compute_dtype`)."""
+  return isinstance(compute_dtype, str) and compute_dtype == "auto"
+
+
+def resolve_compute_dtype(compute_dtype, cpu_convolutions: str = "auto") -> str | None:
+  """`canonical_compute_dtype`, with ``"auto"`` resolved by `auto_compute_dtype` for the
+  convolutions a ``cpu_convolutions`` option (`resolve`) gives in float32."""
+  if is_auto(compute_dtype):
+    return auto_compute_dtype(onednn=resolve(cpu_convolutions))
+  return canonical_compute_dtype(compute_dtype)
+
+
+def auto_compute_dtype(*, onednn: bool) -> str | None:
+  """What ``compute_dtype="auto"`` means here: ``"bfloat16"`` where it pays, else None (float32).
+
+  bfloat16 where the matrix units take it natively: on a GPU or TPU backend (XLA with bfloat16
+  operands), and on the CPU when its convolutions run on oneDNN (`onednn`) and the CPU has
+  bfloat16 instructions (`cpu_bf16_flags`: avx512_bf16 or amx_bf16). Float32 on every other CPU
+  (an AVX2-only or AVX-512 CPU without them, or XLA's convolutions), where bfloat16 operands
+  are converted to float32 and back and evaluate slower than float32. No warning: float32 is the
+  choice there. The default (None) stays exact float32: ``"auto"`` is opt-in.
+  """
+  if jax.default_backend() != "cpu":
+    return "bfloat16"
+  return "bfloat16" if onednn and bf16_unsupported_reason() is None else None
+
+
 @functools.cache
-def cpu_bf16_flags() -> tuple[str, ...]:
-  """The bfloat16 instruction-set flags of this CPU (``avx512_bf16``, ``amx_bf16``) listed in
-  /proc/cpuinfo; empty where there are none or the file cannot be read."""
+def cpu_flags() -> frozenset[str]:
+  """The instruction-set flags of this CPU listed in /proc/cpuinfo (empty where it cannot be
+  read, e.g. on macOS or Windows)."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
         if line.startswith("flags"):
-          flags = set(line.split(":", 1)[1].split())
-          return tuple(f for f in _BF16_FLAGS if f in flags)
+          return frozenset(line.split(":", 1)[1].split())
   except OSError:
     pass
-  return ()
+  return frozenset()
+
+
+def cpu_bf16_flags() -> tuple[str, ...]:
+  """The bfloat16 instruction-set flags of this CPU (``avx512_bf16``, ``amx_bf16``) listed in
+  /proc/cpuinfo; empty where there are none or the file cannot be read."""
+  flags = cpu_flags()
+  return tuple(f for f in _BF16_FLAGS if f in flags)
 
 
 def bf16_unsupported_reason() -> str | None:
-  """None where oneDNN can run bfloat16 convolutions natively, else why not."""
+  """None where oneDNN can run bfloat16 convolutions natively, else why not (naming the missing
+  instructions and the widest vector instructions the CPU has)."""
   if not cpu_bf16_flags():
+    flags = cpu_flags()
+    has = next((f for f in _VECTOR_FLAGS if f in flags), None)
+    widest = (f"; its widest vector instructions are {has}" if has
+              else "; /proc/cpuinfo lists no flags" if not flags else "")
     return (f"this CPU has no bfloat16 instructions ({' / '.join(_BF16_FLAGS)} are not in "
-            "/proc/cpuinfo)")
+            f"/proc/cpuinfo{widest})")
   return unavailable_reason()
 
 
@@ -232,8 +276,9 @@ def resolve(cpu_convolutions: str = "auto", *, compute_dtype=None) -> bool:
 
   With ``compute_dtype="bfloat16"`` oneDNN also needs the CPU's bfloat16 instructions
   (`cpu_bf16_flags`): without them ``"onednn"`` raises `OnednnUnavailable` and ``"auto"`` returns
-  False (XLA then evaluates in bfloat16); on a CPU backend without them a one-time warning says
-  that bfloat16 will be slower than float32 there.
+  False (XLA then evaluates in bfloat16); on a CPU backend without them a one-time warning names
+  the missing instructions and says that bfloat16 will be slower than float32 there
+  (``compute_dtype="auto"``, `auto_compute_dtype`, keeps float32 there instead).
   """
   if cpu_convolutions not in CPU_CONVOLUTIONS:
     raise ValueError(f"cpu_convolutions must be one of {CPU_CONVOLUTIONS}, got "
@@ -255,7 +300,8 @@ def resolve(cpu_convolutions: str = "auto", *, compute_dtype=None) -> bool:
 def _warn_bf16_once(reason: str) -> None:
   warnings.warn(f"compute_dtype='bfloat16': {reason}, so XLA evaluates the convolutions and "
                 "matrix products from bfloat16 operands, which is slower on this CPU than the "
-                "float32 default (compute_dtype=None).", stacklevel=4)
+                "float32 default (compute_dtype=None; compute_dtype='auto' picks bfloat16 only "
+                "where the CPU has those instructions).", stacklevel=4)
 
 
 def _resolve_float32(cpu_convolutions: str) -> bool:
