@@ -37,8 +37,8 @@ from landscape_jax.core.curves import (
 from landscape_jax.methods.loop import (
   RunDir,
   TrainSettings,
-  _positive_int,
   as_training_data,
+  check_positive_int,
   epoch_indices,
   make_epoch_fn,
   run_epochs,
@@ -152,7 +152,7 @@ class CurveSettings(TrainSettings):
         or self.num_bends < 3:
       raise ValueError(f"num_bends must be an integer >= 3 (one interior bend at least), got "
                        f"{self.num_bends!r}.")
-    _positive_int("num_ts", self.num_ts)
+    check_positive_int("num_ts", self.num_ts)
 
 
 def train_curve(loss_fn: Callable[[PyTree, Any], jax.Array], start: PyTree, end: PyTree,

@@ -45,8 +45,8 @@ from landscape_jax.methods import checkpoints
 from landscape_jax.methods.loop import (
   RunDir,
   TrainSettings,
-  _positive_int,
   as_training_data,
+  check_positive_int,
   epoch_indices,
   make_epoch_fn,
   run_epochs,
@@ -224,7 +224,7 @@ class FGESettings:
   checkpoint_every: int = 1
 
   def __post_init__(self):
-    _positive_int("cycles", self.cycles)
+    check_positive_int("cycles", self.cycles)
     if (isinstance(self.cycle_epochs, bool) or not isinstance(self.cycle_epochs, int)
         or self.cycle_epochs < 2 or self.cycle_epochs % 2):
       raise ValueError(f"cycle_epochs must be even and >= 2 (the snapshot is taken at "

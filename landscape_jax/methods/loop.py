@@ -97,7 +97,7 @@ def settings_class(cls: type) -> type:
   return cls
 
 
-def _positive_int(name: str, value) -> None:
+def check_positive_int(name: str, value) -> None:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
     raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
@@ -134,7 +134,7 @@ class TrainSettings:
 
   def __post_init__(self):
     for name in ("epochs", "batch_size", "checkpoint_every"):
-      _positive_int(name, getattr(self, name))
+      check_positive_int(name, getattr(self, name))
     if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
       raise ValueError(f"seed must be an integer, got {self.seed!r}.")
     if not (0.0 <= float(self.momentum) < 1.0):
