@@ -15,7 +15,8 @@ CIFAR-10's 50000, to keep a recorded run to a few minutes), in the order of
   ``git archive`` at run time, see the worker's docstring) and read into ``lj``'s
   ``preresnet{depth}`` with ``lj.torch_to_flax``. Garipov et al.: their ``curves.CurveNet`` and
   ``utils.train`` (as their ``train.py`` runs them; the DataLoader holds the normalised tensors).
-  PyTorch's thread count: the faster of 1 and 2 (a whole epoch each, every round).
+  PyTorch's thread count: the faster of 1 and 2 over 2 steps, measured at its start-up (1 step
+  with --tiny).
   landscape-jax: ``lj.train_curve(epochs=1)`` (wall time including compilation), and the same
   epoch compiled once and run again (``loop.make_epoch_fn`` over
   ``curve_training.curve_train_step``, what ``train_curve`` runs; its mean loss is checked equal
@@ -230,7 +231,8 @@ def curve_part(args, data, order, tmp, notes) -> dict:
       npz = C.save_npz(os.path.join(tmp, "curve.npz"),
                        {**arrays_out, "ts": np.asarray(ts if r == 0 else [], np.float64)})
       out = run_worker("garipov-curve", "--garipov_repo", args.garipov_repo, "--npz", npz,
-                       "--peak_n", str(args.peak_n), "--seed", str(args.seed))
+                       "--peak_n", str(args.peak_n), "--seed", str(args.seed),
+                       "--probe_steps", "1" if args.tiny else "2")
       torch_out.append(out)
       print(f"curve round {r}: Garipov et al. epoch {out['epoch_s'][0]:.2f} s", flush=True)
   flops = C.model_flops_per_example(inference_apply(model), ends_vars[0],
@@ -245,7 +247,7 @@ def curve_part(args, data, order, tmp, notes) -> dict:
                torch_trainable=torch_out[0]["trainable_params"],
                torch_gemm_peak=max(o["gemm_peak"] for o in torch_out),
                torch_threads=[o["threads"] for o in torch_out],
-               torch_by_threads=[o["epoch_by_threads"] for o in torch_out],
+               torch_by_threads=[o["probe_by_threads"] for o in torch_out],
                torch_version=torch_out[0]["torch"],
                garipov_notes=torch_out[0]["notes"],
                loss_rel_diff=rel_diffs(lj_losses, torch_out[0]["agreement_losses"]))
@@ -380,8 +382,8 @@ def main(argv=None):
       f"{c['train_curve_loss']:.5f} is "
       + ("equal to" if c["epoch_equal_train_curve"] else "DIFFERENT from")
       + " the timed epoch's."
-      + (f" Their code: {'; '.join(c['garipov_notes'])}; torch {c['torch_version']}; their "
-         "epoch by thread count, per round: " + "; ".join(
+      + (f" Their code: {'; '.join(c['garipov_notes'])}; torch {c['torch_version']}; "
+         "start-up probe (2 steps after a warm-up) by thread count, per round: " + "; ".join(
            ", ".join(f"{k} threads {v:.2f} s" for k, v in r.items())
            for r in c["torch_by_threads"]) + "." if "garipov_notes" in c else ""))
   if s:

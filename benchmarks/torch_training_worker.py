@@ -15,8 +15,9 @@ read with allow_pickle=False) and starts this script; each sub-command prints on
   shuffling, no workers: the data are already tensors). First an agreement run: ``utils.train``
   over the first batches with the ts of the npz (``ts``: a wrapper passes ``t`` to
   ``CurveNet.forward``; ``criterion`` is wrapped to record each step's cross-entropy), then
-  ``--repeats`` timed epochs from the same start for every thread count of ``--thread_options``
-  (``torch.set_num_threads``), each t drawn by their ``CurveNet.forward``; the fastest counts.
+  ``--probe_steps`` steps for every thread count of ``--thread_options`` (``torch.set_num_threads``,
+  after a warm-up step), and ``--repeats`` timed epochs from the same start with the fastest,
+  each t drawn by their ``CurveNet.forward``.
 * ``sgd --npz FILE``: a plain PyTorch training loop of the CIFAR ResNet of ``torch_baseline.py``
   (``torch_resnet``, weights ``center/<key>`` of the npz), channels-last, ``torch.optim.SGD``
   (lr, momentum, weight decay), BatchNorm in training mode. At start-up, images/s of a few steps
@@ -203,25 +204,33 @@ def garipov_curve(args):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if ts:  # the agreement run (skipped when the npz holds no ts)
       utils.train(loader(len(ts)), FixedT(model, ts), opt, recording, curves.l2_regularizer(wd))
-    times = {}  # thread count -> epoch seconds (best of --repeats)
+    probe = {}  # thread count -> seconds of --probe_steps steps (after one warm-up step)
     for threads in args.thread_options:
       torch.set_num_threads(threads)
-      for _ in range(args.repeats):
-        model, opt = fresh()
-        data = loader(steps)
-        t0 = time.perf_counter()
-        res = utils.train(data, model, opt, torch.nn.functional.cross_entropy,
-                          curves.l2_regularizer(wd))
-        sec = time.perf_counter() - t0
-        times[threads] = min(times.get(threads, sec), sec)
-        _log(f"garipov utils.train: {steps} steps in {sec:.2f} s ({threads} threads), "
-             f"loss {res['loss']:.4f}")
-    threads = min(times, key=times.get)
+      model, opt = fresh()
+      utils.train(loader(1), model, opt, torch.nn.functional.cross_entropy,
+                  curves.l2_regularizer(wd))
+      t0 = time.perf_counter()
+      utils.train(loader(args.probe_steps), model, opt, torch.nn.functional.cross_entropy,
+                  curves.l2_regularizer(wd))
+      probe[threads] = time.perf_counter() - t0
+      _log(f"probe: {threads} threads, {args.probe_steps} steps in {probe[threads]:.2f} s")
+    threads = min(probe, key=probe.get)
     torch.set_num_threads(threads)
+    times = []
+    for _ in range(args.repeats):
+      model, opt = fresh()
+      data = loader(steps)
+      t0 = time.perf_counter()
+      res = utils.train(data, model, opt, torch.nn.functional.cross_entropy,
+                        curves.l2_regularizer(wd))
+      times.append(time.perf_counter() - t0)
+      _log(f"garipov utils.train: {steps} steps in {times[-1]:.2f} s ({threads} threads), "
+           f"loss {res['loss']:.4f}")
     peak = gemm_peak("cpu", n=args.peak_n, min_time=args.min_time)
   print(json.dumps({"torch": torch.__version__, "threads": threads,
-                    "epoch_by_threads": {str(k): v for k, v in times.items()},
-                    "agreement_losses": losses, "epoch_s": [times[threads]], "steps": steps,
+                    "probe_by_threads": {str(k): v for k, v in probe.items()},
+                    "agreement_losses": losses, "epoch_s": times, "steps": steps,
                     "batch": batch, "trainable_params": int(trainable),
                     "epoch_loss": res["loss"], "gemm_peak": peak, "notes": notes}), flush=True)
 
