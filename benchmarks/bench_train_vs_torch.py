@@ -26,7 +26,10 @@ CIFAR-10's 50000, to keep a recorded run to a few minutes), in the order of
 * ``--part sgd``: one epoch of plain SGD (momentum 0.9, weight decay ``--wd`` as PyTorch's SGD)
   of ResNet-``--depth`` (the zoo's ``resnet20`` and its PyTorch twin ``torch_resnet``), BatchNorm
   in training mode, from the same random initialisation. landscape-jax: a Python loop over
-  ``lj.training.train_step`` (the library's jitted step; compiled before timing). PyTorch: a
+  ``lj.training.train_step`` (the library's jitted step; batches gathered on the device before
+  timing), and the library's compiled epoch over the same step (``loop.make_epoch_fn``, one
+  ``lax.scan``, as ``train_curve`` and ``train_sgd`` run theirs; its mean loss checked equal to
+  the loop's; the ratio is against this one). PyTorch: a
   plain loop (channels-last, ``torch.optim.SGD``) with the fastest thread count of 1 and 2 at the
   epoch's batch, measured at its start-up together with images/s at batches 64, 128 and 256.
   Agreement: the losses of the first ``--agree_steps`` steps.
@@ -266,20 +269,39 @@ def sgd_part(args, data, order, tmp) -> dict:
   mean, std = jnp.asarray(data.mean), jnp.asarray(data.std)
   key = jax.random.key(args.seed)
 
-  def run(state, batches):
+  batches = [(inputs[idx], targets[idx]) for idx in order]  # on the device before timing
+
+  def run(state, n_steps):
     losses = []
-    for i, idx in enumerate(batches):
-      state, m = lj.training.train_step(state, (inputs[idx], targets[idx]),
-                                        jax.random.fold_in(key, i), model=model, tx=tx,
-                                        mean=mean, std=std)
+    for i in range(n_steps):
+      state, m = lj.training.train_step(state, batches[i], jax.random.fold_in(key, i),
+                                        model=model, tx=tx, mean=mean, std=std)
       losses.append(m["loss"])
     return state, [float(v) for v in C.block(losses)]
 
+  # the library's compiled epoch (loop.make_epoch_fn: what train_curve and train_sgd run) over
+  # the same step (train_step's body, unjitted)
+  def step_fn(fn_args, st, batch, k):
+    del fn_args
+    st, m = training.train_step.__wrapped__(st, batch, k, model=model, tx=tx, mean=mean,
+                                            std=std)
+    return st, m["loss"]
+
+  epoch = loop.make_epoch_fn(step_fn)
+  idx = jnp.asarray(order)
+
   t = time.perf_counter()
-  _, lj_losses = run(state0, order[:args.agree_steps])
+  _, lj_losses = run(state0, args.agree_steps)
   t_first = time.perf_counter() - t
   print(f"sgd: lj losses of the first steps {lj_losses} ({t_first:.1f} s incl. compile)",
         flush=True)
+  t = time.perf_counter()
+  _, scan_loss = C.block(epoch(None, state0, inputs, targets, idx, key))
+  t_scan_first = time.perf_counter() - t
+  _, step_losses = run(state0, len(order))
+  same = abs(float(scan_loss) - np.mean(step_losses)) <= 1e-4 * abs(float(scan_loss))
+  print(f"sgd: compiled epoch's mean loss {float(scan_loss):.6f} vs the step loop's "
+        f"{np.mean(step_losses):.6f} ({'equal' if same else 'DIFFERENT'})", flush=True)
   npz = None
   if args.torch:
     npz = C.save_npz(os.path.join(tmp, "sgd.npz"), {
@@ -288,11 +310,16 @@ def sgd_part(args, data, order, tmp) -> dict:
                                          to_torch_state(params, bs).items()}})
   jax_times, torch_out = [], []
   batch_opts = "4,8,16" if args.tiny else "64,128,256"
+  loop_times = []
   for r in range(args.rounds):
     t = time.perf_counter()
-    run(state0, order)
+    C.block(epoch(None, state0, inputs, targets, idx, key))
     jax_times.append(time.perf_counter() - t)
-    print(f"sgd round {r}: lj epoch {jax_times[-1]:.2f} s", flush=True)
+    t = time.perf_counter()
+    run(state0, len(order))
+    loop_times.append(time.perf_counter() - t)
+    print(f"sgd round {r}: lj compiled epoch {jax_times[-1]:.2f} s, train_step loop "
+          f"{loop_times[-1]:.2f} s", flush=True)
     if args.torch:
       out = run_worker("sgd", "--npz", npz, "--peak_n", str(args.peak_n), "--agree_steps",
                        str(args.agree_steps), "--batch_options", batch_opts,
@@ -302,7 +329,8 @@ def sgd_part(args, data, order, tmp) -> dict:
             f"threads; start-up probe {out['probe']})", flush=True)
   flops = C.model_flops_per_example(inference_apply(model), variables, jnp.zeros((2, 32, 32, 3)))
   res = {"model": name, "params": count(params), "flops": flops, "lj_losses": lj_losses,
-         "lj_epoch_s": jax_times, "lj_first_s": t_first}
+         "lj_epoch_s": jax_times, "lj_loop_s": loop_times, "lj_first_s": t_first,
+         "lj_scan_first_s": t_scan_first, "epoch_equal_loop": bool(same)}
   if torch_out:
     best = min(torch_out, key=lambda o: o["epoch_s"][0])
     res.update(torch_epoch_s=[o["epoch_s"][0] for o in torch_out],
@@ -352,9 +380,14 @@ def main(argv=None):
       continue
     p = out[key]
     lj_best = min(p["lj_epoch_s"])
-    rows.append([label, f"landscape-jax ({p['model']})", C.spread(p["lj_epoch_s"]), lj_best,
-                 args.steps * args.batch / lj_best, gflops(p, lj_best),
-                 f"{gflops(p, lj_best) / peak:.0%}"])
+    rows.append([label, f"landscape-jax ({p['model']}, compiled epoch)",
+                 C.spread(p["lj_epoch_s"]), lj_best, args.steps * args.batch / lj_best,
+                 gflops(p, lj_best), f"{gflops(p, lj_best) / peak:.0%}"])
+    if "lj_loop_s" in p:
+      b = min(p["lj_loop_s"])
+      rows.append([label, "landscape-jax, Python loop of lj.training.train_step",
+                   C.spread(p["lj_loop_s"]), b, args.steps * args.batch / b, gflops(p, b),
+                   f"{gflops(p, b) / peak:.0%}"])
     if "torch_epoch_s" in p:
       t_best = min(p["torch_epoch_s"])
       ratios[key] = t_best / lj_best
@@ -391,7 +424,11 @@ def main(argv=None):
       f"- SGD: {s['model']}, {s['params']} parameters"
       + (f" (PyTorch twin {s['torch_params']})" if "torch_params" in s else "")
       + f", {s['flops'] / 1e6:.1f} MFLOP per image forward, lr {args.sgd_lr}, wd {args.wd}; "
-      f"lj's first {args.agree_steps} steps incl. compilation {s['lj_first_s']:.1f} s."
+      f"lj's first {args.agree_steps} steps incl. compilation {s['lj_first_s']:.1f} s, first "
+      f"call of the compiled epoch {s['lj_scan_first_s']:.1f} s; its mean loss is "
+      + ("equal to" if s["epoch_equal_loop"] else "DIFFERENT from")
+      + " the step loop's (1e-4 relative); the ratio above is PyTorch's against the compiled "
+      "epoch."
       + (f" PyTorch {s['torch_version']}: threads chosen per round {s['torch_threads']}; "
          f"start-up images/s (threads/batch): "
          + ", ".join(f"{k}: {v:.0f}" for k, v in s["torch_probe"].items())
