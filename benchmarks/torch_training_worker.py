@@ -227,6 +227,7 @@ def garipov_curve(args):
       times.append(time.perf_counter() - t0)
       _log(f"garipov utils.train: {steps} steps in {times[-1]:.2f} s ({threads} threads), "
            f"loss {res['loss']:.4f}")
+    torch.set_num_threads(max(args.thread_options))  # the machine's peak: every thread
     peak = gemm_peak("cpu", n=args.peak_n, min_time=args.min_time)
   print(json.dumps({"torch": torch.__version__, "threads": threads,
                     "probe_by_threads": {str(k): v for k, v in probe.items()},
@@ -311,6 +312,7 @@ def sgd(args):
     trainer.run(order)
     times.append(time.perf_counter() - t0)
     _log(f"plain PyTorch epoch: {steps} steps in {times[-1]:.2f} s ({threads} threads)")
+  torch.set_num_threads(max(args.thread_options))  # the machine's peak: every thread
   peak = gemm_peak("cpu", n=args.peak_n, min_time=args.min_time)
   print(json.dumps({"torch": torch.__version__, "threads": threads, "probe": probe,
                     "best_probe": best_key, "agreement_losses": losses, "epoch_s": times,
