@@ -67,8 +67,10 @@ from landscape_jax.core import sharding as shd
 from landscape_jax.core.krylov import (
   CURVATURE_PRECISION,
   DensitySmoothing,
+  check_tolerance,
   constrain,
   density_from_quadrature,
+  extreme_ritz_pairs,
   gauss_quadrature,
   lanczos,
   lanczos_iteration,
@@ -678,28 +680,38 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
 # Eigenvalue-ratio maps (Li et al. 2018, Sec. 6).
 
 
-def _curvature_metrics(num_steps, mask, precision, onednn, loss_fn, data, key, params):
+def _curvature_metrics(num_steps, mask, precision, onednn, tol, loss_fn, data, key, params):
   with matmul_precision(precision):
-    return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn)
+    return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn, tol)
 
 
-def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn=None):
+def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn=None, tol=None):
   op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
-  res = lanczos(op.matvec, v0, num_steps=min(num_steps, op.x0.shape[0]), key=k_restart,
-                precision=None)
-  evals = jnp.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))
+  m = min(num_steps, op.x0.shape[0])
+  res = lanczos(op.matvec, v0, num_steps=m, key=k_restart, precision=None, tol=tol)
+  if tol is None:
+    evals = jnp.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))
+    top, bottom = evals[-1], evals[0]
+  else:  # the Ritz values of T_steps (the leading block of the padded run)
+    betas = jnp.concatenate([res.betas, jnp.zeros((1,), res.betas.dtype)])
+    top, _, bottom, _ = extreme_ritz_pairs(res.alphas, betas, res.steps, 1, 1)
+    top, bottom = top[0], bottom[0]
   # a NaN loss can have finite products (see `_check_loss`): such points map to NaN
   finite = jnp.all(jnp.isfinite(mean_loss(loss_fn, params, data)))
-  lmax, lmin = (jnp.where(finite, e, jnp.nan) for e in (evals[-1], evals[0]))
-  return {"lambda_max": lmax, "lambda_min": lmin, "ratio": jnp.abs(lmin / lmax)}
+  lmax, lmin = (jnp.where(finite, e, jnp.nan) for e in (top, bottom))
+  out = {"lambda_max": lmax, "lambda_min": lmin, "ratio": jnp.abs(lmin / lmax)}
+  if tol is not None:
+    out["lanczos_steps"] = res.steps
+  return out
 
 
 def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
                              mask: PyTree | None = None, params_like: PyTree | None = None,
                              key: jax.Array | None = None, precision=CURVATURE_PRECISION,
-                             cpu_convolutions: str = "auto") -> Callable[[PyTree], dict]:
+                             cpu_convolutions: str = "auto", tol: float | None = None
+                             ) -> Callable[[PyTree], dict]:
   """Builds ``metric_fn(params) -> {"lambda_max", "lambda_min", "ratio"}`` for eigenvalue maps.
 
   Li et al. 2018 (Sec. 6) map ``|lambda_min / lambda_max|`` of the Hessian over a 2-D plane:
@@ -723,11 +735,23 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
       ``"highest"``, kept inside a surface evaluated at another precision; None: the
       surrounding setting). Part of the function's identity in a store.
     cpu_convolutions: as in `hvp`, resolved when the function is built.
+    tol: None (default): exactly ``num_steps`` Lanczos steps at every point. A number: each
+      point's Lanczos stops at the first step ``m`` where the largest and the smallest Ritz
+      pairs satisfy the residual bound ``|beta_m s_{m,i}| <= tol |theta_i|`` (`lanczos`'s
+      ``tol``; ``num_steps`` is the cap), and the metric also returns ``"lanczos_steps"``, the
+      ``m`` of that point. Under the engine's `vmap` a chunk's loop runs until its last point
+      stops (the chunk costs its slowest point's steps; each point's values are its own).
+
+  References:
+    Li, Xu, Taylor, Studer and Goldstein 2018, "Visualizing the Loss Landscape of Neural Nets",
+    Sec. 6.
+    Parlett 1998, "The Symmetric Eigenvalue Problem" (residual bounds of Ritz pairs).
   """
   precision = check_precision(precision)
   if num_steps < 2:
     raise ValueError(
       f"num_steps must be at least 2 for both ends of the spectrum, got {num_steps}.")
+  check_tolerance(tol, (1, 1), num_steps)
   if mask is not None:
     mask_t = _mask_tuple(params_like if params_like is not None else mask, mask)
   else:
@@ -735,7 +759,7 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
   key = jax.random.key(0) if key is None else key
   return jax.tree_util.Partial(
     functools.partial(_curvature_metrics, int(num_steps), mask_t, precision,
-                      min_flops_for(cpu_convolutions)),
+                      min_flops_for(cpu_convolutions), None if tol is None else float(tol)),
     as_partial(loss_fn, name="loss_fn"), data, key)
 
 
