@@ -349,9 +349,10 @@ def _check_steps(num_steps: int, dim: int) -> int:
   return min(int(num_steps), dim)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9, 10, 11))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9, 11))
 def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, sharding=None,
                  tick=False, onednn=None, tol=None, tol_ends=(1, 1)):
+  # tol is traced (one compiled program for every tolerance) or None (the fixed-step program)
   op = flat_hvp_operator(loss_fn, params, data, mask, linearize, sharding, onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = constrain(_start_vector(k_start, op.x0.shape[0], op.x0.dtype), sharding)
