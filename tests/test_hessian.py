@@ -93,17 +93,6 @@ def test_eigenvalues_match_dense_eigvalsh(problem):
   again = hs.hessian_eigenvalues(p["loss_fn"], p["params"], (p["x"], p["y"]), top_k=3,
                                  num_steps=40, key=jax.random.key(0))
   np.testing.assert_array_equal(res.top, again.top)
-  # tol: stops where the top-3 Ritz pairs meet the residual bound; values within it of the
-  # dense ones, Ritz vectors with residual |H u - theta u| <= tol theta
-  tol = 1e-3
-  early = hs.hessian_eigenvalues(p["loss_fn"], p["params"], (p["x"], p["y"]), top_k=3,
-                                 num_steps=40, key=jax.random.key(0), vectors=True, tol=tol)
-  assert 3 <= early.num_steps < 40 == res.num_steps and early.ritz_values.size == early.num_steps
-  assert np.all(np.abs(early.top - dense[::-1][:3]) <= tol * np.abs(early.top) + 1e-5)
-  for theta, vec in zip(early.top, early.top_vectors, strict=True):
-    u = _flat(vec)
-    assert np.linalg.norm(p["dense"] @ u - theta * u) <= tol * abs(theta) * 1.05 + 1e-5
-  np.testing.assert_allclose(early.top, res.top, rtol=2 * tol)
 
 
 def test_masked_eigenvalues_and_whole_split(problem):

@@ -349,16 +349,14 @@ def _check_steps(num_steps: int, dim: int) -> int:
   return min(int(num_steps), dim)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9, 11))
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9))
 def _lanczos_jit(loss_fn, params, data, key, num_steps, mask, linearize=False, sharding=None,
-                 tick=False, onednn=None, tol=None, tol_ends=(1, 1)):
-  # tol is traced (one compiled program for every tolerance) or None (the fixed-step program)
+                 tick=False, onednn=None):
   op = flat_hvp_operator(loss_fn, params, data, mask, linearize, sharding, onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = constrain(_start_vector(k_start, op.x0.shape[0], op.x0.dtype), sharding)
   # precision: the caller's
-  return lanczos_iteration(op.matvec, v0, num_steps, k_restart, sharding, 1 if tick else None,
-                           tol=tol, tol_ends=tol_ends)
+  return lanczos_iteration(op.matvec, v0, num_steps, k_restart, sharding, 1 if tick else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,15 +372,12 @@ class HessianEigenvalues(NamedTuple):
     ritz_values: (m,) all Ritz values, ascending (m = number of Lanczos steps).
     top_vectors: list of k unit-norm eigenvector pytrees (structure of params; zero outside the
       mask), or None unless ``vectors=True``.
-    num_steps: the Lanczos steps m taken (with ``tol``: where the residual bound held, or the
-      cap).
   """
 
   top: np.ndarray
   smallest: float
   ritz_values: np.ndarray
   top_vectors: list | None = None
-  num_steps: int | None = None
 
 
 def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: int = 1,
@@ -390,8 +385,7 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
                         mask: PyTree | None = None, vectors: bool = False,
                         linearize: bool = False, progress: bool = True,
                         precision=CURVATURE_PRECISION,
-                        cpu_convolutions: str = "auto",
-                        tol: float | None = None) -> HessianEigenvalues:
+                        cpu_convolutions: str = "auto") -> HessianEigenvalues:
   """Top-k and smallest eigenvalues of the loss Hessian by Lanczos (PyHessian / Li et al.).
 
   Runs `lanczos` with full reorthogonalisation for ``num_steps`` steps from a Gaussian start
@@ -415,10 +409,6 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
       notebook widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
     cpu_convolutions: as in `hvp` (oneDNN or XLA for the convolutions and their derivatives).
-    tol: None (default): exactly ``num_steps`` steps. A number: stop at the first step m where
-      each of the ``top_k`` largest Ritz pairs satisfies the residual bound
-      ``|beta_m s_{m,i}| <= tol |theta_i|`` (`lanczos`'s ``tol``; ``num_steps`` is the cap,
-      the steps taken are ``num_steps`` of the result). ``smallest`` is then not checked.
 
   Returns:
     A `HessianEigenvalues`.
@@ -430,7 +420,6 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   References:
     Yao, Gholami, Keutzer and Mahoney 2020, "PyHessian: Neural Networks Through the Lens of the
     Hessian".
-    Parlett 1998, "The Symmetric Eigenvalue Problem" (residual bounds of Ritz pairs).
   """
   loss_fn = as_partial(loss_fn, name="loss_fn")
   mask_t = _mask_tuple(params, mask)
@@ -438,8 +427,6 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
   m = _check_steps(num_steps, dim)
   if not 1 <= top_k <= m:
     raise ValueError(f"top_k must lie in [1, num_steps={m}], got {top_k}; raise num_steps.")
-  check_tolerance(tol, (top_k, 0), m)
-  tol = None if tol is None else float(tol)
   key = jax.random.key(0) if key is None else key
   with matmul_precision(precision):
     _check_loss("hessian_eigenvalues", loss_fn, params, data)
@@ -448,19 +435,15 @@ def hessian_eigenvalues(loss_fn: LossFn, params: PyTree, data: Any, *, top_k: in
     sharding = vector_sharding(params)
     with progress_lib.active(bar):
       res = _lanczos_jit(loss_fn, params, data, key, m, mask_t, bool(linearize), sharding,
-                         not bar.disable, _onednn(cpu_convolutions, sharding), tol, (top_k, 0))
+                         not bar.disable, _onednn(cpu_convolutions, sharding))
       res = jax.block_until_ready(res)
-  if res.steps is not None:  # stopped early: the run is the leading block
-    m = int(res.steps)
-    res = res._replace(alphas=res.alphas[:m], betas=res.betas[:m - 1], vectors=res.vectors[:m])
   _check_products("hessian_eigenvalues", {"alphas": res.alphas, "betas": res.betas})
   evals, evecs = tridiagonal_eigh(res.alphas, res.betas)
   top = evals[::-1][:top_k]
   vecs = None
   if vectors:
     vecs = ritz_vectors(res.vectors, evecs[:, ::-1][:, :top_k], params, mask=mask_t)
-  return HessianEigenvalues(top=top, smallest=float(evals[0]), ritz_values=evals, top_vectors=vecs,
-                            num_steps=m)
+  return HessianEigenvalues(top=top, smallest=float(evals[0]), ritz_values=evals, top_vectors=vecs)
 
 
 def ritz_vectors(lanczos_vectors: jax.Array, coefficients, params: PyTree, *,
