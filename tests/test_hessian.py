@@ -153,6 +153,20 @@ def test_trace_agrees_within_its_error_bar(problem):
   chunked = hs.hessian_trace(jax.random.key(1), p["loss_fn"], p["params"], (p["x"], p["y"]),
                              num_probes=200, chunk_size=64, probe_batch_size=8)
   np.testing.assert_allclose(chunked.samples, est.samples, rtol=1e-4, atol=1e-5)
+  # rtol: stops at the first chunk where stderr <= rtol |mean| (a prefix of the same probes),
+  # and the estimate agrees with the dense trace within its error bar
+  rtol = 0.1
+  early = hs.hessian_trace(jax.random.key(1), p["loss_fn"], p["params"], (p["x"], p["y"]),
+                           num_probes=200, chunk_size=8, probe_batch_size=8, rtol=rtol)
+  n = early.samples.size
+  assert n % 8 == 0 and 10 <= n < 200, n
+  np.testing.assert_allclose(early.samples, est.samples[:n], rtol=1e-4, atol=1e-5)
+  assert early.stderr <= rtol * abs(early.mean)
+  prev = est.samples[:n - 8]
+  assert prev.size < 10 or prev.std(ddof=1) / np.sqrt(prev.size) > rtol * abs(prev.mean())
+  assert abs(early.mean - exact) < 3 * early.stderr
+  with pytest.raises(ValueError, match="rtol must be"):
+    hs.hessian_trace(jax.random.key(1), p["loss_fn"], p["params"], (p["x"], p["y"]), rtol=0)
 
 
 def test_spectral_density_is_normalised_and_sits_on_dense_eigenvalues(problem):

@@ -502,11 +502,13 @@ def _trace_chunk(loss_fn, params, data, keys, real, mask, probe_batch, sharding=
   return jax.lax.map(one, (keys, real), batch_size=probe_batch)
 
 
-def _chunked_probes(fn, key, num_probes, chunk):
+def _chunked_probes(fn, key, num_probes, chunk, stop=None):
   """Runs ``fn(keys, real)`` over ``split(key, num_probes)`` in chunks (padded to one compiled
-  shape; ``real`` is 1 for a probe, 0 for padding).
+  shape; ``real`` is 1 for a probe, 0 for padding); with `stop`, ends after the first chunk
+  where ``stop(outputs so far)`` is true.
 
-  Probe i always uses ``split(key, num_probes)[i]``: results do not depend on the chunk size.
+  Probe i always uses ``split(key, num_probes)[i]``: results do not depend on the chunk size
+  (with `stop`, the number of probes may: it is checked at the end of every chunk).
   """
   keys = jax.random.split(key, num_probes)
   chunk = max(1, min(int(chunk), num_probes))
@@ -520,6 +522,8 @@ def _chunked_probes(fn, key, num_probes, chunk):
       part = jnp.concatenate([part, keys[:pad]])
     out = jax.tree.map(np.asarray, fn(part, real.astype(jnp.int32)))
     outs.append(jax.tree.map(lambda x, n=chunk - pad: x[:n], out))
+    if stop is not None and stop(jax.tree.map(lambda *xs: np.concatenate(xs), *outs)):
+      break
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
@@ -527,11 +531,14 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                   num_probes: int = 100, mask: PyTree | None = None,
                   probe_batch_size: int | None = None, chunk_size: int | None = None,
                   progress: bool = True, precision=CURVATURE_PRECISION,
-                  cpu_convolutions: str = "auto") -> TraceEstimate:
+                  cpu_convolutions: str = "auto", rtol: float | None = None) -> TraceEstimate:
   """Hutchinson's estimate of ``tr H`` with Rademacher probes (PyHessian), and its error bar.
 
   ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
   ``num_probes`` samples ``z_i^T H z_i`` and its standard error ``std(samples) / sqrt(n)``.
+  With ``rtol``, probes are drawn chunk by chunk until the standard error is at most
+  ``rtol |mean|`` (``num_probes`` the cap): a stopping rule on the quantity the error bar
+  reports, where PyHessian stops when the running mean moves by less than its tol.
 
   Args:
     key: `jax.random` key (deterministic for a key).
@@ -544,6 +551,10 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
       widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
     cpu_convolutions: as in `hvp` (oneDNN or XLA for the convolutions and their derivatives).
+    rtol: None (default): exactly ``num_probes`` probes. A number: stop at the end of the first
+      chunk (``chunk_size`` probes, default 1 here) after which ``stderr <= rtol |mean|`` with
+      at least ``min(10, num_probes)`` probes (fewer make the standard error itself too
+      uncertain to stop on); the samples are then a prefix of the fixed-count run's.
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
@@ -560,6 +571,17 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   """
   if num_probes < 2:
     raise ValueError(f"num_probes must be at least 2 to give a standard error, got {num_probes}.")
+  stop = None
+  if rtol is not None:
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating)) or not rtol > 0:
+      raise ValueError(f"rtol must be a positive number (or None for num_probes probes), got "
+                       f"{rtol!r}.")
+    min_probes = min(10, int(num_probes))
+    chunk_size = chunk_size or 1
+
+    def stop(s):
+      s = np.asarray(s, np.float64)
+      return s.size >= min_probes and s.std(ddof=1) / np.sqrt(s.size) <= rtol * abs(s.mean())
   loss_fn, mask_t = as_partial(loss_fn, name="loss_fn"), _mask_tuple(params, mask)
   with matmul_precision(precision):
     _check_loss("hessian_trace", loss_fn, params, data)
@@ -571,7 +593,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
       s = _chunked_probes(lambda keys, real: _trace_chunk(loss_fn, params, data, keys, real,
                                                           mask_t, probe_batch_size, sharding,
                                                           not bar.disable, onednn),
-                          key, int(num_probes), chunk_size or num_probes)
+                          key, int(num_probes), chunk_size or num_probes, stop)
   s = np.asarray(s, np.float64)
   _check_products("hessian_trace", {"samples": s})
   return TraceEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), s)
