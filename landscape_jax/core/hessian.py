@@ -552,9 +552,12 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
     cpu_convolutions: as in `hvp` (oneDNN or XLA for the convolutions and their derivatives).
     rtol: None (default): exactly ``num_probes`` probes. A number: stop at the end of the first
-      chunk (``chunk_size`` probes, default 1 here) after which ``stderr <= rtol |mean|`` with
+      chunk (``chunk_size`` probes, default 10 here) after which ``stderr <= rtol |mean|`` with
       at least ``min(10, num_probes)`` probes (fewer make the standard error itself too
-      uncertain to stop on); the samples are then a prefix of the fixed-count run's.
+      uncertain to stop on); the samples are then a prefix of the fixed-count run's. Each
+      compiled chunk computes the loss's primal (forward and backward) pass once for all its
+      probes, so chunks of one probe cost about 1.7x more per probe on ResNet-20
+      (benchmarks/bench_pyhessian.py).
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
@@ -577,7 +580,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
       raise ValueError(f"rtol must be a positive number (or None for num_probes probes), got "
                        f"{rtol!r}.")
     min_probes = min(10, int(num_probes))
-    chunk_size = chunk_size or 1
+    chunk_size = chunk_size or min_probes
 
     def stop(s):
       s = np.asarray(s, np.float64)
