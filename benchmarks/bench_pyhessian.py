@@ -1,4 +1,5 @@
-"""Curvature side by side: landscape-jax's Lanczos and Hutchinson against PyHessian.
+"""Curvature side by side: landscape-jax's Hessian-vector products, Lanczos and Hutchinson
+against PyHessian.
 
 Workload: ResNet-20 (random init, BatchNorm statistics of one training-mode pass, as in
 ``bench_w1.py``), one batch of ``--batch`` synthetic 32 x 32 x 3 images, mean cross-entropy in
@@ -6,30 +7,45 @@ inference mode, the Hessian over all parameters. The same weights and batch go t
 an ``.npz`` file; PyHessian (``pip install pyhessian``) runs in its own process
 (``torch_baseline.py pyhessian``).
 
+* One HVP, and where its time goes: the forward pass, the gradient, and the product computed
+  four ways, timed interleaved (medians of ``--repeats`` rounds) and checked against `lj.hvp`:
+  forward-over-reverse (what `lj.hvp` and the curvature routines run), reverse-over-reverse,
+  ``linearize=True`` (the gradient linearised once, then four products reusing its residuals,
+  per product; PyHessian keeps its gradient's graph the same way), and two products vmapped
+  together (``probe_batch_size=2``, per product). PyHessian's per-HVP time is its eigenvalue
+  run's time over its products (it builds its gradient graph once, outside that time).
 * Top-3 eigenvalues. PyHessian: power iteration with deflation, ``eigenvalues(top_n=3,
   tol=1e-3, maxIter=100)`` (stops when an eigenvalue's relative change between two iterations is
-  below tol). landscape-jax: Lanczos (``lj.hessian_eigenvalues(top_k=3, num_steps=m)``), m = the
-  first step at which every top-3 Ritz pair's residual bound ``|beta_m s_{m,i}|`` is at most
-  ``tol |theta_i|`` (found from one ``lj.lanczos`` run of ``--max_steps`` steps over ``lj.hvp``
-  products, whose Ritz values at each prefix are known; a Lanczos with this stopping test built in
-  would stop there). The residual bound is stricter than PyHessian's relative-change test: the
-  Ritz value's error is at most about residual^2 / gap.
+  below tol). landscape-jax: Lanczos on the flat HVP operator of ``lj.hessian_eigenvalues``
+  (the same start vector), stopping at the first step whose top-3 Ritz pairs satisfy the
+  residual bound ``|beta_m s_{m,i}| <= tol |theta_i|`` (``lj.lanczos(tol=tol, tol_ends=(3, 0),
+  num_steps=--max_steps)``; stricter than PyHessian's relative-change test: the Ritz value's
+  error is at most about residual^2 / gap), with and without ``linearize=True``.
 * Trace. PyHessian: Hutchinson with Rademacher probes, ``trace(tol=1e-3, maxIter=100)`` (stops
   when the running mean moves by less than tol relative). landscape-jax:
-  ``lj.hessian_trace(num_probes=n)`` with PyHessian's probe count n, in compiled chunks of
-  ``--probe_chunk`` (a chunk's padding probes are counted); both with their standard error.
+  ``lj.hessian_trace(num_probes=n)`` with PyHessian's probe count n (the same estimator and
+  number of probes, so the same expected standard error), all in one compiled call (the
+  library's default; ``--probe_chunk`` to split), timed on a second call; both with their
+  standard error.
+* Fractions of the float32 GEMM peak (``_common.matmul_peak``, measured in this run): XLA's FLOP
+  count of the same computation with XLA's convolutions (oneDNN's calls are opaque to it) over
+  the time. A product's FLOPs: forward-over-reverse ``F_hvp`` (primal and tangent); a
+  linearised product (and PyHessian's, which reuses its graph) ``F_hvp - F_grad`` (the tangent
+  pass only).
 
-Times are wall seconds after compilation (landscape-jax's compile time printed separately);
+Times are wall seconds after compilation (landscape-jax's compile times printed separately);
 HVP counts are Hessian-vector products (PyHessian's counted by wrapping its
 ``hessian_vector_product``).
 
-Run: ``python benchmarks/bench_pyhessian.py`` (a few minutes on 2 cores; appends to RESULTS.md),
-``--tiny`` for a smoke run (not recorded).
+Run: ``python benchmarks/bench_pyhessian.py`` (about 5 minutes on 2 quiet cores; appends to
+RESULTS.md; PyTorch from ``LANDSCAPE_JAX_TORCH_PYTHON``), ``--tiny`` for a smoke run (not
+recorded).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -48,6 +64,9 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 from scipy.linalg import eigh_tridiagonal  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
+from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions  # noqa: E402
+from landscape_jax.backends.cpu.onednn_autodiff import with_onednn_derivatives  # noqa: E402
+from landscape_jax.core import hessian as hs  # noqa: E402
 
 
 def ritz_convergence(alphas, betas, *, top_k: int, tol: float):
@@ -76,9 +95,12 @@ def parse_args(argv=None):
   p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--tol", type=float, default=1e-3)
   p.add_argument("--max_iter", type=int, default=100, help="PyHessian's maxIter")
-  p.add_argument("--max_steps", type=int, default=60, help="Lanczos steps of the prefix run")
+  p.add_argument("--max_steps", type=int, default=60, help="cap on the Lanczos steps")
+  p.add_argument("--repeats", type=int, default=3, help="rounds of the HVP timings")
   p.add_argument("--top_k", type=int, default=3)
-  p.add_argument("--probe_chunk", type=int, default=10)
+  p.add_argument("--probe_chunk", type=int, default=0,
+                 help="Hutchinson probes per compiled call (padding counted; 0: all, the "
+                      "library's default)")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--cpu_convolutions", default="auto", choices=("auto", "onednn", "xla"),
@@ -86,14 +108,87 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   if args.tiny:
     args.model, args.width, args.batch, args.image_size = "resnet8", 0.5, 16, 16
-    args.max_iter, args.max_steps, args.tol, args.probe_chunk = 20, 20, 1e-2, 5
+    args.max_iter, args.max_steps, args.tol, args.repeats = 20, 20, 1e-2, 1
   return C.finish_args(args)
+
+
+def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, loop: int = 4):
+  """Times the forward pass, the gradient and one HVP computed four ways (interleaved rounds,
+  medians), checks each product against `lj.hvp`, and counts XLA's FLOPs of the forward pass,
+  the gradient and the forward-over-reverse product (with XLA's convolutions)."""
+  onednn = hs.min_flops_for(cpu_convolutions)
+  x0, unravel = ravel_pytree(params)
+  v = jax.random.normal(jax.random.key(11), x0.shape, x0.dtype)
+  w = jax.random.normal(jax.random.key(12), x0.shape, x0.dtype)
+
+  def operator(p, b, linearize=False, conv=onednn):
+    return hs.flat_hvp_operator(loss_fn, p, b, None, linearize, None, conv)
+
+  def flat_grad(conv):
+    def lf(x, b):
+      return loss_fn(unravel(x), b)
+    lf = lf if conv is None else with_onednn_derivatives(lf, min_flops=conv)
+    return canonicalize_convolutions(jax.grad(lf))
+
+  def products(linearize):
+    def f(p, b, u):
+      op = operator(p, b, linearize)
+      return jax.lax.fori_loop(0, loop, lambda i, x: op.matvec(x / jnp.linalg.norm(x)), u)
+    return f
+
+  def rev_rev(p, b, u):
+    g = flat_grad(onednn)
+    return jax.grad(lambda y: jnp.vdot(g(y, b), u))(ravel_pytree(p)[0])
+
+  fns = {
+    "forward": (lambda p, b, u: loss_fn(p, b)),
+    "gradient": (lambda p, b, u: flat_grad(onednn)(ravel_pytree(p)[0], b)),
+    "HVP forward-over-reverse (lj.hvp)": (lambda p, b, u: operator(p, b).matvec(u)),
+    "HVP reverse-over-reverse": rev_rev,
+    f"HVP forward-over-reverse, {loop} in a loop": products(False),
+    f"HVP linearize=True, linearise + {loop} in a loop": products(True),
+    "HVP vmap of 2 (probe_batch_size=2)": (
+      lambda p, b, u: jax.vmap(operator(p, b).matvec)(jnp.stack([u, w]))),
+  }
+  jitted = {k: jax.jit(f) for k, f in fns.items()}
+  out, compile_s = {}, {}
+  for k, f in jitted.items():
+    t = time.perf_counter()
+    out[k] = jax.block_until_ready(f(params, batch, v))
+    compile_s[k] = time.perf_counter() - t
+    print(f"  {k}: first call {compile_s[k]:.1f} s", flush=True)
+  times = {k: [] for k in jitted}
+  for _ in range(repeats):
+    for k, f in jitted.items():
+      t = time.perf_counter()
+      jax.block_until_ready(f(params, batch, v))
+      times[k].append(time.perf_counter() - t)
+  med = {k: float(np.median(t)) for k, t in times.items()}
+  ref = np.asarray(ravel_pytree(lj.hvp(loss_fn, params, batch, unravel(v),
+                                       cpu_convolutions=cpu_convolutions))[0], np.float64)
+
+  def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+  keys = list(fns)
+  diffs = {keys[2]: rel(out[keys[2]], ref), keys[3]: rel(out[keys[3]], ref),
+           keys[5]: rel(out[keys[5]], out[keys[4]]), keys[6]: rel(out[keys[6]][0], ref)}
+  flops = {
+    "forward": C.xla_flops(lambda p, b: loss_fn(p, b), params, batch),
+    "gradient": C.xla_flops(lambda x, b: flat_grad(None)(x, b), x0, batch),
+    "hvp": C.xla_flops(lambda p, b, u: operator(p, b, conv=None).matvec(u), params, batch, v),
+  }
+  return {"median": med, "compile": compile_s, "diffs": diffs, "flops": flops, "keys": keys,
+          "loop": loop}
 
 
 def main(argv=None):
   args = parse_args(argv)
   info = C.announce_machine()
   t_start = time.perf_counter()
+  peak = C.matmul_peak()
+  print(f"float32 GEMM peak {peak:.1f} GFLOP/s", flush=True)
   data = S.synthetic_dataset(max(args.batch, 16), (args.image_size, args.image_size, 3),
                              seed=args.seed)
   model, variables, _, _ = S.setup(args.model, data, seed=args.seed, dtype=jnp.float32,
@@ -105,44 +200,52 @@ def main(argv=None):
   loss0 = float(loss_fn(params, batch))
   dim = lj.hessian.num_curvature_params(params)
   print(f"{args.model}: {dim} parameters, batch {args.batch}, loss {loss0:.6f}", flush=True)
-  out = {"loss": loss0}
+  out = {"loss": loss0, "peak": peak}
 
-  # -- Lanczos prefix run: where a residual-bound stopping test would have stopped
-  x0, unravel = ravel_pytree(params)
+  # -- one HVP and where its time goes
+  parts = hvp_parts(loss_fn, params, batch, cpu_convolutions=args.cpu_convolutions,
+                    repeats=args.repeats)
+  out["parts"] = parts
+  med, keys, flops, loop = parts["median"], parts["keys"], parts["flops"], parts["loop"]
+  f_hvp = flops["hvp"] or float("nan")
+  f_tangent = f_hvp - (flops["gradient"] or float("nan"))
+  t_hvp = med[keys[2]]
+  print(f"one HVP {t_hvp:.3f} s; FLOPs forward {flops['forward']:.3g}, gradient "
+        f"{flops['gradient']:.3g}, HVP {f_hvp:.3g} (tangent pass {f_tangent:.3g})", flush=True)
 
-  @jax.jit  # weights and batch as arguments: closed over, XLA would constant-fold the model
-  def run(loss_fn, params, batch, v0, k):
-    def matvec(v):
-      return ravel_pytree(lj.hvp(loss_fn, params, batch, unravel(v),
-                                 cpu_convolutions=args.cpu_convolutions))[0]
+  # -- landscape-jax: top eigenvalues to the tolerance (Lanczos stopping on the residual bound)
+  onednn = hs.min_flops_for(args.cpu_convolutions)
 
-    return lj.lanczos(matvec, v0, num_steps=args.max_steps, key=k)
+  @functools.partial(jax.jit, static_argnums=(4,))
+  def top_lanczos(loss_fn, params, batch, tol, linearize):
+    op = hs.flat_hvp_operator(loss_fn, params, batch, None, linearize, None, onednn)
+    k_start, k_restart = jax.random.split(jax.random.key(args.seed))
+    v0 = jax.random.normal(k_start, op.x0.shape, op.x0.dtype)  # as hessian_eigenvalues
+    # lj.lanczos(tol=, tol_ends=) without its checks, so that tol is traced: one program
+    return lj.krylov.lanczos_iteration(op.matvec, v0, args.max_steps, k_restart, tol=tol,
+                                       tol_ends=(args.top_k, 0))
 
-  k_start, k_restart = jax.random.split(jax.random.key(args.seed))
-  v0 = jax.random.normal(k_start, x0.shape, x0.dtype)
-  t = time.perf_counter()
-  res = jax.block_until_ready(run(loss_fn, params, batch, v0, k_restart))
-  t_prefix = time.perf_counter() - t
-  steps, top_prefix = ritz_convergence(res.alphas, res.betas, top_k=args.top_k, tol=args.tol)
-  m = steps or args.max_steps
-  print(f"Lanczos prefix run ({args.max_steps} steps, {t_prefix:.1f} s incl. compile): top-"
-        f"{args.top_k} converged (residual bound <= {args.tol} |theta|) at step "
-        f"{steps if steps else 'NOT within ' + str(args.max_steps)}", flush=True)
+  def top_eigenvalues(tol, linearize):
+    with lj.precision.matmul_precision("highest"):
+      res = jax.block_until_ready(top_lanczos(loss_fn, params, batch, tol, linearize))
+    m = int(res.steps)
+    evals, _ = lj.krylov.tridiagonal_eigh(res.alphas[:m], res.betas[:m - 1])
+    return evals[::-1][:args.top_k], m
 
-  # -- landscape-jax: hessian_eigenvalues at m steps (first call compiles), hessian_trace
-  t = time.perf_counter()
-  lj.hessian_eigenvalues(loss_fn, params, batch, top_k=args.top_k, num_steps=m,
-                         key=jax.random.key(args.seed), cpu_convolutions=args.cpu_convolutions)
-  t_first = time.perf_counter() - t
-  t = time.perf_counter()
-  eig = lj.hessian_eigenvalues(loss_fn, params, batch, top_k=args.top_k, num_steps=m,
-                               key=jax.random.key(args.seed),
-                               cpu_convolutions=args.cpu_convolutions)
-  t_eig = time.perf_counter() - t
-  out["lj_eig"] = {"top": [float(v) for v in eig.top], "s": t_eig, "hvps": m,
-                   "compile_s": t_first - t_eig}
-  print(f"lj.hessian_eigenvalues(num_steps={m}): {eig.top} in {t_eig:.2f} s "
-        f"(first call {t_first:.1f} s)", flush=True)
+  eig = {}
+  for lin in (False, True):
+    t = time.perf_counter()  # compiles the program (every tol shares it), a few steps
+    top_eigenvalues(0.9, lin)
+    t_first = time.perf_counter() - t
+    t = time.perf_counter()
+    e = top_eigenvalues(args.tol, lin)
+    t_eig = time.perf_counter() - t
+    eig[lin] = (e, t_eig, t_first)
+    print(f"Lanczos (tol={args.tol}, linearize={lin}): {e[0]} in {t_eig:.2f} s, {e[1]} steps "
+          f"(compile call {t_first:.1f} s)", flush=True)
+  e0 = eig[False][0]
+  out["lj_eig"] = {"top": [float(x) for x in e0[0]], "s": eig[False][1], "hvps": e0[1],
+                   "s_linearize": eig[True][1]}
 
   ph = None
   have_torch, why = C.torch_installed()
@@ -165,31 +268,51 @@ def main(argv=None):
     else:
       print(f"PyHessian: {ph}", flush=True)
       notes.append(f"PyHessian {ph['pyhessian']} on torch {ph['torch']}, {ph['threads']} threads, "
-                   f"own process; its loss {ph['loss']:.6f} vs JAX {loss0:.6f}.")
+                   f"own process; its loss {ph['loss']:.6f} vs JAX {loss0:.6f}; its setup "
+                   f"(forward and graph-keeping backward, not in its times) {ph['setup_s']:.2f} s.")
   elif args.torch:
     print(why, flush=True)
     notes.append(why + ".")
 
-  n_probes = len(ph["trace_samples"]) if ph else args.max_iter
-  chunk = min(args.probe_chunk, n_probes)
+  # -- landscape-jax: Hutchinson with PyHessian's number of probes
+  n_probes = max(2, len(ph["trace_samples"]) if ph else args.max_iter)
+  chunk = min(args.probe_chunk or n_probes, n_probes)
   tkey = jax.random.key(args.seed + 1)
-  t = time.perf_counter()
-  lj.hessian_trace(tkey, loss_fn, params, batch, num_probes=max(2, chunk), chunk_size=chunk,
-                   cpu_convolutions=args.cpu_convolutions)
+  kw = dict(chunk_size=chunk, cpu_convolutions=args.cpu_convolutions, progress=False)
+  t = time.perf_counter()  # compiles the chunk (its shape: `chunk` probes) and runs it
+  lj.hessian_trace(tkey, loss_fn, params, batch, num_probes=max(2, chunk), **kw)
   t_trace_first = time.perf_counter() - t
   t = time.perf_counter()
-  tr = lj.hessian_trace(tkey, loss_fn, params, batch, num_probes=max(2, n_probes),
-                        chunk_size=chunk, cpu_convolutions=args.cpu_convolutions)
+  tr = lj.hessian_trace(tkey, loss_fn, params, batch, num_probes=n_probes, **kw)
   t_trace = time.perf_counter() - t
-  hvps_trace = -(-max(2, n_probes) // chunk) * chunk
+  hvps_trace = -(-n_probes // chunk) * chunk
   out["lj_trace"] = {"mean": tr.mean, "stderr": tr.stderr, "s": t_trace, "hvps": hvps_trace}
   print(f"lj.hessian_trace({n_probes} probes): {tr.mean:.4g} +- {tr.stderr:.2g} in "
-        f"{t_trace:.2f} s (first chunk call {t_trace_first:.1f} s)", flush=True)
+        f"{t_trace:.2f} s (first call {t_trace_first:.1f} s)", flush=True)
 
-  rows = []
-  top = np.asarray(eig.top)
-  rows.append([f"top-{args.top_k} eigenvalues", f"lj.hessian_eigenvalues (Lanczos, {m} steps)",
-               ", ".join(f"{v:.5g}" for v in top), m, t_eig, t_eig / m, "-"])
+  def frac(n_products, seconds, per_product, once=0.0):
+    return (once + n_products * per_product) / 1e9 / seconds / peak
+
+  f_grad = flops["gradient"] or float("nan")
+  t_loop = med[keys[4]] / loop
+  rows = [["one HVP", "lj.hvp, a call of its own (primal and tangent passes)", "-", 1, t_hvp,
+           t_hvp, frac(1, t_hvp, f_hvp), "-"],
+          ["one HVP", f"lj, inside a compiled loop ({loop} products / {loop}; XLA computes the "
+           "primal pass once)", "-", 1, t_loop, t_loop, frac(loop, med[keys[4]], f_tangent,
+                                                             f_grad) * 1.0, "-"]]
+  if ph:
+    t_ph = ph["eig_s"] / ph["eig_hvps"]
+    rows.append(["one HVP", "PyHessian (its eigenvalue run's s / HVPs; graph built once "
+                 "outside)", "-", 1, t_ph, t_ph, frac(1, t_ph, f_tangent),
+                 f"lj / PyHessian time {t_hvp / t_ph:.2f} (own call), {t_loop / t_ph:.2f} "
+                 "(in a loop)"])
+  top = np.asarray(e0[0])
+  for lin in (False, True):
+    (vals, steps), t_e, _ = eig[lin]
+    rows.append([f"top-{args.top_k} eigenvalues",
+                 f"lj Lanczos (tol={args.tol} on the top {args.top_k}, linearize={lin})",
+                 ", ".join(f"{x:.5g}" for x in vals), steps, t_e, t_e / steps,
+                 frac(steps, t_e, f_tangent, f_grad), "-"])
   if ph:
     pv = np.sort(np.asarray(ph["eigenvalues"]))[::-1]
     rel = np.abs(pv - top) / np.abs(top)
@@ -197,12 +320,13 @@ def main(argv=None):
                      "max_rel_diff": float(rel.max())}
     rows.append([f"top-{args.top_k} eigenvalues", "PyHessian (power iteration, deflation)",
                  ", ".join(f"{v:.5g}" for v in pv), ph["eig_hvps"], ph["eig_s"],
-                 ph["eig_s"] / ph["eig_hvps"],
-                 f"max rel diff to lj {rel.max():.2g} (per eigenvalue "
-                 + ", ".join(f"{r:.1g}" for r in rel) + ")"])
-  rows.append(["trace", f"lj.hessian_trace ({n_probes} probes)",
+                 ph["eig_s"] / ph["eig_hvps"], frac(ph["eig_hvps"], ph["eig_s"], f_tangent),
+                 f"max rel diff to lj {rel.max():.2g}; lj / PyHessian time "
+                 f"{eig[False][1] / ph['eig_s']:.2f} ({eig[True][1] / ph['eig_s']:.2f} "
+                 "linearised)"])
+  rows.append(["trace", f"lj.hessian_trace ({n_probes} probes, {chunk} per call)",
                f"{tr.mean:.5g} +- {tr.stderr:.2g}", hvps_trace, t_trace, t_trace / hvps_trace,
-               "-"])
+               frac(hvps_trace, t_trace, f_tangent, f_grad * -(-n_probes // chunk)), "-"])
   if ph:
     s = np.asarray(ph["trace_samples"])
     se = float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else float("nan")
@@ -211,7 +335,18 @@ def main(argv=None):
                        "hvps": ph["trace_hvps"], "z": float(z)}
     rows.append(["trace", "PyHessian (Hutchinson)", f"{s.mean():.5g} +- {se:.2g}",
                  ph["trace_hvps"], ph["trace_s"], ph["trace_s"] / ph["trace_hvps"],
-                 f"difference {z:.2f} combined standard errors"])
+                 frac(ph["trace_hvps"], ph["trace_s"], f_tangent),
+                 f"difference {z:.2f} combined standard errors; lj / PyHessian time "
+                 f"{t_trace / ph['trace_s']:.2f}"])
+  part_rows = []
+  for k in keys:
+    n = loop if "loop" in k else (2 if "vmap" in k else 1)
+    fl = {"forward": flops["forward"], "gradient": flops["gradient"]}.get(k, f_hvp)
+    if "loop" in k:  # the primal pass once (hoisted out of the loop), n tangent passes
+      fl = (f_grad + n * f_tangent) / n
+    part_rows.append([k, med[k], med[k] / n, med[k] / n / t_hvp, frac(1, med[k] / n, fl),
+                      parts["compile"][k],
+                      f"{parts['diffs'][k]:.1e}" if k in parts["diffs"] else "-"])
   load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
   lines = [
     C.format_info(info), "",
@@ -219,15 +354,24 @@ def main(argv=None):
     f"{args.image_size}x{args.image_size}x3 images, mean cross-entropy in inference mode "
     f"(loss {loss0:.5f}), Hessian over all {dim} parameters; lj's convolutions "
     f"cpu_convolutions={args.cpu_convolutions!r} (oneDNN's need AVX-512 for these figures: "
-    f"brgconv:avx512_core); tolerance {args.tol} for both "
-    f"libraries (PyHessian maxIter {args.max_iter}). Lanczos steps from a residual-bound test "
-    f"on one {args.max_steps}-step `lj.lanczos` run ({t_prefix:.1f} s incl. compile): "
-    + (f"converged at step {steps}." if steps else
-       f"NOT converged within {args.max_steps} steps (the row uses {args.max_steps}).")
-    + f" lj compile: eigenvalues {out['lj_eig']['compile_s']:.1f} s, trace chunk "
-    f"{t_trace_first:.1f} s (not in the times below).",
+    f"brgconv:avx512_core); tolerance {args.tol} for both libraries (PyHessian maxIter "
+    f"{args.max_iter}; lj's Lanczos capped at {args.max_steps} steps). float32 GEMM peak "
+    f"{peak:.1f} GFLOP/s measured in this run; XLA's FLOPs (XLA convolutions): forward "
+    f"{flops['forward']:.3g}, gradient {flops['gradient']:.3g}, forward-over-reverse HVP "
+    f"{f_hvp:.3g}, its tangent pass {f_tangent:.3g} (the work of a linearised or PyHessian "
+    f"product). In a compiled loop (Lanczos, a chunk of Hutchinson probes) the primal pass "
+    f"is loop-invariant and XLA computes it once: those rows count F_grad + n F_tangent. "
+    f"lj compile (not in the times): eigenvalues {eig[False][2]:.1f} s (with a "
+    f"3-step run), trace {t_trace_first:.1f} s (with one chunk of {max(2, chunk)} probes).",
     "",
-    C.markdown_table(["quantity", "method", "value", "HVPs", "s", "s/HVP", "agreement"], rows),
+    C.markdown_table(["quantity", "method", "value", "HVPs", "s", "s/HVP", "frac. of peak",
+                      "agreement"], rows),
+    "",
+    f"Where one HVP's time goes (medians of {args.repeats} interleaved rounds; the products "
+    "checked against lj.hvp, the linearised loop against the forward-over-reverse loop):",
+    "",
+    C.markdown_table(["computation", "s per call", "s per product", "x one HVP",
+                      "frac. of peak", "first call s", "max rel diff"], part_rows),
     "", *[f"- {n}" for n in notes],
     f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
   ]

@@ -153,6 +153,20 @@ def test_trace_agrees_within_its_error_bar(problem):
   chunked = hs.hessian_trace(jax.random.key(1), p["loss_fn"], p["params"], (p["x"], p["y"]),
                              num_probes=200, chunk_size=64, probe_batch_size=8)
   np.testing.assert_allclose(chunked.samples, est.samples, rtol=1e-4, atol=1e-5)
+  # rtol: stops at the first chunk where stderr <= rtol |mean| (a prefix of the same probes),
+  # and the estimate agrees with the dense trace within its error bar
+  rtol = 0.1
+  early = hs.hessian_trace(jax.random.key(1), p["loss_fn"], p["params"], (p["x"], p["y"]),
+                           num_probes=200, chunk_size=8, probe_batch_size=8, rtol=rtol)
+  n = early.samples.size
+  assert n % 8 == 0 and 10 <= n < 200, n
+  np.testing.assert_allclose(early.samples, est.samples[:n], rtol=1e-4, atol=1e-5)
+  assert early.stderr <= rtol * abs(early.mean)
+  prev = est.samples[:n - 8]
+  assert prev.size < 10 or prev.std(ddof=1) / np.sqrt(prev.size) > rtol * abs(prev.mean())
+  assert abs(early.mean - exact) < 3 * early.stderr
+  with pytest.raises(ValueError, match="rtol must be"):
+    hs.hessian_trace(jax.random.key(1), p["loss_fn"], p["params"], (p["x"], p["y"]), rtol=0)
 
 
 def test_spectral_density_is_normalised_and_sits_on_dense_eigenvalues(problem):
@@ -250,6 +264,38 @@ def test_ratio_map_through_surface_grid(problem):
   np.testing.assert_allclose(res["lambda_min"][1, 0], evals[0], rtol=1e-4)
   np.testing.assert_allclose(res["ratio"][1, 0], abs(evals[0] / evals[-1]), rtol=2e-4)
   np.testing.assert_allclose(res["lambda_max"][0, 1], p["evals"][-1], rtol=1e-4)
+
+
+def test_curvature_map_stops_on_the_residual_bound(problem):
+  """``tol``: each point's Lanczos stops on the residual bound. At the centre both ends lie
+  within the bound of the dense Hessian's extreme eigenvalues and equal the fixed-step metric
+  run for that many steps; through surface_grid (vmapped chunk of 4) every point reports the
+  steps it needs alone."""
+  p = problem
+  batch, tol = (p["x"], p["y"]), 1e-3
+  metric_fn = hs.make_curvature_metric_fn(p["loss_fn"], batch, num_steps=40, tol=tol)
+  call = jax.jit(lambda f, q: f(q))
+  out = call(metric_fn, p["params"])
+  m = int(out["lanczos_steps"])
+  assert 2 <= m < 40
+  evals = p["evals"]
+  for key, ev in (("lambda_max", evals[-1]), ("lambda_min", evals[0])):
+    # |theta - lambda| <= residual <= tol |theta| (plus float32 rounding)
+    assert abs(float(out[key]) - ev) <= tol * abs(ev) + 1e-5
+  fixed = call(hs.make_curvature_metric_fn(p["loss_fn"], batch, num_steps=m), p["params"])
+  for key in ("lambda_max", "lambda_min", "ratio"):
+    np.testing.assert_allclose(out[key], fixed[key], rtol=1e-5)
+  d1, d2 = lj.random_directions(jax.random.key(7), p["params"], num=2)
+  xs, ys = np.array([0.0, 0.5]), np.array([-0.3, 0.0])
+  res = lj.surface_grid(metric_fn, p["params"], (d1, d2), xs, ys,
+                        engine=lj.EngineOptions(chunk_size=4, progress=False))
+  assert res["lanczos_steps"][0, 1] == m
+  alone = call(metric_fn, lj.plane_point(p["params"], d1, d2, 0.5, -0.3))
+  assert res["lanczos_steps"][1, 0] == int(alone["lanczos_steps"])
+  np.testing.assert_allclose(res["lambda_max"][1, 0], alone["lambda_max"], rtol=1e-5)
+  assert len(np.unique(res["lanczos_steps"])) > 1  # the points of the chunk stop apart
+  with pytest.raises(ValueError, match="tol must be"):
+    hs.make_curvature_metric_fn(p["loss_fn"], batch, tol=-1.0)
 
 
 @pytest.mark.slow

@@ -67,8 +67,10 @@ from landscape_jax.core import sharding as shd
 from landscape_jax.core.krylov import (
   CURVATURE_PRECISION,
   DensitySmoothing,
+  check_tolerance,
   constrain,
   density_from_quadrature,
+  extreme_ritz_pairs,
   gauss_quadrature,
   lanczos,
   lanczos_iteration,
@@ -500,11 +502,13 @@ def _trace_chunk(loss_fn, params, data, keys, real, mask, probe_batch, sharding=
   return jax.lax.map(one, (keys, real), batch_size=probe_batch)
 
 
-def _chunked_probes(fn, key, num_probes, chunk):
+def _chunked_probes(fn, key, num_probes, chunk, stop=None):
   """Runs ``fn(keys, real)`` over ``split(key, num_probes)`` in chunks (padded to one compiled
-  shape; ``real`` is 1 for a probe, 0 for padding).
+  shape; ``real`` is 1 for a probe, 0 for padding); with `stop`, ends after the first chunk
+  where ``stop(outputs so far)`` is true.
 
-  Probe i always uses ``split(key, num_probes)[i]``: results do not depend on the chunk size.
+  Probe i always uses ``split(key, num_probes)[i]``: results do not depend on the chunk size
+  (with `stop`, the number of probes may: it is checked at the end of every chunk).
   """
   keys = jax.random.split(key, num_probes)
   chunk = max(1, min(int(chunk), num_probes))
@@ -518,6 +522,8 @@ def _chunked_probes(fn, key, num_probes, chunk):
       part = jnp.concatenate([part, keys[:pad]])
     out = jax.tree.map(np.asarray, fn(part, real.astype(jnp.int32)))
     outs.append(jax.tree.map(lambda x, n=chunk - pad: x[:n], out))
+    if stop is not None and stop(jax.tree.map(lambda *xs: np.concatenate(xs), *outs)):
+      break
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
@@ -525,23 +531,36 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
                   num_probes: int = 100, mask: PyTree | None = None,
                   probe_batch_size: int | None = None, chunk_size: int | None = None,
                   progress: bool = True, precision=CURVATURE_PRECISION,
-                  cpu_convolutions: str = "auto") -> TraceEstimate:
+                  cpu_convolutions: str = "auto", rtol: float | None = None) -> TraceEstimate:
   """Hutchinson's estimate of ``tr H`` with Rademacher probes (PyHessian), and its error bar.
 
   ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
   ``num_probes`` samples ``z_i^T H z_i`` and its standard error ``std(samples) / sqrt(n)``.
+  With ``rtol``, probes are drawn chunk by chunk until the standard error is at most
+  ``rtol |mean|`` (``num_probes`` the cap): a stopping rule on the quantity the error bar
+  reports, where PyHessian stops when the running mean moves by less than its tol.
 
   Args:
     key: `jax.random` key (deterministic for a key).
     loss_fn, params, data, mask: as in `hvp`.
     num_probes: number of probe vectors (at least 2 for a standard error).
-    probe_batch_size: probes evaluated together with `vmap` (default 1: sequential, least memory).
+    probe_batch_size: probes evaluated together with `vmap` (default 1: sequential, least
+      memory, and on the CPU the fastest: a vmap of two ResNet-20 products cost 1.18x one
+      product per product, while sequential products in a compiled chunk share its primal pass,
+      benchmarks/bench_pyhessian.py).
     chunk_size: probes per compiled call (default: all in one call; the progress bar moves
       with every probe either way). The result does not depend on it.
     progress: one progress bar over the probes (`core.progress`: a terminal bar, a notebook
       widget, nothing in logs); the result does not depend on it.
     precision: matmul precision (`core.precision`; default ``"highest"``, None: JAX's setting).
     cpu_convolutions: as in `hvp` (oneDNN or XLA for the convolutions and their derivatives).
+    rtol: None (default): exactly ``num_probes`` probes. A number: stop at the end of the first
+      chunk (``chunk_size`` probes, default 10 here) after which ``stderr <= rtol |mean|`` with
+      at least ``min(10, num_probes)`` probes (fewer make the standard error itself too
+      uncertain to stop on); the samples are then a prefix of the fixed-count run's. Each
+      compiled chunk computes the loss's primal (forward and backward) pass once for all its
+      probes, so chunks of one probe cost about 1.7x more per probe on ResNet-20
+      (benchmarks/bench_pyhessian.py).
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).
@@ -558,6 +577,17 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   """
   if num_probes < 2:
     raise ValueError(f"num_probes must be at least 2 to give a standard error, got {num_probes}.")
+  stop = None
+  if rtol is not None:
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating)) or not rtol > 0:
+      raise ValueError(f"rtol must be a positive number (or None for num_probes probes), got "
+                       f"{rtol!r}.")
+    min_probes = min(10, int(num_probes))
+    chunk_size = chunk_size or min_probes
+
+    def stop(s):
+      s = np.asarray(s, np.float64)
+      return s.size >= min_probes and s.std(ddof=1) / np.sqrt(s.size) <= rtol * abs(s.mean())
   loss_fn, mask_t = as_partial(loss_fn, name="loss_fn"), _mask_tuple(params, mask)
   with matmul_precision(precision):
     _check_loss("hessian_trace", loss_fn, params, data)
@@ -569,7 +599,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
       s = _chunked_probes(lambda keys, real: _trace_chunk(loss_fn, params, data, keys, real,
                                                           mask_t, probe_batch_size, sharding,
                                                           not bar.disable, onednn),
-                          key, int(num_probes), chunk_size or num_probes)
+                          key, int(num_probes), chunk_size or num_probes, stop)
   s = np.asarray(s, np.float64)
   _check_products("hessian_trace", {"samples": s})
   return TraceEstimate(float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), s)
@@ -678,28 +708,38 @@ def spectral_density(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any,
 # Eigenvalue-ratio maps (Li et al. 2018, Sec. 6).
 
 
-def _curvature_metrics(num_steps, mask, precision, onednn, loss_fn, data, key, params):
+def _curvature_metrics(num_steps, mask, precision, onednn, tol, loss_fn, data, key, params):
   with matmul_precision(precision):
-    return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn)
+    return _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn, tol)
 
 
-def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn=None):
+def _curvature_metrics_impl(num_steps, mask, loss_fn, data, key, params, onednn=None, tol=None):
   op = flat_hvp_operator(loss_fn, params, data, mask, onednn=onednn)
   k_start, k_restart = jax.random.split(key)
   v0 = _start_vector(k_start, op.x0.shape[0], op.x0.dtype)
-  res = lanczos(op.matvec, v0, num_steps=min(num_steps, op.x0.shape[0]), key=k_restart,
-                precision=None)
-  evals = jnp.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))
+  m = min(num_steps, op.x0.shape[0])
+  res = lanczos(op.matvec, v0, num_steps=m, key=k_restart, precision=None, tol=tol)
+  if tol is None:
+    evals = jnp.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))
+    top, bottom = evals[-1], evals[0]
+  else:  # the Ritz values of T_steps (the leading block of the padded run)
+    betas = jnp.concatenate([res.betas, jnp.zeros((1,), res.betas.dtype)])
+    top, _, bottom, _ = extreme_ritz_pairs(res.alphas, betas, res.steps, 1, 1)
+    top, bottom = top[0], bottom[0]
   # a NaN loss can have finite products (see `_check_loss`): such points map to NaN
   finite = jnp.all(jnp.isfinite(mean_loss(loss_fn, params, data)))
-  lmax, lmin = (jnp.where(finite, e, jnp.nan) for e in (evals[-1], evals[0]))
-  return {"lambda_max": lmax, "lambda_min": lmin, "ratio": jnp.abs(lmin / lmax)}
+  lmax, lmin = (jnp.where(finite, e, jnp.nan) for e in (top, bottom))
+  out = {"lambda_max": lmax, "lambda_min": lmin, "ratio": jnp.abs(lmin / lmax)}
+  if tol is not None:
+    out["lanczos_steps"] = res.steps
+  return out
 
 
 def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
                              mask: PyTree | None = None, params_like: PyTree | None = None,
                              key: jax.Array | None = None, precision=CURVATURE_PRECISION,
-                             cpu_convolutions: str = "auto") -> Callable[[PyTree], dict]:
+                             cpu_convolutions: str = "auto", tol: float | None = None
+                             ) -> Callable[[PyTree], dict]:
   """Builds ``metric_fn(params) -> {"lambda_max", "lambda_min", "ratio"}`` for eigenvalue maps.
 
   Li et al. 2018 (Sec. 6) map ``|lambda_min / lambda_max|`` of the Hessian over a 2-D plane:
@@ -723,11 +763,23 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
       ``"highest"``, kept inside a surface evaluated at another precision; None: the
       surrounding setting). Part of the function's identity in a store.
     cpu_convolutions: as in `hvp`, resolved when the function is built.
+    tol: None (default): exactly ``num_steps`` Lanczos steps at every point. A number: each
+      point's Lanczos stops at the first step ``m`` where the largest and the smallest Ritz
+      pairs satisfy the residual bound ``|beta_m s_{m,i}| <= tol |theta_i|`` (`lanczos`'s
+      ``tol``; ``num_steps`` is the cap), and the metric also returns ``"lanczos_steps"``, the
+      ``m`` of that point. Under the engine's `vmap` a chunk's loop runs until its last point
+      stops (the chunk costs its slowest point's steps; each point's values are its own).
+
+  References:
+    Li, Xu, Taylor, Studer and Goldstein 2018, "Visualizing the Loss Landscape of Neural Nets",
+    Sec. 6.
+    Parlett 1998, "The Symmetric Eigenvalue Problem" (residual bounds of Ritz pairs).
   """
   precision = check_precision(precision)
   if num_steps < 2:
     raise ValueError(
       f"num_steps must be at least 2 for both ends of the spectrum, got {num_steps}.")
+  check_tolerance(tol, (1, 1), num_steps)
   if mask is not None:
     mask_t = _mask_tuple(params_like if params_like is not None else mask, mask)
   else:
@@ -735,7 +787,7 @@ def make_curvature_metric_fn(loss_fn: LossFn, data: Any, *, num_steps: int = 20,
   key = jax.random.key(0) if key is None else key
   return jax.tree_util.Partial(
     functools.partial(_curvature_metrics, int(num_steps), mask_t, precision,
-                      min_flops_for(cpu_convolutions)),
+                      min_flops_for(cpu_convolutions), None if tol is None else float(tol)),
     as_partial(loss_fn, name="loss_fn"), data, key)
 
 

@@ -52,16 +52,22 @@ class LanczosResult(NamedTuple):
     betas: (m - 1,) off-diagonal of T (0 where the Krylov space was exhausted and the iteration
       restarted with a fresh random vector orthogonal to the previous ones).
     vectors: (m, P) orthonormal Lanczos vectors (rows).
+    steps: None for a fixed number of steps; with a stopping tolerance (``tol``), the number of
+      steps taken (an int32 scalar): only ``alphas[:steps]``, ``betas[:steps - 1]`` and
+      ``vectors[:steps]`` are the run (the entries after them are zero, but for the next
+      Lanczos vector, ``vectors[steps]``, when ``steps < m``).
   """
 
   alphas: jax.Array
   betas: jax.Array
   vectors: jax.Array
+  steps: Any = None
 
 
 def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_steps: int,
             key: jax.Array | None = None, precision=CURVATURE_PRECISION,
-            sharding=None) -> LanczosResult:
+            sharding=None, tol: float | None = None,
+            tol_ends: tuple[int, int] = (1, 1)) -> LanczosResult:
   """Lanczos tridiagonalisation with full reorthogonalisation, inside `lax.fori_loop`.
 
   For symmetric ``A`` (``matvec(x) = A x``) and unit ``v_1 = v0 / |v0|``:
@@ -72,6 +78,17 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_step
   fresh random unit vector orthogonal to the previous ones (drawn from ``key``), so that the Ritz
   values stay eigenvalues of ``A``. Pure; works under jit and vmap.
 
+  With ``tol``, the steps stop early (`lax.while_loop`, ``num_steps`` the cap) at the first
+  ``m`` where the Ritz pairs ``(theta_i, y_i)`` of ``T_m`` at both ends of the spectrum (the
+  ``tol_ends[0]`` largest and the ``tol_ends[1]`` smallest) satisfy the residual bound
+  ``|beta_m s_{m,i}| <= tol |theta_i|``, with ``s_{m,i}`` the last component of ``y_i``: the
+  Ritz vector's residual is ``|A u_i - theta_i u_i| = |beta_m s_{m,i}|``, so ``A`` has an
+  eigenvalue within that distance of ``theta_i`` (Parlett 1998, Thm. 11.4.1; within
+  ``residual^2 / gap`` once the Ritz value is separated from the rest of the spectrum by
+  ``gap``). The bound certifies the pairs found, not that they are the extreme eigenvalues of
+  ``A``, which no Krylov method can certify. Under `vmap` the loop runs until every item has
+  stopped; each item's steps and values stay its own (`steps`).
+
   Args:
     matvec: the linear map on flat vectors of shape (P,).
     v0: (P,) starting vector (need not be normalised).
@@ -81,23 +98,82 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, *, num_step
       reorthogonalisation (`core.precision`; default ``"highest"``, None: JAX's setting).
     sharding: optional `NamedSharding` of the (P,) vectors (`vector_sharding`): every Lanczos
       vector is then held sharded, ``(m + 1) P / n`` numbers per device over n devices.
+    tol: relative residual bound of the stopping test (None, the default: exactly
+      ``num_steps`` steps, `lax.fori_loop`).
+    tol_ends: how many of the largest and of the smallest Ritz pairs the test checks
+      (default one of each; ``(3, 0)``: the top three). The run takes at least
+      ``sum(tol_ends)`` steps.
 
   Returns:
-    A `LanczosResult`.
+    A `LanczosResult` (``steps`` set when ``tol`` is).
 
   References:
     Ghorbani, Krishnan and Xiao 2019, "An Investigation into Neural Net Optimization via Hessian
     Eigenvalue Density".
+    Parlett 1998, "The Symmetric Eigenvalue Problem", chapters 11 and 13 (residual bounds of
+    Ritz pairs).
   """
   (dim,) = v0.shape
   if not 1 <= num_steps <= dim:
     raise ValueError(f"num_steps must lie in [1, P={dim}], got {num_steps}.")
+  check_tolerance(tol, tol_ends, num_steps)
   with matmul_precision(precision):
-    return lanczos_iteration(matvec, v0, num_steps, key, sharding)
+    return lanczos_iteration(matvec, v0, num_steps, key, sharding, tol=tol,
+                             tol_ends=tuple(tol_ends))
 
 
-def lanczos_iteration(matvec, v0, num_steps: int, key=None, sharding=None, tick=None
-                      ) -> LanczosResult:
+def check_tolerance(tol, tol_ends, num_steps: int) -> None:
+  """Raises ValueError unless ``tol`` (None or > 0) and ``tol_ends`` (two counts >= 0, not both
+  0, at most ``num_steps`` together) make a valid stopping test."""
+  if tol is None:
+    return
+  if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not tol > 0:
+    raise ValueError(f"tol must be a positive number (or None for a fixed number of steps), "
+                     f"got {tol!r}.")
+  ends = tuple(tol_ends)
+  if (len(ends) != 2 or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0
+                            for k in ends) or sum(ends) < 1):
+    raise ValueError(f"tol_ends must be two counts >= 0 (largest, smallest), not both 0, "
+                     f"got {tol_ends!r}.")
+  if sum(ends) > num_steps:
+    raise ValueError(f"tol_ends={ends} checks {sum(ends)} Ritz pairs but num_steps={num_steps}; "
+                     "raise num_steps.")
+
+
+def extreme_ritz_pairs(alphas, betas, steps, num_top: int, num_bottom: int):
+  """Extreme Ritz values of ``T_m``, the leading ``m = steps`` block of the tridiagonal matrix,
+  and their residual bounds ``|beta_m s_{m,i}|``; traceable (``steps`` may be traced).
+
+  ``alphas`` (n,) and ``betas`` (n,) hold the run so far (``betas[m - 1] = beta_m``, the norm
+  of the next residual; entries from ``m`` on are ignored). The trailing ``n - m`` diagonal
+  entries are replaced by a value below the Gershgorin interval of ``T_m`` and decoupled, so one
+  `eigh` of the n x n matrix gives ``T_m``'s eigenpairs above that padding cluster.
+
+  Returns:
+    ``(top, top_resid, bottom, bottom_resid)``: the `num_top` largest Ritz values (descending)
+    and the `num_bottom` smallest (ascending), each with its residual bound.
+  """
+  n = alphas.shape[0]
+  idx = jnp.arange(n)
+  inside = idx < steps
+  b = jnp.where(idx < steps - 1, betas, 0.0)  # couplings inside T_m
+  b_prev = jnp.concatenate([jnp.zeros((1,), b.dtype), b[:-1]])
+  radius = jnp.abs(b) + jnp.abs(b_prev)
+  lo = jnp.min(jnp.where(inside, alphas - radius, jnp.inf))
+  hi = jnp.max(jnp.where(inside, alphas + radius, -jnp.inf))
+  pad = lo - (hi - lo) - 1.0
+  t = jnp.diag(jnp.where(inside, alphas, pad)) + jnp.diag(b[:-1], 1) + jnp.diag(b[:-1], -1)
+  theta, y = jnp.linalg.eigh(t)  # ascending; the n - m padding values come first
+  beta_m = betas[jnp.maximum(steps - 1, 0)]
+  last = y[jnp.maximum(steps - 1, 0)]  # last components s_{m,i} of every eigenvector
+  resid = jnp.abs(beta_m * last)
+  top_idx = n - 1 - jnp.arange(num_top)
+  bottom_idx = n - steps + jnp.arange(num_bottom)
+  return theta[top_idx], resid[top_idx], theta[bottom_idx], resid[bottom_idx]
+
+
+def lanczos_iteration(matvec, v0, num_steps: int, key=None, sharding=None, tick=None, *,
+                      tol=None, tol_ends=(1, 1)) -> LanczosResult:
   """`lanczos` without its checks and precision context, for callers that trace it inside their
   own compiled function (`hessian`); `tick` advances the active progress bar by that amount
   after every step (`core.progress`; None: no bar)."""
@@ -142,8 +218,31 @@ def lanczos_iteration(matvec, v0, num_steps: int, key=None, sharding=None, tick=
     return vecs, alphas.at[j].set(alpha), betas.at[j].set(beta), anorm
 
   init = (vecs, alphas, betas, jnp.zeros((), dtype))
-  vecs, alphas, betas, _ = jax.lax.fori_loop(0, num_steps, body, init)
-  return LanczosResult(alphas, betas[:-1], vecs[:num_steps])
+  if tol is None:
+    vecs, alphas, betas, _ = jax.lax.fori_loop(0, num_steps, body, init)
+    return LanczosResult(alphas, betas[:-1], vecs[:num_steps])
+
+  num_top, num_bottom = tol_ends
+  min_steps = num_top + num_bottom
+
+  def converged(steps, alphas, betas):
+    top, top_r, bottom, bottom_r = extreme_ritz_pairs(alphas, betas, steps, num_top, num_bottom)
+    ok = jnp.all(top_r <= tol * jnp.abs(top)) & jnp.all(bottom_r <= tol * jnp.abs(bottom))
+    return ok & (steps >= min_steps)
+
+  def cond(carry):
+    j, done, _ = carry
+    return (j < num_steps) & ~done
+
+  def while_body(carry):
+    j, _, inner = carry
+    inner = body(j, inner)
+    _, alphas, betas, _ = inner
+    return j + 1, converged(j + 1, alphas, betas), inner
+
+  steps, _, (vecs, alphas, betas, _) = jax.lax.while_loop(
+    cond, while_body, (jnp.zeros((), jnp.int32), jnp.zeros((), bool), init))
+  return LanczosResult(alphas, betas[:-1], vecs[:num_steps], steps)
 
 
 def tridiagonal(alphas: jax.Array, betas: jax.Array) -> jax.Array:
@@ -256,8 +355,10 @@ __all__ = [
   "CURVATURE_PRECISION",
   "DensitySmoothing",
   "LanczosResult",
+  "check_tolerance",
   "constrain",
   "density_from_quadrature",
+  "extreme_ritz_pairs",
   "gauss_quadrature",
   "lanczos",
   "lanczos_iteration",
