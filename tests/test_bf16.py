@@ -438,3 +438,17 @@ def test_zoo_bf16_sum_post_op_is_the_binary_add_and_float32_is_untouched(monkeyp
   for k in out["f32"]:
     np.testing.assert_allclose(out["sum"][k], out["binary"][k], rtol=1e-6, err_msg=name)
     assert abs(out["sum"][k] - out["f32"][k]) <= 1e-2 * max(abs(out["f32"][k]), 1), (name, k)
+
+
+@needs_bf16_cpu
+def test_bf16_aliased_residual_that_is_also_the_input_and_used_later():
+  """The residual buffer becomes the output (aliased): XLA must copy it where the same array is
+  also the convolution's input and is read again afterwards; the results say it does."""
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 16, 16)) / 12
+  ours = jax.jit(lambda x: onednn.conv(x, w, padding=1, residual=x, relu=True,
+                                       compute_dtype="bfloat16") + x)
+  ref = np.maximum(numpy_conv(_bf16(x), _bf16(w), (1, 1), (1, 1, 1, 1), (1, 1))
+                   + np.asarray(x), 0) + np.asarray(x)
+  assert "output_operand_aliases" in hlo_text(ours, x)
+  np.testing.assert_allclose(np.asarray(ours(x)), ref, rtol=1e-5, atol=1e-5)
