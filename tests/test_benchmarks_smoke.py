@@ -155,6 +155,24 @@ def test_bench_w1_bf16_tiny():
   assert len(res["agreement"]) == 4
 
 
+@pytest.mark.slow
+def test_bench_bf16_breakdown_tiny():
+  """The one-core breakdown times both whole passes and every convolution form it names, and the
+  PyTorch worker answers (where torch is installed); nothing pins the test process itself."""
+  import os as _os
+  before = _os.sched_getaffinity(0)
+  missing = _torch_missing()
+  res = _load("bench_bf16_breakdown").main(["--tiny", "--no-record"]
+                                           + (["--no-torch"] if missing else []))
+  assert _os.sched_getaffinity(0) == before
+  assert len(res["whole"]) == 3 and "ours, bfloat16" in res["whole"]
+  assert all(t > 0 for t in res["whole"].values())
+  assert len(res["layers"]) == 4 and all(lay["impl"] for lay in res["layers"])
+  if missing:
+    _jax_part_ran_then_skip_torch(missing)
+  assert len(res["torch"]["layers"]) == 4 and res["torch"]["forward"]["eager"] > 0
+
+
 def test_cpu_features_line_names_present_absent_and_needed(monkeypatch):
   """The `cpu features:` line of every RESULTS block: which flags the CPU has and lacks, and the
   flags each chosen oneDNN kernel needs."""

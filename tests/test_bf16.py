@@ -390,3 +390,65 @@ def test_auto_on_a_bf16_cpu_is_the_bf16_path(resnet8_digits):
   np.testing.assert_array_equal(jax.jit(auto)(params)["loss"], want["loss"])
   xla = _metric(resnet8_digits, cpu_convolutions="xla", compute_dtype="auto")
   assert "bf16" not in hlo_text(xla, params)  # XLA's CPU convolutions: float32
+
+
+# --------------------------------------------- the residual as oneDNN's sum post-op (bf16 only)
+_ZOO = [("resnet8", {"width": 0.25}), ("preresnet110", {"depth": 8, "width": 0.25}),
+        ("wrn16_4", {"depth": 10, "widen_factor": 1}), ("vgg9_bn", {"width": 0.125}),
+        ("densenet_bc_100_12", {"depth": 10, "growth_rate": 4}), ("convfc", {"width": 0.125})]
+
+
+@needs_bf16_cpu
+@pytest.mark.parametrize("name,overrides", [
+  pytest.param(*z, marks=() if z[0] == "resnet8" else pytest.mark.slow) for z in _ZOO],
+  ids=[z[0] for z in _ZOO])
+def test_zoo_bf16_sum_post_op_is_the_binary_add_and_float32_is_untouched(monkeypatch, name,
+                                                                          overrides):
+  """A float32 residual added by a bf16 convolution is passed as the output buffer (aliased) and
+  added by oneDNN's sum post-op instead of a binary add (faster there): on every zoo family
+  (tiny widths, BatchNorm statistics of the batch) the bf16 metrics equal the binary-add path's
+  to 1e-6 relative (they were bit-identical when written: the same float32 additions), stay
+  within 1e-2 of float32, and float32 programs carry no aliasing (the default is unchanged)."""
+  k1, k2 = jax.random.split(jax.random.key(9))
+  images = jax.random.normal(k1, (10, 8, 8, 3))
+  labels = jax.random.randint(k2, (10,), 0, 10)
+  model = lj.get_model(name, num_classes=10, **overrides)
+  variables = model.init(jax.random.key(0), images[:1])
+  if "batch_stats" in variables:  # live units: the statistics of this batch
+    _, upd = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    variables = {**variables, **upd}
+
+  def metric(dtype, variables=variables, model=model):
+    return lj.make_metric_fn(model, (images, labels), batch_stats=variables.get("batch_stats"),
+                             batch_size=5, compute_dtype=dtype)
+
+  params = variables["params"]
+  out = {}
+  for label, dtype, sum_op in (("f32", None, True), ("sum", "bfloat16", True),
+                               ("binary", "bfloat16", False)):
+    monkeypatch.setattr(onednn, "_SUM_RESIDUAL", sum_op)
+    onednn._conv_fn.cache_clear()
+    fn = metric(dtype)
+    text = hlo_text(fn, params)
+    aliased = "output_operand_aliases" in text or "tf.aliasing_output" in text
+    assert aliased == (label == "sum" and name in ("resnet8", "preresnet110", "wrn16_4")), (
+      name, label)
+    out[label] = {k: float(v) for k, v in jax.jit(fn)(params).items()}
+  onednn._conv_fn.cache_clear()
+  for k in out["f32"]:
+    np.testing.assert_allclose(out["sum"][k], out["binary"][k], rtol=1e-6, err_msg=name)
+    assert abs(out["sum"][k] - out["f32"][k]) <= 1e-2 * max(abs(out["f32"][k]), 1), (name, k)
+
+
+@needs_bf16_cpu
+def test_bf16_aliased_residual_that_is_also_the_input_and_used_later():
+  """The residual buffer becomes the output (aliased): XLA must copy it where the same array is
+  also the convolution's input and is read again afterwards; the results say it does."""
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 16, 16)) / 12
+  ours = jax.jit(lambda x: onednn.conv(x, w, padding=1, residual=x, relu=True,
+                                       compute_dtype="bfloat16") + x)
+  ref = np.maximum(numpy_conv(_bf16(x), _bf16(w), (1, 1), (1, 1, 1, 1), (1, 1))
+                   + np.asarray(x), 0) + np.asarray(x)
+  assert "output_operand_aliases" in hlo_text(ours, x)
+  np.testing.assert_allclose(np.asarray(ours(x)), ref, rtol=1e-5, atol=1e-5)

@@ -14,7 +14,11 @@ numerical part of routing convolutions through oneDNN as an XLA FFI custom call:
   one grid point each, become a sequential `lax.map`: XLA's grouped convolution is far slower).
   With ``compute_dtype="bfloat16"`` it convolves ``bf16(x)`` with ``bf16(w)`` (round to nearest
   even) and accumulates in float32 (oneDNN's bf16 kernels: AVX512-BF16 / AMX on CPUs that have
-  them, see `onednn_build.cpu_bf16_flags`); the epilogue stays float32.
+  them, see `onednn_build.cpu_bf16_flags`); the epilogue stays float32. There a float32
+  residual with a float32 result is passed as the output buffer itself (XLA aliases the two) and
+  added by oneDNN's sum post-op, the same float32 additions as the binary-add post-op it
+  replaces (bit-identical where measured) at a fraction of the cost
+  (`benchmarks/bench_bf16_breakdown.py`).
 * `implementation` names the oneDNN kernel chosen for a shape.
 
 `backends.cpu.fusion.with_onednn_convolutions` rewrites a whole function to use `conv`;
@@ -43,6 +47,9 @@ from landscape_jax.backends.cpu.onednn_build import (
 )
 
 __all__ = ["OnednnUnavailable", "conv", "implementation"]
+
+
+_SUM_RESIDUAL = True  # tests compare it with the binary-add post-op (False)
 
 
 def _out_size(size: int, k: int, stride: int, dilation: int, lo: int, hi: int) -> int:
@@ -95,7 +102,11 @@ def _ffi(cfg: Config, x, w, *rest):
      _out_size(wd, kw, cfg.strides[1], cfg.dilation[1], *cfg.padding[2:]), o),
     jnp.bfloat16 if cfg.out_bf16 else jnp.float32)
   library()
-  return jax.ffi.ffi_call(TARGET, out)(
+  # bf16 compute with a float32 residual and output: the residual is passed as the output buffer
+  # (aliased) and oneDNN adds the product onto it (a sum post-op, faster than a binary add there)
+  alias = ({2 + cfg.bias: 0} if cfg.residual and cfg.bf16 and not cfg.out_bf16 and _SUM_RESIDUAL
+           else {})
+  return jax.ffi.ffi_call(TARGET, out, input_output_aliases=alias)(
     *_operands(cfg, x, w), *rest, strides=np.asarray(cfg.strides, np.int64),
     padding=np.asarray(cfg.padding, np.int64), dilation=np.asarray(cfg.dilation, np.int64),
     bias=cfg.bias, residual=cfg.residual, relu=cfg.relu)
