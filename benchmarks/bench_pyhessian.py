@@ -112,10 +112,19 @@ def parse_args(argv=None):
   return C.finish_args(args)
 
 
-def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, loop: int = 4):
+HVP = "HVP forward-over-reverse (lj.hvp)"
+
+
+def loop_key(loop: int) -> str:
+  return f"HVP forward-over-reverse, {loop} in a loop"
+
+
+def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, loop: int = 4,
+              full: bool = True):
   """Times the forward pass, the gradient and one HVP computed four ways (interleaved rounds,
   medians), checks each product against `lj.hvp`, and counts XLA's FLOPs of the forward pass,
-  the gradient and the forward-over-reverse product (with XLA's convolutions)."""
+  the gradient and the forward-over-reverse product (with XLA's convolutions). ``full=False``
+  (--tiny) keeps the forward pass, the gradient, one product and the loop of products."""
   onednn = hs.min_flops_for(cpu_convolutions)
   x0, unravel = ravel_pytree(params)
   v = jax.random.normal(jax.random.key(11), x0.shape, x0.dtype)
@@ -140,16 +149,20 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
     g = flat_grad(onednn)
     return jax.grad(lambda y: jnp.vdot(g(y, b), u))(ravel_pytree(p)[0])
 
+  k_rev, k_lin, k_vmap = ("HVP reverse-over-reverse",
+                           f"HVP linearize=True, linearise + {loop} in a loop",
+                           "HVP vmap of 2 (probe_batch_size=2)")
   fns = {
     "forward": (lambda p, b, u: loss_fn(p, b)),
     "gradient": (lambda p, b, u: flat_grad(onednn)(ravel_pytree(p)[0], b)),
-    "HVP forward-over-reverse (lj.hvp)": (lambda p, b, u: operator(p, b).matvec(u)),
-    "HVP reverse-over-reverse": rev_rev,
-    f"HVP forward-over-reverse, {loop} in a loop": products(False),
-    f"HVP linearize=True, linearise + {loop} in a loop": products(True),
-    "HVP vmap of 2 (probe_batch_size=2)": (
-      lambda p, b, u: jax.vmap(operator(p, b).matvec)(jnp.stack([u, w]))),
+    HVP: (lambda p, b, u: operator(p, b).matvec(u)),
+    k_rev: rev_rev,
+    loop_key(loop): products(False),
+    k_lin: products(True),
+    k_vmap: (lambda p, b, u: jax.vmap(operator(p, b).matvec)(jnp.stack([u, w]))),
   }
+  if not full:
+    fns = {k: f for k, f in fns.items() if k not in (k_rev, k_lin, k_vmap)}
   jitted = {k: jax.jit(f) for k, f in fns.items()}
   out, compile_s = {}, {}
   for k, f in jitted.items():
@@ -172,8 +185,10 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
   keys = list(fns)
-  diffs = {keys[2]: rel(out[keys[2]], ref), keys[3]: rel(out[keys[3]], ref),
-           keys[5]: rel(out[keys[5]], out[keys[4]]), keys[6]: rel(out[keys[6]][0], ref)}
+  diffs = {HVP: rel(out[HVP], ref)}
+  if full:
+    diffs.update({k_rev: rel(out[k_rev], ref), k_lin: rel(out[k_lin], out[loop_key(loop)]),
+                  k_vmap: rel(out[k_vmap][0], ref)})
   flops = {
     "forward": C.xla_flops(lambda p, b: loss_fn(p, b), params, batch),
     "gradient": C.xla_flops(lambda x, b: flat_grad(None)(x, b), x0, batch),
@@ -204,12 +219,12 @@ def main(argv=None):
 
   # -- one HVP and where its time goes
   parts = hvp_parts(loss_fn, params, batch, cpu_convolutions=args.cpu_convolutions,
-                    repeats=args.repeats)
+                    repeats=args.repeats, full=not args.tiny)
   out["parts"] = parts
   med, keys, flops, loop = parts["median"], parts["keys"], parts["flops"], parts["loop"]
   f_hvp = flops["hvp"] or float("nan")
   f_tangent = f_hvp - (flops["gradient"] or float("nan"))
-  t_hvp = med[keys[2]]
+  t_hvp = med[HVP]
   print(f"one HVP {t_hvp:.3f} s; FLOPs forward {flops['forward']:.3g}, gradient "
         f"{flops['gradient']:.3g}, HVP {f_hvp:.3g} (tangent pass {f_tangent:.3g})", flush=True)
 
@@ -233,7 +248,8 @@ def main(argv=None):
     return evals[::-1][:args.top_k], m
 
   eig = {}
-  for lin in (False, True):
+  lins = (False,) if args.tiny else (False, True)
+  for lin in lins:
     t = time.perf_counter()  # compiles the program (every tol shares it), a few steps
     top_eigenvalues(0.9, lin)
     t_first = time.perf_counter() - t
@@ -245,7 +261,7 @@ def main(argv=None):
           f"(compile call {t_first:.1f} s)", flush=True)
   e0 = eig[False][0]
   out["lj_eig"] = {"top": [float(x) for x in e0[0]], "s": eig[False][1], "hvps": e0[1],
-                   "s_linearize": eig[True][1]}
+                   "s_linearize": eig[True][1] if True in eig else None}
 
   ph = None
   have_torch, why = C.torch_installed()
@@ -294,11 +310,11 @@ def main(argv=None):
     return (once + n_products * per_product) / 1e9 / seconds / peak
 
   f_grad = flops["gradient"] or float("nan")
-  t_loop = med[keys[4]] / loop
+  t_loop = med[loop_key(loop)] / loop
   rows = [["one HVP", "lj.hvp, a call of its own (primal and tangent passes)", "-", 1, t_hvp,
            t_hvp, frac(1, t_hvp, f_hvp), "-"],
           ["one HVP", f"lj, inside a compiled loop ({loop} products / {loop}; XLA computes the "
-           "primal pass once)", "-", 1, t_loop, t_loop, frac(loop, med[keys[4]], f_tangent,
+           "primal pass once)", "-", 1, t_loop, t_loop, frac(loop, med[loop_key(loop)], f_tangent,
                                                              f_grad) * 1.0, "-"]]
   if ph:
     t_ph = ph["eig_s"] / ph["eig_hvps"]
@@ -307,7 +323,7 @@ def main(argv=None):
                  f"lj / PyHessian time {t_hvp / t_ph:.2f} (own call), {t_loop / t_ph:.2f} "
                  "(in a loop)"])
   top = np.asarray(e0[0])
-  for lin in (False, True):
+  for lin in lins:
     (vals, steps), t_e, _ = eig[lin]
     rows.append([f"top-{args.top_k} eigenvalues",
                  f"lj Lanczos (tol={args.tol} on the top {args.top_k}, linearize={lin})",
@@ -322,8 +338,8 @@ def main(argv=None):
                  ", ".join(f"{v:.5g}" for v in pv), ph["eig_hvps"], ph["eig_s"],
                  ph["eig_s"] / ph["eig_hvps"], frac(ph["eig_hvps"], ph["eig_s"], f_tangent),
                  f"max rel diff to lj {rel.max():.2g}; lj / PyHessian time "
-                 f"{eig[False][1] / ph['eig_s']:.2f} ({eig[True][1] / ph['eig_s']:.2f} "
-                 "linearised)"])
+                 f"{eig[False][1] / ph['eig_s']:.2f}"
+                 + (f" ({eig[True][1] / ph['eig_s']:.2f} linearised)" if True in eig else "")])
   rows.append(["trace", f"lj.hessian_trace ({n_probes} probes, {chunk} per call)",
                f"{tr.mean:.5g} +- {tr.stderr:.2g}", hvps_trace, t_trace, t_trace / hvps_trace,
                frac(hvps_trace, t_trace, f_tangent, f_grad * -(-n_probes // chunk)), "-"])
