@@ -14,6 +14,16 @@ seconds), and the CPU's theoretical fp32 FMA peak.
 
 Run: ``python benchmarks/bench_conv_layers.py`` (about a minute; appends to RESULTS.md),
 ``--tiny`` for a smoke run (batch 8, not recorded).
+
+``--backward``: where a training step's time goes. For each distinct convolution, the best time
+of the forward, backward-data and backward-weights products on oneDNN (the three FFI calls of
+``onednn_autodiff``, each jitted alone), on XLA (``jax.vjp`` of ``lax.conv_general_dilated``:
+the forward, then the two cotangents each jitted alone) and on PyTorch (``torch_conv_backward.py``
+in its own process: ``F.conv2d`` and ``aten.convolution_backward``, channels-last); then one
+whole training step on each side (``training.train_step`` with ``cpu_convolutions="onednn"``
+and ``"xla"``; PyTorch's ``torch.optim.SGD`` loop, channels-last) and the step's time outside
+the convolutions: ``step - sum over layers of uses x (fwd + bwd_data + bwd_weights)`` (the
+first layer's backward data, which no step computes, left out).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import argparse
 import collections
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -108,15 +119,155 @@ def parse_args(argv=None):
   p.add_argument("--min_time", type=float, default=1.0,
                  help="seconds of repeated calls per measurement (the best call counts)")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
+  p.add_argument("--backward", action="store_true",
+                 help="per-layer forward / backward-data / backward-weights times and the "
+                      "training step's time outside the convolutions (oneDNN, XLA, PyTorch)")
   args = p.parse_args(argv)
   if args.tiny:
     args.batch, args.repeats, args.min_time = 8, 2, 0.0
   return C.finish_args(args)
 
 
+def backward_main(args, info):
+  """``--backward``: per-layer times of the three products and of one whole training step."""
+  import optax
+
+  from landscape_jax.backends.cpu import onednn_autodiff as ad
+  from landscape_jax.methods import training
+
+  t_start = time.perf_counter()
+  if not (jax.default_backend() == "cpu" and onednn_build.available()):
+    raise SystemExit(f"--backward needs oneDNN on the CPU: {onednn_build.unavailable_reason()}")
+  shapes = conv_shapes(args.model, batch=args.batch)
+  key = jax.random.key(0)
+  out = []
+  for i, (s, count) in enumerate(shapes):
+    k1, k2, k3 = jax.random.split(jax.random.fold_in(key, i), 3)
+    x = jax.random.normal(k1, (s["n"], s["h"], s["w"], s["c"]), jnp.float32)
+    w = jax.random.normal(k2, (s["k"], s["k"], s["c"], s["o"]), jnp.float32)
+    p = s["pad"]
+    params = dict(strides=(s["stride"],) * 2, padding=(p,) * 4, dilation=(1, 1),
+                  in_hw=(s["h"], s["w"]), k_hw=(s["k"], s["k"]))
+    xla_f = lambda x, w, s=s, p=p: jax.lax.conv_general_dilated(
+      x, w, (s["stride"],) * 2, ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.jit(xla_f)(x, w)
+    dy = jax.random.normal(k3, y.shape, jnp.float32)
+    dnn = {"fwd": jax.jit(lambda x, w, params=params: ad.conv_p.bind(x, w, kind="fwd", **params)),
+           "bwd_data": jax.jit(lambda dy, w, params=params: ad.conv_p.bind(
+             dy, w, kind="bwd_data", **params)),
+           "bwd_weights": jax.jit(lambda x, dy, params=params: ad.conv_p.bind(
+             x, dy, kind="bwd_weights", **params))}
+    xla = {"fwd": jax.jit(xla_f),
+           "bwd_data": jax.jit(lambda dy, w, x=x, f=xla_f: jax.vjp(lambda a: f(a, w), x)[1](dy)[0]),
+           "bwd_weights": jax.jit(lambda x, dy, w=w, f=xla_f: jax.vjp(lambda b: f(x, b), w)[1](
+             dy)[0])}
+    operands = {"fwd": (x, w), "bwd_data": (dy, w), "bwd_weights": (x, dy)}
+    r = {"shape": s, "count": count, "flops": flops_of(s)}
+    for kind in ad.KINDS:  # exactness of the products timed: oneDNN against XLA
+      got, want = (np.asarray(f[kind](*operands[kind])) for f in (dnn, xla))
+      if np.max(np.abs(got - want)) > 1e-4 * np.max(np.abs(want)):
+        raise AssertionError(f"oneDNN and XLA {kind} differ for {s}.")
+      times = time_interleaved({"onednn": dnn[kind], "xla": xla[kind]}, *operands[kind],
+                               repeats=args.repeats, min_time=args.min_time)
+      r[f"onednn_{kind}"], r[f"xla_{kind}"] = times["onednn"], times["xla"]
+      r[f"impl_{kind}"] = ad.implementation(kind, x.shape, w.shape, strides=s["stride"],
+                                            padding=p)
+    out.append(r)
+    print(f"  {s} x{count}: " + ", ".join(
+      f"{k} oneDNN {1e3 * r[f'onednn_{k}']:.2f} ms / XLA {1e3 * r[f'xla_{k}']:.2f} ms"
+      for k in ad.KINDS), flush=True)
+
+  model = lj.get_model(args.model, num_classes=10)
+  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))
+  images = jax.random.randint(key, (args.batch, 32, 32, 3), 0, 256).astype(jnp.uint8)
+  labels = jnp.arange(args.batch) % 10
+  state = training.create_train_state(model, jax.random.key(1), images, tx)
+  mean, std = jnp.full(3, 120.0), jnp.full(3, 60.0)
+  steps = {c: (lambda st, c=c: training.train_step(
+    st, (images, labels), jax.random.key(2), model=model, tx=tx, mean=mean, std=std,
+    cpu_convolutions=c)) for c in ("onednn", "xla")}
+  step_s = time_interleaved(steps, state, repeats=args.repeats, min_time=2 * args.min_time)
+
+  def conv_total(time_of):
+    """Sum over layers of uses x product times; the first convolution (3 input channels, the
+    images) has no backward data in a training step."""
+    return sum(r["count"] * time_of(r, kind) for r in out for kind in ad.KINDS
+               if not (kind == "bwd_data" and r["shape"]["c"] == 3))
+
+  sides = {"onednn": conv_total(lambda r, k: r[f"onednn_{k}"]),
+           "xla": conv_total(lambda r, k: r[f"xla_{k}"])}
+  steps_all = {"onednn": step_s["onednn"], "xla": step_s["xla"]}
+  notes = []
+  have_torch, why = C.torch_installed()
+  if args.torch and have_torch:
+    proc = subprocess.run(
+      [C.torch_python(), os.path.join(_HERE, "torch_conv_backward.py"), "--shapes",
+       json.dumps([r["shape"] for r in out]), "--repeats", str(args.repeats), "--min_time",
+       str(args.min_time), "--threads", str(os.cpu_count())],
+      capture_output=True, text=True, timeout=600, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+      raise RuntimeError(f"torch_conv_backward.py failed: {proc.stderr[-2000:]}")
+    ans = json.loads(lines[-1])
+    for r, t in zip(out, ans["layers"], strict=True):
+      for kind in ad.KINDS:
+        r[f"torch_{kind}"] = t[kind]
+    sides["torch"] = conv_total(lambda r, k: r[f"torch_{k}"])
+    steps_all["torch"] = ans["step"]
+    notes.append(f"PyTorch {ans['torch']} in its own process, {ans['threads']} threads, "
+                 "channels-last, float32 (`F.conv2d`, `aten.convolution_backward`; the step: "
+                 "`torch.optim.SGD` momentum 0.9, weight decay 5e-4, BatchNorm in training mode).")
+  elif args.torch:
+    notes.append(why + ".")
+
+  def ms(v):
+    return f"{1e3 * v:.2f}" if v == v else "-"
+
+  names = [k for k in ("onednn", "xla", "torch") if k in sides]
+  header = ["conv (N, H, W, C -> O, k, stride)", "uses"] + [
+    f"{k} {side}" for k in ("fwd", "bwd_data", "bwd_weights") for side in names] + [
+      "oneDNN kernels (fwd / bwd_data / bwd_weights)"]
+  rows = []
+  for r in out:
+    s = r["shape"]
+    rows.append([f"{s['n']}x{s['h']}x{s['w']}x{s['c']} -> {s['o']}, {s['k']}x{s['k']}, "
+                 f"s{s['stride']}", r["count"]] + [
+      ms(r.get(f"{side}_{k}", float("nan"))) for k in ("fwd", "bwd_data", "bwd_weights")
+      for side in names] + [" / ".join(r[f"impl_{k}"] for k in ad.KINDS)])
+  per_kind = {(side, k): sum(r["count"] * r[f"{side}_{k}"] for r in out
+                             if not (k == "bwd_data" and r["shape"]["c"] == 3))
+              for side in names for k in ad.KINDS}
+  rows.append(["all convolutions of one training step", sum(r["count"] for r in out)] + [
+    ms(per_kind[(side, k)]) for k in ("fwd", "bwd_data", "bwd_weights") for side in names] + [""])
+  summary_header = ["side", "step ms", "convolutions ms (sum of the table)", "rest ms",
+                    "rest / step"]
+  summary = [[side, ms(steps_all[side]), ms(sides[side]), ms(steps_all[side] - sides[side]),
+              f"{(steps_all[side] - sides[side]) / steps_all[side]:.2f}"] for side in names]
+  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  lines = [C.format_info(info), "",
+           f"Where a {args.model} training step at batch {args.batch} (float32, 32x32x3) spends "
+           f"its time: ms per product of each distinct convolution (best call of >= "
+           f"{args.repeats} and >= {args.min_time} s of calls; oneDNN and XLA called in turn; "
+           "PyTorch in its own process), then the whole step (`training.train_step`, "
+           "`cpu_convolutions` onednn / xla; PyTorch's SGD loop) and what is left outside the "
+           "convolutions (BatchNorm in training mode, ReLU, adds, pooling, loss, optimiser "
+           "update, layout copies, call overheads).", "",
+           C.markdown_table(header, rows), "", C.markdown_table(summary_header, summary), "",
+           *[f"- {n}" for n in notes],
+           f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}."]
+  print("\n".join(lines[2:]), flush=True)
+  if args.record:
+    C.append_results(f"bench_conv_layers.py --backward: {args.model} training step breakdown "
+                     f"({info['date']})", "\n".join(lines))
+    print(f"appended to {C.RESULTS}")
+  return {"layers": out, "steps": steps_all, "convolutions": sides}
+
+
 def main(argv=None):
   args = parse_args(argv)
   info = C.announce_machine()
+  if args.backward:
+    return backward_main(args, info)
   t_start = time.perf_counter()
   theo, theo_note = C.theoretical_fp32_peak()
   peak_n = 512 if args.tiny else 2048

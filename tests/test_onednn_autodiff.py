@@ -306,6 +306,40 @@ def test_training_steps_with_onednn_match_xla():
   _close(steps[0][0].interior, steps[1][0].interior, 1e-5)
 
 
+def test_train_sgd_and_fge_with_onednn_match_xla(monkeypatch):
+  """`train_sgd` (two SGD steps, BatchNorm in training mode) and `fast_geometric_ensemble` (one
+  cycle of two one-step epochs) with ``cpu_convolutions="onednn"`` against ``"xla"``: the same
+  parameters within 1e-5 of their largest magnitude (float32, different order of the sums); the
+  oneDNN run does wrap the loss in `with_onednn_derivatives` and the XLA run does not."""
+  from landscape_jax.methods import ensembles
+
+  model = lj.get_model("resnet8", num_classes=10, width=0.125)
+  images = jax.random.randint(jax.random.key(2), (8, 6, 6, 3), 0, 256).astype(jnp.uint8)
+  labels = jnp.arange(8) % 10
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)), train=False)
+  loss_fn = lj.make_loss_fn(model, mean=jnp.zeros(3), std=jnp.full(3, 60.0), train=True,
+                            batch_stats=variables["batch_stats"])
+  wrapped = []
+  real = ensembles.with_onednn_derivatives
+  monkeypatch.setattr(ensembles, "with_onednn_derivatives",
+                      lambda f, **kw: wrapped.append(kw) or real(f, **kw))
+  sgd = lj.TrainSettings(epochs=1, batch_size=4, learning_rate=0.1, momentum=0.9,
+                         weight_decay=5e-4)
+  got = {}
+  for c in ("onednn", "xla"):
+    n = len(wrapped)
+    params, _, history = ensembles.train_sgd(loss_fn, variables["params"], (images, labels),
+                                             settings=sgd, progress=False, cpu_convolutions=c)
+    members, _ = ensembles.fast_geometric_ensemble(
+      loss_fn, params, (images[:4], labels[:4]), progress=False, cpu_convolutions=c,
+      settings=ensembles.FGESettings(cycles=1, cycle_epochs=2, batch_size=4, lr1=0.05,
+                                     lr2=0.01))
+    assert (len(wrapped) > n) == (c == "onednn")
+    got[c] = (params, history[0]["loss"], members)
+  assert wrapped and all(kw == {"min_flops": 0.0} for kw in wrapped)
+  _close(got["onednn"], got["xla"], 1e-5)
+
+
 _AVX2_SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np

@@ -38,6 +38,7 @@ from landscape_jax.adapters.evaluation import (
   use_onednn,
 )
 from landscape_jax.adapters.losses import Loss, check_loss
+from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import fileio
 from landscape_jax.core import identity as identity_lib
 from landscape_jax.core.splits import device_split
@@ -94,7 +95,8 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data,
               settings: TrainSettings, optimizer: optax.GradientTransformation | None = None,
               snapshot_epochs: Sequence[int] = (), workdir: str | None = None,
               progress: bool = True, desc: str = "train", callback: Callable | None = None,
-              identity: str | None = None) -> tuple[PyTree, list[PyTree], list[dict]]:
+              identity: str | None = None, cpu_convolutions: str = "auto",
+              ) -> tuple[PyTree, list[PyTree], list[dict]]:
   """Minibatch training of `params` with Optax, one `lax.scan` per epoch (`loop.run_epochs`).
 
   Each step is ``g = grad loss_fn(w, batch); u, s = optimizer.update(g, s, w); w <- w + u``.
@@ -124,6 +126,11 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data,
     callback: ``callback(epoch, params, record)`` after every epoch (after its checkpoint).
     identity: with `workdir`, a name you guarantee identifies `loss_fn` where its content cannot
       be inspected (`identity.callable_identity` raises `IdentityError` without it).
+    cpu_convolutions: who computes the convolutions and their derivatives on the CPU:
+      ``"auto"`` (default: oneDNN where available, for convolutions of at least
+      `onednn_autodiff.AUTO_MIN_FLOPS`), ``"onednn"`` or ``"xla"``, as in `training.train_step`
+      and `curve_training.train_curve`; both exact float32 (the sums' order differs). Not part
+      of the recorded configuration: a resumed run may change it.
 
   Returns:
     ``(params, snapshots, history)`` with one ``{"epoch", "loss"}`` per epoch.
@@ -144,9 +151,12 @@ def train_sgd(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, data,
     loss_fn, identity, params=params, batch=batch_shapes((inputs, targets), s.batch_size))
   loss_fn = loss_fn if isinstance(loss_fn, jax.tree_util.Partial) else jax.tree_util.Partial(
     loss_fn)
+  min_flops = min_flops_for(cpu_convolutions)  # checks the option before any compilation
 
   def step_fn(lf, st, batch, key):
     del key
+    if min_flops is not None:  # convolutions and their derivatives: oneDNN
+      lf = with_onednn_derivatives(lf, min_flops=min_flops)
     loss, grads = jax.value_and_grad(lf)(st.params, batch)
     updates, opt_state = opt.update(grads, st.opt_state, st.params)
     return st._replace(step=st.step + 1, params=optax.apply_updates(st.params, updates),
@@ -246,14 +256,16 @@ class FGESettings:
 def fast_geometric_ensemble(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree,
                             data, *, settings: FGESettings, workdir: str | None = None,
                             progress: bool = True, callback: Callable | None = None,
-                            identity: str | None = None) -> tuple[PyTree, list[dict]]:
+                            identity: str | None = None, cpu_convolutions: str = "auto",
+                            ) -> tuple[PyTree, list[dict]]:
   """Fast Geometric Ensembling (Garipov et al. 2018) from trained `params`.
 
   Runs ``cycles * cycle_epochs`` epochs of SGD (`train_sgd`) with `cyclic_schedule` and takes a
   snapshot at every cycle's lowest learning rate (`fge_snapshot_epochs`). `data` is an
   ``(inputs, targets)`` pair or a `Dataset`; `settings` an `FGESettings`. With `workdir` the
   run is checkpointed and resumable, keyed on the exact identity of `params`, the data and
-  `loss_fn` (`identity` names a `loss_fn` whose content cannot be inspected); `callback` as in
+  `loss_fn` (`identity` names a `loss_fn` whose content cannot be inspected); `callback` and
+  `cpu_convolutions` (oneDNN's convolutions and derivatives on the CPU by default) as in
   `train_sgd`.
 
   Returns:
@@ -271,7 +283,8 @@ def fast_geometric_ensemble(loss_fn: Callable[[PyTree, Any], jax.Array], params:
   _, snaps, history = train_sgd(
     loss_fn, params, data, settings=sgd,
     snapshot_epochs=fge_snapshot_epochs(sgd.epochs, settings.cycle_epochs), workdir=workdir,
-    progress=progress, desc="fge", callback=callback, identity=identity)
+    progress=progress, desc="fge", callback=callback, identity=identity,
+    cpu_convolutions=cpu_convolutions)
   return stack_members(snaps), history
 
 
