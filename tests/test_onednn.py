@@ -332,3 +332,40 @@ def test_recomputed_batchnorm_onednn_equals_xla(resnet8_digits):
                              fold_batchnorm=False)(params)
   for k, v in direct.items():
     np.testing.assert_allclose(jax.jit(fns["onednn"])(params)[k], v, rtol=1e-4, atol=1e-6)
+
+
+_WAIT_POLICY_CHILD = """
+import ctypes, os, sys
+from landscape_jax.backends.cpu import onednn_build
+onednn_build.library()
+maps = open("/proc/self/maps").read().splitlines()
+gomp = sorted({line.split()[-1] for line in maps if "libgomp" in line})
+if not gomp or not hasattr(ctypes.CDLL(gomp[0]), "omp_display_env"):
+  print("NO_DISPLAY", flush=True)
+  sys.exit(0)
+print("ENV", os.environ.get("OMP_WAIT_POLICY"), flush=True)
+ctypes.CDLL(gomp[0]).omp_display_env(1)
+"""
+
+
+@pytest.mark.parametrize("env, spincount, left", [
+  ({}, "0", "None"),                                     # the library's default: passive
+  ({"OMP_WAIT_POLICY": "ACTIVE"}, "30000000000", "ACTIVE"),  # the user's choice wins
+  ({"GOMP_SPINCOUNT": "7"}, "7", "None"),
+  ({"LANDSCAPE_JAX_OMP_PASSIVE": "0"}, "300000", "None"),   # libgomp's own default
+])
+def test_openmp_workers_are_passive_unless_the_user_chose(env, spincount, left):
+  """libgomp starts with OMP_WAIT_POLICY=PASSIVE (GOMP_SPINCOUNT 0, read from libgomp's own
+  omp_display_env) unless a policy was chosen; the variable is not left for child processes."""
+  import os
+  import subprocess
+  import sys
+
+  base = {k: v for k, v in os.environ.items()
+          if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "LANDSCAPE_JAX_OMP_PASSIVE")}
+  out = subprocess.run([sys.executable, "-c", _WAIT_POLICY_CHILD], env={**base, **env},
+                       capture_output=True, text=True, timeout=300, check=True)
+  if "NO_DISPLAY" in out.stdout:
+    pytest.skip("this libgomp has no omp_display_env")
+  assert f"ENV {left}" in out.stdout
+  assert f"GOMP_SPINCOUNT = '{spincount}'" in out.stderr, out.stderr
