@@ -5,9 +5,8 @@ XLA:CPU runs everything else on its own Eigen thread pool: on a CPU with few cor
 take turns, and each oneDNN call may first wait for its OpenMP workers to wake up (or compete
 with XLA's spinning threads). This times one ``training.train_step`` (ResNet-20, batch 128,
 float32, ``cpu_convolutions="onednn"``; best of ``--steps`` steps after two warm-up steps) in a
-fresh process per setting: libgomp's defaults (``LANDSCAPE_JAX_OMP_PASSIVE=0``),
-``OMP_WAIT_POLICY=PASSIVE`` (workers sleep at once: what the library sets when it loads
-oneDNN, `onednn_build.passive_openmp`), ``OMP_NUM_THREADS=1`` (oneDNN on the calling
+fresh process per setting: libgomp's defaults, ``OMP_WAIT_POLICY=PASSIVE`` (workers sleep at
+once), ``OMP_NUM_THREADS=1`` (oneDNN on the calling
 XLA thread only), and the same step with XLA's convolutions (``cpu_convolutions="xla"``) as the
 reference. The settings are run in turn for ``--rounds`` rounds; the best step of each counts.
 
@@ -30,10 +29,8 @@ sys.path.insert(0, _HERE)
 import _common as C  # noqa: E402
 
 SETTINGS = {  # name: (environment changes, cpu_convolutions)
-  "oneDNN, libgomp defaults (LANDSCAPE_JAX_OMP_PASSIVE=0)": (
-    {"LANDSCAPE_JAX_OMP_PASSIVE": "0"}, "onednn"),
-  "oneDNN, OMP_WAIT_POLICY=PASSIVE (the library's default)": (
-    {"OMP_WAIT_POLICY": "PASSIVE"}, "onednn"),
+  "oneDNN, libgomp defaults": ({}, "onednn"),
+  "oneDNN, OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, "onednn"),
   "oneDNN, OMP_NUM_THREADS=1": ({"OMP_NUM_THREADS": "1"}, "onednn"),
   "XLA's convolutions": ({}, "xla"),
 }
@@ -93,7 +90,7 @@ def main(argv=None):
       t = json.loads(lines[-1])["best"]
       best[name] = min(best[name], t)
       print(f"round {r}: {name}: {1e3 * t:.1f} ms", flush=True)
-  ref = best[next(iter(SETTINGS))]
+  ref = best["oneDNN, libgomp defaults"]
   rows = [[name, f"{1e3 * t:.1f}", f"{args.batch / t:.0f}", f"{ref / t:.2f}"]
           for name, t in best.items()]
   load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())

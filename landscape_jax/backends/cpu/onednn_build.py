@@ -22,7 +22,6 @@ those instructions, or a GPU / TPU backend; float32 elsewhere.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -127,31 +126,6 @@ def _cache_outcome(fn: Callable[[], ctypes.CDLL]) -> Callable[[], ctypes.CDLL]:
   return cached
 
 
-@contextlib.contextmanager
-def passive_openmp():
-  """``OMP_WAIT_POLICY=PASSIVE`` while libgomp starts (it reads it once, when it loads).
-
-  oneDNN's convolutions run on libgomp's OpenMP threads and everything else on XLA's own pool;
-  by default libgomp's idle workers spin (``GOMP_SPINCOUNT`` 300000) on the cores that XLA's
-  threads need between two oneDNN calls. Passive workers sleep at once: a ResNet-20 training
-  step ran 1.44x as fast on 2 cores (docs/performance.md, `bench_onednn_threads.py`), while
-  evaluation, with few XLA operations between its convolutions, did not measurably change. The
-  variable is set only while the kernel's library loads and removed again, so child processes
-  do not inherit it. Nothing changes when the user chose a policy (``OMP_WAIT_POLICY`` or
-  ``GOMP_SPINCOUNT`` set), when ``LANDSCAPE_JAX_OMP_PASSIVE=0``, or when libgomp was already
-  loaded by another library (e.g. PyTorch imported first).
-  """
-  chosen = any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
-  if chosen or os.environ.get("LANDSCAPE_JAX_OMP_PASSIVE", "1") == "0":
-    yield
-    return
-  os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-  try:
-    yield
-  finally:
-    os.environ.pop("OMP_WAIT_POLICY", None)
-
-
 @_cache_outcome
 def library() -> ctypes.CDLL:
   """Builds (once per machine and version) and loads the kernel; registers the FFI target."""
@@ -175,8 +149,7 @@ def library() -> ctypes.CDLL:
       raise OnednnUnavailable(f"Cannot build the kernel in {path.parent} ({e}); set "
                               "LANDSCAPE_JAX_CACHE_DIR to a writable folder.") from e
   try:
-    with passive_openmp():
-      handle = ctypes.CDLL(str(path))
+    handle = ctypes.CDLL(str(path))
   except OSError as e:
     raise OnednnUnavailable(f"Loading {path} failed: {e}") from e
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handle.LandscapeJaxOnednnConv),
