@@ -65,6 +65,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
 import _common as C  # noqa: E402
+import bench_surface as S  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -75,7 +76,6 @@ from landscape_jax.adapters.evaluation import inference_apply  # noqa: E402
 from landscape_jax.methods import curve_training, loop, training  # noqa: E402
 
 WORKER = os.path.join(_HERE, "torch_training_worker.py")
-_TORCH_NAMES = {"scale": "weight", "mean": "running_mean", "var": "running_var"}
 
 
 def parse_args(argv=None):
@@ -113,29 +113,6 @@ def run_worker(*args: str, timeout: float = 900) -> dict:
     raise RuntimeError(f"torch_training_worker.py {args[0]} failed (exit {proc.returncode}): "
                        f"{out.get('error', '')} {proc.stderr[-2000:]}")
   return out
-
-
-def to_torch_state(*trees) -> dict[str, np.ndarray]:
-  """Flax ``{"layer1_0": {"conv1": {"kernel"}}}`` leaves as PyTorch ``layer1_0.conv1.weight``."""
-  out = {}
-  for tree in trees:
-    for path, leaf in zip(lj.trees.leaf_paths(tree), jax.tree.leaves(tree), strict=True):
-      *mods, name = path.split("/")
-      a = np.asarray(leaf, np.float32)
-      if name == "kernel":
-        a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T
-        name = "weight"
-      out[".".join([*mods, _TORCH_NAMES.get(name, name)])] = np.ascontiguousarray(a)
-  return out
-
-
-def synthetic(n: int, seed: int) -> lj.Dataset:
-  rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  labels = rng.integers(0, 10, n).astype(np.int32)
-  mean, std = lj.data.channel_stats(images)
-  return lj.Dataset(images=images, labels=labels, num_classes=10, mean=mean, std=std,
-                    name="synthetic", split="train")
 
 
 def count(tree) -> int:
@@ -309,7 +286,7 @@ def sgd_part(args, data, order, tmp) -> dict:
     npz = C.save_npz(os.path.join(tmp, "sgd.npz"), {
       **data_arrays(data, order), "depth": args.depth, "width": 1.0, "lr": args.sgd_lr,
       "momentum": 0.9, "wd": args.wd, **{f"center/{k}": v for k, v in
-                                         to_torch_state(params, bs).items()}})
+                                         S.to_torch_state(params, bs).items()}})
   jax_times, torch_out = [], []
   batch_opts = "4,8,16" if args.tiny else "64,128,256"
   loop_times = []
@@ -357,7 +334,7 @@ def main(argv=None):
     notes.append(why + ".")
     args.torch = False
   n = args.steps * args.batch
-  data = synthetic(n, args.seed)
+  data = S.synthetic_dataset(n, (32, 32, 3), seed=args.seed)
   order = loop.epoch_indices(n, args.batch, args.seed, 0)
   peak_jax = C.matmul_peak(n=args.peak_n)
   out = {"peak_jax": peak_jax}
