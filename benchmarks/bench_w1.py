@@ -64,30 +64,41 @@ def compare(ref: np.ndarray, other) -> tuple[float, float]:
   return float(d.max()), float(np.max(d / np.maximum(np.abs(ref), 1.0)))
 
 
-def parse_args(argv=None):
-  p = C.run_parser(__doc__)
+def workload_parser(doc: str):
+  """The W1 workload's flags (model, data, grid row, rounds, PyTorch's tuned form), shared by
+  this script and ``bench_w1_bf16.py``."""
+  p = C.run_parser(doc)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--images", type=int, default=1000)
   p.add_argument("--image_size", type=int, default=32)
-  p.add_argument("--grid", type=int, default=11)
+  p.add_argument("--grid", type=int, default=11, help="points of the timed row")
   p.add_argument("--row", type=float, default=0.0, help="y of the grid row timed in each round")
   p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--points", type=int, default=0,
-                 help="time only the row's first k points per round (0: the whole row)")
   p.add_argument("--warmup_rounds", type=int, default=1, help="untimed rounds first")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                 help="torch.compile in the best PyTorch form (auto: keep if faster)")
+                 help="torch.compile in PyTorch's tuned forms (auto: keep if faster)")
   p.add_argument("--best_batch", type=int, default=0,
-                 help="batch of the best PyTorch form (0: its worker picks the fastest)")
+                 help="batch of PyTorch's tuned forms (0: each picks its fastest)")
   p.add_argument("--seed", type=int, default=0)
-  args = p.parse_args(argv)
+  return p
+
+
+def finish_workload_args(args):
+  """``--tiny`` sizes of the workload, then `_common.finish_args`."""
   if args.tiny:
     args.model, args.width, args.images, args.image_size = "resnet8", 0.5, 48, 16
     args.grid, args.rounds, args.compile, args.best_batch = 3, 2, "off", 32
     args.warmup_rounds = 0
   return C.finish_args(args)
+
+
+def parse_args(argv=None):
+  p = workload_parser(__doc__)
+  p.add_argument("--points", type=int, default=0,
+                 help="time only the row's first k points per round (0: the whole row)")
+  return finish_workload_args(p.parse_args(argv))
 
 
 def main(argv=None):

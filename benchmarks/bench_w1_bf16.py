@@ -31,7 +31,6 @@ seconds-long smoke run (not recorded).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -55,27 +54,7 @@ TF32, TBF16 = "PyTorch tuned, float32", "PyTorch tuned, bf16 autocast"
 
 
 def parse_args(argv=None):
-  p = C.run_parser(__doc__)
-  p.add_argument("--model", default="resnet20")
-  p.add_argument("--width", type=float, default=1.0)
-  p.add_argument("--images", type=int, default=1000)
-  p.add_argument("--image_size", type=int, default=32)
-  p.add_argument("--grid", type=int, default=11, help="points of the timed row")
-  p.add_argument("--row", type=float, default=0.0, help="y of the grid row timed in each round")
-  p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--warmup_rounds", type=int, default=1, help="untimed rounds first")
-  p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
-  p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                 help="torch.compile in PyTorch's tuned forms (auto: keep if faster)")
-  p.add_argument("--best_batch", type=int, default=0,
-                 help="batch of PyTorch's tuned forms (0: each picks its fastest)")
-  p.add_argument("--seed", type=int, default=0)
-  args = p.parse_args(argv)
-  if args.tiny:
-    args.model, args.width, args.images, args.image_size = "resnet8", 0.5, 48, 16
-    args.grid, args.rounds, args.compile, args.best_batch = 3, 2, "off", 32
-    args.warmup_rounds = 0
-  return C.finish_args(args)
+  return W.finish_workload_args(W.workload_parser(__doc__).parse_args(argv))
 
 
 def main(argv=None):
