@@ -107,17 +107,8 @@ def test_bench_adaptive_tiny():
 def _torch_missing() -> str | None:
   """Why the PyTorch halves are skipped (None when torch is importable, here or by the
   interpreter in ``$LANDSCAPE_JAX_TORCH_PYTHON``, which the benchmarks then use)."""
-  import importlib.util
-  import subprocess
-
-  other = os.environ.get("LANDSCAPE_JAX_TORCH_PYTHON")
-  if other:
-    ok = subprocess.run([other, "-c", "import torch"], capture_output=True,
-                        check=False).returncode == 0
-    return None if ok else f"torch cannot be imported by {other}: the PyTorch half is skipped"
-  if importlib.util.find_spec("torch") is None:
-    return "torch is not installed (pip install '.[bench]'): the PyTorch half is skipped"
-  return None
+  ok, why = _BENCH_COMMON.torch_installed()
+  return None if ok else why
 
 
 def _jax_part_ran_then_skip_torch(reason):
