@@ -167,16 +167,12 @@ def matmul_peak(*, n: int = 2048, dtype=jnp.float32, repeats: int = 5, precision
   return inner * 2 * n ** 3 / t / 1e9
 
 
-def cpu_flags() -> set[str]:
-  """The flags /proc/cpuinfo lists for the first core (empty where it cannot be read)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return set()
+def cpu_flags() -> frozenset[str]:
+  """The flags /proc/cpuinfo lists for the first core (empty where it cannot be read): the
+  library's own `onednn_build.cpu_flags`."""
+  from landscape_jax.backends.cpu.onednn_build import cpu_flags as flags
+
+  return flags()
 
 
 def cpu_mhz() -> float | None:
