@@ -230,6 +230,15 @@ def test_ritz_convergence_on_a_known_spectrum():
 
 
 @pytest.mark.slow
+def test_bench_auto_threshold_tiny():
+  """Every oneDNN floor compiles, runs and matches XLA's step and products."""
+  rows = _load("bench_auto_threshold").main(["--tiny", "--no-record"])
+  assert [r[1] for r in rows] == ["0 (all oneDNN)", "2e7", "5e7", "none (all XLA)"]
+  for r in rows:
+    step, hvp = (float(d) for d in r[-1].split(" / "))
+    assert step < 1e-4 and hvp < 1e-4, r
+
+
 def test_bench_pyhessian_tiny():
   """landscape-jax's Lanczos and Hutchinson agree with PyHessian on the same weights and batch."""
   missing = _torch_missing()
