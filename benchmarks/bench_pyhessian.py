@@ -145,6 +145,15 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
       return jax.lax.fori_loop(0, loop, lambda i, x: op.matvec(x / jnp.linalg.norm(x)), u)
     return f
 
+  def samples(quadratic):  # `loop` Hutchinson samples z^T H z (the trace's work per probe)
+    def f(p, b, u):
+      del u
+      op = operator(p, b)
+      one = op.quadratic if quadratic else (lambda z: jnp.vdot(z, op.matvec(z)))
+      return jax.lax.map(lambda k: one(jax.random.rademacher(k, op.x0.shape, op.x0.dtype)),
+                         jax.random.split(jax.random.key(13), loop))
+    return f
+
   def rev_rev(p, b, u):
     g = flat_grad(onednn)
     return jax.grad(lambda y: jnp.vdot(g(y, b), u))(ravel_pytree(p)[0])
@@ -152,6 +161,8 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
   k_rev, k_lin, k_vmap = ("HVP reverse-over-reverse",
                            f"HVP linearize=True, linearise + {loop} in a loop",
                            "HVP vmap of 2 (probe_batch_size=2)")
+  k_vdot, k_quad = (f"z^T H z as vdot(z, H z), {loop} in a loop (lj.hessian_trace before)",
+                    f"z^T H z forward-over-forward, {loop} in a loop (lj.hessian_trace now)")
   fns = {
     "forward": (lambda p, b, u: loss_fn(p, b)),
     "gradient": (lambda p, b, u: flat_grad(onednn)(ravel_pytree(p)[0], b)),
@@ -160,9 +171,11 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
     loop_key(loop): products(False),
     k_lin: products(True),
     k_vmap: (lambda p, b, u: jax.vmap(operator(p, b).matvec)(jnp.stack([u, w]))),
+    k_vdot: samples(False),
+    k_quad: samples(True),
   }
   if not full:
-    fns = {k: f for k, f in fns.items() if k not in (k_rev, k_lin, k_vmap)}
+    fns = {k: f for k, f in fns.items() if k not in (k_rev, k_lin, k_vmap, k_vdot, k_quad)}
   jitted = {k: jax.jit(f) for k, f in fns.items()}
   out, compile_s = {}, {}
   for k, f in jitted.items():
@@ -188,11 +201,13 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
   diffs = {HVP: rel(out[HVP], ref)}
   if full:
     diffs.update({k_rev: rel(out[k_rev], ref), k_lin: rel(out[k_lin], out[loop_key(loop)]),
-                  k_vmap: rel(out[k_vmap][0], ref)})
+                  k_vmap: rel(out[k_vmap][0], ref), k_quad: rel(out[k_quad], out[k_vdot])})
   flops = {
     "forward": C.xla_flops(lambda p, b: loss_fn(p, b), params, batch),
     "gradient": C.xla_flops(lambda x, b: flat_grad(None)(x, b), x0, batch),
     "hvp": C.xla_flops(lambda p, b, u: operator(p, b, conv=None).matvec(u), params, batch, v),
+    "quadratic": C.xla_flops(lambda p, b, u: operator(p, b, conv=None).quadratic(u), params,
+                             batch, v),
   }
   return {"median": med, "compile": compile_s, "diffs": diffs, "flops": flops, "keys": keys,
           "loop": loop}
@@ -340,9 +355,12 @@ def main(argv=None):
                  f"max rel diff to lj {rel.max():.2g}; lj / PyHessian time "
                  f"{eig[False][1] / ph['eig_s']:.2f}"
                  + (f" ({eig[True][1] / ph['eig_s']:.2f} linearised)" if True in eig else "")])
-  rows.append(["trace", f"lj.hessian_trace ({n_probes} probes, {chunk} per call)",
-               f"{tr.mean:.5g} +- {tr.stderr:.2g}", hvps_trace, t_trace, t_trace / hvps_trace,
-               frac(hvps_trace, t_trace, f_tangent, f_grad * -(-n_probes // chunk)), "-"])
+  f_fwd = flops["forward"] or float("nan")
+  f_quad = (flops.get("quadratic") or float("nan")) - f_fwd  # per sample, primal once
+  rows.append(["trace", f"lj.hessian_trace ({n_probes} probes, {chunk} per call; each sample "
+               "z^T H z forward over forward, no HVP)", f"{tr.mean:.5g} +- {tr.stderr:.2g}",
+               hvps_trace, t_trace, t_trace / hvps_trace,
+               frac(hvps_trace, t_trace, f_quad, f_fwd * -(-n_probes // chunk)), "-"])
   if ph:
     s = np.asarray(ph["trace_samples"])
     se = float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else float("nan")
@@ -358,7 +376,9 @@ def main(argv=None):
   for k in keys:
     n = loop if "loop" in k else (2 if "vmap" in k else 1)
     fl = {"forward": flops["forward"], "gradient": flops["gradient"]}.get(k, f_hvp)
-    if "loop" in k:  # the primal pass once (hoisted out of the loop), n tangent passes
+    if "forward-over-forward" in k:  # the primal forward once, n second-order passes
+      fl = (f_fwd + n * f_quad) / n
+    elif "loop" in k:  # the primal pass once (hoisted out of the loop), n tangent passes
       fl = (f_grad + n * f_tangent) / n
     part_rows.append([k, med[k], med[k] / n, med[k] / n / t_hvp, frac(1, med[k] / n, fl),
                       parts["compile"][k],
@@ -375,7 +395,8 @@ def main(argv=None):
     f"{peak:.1f} GFLOP/s measured in this run; XLA's FLOPs (XLA convolutions): forward "
     f"{flops['forward']:.3g}, gradient {flops['gradient']:.3g}, forward-over-reverse HVP "
     f"{f_hvp:.3g}, its tangent pass {f_tangent:.3g} (the work of a linearised or PyHessian "
-    f"product). In a compiled loop (Lanczos, a chunk of Hutchinson probes) the primal pass "
+    f"product), forward-over-forward z^T H z {f_quad + f_fwd:.3g} ({f_quad:.3g} without its "
+    f"primal forward). In a compiled loop (Lanczos, a chunk of Hutchinson probes) the primal pass "
     f"is loop-invariant and XLA computes it once: those rows count F_grad + n F_tangent. "
     f"lj compile (not in the times): eigenvalues {eig[False][2]:.1f} s (with a "
     f"3-step run), trace {t_trace_first:.1f} s (with one chunk of {max(2, chunk)} probes).",

@@ -31,6 +31,21 @@ def test_gpt_tiny_is_causal_and_learns_the_shapes():
     model.apply(variables, jnp.zeros((1, 17), jnp.int32))
 
 
+def test_gpt_tiny_hutchinson_sample_is_the_quadratic_form():
+  """Hutchinson's sample by forward over forward (what `hessian_trace` runs: attention, layer
+  norm, GELU, token cross-entropy) equals ``vdot(z, H z)`` of the forward-over-reverse product."""
+  from landscape_jax.core import hessian as hs
+
+  model = lj.get_model("gpt_tiny", num_classes=11)
+  tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 11)
+  params = model.init(jax.random.key(1), tokens)["params"]
+  loss_fn = lj.make_loss_fn(model, loss=lj.TOKEN_CROSS_ENTROPY)
+  op = hs.flat_hvp_operator(loss_fn, params, (tokens[:, :-1], tokens[:, 1:]), None)
+  z = jax.random.rademacher(jax.random.key(2), op.x0.shape, op.x0.dtype)
+  want = float(jax.jit(lambda u: jnp.vdot(u, op.matvec(u)))(z))
+  assert abs(float(jax.jit(op.quadratic)(z)) - want) <= 1e-4 * abs(want)
+
+
 @pytest.mark.multidevice
 def test_partitioning_metadata_becomes_shardings():
   model = lj.get_model("gpt_tiny", num_classes=11)

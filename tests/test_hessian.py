@@ -169,6 +169,91 @@ def test_trace_agrees_within_its_error_bar(problem):
     hs.hessian_trace(jax.random.key(1), p["loss_fn"], p["params"], (p["x"], p["y"]), rtol=0)
 
 
+def test_trace_samples_are_quadratic_forms_of_the_dense_hessian(problem):
+  """Each Hutchinson sample is ``z^T H z`` of its own probe (forward over forward): on one batch,
+  on a split of unequal batches, vmapped, and under a mask (``z_S^T H_SS z_S``)."""
+  p = problem
+  key, n = jax.random.key(5), 6
+  data = (p["x"], p["y"])
+
+  def probes(dim):
+    return np.stack([np.asarray(jax.random.rademacher(k, (dim,), jnp.float32), np.float64)
+                     for k in jax.random.split(key, n)])
+
+  z = probes(p["dense"].shape[0])
+  want = np.einsum("pi,ij,pj->p", z, p["dense"], z)
+  for d, batch in ((data, None), (lj.make_batches(data, batch_size=24), None), (data, 3)):
+    est = hs.hessian_trace(key, p["loss_fn"], p["params"], d, num_probes=n, progress=False,
+                           probe_batch_size=batch)
+    np.testing.assert_allclose(est.samples, want, rtol=1e-4, atol=1e-4)
+  mask = trees.mask_by_ndim(p["params"])
+  idx = _selected_indices(p["params"], mask)
+  z = probes(idx.size)
+  block = p["dense"][np.ix_(idx, idx)]
+  est = hs.hessian_trace(key, p["loss_fn"], p["params"], data, num_probes=n, mask=mask,
+                         progress=False)
+  np.testing.assert_allclose(est.samples, np.einsum("pi,ij,pj->p", z, block, z), rtol=1e-4,
+                             atol=1e-4)
+
+
+def _conv_net_loss(params, batch):
+  x, y = batch
+  dn = ("NHWC", "HWIO", "NHWC")
+  h = jax.nn.relu(jax.lax.conv_general_dilated(x, params["w1"], (1, 1), "SAME",
+                                               dimension_numbers=dn))
+  h = jax.lax.conv_general_dilated(h, params["w2"], (1, 1), "SAME", dimension_numbers=dn)
+  return jnp.mean((jnp.mean(h, (1, 2)) - y) ** 2)
+
+
+def test_quadratic_form_computes_each_first_order_convolution_once():
+  """jvp-of-jvp along one direction repeats its first-order pass (the inner tangents and the outer
+  tangents of the primal); `evaluate_once` merges the repeats. A two-convolution net
+  ``conv(relu(conv(x, w1)), w2)`` needs 2 + 4 convolutions: the first layer's primal and first
+  order ``F(x, z1)``; the second's primal, first order ``F(h', w2) + F(h, z2)`` and second order
+  ``2 F(h', z2)`` (``h'' = 0``: the first layer is linear in its weights and ReLU's second
+  derivative vanishes), where the unmerged program has 10. Same value as ``z^T (H z)``."""
+  from landscape_jax.backends.cpu.onednn_autodiff import conv_p, with_onednn_derivatives
+
+  k = jax.random.split(jax.random.key(0), 4)
+  params = {"w1": jax.random.normal(k[0], (3, 3, 3, 4)) / 3,
+            "w2": jax.random.normal(k[1], (3, 3, 4, 5)) / 3}
+  batch = (jax.random.normal(k[2], (2, 6, 6, 3)), jax.random.normal(k[3], (2, 5)))
+  op = hs.flat_hvp_operator(_conv_net_loss, params, batch, None, onednn=0.0)
+  z = jax.random.rademacher(jax.random.key(9), op.x0.shape, op.x0.dtype)
+
+  def convs(fn):
+    return sum(e.primitive is conv_p for e in jax.make_jaxpr(fn)(z).jaxpr.eqns)
+
+  def repeated(z):  # the same derivative without merging
+    loss = with_onednn_derivatives(_conv_net_loss, min_flops=0.0)
+    d1 = lambda y: jax.jvp(lambda u: loss(op.unravel(u), batch), (y,), (z,))[1]
+    return jax.jvp(d1, (op.x0,), (z,))[1]
+
+  assert convs(op.quadratic) == 6
+  assert convs(repeated) == 10  # without merging: both first-order passes, 2 + 2 x (1 + 2) + 2
+  want = jnp.vdot(z, op.matvec(z))
+  np.testing.assert_allclose(op.quadratic(z), want, rtol=1e-5)
+  np.testing.assert_allclose(repeated(z), want, rtol=1e-5)
+
+
+def test_evaluate_once_never_merges_effects():
+  """Two identical callbacks both run; identical pure equations run once."""
+  from landscape_jax.backends.cpu.jaxpr import evaluate_once, rewritten
+
+  calls = []
+
+  def f(x):
+    jax.debug.callback(calls.append, 1)
+    jax.debug.callback(calls.append, 1)
+    return jnp.sin(x) + jnp.sin(x)
+
+  g = rewritten(f, evaluate_once)
+  assert sum(e.primitive.name == "sin" for e in jax.make_jaxpr(g)(1.0).jaxpr.eqns) == 1
+  np.testing.assert_allclose(jax.jit(g)(0.5), 2 * np.sin(0.5), rtol=1e-6)
+  jax.effects_barrier()
+  assert len(calls) == 2
+
+
 def test_spectral_density_is_normalised_and_sits_on_dense_eigenvalues(problem):
   p = problem
   dim = p["dense"].shape[0]

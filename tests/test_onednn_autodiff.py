@@ -21,6 +21,7 @@ from jax import lax
 
 import landscape_jax as lj
 from landscape_jax.backends.cpu import onednn_autodiff as ad
+from landscape_jax.core import hessian as hs
 from tests.conv_reference import hlo_text, numpy_conv
 
 pytestmark = pytest.mark.skipif(
@@ -171,6 +172,18 @@ def _check_model(loss_fn, params, batch, *, tol=1e-4, expect_onednn=True):
   return text
 
 
+def _check_quadratic(loss_fn, params, batch, *, tol=1e-4, onednn=0.0):
+  """Hutchinson's sample ``z^T H z`` by forward over forward (`FlatOperator.quadratic`, what
+  `hessian_trace` runs; oneDNN convolutions unless `onednn` is None) against ``vdot(z, H z)`` of
+  XLA's forward-over-reverse product (what it ran before), to `tol` relative."""
+  fast = hs.flat_hvp_operator(loss_fn, params, batch, None, onednn=onednn)
+  ref = hs.flat_hvp_operator(loss_fn, params, batch, None)
+  z = jax.random.rademacher(jax.random.key(8), ref.x0.shape, ref.x0.dtype)
+  got = float(jax.jit(fast.quadratic)(z))
+  want = float(jax.jit(lambda u: jnp.vdot(u, ref.matvec(u)))(z))
+  assert abs(got - want) <= tol * abs(want), (got, want)
+
+
 @pytest.mark.parametrize("name,overrides", [
   pytest.param(*z, marks=() if z[0] == "resnet8" else pytest.mark.slow) for z in ZOO],
   ids=[z[0] for z in ZOO])
@@ -181,6 +194,7 @@ def test_zoo_gradients_and_hvps_match_xla(name, overrides):
   loss_fn = lj.make_loss_fn(model, batch_stats=variables.get("batch_stats"))
   text = _check_model(loss_fn, variables["params"], batch, expect_onednn=True)
   assert "convolution" not in re.sub(r"custom_call @\w+", "", text)
+  _check_quadratic(loss_fn, variables["params"], batch)
 
 
 class _NNXNet(nnx.Module):
@@ -204,6 +218,7 @@ def test_nnx_model_with_a_grouped_convolution_falls_back_for_it():
   text = _check_model(loss_fn, params, batch)
   # the grouped convolution and its derivatives stay XLA's; the other two run on oneDNN
   assert "feature_group_count = 2" in text
+  _check_quadratic(loss_fn, params, batch)
 
 
 class _EqxNet(eqx.Module):
@@ -228,6 +243,8 @@ def test_equinox_model_gradients_and_hvps_match_xla():
   model, params = lj.from_equinox(_EqxNet(jax.random.key(0)))
   loss_fn = lj.make_loss_fn(model)
   _check_model(loss_fn, params, _batch())
+  _check_quadratic(loss_fn, params, _batch())
+  _check_quadratic(loss_fn, params, _batch(), onednn=None)  # XLA's convolutions
 
 
 def test_bfloat16_model_falls_back_to_xla():
@@ -237,6 +254,8 @@ def test_bfloat16_model_falls_back_to_xla():
   variables = model.init(jax.random.key(0), batch[0][:1])
   loss_fn = lj.make_loss_fn(model, batch_stats=variables.get("batch_stats"))
   _check_model(loss_fn, variables["params"], batch, tol=1e-6, expect_onednn=False)
+  # forward over forward rounds differently from forward over reverse in bfloat16
+  _check_quadratic(loss_fn, variables["params"], batch, tol=5e-2)
 
 
 def test_hvp_with_onednn_derivatives_matches_xla():
@@ -344,6 +363,7 @@ _AVX2_SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from landscape_jax.backends.cpu import onednn_autodiff as ad
+from landscape_jax.core import hessian as hs
 configs = [tuple(map(tuple, c)) for c in json.loads(sys.argv[1])]
 shapes = [((3, 11, 10, 5), 7), ((4, 9, 9, 8), 16)]
 names = set()

@@ -61,6 +61,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from landscape_jax.backends.cpu.convolutions import canonicalize_convolutions
+from landscape_jax.backends.cpu.jaxpr import evaluate_once, rewritten
 from landscape_jax.backends.cpu.onednn_autodiff import min_flops_for, with_onednn_derivatives
 from landscape_jax.core import progress as progress_lib
 from landscape_jax.core import sharding as shd
@@ -115,6 +116,8 @@ class FlatOperator(NamedTuple):
   x0: jax.Array  # flat selected parameters (the point where H is taken)
   unravel: Callable[[jax.Array], PyTree]  # flat selection -> full pytree (zeros elsewhere)
   ravel: Callable[[PyTree], jax.Array]  # full pytree -> flat selection
+  # quadratic(z) = z^T H_SS z by forward-over-forward differentiation (`flat_hvp_operator`)
+  quadratic: Callable[[jax.Array], jax.Array] | None = None
 
 
 def _split_leaves(params, mask):
@@ -165,7 +168,13 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
   product, benchmarks/bench_hvp.py). `sharding` (`vector_sharding`) keeps ``x0`` and every
   product sharded over the model axis. With `onednn` (a number of FLOPs, `min_flops_for`), the
   loss's convolutions of at least that size and all their derivatives run on oneDNN
-  (`backends.cpu.onednn_autodiff.with_onednn_derivatives`)."""
+  (`backends.cpu.onednn_autodiff.with_onednn_derivatives`).
+
+  The operator's ``quadratic(z)`` is ``z^T H z = d^2/de^2 L(x0 + e z) |_{e=0}`` by
+  forward-over-forward differentiation (``jax.jvp`` of a ``jax.jvp``, its repeated first-order
+  pass computed once, `backends.cpu.jaxpr.evaluate_once`): no backward pass, and only forward
+  convolutions, where ``vdot(z, matvec(z))`` runs the forward-over-reverse product.
+  """
   active, merge, select = _split_leaves(params, mask)
   x0, unravel_active = ravel_pytree(active)
   x0 = constrain(x0, sharding)
@@ -183,15 +192,21 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
   def hvp_batch(x, batch):
     return jax.jvp(lambda y: grad_flat(y, batch), (x0,), (x,))[1]
 
+  @functools.partial(rewritten, evaluate=evaluate_once)
+  def quadratic_batch(z, batch):
+    def directional(y):  # the first derivative of L along z at y
+      return jax.jvp(lambda u: loss_flat(u, batch), (y,), (z,))[1]
+    return jax.jvp(directional, (x0,), (z,))[1]
+
   if isinstance(data, DeviceSplit):
     check_unpadded(data, name="The Hessian")
     total = data.num_examples
     if total == 0:
       raise ValueError("The DeviceSplit holds no example.")
 
-    def weighted(per_batch):  # sum_b n_b f(batch_b) / N
+    def weighted(per_batch, scalar=False):  # sum_b n_b f(batch_b) / N
       def f(x):
-        out = jnp.zeros_like(x0)
+        out = jnp.zeros((), x0.dtype) if scalar else jnp.zeros_like(x0)
         if data.batches is not None:
           size = jax.tree.leaves(data.batches)[0].shape[1]
           acc, _ = jax.lax.scan(lambda c, b: (c + per_batch(x, b), None), out, data.batches)
@@ -203,12 +218,16 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
 
     matvec = (jax.linearize(weighted(grad_flat), x0)[1] if linearize
               else weighted(hvp_batch))
-  elif linearize:
-    matvec = jax.linearize(functools.partial(grad_flat, batch=data), x0)[1]
+    quadratic = weighted(quadratic_batch, scalar=True)
   else:
-    matvec = functools.partial(hvp_batch, batch=data)
+    if linearize:
+      matvec = jax.linearize(functools.partial(grad_flat, batch=data), x0)[1]
+    else:
+      matvec = functools.partial(hvp_batch, batch=data)
+    quadratic = functools.partial(quadratic_batch, batch=data)
   if sharding is not None:
     matvec = _sharded_matvec(matvec, sharding)
+    quadratic = functools.partial(_sharded_quadratic, quadratic, sharding)
 
   def unravel(x):
     return merge(unravel_active(x), jnp.zeros_like)
@@ -216,7 +235,11 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
   def ravel(tree):
     return ravel_pytree(select(tree))[0]
 
-  return FlatOperator(matvec, x0, unravel, ravel)
+  return FlatOperator(matvec, x0, unravel, ravel, quadratic)
+
+
+def _sharded_quadratic(quadratic, sharding, z):
+  return quadratic(constrain(z, sharding))
 
 
 def _sharded_matvec(matvec, sharding):
@@ -494,7 +517,7 @@ def _trace_chunk(loss_fn, params, data, keys, real, mask, probe_batch, sharding=
   def one(k_real):
     k, r = k_real
     z = constrain(jax.random.rademacher(k, op.x0.shape, op.x0.dtype), sharding)
-    out = jnp.vdot(z, op.matvec(z))
+    out = op.quadratic(z)  # z^T H z, forward over forward
     if tick:
       progress_lib.tick(r)  # padding probes (r = 0) do not count
     return out
@@ -536,6 +559,10 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
 
   ``tr H = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; the estimate is the mean of
   ``num_probes`` samples ``z_i^T H z_i`` and its standard error ``std(samples) / sqrt(n)``.
+  Each sample ``z^T H z = d^2/de^2 L(params + e z) |_{e=0}`` is a second directional derivative,
+  computed by forward-over-forward differentiation (a ``jax.jvp`` of a ``jax.jvp``, its repeated
+  first-order pass computed once): forward passes only, where PyHessian computes ``H z`` by a
+  second backward pass and then ``z . (H z)`` (same value up to float rounding).
   With ``rtol``, probes are drawn chunk by chunk until the standard error is at most
   ``rtol |mean|`` (``num_probes`` the cap): a stopping rule on the quantity the error bar
   reports, where PyHessian stops when the running mean moves by less than its tol.
@@ -545,9 +572,7 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
     loss_fn, params, data, mask: as in `hvp`.
     num_probes: number of probe vectors (at least 2 for a standard error).
     probe_batch_size: probes evaluated together with `vmap` (default 1: sequential, least
-      memory, and on the CPU the fastest: a vmap of two ResNet-20 products cost 1.18x one
-      product per product, while sequential products in a compiled chunk share its primal pass,
-      benchmarks/bench_pyhessian.py).
+      memory; the probes of a compiled chunk share its primal forward pass either way).
     chunk_size: probes per compiled call (default: all in one call; the progress bar moves
       with every probe either way). The result does not depend on it.
     progress: one progress bar over the probes (`core.progress`: a terminal bar, a notebook
@@ -558,9 +583,8 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
       chunk (``chunk_size`` probes, default 10 here) after which ``stderr <= rtol |mean|`` with
       at least ``min(10, num_probes)`` probes (fewer make the standard error itself too
       uncertain to stop on); the samples are then a prefix of the fixed-count run's. Each
-      compiled chunk computes the loss's primal (forward and backward) pass once for all its
-      probes, so chunks of one probe cost about 1.7x more per probe on ResNet-20
-      (benchmarks/bench_pyhessian.py).
+      compiled chunk computes the loss's primal forward pass once for all its probes, so small
+      chunks cost more per probe.
 
   Returns:
     A `TraceEstimate` (mean, stderr, samples).

@@ -1,5 +1,6 @@
 """Evaluating a traced program with some equations replaced (used by `onednn` and
-`convolutions`): the two pieces every such rewrite needs."""
+`convolutions`): the two pieces every such rewrite needs; and evaluating it with repeated
+equations computed once (`evaluate_once`, used by `core.hessian`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import Any
 
 import jax
 import jax.extend.core as jex
+import numpy as np
 
 __all__ = [
   "bind",
   "Environment",
   "evaluate",
+  "evaluate_once",
   "JIT_PRIMITIVES",
   "rewritten",
 ]
@@ -48,6 +51,53 @@ def evaluate(jaxpr, consts, args, replace: Callable[[Any, list], list | None]) -
       sub = eqn.params["jaxpr"]
       outs = evaluate(sub.jaxpr, sub.consts, invals, replace)
     env.write(eqn.outvars, bind(eqn, invals) if outs is None else outs)
+  return [env.read(v) for v in jaxpr.outvars]
+
+
+def _key(value):
+  """A hashable stand-in for an equation parameter or literal: itself where hashable (jaxprs
+  hash by identity), else its identity (never equal to another object's)."""
+  try:
+    hash(value)
+  except TypeError:
+    return ("id", id(value))
+  return (type(value).__name__, value)
+
+
+def evaluate_once(jaxpr, consts, args) -> list:
+  """Evaluates `jaxpr` with each repeated pure equation computed once (common subexpressions).
+
+  Two equations are one when they apply the same primitive with equal parameters to the same
+  variables or equal literals (after the earlier repeats are merged), and have no effects (a
+  callback, a print, randomness by state is never merged). Same values as `jax.core.eval_jaxpr`,
+  with fewer operations where the program repeats itself: e.g. ``jax.jvp`` of a ``jax.jvp``
+  along the same direction computes the first-order tangents twice, as the inner tangent and as
+  the outer tangent of the primal, and XLA does not merge custom calls (oneDNN's convolutions).
+  """
+  env = Environment(jaxpr, consts, args)
+  alias: dict = {}  # variable -> the variable of the equation it repeats
+  seen: dict = {}
+
+  def name(v):
+    if isinstance(v, jex.Literal):  # scalars by type and value (NaN never equals itself)
+      if np.ndim(v.val) == 0:
+        return ("literal", str(v.aval), np.asarray(v.val).item())
+      return ("id", id(v))
+    return alias.get(v, v)
+
+  for eqn in jaxpr.eqns:
+    key = None
+    if not eqn.effects:
+      params = tuple(sorted((k, _key(p)) for k, p in eqn.params.items()))
+      key = (eqn.primitive, params, tuple(name(v) for v in eqn.invars))
+      if key in seen:
+        for v, first in zip(eqn.outvars, seen[key], strict=True):
+          alias[v] = first
+          env.write([v], [env.read(first)])
+        continue
+    env.write(eqn.outvars, bind(eqn, [env.read(v) for v in eqn.invars]))
+    if key is not None:
+      seen[key] = [alias.get(v, v) for v in eqn.outvars]
   return [env.read(v) for v in jaxpr.outvars]
 
 
