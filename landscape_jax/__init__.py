@@ -28,7 +28,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from landscape_jax.backends.cpu.malloc import apply_from_environment as _malloc_from_environment
+
 __version__ = "0.1.0"
+
+# With LANDSCAPE_JAX_KEEP_FREED_MEMORY=1, freed XLA:CPU buffers stay in the heap for the next
+# call (glibc; `backends.cpu.malloc`): set before JAX's threads first allocate.
+_malloc_from_environment()
 
 # Public name -> the module (relative to this package) that defines it.
 _NAMES: dict[str, str] = {

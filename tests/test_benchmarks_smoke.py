@@ -239,6 +239,13 @@ def test_bench_auto_threshold_tiny():
     assert step < 1e-4 and hvp < 1e-4, r
 
 
+def test_bench_malloc_tiny():
+  """Both settings run in their own processes and give the same results."""
+  rows = _load("bench_malloc").main(["--tiny", "--no-record"])
+  assert len(rows) == 4 and all(r[-1] == "yes" for r in rows)
+  assert {r[2] for r in rows} == {"kept (LANDSCAPE_JAX_KEEP_FREED_MEMORY=1)", "returned (default)"}
+
+
 def test_bench_pyhessian_tiny():
   """landscape-jax's Lanczos and Hutchinson agree with PyHessian on the same weights and batch."""
   missing = _torch_missing()
