@@ -117,7 +117,7 @@ class FlatOperator(NamedTuple):
   unravel: Callable[[jax.Array], PyTree]  # flat selection -> full pytree (zeros elsewhere)
   ravel: Callable[[PyTree], jax.Array]  # full pytree -> flat selection
   # quadratic(z) = z^T H_SS z by forward-over-forward differentiation (`flat_hvp_operator`)
-  quadratic: Callable[[jax.Array], jax.Array] | None = None
+  quadratic: Callable[[jax.Array], jax.Array]
 
 
 def _split_leaves(params, mask):
