@@ -471,6 +471,22 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(lines)
 
 
+def load_average() -> str:
+  """The 1, 5 and 15 minute load averages, as a benchmark's record quotes them."""
+  return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def report(lines: Sequence[str], *, title: str, info: dict[str, Any], record: bool,
+           path: str = RESULTS) -> None:
+  """Prints a run's record, ``lines`` (`format_info`'s machine block, a blank line, then the
+  results: the block is not printed again, `announce_machine` printed it first) and, with
+  `record`, appends it to RESULTS.md as ``## title (date)``."""
+  print("\n".join(lines[2:]), flush=True)
+  if record:
+    append_results(f"{title} ({info['date']})", "\n".join(lines), path=path)
+    print(f"appended to {path}", flush=True)
+
+
 def append_results(title: str, body: str, *, path: str = RESULTS) -> None:
   """Appends a ``## title`` section to RESULTS.md (created with a heading if missing)."""
   new = not os.path.exists(path)

@@ -148,7 +148,7 @@ def main(argv=None):
   for label, out in torch_rows:
     row_of(f"{label}, one row", out["seconds"], out["points"], out["loss"], ref)
   total = time.perf_counter() - t_start
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   head = (f"DRY RUN on {backend} at shrunk sizes (a smoke run of the script, not a measurement; "
           "this script has not run on a GPU yet)" if args.dry_run else
           f"{backend} run")
@@ -166,11 +166,8 @@ def main(argv=None):
     "", *[f"- {n}" for n in notes],
     f"Total {total:.0f} s; load average at the end {load}.",
   ]
-  print("\n".join(lines[2:]), flush=True)
-  if args.record:
-    title = "bench_accelerator.py" + (" (dry run)" if args.dry_run else "")
-    C.append_results(f"{title} ({info['date']})", "\n".join(lines), path=args.results)
-    print(f"appended to {args.results}", flush=True)
+  C.report(lines, title="bench_accelerator.py" + (" (dry run)" if args.dry_run else ""),
+           info=info, record=args.record, path=args.results)
   return {"rows": rows, "chunk": chunk, "total_s": total}
 
 

@@ -130,7 +130,7 @@ def main(argv=None):
                    1e3 * hv / args.products, f"{base['hvp'] / hv:.2f}",
                    f"{diffs[label]['step']:.1e} / {diffs[label]['hvp']:.1e}"])
       print(rows[-1], flush=True)
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   lines = [C.format_info(info), "",
            f"Medians of {args.rounds} rounds, floors called in turn in one process; the HVP "
            f"column is a loop of {args.products} products (one primal pass) per product. "
@@ -143,11 +143,8 @@ def main(argv=None):
            *[f"- {n}" for n in notes],
            "- Command: `python benchmarks/bench_auto_threshold.py`.", "",
            f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}."]
-  print("\n".join(lines[2:]), flush=True)
-  if args.record:
-    C.append_results(f"bench_auto_threshold.py: the oneDNN FLOPs floor of "
-                     f"cpu_convolutions='auto' ({info['date']})", "\n".join(lines))
-    print(f"appended to {C.RESULTS}")
+  C.report(lines, title="bench_auto_threshold.py: the oneDNN FLOPs floor of "
+           "cpu_convolutions='auto'", info=info, record=args.record)
   return rows
 
 

@@ -264,7 +264,7 @@ def main(argv=None):
       row += [t["bf16"] * 1e3, t["bf16+res"] * 1e3]
     lrows.append(row)
   layer_table = C.markdown_table(header, lrows)
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"One core (core {_CORE}, sched_setaffinity; OMP_NUM_THREADS=1; PyTorch 1 thread, same "
@@ -276,11 +276,8 @@ def main(argv=None):
     "`LANDSCAPE_JAX_TORCH_PYTHON=<venv python>`).",
     "", f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
   ]
-  print("\n".join(lines[2:]), flush=True)
-  if args.record:
-    C.append_results(f"bench_bf16_breakdown.py: W1's bfloat16 time on one core, ours and "
-                     f"PyTorch's ({info['date']})", "\n".join(lines))
-    print(f"appended to {C.RESULTS}")
+  C.report(lines, title="bench_bf16_breakdown.py: W1's bfloat16 time on one core, ours and "
+           "PyTorch's", info=info, record=args.record)
   return {"whole": whole, "layers": layers, "torch": torch_res}
 
 

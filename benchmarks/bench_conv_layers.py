@@ -243,7 +243,7 @@ def backward_main(args, info):
                     "rest / step"]
   summary = [[side, ms(steps_all[side]), ms(sides[side]), ms(steps_all[side] - sides[side]),
               f"{(steps_all[side] - sides[side]) / steps_all[side]:.2f}"] for side in names]
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   lines = [C.format_info(info), "",
            f"Where a {args.model} training step at batch {args.batch} (float32, 32x32x3) spends "
            f"its time: ms per product of each distinct convolution (best call of >= "
@@ -255,11 +255,8 @@ def backward_main(args, info):
            C.markdown_table(header, rows), "", C.markdown_table(summary_header, summary), "",
            *[f"- {n}" for n in notes],
            f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}."]
-  print("\n".join(lines[2:]), flush=True)
-  if args.record:
-    C.append_results(f"bench_conv_layers.py --backward: {args.model} training step breakdown "
-                     f"({info['date']})", "\n".join(lines))
-    print(f"appended to {C.RESULTS}")
+  C.report(lines, title=f"bench_conv_layers.py --backward: {args.model} training step "
+           "breakdown", info=info, record=args.record)
   return {"layers": out, "steps": steps_all, "convolutions": sides}
 
 
@@ -337,7 +334,7 @@ def main(argv=None):
                sum(r["count"] * r["flops"] for r in out) / 1e9, pct(tot.get("xla", np.nan)),
                pct(tot.get("onednn", np.nan)), "", pct(tot.get("torch_nchw", np.nan)),
                pct(tot.get("torch_cl", np.nan))])
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   lines = [C.format_info(info), "",
            f"Distinct convolutions of {args.model} at batch {args.batch} (from its inference "
            f"jaxpr), float32; best call of >= {args.repeats} and >= {args.min_time} s of calls per "
@@ -347,11 +344,8 @@ def main(argv=None):
            + f" GFLOP/s; % of the best, {best_gemm:.0f}. Theoretical fp32 peak: {theo_note}.",
            "", C.markdown_table(header, rows), "", *[f"- {n}" for n in notes],
            f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}."]
-  print("\n".join(lines[2:]), flush=True)
-  if args.record:
-    C.append_results(f"bench_conv_layers.py: ResNet-20 convolutions ({info['date']})",
-                     "\n".join(lines))
-    print(f"appended to {C.RESULTS}")
+  C.report(lines, title="bench_conv_layers.py: ResNet-20 convolutions", info=info,
+           record=args.record)
   return {"layers": out, "jax_peak": jax_peak, "torch_peak": torch_peak, "theoretical": theo,
           "totals": tot}
 

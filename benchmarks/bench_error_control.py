@@ -159,7 +159,7 @@ def main(argv=None):
     summary[name] = {"speedup": speed, "max_dev": float(dev.max()), "max_dev_targets": worst,
                      "mean_examples": float(n_used.mean())}
   loss = ex["loss"]
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"{args.model} (width {args.width}) trained {args.epochs} epochs on digits (test accuracy "
@@ -178,11 +178,8 @@ def main(argv=None):
     "", "Targets: " + "; ".join(verdicts) + ".",
     "", f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
   ]
-  print("\n".join(lines[2:]), flush=True)
-  if args.record:
-    C.append_results(f"bench_error_control.py: error control on a trained ResNet-8 "
-                     f"({info['date']})", "\n".join(lines))
-    print(f"appended to {C.RESULTS}")
+  C.report(lines, title="bench_error_control.py: error control on a trained ResNet-8",
+           info=info, record=args.record)
   return summary
 
 

@@ -383,7 +383,7 @@ def main(argv=None):
     part_rows.append([k, med[k], med[k] / n, med[k] / n / t_hvp, frac(1, med[k] / n, fl),
                       parts["compile"][k],
                       f"{parts['diffs'][k]:.1e}" if k in parts["diffs"] else "-"])
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"{args.model} (width {args.width}, random init), one batch of {args.batch} synthetic "
@@ -412,11 +412,8 @@ def main(argv=None):
     "", *[f"- {n}" for n in notes],
     f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
   ]
-  print("\n".join(lines[2:]), flush=True)
-  if args.record:
-    C.append_results(f"bench_pyhessian.py: curvature vs PyHessian ({info['date']})",
-                     "\n".join(lines))
-    print(f"appended to {C.RESULTS}")
+  C.report(lines, title="bench_pyhessian.py: curvature vs PyHessian", info=info,
+           record=args.record)
   return out
 
 

@@ -414,7 +414,7 @@ def main(argv=None):
          f"start-up images/s (threads/batch): "
          + ", ".join(f"{k}: {v:.0f}" for k, v in s["torch_probe"].items())
          + f" (fastest {s['torch_best_probe']})." if "torch_probe" in s else ""))
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"One epoch = {args.steps} steps of batch {args.batch} (synthetic 32x32x3 uint8 images, "
@@ -431,12 +431,9 @@ def main(argv=None):
     "cores: other processes ran meanwhile, so the times are noisy; the ratios come from "
     "alternating rounds).",
   ]
-  print("\n".join(lines[2:]), flush=True)
   out["ratios"] = ratios
-  if args.record:
-    C.append_results(f"bench_train_vs_torch.py: curve epoch vs Garipov et al., SGD epoch vs "
-                     f"PyTorch ({info['date']})", "\n".join(lines))
-    print(f"appended to {C.RESULTS}")
+  C.report(lines, title="bench_train_vs_torch.py: curve epoch vs Garipov et al., SGD epoch "
+           "vs PyTorch", info=info, record=args.record)
   return out
 
 

@@ -196,7 +196,7 @@ def main(argv=None):
                  f"{np.median(t) / np.median(base):.2f}x ({ratio.min():.2f}-{ratio.max():.2f})",
                  dl, rl, da])
     print(f"{k}: losses vs JAX default: max abs diff {dl:.3g}, max rel diff {rl:.3g}", flush=True)
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"Workload W1: {args.model} (width {args.width}, random init), {args.grid} x {args.grid} "
@@ -213,10 +213,7 @@ def main(argv=None):
     f"- Losses compared at the row's {len(coords)} points with the first JAX default round.",
     "", f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
   ]
-  print("\n".join(lines[2:]), flush=True)
-  if args.record:
-    C.append_results(f"bench_w1.py: W1 head to head ({info['date']})", "\n".join(lines))
-    print(f"appended to {C.RESULTS}")
+  C.report(lines, title="bench_w1.py: W1 head to head", info=info, record=args.record)
   return {"seconds_per_point": {k: float(np.median(v)) for k, v in spp.items()},
           "checks": checks, "peaks": peaks, "theoretical": theo}
 

@@ -164,7 +164,7 @@ def main(argv=None):
   if worker is not None:
     speed["PyTorch bf16 / PyTorch f32"] = float(np.median(spp[TF32] / spp[TBF16]))
     speed["JAX bf16 / PyTorch bf16"] = float(np.median(spp[TBF16] / base))
-  load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"Workload W1: {args.model} (width {args.width}, random init), filter-normalised "
@@ -189,11 +189,8 @@ def main(argv=None):
     + ".",
     "", f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
   ]
-  print("\n".join(lines[2:]), flush=True)
-  if args.record:
-    C.append_results(f"bench_w1_bf16.py: W1 in bfloat16 against PyTorch autocast "
-                     f"({info['date']})", "\n".join(lines))
-    print(f"appended to {C.RESULTS}")
+  C.report(lines, title="bench_w1_bf16.py: W1 in bfloat16 against PyTorch autocast",
+           info=info, record=args.record)
   return {"seconds_per_point": {k: float(np.median(v)) for k, v in spp.items()},
           "agreement": agree, "speed": speed, "peaks": peaks, "fp32_peak": fp32_peak,
           "bf16_peak": bf16_peak, "backend": jax.default_backend()}

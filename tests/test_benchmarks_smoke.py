@@ -230,6 +230,18 @@ def test_ritz_convergence_on_a_known_spectrum():
 
 
 @pytest.mark.slow
+def test_report_prints_the_results_and_records_them_under_title_and_date(tmp_path, capsys):
+  common = _load("_common")
+  lines = ["- machine block", "", "| a | b |", "Total 1 s."]
+  path = str(tmp_path / "RESULTS.md")
+  common.report(lines, title="bench_x.py: a run", info={"date": "D"}, record=False, path=path)
+  assert capsys.readouterr().out == "| a | b |\nTotal 1 s.\n" and not os.path.exists(path)
+  common.report(lines, title="bench_x.py: a run", info={"date": "D"}, record=True, path=path)
+  assert capsys.readouterr().out.endswith(f"appended to {path}\n")
+  with open(path) as f:
+    assert f.read().endswith("\n## bench_x.py: a run (D)\n\n" + "\n".join(lines) + "\n")
+
+
 def test_bench_auto_threshold_tiny():
   """Every oneDNN floor compiles, runs and matches XLA's step and products."""
   rows = _load("bench_auto_threshold").main(["--tiny", "--no-record"])
