@@ -252,15 +252,23 @@ def torch_installed() -> tuple[bool, str]:
   return True, ""
 
 
-def run_torch(command: str, *args: str, timeout: float = 600) -> dict:
-  """Runs ``torch_baseline.py COMMAND ARGS`` in its own process and returns its JSON answer."""
-  proc = subprocess.run([torch_python(), TORCH_SCRIPT, command, *args], capture_output=True,
-                        text=True, timeout=timeout, check=False)
+def run_json(cmd: Sequence[str], *, name: str, env: dict[str, str] | None = None,
+             timeout: float = 600) -> dict:
+  """Runs `cmd` in its own process and returns the last JSON object it printed (a line that
+  starts with ``{``); RuntimeError naming `name`, the exit status and the end of its stderr if
+  it fails or prints none."""
+  proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout,
+                        check=False)
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
   if proc.returncode != 0 or not lines:
-    raise RuntimeError(f"torch_baseline.py {command} failed (exit {proc.returncode}): "
-                       f"{proc.stderr[-2000:]}")
+    raise RuntimeError(f"{name} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
   return json.loads(lines[-1])
+
+
+def run_torch(command: str, *args: str, timeout: float = 600) -> dict:
+  """Runs ``torch_baseline.py COMMAND ARGS`` in its own process and returns its JSON answer."""
+  return run_json([torch_python(), TORCH_SCRIPT, command, *args],
+                  name=f"torch_baseline.py {command}", timeout=timeout)
 
 
 class TorchWorker:

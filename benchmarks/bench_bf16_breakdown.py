@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -224,12 +223,8 @@ def main(argv=None):
                        "depth": S.depth_of(args.model), "width": 1.0, "image_size": size,
                        "compile": args.compile})
     env = dict(os.environ, OMP_NUM_THREADS="1", LANDSCAPE_JAX_BREAKDOWN_PIN="1")
-    proc = subprocess.run([C.torch_python(), os.path.abspath(__file__), "--torch-worker", spec],
-                          capture_output=True, text=True, env=env, check=False, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-      raise RuntimeError(f"the PyTorch worker failed: {proc.stderr[-2000:]}")
-    torch_res = json.loads(lines[-1])
+    torch_res = C.run_json([C.torch_python(), os.path.abspath(__file__), "--torch-worker", spec],
+                           name="the PyTorch worker", env=env, timeout=900)
     notes.append(f"PyTorch {torch_res['torch']} in its own process pinned to the same core, 1 "
                  "thread; its model: BatchNorm folded (biased convolutions), channels-last, "
                  "inference_mode, bf16 autocast, random weights"

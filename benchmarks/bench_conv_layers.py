@@ -32,7 +32,6 @@ import argparse
 import collections
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -200,15 +199,10 @@ def backward_main(args, info):
   notes = []
   have_torch, why = C.torch_installed()
   if args.torch and have_torch:
-    proc = subprocess.run(
+    ans = C.run_json(
       [C.torch_python(), os.path.join(_HERE, "torch_conv_backward.py"), "--shapes",
        json.dumps([r["shape"] for r in out]), "--repeats", str(args.repeats), "--min_time",
-       str(args.min_time), "--threads", str(os.cpu_count())],
-      capture_output=True, text=True, timeout=600, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-      raise RuntimeError(f"torch_conv_backward.py failed: {proc.stderr[-2000:]}")
-    ans = json.loads(lines[-1])
+       str(args.min_time), "--threads", str(os.cpu_count())], name="torch_conv_backward.py")
     for r, t in zip(out, ans["layers"], strict=True):
       for kind in ad.KINDS:
         r[f"torch_{kind}"] = t[kind]

@@ -16,9 +16,7 @@ for a smoke run (not recorded).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -89,12 +87,8 @@ def run(setting: dict, model: str, batch: int, calls: int) -> dict:
   env = {k: v for k, v in os.environ.items()
          if k != "LANDSCAPE_JAX_KEEP_FREED_MEMORY" and not k.startswith("MALLOC_")}
   env.update(setting, PYTHONPATH=os.path.dirname(_HERE))
-  proc = subprocess.run([sys.executable, "-c", WORKER, model, str(batch), str(calls)], env=env,
-                        capture_output=True, text=True, timeout=900, check=False)
-  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-  if proc.returncode != 0 or not lines:
-    raise RuntimeError(f"worker failed: {proc.stderr[-2000:]}")
-  return json.loads(lines[-1])
+  return C.run_json([sys.executable, "-c", WORKER, model, str(batch), str(calls)],
+                    name=f"the {model} worker", env=env, timeout=900)
 
 
 def main(argv=None):

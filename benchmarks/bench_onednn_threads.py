@@ -16,9 +16,7 @@ Run: ``python benchmarks/bench_onednn_threads.py`` (a few minutes; appends to RE
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -79,15 +77,11 @@ def main(argv=None):
   t_start = time.perf_counter()
   best = dict.fromkeys(SETTINGS, float("inf"))
   for r in range(args.rounds):
-    for name, (env, conv) in SETTINGS.items():
-      proc = subprocess.run(
-        [sys.executable, "-c", WORKER, str(args.batch), str(args.steps), conv],
-        env={**os.environ, "PYTHONPATH": os.path.dirname(_HERE), **env}, capture_output=True,
-        text=True, timeout=600, check=False)
-      lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-      if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{name} failed: {proc.stderr[-2000:]}")
-      t = json.loads(lines[-1])["best"]
+    for name, (changes, conv) in SETTINGS.items():
+      env = {**os.environ, "PYTHONPATH": os.path.dirname(_HERE), **changes}
+      out = C.run_json([sys.executable, "-c", WORKER, str(args.batch), str(args.steps), conv],
+                       name=name, env=env)
+      t = out["best"]
       best[name] = min(best[name], t)
       print(f"round {r}: {name}: {1e3 * t:.1f} ms", flush=True)
   ref = best["oneDNN, libgomp defaults"]
