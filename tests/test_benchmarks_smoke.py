@@ -186,6 +186,39 @@ def test_cpu_features_line_names_present_absent_and_needed(monkeypatch):
   assert _BENCH_COMMON.cpu_features() == "unknown (no flags in /proc/cpuinfo)"
   assert "cpu features" in _BENCH_COMMON.machine_info()
 
+def _record_problems(text: str) -> list[str]:
+  """What is wrong with the blocks of a RESULTS.md: a block with two machine headers (two
+  ``- date:`` or ``- cpu:`` lines) or whose ``Command:`` runs another script than its title's
+  holds lines of another run."""
+  import re
+
+  problems = []
+  for block in re.split(r"\n(?=## )", text)[1:]:
+    title = block.split("\n", 1)[0]
+    for key in ("- date: ", "- cpu: "):
+      if sum(line.startswith(key) for line in block.split("\n")) > 1:
+        problems.append(f"{title}: two '{key.strip()}' lines")
+    script = re.match(r"## (bench_\w+\.py)", title)
+    commands = set(re.findall(r"Command: `python benchmarks/(\w+\.py)", block))
+    if script and commands and commands != {script.group(1)}:
+      problems.append(f"{title}: its Command runs {sorted(commands)}")
+  return problems
+
+
+def test_results_blocks_each_hold_one_run():
+  """Every block of benchmarks/RESULTS.md holds one run's lines (a merge of two branches that
+  both appended to the file once interleaved blocks; this finds such damage), and the check
+  finds two interleaved blocks."""
+  with open(os.path.join(ROOT, "benchmarks", "RESULTS.md")) as f:
+    text = f.read()
+  assert _record_problems(text) == []
+  header = ("## bench_{0}.py: t (d)\n\n- date: d\n- cpu: c\n\nx\n"
+            "- Command: `python benchmarks/bench_{0}.py`\n")
+  good = "# R\n\n" + header.format("a") + "\n" + header.format("b")
+  assert _record_problems(good) == []
+  mixed = good.replace("\n## bench_b.py: t (d)\n", "\n")  # b's lines now under a's title
+  assert len(_record_problems(mixed)) == 3
+
 
 @pytest.mark.slow
 def test_bench_conv_layers_tiny():
