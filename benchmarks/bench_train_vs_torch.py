@@ -35,7 +35,9 @@ CIFAR-10's 50000, to keep a recorded run to a few minutes), in the order of
   Agreement: the losses of the first ``--agree_steps`` steps.
 
 Times: ``--rounds`` alternating rounds (JAX epoch, then a fresh PyTorch process), best of each
-side reported with all values; the ratio is PyTorch's best over landscape-jax's best. Each
+side reported with all values; the ratio is PyTorch's best over landscape-jax's best, and the
+ratios of each round's pair of epochs are given with their median (the machine's load changes
+between rounds; a pair run back to back shares more of it). Each
 side's GFLOP/s counts ``3 x`` the forward FLOPs per image (forward, backward-data,
 backward-weights; elementwise work not counted) and is also given as a fraction of the machine's
 measured fp32 GEMM peak (the highest of JAX's, at the start and at the end, and PyTorch's with
@@ -93,7 +95,7 @@ def parse_args(argv=None):
   p.add_argument("--sgd_lr", type=float, default=0.05)
   p.add_argument("--wd", type=float, default=5e-4)
   p.add_argument("--agree_steps", type=int, default=5)
-  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--peak_n", type=int, default=2048)
   args = p.parse_args(argv)
@@ -376,8 +378,11 @@ def main(argv=None):
                    args.steps * args.batch / t_best, gflops(p, t_best),
                    f"{gflops(p, t_best) / peak:.0%}"])
       diffs = p["loss_rel_diff"]
+      paired = [t / j for j, t in zip(p["lj_epoch_s"], p["torch_epoch_s"], strict=True)]
       lines_extra.append(
-        f"- {label}: PyTorch time / landscape-jax time = **{ratios[key]:.2f}x** (best epochs). "
+        f"- {label}: PyTorch time / landscape-jax time = **{ratios[key]:.2f}x** (best epochs); "
+        f"round by round (each JAX epoch against the PyTorch epoch run right after it) "
+        + ", ".join(f"{r:.2f}" for r in paired) + f", median {np.median(paired):.2f}x. "
         f"Losses of the first {len(diffs)} steps from the same weights and batches: lj "
         + ", ".join(f"{v:.5f}" for v in p["lj_losses"]) + "; theirs "
         + ", ".join(f"{v:.5f}" for v in p["torch_losses"])
