@@ -378,3 +378,39 @@ def test_bench_train_vs_torch_tiny():
   assert max(curve["loss_rel_diff"]) < 1e-4, curve
   assert curve["params"] == curve["torch_trainable"] == curve["torch_base_params"]
   assert min(curve["torch_epoch_s"]) > 0
+
+
+@pytest.mark.slow
+def test_epoch_profile_reads_the_program_and_its_trace():
+  """bench_epoch_profile's pieces against hand computations: the FLOPs and attributes it reads
+  from a compiled program's oneDNN calls (a strided 3x3 convolution and both derivatives), the
+  union of overlapping trace intervals, and a tiny run whose parts add up to its epoch."""
+  from landscape_jax.backends.cpu import onednn_autodiff, onednn_build
+
+  if not onednn_build.available():
+    pytest.skip(f"oneDNN unavailable: {onednn_build.unavailable_reason()}")
+  import jax
+  import jax.numpy as jnp
+
+  bench = _load("bench_epoch_profile")
+  x, w = jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 5))
+
+  def loss(x, w):
+    return jnp.sum(onednn_autodiff.conv(x, w, strides=2, padding=(1, 0, 1, 0)) ** 2)
+
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+  calls = [v for v in bench.program_ops(hlo).values() if "target" in v]
+  assert sorted(v["kind"] for v in calls) == ["oneDNN backward-data", "oneDNN backward-weights",
+                                              "oneDNN forward"]
+  flops = 2 * (2 * 4 * 4 * 5) * (3 * 3 * 3)  # y: 2 x 4 x 4 x 5 ((9 + 1 - 3) // 2 + 1), 27 taps
+  assert all(v["flops"] == flops for v in calls)
+  for v in calls:
+    np.testing.assert_array_equal(v["attrs"]["strides"], [2, 2])
+    np.testing.assert_array_equal(v["attrs"]["padding"], [1, 0, 1, 0])
+  assert bench.busy_time([{"ts": 0.0, "dur": 2.0}, {"ts": 1.0, "dur": 2.0},
+                          {"ts": 5.0, "dur": 1.0}]) == 4.0
+  res = bench.main(["--tiny", "--no-record"])
+  for r in res["results"]:
+    shares = [float(row[2].rstrip("%")) for row in r["rows"] if row[2].endswith("%")]
+    assert abs(sum(shares[:-1]) - 100) <= len(shares)  # parts + overlap + idle = the epoch
+    assert r["alone"][-1][2] == sum(row[2] for row in r["alone"][:-1]) > 0
