@@ -1,12 +1,14 @@
-"""Where a compiled training epoch's time goes: oneDNN's convolutions, XLA's fusions, idle time.
+"""Where a compiled epoch's (or HVP loop's) time goes: oneDNN's convolutions, XLA's fusions.
 
 Runs the library's compiled epoch (``loop.make_epoch_fn``, what ``train_curve`` and ``train_sgd``
 run) for two workloads at the sizes of ``bench_train_vs_torch.py``: one epoch of Bezier curve
 training (PreResNet-20, 3 bends, ``curve_training.curve_train_step``) and one of plain SGD
 (ResNet-20, ``training.train_step``), ``--steps`` minibatches of ``--batch`` synthetic 32x32x3
-images, float32, the default ``cpu_convolutions="auto"``. Each epoch is timed ``--rounds`` times
-without the profiler (best kept), then run once under ``jax.profiler.trace``; the operations of
-the epoch's compiled program (trace events named by its HLO instructions) are summed by kind:
+images, float32, the default ``cpu_convolutions="auto"``; and a third, ``--products``
+Hessian-vector products of ResNet-20 (one batch, inference mode, all parameters) in one compiled
+loop, as Lanczos runs them. Each is timed ``--rounds`` times without the profiler (best kept),
+then run once under ``jax.profiler.trace``; the operations of its compiled program (trace events
+named by its HLO instructions) are summed by kind, per step or product:
 
 * oneDNN convolutions: forward, backward-data and backward-weights (the FFI custom calls), with
   their FLOPs (``2 x`` the forward output's size ``x KH x KW x C`` each) and the rate they reach
@@ -23,7 +25,8 @@ less the best time of an empty jitted call), and set against its best duration i
 (best against best: the shared machine's load moves both).
 
 Run: ``python benchmarks/bench_epoch_profile.py`` (a few minutes on 2 cores; appends to
-RESULTS.md); ``--tiny``: PreResNet-8 / ResNet-8 at batch 8, 2 steps, not recorded.
+RESULTS.md); ``--tiny``: PreResNet-8 / ResNet-8 at batch 8, 2 steps or products, not
+recorded.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import landscape_jax as lj  # noqa: E402
 from landscape_jax.backends.cpu import onednn_build  # noqa: E402
+from landscape_jax.core import hessian  # noqa: E402
 from landscape_jax.methods import curve_training, loop, training  # noqa: E402
 
 KINDS = {onednn_build.TARGET: "oneDNN forward", onednn_build.TARGET_BWD_DATA:
@@ -65,10 +70,12 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--depth", type=int, default=20)
   p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--products", type=int, default=4, help="Hessian-vector products in the loop")
   p.add_argument("--alone_calls", type=int, default=30)
   args = p.parse_args(argv)
   if args.tiny:
     args.steps, args.batch, args.depth, args.rounds, args.alone_calls = 2, 8, 8, 1, 3
+    args.products = 2
   return C.finish_args(args)
 
 
@@ -206,8 +213,8 @@ def curve_epoch(args, images, labels, idx):
 
   epoch = loop.make_epoch_fn(step_fn)
   fn_args = (loss_fn, ends)
-  return f"preresnet{args.depth} Bezier curve", epoch, (fn_args, state, images, labels, idx,
-                                                       jax.random.key(0))
+  return (f"preresnet{args.depth} Bezier curve", epoch,
+          (fn_args, state, images, labels, idx, jax.random.key(0)), args.steps, "step")
 
 
 def sgd_epoch(args, images, labels, idx):
@@ -222,8 +229,32 @@ def sgd_epoch(args, images, labels, idx):
                                                   std=std)
     return st, metrics["loss"]
 
-  return f"{name} SGD", loop.make_epoch_fn(step_fn), (None, state, images, labels, idx,
-                                                     jax.random.key(0))
+  return (f"{name} SGD", loop.make_epoch_fn(step_fn),
+          (None, state, images, labels, idx, jax.random.key(0)), args.steps, "step")
+
+
+def hvp_loop(args, images, labels, idx):
+  """`--products` Hessian-vector products of the mean cross-entropy of one batch (inference
+  mode, all parameters) in one compiled loop, as Lanczos runs them (`hessian.flat_hvp_operator`,
+  forward over reverse, the convolutions' derivatives on oneDNN)."""
+  del idx
+  name = f"resnet{args.depth}"
+  model = lj.get_model(name, num_classes=10)
+  x = (images[:args.batch].astype(jnp.float32) - 120.0) / 60.0
+  variables = model.init(jax.random.key(1), x[:1])
+  loss_fn = lj.make_loss_fn(model, batch_stats=variables["batch_stats"], train=False)
+  params, batch = variables["params"], (x, labels[:args.batch])
+  u = jax.random.normal(jax.random.key(3), ravel_pytree(params)[0].shape)
+  products = args.products
+
+  @jax.jit
+  def loop_fn(p, b, u):
+    op = hessian.flat_hvp_operator(loss_fn, p, b, None, False, None,
+                                   hessian.min_flops_for("auto"))
+    return jax.lax.fori_loop(0, products, lambda i, v: op.matvec(v / jnp.linalg.norm(v)), u)
+
+  return (f"{name} Hessian-vector products in a loop", loop_fn, (params, batch, u), products,
+          "product")
 
 
 def run_workload(args, make, peak, floor):
@@ -231,7 +262,7 @@ def run_workload(args, make, peak, floor):
   images = jax.random.randint(jax.random.key(0), (n, 32, 32, 3), 0, 256).astype(jnp.uint8)
   labels = jnp.arange(n) % 10
   idx = jnp.arange(n).reshape(args.steps, args.batch)
-  label, epoch, call_args = make(args, images, labels, idx)
+  label, epoch, call_args, steps, unit = make(args, images, labels, idx)
   compiled = epoch.lower(*call_args).compile()
   hlo = compiled.as_text()
   module = hlo.split()[1].rstrip(",")  # "HloModule jit_epoch, ...": the trace's hlo_module
@@ -239,7 +270,6 @@ def run_workload(args, make, peak, floor):
   C.block(epoch(*call_args))  # the first call compiles and warms the caches
   best = C.best_time(lambda: epoch(*call_args), repeats=args.rounds)
   wall, events = profile(lambda: epoch(*call_args), ops, module)
-  steps = args.steps
   by_kind = collections.defaultdict(lambda: [0.0, 0, 0.0])  # seconds, calls, FLOPs
   per_op = collections.defaultdict(list)
   for e in events:
@@ -260,13 +290,13 @@ def run_workload(args, make, peak, floor):
     s, calls, flops = by_kind[kind]
     rows.append([kind, s / steps * 1e3, f"{s / wall:.0%}", calls / steps,
                  f"{flops / s / 1e9:.0f} ({flops / s / 1e9 / peak:.0%})" if flops else "-"])
-  onednn_s = sum(by_kind[k][0] for k in KINDS.values() if k in by_kind)
+  onednn_busy = busy_time([e for e in events if "target" in ops[e["op"]]])
   rows.append(["two operations at once (counted twice above)", -(summed - busy) / steps * 1e3,
                f"{-(summed - busy) / wall:.0%}", "-", "-"])
   rows.append(["idle (no operation of the program running)", (wall - busy) / steps * 1e3,
                f"{(wall - busy) / wall:.0%}", "-", "-"])
-  rows.append(["profiled epoch, per step", wall / steps * 1e3, "100%", "-", "-"])
-  rows.append([f"epoch without the profiler, per step (best of {args.rounds})",
+  rows.append([f"profiled call, per {unit}", wall / steps * 1e3, "100%", "-", "-"])
+  rows.append([f"call without the profiler, per {unit} (best of {args.rounds})",
                best / steps * 1e3, "-", "-", "-"])
   # the same oneDNN calls, alone
   distinct = {}
@@ -286,11 +316,12 @@ def run_workload(args, make, peak, floor):
     alone_rows.append([info["kind"].replace("oneDNN ", ""), "x".join(map(str, x)) + " : " +
                        "x".join(map(str, w)), len(durs) / steps, med * 1e3, t_alone * 1e3,
                        med / t_alone])
-  alone_rows.append(["all oneDNN calls of a step", "", sum(r[2] for r in alone_rows),
+  alone_rows.append([f"all oneDNN calls of a {unit}", "", sum(r[2] for r in alone_rows),
                      in_epoch_total / steps * 1e3, alone_total / steps * 1e3,
                      in_epoch_total / alone_total])
-  return {"label": label, "rows": rows, "alone": alone_rows, "best_step_ms": best / steps * 1e3,
-          "onednn_share": onednn_s / wall, "idle_share": (wall - busy) / wall,
+  return {"label": label, "unit": unit, "rows": rows, "alone": alone_rows,
+          "best_step_ms": best / steps * 1e3, "onednn_share": onednn_busy / wall,
+          "idle_share": (wall - busy) / wall,
           "in_epoch_over_alone": in_epoch_total / alone_total}
 
 
@@ -300,27 +331,34 @@ def main(argv=None):
   t0 = time.perf_counter()
   peak = C.matmul_peak(n=256 if args.tiny else 2048)
   floor = dispatch_floor(10 * args.alone_calls)
-  results = [run_workload(args, make, peak, floor) for make in (curve_epoch, sgd_epoch)]
+  results = [run_workload(args, make, peak, floor)
+             for make in (curve_epoch, sgd_epoch, hvp_loop)]
   lines = [C.format_info(info), "",
            f"One compiled epoch of {args.steps} steps of batch {args.batch} (synthetic 32x32x3 "
            "images, float32, cpu_convolutions='auto'), profiled once after the timed epochs; "
-           f"the operations of its program summed by kind, per step. fp32 GEMM peak {peak:.0f} "
+           f"the operations of its program summed by kind, per step; and {args.products} "
+           "Hessian-vector products of ResNet-20 (one batch, inference mode) in one compiled "
+           f"loop, per product. fp32 GEMM peak {peak:.0f} "
            "GFLOP/s (measured at the start)."]
   for r in results:
     lines += ["", f"**{r['label']}**", "",
-              C.markdown_table(["part", "ms per step", "share of the profiled epoch",
-                                "calls per step", "GFLOP/s (% GEMM peak)"], r["rows"]), "",
+              C.markdown_table(["part", f"ms per {r['unit']}", "share of the profiled call",
+                                f"calls per {r['unit']}", "GFLOP/s (% GEMM peak)"], r["rows"]),
+              "",
               f"The same oneDNN calls alone (random operands, hot in cache; best of "
               f"{args.alone_calls} calls less {floor * 1e3:.3f} ms, the best of an empty "
-              "jitted call), against each call's best inside the epoch:", "",
-              C.markdown_table(["call", "images : kernel", "per step", "best ms in the epoch",
-                                "ms alone", "epoch / alone"], r["alone"]), "",
-              f"- oneDNN's share of the profiled epoch {r['onednn_share']:.0%}, idle "
+              "jitted call), against each call's best inside the program:", "",
+              C.markdown_table(["call", "images : kernel", f"per {r['unit']}",
+                                "best ms in the program",
+                                "ms alone", "program / alone"], r["alone"]), "",
+              f"- oneDNN's share of the profiled call {r['onednn_share']:.0%} (time with at "
+              f"least one oneDNN call running), idle "
               f"{r['idle_share']:.0%}; at their best, oneDNN's calls take "
-              f"{r['in_epoch_over_alone']:.2f}x as long inside the epoch as alone."]
+              f"{r['in_epoch_over_alone']:.2f}x as long inside the program as alone."]
   lines += ["", f"Total {time.perf_counter() - t0:.0f} s; load average at the end "
             f"{C.load_average()}."]
-  C.report(lines, title="bench_epoch_profile.py: where a compiled training epoch's time goes",
+  C.report(lines, title="bench_epoch_profile.py: where a compiled epoch's and a loop of HVPs' "
+           "time goes",
            info=info, record=args.record)
   return {"results": results, "peak": peak, "floor": floor}
 
