@@ -79,7 +79,8 @@ def parse_args(argv=None):
   return C.finish_args(args)
 
 
-def _shape(text: str) -> tuple[str, tuple[int, ...]]:
+def _shape(text: str) -> tuple[type, tuple[int, ...]]:
+  """An HLO shape's dtype and dimensions: ``"f32[2,3]"`` -> ``(jnp.float32, (2, 3))``."""
   m = _SHAPE.match(text)
   return _DTYPES[m.group(1)], tuple(int(d) for d in m.group(2).split(",") if d)
 
