@@ -97,7 +97,7 @@ def evaluate_once(jaxpr, consts, args) -> list:
         continue
     env.write(eqn.outvars, bind(eqn, [env.read(v) for v in eqn.invars]))
     if key is not None:
-      seen[key] = [alias.get(v, v) for v in eqn.outvars]
+      seen[key] = eqn.outvars  # computed here, so never an alias
   return [env.read(v) for v in jaxpr.outvars]
 
 
