@@ -173,29 +173,18 @@ def dispatch_floor(calls: int) -> float:
   f = jax.jit(lambda a: a + 1.0)
   a = jnp.zeros(())
   C.block(f(a))
-  times = []
-  for _ in range(calls):
-    t = time.perf_counter()
-    C.block(f(a))
-    times.append(time.perf_counter() - t)
-  return min(times)
+  return C.best_time(lambda: f(a), repeats=calls)
 
 
 def alone(info: dict, calls: int, floor: float) -> float:
   """Best seconds of one oneDNN call run by itself (random operands, hot in cache), less the
   `dispatch_floor`."""
   keys = jax.random.split(jax.random.key(0), len(info["operands"]))
-  args = [jax.random.normal(k, s, d) for k, (d, s) in zip(keys, info["operands"],
-                                                                     strict=True)]
+  args = [jax.random.normal(k, s, d) for k, (d, s) in zip(keys, info["operands"], strict=True)]
   out = jax.ShapeDtypeStruct(info["out"][1], info["out"][0])
   f = jax.jit(lambda *a: jax.ffi.ffi_call(info["target"], out)(*a, **info["attrs"]))
   C.block(f(*args))
-  times = []
-  for _ in range(calls):
-    t = time.perf_counter()
-    C.block(f(*args))
-    times.append(time.perf_counter() - t)
-  return max(min(times) - floor, 1e-6)
+  return max(C.best_time(lambda: f(*args), repeats=calls) - floor, 1e-6)
 
 
 def curve_epoch(args, images, labels, idx):
