@@ -484,6 +484,13 @@ def load_average() -> str:
   return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+def total_line(t_start: float, note: str = "") -> str:
+  """A record's closing line: the run's wall time since `t_start` (``time.perf_counter()``)
+  and the load averages at its end, then `note`."""
+  return (f"Total {time.perf_counter() - t_start:.0f} s; load average at the end "
+          f"{load_average()}{note}.")
+
+
 def report(lines: Sequence[str], *, title: str, info: dict[str, Any], record: bool,
            path: str = RESULTS) -> None:
   """Prints a run's record, ``lines`` (`format_info`'s machine block, a blank line, then the

@@ -130,7 +130,6 @@ def main(argv=None):
                    1e3 * hv / args.products, f"{base['hvp'] / hv:.2f}",
                    f"{diffs[label]['step']:.1e} / {diffs[label]['hvp']:.1e}"])
       print(rows[-1], flush=True)
-  load = C.load_average()
   lines = [C.format_info(info), "",
            f"Medians of {args.rounds} rounds, floors called in turn in one process; the HVP "
            f"column is a loop of {args.products} products (one primal pass) per product. "
@@ -142,7 +141,7 @@ def main(argv=None):
                              "max rel diff to XLA (step / HVP)"], rows), "",
            *[f"- {n}" for n in notes],
            "- Command: `python benchmarks/bench_auto_threshold.py`.", "",
-           f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}."]
+           C.total_line(t_start)]
   C.report(lines, title="bench_auto_threshold.py: the oneDNN FLOPs floor of "
            "cpu_convolutions='auto'", info=info, record=args.record)
   return rows

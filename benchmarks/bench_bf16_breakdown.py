@@ -259,7 +259,6 @@ def main(argv=None):
       row += [t["bf16"] * 1e3, t["bf16+res"] * 1e3]
     lrows.append(row)
   layer_table = C.markdown_table(header, lrows)
-  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"One core (core {_CORE}, sched_setaffinity; OMP_NUM_THREADS=1; PyTorch 1 thread, same "
@@ -269,7 +268,7 @@ def main(argv=None):
     layer_table, "", *[f"- {n}" for n in notes],
     "- Command: `python benchmarks/bench_bf16_breakdown.py` (with torch: "
     "`LANDSCAPE_JAX_TORCH_PYTHON=<venv python>`).",
-    "", f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
+    "", C.total_line(t_start),
   ]
   C.report(lines, title="bench_bf16_breakdown.py: W1's bfloat16 time on one core, ours and "
            "PyTorch's", info=info, record=args.record)

@@ -237,7 +237,6 @@ def backward_main(args, info):
                     "rest / step"]
   summary = [[side, ms(steps_all[side]), ms(sides[side]), ms(steps_all[side] - sides[side]),
               f"{(steps_all[side] - sides[side]) / steps_all[side]:.2f}"] for side in names]
-  load = C.load_average()
   lines = [C.format_info(info), "",
            f"Where a {args.model} training step at batch {args.batch} (float32, 32x32x3) spends "
            f"its time: ms per product of each distinct convolution (best call of >= "
@@ -248,7 +247,7 @@ def backward_main(args, info):
            "update, layout copies, call overheads).", "",
            C.markdown_table(header, rows), "", C.markdown_table(summary_header, summary), "",
            *[f"- {n}" for n in notes],
-           f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}."]
+           C.total_line(t_start)]
   C.report(lines, title=f"bench_conv_layers.py --backward: {args.model} training step "
            "breakdown", info=info, record=args.record)
   return {"layers": out, "steps": steps_all, "convolutions": sides}
@@ -328,7 +327,6 @@ def main(argv=None):
                sum(r["count"] * r["flops"] for r in out) / 1e9, pct(tot.get("xla", np.nan)),
                pct(tot.get("onednn", np.nan)), "", pct(tot.get("torch_nchw", np.nan)),
                pct(tot.get("torch_cl", np.nan))])
-  load = C.load_average()
   lines = [C.format_info(info), "",
            f"Distinct convolutions of {args.model} at batch {args.batch} (from its inference "
            f"jaxpr), float32; best call of >= {args.repeats} and >= {args.min_time} s of calls per "
@@ -337,7 +335,7 @@ def main(argv=None):
            + (f", PyTorch {torch_peak:.0f}" if torch_peak else "")
            + f" GFLOP/s; % of the best, {best_gemm:.0f}. Theoretical fp32 peak: {theo_note}.",
            "", C.markdown_table(header, rows), "", *[f"- {n}" for n in notes],
-           f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}."]
+           C.total_line(t_start)]
   C.report(lines, title="bench_conv_layers.py: ResNet-20 convolutions", info=info,
            record=args.record)
   return {"layers": out, "jax_peak": jax_peak, "torch_peak": torch_peak, "theoretical": theo,

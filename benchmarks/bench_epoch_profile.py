@@ -345,8 +345,7 @@ def main(argv=None):
               f"least one oneDNN call running), idle "
               f"{r['idle_share']:.0%}; at their best, oneDNN's calls take "
               f"{r['in_epoch_over_alone']:.2f}x as long inside the program as alone."]
-  lines += ["", f"Total {time.perf_counter() - t0:.0f} s; load average at the end "
-            f"{C.load_average()}."]
+  lines += ["", C.total_line(t0)]
   C.report(lines, title="bench_epoch_profile.py: where a compiled epoch's and a loop of HVPs' "
            "time goes",
            info=info, record=args.record)

@@ -159,7 +159,6 @@ def main(argv=None):
     summary[name] = {"speedup": speed, "max_dev": float(dev.max()), "max_dev_targets": worst,
                      "mean_examples": float(n_used.mean())}
   loss = ex["loss"]
-  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"{args.model} (width {args.width}) trained {args.epochs} epochs on digits (test accuracy "
@@ -176,7 +175,7 @@ def main(argv=None):
       rows),
     "", "target = tol + rtol * |exact loss| (tol alone without rtol).",
     "", "Targets: " + "; ".join(verdicts) + ".",
-    "", f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
+    "", C.total_line(t_start),
   ]
   C.report(lines, title="bench_error_control.py: error control on a trained ResNet-8",
            info=info, record=args.record)

@@ -116,7 +116,6 @@ def main(argv=None):
                      f"{base / best['median_s']:.2f}", f"{best['faults']:.0f}",
                      1e3 * best["sys_s"], 1e3 * best["cpu_s"],
                      f"{max(o['max_rss_mb'] for o in outs):.0f}", "yes" if same else "NO"])
-  load = C.load_average()
   lines = [C.format_info(info), "",
            "32x32x3 images, float32, default cpu_convolutions; "
            f"{args.calls} calls (the small model {5 * args.calls}) after two warm-up calls per "
@@ -129,7 +128,7 @@ def main(argv=None):
                              "CPU ms (user + system)",
                              "peak RSS MB (process)", "same results"], rows), "",
            "- Command: `python benchmarks/bench_malloc.py`.", "",
-           f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}."]
+           C.total_line(t_start)]
   C.report(lines, title="bench_malloc.py: freed memory kept or returned", info=info,
            record=args.record)
   return rows

@@ -87,14 +87,13 @@ def main(argv=None):
   ref = best["oneDNN, libgomp defaults"]
   rows = [[name, f"{1e3 * t:.1f}", f"{args.batch / t:.0f}", f"{ref / t:.2f}"]
           for name, t in best.items()]
-  load = C.load_average()
   lines = [C.format_info(info), "",
            f"One ResNet-20 `training.train_step` at batch {args.batch} (float32), best of "
            f"{args.steps} steps per process after two warm-up steps, one fresh process per "
            f"setting, settings in turn for {args.rounds} rounds (best kept).", "",
            C.markdown_table(["setting", "step ms", "images/s", "speed vs libgomp defaults"],
                             rows), "",
-           f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}."]
+           C.total_line(t_start)]
   C.report(lines, title="bench_onednn_threads.py: OpenMP settings of the oneDNN training "
            "step", info=info, record=args.record)
   return best

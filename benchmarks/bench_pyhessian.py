@@ -383,7 +383,6 @@ def main(argv=None):
     part_rows.append([k, med[k], med[k] / n, med[k] / n / t_hvp, frac(1, med[k] / n, fl),
                       parts["compile"][k],
                       f"{parts['diffs'][k]:.1e}" if k in parts["diffs"] else "-"])
-  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"{args.model} (width {args.width}, random init), one batch of {args.batch} synthetic "
@@ -410,7 +409,7 @@ def main(argv=None):
     C.markdown_table(["computation", "s per call", "s per product", "x one HVP",
                       "frac. of peak", "first call s", "max rel diff"], part_rows),
     "", *[f"- {n}" for n in notes],
-    f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
+    C.total_line(t_start),
   ]
   C.report(lines, title="bench_pyhessian.py: curvature vs PyHessian", info=info,
            record=args.record)

@@ -419,7 +419,6 @@ def main(argv=None):
          f"start-up images/s (threads/batch): "
          + ", ".join(f"{k}: {v:.0f}" for k, v in s["torch_probe"].items())
          + f" (fastest {s['torch_best_probe']})." if "torch_probe" in s else ""))
-  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"One epoch = {args.steps} steps of batch {args.batch} (synthetic 32x32x3 uint8 images, "
@@ -432,9 +431,8 @@ def main(argv=None):
     C.markdown_table(["workload", "code", "epoch s median (min-max)", "best s", "images/s",
                       "GFLOP/s", "% peak"], rows),
     "", *lines_extra, *[f"- {n_}" for n_ in notes],
-    f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load} (2 shared "
-    "cores: other processes ran meanwhile, so the times are noisy; the ratios come from "
-    "alternating rounds).",
+    C.total_line(t_start, " (2 shared cores: other processes ran meanwhile, so the times are "
+                 "noisy; the ratios come from alternating rounds)"),
   ]
   out["ratios"] = ratios
   C.report(lines, title="bench_train_vs_torch.py: curve epoch vs Garipov et al., SGD epoch "

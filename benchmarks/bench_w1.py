@@ -196,7 +196,6 @@ def main(argv=None):
                  f"{np.median(t) / np.median(base):.2f}x ({ratio.min():.2f}-{ratio.max():.2f})",
                  dl, rl, da])
     print(f"{k}: losses vs JAX default: max abs diff {dl:.3g}, max rel diff {rl:.3g}", flush=True)
-  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"Workload W1: {args.model} (width {args.width}, random init), {args.grid} x {args.grid} "
@@ -211,7 +210,7 @@ def main(argv=None):
     C.markdown_table(header, body), "",
     *[f"- {n}" for n in notes],
     f"- Losses compared at the row's {len(coords)} points with the first JAX default round.",
-    "", f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
+    "", C.total_line(t_start),
   ]
   C.report(lines, title="bench_w1.py: W1 head to head", info=info, record=args.record)
   return {"seconds_per_point": {k: float(np.median(v)) for k, v in spp.items()},

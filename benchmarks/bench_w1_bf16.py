@@ -164,7 +164,6 @@ def main(argv=None):
   if worker is not None:
     speed["PyTorch bf16 / PyTorch f32"] = float(np.median(spp[TF32] / spp[TBF16]))
     speed["JAX bf16 / PyTorch bf16"] = float(np.median(spp[TBF16] / base))
-  load = C.load_average()
   lines = [
     C.format_info(info), "",
     f"Workload W1: {args.model} (width {args.width}, random init), filter-normalised "
@@ -187,7 +186,7 @@ def main(argv=None):
     f"- Command: `python benchmarks/bench_w1_bf16.py --rounds {args.rounds}`"
     + ("" if worker is None else " (with torch: `LANDSCAPE_JAX_TORCH_PYTHON=<venv python>`)")
     + ".",
-    "", f"Total {time.perf_counter() - t_start:.0f} s; load average at the end {load}.",
+    "", C.total_line(t_start),
   ]
   C.report(lines, title="bench_w1_bf16.py: W1 in bfloat16 against PyTorch autocast",
            info=info, record=args.record)
