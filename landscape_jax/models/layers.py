@@ -5,7 +5,9 @@ Conventions (all models):
     which pads asymmetrically for stride 2), and He-normal fan-out initialisation
     (``kaiming_normal_(mode="fan_out")``, He et al. 2015) as the reference code.
   * BatchNorm follows PyTorch's defaults: running averages with momentum 0.1 (flax ``momentum=0.9``)
-    and ``epsilon=1e-5``. Statistics live in the ``"batch_stats"`` collection.
+    and ``epsilon=1e-5``. Statistics live in the ``"batch_stats"`` collection. It is
+    `models.normalization.BatchNorm`: flax's, with a training-mode backward pass of fewer memory
+    passes (the same function; the derivatives equal up to float32 rounding).
   * Pooling never fails on tiny inputs: a pooling layer whose window does not fit is skipped, so
     8x8 inputs run through architectures designed for 32x32.
 """
@@ -16,6 +18,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from landscape_jax.models.normalization import BatchNorm
 
 __all__ = [
   "avg_pool",
@@ -36,9 +40,9 @@ def conv(features: int, kernel: int, *, strides: int = 1, use_bias: bool = False
                  use_bias=use_bias, kernel_init=he_normal_fan_out, dtype=dtype, name=name)
 
 
-def batch_norm(train: bool, *, name: str | None = None, dtype: Any = jnp.float32) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's momentum (0.1) and epsilon (1e-5)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+def batch_norm(train: bool, *, name: str | None = None, dtype: Any = jnp.float32) -> BatchNorm:
+  """BatchNorm with PyTorch's momentum (0.1) and epsilon (1e-5) (`models.normalization`)."""
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       name=name)
 
 
