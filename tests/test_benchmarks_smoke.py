@@ -284,6 +284,23 @@ def test_bench_auto_threshold_tiny():
     assert step < 1e-4 and hvp < 1e-4, r
 
 
+def test_bench_batchnorm_tiny():
+  """The BatchNorm benchmark finds the model's layers, checks the library's BatchNorm against
+  flax's, and gets PyTorch's answer where torch is installed; it leaves malloc alone here."""
+  from landscape_jax.backends.cpu import malloc
+  before = malloc._applied
+  missing = _torch_missing()
+  out = _load("bench_batchnorm").main(["--tiny", "--no-record"]
+                                      + (["--no-torch"] if missing else []))
+  assert malloc._applied == before
+  assert sum(out["layers"].values()) == 9  # ResNet-8: stem, 3 blocks of 2
+  assert max(out["agree"].values()) < 1e-5
+  assert all(t > 0 for b in out["best"].values() for t in b.values())
+  if missing:
+    _jax_part_ran_then_skip_torch(missing)
+  assert max(out["torch_agree"].values()) < 1e-3
+
+
 def test_bench_malloc_tiny():
   """Both settings run in their own processes and give the same results."""
   rows = _load("bench_malloc").main(["--tiny", "--no-record"])
