@@ -22,6 +22,7 @@ TESTS=(
   tests/test_store.py tests/test_data.py tests/test_digits_file.py tests/test_evaluation.py
   tests/test_training.py tests/test_onednn.py tests/test_onednn_fallback.py
   tests/test_li2018_h5.py tests/test_adapters.py tests/test_interactive.py
+  tests/test_batchnorm_backward.py
 )
 
 if [[ -z "${PYTHON:-}" ]]; then
