@@ -3,7 +3,9 @@ against PyHessian.
 
 Workload: ResNet-20 (random init, BatchNorm statistics of one training-mode pass, as in
 ``bench_w1.py``), one batch of ``--batch`` synthetic 32 x 32 x 3 images, mean cross-entropy in
-inference mode, the Hessian over all parameters. The same weights and batch go to PyTorch through
+inference mode (lj's ``make_loss_fn`` folds each BatchNorm into the convolution before it, its
+default: the same function and derivatives up to float32 rounding), the Hessian over all
+parameters. The same weights and batch go to PyTorch through
 an ``.npz`` file; PyHessian (``pip install pyhessian``) runs in its own process
 (``torch_baseline.py pyhessian``).
 
@@ -387,7 +389,8 @@ def main(argv=None):
     C.format_info(info), "",
     f"{args.model} (width {args.width}, random init), one batch of {args.batch} synthetic "
     f"{args.image_size}x{args.image_size}x3 images, mean cross-entropy in inference mode "
-    f"(loss {loss0:.5f}), Hessian over all {dim} parameters; lj's convolutions "
+    f"(loss {loss0:.5f}; lj's make_loss_fn folds BatchNorm, its default), Hessian over all "
+    f"{dim} parameters; lj's convolutions "
     f"cpu_convolutions={args.cpu_convolutions!r} (oneDNN's need AVX-512 for these figures: "
     f"brgconv:avx512_core); tolerance {args.tol} for both libraries (PyHessian maxIter "
     f"{args.max_iter}; lj's Lanczos capped at {args.max_steps} steps). float32 GEMM peak "

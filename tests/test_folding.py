@@ -223,15 +223,38 @@ def test_error_controlled_tol0_matches_apply(case, data):
   assert_matches(out, ref)
 
 
-@families(UNSAFE)
-def test_loss_fn_matches_apply(case, data):
-  """make_loss_fn (what the Hessian / curvature metrics differentiate) does not fold: it equals
-  the cross-entropy of model.apply's logits."""
-  _, model, variables, stats, _ = case
+@families(BN_FAMILIES, slow_unless=("resnet8", "preresnet8"))
+def test_loss_fn_folds_keeping_the_function_and_its_derivatives(case, data):
+  """make_loss_fn (what the Hessian, sharpness and curvature code differentiates) folds the safe
+  pairs by default: its value is the cross-entropy of model.apply's logits, its gradient and
+  Hessian-vector product equal the unfolded loss's (fold_batchnorm=False), and where a pair is
+  foldable its program scales fewer activations."""
+  name, model, variables, stats, _ = case
   test = data[0].subset(slice(0, 16))
-  loss_fn = lj.make_loss_fn(model, mean=test.mean, std=test.std, batch_stats=stats)
-  out = jax.jit(loss_fn)(variables["params"], (test.images, test.labels))
-  np.testing.assert_allclose(float(out), by_hand(model, variables, test)[0], rtol=RTOL)
+  batch = (test.images, test.labels)
+  folded, plain = (lj.make_loss_fn(model, mean=test.mean, std=test.std, batch_stats=stats,
+                                   fold_batchnorm=fold) for fold in (True, False))
+  p = variables["params"]
+  np.testing.assert_allclose(float(jax.jit(folded)(p, batch)),
+                             by_hand(model, variables, test)[0], rtol=RTOL)
+  leaves, tree = jax.tree.flatten(p)
+  keys = jax.random.split(jax.random.key(5), len(leaves))
+  v = jax.tree.unflatten(tree, [jax.random.normal(k, a.shape) for k, a in zip(keys, leaves,
+                                                                             strict=True)])
+
+  def derivatives(f):
+    grad = jax.grad(lambda q: f(q, batch))
+    return jax.jit(lambda q, t: (grad(q), jax.jvp(grad, (q,), (t,))[1]))(p, v)
+
+  for ours, ref in zip(derivatives(folded), derivatives(plain), strict=True):
+    scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(ref))
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(ours), strict=True):
+      assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * scale
+
+  def multiplies(f):
+    text = jax.jit(f).lower(p, batch).as_text()
+    return len(re.findall(r"stablehlo.multiply .*tensor<\d+x8x8x\d+xf32>", text))
+  assert multiplies(folded) < multiplies(plain)
 
 
 def _activation_multiplies(metric_fn, params) -> int:

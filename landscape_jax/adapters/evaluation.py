@@ -443,7 +443,7 @@ def _loss_inputs(inputs, norm):
 
 def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
                  batch_stats: PyTree | None = None, train: bool = False,
-                 ) -> Callable[[PyTree, tuple], jax.Array]:
+                 fold_batchnorm: bool = True) -> Callable[[PyTree, tuple], jax.Array]:
   """Builds ``loss_fn(params, batch) -> scalar``, the minibatch objective of any model.
 
   ``loss_fn(params, (inputs, targets)) = sum_i v_i / sum_i w_i`` over the batch for the
@@ -461,6 +461,12 @@ def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
     train: if True, BatchNorm uses the statistics of the batch (training mode; the updated running
       statistics are discarded, as Garipov et al. recompute them afterwards). Dropout is off for
       NNX and Equinox models (the function has no random key).
+    fold_batchnorm: linen models in inference mode only: each BatchNorm that is the only consumer
+      of a conv/dense output is folded into that layer's weights at every call
+      (`adapters.folding.fuse_batchnorm`, as `make_metric_fn` does). The same function of
+      ``params`` up to float32 rounding, and so are its derivatives (they flow through the
+      weight-sized fold); a Hessian-vector product then skips BatchNorm's passes over the
+      activations (docs/performance.md).
 
   ``batch = (inputs, targets)`` (for images: ``(uint8 images (b, H, W, C), int labels (b,))``).
   The result is a `jax.tree_util.Partial` (a pytree), so it can be passed to jitted functions as
@@ -470,19 +476,20 @@ def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
   norm = _norm(mean, std)
   m = as_model(model, batch_stats=batch_stats)
   if m is None:
-    return jax.tree_util.Partial(functools.partial(_loss, model, train, loss), norm, batch_stats)
+    return jax.tree_util.Partial(
+      functools.partial(_loss, model, train, bool(fold_batchnorm), loss), norm, batch_stats)
   return jax.tree_util.Partial(functools.partial(_model_loss, m.apply, bool(train), loss), norm,
                                m.state)
 
 
-def _loss(model, train, loss, norm, batch_stats, params, batch):
+def _loss(model, train, fold, loss, norm, batch_stats, params, batch):
   inputs, targets = batch
   x = _loss_inputs(inputs, norm)
   variables = model_variables(params, batch_stats)
   if train and batch_stats is not None:
     logits, _ = apply_checked(model, None, variables, x, train=True, mutable=["batch_stats"])
   else:
-    logits = apply_checked(model, None, variables, x, train=train)
+    logits = apply_checked(model, None, variables, x, train=train, fold_batchnorm=fold)
   return batch_objective(loss, logits, targets)
 
 
