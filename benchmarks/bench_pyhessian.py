@@ -3,11 +3,11 @@ against PyHessian.
 
 Workload: ResNet-20 (random init, BatchNorm statistics of one training-mode pass, as in
 ``bench_w1.py``), one batch of ``--batch`` synthetic 32 x 32 x 3 images, mean cross-entropy in
-inference mode (lj's ``make_loss_fn`` folds each BatchNorm into the convolution before it, its
-default: the same function and derivatives up to float32 rounding), the Hessian over all
-parameters. The same weights and batch go to PyTorch through
-an ``.npz`` file; PyHessian (``pip install pyhessian``) runs in its own process
-(``torch_baseline.py pyhessian``).
+inference mode (``--fold_batchnorm``: lj's ``make_loss_fn(fold_batchnorm=True)``, each
+BatchNorm folded into the convolution before it, the same function and derivatives up to float32
+rounding; off by default, as in the library), the Hessian over all parameters. The same weights
+and batch go to PyTorch through an ``.npz`` file; PyHessian (``pip install pyhessian``) runs in
+its own process (``torch_baseline.py pyhessian``).
 
 * One HVP, and where its time goes: the forward pass, the gradient, and the product computed
   four ways, timed interleaved (medians of ``--repeats`` rounds) and checked against `lj.hvp`:
@@ -93,6 +93,8 @@ def parse_args(argv=None):
   p = C.run_parser(__doc__)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--fold_batchnorm", action=argparse.BooleanOptionalAction, default=False,
+                 help="lj's loss with BatchNorm folded into the convolutions (make_loss_fn)")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--tol", type=float, default=1e-3)
@@ -227,7 +229,8 @@ def main(argv=None):
                                    width=args.width)
   data = data.subset(slice(0, args.batch))
   params, bs = variables["params"], variables["batch_stats"]
-  loss_fn = lj.make_loss_fn(model, mean=data.mean, std=data.std, batch_stats=bs)
+  loss_fn = lj.make_loss_fn(model, mean=data.mean, std=data.std, batch_stats=bs,
+                            fold_batchnorm=args.fold_batchnorm)
   batch = (jnp.asarray(data.images), jnp.asarray(data.labels))
   loss0 = float(loss_fn(params, batch))
   dim = lj.hessian.num_curvature_params(params)
@@ -389,8 +392,8 @@ def main(argv=None):
     C.format_info(info), "",
     f"{args.model} (width {args.width}, random init), one batch of {args.batch} synthetic "
     f"{args.image_size}x{args.image_size}x3 images, mean cross-entropy in inference mode "
-    f"(loss {loss0:.5f}; lj's make_loss_fn folds BatchNorm, its default), Hessian over all "
-    f"{dim} parameters; lj's convolutions "
+    f"(loss {loss0:.5f}; lj's make_loss_fn fold_batchnorm={args.fold_batchnorm}), Hessian over "
+    f"all {dim} parameters; lj's convolutions "
     f"cpu_convolutions={args.cpu_convolutions!r} (oneDNN's need AVX-512 for these figures: "
     f"brgconv:avx512_core); tolerance {args.tol} for both libraries (PyHessian maxIter "
     f"{args.max_iter}; lj's Lanczos capped at {args.max_steps} steps). float32 GEMM peak "

@@ -443,7 +443,7 @@ def _loss_inputs(inputs, norm):
 
 def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
                  batch_stats: PyTree | None = None, train: bool = False,
-                 fold_batchnorm: bool = True) -> Callable[[PyTree, tuple], jax.Array]:
+                 fold_batchnorm: bool = False) -> Callable[[PyTree, tuple], jax.Array]:
   """Builds ``loss_fn(params, batch) -> scalar``, the minibatch objective of any model.
 
   ``loss_fn(params, (inputs, targets)) = sum_i v_i / sum_i w_i`` over the batch for the
@@ -465,8 +465,11 @@ def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
       of a conv/dense output is folded into that layer's weights at every call
       (`adapters.folding.fuse_batchnorm`, as `make_metric_fn` does). The same function of
       ``params`` up to float32 rounding, and so are its derivatives (they flow through the
-      weight-sized fold); a Hessian-vector product then skips BatchNorm's passes over the
-      activations (docs/performance.md).
+      weight-sized fold). Opt-in: a Hessian-vector product (Lanczos, spectral density) then
+      skips BatchNorm's passes over the activations and runs faster, but a second derivative
+      along one direction (`hessian_trace`'s forward-over-forward samples) runs slower, since
+      the folded weight ``W * a(gamma)`` has a second derivative and each layer one more
+      convolution (docs/performance.md).
 
   ``batch = (inputs, targets)`` (for images: ``(uint8 images (b, H, W, C), int labels (b,))``).
   The result is a `jax.tree_util.Partial` (a pytree), so it can be passed to jitted functions as
