@@ -237,10 +237,7 @@ def test_loss_fn_folds_keeping_the_function_and_its_derivatives(case, data):
   p = variables["params"]
   np.testing.assert_allclose(float(jax.jit(folded)(p, batch)),
                              by_hand(model, variables, test)[0], rtol=RTOL)
-  leaves, tree = jax.tree.flatten(p)
-  keys = jax.random.split(jax.random.key(5), len(leaves))
-  v = jax.tree.unflatten(tree, [jax.random.normal(k, a.shape) for k, a in zip(keys, leaves,
-                                                                             strict=True)])
+  v = random_variables(5, {"params": p})["params"]  # a random direction of the same shapes
 
   def derivatives(f):
     grad = jax.grad(lambda q: f(q, batch))
