@@ -31,12 +31,19 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["ENV", "GLIBC_VARIABLES", "apply_from_environment", "keep_freed_memory"]
+__all__ = ["ENV", "GLIBC_SETTINGS", "GLIBC_VARIABLES", "apply_from_environment",
+           "keep_freed_memory"]
 
 ENV = "LANDSCAPE_JAX_KEEP_FREED_MEMORY"
-GLIBC_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+# glibc's environment variable, mallopt parameter and value of each setting
+_SETTINGS = (("MALLOC_ARENA_MAX", _M_ARENA_MAX, 1), ("MALLOC_MMAP_MAX_", _M_MMAP_MAX, 0),
+             ("MALLOC_TRIM_THRESHOLD_", _M_TRIM_THRESHOLD, 2**31 - 1))
+GLIBC_VARIABLES = tuple(name for name, _, _ in _SETTINGS)
+# the same settings as glibc's environment variables, for a process started from here (one that
+# cannot call `keep_freed_memory` itself, e.g. a PyTorch baseline)
+GLIBC_SETTINGS = {name: str(value) for name, _, value in _SETTINGS}
 _applied: bool | None = None
 
 
@@ -58,8 +65,7 @@ def keep_freed_memory() -> bool:
   except (OSError, AttributeError):  # not glibc (musl has no mallopt)
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  _applied = all(mallopt(param, value) == 1 for param, value in (
-    (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+  _applied = all(mallopt(param, value) == 1 for _, param, value in _SETTINGS)
   return _applied
 
 
