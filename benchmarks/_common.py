@@ -314,6 +314,15 @@ def save_npz(path: str, arrays: dict) -> str:
   return path
 
 
+def max_rel_diff(a, b) -> float:
+  """``max |a - b| / max |b|`` over all leaves of two pytrees of arrays (float64; 1 for the
+  scale where ``b`` is all zeros): how far a result is from its reference."""
+  la = [np.asarray(x, np.float64) for x in jax.tree.leaves(a)]
+  lb = [np.asarray(y, np.float64) for y in jax.tree.leaves(b)]
+  scale = max(float(np.max(np.abs(y))) for y in lb) or 1.0
+  return max(float(np.max(np.abs(x - y))) for x, y in zip(la, lb, strict=True)) / scale
+
+
 def spread(values) -> str:
   """``median (min-max)`` of a sequence of numbers."""
   v = np.asarray(values, np.float64)

@@ -96,12 +96,6 @@ def programs(name, overrides, batch, size, *, products):
   return out, flops
 
 
-def max_rel(a, b) -> float:
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  scale = max(float(jnp.max(jnp.abs(y))) for y in lb) or 1.0
-  return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(la, lb, strict=True)) / scale
-
-
 def main(argv=None):
   args = parse_args(argv)
   info = C.announce_machine()
@@ -115,7 +109,8 @@ def main(argv=None):
     notes.append(f"{wname}: {len(flops)} convolutions, FLOPs (count): "
                  + ", ".join(f"{k} ({n})" for k, n in counts.items()))
     ref = {k: C.block(progs["none (all XLA)"][k]()) for k in ("step", "hvp")}
-    diffs = {label: {k: max_rel(C.block(p[k]()), ref[k]) for k in p} for label, p in progs.items()}
+    diffs = {label: {k: C.max_rel_diff(C.block(p[k]()), ref[k]) for k in p}
+             for label, p in progs.items()}
     times = {label: {k: [] for k in p} for label, p in progs.items()}
     for _ in range(args.rounds):
       for label, p in progs.items():

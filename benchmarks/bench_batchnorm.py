@@ -41,12 +41,16 @@ sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
 import _common as C  # noqa: E402
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
+import landscape_jax as lj  # noqa: E402
 from landscape_jax.backends.cpu import malloc  # noqa: E402
 from landscape_jax.models import normalization  # noqa: E402
 
-GLIBC_KEEP = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-              "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}  # what keep_freed_memory sets
+FLAX, OURS = "flax (JAX autodiff)", "landscape-jax (models.normalization)"
 
 WORKER = """
 import json, sys, time
@@ -83,6 +87,11 @@ print(json.dumps(res), flush=True)
 """
 
 
+def _key(shape) -> str:
+  """An activation shape as the worker's arrays and the table name it: ``128x32x32x16``."""
+  return "x".join(map(str, shape))
+
+
 def parse_args(argv=None):
   p = C.run_parser(__doc__)
   p.add_argument("--model", default="preresnet20")
@@ -101,11 +110,6 @@ def parse_args(argv=None):
 
 def batchnorm_layers(model_name: str, batch: int) -> collections.Counter:
   """How many of the model's BatchNorm layers see each input shape in a training-mode pass."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-
-  import landscape_jax as lj
   model = lj.get_model(model_name, num_classes=10)
   x = jnp.zeros((batch, 32, 32, 3))
   variables = model.init(jax.random.key(0), x[:1])
@@ -123,10 +127,6 @@ def batchnorm_layers(model_name: str, batch: int) -> collections.Counter:
 
 def variants(eps: float):
   """``{name: f(x, gamma, beta, ct) -> (y, dx, dgamma, dbeta)}``, jitted."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-
   def flax_bn(x, gamma, beta):
     bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=eps)
     stats = {"mean": jnp.zeros_like(gamma), "var": jnp.ones_like(gamma)}
@@ -149,9 +149,9 @@ def variants(eps: float):
       return (y, *vjp(ct))
     return jax.jit(run)
 
-  return {"flax (JAX autodiff)": with_grads(flax_bn),
+  return {FLAX: with_grads(flax_bn),
           "the formula in jnp (JAX autodiff)": with_grads(jnp_bn),
-          "landscape-jax (models.normalization)": with_grads(ours),
+          OURS: with_grads(ours),
           "one pass (2 x)": jax.jit(lambda x, gamma, beta, ct: 2.0 * x)}
 
 
@@ -161,9 +161,6 @@ def main(argv=None):
     malloc.keep_freed_memory()  # before JAX's first computation
   info = C.announce_machine()
   t_start = time.perf_counter()
-  import jax
-  import numpy as np
-
   eps = 1e-5
   layers = batchnorm_layers(args.model, args.batch)
   fns = variants(eps)
@@ -176,15 +173,13 @@ def main(argv=None):
     beta = 0.1 * jax.random.normal(ks[2], (c,))
     ct = jax.random.normal(ks[3], shape)
     inputs[shape] = (x, gamma, beta, ct)
-    key = "x".join(map(str, shape))
+    key = _key(shape)
     arrays.update({f"{key}:x": x, f"{key}:gamma": gamma, f"{key}:beta": beta, f"{key}:dy": ct})
   outs = {s: {n: f(*a) for n, f in fns.items()} for s, a in inputs.items()}
   agree = {}
   for s, o in outs.items():
-    ref, hand = o["flax (JAX autodiff)"], o["landscape-jax (models.normalization)"]
-    agree[s] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) /
-                         max(float(np.max(np.abs(np.asarray(a)))), 1e-30))
-                   for a, b in zip(ref, hand, strict=True))
+    ref, ours = o[FLAX], o[OURS]
+    agree[s] = max(C.max_rel_diff(b, a) for a, b in zip(ref, ours, strict=True))
   best = {s: dict.fromkeys(fns, float("inf")) for s in inputs}
   torch_best, torch_threads, torch_agree, torch_note = {}, {}, {}, ""
   run_torch = args.torch
@@ -202,40 +197,36 @@ def main(argv=None):
       if run_torch:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
         if args.keep_freed_memory:
-          env.update(GLIBC_KEEP)
+          env.update(malloc.GLIBC_SETTINGS)
         dx_path = os.path.join(tmp, f"dx{r}.npz")
         out = C.run_json([C.torch_python(), "-c", WORKER, npz, dx_path, str(args.calls),
                           str(eps)], name="the PyTorch BatchNorm worker", env=env)
         with np.load(dx_path, allow_pickle=False) as dxs:
           for s in inputs:
-            key = "x".join(map(str, s))
+            key = _key(s)
             if out[key] < torch_best.get(s, float("inf")):
               torch_best[s], torch_threads[s] = out[key], out["threads"][key]
-              ref = np.asarray(outs[s]["flax (JAX autodiff)"][1])
-              torch_agree[s] = float(np.max(np.abs(dxs[key] - ref)) / np.max(np.abs(ref)))
+              torch_agree[s] = C.max_rel_diff(dxs[key], outs[s][FLAX][1])
       print(f"round {r}: " + ", ".join(f"{s}: " + " ".join(f"{v * 1e3:.3f}" for v in b.values())
                                       for s, b in best.items()), flush=True)
   names = [n for n in fns if not n.startswith("one pass")]
-  header = ["activations (N, H, W, C)", "layers per step"]
-  header += [f"{n} ms" for n in names] + (["PyTorch ms"] if torch_best else [])
-  header += ["one pass ms"] + [f"{n} in passes" for n in names]
-  header += (["PyTorch in passes"] if torch_best else [])
+  columns = names + (["PyTorch"] if torch_best else [])  # the timed BatchNorms
+  header = ["activations (N, H, W, C)", "layers per step", *(f"{n} ms" for n in columns),
+            "one pass ms", *(f"{n} in passes" for n in columns)]
   rows, totals = [], collections.Counter()
   for s in inputs:
     n = layers[s]
     times = [best[s][k] for k in names] + ([torch_best[s]] if torch_best else [])
     unit = best[s]["one pass (2 x)"]
-    rows.append(["x".join(map(str, s)), n, *(t * 1e3 for t in times), unit * 1e3,
+    rows.append([_key(s), n, *(t * 1e3 for t in times), unit * 1e3,
                  *(f"{t / unit:.1f}" for t in times)])
-    for k, t in zip(names + (["PyTorch"] if torch_best else []), times, strict=True):
+    for k, t in zip(columns, times, strict=True):
       totals[k] += n * t
     totals["one pass"] += n * unit
-  row = ["all BatchNorm layers of a step", sum(layers.values()),
-         *(totals[k] * 1e3 for k in names + (["PyTorch"] if torch_best else [])),
-         totals["one pass"] * 1e3]
-  rows.append(row + [f"{totals[k] / totals['one pass']:.1f}"
-                     for k in names + (["PyTorch"] if torch_best else [])])
-  flax_total, hand_total = totals[names[0]], totals["landscape-jax (models.normalization)"]
+  rows.append(["all BatchNorm layers of a step", sum(layers.values()),
+               *(totals[k] * 1e3 for k in columns), totals["one pass"] * 1e3,
+               *(f"{totals[k] / totals['one pass']:.1f}" for k in columns)])
+  flax_total, ours_total = totals[FLAX], totals[OURS]
   lines = [C.format_info(info), "",
            f"{args.model}'s BatchNorm layers (training mode, batch {args.batch}, float32): "
            "BatchNorm then ReLU, forward and backward (gradients of the input, scale and bias "
@@ -243,7 +234,7 @@ def main(argv=None):
            "best round. Freed memory kept for the next call on both sides: "
            f"{args.keep_freed_memory}.", "",
            C.markdown_table(header, rows), "",
-           f"- landscape-jax's against flax's: {flax_total / hand_total:.2f}x as fast over "
+           f"- landscape-jax's against flax's: {flax_total / ours_total:.2f}x as fast over "
            "a step's layers; largest relative difference of (y, dx, dgamma, dbeta) "
            f"{max(agree.values()):.1e}."]
   if torch_best:

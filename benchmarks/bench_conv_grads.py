@@ -91,16 +91,12 @@ def worker(args) -> dict:
       jax.block_until_ready(fn(*a))
       times[k].append(time.perf_counter() - t)
 
-  def rel(a, b):
-    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
   flops = {k: C.xla_flops(fn, *a) for k, (fn, a) in fns.items() if k.endswith("xla")}
   return {"flags": os.environ.get("XLA_FLAGS", ""), "median": {k: float(np.median(t))
                                                                for k, t in times.items()},
           "min": {k: float(np.min(t)) for k, t in times.items()}, "compile": compile_s,
-          "rel_diff": {"grad": rel(out["grad onednn"], out["grad xla"]),
-                       "hvp": rel(out["hvp onednn"], out["hvp xla"])},
+          "rel_diff": {"grad": C.max_rel_diff(out["grad onednn"], out["grad xla"]),
+                       "hvp": C.max_rel_diff(out["hvp onednn"], out["hvp xla"])},
           "flops": flops, "load": os.getloadavg()}
 
 

@@ -197,15 +197,13 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
   ref = np.asarray(ravel_pytree(lj.hvp(loss_fn, params, batch, unravel(v),
                                        cpu_convolutions=cpu_convolutions))[0], np.float64)
 
-  def rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
   keys = list(fns)
-  diffs = {HVP: rel(out[HVP], ref)}
+  diffs = {HVP: C.max_rel_diff(out[HVP], ref)}
   if full:
-    diffs.update({k_rev: rel(out[k_rev], ref), k_lin: rel(out[k_lin], out[loop_key(loop)]),
-                  k_vmap: rel(out[k_vmap][0], ref), k_quad: rel(out[k_quad], out[k_vdot])})
+    diffs.update({k_rev: C.max_rel_diff(out[k_rev], ref),
+                  k_lin: C.max_rel_diff(out[k_lin], out[loop_key(loop)]),
+                  k_vmap: C.max_rel_diff(out[k_vmap][0], ref),
+                  k_quad: C.max_rel_diff(out[k_quad], out[k_vdot])})
   flops = {
     "forward": C.xla_flops(lambda p, b: loss_fn(p, b), params, batch),
     "gradient": C.xla_flops(lambda x, b: flat_grad(None)(x, b), x0, batch),
