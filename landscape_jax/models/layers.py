@@ -43,7 +43,7 @@ def conv(features: int, kernel: int, *, strides: int = 1, use_bias: bool = False
 def batch_norm(train: bool, *, name: str | None = None, dtype: Any = jnp.float32) -> BatchNorm:
   """BatchNorm with PyTorch's momentum (0.1) and epsilon (1e-5) (`models.normalization`)."""
   return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      name=name)
+                   name=name)
 
 
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
