@@ -93,11 +93,11 @@ def test_backward_pass_is_the_transpose_of_the_tangent_map():
     (a[0],))[1], x)[1](g)
   # vjp of the x-tangent map alone: the x-part of the transpose
   np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-6)
-  # dense: column by column of the x-part of T
+  # dense: row i of `cols` is T(e_i), column i of the x-part of T, so T^T g = cols @ g
   n = x.size
   cols = jax.vmap(lambda e: tangent(e.reshape(x.shape), jnp.zeros(3), jnp.zeros(3)).ravel())(
     jnp.eye(n))
-  np.testing.assert_allclose(cols.T.T @ g.ravel(), ref[0].ravel(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(cols @ g.ravel(), ref[0].ravel(), rtol=1e-4, atol=1e-5)
   # T's x-part is symmetric (its own transpose)
   np.testing.assert_allclose(cols, cols.T, rtol=1e-4, atol=1e-5)
   # scale and bias cotangents: sum(g xh) and sum(g)
