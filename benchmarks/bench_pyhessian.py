@@ -11,7 +11,9 @@ its own process (``torch_baseline.py pyhessian``).
 
 * One HVP, and where its time goes: the forward pass, the gradient, and the product computed
   four ways, timed interleaved (medians of ``--repeats`` rounds) and checked against `lj.hvp`:
-  forward-over-reverse (what `lj.hvp` and the curvature routines run), reverse-over-reverse,
+  forward-over-reverse (what `lj.hvp` and the curvature routines run; in a call of its own, and
+  in compiled loops of 4 and 12 products, whose difference over 8 is one more product: its
+  tangent pass alone, the work each of PyHessian's products does), reverse-over-reverse,
   ``linearize=True`` (the gradient linearised once, then four products reusing its residuals,
   per product; PyHessian keeps its gradient's graph the same way), and two products vmapped
   together (``probe_batch_size=2``, per product). PyHessian's per-HVP time is its eigenvalue
@@ -143,10 +145,10 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
     lf = lf if conv is None else with_onednn_derivatives(lf, min_flops=conv)
     return canonicalize_convolutions(jax.grad(lf))
 
-  def products(linearize):
+  def products(linearize, n=loop):
     def f(p, b, u):
       op = operator(p, b, linearize)
-      return jax.lax.fori_loop(0, loop, lambda i, x: op.matvec(x / jnp.linalg.norm(x)), u)
+      return jax.lax.fori_loop(0, n, lambda i, x: op.matvec(x / jnp.linalg.norm(x)), u)
     return f
 
   def samples(quadratic):  # `loop` Hutchinson samples z^T H z (the trace's work per probe)
@@ -173,6 +175,7 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
     HVP: (lambda p, b, u: operator(p, b).matvec(u)),
     k_rev: rev_rev,
     loop_key(loop): products(False),
+    loop_key(3 * loop): products(False, 3 * loop),
     k_lin: products(True),
     k_vmap: (lambda p, b, u: jax.vmap(operator(p, b).matvec)(jnp.stack([u, w]))),
     k_vdot: samples(False),
@@ -213,6 +216,14 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
   }
   return {"median": med, "compile": compile_s, "diffs": diffs, "flops": flops, "keys": keys,
           "loop": loop}
+
+
+def marginal_product(med: dict, loop: int) -> float:
+  """Seconds of one more product in a compiled loop: ``(T(3 loop) - T(loop)) / (2 loop)``, the
+  two loops' medians. The primal forward and backward passes, which XLA computes once per loop,
+  cancel: what is left is the tangent pass of a product, the work of each of PyHessian's
+  products (it builds its gradient's graph once, outside their time)."""
+  return (med[loop_key(3 * loop)] - med[loop_key(loop)]) / (2 * loop)
 
 
 def main(argv=None):
@@ -329,17 +340,23 @@ def main(argv=None):
 
   f_grad = flops["gradient"] or float("nan")
   t_loop = med[loop_key(loop)] / loop
+  t_more = marginal_product(med, loop)
   rows = [["one HVP", "lj.hvp, a call of its own (primal and tangent passes)", "-", 1, t_hvp,
            t_hvp, frac(1, t_hvp, f_hvp), "-"],
           ["one HVP", f"lj, inside a compiled loop ({loop} products / {loop}; XLA computes the "
            "primal pass once)", "-", 1, t_loop, t_loop, frac(loop, med[loop_key(loop)], f_tangent,
-                                                             f_grad) * 1.0, "-"]]
+                                                             f_grad) * 1.0, "-"],
+          ["one HVP", f"lj, one more product in a compiled loop (({3 * loop} products - {loop}) "
+           f"/ {2 * loop}: the tangent pass alone, as PyHessian's products)", "-", 1, t_more,
+           t_more, frac(1, t_more, f_tangent), "-"]]
+  out["hvp_s"] = {"own_call": t_hvp, "in_loop": t_loop, "marginal": t_more}
   if ph:
     t_ph = ph["eig_s"] / ph["eig_hvps"]
+    out["hvp_s"]["pyhessian"] = t_ph
     rows.append(["one HVP", "PyHessian (its eigenvalue run's s / HVPs; graph built once "
                  "outside)", "-", 1, t_ph, t_ph, frac(1, t_ph, f_tangent),
                  f"lj / PyHessian time {t_hvp / t_ph:.2f} (own call), {t_loop / t_ph:.2f} "
-                 "(in a loop)"])
+                 f"(in a loop), {t_more / t_ph:.2f} (one more product)"])
   top = np.asarray(e0[0])
   for lin in lins:
     (vals, steps), t_e, _ = eig[lin]
@@ -377,7 +394,8 @@ def main(argv=None):
                  f"{t_trace / ph['trace_s']:.2f}"])
   part_rows = []
   for k in keys:
-    n = loop if "loop" in k else (2 if "vmap" in k else 1)
+    n = (3 * loop if k == loop_key(3 * loop) else loop if "loop" in k
+         else 2 if "vmap" in k else 1)
     fl = {"forward": flops["forward"], "gradient": flops["gradient"]}.get(k, f_hvp)
     if "forward-over-forward" in k:  # the primal forward once, n second-order passes
       fl = (f_fwd + n * f_quad) / n

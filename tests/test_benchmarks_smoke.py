@@ -308,6 +308,13 @@ def test_bench_malloc_tiny():
   assert {r[2] for r in rows} == {"kept (LANDSCAPE_JAX_KEEP_FREED_MEMORY=1)", "returned (default)"}
 
 
+def test_bench_pyhessian_marginal_product():
+  """One more product is the two loops' difference over their difference in products."""
+  mod = _load("bench_pyhessian")
+  med = {mod.loop_key(4): 1.0, mod.loop_key(12): 2.6}
+  assert mod.marginal_product(med, 4) == pytest.approx(0.2)
+
+
 def test_bench_pyhessian_tiny():
   """landscape-jax's Lanczos and Hutchinson agree with PyHessian on the same weights and batch."""
   missing = _torch_missing()
@@ -315,6 +322,7 @@ def test_bench_pyhessian_tiny():
                                       + (["--no-torch"] if missing else []))
   top = np.asarray(out["lj_eig"]["top"])
   assert np.all(np.isfinite(top)) and np.all(np.diff(top) <= 0) and top[0] > 0
+  assert out["hvp_s"]["marginal"] > 0 and out["hvp_s"]["in_loop"] > 0
   assert np.isfinite(out["lj_trace"]["mean"]) and out["lj_trace"]["stderr"] > 0
   if missing:
     _jax_part_ran_then_skip_torch(missing)
