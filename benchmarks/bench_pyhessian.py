@@ -3,9 +3,10 @@ against PyHessian.
 
 Workload: ResNet-20 (random init, BatchNorm statistics of one training-mode pass, as in
 ``bench_w1.py``), one batch of ``--batch`` synthetic 32 x 32 x 3 images, mean cross-entropy in
-inference mode (``--fold_batchnorm``: lj's ``make_loss_fn(fold_batchnorm=True)``, each
+inference mode (lj's ``make_loss_fn`` with its default ``fold_batchnorm=True``: each
 BatchNorm folded into the convolution before it, the same function and derivatives up to float32
-rounding; off by default, as in the library), the Hessian over all parameters. The same weights
+rounding; the trace differentiates its unfolded twin; ``--no-fold_batchnorm``: BatchNorm as the
+model computes it everywhere), the Hessian over all parameters. The same weights
 and batch go to PyTorch through an ``.npz`` file; PyHessian (``pip install pyhessian``) runs in
 its own process (``torch_baseline.py pyhessian``).
 
@@ -95,8 +96,9 @@ def parse_args(argv=None):
   p = C.run_parser(__doc__)
   p.add_argument("--model", default="resnet20")
   p.add_argument("--width", type=float, default=1.0)
-  p.add_argument("--fold_batchnorm", action=argparse.BooleanOptionalAction, default=False,
-                 help="lj's loss with BatchNorm folded into the convolutions (make_loss_fn)")
+  p.add_argument("--fold_batchnorm", action=argparse.BooleanOptionalAction, default=True,
+                 help="lj's loss with BatchNorm folded into the convolutions (make_loss_fn's "
+                      "default; --no-fold_batchnorm: BatchNorm as the model computes it)")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--tol", type=float, default=1e-3)

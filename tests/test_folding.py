@@ -19,6 +19,7 @@ import pytest
 import landscape_jax as lj
 from landscape_jax.adapters import folding as fused
 from landscape_jax.adapters.data import normalize_images
+from landscape_jax.core import hessian
 
 RTOL = 1e-5
 _ONEDNN = pytest.param("onednn", marks=pytest.mark.skipif(
@@ -252,6 +253,32 @@ def test_loss_fn_folds_keeping_the_function_and_its_derivatives(case, data):
     text = jax.jit(f).lower(p, batch).as_text()
     return len(re.findall(r"stablehlo.multiply .*tensor<\d+x8x8x\d+xf32>", text))
   assert multiplies(folded) < multiplies(plain)
+
+
+@families(["resnet8"])
+def test_trace_differentiates_the_unfolded_twin(case, data):
+  """A folded make_loss_fn names its unfolded loss as its forward-over-forward twin: the
+  operator's z^T H z is then computed on it, equals the folded loss's own second directional
+  derivative and vdot(z, H z) up to rounding, and its program has fewer convolutions (the folded
+  weight W a(gamma) has a second derivative, 2 dW da: one more convolution per folded layer)."""
+  _, model, variables, stats, _ = case
+  test = data[0].subset(slice(0, 16))
+  batch = (test.images, test.labels)
+  folded = lj.make_loss_fn(model, mean=test.mean, std=test.std, batch_stats=stats)  # default
+  twin = hessian.forward_over_forward_loss(folded)
+  bare = jax.tree_util.Partial(folded)  # the same loss, naming no twin
+  assert hessian.forward_over_forward_loss(bare) is bare and twin is not folded
+  p = variables["params"]
+  np.testing.assert_allclose(float(twin(p, batch)), float(folded(p, batch)), rtol=RTOL)
+  ops = [hessian.flat_hvp_operator(f, p, batch, None) for f in (folded, bare)]
+  z = jax.random.rademacher(jax.random.key(7), ops[0].x0.shape, jnp.float32)
+  quad = [float(jax.jit(op.quadratic)(z)) for op in ops]
+  ref = float(jnp.vdot(z, jax.jit(ops[0].matvec)(z)))
+  np.testing.assert_allclose(quad, [ref, ref], rtol=1e-4)
+
+  def convolutions(op):
+    return jax.jit(op.quadratic).lower(z).as_text().count("stablehlo.convolution")
+  assert convolutions(ops[0]) < convolutions(ops[1])
 
 
 def _activation_multiplies(metric_fn, params) -> int:

@@ -443,7 +443,7 @@ def _loss_inputs(inputs, norm):
 
 def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
                  batch_stats: PyTree | None = None, train: bool = False,
-                 fold_batchnorm: bool = False) -> Callable[[PyTree, tuple], jax.Array]:
+                 fold_batchnorm: bool = True) -> Callable[[PyTree, tuple], jax.Array]:
   """Builds ``loss_fn(params, batch) -> scalar``, the minibatch objective of any model.
 
   ``loss_fn(params, (inputs, targets)) = sum_i v_i / sum_i w_i`` over the batch for the
@@ -465,11 +465,12 @@ def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
       of a conv/dense output is folded into that layer's weights at every call
       (`adapters.folding.fuse_batchnorm`, as `make_metric_fn` does). The same function of
       ``params`` up to float32 rounding, and so are its derivatives (they flow through the
-      weight-sized fold). Opt-in: a Hessian-vector product (Lanczos, spectral density) then
-      skips BatchNorm's passes over the activations and runs faster, but a second derivative
-      along one direction (`hessian_trace`'s forward-over-forward samples) runs slower, since
-      the folded weight ``W * a(gamma)`` has a second derivative and each layer one more
-      convolution (docs/performance.md).
+      weight-sized fold): a gradient or a Hessian-vector product (Lanczos, spectral density)
+      skips BatchNorm's passes over the activations. A second derivative along one direction
+      (`hessian_trace`'s forward-over-forward samples) would run slower folded, since the
+      folded weight ``W * a(gamma)`` has one and each layer one more convolution; the function
+      names its unfolded twin for those (`core.hessian.forward_over_forward_loss`;
+      docs/performance.md). False: BatchNorm as the model computes it.
 
   ``batch = (inputs, targets)`` (for images: ``(uint8 images (b, H, W, C), int labels (b,))``).
   The result is a `jax.tree_util.Partial` (a pytree), so it can be passed to jitted functions as
@@ -479,8 +480,10 @@ def make_loss_fn(model, *, mean=None, std=None, loss: Loss | None = None,
   norm = _norm(mean, std)
   m = as_model(model, batch_stats=batch_stats)
   if m is None:
-    return jax.tree_util.Partial(
-      functools.partial(_loss, model, train, bool(fold_batchnorm), loss), norm, batch_stats)
+    fn = functools.partial(_loss, model, train, bool(fold_batchnorm), loss)
+    if fold_batchnorm:  # its twin for forward-over-forward derivatives (hessian_trace)
+      fn.forward_over_forward = functools.partial(_loss, model, train, False, loss)
+    return jax.tree_util.Partial(fn, norm, batch_stats)
   return jax.tree_util.Partial(functools.partial(_model_loss, m.apply, bool(train), loss), norm,
                                m.state)
 

@@ -159,6 +159,25 @@ def vector_sharding(params: PyTree) -> jax.sharding.NamedSharding | None:
   return None
 
 
+def forward_over_forward_loss(loss_fn: LossFn) -> LossFn:
+  """The loss whose second derivative along a direction `flat_hvp_operator`'s ``quadratic``
+  takes: ``loss_fn`` itself, or the twin it names.
+
+  A `jax.tree_util.Partial` whose function has a ``forward_over_forward`` attribute names a twin:
+  a function of the same arguments with the same value up to float32 rounding, cheaper to
+  differentiate forward over forward. `make_loss_fn` with BatchNorm folded into the weights names
+  its unfolded loss: the folded weight ``W a(gamma)`` has a second derivative along a direction
+  (``2 dW da``), which costs a convolution per layer, where BatchNorm after the convolution costs
+  a pass over the activations.
+  """
+  target = getattr(loss_fn, "func", None)
+  target = getattr(target, "fun", target)  # how a Partial holds a functools.partial
+  twin = getattr(target, "forward_over_forward", None)
+  if twin is None or not isinstance(loss_fn, jax.tree_util.Partial):
+    return loss_fn
+  return jax.tree_util.Partial(twin, *loss_fn.args, **loss_fn.keywords)
+
+
 def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | None,
               linearize: bool = False, sharding=None,
               onednn: float | None = None) -> FlatOperator:
@@ -172,18 +191,22 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
 
   The operator's ``quadratic(z)`` is ``z^T H z = d^2/de^2 L(x0 + e z) |_{e=0}`` by
   forward-over-forward differentiation (``jax.jvp`` of a ``jax.jvp``, its repeated first-order
-  pass computed once, `backends.cpu.jaxpr.evaluate_once`): no backward pass, and only forward
-  convolutions, where ``vdot(z, matvec(z))`` runs the forward-over-reverse product.
+  pass computed once, `backends.cpu.jaxpr.evaluate_once`) of `forward_over_forward_loss`: no
+  backward pass, and only forward convolutions, where ``vdot(z, matvec(z))`` runs the
+  forward-over-reverse product.
   """
   active, merge, select = _split_leaves(params, mask)
   x0, unravel_active = ravel_pytree(active)
   x0 = constrain(x0, sharding)
 
-  def loss_flat(x, batch):
-    return loss_fn(merge(unravel_active(x), lambda leaf: leaf), batch)
+  def flat(loss):
+    def loss_flat(x, batch):
+      return loss(merge(unravel_active(x), lambda leaf: leaf), batch)
+    if onednn is not None:  # the minimum FLOPs of a convolution sent to oneDNN
+      return with_onednn_derivatives(loss_flat, min_flops=onednn)
+    return loss_flat
 
-  if onednn is not None:  # the minimum FLOPs of a convolution sent to oneDNN
-    loss_flat = with_onednn_derivatives(loss_flat, min_flops=onednn)
+  loss_flat, twin_flat = flat(loss_fn), flat(forward_over_forward_loss(loss_fn))
 
   # canonical convolutions: the products run inside loops (Lanczos, probes, batches), where
   # XLA:CPU's backward convolutions are otherwise much slower (backends.cpu.convolutions)
@@ -195,7 +218,7 @@ def flat_hvp_operator(loss_fn: LossFn, params: PyTree, data: Any, mask: tuple | 
   @functools.partial(rewritten, evaluate=evaluate_once)
   def quadratic_batch(z, batch):
     def directional(y):  # the first derivative of L along z at y
-      return jax.jvp(lambda u: loss_flat(u, batch), (y,), (z,))[1]
+      return jax.jvp(lambda u: twin_flat(u, batch), (y,), (z,))[1]
     return jax.jvp(directional, (x0,), (z,))[1]
 
   if isinstance(data, DeviceSplit):
@@ -819,6 +842,7 @@ __all__ = [
   "HessianEigenvalues",
   "SpectralDensity",
   "TraceEstimate",
+  "forward_over_forward_loss",
   "hessian_eigenvalues",
   "hessian_trace",
   "hvp",
