@@ -33,10 +33,11 @@ its own process (``torch_baseline.py pyhessian``).
   library's default; ``--probe_chunk`` to split), timed on a second call; both with their
   standard error.
 * Fractions of the float32 GEMM peak (``_common.matmul_peak``, measured in this run): XLA's FLOP
-  count of the same computation with XLA's convolutions (oneDNN's calls are opaque to it) over
-  the time. A product's FLOPs: forward-over-reverse ``F_hvp`` (primal and tangent); a
-  linearised product (and PyHessian's, which reuses its graph) ``F_hvp - F_grad`` (the tangent
-  pass only).
+  count of the same computation with XLA's convolutions (oneDNN's calls are opaque to it) and
+  BatchNorm unfolded (the loss's twin: the folded product's tangent pass also reads the primal
+  weight gradient, which a loop computes once) over the time. A product's FLOPs:
+  forward-over-reverse ``F_hvp`` (primal and tangent); a linearised product, one more product in
+  a loop, and PyHessian's, which reuses its graph: ``F_hvp - F_grad`` (the tangent pass only).
 
 Times are wall seconds after compilation (landscape-jax's compile times printed separately);
 HVP counts are Hessian-vector products (PyHessian's counted by wrapping its
@@ -138,8 +139,8 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
   v = jax.random.normal(jax.random.key(11), x0.shape, x0.dtype)
   w = jax.random.normal(jax.random.key(12), x0.shape, x0.dtype)
 
-  def operator(p, b, linearize=False, conv=onednn):
-    return hs.flat_hvp_operator(loss_fn, p, b, None, linearize, None, conv)
+  def operator(p, b, linearize=False):
+    return hs.flat_hvp_operator(loss_fn, p, b, None, linearize, None, onednn)
 
   def flat_grad(conv):
     def lf(x, b):
@@ -209,12 +210,19 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
                   k_lin: C.max_rel_diff(out[k_lin], out[loop_key(loop)]),
                   k_vmap: C.max_rel_diff(out[k_vmap][0], ref),
                   k_quad: C.max_rel_diff(out[k_quad], out[k_vdot])})
+  # FLOPs of the unfolded loss (the loss itself where it names no twin): folded, a product's
+  # tangent pass also reads the primal weight gradient, which a loop computes once but a
+  # product in a call of its own computes, so F_hvp - F_grad would overstate its work
+  plain = hs.forward_over_forward_loss(loss_fn)
+
+  def plain_op(p, b):
+    return hs.flat_hvp_operator(plain, p, b, None, False, None, None)
+
   flops = {
-    "forward": C.xla_flops(lambda p, b: loss_fn(p, b), params, batch),
-    "gradient": C.xla_flops(lambda x, b: flat_grad(None)(x, b), x0, batch),
-    "hvp": C.xla_flops(lambda p, b, u: operator(p, b, conv=None).matvec(u), params, batch, v),
-    "quadratic": C.xla_flops(lambda p, b, u: operator(p, b, conv=None).quadratic(u), params,
-                             batch, v),
+    "forward": C.xla_flops(lambda p, b: plain(p, b), params, batch),
+    "gradient": C.xla_flops(lambda p, b: jax.grad(plain)(p, b), params, batch),
+    "hvp": C.xla_flops(lambda p, b, u: plain_op(p, b).matvec(u), params, batch, v),
+    "quadratic": C.xla_flops(lambda p, b, u: plain_op(p, b).quadratic(u), params, batch, v),
   }
   return {"median": med, "compile": compile_s, "diffs": diffs, "flops": flops, "keys": keys,
           "loop": loop}
@@ -415,7 +423,8 @@ def main(argv=None):
     f"cpu_convolutions={args.cpu_convolutions!r} (oneDNN's need AVX-512 for these figures: "
     f"brgconv:avx512_core); tolerance {args.tol} for both libraries (PyHessian maxIter "
     f"{args.max_iter}; lj's Lanczos capped at {args.max_steps} steps). float32 GEMM peak "
-    f"{peak:.1f} GFLOP/s measured in this run; XLA's FLOPs (XLA convolutions): forward "
+    f"{peak:.1f} GFLOP/s measured in this run; XLA's FLOPs (XLA convolutions, BatchNorm "
+    f"unfolded): forward "
     f"{flops['forward']:.3g}, gradient {flops['gradient']:.3g}, forward-over-reverse HVP "
     f"{f_hvp:.3g}, its tangent pass {f_tangent:.3g} (the work of a linearised or PyHessian "
     f"product), forward-over-forward z^T H z {f_quad + f_fwd:.3g} ({f_quad:.3g} without its "
