@@ -284,6 +284,18 @@ def test_bench_auto_threshold_tiny():
     assert step < 1e-4 and hvp < 1e-4, r
 
 
+def test_bench_hvp_accuracy_tiny():
+  """Every float32 product (folded or not, oneDNN or XLA, lj.hvp or the flat operator) is within
+  1e-5 of the float64 product on a ResNet-8, and the distances are computed as stated."""
+  mod = _load("bench_hvp_accuracy")
+  assert mod.distances(np.array([1.0, 2.1]), np.array([1.0, 2.0])) == pytest.approx(
+    (0.05, 0.1 / np.sqrt(5.0)))
+  out = mod.main(["--tiny", "--no-record"])
+  assert len(out) == 6
+  for k, d in out.items():
+    assert 0 < d["max"] < 1e-5 and 0 < d["l2"] < 1e-5, k
+
+
 def test_bench_batchnorm_tiny():
   """The BatchNorm benchmark finds the model's layers, checks the library's BatchNorm against
   flax's, and gets PyTorch's answer where torch is installed; it leaves malloc alone here."""
