@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
 import _common as C  # noqa: E402
-import bench_surface as S  # noqa: E402
+import bench_pyhessian  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -60,13 +60,7 @@ def main(argv=None):
   args = parse_args(argv)
   info = C.announce_machine()
   t_start = time.perf_counter()
-  data = S.synthetic_dataset(max(args.batch, 16), (args.image_size, args.image_size, 3),
-                             seed=args.seed)
-  model, variables, _, _ = S.setup(args.model, data, seed=args.seed, dtype=jnp.float32,
-                                   width=args.width)
-  data = data.subset(slice(0, args.batch))
-  params, bs = variables["params"], variables["batch_stats"]
-  batch = (jnp.asarray(data.images), jnp.asarray(data.labels))
+  model, data, params, bs, batch = bench_pyhessian.workload(args)
   x0, unravel = ravel_pytree(params)
   v = jax.random.normal(jax.random.key(11), x0.shape, jnp.float32)
 

@@ -236,21 +236,27 @@ def marginal_product(med: dict, loop: int) -> float:
   return (med[loop_key(3 * loop)] - med[loop_key(loop)]) / (2 * loop)
 
 
+def workload(args):
+  """``--model`` (random init, BatchNorm statistics of one training-mode pass) and one batch of
+  ``--batch`` synthetic images: ``(model, data, params, batch_stats, (images, labels))``."""
+  data = S.synthetic_dataset(max(args.batch, 16), (args.image_size, args.image_size, 3),
+                             seed=args.seed)
+  model, variables, _, _ = S.setup(args.model, data, seed=args.seed, dtype=jnp.float32,
+                                   width=args.width)
+  data = data.subset(slice(0, args.batch))
+  batch = (jnp.asarray(data.images), jnp.asarray(data.labels))
+  return model, data, variables["params"], variables["batch_stats"], batch
+
+
 def main(argv=None):
   args = parse_args(argv)
   info = C.announce_machine()
   t_start = time.perf_counter()
   peak = C.matmul_peak()
   print(f"float32 GEMM peak {peak:.1f} GFLOP/s", flush=True)
-  data = S.synthetic_dataset(max(args.batch, 16), (args.image_size, args.image_size, 3),
-                             seed=args.seed)
-  model, variables, _, _ = S.setup(args.model, data, seed=args.seed, dtype=jnp.float32,
-                                   width=args.width)
-  data = data.subset(slice(0, args.batch))
-  params, bs = variables["params"], variables["batch_stats"]
+  model, data, params, bs, batch = workload(args)
   loss_fn = lj.make_loss_fn(model, mean=data.mean, std=data.std, batch_stats=bs,
                             fold_batchnorm=args.fold_batchnorm)
-  batch = (jnp.asarray(data.images), jnp.asarray(data.labels))
   loss0 = float(loss_fn(params, batch))
   dim = lj.hessian.num_curvature_params(params)
   print(f"{args.model}: {dim} parameters, batch {args.batch}, loss {loss0:.6f}", flush=True)
