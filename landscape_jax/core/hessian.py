@@ -585,7 +585,9 @@ def hessian_trace(key: jax.Array, loss_fn: LossFn, params: PyTree, data: Any, *,
   Each sample ``z^T H z = d^2/de^2 L(params + e z) |_{e=0}`` is a second directional derivative,
   computed by forward-over-forward differentiation (a ``jax.jvp`` of a ``jax.jvp``, its repeated
   first-order pass computed once): forward passes only, where PyHessian computes ``H z`` by a
-  second backward pass and then ``z . (H z)`` (same value up to float rounding).
+  second backward pass and then ``z . (H z)`` (same value up to float rounding). The samples
+  differentiate the twin a loss names for this (`forward_over_forward_loss`: `make_loss_fn`'s
+  folded loss names its unfolded one, whose second derivatives need fewer convolutions).
   With ``rtol``, probes are drawn chunk by chunk until the standard error is at most
   ``rtol |mean|`` (``num_probes`` the cap): a stopping rule on the quantity the error bar
   reports, where PyHessian stops when the running mean moves by less than its tol.
