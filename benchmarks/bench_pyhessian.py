@@ -18,7 +18,11 @@ its own process (``torch_baseline.py pyhessian``).
   ``linearize=True`` (the gradient linearised once, then four products reusing its residuals,
   per product; PyHessian keeps its gradient's graph the same way), and two products vmapped
   together (``probe_batch_size=2``, per product). PyHessian's per-HVP time is its eigenvalue
-  run's time over its products (it builds its gradient graph once, outside that time).
+  run's time over its products (it builds its gradient graph once, outside that time). Then
+  ``--pair_rounds`` paired rounds, so that a drift of the machine's load hits both sides alike:
+  one more product of ours (each loop timed once), then 12 of PyHessian's products in a fresh
+  process of its own (``torch_baseline.py pyhessian --products``), in turn; the per-round
+  ratios and their median.
 * Top-3 eigenvalues. PyHessian: power iteration with deflation, ``eigenvalues(top_n=3,
   tol=1e-3, maxIter=100)`` (stops when an eigenvalue's relative change between two iterations is
   below tol). landscape-jax: Lanczos on the flat HVP operator of ``lj.hessian_eigenvalues``
@@ -111,6 +115,8 @@ def parse_args(argv=None):
                  help="Hutchinson probes per compiled call (padding counted; 0: all, the "
                       "library's default)")
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
+  p.add_argument("--pair_rounds", type=int, default=3,
+                 help="rounds of one more product of ours, then PyHessian's products")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--cpu_convolutions", default="auto", choices=("auto", "onednn", "xla"),
                  help="lj's convolutions and their derivatives: oneDNN (auto) or XLA")
@@ -118,6 +124,7 @@ def parse_args(argv=None):
   if args.tiny:
     args.model, args.width, args.batch, args.image_size = "resnet8", 0.5, 16, 16
     args.max_iter, args.max_steps, args.tol, args.repeats = 20, 20, 1e-2, 1
+    args.pair_rounds = min(args.pair_rounds, 1)
   return C.finish_args(args)
 
 
@@ -224,8 +231,16 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
     "hvp": C.xla_flops(lambda p, b, u: plain_op(p, b).matvec(u), params, batch, v),
     "quadratic": C.xla_flops(lambda p, b, u: plain_op(p, b).quadratic(u), params, batch, v),
   }
+  def one_more_product() -> float:  # one timing of each loop: `marginal_product` of one round
+    t = {}
+    for n in (loop, 3 * loop):
+      start = time.perf_counter()
+      jax.block_until_ready(jitted[loop_key(n)](params, batch, v))
+      t[loop_key(n)] = time.perf_counter() - start
+    return marginal_product(t, loop)
+
   return {"median": med, "compile": compile_s, "diffs": diffs, "flops": flops, "keys": keys,
-          "loop": loop}
+          "loop": loop, "one_more_product": one_more_product}
 
 
 def marginal_product(med: dict, loop: int) -> float:
@@ -308,7 +323,7 @@ def main(argv=None):
   out["lj_eig"] = {"top": [float(x) for x in e0[0]], "s": eig[False][1], "hvps": e0[1],
                    "s_linearize": eig[True][1] if True in eig else None}
 
-  ph = None
+  ph, pairs = None, []
   have_torch, why = C.torch_installed()
   notes = []
   if args.torch and have_torch:
@@ -322,6 +337,14 @@ def main(argv=None):
       ph = C.run_torch("pyhessian", "--npz", npz, "--tol", str(args.tol), "--max_iter",
                        str(args.max_iter), "--top_n", str(args.top_k), "--seed", str(args.seed),
                        timeout=1200)
+      if "error" not in ph:  # paired rounds: ours, then PyHessian's products, in turn
+        for _ in range(args.pair_rounds):
+          ours = parts["one_more_product"]()
+          theirs = C.run_torch("pyhessian", "--npz", npz, "--products",
+                               str(3 * parts["loop"]), "--seed", str(args.seed), timeout=600)
+          if "error" in theirs:
+            break
+          pairs.append((ours, theirs["product_s"]))
     if "error" in ph:
       print(f"PyHessian: {ph['error']}; its side is skipped.", flush=True)
       notes.append(f"PyHessian could not run: {ph['error']}.")
@@ -373,6 +396,14 @@ def main(argv=None):
                  "outside)", "-", 1, t_ph, t_ph, frac(1, t_ph, f_tangent),
                  f"lj / PyHessian time {t_hvp / t_ph:.2f} (own call), {t_loop / t_ph:.2f} "
                  f"(in a loop), {t_more / t_ph:.2f} (one more product)"])
+  if pairs:
+    ratios = [theirs / ours for ours, theirs in pairs]
+    out["hvp_pairs"] = {"pairs": pairs, "median_speedup": float(np.median(ratios))}
+    rows.append(["one HVP", f"paired rounds ({len(pairs)}: one more product of ours, then "
+                 f"{3 * loop} of PyHessian's in its own process, in turn)", "-", 1,
+                 float(np.median([o for o, _ in pairs])), float(np.median([o for o, _ in pairs])),
+                 "-", "PyHessian / lj per round " + ", ".join(f"{r:.2f}" for r in ratios)
+                 + f"; median {np.median(ratios):.2f}"])
   top = np.asarray(e0[0])
   for lin in lins:
     (vals, steps), t_e, _ = eig[lin]

@@ -30,7 +30,8 @@ and allocator do not share a process with XLA's. Sub-commands:
 * ``conv --shapes JSON``: GFLOP/s of ``torch.nn.functional.conv2d`` per convolution shape
   (``bench_conv_layers.py``), NCHW and channels-last.
 * ``pyhessian --npz FILE``: PyHessian's top eigenvalues (power iteration) and Hutchinson trace of
-  the model on one batch, with the number of Hessian-vector products (``bench_pyhessian.py``).
+  the model on one batch, with the number of Hessian-vector products (``bench_pyhessian.py``);
+  with ``--products N`` only the time of N products after its setup, per product.
 
 ``--threads`` sets ``torch.set_num_threads`` (default: all cores). ``--device cuda`` runs on the
 GPU (then ``best`` skips ``torch.compile`` unless asked for).
@@ -432,6 +433,16 @@ def pyhessian_run(args):
   t = time.perf_counter()
   comp = ph.hessian(net, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=args.device == "cuda")
   out["setup_s"] = time.perf_counter() - t  # one forward and create_graph backward
+  if args.products:  # only time products, as its power iteration runs them
+    v = [torch.randn_like(p) for p in comp.params]
+    t = time.perf_counter()
+    for _ in range(args.products):
+      hv = ph.hessian_vector_product(comp.gradsH, comp.params, v)
+      norm = torch.sqrt(sum((h * h).sum() for h in hv))
+      v = [h / norm for h in hv]
+    out["product_s"] = (time.perf_counter() - t) / args.products
+    print(json.dumps(out), flush=True)
+    return
   t = time.perf_counter()
   evals, _ = comp.eigenvalues(maxIter=args.max_iter, tol=args.tol, top_n=args.top_n)
   out["eig_s"] = time.perf_counter() - t
@@ -467,6 +478,8 @@ def main(argv=None):
   p.add_argument("--tol", type=float, default=1e-3)
   p.add_argument("--max_iter", type=int, default=100)
   p.add_argument("--top_n", type=int, default=3)
+  p.add_argument("--products", type=int, default=0,
+                 help="pyhessian: only time this many Hessian-vector products (per product)")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   import torch

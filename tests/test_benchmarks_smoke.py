@@ -343,6 +343,9 @@ def test_bench_pyhessian_tiny():
   assert abs(out["ph_eig"]["top"][0] - top[0]) / top[0] < 0.05
   assert out["ph_trace"]["z"] < 4
   assert out["ph_eig"]["hvps"] > 0 and out["ph_trace"]["hvps"] > 0
+  (ours, theirs), = out["hvp_pairs"]["pairs"]  # --tiny: one paired round
+  assert ours > 0 and theirs > 0
+  assert out["hvp_pairs"]["median_speedup"] == pytest.approx(theirs / ours)
 
 
 @pytest.mark.slow
