@@ -38,22 +38,17 @@ from landscape_jax.core import hessian as hs  # noqa: E402
 
 def parse_args(argv=None):
   p = C.run_parser(__doc__)
-  p.add_argument("--model", default="resnet20")
-  p.add_argument("--width", type=float, default=1.0)
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--image_size", type=int, default=32)
-  p.add_argument("--seed", type=int, default=0)
+  bench_pyhessian.add_workload_args(p)
   args = p.parse_args(argv)
   if args.tiny:
-    args.model, args.width, args.batch, args.image_size = "resnet8", 0.5, 16, 16
+    bench_pyhessian.tiny_workload(args)
   return C.finish_args(args)
 
 
 def distances(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
   """``(max |a - ref| / max |ref|, |a - ref|_2 / |ref|_2)``."""
   a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-  return (float(np.abs(a - ref).max() / np.abs(ref).max()),
-          float(np.linalg.norm(a - ref) / np.linalg.norm(ref)))
+  return C.max_rel_diff(a, ref), float(np.linalg.norm(a - ref) / np.linalg.norm(ref))
 
 
 def main(argv=None):

@@ -97,15 +97,27 @@ def ritz_convergence(alphas, betas, *, top_k: int, tol: float):
   return None, top
 
 
-def parse_args(argv=None):
-  p = C.run_parser(__doc__)
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+  """The arguments of `workload` (``--model``, ``--width``, ``--batch``, ``--image_size``,
+  ``--seed``); `tiny_workload` shrinks them for ``--tiny``."""
   p.add_argument("--model", default="resnet20")
   p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--image_size", type=int, default=32)
+  p.add_argument("--seed", type=int, default=0)
+
+
+def tiny_workload(args) -> None:
+  """``--tiny``'s workload: ResNet-8 at width 0.5, a batch of 16 images of 16x16."""
+  args.model, args.width, args.batch, args.image_size = "resnet8", 0.5, 16, 16
+
+
+def parse_args(argv=None):
+  p = C.run_parser(__doc__)
+  add_workload_args(p)
   p.add_argument("--fold_batchnorm", action=argparse.BooleanOptionalAction, default=True,
                  help="lj's loss with BatchNorm folded into the convolutions (make_loss_fn's "
                       "default; --no-fold_batchnorm: BatchNorm as the model computes it)")
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--tol", type=float, default=1e-3)
   p.add_argument("--max_iter", type=int, default=100, help="PyHessian's maxIter")
   p.add_argument("--max_steps", type=int, default=60, help="cap on the Lanczos steps")
@@ -117,12 +129,11 @@ def parse_args(argv=None):
   p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--pair_rounds", type=int, default=3,
                  help="rounds of one more product of ours, then PyHessian's products")
-  p.add_argument("--seed", type=int, default=0)
   p.add_argument("--cpu_convolutions", default="auto", choices=("auto", "onednn", "xla"),
                  help="lj's convolutions and their derivatives: oneDNN (auto) or XLA")
   args = p.parse_args(argv)
   if args.tiny:
-    args.model, args.width, args.batch, args.image_size = "resnet8", 0.5, 16, 16
+    tiny_workload(args)
     args.max_iter, args.max_steps, args.tol, args.repeats = 20, 20, 1e-2, 1
     args.pair_rounds = min(args.pair_rounds, 1)
   return C.finish_args(args)
@@ -149,10 +160,10 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
   def operator(p, b, linearize=False):
     return hs.flat_hvp_operator(loss_fn, p, b, None, linearize, None, onednn)
 
-  def flat_grad(conv):
+  def flat_grad():
     def lf(x, b):
       return loss_fn(unravel(x), b)
-    lf = lf if conv is None else with_onednn_derivatives(lf, min_flops=conv)
+    lf = lf if onednn is None else with_onednn_derivatives(lf, min_flops=onednn)
     return canonicalize_convolutions(jax.grad(lf))
 
   def products(linearize, n=loop):
@@ -171,7 +182,7 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
     return f
 
   def rev_rev(p, b, u):
-    g = flat_grad(onednn)
+    g = flat_grad()
     return jax.grad(lambda y: jnp.vdot(g(y, b), u))(ravel_pytree(p)[0])
 
   k_rev, k_lin, k_vmap = ("HVP reverse-over-reverse",
@@ -181,7 +192,7 @@ def hvp_parts(loss_fn, params, batch, *, cpu_convolutions: str, repeats: int, lo
                     f"z^T H z forward-over-forward, {loop} in a loop (lj.hessian_trace now)")
   fns = {
     "forward": (lambda p, b, u: loss_fn(p, b)),
-    "gradient": (lambda p, b, u: flat_grad(onednn)(ravel_pytree(p)[0], b)),
+    "gradient": (lambda p, b, u: flat_grad()(ravel_pytree(p)[0], b)),
     HVP: (lambda p, b, u: operator(p, b).matvec(u)),
     k_rev: rev_rev,
     loop_key(loop): products(False),
@@ -399,10 +410,10 @@ def main(argv=None):
   if pairs:
     ratios = [theirs / ours for ours, theirs in pairs]
     out["hvp_pairs"] = {"pairs": pairs, "median_speedup": float(np.median(ratios))}
+    t_ours = float(np.median([o for o, _ in pairs]))
     rows.append(["one HVP", f"paired rounds ({len(pairs)}: one more product of ours, then "
-                 f"{3 * loop} of PyHessian's in its own process, in turn)", "-", 1,
-                 float(np.median([o for o, _ in pairs])), float(np.median([o for o, _ in pairs])),
-                 "-", "PyHessian / lj per round " + ", ".join(f"{r:.2f}" for r in ratios)
+                 f"{3 * loop} of PyHessian's in its own process, in turn)", "-", 1, t_ours,
+                 t_ours, "-", "PyHessian / lj per round " + ", ".join(f"{r:.2f}" for r in ratios)
                  + f"; median {np.median(ratios):.2f}"])
   top = np.asarray(e0[0])
   for lin in lins:
